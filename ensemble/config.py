@@ -1,0 +1,311 @@
+"""YAML -> typed, validated config; ``--set`` overrides; the resolved copy.
+
+Every error names the key path and the file, e.g.
+``configs/x.yaml: `members.0.bagging.ratio` must be in (0, 1]; got 1.5``.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .schema import ConfigError, build, field, interval, to_dict
+
+__all__ = ["ConfigError", "Config", "MemberConfig", "load_config", "parse_overrides",
+           "apply_overrides", "dump_config", "SplitSource"]
+
+STRATEGIES = ("hard", "soft")
+
+
+def _non_empty(value: Any) -> str | None:
+    return "must not be empty" if isinstance(value, str) and not value.strip() else None
+
+
+@dataclasses.dataclass
+class SplitSource:
+    """Where one split's images come from: a folder of class folders or a CSV manifest."""
+
+    folder: str | None = field(None, doc="a folder with one sub-folder per class")
+    csv: str | None = field(None, doc="a CSV manifest with a path and a label column")
+    path_column: str = field("path", doc="CSV column holding image paths")
+    label_column: str = field("label", doc="CSV column holding class labels")
+
+    @classmethod
+    def from_value(cls, value: Any, path: str) -> "SplitSource":
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"`{path}` must be a folder, a CSV path or a mapping "
+                              f"{{csv: PATH, path_column: NAME, label_column: NAME}}; got {value!r}")
+        if value.lower().endswith(".csv"):
+            return cls(csv=value)
+        return cls(folder=value)
+
+    def validate(self, path: str) -> None:
+        if (self.folder is None) == (self.csv is None):
+            raise ConfigError(f"`{path}` needs exactly one of `folder` or `csv`")
+
+    def resolved(self, base: Path) -> "SplitSource":
+        def res(p: str | None) -> str | None:
+            return None if p is None else str((base / os.path.expanduser(p)).resolve())
+        return dataclasses.replace(self, folder=res(self.folder), csv=res(self.csv))
+
+
+@dataclasses.dataclass
+class DataConfig:
+    train: SplitSource = field(doc="training split (required)")
+    val: SplitSource | None = field(None, doc="validation split; else `val_fraction` of train")
+    test: SplitSource | None = field(None, doc="test split (reported, never used to choose)")
+    val_fraction: float = field(0.2, check=interval(0, 1, low_open=True, high_open=True),
+                                doc="share of train held out (stratified) when `val` is absent")
+    cache_size: int | None = field(None, check=interval(16, None),
+                                   doc="shorter side of decoded images kept in memory; "
+                                       "default: the largest member's resize size")
+    on_bad_image: Literal["error", "skip"] = field("error", doc="unreadable training image: "
+                                                   "stop naming it, or skip and list it")
+
+
+@dataclasses.dataclass
+class BaggingConfig:
+    ratio: float = field(1.0, check=interval(0, 1, low_open=True),
+                         doc="sample size as a share of the training set (sklearn `max_samples`)")
+    replace: bool = field(True, doc="draw with replacement (sklearn `bootstrap`)")
+    stratify: bool = field(True, doc="keep each class's share in the sample")
+
+
+def _check_freeze(value: Any) -> str | None:
+    if isinstance(value, int):
+        return "must be >= 0" if value < 0 else None
+    if value not in ("none", "backbone"):
+        return "must be `none`, `backbone` or a number of blocks"
+    return None
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = field(3, check=interval(1, None), doc="training epochs")
+    batch_size: int = field(32, check=interval(1, None), doc="images per step")
+    lr: float = field(1e-3, check=interval(0, None, low_open=True), doc="peak AdamW learning rate")
+    backbone_lr_scale: float = field(1.0, check=interval(0, 1),
+                                     doc="backbone learning rate as a share of `lr` (head: `lr`)")
+    weight_decay: float = field(0.05, check=interval(0, None), doc="AdamW weight decay")
+    warmup_epochs: float = field(0.5, check=interval(0, None), doc="linear warm-up, then cosine decay")
+    freeze: int | str = field("none", check=_check_freeze,
+                              doc="`none`, `backbone` (head only) or N = stem + first N blocks frozen")
+    augment: str | None = field("rand-m9-mstd0.5",
+                                doc="timm auto-augment preset (rand-*, augmix-*, original, v0); "
+                                    "`none` or null for flip + crop only")
+    crop_scale: list[float] = field(default_factory=lambda: [0.25, 1.0],
+                                    doc="random-resized-crop area range")
+    hflip: float = field(0.5, check=interval(0, 1), doc="horizontal flip probability")
+    label_smoothing: float = field(0.1, check=interval(0, 1, high_open=True),
+                                   doc="cross-entropy label smoothing")
+    drop_rate: float | None = field(None, check=interval(0, 1, high_open=True),
+                                    doc="dropout before the classifier; default: the model's")
+    eval_batch_size: int = field(64, check=interval(1, None), doc="images per inference step")
+    num_workers: int = field(0, check=interval(0, None), doc="augmentation worker processes")
+
+    def validate(self, path: str) -> None:
+        lo_hi = self.crop_scale
+        if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
+            raise ConfigError(f"`{path}.crop_scale` must be [low, high] with 0 < low <= high <= 1; "
+                              f"got {lo_hi}")
+
+
+def _check_model(value: Any) -> str | None:
+    import timm  # deferred: importing timm takes a second
+
+    if not timm.is_model(value):
+        close = timm.list_models(f"*{value}*")[:5]
+        hint = f" (close: {', '.join(close)})" if close else ""
+        return f"is not a timm model name{hint}"
+    return None
+
+
+@dataclasses.dataclass
+class MemberConfig:
+    name: str = field(check=_non_empty, doc="member name, used for its folder")
+    model: str = field(check=_check_model, doc="any timm model name")
+    weights: str = field("none", doc="`none`, `hub`, a weights file (.safetensors/.pt/.pth) "
+                                     "or an installed weights package")
+    image_size: int | None = field(None, check=interval(8, None),
+                                   doc="training/inference size; default: the model's native size")
+    bagging: BaggingConfig = field(default_factory=BaggingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self, path: str) -> None:
+        if any(c in self.name for c in "/\\:") or self.name in (".", ".."):
+            raise ConfigError(f"`{path}.name` must be usable as a folder name; got {self.name!r}")
+
+
+@dataclasses.dataclass
+class CombinerConfig:
+    strategy: Literal["hard", "soft"] = field("soft", doc="hard (majority) or soft (mean "
+                                                          "probability) voting")
+    weights: list[float] | None = field(None, doc="one non-negative weight per member")
+
+    def validate(self, path: str) -> None:
+        if self.weights is not None and (any(w < 0 for w in self.weights) or sum(self.weights) <= 0):
+            raise ConfigError(f"`{path}.weights` must be non-negative with a positive sum; "
+                              f"got {self.weights}")
+
+
+@dataclasses.dataclass
+class Config:
+    data: DataConfig = field(doc="the splits")
+    members: list[MemberConfig] = field(doc="one entry per ensemble member")
+    seed: int = field(0, doc="seeds bagging, splits, initialisation and augmentation")
+    combiner: CombinerConfig = field(default_factory=CombinerConfig)
+    device: str = field("auto", doc="`auto` (cuda when present), `cpu`, `cuda` or `cuda:N`")
+    n_jobs: int = field(1, check=interval(1, None), doc="members trained at once (joblib)")
+
+    def validate(self, path: str) -> None:
+        if not self.members:
+            raise ConfigError("`members` must list at least one member")
+        names = [m.name for m in self.members]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"`members` names must be unique; repeated: {', '.join(dupes)}")
+        w = self.combiner.weights
+        if w is not None and len(w) != len(self.members):
+            raise ConfigError(f"`combiner.weights` must have one weight per member "
+                              f"({len(self.members)}); got {len(w)}")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"`device` must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+
+
+# ---------------------------------------------------------------- YAML
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader (no Python tags) that also refuses duplicate keys."""
+
+
+def _mapping_no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_no_duplicates)
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    """Parse a YAML file strictly: safe tags only, no duplicate keys, a mapping at the top."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.load(fh, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return raw
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """``["a.b=1", "members.0.name=x"]`` -> key paths and YAML-parsed values."""
+    out = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE; got {item!r}")
+        try:
+            value = yaml.load(text, Loader=_StrictLoader) if text.strip() else None  # noqa: S506
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: invalid value: {exc}") from None
+        out.append((key.strip(), value))
+    return out
+
+
+def apply_overrides(raw: dict, overrides: list[tuple[str, Any]]) -> dict:
+    """Return a copy of ``raw`` with each dotted key path set; list items by index."""
+    raw = copy.deepcopy(raw)
+    for key, value in overrides:
+        parts = key.split(".")
+        node: Any = raw
+        for i, part in enumerate(parts[:-1]):
+            node = _step(node, part, key, create=True)
+        last = parts[-1]
+        if isinstance(node, list):
+            idx = _index(node, last, key)
+            node[idx] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"--set {key}: `{'.'.join(parts[:-1])}` is not a mapping or list")
+    return raw
+
+
+def _step(node: Any, part: str, key: str, create: bool) -> Any:
+    if isinstance(node, list):
+        return node[_index(node, part, key)]
+    if isinstance(node, dict):
+        if part not in node or node[part] is None:
+            node[part] = {}
+        return node[part]
+    raise ConfigError(f"--set {key}: cannot descend into `{part}`")
+
+
+def _index(node: list, part: str, key: str) -> int:
+    if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+        raise ConfigError(f"--set {key}: `{part}` is not an index of a list of {len(node)}")
+    return int(part)
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None,
+                base_dir: str | os.PathLike | None = None) -> Config:
+    """Read, override and validate a config; data paths become absolute.
+
+    Relative data paths resolve against ``base_dir`` (default: the current directory,
+    as for any command-line tool).
+    """
+    raw = read_yaml(path)
+    if overrides:
+        raw = apply_overrides(raw, parse_overrides(overrides))
+    return config_from_dict(raw, source=str(path), base_dir=base_dir)
+
+
+def config_from_dict(raw: dict, source: str = "<dict>",
+                     base_dir: str | os.PathLike | None = None) -> Config:
+    """Validate a plain mapping; errors are prefixed with ``source``."""
+    try:
+        cfg = build(Config, raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    data = cfg.data
+    cfg.data = dataclasses.replace(
+        data,
+        train=data.train.resolved(base),
+        val=data.val.resolved(base) if data.val else None,
+        test=data.test.resolved(base) if data.test else None,
+    )
+    return cfg
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """The resolved config as plain data, splits written in their shortest form."""
+    out = to_dict(cfg)
+    for name in ("train", "val", "test"):
+        split = out["data"][name]
+        if split is None:
+            continue
+        if split["folder"] is not None:
+            out["data"][name] = split["folder"]
+        elif split["path_column"] == "path" and split["label_column"] == "label":
+            out["data"][name] = split["csv"]
+        else:
+            out["data"][name] = {k: v for k, v in split.items() if k != "folder"}
+    return out
+
+
+def dump_config(cfg: Config) -> str:
+    """YAML text of the resolved config (loads back to an equal config)."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)

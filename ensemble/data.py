@@ -1,0 +1,175 @@
+"""Splits from class folders or CSV manifests -> (paths, labels); the class list."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .config import SplitSource
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+                    ".pgm")
+
+
+class DataError(ValueError):
+    """A split cannot be read: missing files, unknown labels, empty classes, bad CSV."""
+
+
+@dataclasses.dataclass
+class Split:
+    """Image paths with their string labels, in a fixed order."""
+
+    paths: list[str]
+    labels: list[str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def encode(self, classes: Sequence[str]) -> np.ndarray:
+        """Labels as integer indices into ``classes``; unknown labels are an error."""
+        index = {c: i for i, c in enumerate(classes)}
+        unknown = sorted({lab for lab in self.labels if lab not in index})
+        if unknown:
+            raise DataError(f"labels not in the class list {list(classes)}: {', '.join(unknown)}")
+        return np.array([index[lab] for lab in self.labels], dtype=np.int64)
+
+    def subset(self, idx: Sequence[int]) -> "Split":
+        return Split([self.paths[i] for i in idx], [self.labels[i] for i in idx])
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(IMAGE_EXTENSIONS)
+
+
+def find_images(root: str | os.PathLike) -> list[str]:
+    """Every image file under ``root``, recursively, sorted."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        out.extend(os.path.join(dirpath, f) for f in sorted(filenames)
+                   if is_image_file(f) and not f.startswith("."))
+    return out
+
+
+def load_folder(root: str | os.PathLike) -> Split:
+    """ImageFolder layout: ``root/<class>/**/<image>``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"{root}: no class folders inside")
+    paths, labels = [], []
+    empty = []
+    for d in class_dirs:
+        files = find_images(d)
+        if not files:
+            empty.append(d.name)
+        paths.extend(files)
+        labels.extend([d.name] * len(files))
+    if empty:
+        raise DataError(f"{root}: class folders with no images: {', '.join(empty)}")
+    return Split(paths, labels)
+
+
+def load_csv(path: str | os.PathLike, path_column: str = "path",
+             label_column: str = "label") -> Split:
+    """A CSV manifest; relative paths resolve against the CSV's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such CSV file")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        columns = reader.fieldnames or []
+        missing_cols = [c for c in (path_column, label_column) if c not in columns]
+        if missing_cols:
+            raise DataError(f"{path}: missing column(s) {', '.join(missing_cols)}; "
+                            f"columns are {', '.join(columns) or 'none'}")
+        rows = [(r[path_column], r[label_column]) for r in reader]
+    base = path.parent
+    paths, labels, problems = [], [], []
+    seen: dict[str, int] = {}
+    for line, (p, lab) in enumerate(rows, start=2):  # line 1 is the header
+        if not p or not lab:
+            problems.append(f"row {line}: empty path or label")
+            continue
+        full = str((base / p).resolve()) if not os.path.isabs(p) else p
+        if full in seen:
+            problems.append(f"row {line}: duplicate of row {seen[full]} ({p})")
+            continue
+        seen[full] = line
+        if not os.path.isfile(full):
+            problems.append(f"row {line}: no such file {p}")
+            continue
+        paths.append(full)
+        labels.append(lab.strip())
+    if problems:
+        shown = "; ".join(problems[:20]) + (f"; ... {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise DataError(f"{path}: {len(problems)} bad row(s): {shown}")
+    if not paths:
+        raise DataError(f"{path}: no rows")
+    return Split(paths, labels)
+
+
+def load_split(source: SplitSource) -> Split:
+    if source.csv is not None:
+        return load_csv(source.csv, source.path_column, source.label_column)
+    return load_folder(source.folder)  # type: ignore[arg-type]
+
+
+def check_labels(split: Split, classes: Sequence[str], name: str) -> None:
+    """Refuse a split whose labels are not all in ``classes``."""
+    unknown = sorted(set(split.labels) - set(classes))
+    if unknown:
+        raise DataError(f"{name} split has labels not in the training classes "
+                        f"{list(classes)}: {', '.join(unknown)}")
+
+
+def stratified_holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Split off ``fraction`` of each class as a validation set."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(split))
+    counts = Counter(split.labels)
+    if min(counts.values()) < 2:
+        raise DataError(f"cannot hold out a stratified validation set: classes with fewer than "
+                        f"2 images: {', '.join(c for c, n in counts.items() if n < 2)}")
+    tr, va = train_test_split(idx, test_size=fraction, random_state=seed, stratify=split.labels)
+    return split.subset(sorted(tr)), split.subset(sorted(va))
+
+
+@dataclasses.dataclass
+class Dataset:
+    """All splits of a run plus the ordered class list (from the training split)."""
+
+    classes: list[str]
+    train: Split
+    val: Split
+    test: Split | None
+
+
+def load_dataset(data_cfg, seed: int) -> Dataset:
+    """Read every split named in a :class:`~ensemble.config.DataConfig`."""
+    train = load_split(data_cfg.train)
+    classes = sorted(set(train.labels))
+    if len(classes) < 2:
+        raise DataError(f"the training split needs at least 2 classes; found {classes}")
+    if data_cfg.val is not None:
+        val = load_split(data_cfg.val)
+    else:
+        train, val = stratified_holdout(train, data_cfg.val_fraction, seed)
+        log.info("no val split given: held out %d of %d training images (stratified)",
+                 len(val), len(val) + len(train))
+    check_labels(val, classes, "val")
+    test = load_split(data_cfg.test) if data_cfg.test is not None else None
+    if test is not None:
+        check_labels(test, classes, "test")
+    return Dataset(classes, train, val, test)

@@ -1,0 +1,257 @@
+"""BaggedEnsemble: the scikit-learn-style Python face of effens.
+
+    ens = BaggedEnsemble(members=cfg.members, strategy="soft", seed=0)
+    ens.fit(images, y, classes, val_images, val_y, run=RunFolder("runs/x"))
+    proba = ens.predict_proba(new_images)
+
+Constructor arguments are stored as given; all work happens in :meth:`fit`; fitted
+state ends in an underscore. ``images`` are decoded RGB uint8 arrays
+(:func:`ensemble.images.decode_all`), shared by every member.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import __version__
+from .bagging import draw_all, oob_indices
+from .combiners import combine, oob_combine
+from .metrics import classification_report
+from .run import RunFolder, RunError, sha256_json
+from .schema import to_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class FittedMember:
+    """A trained member ready for inference."""
+
+    name: str
+    model: torch.nn.Module
+    inputs: object  # members.models.InputConfig
+    meta: dict
+
+
+def member_seed(seed: int, index: int) -> int:
+    """Torch seed of member ``index`` (independent of the bagging stream)."""
+    return int(np.random.SeedSequence([seed, index, 1]).generate_state(1)[0])
+
+
+def images_fingerprint(paths: Sequence[str], labels: Sequence) -> str:
+    return sha256_json([list(map(str, paths)), [str(v) for v in labels]])
+
+
+def _versions() -> dict:
+    import timm
+
+    return {"effens": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def _fit_member(index: int, spec, images, y, sample, oob, val_images, val_y, classes, seed: int,
+                device_name: str, run_root: str | None, fingerprint: str,
+                torch_threads: int | None = None) -> dict | None:
+    """Build, train and save one member; runs in-process or in a joblib worker."""
+    from members.models import create_member, pick_device
+    from members.predictor import predict_proba
+    from members.trainer import train_member
+    from members.transforms import eval_tensor
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    device = pick_device(device_name)
+    member = create_member(spec, len(classes))
+    val_tensor = eval_tensor(val_images, member.inputs)
+    mseed = member_seed(seed, index)
+    result = train_member(member, spec.train, images, y, sample, val_tensor, np.asarray(val_y),
+                          len(classes), device, mseed, name=spec.name)
+    oob_tensor = eval_tensor([images[i] for i in oob], member.inputs)
+    oob_proba = (predict_proba(member.model, oob_tensor, member.inputs, spec.train.eval_batch_size, device)
+                 if len(oob) else np.zeros((0, len(classes))))
+    meta = {
+        "name": spec.name, "index": index, "architecture": spec.model, "weights": spec.weights,
+        "weights_file": member.weights_file, "num_classes": len(classes), "classes": list(classes),
+        "inputs": dataclasses.asdict(member.inputs), "bagging": to_dict(spec.bagging),
+        "train": to_dict(spec.train), "seed": seed, "member_seed": mseed, "device": str(device),
+        "n_samples": int(len(sample)), "n_unique": int(len(np.unique(sample))), "n_oob": int(len(oob)),
+        "best_epoch": result.best_epoch, "history": result.history, "train_seconds": result.seconds,
+        "fingerprint": fingerprint, "versions": _versions(),
+    }
+    arrays = {"samples.npy": np.asarray(sample, dtype=np.int64), "oob.npy": np.asarray(oob, dtype=np.int64),
+              "oob_proba.npy": oob_proba.astype(np.float32)}
+    if run_root is not None:
+        RunFolder(run_root).save_member(spec.name, result.state_dict, meta, arrays)
+        log.info("member %s saved (best epoch %d, %.0f s)", spec.name, result.best_epoch, result.seconds)
+        return None
+    return {"state_dict": result.state_dict, "meta": meta, "arrays": arrays}
+
+
+class BaggedEnsemble:
+    """Bagged ensemble of heterogeneous timm members with a voting combiner.
+
+    Parameters
+    ----------
+    members : list of MemberConfig
+        One entry per member (model, weights, image size, bagging, training).
+    strategy : {"soft", "hard"}
+        How :meth:`predict_proba` and :meth:`predict` combine members.
+    weights : list of float or None
+        Member weights for voting (None = equal).
+    seed : int
+        Seeds bagging, initialisation and augmentation.
+    device : str
+        ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    n_jobs : int
+        Members trained at once through joblib.
+    """
+
+    def __init__(self, members: Sequence, strategy: str = "soft",
+                 weights: Sequence[float] | None = None, seed: int = 0, device: str = "auto",
+                 n_jobs: int = 1) -> None:
+        self.members = members
+        self.strategy = strategy
+        self.weights = weights
+        self.seed = seed
+        self.device = device
+        self.n_jobs = n_jobs
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, images: Sequence[np.ndarray], y: np.ndarray, classes: Sequence[str],
+            val_images: Sequence[np.ndarray], val_y: np.ndarray, run: RunFolder | None = None,
+            data_fingerprint: str = "") -> "BaggedEnsemble":
+        """Draw each member's sample, train the members, score them out of bag.
+
+        With ``run``, each member is saved as it finishes and a member already finished
+        with the same settings and data is loaded instead of retrained.
+        """
+        from joblib import Parallel, delayed
+
+        y = np.asarray(y, dtype=np.int64)
+        self.classes_ = list(classes)
+        n = len(y)
+        self.samples_ = draw_all(y, [m.bagging for m in self.members], self.seed)
+        self.oob_indices_ = [oob_indices(n, s) for s in self.samples_]
+        prints = [sha256_json({"spec": to_dict(spec), "classes": self.classes_,
+                               "sample": self.samples_[i].tolist(), "data": data_fingerprint,
+                               "seed": self.seed})
+                  for i, spec in enumerate(self.members)]
+        todo = [i for i, spec in enumerate(self.members)
+                if run is None or not run.member_done(spec.name, prints[i])]
+        for i, spec in enumerate(self.members):
+            if i not in todo:
+                log.info("member %s already finished in %s: reusing it", spec.name, run.root)
+        n_jobs = min(self.n_jobs, max(1, len(todo)))
+        threads = max(1, torch.get_num_threads() // n_jobs) if n_jobs > 1 else None
+        if n_jobs > 1:
+            log.info("training %d members with %d jobs x %d threads", len(todo), n_jobs, threads)
+        results = Parallel(n_jobs=n_jobs, backend="loky" if n_jobs > 1 else "sequential")(
+            delayed(_fit_member)(i, self.members[i], images, y, self.samples_[i], self.oob_indices_[i],
+                                 val_images, val_y, self.classes_, self.seed, self.device,
+                                 str(run.root) if run is not None else None, prints[i], threads)
+            for i in todo)
+        in_memory = dict(zip(todo, results))
+        self.members_ = []
+        self.oob_proba_ = []
+        for i, spec in enumerate(self.members):
+            if run is not None:
+                state, meta, arrays = run.load_member(spec.name)
+                arrays = {k + ".npy": v for k, v in arrays.items()}
+            else:
+                got = in_memory[i]
+                state, meta, arrays = got["state_dict"], got["meta"], got["arrays"]
+            self.members_.append(_restore_member(spec, meta, state))
+            self.oob_proba_.append(np.asarray(arrays["oob_proba.npy"], dtype=np.float64))
+        self.oob_score_ = self._oob_scores(y)
+        return self
+
+    def _oob_scores(self, y: np.ndarray) -> dict:
+        """Macro-F1/accuracy of each member on its OOB set and of the ensemble OOB vote."""
+        n, k, m = len(y), len(self.classes_), len(self.members_)
+        full = np.zeros((m, n, k))
+        seen = np.ones((m, n), dtype=bool)
+        out: dict = {"members": {}}
+        for j, (fm, oob, proba) in enumerate(zip(self.members_, self.oob_indices_, self.oob_proba_)):
+            full[j, oob] = proba
+            seen[j, oob] = False
+            out["members"][fm.name] = (classification_report(y[oob], proba.argmax(1), proba, self.classes_)
+                                       if len(oob) else None)
+        covered, pred, proba = oob_combine(full, seen, self.strategy, self.weights)
+        out["ensemble"] = (classification_report(y[covered], pred, proba, self.classes_)
+                           if len(covered) else None)
+        out["n_covered"] = int(len(covered))
+        out["n_excluded"] = int(n - len(covered))
+        return out
+
+    # ------------------------------------------------------------------ inference
+    def member_proba(self, images: Sequence[np.ndarray], batch_size: int | None = None,
+                     tta: bool = False, device: str | None = None) -> np.ndarray:
+        """Probabilities of every member, shape (members, samples, classes)."""
+        from members.models import pick_device
+        from members.predictor import predict_proba
+        from members.transforms import eval_tensor
+
+        self._check_fitted()
+        dev = pick_device(device or self.device)
+        out = []
+        for fm, spec in zip(self.members_, self.members):
+            tensor = eval_tensor(images, fm.inputs)
+            out.append(predict_proba(fm.model, tensor, fm.inputs,
+                                     batch_size or spec.train.eval_batch_size, dev, tta=tta))
+        return np.stack(out)
+
+    def predict_proba(self, images: Sequence[np.ndarray], **kwargs) -> np.ndarray:
+        """Ensemble probabilities (vote shares for ``hard``), shape (samples, classes)."""
+        return combine(self.member_proba(images, **kwargs), self.strategy, self.weights)[1]
+
+    def predict(self, images: Sequence[np.ndarray], **kwargs) -> np.ndarray:
+        """Predicted class indices."""
+        return combine(self.member_proba(images, **kwargs), self.strategy, self.weights)[0]
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "members_"):
+            raise RuntimeError("this BaggedEnsemble is not fitted yet; call fit() or load_run()")
+
+    # ------------------------------------------------------------------ persistence
+    @classmethod
+    def load_run(cls, root: str) -> "BaggedEnsemble":
+        """A fitted ensemble from a finished run folder (hashes checked, no pickles)."""
+        from .config import config_from_dict, read_yaml
+        from .run import read_json
+
+        run = RunFolder(root)
+        if not run.config_path.is_file():
+            raise RunError(f"{root}: not a run folder (config.yaml missing)")
+        cfg = config_from_dict(read_yaml(run.config_path), source=str(run.config_path))
+        ens = cls(cfg.members, cfg.combiner.strategy, cfg.combiner.weights, cfg.seed, cfg.device,
+                  cfg.n_jobs)
+        ens.classes_ = list(read_json(run.classes_path))
+        ens.members_, ens.samples_, ens.oob_indices_, ens.oob_proba_ = [], [], [], []
+        for spec in cfg.members:
+            state, meta, arrays = run.load_member(spec.name)
+            ens.members_.append(_restore_member(spec, meta, state))
+            ens.samples_.append(arrays["samples"])
+            ens.oob_indices_.append(arrays["oob"])
+            ens.oob_proba_.append(arrays["oob_proba"].astype(np.float64))
+        return ens
+
+
+def _restore_member(spec, meta: dict, state: dict) -> FittedMember:
+    """Rebuild the architecture and load its trained weights."""
+    import timm
+
+    from members.models import InputConfig
+
+    kwargs = {"drop_rate": spec.train.drop_rate} if spec.train.drop_rate is not None else {}
+    model = timm.create_model(meta["architecture"], pretrained=False,
+                              num_classes=meta["num_classes"], **kwargs)
+    model.load_state_dict(state)
+    model.eval()
+    inputs = meta["inputs"]
+    inputs = InputConfig(**{**inputs, "mean": tuple(inputs["mean"]), "std": tuple(inputs["std"])})
+    return FittedMember(name=spec.name, model=model, inputs=inputs, meta=meta)

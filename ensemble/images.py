@@ -1,0 +1,110 @@
+"""Image decoding (EXIF orientation, colour modes, bad files) and the decoded-image cache.
+
+Every image is decoded once, to RGB ``uint8`` with its shorter side resized to the
+cache size; all members and all epochs then work from these arrays, never from the
+JPEG again.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from typing import Literal, Sequence
+
+import numpy as np
+from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
+
+
+class BadImageError(ValueError):
+    """An image file cannot be decoded into pixels."""
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB; transparency is composited onto white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8), "L")
+    if img.mode in ("LA", "RGBA", "La", "RGBa", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def resize_shorter(img: Image.Image, size: int) -> Image.Image:
+    """Resize so the shorter side is ``size`` (aspect ratio kept)."""
+    w, h = img.size
+    if min(w, h) == size:
+        return img
+    scale = size / min(w, h)
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return img.resize(new, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+
+def decode_image(path: str, size: int | None = None) -> np.ndarray:
+    """Decode one file to an RGB uint8 array (H, W, 3), upright per its EXIF tag.
+
+    Raises :class:`BadImageError` for empty, truncated, non-image and oversized files.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if size is not None and img.format == "JPEG":
+                    img.draft("RGB", (size, size))  # let libjpeg downscale by 1/2..1/8 for free
+                img = ImageOps.exif_transpose(img)
+                img = to_rgb(img)
+                if size is not None:
+                    img = resize_shorter(img, size)
+                arr = np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
+        raise BadImageError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from None
+    if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
+        raise BadImageError(f"{path}: decoded to an unusable shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def decode_all(paths: Sequence[str], size: int | None,
+               on_bad: Literal["error", "skip"] = "error", n_threads: int = 2,
+               desc: str = "decode") -> tuple[list[np.ndarray | None], list[tuple[str, str]]]:
+    """Decode many files in threads (Pillow releases the GIL while decoding).
+
+    Returns the arrays (``None`` where a file was skipped) and the skipped
+    ``(path, reason)`` pairs. With ``on_bad="error"`` the first bad file raises.
+    """
+    from tqdm.auto import tqdm
+
+    def one(p: str) -> np.ndarray | str:
+        try:
+            return decode_image(p, size)
+        except BadImageError as exc:
+            if on_bad == "error":
+                raise
+            return str(exc)
+
+    out: list[np.ndarray | None] = []
+    bad: list[tuple[str, str]] = []
+    with ThreadPoolExecutor(max_workers=max(1, n_threads)) as pool:
+        results = pool.map(one, paths)
+        for p, r in tqdm(zip(paths, results), total=len(paths), desc=desc, leave=False,
+                         unit="img", disable=None):
+            if isinstance(r, str):
+                bad.append((p, r))
+                out.append(None)
+            else:
+                out.append(r)
+    if bad:
+        log.warning("%s: skipped %d unreadable image(s): %s", desc, len(bad),
+                    ", ".join(p for p, _ in bad[:10]) + (" ..." if len(bad) > 10 else ""))
+    return out, bad

@@ -1,0 +1,83 @@
+"""Classification metrics as pure numpy functions (checked against scikit-learn in tests)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+EPS = 1e-15
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts; row = true class, column = predicted class."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)), 1)
+    return cm
+
+
+def normalize_rows(cm: np.ndarray) -> np.ndarray:
+    """Each row divided by its total (rows without samples stay zero)."""
+    totals = cm.sum(axis=1, keepdims=True)
+    return np.divide(cm, totals, out=np.zeros(cm.shape, dtype=np.float64), where=totals > 0)
+
+
+def per_class(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Precision, recall, F1 and support per class (0 where undefined, as sklearn does)."""
+    tp = np.diag(cm).astype(np.float64)
+    pred = cm.sum(axis=0).astype(np.float64)
+    support = cm.sum(axis=1).astype(np.float64)
+    precision = np.divide(tp, pred, out=np.zeros_like(tp), where=pred > 0)
+    recall = np.divide(tp, support, out=np.zeros_like(tp), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
+    return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64)}
+
+
+def log_loss(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class (probabilities clipped, renormalised)."""
+    p = np.clip(np.asarray(proba, dtype=np.float64), EPS, 1 - EPS)
+    p = p / p.sum(axis=1, keepdims=True)
+    return float(-np.mean(np.log(p[np.arange(len(p)), np.asarray(y_true, dtype=np.int64)])))
+
+
+def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, n_bins: int = 15) -> float:
+    """ECE of the top-class confidence over equal-width bins."""
+    proba = np.asarray(proba, dtype=np.float64)
+    conf = proba.max(axis=1)
+    correct = proba.argmax(axis=1) == np.asarray(y_true)
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        mask = bins == b
+        if mask.any():
+            ece += mask.mean() * abs(conf[mask].mean() - correct[mask].mean())
+    return float(ece)
+
+
+def classification_report(y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None,
+                          classes: Sequence[str]) -> dict:
+    """Every figure the reports show, as JSON-ready Python values."""
+    y_true = np.asarray(y_true, dtype=np.int64)
+    y_pred = np.asarray(y_pred, dtype=np.int64)
+    k = len(classes)
+    cm = confusion_matrix(y_true, y_pred, k)
+    pc = per_class(cm)
+    support = pc["support"]
+    present = support > 0
+    n = max(int(support.sum()), 1)
+    out = {
+        "n": int(len(y_true)),
+        "accuracy": float(np.trace(cm) / n),
+        "balanced_accuracy": float(pc["recall"][present].mean()) if present.any() else 0.0,
+        "macro_f1": float(pc["f1"].mean()),
+        "weighted_f1": float((pc["f1"] * support).sum() / n),
+        "per_class": {c: {"precision": float(pc["precision"][i]), "recall": float(pc["recall"][i]),
+                          "f1": float(pc["f1"][i]), "support": int(support[i])}
+                      for i, c in enumerate(classes)},
+        "confusion_matrix": cm.tolist(),
+        "confusion_matrix_normalized": np.round(normalize_rows(cm), 6).tolist(),
+    }
+    if proba is not None:
+        out["log_loss"] = log_loss(y_true, proba)
+        out["ece"] = expected_calibration_error(y_true, proba)
+    return out

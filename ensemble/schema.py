@@ -1,0 +1,174 @@
+"""A small declarative schema: dataclasses plus per-field checks.
+
+Each config section is a dataclass; a field may carry ``check=...`` in its metadata,
+a callable that returns an error message (``"must be in (0, 1]"``) or ``None``.
+:func:`build` turns a plain mapping (parsed YAML) into the dataclass tree, naming the
+full key path in every error.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any, Callable, Literal, Union, get_args, get_origin, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown, of the wrong type or out of range."""
+
+
+Check = Callable[[Any], "str | None"]
+
+
+def field(default: Any = dataclasses.MISSING, *, check: Check | None = None, doc: str = "",
+          default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with an optional value check and a one-line description."""
+    meta = {"check": check, "doc": doc}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------- reusable checks
+def interval(low: float | None, high: float | None, *, low_open: bool = False,
+             high_open: bool = False) -> Check:
+    """Check that a number lies in an interval, e.g. ``interval(0, 1, low_open=True)``."""
+    text = "{}{}, {}{}".format("(" if low_open or low is None else "[",
+                               "-inf" if low is None else _num(low),
+                               "inf" if high is None else _num(high),
+                               ")" if high_open or high is None else "]")
+
+    def check(value: Any) -> str | None:
+        if value is None:
+            return None
+        bad_low = low is not None and (value <= low if low_open else value < low)
+        bad_high = high is not None and (value >= high if high_open else value > high)
+        return f"must be in {text}" if bad_low or bad_high else None
+
+    return check
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+# ---------------------------------------------------------------- building
+def build(cls: type, raw: Any, path: str = "") -> Any:
+    """Validate ``raw`` against dataclass ``cls`` and return an instance."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"`{path or '<root>'}` must be a mapping; got {_show(raw)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = get_type_hints(cls)
+    for key in raw:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean `{_join(path, close[0])}`?)" if close else ""
+            known = ", ".join(fields)
+            raise ConfigError(f"unknown key `{_join(path, key)}`{hint}; known keys here: {known}")
+    values = {}
+    for name, f in fields.items():
+        key_path = _join(path, name)
+        if name in raw:
+            value = convert(hints[name], raw[name], key_path)
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            value = f.default_factory()  # type: ignore[misc]
+        else:
+            raise ConfigError(f"missing required key `{key_path}`")
+        check = f.metadata.get("check")
+        if check is not None:
+            message = check(value)
+            if message:
+                raise ConfigError(f"`{key_path}` {message}; got {_show(value)}")
+        values[name] = value
+    obj = cls(**values)
+    post = getattr(obj, "validate", None)
+    if post is not None:
+        post(path)
+    return obj
+
+
+def convert(tp: Any, value: Any, path: str) -> Any:
+    """Convert ``value`` to type ``tp`` (a subset of typing) or raise ConfigError."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return convert(option, value, path)
+            except ConfigError as exc:
+                errors.append(exc)
+        expected = " or ".join(_type_name(o) for o in options)
+        raise ConfigError(f"`{path}` must be {expected}; got {_show(value)}")
+    if origin is Literal:
+        choices = get_args(tp)
+        if value in choices:
+            return value
+        raise ConfigError(f"`{path}` must be one of {', '.join(map(str, choices))}; got {_show(value)}")
+    if origin in (list, typing.List):
+        (item,) = get_args(tp) or (Any,)
+        if not isinstance(value, list):
+            raise ConfigError(f"`{path}` must be a list; got {_show(value)}")
+        return [convert(item, v, f"{path}.{i}") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        from_value = getattr(tp, "from_value", None)
+        if from_value is not None and not isinstance(value, dict):
+            return from_value(value, path)
+        return build(tp, value, path)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif isinstance(value, tp):
+        return value
+    raise ConfigError(f"`{path}` must be {_type_name(tp)}; got {_show(value)}")
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass tree -> plain dicts/lists (for YAML/JSON)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _type_name(tp: Any) -> str:
+    if tp is type(None):
+        return "null"
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(map(str, get_args(tp)))
+    if get_origin(tp) in (list, typing.List):
+        return "a list"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

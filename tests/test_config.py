@@ -1,0 +1,121 @@
+import textwrap
+
+import pytest
+import yaml
+
+from ensemble.config import ConfigError, dump_config, load_config
+
+GOOD = """
+seed: 3
+data:
+  train: {root}/train
+  val: {root}/val
+members:
+  - name: a
+    model: test_efficientnet
+    bagging: {{ratio: 0.5}}
+  - name: b
+    model: test_efficientnet
+    train: {{epochs: 2, freeze: backbone}}
+combiner: {{strategy: hard, weights: [1, 2]}}
+"""
+
+
+def write(tmp_path, text, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_valid_config_fills_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD.format(root=tmp_path)))
+    assert cfg.seed == 3
+    assert cfg.members[0].bagging.ratio == 0.5 and cfg.members[0].bagging.replace is True
+    assert cfg.members[1].train.freeze == "backbone" and cfg.members[1].train.epochs == 2
+    assert cfg.members[0].train.epochs == 3  # default
+    assert cfg.combiner.weights == [1.0, 2.0]
+    assert cfg.data.train.folder == str(tmp_path / "train")
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (("members.0.bagging.ratio", 1.5), "`members.0.bagging.ratio` must be in (0, 1]; got 1.5"),
+    (("members.0.bagging.ratio", 0), "`members.0.bagging.ratio` must be in (0, 1]; got 0"),
+    (("members.1.train.epochs", "three"), "`members.1.train.epochs` must be an integer; got 'three'"),
+    (("combiner.strategy", "median"), "`combiner.strategy` must be one of hard, soft; got 'median'"),
+    (("members.0.model", "efficientnet_b99"), "`members.0.model` is not a timm model name"),
+    (("members.0.train.lerning_rate", 0.1), "unknown key `members.0.train.lerning_rate`"),
+    (("members.0.train.freeze", "half"), "`members.0.train.freeze` must be `none`, `backbone`"),
+    (("data.val_fraction", 1.0), "`data.val_fraction` must be in (0, 1)"),
+    (("combiner.weights", [1.0]), "`combiner.weights` must have one weight per member (2); got 1"),
+    (("combiner.weights", [-1.0, 2.0]), "`combiner.weights` must be non-negative"),
+])
+def test_errors_name_key_and_file(tmp_path, edit, needle):
+    raw = yaml.safe_load(GOOD.format(root=tmp_path))
+    node = raw
+    *parents, last = edit[0].split(".")
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+    node[last] = edit[1]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert needle in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_misspelled_key_suggests_the_right_one(tmp_path):
+    raw = yaml.safe_load(GOOD.format(root=tmp_path))
+    raw["members"][0]["bagging"]["ration"] = 0.3
+    path = write(tmp_path, yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"did you mean `members.0.bagging.ratio`"):
+        load_config(path)
+
+
+def test_missing_required_keys(tmp_path):
+    path = write(tmp_path, "data: {train: x}\nmembers:\n  - name: a\n")
+    with pytest.raises(ConfigError, match=r"missing required key `members.0.model`"):
+        load_config(path)
+    path = write(tmp_path, "members: []\n")
+    with pytest.raises(ConfigError, match=r"missing required key `data`"):
+        load_config(path)
+
+
+def test_duplicate_keys_and_python_tags_are_refused(tmp_path):
+    dup = write(tmp_path, "seed: 1\nseed: 2\n", "dup.yaml")
+    with pytest.raises(ConfigError, match="duplicate key 'seed'"):
+        load_config(dup)
+    marker = tmp_path / "pwned"
+    evil = write(tmp_path, f"seed: !!python/object/apply:os.system ['touch {marker}']\n", "evil.yaml")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(evil)
+    assert not marker.exists()
+
+
+def test_set_overrides_any_key(tmp_path):
+    path = write(tmp_path, GOOD.format(root=tmp_path))
+    cfg = load_config(path, ["members.0.train.epochs=1", "combiner.strategy=soft",
+                             "members.1.bagging.replace=false", "data.test=/x/test"])
+    assert cfg.members[0].train.epochs == 1
+    assert cfg.combiner.strategy == "soft"
+    assert cfg.members[1].bagging.replace is False
+    assert cfg.data.test.folder == "/x/test"
+    with pytest.raises(ConfigError, match="`members.0.bagging.ratio` must be in"):
+        load_config(path, ["members.0.bagging.ratio=2"])
+    with pytest.raises(ConfigError, match="not an index"):
+        load_config(path, ["members.5.name=x"])
+
+
+def test_csv_split_forms(tmp_path):
+    raw = yaml.safe_load(GOOD.format(root=tmp_path))
+    raw["data"]["train"] = "manifest.csv"
+    raw["data"]["val"] = {"csv": "v.csv", "path_column": "file", "label_column": "y"}
+    cfg = load_config(write(tmp_path, yaml.safe_dump(raw)), base_dir=tmp_path)
+    assert cfg.data.train.csv == str(tmp_path / "manifest.csv")
+    assert cfg.data.val.csv == str(tmp_path / "v.csv") and cfg.data.val.path_column == "file"
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD.format(root=tmp_path)))
+    again = write(tmp_path, dump_config(cfg), "resolved.yaml")
+    assert load_config(again) == cfg
