@@ -24,20 +24,32 @@ def draw_sample(labels: np.ndarray, ratio: float, replace: bool, stratify: bool,
                 rng: np.random.Generator) -> np.ndarray:
     """Indices of one member's training sample (sorted; repeats when ``replace``).
 
-    With ``stratify`` each class contributes ``round(ratio * n_class)`` indices drawn
-    from its own images, so class shares match the full training set.
+    The sample holds ``round(ratio * n)`` indices. With ``stratify`` they are shared
+    out over the classes in proportion to class size (largest remainders get the
+    leftover places), each class drawing from its own images.
     """
     labels = np.asarray(labels)
     n = len(labels)
     if not stratify:
         idx = rng.choice(n, size=sample_size(n, ratio), replace=replace)
         return np.sort(idx)
+    classes, counts = np.unique(labels, return_counts=True)
     parts = []
-    for c in np.unique(labels):
+    for c, k in zip(classes, stratified_sizes(counts, sample_size(n, ratio))):
         members = np.flatnonzero(labels == c)
-        k = sample_size(len(members), ratio)
         parts.append(rng.choice(members, size=k, replace=replace))
     return np.sort(np.concatenate(parts))
+
+
+def stratified_sizes(counts: np.ndarray, total: int) -> np.ndarray:
+    """Split ``total`` over classes in proportion to ``counts`` (largest remainder)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    exact = total * counts / counts.sum()
+    sizes = np.floor(exact).astype(np.int64)
+    leftover = total - sizes.sum()
+    order = np.argsort(-(exact - sizes), kind="stable")
+    sizes[order[:leftover]] += 1
+    return sizes
 
 
 def oob_indices(n: int, sample: np.ndarray) -> np.ndarray:

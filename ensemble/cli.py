@@ -14,8 +14,9 @@ log = logging.getLogger("effens")
 
 def _setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose >= 0 else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for name in ("effens", "ensemble", "members"):
+        logging.getLogger(name).setLevel(level)
 
 
 def build_parser() -> argparse.ArgumentParser:

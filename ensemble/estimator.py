@@ -43,6 +43,14 @@ def member_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index, 1]).generate_state(1)[0])
 
 
+def seed_everything(seed: int) -> None:
+    """Seed torch and Python's ``random`` (timm's auto-augment draws from it)."""
+    import random
+
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def images_fingerprint(paths: Sequence[str], labels: Sequence) -> str:
     return sha256_json([list(map(str, paths)), [str(v) for v in labels]])
 
@@ -66,9 +74,10 @@ def _fit_member(index: int, spec, images, y, sample, oob, val_images, val_y, cla
     if torch_threads:
         torch.set_num_threads(torch_threads)
     device = pick_device(device_name)
+    mseed = member_seed(seed, index)
+    seed_everything(mseed)  # before the model is built: initialisation draws from it
     member = create_member(spec, len(classes))
     val_tensor = eval_tensor(val_images, member.inputs)
-    mseed = member_seed(seed, index)
     result = train_member(member, spec.train, images, y, sample, val_tensor, np.asarray(val_y),
                           len(classes), device, mseed, name=spec.name)
     oob_tensor = eval_tensor([images[i] for i in oob], member.inputs)

@@ -51,3 +51,10 @@ def test_determinism_and_member_independence():
 def test_ratio_is_checked():
     with pytest.raises(ValueError, match=r"`ratio` must be in \(0, 1\]; got 1.5"):
         sample_size(10, 1.5)
+
+
+def test_stratified_total_is_round_ratio_n():
+    labels = np.repeat([0, 1, 2], [16, 16, 16])
+    s = draw_sample(labels, 0.8, True, True, member_rng(0, 0))
+    assert len(s) == round(0.8 * 48)  # 38, not 3 * round(12.8) = 39
+    assert sorted(np.bincount(labels[s]).tolist()) == [12, 13, 13]

@@ -1,0 +1,45 @@
+"""Print the config reference table (Markdown) from the schema: `python scripts/config_reference.py`."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+from ensemble import config as C
+
+
+def _type(tp) -> str:
+    origin = typing.get_origin(tp)
+    if tp is C.SplitSource:
+        return "folder, CSV path or {csv, path_column, label_column}"
+    if origin is typing.Literal:
+        return " \\| ".join(map(str, typing.get_args(tp)))
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType")):
+        return " or ".join(_type(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list of {_type(typing.get_args(tp)[0])}"
+    return {type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def rows(cls, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, key = hints[f.name], f"{prefix}{f.name}"
+        inner = typing.get_args(tp)[0] if typing.get_origin(tp) is list else tp
+        if dataclasses.is_dataclass(inner) and inner is not C.SplitSource:
+            yield from rows(inner, key + (".N." if inner is not tp else "."))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f"`{f.default}`" if f.default is not None else "null"
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f"`{f.default_factory()}`"
+        else:
+            default = "required"
+        yield f"| `{key}` | {_type(tp)} | {default} | {f.metadata.get('doc', '')} |"
+
+
+def table() -> str:
+    return "\n".join(["| key | type | default | meaning |", "|---|---|---|---|", *rows(C.Config)])
+
+
+if __name__ == "__main__":
+    print(table())
