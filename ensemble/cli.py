@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .combiners import STRATEGIES
 
 log = logging.getLogger("effens")
 
@@ -32,7 +33,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="override `device` (auto, cpu, cuda, cuda:N)")
     t.add_argument("--restart", action="store_true",
                    help="start over in a run folder whose saved config differs")
-    for q in (t,):
+    pr = sub.add_parser("predict", help="predict images, folders or CSV manifests with a trained run")
+    pr.add_argument("run", help="run folder made by `effens train`")
+    pr.add_argument("inputs", nargs="+", help="image files, folders (recursive) or CSV manifests")
+    pr.add_argument("--strategy", choices=STRATEGIES, help="default: the run's combiner.strategy")
+    pr.add_argument("--out", required=True, help="output .csv or .json")
+
+    ev = sub.add_parser("evaluate", help="report every member and strategy on labelled data")
+    ev.add_argument("run", help="run folder made by `effens train`")
+    ev.add_argument("data", help="a folder of class folders or a CSV manifest (path, label)")
+    ev.add_argument("--strategy", choices=STRATEGIES + ("all",), default="all")
+    ev.add_argument("--out", required=True, help="report folder (also caches member probabilities)")
+
+    for q in (pr, ev):
+        q.add_argument("--batch-size", type=int, help="images per inference step")
+        q.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's)")
+        q.add_argument("--tta", action="store_true", help="average with the horizontal mirror")
+
+    fc = sub.add_parser("fit-combiner", help="refit weights, stacking and calibration of a run")
+    fc.add_argument("run", help="run folder made by `effens train`")
+    fc.add_argument("--set", dest="overrides", action="append", default=[], metavar="combiner.KEY=VALUE",
+                    help="change a combiner setting first, e.g. combiner.stacking.source=oob")
+
+    for q in (t, pr, ev, fc):
         q.add_argument("-v", "--verbose", action="count", default=0)
         q.add_argument("-q", "--quiet", action="store_true")
     return p
@@ -49,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return cmd_train(args)
+        if args.command == "predict":
+            return cmd_predict(args)
+        if args.command == "evaluate":
+            return cmd_evaluate(args)
+        if args.command == "fit-combiner":
+            return cmd_fit_combiner(args)
     except (ConfigError, DataError, BadImageError, RunError) as exc:
         log.error("%s", exc)
         return 2
@@ -76,4 +105,36 @@ def cmd_train(args) -> int:
     sys.stdout.write("\n" + format_table(summary_rows(doc)) + "\n")
     sys.stdout.write(f"\nreport: {Path(args.out) / 'report' / 'report.md'}  "
                      f"({time.perf_counter() - t0:.0f} s)\n")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .inference import run_predict
+
+    summary = run_predict(args.run, args.inputs, args.out, args.strategy, args.batch_size,
+                          args.device, args.tta)
+    sys.stdout.write(f"predicted {summary['n'] - summary['n_errors']} of {summary['n']} images "
+                     f"({summary['strategy']}); {summary['n_errors']} could not be read "
+                     f"(see the error column) -> {args.out}\n")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .inference import run_evaluate
+
+    doc = run_evaluate(args.run, args.data, args.out, args.strategy, args.batch_size, args.device,
+                       args.tta)
+    sys.stdout.write("\n" + doc["_table"] + "\n")
+    n_skip = len(doc["skipped_images"].get("eval", []))
+    sys.stdout.write(f"\nreport: {Path(args.out) / 'report.md'}" +
+                     (f"  ({n_skip} unreadable images skipped, listed there)" if n_skip else "") + "\n")
+    return 0
+
+
+def cmd_fit_combiner(args) -> int:
+    from .report import format_table, summary_rows
+    from .training import refit_run_combiner
+
+    doc = refit_run_combiner(args.run, args.overrides)
+    sys.stdout.write("\n" + format_table(summary_rows(doc)) + "\n")
     return 0

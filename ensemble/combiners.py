@@ -48,18 +48,55 @@ def hard_vote(proba: np.ndarray, weights: Sequence[float] | None = None) -> np.n
     return np.where(top, soft, -np.inf).argmax(axis=1)
 
 
-def combine(proba: np.ndarray, strategy: str,
-            weights: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+STRATEGIES = ("hard", "soft", "weighted", "stacking")
+PROBA_FLOOR = 1e-6
+
+
+def stacking_features(proba: np.ndarray) -> np.ndarray:
+    """Meta-learner input: each member's clipped log-probabilities side by side (N, M*C)."""
+    proba = np.asarray(proba, dtype=np.float64)
+    m, n, c = proba.shape
+    return np.log(np.clip(proba, PROBA_FLOOR, 1.0)).transpose(1, 0, 2).reshape(n, m * c)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def stacking_proba(proba: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+    """Multinomial logistic meta-learner applied with numpy -> (samples, classes)."""
+    return softmax(stacking_features(proba) @ np.asarray(coef).T + np.asarray(intercept))
+
+
+def temperature_scale(proba: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities of logits / T (computed from probabilities: softmax(log p / T))."""
+    logp = np.log(np.clip(np.asarray(proba, dtype=np.float64), PROBA_FLOOR / 100, 1.0))
+    return softmax(logp / temperature)
+
+
+def combine(proba: np.ndarray, strategy: str, weights: Sequence[float] | None = None,
+            stacking: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Apply a strategy -> (predictions, ensemble probabilities).
 
-    For ``hard`` the probabilities are the vote shares (what the members agreed on).
+    ``soft``/``weighted``: weighted mean of probabilities (``weighted`` requires
+    ``weights``); ``hard``: (weighted) majority vote, probabilities = vote shares;
+    ``stacking``: the meta-learner ``(coef, intercept)``.
     """
-    if strategy == "soft":
+    if strategy in ("soft", "weighted"):
+        if strategy == "weighted" and weights is None:
+            raise ValueError("strategy `weighted` needs member weights")
         p = soft_vote(proba, weights)
         return p.argmax(axis=1), p
     if strategy == "hard":
         return hard_vote(proba, weights), vote_shares(proba, weights)
-    raise ValueError(f"`strategy` must be one of hard, soft; got {strategy!r}")
+    if strategy == "stacking":
+        if stacking is None:
+            raise ValueError("strategy `stacking` needs a fitted meta-learner")
+        p = stacking_proba(proba, *stacking)
+        return p.argmax(axis=1), p
+    raise ValueError(f"`strategy` must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
 
 
 def oob_combine(proba: np.ndarray, seen: np.ndarray, strategy: str,

@@ -18,9 +18,6 @@ from .schema import ConfigError, build, field, interval, to_dict
 __all__ = ["ConfigError", "Config", "MemberConfig", "load_config", "parse_overrides",
            "apply_overrides", "dump_config", "SplitSource"]
 
-STRATEGIES = ("hard", "soft")
-
-
 def _non_empty(value: Any) -> str | None:
     return "must not be empty" if isinstance(value, str) and not value.strip() else None
 
@@ -141,15 +138,31 @@ class MemberConfig:
 
 
 @dataclasses.dataclass
+class StackingConfig:
+    source: Literal["oob", "val"] = field("oob", doc="meta-learner fitted on out-of-bag or "
+                                                     "validation member probabilities")
+    C: float = field(1.0, check=interval(0, None, low_open=True),
+                     doc="inverse regularisation strength of the logistic meta-learner")
+
+
+@dataclasses.dataclass
 class CombinerConfig:
-    strategy: Literal["hard", "soft"] = field("soft", doc="hard (majority) or soft (mean "
-                                                          "probability) voting")
-    weights: list[float] | None = field(None, doc="one non-negative weight per member")
+    strategy: Literal["hard", "soft", "weighted", "stacking"] = field(
+        "soft", doc="default voting: hard (majority), soft (mean probability), weighted "
+                    "(learned or given weights), stacking (meta-learner)")
+    weights: list[float] | Literal["auto"] | None = field(
+        None, doc="one non-negative weight per member (used by hard, soft and weighted), "
+                  "or `auto`/null: `weighted` learns them")
+    weights_source: Literal["oob", "val"] = field("oob", doc="probabilities `auto` weights "
+                                                             "are fitted on (oob keeps val a "
+                                                             "clean holdout)")
+    stacking: StackingConfig = field(default_factory=StackingConfig)
+    calibrate: bool = field(False, doc="per-member temperature scaling fitted on validation")
 
     def validate(self, path: str) -> None:
-        if self.weights is not None and (any(w < 0 for w in self.weights) or sum(self.weights) <= 0):
-            raise ConfigError(f"`{path}.weights` must be non-negative with a positive sum; "
-                              f"got {self.weights}")
+        w = self.weights
+        if isinstance(w, list) and (any(v < 0 for v in w) or sum(w) <= 0):
+            raise ConfigError(f"`{path}.weights` must be non-negative with a positive sum; got {w}")
 
 
 @dataclasses.dataclass
@@ -169,7 +182,7 @@ class Config:
         if dupes:
             raise ConfigError(f"`members` names must be unique; repeated: {', '.join(dupes)}")
         w = self.combiner.weights
-        if w is not None and len(w) != len(self.members):
+        if isinstance(w, list) and len(w) != len(self.members):
             raise ConfigError(f"`combiner.weights` must have one weight per member "
                               f"({len(self.members)}); got {len(w)}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

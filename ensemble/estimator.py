@@ -1,8 +1,9 @@
 """BaggedEnsemble: the scikit-learn-style Python face of effens.
 
-    ens = BaggedEnsemble(members=cfg.members, strategy="soft", seed=0)
+    ens = BaggedEnsemble(members=cfg.members, combiner=cfg.combiner, seed=0)
     ens.fit(images, y, classes, val_images, val_y, run=RunFolder("runs/x"))
-    proba = ens.predict_proba(new_images)
+    proba = ens.predict_proba(new_images)               # the combiner's strategy
+    proba = ens.predict_proba(new_images, strategy="stacking")
 
 Constructor arguments are stored as given; all work happens in :meth:`fit`; fitted
 state ends in an underscore. ``images`` are decoded RGB uint8 arrays
@@ -20,7 +21,8 @@ import torch
 
 from . import __version__
 from .bagging import draw_all, oob_indices
-from .combiners import combine, oob_combine
+from .combiner_fit import FittedCombiner, fit_combiner, impute_missing, oob_matrix
+from .combiners import oob_combine
 from .metrics import classification_report
 from .run import RunFolder, RunError, sha256_json
 from .schema import to_dict
@@ -108,10 +110,9 @@ class BaggedEnsemble:
     ----------
     members : list of MemberConfig
         One entry per member (model, weights, image size, bagging, training).
-    strategy : {"soft", "hard"}
-        How :meth:`predict_proba` and :meth:`predict` combine members.
-    weights : list of float or None
-        Member weights for voting (None = equal).
+    combiner : CombinerConfig or None
+        Default strategy, weights, stacking and calibration settings (None = defaults:
+        soft voting, learned weights and a stacking meta-learner fitted on validation).
     seed : int
         Seeds bagging, initialisation and augmentation.
     device : str
@@ -120,12 +121,10 @@ class BaggedEnsemble:
         Members trained at once through joblib.
     """
 
-    def __init__(self, members: Sequence, strategy: str = "soft",
-                 weights: Sequence[float] | None = None, seed: int = 0, device: str = "auto",
+    def __init__(self, members: Sequence, combiner=None, seed: int = 0, device: str = "auto",
                  n_jobs: int = 1) -> None:
         self.members = members
-        self.strategy = strategy
-        self.weights = weights
+        self.combiner = combiner
         self.seed = seed
         self.device = device
         self.n_jobs = n_jobs
@@ -134,10 +133,11 @@ class BaggedEnsemble:
     def fit(self, images: Sequence[np.ndarray], y: np.ndarray, classes: Sequence[str],
             val_images: Sequence[np.ndarray], val_y: np.ndarray, run: RunFolder | None = None,
             data_fingerprint: str = "") -> "BaggedEnsemble":
-        """Draw each member's sample, train the members, score them out of bag.
+        """Draw each member's sample, train the members, fit the combiner, score OOB.
 
         With ``run``, each member is saved as it finishes and a member already finished
-        with the same settings and data is loaded instead of retrained.
+        with the same settings and data is loaded instead of retrained; the combiner
+        and the members' validation probabilities are saved too.
         """
         from joblib import Parallel, delayed
 
@@ -176,23 +176,52 @@ class BaggedEnsemble:
                 state, meta, arrays = got["state_dict"], got["meta"], got["arrays"]
             self.members_.append(_restore_member(spec, meta, state))
             self.oob_proba_.append(np.asarray(arrays["oob_proba.npy"], dtype=np.float64))
-        self.oob_score_ = self._oob_scores(y)
+        self.y_train_ = y
+        self.val_proba_ = self.member_proba(val_images)
+        self.val_y_ = np.asarray(val_y, dtype=np.int64)
+        self.refit_combiner(self.combiner)
+        if run is not None:
+            self.combiner_.save(run.root / "combiner")
+        return self
+
+    def refit_combiner(self, combiner_cfg=None) -> "BaggedEnsemble":
+        """Fit weights, stacking and temperatures from stored probabilities (no network runs)."""
+        from .config import CombinerConfig
+
+        self._check_fitted()
+        cfg = combiner_cfg if combiner_cfg is not None else CombinerConfig()
+        self.combiner_ = fit_combiner(cfg, [fm.name for fm in self.members_], self.classes_,
+                                      self.y_train_, self.oob_indices_, self.oob_proba_,
+                                      self.val_proba_, self.val_y_, self.seed)
+        self.oob_score_ = self._oob_scores(self.y_train_)
         return self
 
     def _oob_scores(self, y: np.ndarray) -> dict:
-        """Macro-F1/accuracy of each member on its OOB set and of the ensemble OOB vote."""
-        n, k, m = len(y), len(self.classes_), len(self.members_)
-        full = np.zeros((m, n, k))
-        seen = np.ones((m, n), dtype=bool)
-        out: dict = {"members": {}}
-        for j, (fm, oob, proba) in enumerate(zip(self.members_, self.oob_indices_, self.oob_proba_)):
-            full[j, oob] = proba
-            seen[j, oob] = False
+        """Metrics of each member on its OOB set and of each strategy's OOB vote.
+
+        An image is voted on only by the members that left it out; for stacking, the
+        missing members' probabilities are imputed as in fitting.
+        """
+        comb = self.combiner_
+        n, k = len(y), len(self.classes_)
+        oob_proba = [comb.calibrate(p[None])[0] if len(p) else p for p in self.oob_proba_]
+        full, avail = oob_matrix(self.oob_indices_, oob_proba, n, k)
+        out: dict = {"members": {}, "strategies": {}}
+        for fm, oob, proba in zip(self.members_, self.oob_indices_, oob_proba):
             out["members"][fm.name] = (classification_report(y[oob], proba.argmax(1), proba, self.classes_)
                                        if len(oob) else None)
-        covered, pred, proba = oob_combine(full, seen, self.strategy, self.weights)
-        out["ensemble"] = (classification_report(y[covered], pred, proba, self.classes_)
-                           if len(covered) else None)
+        covered = np.flatnonzero(avail.any(axis=0))
+        for strategy in comb.available():
+            if not len(covered):
+                out["strategies"][strategy] = None
+                continue
+            if strategy == "stacking":
+                pred, proba = comb.apply(impute_missing(full[:, covered], avail[:, covered]),
+                                         "stacking", calibrated=True)
+            else:
+                w = comb.learned_weights if strategy == "weighted" else comb.vote_weights
+                _, pred, proba = oob_combine(full, ~avail, "hard" if strategy == "hard" else "soft", w)
+            out["strategies"][strategy] = classification_report(y[covered], pred, proba, self.classes_)
         out["n_covered"] = int(len(covered))
         out["n_excluded"] = int(n - len(covered))
         return out
@@ -214,13 +243,15 @@ class BaggedEnsemble:
                                      batch_size or spec.train.eval_batch_size, dev, tta=tta))
         return np.stack(out)
 
-    def predict_proba(self, images: Sequence[np.ndarray], **kwargs) -> np.ndarray:
+    def predict_proba(self, images: Sequence[np.ndarray], strategy: str | None = None,
+                      **kwargs) -> np.ndarray:
         """Ensemble probabilities (vote shares for ``hard``), shape (samples, classes)."""
-        return combine(self.member_proba(images, **kwargs), self.strategy, self.weights)[1]
+        return self.combiner_.apply(self.member_proba(images, **kwargs), strategy)[1]
 
-    def predict(self, images: Sequence[np.ndarray], **kwargs) -> np.ndarray:
+    def predict(self, images: Sequence[np.ndarray], strategy: str | None = None,
+                **kwargs) -> np.ndarray:
         """Predicted class indices."""
-        return combine(self.member_proba(images, **kwargs), self.strategy, self.weights)[0]
+        return self.combiner_.apply(self.member_proba(images, **kwargs), strategy)[0]
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "members_"):
@@ -231,14 +262,13 @@ class BaggedEnsemble:
     def load_run(cls, root: str) -> "BaggedEnsemble":
         """A fitted ensemble from a finished run folder (hashes checked, no pickles)."""
         from .config import config_from_dict, read_yaml
-        from .run import read_json
+        from .run import read_json, read_npy
 
         run = RunFolder(root)
         if not run.config_path.is_file():
             raise RunError(f"{root}: not a run folder (config.yaml missing)")
         cfg = config_from_dict(read_yaml(run.config_path), source=str(run.config_path))
-        ens = cls(cfg.members, cfg.combiner.strategy, cfg.combiner.weights, cfg.seed, cfg.device,
-                  cfg.n_jobs)
+        ens = cls(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.n_jobs)
         ens.classes_ = list(read_json(run.classes_path))
         ens.members_, ens.samples_, ens.oob_indices_, ens.oob_proba_ = [], [], [], []
         for spec in cfg.members:
@@ -247,6 +277,12 @@ class BaggedEnsemble:
             ens.samples_.append(arrays["samples"])
             ens.oob_indices_.append(arrays["oob"])
             ens.oob_proba_.append(arrays["oob_proba"].astype(np.float64))
+        pred = run.root / "predictions"
+        ens.y_train_ = read_npy(pred / "train_labels.npy")
+        ens.val_proba_ = read_npy(pred / "val_proba.npy")
+        ens.val_y_ = read_npy(pred / "val_labels.npy")
+        ens.combiner_ = FittedCombiner.load(run.root / "combiner")
+        ens.oob_score_ = ens._oob_scores(ens.y_train_)
         return ens
 
 

@@ -9,7 +9,6 @@ from typing import Sequence
 
 import numpy as np
 
-from .combiners import combine
 from .metrics import classification_report
 from .run import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -19,19 +18,20 @@ ENSEMBLE = "ensemble"
 
 
 def evaluate_split(member_proba: np.ndarray, y: np.ndarray, classes: Sequence[str],
-                   names: Sequence[str], strategy: str,
-                   weights: Sequence[float] | None = None) -> dict[str, dict]:
-    """Metrics of every member and of the combined ensemble on one labelled split.
+                   names: Sequence[str], combiner, strategies: Sequence[str]) -> dict[str, dict]:
+    """Metrics of every member and every strategy on one labelled split.
 
-    Also returns each one's predictions and probabilities under ``"_pred"``/``"_proba"``
-    (dropped before writing JSON).
+    ``member_proba`` is (members, samples, classes) before calibration; each entry also
+    keeps its predictions and probabilities under ``_pred``/``_proba`` (not written to JSON).
     """
+    calibrated = combiner.calibrate(member_proba)
     out = {}
-    for name, proba in zip(names, member_proba):
+    for name, proba in zip(names, calibrated):
         pred = proba.argmax(axis=1)
         out[name] = classification_report(y, pred, proba, classes) | {"_pred": pred, "_proba": proba}
-    pred, proba = combine(member_proba, strategy, weights)
-    out[ENSEMBLE] = classification_report(y, pred, proba, classes) | {"_pred": pred, "_proba": proba}
+    for strategy in strategies:
+        pred, proba = combiner.apply(calibrated, strategy, calibrated=True)
+        out[strategy] = classification_report(y, pred, proba, classes) | {"_pred": pred, "_proba": proba}
     return out
 
 
@@ -40,31 +40,47 @@ def _public(metrics: dict) -> dict:
 
 
 def build_metrics(classes: Sequence[str], names: Sequence[str], splits: dict[str, dict],
-                  oob: dict | None, strategy: str, weights) -> dict:
-    """The ``metrics.json`` document: members -> name -> split -> metrics; ensemble -> split."""
-    doc: dict = {"classes": list(classes), "strategy": strategy, "weights": weights,
-                 "members": {n: {} for n in names}, ENSEMBLE: {}}
+                  oob: dict | None, combiner, strategy: str | None = None) -> dict:
+    """The ``metrics.json`` document.
+
+    ``members`` -> name -> split -> metrics; ``strategies`` -> strategy -> split ->
+    metrics; ``ensemble`` -> split -> metrics of the run's default strategy.
+    """
+    strategy = strategy or combiner.strategy
+    doc: dict = {"classes": list(classes), "strategy": strategy,
+                 "combiner": {"vote_weights": combiner.vote_weights,
+                              "learned_weights": dict(zip(names, combiner.learned_weights)),
+                              "weights_source": combiner.weights_source,
+                              "stacking_source": combiner.stacking_source,
+                              "stacking_C": combiner.stacking_C,
+                              "temperatures": (dict(zip(names, combiner.temperatures))
+                                               if combiner.temperatures else None)},
+                 "members": {n: {} for n in names}, "strategies": {}, ENSEMBLE: {}}
     for split, results in splits.items():
         for who, metrics in results.items():
-            target = doc[ENSEMBLE] if who == ENSEMBLE else doc["members"][who]
+            target = doc["members"][who] if who in doc["members"] else doc["strategies"].setdefault(who, {})
             target[split] = _public(metrics)
     if oob is not None:
         for n in names:
             if oob["members"].get(n) is not None:
                 doc["members"][n]["oob"] = oob["members"][n]
-        if oob.get(ENSEMBLE) is not None:
-            doc[ENSEMBLE]["oob"] = oob[ENSEMBLE]
-            doc[ENSEMBLE]["oob"]["n_excluded"] = oob["n_excluded"]
+        for name, metrics in oob["strategies"].items():
+            if metrics is not None and name in doc["strategies"]:
+                doc["strategies"][name]["oob"] = dict(metrics, n_excluded=oob["n_excluded"])
+    doc[ENSEMBLE] = doc["strategies"].get(strategy, {})
     return doc
 
 
 def summary_rows(doc: dict) -> list[list[str]]:
-    """Table rows: who, then accuracy / macro-F1 for each split present, OOB macro-F1."""
-    splits = [s for s in ("val", "test") if s in doc[ENSEMBLE]]
+    """Table rows: members then strategies (* = the run's default), per split, OOB."""
+    first = next(iter(doc["strategies"].values()), doc[ENSEMBLE])
+    splits = [s for s in ("val", "test") if s in first]
     header = ["model"] + [f"{s} {m}" for s in splits for m in ("acc", "macro-F1", "weighted-F1")]
     header += ["OOB macro-F1"]
     rows = [header]
-    entries = list(doc["members"].items()) + [(f"{ENSEMBLE} ({doc['strategy']})", doc[ENSEMBLE])]
+    entries = list(doc["members"].items())
+    entries += [(f"{ENSEMBLE} {s}" + (" *" if s == doc["strategy"] else ""), m)
+                for s, m in doc["strategies"].items()]
     for who, per in entries:
         row = [who]
         for s in splits:
@@ -74,6 +90,15 @@ def summary_rows(doc: dict) -> list[list[str]]:
         oob = per.get("oob")
         row.append(f"{oob['macro_f1']:.4f}" if oob else "-")
         rows.append(row)
+    return rows
+
+
+def comparison_rows(results: dict[str, dict]) -> list[list[str]]:
+    """One split, every member and strategy side by side."""
+    rows = [["model", "acc", "bal-acc", "macro-F1", "weighted-F1", "log loss", "ECE"]]
+    for who, m in results.items():
+        rows.append([who] + [f"{m[k]:.4f}" for k in ("accuracy", "balanced_accuracy", "macro_f1",
+                                                      "weighted_f1", "log_loss", "ece")])
     return rows
 
 
@@ -136,15 +161,50 @@ def heatmap_png(cm: np.ndarray, classes: Sequence[str], title: str) -> bytes:
     return buf.getvalue()
 
 
+def reliability_png(y: np.ndarray, curves: dict[str, np.ndarray], title: str, n_bins: int = 10) -> bytes:
+    """Reliability diagram: accuracy against confidence per bin, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    edges = np.linspace(0, 1, n_bins + 1)
+    for who, proba in curves.items():
+        conf, correct = proba.max(1), proba.argmax(1) == y
+        bins = np.clip(np.digitize(conf, edges[1:-1]), 0, n_bins - 1)
+        xs = [conf[bins == b].mean() for b in range(n_bins) if (bins == b).any()]
+        ys = [correct[bins == b].mean() for b in range(n_bins) if (bins == b).any()]
+        ax.plot(xs, ys, "o-", ms=3, label=who)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def write_report(out_dir: str | Path, doc: dict, splits: dict[str, dict],
                  split_data: dict[str, tuple[Sequence[str], np.ndarray]],
                  extra_md: str = "") -> Path:
-    """Write metrics.json, report.md, heatmaps and misclassified CSVs into ``out_dir``."""
+    """Write metrics.json, report.md, heatmaps, reliability diagrams and misclassified CSVs."""
     out = Path(out_dir)
     classes = doc["classes"]
     atomic_write_json(out / "metrics.json", doc)
-    md = ["# effens report", "", f"Classes: {', '.join(classes)}. Strategy: **{doc['strategy']}**"
-          + (f", weights {doc['weights']}" if doc.get("weights") else "") + ".", "",
+    comb = doc.get("combiner", {})
+    weights = ", ".join(f"{k} {v:.3f}" for k, v in (comb.get("learned_weights") or {}).items())
+    md = ["# effens report", "", f"Classes: {', '.join(classes)}. Default strategy: "
+          f"**{doc['strategy']}** (marked *). Learned weights ({comb.get('weights_source')}): "
+          f"{weights}. Stacking meta-learner fitted on {comb.get('stacking_source')}."
+          + (f" Temperatures: {comb['temperatures']}." if comb.get("temperatures") else "")
+          + (" Validation figures of combiners fitted on val are in-sample (optimistic)."
+             if "val" in (comb.get("weights_source"), comb.get("stacking_source")) else ""), "",
           format_table(summary_rows(doc), markdown=True), ""]
     oob = doc[ENSEMBLE].get("oob")
     if oob:
@@ -154,7 +214,11 @@ def write_report(out_dir: str | Path, doc: dict, splits: dict[str, dict],
         md += [extra_md, ""]
     for split, results in splits.items():
         paths, y = split_data[split]
-        md += [f"## {split}", ""]
+        rel = f"reliability_{split}.png"
+        atomic_write_bytes(out / rel, reliability_png(
+            y, {who: m["_proba"] for who, m in results.items() if who != "hard"}, f"reliability - {split}"))
+        md += [f"## {split}", "", format_table(comparison_rows(results), markdown=True), "",
+               f"![reliability {split}]({rel})", ""]
         for who, metrics in results.items():
             slug = _slug(who)
             cm = np.asarray(metrics["confusion_matrix"])

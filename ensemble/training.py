@@ -14,7 +14,8 @@ from .data import Dataset, Split, load_dataset
 from .estimator import BaggedEnsemble, images_fingerprint
 from .images import decode_all
 from .report import build_metrics, evaluate_split, write_report
-from .run import RunError, RunFolder, atomic_write_json, atomic_write_text, read_json
+from .run import (RunError, RunFolder, atomic_write_json, atomic_write_npy, atomic_write_text,
+                  read_json, read_npy)
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def prepare_run(cfg: Config, out: str | Path, restart: bool) -> RunFolder:
     run = RunFolder(out)
     if run.config_path.is_file():
         old = yaml.safe_load(run.config_path.read_text(encoding="utf-8"))
-        changed = config_changes(old, config_to_dict(cfg))
+        changed = [k for k in config_changes(old, config_to_dict(cfg)) if not k.startswith("combiner.")]
         if changed and not restart:
             raise RunError(f"{run.root} holds a run with a different config (changed: "
                            f"{', '.join(changed[:10])}); use another --out, or --restart to start over")
@@ -75,6 +76,45 @@ def cache_size(cfg: Config) -> int:
     return max(default_resize_size(m.model, m.image_size) for m in cfg.members)
 
 
+def save_predictions(run: RunFolder, split: str, paths: list[str], y: np.ndarray,
+                     member_proba: np.ndarray) -> None:
+    """Cache a split's member probabilities so combiners and reports never re-run a network."""
+    d = run.root / "predictions"
+    atomic_write_npy(d / f"{split}_proba.npy", member_proba.astype(np.float64))
+    atomic_write_npy(d / f"{split}_labels.npy", np.asarray(y, dtype=np.int64))
+    atomic_write_json(d / f"{split}_paths.json", list(paths))
+
+
+def load_predictions(run: RunFolder, split: str) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+    d = run.root / "predictions"
+    if not (d / f"{split}_proba.npy").is_file():
+        return None
+    return (read_json(d / f"{split}_paths.json"), read_npy(d / f"{split}_labels.npy"),
+            read_npy(d / f"{split}_proba.npy"))
+
+
+def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = None) -> dict:
+    """Evaluate every member and strategy on the cached val/test probabilities; write report/."""
+    comb = ens.combiner_
+    names = [fm.name for fm in ens.members_]
+    results, split_data = {}, {}
+    for split in ("val", "test"):
+        cached = load_predictions(run, split)
+        if cached is None:
+            continue
+        paths, y, proba = cached
+        results[split] = evaluate_split(proba, y, ens.classes_, names, comb, comb.available())
+        split_data[split] = (paths, y)
+    doc = build_metrics(ens.classes_, names, results, ens.oob_score_, comb)
+    doc.update(extra or {})
+    md = ""
+    if doc.get("skipped_images"):
+        md = "Skipped unreadable images:\n\n" + "\n".join(
+            f"- {k}: {d['path']} ({d['reason']})" for k, v in doc["skipped_images"].items() for d in v)
+    write_report(run.report_dir, doc, results, split_data, extra_md=md)
+    return doc
+
+
 def train_run(config_path: str, out: str, overrides: list[str] | None = None,
               restart: bool = False) -> dict:
     """Run ``effens train``; returns the metrics document written to ``report/metrics.json``."""
@@ -92,37 +132,44 @@ def train_run(config_path: str, out: str, overrides: list[str] | None = None,
     t0 = time.perf_counter()
     train, train_imgs, bad_train = decode_split(data.train, size, cfg.data.on_bad_image, "train")
     val, val_imgs, bad_val = decode_split(data.val, size, cfg.data.on_bad_image, "val")
-    splits = {"val": (val, val_imgs)}
     bad = {"train": bad_train, "val": bad_val}
+    test = test_imgs = None
     if data.test is not None:
         test, test_imgs, bad["test"] = decode_split(data.test, size, cfg.data.on_bad_image, "test")
-        splits["test"] = (test, test_imgs)
     decode_s = time.perf_counter() - t0
-    log.info("decoded %d images in %.1f s", sum(len(s) for s, _ in splits.values()) + len(train), decode_s)
+    log.info("decoded %d images in %.1f s", len(train) + len(val) + (len(test) if test else 0), decode_s)
 
     y = train.encode(data.classes)
-    ens = BaggedEnsemble(cfg.members, cfg.combiner.strategy, cfg.combiner.weights, cfg.seed,
-                         cfg.device, cfg.n_jobs)
-    ens.fit(train_imgs, y, data.classes, val_imgs, val.encode(data.classes), run=run,
+    y_val = val.encode(data.classes)
+    ens = BaggedEnsemble(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.n_jobs)
+    ens.fit(train_imgs, y, data.classes, val_imgs, y_val, run=run,
             data_fingerprint=images_fingerprint(train.paths + val.paths, train.labels + val.labels))
-
-    names = [m.name for m in cfg.members]
-    results, split_data = {}, {}
-    for name, (split, imgs) in splits.items():
-        yy = split.encode(data.classes)
-        proba = ens.member_proba(imgs)
-        results[name] = evaluate_split(proba, yy, data.classes, names, cfg.combiner.strategy,
-                                       cfg.combiner.weights)
-        split_data[name] = (split.paths, yy)
-    doc = build_metrics(data.classes, names, results, ens.oob_score_, cfg.combiner.strategy,
-                        cfg.combiner.weights)
-    doc["skipped_images"] = {k: [{"path": p, "reason": r} for p, r in v] for k, v in bad.items() if v}
-    doc["timing"] = {"decode_s": decode_s, "total_s": time.perf_counter() - t_start,
-                     "members_train_s": {fm.name: fm.meta["train_seconds"] for fm in ens.members_}}
-    extra = ""
-    if doc["skipped_images"]:
-        extra = "Skipped unreadable images:\n\n" + "\n".join(
-            f"- {k}: {d['path']} ({d['reason']})" for k, v in doc["skipped_images"].items() for d in v)
-    write_report(run.report_dir, doc, results, split_data, extra_md=extra)
-    log.info("report written to %s (%.0f s in all)", run.report_dir, doc["timing"]["total_s"])
+    atomic_write_npy(run.root / "predictions" / "train_labels.npy", y)
+    save_predictions(run, "val", val.paths, y_val, ens.val_proba_)
+    if test is not None:
+        save_predictions(run, "test", test.paths, test.encode(data.classes), ens.member_proba(test_imgs))
+    extra = {"skipped_images": {k: [{"path": p, "reason": r} for p, r in v] for k, v in bad.items() if v},
+             "timing": {"decode_s": decode_s, "total_s": time.perf_counter() - t_start,
+                        "members_train_s": {fm.name: fm.meta["train_seconds"] for fm in ens.members_}}}
+    doc = write_run_report(run, ens, extra)
+    log.info("report written to %s (%.0f s in all)", run.report_dir, time.perf_counter() - t_start)
     return doc
+
+
+def refit_run_combiner(out: str, overrides: list[str] | None = None) -> dict:
+    """``effens fit-combiner``: refit weights/stacking/calibration of a finished run, rewrite its report.
+
+    Only ``combiner.*`` keys may be overridden; no network runs.
+    """
+    run = RunFolder(out)
+    if overrides:
+        bad = [o for o in overrides if not o.startswith("combiner.")]
+        if bad:
+            raise RunError(f"fit-combiner only changes `combiner.*` keys; got {', '.join(bad)}")
+        cfg = load_config(run.config_path, overrides)
+        atomic_write_text(run.config_path, dump_config(cfg))
+    ens = BaggedEnsemble.load_run(str(run.root))
+    ens.refit_combiner(ens.combiner)
+    ens.combiner_.save(run.root / "combiner")
+    old = read_json(run.report_dir / "metrics.json") if (run.report_dir / "metrics.json").is_file() else {}
+    return write_run_report(run, ens, {k: old[k] for k in ("skipped_images", "timing") if k in old})

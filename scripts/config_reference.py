@@ -1,4 +1,4 @@
-"""Print the config reference table (Markdown) from the schema: `python scripts/config_reference.py`."""
+"""The README's config reference table, from the schema: print it, or `--write` it into README.md."""
 from __future__ import annotations
 
 import dataclasses
@@ -41,5 +41,20 @@ def table() -> str:
     return "\n".join(["| key | type | default | meaning |", "|---|---|---|---|", *rows(C.Config)])
 
 
+def write_readme(path: str = "README.md") -> None:
+    """Replace the table between the config-reference markers in the README."""
+    import re
+
+    text = open(path, encoding="utf-8").read()
+    new = re.sub(r"(<!-- config-reference:[^\n]*-->\n).*?(\n<!-- /config-reference -->)",
+                 lambda m: m.group(1) + table() + m.group(2), text, flags=re.S)
+    open(path, "w", encoding="utf-8").write(new)
+
+
 if __name__ == "__main__":
-    print(table())
+    import sys
+
+    if "--write" in sys.argv:
+        write_readme()
+    else:
+        print(table())

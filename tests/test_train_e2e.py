@@ -19,16 +19,6 @@ import synth
 MEMBER_FILES = {"model.safetensors", "member.json", "samples.npy", "oob.npy", "oob_proba.npy"}
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("run")
-    cfg_path = root / "cfg.yaml"
-    cfg_path.write_text(yaml.safe_dump(synth.tiny_config(tiny_data)))
-    out = root / "run"
-    assert main(["train", str(cfg_path), "--out", str(out)]) == 0
-    return cfg_path, out
-
-
 def test_run_folder_layout(trained):
     _, out = trained
     assert (out / "config.yaml").is_file()
@@ -67,7 +57,9 @@ def test_metrics_json(trained):
     _, out = trained
     doc = json.loads((out / "report/metrics.json").read_text())
     assert doc["classes"] == sorted(synth.CLASSES)
-    for who in [doc["members"][m] for m in "abc"] + [doc["ensemble"]]:
+    assert doc["ensemble"] == doc["strategies"]["soft"]
+    assert set(doc["strategies"]) == {"hard", "soft", "weighted", "stacking"}
+    for who in [doc["members"][m] for m in "abc"] + list(doc["strategies"].values()):
         for split, n in (("val", 18), ("test", 18)):
             m = who[split]
             cm = np.array(m["confusion_matrix"])
@@ -83,14 +75,16 @@ def test_report_files(trained):
     _, out = trained
     rep = out / "report"
     md = (rep / "report.md").read_text()
-    assert "ensemble (soft)" in md and "Confusion matrix" in md
-    for who in ["a", "b", "c", "ensemble"]:
+    assert "ensemble soft *" in md and "Confusion matrix" in md
+    doc = json.loads((rep / "metrics.json").read_text())
+    for split in ["val", "test"]:
+        assert (rep / f"reliability_{split}.png").read_bytes()[:4] == b"\x89PNG"
+    for who in ["a", "b", "c", "hard", "soft", "weighted", "stacking"]:
         for split in ["val", "test"]:
             assert (rep / f"confusion_{who}_{split}.png").read_bytes()[:4] == b"\x89PNG"
             lines = (rep / f"misclassified_{who}_{split}.csv").read_text().splitlines()
             assert lines[0] == "path,true,predicted,confidence,true_class_probability"
-            doc = json.loads((rep / "metrics.json").read_text())
-            m = doc["ensemble"] if who == "ensemble" else doc["members"][who]
+            m = doc["members"][who] if who in doc["members"] else doc["strategies"][who]
             cm = np.array(m[split]["confusion_matrix"])
             assert len(lines) - 1 == cm.sum() - np.trace(cm)
 
@@ -99,7 +93,9 @@ def test_loaded_run_predicts_what_the_report_says(trained, tiny_data):
     _, out = trained
     ens = BaggedEnsemble.load_run(str(out))
     split = load_folder(tiny_data / "test")
-    images, _ = decode_all(split.paths, 36)
+    from ensemble.inference import decode_size
+
+    images, _ = decode_all(split.paths, decode_size(ens))
     pred = ens.predict(images)
     y = split.encode(ens.classes_)
     doc = json.loads((out / "report/metrics.json").read_text())

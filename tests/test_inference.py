@@ -1,0 +1,111 @@
+"""effens predict / evaluate / fit-combiner on the tiny trained run."""
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from ensemble.cli import main
+from ensemble.estimator import BaggedEnsemble
+from ensemble.run import read_npy
+
+
+def test_predict_folder_with_a_corrupt_file(trained, tiny_data, tmp_path, capsys):
+    _, run = trained
+    folder = tmp_path / "photos"
+    shutil.copytree(tiny_data / "test", folder)
+    (folder / "circle" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    out = tmp_path / "preds.csv"
+    assert main(["predict", str(run), str(folder), "--out", str(out), "--strategy", "stacking"]) == 0
+    assert "predicted 18 of 19 images" in capsys.readouterr().out
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 19
+    assert list(rows[0]) == ["path", "prediction", "circle", "square", "stripes", "a", "b", "c", "error"]
+    bad = [r for r in rows if r["error"]]
+    assert len(bad) == 1 and bad[0]["path"].endswith("broken.jpg") and bad[0]["prediction"] == ""
+    for r in rows:
+        if not r["error"]:
+            assert sum(float(r[c]) for c in ("circle", "square", "stripes")) == pytest.approx(1, abs=1e-5)
+            assert r["prediction"] in ("circle", "square", "stripes")
+            assert r["a"] in ("circle", "square", "stripes")
+
+
+def test_predict_json_files_csv_and_missing(trained, tiny_data, tmp_path):
+    _, run = trained
+    one = tiny_data / "val/square/square_000.png"
+    manifest = tmp_path / "list.csv"
+    manifest.write_text(f"path,other\n{tiny_data / 'val/circle/circle_001.png'},x\nmissing.png,y\n")
+    out = tmp_path / "p.json"
+    assert main(["predict", str(run), str(one), str(manifest), "--out", str(out), "--tta",
+                 "--strategy", "hard"]) == 0
+    rows = json.loads(out.read_text())
+    assert [r["path"].split("/")[-1] for r in rows] == ["square_000.png", "circle_001.png", "missing.png"]
+    assert rows[2]["error"] and rows[2]["prediction"] == ""
+    assert sum(rows[0][c] for c in ("circle", "square", "stripes")) == pytest.approx(1)
+
+
+def test_every_strategy_through_the_estimator(trained, tiny_data):
+    _, run = trained
+    ens = BaggedEnsemble.load_run(str(run))
+    cached = read_npy(run / "predictions/test_proba.npy")
+    from ensemble.data import load_folder
+    from ensemble.images import decode_all
+    from ensemble.inference import decode_size
+
+    split = load_folder(tiny_data / "test")
+    imgs, _ = decode_all(split.paths, decode_size(ens))  # the size training decoded at
+    np.testing.assert_allclose(ens.member_proba(imgs), cached, atol=1e-5)
+    for s in ("hard", "soft", "weighted", "stacking"):
+        p = ens.predict_proba(imgs, strategy=s)
+        assert p.shape == (18, 3) and np.allclose(p.sum(1), 1)
+
+
+def test_evaluate_all_strategies_and_cache(trained, tiny_data, tmp_path, capsys, monkeypatch):
+    _, run = trained
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run), str(tiny_data / "test"), "--strategy", "all", "--out", str(out)]) == 0
+    table = capsys.readouterr().out
+    for who in ("a", "b", "c", "hard", "soft", "weighted", "stacking"):
+        assert f"\n{who} " in table
+    doc = json.loads((out / "metrics.json").read_text())
+    assert set(doc["strategies"]) == {"hard", "soft", "weighted", "stacking"}
+    train_doc = json.loads((run / "report/metrics.json").read_text())
+    for s in doc["strategies"]:  # same images as the run's test split -> same figures
+        assert doc["strategies"][s]["eval"]["macro_f1"] == pytest.approx(
+            train_doc["strategies"][s]["test"]["macro_f1"])
+    assert (out / "report.md").is_file() and (out / "confusion_stacking_eval.png").is_file()
+    assert (out / "reliability_eval.png").is_file()
+
+    # second call with another strategy: member probabilities come from the cache
+    def boom(*a, **k):
+        raise AssertionError("a network ran although probabilities were cached")
+
+    monkeypatch.setattr(BaggedEnsemble, "member_proba", boom)
+    assert main(["evaluate", str(run), str(tiny_data / "test"), "--strategy", "hard", "--out", str(out)]) == 0
+    assert json.loads((out / "metrics.json").read_text())["strategy"] == "hard"
+
+
+def test_evaluate_refuses_unknown_labels(trained, tiny_data, tmp_path, caplog):
+    _, run = trained
+    data = tmp_path / "d"
+    shutil.copytree(tiny_data / "val", data)
+    (data / "triangle").mkdir()
+    shutil.copy(tiny_data / "val/circle/circle_000.png", data / "triangle/t.png")
+    assert main(["evaluate", str(run), str(data), "--out", str(tmp_path / "e")]) == 2
+    assert "triangle" in caplog.text and "not in the training classes" in caplog.text
+
+
+def test_fit_combiner_refits_identically_and_switches_source(trained, tmp_path):
+    _, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    coef = read_npy(copy / "combiner/stacking_coef.npy")
+    assert main(["fit-combiner", str(copy)]) == 0
+    np.testing.assert_allclose(read_npy(copy / "combiner/stacking_coef.npy"), coef)
+    assert main(["fit-combiner", str(copy), "--set", "combiner.stacking.source=val",
+                 "--set", "combiner.calibrate=true"]) == 0
+    comb = json.loads((copy / "combiner/combiner.json").read_text())
+    assert comb["stacking_source"] == "val" and len(comb["temperatures"]) == 3
+    assert not np.allclose(read_npy(copy / "combiner/stacking_coef.npy"), coef)
+    assert main(["fit-combiner", str(copy), "--set", "members.0.train.lr=1"]) == 2
