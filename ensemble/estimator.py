@@ -46,10 +46,15 @@ def member_seed(seed: int, index: int) -> int:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed torch and Python's ``random`` (timm's auto-augment draws from it)."""
+    """Seed torch, Python's ``random`` and NumPy's global generator.
+
+    timm's auto-augment draws from ``random`` and RandAugment's op choice from
+    ``np.random``; seeding all three makes a member's augmentations reproducible.
+    """
     import random
 
     random.seed(seed)
+    np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
