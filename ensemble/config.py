@@ -94,6 +94,10 @@ class TrainConfig:
     augment: str | None = field("rand-m9-mstd0.5",
                                 doc="timm auto-augment preset (rand-*, augmix-*, original, v0); "
                                     "`none` or null for flip + crop only")
+    min_image_size: int | None = field(None, check=interval(8, None),
+                                       doc="progressive resizing: the first epoch trains at this "
+                                           "size, growing linearly to `image_size` by the last "
+                                           "third of epochs (null: off)")
     crop_scale: list[float] = field(default_factory=lambda: [0.25, 1.0],
                                     doc="random-resized-crop area range")
     hflip: float = field(0.5, check=interval(0, 1), doc="horizontal flip probability")

@@ -59,6 +59,25 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float,
             for (is_head, no_decay), ps in groups.items()]
 
 
+def epoch_sizes(epochs: int, size: int, min_size: int | None, multiple: int = 32) -> list[int]:
+    """Progressive resizing: training size per epoch, from ``min_size`` up to ``size``.
+
+    Grows linearly over the first two thirds of the epochs (rounded to ``multiple``);
+    the last third trains at ``size``.
+    """
+    if not min_size or min_size >= size or epochs < 2:
+        return [size] * epochs
+    ramp = max(1, int(round(epochs * 2 / 3)))
+    out = []
+    for e in range(epochs):
+        if e >= ramp:
+            out.append(size)
+            continue
+        s = min_size + (size - min_size) * e / ramp
+        out.append(min(size, max(min_size, int(round(s / multiple)) * multiple)))
+    return out
+
+
 def _macro_f1(y: np.ndarray, pred: np.ndarray, k: int) -> float:
     from ensemble.metrics import confusion_matrix, per_class
 
@@ -79,13 +98,20 @@ def train_member(member: Member, cfg, images: Sequence[np.ndarray], labels: np.n
 
     torch.manual_seed(seed)
     model = member.model.to(device=device, memory_format=torch.channels_last)
-    dataset = SampleDataset(images, labels, sample, train_transform(member.inputs, cfg))
+    sizes = epoch_sizes(cfg.epochs, member.inputs.image_size, cfg.min_image_size)
+    dataset = SampleDataset(images, labels, sample, None)
     gen = torch.Generator().manual_seed(seed)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) > cfg.batch_size,
-        num_workers=cfg.num_workers, generator=gen, pin_memory=device.type == "cuda",
-        persistent_workers=cfg.num_workers > 0)
-    steps_per_epoch = len(loader)
+    transforms: dict[int, object] = {}
+
+    def loader_for(size: int) -> torch.utils.data.DataLoader:
+        if size not in transforms:
+            transforms[size] = train_transform(dataclasses.replace(member.inputs, image_size=size), cfg)
+        dataset.transform = transforms[size]
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) > cfg.batch_size,
+            num_workers=cfg.num_workers, generator=gen, pin_memory=device.type == "cuda")
+
+    steps_per_epoch = len(loader_for(sizes[0]))
     total = steps_per_epoch * cfg.epochs
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_scale))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -99,10 +125,11 @@ def train_member(member: Member, cfg, images: Sequence[np.ndarray], labels: np.n
     start = time.perf_counter()
     for epoch in range(cfg.epochs):
         set_train_mode(model, member.frozen, True)
+        loader = loader_for(sizes[epoch])
         t0 = time.perf_counter()
         seen, loss_sum = 0, 0.0
-        bar = tqdm(loader, desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", leave=False, unit="batch",
-                   disable=None)
+        bar = tqdm(loader, desc=f"{name} epoch {epoch + 1}/{cfg.epochs} @{sizes[epoch]}px", leave=False,
+                   unit="batch", disable=None)
         for x, y in bar:
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
@@ -124,12 +151,12 @@ def train_member(member: Member, cfg, images: Sequence[np.ndarray], labels: np.n
         proba = predict_proba(model, val_images, member.inputs, cfg.eval_batch_size, device)
         val_f1 = _macro_f1(val_labels, proba.argmax(1), num_classes)
         val_loss = log_loss(val_labels, proba)
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "val_macro_f1": val_f1,
+        record = {"epoch": epoch + 1, "image_size": sizes[epoch], "train_loss": loss_sum / max(seen, 1), "val_macro_f1": val_f1,
                   "val_log_loss": val_loss, "train_images_per_s": seen / max(train_s, 1e-9),
                   "seconds": time.perf_counter() - t0}
         history.append(record)
-        log.info("%s epoch %d/%d: loss %.4f, val macro-F1 %.4f, val log loss %.4f, %.1f img/s",
-                 name, epoch + 1, cfg.epochs, record["train_loss"], val_f1, val_loss,
+        log.info("%s epoch %d/%d @%dpx: loss %.4f, val macro-F1 %.4f, val log loss %.4f, %.1f img/s",
+                 name, epoch + 1, cfg.epochs, sizes[epoch], record["train_loss"], val_f1, val_loss,
                  record["train_images_per_s"])
         key = (val_f1, -val_loss)
         if best is None or key > best:

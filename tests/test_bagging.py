@@ -58,3 +58,15 @@ def test_stratified_total_is_round_ratio_n():
     s = draw_sample(labels, 0.8, True, True, member_rng(0, 0))
     assert len(s) == round(0.8 * 48)  # 38, not 3 * round(12.8) = 39
     assert sorted(np.bincount(labels[s]).tolist()) == [12, 13, 13]
+
+
+def test_progressive_sizes():
+    from members.trainer import epoch_sizes
+
+    nine = epoch_sizes(9, 224, 128)
+    assert nine[0] == 128 and nine[-3:] == [224] * 3 and nine == sorted(nine)
+    assert all(s % 32 == 0 for s in nine) and len(set(nine)) >= 3  # it really ramps
+    assert epoch_sizes(3, 224, None) == [224, 224, 224]
+    assert epoch_sizes(1, 224, 128) == [224]
+    sizes = epoch_sizes(12, 240, 128)
+    assert sizes == sorted(sizes) and sizes[-4:] == [240] * 4 and sizes[0] == 128

@@ -1,0 +1,201 @@
+"""VDS benchmark: train the three-member ensemble, compare with the published figures.
+
+    python scripts/benchmark_vds.py --data ../shared/data/vds --out runs/vds-bench
+
+1. Training throughput of the first member, side by side in this process: effens'
+   trainer (decode-once cache, channels_last) against the plain loop a user would
+   write (timm model + ImageFolder-style dataset + DataLoader), same model, resolution,
+   batch, freezing and augmentation.
+2. ``effens train`` of ``configs/vds.yaml`` with the data paths pointed at ``--data``.
+3. ``DIR/results.json``: members -> name -> val/test -> accuracy, macro_f1, weighted_f1;
+   strategies -> the same; ensemble -> the strategy with the best *validation* macro-F1;
+   wall_s; peak_rss_mb; throughput -> effens_img_s, plain_img_s. Also ``DIR/results.md``.
+
+Everything is selected on val or OOB; the test split is only reported.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import platform
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ensemble.config import load_config
+from ensemble.data import load_folder
+from ensemble.images import decode_all
+
+log = logging.getLogger("benchmark_vds")
+
+PUBLISHED = {"best single model (ResNet-18 + photometric aug.)": 0.7370,
+             "best ensemble (ResNet-18 + DeiT-Small, weighted)": 0.7761}
+
+
+def _n_per_class(paths: list[str], labels: list[str], n: int) -> list[int]:
+    """``n`` indices spread over classes (first of each class in turn)."""
+    by_class: dict[str, list[int]] = {}
+    for i, lab in enumerate(labels):
+        by_class.setdefault(lab, []).append(i)
+    out: list[int] = []
+    k = 0
+    while len(out) < n:
+        for idx in by_class.values():
+            if k < len(idx) and len(out) < n:
+                out.append(idx[k])
+        k += 1
+    return sorted(out)
+
+
+def throughput(spec, train_dir: Path, n_images: int, classes: list[str]) -> dict:
+    """Images/s of one training pass over ``n_images``, effens vs the plain loop."""
+    from PIL import Image
+
+    from members.models import create_member, default_resize_size, set_train_mode
+    from members.trainer import param_groups, train_member
+    from members.transforms import eval_tensor, train_transform
+
+    split = load_folder(train_dir)
+    pick = _n_per_class(split.paths, split.labels, n_images)
+    paths = [split.paths[i] for i in pick]
+    y = np.array([classes.index(split.labels[i]) for i in pick])
+    cfg = copy.deepcopy(spec)
+    cfg.train.epochs = 1
+    cfg.train.min_image_size = None  # both at the full resolution
+
+    # effens: decode once into the cache (counted), then one epoch of its trainer
+    torch.manual_seed(0)
+    member = create_member(cfg, len(classes))
+    t0 = time.perf_counter()
+    arrays, _ = decode_all(paths, default_resize_size(cfg.model, cfg.image_size))
+    decode_s = time.perf_counter() - t0
+    val = eval_tensor(arrays[:8], member.inputs)
+    warm = np.arange(2 * cfg.train.batch_size)  # warm-up pass (allocator, kernels), not timed
+    train_member(member, cfg.train, arrays, y, warm, val, y[:8], len(classes), torch.device("cpu"), 0,
+                 name="warm-up")
+    res = train_member(member, cfg.train, arrays, y, np.arange(len(arrays)), val, y[:8], len(classes),
+                       torch.device("cpu"), 0, name="throughput")
+    effens_train_s = res.history[0]["seconds"]  # includes the 8-image val pass
+    # the one-off decode is shared by every member and epoch: charge it once to this pass
+    effens_img_s = len(arrays) / (decode_s + effens_train_s)
+
+    # plain: files -> PIL -> the same timm transform -> DataLoader; model in default layout
+    torch.manual_seed(0)
+    plain = create_member(cfg, len(classes))
+    tf = train_transform(plain.inputs, cfg.train)
+
+    class Files(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(paths)
+
+        def __getitem__(self, i):
+            with Image.open(paths[i]) as img:
+                return tf(img.convert("RGB")), int(y[i])
+
+    results = {}
+    for workers in (0, 2):
+        model = copy.deepcopy(plain.model)
+        frozen_ids = {id(m) for m in plain.frozen}
+        frozen = [m for m0, m in zip(plain.model.modules(), model.modules()) if id(m0) in frozen_ids]
+        opt = torch.optim.AdamW(param_groups(model, cfg.train.lr, cfg.train.weight_decay), lr=cfg.train.lr)
+        loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
+        loader = torch.utils.data.DataLoader(Files(), batch_size=cfg.train.batch_size, shuffle=True,
+                                             num_workers=workers, drop_last=True)
+        set_train_mode(model, frozen, True)
+        seen, t0 = 0, None
+        for step, (xb, yb) in enumerate(loader):
+            if step == 2:  # the first two batches are warm-up, as for effens
+                seen, t0 = 0, time.perf_counter()
+            loss = loss_fn(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            seen += len(yb)
+        results[workers] = seen / (time.perf_counter() - t0)
+        log.info("plain loop, %d workers: %.1f img/s", workers, results[workers])
+    plain_img_s = max(results.values())
+    return {"member": cfg.name, "model": cfg.model, "image_size": member.inputs.image_size,
+            "batch_size": cfg.train.batch_size, "freeze": cfg.train.freeze, "augment": cfg.train.augment,
+            "images": len(paths), "effens_img_s": effens_img_s, "effens_decode_s": decode_s,
+            "plain_img_s": plain_img_s, "plain_img_s_by_workers": results,
+            "ratio": effens_img_s / plain_img_s}
+
+
+def pick(metrics: dict) -> dict:
+    return {k: metrics[k] for k in ("accuracy", "macro_f1", "weighted_f1")}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="../shared/data/vds", help="VDS root with train/val/test")
+    p.add_argument("--out", default="runs/vds-bench")
+    p.add_argument("--config", default="configs/vds.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--throughput-images", type=int, default=320)
+    p.add_argument("--skip-throughput", action="store_true")
+    p.add_argument("--throughput-only", action="store_true")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    t_start = time.perf_counter()
+    data = Path(args.data).resolve()
+    overrides = [f"data.train={data / 'train'}", f"data.val={data / 'val'}", f"data.test={data / 'test'}",
+                 *args.overrides]
+    cfg = load_config(args.config, overrides)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    classes = sorted(p.name for p in (data / "train").iterdir() if p.is_dir())
+    results: dict = {"config": args.config, "overrides": args.overrides, "data": str(data),
+                     "machine": {"processor": platform.processor() or platform.machine(),
+                                 "torch_threads": torch.get_num_threads(),
+                                 "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+                     "versions": {"torch": torch.__version__}}
+    if not args.skip_throughput:
+        results["throughput"] = throughput(cfg.members[0], data / "train", args.throughput_images, classes)
+        log.info("throughput: effens %.1f img/s, plain %.1f img/s (%.2fx)",
+                 results["throughput"]["effens_img_s"], results["throughput"]["plain_img_s"],
+                 results["throughput"]["ratio"])
+    if not args.throughput_only:
+        from ensemble.training import train_run
+
+        t0 = time.perf_counter()
+        doc = train_run(args.config, str(out / "run"), overrides=overrides)
+        results["train_s"] = time.perf_counter() - t0
+        results["members"] = {n: {s: pick(m[s]) for s in ("val", "test")} for n, m in doc["members"].items()}
+        results["strategies"] = {n: {s: pick(m[s]) for s in ("val", "test")} for n, m in doc["strategies"].items()}
+        chosen = max(doc["strategies"], key=lambda s: doc["strategies"][s]["val"]["macro_f1"])
+        results["ensemble"] = dict(results["strategies"][chosen], strategy=chosen, chosen_on="val macro-F1")
+        results["member_train_s"] = doc["timing"]["members_train_s"]
+    results["wall_s"] = time.perf_counter() - t_start
+    results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "results.md").write_text(markdown(results) + "\n")
+    print(markdown(results))
+
+
+def markdown(r: dict) -> str:
+    lines = [f"wall time {r['wall_s']:.0f} s, peak memory {r['peak_rss_mb']:.0f} MB", ""]
+    if "throughput" in r:
+        t = r["throughput"]
+        lines += [f"training throughput ({t['model']} @{t['image_size']}px, batch {t['batch_size']}, "
+                  f"freeze {t['freeze']}, {t['augment']}): effens {t['effens_img_s']:.1f} img/s, plain loop "
+                  f"{t['plain_img_s']:.1f} img/s -> {t['ratio']:.2f}x", ""]
+    if "members" in r:
+        lines += ["| model | val acc | val macro-F1 | val weighted-F1 | test acc | test macro-F1 | "
+                  "test weighted-F1 |", "|---|---|---|---|---|---|---|"]
+        rows = list(r["members"].items()) + [(f"ensemble {k}" + (" (chosen on val)" if k == r["ensemble"]["strategy"]
+                                                               else ""), v) for k, v in r["strategies"].items()]
+        for who, m in rows:
+            lines.append(f"| {who} | " + " | ".join(f"{m[s][k]:.4f}" for s in ("val", "test")
+                                                    for k in ("accuracy", "macro_f1", "weighted_f1")) + " |")
+        lines += ["", "Published (test F1): " + "; ".join(f"{k}: {v:.4f}" for k, v in PUBLISHED.items())]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
