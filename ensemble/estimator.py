@@ -73,6 +73,7 @@ def _fit_member(index: int, spec, images, y, sample, oob, val_images, val_y, cla
                 device_name: str, run_root: str | None, fingerprint: str,
                 torch_threads: int | None = None) -> dict | None:
     """Build, train and save one member; runs in-process or in a joblib worker."""
+    from members.checkpoint import CheckpointStore
     from members.models import create_member, pick_device
     from members.predictor import predict_proba
     from members.trainer import train_member
@@ -85,8 +86,10 @@ def _fit_member(index: int, spec, images, y, sample, oob, val_images, val_y, cla
     seed_everything(mseed)  # before the model is built: initialisation draws from it
     member = create_member(spec, len(classes))
     val_tensor = eval_tensor(val_images, member.inputs)
+    checkpoint = (CheckpointStore(RunFolder(run_root).member_dir(spec.name), fingerprint)
+                  if run_root is not None else None)
     result = train_member(member, spec.train, images, y, sample, val_tensor, np.asarray(val_y),
-                          len(classes), device, mseed, name=spec.name)
+                          len(classes), device, mseed, name=spec.name, checkpoint=checkpoint)
     oob_tensor = eval_tensor([images[i] for i in oob], member.inputs)
     oob_proba = (predict_proba(member.model, oob_tensor, member.inputs, spec.train.eval_batch_size, device)
                  if len(oob) else np.zeros((0, len(classes))))
@@ -103,6 +106,7 @@ def _fit_member(index: int, spec, images, y, sample, oob, val_images, val_y, cla
               "oob_proba.npy": oob_proba.astype(np.float32)}
     if run_root is not None:
         RunFolder(run_root).save_member(spec.name, result.state_dict, meta, arrays)
+        checkpoint.clear()  # member.json is the commit point; the epoch checkpoint is done
         log.info("member %s saved (best epoch %d, %.0f s)", spec.name, result.best_epoch, result.seconds)
         return None
     return {"state_dict": result.state_dict, "meta": meta, "arrays": arrays}
@@ -187,6 +191,7 @@ class BaggedEnsemble:
         self.refit_combiner(self.combiner)
         if run is not None:
             self.combiner_.save(run.root / "combiner")
+            run.seal("combiner")
         return self
 
     def refit_combiner(self, combiner_cfg=None) -> "BaggedEnsemble":
@@ -282,6 +287,8 @@ class BaggedEnsemble:
             ens.samples_.append(arrays["samples"])
             ens.oob_indices_.append(arrays["oob"])
             ens.oob_proba_.append(arrays["oob_proba"].astype(np.float64))
+        run.verify("predictions")
+        run.verify("combiner")
         pred = run.root / "predictions"
         ens.y_train_ = read_npy(pred / "train_labels.npy")
         ens.val_proba_ = read_npy(pred / "val_proba.npy")

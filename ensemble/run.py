@@ -146,6 +146,26 @@ class RunFolder:
         meta = dict(meta, files={f: sha256_file(d / f) for f in files})
         atomic_write_json(d / "member.json", meta)
 
+    def seal(self, subdir: str) -> None:
+        """Record the SHA-256 of every file in ``subdir`` (``hashes.json``, written last)."""
+        d = self.root / subdir
+        files = sorted(p.name for p in d.iterdir() if p.is_file() and p.name != "hashes.json"
+                       and not p.name.startswith("."))
+        atomic_write_json(d / "hashes.json", {f: sha256_file(d / f) for f in files})
+
+    def verify(self, subdir: str) -> None:
+        """Refuse a sealed folder whose files changed, naming the first bad file."""
+        d = self.root / subdir
+        if not (d / "hashes.json").is_file():
+            raise RunError(f"{d}: no hashes.json (unfinished or not an effens run folder)")
+        for fname, digest in read_json(d / "hashes.json").items():
+            path = d / fname
+            if not path.is_file():
+                raise RunError(f"{path}: recorded in hashes.json but missing")
+            if sha256_file(path) != digest:
+                raise RunError(f"{path}: contents do not match the hash recorded when it was written "
+                               f"(modified or corrupted)")
+
     def load_member(self, name: str) -> tuple[dict, dict, dict[str, np.ndarray]]:
         """(state dict, member.json, arrays), after checking the hashes."""
         from safetensors.torch import load_file

@@ -52,7 +52,7 @@ def prepare_run(cfg: Config, out: str | Path, restart: bool) -> RunFolder:
         if changed:
             log.warning("--restart: discarding the previous run in %s (changed: %s)", run.root,
                         ", ".join(changed[:10]))
-            for sub in ("members", "report"):
+            for sub in ("members", "report", "predictions", "combiner"):
                 shutil.rmtree(run.root / sub, ignore_errors=True)
         elif any((run.root / "members").glob("*/member.json")):
             log.info("resuming the run in %s", run.root)
@@ -148,6 +148,7 @@ def train_run(config_path: str, out: str, overrides: list[str] | None = None,
     save_predictions(run, "val", val.paths, y_val, ens.val_proba_)
     if test is not None:
         save_predictions(run, "test", test.paths, test.encode(data.classes), ens.member_proba(test_imgs))
+    run.seal("predictions")
     extra = {"skipped_images": {k: [{"path": p, "reason": r} for p, r in v] for k, v in bad.items() if v},
              "timing": {"decode_s": decode_s, "total_s": time.perf_counter() - t_start,
                         "members_train_s": {fm.name: fm.meta["train_seconds"] for fm in ens.members_}}}
@@ -171,5 +172,6 @@ def refit_run_combiner(out: str, overrides: list[str] | None = None) -> dict:
     ens = BaggedEnsemble.load_run(str(run.root))
     ens.refit_combiner(ens.combiner)
     ens.combiner_.save(run.root / "combiner")
+    run.seal("combiner")
     old = read_json(run.report_dir / "metrics.json") if (run.report_dir / "metrics.json").is_file() else {}
     return write_run_report(run, ens, {k: old[k] for k in ("skipped_images", "timing") if k in old})

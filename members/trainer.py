@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import CheckpointStore
 from .models import Member, set_train_mode
 from .predictor import autocast, predict_proba
 from .transforms import SampleDataset, train_transform
@@ -87,10 +88,13 @@ def _macro_f1(y: np.ndarray, pred: np.ndarray, k: int) -> float:
 def train_member(member: Member, cfg, images: Sequence[np.ndarray], labels: np.ndarray,
                  sample: np.ndarray, val_images: torch.Tensor, val_labels: np.ndarray,
                  num_classes: int, device: torch.device, seed: int, name: str = "member",
-                 on_epoch_end: Callable[[int, dict], None] | None = None) -> TrainResult:
+                 on_epoch_end: Callable[[int, dict], None] | None = None,
+                 checkpoint: CheckpointStore | None = None) -> TrainResult:
     """Train ``member.model`` on ``images[sample]``; keep the epoch best on validation.
 
     The best epoch has the highest validation macro-F1 (ties: lower validation log loss).
+    With ``checkpoint``, every finished epoch is saved there and a matching checkpoint
+    found at the start is resumed (same weights as an uninterrupted run on CPU).
     """
     from tqdm.auto import tqdm
 
@@ -121,9 +125,18 @@ def train_member(member: Member, cfg, images: Sequence[np.ndarray], labels: np.n
 
     best: tuple[float, float] | None = None
     best_state, best_epoch = None, -1
-    history = []
+    history: list[dict] = []
+    first_epoch = 0
+    resumed = checkpoint.load() if checkpoint is not None else None
+    if resumed is not None:
+        best_state = checkpoint.restore(resumed, model=model, optimizer=optimizer, scheduler=scheduler,
+                                        scaler=scaler, generator=gen)
+        best, best_epoch = tuple(resumed["best_key"]), resumed["best_epoch"]
+        history, first_epoch = resumed["history"], resumed["epoch"]
+        log.info("%s: resuming after epoch %d/%d from %s", name, first_epoch, cfg.epochs,
+                 checkpoint.json_path)
     start = time.perf_counter()
-    for epoch in range(cfg.epochs):
+    for epoch in range(first_epoch, cfg.epochs):
         set_train_mode(model, member.frozen, True)
         loader = loader_for(sizes[epoch])
         t0 = time.perf_counter()
@@ -151,8 +164,8 @@ def train_member(member: Member, cfg, images: Sequence[np.ndarray], labels: np.n
         proba = predict_proba(model, val_images, member.inputs, cfg.eval_batch_size, device)
         val_f1 = _macro_f1(val_labels, proba.argmax(1), num_classes)
         val_loss = log_loss(val_labels, proba)
-        record = {"epoch": epoch + 1, "image_size": sizes[epoch], "train_loss": loss_sum / max(seen, 1), "val_macro_f1": val_f1,
-                  "val_log_loss": val_loss, "train_images_per_s": seen / max(train_s, 1e-9),
+        record = {"epoch": epoch + 1, "image_size": sizes[epoch], "train_loss": loss_sum / max(seen, 1),
+                  "val_macro_f1": val_f1, "val_log_loss": val_loss, "train_images_per_s": seen / max(train_s, 1e-9),
                   "seconds": time.perf_counter() - t0}
         history.append(record)
         log.info("%s epoch %d/%d @%dpx: loss %.4f, val macro-F1 %.4f, val log loss %.4f, %.1f img/s",
@@ -162,6 +175,10 @@ def train_member(member: Member, cfg, images: Sequence[np.ndarray], labels: np.n
         if best is None or key > best:
             best, best_epoch = key, epoch + 1
             best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        if checkpoint is not None:
+            checkpoint.save(epoch=epoch + 1, model=model, optimizer=optimizer, scheduler=scheduler,
+                            scaler=scaler, generator=gen, best_state=best_state, best_key=list(best),
+                            best_epoch=best_epoch, history=history)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, record)
     assert best_state is not None
