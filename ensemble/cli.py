@@ -55,7 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--set", dest="overrides", action="append", default=[], metavar="combiner.KEY=VALUE",
                     help="change a combiner setting first, e.g. combiner.stacking.source=oob")
 
-    for q in (t, pr, ev, fc):
+    tu = sub.add_parser("tune", help="search the members' bagging ratios")
+    tu.add_argument("config", help="YAML config file (its `tune:` block)")
+    tu.add_argument("--out", required=True, help="output folder (reused to resume)")
+    tu.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key, e.g. tune.method=halving (repeatable)")
+    tu.add_argument("--n-jobs", type=int, help="candidates at once (overrides tune.n_jobs)")
+
+    for q in (t, pr, ev, fc, tu):
         q.add_argument("-v", "--verbose", action="count", default=0)
         q.add_argument("-q", "--quiet", action="store_true")
     return p
@@ -78,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_evaluate(args)
         if args.command == "fit-combiner":
             return cmd_fit_combiner(args)
+        if args.command == "tune":
+            return cmd_tune(args)
     except (ConfigError, DataError, BadImageError, RunError) as exc:
         log.error("%s", exc)
         return 2
@@ -137,4 +146,16 @@ def cmd_fit_combiner(args) -> int:
 
     doc = refit_run_combiner(args.run, args.overrides)
     sys.stdout.write("\n" + format_table(summary_rows(doc)) + "\n")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from .tuning import table_text, tune_run
+
+    overrides = list(args.overrides) + ([f"tune.n_jobs={args.n_jobs}"] if args.n_jobs else [])
+    summary = tune_run(args.config, args.out, overrides)
+    names = [k[:-6] for k in summary["best"] if k.endswith("_ratio")]
+    sys.stdout.write("\n" + table_text(summary["rows"], names) + "\n")
+    sys.stdout.write(f"\nbest: {summary['best']['candidate']} ({summary['best']['ensemble_score']:.4f}) "
+                     f"-> {Path(args.out) / 'best.yaml'}  ({summary['seconds']:.0f} s)\n")
     return 0

@@ -170,6 +170,41 @@ class CombinerConfig:
 
 
 @dataclasses.dataclass
+class TuneConfig:
+    ratios: list[float] | list[list[float]] = field(
+        default_factory=lambda: [0.5, 0.7, 0.85, 1.0],
+        doc="candidate bagging ratios: one list for every member, or one list per member")
+    replace: list[bool] = field(default_factory=lambda: [True, False],
+                                doc="replacement settings searched")
+    tie_members: bool = field(True, doc="with one shared list: every member takes the same "
+                                        "(ratio, replace) in a candidate; false: all combinations")
+    mode: Literal["auto", "features", "full"] = field(
+        "auto", doc="features: train heads on cached frozen-backbone features (fast proxy); "
+                    "full: train members as configured; auto: features when every member has "
+                    "`freeze: backbone`")
+    method: Literal["grid", "random", "halving"] = field(
+        "grid", doc="grid: every candidate; random: `budget` of them; halving: successive "
+                    "halving over training epochs, keeping the best 1/`eta` each round")
+    budget: int | None = field(None, check=interval(1, None),
+                               doc="random: number of candidates; halving: candidates in the "
+                                   "first round (default: all)")
+    eta: int = field(3, check=interval(2, None), doc="halving: keep 1/eta per round")
+    min_epochs: int = field(1, check=interval(1, None), doc="halving: epochs in the first round")
+    objective: Literal["oob", "val"] = field("val", doc="where candidates are scored")
+    metric: Literal["macro_f1", "accuracy", "log_loss"] = field("macro_f1", doc="score to optimise")
+    strategy: Literal["hard", "soft"] = field("soft", doc="how the ensemble is scored")
+    n_jobs: int = field(1, check=interval(1, None), doc="candidates evaluated at once (joblib)")
+
+    def validate(self, path: str) -> None:
+        lists = self.ratios if self.ratios and isinstance(self.ratios[0], list) else [self.ratios]
+        for i, lst in enumerate(lists):
+            if not lst or any(not 0 < r <= 1 for r in lst):
+                raise ConfigError(f"`{path}.ratios` must hold values in (0, 1]; got {lst}")
+        if not self.replace:
+            raise ConfigError(f"`{path}.replace` must list at least one of true, false")
+
+
+@dataclasses.dataclass
 class Config:
     data: DataConfig = field(doc="the splits")
     members: list[MemberConfig] = field(doc="one entry per ensemble member")
@@ -177,8 +212,13 @@ class Config:
     combiner: CombinerConfig = field(default_factory=CombinerConfig)
     device: str = field("auto", doc="`auto` (cuda when present), `cpu`, `cuda` or `cuda:N`")
     n_jobs: int = field(1, check=interval(1, None), doc="members trained at once (joblib)")
+    tune: TuneConfig = field(default_factory=TuneConfig, doc="bagging-ratio search (`effens tune`)")
 
     def validate(self, path: str) -> None:
+        r = self.tune.ratios
+        if r and isinstance(r[0], list) and len(r) != len(self.members):
+            raise ConfigError(f"`tune.ratios` per member must have one list per member "
+                              f"({len(self.members)}); got {len(r)}")
         if not self.members:
             raise ConfigError("`members` must list at least one member")
         names = [m.name for m in self.members]

@@ -69,30 +69,41 @@ def _versions() -> dict:
             "numpy": np.__version__, "python": platform.python_version()}
 
 
-def _fit_member(index: int, spec, images, y, sample, oob, val_images, val_y, classes, seed: int,
-                device_name: str, run_root: str | None, fingerprint: str,
-                torch_threads: int | None = None) -> dict | None:
-    """Build, train and save one member; runs in-process or in a joblib worker."""
-    from members.checkpoint import CheckpointStore
-    from members.models import create_member, pick_device
+def fit_one_member(index: int, spec, images, y, sample, oob, val_images, classes, seed: int,
+                   device, val_y, checkpoint=None):
+    """Seed, build and train one member; returns (member, train result, OOB probabilities)."""
+    from members.models import create_member
     from members.predictor import predict_proba
     from members.trainer import train_member
     from members.transforms import eval_tensor
 
-    if torch_threads:
-        torch.set_num_threads(torch_threads)
-    device = pick_device(device_name)
     mseed = member_seed(seed, index)
     seed_everything(mseed)  # before the model is built: initialisation draws from it
     member = create_member(spec, len(classes))
     val_tensor = eval_tensor(val_images, member.inputs)
-    checkpoint = (CheckpointStore(RunFolder(run_root).member_dir(spec.name), fingerprint)
-                  if run_root is not None else None)
     result = train_member(member, spec.train, images, y, sample, val_tensor, np.asarray(val_y),
                           len(classes), device, mseed, name=spec.name, checkpoint=checkpoint)
     oob_tensor = eval_tensor([images[i] for i in oob], member.inputs)
     oob_proba = (predict_proba(member.model, oob_tensor, member.inputs, spec.train.eval_batch_size, device)
                  if len(oob) else np.zeros((0, len(classes))))
+    return member, result, oob_proba
+
+
+def _fit_member(index: int, spec, images, y, sample, oob, val_images, val_y, classes, seed: int,
+                device_name: str, run_root: str | None, fingerprint: str,
+                torch_threads: int | None = None) -> dict | None:
+    """Build, train and save one member; runs in-process or in a joblib worker."""
+    from members.checkpoint import CheckpointStore
+    from members.models import pick_device
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    device = pick_device(device_name)
+    checkpoint = (CheckpointStore(RunFolder(run_root).member_dir(spec.name), fingerprint)
+                  if run_root is not None else None)
+    member, result, oob_proba = fit_one_member(index, spec, images, y, sample, oob, val_images, classes,
+                                               seed, device, val_y, checkpoint)
+    mseed = member_seed(seed, index)
     meta = {
         "name": spec.name, "index": index, "architecture": spec.model, "weights": spec.weights,
         "weights_file": member.weights_file, "num_classes": len(classes), "classes": list(classes),

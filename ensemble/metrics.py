@@ -81,3 +81,30 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndar
         out["log_loss"] = log_loss(y_true, proba)
         out["ece"] = expected_calibration_error(y_true, proba)
     return out
+
+
+def diversity(member_pred: np.ndarray, y_true: np.ndarray) -> dict[str, float]:
+    """Mean pairwise diversity of members' predictions (members, samples).
+
+    ``disagreement``: share of samples two members label differently; ``q_statistic``:
+    Yule's Q of their correct/wrong outcomes (1 = always right and wrong together, 0 =
+    independent, negative = complementary); ``error_correlation``: Pearson correlation
+    of their 0/1 error indicators (0 where a member's errors are constant).
+    """
+    member_pred = np.asarray(member_pred)
+    right = member_pred == np.asarray(y_true)[None]
+    m = len(member_pred)
+    dis, qs, corr = [], [], []
+    for i in range(m):
+        for j in range(i + 1, m):
+            dis.append(float(np.mean(member_pred[i] != member_pred[j])))
+            n11 = np.sum(right[i] & right[j])
+            n00 = np.sum(~right[i] & ~right[j])
+            n10 = np.sum(right[i] & ~right[j])
+            n01 = np.sum(~right[i] & right[j])
+            den = n11 * n00 + n01 * n10
+            qs.append(float((n11 * n00 - n01 * n10) / den) if den else 0.0)
+            ei, ej = (~right[i]).astype(float), (~right[j]).astype(float)
+            corr.append(float(np.corrcoef(ei, ej)[0, 1]) if ei.std() > 0 and ej.std() > 0 else 0.0)
+    mean = lambda v: float(np.mean(v)) if v else 0.0  # noqa: E731
+    return {"disagreement": mean(dis), "q_statistic": mean(qs), "error_correlation": mean(corr)}

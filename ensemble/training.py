@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from .config import Config, config_to_dict, dump_config, load_config
+from .config import Config, ConfigError, config_from_dict, config_to_dict, dump_config, load_config
 from .data import Dataset, Split, load_dataset
 from .estimator import BaggedEnsemble, images_fingerprint
 from .images import decode_all
@@ -45,7 +45,12 @@ def prepare_run(cfg: Config, out: str | Path, restart: bool) -> RunFolder:
     run = RunFolder(out)
     if run.config_path.is_file():
         old = yaml.safe_load(run.config_path.read_text(encoding="utf-8"))
-        changed = [k for k in config_changes(old, config_to_dict(cfg)) if not k.startswith("combiner.")]
+        try:  # fill keys a newer effens added with their defaults, so they do not count as changes
+            old = config_to_dict(config_from_dict(old, source=str(run.config_path)))
+        except ConfigError:
+            pass
+        changed = [k for k in config_changes(old, config_to_dict(cfg))
+                   if not k.startswith(("combiner.", "tune."))]
         if changed and not restart:
             raise RunError(f"{run.root} holds a run with a different config (changed: "
                            f"{', '.join(changed[:10])}); use another --out, or --restart to start over")

@@ -61,3 +61,16 @@ def test_ece_perfect_and_overconfident():
     assert expected_calibration_error(y, np.eye(2)[y]) == pytest.approx(0.0)
     wrong = np.eye(2)[1 - y]
     assert expected_calibration_error(y, wrong) == pytest.approx(1.0)
+
+
+def test_diversity_by_hand():
+    from ensemble.metrics import diversity
+
+    y = np.array([0, 0, 1, 1])
+    same = np.array([[0, 1, 1, 0], [0, 1, 1, 0]])
+    d = diversity(same, y)
+    assert d["disagreement"] == 0 and d["q_statistic"] == 1 and d["error_correlation"] == pytest.approx(1)
+    # member 0 right on samples 0,2 ; member 1 right on 1,3: complementary
+    comp = np.array([[0, 1, 1, 0], [1, 0, 0, 1]])
+    d = diversity(comp, y)
+    assert d["disagreement"] == 1 and d["q_statistic"] == -1 and d["error_correlation"] == pytest.approx(-1)

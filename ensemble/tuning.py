@@ -1,0 +1,343 @@
+"""``effens tune``: search the members' bagging ratios (and replacement) cheaply.
+
+Two modes (``tune.mode``; ``auto`` picks features when every member has
+``freeze: backbone``):
+
+- features: each member's frozen-backbone features of the train and val images are
+  computed once (cached in ``OUT/features``); a candidate only trains linear heads on
+  index lists into that cache (no augmentation: a fast proxy for deeper fine-tuning);
+- full: members are trained as configured; ``method: halving`` gives full epochs only
+  to the best candidates of each round.
+
+Each finished candidate is written to ``OUT/candidates/`` at once; a killed tune
+continues with the candidates it has not finished.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import io
+import itertools
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .bagging import draw_sample, member_rng, oob_indices
+from .combiners import combine, oob_combine
+from .config import Config, config_to_dict, dump_config, load_config
+from .data import load_dataset
+from .estimator import fit_one_member, member_seed
+from .metrics import classification_report, diversity, log_loss
+from .run import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, sha256_json
+from .training import cache_size, decode_split
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    ratios: tuple[float, ...]
+    replace: tuple[bool, ...]
+
+    @property
+    def id(self) -> str:
+        return "r" + "-".join(f"{r:g}" for r in self.ratios) + "_w" + "".join("1" if b else "0" for b in self.replace)
+
+
+def enumerate_candidates(tune, n_members: int, seed: int = 0) -> list[Candidate]:
+    """Every candidate of the grid, or ``budget`` of them drawn at random (method random)."""
+    per_member = isinstance(tune.ratios[0], list)
+    if tune.tie_members and not per_member:
+        out = [Candidate((r,) * n_members, (b,) * n_members) for r, b in itertools.product(tune.ratios, tune.replace)]
+    else:
+        lists = tune.ratios if per_member else [tune.ratios] * n_members
+        options = [list(itertools.product(lst, tune.replace)) for lst in lists]
+        out = [Candidate(tuple(o[0] for o in combo), tuple(o[1] for o in combo))
+               for combo in itertools.product(*options)]
+    if tune.method == "random" or (tune.method == "halving" and tune.budget):
+        k = min(tune.budget or len(out), len(out))
+        pick = np.random.default_rng(seed).choice(len(out), size=k, replace=False)
+        out = [out[i] for i in sorted(pick)]
+    return out
+
+
+def score(metrics: dict, metric: str) -> float:
+    """Higher is better: log loss is negated."""
+    return -metrics["log_loss"] if metric == "log_loss" else metrics[metric]
+
+
+def select_best(rows: list[dict]) -> dict:
+    """The candidate with the highest ensemble score in the last round (ties: first)."""
+    last = max(r["round"] for r in rows)
+    final = [r for r in rows if r["round"] == last]
+    return max(final, key=lambda r: r["ensemble_score"])
+
+
+def halving_schedule(n: int, max_epochs: int, eta: int, min_epochs: int) -> list[tuple[int, int]]:
+    """(candidates kept, epochs) per round: candidates shrink by eta down to one, epochs
+    grow by eta up to ``max_epochs`` in the last round."""
+    rounds = 1
+    while n // eta ** rounds >= 1:  # integer log: floor(log_eta(n)) + 1 rounds
+        rounds += 1
+    out = []
+    for r in range(rounds):
+        epochs = max(min_epochs, int(round(max_epochs / eta ** (rounds - 1 - r))))
+        out.append((max(1, math.ceil(n / eta ** r)), min(epochs, max_epochs)))
+    return out
+
+
+class TuneContext:
+    """Data, decoded images and (in feature mode) the cached features, prepared once."""
+
+    def __init__(self, cfg: Config, out: Path) -> None:
+        self.cfg = cfg
+        self.out = out
+        data = load_dataset(cfg.data, cfg.seed)
+        self.classes = data.classes
+        size = cache_size(cfg)
+        self.train, self.train_imgs, _ = decode_split(data.train, size, cfg.data.on_bad_image, "train")
+        self.val, self.val_imgs, _ = decode_split(data.val, size, cfg.data.on_bad_image, "val")
+        self.y = self.train.encode(self.classes)
+        self.y_val = self.val.encode(self.classes)
+        mode = cfg.tune.mode
+        self.feature_mode = mode == "features" or (
+            mode == "auto" and all(m.train.freeze == "backbone" for m in cfg.members))
+        self.features: list[tuple[torch.Tensor, torch.Tensor]] = []
+        if self.feature_mode:
+            self.features = [self._member_features(i, spec) for i, spec in enumerate(cfg.members)]
+        self.key = sha256_json({k: v for k, v in config_to_dict(cfg).items() if k != "tune"})
+
+    def _member_features(self, index: int, spec) -> tuple[torch.Tensor, torch.Tensor]:
+        """(train, val) features of one frozen member, from ``OUT/features`` when cached."""
+        from safetensors.torch import load_file
+
+        from members.features import extract_features
+        from members.models import create_member, pick_device
+        from members.transforms import eval_tensor
+
+        from .run import atomic_write_safetensors
+
+        key = sha256_json({"spec": config_to_dict(self.cfg)["members"][index],
+                           "train": self.train.paths, "val": self.val.paths})
+        path = self.out / "features" / f"{spec.name}.safetensors"
+        if path.is_file():
+            cached = load_file(str(path))
+            if read_json(path.with_suffix(".json")).get("key") == key:
+                return cached["train"], cached["val"]
+        t0 = time.perf_counter()
+        member = create_member(spec, len(self.classes))
+        device = pick_device(self.cfg.device)
+        bs = spec.train.eval_batch_size
+        tr = extract_features(member.model, eval_tensor(self.train_imgs, member.inputs), member.inputs, bs, device)
+        va = extract_features(member.model, eval_tensor(self.val_imgs, member.inputs), member.inputs, bs, device)
+        atomic_write_safetensors(path, {"train": tr, "val": va})
+        atomic_write_json(path.with_suffix(".json"), {"key": key, "seconds": time.perf_counter() - t0})
+        log.info("member %s: cached %d x %d features in %.1f s", spec.name, len(tr) + len(va), tr.shape[1],
+                 time.perf_counter() - t0)
+        return tr, va
+
+
+def evaluate_candidate(ctx: TuneContext, cand: Candidate, epochs: int | None = None) -> dict:
+    """Train the members of one candidate and score them and the ensemble."""
+    from members.features import head_proba, train_head
+    from members.models import pick_device
+
+    cfg, tune, k = ctx.cfg, ctx.cfg.tune, len(ctx.classes)
+    t0 = time.perf_counter()
+    n = len(ctx.y)
+    val_p, oob_sets, oob_p = [], [], []
+    for i, spec in enumerate(cfg.members):
+        sample = draw_sample(ctx.y, cand.ratios[i], cand.replace[i], spec.bagging.stratify, member_rng(cfg.seed, i))
+        oob = oob_indices(n, sample)
+        train_cfg = dataclasses.replace(spec.train, epochs=epochs or spec.train.epochs)
+        if ctx.feature_mode:
+            tr, va = ctx.features[i]
+            head = train_head(lambda idx: tr[idx], tr.shape[1], ctx.y, sample, k, train_cfg,
+                              member_seed(cfg.seed, i))
+            val_p.append(head_proba(head, va))
+            oob_p.append(head_proba(head, tr[torch.as_tensor(oob)]) if len(oob) else np.zeros((0, k)))
+        else:
+            from members.predictor import predict_proba
+            from members.transforms import eval_tensor
+
+            member_spec = dataclasses.replace(spec, train=train_cfg)
+            member, _, proba = fit_one_member(i, member_spec, ctx.train_imgs, ctx.y, sample, oob, ctx.val_imgs,
+                                              ctx.classes, cfg.seed, pick_device(cfg.device), ctx.y_val)
+            val_p.append(predict_proba(member.model, eval_tensor(ctx.val_imgs, member.inputs), member.inputs,
+                                       spec.train.eval_batch_size, pick_device(cfg.device)))
+            oob_p.append(proba)
+        oob_sets.append(oob)
+    val_p = np.stack(val_p)
+    row: dict = {"candidate": cand.id, "epochs": epochs or max(m.train.epochs for m in cfg.members)}
+    for i, spec in enumerate(cfg.members):
+        row[f"{spec.name}_ratio"] = cand.ratios[i]
+        row[f"{spec.name}_replace"] = cand.replace[i]
+        if tune.objective == "val":
+            m = classification_report(ctx.y_val, val_p[i].argmax(1), val_p[i], ctx.classes)
+        else:
+            yy = ctx.y[oob_sets[i]]
+            m = (classification_report(yy, oob_p[i].argmax(1), oob_p[i], ctx.classes) if len(yy)
+                 else {"macro_f1": float("nan"), "accuracy": float("nan"), "log_loss": float("nan")})
+        row[f"{spec.name}_score"] = score(m, tune.metric)
+    if tune.objective == "val":
+        pred, proba = combine(val_p, tune.strategy)
+        ens = classification_report(ctx.y_val, pred, proba, ctx.classes)
+    else:
+        full = np.zeros((len(val_p), n, k))
+        seen = np.ones((len(val_p), n), dtype=bool)
+        for i, (idx, p) in enumerate(zip(oob_sets, oob_p)):
+            full[i, idx], seen[i, idx] = p, False
+        covered, pred, proba = oob_combine(full, seen, tune.strategy)
+        ens = classification_report(ctx.y[covered], pred, proba, ctx.classes)
+    row["ensemble_score"] = score(ens, tune.metric)
+    row.update(diversity(val_p.argmax(2), ctx.y_val))
+    row["seconds"] = time.perf_counter() - t0
+    return row
+
+
+def _run_round(ctx: TuneContext, cands: list[Candidate], epochs: int | None, rnd: int) -> list[dict]:
+    """Evaluate candidates not yet finished (joblib), each saved as soon as it is done."""
+    from joblib import Parallel, delayed
+
+    folder = ctx.out / "candidates"
+
+    def path(c: Candidate) -> Path:
+        return folder / f"{c.id}_e{epochs or 0}.json"
+
+    def done(c: Candidate) -> dict | None:
+        p = path(c)
+        if p.is_file():
+            doc = read_json(p)
+            if doc.get("key") == ctx.key:
+                return doc["row"]
+        return None
+
+    todo = [c for c in cands if done(c) is None]
+    if len(todo) < len(cands):
+        log.info("round %d: %d of %d candidates already finished, skipping them", rnd, len(cands) - len(todo),
+                 len(cands))
+
+    def one(c: Candidate) -> None:
+        row = evaluate_candidate(ctx, c, epochs)
+        row["round"] = rnd
+        atomic_write_json(path(c), {"key": ctx.key, "row": row})
+        log.info("candidate %s (%s epochs): ensemble %.4f", c.id, row["epochs"], row["ensemble_score"])
+
+    n_jobs = min(ctx.cfg.tune.n_jobs, max(1, len(todo)))
+    Parallel(n_jobs=n_jobs, backend="threading" if n_jobs > 1 else "sequential")(delayed(one)(c) for c in todo)
+    return [done(c) for c in cands]
+
+
+def tune_run(config_path: str, out: str, overrides: list[str] | None = None) -> dict:
+    """Run the search; writes results.csv, report.md, scores.png and best.yaml into ``out``."""
+    t0 = time.perf_counter()
+    cfg = load_config(config_path, overrides)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
+    ctx = TuneContext(cfg, out_dir)
+    tune = cfg.tune
+    cands = enumerate_candidates(tune, len(cfg.members), cfg.seed)
+    log.info("tuning %d candidates (%s, %s mode, objective %s %s)", len(cands), tune.method,
+             "cached-feature" if ctx.feature_mode else "full-training", tune.objective, tune.metric)
+    rows: list[dict] = []
+    if tune.method == "halving":
+        max_epochs = max(m.train.epochs for m in cfg.members)
+        alive = cands
+        for rnd, (keep, epochs) in enumerate(halving_schedule(len(cands), max_epochs, tune.eta, tune.min_epochs)):
+            alive = alive[:keep]
+            got = _run_round(ctx, alive, epochs, rnd)
+            rows += got
+            order = sorted(range(len(alive)), key=lambda i: -got[i]["ensemble_score"])
+            alive = [alive[i] for i in order]
+    else:
+        rows = _run_round(ctx, cands, None, 0)
+    best = select_best(rows)
+    best_cfg = copy.deepcopy(cfg)
+    for i, spec in enumerate(best_cfg.members):
+        spec.bagging.ratio = best[f"{spec.name}_ratio"]
+        spec.bagging.replace = best[f"{spec.name}_replace"]
+    atomic_write_text(out_dir / "best.yaml", f"# effens tune: best candidate {best['candidate']} "
+                      f"(ensemble {tune.objective} {tune.metric} {best['ensemble_score']:.4f})\n"
+                      + dump_config(best_cfg))
+    write_tune_outputs(out_dir, rows, [m.name for m in cfg.members], tune)
+    summary = {"candidates": len(cands), "rows": rows, "best": best, "seconds": time.perf_counter() - t0,
+               "feature_mode": ctx.feature_mode}
+    atomic_write_json(out_dir / "summary.json", {k: v for k, v in summary.items() if k != "rows"})
+    return summary
+
+
+COLUMNS = ("candidate", "round", "epochs", "ensemble_score", "disagreement", "q_statistic",
+           "error_correlation", "seconds")
+
+
+def result_columns(names: list[str]) -> list[str]:
+    return [COLUMNS[0], COLUMNS[1], COLUMNS[2]] + [f"{n}_{k}" for n in names for k in ("ratio", "replace", "score")] \
+        + list(COLUMNS[3:])
+
+
+def write_tune_outputs(out: Path, rows: list[dict], names: list[str], tune) -> None:
+    cols = result_columns(names)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    for r in rows:
+        w.writerow({c: (f"{r[c]:.6f}" if isinstance(r[c], float) else r[c]) for c in cols})
+    atomic_write_text(out / "results.csv", buf.getvalue())
+    best = select_best(rows)
+    md = [f"# effens tune", "", f"Objective: {tune.objective} {tune.metric} of the `{tune.strategy}` ensemble; "
+          f"method {tune.method}. Best: **{best['candidate']}** ({best['ensemble_score']:.4f}); "
+          f"`best.yaml` holds its config.", "", table_md(rows, cols)]
+    atomic_write_text(out / "report.md", "\n".join(md) + "\n")
+    atomic_write_bytes(out / "scores.png", scores_png(rows, names, f"{tune.objective} {tune.metric}"))
+
+
+def table_md(rows: list[dict], cols: list[str]) -> str:
+    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def table_text(rows: list[dict], names: list[str], top: int = 20) -> str:
+    from .report import format_table
+
+    cols = ["candidate", "epochs"] + [f"{n}_score" for n in names] + ["ensemble_score", "disagreement",
+                                                                      "q_statistic", "seconds"]
+    ordered = sorted(rows, key=lambda r: (-r["round"], -r["ensemble_score"]))[:top]
+    body = [[f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in ordered]
+    return format_table([cols] + body)
+
+
+def scores_png(rows: list[dict], names: list[str], ylabel: str) -> bytes:
+    """Ensemble and member scores against the (mean) bagging ratio, one marker per replacement."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    last = max(r["round"] for r in rows)
+    rows = [r for r in rows if r["round"] == last]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=100)
+    for who, key in [(n, f"{n}_score") for n in names] + [("ensemble", "ensemble_score")]:
+        for repl, marker in ((True, "o"), (False, "s")):
+            pts = sorted((np.mean([r[f"{n}_ratio"] for n in names]), r[key]) for r in rows
+                         if all(r[f"{n}_replace"] == repl for n in names))
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker=marker, lw=2.5 if who == "ensemble" else 1,
+                        ls="-" if repl else "--", label=f"{who} ({'with' if repl else 'without'} replacement)")
+    ax.set_xlabel("bagging ratio (mean over members)")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
