@@ -129,8 +129,10 @@ def check_labels(split: Split, classes: Sequence[str], name: str) -> None:
     """Refuse a split whose labels are not all in ``classes``."""
     unknown = sorted(set(split.labels) - set(classes))
     if unknown:
-        raise DataError(f"{name} split has labels not in the training classes "
-                        f"{list(classes)}: {', '.join(unknown)}")
+        rows = [f"{p} ({lab})" for p, lab in zip(split.paths, split.labels) if lab not in classes]
+        more = f", ... {len(rows) - 10} more" if len(rows) > 10 else ""
+        raise DataError(f"{name} split has labels not in the training classes {list(classes)}: "
+                        f"{', '.join(unknown)}; images: {', '.join(rows[:10])}{more}")
 
 
 def stratified_holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:

@@ -72,3 +72,16 @@ def test_oob_combine_uses_only_members_that_left_the_sample_out():
     np.testing.assert_allclose(proba[1], P[0, 1])
     np.testing.assert_allclose(proba[2], (P[0, 2] + P[1, 2]) / 2)
     assert pred.tolist() == [0, 1, 1]
+
+
+def test_stacking_by_hand():
+    from ensemble.combiners import stacking_proba
+
+    # two members, one sample, two classes; features are log-probabilities [m0c0, m0c1, m1c0, m1c1]
+    p = np.array([[[0.5, 0.5]], [[0.25, 0.75]]])
+    coef = np.array([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])  # class 1 logit = log p(m1, c1)
+    intercept = np.array([np.log(0.75), 0.0])                        # class 0 logit = log 0.75
+    np.testing.assert_allclose(stacking_proba(p, coef, intercept), [[0.5, 0.5]])
+    coef[1, 3] = 0.0
+    intercept = np.array([0.0, np.log(3.0)])
+    np.testing.assert_allclose(stacking_proba(p, coef, intercept), [[0.25, 0.75]])

@@ -88,3 +88,16 @@ def test_skip_policy_lists_bad_files_and_substitutes_nothing(tmp_path, rgb):
     assert [p for p, _ in skipped] == [str(bad)]
     with pytest.raises(BadImageError):
         decode_all([good, str(bad)], None, on_bad="error")
+
+
+def test_exif_rotated_photo_decodes_like_the_upright_one(tmp_path):
+    rng = np.random.default_rng(0)
+    upright = np.kron(rng.integers(0, 255, (6, 10, 3)), np.ones((8, 8, 1))).astype(np.uint8)  # 48 x 80
+    up_path = save(Image.fromarray(upright), tmp_path / "up.png")
+    exif = Image.Exif()
+    exif[0x0112] = 8  # "rotate 90 counter-clockwise to view": stored turned the other way
+    rot_path = save(Image.fromarray(upright).transpose(Image.Transpose.ROTATE_270), tmp_path / "rot.png",
+                    exif=exif)
+    a, b = decode_image(up_path, 24), decode_image(rot_path, 24)
+    assert a.shape == b.shape == (24, 40, 3)
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 1.0

@@ -157,3 +157,28 @@ def test_console_entry_point_and_bad_config(tmp_path):
     assert "`members.0.bagging.ratio` must be in (0, 1]; got 1.5" in r.stderr
     assert str(bad) in r.stderr
     assert not (tmp_path / "o").exists()  # nothing ran
+
+
+@pytest.mark.parametrize("policy", ["error", "skip"])
+def test_bad_training_image_policy(tiny_data, tmp_path, policy, caplog):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    bad = data / "train/circle/zz_truncated.png"
+    bad.write_bytes((data / "train/circle/circle_000.png").read_bytes()[:60])
+    cfg = synth.tiny_config(data, epochs=1)
+    cfg["members"] = cfg["members"][:1]
+    cfg["data"]["on_bad_image"] = policy
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    code = main(["train", str(path), "--out", str(tmp_path / "run")])
+    if policy == "error":
+        assert code == 2 and "zz_truncated.png" in caplog.text
+        assert not (tmp_path / "run/members/a/member.json").exists()  # stopped before training
+    else:
+        assert code == 0
+        doc = json.loads((tmp_path / "run/report/metrics.json").read_text())
+        assert [d["path"] for d in doc["skipped_images"]["train"]] == [str(bad)]
+        assert "zz_truncated.png" in (tmp_path / "run/report/report.md").read_text()
+        assert len(np.load(tmp_path / "run/predictions/train_labels.npy")) == 48  # 49 files, 1 skipped
