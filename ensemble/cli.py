@@ -60,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--out", required=True, help="output folder (reused to resume)")
     tu.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key, e.g. tune.method=halving (repeatable)")
-    tu.add_argument("--n-jobs", type=int, help="candidates at once (overrides tune.n_jobs)")
+
+    for q in (t, tu):
+        q.add_argument("--parallel", choices=("sequential", "loky", "ray", "dask"),
+                       help="override parallel.backend")
+        q.add_argument("--n-jobs", type=int, help="override parallel.n_jobs")
 
     for q in (t, pr, ev, fc, tu):
         q.add_argument("-v", "--verbose", action="count", default=0)
@@ -74,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
     from .data import DataError
     from .images import BadImageError
+    from .parallel import ParallelError
     from .run import RunError
 
     try:
@@ -87,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_fit_combiner(args)
         if args.command == "tune":
             return cmd_tune(args)
-    except (ConfigError, DataError, BadImageError, RunError) as exc:
+    except (ConfigError, DataError, BadImageError, RunError, ParallelError) as exc:
         log.error("%s", exc)
         return 2
     except Exception as exc:  # known failures from members
@@ -101,10 +106,19 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
+def _parallel_overrides(args) -> list[str]:
+    out = []
+    if args.parallel:
+        out.append(f"parallel.backend={args.parallel}")
+    if args.n_jobs:
+        out.append(f"parallel.n_jobs={args.n_jobs}")
+    return out
+
+
 def cmd_train(args) -> int:
     from .training import train_run
 
-    overrides = list(args.overrides)
+    overrides = list(args.overrides) + _parallel_overrides(args)
     if args.device:
         overrides.append(f"device={args.device}")
     t0 = time.perf_counter()
@@ -152,7 +166,7 @@ def cmd_fit_combiner(args) -> int:
 def cmd_tune(args) -> int:
     from .tuning import table_text, tune_run
 
-    overrides = list(args.overrides) + ([f"tune.n_jobs={args.n_jobs}"] if args.n_jobs else [])
+    overrides = list(args.overrides) + _parallel_overrides(args)
     summary = tune_run(args.config, args.out, overrides)
     names = [k[:-6] for k in summary["best"] if k.endswith("_ratio")]
     sys.stdout.write("\n" + table_text(summary["rows"], names) + "\n")

@@ -193,7 +193,6 @@ class TuneConfig:
     objective: Literal["oob", "val"] = field("val", doc="where candidates are scored")
     metric: Literal["macro_f1", "accuracy", "log_loss"] = field("macro_f1", doc="score to optimise")
     strategy: Literal["hard", "soft"] = field("soft", doc="how the ensemble is scored")
-    n_jobs: int = field(1, check=interval(1, None), doc="candidates evaluated at once (joblib)")
 
     def validate(self, path: str) -> None:
         lists = self.ratios if self.ratios and isinstance(self.ratios[0], list) else [self.ratios]
@@ -205,13 +204,26 @@ class TuneConfig:
 
 
 @dataclasses.dataclass
+class ParallelConfig:
+    backend: Literal["sequential", "loky", "ray", "dask"] = field(
+        "sequential", doc="how members and tuning candidates run: in process, local processes "
+                          "(loky), or a Ray / Dask cluster")
+    n_jobs: int = field(1, check=interval(1, None), doc="jobs at once")
+    address: str | None = field(None, doc="ray/dask: cluster address (e.g. `auto`, "
+                                          "`ray://host:10001`, `tcp://host:8786`); default: "
+                                          "start a local cluster")
+    threads_per_job: int | None = field(None, check=interval(1, None),
+                                        doc="torch threads per job; default: cores / n_jobs")
+
+
+@dataclasses.dataclass
 class Config:
     data: DataConfig = field(doc="the splits")
     members: list[MemberConfig] = field(doc="one entry per ensemble member")
     seed: int = field(0, doc="seeds bagging, splits, initialisation and augmentation")
     combiner: CombinerConfig = field(default_factory=CombinerConfig)
     device: str = field("auto", doc="`auto` (cuda when present), `cpu`, `cuda` or `cuda:N`")
-    n_jobs: int = field(1, check=interval(1, None), doc="members trained at once (joblib)")
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     tune: TuneConfig = field(default_factory=TuneConfig, doc="bagging-ratio search (`effens tune`)")
 
     def validate(self, path: str) -> None:

@@ -137,17 +137,17 @@ class BaggedEnsemble:
         Seeds bagging, initialisation and augmentation.
     device : str
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-    n_jobs : int
-        Members trained at once through joblib.
+    parallel : ParallelConfig or None
+        Backend (sequential, loky, ray, dask), jobs at once, cluster address, threads.
     """
 
     def __init__(self, members: Sequence, combiner=None, seed: int = 0, device: str = "auto",
-                 n_jobs: int = 1) -> None:
+                 parallel=None) -> None:
         self.members = members
         self.combiner = combiner
         self.seed = seed
         self.device = device
-        self.n_jobs = n_jobs
+        self.parallel = parallel
 
     # ------------------------------------------------------------------ fit
     def fit(self, images: Sequence[np.ndarray], y: np.ndarray, classes: Sequence[str],
@@ -159,8 +159,6 @@ class BaggedEnsemble:
         with the same settings and data is loaded instead of retrained; the combiner
         and the members' validation probabilities are saved too.
         """
-        from joblib import Parallel, delayed
-
         y = np.asarray(y, dtype=np.int64)
         self.classes_ = list(classes)
         n = len(y)
@@ -175,15 +173,20 @@ class BaggedEnsemble:
         for i, spec in enumerate(self.members):
             if i not in todo:
                 log.info("member %s already finished in %s: reusing it", spec.name, run.root)
-        n_jobs = min(self.n_jobs, max(1, len(todo)))
-        threads = max(1, torch.get_num_threads() // n_jobs) if n_jobs > 1 else None
-        if n_jobs > 1:
-            log.info("training %d members with %d jobs x %d threads", len(todo), n_jobs, threads)
-        results = Parallel(n_jobs=n_jobs, backend="loky" if n_jobs > 1 else "sequential")(
-            delayed(_fit_member)(i, self.members[i], images, y, self.samples_[i], self.oob_indices_[i],
-                                 val_images, val_y, self.classes_, self.seed, self.device,
-                                 str(run.root) if run is not None else None, prints[i], threads)
-            for i in todo)
+        from .config import ParallelConfig
+        from .parallel import plan_jobs, run_jobs
+
+        par = self.parallel or ParallelConfig()
+        plan = plan_jobs(len(todo), par.n_jobs, self.device, par.threads_per_job)
+        if todo:
+            log.info("training %d member(s) on %s: %s", len(todo), par.backend, plan.describe())
+        jobs = [(self.members[i].name, dict(
+            index=i, spec=self.members[i], images=images, y=y, sample=self.samples_[i],
+            oob=self.oob_indices_[i], val_images=val_images, val_y=val_y, classes=self.classes_,
+            seed=self.seed, device_name=plan.devices[k], run_root=str(run.root) if run is not None else None,
+            fingerprint=prints[i], torch_threads=plan.threads if plan.n_jobs > 1 else None))
+            for k, i in enumerate(todo)]
+        results = run_jobs(_fit_member, jobs, par.backend, plan.n_jobs, plan.threads, par.address)
         in_memory = dict(zip(todo, results))
         self.members_ = []
         self.oob_proba_ = []
@@ -289,7 +292,7 @@ class BaggedEnsemble:
         if not run.config_path.is_file():
             raise RunError(f"{root}: not a run folder (config.yaml missing)")
         cfg = config_from_dict(read_yaml(run.config_path), source=str(run.config_path))
-        ens = cls(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.n_jobs)
+        ens = cls(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.parallel)
         ens.classes_ = list(read_json(run.classes_path))
         ens.members_, ens.samples_, ens.oob_indices_, ens.oob_proba_ = [], [], [], []
         for spec in cfg.members:

@@ -50,7 +50,7 @@ def prepare_run(cfg: Config, out: str | Path, restart: bool) -> RunFolder:
         except ConfigError:
             pass
         changed = [k for k in config_changes(old, config_to_dict(cfg))
-                   if not k.startswith(("combiner.", "tune."))]
+                   if not k.startswith(("combiner.", "tune.", "parallel."))]
         if changed and not restart:
             raise RunError(f"{run.root} holds a run with a different config (changed: "
                            f"{', '.join(changed[:10])}); use another --out, or --restart to start over")
@@ -146,7 +146,7 @@ def train_run(config_path: str, out: str, overrides: list[str] | None = None,
 
     y = train.encode(data.classes)
     y_val = val.encode(data.classes)
-    ens = BaggedEnsemble(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.n_jobs)
+    ens = BaggedEnsemble(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.parallel)
     ens.fit(train_imgs, y, data.classes, val_imgs, y_val, run=run,
             data_fingerprint=images_fingerprint(train.paths + val.paths, train.labels + val.labels))
     atomic_write_npy(run.root / "predictions" / "train_labels.npy", y)

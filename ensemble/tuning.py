@@ -110,7 +110,7 @@ class TuneContext:
         self.features: list[tuple[torch.Tensor, torch.Tensor]] = []
         if self.feature_mode:
             self.features = [self._member_features(i, spec) for i, spec in enumerate(cfg.members)]
-        self.key = sha256_json({k: v for k, v in config_to_dict(cfg).items() if k != "tune"})
+        self.key = sha256_json({k: v for k, v in config_to_dict(cfg).items() if k not in ("tune", "parallel")})
 
     def _member_features(self, index: int, spec) -> tuple[torch.Tensor, torch.Tensor]:
         """(train, val) features of one frozen member, from ``OUT/features`` when cached."""
@@ -202,7 +202,7 @@ def evaluate_candidate(ctx: TuneContext, cand: Candidate, epochs: int | None = N
 
 def _run_round(ctx: TuneContext, cands: list[Candidate], epochs: int | None, rnd: int) -> list[dict]:
     """Evaluate candidates not yet finished (joblib), each saved as soon as it is done."""
-    from joblib import Parallel, delayed
+    from .parallel import plan_jobs, run_jobs
 
     folder = ctx.out / "candidates"
 
@@ -221,16 +221,23 @@ def _run_round(ctx: TuneContext, cands: list[Candidate], epochs: int | None, rnd
     if len(todo) < len(cands):
         log.info("round %d: %d of %d candidates already finished, skipping them", rnd, len(cands) - len(todo),
                  len(cands))
-
-    def one(c: Candidate) -> None:
-        row = evaluate_candidate(ctx, c, epochs)
-        row["round"] = rnd
-        atomic_write_json(path(c), {"key": ctx.key, "row": row})
-        log.info("candidate %s (%s epochs): ensemble %.4f", c.id, row["epochs"], row["ensemble_score"])
-
-    n_jobs = min(ctx.cfg.tune.n_jobs, max(1, len(todo)))
-    Parallel(n_jobs=n_jobs, backend="threading" if n_jobs > 1 else "sequential")(delayed(one)(c) for c in todo)
+    par = ctx.cfg.parallel
+    plan = plan_jobs(len(todo), par.n_jobs, ctx.cfg.device, par.threads_per_job)
+    jobs = [(c.id, dict(ctx=ctx, cand=c, epochs=epochs, rnd=rnd, path=str(path(c)),
+                        threads=plan.threads if plan.n_jobs > 1 else None)) for c in todo]
+    run_jobs(_candidate_job, jobs, par.backend, plan.n_jobs, plan.threads, par.address)
     return [done(c) for c in cands]
+
+
+def _candidate_job(ctx: TuneContext, cand: Candidate, epochs: int | None, rnd: int, path: str,
+                   threads: int | None) -> None:
+    """One candidate, evaluated and saved (a joblib job: in process, loky, Ray or Dask)."""
+    if threads:
+        torch.set_num_threads(threads)
+    row = evaluate_candidate(ctx, cand, epochs)
+    row["round"] = rnd
+    atomic_write_json(path, {"key": ctx.key, "row": row})
+    log.info("candidate %s (%s epochs): ensemble %.4f", cand.id, row["epochs"], row["ensemble_score"])
 
 
 def tune_run(config_path: str, out: str, overrides: list[str] | None = None) -> dict:

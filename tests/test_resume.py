@@ -29,7 +29,7 @@ def one_member_config(tiny_data, tmp_path, epochs=3, **train):
     return path
 
 
-class Killed(RuntimeError):
+class Killed(BaseException):  # like KeyboardInterrupt: not swallowed as a job failure
     pass
 
 
