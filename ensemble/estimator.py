@@ -93,12 +93,22 @@ def _fit_member(index: int, spec, images, y, sample, oob, val_images, val_y, cla
                 device_name: str, run_root: str | None, fingerprint: str,
                 torch_threads: int | None = None) -> dict | None:
     """Build, train and save one member; runs in-process or in a joblib worker."""
-    from members.checkpoint import CheckpointStore
     from members.models import pick_device
 
+    previous_threads = torch.get_num_threads()
     if torch_threads:
         torch.set_num_threads(torch_threads)
-    device = pick_device(device_name)
+    try:
+        return _fit_and_save(index, spec, images, y, sample, oob, val_images, val_y, classes, seed,
+                             pick_device(device_name), run_root, fingerprint)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _fit_and_save(index: int, spec, images, y, sample, oob, val_images, val_y, classes, seed: int,
+                  device, run_root: str | None, fingerprint: str) -> dict | None:
+    from members.checkpoint import CheckpointStore
+
     checkpoint = (CheckpointStore(RunFolder(run_root).member_dir(spec.name), fingerprint)
                   if run_root is not None else None)
     member, result, oob_proba = fit_one_member(index, spec, images, y, sample, oob, val_images, classes,
@@ -184,7 +194,8 @@ class BaggedEnsemble:
             index=i, spec=self.members[i], images=images, y=y, sample=self.samples_[i],
             oob=self.oob_indices_[i], val_images=val_images, val_y=val_y, classes=self.classes_,
             seed=self.seed, device_name=plan.devices[k], run_root=str(run.root) if run is not None else None,
-            fingerprint=prints[i], torch_threads=plan.threads if plan.n_jobs > 1 else None))
+            fingerprint=prints[i],
+            torch_threads=plan.threads if plan.n_jobs > 1 or par.threads_per_job else None))
             for k, i in enumerate(todo)]
         results = run_jobs(_fit_member, jobs, par.backend, plan.n_jobs, plan.threads, par.address)
         in_memory = dict(zip(todo, results))

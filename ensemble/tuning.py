@@ -232,9 +232,13 @@ def _run_round(ctx: TuneContext, cands: list[Candidate], epochs: int | None, rnd
 def _candidate_job(ctx: TuneContext, cand: Candidate, epochs: int | None, rnd: int, path: str,
                    threads: int | None) -> None:
     """One candidate, evaluated and saved (a joblib job: in process, loky, Ray or Dask)."""
+    previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
-    row = evaluate_candidate(ctx, cand, epochs)
+    try:
+        row = evaluate_candidate(ctx, cand, epochs)
+    finally:
+        torch.set_num_threads(previous)
     row["round"] = rnd
     atomic_write_json(path, {"key": ctx.key, "row": row})
     log.info("candidate %s (%s epochs): ensemble %.4f", cand.id, row["epochs"], row["ensemble_score"])
