@@ -131,15 +131,30 @@ def misclassified_csv(paths: Sequence[str], y: np.ndarray, pred: np.ndarray, pro
     return buf.getvalue()
 
 
-def heatmap_png(cm: np.ndarray, classes: Sequence[str], title: str) -> bytes:
-    """Confusion-matrix heatmap: colour = row-normalised share, text = count and share."""
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def png_bytes(fig) -> bytes:
+    """Render a figure to PNG bytes and close it."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    pyplot().close(fig)
+    return buf.getvalue()
+
+
+def heatmap_png(cm: np.ndarray, classes: Sequence[str], title: str) -> bytes:
+    """Confusion-matrix heatmap: colour = row-normalised share, text = count and share."""
     from .metrics import normalize_rows
 
+    plt = pyplot()
     norm = normalize_rows(np.asarray(cm))
     k = len(classes)
     fig, ax = plt.subplots(figsize=(1.2 * k + 2.5, 1.1 * k + 1.8), dpi=100)
@@ -154,21 +169,12 @@ def heatmap_png(cm: np.ndarray, classes: Sequence[str], title: str) -> bytes:
             ax.text(j, i, f"{cm[i][j]}\n{norm[i, j]:.0%}", ha="center", va="center",
                     color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def reliability_png(y: np.ndarray, curves: dict[str, np.ndarray], title: str, n_bins: int = 10) -> bytes:
     """Reliability diagram: accuracy against confidence per bin, one line per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    fig, ax = pyplot().subplots(figsize=(5, 5), dpi=100)
     ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     edges = np.linspace(0, 1, n_bins + 1)
     for who, proba in curves.items():
@@ -183,11 +189,7 @@ def reliability_png(y: np.ndarray, curves: dict[str, np.ndarray], title: str, n_
     ax.set_ylim(0, 1)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def write_report(out_dir: str | Path, doc: dict, splits: dict[str, dict],

@@ -87,6 +87,17 @@ def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
+def check_hashes(folder: Path, hashes: dict[str, str], record: str) -> None:
+    """Refuse the first file in ``folder`` that is missing or differs from its recorded hash."""
+    for fname, digest in hashes.items():
+        path = folder / fname
+        if not path.is_file():
+            raise RunError(f"{path}: recorded in {record} but missing")
+        if sha256_file(path) != digest:
+            raise RunError(f"{path}: contents do not match the hash recorded when it was written "
+                           f"(modified or corrupted)")
+
+
 class RunFolder:
     """Paths and records of one run (see the README's run-folder layout)."""
 
@@ -127,13 +138,7 @@ class RunFolder:
         """Check every recorded file hash of a member; raise naming the first mismatch."""
         d = self.member_dir(name)
         meta = meta if meta is not None else read_json(d / "member.json")
-        for fname, digest in meta.get("files", {}).items():
-            path = d / fname
-            if not path.is_file():
-                raise RunError(f"{path}: recorded in member.json but missing")
-            if sha256_file(path) != digest:
-                raise RunError(f"{path}: contents do not match the hash recorded when the member "
-                               f"finished (modified or corrupted)")
+        check_hashes(d, meta.get("files", {}), "member.json")
         return meta
 
     def save_member(self, name: str, state_dict: dict, meta: dict, arrays: dict[str, np.ndarray]) -> None:
@@ -158,13 +163,7 @@ class RunFolder:
         d = self.root / subdir
         if not (d / "hashes.json").is_file():
             raise RunError(f"{d}: no hashes.json (unfinished or not an effens run folder)")
-        for fname, digest in read_json(d / "hashes.json").items():
-            path = d / fname
-            if not path.is_file():
-                raise RunError(f"{path}: recorded in hashes.json but missing")
-            if sha256_file(path) != digest:
-                raise RunError(f"{path}: contents do not match the hash recorded when it was written "
-                               f"(modified or corrupted)")
+        check_hashes(d, read_json(d / "hashes.json"), "hashes.json")
 
     def load_member(self, name: str) -> tuple[dict, dict, dict[str, np.ndarray]]:
         """(state dict, member.json, arrays), after checking the hashes."""

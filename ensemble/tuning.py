@@ -327,14 +327,11 @@ def table_text(rows: list[dict], names: list[str], top: int = 20) -> str:
 
 def scores_png(rows: list[dict], names: list[str], ylabel: str) -> bytes:
     """Ensemble and member scores against the (mean) bagging ratio, one marker per replacement."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .report import png_bytes, pyplot
 
     last = max(r["round"] for r in rows)
     rows = [r for r in rows if r["round"] == last]
-    fig, ax = plt.subplots(figsize=(6.5, 4.2), dpi=100)
+    fig, ax = pyplot().subplots(figsize=(6.5, 4.2), dpi=100)
     for who, key in [(n, f"{n}_score") for n in names] + [("ensemble", "ensemble_score")]:
         for repl, marker in ((True, "o"), (False, "s")):
             pts = sorted((np.mean([r[f"{n}_ratio"] for n in names]), r[key]) for r in rows
@@ -347,8 +344,4 @@ def scores_png(rows: list[dict], names: list[str], ylabel: str) -> bytes:
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
