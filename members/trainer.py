@@ -103,7 +103,7 @@ def train_member(member: Member, cfg, images: Sequence[np.ndarray], labels: np.n
     torch.manual_seed(seed)
     model = member.model.to(device=device, memory_format=torch.channels_last)
     sizes = epoch_sizes(cfg.epochs, member.inputs.image_size, cfg.min_image_size)
-    dataset = SampleDataset(images, labels, sample, None)
+    dataset = SampleDataset(images, labels, sample, None, seed=seed)
     gen = torch.Generator().manual_seed(seed)
     transforms: dict[int, object] = {}
 
@@ -139,6 +139,7 @@ def train_member(member: Member, cfg, images: Sequence[np.ndarray], labels: np.n
     for epoch in range(first_epoch, cfg.epochs):
         set_train_mode(model, member.frozen, True)
         loader = loader_for(sizes[epoch])
+        dataset.epoch = epoch
         t0 = time.perf_counter()
         seen, loss_sum = 0, 0.0
         bar = tqdm(loader, desc=f"{name} epoch {epoch + 1}/{cfg.epochs} @{sizes[epoch]}px", leave=False,

@@ -44,32 +44,52 @@ def normalize(batch: torch.Tensor, inputs: InputConfig) -> torch.Tensor:
 
 
 def train_transform(inputs: InputConfig, train_cfg):
-    """timm's training preset (random-resized crop, flip, auto-augment), on PIL images."""
+    """timm's training preset (random-resized crop, flip, auto-augment), on PIL images.
+
+    Its flip is swapped for one drawing from `random`, so that every random choice is
+    made by the generators :func:`members.streams.item_streams` provides.
+    """
     from timm.data import create_transform
+    from torchvision.transforms import RandomHorizontalFlip
+
+    from .streams import HorizontalFlip
 
     augment = train_cfg.augment
     if augment in (None, "", "none"):
         augment = None
-    return create_transform(
+    compose = create_transform(
         input_size=inputs.image_size, is_training=True, scale=tuple(train_cfg.crop_scale),
         hflip=train_cfg.hflip, vflip=0.0, color_jitter=None, auto_augment=augment,
         interpolation=inputs.interpolation, mean=inputs.mean, std=inputs.std,
         re_prob=0.0)
+    compose.transforms = [HorizontalFlip(t.p) if isinstance(t, RandomHorizontalFlip) else t
+                          for t in compose.transforms]
+    return compose
 
 
 class SampleDataset(torch.utils.data.Dataset):
-    """A member's bootstrap sample over the shared decoded images (repeats allowed)."""
+    """A member's bootstrap sample over the shared decoded images (repeats allowed).
+
+    Item ``i`` of epoch ``epoch`` is augmented with random streams seeded by
+    ``(seed, epoch, i)`` only (:func:`members.streams.item_streams`).
+    """
 
     def __init__(self, images: Sequence[np.ndarray], labels: np.ndarray, indices: np.ndarray,
-                 transform) -> None:
+                 transform, seed: int = 0) -> None:
         self.images = images
         self.labels = labels
         self.indices = np.asarray(indices, dtype=np.int64)
         self.transform = transform
+        self.seed = seed
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, i: int):
+        from .streams import item_streams
+
         j = int(self.indices[i])
-        return self.transform(Image.fromarray(self.images[j])), int(self.labels[j])
+        with item_streams(self.seed, self.epoch, i):
+            x = self.transform(Image.fromarray(self.images[j]))
+        return x, int(self.labels[j])
