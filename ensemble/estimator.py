@@ -48,8 +48,9 @@ def member_seed(seed: int, index: int) -> int:
 def seed_everything(seed: int) -> None:
     """Seed torch, Python's ``random`` and NumPy's global generator.
 
-    timm's auto-augment draws from ``random`` and RandAugment's op choice from
-    ``np.random``; seeding all three makes a member's augmentations reproducible.
+    torch's drives the model's initialisation and dropout; the other two are seeded so
+    that no draw in a member's job depends on what ran before it in the process
+    (augmentation has its own per-item streams, :mod:`members.streams`).
     """
     import random
 

@@ -2,18 +2,17 @@
 
 Tensors (model, best-epoch model, optimiser moments, torch RNG states) go to
 ``checkpoint.safetensors``; everything else (epoch, history, optimiser hyper-parameters,
-scheduler and scaler state, Python and NumPy RNG states, the SHA-256 of the tensor
-file) to ``checkpoint.json``, written last as the commit point. Resuming from it
-continues exactly where the uninterrupted run would have been.
+scheduler and scaler state, the SHA-256 of the tensor file) to ``checkpoint.json``,
+written last as the commit point. Resuming from it continues exactly where the
+uninterrupted run would have been. Python's and NumPy's global generators are not
+saved: augmentation draws from per-item streams (:mod:`members.streams`), not from them.
 """
 from __future__ import annotations
 
 import logging
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -51,8 +50,6 @@ class CheckpointStore:
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
                 tensors[f"rng.cuda.{i}"] = s
         atomic_write_safetensors(self.tensors_path, tensors)
-        py_state = random.getstate()
-        np_state = np.random.get_state()
         doc = {
             "fingerprint": self.fingerprint, "epoch": epoch, "best_key": list(best_key),
             "best_epoch": best_epoch, "history": history,
@@ -60,9 +57,6 @@ class CheckpointStore:
             "optimizer_state_keys": {str(i): sorted(s) for i, s in opt["state"].items()},
             "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
             "scaler": scaler.state_dict(),
-            "rng_python": [py_state[0], list(py_state[1]), py_state[2]],
-            "rng_numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]),
-                          float(np_state[4])],
             "sha256": sha256_file(self.tensors_path),
         }
         atomic_write_json(self.json_path, doc)
@@ -105,10 +99,6 @@ class CheckpointStore:
             cuda_states = [t[k] for k in sorted(t) if k.startswith("rng.cuda.")]
             if cuda_states:
                 torch.cuda.set_rng_state_all(cuda_states)
-        v, state_py, gauss = doc["rng_python"]
-        random.setstate((v, tuple(state_py), gauss))
-        name, keys, pos, has_gauss, cached = doc["rng_numpy"]
-        np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
         return {k[5:]: v for k, v in t.items() if k.startswith("best.")}
 
     def clear(self) -> None:

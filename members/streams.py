@@ -43,6 +43,8 @@ def _routed(module, name: str, slot: str) -> Callable:
 def _install() -> None:
     """Route the module-level functions bound to the global generators (once per process)."""
     global _installed
+    if _installed:  # the common case, once per training image: no lock
+        return
     with _install_lock:
         if _installed:
             return

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from .models import InputConfig
+from .streams import HorizontalFlip, item_streams
 
 _PIL_INTERP = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
                "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
@@ -52,8 +53,6 @@ def train_transform(inputs: InputConfig, train_cfg):
     from timm.data import create_transform
     from torchvision.transforms import RandomHorizontalFlip
 
-    from .streams import HorizontalFlip
-
     augment = train_cfg.augment
     if augment in (None, "", "none"):
         augment = None
@@ -87,8 +86,6 @@ class SampleDataset(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int):
-        from .streams import item_streams
-
         j = int(self.indices[i])
         with item_streams(self.seed, self.epoch, i):
             x = self.transform(Image.fromarray(self.images[j]))
