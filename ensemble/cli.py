@@ -10,6 +10,10 @@ from pathlib import Path
 from . import __version__
 from .combiners import STRATEGIES
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FORMATS = ("onnx", "openvino")
+GRAPH_STRATEGIES = ("soft", "weighted", "stacking")
+
 log = logging.getLogger("effens")
 
 
@@ -33,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="override `device` (auto, cpu, cuda, cuda:N)")
     t.add_argument("--restart", action="store_true",
                    help="start over in a run folder whose saved config differs")
+    t.add_argument("--precision", choices=PRECISIONS, help="override `precision` (training and inference)")
     pr = sub.add_parser("predict", help="predict images, folders or CSV manifests with a trained run")
     pr.add_argument("run", help="run folder made by `effens train`")
     pr.add_argument("inputs", nargs="+", help="image files, folders (recursive) or CSV manifests")
@@ -49,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--batch-size", type=int, help="images per inference step")
         q.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's)")
         q.add_argument("--tta", action="store_true", help="average with the horizontal mirror")
+        q.add_argument("--runtime", metavar="{auto,torch,openvino,onnxruntime}",
+                       help="inference runtime (default: the run's `runtime`; auto = OpenVINO on CPU "
+                            "when installed, else torch)")
+        q.add_argument("--precision", choices=PRECISIONS,
+                       help="inference precision (default: the run's; bf16 only where allowed)")
+
+    ex = sub.add_parser("export", help="export the members and the ensemble as ONNX or OpenVINO IR")
+    ex.add_argument("run", help="run folder made by `effens train`")
+    ex.add_argument("--format", required=True, choices=FORMATS)
+    ex.add_argument("--out", required=True, help="output folder (new or empty, or an earlier export)")
+    ex.add_argument("--strategy", choices=GRAPH_STRATEGIES,
+                    help="vote inside ensemble.onnx (default: the run's, soft for hard voting)")
 
     fc = sub.add_parser("fit-combiner", help="refit weights, stacking and calibration of a run")
     fc.add_argument("run", help="run folder made by `effens train`")
@@ -66,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override parallel.backend")
         q.add_argument("--n-jobs", type=int, help="override parallel.n_jobs")
 
-    for q in (t, pr, ev, fc, tu):
+    for q in (t, pr, ev, fc, tu, ex):
         q.add_argument("-v", "--verbose", action="count", default=0)
         q.add_argument("-q", "--quiet", action="store_true")
     return p
@@ -92,14 +109,19 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_fit_combiner(args)
         if args.command == "tune":
             return cmd_tune(args)
+        if args.command == "export":
+            return cmd_export(args)
     except (ConfigError, DataError, BadImageError, RunError, ParallelError) as exc:
         log.error("%s", exc)
         return 2
     except Exception as exc:  # known failures from members
+        from members.export import ExportError
+        from members.precision import PrecisionError
+        from members.runtimes import RuntimeUnavailable
         from members.trainer import TrainingError
         from members.weights import WeightsError
 
-        if isinstance(exc, (TrainingError, WeightsError)):
+        if isinstance(exc, (TrainingError, WeightsError, PrecisionError, RuntimeUnavailable, ExportError)):
             log.error("%s", exc)
             return 2
         raise
@@ -121,6 +143,8 @@ def cmd_train(args) -> int:
     overrides = list(args.overrides) + _parallel_overrides(args)
     if args.device:
         overrides.append(f"device={args.device}")
+    if args.precision:
+        overrides.append(f"precision={args.precision}")
     t0 = time.perf_counter()
     doc = train_run(args.config, args.out, overrides=overrides, restart=args.restart)
     from .report import format_table, summary_rows
@@ -135,9 +159,11 @@ def cmd_predict(args) -> int:
     from .inference import run_predict
 
     summary = run_predict(args.run, args.inputs, args.out, args.strategy, args.batch_size,
-                          args.device, args.tta)
+                          args.device, args.tta, args.runtime, args.precision)
+    inf = summary["inference"]
     sys.stdout.write(f"predicted {summary['n'] - summary['n_errors']} of {summary['n']} images "
-                     f"({summary['strategy']}); {summary['n_errors']} could not be read "
+                     f"({summary['strategy']}; {inf['runtime']} {'/'.join(sorted(set(inf['precision'])))}); "
+                     f"{summary['n_errors']} could not be read "
                      f"(see the error column) -> {args.out}\n")
     return 0
 
@@ -146,7 +172,7 @@ def cmd_evaluate(args) -> int:
     from .inference import run_evaluate
 
     doc = run_evaluate(args.run, args.data, args.out, args.strategy, args.batch_size, args.device,
-                       args.tta)
+                       args.tta, args.runtime, args.precision)
     sys.stdout.write("\n" + doc["_table"] + "\n")
     n_skip = len(doc["skipped_images"].get("eval", []))
     sys.stdout.write(f"\nreport: {Path(args.out) / 'report.md'}" +
@@ -172,4 +198,13 @@ def cmd_tune(args) -> int:
     sys.stdout.write("\n" + table_text(summary["rows"], names) + "\n")
     sys.stdout.write(f"\nbest: {summary['best']['candidate']} ({summary['best']['ensemble_score']:.4f}) "
                      f"-> {Path(args.out) / 'best.yaml'}  ({summary['seconds']:.0f} s)\n")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    manifest = export_run(args.run, args.format, args.out, args.strategy)
+    sys.stdout.write(f"exported {len(manifest['files'])} files ({args.format}; ensemble graph: "
+                     f"{manifest['strategy']}) -> {args.out}\n")
     return 0

@@ -125,6 +125,13 @@ def _check_model(value: Any) -> str | None:
     return None
 
 
+def _check_runtime(value: Any) -> str | None:
+    from members.runtimes import RUNTIMES  # deferred: imports torch
+
+    known = ("auto", *RUNTIMES)
+    return None if value in known else f"must be one of {', '.join(known)}"
+
+
 @dataclasses.dataclass
 class MemberConfig:
     name: str = field(check=_non_empty, doc="member name, used for its folder")
@@ -133,6 +140,8 @@ class MemberConfig:
                                      "or an installed weights package")
     image_size: int | None = field(None, check=interval(8, None),
                                    doc="training/inference size; default: the model's native size")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] | None = field(
+        None, doc="this member's precision; default: the top-level `precision`")
     bagging: BaggingConfig = field(default_factory=BaggingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -223,6 +232,13 @@ class Config:
     seed: int = field(0, doc="seeds bagging, splits, initialisation and augmentation")
     combiner: CombinerConfig = field(default_factory=CombinerConfig)
     device: str = field("auto", doc="`auto` (cuda when present), `cpu`, `cuda` or `cuda:N`")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
+        "auto", doc="training and inference precision: auto (bf16 autocast on CPUs with native "
+                    "bf16, bf16/fp16 mixed precision on CUDA, else fp32), fp32, bf16 or fp16 "
+                    "(CUDA only); weights stay fp32")
+    runtime: str = field(
+        "auto", check=_check_runtime, doc="inference runtime of predict/evaluate: auto (OpenVINO on CPU when "
+                    "installed, else torch), torch, openvino or onnxruntime")
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     tune: TuneConfig = field(default_factory=TuneConfig, doc="bagging-ratio search (`effens tune`)")
 

@@ -72,8 +72,12 @@ def _versions() -> dict:
 
 def fit_one_member(index: int, spec, images, y, sample, oob, val_images, classes, seed: int,
                    device, val_y, checkpoint=None):
-    """Seed, build and train one member; returns (member, train result, OOB probabilities)."""
+    """Seed, build and train one member; returns (member, train result, OOB probabilities).
+
+    The member trains and predicts in ``spec.precision`` (``auto`` when unset).
+    """
     from members.models import create_member
+    from members.precision import resolve_precision
     from members.predictor import predict_proba
     from members.trainer import train_member
     from members.transforms import eval_tensor
@@ -81,11 +85,15 @@ def fit_one_member(index: int, spec, images, y, sample, oob, val_images, classes
     mseed = member_seed(seed, index)
     seed_everything(mseed)  # before the model is built: initialisation draws from it
     member = create_member(spec, len(classes))
+    precision = resolve_precision(spec.precision or "auto", device)
+    log.info("member %s: precision %s (%s)", spec.name, precision.name, precision.reason)
     val_tensor = eval_tensor(val_images, member.inputs)
     result = train_member(member, spec.train, images, y, sample, val_tensor, np.asarray(val_y),
-                          len(classes), device, mseed, name=spec.name, checkpoint=checkpoint)
+                          len(classes), device, mseed, name=spec.name, checkpoint=checkpoint,
+                          precision=precision)
     oob_tensor = eval_tensor([images[i] for i in oob], member.inputs)
-    oob_proba = (predict_proba(member.model, oob_tensor, member.inputs, spec.train.eval_batch_size, device)
+    oob_proba = (predict_proba(member.model, oob_tensor, member.inputs, spec.train.eval_batch_size, device,
+                               precision=precision)
                  if len(oob) else np.zeros((0, len(classes))))
     return member, result, oob_proba
 
@@ -120,6 +128,7 @@ def _fit_and_save(index: int, spec, images, y, sample, oob, val_images, val_y, c
         "weights_file": member.weights_file, "num_classes": len(classes), "classes": list(classes),
         "inputs": dataclasses.asdict(member.inputs), "bagging": to_dict(spec.bagging),
         "train": to_dict(spec.train), "seed": seed, "member_seed": mseed, "device": str(device),
+        "precision": result.precision,
         "n_samples": int(len(sample)), "n_unique": int(len(np.unique(sample))), "n_oob": int(len(oob)),
         "best_epoch": result.best_epoch, "history": result.history, "train_seconds": result.seconds,
         "fingerprint": fingerprint, "versions": _versions(),
@@ -150,15 +159,24 @@ class BaggedEnsemble:
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     parallel : ParallelConfig or None
         Backend (sequential, loky, ray, dask), jobs at once, cluster address, threads.
+    precision : str
+        ``auto``, ``fp32``, ``bf16`` or ``fp16`` for members whose own ``precision`` is
+        unset (training and inference; :mod:`members.precision`).
+    runtime : str
+        Inference runtime of :meth:`member_proba`: ``auto`` (OpenVINO on CPU when
+        installed), ``torch``, ``openvino`` or ``onnxruntime`` (:mod:`members.runtimes`).
+        Training always evaluates with torch.
     """
 
     def __init__(self, members: Sequence, combiner=None, seed: int = 0, device: str = "auto",
-                 parallel=None) -> None:
+                 parallel=None, precision: str = "auto", runtime: str = "auto") -> None:
         self.members = members
         self.combiner = combiner
         self.seed = seed
         self.device = device
         self.parallel = parallel
+        self.precision = precision
+        self.runtime = runtime
 
     # ------------------------------------------------------------------ fit
     def fit(self, images: Sequence[np.ndarray], y: np.ndarray, classes: Sequence[str],
@@ -173,12 +191,13 @@ class BaggedEnsemble:
         y = np.asarray(y, dtype=np.int64)
         self.classes_ = list(classes)
         n = len(y)
+        self.specs_ = self._specs()
         self.samples_ = draw_all(y, [m.bagging for m in self.members], self.seed)
         self.oob_indices_ = [oob_indices(n, s) for s in self.samples_]
         prints = [sha256_json({"spec": to_dict(spec), "classes": self.classes_,
                                "sample": self.samples_[i].tolist(), "data": data_fingerprint,
                                "seed": self.seed})
-                  for i, spec in enumerate(self.members)]
+                  for i, spec in enumerate(self.specs_)]
         todo = [i for i, spec in enumerate(self.members)
                 if run is None or not run.member_done(spec.name, prints[i])]
         for i, spec in enumerate(self.members):
@@ -192,7 +211,7 @@ class BaggedEnsemble:
         if todo:
             log.info("training %d member(s) on %s: %s", len(todo), par.backend, plan.describe())
         jobs = [(self.members[i].name, dict(
-            index=i, spec=self.members[i], images=images, y=y, sample=self.samples_[i],
+            index=i, spec=self.specs_[i], images=images, y=y, sample=self.samples_[i],
             oob=self.oob_indices_[i], val_images=val_images, val_y=val_y, classes=self.classes_,
             seed=self.seed, device_name=plan.devices[k], run_root=str(run.root) if run is not None else None,
             fingerprint=prints[i],
@@ -212,7 +231,7 @@ class BaggedEnsemble:
             self.members_.append(_restore_member(spec, meta, state))
             self.oob_proba_.append(np.asarray(arrays["oob_proba.npy"], dtype=np.float64))
         self.y_train_ = y
-        self.val_proba_ = self.member_proba(val_images)
+        self.val_proba_ = self.member_proba(val_images, runtime="torch")
         self.val_y_ = np.asarray(val_y, dtype=np.int64)
         self.refit_combiner(self.combiner)
         if run is not None:
@@ -262,22 +281,50 @@ class BaggedEnsemble:
         out["n_excluded"] = int(n - len(covered))
         return out
 
+    def _specs(self) -> list:
+        """Member specs with the ensemble's precision filled in where a member has none."""
+        return [spec if getattr(spec, "precision", None) else dataclasses.replace(spec, precision=self.precision)
+                for spec in self.members]
+
     # ------------------------------------------------------------------ inference
     def member_proba(self, images: Sequence[np.ndarray], batch_size: int | None = None,
-                     tta: bool = False, device: str | None = None) -> np.ndarray:
-        """Probabilities of every member, shape (members, samples, classes)."""
+                     tta: bool = False, device: str | None = None, runtime: str | None = None,
+                     precision: str | None = None) -> np.ndarray:
+        """Probabilities of every member, shape (members, samples, classes).
+
+        ``runtime`` and ``precision`` default to the ensemble's (and each member's own
+        precision); a runtime is compiled once per member and reused by later calls.
+        """
         from members.models import pick_device
-        from members.predictor import predict_proba
+        from members.runtimes import runtime_proba
         from members.transforms import eval_tensor
 
         self._check_fitted()
         dev = pick_device(device or self.device)
         out = []
-        for fm, spec in zip(self.members_, self.members):
-            tensor = eval_tensor(images, fm.inputs)
-            out.append(predict_proba(fm.model, tensor, fm.inputs,
-                                     batch_size or spec.train.eval_batch_size, dev, tta=tta))
+        for j, (fm, spec) in enumerate(zip(self.members_, self._specs())):
+            rt = self._runtime(j, runtime or self.runtime, precision or spec.precision, dev)
+            out.append(runtime_proba(rt, eval_tensor(images, fm.inputs), fm.inputs,
+                                     batch_size or spec.train.eval_batch_size, tta=tta))
         return np.stack(out)
+
+    def _runtime(self, index: int, runtime: str, precision: str, device):
+        """Member ``index``'s compiled runtime, made on first use (see :mod:`members.runtimes`)."""
+        from members.precision import resolve_precision
+        from members.runtimes import create_runtime, resolve_runtime, runtime_precision
+
+        from .export import member_onnx_path
+
+        name = resolve_runtime(runtime, device)
+        prec = runtime_precision(name, resolve_precision(precision, device))
+        key = (index, name, prec.name, str(device))
+        cache = self.__dict__.setdefault("_runtimes", {})
+        if key not in cache:
+            fm = self.members_[index]
+            log.info("member %s: inference on %s, %s (%s)", fm.name, name, prec.name, prec.reason)
+            cache[key] = create_runtime(name, fm.model, device, prec,
+                                        onnx_path=lambda: member_onnx_path(self, index))
+        return cache[key]
 
     def predict_proba(self, images: Sequence[np.ndarray], strategy: str | None = None,
                       **kwargs) -> np.ndarray:
@@ -304,7 +351,8 @@ class BaggedEnsemble:
         if not run.config_path.is_file():
             raise RunError(f"{root}: not a run folder (config.yaml missing)")
         cfg = config_from_dict(read_yaml(run.config_path), source=str(run.config_path))
-        ens = cls(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.parallel)
+        ens = cls(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.parallel, cfg.precision, cfg.runtime)
+        ens.run_dir_ = str(run.root)
         ens.classes_ = list(read_json(run.classes_path))
         ens.members_, ens.samples_, ens.oob_indices_, ens.oob_proba_ = [], [], [], []
         for spec in cfg.members:

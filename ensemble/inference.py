@@ -59,7 +59,7 @@ def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
 
 def predict_rows(ens: BaggedEnsemble, paths: Sequence[str], strategy: str | None = None,
                  batch_size: int | None = None, device: str | None = None, tta: bool = False,
-                 chunk: int = 256) -> list[dict]:
+                 chunk: int = 256, runtime: str | None = None, precision: str | None = None) -> list[dict]:
     """One row per path: prediction, class probabilities, each member's prediction, error."""
     classes = ens.classes_
     names = [fm.name for fm in ens.members_]
@@ -71,7 +71,7 @@ def predict_rows(ens: BaggedEnsemble, paths: Sequence[str], strategy: str | None
         ok = [i for i, a in enumerate(arrays) if a is not None]
         if ok:
             member_proba = ens.member_proba([arrays[i] for i in ok], batch_size=batch_size,
-                                            tta=tta, device=device)
+                                            tta=tta, device=device, runtime=runtime, precision=precision)
             pred, proba = ens.combiner_.apply(member_proba, strategy)
             member_pred = member_proba.argmax(axis=2)
         results = {i: k for k, i in enumerate(ok)}
@@ -106,16 +106,31 @@ def write_rows(rows: list[dict], out: str | Path, columns: Sequence[str]) -> Non
 
 
 def run_predict(run_dir: str, inputs: Sequence[str], out: str, strategy: str | None = None,
-                batch_size: int | None = None, device: str | None = None, tta: bool = False) -> dict:
+                batch_size: int | None = None, device: str | None = None, tta: bool = False,
+                runtime: str | None = None, precision: str | None = None) -> dict:
     ens = BaggedEnsemble.load_run(run_dir)
     paths = expand_inputs(inputs)
     if not paths:
         raise DataError("no input images found")
-    rows = predict_rows(ens, paths, strategy, batch_size, device, tta)
+    rows = predict_rows(ens, paths, strategy, batch_size, device, tta, runtime=runtime, precision=precision)
     columns = ["path", "prediction", *ens.classes_, *(fm.name for fm in ens.members_), "error"]
     write_rows(rows, out, columns)
     n_bad = sum(1 for r in rows if r["error"])
-    return {"n": len(rows), "n_errors": n_bad, "strategy": strategy or ens.combiner_.strategy}
+    return {"n": len(rows), "n_errors": n_bad, "strategy": strategy or ens.combiner_.strategy,
+            "inference": _inference_key(ens, runtime, precision, device)}
+
+
+def _inference_key(ens: BaggedEnsemble, runtime: str | None, precision: str | None,
+                   device: str | None) -> dict:
+    """The runtime and precision each member resolves to here (part of the cache key)."""
+    from members.models import pick_device
+    from members.precision import resolve_precision
+    from members.runtimes import resolve_runtime, runtime_precision
+
+    dev = pick_device(device or ens.device)
+    name = resolve_runtime(runtime or ens.runtime, dev)
+    return {"runtime": name, "precision": [runtime_precision(name, resolve_precision(precision or spec.precision, dev)).name
+                                           for spec in ens._specs()]}
 
 
 def _member_hashes(run: RunFolder, ens: BaggedEnsemble) -> list:
@@ -123,7 +138,8 @@ def _member_hashes(run: RunFolder, ens: BaggedEnsemble) -> list:
 
 
 def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all",
-                 batch_size: int | None = None, device: str | None = None, tta: bool = False) -> dict:
+                 batch_size: int | None = None, device: str | None = None, tta: bool = False,
+                 runtime: str | None = None, precision: str | None = None) -> dict:
     """Report every member and strategy on a labelled folder or CSV.
 
     Member probabilities are cached in ``out``; a later call on the same run, data and
@@ -136,7 +152,7 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
     check_labels(split, ens.classes_, "evaluation")
     out_dir = Path(out)
     key = {"data": images_fingerprint(split.paths, split.labels), "members": _member_hashes(run, ens),
-           "tta": tta}
+           "tta": tta, "inference": _inference_key(ens, runtime, precision, device)}
     cache_json, cache_npy = out_dir / "member_proba.json", out_dir / "member_proba.npy"
     skipped: list = []
     if cache_json.is_file() and cache_npy.is_file() and read_json(cache_json).get("key") == sha256_json(key):
@@ -149,7 +165,7 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
         keep = [i for i, a in enumerate(arrays) if a is not None]
         skipped = [{"path": p, "reason": r} for p, r in bad]
         member_proba = ens.member_proba([arrays[i] for i in keep], batch_size=batch_size, tta=tta,
-                                        device=device)
+                                        device=device, runtime=runtime, precision=precision)
         atomic_write_npy(cache_npy, member_proba)
         atomic_write_json(cache_json, {"key": sha256_json(key), "kept": keep, "skipped": skipped,
                                        "paths": [split.paths[i] for i in keep]})
@@ -166,6 +182,7 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
                         strategy=strategies[0] if len(strategies) == 1 else None)
     doc["skipped_images"] = {"eval": skipped} if skipped else {}
     doc["data"] = str(data)
+    doc["inference"] = _inference_key(ens, runtime, precision, device)
     md = "Skipped unreadable images:\n\n" + "\n".join(f"- {d['path']} ({d['reason']})" for d in skipped) \
         if skipped else ""
     write_report(out_dir, doc, results, {"eval": (split.paths, y)}, extra_md=md)

@@ -146,13 +146,14 @@ def train_run(config_path: str, out: str, overrides: list[str] | None = None,
 
     y = train.encode(data.classes)
     y_val = val.encode(data.classes)
-    ens = BaggedEnsemble(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.parallel)
+    ens = BaggedEnsemble(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.parallel,
+                         cfg.precision, cfg.runtime)
     ens.fit(train_imgs, y, data.classes, val_imgs, y_val, run=run,
             data_fingerprint=images_fingerprint(train.paths + val.paths, train.labels + val.labels))
     atomic_write_npy(run.root / "predictions" / "train_labels.npy", y)
     save_predictions(run, "val", val.paths, y_val, ens.val_proba_)
     if test is not None:
-        save_predictions(run, "test", test.paths, test.encode(data.classes), ens.member_proba(test_imgs))
+        save_predictions(run, "test", test.paths, test.encode(data.classes), ens.member_proba(test_imgs, runtime="torch"))
     run.seal("predictions")
     extra = {"skipped_images": {k: [{"path": p, "reason": r} for p, r in v] for k, v in bad.items() if v},
              "timing": {"decode_s": decode_s, "total_s": time.perf_counter() - t_start,

@@ -12,20 +12,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from .predictor import autocast
+from .predictor import default_precision
 from .transforms import normalize
 
 
 @torch.inference_mode()
 def extract_features(model: nn.Module, images: torch.Tensor, inputs, batch_size: int = 64,
-                     device: torch.device | str = "cpu") -> torch.Tensor:
+                     device: torch.device | str = "cpu", precision=None) -> torch.Tensor:
     """Pooled pre-logit features (N, D) of uint8 images (N, 3, S, S), model in eval mode."""
     device = torch.device(device)
+    precision = precision or default_precision(device)
     model.eval().to(device=device, memory_format=torch.channels_last)
     out = []
     for start in range(0, len(images), batch_size):
         x = normalize(images[start:start + batch_size].to(device), inputs)
-        with autocast(device):
+        with precision.autocast():
             out.append(model.forward_head(model.forward_features(x), pre_logits=True).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, model.num_features)
 

@@ -14,7 +14,8 @@ from torch import nn
 
 from .checkpoint import CheckpointStore
 from .models import Member, set_train_mode
-from .predictor import autocast, predict_proba
+from .precision import Precision
+from .predictor import default_precision, predict_proba
 from .transforms import SampleDataset, train_transform
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class TrainResult:
     best_epoch: int
     history: list[dict]
     seconds: float
+    precision: str = "fp32"  # what the forward/backward passes ran in
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -89,18 +91,23 @@ def train_member(member: Member, cfg, images: Sequence[np.ndarray], labels: np.n
                  sample: np.ndarray, val_images: torch.Tensor, val_labels: np.ndarray,
                  num_classes: int, device: torch.device, seed: int, name: str = "member",
                  on_epoch_end: Callable[[int, dict], None] | None = None,
-                 checkpoint: CheckpointStore | None = None) -> TrainResult:
+                 checkpoint: CheckpointStore | None = None,
+                 precision: Precision | None = None) -> TrainResult:
     """Train ``member.model`` on ``images[sample]``; keep the epoch best on validation.
 
     The best epoch has the highest validation macro-F1 (ties: lower validation log loss).
     With ``checkpoint``, every finished epoch is saved there and a matching checkpoint
     found at the start is resumed (same weights as an uninterrupted run on CPU).
+    ``precision`` sets autocast for the forward/backward passes and validation; the
+    weights, optimiser moments and checkpoints stay fp32 (default: fp32 on CPU, mixed
+    precision on GPU).
     """
     from tqdm.auto import tqdm
 
     from ensemble.metrics import log_loss
 
     torch.manual_seed(seed)
+    precision = precision or default_precision(device)
     model = member.model.to(device=device, memory_format=torch.channels_last)
     sizes = epoch_sizes(cfg.epochs, member.inputs.image_size, cfg.min_image_size)
     dataset = SampleDataset(images, labels, sample, None, seed=seed)
@@ -120,7 +127,7 @@ def train_member(member: Member, cfg, images: Sequence[np.ndarray], labels: np.n
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_scale))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(total, int(round(cfg.warmup_epochs * steps_per_epoch))))
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and not torch.cuda.is_bf16_supported())
+    scaler = torch.amp.GradScaler("cuda", enabled=precision.uses_scaler)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     best: tuple[float, float] | None = None
@@ -147,7 +154,7 @@ def train_member(member: Member, cfg, images: Sequence[np.ndarray], labels: np.n
         for x, y in bar:
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
-            with autocast(device):
+            with precision.autocast():
                 loss = criterion(model(x).float(), y)
             if not torch.isfinite(loss):
                 raise TrainingError(f"member {name}: loss became {loss.item()} at epoch {epoch + 1}; "
@@ -162,7 +169,8 @@ def train_member(member: Member, cfg, images: Sequence[np.ndarray], labels: np.n
             rate = seen / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{rate:.1f}")
         train_s = time.perf_counter() - t0
-        proba = predict_proba(model, val_images, member.inputs, cfg.eval_batch_size, device)
+        proba = predict_proba(model, val_images, member.inputs, cfg.eval_batch_size, device,
+                              precision=precision)
         val_f1 = _macro_f1(val_labels, proba.argmax(1), num_classes)
         val_loss = log_loss(val_labels, proba)
         record = {"epoch": epoch + 1, "image_size": sizes[epoch], "train_loss": loss_sum / max(seen, 1),
@@ -186,4 +194,4 @@ def train_member(member: Member, cfg, images: Sequence[np.ndarray], labels: np.n
     model.load_state_dict(best_state)
     set_train_mode(model, member.frozen, False)
     return TrainResult(state_dict=best_state, best_epoch=best_epoch, history=history,
-                       seconds=time.perf_counter() - start)
+                       seconds=time.perf_counter() - start, precision=precision.name)

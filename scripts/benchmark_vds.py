@@ -52,11 +52,16 @@ def _n_per_class(paths: list[str], labels: list[str], n: int) -> list[int]:
     return sorted(out)
 
 
-def throughput(spec, train_dir: Path, n_images: int, classes: list[str]) -> dict:
-    """Images/s of one training pass over ``n_images``, effens vs the plain loop."""
+def throughput(spec, train_dir: Path, n_images: int, classes: list[str], precision: str = "fp32") -> dict:
+    """Images/s of one training pass over ``n_images``, effens vs the plain loop.
+
+    effens trains in ``precision`` (``auto``: what ``effens train`` would pick here); the
+    plain loop is the fp32 loop a user writes without effens.
+    """
     from PIL import Image
 
     from members.models import create_member, default_resize_size, set_train_mode
+    from members.precision import resolve_precision
     from members.trainer import param_groups, train_member
     from members.transforms import eval_tensor, train_transform
 
@@ -75,11 +80,12 @@ def throughput(spec, train_dir: Path, n_images: int, classes: list[str]) -> dict
     arrays, _ = decode_all(paths, default_resize_size(cfg.model, cfg.image_size))
     decode_s = time.perf_counter() - t0
     val = eval_tensor(arrays[:8], member.inputs)
+    prec = resolve_precision(precision, "cpu")
     warm = np.arange(2 * cfg.train.batch_size)  # warm-up pass (allocator, kernels), not timed
     train_member(member, cfg.train, arrays, y, warm, val, y[:8], len(classes), torch.device("cpu"), 0,
-                 name="warm-up")
+                 name="warm-up", precision=prec)
     res = train_member(member, cfg.train, arrays, y, np.arange(len(arrays)), val, y[:8], len(classes),
-                       torch.device("cpu"), 0, name="throughput")
+                       torch.device("cpu"), 0, name="throughput", precision=prec)
     effens_train_s = res.history[0]["seconds"]  # includes the 8-image val pass
     # the one-off decode is shared by every member and epoch: charge it once to this pass
     effens_img_s = len(arrays) / (decode_s + effens_train_s)
@@ -120,6 +126,7 @@ def throughput(spec, train_dir: Path, n_images: int, classes: list[str]) -> dict
         log.info("plain loop, %d workers: %.1f img/s", workers, results[workers])
     plain_img_s = max(results.values())
     return {"member": cfg.name, "model": cfg.model, "image_size": member.inputs.image_size,
+            "effens_precision": prec.name,
             "batch_size": cfg.train.batch_size, "freeze": cfg.train.freeze, "augment": cfg.train.augment,
             "images": len(paths), "effens_img_s": effens_img_s, "effens_decode_s": decode_s,
             "plain_img_s": plain_img_s, "plain_img_s_by_workers": results,
@@ -156,7 +163,8 @@ def main() -> None:
                                  "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
                      "versions": {"torch": torch.__version__}}
     if not args.skip_throughput:
-        results["throughput"] = throughput(cfg.members[0], data / "train", args.throughput_images, classes)
+        results["throughput"] = throughput(cfg.members[0], data / "train", args.throughput_images, classes,
+                                           cfg.members[0].precision or cfg.precision)
         log.info("throughput: effens %.1f img/s, plain %.1f img/s (%.2fx)",
                  results["throughput"]["effens_img_s"], results["throughput"]["plain_img_s"],
                  results["throughput"]["ratio"])

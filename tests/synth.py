@@ -60,6 +60,10 @@ def tiny_config(data: Path, epochs: int = 2, **extra) -> dict:
         "members": [member("a", 0.8, True), member("b", 0.6, False), member("c", 1.0, True)],
         "combiner": {"strategy": "soft"},
         "device": "cpu",
+        # fixed, so that results do not depend on whether this CPU has native bf16 or
+        # OpenVINO installed; tests/test_runtimes.py covers the other settings
+        "precision": "fp32",
+        "runtime": "torch",
     }
     cfg.update(extra)
     return cfg

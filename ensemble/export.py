@@ -1,0 +1,281 @@
+"""``effens export``: members and the whole ensemble as ONNX (or OpenVINO IR) files.
+
+Every member becomes ``<name>.onnx`` (input ``image``: normalised float32 N x 3 x S x S;
+output ``proba``: N x C) with ``<name>.json`` giving its preprocessing and classes. The
+whole ensemble becomes ``ensemble.onnx``: one graph from normalised images at the
+largest member's input size to the ensemble's probabilities (members, calibration and
+the soft / weighted vote or the stacking meta-learner inside), so the ensemble can be
+served without effens. ``export.json`` records every file's SHA-256.
+
+The runtimes' ONNX files for ``predict --runtime openvino|onnxruntime`` are cached in
+``RUN/cache/onnx/`` by :func:`member_onnx_path`, keyed by the member's weights hash and
+the exporter's versions, and hash-checked like every other artifact of a run.
+"""
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import __version__
+from .combiners import PROBA_FLOOR
+from .run import RunError, atomic_write_bytes, atomic_write_json, read_json, sha256_file, sha256_json
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "openvino")
+GRAPH_STRATEGIES = ("soft", "weighted", "stacking")
+
+
+class ExportRefused(RunError):
+    """An export that cannot be made as asked (strategy, output folder)."""
+
+
+# ---------------------------------------------------------------- the ensemble as one module
+class EnsembleGraph(nn.Module):
+    """Members + calibration + vote as one torch module (what ``ensemble.onnx`` holds).
+
+    Input: images normalised for the first member of the largest input size. Each member
+    whose size differs sees them bilinearly resized (and re-normalised when its mean/std
+    differ), an approximation of its own centre crop; members of the input's geometry
+    see exactly what effens gives them.
+    """
+
+    def __init__(self, models: Sequence[nn.Module], inputs: Sequence, strategy: str,
+                 weights: Sequence[float] | None, temperatures: Sequence[float] | None,
+                 stacking: tuple[np.ndarray, np.ndarray] | None) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(models)
+        self.sizes = [int(i.image_size) for i in inputs]
+        ref = inputs[int(np.argmax(self.sizes))]
+        self.input_size = int(ref.image_size)
+        self.input_mean, self.input_std = tuple(ref.mean), tuple(ref.std)
+        self.norms = [(tuple(i.mean), tuple(i.std)) for i in inputs]
+        self.strategy = strategy
+        m = len(models)
+        w = np.full(m, 1.0 / m) if weights is None else np.asarray(weights, dtype=np.float64)
+        self.register_buffer("weights", torch.tensor(w / w.sum(), dtype=torch.float32))
+        t = np.ones(m) if not temperatures else np.asarray(temperatures, dtype=np.float64)
+        self.calibrated = bool(temperatures)
+        self.register_buffer("temperatures", torch.tensor(t, dtype=torch.float32))
+        if strategy == "stacking":
+            coef, intercept = stacking
+            self.register_buffer("coef", torch.tensor(np.asarray(coef), dtype=torch.float32))
+            self.register_buffer("intercept", torch.tensor(np.asarray(intercept), dtype=torch.float32))
+
+    def _member_input(self, x: torch.Tensor, j: int) -> torch.Tensor:
+        size, (mean, std) = self.sizes[j], self.norms[j]
+        if size != self.input_size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        if (mean, std) != (self.input_mean, self.input_std):
+            im, istd = (torch.tensor(v, dtype=x.dtype).view(1, 3, 1, 1) for v in (self.input_mean, self.input_std))
+            m, s = (torch.tensor(v, dtype=x.dtype).view(1, 3, 1, 1) for v in (mean, std))
+            x = (x * istd + im - m) / s
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probs = []
+        for j, model in enumerate(self.members):
+            p = model(self._member_input(x, j)).softmax(dim=1)
+            if self.calibrated:  # as combiners.temperature_scale
+                p = (torch.log(p.clamp(PROBA_FLOOR / 100, 1.0)) / self.temperatures[j]).softmax(dim=1)
+            probs.append(p)
+        stacked = torch.stack(probs)  # (M, N, C)
+        if self.strategy == "stacking":  # as combiners.stacking_proba
+            feats = torch.log(stacked.clamp(PROBA_FLOOR, 1.0)).permute(1, 0, 2).flatten(1)
+            return (feats @ self.coef.T + self.intercept).softmax(dim=1)
+        return (self.weights.view(-1, 1, 1) * stacked).sum(dim=0)
+
+
+def graph_strategy(ens, strategy: str | None) -> str:
+    """The strategy ``ensemble.onnx`` holds: the one asked for, else the run's if it fits."""
+    comb = ens.combiner_
+    if strategy is None:
+        strategy = comb.strategy if comb.strategy in GRAPH_STRATEGIES else "soft"
+        if strategy != comb.strategy:
+            log.warning("the run's strategy %s has no one-graph form; ensemble.onnx holds soft voting",
+                        comb.strategy)
+    if strategy not in GRAPH_STRATEGIES:
+        raise ExportRefused(f"`--strategy` for the ensemble graph must be one of "
+                            f"{', '.join(GRAPH_STRATEGIES)}; got {strategy!r}")
+    if strategy not in comb.available():
+        raise ExportRefused(f"strategy {strategy} is not available in this run ({', '.join(comb.available())})")
+    return strategy
+
+
+def ensemble_graph(ens, strategy: str) -> EnsembleGraph:
+    """The fitted ensemble as one module, with the combiner's weights for ``strategy``."""
+    comb = ens.combiner_
+    weights = comb.learned_weights if strategy == "weighted" else comb.vote_weights
+    stacking = (comb.stacking_coef, comb.stacking_intercept) if strategy == "stacking" else None
+    import copy
+
+    models = [copy.deepcopy(fm.model).to(device="cpu", memory_format=torch.contiguous_format).eval()
+              for fm in ens.members_]
+    return EnsembleGraph(models, [fm.inputs for fm in ens.members_], strategy, weights,
+                         comb.temperatures, stacking).eval()
+
+
+# ---------------------------------------------------------------- files
+def preprocessing(inputs, classes: Sequence[str]) -> dict:
+    """What a server must do to an image before the graph (effens' eval view)."""
+    return {
+        "input": {"name": "image", "layout": "NCHW", "dtype": "float32",
+                  "shape": ["batch", 3, inputs.image_size, inputs.image_size]},
+        "output": {"name": "proba", "shape": ["batch", len(classes)], "meaning": "class probabilities"},
+        "view": "crop",
+        "steps": ["decode to RGB (EXIF orientation applied)",
+                  f"resize the shorter side to {inputs.resize_size} px ({inputs.interpolation})",
+                  f"centre crop {inputs.image_size} x {inputs.image_size}",
+                  "scale to [0, 1], subtract mean, divide by std (per channel, RGB)"],
+        "image_size": inputs.image_size, "resize_size": inputs.resize_size, "crop_pct": inputs.crop_pct,
+        "interpolation": inputs.interpolation, "mean": list(inputs.mean), "std": list(inputs.std),
+        "classes": list(classes),
+    }
+
+
+def _versions() -> dict:
+    from members.export import OPSET
+
+    return {"effens": __version__, "torch": torch.__version__, "opset": OPSET}
+
+
+def member_onnx_path(ens, index: int) -> Path:
+    """The member's ONNX file for the runtimes, exported once and cached in the run folder.
+
+    The cache record keys the file by the member's weights hash and the exporter's
+    versions; a file whose bytes differ from its record is refused, naming it. A run
+    folder that cannot be written to gets a per-process temporary cache instead.
+    """
+    from members.export import export_member_onnx
+
+    fm = ens.members_[index]
+    key = sha256_json({"weights": fm.meta.get("files", {}).get("model.safetensors"),
+                       "image_size": fm.inputs.image_size, **_versions()})
+    folder = _cache_dir(ens)
+    path, record = folder / f"{fm.name}.onnx", folder / f"{fm.name}.json"
+    if path.is_file() and record.is_file():
+        rec = read_json(record)
+        if rec.get("key") == key:
+            if sha256_file(path) != rec.get("sha256"):
+                raise RunError(f"{path}: contents do not match the hash recorded when it was written "
+                               f"(modified or corrupted); delete {folder} to rebuild the cache")
+            return path
+    data = export_member_onnx(fm.model, fm.inputs.image_size, fm.name)
+    atomic_write_bytes(path, data)
+    atomic_write_json(record, {"key": key, "sha256": sha256_file(path), "member": fm.name, **_versions()})
+    log.info("member %s exported to %s (%.1f MB)", fm.name, path, len(data) / 1e6)
+    return path
+
+
+_TEMP_CACHES: dict[int, Path] = {}
+
+
+def _cache_dir(ens) -> Path:
+    root = getattr(ens, "run_dir_", None)
+    if root is not None:
+        folder = Path(root) / "cache" / "onnx"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+            return folder
+        except OSError:
+            log.info("%s is not writable: caching exported members in a temporary folder", folder)
+    if id(ens) not in _TEMP_CACHES:
+        _TEMP_CACHES[id(ens)] = Path(tempfile.mkdtemp(prefix="effens-onnx-"))
+    return _TEMP_CACHES[id(ens)]
+
+
+def export_run(run_dir: str, fmt: str, out: str, strategy: str | None = None) -> dict:
+    """Write every member and the ensemble graph to ``out`` as ONNX or OpenVINO IR."""
+    from members.export import export_member_onnx, export_onnx_bytes
+
+    from .estimator import BaggedEnsemble
+
+    if fmt not in FORMATS:
+        raise ExportRefused(f"`--format` must be one of {', '.join(FORMATS)}; got {fmt!r}")
+    out_dir = Path(out)
+    _check_out_dir(out_dir)
+    ens = BaggedEnsemble.load_run(run_dir)
+    strategy = graph_strategy(ens, strategy)
+    files: dict[str, bytes] = {}
+    docs: dict[str, dict] = {}
+    temperatures = ens.combiner_.temperatures or [None] * len(ens.members_)
+    for fm, temperature in zip(ens.members_, temperatures):
+        files[f"{fm.name}.onnx"] = export_member_onnx(fm.model, fm.inputs.image_size, fm.name)
+        docs[f"{fm.name}.json"] = {"member": fm.name, "architecture": fm.meta.get("architecture"),
+                                   "calibration_temperature": temperature,
+                                   **preprocessing(fm.inputs, ens.classes_)}
+    graph = ensemble_graph(ens, strategy)
+    big = ens.members_[int(np.argmax([fm.inputs.image_size for fm in ens.members_]))]
+    files["ensemble.onnx"] = export_onnx_bytes(graph, torch.zeros(2, 3, graph.input_size, graph.input_size),
+                                               "the ensemble graph", ["image"], ["proba"])
+    comb = ens.combiner_
+    docs["ensemble.json"] = {
+        "strategy": strategy, "members": [fm.name for fm in ens.members_],
+        "weights": graph.weights.tolist(), "temperatures": comb.temperatures,
+        "member_input_sizes": graph.sizes,
+        "note": ("members whose input size differs from the graph's see the input bilinearly resized "
+                 "inside the graph (an approximation of their own centre crop); for exact member "
+                 "inputs run the member files"),
+        **preprocessing(big.inputs, ens.classes_)}
+    if fmt == "openvino":
+        files = _to_openvino(files)
+    written = {}
+    for name, data in files.items():
+        atomic_write_bytes(out_dir / name, data)
+        written[name] = sha256_file(out_dir / name)
+    for name, doc in docs.items():
+        atomic_write_json(out_dir / name, doc)
+        written[name] = sha256_file(out_dir / name)
+    manifest = {"format": fmt, "run": str(Path(run_dir).resolve()), "strategy": strategy,
+                "classes": ens.classes_, "files": written, **_versions()}
+    atomic_write_json(out_dir / "export.json", manifest)
+    return manifest
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Write only into a new or empty folder, or over an earlier export's own files."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportRefused(f"{out_dir}: exists and is not a folder")
+    if not out_dir.is_dir():
+        return
+    present = {p.name for p in out_dir.iterdir()}
+    if not present:
+        return
+    ours = set()
+    if (out_dir / "export.json").is_file():
+        try:
+            ours = set(read_json(out_dir / "export.json").get("files", {})) | {"export.json"}
+        except (ValueError, OSError):
+            ours = set()
+    foreign = sorted(present - ours)
+    if foreign:
+        raise ExportRefused(f"{out_dir / foreign[0]}: the output folder holds files effens did not "
+                            f"export; choose an empty or new --out")
+
+
+def _to_openvino(files: dict[str, bytes]) -> dict[str, bytes]:
+    """ONNX bytes -> OpenVINO IR (``.xml`` + ``.bin``, fp32 weights) for each graph."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise ExportRefused("format openvino needs OpenVINO: pip install 'effens[openvino]'") from None
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, data in files.items():
+            src = Path(tmp) / name
+            src.write_bytes(data)
+            xml = src.with_suffix(".xml")
+            ov.save_model(ov.convert_model(str(src)), str(xml), compress_to_fp16=False)
+            out[xml.name] = xml.read_bytes()
+            out[xml.with_suffix(".bin").name] = xml.with_suffix(".bin").read_bytes()
+    return out

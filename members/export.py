@@ -1,0 +1,63 @@
+"""Export a member's network to ONNX: normalised images in, class probabilities out."""
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+OPSET = 17
+
+
+class ExportError(RuntimeError):
+    """A network could not be exported (names the member and, where known, the operator)."""
+
+
+class WithSoftmax(nn.Module):
+    """``softmax(model(x))``: the exported graph gives probabilities, like effens does."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).softmax(dim=1)
+
+
+def export_onnx_bytes(module: nn.Module, example: torch.Tensor | tuple, name: str,
+                      input_names: list[str], output_names: list[str]) -> bytes:
+    """ONNX bytes of ``module`` in eval mode, fp32, with a dynamic batch axis on every input.
+
+    Uses torch's TorchScript-based exporter (fast, no extra packages); failures name
+    ``name`` and the unsupported operator when torch says which.
+    """
+    module = module.eval().float()
+    example = example if isinstance(example, tuple) else (example,)
+    buf = io.BytesIO()
+    axes = {n: {0: "batch"} for n in input_names + output_names}
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, example, buf, dynamo=False, input_names=input_names,
+                              output_names=output_names, dynamic_axes=axes, opset_version=OPSET,
+                              do_constant_folding=True)
+    except Exception as exc:  # torch raises several types here
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ExportError(f"{name}: ONNX export failed ({type(exc).__name__}: {text[:300]})") from None
+    return buf.getvalue()
+
+
+def export_member_onnx(model: nn.Module, image_size: int, name: str) -> bytes:
+    """One member as ONNX: input ``image`` (N, 3, S, S) normalised, output ``proba`` (N, C)."""
+    example = torch.zeros(2, 3, image_size, image_size)
+    return export_onnx_bytes(WithSoftmax(_cpu_copy(model)), example, f"member {name}", ["image"], ["proba"])
+
+
+def _cpu_copy(model: nn.Module) -> nn.Module:
+    """A contiguous-format CPU copy, so exporting never changes the caller's model."""
+    import copy
+
+    return copy.deepcopy(model).to(device="cpu", memory_format=torch.contiguous_format).eval()
+

@@ -1,0 +1,193 @@
+"""Inference runtimes behind one interface: torch, OpenVINO, ONNX Runtime.
+
+A runtime turns a batch of normalised images (float32, N x 3 x S x S) into one member's
+class probabilities. Adding a runtime is one class here with ``@register("name")``:
+
+    @register("myrt", needs_onnx=True, package="myrt", extra="myrt")
+    class MyRuntime(Runtime):
+        def __init__(self, model, onnx_path, device, precision): ...
+        def run(self, x): ...
+
+Runtimes that read ONNX get the member's exported file (see
+:func:`members.export.export_onnx`); the caller decides where it lives and caches it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .models import InputConfig
+from .precision import Precision
+from .transforms import normalize
+
+log = logging.getLogger(__name__)
+
+
+class RuntimeUnavailable(RuntimeError):
+    """A runtime was asked for that is not installed (or cannot run on this device)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeInfo:
+    name: str
+    cls: type
+    needs_onnx: bool
+    package: str | None     # import name that must be installed
+    extra: str | None       # ``pip install 'effens[extra]'``
+    devices: tuple[str, ...]
+    precisions: tuple[str, ...]  # what it can run; anything else runs fp32
+
+
+RUNTIMES: dict[str, RuntimeInfo] = {}
+
+
+def register(name: str, *, needs_onnx: bool = False, package: str | None = None,
+             extra: str | None = None, devices: tuple[str, ...] = ("cpu", "cuda"),
+             precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")) -> Callable:
+    """Class decorator: make a :class:`Runtime` available under ``name``."""
+    def wrap(cls: type) -> type:
+        RUNTIMES[name] = RuntimeInfo(name, cls, needs_onnx, package, extra, devices, precisions)
+        cls.name = name
+        return cls
+    return wrap
+
+
+def is_installed(name: str) -> bool:
+    info = RUNTIMES[name]
+    return info.package is None or importlib.util.find_spec(info.package) is not None
+
+
+def resolve_runtime(requested: str, device: torch.device | str) -> str:
+    """``auto`` -> OpenVINO on CPU when installed, else torch; others are checked."""
+    kind = torch.device(device).type
+    if requested == "auto":
+        return "openvino" if kind == "cpu" and is_installed("openvino") else "torch"
+    if requested not in RUNTIMES:
+        raise RuntimeUnavailable(f"`runtime` must be auto or one of {', '.join(RUNTIMES)}; got {requested!r}")
+    info = RUNTIMES[requested]
+    if not is_installed(requested):
+        raise RuntimeUnavailable(f"runtime {requested} is not installed: pip install 'effens[{info.extra}]'")
+    if kind not in info.devices:
+        raise RuntimeUnavailable(f"runtime {requested} runs on {', '.join(info.devices)}, not on {kind}; "
+                                 f"use `--runtime torch` for {kind}")
+    return requested
+
+
+def runtime_precision(name: str, precision: Precision) -> Precision:
+    """The precision runtime ``name`` actually runs for a resolved ``precision``."""
+    if precision.name in RUNTIMES[name].precisions:
+        return precision
+    return Precision("fp32", precision.device_type, f"{name} has no {precision.name} path")
+
+
+class Runtime:
+    """One member's network, compiled once; ``run`` maps normalised images to probabilities."""
+
+    name = "base"
+
+    def run(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@register("torch")
+class TorchRuntime(Runtime):
+    """Eager PyTorch, channels_last, with the member's autocast precision."""
+
+    def __init__(self, model: nn.Module, onnx_path: Path | None, device: torch.device,
+                 precision: Precision) -> None:
+        self.model = model.eval().to(device=device, memory_format=torch.channels_last)
+        self.device, self.precision = device, precision
+
+    @torch.inference_mode()
+    def run(self, x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(x).to(self.device).contiguous(memory_format=torch.channels_last)
+        with self.precision.autocast():
+            return self.model(t).float().softmax(dim=1).cpu().numpy()
+
+
+@functools.lru_cache(maxsize=1)
+def _openvino_core():
+    """One OpenVINO Core per process: its thread pools are made once and never torn down
+    (creating and dropping Cores, then forking, crashed the parent process in tests)."""
+    import openvino as ov
+
+    return ov.Core()
+
+
+@register("openvino", needs_onnx=True, package="openvino", extra="openvino", devices=("cpu",),
+          precisions=("fp32", "bf16"))
+class OpenVinoRuntime(Runtime):
+    """OpenVINO on CPU, compiled from the member's ONNX file; bf16 when precision is bf16."""
+
+    def __init__(self, model: nn.Module | None, onnx_path: Path, device: torch.device,
+                 precision: Precision) -> None:
+        core = _openvino_core()
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision.name == "bf16" else "f32",
+                  "PERFORMANCE_HINT": "LATENCY",
+                  "INFERENCE_NUM_THREADS": str(torch.get_num_threads())}
+        self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+        self.request = self.compiled.create_infer_request()
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        out = self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        return np.asarray(out[self.compiled.output(0)], dtype=np.float32)
+
+
+@register("onnxruntime", needs_onnx=True, package="onnxruntime", extra="onnxruntime", devices=("cpu",),
+          precisions=("fp32",))
+class OnnxRuntime(Runtime):
+    """ONNX Runtime's CPU provider (always fp32: it has no fast bf16 CPU kernels)."""
+
+    def __init__(self, model: nn.Module | None, onnx_path: Path, device: torch.device,
+                 precision: Precision) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def create_runtime(name: str, model: nn.Module, device: torch.device, precision: Precision,
+                   onnx_path: Callable[[], Path] | None = None) -> Runtime:
+    """Build runtime ``name`` (already resolved) for one member.
+
+    ``onnx_path`` is called only by runtimes that read ONNX, so torch never exports.
+    """
+    info = RUNTIMES[name]
+    path = None
+    if info.needs_onnx:
+        if onnx_path is None:
+            raise RuntimeUnavailable(f"runtime {name} needs the member exported to ONNX")
+        path = onnx_path()
+    return info.cls(model, path, device, precision)
+
+
+def runtime_proba(runtime: Runtime, images: torch.Tensor, inputs: InputConfig,
+                  batch_size: int = 64, tta: bool = False) -> np.ndarray:
+    """Probabilities (N, C) of uint8 images (N, 3, S, S) through ``runtime``, in batches.
+
+    With ``tta`` the image's and its mirror's probabilities are averaged.
+    """
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = normalize(images[start:start + batch_size], inputs).contiguous().numpy()
+        p = runtime.run(x)
+        if tta:
+            p = (p + runtime.run(np.ascontiguousarray(x[..., ::-1]))) / 2
+        out.append(p)
+    if not out:
+        return np.zeros((0, 0), dtype=np.float64)
+    return np.concatenate(out).astype(np.float64)
