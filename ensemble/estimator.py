@@ -191,13 +191,13 @@ class BaggedEnsemble:
         y = np.asarray(y, dtype=np.int64)
         self.classes_ = list(classes)
         n = len(y)
-        self.specs_ = self._specs()
+        specs = self._specs()
         self.samples_ = draw_all(y, [m.bagging for m in self.members], self.seed)
         self.oob_indices_ = [oob_indices(n, s) for s in self.samples_]
         prints = [sha256_json({"spec": to_dict(spec), "classes": self.classes_,
                                "sample": self.samples_[i].tolist(), "data": data_fingerprint,
                                "seed": self.seed})
-                  for i, spec in enumerate(self.specs_)]
+                  for i, spec in enumerate(specs)]
         todo = [i for i, spec in enumerate(self.members)
                 if run is None or not run.member_done(spec.name, prints[i])]
         for i, spec in enumerate(self.members):
@@ -211,7 +211,7 @@ class BaggedEnsemble:
         if todo:
             log.info("training %d member(s) on %s: %s", len(todo), par.backend, plan.describe())
         jobs = [(self.members[i].name, dict(
-            index=i, spec=self.specs_[i], images=images, y=y, sample=self.samples_[i],
+            index=i, spec=specs[i], images=images, y=y, sample=self.samples_[i],
             oob=self.oob_indices_[i], val_images=val_images, val_y=val_y, classes=self.classes_,
             seed=self.seed, device_name=plan.devices[k], run_root=str(run.root) if run is not None else None,
             fingerprint=prints[i],
@@ -303,20 +303,30 @@ class BaggedEnsemble:
         dev = pick_device(device or self.device)
         out = []
         for j, (fm, spec) in enumerate(zip(self.members_, self._specs())):
-            rt = self._runtime(j, runtime or self.runtime, precision or spec.precision, dev)
+            rt = self._runtime(j, runtime, precision, dev)
             out.append(runtime_proba(rt, eval_tensor(images, fm.inputs), fm.inputs,
                                      batch_size or spec.train.eval_batch_size, tta=tta))
         return np.stack(out)
 
-    def _runtime(self, index: int, runtime: str, precision: str, device):
-        """Member ``index``'s compiled runtime, made on first use (see :mod:`members.runtimes`)."""
+    def inference_plan(self, runtime: str | None = None, precision: str | None = None,
+                       device=None) -> list[tuple[str, object]]:
+        """(runtime name, resolved Precision) each member infers with for these settings."""
+        from members.models import pick_device
         from members.precision import resolve_precision
-        from members.runtimes import create_runtime, resolve_runtime, runtime_precision
+        from members.runtimes import resolve_runtime, runtime_precision
+
+        dev = pick_device(str(device) if device is not None else self.device)
+        name = resolve_runtime(runtime or self.runtime, dev)
+        return [(name, runtime_precision(name, resolve_precision(precision or spec.precision, dev)))
+                for spec in self._specs()]
+
+    def _runtime(self, index: int, runtime: str | None, precision: str | None, device: torch.device):
+        """Member ``index``'s compiled runtime, made on first use (see :mod:`members.runtimes`)."""
+        from members.runtimes import create_runtime
 
         from .export import member_onnx_path
 
-        name = resolve_runtime(runtime, device)
-        prec = runtime_precision(name, resolve_precision(precision, device))
+        name, prec = self.inference_plan(runtime, precision, device)[index]
         key = (index, name, prec.name, str(device))
         cache = self.__dict__.setdefault("_runtimes", {})
         if key not in cache:

@@ -123,14 +123,8 @@ def run_predict(run_dir: str, inputs: Sequence[str], out: str, strategy: str | N
 def _inference_key(ens: BaggedEnsemble, runtime: str | None, precision: str | None,
                    device: str | None) -> dict:
     """The runtime and precision each member resolves to here (part of the cache key)."""
-    from members.models import pick_device
-    from members.precision import resolve_precision
-    from members.runtimes import resolve_runtime, runtime_precision
-
-    dev = pick_device(device or ens.device)
-    name = resolve_runtime(runtime or ens.runtime, dev)
-    return {"runtime": name, "precision": [runtime_precision(name, resolve_precision(precision or spec.precision, dev)).name
-                                           for spec in ens._specs()]}
+    plan = ens.inference_plan(runtime, precision, device)
+    return {"runtime": plan[0][0], "precision": [p.name for _, p in plan]}
 
 
 def _member_hashes(run: RunFolder, ens: BaggedEnsemble) -> list:

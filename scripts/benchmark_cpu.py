@@ -80,8 +80,7 @@ def model_only_img_s(ens: BaggedEnsemble, index: int, runtime: str, precision: s
                      repeats: int) -> float:
     """Images/s of one member's network alone on a prepared batch (no decoding)."""
     fm = ens.members_[index]
-    spec = ens._specs()[index]
-    rt = ens._runtime(index, runtime, precision or spec.precision, torch.device("cpu"))
+    rt = ens._runtime(index, runtime, precision, torch.device("cpu"))
     x = torch.randint(0, 255, (batch, 3, fm.inputs.image_size, fm.inputs.image_size), dtype=torch.uint8)
     runtime_proba(rt, x, fm.inputs, batch)
     best = float("inf")
