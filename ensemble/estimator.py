@@ -79,13 +79,15 @@ def fit_one_member(index: int, spec, images, y, sample, oob, val_images, classes
     from members.models import create_member
     from members.precision import resolve_precision
     from members.predictor import predict_proba
-    from members.trainer import train_member
+    from members.trainer import step_probe, train_member
     from members.transforms import eval_tensor
 
     mseed = member_seed(seed, index)
     seed_everything(mseed)  # before the model is built: initialisation draws from it
     member = create_member(spec, len(classes))
-    precision = resolve_precision(spec.precision or "auto", device)
+    probe = step_probe(member, min(spec.train.batch_size, 8), member.inputs.image_size, device)
+    precision = resolve_precision(spec.precision or "auto", device, probe=probe)
+    del probe
     log.info("member %s: precision %s (%s)", spec.name, precision.name, precision.reason)
     val_tensor = eval_tensor(val_images, member.inputs)
     result = train_member(member, spec.train, images, y, sample, val_tensor, np.asarray(val_y),
@@ -304,7 +306,7 @@ class BaggedEnsemble:
         out = []
         for j, (fm, spec) in enumerate(zip(self.members_, self._specs())):
             rt = self._runtime(j, runtime, precision, dev)
-            out.append(runtime_proba(rt, eval_tensor(images, fm.inputs), fm.inputs,
+            out.append(runtime_proba(rt, eval_tensor(images, fm.inputs),
                                      batch_size or spec.train.eval_batch_size, tta=tta))
         return np.stack(out)
 
@@ -312,13 +314,14 @@ class BaggedEnsemble:
                        device=None) -> list[tuple[str, object]]:
         """(runtime name, resolved Precision) each member infers with for these settings."""
         from members.models import pick_device
-        from members.precision import resolve_precision
+        from members.precision import inference_precision
         from members.runtimes import resolve_runtime, runtime_precision
 
         dev = pick_device(str(device) if device is not None else self.device)
         name = resolve_runtime(runtime or self.runtime, dev)
-        return [(name, runtime_precision(name, resolve_precision(precision or spec.precision, dev)))
-                for spec in self._specs()]
+        return [(name, runtime_precision(name, inference_precision(precision or spec.precision,
+                                                                   fm.meta.get("precision"), dev)))
+                for fm, spec in zip(self.members_, self._specs())]
 
     def _runtime(self, index: int, runtime: str | None, precision: str | None, device: torch.device):
         """Member ``index``'s compiled runtime, made on first use (see :mod:`members.runtimes`)."""
@@ -332,7 +335,7 @@ class BaggedEnsemble:
         if key not in cache:
             fm = self.members_[index]
             log.info("member %s: inference on %s, %s (%s)", fm.name, name, prec.name, prec.reason)
-            cache[key] = create_runtime(name, fm.model, device, prec,
+            cache[key] = create_runtime(name, fm.model, fm.inputs, device, prec,
                                         onnx_path=lambda: member_onnx_path(self, index))
         return cache[key]
 

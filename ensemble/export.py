@@ -147,7 +147,8 @@ def _versions() -> dict:
 
 
 def member_onnx_path(ens, index: int) -> Path:
-    """The member's ONNX file for the runtimes, exported once and cached in the run folder.
+    """The member's ONNX file for the runtimes (uint8 input, normalisation inside), exported
+    once and cached in the run folder.
 
     The cache record keys the file by the member's weights hash and the exporter's
     versions; a file whose bytes differ from its record is refused, naming it. A run
@@ -157,7 +158,8 @@ def member_onnx_path(ens, index: int) -> Path:
 
     fm = ens.members_[index]
     key = sha256_json({"weights": fm.meta.get("files", {}).get("model.safetensors"),
-                       "image_size": fm.inputs.image_size, **_versions()})
+                       "image_size": fm.inputs.image_size, "input": "uint8",
+                       "mean": list(fm.inputs.mean), "std": list(fm.inputs.std), **_versions()})
     folder = _cache_dir(ens)
     path, record = folder / f"{fm.name}.onnx", folder / f"{fm.name}.json"
     if path.is_file() and record.is_file():
@@ -167,7 +169,7 @@ def member_onnx_path(ens, index: int) -> Path:
                 raise RunError(f"{path}: contents do not match the hash recorded when it was written "
                                f"(modified or corrupted); delete {folder} to rebuild the cache")
             return path
-    data = export_member_onnx(fm.model, fm.inputs.image_size, fm.name)
+    data = export_member_onnx(fm.model, fm.inputs.image_size, fm.name, inputs=fm.inputs)
     atomic_write_bytes(path, data)
     atomic_write_json(record, {"key": key, "sha256": sha256_file(path), "member": fm.name, **_versions()})
     log.info("member %s exported to %s (%.1f MB)", fm.name, path, len(data) / 1e6)

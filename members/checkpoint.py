@@ -35,7 +35,7 @@ class CheckpointStore:
 
     def save(self, *, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              scheduler, scaler, generator: torch.Generator, best_state: dict, best_key: list,
-             best_epoch: int, history: list[dict]) -> None:
+             best_epoch: int, history: list[dict], precision: str = "fp32") -> None:
         from ensemble.run import atomic_write_json, atomic_write_safetensors, sha256_file
 
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -52,7 +52,7 @@ class CheckpointStore:
         atomic_write_safetensors(self.tensors_path, tensors)
         doc = {
             "fingerprint": self.fingerprint, "epoch": epoch, "best_key": list(best_key),
-            "best_epoch": best_epoch, "history": history,
+            "best_epoch": best_epoch, "history": history, "precision": precision,
             "optimizer_param_groups": opt["param_groups"],
             "optimizer_state_keys": {str(i): sorted(s) for i, s in opt["state"].items()},
             "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},

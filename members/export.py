@@ -49,10 +49,30 @@ def export_onnx_bytes(module: nn.Module, example: torch.Tensor | tuple, name: st
     return buf.getvalue()
 
 
-def export_member_onnx(model: nn.Module, image_size: int, name: str) -> bytes:
-    """One member as ONNX: input ``image`` (N, 3, S, S) normalised, output ``proba`` (N, C)."""
+class FromUint8(nn.Module):
+    """uint8 RGB (N, 3, S, S) -> the member's normalisation -> ``module``, in one graph."""
+
+    def __init__(self, module: nn.Module, mean: tuple, std: tuple) -> None:
+        super().__init__()
+        self.module = module
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module((x.float() - self.mean) / self.std)
+
+
+def export_member_onnx(model: nn.Module, image_size: int, name: str, inputs=None) -> bytes:
+    """One member as ONNX: input ``image`` (N, 3, S, S), output ``proba`` (N, C).
+
+    The input is normalised float32, or with ``inputs`` (an InputConfig) uint8 RGB with
+    the normalisation inside the graph (what effens' runtimes feed).
+    """
+    module: nn.Module = WithSoftmax(_cpu_copy(model))
     example = torch.zeros(2, 3, image_size, image_size)
-    return export_onnx_bytes(WithSoftmax(_cpu_copy(model)), example, f"member {name}", ["image"], ["proba"])
+    if inputs is not None:
+        module, example = FromUint8(module, inputs.mean, inputs.std), example.to(torch.uint8)
+    return export_onnx_bytes(module, example, f"member {name}", ["image"], ["proba"])
 
 
 def _cpu_copy(model: nn.Module) -> nn.Module:

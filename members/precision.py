@@ -3,9 +3,12 @@
 One decision per (requested precision, device), made by :func:`resolve_precision` from
 what the hardware reports, never assumed:
 
-- CPU: ``auto`` is bf16 autocast where the CPU has native bf16 (AVX512_BF16 or AMX, as
-  torch reports it), else fp32. ``bf16`` on a CPU without it still runs (emulated) after
-  one warning that it will be slower than fp32; ``fp16`` on a CPU is refused.
+- CPU: ``auto`` is fp32 unless the CPU has native bf16 (AVX512_BF16 or AMX, as torch
+  reports it) *and* a measured step (``probe``) runs at least ``AUTO_MIN_SPEEDUP`` times
+  faster in bf16: CPUs with the same flags differ (on one, bf16 training is 1.4x faster;
+  on another, 0.6x), so the flag alone decides nothing. Without a probe ``auto`` is fp32.
+  ``bf16`` on a CPU without native bf16 still runs (emulated) after one warning that it
+  will be slower than fp32; ``fp16`` on a CPU is refused.
 - CUDA: ``auto`` is bf16 where the GPU supports it, else fp16 with a gradient scaler.
 
 Master weights always stay fp32; only the forward (and backward) passes run in the
@@ -18,6 +21,8 @@ import dataclasses
 import functools
 import logging
 import platform
+import time
+from typing import Callable
 
 import torch
 
@@ -64,6 +69,17 @@ def cpu_features() -> dict:
             "avx2": ask("_is_avx2_supported", "avx2")}
 
 
+def inference_precision(requested: str, trained: str | None, device: torch.device | str) -> Precision:
+    """Inference precision: ``auto`` means what the member trained in, where it can run here."""
+    kind = torch.device(device).type
+    if requested == "auto" and kind == "cpu":
+        if trained == "bf16" and cpu_has_native_bf16():
+            return Precision("bf16", "cpu", "auto: the precision the member trained in")
+        return Precision("fp32", "cpu", f"auto: the member trained in {trained or 'fp32'}"
+                                        + ("" if trained in (None, "fp32") else ", fp32 on this CPU"))
+    return resolve_precision(requested, device)
+
+
 def cpu_has_native_bf16() -> bool:
     f = cpu_features()
     return bool(f["avx512_bf16"] or f["amx"])
@@ -100,10 +116,31 @@ class Precision:
 
 
 _warned: set[str] = set()
+AUTO_MIN_SPEEDUP = 1.15  # bf16 must beat fp32 by this much to be chosen by ``auto`` on CPU
 
 
-def resolve_precision(requested: str, device: torch.device | str) -> Precision:
-    """Turn ``auto|fp32|bf16|fp16`` into what runs on ``device`` (see the module doc)."""
+def speedup(probe: Callable[[Precision], None], device_type: str = "cpu", repeats: int = 3) -> float:
+    """fp32 seconds / bf16 seconds of ``probe`` (one warm-up call each, then the best of ``repeats``)."""
+    best = {}
+    for name in ("fp32", "bf16"):
+        p = Precision(name, device_type)
+        probe(p)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            probe(p)
+            times.append(time.perf_counter() - t0)
+        best[name] = min(times)
+    return best["fp32"] / max(best["bf16"], 1e-12)
+
+
+def resolve_precision(requested: str, device: torch.device | str,
+                      probe: Callable[[Precision], None] | None = None) -> Precision:
+    """Turn ``auto|fp32|bf16|fp16`` into what runs on ``device`` (see the module doc).
+
+    ``probe(precision)`` runs one representative step; ``auto`` on a CPU with native
+    bf16 times it in both precisions and keeps bf16 only when it is clearly faster.
+    """
     if requested not in PRECISIONS:
         raise PrecisionError(f"`precision` must be one of {', '.join(PRECISIONS)}; got {requested!r}")
     kind = torch.device(device).type
@@ -119,8 +156,14 @@ def resolve_precision(requested: str, device: torch.device | str) -> Precision:
         return Precision("fp32", kind, f"no mixed precision on {kind}")
     native = cpu_has_native_bf16()
     if requested == "auto":
-        return Precision("bf16" if native else "fp32", "cpu",
-                         "CPU has native bf16" if native else "CPU has no native bf16 (AVX512_BF16/AMX)")
+        if not native:
+            return Precision("fp32", "cpu", "auto: CPU has no native bf16 (AVX512_BF16/AMX)")
+        if probe is None:
+            return Precision("fp32", "cpu", "auto: no step measured, fp32")
+        ratio = speedup(probe)
+        name = "bf16" if ratio >= AUTO_MIN_SPEEDUP else "fp32"
+        return Precision(name, "cpu", f"auto: a bf16 step measured {ratio:.2f}x as fast as fp32 on this CPU "
+                                      f"(bf16 needs >= {AUTO_MIN_SPEEDUP}x)")
     if requested == "fp16":
         raise PrecisionError("`precision: fp16` needs a CUDA device; on a CPU use bf16, fp32 or auto")
     if requested == "bf16" and not native and "bf16" not in _warned:

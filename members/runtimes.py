@@ -1,15 +1,16 @@
 """Inference runtimes behind one interface: torch, OpenVINO, ONNX Runtime.
 
-A runtime turns a batch of normalised images (float32, N x 3 x S x S) into one member's
-class probabilities. Adding a runtime is one class here with ``@register("name")``:
+A runtime turns a batch of centre-cropped uint8 RGB images (N x 3 x S x S) into one
+member's class probabilities. Adding a runtime is one class here with ``@register``:
 
     @register("myrt", needs_onnx=True, package="myrt", extra="myrt")
     class MyRuntime(Runtime):
-        def __init__(self, model, onnx_path, device, precision): ...
+        def __init__(self, model, inputs, onnx_path, device, precision): ...
         def run(self, x): ...
 
-Runtimes that read ONNX get the member's exported file (see
-:func:`members.export.export_onnx`); the caller decides where it lives and caches it.
+Runtimes that read ONNX get the member's export with uint8 input and the normalisation
+inside the graph (:func:`members.export.export_member_onnx` with ``inputs``); the caller
+decides where that file lives and caches it.
 """
 from __future__ import annotations
 
@@ -101,14 +102,14 @@ class Runtime:
 class TorchRuntime(Runtime):
     """Eager PyTorch, channels_last, with the member's autocast precision."""
 
-    def __init__(self, model: nn.Module, onnx_path: Path | None, device: torch.device,
-                 precision: Precision) -> None:
+    def __init__(self, model: nn.Module, inputs: InputConfig, onnx_path: Path | None,
+                 device: torch.device, precision: Precision) -> None:
         self.model = model.eval().to(device=device, memory_format=torch.channels_last)
-        self.device, self.precision = device, precision
+        self.inputs, self.device, self.precision = inputs, device, precision
 
     @torch.inference_mode()
     def run(self, x: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(x).to(self.device).contiguous(memory_format=torch.channels_last)
+        t = normalize(torch.from_numpy(x).to(self.device, non_blocking=True), self.inputs)
         with self.precision.autocast():
             return self.model(t).float().softmax(dim=1).cpu().numpy()
 
@@ -127,8 +128,8 @@ def _openvino_core():
 class OpenVinoRuntime(Runtime):
     """OpenVINO on CPU, compiled from the member's ONNX file; bf16 when precision is bf16."""
 
-    def __init__(self, model: nn.Module | None, onnx_path: Path, device: torch.device,
-                 precision: Precision) -> None:
+    def __init__(self, model: nn.Module | None, inputs: InputConfig, onnx_path: Path,
+                 device: torch.device, precision: Precision) -> None:
         core = _openvino_core()
         config = {"INFERENCE_PRECISION_HINT": "bf16" if precision.name == "bf16" else "f32",
                   "PERFORMANCE_HINT": "LATENCY",
@@ -137,7 +138,7 @@ class OpenVinoRuntime(Runtime):
         self.request = self.compiled.create_infer_request()
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        out = self.request.infer({0: np.ascontiguousarray(x, dtype=np.float32)})
+        out = self.request.infer({0: np.ascontiguousarray(x)})
         return np.asarray(out[self.compiled.output(0)], dtype=np.float32)
 
 
@@ -146,8 +147,8 @@ class OpenVinoRuntime(Runtime):
 class OnnxRuntime(Runtime):
     """ONNX Runtime's CPU provider (always fp32: it has no fast bf16 CPU kernels)."""
 
-    def __init__(self, model: nn.Module | None, onnx_path: Path, device: torch.device,
-                 precision: Precision) -> None:
+    def __init__(self, model: nn.Module | None, inputs: InputConfig, onnx_path: Path,
+                 device: torch.device, precision: Precision) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -157,11 +158,11 @@ class OnnxRuntime(Runtime):
         self.input = self.session.get_inputs()[0].name
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input: np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return self.session.run(None, {self.input: np.ascontiguousarray(x)})[0]
 
 
-def create_runtime(name: str, model: nn.Module, device: torch.device, precision: Precision,
-                   onnx_path: Callable[[], Path] | None = None) -> Runtime:
+def create_runtime(name: str, model: nn.Module, inputs: InputConfig, device: torch.device,
+                   precision: Precision, onnx_path: Callable[[], Path] | None = None) -> Runtime:
     """Build runtime ``name`` (already resolved) for one member.
 
     ``onnx_path`` is called only by runtimes that read ONNX, so torch never exports.
@@ -172,18 +173,18 @@ def create_runtime(name: str, model: nn.Module, device: torch.device, precision:
         if onnx_path is None:
             raise RuntimeUnavailable(f"runtime {name} needs the member exported to ONNX")
         path = onnx_path()
-    return info.cls(model, path, device, precision)
+    return info.cls(model, inputs, path, device, precision)
 
 
-def runtime_proba(runtime: Runtime, images: torch.Tensor, inputs: InputConfig,
-                  batch_size: int = 64, tta: bool = False) -> np.ndarray:
+def runtime_proba(runtime: Runtime, images: torch.Tensor, batch_size: int = 64,
+                  tta: bool = False) -> np.ndarray:
     """Probabilities (N, C) of uint8 images (N, 3, S, S) through ``runtime``, in batches.
 
     With ``tta`` the image's and its mirror's probabilities are averaged.
     """
     out = []
     for start in range(0, len(images), batch_size):
-        x = normalize(images[start:start + batch_size], inputs).contiguous().numpy()
+        x = images[start:start + batch_size].numpy()
         p = runtime.run(x)
         if tta:
             p = (p + runtime.run(np.ascontiguousarray(x[..., ::-1]))) / 2

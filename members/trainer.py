@@ -81,6 +81,31 @@ def epoch_sizes(epochs: int, size: int, min_size: int | None, multiple: int = 32
     return out
 
 
+def step_probe(member: Member, batch_size: int, image_size: int,
+               device: torch.device) -> Callable[[Precision], None]:
+    """One training step's forward and backward pass (no update) on a copy of the member.
+
+    For :func:`members.precision.resolve_precision`'s ``auto``: timed in fp32 and bf16
+    to choose the faster on this machine. Draws nothing from the global generators.
+    """
+    model = copy.deepcopy(member.model).to(device=device, memory_format=torch.channels_last)
+    model.train()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.zeros(batch_size, dtype=torch.long, device=device)
+
+    def step(precision: Precision) -> None:
+        with precision.autocast():
+            loss = nn.functional.cross_entropy(model(x).float(), y)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return step
+
+
 def _macro_f1(y: np.ndarray, pred: np.ndarray, k: int) -> float:
     from ensemble.metrics import confusion_matrix, per_class
 
@@ -108,6 +133,11 @@ def train_member(member: Member, cfg, images: Sequence[np.ndarray], labels: np.n
 
     torch.manual_seed(seed)
     precision = precision or default_precision(device)
+    resumed = checkpoint.load() if checkpoint is not None else None
+    if resumed is not None and resumed.get("precision", precision.name) != precision.name:
+        # a resumed member finishes in the precision it started in (``auto`` may measure anew)
+        precision = Precision(resumed["precision"], device.type, "as in the checkpoint being resumed")
+        log.info("%s: continuing in %s, the precision of its checkpoint", name, precision.name)
     model = member.model.to(device=device, memory_format=torch.channels_last)
     sizes = epoch_sizes(cfg.epochs, member.inputs.image_size, cfg.min_image_size)
     dataset = SampleDataset(images, labels, sample, None, seed=seed)
@@ -134,7 +164,6 @@ def train_member(member: Member, cfg, images: Sequence[np.ndarray], labels: np.n
     best_state, best_epoch = None, -1
     history: list[dict] = []
     first_epoch = 0
-    resumed = checkpoint.load() if checkpoint is not None else None
     if resumed is not None:
         best_state = checkpoint.restore(resumed, model=model, optimizer=optimizer, scheduler=scheduler,
                                         scaler=scaler, generator=gen)
@@ -187,7 +216,7 @@ def train_member(member: Member, cfg, images: Sequence[np.ndarray], labels: np.n
         if checkpoint is not None:
             checkpoint.save(epoch=epoch + 1, model=model, optimizer=optimizer, scheduler=scheduler,
                             scaler=scaler, generator=gen, best_state=best_state, best_key=list(best),
-                            best_epoch=best_epoch, history=history)
+                            best_epoch=best_epoch, history=history, precision=precision.name)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, record)
     assert best_state is not None

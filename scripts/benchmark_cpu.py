@@ -82,11 +82,11 @@ def model_only_img_s(ens: BaggedEnsemble, index: int, runtime: str, precision: s
     fm = ens.members_[index]
     rt = ens._runtime(index, runtime, precision, torch.device("cpu"))
     x = torch.randint(0, 255, (batch, 3, fm.inputs.image_size, fm.inputs.image_size), dtype=torch.uint8)
-    runtime_proba(rt, x, fm.inputs, batch)
+    runtime_proba(rt, x, batch)
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        runtime_proba(rt, x, fm.inputs, batch)
+        runtime_proba(rt, x, batch)
         best = min(best, time.perf_counter() - t0)
     return batch / best
 

@@ -2,6 +2,7 @@
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +27,75 @@ def _fake_cpu(monkeypatch, bf16: bool) -> None:
 
 
 # ---------------------------------------------------------------- precision
-@pytest.mark.parametrize("native", [True, False])
-def test_auto_precision_follows_the_cpu(monkeypatch, native):
+@pytest.mark.parametrize("native,ratio,expected", [(True, 1.6, "bf16"), (True, 0.6, "fp32"),
+                                                  (True, 1.1, "fp32"), (False, 9.9, "fp32")])
+def test_auto_precision_is_measured_not_assumed(monkeypatch, native, ratio, expected):
     _fake_cpu(monkeypatch, native)
-    p = prec.resolve_precision("auto", "cpu")
-    assert p.name == ("bf16" if native else "fp32")
-    assert not p.uses_scaler
+    calls = []
+    monkeypatch.setattr(prec, "speedup", lambda probe: calls.append(probe) or ratio)
+    p = prec.resolve_precision("auto", "cpu", probe=lambda p: None)
+    assert p.name == expected and not p.uses_scaler
+    assert len(calls) == (1 if native else 0)  # a CPU without native bf16 is never probed
+    if native:
+        assert f"{ratio:.2f}x" in p.reason
+    assert prec.resolve_precision("auto", "cpu").name == "fp32"  # no probe, no guess
     assert prec.resolve_precision("fp32", "cpu").dtype is None
+
+
+def test_speedup_times_the_probe_in_both_precisions():
+    seen = []
+
+    def probe(p):
+        seen.append(p.name)
+        time.sleep(0.004 if p.name == "fp32" else 0.001)
+
+    assert prec.speedup(probe, repeats=2) > 1.5
+    assert seen == ["fp32"] * 3 + ["bf16"] * 3
+
+
+@pytest.mark.parametrize("trained,native,expected", [("bf16", True, "bf16"), ("bf16", False, "fp32"),
+                                                     ("fp32", True, "fp32"), ("fp16", True, "fp32"),
+                                                     (None, True, "fp32")])
+def test_inference_auto_follows_the_trained_precision(monkeypatch, trained, native, expected):
+    _fake_cpu(monkeypatch, native)
+    assert prec.inference_precision("auto", trained, "cpu").name == expected
+    assert prec.inference_precision("fp32", trained, "cpu").name == "fp32"
+
+
+def test_a_resumed_member_keeps_the_precision_of_its_checkpoint(tmp_path):
+    from ensemble.config import MemberConfig, TrainConfig
+    from members.checkpoint import CheckpointStore
+    from members.models import create_member
+    from members.trainer import train_member
+    from members.transforms import eval_tensor
+
+    rng = np.random.default_rng(0)
+    imgs = [rng.integers(0, 255, (40, 40, 3), dtype=np.uint8) for _ in range(12)]
+    y = np.arange(12) % 3
+    spec = MemberConfig(name="m", model="test_efficientnet", image_size=32,
+                        train=TrainConfig(epochs=2, batch_size=4, augment="none", warmup_epochs=0.0))
+    store = CheckpointStore(tmp_path, "fp")
+
+    class Stop(Exception):
+        pass
+
+    real_save = store.save
+
+    def save_then_stop(**kw):
+        real_save(**kw)
+        raise Stop
+
+    store.save = save_then_stop
+    member = create_member(spec, 3)
+    val = eval_tensor(imgs[:3], member.inputs)
+    with pytest.raises(Stop):  # killed after epoch 1, trained in bf16
+        train_member(member, spec.train, imgs, y, np.arange(12), val, y[:3], 3, torch.device("cpu"), 0,
+                     checkpoint=store, precision=prec.Precision("bf16", "cpu"))
+    assert json.loads(store.json_path.read_text())["precision"] == "bf16"
+    store.save = real_save
+    result = train_member(create_member(spec, 3), spec.train, imgs, y, np.arange(12), val, y[:3], 3,
+                          torch.device("cpu"), 0, checkpoint=store, precision=prec.Precision("fp32", "cpu"))
+    assert result.precision == "bf16" and len(result.history) == 2
 
 
 def test_fp16_on_cpu_is_refused_and_emulated_bf16_warns_once(monkeypatch, caplog):
