@@ -62,7 +62,7 @@ def throughput(spec, train_dir: Path, n_images: int, classes: list[str], precisi
 
     from members.models import create_member, default_resize_size, set_train_mode
     from members.precision import resolve_precision
-    from members.trainer import param_groups, train_member
+    from members.trainer import param_groups, step_probe, train_member
     from members.transforms import eval_tensor, train_transform
 
     split = load_folder(train_dir)
@@ -80,7 +80,9 @@ def throughput(spec, train_dir: Path, n_images: int, classes: list[str], precisi
     arrays, _ = decode_all(paths, default_resize_size(cfg.model, cfg.image_size))
     decode_s = time.perf_counter() - t0
     val = eval_tensor(arrays[:8], member.inputs)
-    prec = resolve_precision(precision, "cpu")
+    probe = step_probe(member, min(cfg.train.batch_size, 8), member.inputs.image_size, torch.device("cpu"))
+    prec = resolve_precision(precision, "cpu", probe=probe)  # as `effens train` resolves it
+    log.info("effens precision: %s (%s)", prec.name, prec.reason)
     warm = np.arange(2 * cfg.train.batch_size)  # warm-up pass (allocator, kernels), not timed
     train_member(member, cfg.train, arrays, y, warm, val, y[:8], len(classes), torch.device("cpu"), 0,
                  name="warm-up", precision=prec)
@@ -126,7 +128,7 @@ def throughput(spec, train_dir: Path, n_images: int, classes: list[str], precisi
         log.info("plain loop, %d workers: %.1f img/s", workers, results[workers])
     plain_img_s = max(results.values())
     return {"member": cfg.name, "model": cfg.model, "image_size": member.inputs.image_size,
-            "effens_precision": prec.name,
+            "effens_precision": prec.name, "effens_precision_reason": prec.reason,
             "batch_size": cfg.train.batch_size, "freeze": cfg.train.freeze, "augment": cfg.train.augment,
             "images": len(paths), "effens_img_s": effens_img_s, "effens_decode_s": decode_s,
             "plain_img_s": plain_img_s, "plain_img_s_by_workers": results,
