@@ -10,6 +10,8 @@ from pathlib import Path
 from . import __version__
 from .combiners import STRATEGIES
 
+# mirrors of members.precision.PRECISIONS and ensemble.export.FORMATS / GRAPH_STRATEGIES,
+# spelled out so that parsing loads no torch (tests/test_runtimes.py keeps them equal)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 FORMATS = ("onnx", "openvino")
 GRAPH_STRATEGIES = ("soft", "weighted", "stacking")

@@ -388,3 +388,17 @@ def test_export_failure_names_the_member_and_the_operator():
 
     with pytest.raises(ExportError, match=r"member odd: ONNX export failed .*'aten::special_airy_ai'"):
         export_onnx_bytes(Odd(), torch.zeros(2, 3, 8, 8), "member odd", ["image"], ["proba"])
+
+
+def test_cli_choices_mirror_their_modules():
+    """The CLI spells these out so that `--help` loads no torch; they must stay equal."""
+    from typing import get_args, get_type_hints
+
+    from ensemble import cli, export
+    from ensemble.config import Config, MemberConfig
+
+    assert cli.PRECISIONS == prec.PRECISIONS
+    assert cli.FORMATS == export.FORMATS and cli.GRAPH_STRATEGIES == export.GRAPH_STRATEGIES
+    assert get_args(get_type_hints(Config)["precision"]) == prec.PRECISIONS
+    member = [a for a in get_args(get_type_hints(MemberConfig)["precision"]) if a is not type(None)]
+    assert len(member) == 1 and get_args(member[0]) == prec.PRECISIONS
