@@ -86,18 +86,21 @@ def step_probe(member: Member, batch_size: int, image_size: int,
     """One training step's forward and backward pass (no update) on a copy of the member.
 
     For :func:`members.precision.resolve_precision`'s ``auto``: timed in fp32 and bf16
-    to choose the faster on this machine. Draws nothing from the global generators.
+    to choose the faster on this machine. Nothing is copied until the first call (an
+    explicit precision never calls it); draws nothing from the global generators.
     """
-    model = copy.deepcopy(member.model).to(device=device, memory_format=torch.channels_last)
-    model.train()
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(device)
-    x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.zeros(batch_size, dtype=torch.long, device=device)
+    made: dict = {}  # the copy and the batch, made on the first call only
 
     def step(precision: Precision) -> None:
+        if not made:
+            model = copy.deepcopy(member.model).to(device=device, memory_format=torch.channels_last).train()
+            gen = torch.Generator().manual_seed(0)
+            x = torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(device)
+            made.update(model=model, x=x.contiguous(memory_format=torch.channels_last),
+                        y=torch.zeros(batch_size, dtype=torch.long, device=device))
+        model = made["model"]
         with precision.autocast():
-            loss = nn.functional.cross_entropy(model(x).float(), y)
+            loss = nn.functional.cross_entropy(model(made["x"]).float(), made["y"])
         loss.backward()
         model.zero_grad(set_to_none=True)
         if device.type == "cuda":

@@ -402,3 +402,21 @@ def test_cli_choices_mirror_their_modules():
     assert get_args(get_type_hints(Config)["precision"]) == prec.PRECISIONS
     member = [a for a in get_args(get_type_hints(MemberConfig)["precision"]) if a is not type(None)]
     assert len(member) == 1 and get_args(member[0]) == prec.PRECISIONS
+
+
+def test_step_probe_runs_both_precisions_and_leaves_the_member_alone():
+    from ensemble.config import MemberConfig
+    from members.models import create_member
+    from members.trainer import step_probe
+
+    member = create_member(MemberConfig(name="m", model="test_efficientnet", image_size=32), 3)
+    before = {k: v.clone() for k, v in member.model.state_dict().items()}
+    probe = step_probe(member, 4, 32, torch.device("cpu"))
+    rng_before = torch.get_rng_state()
+    for name in ("fp32", "bf16"):
+        probe(prec.Precision(name, "cpu"))
+    assert torch.equal(rng_before, torch.get_rng_state())  # training's seeded draws are untouched
+    after = member.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # weights and BN statistics
+    assert all(p.grad is None for p in member.model.parameters())
+    assert prec.speedup(probe, repeats=1) > 0
