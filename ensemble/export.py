@@ -114,11 +114,9 @@ def ensemble_graph(ens, strategy: str) -> EnsembleGraph:
     comb = ens.combiner_
     weights = comb.learned_weights if strategy == "weighted" else comb.vote_weights
     stacking = (comb.stacking_coef, comb.stacking_intercept) if strategy == "stacking" else None
-    import copy
+    from members.export import cpu_copy
 
-    models = [copy.deepcopy(fm.model).to(device="cpu", memory_format=torch.contiguous_format).eval()
-              for fm in ens.members_]
-    return EnsembleGraph(models, [fm.inputs for fm in ens.members_], strategy, weights,
+    return EnsembleGraph([cpu_copy(fm.model) for fm in ens.members_], [fm.inputs for fm in ens.members_], strategy, weights,
                          comb.temperatures, stacking).eval()
 
 

@@ -169,11 +169,11 @@ def evaluate_candidate(ctx: TuneContext, cand: Candidate, epochs: int | None = N
 
             member_spec = dataclasses.replace(spec, train=train_cfg, precision=spec.precision or cfg.precision)
             device = pick_device(cfg.device)
-            member, _, proba = fit_one_member(i, member_spec, ctx.train_imgs, ctx.y, sample, oob, ctx.val_imgs,
-                                              ctx.classes, cfg.seed, device, ctx.y_val)
+            member, result, proba = fit_one_member(i, member_spec, ctx.train_imgs, ctx.y, sample, oob,
+                                                   ctx.val_imgs, ctx.classes, cfg.seed, device, ctx.y_val)
             val_p.append(predict_proba(member.model, eval_tensor(ctx.val_imgs, member.inputs), member.inputs,
                                        spec.train.eval_batch_size, device,
-                                       precision=resolve_precision(member_spec.precision, device)))
+                                       precision=resolve_precision(result.precision, device)))
             oob_p.append(proba)
         oob_sets.append(oob)
     val_p = np.stack(val_p)

@@ -1,9 +1,8 @@
-"""Export a member's network to ONNX: normalised images in, class probabilities out."""
+"""Export a member's network to ONNX: images (normalised, or uint8) in, class probabilities out."""
 from __future__ import annotations
 
 import io
 import warnings
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -30,7 +29,7 @@ def export_onnx_bytes(module: nn.Module, example: torch.Tensor | tuple, name: st
                       input_names: list[str], output_names: list[str]) -> bytes:
     """ONNX bytes of ``module`` in eval mode, fp32, with a dynamic batch axis on every input.
 
-    Uses torch's TorchScript-based exporter (fast, no extra packages); failures name
+    Uses torch's TorchScript-based exporter (fast; needs the `onnx` package); failures name
     ``name`` and the unsupported operator when torch says which.
     """
     module = module.eval().float()
@@ -68,14 +67,14 @@ def export_member_onnx(model: nn.Module, image_size: int, name: str, inputs=None
     The input is normalised float32, or with ``inputs`` (an InputConfig) uint8 RGB with
     the normalisation inside the graph (what effens' runtimes feed).
     """
-    module: nn.Module = WithSoftmax(_cpu_copy(model))
+    module: nn.Module = WithSoftmax(cpu_copy(model))
     example = torch.zeros(2, 3, image_size, image_size)
     if inputs is not None:
         module, example = FromUint8(module, inputs.mean, inputs.std), example.to(torch.uint8)
     return export_onnx_bytes(module, example, f"member {name}", ["image"], ["proba"])
 
 
-def _cpu_copy(model: nn.Module) -> nn.Module:
+def cpu_copy(model: nn.Module) -> nn.Module:
     """A contiguous-format CPU copy, so exporting never changes the caller's model."""
     import copy
 

@@ -7,7 +7,6 @@ from torch import nn
 
 from .models import InputConfig
 from .precision import Precision, resolve_precision
-from .transforms import normalize
 
 
 def default_precision(device: torch.device) -> Precision:
@@ -15,29 +14,21 @@ def default_precision(device: torch.device) -> Precision:
     return resolve_precision("auto" if device.type == "cuda" else "fp32", device)
 
 
-@torch.inference_mode()
 def predict_proba(model: nn.Module, images: torch.Tensor, inputs: InputConfig,
                   batch_size: int = 64, device: torch.device | str = "cpu",
                   tta: bool = False, precision: Precision | None = None) -> np.ndarray:
-    """Softmax probabilities (N, C) for a uint8 tensor (N, 3, S, S).
+    """Softmax probabilities (N, C) for a uint8 tensor (N, 3, S, S), through the torch
+    runtime (:class:`members.runtimes.TorchRuntime`); the model's train/eval mode is kept.
 
     With ``tta`` the probabilities of the image and its horizontal mirror are averaged;
     ``precision`` sets autocast (default: :func:`default_precision`).
     """
+    from .runtimes import TorchRuntime, runtime_proba
+
     device = torch.device(device)
-    precision = precision or default_precision(device)
     was_training = model.training
-    model.eval()
-    model.to(device=device, memory_format=torch.channels_last)
-    out = []
-    for start in range(0, len(images), batch_size):
-        x = normalize(images[start:start + batch_size].to(device, non_blocking=True), inputs)
-        with precision.autocast():
-            p = model(x).float().softmax(dim=1)
-            if tta:
-                p = (p + model(x.flip(3)).float().softmax(dim=1)) / 2
-        out.append(p.cpu())
-    model.train(was_training)
-    if not out:
-        return np.zeros((0, 0), dtype=np.float32)
-    return torch.cat(out).numpy().astype(np.float64)
+    try:
+        runtime = TorchRuntime(model, inputs, None, device, precision or default_precision(device))
+        return runtime_proba(runtime, images, batch_size, tta)
+    finally:
+        model.train(was_training)

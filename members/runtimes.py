@@ -90,7 +90,7 @@ def runtime_precision(name: str, precision: Precision) -> Precision:
 
 
 class Runtime:
-    """One member's network, compiled once; ``run`` maps normalised images to probabilities."""
+    """One member's network, compiled once; ``run`` maps uint8 crops to probabilities."""
 
     name = "base"
 
