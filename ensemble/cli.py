@@ -8,13 +8,13 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .combiners import STRATEGIES
+from .strategies import graph_strategies, strategy_names
 
-# mirrors of members.precision.PRECISIONS and ensemble.export.FORMATS / GRAPH_STRATEGIES,
-# spelled out so that parsing loads no torch (tests/test_runtimes.py keeps them equal)
+# mirrors of members.precision.PRECISIONS and ensemble.export.FORMATS, spelled out so
+# that parsing loads no torch (tests/test_runtimes.py keeps them equal); strategies come
+# from their registry (ensemble.strategies, numpy only)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 FORMATS = ("onnx", "openvino")
-GRAPH_STRATEGIES = ("soft", "weighted", "stacking")
 
 log = logging.getLogger("effens")
 
@@ -43,13 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="predict images, folders or CSV manifests with a trained run")
     pr.add_argument("run", help="run folder made by `effens train`")
     pr.add_argument("inputs", nargs="+", help="image files, folders (recursive) or CSV manifests")
-    pr.add_argument("--strategy", choices=STRATEGIES, help="default: the run's combiner.strategy")
+    pr.add_argument("--strategy", choices=strategy_names(), help="default: the run's combiner.strategy")
     pr.add_argument("--out", required=True, help="output .csv or .json")
 
     ev = sub.add_parser("evaluate", help="report every member and strategy on labelled data")
     ev.add_argument("run", help="run folder made by `effens train`")
     ev.add_argument("data", help="a folder of class folders or a CSV manifest (path, label)")
-    ev.add_argument("--strategy", choices=STRATEGIES + ("all",), default="all")
+    ev.add_argument("--strategy", choices=strategy_names() + ("all",), default="all")
     ev.add_argument("--out", required=True, help="report folder (also caches member probabilities)")
 
     for q in (pr, ev):
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("run", help="run folder made by `effens train`")
     ex.add_argument("--format", required=True, choices=FORMATS)
     ex.add_argument("--out", required=True, help="output folder (new or empty, or an earlier export)")
-    ex.add_argument("--strategy", choices=GRAPH_STRATEGIES,
+    ex.add_argument("--strategy", choices=graph_strategies(),
                     help="vote inside ensemble.onnx (default: the run's, soft for hard voting)")
 
     fc = sub.add_parser("fit-combiner", help="refit weights, stacking and calibration of a run")
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .images import BadImageError
     from .parallel import ParallelError
-    from .run import RunError
+    from .files import RunError
 
     try:
         if args.command == "train":

@@ -1,4 +1,11 @@
-"""Combiners: pure numpy over member probabilities of shape (members, samples, classes)."""
+"""Combiners: pure numpy over member probabilities of shape (members, samples, classes).
+
+Applying (soft and hard votes, the stacking meta-learner, temperature scaling) and
+fitting (learned weights, the meta-learner, temperatures) from probabilities alone; no
+network runs here. The strategies that use them are in :mod:`ensemble.strategies`.
+For out-of-bag (OOB) data an ``available`` (members, samples) mask says which members
+left each image out, i.e. may vote on it.
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -48,7 +55,6 @@ def hard_vote(proba: np.ndarray, weights: Sequence[float] | None = None) -> np.n
     return np.where(top, soft, -np.inf).argmax(axis=1)
 
 
-STRATEGIES = ("hard", "soft", "weighted", "stacking")
 PROBA_FLOOR = 1e-6
 
 
@@ -76,47 +82,116 @@ def temperature_scale(proba: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(logp / temperature)
 
 
-def combine(proba: np.ndarray, strategy: str, weights: Sequence[float] | None = None,
-            stacking: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Apply a strategy -> (predictions, ensemble probabilities).
+def masked_vote(proba: np.ndarray, available: np.ndarray, vote, weights: Sequence[float] | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Apply ``vote(proba, weights) -> (pred, proba)`` per image over its available members.
 
-    ``soft``/``weighted``: weighted mean of probabilities (``weighted`` requires
-    ``weights``); ``hard``: (weighted) majority vote, probabilities = vote shares;
-    ``stacking``: the meta-learner ``(coef, intercept)``.
-    """
-    if strategy in ("soft", "weighted"):
-        if strategy == "weighted" and weights is None:
-            raise ValueError("strategy `weighted` needs member weights")
-        p = soft_vote(proba, weights)
-        return p.argmax(axis=1), p
-    if strategy == "hard":
-        return hard_vote(proba, weights), vote_shares(proba, weights)
-    if strategy == "stacking":
-        if stacking is None:
-            raise ValueError("strategy `stacking` needs a fitted meta-learner")
-        p = stacking_proba(proba, *stacking)
-        return p.argmax(axis=1), p
-    raise ValueError(f"`strategy` must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
-
-
-def oob_combine(proba: np.ndarray, seen: np.ndarray, strategy: str,
-                weights: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Combine only the members that did *not* see each sample.
-
-    ``seen`` is a boolean (members, samples) mask. Returns (covered sample indices,
-    predictions, probabilities) for the samples at least one member left out.
+    Returns (covered sample indices, predictions, probabilities) for the images at least
+    one member may vote on; each image's weights are renormalised over its voters.
     """
     m = proba.shape[0]
     w = _weights(weights, m)
-    out_mask = ~np.asarray(seen, dtype=bool)
-    covered = np.flatnonzero(out_mask.any(axis=0))
+    available = np.asarray(available, dtype=bool)
+    covered = np.flatnonzero(available.any(axis=0))
     preds, probs = [], []
     for i in covered:
-        who = np.flatnonzero(out_mask[:, i])
+        who = np.flatnonzero(available[:, i])
         ww = w[who] if w[who].sum() > 0 else np.ones(len(who))
-        pred, p = combine(proba[who][:, i:i + 1], strategy, ww)
+        pred, p = vote(proba[who][:, i:i + 1], ww)
         preds.append(pred[0])
         probs.append(p[0])
     c = proba.shape[2]
     return (covered, np.asarray(preds, dtype=np.int64),
             np.asarray(probs, dtype=np.float64).reshape(-1, c))
+
+
+# ---------------------------------------------------------------- fitting
+def oob_matrix(oob_indices: list[np.ndarray], oob_proba: list[np.ndarray], n: int,
+               n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Members' OOB probabilities as (M, n, C) plus an ``available`` (M, n) mask."""
+    m = len(oob_indices)
+    full = np.zeros((m, n, n_classes))
+    available = np.zeros((m, n), dtype=bool)
+    for j, (idx, p) in enumerate(zip(oob_indices, oob_proba)):
+        full[j, idx] = p
+        available[j, idx] = True
+    return full, available
+
+
+def _masked_mix(proba: np.ndarray, available: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted mean over the available members of each sample (weights renormalised)."""
+    ww = w[:, None] * available  # (M, N)
+    tot = ww.sum(axis=0)
+    tot = np.where(tot > 0, tot, 1.0)
+    return np.einsum("mn,mnc->nc", ww, proba) / tot[:, None]
+
+
+def impute_missing(proba: np.ndarray, available: np.ndarray) -> np.ndarray:
+    """Fill each unavailable member's probabilities with the available members' mean."""
+    mean = _masked_mix(proba, available, np.ones(proba.shape[0]))
+    return np.where(available[:, :, None], proba, mean[None])
+
+
+def _nll(p: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], PROBA_FLOOR, 1.0))))
+
+
+def fit_weights(proba: np.ndarray, y: np.ndarray, available: np.ndarray | None = None) -> np.ndarray:
+    """Non-negative weights summing to 1 that minimise the soft vote's log loss.
+
+    Starts from uniform weights and keeps them if the optimiser cannot improve, so the
+    result never does worse than uniform on the data it was fitted on.
+    """
+    from scipy.optimize import minimize
+
+    proba = np.asarray(proba, dtype=np.float64)
+    m = proba.shape[0]
+    available = np.ones(proba.shape[:2], dtype=bool) if available is None else available
+    keep = available.any(axis=0)
+    proba, available, y = proba[:, keep], available[:, keep], np.asarray(y)[keep]
+
+    def loss(z: np.ndarray) -> float:
+        return _nll(_masked_mix(proba, available, softmax(z[None])[0]), y)
+
+    uniform = np.full(m, 1.0 / m)
+    res = minimize(loss, np.zeros(m), method="L-BFGS-B")
+    w = softmax(res.x[None])[0]
+    return w if loss(res.x) <= loss(np.zeros(m)) else uniform
+
+
+def fit_stacking(proba: np.ndarray, y: np.ndarray, n_classes: int, C: float = 1.0,
+                 available: np.ndarray | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression on member log-probabilities -> (coef, intercept).
+
+    Missing members (OOB source) are imputed with the mean of the available members'
+    probabilities for that image; images no member left out are dropped.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    proba = np.asarray(proba, dtype=np.float64)
+    y = np.asarray(y)
+    if available is not None:
+        keep = available.any(axis=0)
+        proba, available, y = proba[:, keep], available[:, keep], y[keep]
+        proba = impute_missing(proba, available)
+    X = stacking_features(proba)
+    present = np.unique(y)
+    clf = LogisticRegression(C=C, max_iter=2000, random_state=seed)
+    clf.fit(X, y)
+    coef = np.zeros((n_classes, X.shape[1]))
+    intercept = np.full(n_classes, -1e3)  # a class never seen in fitting is never predicted
+    if len(present) == 2 and clf.coef_.shape[0] == 1:  # binary: sklearn keeps one row
+        coef[present[1]], intercept[present[1]] = clf.coef_[0], clf.intercept_[0]
+        coef[present[0]], intercept[present[0]] = 0.0, 0.0
+    else:
+        coef[clf.classes_], intercept[clf.classes_] = clf.coef_, clf.intercept_
+    return coef, intercept
+
+
+def fit_temperature(proba: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T in [0.05, 20] minimising the log loss of softmax(log p / T)."""
+    from scipy.optimize import minimize_scalar
+
+    res = minimize_scalar(lambda t: _nll(temperature_scale(proba, np.exp(t)), y),
+                          bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(res.x))

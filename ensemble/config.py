@@ -158,11 +158,22 @@ class StackingConfig:
                      doc="inverse regularisation strength of the logistic meta-learner")
 
 
+def _strategies() -> tuple[str, ...]:
+    from .strategies import strategy_names
+
+    return strategy_names()
+
+
+#: names a member may not take: strategies and the fixed columns of predict's output
+RESERVED_COLUMNS = ("path", "prediction", "error", "ensemble")
+
+
 @dataclasses.dataclass
 class CombinerConfig:
-    strategy: Literal["hard", "soft", "weighted", "stacking"] = field(
-        "soft", doc="default voting: hard (majority), soft (mean probability), weighted "
-                    "(learned or given weights), stacking (meta-learner)")
+    strategy: str = field(
+        "soft", choices=_strategies,
+        doc="default voting: hard (majority), soft (mean probability), weighted "
+            "(learned or given weights), stacking (meta-learner); any registered strategy")
     weights: list[float] | Literal["auto"] | None = field(
         None, doc="one non-negative weight per member (used by hard, soft and weighted), "
                   "or `auto`/null: `weighted` learns them")
@@ -201,7 +212,8 @@ class TuneConfig:
     min_epochs: int = field(1, check=interval(1, None), doc="halving: epochs in the first round")
     objective: Literal["oob", "val"] = field("val", doc="where candidates are scored")
     metric: Literal["macro_f1", "accuracy", "log_loss"] = field("macro_f1", doc="score to optimise")
-    strategy: Literal["hard", "soft"] = field("soft", doc="how the ensemble is scored")
+    strategy: str = field("soft", choices=_strategies,
+                          doc="how the ensemble is scored (fitted as `train` fits it)")
 
     def validate(self, path: str) -> None:
         lists = self.ratios if self.ratios and isinstance(self.ratios[0], list) else [self.ratios]
@@ -253,6 +265,10 @@ class Config:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ConfigError(f"`members` names must be unique; repeated: {', '.join(dupes)}")
+        for i, name in enumerate(names):
+            if name in _strategies() or name in RESERVED_COLUMNS:
+                raise ConfigError(f"`members.{i}.name` must differ from the strategy names and output "
+                                  f"columns ({', '.join(_strategies() + RESERVED_COLUMNS)}); got {name!r}")
         w = self.combiner.weights
         if isinstance(w, list) and len(w) != len(self.members):
             raise ConfigError(f"`combiner.weights` must have one weight per member "
@@ -373,6 +389,23 @@ def config_from_dict(raw: dict, source: str = "<dict>",
         test=data.test.resolved(base) if data.test else None,
     )
     return cfg
+
+
+def config_from_params(params: dict, source: str = "BaggedEnsemble") -> Config:
+    """Check an estimator's constructor arguments with the config schema (the same checks
+    and messages as a YAML file); ``members`` etc. may be config objects or mappings."""
+    raw = {k: to_dict(v) for k, v in params.items() if v is not None}
+    raw["members"] = list(raw.get("members") or [])
+    raw["data"] = {"train": "<in memory>"}
+    return config_from_dict(raw, source=source)
+
+
+def check_member_names(members: list, classes: list[str], source: str) -> None:
+    """Refuse a member named like a class (their output columns would collide)."""
+    for i, m in enumerate(members):
+        if m.name in classes:
+            raise ConfigError(f"{source}: `members.{i}.name` {m.name!r} is also a class name; "
+                              f"rename the member")
 
 
 def config_to_dict(cfg: Config) -> dict:

@@ -1,31 +1,35 @@
 """BaggedEnsemble: the scikit-learn-style Python face of effens.
 
-    ens = BaggedEnsemble(members=cfg.members, combiner=cfg.combiner, seed=0)
-    ens.fit(images, y, classes, val_images, val_y, run=RunFolder("runs/x"))
-    proba = ens.predict_proba(new_images)               # the combiner's strategy
-    proba = ens.predict_proba(new_images, strategy="stacking")
+    ens = BaggedEnsemble(members=[{"name": "a", "model": "tf_efficientnet_lite0"}, ...], seed=0)
+    ens.fit(train_paths, train_labels, X_val=val_paths, y_val=val_labels)
+    proba = ens.predict_proba(new_paths)                 # the combiner's strategy
+    proba = ens.predict_proba(new_paths, strategy="stacking")
 
-Constructor arguments are stored as given; all work happens in :meth:`fit`; fitted
-state ends in an underscore. ``images`` are decoded RGB uint8 arrays
-(:func:`ensemble.images.decode_all`), shared by every member.
+Constructor arguments are stored as given and validated in :meth:`fit` by the same
+schema, checks and messages as a YAML config (one schema, two doors); fitted state ends
+in an underscore; ``get_params``/``set_params`` come from scikit-learn, so
+``sklearn.base.clone`` works. Images are file paths or decoded RGB uint8 arrays
+(:func:`ensemble.images.decode_all`). The estimator fits in memory and reads or writes
+no files itself; give ``fit`` a ``store`` (a :class:`ensemble.runfolder.RunFolder`) to
+save each member as it finishes and to resume, and use
+:func:`ensemble.runfolder.load_run` for a saved run.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-import platform
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 
-from . import __version__
 from .bagging import draw_all, oob_indices
-from .combiner_fit import FittedCombiner, fit_combiner, impute_missing, oob_matrix
-from .combiners import oob_combine
-from .metrics import classification_report
-from .run import RunFolder, RunError, sha256_json
+from .evaluation import oob_report, oob_score
+from .files import sha256_json
+from .member_jobs import MemberJob, TrainingData, fit_member
 from .schema import to_dict
+from .strategies import FitData, fit_combiner
 
 log = logging.getLogger(__name__)
 
@@ -40,126 +44,26 @@ class FittedMember:
     meta: dict
 
 
-def member_seed(seed: int, index: int) -> int:
-    """Torch seed of member ``index`` (independent of the bagging stream)."""
-    return int(np.random.SeedSequence([seed, index, 1]).generate_state(1)[0])
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch, Python's ``random`` and NumPy's global generator.
-
-    torch's drives the model's initialisation and dropout; the other two are seeded so
-    that no draw in a member's job depends on what ran before it in the process
-    (augmentation has its own per-item streams, :mod:`members.streams`).
-    """
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def images_fingerprint(paths: Sequence[str], labels: Sequence) -> str:
     return sha256_json([list(map(str, paths)), [str(v) for v in labels]])
 
 
-def _versions() -> dict:
-    import timm
-
-    return {"effens": __version__, "torch": torch.__version__, "timm": timm.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
-
-
-def fit_one_member(index: int, spec, images, y, sample, oob, val_images, classes, seed: int,
-                   device, val_y, checkpoint=None):
-    """Seed, build and train one member; returns (member, train result, OOB probabilities).
-
-    The member trains and predicts in ``spec.precision`` (``auto`` when unset).
-    """
-    from members.models import create_member
-    from members.precision import resolve_precision
-    from members.predictor import predict_proba
-    from members.trainer import step_probe, train_member
-    from members.transforms import eval_tensor
-
-    mseed = member_seed(seed, index)
-    seed_everything(mseed)  # before the model is built: initialisation draws from it
-    member = create_member(spec, len(classes))
-    probe = step_probe(member, min(spec.train.batch_size, 8), member.inputs.image_size, device)
-    precision = resolve_precision(spec.precision or "auto", device, probe=probe)
-    del probe
-    log.info("member %s: precision %s (%s)", spec.name, precision.name, precision.reason)
-    val_tensor = eval_tensor(val_images, member.inputs)
-    result = train_member(member, spec.train, images, y, sample, val_tensor, np.asarray(val_y),
-                          len(classes), device, mseed, name=spec.name, checkpoint=checkpoint,
-                          precision=precision)
-    oob_tensor = eval_tensor([images[i] for i in oob], member.inputs)
-    oob_proba = (predict_proba(member.model, oob_tensor, member.inputs, spec.train.eval_batch_size, device,
-                               precision=precision)
-                 if len(oob) else np.zeros((0, len(classes))))
-    return member, result, oob_proba
-
-
-def _fit_member(index: int, spec, images, y, sample, oob, val_images, val_y, classes, seed: int,
-                device_name: str, run_root: str | None, fingerprint: str,
-                torch_threads: int | None = None) -> dict | None:
-    """Build, train and save one member; runs in-process or in a joblib worker."""
-    from members.models import pick_device
-
-    previous_threads = torch.get_num_threads()
-    if torch_threads:
-        torch.set_num_threads(torch_threads)
-    try:
-        return _fit_and_save(index, spec, images, y, sample, oob, val_images, val_y, classes, seed,
-                             pick_device(device_name), run_root, fingerprint)
-    finally:
-        torch.set_num_threads(previous_threads)
-
-
-def _fit_and_save(index: int, spec, images, y, sample, oob, val_images, val_y, classes, seed: int,
-                  device, run_root: str | None, fingerprint: str) -> dict | None:
-    from members.checkpoint import CheckpointStore
-
-    checkpoint = (CheckpointStore(RunFolder(run_root).member_dir(spec.name), fingerprint)
-                  if run_root is not None else None)
-    member, result, oob_proba = fit_one_member(index, spec, images, y, sample, oob, val_images, classes,
-                                               seed, device, val_y, checkpoint)
-    mseed = member_seed(seed, index)
-    meta = {
-        "name": spec.name, "index": index, "architecture": spec.model, "weights": spec.weights,
-        "weights_file": member.weights_file, "num_classes": len(classes), "classes": list(classes),
-        "inputs": dataclasses.asdict(member.inputs), "bagging": to_dict(spec.bagging),
-        "train": to_dict(spec.train), "seed": seed, "member_seed": mseed, "device": str(device),
-        "precision": result.precision,
-        "n_samples": int(len(sample)), "n_unique": int(len(np.unique(sample))), "n_oob": int(len(oob)),
-        "best_epoch": result.best_epoch, "history": result.history, "train_seconds": result.seconds,
-        "fingerprint": fingerprint, "versions": _versions(),
-    }
-    arrays = {"samples.npy": np.asarray(sample, dtype=np.int64), "oob.npy": np.asarray(oob, dtype=np.int64),
-              "oob_proba.npy": oob_proba.astype(np.float32)}
-    if run_root is not None:
-        RunFolder(run_root).save_member(spec.name, result.state_dict, meta, arrays)
-        checkpoint.clear()  # member.json is the commit point; the epoch checkpoint is done
-        log.info("member %s saved (best epoch %d, %.0f s)", spec.name, result.best_epoch, result.seconds)
-        return None
-    return {"state_dict": result.state_dict, "meta": meta, "arrays": arrays}
-
-
-class BaggedEnsemble:
+class BaggedEnsemble(BaseEstimator):
     """Bagged ensemble of heterogeneous timm members with a voting combiner.
 
     Parameters
     ----------
-    members : list of MemberConfig
-        One entry per member (model, weights, image size, bagging, training).
-    combiner : CombinerConfig or None
+    members : list of MemberConfig or of mappings
+        One entry per member (name, model, weights, image size, bagging, training), as
+        under ``members:`` in a YAML config.
+    combiner : CombinerConfig, mapping or None
         Default strategy, weights, stacking and calibration settings (None = defaults:
-        soft voting, learned weights and a stacking meta-learner fitted on validation).
+        soft voting, learned weights and a stacking meta-learner fitted on OOB).
     seed : int
         Seeds bagging, initialisation and augmentation.
     device : str
         ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-    parallel : ParallelConfig or None
+    parallel : ParallelConfig, mapping or None
         Backend (sequential, loky, ray, dask), jobs at once, cluster address, threads.
     precision : str
         ``auto``, ``fp32``, ``bf16`` or ``fp16`` for members whose own ``precision`` is
@@ -168,9 +72,20 @@ class BaggedEnsemble:
         Inference runtime of :meth:`member_proba`: ``auto`` (OpenVINO on CPU when
         installed), ``torch``, ``openvino`` or ``onnxruntime`` (:mod:`members.runtimes`).
         Training always evaluates with torch.
+
+    Attributes
+    ----------
+    classes_, members_, samples_, oob_indices_, oob_proba_, val_proba_, combiner_
+        Fitted state (``members_``: :class:`FittedMember`; ``combiner_``:
+        :class:`ensemble.strategies.Combiner`).
+    oob_score_ : float
+        Out-of-bag macro-F1 of the default strategy: each training image voted on only
+        by the members that left it out (nan when every member saw every image).
+    oob_report_ : dict
+        Every member's and strategy's OOB metrics (:func:`ensemble.evaluation.oob_report`).
     """
 
-    def __init__(self, members: Sequence, combiner=None, seed: int = 0, device: str = "auto",
+    def __init__(self, members: Sequence = (), combiner=None, seed: int = 0, device: str = "auto",
                  parallel=None, precision: str = "auto", runtime: str = "auto") -> None:
         self.members = members
         self.combiner = combiner
@@ -180,117 +95,111 @@ class BaggedEnsemble:
         self.precision = precision
         self.runtime = runtime
 
+    # ------------------------------------------------------------------ params
+    def validated_config(self):
+        """The constructor arguments checked by the config schema -> :class:`~ensemble.config.Config`."""
+        from .config import config_from_params
+
+        return config_from_params(self.get_params(deep=False))
+
     # ------------------------------------------------------------------ fit
-    def fit(self, images: Sequence[np.ndarray], y: np.ndarray, classes: Sequence[str],
-            val_images: Sequence[np.ndarray], val_y: np.ndarray, run: RunFolder | None = None,
-            data_fingerprint: str = "") -> "BaggedEnsemble":
+    def fit(self, X: Sequence, y: Sequence, *, X_val: Sequence, y_val: Sequence,
+            classes: Sequence[str] | None = None, store=None, data_fingerprint: str | None = None
+            ) -> "BaggedEnsemble":
         """Draw each member's sample, train the members, fit the combiner, score OOB.
 
-        With ``run``, each member is saved as it finishes and a member already finished
-        with the same settings and data is loaded instead of retrained; the combiner
-        and the members' validation probabilities are saved too.
+        ``X``/``X_val``: image paths or decoded RGB uint8 arrays; ``y``/``y_val``: class
+        names, or indices into ``classes`` (default: the sorted distinct labels). The
+        validation images choose each member's best epoch and fit calibration. With
+        ``store``, each member is saved as it finishes and one already finished with the
+        same settings and data is loaded instead of retrained.
         """
-        y = np.asarray(y, dtype=np.int64)
-        self.classes_ = list(classes)
-        n = len(y)
-        specs = self._specs()
-        self.samples_ = draw_all(y, [m.bagging for m in self.members], self.seed)
-        self.oob_indices_ = [oob_indices(n, s) for s in self.samples_]
-        prints = [sha256_json({"spec": to_dict(spec), "classes": self.classes_,
-                               "sample": self.samples_[i].tolist(), "data": data_fingerprint,
-                               "seed": self.seed})
+        cfg = self.validated_config()
+        classes, y, y_val = _encode_labels(y, y_val, classes)
+        specs = _with_precision(cfg.members, cfg.precision)
+        images, val_images = _decoded(X, specs, "X"), _decoded(X_val, specs, "X_val")
+        if data_fingerprint is None:
+            data_fingerprint = sha256_json([_fingerprint_part(X), _fingerprint_part(X_val),
+                                            y.tolist(), y_val.tolist()])
+        samples = draw_all(y, [m.bagging for m in specs], cfg.seed)
+        prints = [sha256_json({"spec": to_dict(spec), "classes": classes, "sample": samples[i].tolist(),
+                               "data": data_fingerprint, "seed": cfg.seed})
                   for i, spec in enumerate(specs)]
-        todo = [i for i, spec in enumerate(self.members)
-                if run is None or not run.member_done(spec.name, prints[i])]
-        for i, spec in enumerate(self.members):
-            if i not in todo:
-                log.info("member %s already finished in %s: reusing it", spec.name, run.root)
-        from .config import ParallelConfig
+        results = self._fit_members(cfg, specs, samples, prints, TrainingData(images, y, val_images, y_val, classes),
+                                    store)
+        self.specs_ = specs
+        members = [FittedMember(spec.name, *_restore(spec, r["meta"], r["state_dict"]), r["meta"])
+                   for spec, r in zip(specs, results)]
+        self._set_fitted(classes, members, samples, [r["arrays"]["oob_proba"] for r in results], y,
+                         None, y_val, val_images=val_images)
+        return self
+
+    def _fit_members(self, cfg, specs: list, samples: list, prints: list[str], data: TrainingData,
+                     store) -> list[dict]:
+        """Each member's result, from ``store`` when already finished, else trained (joblib jobs)."""
         from .parallel import plan_jobs, run_jobs
 
-        par = self.parallel or ParallelConfig()
-        plan = plan_jobs(len(todo), par.n_jobs, self.device, par.threads_per_job)
+        done = {i: store.finished_member(spec.name, prints[i]) for i, spec in enumerate(specs)} \
+            if store is not None else {}
+        done = {i: got for i, got in done.items() if got is not None}
+        for i in done:
+            log.info("member %s already finished in %s: reusing it", specs[i].name, store.root)
+        todo = [i for i in range(len(specs)) if i not in done]
+        par = cfg.parallel
+        plan = plan_jobs(len(todo), par.n_jobs, cfg.device, par.threads_per_job)
         if todo:
             log.info("training %d member(s) on %s: %s", len(todo), par.backend, plan.describe())
-        jobs = [(self.members[i].name, dict(
-            index=i, spec=specs[i], images=images, y=y, sample=self.samples_[i],
-            oob=self.oob_indices_[i], val_images=val_images, val_y=val_y, classes=self.classes_,
-            seed=self.seed, device_name=plan.devices[k], run_root=str(run.root) if run is not None else None,
-            fingerprint=prints[i],
-            torch_threads=plan.threads if plan.n_jobs > 1 or par.threads_per_job else None))
-            for k, i in enumerate(todo)]
-        results = run_jobs(_fit_member, jobs, par.backend, plan.n_jobs, plan.threads, par.address)
-        in_memory = dict(zip(todo, results))
-        self.members_ = []
-        self.oob_proba_ = []
-        for i, spec in enumerate(self.members):
-            if run is not None:
-                state, meta, arrays = run.load_member(spec.name)
-                arrays = {k + ".npy": v for k, v in arrays.items()}
-            else:
-                got = in_memory[i]
-                state, meta, arrays = got["state_dict"], got["meta"], got["arrays"]
-            self.members_.append(_restore_member(spec, meta, state))
-            self.oob_proba_.append(np.asarray(arrays["oob_proba.npy"], dtype=np.float64))
-        self.y_train_ = y
-        self.val_proba_ = self.member_proba(val_images, runtime="torch")
+        threads = plan.threads if plan.n_jobs > 1 or par.threads_per_job else None
+        jobs = [(specs[i].name, dict(
+            job=MemberJob(i, specs[i], cfg.seed, samples[i], oob_indices(len(data.y), samples[i]), prints[i],
+                          plan.devices[k], threads),
+            data=data, store=store)) for k, i in enumerate(todo)]
+        trained = dict(zip(todo, run_jobs(fit_member, jobs, par.backend, plan.n_jobs, plan.threads, par.address)))
+        return [done[i] if i in done else trained[i] for i in range(len(specs))]
+
+    def _set_fitted(self, classes: list[str], members: list[FittedMember], samples: list[np.ndarray],
+                    oob_proba: list[np.ndarray], y_train: np.ndarray, val_proba: np.ndarray | None,
+                    val_y: np.ndarray, combiner=None, val_images=None) -> None:
+        """Fitted state from trained members; fits the combiner unless one is given."""
+        self.classes_ = list(classes)
+        self.members_ = members
+        self.samples_ = samples
+        self.oob_indices_ = [oob_indices(len(y_train), s) for s in samples]
+        self.oob_proba_ = [np.asarray(p, dtype=np.float64) for p in oob_proba]
+        self.y_train_ = np.asarray(y_train, dtype=np.int64)
         self.val_y_ = np.asarray(val_y, dtype=np.int64)
-        self.refit_combiner(self.combiner)
-        if run is not None:
-            self.combiner_.save(run.root / "combiner")
-            run.seal("combiner")
-        return self
+        self.val_proba_ = val_proba if val_proba is not None else self.member_proba(val_images, runtime="torch")
+        if combiner is None:
+            self.refit_combiner(self.validated_config().combiner)
+        else:
+            self.combiner_ = combiner
+            self._score_oob()
 
     def refit_combiner(self, combiner_cfg=None) -> "BaggedEnsemble":
         """Fit weights, stacking and temperatures from stored probabilities (no network runs)."""
         from .config import CombinerConfig
 
         self._check_fitted()
-        cfg = combiner_cfg if combiner_cfg is not None else CombinerConfig()
-        self.combiner_ = fit_combiner(cfg, [fm.name for fm in self.members_], self.classes_,
-                                      self.y_train_, self.oob_indices_, self.oob_proba_,
-                                      self.val_proba_, self.val_y_, self.seed)
-        self.oob_score_ = self._oob_scores(self.y_train_)
+        data = FitData.from_oob_lists(self.val_proba_, self.val_y_, self.oob_indices_, self.oob_proba_,
+                                      self.y_train_)
+        self.combiner_ = fit_combiner(combiner_cfg if combiner_cfg is not None else CombinerConfig(),
+                                      [fm.name for fm in self.members_], self.classes_, data, self.seed)
+        self._score_oob()
         return self
 
-    def _oob_scores(self, y: np.ndarray) -> dict:
-        """Metrics of each member on its OOB set and of each strategy's OOB vote.
-
-        An image is voted on only by the members that left it out; for stacking, the
-        missing members' probabilities are imputed as in fitting.
-        """
-        comb = self.combiner_
-        n, k = len(y), len(self.classes_)
-        oob_proba = [comb.calibrate(p[None])[0] if len(p) else p for p in self.oob_proba_]
-        full, avail = oob_matrix(self.oob_indices_, oob_proba, n, k)
-        out: dict = {"members": {}, "strategies": {}}
-        for fm, oob, proba in zip(self.members_, self.oob_indices_, oob_proba):
-            out["members"][fm.name] = (classification_report(y[oob], proba.argmax(1), proba, self.classes_)
-                                       if len(oob) else None)
-        covered = np.flatnonzero(avail.any(axis=0))
-        for strategy in comb.available():
-            if not len(covered):
-                out["strategies"][strategy] = None
-                continue
-            if strategy == "stacking":
-                pred, proba = comb.apply(impute_missing(full[:, covered], avail[:, covered]),
-                                         "stacking", calibrated=True)
-            else:
-                w = comb.learned_weights if strategy == "weighted" else comb.vote_weights
-                _, pred, proba = oob_combine(full, ~avail, "hard" if strategy == "hard" else "soft", w)
-            out["strategies"][strategy] = classification_report(y[covered], pred, proba, self.classes_)
-        out["n_covered"] = int(len(covered))
-        out["n_excluded"] = int(n - len(covered))
-        return out
+    def _score_oob(self) -> None:
+        self.oob_report_ = oob_report(self.combiner_, self.y_train_, self.oob_indices_, self.oob_proba_)
+        self.oob_score_ = oob_score(self.oob_report_, self.combiner_.strategy)
 
     def _specs(self) -> list:
-        """Member specs with the ensemble's precision filled in where a member has none."""
-        return [spec if getattr(spec, "precision", None) else dataclasses.replace(spec, precision=self.precision)
-                for spec in self.members]
+        if hasattr(self, "specs_"):
+            return self.specs_
+        cfg = self.validated_config()
+        return _with_precision(cfg.members, cfg.precision)
 
     # ------------------------------------------------------------------ inference
-    def member_proba(self, images: Sequence[np.ndarray], batch_size: int | None = None,
-                     tta: bool = False, device: str | None = None, runtime: str | None = None,
+    def member_proba(self, X: Sequence, batch_size: int | None = None, tta: bool = False,
+                     device: str | None = None, runtime: str | None = None,
                      precision: str | None = None) -> np.ndarray:
         """Probabilities of every member, shape (members, samples, classes).
 
@@ -302,6 +211,7 @@ class BaggedEnsemble:
         from members.transforms import eval_tensor
 
         self._check_fitted()
+        images = _decoded(X, self._specs(), "X", [fm.inputs for fm in self.members_])
         dev = pick_device(device or self.device)
         out = []
         for j, (fm, spec) in enumerate(zip(self.members_, self._specs())):
@@ -327,8 +237,6 @@ class BaggedEnsemble:
         """Member ``index``'s compiled runtime, made on first use (see :mod:`members.runtimes`)."""
         from members.runtimes import create_runtime
 
-        from .export import member_onnx_path
-
         name, prec = self.inference_plan(runtime, precision, device)[index]
         key = (index, name, prec.name, str(device))
         cache = self.__dict__.setdefault("_runtimes", {})
@@ -336,66 +244,105 @@ class BaggedEnsemble:
             fm = self.members_[index]
             log.info("member %s: inference on %s, %s (%s)", fm.name, name, prec.name, prec.reason)
             cache[key] = create_runtime(name, fm.model, fm.inputs, device, prec,
-                                        onnx_path=lambda: member_onnx_path(self, index))
+                                        onnx_path=lambda: self._onnx_file(index))
         return cache[key]
 
-    def predict_proba(self, images: Sequence[np.ndarray], strategy: str | None = None,
-                      **kwargs) -> np.ndarray:
-        """Ensemble probabilities (vote shares for ``hard``), shape (samples, classes)."""
-        return self.combiner_.apply(self.member_proba(images, **kwargs), strategy)[1]
+    def _onnx_file(self, index: int):
+        """The member's runtime ONNX file: the run folder's cache (``onnx_cache_``, set by
+        :func:`ensemble.runfolder.load_run`), else a per-process temporary export."""
+        fm = self.members_[index]
+        cache = getattr(self, "onnx_cache_", None)
+        if cache is not None:
+            return cache(fm)
+        from members.export import temporary_onnx
 
-    def predict(self, images: Sequence[np.ndarray], strategy: str | None = None,
-                **kwargs) -> np.ndarray:
-        """Predicted class indices."""
-        return self.combiner_.apply(self.member_proba(images, **kwargs), strategy)[0]
+        return temporary_onnx(fm.model, fm.inputs, fm.name, owner=id(self))
+
+    def predict_proba(self, X: Sequence, strategy: str | None = None, **kwargs) -> np.ndarray:
+        """Ensemble probabilities (vote shares for ``hard``), shape (samples, classes)."""
+        self._check_fitted()
+        return self.combiner_.apply(self.member_proba(X, **kwargs), strategy)[1]
+
+    def predict(self, X: Sequence, strategy: str | None = None, **kwargs) -> np.ndarray:
+        """Predicted class indices (``classes_[i]`` names them)."""
+        self._check_fitted()
+        return self.combiner_.apply(self.member_proba(X, **kwargs), strategy)[0]
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "members_"):
-            raise RuntimeError("this BaggedEnsemble is not fitted yet; call fit() or load_run()")
-
-    # ------------------------------------------------------------------ persistence
-    @classmethod
-    def load_run(cls, root: str) -> "BaggedEnsemble":
-        """A fitted ensemble from a finished run folder (hashes checked, no pickles)."""
-        from .config import config_from_dict, read_yaml
-        from .run import read_json, read_npy
-
-        run = RunFolder(root)
-        if not run.config_path.is_file():
-            raise RunError(f"{root}: not a run folder (config.yaml missing)")
-        cfg = config_from_dict(read_yaml(run.config_path), source=str(run.config_path))
-        ens = cls(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.parallel, cfg.precision, cfg.runtime)
-        ens.run_dir_ = str(run.root)
-        ens.classes_ = list(read_json(run.classes_path))
-        ens.members_, ens.samples_, ens.oob_indices_, ens.oob_proba_ = [], [], [], []
-        for spec in cfg.members:
-            state, meta, arrays = run.load_member(spec.name)
-            ens.members_.append(_restore_member(spec, meta, state))
-            ens.samples_.append(arrays["samples"])
-            ens.oob_indices_.append(arrays["oob"])
-            ens.oob_proba_.append(arrays["oob_proba"].astype(np.float64))
-        run.verify("predictions")
-        run.verify("combiner")
-        pred = run.root / "predictions"
-        ens.y_train_ = read_npy(pred / "train_labels.npy")
-        ens.val_proba_ = read_npy(pred / "val_proba.npy")
-        ens.val_y_ = read_npy(pred / "val_labels.npy")
-        ens.combiner_ = FittedCombiner.load(run.root / "combiner")
-        ens.oob_score_ = ens._oob_scores(ens.y_train_)
-        return ens
+            raise RuntimeError("this BaggedEnsemble is not fitted yet; call fit() or "
+                               "ensemble.runfolder.load_run()")
 
 
-def _restore_member(spec, meta: dict, state: dict) -> FittedMember:
-    """Rebuild the architecture and load its trained weights."""
-    import timm
+def _with_precision(members: Sequence, precision: str) -> list:
+    """Member specs with the ensemble's precision filled in where a member has none."""
+    return [spec if spec.precision else dataclasses.replace(spec, precision=precision) for spec in members]
 
-    from members.models import InputConfig
 
-    kwargs = {"drop_rate": spec.train.drop_rate} if spec.train.drop_rate is not None else {}
-    model = timm.create_model(meta["architecture"], pretrained=False,
-                              num_classes=meta["num_classes"], **kwargs)
-    model.load_state_dict(state)
-    model.eval()
-    inputs = meta["inputs"]
-    inputs = InputConfig(**{**inputs, "mean": tuple(inputs["mean"]), "std": tuple(inputs["std"])})
-    return FittedMember(name=spec.name, model=model, inputs=inputs, meta=meta)
+def _restore(spec, meta: dict, state: dict) -> tuple[torch.nn.Module, object]:
+    from members.models import create_member
+
+    member = create_member(spec, meta["num_classes"], state=state, inputs=meta["inputs"])
+    return member.model, member.inputs
+
+
+def _encode_labels(y: Sequence, y_val: Sequence, classes: Sequence[str] | None
+                   ) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Class names and both label arrays as indices into them."""
+    from .config import ConfigError
+
+    y, y_val = np.asarray(y), np.asarray(y_val)
+    if classes is None:
+        if y.dtype.kind in "iu":
+            raise ConfigError("BaggedEnsemble.fit: integer labels need `classes` (the name of each index)")
+        classes = sorted(set(map(str, y.tolist())))
+    classes = list(map(str, classes))
+
+    def encode(labels: np.ndarray, what: str) -> np.ndarray:
+        if labels.dtype.kind in "iu":
+            bad = labels[(labels < 0) | (labels >= len(classes))]
+        else:
+            index = {c: i for i, c in enumerate(classes)}
+            unknown = sorted({str(v) for v in labels.tolist()} - set(index))
+            if unknown:
+                raise ConfigError(f"BaggedEnsemble.fit: `{what}` holds labels not in classes: "
+                                  f"{', '.join(unknown[:5])}")
+            labels = np.asarray([index[str(v)] for v in labels.tolist()], dtype=np.int64)
+            bad = labels[:0]
+        if len(bad):
+            raise ConfigError(f"BaggedEnsemble.fit: `{what}` holds class indices outside 0..{len(classes) - 1}")
+        return labels.astype(np.int64)
+
+    return classes, encode(y, "y"), encode(y_val, "y_val")
+
+
+def _fingerprint_part(X: Sequence) -> Any:
+    """Paths as they are; arrays by a hash of their bytes."""
+    import hashlib
+
+    return [x if isinstance(x, str) else hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
+            for x in (str(v) if _is_path(v) else v for v in X)]
+
+
+def _is_path(x: Any) -> bool:
+    import os
+
+    return isinstance(x, (str, os.PathLike))
+
+
+def _decoded(X: Sequence, specs: Sequence, what: str, inputs: Sequence | None = None) -> list[np.ndarray]:
+    """Images as decoded arrays: paths are decoded at the largest size any member needs."""
+    X = list(X)
+    if not any(_is_path(x) for x in X):
+        return X
+    if not all(_is_path(x) for x in X):
+        from .config import ConfigError
+
+        raise ConfigError(f"BaggedEnsemble: `{what}` mixes file paths and arrays; give one kind")
+    from members.models import input_config
+
+    from .images import decode_all
+
+    size = max(i.resize_size for i in (inputs or [input_config(s.model, s.image_size) for s in specs]))
+    arrays, _ = decode_all([str(x) if _is_path(x) else x for x in X], size, on_bad="error", desc=f"decode {what}")
+    return arrays

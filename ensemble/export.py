@@ -7,9 +7,8 @@ largest member's input size to the ensemble's probabilities (members, calibratio
 the soft / weighted vote or the stacking meta-learner inside), so the ensemble can be
 served without effens. ``export.json`` records every file's SHA-256.
 
-The runtimes' ONNX files for ``predict --runtime openvino|onnxruntime`` are cached in
-``RUN/cache/onnx/`` by :func:`member_onnx_path`, keyed by the member's weights hash and
-the exporter's versions, and hash-checked like every other artifact of a run.
+(The runtimes' own ONNX files for ``predict --runtime openvino|onnxruntime`` are cached
+by :meth:`ensemble.runfolder.RunFolder.member_onnx`.)
 """
 from __future__ import annotations
 
@@ -25,12 +24,12 @@ from torch import nn
 
 from . import __version__
 from .combiners import PROBA_FLOOR
-from .run import RunError, atomic_write_bytes, atomic_write_json, read_json, sha256_file, sha256_json
+from .files import RunError, atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from .strategies import graph_strategies
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "openvino")
-GRAPH_STRATEGIES = ("soft", "weighted", "stacking")
 
 
 class ExportRefused(RunError):
@@ -47,9 +46,8 @@ class EnsembleGraph(nn.Module):
     see exactly what effens gives them.
     """
 
-    def __init__(self, models: Sequence[nn.Module], inputs: Sequence, strategy: str,
-                 weights: Sequence[float] | None, temperatures: Sequence[float] | None,
-                 stacking: tuple[np.ndarray, np.ndarray] | None) -> None:
+    def __init__(self, models: Sequence[nn.Module], inputs: Sequence, kind: str, params: dict,
+                 temperatures: Sequence[float] | None) -> None:
         super().__init__()
         self.members = nn.ModuleList(models)
         self.sizes = [int(i.image_size) for i in inputs]
@@ -57,17 +55,19 @@ class EnsembleGraph(nn.Module):
         self.input_size = int(ref.image_size)
         self.input_mean, self.input_std = tuple(ref.mean), tuple(ref.std)
         self.norms = [(tuple(i.mean), tuple(i.std)) for i in inputs]
-        self.strategy = strategy
+        if kind not in ("mean", "stacking"):
+            raise ExportRefused(f"the ensemble graph has no form {kind!r}")
+        self.kind = kind
         m = len(models)
+        weights = params.get("weights")
         w = np.full(m, 1.0 / m) if weights is None else np.asarray(weights, dtype=np.float64)
         self.register_buffer("weights", torch.tensor(w / w.sum(), dtype=torch.float32))
         t = np.ones(m) if not temperatures else np.asarray(temperatures, dtype=np.float64)
         self.calibrated = bool(temperatures)
         self.register_buffer("temperatures", torch.tensor(t, dtype=torch.float32))
-        if strategy == "stacking":
-            coef, intercept = stacking
-            self.register_buffer("coef", torch.tensor(np.asarray(coef), dtype=torch.float32))
-            self.register_buffer("intercept", torch.tensor(np.asarray(intercept), dtype=torch.float32))
+        if kind == "stacking":
+            self.register_buffer("coef", torch.tensor(np.asarray(params["coef"]), dtype=torch.float32))
+            self.register_buffer("intercept", torch.tensor(np.asarray(params["intercept"]), dtype=torch.float32))
 
     def _member_input(self, x: torch.Tensor, j: int) -> torch.Tensor:
         size, (mean, std) = self.sizes[j], self.norms[j]
@@ -87,7 +87,7 @@ class EnsembleGraph(nn.Module):
                 p = (torch.log(p.clamp(PROBA_FLOOR / 100, 1.0)) / self.temperatures[j]).softmax(dim=1)
             probs.append(p)
         stacked = torch.stack(probs)  # (M, N, C)
-        if self.strategy == "stacking":  # as combiners.stacking_proba
+        if self.kind == "stacking":  # as combiners.stacking_proba
             feats = torch.log(stacked.clamp(PROBA_FLOOR, 1.0)).permute(1, 0, 2).flatten(1)
             return (feats @ self.coef.T + self.intercept).softmax(dim=1)
         return (self.weights.view(-1, 1, 1) * stacked).sum(dim=0)
@@ -96,28 +96,27 @@ class EnsembleGraph(nn.Module):
 def graph_strategy(ens, strategy: str | None) -> str:
     """The strategy ``ensemble.onnx`` holds: the one asked for, else the run's if it fits."""
     comb = ens.combiner_
+    allowed = graph_strategies()
     if strategy is None:
-        strategy = comb.strategy if comb.strategy in GRAPH_STRATEGIES else "soft"
+        strategy = comb.strategy if comb.strategy in allowed else "soft"
         if strategy != comb.strategy:
             log.warning("the run's strategy %s has no one-graph form; ensemble.onnx holds soft voting",
                         comb.strategy)
-    if strategy not in GRAPH_STRATEGIES:
+    if strategy not in allowed:
         raise ExportRefused(f"`--strategy` for the ensemble graph must be one of "
-                            f"{', '.join(GRAPH_STRATEGIES)}; got {strategy!r}")
+                            f"{', '.join(allowed)}; got {strategy!r}")
     if strategy not in comb.available():
         raise ExportRefused(f"strategy {strategy} is not available in this run ({', '.join(comb.available())})")
     return strategy
 
 
 def ensemble_graph(ens, strategy: str) -> EnsembleGraph:
-    """The fitted ensemble as one module, with the combiner's weights for ``strategy``."""
-    comb = ens.combiner_
-    weights = comb.learned_weights if strategy == "weighted" else comb.vote_weights
-    stacking = (comb.stacking_coef, comb.stacking_intercept) if strategy == "stacking" else None
+    """The fitted ensemble as one module: members, calibration and ``strategy``'s graph form."""
     from members.export import cpu_copy
 
-    return EnsembleGraph([cpu_copy(fm.model) for fm in ens.members_], [fm.inputs for fm in ens.members_], strategy, weights,
-                         comb.temperatures, stacking).eval()
+    kind, params = ens.combiner_.get(strategy).graph()
+    return EnsembleGraph([cpu_copy(fm.model) for fm in ens.members_], [fm.inputs for fm in ens.members_],
+                         kind, params, ens.combiner_.temperatures).eval()
 
 
 # ---------------------------------------------------------------- files
@@ -139,72 +138,22 @@ def preprocessing(inputs, classes: Sequence[str]) -> dict:
 
 
 def _versions() -> dict:
-    from members.export import OPSET
+    from members.export import exporter_versions
 
-    return {"effens": __version__, "torch": torch.__version__, "opset": OPSET}
-
-
-def member_onnx_path(ens, index: int) -> Path:
-    """The member's ONNX file for the runtimes (uint8 input, normalisation inside), exported
-    once and cached in the run folder.
-
-    The cache record keys the file by the member's weights hash and the exporter's
-    versions; a file whose bytes differ from its record is refused, naming it. A run
-    folder that cannot be written to gets a per-process temporary cache instead.
-    """
-    from members.export import export_member_onnx
-
-    fm = ens.members_[index]
-    key = sha256_json({"weights": fm.meta.get("files", {}).get("model.safetensors"),
-                       "image_size": fm.inputs.image_size, "input": "uint8",
-                       "mean": list(fm.inputs.mean), "std": list(fm.inputs.std), **_versions()})
-    folder = _cache_dir(ens)
-    path, record = folder / f"{fm.name}.onnx", folder / f"{fm.name}.json"
-    if path.is_file() and record.is_file():
-        rec = read_json(record)
-        if rec.get("key") == key:
-            if sha256_file(path) != rec.get("sha256"):
-                raise RunError(f"{path}: contents do not match the hash recorded when it was written "
-                               f"(modified or corrupted); delete {folder} to rebuild the cache")
-            return path
-    data = export_member_onnx(fm.model, fm.inputs.image_size, fm.name, inputs=fm.inputs)
-    atomic_write_bytes(path, data)
-    atomic_write_json(record, {"key": key, "sha256": sha256_file(path), "member": fm.name, **_versions()})
-    log.info("member %s exported to %s (%.1f MB)", fm.name, path, len(data) / 1e6)
-    return path
-
-
-_TEMP_CACHES: dict[int, Path] = {}
-
-
-def _cache_dir(ens) -> Path:
-    root = getattr(ens, "run_dir_", None)
-    if root is not None:
-        folder = Path(root) / "cache" / "onnx"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe = folder / ".write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
-            return folder
-        except OSError:
-            log.info("%s is not writable: caching exported members in a temporary folder", folder)
-    if id(ens) not in _TEMP_CACHES:
-        _TEMP_CACHES[id(ens)] = Path(tempfile.mkdtemp(prefix="effens-onnx-"))
-    return _TEMP_CACHES[id(ens)]
+    return {"effens": __version__, **exporter_versions()}
 
 
 def export_run(run_dir: str, fmt: str, out: str, strategy: str | None = None) -> dict:
     """Write every member and the ensemble graph to ``out`` as ONNX or OpenVINO IR."""
     from members.export import export_member_onnx, export_onnx_bytes
 
-    from .estimator import BaggedEnsemble
+    from .runfolder import load_run
 
     if fmt not in FORMATS:
         raise ExportRefused(f"`--format` must be one of {', '.join(FORMATS)}; got {fmt!r}")
     out_dir = Path(out)
     _check_out_dir(out_dir)
-    ens = BaggedEnsemble.load_run(run_dir)
+    ens = load_run(run_dir)
     strategy = graph_strategy(ens, strategy)
     files: dict[str, bytes] = {}
     docs: dict[str, dict] = {}

@@ -3,20 +3,20 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import numpy as np
 
 from .config import SplitSource
-from .data import DataError, check_labels, find_images, is_image_file, load_split
+from .data import DataError, check_labels, find_images, load_split
 from .estimator import BaggedEnsemble, images_fingerprint
+from .evaluation import evaluate_split
+from .files import atomic_write_json, atomic_write_npy, atomic_write_text, read_json, read_npy, sha256_json, write_files
 from .images import decode_all
-from .report import build_metrics, comparison_rows, evaluate_split, format_table, write_report
-from .run import RunFolder, atomic_write_json, atomic_write_npy, atomic_write_text, read_json, read_npy, sha256_json
+from .report import build_metrics, comparison_rows, format_table, render_report
+from .runfolder import load_run
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def write_rows(rows: list[dict], out: str | Path, columns: Sequence[str]) -> Non
 def run_predict(run_dir: str, inputs: Sequence[str], out: str, strategy: str | None = None,
                 batch_size: int | None = None, device: str | None = None, tta: bool = False,
                 runtime: str | None = None, precision: str | None = None) -> dict:
-    ens = BaggedEnsemble.load_run(run_dir)
+    ens = load_run(run_dir)
     paths = expand_inputs(inputs)
     if not paths:
         raise DataError("no input images found")
@@ -127,7 +127,7 @@ def _inference_key(ens: BaggedEnsemble, runtime: str | None, precision: str | No
     return {"runtime": plan[0][0], "precision": [p.name for _, p in plan]}
 
 
-def _member_hashes(run: RunFolder, ens: BaggedEnsemble) -> list:
+def _member_hashes(ens: BaggedEnsemble) -> list:
     return [fm.meta["files"]["model.safetensors"] for fm in ens.members_]
 
 
@@ -139,13 +139,12 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
     Member probabilities are cached in ``out``; a later call on the same run, data and
     TTA setting reuses them, so switching strategy never re-runs a network.
     """
-    run = RunFolder(run_dir)
-    ens = BaggedEnsemble.load_run(run_dir)
+    ens = load_run(run_dir)
     source = SplitSource.from_value(data, "data") if isinstance(data, str) else SplitSource(**data)
     split = load_split(source)
     check_labels(split, ens.classes_, "evaluation")
     out_dir = Path(out)
-    key = {"data": images_fingerprint(split.paths, split.labels), "members": _member_hashes(run, ens),
+    key = {"data": images_fingerprint(split.paths, split.labels), "members": _member_hashes(ens),
            "tta": tta, "inference": _inference_key(ens, runtime, precision, device)}
     cache_json, cache_npy = out_dir / "member_proba.json", out_dir / "member_proba.npy"
     skipped: list = []
@@ -171,7 +170,7 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
         if s not in comb.available():
             raise DataError(f"strategy {s!r} is not available in this run ({', '.join(comb.available())})")
     names = [fm.name for fm in ens.members_]
-    results = {"eval": evaluate_split(member_proba, y, ens.classes_, names, comb, strategies)}
+    results = {"eval": evaluate_split(member_proba, y, comb, strategies)}
     doc = build_metrics(ens.classes_, names, results, None, comb,
                         strategy=strategies[0] if len(strategies) == 1 else None)
     doc["skipped_images"] = {"eval": skipped} if skipped else {}
@@ -179,6 +178,6 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
     doc["inference"] = _inference_key(ens, runtime, precision, device)
     md = "Skipped unreadable images:\n\n" + "\n".join(f"- {d['path']} ({d['reason']})" for d in skipped) \
         if skipped else ""
-    write_report(out_dir, doc, results, {"eval": (split.paths, y)}, extra_md=md)
+    write_files(out_dir, render_report(doc, results, {"eval": (split.paths, y)}, extra_md=md))
     doc["_table"] = format_table(comparison_rows(results["eval"]))
     return doc

@@ -83,6 +83,12 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndar
     return out
 
 
+def selection_scores(y_true: np.ndarray, proba: np.ndarray, n_classes: int) -> dict[str, float]:
+    """Macro-F1 of the argmax and log loss: what a member's best epoch is chosen by."""
+    cm = confusion_matrix(y_true, np.asarray(proba).argmax(1), n_classes)
+    return {"macro_f1": float(per_class(cm)["f1"].mean()), "log_loss": log_loss(y_true, proba)}
+
+
 def diversity(member_pred: np.ndarray, y_true: np.ndarray) -> dict[str, float]:
     """Mean pairwise diversity of members' predictions (members, samples).
 

@@ -65,6 +65,20 @@ def plan_jobs(n_tasks: int, n_jobs: int, device: str = "auto", threads_per_job: 
 
 
 @contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (None: as they are), then restore them."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
 def backend(name: str, n_jobs: int, threads: int, address: str | None = None) -> Iterator[str]:
     """Set up a joblib backend (starting a local Ray or Dask cluster when no address)."""
     if name in ("sequential", "loky", "threading"):

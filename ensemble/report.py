@@ -1,38 +1,22 @@
-"""Reports: metrics.json, report.md, confusion-matrix heatmaps, misclassified-image CSVs."""
+"""Reports: metrics.json, report.md, confusion-matrix heatmaps, misclassified-image CSVs.
+
+Pure: :func:`build_metrics` and :func:`render_report` turn scores (from
+:mod:`ensemble.evaluation`) into file contents; the caller writes them (the run folder,
+or ``evaluate``'s output folder).
+"""
 from __future__ import annotations
 
 import csv
 import io
 import logging
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .metrics import classification_report
-from .run import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
 ENSEMBLE = "ensemble"
-
-
-def evaluate_split(member_proba: np.ndarray, y: np.ndarray, classes: Sequence[str],
-                   names: Sequence[str], combiner, strategies: Sequence[str]) -> dict[str, dict]:
-    """Metrics of every member and every strategy on one labelled split.
-
-    ``member_proba`` is (members, samples, classes) before calibration; each entry also
-    keeps its predictions and probabilities under ``_pred``/``_proba`` (not written to JSON).
-    """
-    calibrated = combiner.calibrate(member_proba)
-    out = {}
-    for name, proba in zip(names, calibrated):
-        pred = proba.argmax(axis=1)
-        out[name] = classification_report(y, pred, proba, classes) | {"_pred": pred, "_proba": proba}
-    for strategy in strategies:
-        pred, proba = combiner.apply(calibrated, strategy, calibrated=True)
-        out[strategy] = classification_report(y, pred, proba, classes) | {"_pred": pred, "_proba": proba}
-    return out
 
 
 def _public(metrics: dict) -> dict:
@@ -47,14 +31,7 @@ def build_metrics(classes: Sequence[str], names: Sequence[str], splits: dict[str
     metrics; ``ensemble`` -> split -> metrics of the run's default strategy.
     """
     strategy = strategy or combiner.strategy
-    doc: dict = {"classes": list(classes), "strategy": strategy,
-                 "combiner": {"vote_weights": combiner.vote_weights,
-                              "learned_weights": dict(zip(names, combiner.learned_weights)),
-                              "weights_source": combiner.weights_source,
-                              "stacking_source": combiner.stacking_source,
-                              "stacking_C": combiner.stacking_C,
-                              "temperatures": (dict(zip(names, combiner.temperatures))
-                                               if combiner.temperatures else None)},
+    doc: dict = {"classes": list(classes), "strategy": strategy, "combiner": combiner.summary(),
                  "members": {n: {} for n in names}, "strategies": {}, ENSEMBLE: {}}
     for split, results in splits.items():
         for who, metrics in results.items():
@@ -192,21 +169,19 @@ def reliability_png(y: np.ndarray, curves: dict[str, np.ndarray], title: str, n_
     return png_bytes(fig)
 
 
-def write_report(out_dir: str | Path, doc: dict, splits: dict[str, dict],
-                 split_data: dict[str, tuple[Sequence[str], np.ndarray]],
-                 extra_md: str = "") -> Path:
-    """Write metrics.json, report.md, heatmaps, reliability diagrams and misclassified CSVs."""
-    out = Path(out_dir)
+def render_report(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[Sequence[str], np.ndarray]],
+                  extra_md: str = "") -> dict[str, bytes | str | dict]:
+    """File name -> contents: metrics.json, report.md, heatmaps, reliability diagrams and
+    misclassified CSVs. ``splits``: split -> :func:`ensemble.evaluation.evaluate_split`."""
+    files: dict[str, bytes | str | dict] = {"metrics.json": doc}
     classes = doc["classes"]
-    atomic_write_json(out / "metrics.json", doc)
     comb = doc.get("combiner", {})
-    weights = ", ".join(f"{k} {v:.3f}" for k, v in (comb.get("learned_weights") or {}).items())
-    md = ["# effens report", "", f"Classes: {', '.join(classes)}. Default strategy: "
-          f"**{doc['strategy']}** (marked *). Learned weights ({comb.get('weights_source')}): "
-          f"{weights}. Stacking meta-learner fitted on {comb.get('stacking_source')}."
-          + (f" Temperatures: {comb['temperatures']}." if comb.get("temperatures") else "")
-          + (" Validation figures of combiners fitted on val are in-sample (optimistic)."
-             if "val" in (comb.get("weights_source"), comb.get("stacking_source")) else ""), "",
+    md = ["# effens report", "", " ".join(
+        [f"Classes: {', '.join(classes)}. Default strategy: **{doc['strategy']}** (marked *)."]
+        + comb.get("notes", [])
+        + ([f"Temperatures: {comb['temperatures']}."] if comb.get("temperatures") else [])
+        + (["Validation figures of combiners fitted on val are in-sample (optimistic)."]
+           if comb.get("fitted_on_val") else [])), "",
           format_table(summary_rows(doc), markdown=True), ""]
     oob = doc[ENSEMBLE].get("oob")
     if oob:
@@ -217,18 +192,17 @@ def write_report(out_dir: str | Path, doc: dict, splits: dict[str, dict],
     for split, results in splits.items():
         paths, y = split_data[split]
         rel = f"reliability_{split}.png"
-        atomic_write_bytes(out / rel, reliability_png(
-            y, {who: m["_proba"] for who, m in results.items() if who != "hard"}, f"reliability - {split}"))
+        files[rel] = reliability_png(y, {who: m["_proba"] for who, m in results.items() if m["_probabilities"]},
+                                     f"reliability - {split}")
         md += [f"## {split}", "", format_table(comparison_rows(results), markdown=True), "",
                f"![reliability {split}]({rel})", ""]
         for who, metrics in results.items():
             slug = _slug(who)
             cm = np.asarray(metrics["confusion_matrix"])
             png = f"confusion_{slug}_{split}.png"
-            atomic_write_bytes(out / png, heatmap_png(cm, classes, f"{who} - {split}"))
+            files[png] = heatmap_png(cm, classes, f"{who} - {split}")
             mis = f"misclassified_{slug}_{split}.csv"
-            atomic_write_text(out / mis, misclassified_csv(paths, y, metrics["_pred"], metrics["_proba"],
-                                                           classes))
+            files[mis] = misclassified_csv(paths, y, metrics["_pred"], metrics["_proba"], classes)
             md += [f"### {who}", "",
                    f"accuracy {metrics['accuracy']:.4f} · balanced accuracy "
                    f"{metrics['balanced_accuracy']:.4f} · macro-F1 {metrics['macro_f1']:.4f} · "
@@ -243,5 +217,5 @@ def write_report(out_dir: str | Path, doc: dict, splits: dict[str, dict],
             md += [f"| {c} | " + " | ".join(str(v) for v in row) + " |"
                    for c, row in zip(classes, metrics["confusion_matrix"])]
             md += ["", f"![{who} {split}]({png}) · misclassified images: [{mis}]({mis})", ""]
-    atomic_write_text(out / "report.md", "\n".join(md) + "\n")
-    return out
+    files["report.md"] = "\n".join(md) + "\n"
+    return files

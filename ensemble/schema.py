@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from typing import Any, Callable, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Callable, Literal, Sequence, Union, get_args, get_origin, get_type_hints
 
 
 class ConfigError(ValueError):
@@ -22,9 +22,13 @@ Check = Callable[[Any], "str | None"]
 
 
 def field(default: Any = dataclasses.MISSING, *, check: Check | None = None, doc: str = "",
-          default_factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field with an optional value check and a one-line description."""
-    meta = {"check": check, "doc": doc}
+          default_factory: Any = dataclasses.MISSING, choices: Callable[[], Sequence[str]] | None = None) -> Any:
+    """A dataclass field with an optional value check and a one-line description.
+
+    ``choices`` names the allowed values when they come from a registry (read when a
+    config is checked, so anything registered by then counts).
+    """
+    meta = {"check": check, "doc": doc, "choices": choices}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -79,6 +83,9 @@ def build(cls: type, raw: Any, path: str = "") -> Any:
             value = f.default_factory()  # type: ignore[misc]
         else:
             raise ConfigError(f"missing required key `{key_path}`")
+        choices = f.metadata.get("choices")
+        if choices is not None and value is not None and value not in choices():
+            raise ConfigError(f"`{key_path}` must be one of {', '.join(choices())}; got {_show(value)}")
         check = f.metadata.get("check")
         if check is not None:
             message = check(value)

@@ -1,69 +1,19 @@
-"""``effens train``: config -> data -> bagging -> members -> combiner -> report, in a run folder."""
+"""``effens train`` and ``effens fit-combiner``: config -> data -> bagging -> members ->
+combiner -> report, with the run folder (:mod:`ensemble.runfolder`) the only state."""
 from __future__ import annotations
 
 import logging
-import shutil
 import time
-from pathlib import Path
 
-import numpy as np
-import yaml
-
-from .config import Config, ConfigError, config_from_dict, config_to_dict, dump_config, load_config
+from .config import Config, check_member_names, load_config
 from .data import Dataset, Split, load_dataset
 from .estimator import BaggedEnsemble, images_fingerprint
+from .evaluation import evaluate_split
 from .images import decode_all
-from .report import build_metrics, evaluate_split, write_report
-from .run import (RunError, RunFolder, atomic_write_json, atomic_write_npy, atomic_write_text,
-                  read_json, read_npy)
+from .report import build_metrics, render_report
+from .runfolder import RunError, RunFolder, load_run
 
 log = logging.getLogger(__name__)
-
-
-def _flatten(obj, prefix: str = "") -> dict:
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    if isinstance(obj, list) and obj and all(isinstance(v, dict) for v in obj):
-        out = {}
-        for i, v in enumerate(obj):
-            out.update(_flatten(v, f"{prefix}.{i}"))
-        return out
-    return {prefix: obj}
-
-
-def config_changes(old: dict, new: dict) -> list[str]:
-    """Key paths whose values differ between two config dicts."""
-    a, b = _flatten(old), _flatten(new)
-    return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
-
-
-def prepare_run(cfg: Config, out: str | Path, restart: bool) -> RunFolder:
-    """Create or reopen a run folder; refuse a changed config unless ``restart``."""
-    run = RunFolder(out)
-    if run.config_path.is_file():
-        old = yaml.safe_load(run.config_path.read_text(encoding="utf-8"))
-        try:  # fill keys a newer effens added with their defaults, so they do not count as changes
-            old = config_to_dict(config_from_dict(old, source=str(run.config_path)))
-        except ConfigError:
-            pass
-        changed = [k for k in config_changes(old, config_to_dict(cfg))
-                   if not k.startswith(("combiner.", "tune.", "parallel."))]
-        if changed and not restart:
-            raise RunError(f"{run.root} holds a run with a different config (changed: "
-                           f"{', '.join(changed[:10])}); use another --out, or --restart to start over")
-        if changed:
-            log.warning("--restart: discarding the previous run in %s (changed: %s)", run.root,
-                        ", ".join(changed[:10]))
-            for sub in ("members", "report", "predictions", "combiner"):
-                shutil.rmtree(run.root / sub, ignore_errors=True)
-        elif any((run.root / "members").glob("*/member.json")):
-            log.info("resuming the run in %s", run.root)
-    run.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run.config_path, dump_config(cfg))
-    return run
 
 
 def decode_split(split: Split, size: int, on_bad: str, name: str) -> tuple[Split, list, list]:
@@ -74,28 +24,17 @@ def decode_split(split: Split, size: int, on_bad: str, name: str) -> tuple[Split
 
 
 def cache_size(cfg: Config) -> int:
-    from members.models import default_resize_size
+    """Shorter side images are decoded at: ``data.cache_size``, else the largest member's resize size."""
+    from members.models import input_config
 
     if cfg.data.cache_size:
         return cfg.data.cache_size
-    return max(default_resize_size(m.model, m.image_size) for m in cfg.members)
+    return max(input_config(m.model, m.image_size).resize_size for m in cfg.members)
 
 
-def save_predictions(run: RunFolder, split: str, paths: list[str], y: np.ndarray,
-                     member_proba: np.ndarray) -> None:
-    """Cache a split's member probabilities so combiners and reports never re-run a network."""
-    d = run.root / "predictions"
-    atomic_write_npy(d / f"{split}_proba.npy", member_proba.astype(np.float64))
-    atomic_write_npy(d / f"{split}_labels.npy", np.asarray(y, dtype=np.int64))
-    atomic_write_json(d / f"{split}_paths.json", list(paths))
-
-
-def load_predictions(run: RunFolder, split: str) -> tuple[list[str], np.ndarray, np.ndarray] | None:
-    d = run.root / "predictions"
-    if not (d / f"{split}_proba.npy").is_file():
-        return None
-    return (read_json(d / f"{split}_paths.json"), read_npy(d / f"{split}_labels.npy"),
-            read_npy(d / f"{split}_proba.npy"))
+def estimator_from_config(cfg: Config) -> BaggedEnsemble:
+    return BaggedEnsemble(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.parallel, cfg.precision,
+                          cfg.runtime)
 
 
 def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = None) -> dict:
@@ -104,19 +43,19 @@ def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = N
     names = [fm.name for fm in ens.members_]
     results, split_data = {}, {}
     for split in ("val", "test"):
-        cached = load_predictions(run, split)
+        cached = run.load_predictions(split)
         if cached is None:
             continue
         paths, y, proba = cached
-        results[split] = evaluate_split(proba, y, ens.classes_, names, comb, comb.available())
+        results[split] = evaluate_split(proba, y, comb)
         split_data[split] = (paths, y)
-    doc = build_metrics(ens.classes_, names, results, ens.oob_score_, comb)
+    doc = build_metrics(ens.classes_, names, results, ens.oob_report_, comb)
     doc.update(extra or {})
     md = ""
     if doc.get("skipped_images"):
         md = "Skipped unreadable images:\n\n" + "\n".join(
             f"- {k}: {d['path']} ({d['reason']})" for k, v in doc["skipped_images"].items() for d in v)
-    write_report(run.report_dir, doc, results, split_data, extra_md=md)
+    run.write_report(render_report(doc, results, split_data, extra_md=md))
     return doc
 
 
@@ -125,12 +64,10 @@ def train_run(config_path: str, out: str, overrides: list[str] | None = None,
     """Run ``effens train``; returns the metrics document written to ``report/metrics.json``."""
     t_start = time.perf_counter()
     cfg = load_config(config_path, overrides)
-    run = prepare_run(cfg, out, restart)
+    run = RunFolder(out).open_for_training(cfg, restart)
     data: Dataset = load_dataset(cfg.data, cfg.seed)
-    if run.classes_path.is_file() and read_json(run.classes_path) != data.classes:
-        raise RunError(f"{run.classes_path}: the run's classes {read_json(run.classes_path)} differ "
-                       f"from the data's {data.classes}; use --restart")
-    atomic_write_json(run.classes_path, data.classes)
+    check_member_names(cfg.members, data.classes, str(config_path))
+    run.save_classes(data.classes)
     size = cache_size(cfg)
     log.info("data: %d train, %d val, %s test images, classes %s; decoding once at shorter side %d px",
              len(data.train), len(data.val), len(data.test) if data.test else 0, data.classes, size)
@@ -146,14 +83,15 @@ def train_run(config_path: str, out: str, overrides: list[str] | None = None,
 
     y = train.encode(data.classes)
     y_val = val.encode(data.classes)
-    ens = BaggedEnsemble(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.parallel,
-                         cfg.precision, cfg.runtime)
-    ens.fit(train_imgs, y, data.classes, val_imgs, y_val, run=run,
+    ens = estimator_from_config(cfg)
+    ens.fit(train_imgs, y, X_val=val_imgs, y_val=y_val, classes=data.classes, store=run,
             data_fingerprint=images_fingerprint(train.paths + val.paths, train.labels + val.labels))
-    atomic_write_npy(run.root / "predictions" / "train_labels.npy", y)
-    save_predictions(run, "val", val.paths, y_val, ens.val_proba_)
+    run.save_combiner(ens.combiner_)
+    run.save_train_labels(y)
+    run.save_predictions("val", val.paths, y_val, ens.val_proba_)
     if test is not None:
-        save_predictions(run, "test", test.paths, test.encode(data.classes), ens.member_proba(test_imgs, runtime="torch"))
+        run.save_predictions("test", test.paths, test.encode(data.classes),
+                             ens.member_proba(test_imgs, runtime="torch"))
     run.seal("predictions")
     extra = {"skipped_images": {k: [{"path": p, "reason": r} for p, r in v] for k, v in bad.items() if v},
              "timing": {"decode_s": decode_s, "total_s": time.perf_counter() - t_start,
@@ -173,11 +111,9 @@ def refit_run_combiner(out: str, overrides: list[str] | None = None) -> dict:
         bad = [o for o in overrides if not o.startswith("combiner.")]
         if bad:
             raise RunError(f"fit-combiner only changes `combiner.*` keys; got {', '.join(bad)}")
-        cfg = load_config(run.config_path, overrides)
-        atomic_write_text(run.config_path, dump_config(cfg))
-    ens = BaggedEnsemble.load_run(str(run.root))
-    ens.refit_combiner(ens.combiner)
-    ens.combiner_.save(run.root / "combiner")
-    run.seal("combiner")
-    old = read_json(run.report_dir / "metrics.json") if (run.report_dir / "metrics.json").is_file() else {}
+        run.write_config(run.read_config(overrides))
+    ens = load_run(run.root)
+    ens.refit_combiner(ens.validated_config().combiner)
+    run.save_combiner(ens.combiner_)
+    old = run.read_metrics()
     return write_run_report(run, ens, {k: old[k] for k in ("skipped_images", "timing") if k in old})

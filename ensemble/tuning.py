@@ -6,8 +6,13 @@ Two modes (``tune.mode``; ``auto`` picks features when every member has
 - features: each member's frozen-backbone features of the train and val images are
   computed once (cached in ``OUT/features``); a candidate only trains linear heads on
   index lists into that cache (no augmentation: a fast proxy for deeper fine-tuning);
-- full: members are trained as configured; ``method: halving`` gives full epochs only
-  to the best candidates of each round.
+- full: each candidate is fitted exactly as ``train`` fits (the same estimator, sampling,
+  member jobs, threading and device plan, OOB and combiner code), in memory;
+  ``method: halving`` gives full epochs only to the best candidates of each round.
+
+Either way a candidate is scored by the same code as ``train``'s report: the combiner
+fitted as configured (``tune.strategy`` as its strategy), then
+:mod:`ensemble.evaluation` on val or OOB.
 
 Each finished candidate is written to ``OUT/candidates/`` at once; a killed tune
 continues with the candidates it has not finished.
@@ -27,13 +32,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .bagging import draw_sample, member_rng, oob_indices
-from .combiners import combine, oob_combine
-from .config import Config, config_to_dict, dump_config, load_config
+from .bagging import draw_all, oob_indices
+from .config import Config, ParallelConfig, config_to_dict, dump_config, load_config
 from .data import load_dataset
-from .estimator import fit_one_member, member_seed
-from .metrics import classification_report, diversity, log_loss
-from .run import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, sha256_json
+from .evaluation import evaluate_split, oob_report
+from .files import atomic_write_json, atomic_write_safetensors, atomic_write_text, read_json, sha256_json, write_files
+from .member_jobs import member_seed
+from .metrics import diversity
+from .parallel import torch_threads
+from .strategies import FitData, fit_combiner
+from .report import format_table
 from .training import cache_size, decode_split
 
 log = logging.getLogger(__name__)
@@ -120,8 +128,6 @@ class TuneContext:
         from members.models import create_member, pick_device
         from members.transforms import eval_tensor
 
-        from .run import atomic_write_safetensors
-
         key = sha256_json({"spec": config_to_dict(self.cfg)["members"][index],
                            "train": self.train.paths, "val": self.val.paths})
         path = self.out / "features" / f"{spec.name}.safetensors"
@@ -142,65 +148,70 @@ class TuneContext:
         return tr, va
 
 
-def evaluate_candidate(ctx: TuneContext, cand: Candidate, epochs: int | None = None) -> dict:
-    """Train the members of one candidate and score them and the ensemble."""
-    from members.features import head_proba, train_head
-    from members.models import pick_device
+def candidate_specs(cfg: Config, cand: Candidate, epochs: int | None) -> list:
+    """The members as ``train`` would get them with this candidate's bagging (and epochs)."""
+    return [dataclasses.replace(spec, bagging=dataclasses.replace(spec.bagging, ratio=cand.ratios[i],
+                                                                   replace=cand.replace[i]),
+                                train=dataclasses.replace(spec.train, epochs=epochs or spec.train.epochs))
+            for i, spec in enumerate(cfg.members)]
 
-    cfg, tune, k = ctx.cfg, ctx.cfg.tune, len(ctx.classes)
+
+def evaluate_candidate(ctx: TuneContext, cand: Candidate, epochs: int | None = None, device: str | None = None,
+                       threads: int | None = None) -> dict:
+    """Fit the members of one candidate and score them and the ensemble."""
+    cfg, k = ctx.cfg, len(ctx.classes)
     t0 = time.perf_counter()
-    n = len(ctx.y)
-    val_p, oob_sets, oob_p = [], [], []
-    for i, spec in enumerate(cfg.members):
-        sample = draw_sample(ctx.y, cand.ratios[i], cand.replace[i], spec.bagging.stratify, member_rng(cfg.seed, i))
-        oob = oob_indices(n, sample)
-        train_cfg = dataclasses.replace(spec.train, epochs=epochs or spec.train.epochs)
-        if ctx.feature_mode:
-            tr, va = ctx.features[i]
-            head = train_head(lambda idx: tr[idx], tr.shape[1], ctx.y, sample, k, train_cfg,
-                              member_seed(cfg.seed, i))
-            val_p.append(head_proba(head, va))
-            oob_p.append(head_proba(head, tr[torch.as_tensor(oob)]) if len(oob) else np.zeros((0, k)))
-        else:
-            from members.predictor import predict_proba
-            from members.transforms import eval_tensor
+    specs = candidate_specs(cfg, cand, epochs)
+    if ctx.feature_mode:
+        from members.features import head_proba, train_head
 
-            from members.precision import resolve_precision
-
-            member_spec = dataclasses.replace(spec, train=train_cfg, precision=spec.precision or cfg.precision)
-            device = pick_device(cfg.device)
-            member, result, proba = fit_one_member(i, member_spec, ctx.train_imgs, ctx.y, sample, oob,
-                                                   ctx.val_imgs, ctx.classes, cfg.seed, device, ctx.y_val)
-            val_p.append(predict_proba(member.model, eval_tensor(ctx.val_imgs, member.inputs), member.inputs,
-                                       spec.train.eval_batch_size, device,
-                                       precision=resolve_precision(result.precision, device)))
-            oob_p.append(proba)
-        oob_sets.append(oob)
-    val_p = np.stack(val_p)
-    row: dict = {"candidate": cand.id, "epochs": epochs or max(m.train.epochs for m in cfg.members)}
-    for i, spec in enumerate(cfg.members):
-        row[f"{spec.name}_ratio"] = cand.ratios[i]
-        row[f"{spec.name}_replace"] = cand.replace[i]
-        if tune.objective == "val":
-            m = classification_report(ctx.y_val, val_p[i].argmax(1), val_p[i], ctx.classes)
-        else:
-            yy = ctx.y[oob_sets[i]]
-            m = (classification_report(yy, oob_p[i].argmax(1), oob_p[i], ctx.classes) if len(yy)
-                 else {"macro_f1": float("nan"), "accuracy": float("nan"), "log_loss": float("nan")})
-        row[f"{spec.name}_score"] = score(m, tune.metric)
-    if tune.objective == "val":
-        pred, proba = combine(val_p, tune.strategy)
-        ens = classification_report(ctx.y_val, pred, proba, ctx.classes)
+        samples = draw_all(ctx.y, [m.bagging for m in specs], cfg.seed)
+        oob_sets = [oob_indices(len(ctx.y), s) for s in samples]
+        val_p, oob_p = [], []
+        with torch_threads(threads):
+            for i, spec in enumerate(specs):
+                tr, va = ctx.features[i]
+                head = train_head(lambda idx: tr[idx], tr.shape[1], ctx.y, samples[i], k, spec.train,
+                                  member_seed(cfg.seed, i))
+                val_p.append(head_proba(head, va))
+                oob_p.append(head_proba(head, tr[torch.as_tensor(oob_sets[i])]) if len(oob_sets[i])
+                             else np.zeros((0, k)))
+        val_p = np.stack(val_p)
     else:
-        full = np.zeros((len(val_p), n, k))
-        seen = np.ones((len(val_p), n), dtype=bool)
-        for i, (idx, p) in enumerate(zip(oob_sets, oob_p)):
-            full[i, idx], seen[i, idx] = p, False
-        covered, pred, proba = oob_combine(full, seen, tune.strategy)
-        ens = classification_report(ctx.y[covered], pred, proba, ctx.classes)
-    row["ensemble_score"] = score(ens, tune.metric)
-    row.update(diversity(val_p.argmax(2), ctx.y_val))
+        from .estimator import BaggedEnsemble
+
+        ens = BaggedEnsemble(specs, cfg.combiner, cfg.seed, device or cfg.device,
+                             ParallelConfig(threads_per_job=threads), cfg.precision, "torch")
+        ens.fit(ctx.train_imgs, ctx.y, X_val=ctx.val_imgs, y_val=ctx.y_val, classes=ctx.classes)
+        val_p, oob_sets, oob_p = ens.val_proba_, ens.oob_indices_, ens.oob_proba_
+    row: dict = {"candidate": cand.id, "epochs": epochs or max(m.train.epochs for m in cfg.members)}
+    row.update(score_candidate(ctx, val_p, oob_sets, oob_p, cand))
     row["seconds"] = time.perf_counter() - t0
+    return row
+
+
+def score_candidate(ctx: TuneContext, val_p: np.ndarray, oob_sets: list[np.ndarray], oob_p: list[np.ndarray],
+                    cand: Candidate) -> dict:
+    """Member and ensemble scores of one candidate (tune's objective and metric), diversity."""
+    cfg, tune = ctx.cfg, ctx.cfg.tune
+    names = [m.name for m in cfg.members]
+    settings = dataclasses.replace(cfg.combiner, strategy=tune.strategy)
+    data = FitData.from_oob_lists(val_p, ctx.y_val, oob_sets, oob_p, ctx.y)
+    comb = fit_combiner(settings, names, ctx.classes, data, cfg.seed, only=[tune.strategy])
+    if tune.objective == "val":
+        results = evaluate_split(val_p, ctx.y_val, comb, [tune.strategy])
+        members, ens = [results[n] for n in names], results[tune.strategy]
+    else:
+        rep = oob_report(comb, ctx.y, oob_sets, oob_p)
+        members, ens = [rep["members"][n] for n in names], rep["strategies"][tune.strategy]
+    nan = {"macro_f1": float("nan"), "accuracy": float("nan"), "log_loss": float("nan")}
+    row: dict = {}
+    for i, n in enumerate(names):
+        row[f"{n}_ratio"] = cand.ratios[i]
+        row[f"{n}_replace"] = cand.replace[i]
+        row[f"{n}_score"] = score(members[i] or nan, tune.metric)
+    row["ensemble_score"] = score(ens or nan, tune.metric)
+    row.update(diversity(np.asarray(val_p).argmax(2), ctx.y_val))
     return row
 
 
@@ -227,22 +238,17 @@ def _run_round(ctx: TuneContext, cands: list[Candidate], epochs: int | None, rnd
                  len(cands))
     par = ctx.cfg.parallel
     plan = plan_jobs(len(todo), par.n_jobs, ctx.cfg.device, par.threads_per_job)
-    jobs = [(c.id, dict(ctx=ctx, cand=c, epochs=epochs, rnd=rnd, path=str(path(c)),
-                        threads=plan.threads if plan.n_jobs > 1 else None)) for c in todo]
+    jobs = [(c.id, dict(ctx=ctx, cand=c, epochs=epochs, rnd=rnd, path=str(path(c)), device=plan.devices[k],
+                        threads=plan.threads if plan.n_jobs > 1 or par.threads_per_job else None))
+            for k, c in enumerate(todo)]
     run_jobs(_candidate_job, jobs, par.backend, plan.n_jobs, plan.threads, par.address)
     return [done(c) for c in cands]
 
 
 def _candidate_job(ctx: TuneContext, cand: Candidate, epochs: int | None, rnd: int, path: str,
-                   threads: int | None) -> None:
+                   device: str, threads: int | None) -> None:
     """One candidate, evaluated and saved (a joblib job: in process, loky, Ray or Dask)."""
-    previous = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    try:
-        row = evaluate_candidate(ctx, cand, epochs)
-    finally:
-        torch.set_num_threads(previous)
+    row = evaluate_candidate(ctx, cand, epochs, device, threads)
     row["round"] = rnd
     atomic_write_json(path, {"key": ctx.key, "row": row})
     log.info("candidate %s (%s epochs): ensemble %.4f", cand.id, row["epochs"], row["ensemble_score"])
@@ -305,28 +311,23 @@ def write_tune_outputs(out: Path, rows: list[dict], names: list[str], tune) -> N
         w.writerow({c: (f"{r[c]:.6f}" if isinstance(r[c], float) else r[c]) for c in cols})
     atomic_write_text(out / "results.csv", buf.getvalue())
     best = select_best(rows)
-    md = [f"# effens tune", "", f"Objective: {tune.objective} {tune.metric} of the `{tune.strategy}` ensemble; "
+    md = ["# effens tune", "", f"Objective: {tune.objective} {tune.metric} of the `{tune.strategy}` ensemble; "
           f"method {tune.method}. Best: **{best['candidate']}** ({best['ensemble_score']:.4f}); "
-          f"`best.yaml` holds its config.", "", table_md(rows, cols)]
-    atomic_write_text(out / "report.md", "\n".join(md) + "\n")
-    atomic_write_bytes(out / "scores.png", scores_png(rows, names, f"{tune.objective} {tune.metric}"))
+          f"`best.yaml` holds its config.", "", format_table(_cells(rows, cols), markdown=True)]
+    write_files(out, {"report.md": "\n".join(md) + "\n",
+                      "scores.png": scores_png(rows, names, f"{tune.objective} {tune.metric}")})
 
 
-def table_md(rows: list[dict], cols: list[str]) -> str:
-    fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
+def _cells(rows: list[dict], cols: list[str]) -> list[list[str]]:
+    """Header and rows of ``cols`` as text (floats to 4 decimals)."""
+    return [cols] + [[f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
 
 
 def table_text(rows: list[dict], names: list[str], top: int = 20) -> str:
-    from .report import format_table
-
     cols = ["candidate", "epochs"] + [f"{n}_score" for n in names] + ["ensemble_score", "disagreement",
                                                                       "q_statistic", "seconds"]
     ordered = sorted(rows, key=lambda r: (-r["round"], -r["ensemble_score"]))[:top]
-    body = [[f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in ordered]
-    return format_table([cols] + body)
+    return format_table(_cells(ordered, cols))
 
 
 def scores_png(rows: list[dict], names: list[str], ylabel: str) -> bytes:

@@ -80,3 +80,27 @@ def cpu_copy(model: nn.Module) -> nn.Module:
 
     return copy.deepcopy(model).to(device="cpu", memory_format=torch.contiguous_format).eval()
 
+
+
+def exporter_versions() -> dict:
+    """What an exported file depends on besides the weights (part of every cache key)."""
+    return {"torch": torch.__version__, "opset": OPSET}
+
+
+_TEMPORARY: dict[tuple, str] = {}
+
+
+def temporary_onnx(model: nn.Module, inputs, name: str, owner) -> str:
+    """A runtime ONNX file (uint8 input) in a per-process temporary folder, exported once
+    per ``(owner, name)``: for fitted ensembles with no writable run folder."""
+    import os
+    import tempfile
+
+    key = (owner, name)
+    if key not in _TEMPORARY or not os.path.isfile(_TEMPORARY[key]):
+        folder = tempfile.mkdtemp(prefix="effens-onnx-")
+        path = os.path.join(folder, f"{name}.onnx")
+        with open(path, "wb") as fh:
+            fh.write(export_member_onnx(model, inputs.image_size, name, inputs=inputs))
+        _TEMPORARY[key] = path
+    return _TEMPORARY[key]

@@ -39,10 +39,18 @@ class Member:
     weights_file: str | None
 
 
-def input_config(model: nn.Module, image_size: int | None) -> InputConfig:
+def input_config(model: nn.Module | str, image_size: int | None) -> InputConfig:
+    """How a member sees images, from its timm pretrained config: the one rule for the
+    input size, the resize-then-crop ratio and the normalisation (``model``: a built model
+    or a timm model name, so callers can size caches without building anything)."""
     from timm.data import resolve_data_config
+    from timm.models import get_pretrained_cfg
 
-    cfg = resolve_data_config({}, model=model)
+    if isinstance(model, str):
+        pretrained = get_pretrained_cfg(model)
+        cfg = resolve_data_config({}, pretrained_cfg=pretrained.to_dict() if pretrained else None)
+    else:
+        cfg = resolve_data_config({}, model=model)
     size = image_size or cfg["input_size"][-1]
     return InputConfig(image_size=int(size), crop_pct=float(cfg.get("crop_pct", 0.875)),
                        interpolation=str(cfg.get("interpolation", "bicubic")),
@@ -87,13 +95,27 @@ def set_train_mode(model: nn.Module, frozen: list[nn.Module], training: bool = T
         m.eval()
 
 
-def create_member(spec, num_classes: int) -> Member:
-    """Build one member from a :class:`~ensemble.config.MemberConfig`."""
+def create_member(spec, num_classes: int, state: dict | None = None, inputs: dict | None = None) -> Member:
+    """Build one member from its settings (a :class:`~ensemble.config.MemberConfig`): the
+    one builder of every member, fresh or restored.
+
+    Fresh: the architecture with ``spec.weights`` loaded, a zeroed head and the frozen
+    parts fixed. Restored (``state`` given): the architecture with those trained weights,
+    in eval mode, seeing images as recorded when it was trained (``inputs``, the saved
+    :class:`InputConfig` fields; default: :func:`input_config`).
+    """
     import timm
 
     kwargs = {}
     if spec.train.drop_rate is not None:
         kwargs["drop_rate"] = spec.train.drop_rate
+    if state is not None:
+        model = timm.create_model(spec.model, pretrained=False, num_classes=num_classes, **kwargs)
+        model.load_state_dict(state)
+        model.eval()
+        saved = input_config(model, spec.image_size) if inputs is None else InputConfig(
+            **{**inputs, "mean": tuple(inputs["mean"]), "std": tuple(inputs["std"])})
+        return Member(model=model, inputs=saved, frozen=[], weights_file=None)
     if spec.weights == "hub":
         try:
             model = timm.create_model(spec.model, pretrained=True, num_classes=num_classes, **kwargs)
@@ -131,13 +153,3 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but no CUDA device is available")
     return device
-
-
-def default_resize_size(model_name: str, image_size: int | None) -> int:
-    """The shorter side a member resizes to before its centre crop, without building it."""
-    from timm.models import get_pretrained_cfg
-
-    cfg = get_pretrained_cfg(model_name)
-    size = image_size or (cfg.input_size[-1] if cfg is not None else 224)
-    crop_pct = cfg.crop_pct if cfg is not None and cfg.crop_pct else 0.875
-    return int(math.floor(size / crop_pct))

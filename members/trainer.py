@@ -1,4 +1,10 @@
-"""One member's training loop: AdamW, warm-up + cosine, best epoch on validation."""
+"""One member's training loop: AdamW, warm-up + cosine, best epoch on validation.
+
+What to train on (:class:`TrainData`) and how the run goes (:class:`TrainRun`: name,
+seed, device, precision, where checkpoints go, how validation is scored) come in as two
+small objects; validation scores and checkpoint storage are passed in, so this package
+knows nothing of the ensemble around it.
+"""
 from __future__ import annotations
 
 import copy
@@ -12,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointStore
+from .checkpoint import Checkpointer, pack_state, restore_state
 from .models import Member, set_train_mode
 from .precision import Precision
 from .predictor import default_precision, predict_proba
@@ -109,121 +115,166 @@ def step_probe(member: Member, batch_size: int, image_size: int,
     return step
 
 
-def _macro_f1(y: np.ndarray, pred: np.ndarray, k: int) -> float:
-    from ensemble.metrics import confusion_matrix, per_class
-
-    return float(per_class(confusion_matrix(y, pred, k))["f1"].mean())
+Scorer = Callable[[np.ndarray, np.ndarray], dict]
+"""(labels, probabilities) -> {"macro_f1": ..., "log_loss": ...} for best-epoch selection."""
 
 
-def train_member(member: Member, cfg, images: Sequence[np.ndarray], labels: np.ndarray,
-                 sample: np.ndarray, val_images: torch.Tensor, val_labels: np.ndarray,
-                 num_classes: int, device: torch.device, seed: int, name: str = "member",
-                 on_epoch_end: Callable[[int, dict], None] | None = None,
-                 checkpoint: CheckpointStore | None = None,
-                 precision: Precision | None = None) -> TrainResult:
-    """Train ``member.model`` on ``images[sample]``; keep the epoch best on validation.
+@dataclasses.dataclass
+class TrainData:
+    """A member's training sample and its validation set."""
 
-    The best epoch has the highest validation macro-F1 (ties: lower validation log loss).
-    With ``checkpoint``, every finished epoch is saved there and a matching checkpoint
-    found at the start is resumed (same weights as an uninterrupted run on CPU).
-    ``precision`` sets autocast for the forward/backward passes and validation; the
-    weights, optimiser moments and checkpoints stay fp32 (default: fp32 on CPU, mixed
-    precision on GPU).
-    """
-    from tqdm.auto import tqdm
+    images: Sequence[np.ndarray]      # decoded RGB uint8 images of the whole training split
+    labels: np.ndarray                # their class indices
+    sample: np.ndarray                # this member's (bootstrap) indices into them
+    val_images: torch.Tensor          # validation images as an eval uint8 tensor
+    val_labels: np.ndarray
 
-    from ensemble.metrics import log_loss
 
-    torch.manual_seed(seed)
-    precision = precision or default_precision(device)
-    resumed = checkpoint.load() if checkpoint is not None else None
-    if resumed is not None and resumed.get("precision", precision.name) != precision.name:
-        # a resumed member finishes in the precision it started in (``auto`` may measure anew)
-        precision = Precision(resumed["precision"], device.type, "as in the checkpoint being resumed")
-        log.info("%s: continuing in %s, the precision of its checkpoint", name, precision.name)
-    model = member.model.to(device=device, memory_format=torch.channels_last)
-    sizes = epoch_sizes(cfg.epochs, member.inputs.image_size, cfg.min_image_size)
-    dataset = SampleDataset(images, labels, sample, None, seed=seed)
-    gen = torch.Generator().manual_seed(seed)
-    transforms: dict[int, object] = {}
+@dataclasses.dataclass
+class TrainRun:
+    """How one member's training runs."""
 
-    def loader_for(size: int) -> torch.utils.data.DataLoader:
-        if size not in transforms:
-            transforms[size] = train_transform(dataclasses.replace(member.inputs, image_size=size), cfg)
-        dataset.transform = transforms[size]
+    name: str
+    seed: int
+    device: torch.device
+    score: Scorer
+    precision: Precision | None = None       # default: fp32 on CPU, mixed precision on GPU
+    checkpoint: Checkpointer | None = None   # every finished epoch is saved here and resumed from
+
+
+@dataclasses.dataclass
+class BestEpoch:
+    """The epoch with the highest validation macro-F1 (ties: lower log loss) and its weights."""
+
+    key: tuple[float, float] | None = None
+    epoch: int = -1
+    state: dict | None = None
+
+    def update(self, epoch: int, scores: dict, model: nn.Module) -> None:
+        key = (scores["macro_f1"], -scores["log_loss"])
+        if self.key is None or key > self.key:
+            self.key, self.epoch = key, epoch
+            self.state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+
+
+class _Loop:
+    """Optimiser, schedule, loaders and the per-epoch parts of :func:`train_member`."""
+
+    def __init__(self, member: Member, cfg, data: TrainData, run: TrainRun, precision: Precision) -> None:
+        self.member, self.cfg, self.data, self.run, self.precision = member, cfg, data, run, precision
+        device = run.device
+        self.model = member.model.to(device=device, memory_format=torch.channels_last)
+        self.sizes = epoch_sizes(cfg.epochs, member.inputs.image_size, cfg.min_image_size)
+        self.dataset = SampleDataset(data.images, data.labels, data.sample, None, seed=run.seed)
+        self.gen = torch.Generator().manual_seed(run.seed)
+        self.transforms: dict[int, object] = {}
+        steps_per_epoch = len(self.loader(self.sizes[0]))
+        total = steps_per_epoch * cfg.epochs
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.lr, cfg.weight_decay,
+                                                        cfg.backbone_lr_scale))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(total, int(round(cfg.warmup_epochs * steps_per_epoch))))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=precision.uses_scaler)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    def loader(self, size: int) -> torch.utils.data.DataLoader:
+        cfg = self.cfg
+        if size not in self.transforms:
+            self.transforms[size] = train_transform(dataclasses.replace(self.member.inputs, image_size=size), cfg)
+        self.dataset.transform = self.transforms[size]
         return torch.utils.data.DataLoader(
-            dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) > cfg.batch_size,
-            num_workers=cfg.num_workers, generator=gen, pin_memory=device.type == "cuda")
+            self.dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(self.dataset) > cfg.batch_size,
+            num_workers=cfg.num_workers, generator=self.gen, pin_memory=self.run.device.type == "cuda")
 
-    steps_per_epoch = len(loader_for(sizes[0]))
-    total = steps_per_epoch * cfg.epochs
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_scale))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(total, int(round(cfg.warmup_epochs * steps_per_epoch))))
-    scaler = torch.amp.GradScaler("cuda", enabled=precision.uses_scaler)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    def train_epoch(self, epoch: int) -> tuple[float, int]:
+        """One pass over the sample -> (mean loss, images seen)."""
+        from tqdm.auto import tqdm
 
-    best: tuple[float, float] | None = None
-    best_state, best_epoch = None, -1
-    history: list[dict] = []
-    first_epoch = 0
-    if resumed is not None:
-        best_state = checkpoint.restore(resumed, model=model, optimizer=optimizer, scheduler=scheduler,
-                                        scaler=scaler, generator=gen)
-        best, best_epoch = tuple(resumed["best_key"]), resumed["best_epoch"]
-        history, first_epoch = resumed["history"], resumed["epoch"]
-        log.info("%s: resuming after epoch %d/%d from %s", name, first_epoch, cfg.epochs,
-                 checkpoint.json_path)
-    start = time.perf_counter()
-    for epoch in range(first_epoch, cfg.epochs):
-        set_train_mode(model, member.frozen, True)
-        loader = loader_for(sizes[epoch])
-        dataset.epoch = epoch
+        cfg, device, name = self.cfg, self.run.device, self.run.name
+        set_train_mode(self.model, self.member.frozen, True)
+        loader = self.loader(self.sizes[epoch])
+        self.dataset.epoch = epoch
         t0 = time.perf_counter()
         seen, loss_sum = 0, 0.0
-        bar = tqdm(loader, desc=f"{name} epoch {epoch + 1}/{cfg.epochs} @{sizes[epoch]}px", leave=False,
+        bar = tqdm(loader, desc=f"{name} epoch {epoch + 1}/{cfg.epochs} @{self.sizes[epoch]}px", leave=False,
                    unit="batch", disable=None)
         for x, y in bar:
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
-            with precision.autocast():
-                loss = criterion(model(x).float(), y)
+            with self.precision.autocast():
+                loss = self.criterion(self.model(x).float(), y)
             if not torch.isfinite(loss):
                 raise TrainingError(f"member {name}: loss became {loss.item()} at epoch {epoch + 1}; "
                                     f"try a lower `lr`")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
             seen += len(y)
             loss_sum += loss.item() * len(y)
-            rate = seen / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{rate:.1f}")
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen / max(time.perf_counter() - t0, 1e-9):.1f}")
+        return loss_sum / max(seen, 1), seen
+
+    def evaluate(self) -> dict:
+        """Validation scores of the current weights (see :data:`Scorer`)."""
+        proba = predict_proba(self.model, self.data.val_images, self.member.inputs, self.cfg.eval_batch_size,
+                              self.run.device, precision=self.precision)
+        return self.run.score(self.data.val_labels, proba)
+
+    def checkpoint(self, epoch: int, best: BestEpoch, history: list[dict]) -> None:
+        if self.run.checkpoint is not None:
+            self.run.checkpoint.save(*pack_state(
+                epoch=epoch, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                scaler=self.scaler, generator=self.gen, best_state=best.state, best_key=list(best.key),
+                best_epoch=best.epoch, history=history, precision=self.precision.name))
+
+    def resume(self, resumed: tuple[dict, dict]) -> tuple[BestEpoch, list[dict], int]:
+        tensors, doc = resumed
+        state = restore_state(tensors, doc, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
+                              scaler=self.scaler, generator=self.gen)
+        best = BestEpoch(tuple(doc["best_key"]), doc["best_epoch"], state)
+        log.info("%s: resuming after epoch %d/%d from %s", self.run.name, doc["epoch"], self.cfg.epochs,
+                 self.run.checkpoint.where)
+        return best, doc["history"], doc["epoch"]
+
+
+def train_member(member: Member, cfg, data: TrainData, run: TrainRun) -> TrainResult:
+    """Train ``member.model`` on ``data.images[data.sample]``; keep the best epoch on validation.
+
+    ``cfg`` is the member's training settings (:class:`~ensemble.config.TrainConfig`).
+    With ``run.checkpoint``, every finished epoch is saved there and a checkpoint found at
+    the start is resumed (same weights as an uninterrupted run on CPU); a resumed member
+    finishes in the precision of its checkpoint. ``run.precision`` sets autocast for the
+    forward/backward passes and validation; the weights, optimiser moments and
+    checkpoints stay fp32.
+    """
+    torch.manual_seed(run.seed)
+    precision = run.precision or default_precision(run.device)
+    resumed = run.checkpoint.load() if run.checkpoint is not None else None
+    if resumed is not None and resumed[1].get("precision", precision.name) != precision.name:
+        # a resumed member finishes in the precision it started in (``auto`` may measure anew)
+        precision = Precision(resumed[1]["precision"], run.device.type, "as in the checkpoint being resumed")
+        log.info("%s: continuing in %s, the precision of its checkpoint", run.name, precision.name)
+    loop = _Loop(member, cfg, data, run, precision)
+    best, history, first_epoch = loop.resume(resumed) if resumed is not None else (BestEpoch(), [], 0)
+    start = time.perf_counter()
+    for epoch in range(first_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        loss, seen = loop.train_epoch(epoch)
         train_s = time.perf_counter() - t0
-        proba = predict_proba(model, val_images, member.inputs, cfg.eval_batch_size, device,
-                              precision=precision)
-        val_f1 = _macro_f1(val_labels, proba.argmax(1), num_classes)
-        val_loss = log_loss(val_labels, proba)
-        record = {"epoch": epoch + 1, "image_size": sizes[epoch], "train_loss": loss_sum / max(seen, 1),
-                  "val_macro_f1": val_f1, "val_log_loss": val_loss, "train_images_per_s": seen / max(train_s, 1e-9),
-                  "seconds": time.perf_counter() - t0}
+        scores = loop.evaluate()
+        record = {"epoch": epoch + 1, "image_size": loop.sizes[epoch], "train_loss": loss,
+                  "val_macro_f1": scores["macro_f1"], "val_log_loss": scores["log_loss"],
+                  "train_images_per_s": seen / max(train_s, 1e-9), "seconds": time.perf_counter() - t0}
         history.append(record)
         log.info("%s epoch %d/%d @%dpx: loss %.4f, val macro-F1 %.4f, val log loss %.4f, %.1f img/s",
-                 name, epoch + 1, cfg.epochs, sizes[epoch], record["train_loss"], val_f1, val_loss,
-                 record["train_images_per_s"])
-        key = (val_f1, -val_loss)
-        if best is None or key > best:
-            best, best_epoch = key, epoch + 1
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        if checkpoint is not None:
-            checkpoint.save(epoch=epoch + 1, model=model, optimizer=optimizer, scheduler=scheduler,
-                            scaler=scaler, generator=gen, best_state=best_state, best_key=list(best),
-                            best_epoch=best_epoch, history=history, precision=precision.name)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, record)
-    assert best_state is not None
-    model.load_state_dict(best_state)
-    set_train_mode(model, member.frozen, False)
-    return TrainResult(state_dict=best_state, best_epoch=best_epoch, history=history,
+                 run.name, epoch + 1, cfg.epochs, loop.sizes[epoch], loss, scores["macro_f1"],
+                 scores["log_loss"], record["train_images_per_s"])
+        best.update(epoch + 1, scores, loop.model)
+        loop.checkpoint(epoch + 1, best, history)
+    assert best.state is not None
+    loop.model.load_state_dict(best.state)
+    set_train_mode(loop.model, member.frozen, False)
+    return TrainResult(state_dict=best.state, best_epoch=best.epoch, history=history,
                        seconds=time.perf_counter() - start, precision=precision.name)

@@ -38,12 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_predict import plain_proba  # noqa: E402
 
 from ensemble.data import find_images  # noqa: E402
-from ensemble.estimator import BaggedEnsemble  # noqa: E402
+from ensemble.estimator import BaggedEnsemble
+from ensemble.runfolder import load_run  # noqa: E402
 from ensemble.images import decode_all  # noqa: E402
 from ensemble.inference import decode_size  # noqa: E402
 from members.precision import cpu_features, cpu_has_native_bf16  # noqa: E402
 from members.runtimes import RUNTIMES, is_installed, runtime_proba  # noqa: E402
-from members.transforms import eval_tensor  # noqa: E402
 
 log = logging.getLogger("benchmark_cpu")
 
@@ -109,7 +109,7 @@ def main() -> None:
     res: dict = {"date": datetime.date.today().isoformat(), "commit": commit, "cpu": cpu_features(),
                  "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
                  "command": " ".join(sys.argv)}
-    ens = BaggedEnsemble.load_run(args.run)
+    ens = load_run(args.run)
     res["members"] = {fm.name: {"model": fm.meta["architecture"], "image_size": fm.inputs.image_size}
                       for fm in ens.members_}
     precisions = ["fp32"] + (["bf16"] if cpu_has_native_bf16() else [])

@@ -22,6 +22,7 @@ import torch
 
 from ensemble.data import find_images
 from ensemble.estimator import BaggedEnsemble
+from ensemble.runfolder import load_run
 from ensemble.images import decode_all
 from ensemble.inference import decode_size
 
@@ -71,7 +72,7 @@ def main() -> None:
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    ens = BaggedEnsemble.load_run(args.run)
+    ens = load_run(args.run)
     paths = find_images(args.images)
     effens_proba(ens, paths[:32], args.batch_size)  # warm-up (allocator, lazy imports)
     plain_proba(ens, paths[:32], args.batch_size, 0)

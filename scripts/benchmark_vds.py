@@ -60,9 +60,10 @@ def throughput(spec, train_dir: Path, n_images: int, classes: list[str], precisi
     """
     from PIL import Image
 
-    from members.models import create_member, default_resize_size, set_train_mode
+    from ensemble.metrics import selection_scores
+    from members.models import create_member, set_train_mode
     from members.precision import resolve_precision
-    from members.trainer import param_groups, step_probe, train_member
+    from members.trainer import TrainData, TrainRun, param_groups, step_probe, train_member
     from members.transforms import eval_tensor, train_transform
 
     split = load_folder(train_dir)
@@ -77,17 +78,18 @@ def throughput(spec, train_dir: Path, n_images: int, classes: list[str], precisi
     torch.manual_seed(0)
     member = create_member(cfg, len(classes))
     t0 = time.perf_counter()
-    arrays, _ = decode_all(paths, default_resize_size(cfg.model, cfg.image_size))
+    arrays, _ = decode_all(paths, member.inputs.resize_size)
     decode_s = time.perf_counter() - t0
     val = eval_tensor(arrays[:8], member.inputs)
     probe = step_probe(member, min(cfg.train.batch_size, 8), member.inputs.image_size, torch.device("cpu"))
     prec = resolve_precision(precision, "cpu", probe=probe)  # as `effens train` resolves it
     log.info("effens precision: %s (%s)", prec.name, prec.reason)
     warm = np.arange(2 * cfg.train.batch_size)  # warm-up pass (allocator, kernels), not timed
-    train_member(member, cfg.train, arrays, y, warm, val, y[:8], len(classes), torch.device("cpu"), 0,
-                 name="warm-up", precision=prec)
-    res = train_member(member, cfg.train, arrays, y, np.arange(len(arrays)), val, y[:8], len(classes),
-                       torch.device("cpu"), 0, name="throughput", precision=prec)
+    score = lambda yy, p: selection_scores(yy, p, len(classes))  # noqa: E731
+    cpu = torch.device("cpu")
+    train_member(member, cfg.train, TrainData(arrays, y, warm, val, y[:8]), TrainRun("warm-up", 0, cpu, score, prec))
+    res = train_member(member, cfg.train, TrainData(arrays, y, np.arange(len(arrays)), val, y[:8]),
+                       TrainRun("throughput", 0, cpu, score, prec))
     effens_train_s = res.history[0]["seconds"]  # includes the 8-image val pass
     # the one-off decode is shared by every member and epoch: charge it once to this pass
     effens_img_s = len(arrays) / (decode_s + effens_train_s)

@@ -34,7 +34,9 @@ def rows(cls, prefix: str = ""):
             default = f"`{f.default_factory()}`"
         else:
             default = "required"
-        yield f"| `{key}` | {_type(tp)} | {default} | {f.metadata.get('doc', '')} |"
+        choices = f.metadata.get("choices")
+        kind = " \\| ".join(choices()) if choices else _type(tp)
+        yield f"| `{key}` | {kind} | {default} | {f.metadata.get('doc', '')} |"
 
 
 def table() -> str:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from ensemble.combiner_fit import fit_stacking, fit_temperature, fit_weights, oob_matrix
+from ensemble.combiners import fit_stacking, fit_temperature, fit_weights, oob_matrix
 from ensemble.combiners import soft_vote, stacking_features, stacking_proba, temperature_scale
 from ensemble.metrics import log_loss
 

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from ensemble.combiners import combine, hard_vote, oob_combine, soft_vote, vote_shares
+from ensemble.combiners import hard_vote, soft_vote, vote_shares
+from ensemble.strategies import STRATEGIES, strategy_class
 
 # 3 members, 4 samples, 3 classes; worked out by hand below.
 P = np.array([
@@ -49,13 +50,14 @@ def test_weighted_hard_vote():
     assert hard_vote(P, [1, 1, 3])[0] == 1
 
 
-def test_combine_dispatch_and_errors():
-    pred, proba = combine(P, "soft")
+def test_registry_dispatch_and_errors():
+    pred, proba = strategy_class("soft")().apply(P)
     np.testing.assert_allclose(proba.sum(1), 1)
-    pred, proba = combine(P, "hard")
+    pred, proba = strategy_class("hard")().apply(P)
     np.testing.assert_allclose(proba.sum(1), 1)
+    assert list(STRATEGIES)[:4] == ["hard", "soft", "weighted", "stacking"]
     with pytest.raises(ValueError, match="strategy"):
-        combine(P, "median")
+        strategy_class("median")
     with pytest.raises(ValueError, match="one entry per member"):
         soft_vote(P, [1, 2])
     with pytest.raises(ValueError, match="non-negative"):
@@ -66,7 +68,7 @@ def test_oob_combine_uses_only_members_that_left_the_sample_out():
     seen = np.array([[True, False, False, True],
                      [False, True, False, True],
                      [True, True, True, True]])
-    covered, pred, proba = oob_combine(P, seen, "soft")
+    covered, pred, proba = strategy_class("soft")().apply_oob(P, ~seen)
     assert covered.tolist() == [0, 1, 2]  # sample 3 was seen by every member
     np.testing.assert_allclose(proba[0], P[1, 0])  # only member 1 left sample 0 out
     np.testing.assert_allclose(proba[1], P[0, 1])

@@ -8,7 +8,8 @@ import pytest
 
 from ensemble.cli import main
 from ensemble.estimator import BaggedEnsemble
-from ensemble.run import read_npy
+from ensemble.runfolder import load_run
+from ensemble.files import read_npy
 
 
 def test_predict_folder_with_a_corrupt_file(trained, tiny_data, tmp_path, capsys):
@@ -47,7 +48,7 @@ def test_predict_json_files_csv_and_missing(trained, tiny_data, tmp_path):
 
 def test_every_strategy_through_the_estimator(trained, tiny_data):
     _, run = trained
-    ens = BaggedEnsemble.load_run(str(run))
+    ens = load_run(str(run))
     cached = read_npy(run / "predictions/test_proba.npy")
     from ensemble.data import load_folder
     from ensemble.images import decode_all
@@ -106,6 +107,6 @@ def test_fit_combiner_refits_identically_and_switches_source(trained, tmp_path):
     assert main(["fit-combiner", str(copy), "--set", "combiner.stacking.source=val",
                  "--set", "combiner.calibrate=true"]) == 0
     comb = json.loads((copy / "combiner/combiner.json").read_text())
-    assert comb["stacking_source"] == "val" and len(comb["temperatures"]) == 3
+    assert comb["strategies"]["stacking"]["source"] == "val" and len(comb["temperatures"]) == 3
     assert not np.allclose(read_npy(copy / "combiner/stacking_coef.npy"), coef)
     assert main(["fit-combiner", str(copy), "--set", "members.0.train.lr=1"]) == 2

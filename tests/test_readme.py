@@ -18,3 +18,34 @@ def test_ci_runs_the_readme_test_command():
     command = "pip install -e '.[dev]' && python -m pytest -q"
     assert command in readme
     assert command in (ROOT / ".ci/run").read_text()
+
+
+def readme_python_block() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Python\n"):]
+    return section[section.index("```python\n") + 10:section.index("\n```", section.index("```python\n"))]
+
+
+def test_readme_python_section_runs_as_written(trained, tmp_path):
+    """The README's Python example, run from a folder laid out like the repository root
+    (its demo data, and a finished run at runs/demo)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    _, run = trained
+    (tmp_path / "data").symlink_to(ROOT / "data")
+    shutil.copytree(run, tmp_path / "runs/demo")
+    code = readme_python_block()
+    code += "\nassert isinstance(ens.oob_score_, float) and 0 <= ens.oob_score_ <= 1, ens.oob_score_" \
+            "\nassert proba.shape == (4, 3) and pred.shape == (4,)" \
+            "\nassert twin.get_params()['seed'] == 1 and not hasattr(twin, 'members_')" \
+            "\nassert ens.get_params()['seed'] == 0\n"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # fit trained in memory: nothing new next to the data and the existing run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "runs"]
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["demo"]

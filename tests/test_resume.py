@@ -12,10 +12,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from ensemble import run as run_mod
+from ensemble import files as run_mod
 from ensemble.cli import main
-from ensemble.estimator import BaggedEnsemble
-from members.checkpoint import CheckpointStore
+from ensemble.runfolder import load_run
+from ensemble.runfolder import MemberCheckpoint as CheckpointStore
 
 import synth
 
@@ -39,9 +39,9 @@ def test_resume_at_epoch_boundary_gives_identical_weights(tiny_data, tmp_path, m
 
     real_save = CheckpointStore.save
 
-    def save_then_die(self, **kw):
-        real_save(self, **kw)
-        if kw["epoch"] == 2:
+    def save_then_die(self, tensors, doc):
+        real_save(self, tensors, doc)
+        if doc["epoch"] == 2:
             raise Killed("simulated kill right after epoch 2's checkpoint")
 
     monkeypatch.setattr(CheckpointStore, "save", save_then_die)
@@ -114,7 +114,7 @@ def test_sigkill_then_resume(tiny_data, tmp_path, moment):
         assert f"resuming after epoch {epoch_at_kill}/40" in r.stderr
     # member a untouched, and the whole run verifies against its recorded hashes
     assert json.loads((out / "members/a/member.json").read_text())["files"]["model.safetensors"] == a_hash
-    ens = BaggedEnsemble.load_run(str(out))
+    ens = load_run(str(out))
     assert [fm.name for fm in ens.members_] == ["a", "b", "c"]
     assert len(json.loads((out / "members/b/member.json").read_text())["history"]) == 40
 
@@ -164,4 +164,4 @@ def test_tampered_combiner_or_predictions_are_refused(trained, tmp_path):
         arr = np.load(copy / rel)
         np.save(copy / rel, arr * 2)
         with pytest.raises(run_mod.RunError, match=rel + ": contents do not match"):
-            BaggedEnsemble.load_run(str(copy))
+            load_run(str(copy))

@@ -12,7 +12,7 @@ import yaml
 
 import synth
 from ensemble.cli import main
-from ensemble.estimator import BaggedEnsemble
+from ensemble.runfolder import load_run
 from members import precision as prec
 from members import runtimes
 
@@ -64,9 +64,10 @@ def test_inference_auto_follows_the_trained_precision(monkeypatch, trained, nati
 
 def test_a_resumed_member_keeps_the_precision_of_its_checkpoint(tmp_path):
     from ensemble.config import MemberConfig, TrainConfig
-    from members.checkpoint import CheckpointStore
+    from ensemble.metrics import selection_scores
+    from ensemble.runfolder import MemberCheckpoint
     from members.models import create_member
-    from members.trainer import train_member
+    from members.trainer import TrainData, TrainRun, train_member
     from members.transforms import eval_tensor
 
     rng = np.random.default_rng(0)
@@ -74,27 +75,28 @@ def test_a_resumed_member_keeps_the_precision_of_its_checkpoint(tmp_path):
     y = np.arange(12) % 3
     spec = MemberConfig(name="m", model="test_efficientnet", image_size=32,
                         train=TrainConfig(epochs=2, batch_size=4, augment="none", warmup_epochs=0.0))
-    store = CheckpointStore(tmp_path, "fp")
+    store = MemberCheckpoint(tmp_path, "fp")
 
     class Stop(Exception):
         pass
 
     real_save = store.save
 
-    def save_then_stop(**kw):
-        real_save(**kw)
+    def save_then_stop(tensors, doc):
+        real_save(tensors, doc)
         raise Stop
 
     store.save = save_then_stop
     member = create_member(spec, 3)
-    val = eval_tensor(imgs[:3], member.inputs)
+    data = TrainData(imgs, y, np.arange(12), eval_tensor(imgs[:3], member.inputs), y[:3])
+    score = lambda yy, p: selection_scores(yy, p, 3)  # noqa: E731
     with pytest.raises(Stop):  # killed after epoch 1, trained in bf16
-        train_member(member, spec.train, imgs, y, np.arange(12), val, y[:3], 3, torch.device("cpu"), 0,
-                     checkpoint=store, precision=prec.Precision("bf16", "cpu"))
+        train_member(member, spec.train, data, TrainRun("m", 0, torch.device("cpu"), score,
+                                                        prec.Precision("bf16", "cpu"), store))
     assert json.loads(store.json_path.read_text())["precision"] == "bf16"
     store.save = real_save
-    result = train_member(create_member(spec, 3), spec.train, imgs, y, np.arange(12), val, y[:3], 3,
-                          torch.device("cpu"), 0, checkpoint=store, precision=prec.Precision("fp32", "cpu"))
+    result = train_member(create_member(spec, 3), spec.train, data,
+                          TrainRun("m", 0, torch.device("cpu"), score, prec.Precision("fp32", "cpu"), store))
     assert result.precision == "bf16" and len(result.history) == 2
 
 
@@ -182,7 +184,7 @@ def _demo_images(ens, n: int = 12):
                                      pytest.param("onnxruntime", marks=needs_ort)])
 def test_runtimes_match_torch_fp32_on_real_images(trained, runtime):
     _, run = trained
-    ens = BaggedEnsemble.load_run(str(run))
+    ens = load_run(str(run))
     imgs = _demo_images(ens)
     ref = ens.member_proba(imgs, runtime="torch", precision="fp32")
     got = ens.member_proba(imgs, runtime=runtime, precision="fp32", batch_size=5)
@@ -194,7 +196,7 @@ def test_runtimes_match_torch_fp32_on_real_images(trained, runtime):
 @needs_ov
 def test_openvino_bf16_runs_and_stays_close(trained):
     _, run = trained
-    ens = BaggedEnsemble.load_run(str(run))
+    ens = load_run(str(run))
     imgs = _demo_images(ens)
     ref = ens.member_proba(imgs, runtime="torch", precision="fp32")
     got = ens.member_proba(imgs, runtime="openvino", precision="bf16")
@@ -243,12 +245,12 @@ def test_tampered_runtime_cache_is_refused(trained, tmp_path, caplog):
     _, run = trained
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
-    ens = BaggedEnsemble.load_run(str(copy))
+    ens = load_run(str(copy))
     imgs = _demo_images(ens, 2)
     ens.member_proba(imgs, runtime="openvino", precision="fp32")
     onnx_file = copy / "cache/onnx/a.onnx"
     mtime = onnx_file.stat().st_mtime_ns
-    BaggedEnsemble.load_run(str(copy)).member_proba(imgs, runtime="openvino", precision="fp32")
+    load_run(str(copy)).member_proba(imgs, runtime="openvino", precision="fp32")
     assert onnx_file.stat().st_mtime_ns == mtime  # a second process reuses the export
     onnx_file.write_bytes(onnx_file.read_bytes() + b"x")
     with caplog.at_level(logging.ERROR):
@@ -286,7 +288,7 @@ def test_export_onnx_matches_torch(trained, tmp_path, strategy):
     _, run = trained
     out = tmp_path / "exp"
     assert main(["export", str(run), "--format", "onnx", "--out", str(out), "--strategy", strategy]) == 0
-    ens = BaggedEnsemble.load_run(str(run))
+    ens = load_run(str(run))
     imgs = _demo_images(ens)
     ref = ens.member_proba(imgs, runtime="torch", precision="fp32")
     for j, fm in enumerate(ens.members_):
@@ -307,7 +309,7 @@ def test_export_onnx_matches_torch(trained, tmp_path, strategy):
     assert (got.argmax(1) == want.argmax(1)).all()
     manifest = json.loads((out / "export.json").read_text())
     assert manifest["strategy"] == strategy
-    from ensemble.run import sha256_file
+    from ensemble.files import sha256_file
 
     assert all(sha256_file(out / f) == h for f, h in manifest["files"].items())
 
@@ -323,12 +325,12 @@ def test_ensemble_graph_with_mixed_sizes_and_calibration_matches_its_torch_modul
     from members.models import InputConfig
 
     _, run = trained
-    ens = BaggedEnsemble.load_run(str(run))
+    ens = load_run(str(run))
     inputs = [InputConfig(32, 0.875, "bicubic", (0.5,) * 3, (0.5,) * 3),
               InputConfig(24, 0.875, "bicubic", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
               InputConfig(32, 0.875, "bicubic", (0.5,) * 3, (0.5,) * 3)]
-    graph = EnsembleGraph([fm.model.float() for fm in ens.members_], inputs, "weighted", [0.2, 0.3, 0.5],
-                          [0.7, 1.0, 1.6], None).eval()
+    graph = EnsembleGraph([fm.model.float() for fm in ens.members_], inputs, "mean", {"weights": [0.2, 0.3, 0.5]},
+                          [0.7, 1.0, 1.6]).eval()
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         want = graph(x).numpy()
@@ -343,7 +345,7 @@ def test_export_openvino_ir_runs(trained, tmp_path):
     _, run = trained
     out = tmp_path / "ov"
     assert main(["export", str(run), "--format", "openvino", "--out", str(out)]) == 0
-    ens = BaggedEnsemble.load_run(str(run))
+    ens = load_run(str(run))
     imgs = _demo_images(ens, 4)
     ref = ens.member_proba(imgs, runtime="torch", precision="fp32")
     compiled = runtimes._openvino_core().compile_model(str(out / "a.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
@@ -370,7 +372,7 @@ def test_export_of_hard_voting_holds_soft_and_explicit_hard_is_refused(trained, 
     from ensemble.export import ExportRefused, graph_strategy
 
     _, run = trained
-    ens = BaggedEnsemble.load_run(str(run))
+    ens = load_run(str(run))
     ens.combiner_.strategy = "hard"
     with caplog.at_level(logging.WARNING):
         assert graph_strategy(ens, None) == "soft"
@@ -398,7 +400,7 @@ def test_cli_choices_mirror_their_modules():
     from ensemble.config import Config, MemberConfig
 
     assert cli.PRECISIONS == prec.PRECISIONS
-    assert cli.FORMATS == export.FORMATS and cli.GRAPH_STRATEGIES == export.GRAPH_STRATEGIES
+    assert cli.FORMATS == export.FORMATS
     assert get_args(get_type_hints(Config)["precision"]) == prec.PRECISIONS
     member = [a for a in get_args(get_type_hints(MemberConfig)["precision"]) if a is not type(None)]
     assert len(member) == 1 and get_args(member[0]) == prec.PRECISIONS

@@ -10,7 +10,7 @@ import yaml
 from safetensors.torch import load_file
 
 from ensemble.cli import main
-from ensemble.estimator import BaggedEnsemble
+from ensemble.runfolder import load_run
 from ensemble.images import decode_all
 from ensemble.data import load_folder
 
@@ -91,7 +91,7 @@ def test_report_files(trained):
 
 def test_loaded_run_predicts_what_the_report_says(trained, tiny_data):
     _, out = trained
-    ens = BaggedEnsemble.load_run(str(out))
+    ens = load_run(str(out))
     split = load_folder(tiny_data / "test")
     from ensemble.inference import decode_size
 
@@ -128,7 +128,7 @@ def test_tampered_member_file_is_refused(trained, tmp_path, caplog):
     arr = np.load(copy / "members/b/oob.npy")
     np.save(copy / "members/b/oob.npy", arr[:-1])
     with pytest.raises(Exception, match=r"members/b/oob.npy: contents do not match"):
-        BaggedEnsemble.load_run(str(copy))
+        load_run(str(copy))
 
 
 def test_same_seed_same_samples_and_weights(tiny_data, tmp_path):

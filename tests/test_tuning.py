@@ -118,9 +118,9 @@ def test_tune_resume_skips_finished_candidates(tuned, monkeypatch):
     calls = []
     real = tuning.evaluate_candidate
 
-    def counting(ctx, cand, epochs=None):
+    def counting(ctx, cand, *args):
         calls.append(cand.id)
-        return real(ctx, cand, epochs)
+        return real(ctx, cand, *args)
 
     monkeypatch.setattr(tuning, "evaluate_candidate", counting)
     assert main(["tune", str(path), "--out", str(out)]) == 0

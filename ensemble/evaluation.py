@@ -1,0 +1,68 @@
+"""Scores of members and strategies on labelled splits and out-of-bag: the one place the
+report, ``evaluate``, ``tune`` and the estimator's ``oob_score_`` take their figures from.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from .combiners import oob_matrix
+from .metrics import classification_report
+
+
+def evaluate_split(member_proba: np.ndarray, y: np.ndarray, combiner,
+                   strategies: Sequence[str] | None = None) -> dict[str, dict]:
+    """Metrics of every member and every strategy (default: all the combiner has) on one split.
+
+    ``member_proba`` is (members, samples, classes) before calibration; each entry also
+    keeps its predictions and probabilities under ``_pred``/``_proba``, and whether those
+    are probabilities (not vote shares) under ``_probabilities`` (not written to JSON).
+    """
+    classes = combiner.classes
+    calibrated = combiner.calibrate(member_proba)
+    out = {}
+    for name, proba in zip(combiner.member_names, calibrated):
+        pred = proba.argmax(axis=1)
+        out[name] = classification_report(y, pred, proba, classes) | {"_pred": pred, "_proba": proba,
+                                                                       "_probabilities": True}
+    for strategy in strategies or combiner.available():
+        pred, proba = combiner.apply(calibrated, strategy, calibrated=True)
+        out[strategy] = classification_report(y, pred, proba, classes) | {
+            "_pred": pred, "_proba": proba, "_probabilities": combiner.get(strategy).probabilities}
+    return out
+
+
+def oob_report(combiner, y: np.ndarray, oob_indices: Sequence[np.ndarray],
+               oob_proba: Sequence[np.ndarray]) -> dict:
+    """Each member on its OOB images and each strategy's OOB vote.
+
+    An image is voted on only by the members that left it out (see each strategy's
+    ``apply_oob``). Returns ``members`` -> name -> metrics or None, ``strategies`` ->
+    name -> metrics or None, ``n_covered``, ``n_excluded`` (images every member saw).
+    """
+    classes = combiner.classes
+    y = np.asarray(y)
+    n = len(y)
+    calibrated = [combiner.calibrate(p[None])[0] if len(p) else p for p in oob_proba]
+    full, available = oob_matrix(list(oob_indices), calibrated, n, len(classes))
+    out: dict = {"members": {}, "strategies": {}}
+    for name, idx, proba in zip(combiner.member_names, oob_indices, calibrated):
+        out["members"][name] = (classification_report(y[idx], proba.argmax(1), proba, classes)
+                                if len(idx) else None)
+    n_covered = int(available.any(axis=0).sum())
+    for name in combiner.available():
+        if not n_covered:
+            out["strategies"][name] = None
+            continue
+        covered, pred, proba = combiner.get(name).apply_oob(full, available)
+        out["strategies"][name] = classification_report(y[covered], pred, proba, classes)
+    out["n_covered"] = n_covered
+    out["n_excluded"] = int(n - n_covered)
+    return out
+
+
+def oob_score(report: dict, strategy: str, metric: str = "macro_f1") -> float:
+    """One figure from :func:`oob_report`: ``strategy``'s OOB ``metric`` (nan without OOB images)."""
+    got = report["strategies"].get(strategy)
+    return float("nan") if got is None else float(got[metric])

@@ -1,0 +1,110 @@
+"""Files effens writes: atomic writes, strict reads, SHA-256 hashes.
+
+Everything is written to a temporary file in the target folder, flushed, fsynced and
+renamed into place, so a kill never leaves a half-written file behind. Tensors go to
+safetensors, arrays to ``.npy`` (read back with ``allow_pickle=False``), the rest to JSON.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class RunError(ValueError):
+    """A run folder is inconsistent: a changed config, a tampered or missing file."""
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def atomic_write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array), allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def atomic_write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -> None:
+    from safetensors.torch import save
+
+    clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write_bytes(path, save(clean, metadata=metadata))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def read_npy(path: str | os.PathLike) -> np.ndarray:
+    return np.load(path, allow_pickle=False)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_json(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def check_hashes(folder: Path, hashes: dict[str, str], record: str) -> None:
+    """Refuse the first file in ``folder`` that is missing or differs from its recorded hash."""
+    for fname, digest in hashes.items():
+        path = folder / fname
+        if not path.is_file():
+            raise RunError(f"{path}: recorded in {record} but missing")
+        if sha256_file(path) != digest:
+            raise RunError(f"{path}: contents do not match the hash recorded when it was written "
+                           f"(modified or corrupted)")
+
+
+def write_files(folder: str | os.PathLike, files: dict[str, bytes | str | Any]) -> None:
+    """Write several files atomically: bytes as they are, text as UTF-8, the rest as JSON."""
+    folder = Path(folder)
+    for name, data in files.items():
+        if isinstance(data, bytes):
+            atomic_write_bytes(folder / name, data)
+        elif isinstance(data, str):
+            atomic_write_text(folder / name, data)
+        else:
+            atomic_write_json(folder / name, data)

@@ -1,0 +1,127 @@
+"""One member's job: seed, build, train, predict its OOB images; in process or in a worker.
+
+:class:`TrainingData` (what every member shares) and :class:`MemberJob` (what one member
+does) replace long argument lists; :func:`fit_member` is what ``train`` and ``tune``
+both run, through :meth:`ensemble.estimator.BaggedEnsemble.fit`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from . import __version__
+from .metrics import selection_scores
+from .parallel import torch_threads
+from .schema import to_dict
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainingData:
+    """Decoded images and labels every member of one fit shares."""
+
+    images: Sequence[np.ndarray]
+    y: np.ndarray
+    val_images: Sequence[np.ndarray]
+    val_y: np.ndarray
+    classes: list[str]
+
+
+@dataclasses.dataclass
+class MemberJob:
+    """One member's settings, sample and place to run."""
+
+    index: int
+    spec: Any                       # MemberConfig, precision filled in
+    seed: int                       # the ensemble's seed
+    sample: np.ndarray              # bootstrap indices into the training images
+    oob: np.ndarray                 # the indices it never drew
+    fingerprint: str                # identifies settings + data, for resume
+    device: str = "auto"
+    threads: int | None = None      # torch threads for this job (None: leave as is)
+
+    @property
+    def member_seed(self) -> int:
+        return member_seed(self.seed, self.index)
+
+
+def member_seed(seed: int, index: int) -> int:
+    """Torch seed of member ``index`` (independent of the bagging stream)."""
+    return int(np.random.SeedSequence([seed, index, 1]).generate_state(1)[0])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, Python's ``random`` and NumPy's global generator.
+
+    torch's drives the model's initialisation and dropout; the other two are seeded so
+    that no draw in a member's job depends on what ran before it in the process
+    (augmentation has its own per-item streams, :mod:`members.streams`).
+    """
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def versions() -> dict:
+    import timm
+
+    return {"effens": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def fit_member(job: MemberJob, data: TrainingData, store=None) -> dict:
+    """Train one member; returns its ``state_dict``, ``meta`` (member.json) and ``arrays``.
+
+    With ``store`` (see :class:`ensemble.runfolder.RunFolder`), epochs are checkpointed
+    there and the finished member is saved before this returns.
+    """
+    from members.models import create_member, pick_device
+    from members.precision import resolve_precision
+    from members.predictor import predict_proba
+    from members.trainer import TrainData, TrainRun, step_probe, train_member
+    from members.transforms import eval_tensor
+
+    spec, classes = job.spec, data.classes
+    with torch_threads(job.threads):
+        device = pick_device(job.device)
+        checkpoint = store.checkpoint(spec.name, job.fingerprint) if store is not None else None
+        mseed = job.member_seed
+        seed_everything(mseed)  # before the model is built: initialisation draws from it
+        member = create_member(spec, len(classes))
+        probe = step_probe(member, min(spec.train.batch_size, 8), member.inputs.image_size, device)
+        precision = resolve_precision(spec.precision or "auto", device, probe=probe)
+        del probe
+        log.info("member %s: precision %s (%s)", spec.name, precision.name, precision.reason)
+        k = len(classes)
+        train_data = TrainData(data.images, data.y, job.sample, eval_tensor(data.val_images, member.inputs),
+                               np.asarray(data.val_y))
+        run = TrainRun(spec.name, mseed, device, lambda y, p: selection_scores(y, p, k), precision, checkpoint)
+        result = train_member(member, spec.train, train_data, run)
+        oob = job.oob
+        oob_proba = (predict_proba(member.model, eval_tensor([data.images[i] for i in oob], member.inputs),
+                                   member.inputs, spec.train.eval_batch_size, device, precision=precision)
+                     if len(oob) else np.zeros((0, k)))
+    meta = {
+        "name": spec.name, "index": job.index, "architecture": spec.model, "weights": spec.weights,
+        "weights_file": member.weights_file, "num_classes": k, "classes": list(classes),
+        "inputs": dataclasses.asdict(member.inputs), "bagging": to_dict(spec.bagging),
+        "train": to_dict(spec.train), "seed": job.seed, "member_seed": mseed, "device": str(device),
+        "precision": result.precision,
+        "n_samples": int(len(job.sample)), "n_unique": int(len(np.unique(job.sample))), "n_oob": int(len(oob)),
+        "best_epoch": result.best_epoch, "history": result.history, "train_seconds": result.seconds,
+        "fingerprint": job.fingerprint, "versions": versions(),
+    }
+    arrays = {"samples": np.asarray(job.sample, dtype=np.int64), "oob": np.asarray(oob, dtype=np.int64),
+              "oob_proba": oob_proba.astype(np.float32)}
+    if store is not None:
+        meta = store.save_member(spec.name, result.state_dict, meta, arrays)
+        log.info("member %s saved (best epoch %d, %.0f s)", spec.name, result.best_epoch, result.seconds)
+    return {"state_dict": result.state_dict, "meta": meta, "arrays": arrays}

@@ -1,0 +1,334 @@
+"""The run folder: the only code that knows its layout and reads or writes it.
+
+::
+
+    RUN/config.yaml          the resolved config          RUN/classes.json
+    RUN/members/<name>/      model.safetensors, samples.npy, oob.npy, oob_proba.npy,
+                             member.json (with the SHA-256 of each: the commit point),
+                             checkpoint.safetensors + checkpoint.json while training
+    RUN/predictions/         <split>_proba.npy, <split>_labels.npy, <split>_paths.json,
+                             train_labels.npy, hashes.json
+    RUN/combiner/            combiner.json, <strategy>_<array>.npy, hashes.json
+    RUN/report/              what :mod:`ensemble.report` renders
+    RUN/cache/onnx/          members exported for the OpenVINO / ONNX Runtime runtimes
+
+Every file is written atomically; everything a prediction depends on is hash-checked
+when read back. :class:`RunFolder` is also the ``store`` that
+:meth:`ensemble.estimator.BaggedEnsemble.fit` saves members into and resumes from.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .files import (RunError, atomic_write_bytes, atomic_write_json, atomic_write_npy, atomic_write_safetensors,
+                    atomic_write_text, check_hashes, read_json, read_npy, sha256_file, sha256_json, write_files)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RunError", "RunFolder", "MemberCheckpoint", "load_run"]
+
+
+class MemberCheckpoint:
+    """One member's epoch checkpoint (a :class:`members.checkpoint.Checkpointer`), valid
+    only for ``fingerprint``: tensors in ``checkpoint.safetensors``, the rest and the
+    tensors' SHA-256 in ``checkpoint.json``, written last as the commit point."""
+
+    def __init__(self, folder: str | os.PathLike, fingerprint: str) -> None:
+        self.folder = Path(folder)
+        self.fingerprint = fingerprint
+
+    @property
+    def where(self) -> str:
+        return str(self.json_path)
+
+    @property
+    def tensors_path(self) -> Path:
+        return self.folder / "checkpoint.safetensors"
+
+    @property
+    def json_path(self) -> Path:
+        return self.folder / "checkpoint.json"
+
+    def save(self, tensors: dict, doc: dict) -> None:
+        atomic_write_safetensors(self.tensors_path, tensors)
+        atomic_write_json(self.json_path, {"fingerprint": self.fingerprint, **doc,
+                                           "sha256": sha256_file(self.tensors_path)})
+
+    def load(self) -> tuple[dict, dict] | None:
+        """(tensors, document) if a checkpoint exists, is intact and has this fingerprint."""
+        from safetensors.torch import load_file
+
+        if not self.json_path.is_file() or not self.tensors_path.is_file():
+            return None
+        doc = read_json(self.json_path)
+        if doc.get("fingerprint") != self.fingerprint:
+            log.warning("%s belongs to other settings or data: starting this member afresh", self.json_path)
+            return None
+        if sha256_file(self.tensors_path) != doc.get("sha256"):
+            log.warning("%s does not match its recorded hash: starting this member afresh", self.tensors_path)
+            return None
+        return load_file(str(self.tensors_path), device="cpu"), doc
+
+    def clear(self) -> None:
+        for p in (self.json_path, self.tensors_path):
+            p.unlink(missing_ok=True)
+
+
+class RunFolder:
+    """Paths and records of one run."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.config_path = self.root / "config.yaml"
+        self.classes_path = self.root / "classes.json"
+        self.report_dir = self.root / "report"
+        self.predictions_dir = self.root / "predictions"
+        self.combiner_dir = self.root / "combiner"
+
+    def member_dir(self, name: str) -> Path:
+        return self.root / "members" / name
+
+    # ---------------------------------------------------------------- config and classes
+    def open_for_training(self, cfg, restart: bool) -> "RunFolder":
+        """Create or reopen the folder for ``cfg``; refuse a changed config unless ``restart``."""
+        import yaml
+
+        from .config import ConfigError, config_from_dict, config_to_dict, dump_config
+
+        if self.config_path.is_file():
+            old = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+            try:  # fill keys a newer effens added with their defaults, so they do not count as changes
+                old = config_to_dict(config_from_dict(old, source=str(self.config_path)))
+            except ConfigError:
+                pass
+            changed = [k for k in config_changes(old, config_to_dict(cfg))
+                       if not k.startswith(("combiner.", "tune.", "parallel."))]
+            if changed and not restart:
+                raise RunError(f"{self.root} holds a run with a different config (changed: "
+                               f"{', '.join(changed[:10])}); use another --out, or --restart to start over")
+            if changed:
+                log.warning("--restart: discarding the previous run in %s (changed: %s)", self.root,
+                            ", ".join(changed[:10]))
+                for sub in ("members", "report", "predictions", "combiner"):
+                    shutil.rmtree(self.root / sub, ignore_errors=True)
+            elif any((self.root / "members").glob("*/member.json")):
+                log.info("resuming the run in %s", self.root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.config_path, dump_config(cfg))
+        return self
+
+    def write_config(self, cfg) -> None:
+        from .config import dump_config
+
+        atomic_write_text(self.config_path, dump_config(cfg))
+
+    def read_config(self, overrides: list[str] | None = None):
+        from .config import load_config
+
+        if not self.config_path.is_file():
+            raise RunError(f"{self.root}: not a run folder (config.yaml missing)")
+        return load_config(self.config_path, overrides)
+
+    def save_classes(self, classes: list[str]) -> None:
+        if self.classes_path.is_file() and read_json(self.classes_path) != classes:
+            raise RunError(f"{self.classes_path}: the run's classes {read_json(self.classes_path)} differ "
+                           f"from the data's {classes}; use --restart")
+        atomic_write_json(self.classes_path, classes)
+
+    # ---------------------------------------------------------------- members (the estimator's store)
+    def checkpoint(self, name: str, fingerprint: str) -> MemberCheckpoint:
+        return MemberCheckpoint(self.member_dir(name), fingerprint)
+
+    def finished_member(self, name: str, fingerprint: str) -> dict | None:
+        """The member's ``state_dict``, ``meta`` and ``arrays`` if it finished with this
+        fingerprint (files hash-checked), else None."""
+        meta_path = self.member_dir(name) / "member.json"
+        if not meta_path.is_file() or read_json(meta_path).get("fingerprint") != fingerprint:
+            return None
+        state, meta, arrays = self.load_member(name)
+        return {"state_dict": state, "meta": meta, "arrays": arrays}
+
+    def save_member(self, name: str, state_dict: dict, meta: dict, arrays: dict[str, np.ndarray]) -> dict:
+        """Write a member's files, then ``member.json`` with their hashes (the commit point),
+        then drop its epoch checkpoint; returns the meta as written."""
+        d = self.member_dir(name)
+        atomic_write_safetensors(d / "model.safetensors", state_dict)
+        for key, arr in arrays.items():
+            atomic_write_npy(d / f"{key}.npy", arr)
+        files = ["model.safetensors", *(f"{k}.npy" for k in arrays)]
+        meta = dict(meta, files={f: sha256_file(d / f) for f in files})
+        atomic_write_json(d / "member.json", meta)
+        MemberCheckpoint(d, "").clear()
+        return meta
+
+    def load_member(self, name: str) -> tuple[dict, dict, dict[str, np.ndarray]]:
+        """(state dict, member.json, arrays), after checking the hashes."""
+        from safetensors.torch import load_file
+
+        d = self.member_dir(name)
+        if not (d / "member.json").is_file():
+            raise RunError(f"{d}: no finished member here (member.json missing)")
+        meta = read_json(d / "member.json")
+        check_hashes(d, meta.get("files", {}), "member.json")
+        state = load_file(str(d / "model.safetensors"), device="cpu")
+        arrays = {f[:-4]: read_npy(d / f) for f in meta["files"] if f.endswith(".npy")}
+        return state, meta, arrays
+
+    # ---------------------------------------------------------------- predictions
+    def save_predictions(self, split: str, paths: list[str], y: np.ndarray, member_proba: np.ndarray) -> None:
+        """Cache a split's member probabilities so combiners and reports never re-run a network."""
+        d = self.predictions_dir
+        atomic_write_npy(d / f"{split}_proba.npy", member_proba.astype(np.float64))
+        atomic_write_npy(d / f"{split}_labels.npy", np.asarray(y, dtype=np.int64))
+        atomic_write_json(d / f"{split}_paths.json", list(paths))
+
+    def save_train_labels(self, y: np.ndarray) -> None:
+        atomic_write_npy(self.predictions_dir / "train_labels.npy", np.asarray(y, dtype=np.int64))
+
+    def load_predictions(self, split: str) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+        d = self.predictions_dir
+        if not (d / f"{split}_proba.npy").is_file():
+            return None
+        return (read_json(d / f"{split}_paths.json"), read_npy(d / f"{split}_labels.npy"),
+                read_npy(d / f"{split}_proba.npy"))
+
+    # ---------------------------------------------------------------- combiner
+    def save_combiner(self, combiner) -> None:
+        """combiner.json + one ``.npy`` per strategy array, sealed."""
+        doc, arrays = combiner.state()
+        for key, arr in arrays.items():
+            atomic_write_npy(self.combiner_dir / f"{key}.npy", arr)
+        atomic_write_json(self.combiner_dir / "combiner.json", doc)
+        self.seal("combiner")
+
+    def load_combiner(self):
+        from .strategies import Combiner
+
+        self.verify("combiner")
+        d = self.combiner_dir
+        arrays = {p.stem: read_npy(p) for p in d.glob("*.npy")}
+        try:
+            return Combiner.from_state(read_json(d / "combiner.json"), arrays)
+        except (KeyError, ValueError) as exc:
+            raise RunError(f"{d / 'combiner.json'}: {exc}") from None
+
+    # ---------------------------------------------------------------- report
+    def write_report(self, files: dict) -> Path:
+        write_files(self.report_dir, files)
+        return self.report_dir
+
+    def read_metrics(self) -> dict:
+        path = self.report_dir / "metrics.json"
+        return read_json(path) if path.is_file() else {}
+
+    # ---------------------------------------------------------------- hashes
+    def seal(self, subdir: str) -> None:
+        """Record the SHA-256 of every file in ``subdir`` (``hashes.json``, written last)."""
+        d = self.root / subdir
+        files = sorted(p.name for p in d.iterdir() if p.is_file() and p.name != "hashes.json"
+                       and not p.name.startswith("."))
+        atomic_write_json(d / "hashes.json", {f: sha256_file(d / f) for f in files})
+
+    def verify(self, subdir: str) -> None:
+        """Refuse a sealed folder whose files changed, naming the first bad file."""
+        d = self.root / subdir
+        if not (d / "hashes.json").is_file():
+            raise RunError(f"{d}: no hashes.json (unfinished or not an effens run folder)")
+        check_hashes(d, read_json(d / "hashes.json"), "hashes.json")
+
+    # ---------------------------------------------------------------- runtime cache
+    def member_onnx(self, fm) -> Path:
+        """The member's ONNX file for the runtimes (uint8 input, normalisation inside),
+        exported once and cached in ``cache/onnx/``.
+
+        The cache record keys the file by the member's weights hash and the exporter's
+        versions; a file whose bytes differ from its record is refused, naming it. A run
+        folder that cannot be written to gets a per-process temporary export instead.
+        """
+        from members.export import export_member_onnx, exporter_versions, temporary_onnx
+
+        from . import __version__
+
+        folder = self.root / "cache" / "onnx"
+        if not _writable(folder):
+            log.info("%s is not writable: caching exported members in a temporary folder", folder)
+            return temporary_onnx(fm.model, fm.inputs, fm.name, owner=str(self.root))
+        key = sha256_json({"weights": fm.meta.get("files", {}).get("model.safetensors"),
+                           "image_size": fm.inputs.image_size, "input": "uint8",
+                           "mean": list(fm.inputs.mean), "std": list(fm.inputs.std), "effens": __version__,
+                           **exporter_versions()})
+        path, record = folder / f"{fm.name}.onnx", folder / f"{fm.name}.json"
+        if path.is_file() and record.is_file():
+            rec = read_json(record)
+            if rec.get("key") == key:
+                if sha256_file(path) != rec.get("sha256"):
+                    raise RunError(f"{path}: contents do not match the hash recorded when it was written "
+                                   f"(modified or corrupted); delete {folder} to rebuild the cache")
+                return path
+        data = export_member_onnx(fm.model, fm.inputs.image_size, fm.name, inputs=fm.inputs)
+        atomic_write_bytes(path, data)
+        atomic_write_json(record, {"key": key, "sha256": sha256_file(path), "member": fm.name,
+                                   "effens": __version__, **exporter_versions()})
+        log.info("member %s exported to %s (%.1f MB)", fm.name, path, len(data) / 1e6)
+        return path
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+        return True
+    except OSError:
+        return False
+
+
+def _flatten(obj, prefix: str = "") -> dict:
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(obj, list) and obj and all(isinstance(v, dict) for v in obj):
+        out = {}
+        for i, v in enumerate(obj):
+            out.update(_flatten(v, f"{prefix}.{i}"))
+        return out
+    return {prefix: obj}
+
+
+def config_changes(old: dict, new: dict) -> list[str]:
+    """Key paths whose values differ between two config dicts."""
+    a, b = _flatten(old), _flatten(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
+
+
+def load_run(root: str | os.PathLike):
+    """A fitted :class:`~ensemble.estimator.BaggedEnsemble` from a finished run folder
+    (every file hash-checked, no pickles)."""
+    from .estimator import BaggedEnsemble, FittedMember, _restore, _with_precision
+
+    run = RunFolder(root)
+    cfg = run.read_config()
+    ens = BaggedEnsemble(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.parallel, cfg.precision, cfg.runtime)
+    ens.run_dir_ = str(run.root)
+    ens.onnx_cache_ = run.member_onnx
+    ens.specs_ = _with_precision(cfg.members, cfg.precision)
+    members, samples, oob_proba = [], [], []
+    for spec in cfg.members:
+        state, meta, arrays = run.load_member(spec.name)
+        members.append(FittedMember(spec.name, *_restore(spec, meta, state), meta))
+        samples.append(arrays["samples"])
+        oob_proba.append(arrays["oob_proba"])
+    run.verify("predictions")
+    combiner = run.load_combiner()
+    pred = run.predictions_dir
+    ens._set_fitted(read_json(run.classes_path), members, samples, oob_proba, read_npy(pred / "train_labels.npy"),
+                    read_npy(pred / "val_proba.npy"), read_npy(pred / "val_labels.npy"), combiner=combiner)
+    return ens

@@ -1,0 +1,419 @@
+"""Combiner strategies: a registry, one class per strategy, and the fitted combiner.
+
+A strategy turns member probabilities (members, samples, classes) into ensemble
+predictions and probabilities. Each one is a :class:`Strategy` subclass registered with
+``@register``; everything else (the config's allowed values, the CLI's choices, OOB
+scoring, the report, the ensemble graph of ``effens export``) reads this registry, so a
+new strategy is one class here (or in your own module) plus its test::
+
+    @register
+    class MostConfident(Strategy):      # trust the surest member on each image
+        name = "most-confident"
+
+        def apply(self, proba):
+            best = proba.max(axis=2).argmax(axis=0)          # (samples,)
+            p = proba[best, np.arange(proba.shape[1])]
+            return p.argmax(axis=1), p
+
+A strategy that learns something says where from (``source``: ``val`` or ``oob``) and
+overrides :meth:`Strategy.fit`; its fitted state ends in an underscore and is saved by
+:meth:`Strategy.state` / restored by :meth:`Strategy.from_state` (JSON + ``.npy``).
+This module is numpy-only (scipy / scikit-learn load only when fitting), so the command
+line can read the registry without loading torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from .files import RunError
+from .combiners import (fit_stacking, fit_temperature, fit_weights, hard_vote, impute_missing, masked_vote,
+                        oob_matrix, soft_vote, stacking_proba, temperature_scale, vote_shares)
+
+log = logging.getLogger(__name__)
+
+STRATEGIES: dict[str, type["Strategy"]] = {}
+
+
+def register(cls: type["Strategy"]) -> type["Strategy"]:
+    """Class decorator: make a strategy available by its ``name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} needs a `name`")
+    STRATEGIES[cls.name] = cls
+    return cls
+
+
+def strategy_names() -> tuple[str, ...]:
+    return tuple(STRATEGIES)
+
+
+def graph_strategies() -> tuple[str, ...]:
+    """Registered strategies with a one-graph form (:meth:`Strategy.graph`) for ``effens export``."""
+    return tuple(n for n, cls in STRATEGIES.items() if cls.graph is not Strategy.graph)
+
+
+def strategy_class(name: str) -> type["Strategy"]:
+    if name not in STRATEGIES:
+        raise ValueError(f"`strategy` must be one of {', '.join(STRATEGIES)}; got {name!r}")
+    return STRATEGIES[name]
+
+
+@dataclasses.dataclass
+class FitData:
+    """What strategies may be fitted on: validation probabilities, and OOB probabilities
+    with the ``available`` (members, samples) mask of members that left each image out."""
+
+    val_proba: np.ndarray
+    val_y: np.ndarray
+    oob_proba: np.ndarray
+    oob_y: np.ndarray
+    oob_available: np.ndarray
+
+    @classmethod
+    def from_oob_lists(cls, val_proba: np.ndarray, val_y: np.ndarray, oob_indices: Sequence[np.ndarray],
+                       oob_proba: Sequence[np.ndarray], y_train: np.ndarray) -> "FitData":
+        full, available = oob_matrix(list(oob_indices), list(oob_proba), len(y_train), val_proba.shape[2])
+        return cls(np.asarray(val_proba, dtype=np.float64), np.asarray(val_y), full, np.asarray(y_train),
+                   available)
+
+    @property
+    def has_oob(self) -> bool:
+        return bool(self.oob_available.any())
+
+    def source(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
+        """(proba, y, available or None, the source actually used) for ``val`` or ``oob``."""
+        if name == "oob" and self.has_oob:
+            return self.oob_proba, self.oob_y, self.oob_available, "oob"
+        if name == "oob":
+            log.warning("no member left any training image out (ratio 1 without replacement): "
+                        "fitting the combiner on validation probabilities instead")
+        return self.val_proba, self.val_y, None, "val"
+
+
+class Strategy:
+    """One way to combine members. Subclasses set ``name`` and override :meth:`apply`.
+
+    Hooks (all optional but ``apply``): :meth:`fit` learns from probabilities;
+    :meth:`apply_oob` combines only the members that left each image out (default: the
+    weighted vote over them); :meth:`state` / :meth:`from_state` persist fitted state;
+    :meth:`summary` and :meth:`describe` feed the report; :meth:`graph` gives the one-graph
+    form used by ``effens export`` (``None``: none).
+    """
+
+    name: ClassVar[str] = ""
+    #: False when :meth:`apply` returns vote shares rather than probabilities
+    probabilities: ClassVar[bool] = True
+    #: the ``combiner`` setting naming where this strategy is fitted (None: nothing to fit)
+    source_key: ClassVar[str | None] = None
+
+    def __init__(self, settings: Any = None, seed: int = 0) -> None:
+        self.settings = settings
+        self.seed = seed
+
+    # ---- fitting
+    @property
+    def source(self) -> str | None:
+        """``val`` or ``oob``: where :meth:`fit` takes its data from (None: not fitted)."""
+        return None if self.source_key is None else _get(self.settings, self.source_key)
+
+    def fit(self, proba: np.ndarray, y: np.ndarray, available: np.ndarray | None = None,
+            n_classes: int | None = None) -> "Strategy":
+        """Learn from member probabilities; ``available`` masks members per image (OOB)."""
+        return self
+
+    # ---- applying
+    def apply(self, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(predictions, ensemble probabilities) for (members, samples, classes)."""
+        raise NotImplementedError
+
+    def weights(self) -> np.ndarray | None:
+        """Per-member weights of the vote (None: equal), used by the default :meth:`apply_oob`."""
+        return None
+
+    def apply_oob(self, proba: np.ndarray, available: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(covered indices, predictions, probabilities) voting only with available members."""
+        def vote(p: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return self._with_weights(w).apply(p)
+        return masked_vote(proba, available, vote, self.weights())
+
+    def _with_weights(self, w: np.ndarray) -> "Strategy":
+        return self
+
+    # ---- files and report
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """JSON-able fitted state and named arrays (saved as ``<name>_<key>.npy``)."""
+        return {}, {}
+
+    @classmethod
+    def from_state(cls, doc: dict, arrays: dict[str, np.ndarray]) -> "Strategy":
+        obj = cls()
+        obj._load(doc, arrays)
+        return obj
+
+    def _load(self, doc: dict, arrays: dict[str, np.ndarray]) -> None:
+        pass
+
+    def summary(self, member_names: Sequence[str]) -> dict:
+        """Keys for ``metrics.json``'s ``combiner`` section."""
+        return {}
+
+    def describe(self, member_names: Sequence[str]) -> str:
+        """One sentence for the report (empty: nothing to say)."""
+        return ""
+
+    def graph(self) -> tuple[str, dict] | None:
+        """(``mean``, {weights}) or (``stacking``, {coef, intercept}) for ``ensemble.onnx``."""
+        return None
+
+
+def _get(settings: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        settings = getattr(settings, part)
+    return settings
+
+
+def _config_weights(settings: Any) -> list[float] | None:
+    w = getattr(settings, "weights", None)
+    return list(map(float, w)) if isinstance(w, list) else None
+
+
+class _Vote(Strategy):
+    """Shared by the votes: weights given in the config (None = equal)."""
+
+    def __init__(self, settings: Any = None, seed: int = 0) -> None:
+        super().__init__(settings, seed)
+        self.weights_ = _config_weights(settings)
+
+    def weights(self) -> np.ndarray | None:
+        return None if self.weights_ is None else np.asarray(self.weights_, dtype=np.float64)
+
+    def _with_weights(self, w: np.ndarray) -> "Strategy":
+        twin = type(self)()
+        twin.__dict__.update(self.__dict__)
+        twin.weights_ = w
+        return twin
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        return {"weights": self.weights_}, {}
+
+    def _load(self, doc: dict, arrays: dict[str, np.ndarray]) -> None:
+        self.weights_ = doc.get("weights")
+
+    def summary(self, member_names: Sequence[str]) -> dict:
+        return {"vote_weights": self.weights_}
+
+
+@register
+class HardVote(_Vote):
+    """Majority vote (weighted by the config's weights); ties go to the higher mean probability."""
+
+    name = "hard"
+    probabilities = False
+
+    def apply(self, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return hard_vote(proba, self.weights_), vote_shares(proba, self.weights_)
+
+
+@register
+class SoftVote(_Vote):
+    """Mean of the member probabilities (weighted by the config's weights)."""
+
+    name = "soft"
+
+    def apply(self, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p = soft_vote(proba, self.weights_)
+        return p.argmax(axis=1), p
+
+    def graph(self) -> tuple[str, dict] | None:
+        return "mean", {"weights": self.weights_}
+
+
+@register
+class WeightedVote(SoftVote):
+    """Soft vote with weights given in the config or learned (minimum log loss on ``weights_source``)."""
+
+    name = "weighted"
+    source_key = "weights_source"
+
+    def __init__(self, settings: Any = None, seed: int = 0) -> None:
+        super().__init__(settings, seed)
+        self.source_ = None
+
+    def fit(self, proba: np.ndarray, y: np.ndarray, available: np.ndarray | None = None,
+            n_classes: int | None = None) -> "Strategy":
+        w = _config_weights(self.settings)
+        if w is not None:
+            self.weights_, self.source_ = list(map(float, np.asarray(w) / np.sum(w))), "config"
+        else:
+            self.weights_ = fit_weights(proba, y, available).tolist()
+        return self
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        return {"weights": self.weights_, "source": self.source_}, {}
+
+    def _load(self, doc: dict, arrays: dict[str, np.ndarray]) -> None:
+        self.weights_, self.source_ = doc["weights"], doc.get("source")
+
+    def summary(self, member_names: Sequence[str]) -> dict:
+        return {"learned_weights": dict(zip(member_names, self.weights_)), "weights_source": self.source_}
+
+    def describe(self, member_names: Sequence[str]) -> str:
+        weights = ", ".join(f"{k} {v:.3f}" for k, v in zip(member_names, self.weights_))
+        return f"Learned weights ({self.source_}): {weights}."
+
+
+@register
+class Stacking(Strategy):
+    """Multinomial logistic regression on the members' log-probabilities (fitted on
+    ``stacking.source``); for OOB, members that saw an image are imputed with the mean of
+    those that did not."""
+
+    name = "stacking"
+    source_key = "stacking.source"
+
+    def __init__(self, settings: Any = None, seed: int = 0) -> None:
+        super().__init__(settings, seed)
+        self.coef_ = self.intercept_ = self.source_ = None
+        self.C_ = None if settings is None else float(settings.stacking.C)
+
+    def fit(self, proba: np.ndarray, y: np.ndarray, available: np.ndarray | None = None,
+            n_classes: int | None = None) -> "Strategy":
+        self.coef_, self.intercept_ = fit_stacking(proba, y, n_classes or proba.shape[2], self.C_,
+                                                   available, self.seed)
+        return self
+
+    def apply(self, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p = stacking_proba(proba, self.coef_, self.intercept_)
+        return p.argmax(axis=1), p
+
+    def apply_oob(self, proba: np.ndarray, available: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        covered = np.flatnonzero(np.asarray(available).any(axis=0))
+        pred, p = self.apply(impute_missing(proba[:, covered], available[:, covered]))
+        return covered, pred, p
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        doc = {"source": self.source_, "C": self.C_,
+               "features": "log(clip(p, 1e-6, 1)) of members in member_names order, classes in classes "
+                           "order; proba = softmax(X @ coef.T + intercept)"}
+        return doc, {"coef": self.coef_, "intercept": self.intercept_}
+
+    def _load(self, doc: dict, arrays: dict[str, np.ndarray]) -> None:
+        self.source_, self.C_ = doc.get("source"), doc.get("C")
+        self.coef_, self.intercept_ = arrays["coef"], arrays["intercept"]
+
+    def summary(self, member_names: Sequence[str]) -> dict:
+        return {"stacking_source": self.source_, "stacking_C": self.C_}
+
+    def describe(self, member_names: Sequence[str]) -> str:
+        return f"Stacking meta-learner fitted on {self.source_}."
+
+    def graph(self) -> tuple[str, dict] | None:
+        return "stacking", {"coef": self.coef_, "intercept": self.intercept_}
+
+
+# ---------------------------------------------------------------- the fitted combiner
+@dataclasses.dataclass
+class Combiner:
+    """Every fitted strategy of a run, its default, and the optional per-member temperatures."""
+
+    strategy: str
+    classes: list[str]
+    member_names: list[str]
+    strategies: dict[str, Strategy]
+    temperatures: list[float] | None = None
+
+    def calibrate(self, member_proba: np.ndarray) -> np.ndarray:
+        """Apply per-member temperatures (identity when not calibrated)."""
+        if not self.temperatures:
+            return np.asarray(member_proba, dtype=np.float64)
+        return np.stack([temperature_scale(p, t) for p, t in zip(member_proba, self.temperatures)])
+
+    def available(self) -> list[str]:
+        return list(self.strategies)
+
+    def get(self, strategy: str | None = None) -> Strategy:
+        name = strategy or self.strategy
+        if name not in self.strategies:
+            raise RunError(f"strategy {name!r} is not available in this run "
+                             f"({', '.join(self.strategies)}); run `effens fit-combiner`")
+        return self.strategies[name]
+
+    def apply(self, member_proba: np.ndarray, strategy: str | None = None,
+              calibrated: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(predictions, probabilities) of ``strategy`` (default: the run's)."""
+        p = member_proba if calibrated else self.calibrate(member_proba)
+        return self.get(strategy).apply(p)
+
+    def summary(self) -> dict:
+        """``metrics.json``'s ``combiner`` section."""
+        out: dict = {}
+        for s in self.strategies.values():
+            out.update(s.summary(self.member_names))
+        out["temperatures"] = dict(zip(self.member_names, self.temperatures)) if self.temperatures else None
+        out["notes"] = [t for t in (s.describe(self.member_names) for s in self.strategies.values()) if t]
+        out["fitted_on_val"] = sorted(n for n, s in self.strategies.items() if getattr(s, "source_", None) == "val")
+        return out
+
+    # files: see ensemble.runfolder (the only code that writes them)
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        doc: dict = {"format": 2, "strategy": self.strategy, "classes": self.classes,
+                     "member_names": self.member_names, "temperatures": self.temperatures, "strategies": {}}
+        arrays: dict[str, np.ndarray] = {}
+        for name, s in self.strategies.items():
+            sdoc, sarr = s.state()
+            doc["strategies"][name] = dict(sdoc, arrays=sorted(sarr))
+            arrays.update({f"{name}_{k}": v for k, v in sarr.items()})
+        return doc, arrays
+
+    @classmethod
+    def from_state(cls, doc: dict, arrays: dict[str, np.ndarray]) -> "Combiner":
+        doc = _upgrade(doc)
+        strategies = {}
+        for name, sdoc in doc["strategies"].items():
+            if name not in STRATEGIES:
+                raise ValueError(f"combiner.json names strategy {name!r}, which this effens does not have")
+            own = {k: arrays[f"{name}_{k}"] for k in sdoc.get("arrays", [])}
+            strategies[name] = STRATEGIES[name].from_state(sdoc, own)
+        return cls(doc["strategy"], list(doc["classes"]), list(doc["member_names"]), strategies,
+                   doc.get("temperatures"))
+
+
+def _upgrade(doc: dict) -> dict:
+    """A combiner.json written before the strategy registry, in today's form."""
+    if "strategies" in doc:
+        return doc
+    strategies = {"hard": {"weights": doc.get("vote_weights")}, "soft": {"weights": doc.get("vote_weights")},
+                  "weighted": {"weights": doc.get("learned_weights"), "source": doc.get("weights_source")}}
+    if doc.get("stacking_source"):
+        strategies["stacking"] = {"source": doc["stacking_source"], "C": doc.get("stacking_C"),
+                                  "arrays": ["coef", "intercept"]}
+    return {"strategy": doc["strategy"], "classes": doc["classes"], "member_names": doc["member_names"],
+            "temperatures": doc.get("temperatures"), "strategies": strategies}
+
+
+def fit_combiner(settings: Any, member_names: Sequence[str], classes: Sequence[str], data: FitData,
+                 seed: int = 0, only: Sequence[str] | None = None) -> Combiner:
+    """Fit temperatures (``settings.calibrate``) and every registered strategy (or ``only``
+    these) from member probabilities; ``settings`` is a :class:`~ensemble.config.CombinerConfig`."""
+    temperatures = None
+    if settings.calibrate:
+        temperatures = [fit_temperature(p, data.val_y) for p in data.val_proba]
+        oob = data.oob_proba.copy()
+        for j, t in enumerate(temperatures):
+            left_out = data.oob_available[j]
+            if left_out.any():
+                oob[j, left_out] = temperature_scale(oob[j, left_out], t)
+        val = np.stack([temperature_scale(p, t) for p, t in zip(data.val_proba, temperatures)])
+        data = dataclasses.replace(data, val_proba=val, oob_proba=oob)
+    fitted: dict[str, Strategy] = {}
+    for name in (only or STRATEGIES):
+        s = STRATEGIES[name](settings, seed)
+        if s.source is not None:
+            proba, y, available, actual = data.source(s.source)
+            s.fit(proba, y, available, n_classes=len(classes))
+            s.source_ = getattr(s, "source_", None) or actual
+        fitted[name] = s
+    return Combiner(settings.strategy, list(classes), list(member_names), fitted, temperatures)
