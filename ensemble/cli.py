@@ -140,6 +140,7 @@ def _parallel_overrides(args) -> list[str]:
 
 
 def cmd_train(args) -> int:
+    from .runfolder import RunFolder
     from .training import train_run
 
     overrides = list(args.overrides) + _parallel_overrides(args)
@@ -152,16 +153,21 @@ def cmd_train(args) -> int:
     from .report import format_table, summary_rows
 
     sys.stdout.write("\n" + format_table(summary_rows(doc)) + "\n")
-    sys.stdout.write(f"\nreport: {Path(args.out) / 'report' / 'report.md'}  "
+    sys.stdout.write(f"\nreport: {RunFolder(args.out).report_dir / 'report.md'}  "
                      f"({time.perf_counter() - t0:.0f} s)\n")
     return 0
+
+
+def _inference_options(args):
+    from .inference import InferenceOptions
+
+    return InferenceOptions(args.batch_size, args.device, args.tta, args.runtime, args.precision)
 
 
 def cmd_predict(args) -> int:
     from .inference import run_predict
 
-    summary = run_predict(args.run, args.inputs, args.out, args.strategy, args.batch_size,
-                          args.device, args.tta, args.runtime, args.precision)
+    summary = run_predict(args.run, args.inputs, args.out, args.strategy, _inference_options(args))
     inf = summary["inference"]
     sys.stdout.write(f"predicted {summary['n'] - summary['n_errors']} of {summary['n']} images "
                      f"({summary['strategy']}; {inf['runtime']} {'/'.join(sorted(set(inf['precision'])))}); "
@@ -173,8 +179,7 @@ def cmd_predict(args) -> int:
 def cmd_evaluate(args) -> int:
     from .inference import run_evaluate
 
-    doc = run_evaluate(args.run, args.data, args.out, args.strategy, args.batch_size, args.device,
-                       args.tta, args.runtime, args.precision)
+    doc = run_evaluate(args.run, args.data, args.out, args.strategy, _inference_options(args))
     sys.stdout.write("\n" + doc["_table"] + "\n")
     n_skip = len(doc["skipped_images"].get("eval", []))
     sys.stdout.write(f"\nreport: {Path(args.out) / 'report.md'}" +

@@ -80,6 +80,11 @@ def load_folder(root: str | os.PathLike) -> Split:
     return Split(paths, labels)
 
 
+def manifest_path(csv_path: str | os.PathLike, listed: str) -> str:
+    """A path listed in a CSV manifest: absolute as given, else relative to the CSV's folder."""
+    return listed if os.path.isabs(listed) else str((Path(csv_path).parent / listed).resolve())
+
+
 def load_csv(path: str | os.PathLike, path_column: str = "path",
              label_column: str = "label") -> Split:
     """A CSV manifest; relative paths resolve against the CSV's folder."""
@@ -94,14 +99,13 @@ def load_csv(path: str | os.PathLike, path_column: str = "path",
             raise DataError(f"{path}: missing column(s) {', '.join(missing_cols)}; "
                             f"columns are {', '.join(columns) or 'none'}")
         rows = [(r[path_column], r[label_column]) for r in reader]
-    base = path.parent
     paths, labels, problems = [], [], []
     seen: dict[str, int] = {}
     for line, (p, lab) in enumerate(rows, start=2):  # line 1 is the header
         if not p or not lab:
             problems.append(f"row {line}: empty path or label")
             continue
-        full = str((base / p).resolve()) if not os.path.isabs(p) else p
+        full = manifest_path(path, p)
         if full in seen:
             problems.append(f"row {line}: duplicate of row {seen[full]} ({p})")
             continue

@@ -2,23 +2,45 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
-import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numpy as np
+
 
 from .config import SplitSource
-from .data import DataError, check_labels, find_images, load_split
+from .data import DataError, check_labels, find_images, load_split, manifest_path
 from .estimator import BaggedEnsemble, images_fingerprint
 from .evaluation import evaluate_split
 from .files import atomic_write_json, atomic_write_npy, atomic_write_text, read_json, read_npy, sha256_json, write_files
 from .images import decode_all
 from .report import build_metrics, comparison_rows, format_table, render_report
-from .runfolder import load_run
+from .runfolder import load_run, weights_hash
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceOptions:
+    """How member probabilities are computed (defaults: the run's); ``predict`` and
+    ``evaluate`` take one of these instead of five separate arguments."""
+
+    batch_size: int | None = None     # images per inference step (default: each member's)
+    device: str | None = None         # auto, cpu, cuda, cuda:N
+    tta: bool = False                 # average with the horizontal mirror
+    runtime: str | None = None        # torch, openvino, onnxruntime, auto
+    precision: str | None = None      # auto, fp32, bf16, fp16
+
+    def member_proba(self, ens: BaggedEnsemble, images: Sequence[np.ndarray]) -> np.ndarray:
+        return ens.member_proba(images, **dataclasses.asdict(self))
+
+    def plan(self, ens: BaggedEnsemble) -> dict:
+        """The runtime and precision each member resolves to here (part of cache keys)."""
+        plan = ens.inference_plan(self.runtime, self.precision, self.device)
+        return {"runtime": plan[0][0], "precision": [p.name for _, p in plan]}
 
 
 def decode_size(ens: BaggedEnsemble) -> int:
@@ -45,8 +67,7 @@ def expand_inputs(inputs: Sequence[str], path_column: str = "path") -> list[str]
                 if path_column not in (reader.fieldnames or []):
                     raise DataError(f"{p}: no `{path_column}` column; columns are "
                                     f"{', '.join(reader.fieldnames or [])}")
-                out.extend(str((p.parent / r[path_column]).resolve()) if not os.path.isabs(r[path_column])
-                           else r[path_column] for r in reader)
+                out.extend(manifest_path(p, r[path_column]) for r in reader)
         else:
             out.append(str(p))
     return out
@@ -58,8 +79,7 @@ def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
 
 
 def predict_rows(ens: BaggedEnsemble, paths: Sequence[str], strategy: str | None = None,
-                 batch_size: int | None = None, device: str | None = None, tta: bool = False,
-                 chunk: int = 256, runtime: str | None = None, precision: str | None = None) -> list[dict]:
+                 options: InferenceOptions = InferenceOptions(), chunk: int = 256) -> list[dict]:
     """One row per path: prediction, class probabilities, each member's prediction, error."""
     classes = ens.classes_
     names = [fm.name for fm in ens.members_]
@@ -70,8 +90,7 @@ def predict_rows(ens: BaggedEnsemble, paths: Sequence[str], strategy: str | None
         reasons = dict(bad)
         ok = [i for i, a in enumerate(arrays) if a is not None]
         if ok:
-            member_proba = ens.member_proba([arrays[i] for i in ok], batch_size=batch_size,
-                                            tta=tta, device=device, runtime=runtime, precision=precision)
+            member_proba = options.member_proba(ens, [arrays[i] for i in ok])
             pred, proba = ens.combiner_.apply(member_proba, strategy)
             member_pred = member_proba.argmax(axis=2)
         results = {i: k for k, i in enumerate(ok)}
@@ -106,34 +125,25 @@ def write_rows(rows: list[dict], out: str | Path, columns: Sequence[str]) -> Non
 
 
 def run_predict(run_dir: str, inputs: Sequence[str], out: str, strategy: str | None = None,
-                batch_size: int | None = None, device: str | None = None, tta: bool = False,
-                runtime: str | None = None, precision: str | None = None) -> dict:
+                options: InferenceOptions = InferenceOptions()) -> dict:
     ens = load_run(run_dir)
     paths = expand_inputs(inputs)
     if not paths:
         raise DataError("no input images found")
-    rows = predict_rows(ens, paths, strategy, batch_size, device, tta, runtime=runtime, precision=precision)
+    rows = predict_rows(ens, paths, strategy, options)
     columns = ["path", "prediction", *ens.classes_, *(fm.name for fm in ens.members_), "error"]
     write_rows(rows, out, columns)
     n_bad = sum(1 for r in rows if r["error"])
     return {"n": len(rows), "n_errors": n_bad, "strategy": strategy or ens.combiner_.strategy,
-            "inference": _inference_key(ens, runtime, precision, device)}
-
-
-def _inference_key(ens: BaggedEnsemble, runtime: str | None, precision: str | None,
-                   device: str | None) -> dict:
-    """The runtime and precision each member resolves to here (part of the cache key)."""
-    plan = ens.inference_plan(runtime, precision, device)
-    return {"runtime": plan[0][0], "precision": [p.name for _, p in plan]}
+            "inference": options.plan(ens)}
 
 
 def _member_hashes(ens: BaggedEnsemble) -> list:
-    return [fm.meta["files"]["model.safetensors"] for fm in ens.members_]
+    return [weights_hash(fm.meta) for fm in ens.members_]
 
 
 def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all",
-                 batch_size: int | None = None, device: str | None = None, tta: bool = False,
-                 runtime: str | None = None, precision: str | None = None) -> dict:
+                 options: InferenceOptions = InferenceOptions()) -> dict:
     """Report every member and strategy on a labelled folder or CSV.
 
     Member probabilities are cached in ``out``; a later call on the same run, data and
@@ -145,7 +155,7 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
     check_labels(split, ens.classes_, "evaluation")
     out_dir = Path(out)
     key = {"data": images_fingerprint(split.paths, split.labels), "members": _member_hashes(ens),
-           "tta": tta, "inference": _inference_key(ens, runtime, precision, device)}
+           "tta": options.tta, "inference": options.plan(ens)}
     cache_json, cache_npy = out_dir / "member_proba.json", out_dir / "member_proba.npy"
     skipped: list = []
     if cache_json.is_file() and cache_npy.is_file() and read_json(cache_json).get("key") == sha256_json(key):
@@ -157,8 +167,7 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
         arrays, bad = decode_all(split.paths, decode_size(ens), on_bad="skip", desc="decode")
         keep = [i for i, a in enumerate(arrays) if a is not None]
         skipped = [{"path": p, "reason": r} for p, r in bad]
-        member_proba = ens.member_proba([arrays[i] for i in keep], batch_size=batch_size, tta=tta,
-                                        device=device, runtime=runtime, precision=precision)
+        member_proba = options.member_proba(ens, [arrays[i] for i in keep])
         atomic_write_npy(cache_npy, member_proba)
         atomic_write_json(cache_json, {"key": sha256_json(key), "kept": keep, "skipped": skipped,
                                        "paths": [split.paths[i] for i in keep]})
@@ -175,7 +184,7 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
                         strategy=strategies[0] if len(strategies) == 1 else None)
     doc["skipped_images"] = {"eval": skipped} if skipped else {}
     doc["data"] = str(data)
-    doc["inference"] = _inference_key(ens, runtime, precision, device)
+    doc["inference"] = options.plan(ens)
     md = "Skipped unreadable images:\n\n" + "\n".join(f"- {d['path']} ({d['reason']})" for d in skipped) \
         if skipped else ""
     write_files(out_dir, render_report(doc, results, {"eval": (split.paths, y)}, extra_md=md))

@@ -2,14 +2,16 @@
 
 Pure: :func:`build_metrics` and :func:`render_report` turn scores (from
 :mod:`ensemble.evaluation`) into file contents; the caller writes them (the run folder,
-or ``evaluate``'s output folder).
+or ``evaluate``'s output folder). A new figure is one function registered with
+``@split_figure`` (once per split) or ``@model_figure`` (per member and strategy).
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -169,6 +171,66 @@ def reliability_png(y: np.ndarray, curves: dict[str, np.ndarray], title: str, n_
     return png_bytes(fig)
 
 
+# ---------------------------------------------------------------- figures: one registered function each
+@dataclasses.dataclass
+class Attachment:
+    """A file the report writes and the Markdown that shows or links it."""
+
+    name: str
+    data: bytes | str
+    markdown: str
+
+
+@dataclasses.dataclass
+class SplitView:
+    """What a figure may draw from: one labelled split's scores (members and strategies)."""
+
+    split: str
+    results: dict[str, dict]          # who -> metrics with _pred, _proba, _probabilities
+    paths: Sequence[str]
+    y: np.ndarray
+    classes: list[str]
+
+
+SPLIT_FIGURES: list[Callable[[SplitView], Attachment]] = []
+MODEL_FIGURES: list[Callable[[SplitView, str], Attachment]] = []
+
+
+def split_figure(fn: Callable[[SplitView], Attachment]) -> Callable[[SplitView], Attachment]:
+    """Register a figure drawn once per split (shown under the split's table)."""
+    SPLIT_FIGURES.append(fn)
+    return fn
+
+
+def model_figure(fn: Callable[[SplitView, str], Attachment]) -> Callable[[SplitView, str], Attachment]:
+    """Register a figure drawn per member and strategy on each split (shown in its section)."""
+    MODEL_FIGURES.append(fn)
+    return fn
+
+
+@split_figure
+def reliability_figure(view: SplitView) -> Attachment:
+    rel = f"reliability_{view.split}.png"
+    curves = {who: m["_proba"] for who, m in view.results.items() if m["_probabilities"]}
+    return Attachment(rel, reliability_png(view.y, curves, f"reliability - {view.split}"),
+                      f"![reliability {view.split}]({rel})")
+
+
+@model_figure
+def confusion_figure(view: SplitView, who: str) -> Attachment:
+    png = f"confusion_{_slug(who)}_{view.split}.png"
+    cm = np.asarray(view.results[who]["confusion_matrix"])
+    return Attachment(png, heatmap_png(cm, view.classes, f"{who} - {view.split}"), f"![{who} {view.split}]({png})")
+
+
+@model_figure
+def misclassified_list(view: SplitView, who: str) -> Attachment:
+    mis = f"misclassified_{_slug(who)}_{view.split}.csv"
+    m = view.results[who]
+    return Attachment(mis, misclassified_csv(view.paths, view.y, m["_pred"], m["_proba"], view.classes),
+                      f"misclassified images: [{mis}]({mis})")
+
+
 def render_report(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[Sequence[str], np.ndarray]],
                   extra_md: str = "") -> dict[str, bytes | str | dict]:
     """File name -> contents: metrics.json, report.md, heatmaps, reliability diagrams and
@@ -191,18 +253,12 @@ def render_report(doc: dict, splits: dict[str, dict], split_data: dict[str, tupl
         md += [extra_md, ""]
     for split, results in splits.items():
         paths, y = split_data[split]
-        rel = f"reliability_{split}.png"
-        files[rel] = reliability_png(y, {who: m["_proba"] for who, m in results.items() if m["_probabilities"]},
-                                     f"reliability - {split}")
+        view = SplitView(split, results, paths, y, list(classes))
+        shown = [fig(view) for fig in SPLIT_FIGURES]
+        files.update({a.name: a.data for a in shown})
         md += [f"## {split}", "", format_table(comparison_rows(results), markdown=True), "",
-               f"![reliability {split}]({rel})", ""]
+               *(a.markdown for a in shown), ""]
         for who, metrics in results.items():
-            slug = _slug(who)
-            cm = np.asarray(metrics["confusion_matrix"])
-            png = f"confusion_{slug}_{split}.png"
-            files[png] = heatmap_png(cm, classes, f"{who} - {split}")
-            mis = f"misclassified_{slug}_{split}.csv"
-            files[mis] = misclassified_csv(paths, y, metrics["_pred"], metrics["_proba"], classes)
             md += [f"### {who}", "",
                    f"accuracy {metrics['accuracy']:.4f} · balanced accuracy "
                    f"{metrics['balanced_accuracy']:.4f} · macro-F1 {metrics['macro_f1']:.4f} · "
@@ -216,6 +272,8 @@ def render_report(doc: dict, splits: dict[str, dict], split_data: dict[str, tupl
                    "|---" * (len(classes) + 1) + "|"]
             md += [f"| {c} | " + " | ".join(str(v) for v in row) + " |"
                    for c, row in zip(classes, metrics["confusion_matrix"])]
-            md += ["", f"![{who} {split}]({png}) · misclassified images: [{mis}]({mis})", ""]
+            attached = [fig(view, who) for fig in MODEL_FIGURES]
+            files.update({a.name: a.data for a in attached})
+            md += ["", " · ".join(a.markdown for a in attached), ""]
     files["report.md"] = "\n".join(md) + "\n"
     return files

@@ -190,6 +190,10 @@ class RunFolder:
     def save_train_labels(self, y: np.ndarray) -> None:
         atomic_write_npy(self.predictions_dir / "train_labels.npy", np.asarray(y, dtype=np.int64))
 
+    def seal_predictions(self) -> None:
+        """Record the hashes of every cached prediction (after the last split is saved)."""
+        self.seal("predictions")
+
     def load_predictions(self, split: str) -> tuple[list[str], np.ndarray, np.ndarray] | None:
         d = self.predictions_dir
         if not (d / f"{split}_proba.npy").is_file():
@@ -258,7 +262,7 @@ class RunFolder:
         if not _writable(folder):
             log.info("%s is not writable: caching exported members in a temporary folder", folder)
             return temporary_onnx(fm.model, fm.inputs, fm.name, owner=str(self.root))
-        key = sha256_json({"weights": fm.meta.get("files", {}).get("model.safetensors"),
+        key = sha256_json({"weights": weights_hash(fm.meta),
                            "image_size": fm.inputs.image_size, "input": "uint8",
                            "mean": list(fm.inputs.mean), "std": list(fm.inputs.std), "effens": __version__,
                            **exporter_versions()})
@@ -276,6 +280,11 @@ class RunFolder:
                                    "effens": __version__, **exporter_versions()})
         log.info("member %s exported to %s (%.1f MB)", fm.name, path, len(data) / 1e6)
         return path
+
+
+def weights_hash(meta: dict) -> str | None:
+    """The SHA-256 of a member's weights file, as its member.json records it."""
+    return meta.get("files", {}).get("model.safetensors")
 
 
 def _writable(folder: Path) -> bool:

@@ -374,7 +374,7 @@ class Combiner:
         strategies = {}
         for name, sdoc in doc["strategies"].items():
             if name not in STRATEGIES:
-                raise ValueError(f"combiner.json names strategy {name!r}, which this effens does not have")
+                raise ValueError(f"names strategy {name!r}, which this effens does not have")
             own = {k: arrays[f"{name}_{k}"] for k in sdoc.get("arrays", [])}
             strategies[name] = STRATEGIES[name].from_state(sdoc, own)
         return cls(doc["strategy"], list(doc["classes"]), list(doc["member_names"]), strategies,

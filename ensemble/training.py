@@ -92,7 +92,7 @@ def train_run(config_path: str, out: str, overrides: list[str] | None = None,
     if test is not None:
         run.save_predictions("test", test.paths, test.encode(data.classes),
                              ens.member_proba(test_imgs, runtime="torch"))
-    run.seal("predictions")
+    run.seal_predictions()
     extra = {"skipped_images": {k: [{"path": p, "reason": r} for p, r in v] for k, v in bad.items() if v},
              "timing": {"decode_s": decode_s, "total_s": time.perf_counter() - t_start,
                         "members_train_s": {fm.name: fm.meta["train_seconds"] for fm in ens.members_}}}

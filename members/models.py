@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from .weights import WeightsError, load_weights
+from .weights import WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -116,21 +116,13 @@ def create_member(spec, num_classes: int, state: dict | None = None, inputs: dic
         saved = input_config(model, spec.image_size) if inputs is None else InputConfig(
             **{**inputs, "mean": tuple(inputs["mean"]), "std": tuple(inputs["std"])})
         return Member(model=model, inputs=saved, frozen=[], weights_file=None)
-    if spec.weights == "hub":
-        try:
-            model = timm.create_model(spec.model, pretrained=True, num_classes=num_classes, **kwargs)
-        except Exception as exc:  # network errors come in many types
-            raise WeightsError(
-                f"member {spec.name}: could not fetch pretrained {spec.model} from the hub "
-                f"({type(exc).__name__}: {exc}). Offline? Point `weights` at a local file or an "
-                f"installed weights package instead.") from None
-        weights_file = "hub"
-    else:
-        model = timm.create_model(spec.model, pretrained=False, num_classes=num_classes, **kwargs)
-        try:
-            weights_file = load_weights(model, spec.weights)
-        except WeightsError as exc:
-            raise WeightsError(f"member {spec.name}: {exc}") from None
+    from .weights import weights_source
+
+    try:
+        model, weights_file = weights_source(spec.weights).create(spec.model, spec.weights,
+                                                                  num_classes=num_classes, **kwargs)
+    except WeightsError as exc:
+        raise WeightsError(f"member {spec.name}: {exc}") from None
     if weights_file is not None:
         zero_head(model)
     frozen = frozen_modules(model, spec.train.freeze)

