@@ -45,6 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("inputs", nargs="+", help="image files, folders (recursive) or CSV manifests")
     pr.add_argument("--strategy", choices=strategy_names(), help="default: the run's combiner.strategy")
     pr.add_argument("--out", required=True, help="output .csv or .json")
+    pr.add_argument("--coverage", type=float, metavar="C",
+                    help="add a prediction_set column holding the true class for at least a share C "
+                         "of images like the calibration images (split conformal), e.g. 0.9")
+    pr.add_argument("--coverage-by-class", action="store_true", default=None,
+                    help="prediction sets with that coverage within every class")
+    pr.add_argument("--review-rate", type=float, metavar="R",
+                    help="add a decision column: the share R of least confident images (on the "
+                         "calibration images) is marked review")
+    pr.add_argument("--target-accuracy", type=float, metavar="A",
+                    help="add a decision column: review the least confident images so that the rest "
+                         "reach accuracy A on the calibration images")
 
     ev = sub.add_parser("evaluate", help="report every member and strategy on labelled data")
     ev.add_argument("run", help="run folder made by `effens train`")
@@ -96,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(-1 if args.quiet else args.verbose)
     from .config import ConfigError
     from .data import DataError
+    from .decisions import DecisionError
     from .images import BadImageError
     from .parallel import ParallelError
     from .files import RunError
@@ -113,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_tune(args)
         if args.command == "export":
             return cmd_export(args)
-    except (ConfigError, DataError, BadImageError, RunError, ParallelError) as exc:
+    except (ConfigError, DataError, BadImageError, RunError, ParallelError, DecisionError) as exc:
         log.error("%s", exc)
         return 2
     except Exception as exc:  # known failures from members
@@ -167,12 +179,15 @@ def _inference_options(args):
 def cmd_predict(args) -> int:
     from .inference import run_predict
 
-    summary = run_predict(args.run, args.inputs, args.out, args.strategy, _inference_options(args))
+    summary = run_predict(args.run, args.inputs, args.out, args.strategy, _inference_options(args),
+                          {"coverage": args.coverage, "by_class": args.coverage_by_class,
+                           "review_rate": args.review_rate, "target_accuracy": args.target_accuracy})
     inf = summary["inference"]
     sys.stdout.write(f"predicted {summary['n'] - summary['n_errors']} of {summary['n']} images "
                      f"({summary['strategy']}; {inf['runtime']} {'/'.join(sorted(set(inf['precision'])))}); "
-                     f"{summary['n_errors']} could not be read "
-                     f"(see the error column) -> {args.out}\n")
+                     f"{summary['n_errors']} could not be read (see the error column)"
+                     + (f"; {summary['n_review']} marked review" if summary["n_review"] else "")
+                     + f" -> {args.out}\n")
     return 0
 
 

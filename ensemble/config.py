@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -165,7 +166,7 @@ def _strategies() -> tuple[str, ...]:
 
 
 #: names a member may not take: strategies and the fixed columns of predict's output
-RESERVED_COLUMNS = ("path", "prediction", "error", "ensemble")
+RESERVED_COLUMNS = ("path", "prediction", "prediction_set", "decision", "error", "ensemble")
 
 
 @dataclasses.dataclass
@@ -187,6 +188,40 @@ class CombinerConfig:
         w = self.weights
         if isinstance(w, list) and (any(v < 0 for v in w) or sum(w) <= 0):
             raise ConfigError(f"`{path}.weights` must be non-negative with a positive sum; got {w}")
+
+
+def _check_costs(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not value or any(not isinstance(row, list) or len(row) != len(value) for row in value):
+        return "must be a square matrix (one row per true class, one column per predicted class)"
+    if any(not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0
+           for row in value for v in row):
+        return "must hold finite non-negative numbers"
+    return None
+
+
+@dataclasses.dataclass
+class DecisionConfig:
+    costs: list[list[float]] | None = field(
+        None, check=_check_costs, doc="cost of predicting column j when the truth is row i (class "
+                                      "order); predictions then minimise the expected cost")
+    calibration: Literal["val", "oob"] = field(
+        "val", doc="images prediction sets and review thresholds are fitted on")
+    coverage: float | None = field(None, check=interval(0, 1, low_open=True, high_open=True),
+                                   doc="predict: add a prediction set holding the true class this "
+                                       "often (split conformal); `--coverage` overrides")
+    coverage_by_class: bool = field(False, doc="prediction sets with the coverage within every class")
+    review_rate: float | None = field(None, check=interval(0, 1),
+                                      doc="predict: send this share of the least confident images to "
+                                          "review (threshold chosen on the calibration images)")
+    target_accuracy: float | None = field(None, check=interval(0, 1, low_open=True),
+                                          doc="predict: review the least confident images so that the "
+                                              "rest reach this accuracy on the calibration images")
+
+    def validate(self, path: str) -> None:
+        if self.review_rate is not None and self.target_accuracy is not None:
+            raise ConfigError(f"`{path}.review_rate` and `{path}.target_accuracy`: give one, not both")
 
 
 @dataclasses.dataclass
@@ -252,6 +287,8 @@ class Config:
         "auto", check=_check_runtime, doc="inference runtime of predict/evaluate: auto (OpenVINO on CPU when "
                     "installed, else torch), torch, openvino or onnxruntime")
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    decision: DecisionConfig = field(default_factory=DecisionConfig,
+                                     doc="prediction sets, review and costs (`effens predict`, reports)")
     tune: TuneConfig = field(default_factory=TuneConfig, doc="bagging-ratio search (`effens tune`)")
 
     def validate(self, path: str) -> None:
@@ -398,6 +435,15 @@ def config_from_params(params: dict, source: str = "BaggedEnsemble") -> Config:
     raw["members"] = list(raw.get("members") or [])
     raw["data"] = {"train": "<in memory>"}
     return config_from_dict(raw, source=source)
+
+
+def check_against_classes(cfg: "Config", classes: list[str], source: str) -> None:
+    """Checks that need the data's classes: member names, the cost matrix's size."""
+    check_member_names(cfg.members, classes, source)
+    costs = cfg.decision.costs
+    if costs is not None and len(costs) != len(classes):
+        raise ConfigError(f"{source}: `decision.costs` must be {len(classes)} x {len(classes)} "
+                          f"(classes {', '.join(classes)}); got {len(costs)} x {len(costs[0])}")
 
 
 def check_member_names(members: list, classes: list[str], source: str) -> None:

@@ -44,8 +44,7 @@ def oob_report(combiner, y: np.ndarray, oob_indices: Sequence[np.ndarray],
     classes = combiner.classes
     y = np.asarray(y)
     n = len(y)
-    calibrated = [combiner.calibrate(p[None])[0] if len(p) else p for p in oob_proba]
-    full, available = oob_matrix(list(oob_indices), calibrated, n, len(classes))
+    calibrated, full, available = _oob_inputs(combiner, n, oob_indices, oob_proba)
     out: dict = {"members": {}, "strategies": {}}
     for name, idx, proba in zip(combiner.member_names, oob_indices, calibrated):
         out["members"][name] = (classification_report(y[idx], proba.argmax(1), proba, classes)
@@ -60,6 +59,43 @@ def oob_report(combiner, y: np.ndarray, oob_indices: Sequence[np.ndarray],
     out["n_covered"] = n_covered
     out["n_excluded"] = int(n - n_covered)
     return out
+
+
+def _oob_inputs(combiner, n: int, oob_indices: Sequence[np.ndarray], oob_proba: Sequence[np.ndarray]):
+    """Calibrated per-member OOB probabilities, and as an (M, n, C) matrix with its mask."""
+    calibrated = [combiner.calibrate(p[None])[0] if len(p) else p for p in oob_proba]
+    full, available = oob_matrix(list(oob_indices), calibrated, n, len(combiner.classes))
+    return calibrated, full, available
+
+
+def calibration_set(ens, strategy: str | None = None, source: str = "val") -> tuple[np.ndarray, np.ndarray]:
+    """(ensemble probabilities, labels) of a fitted ensemble's calibration images for
+    decisions (:mod:`ensemble.decisions`): its validation images, or its OOB images
+    voted on only by the members that left them out."""
+    comb = ens.combiner_
+    if source == "val":
+        return comb.apply(ens.val_proba_, strategy)[1], np.asarray(ens.val_y_)
+    _, full, available = _oob_inputs(comb, len(ens.y_train_), ens.oob_indices_, ens.oob_proba_)
+    covered, _, proba = comb.get(strategy).apply_oob(full, available)
+    return proba, np.asarray(ens.y_train_)[covered]
+
+
+def decision_report(ens, settings, splits: dict[str, tuple[np.ndarray, np.ndarray]],
+                    strategy: str | None = None) -> dict:
+    """``metrics.json``'s ``decisions``: prediction sets, review and costs of ``strategy``
+    (default: the run's) on each split's (ensemble probabilities, labels), fitted on the
+    calibration images ``settings.calibration`` names (a :class:`~ensemble.config.DecisionConfig`)."""
+    from .decisions import Decider
+
+    strategy = strategy or ens.combiner_.strategy
+    cal_proba, cal_y = calibration_set(ens, strategy, settings.calibration)
+    decider = Decider(cal_proba, cal_y, settings.costs)
+    fitted_on = getattr(ens.combiner_.get(strategy), "source_", None)
+    return {"strategy": strategy, "calibration": settings.calibration, "n_calibration": int(len(cal_y)),
+            "by_class": settings.coverage_by_class,
+            "in_sample": fitted_on == settings.calibration,
+            "costs": settings.costs,
+            "splits": {split: decider.report(p, y, settings.coverage_by_class) for split, (p, y) in splits.items()}}
 
 
 def oob_score(report: dict, strategy: str, metric: str = "macro_f1") -> float:

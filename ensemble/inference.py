@@ -14,11 +14,11 @@ import numpy as np
 from .config import SplitSource
 from .data import DataError, check_labels, find_images, load_split, manifest_path
 from .estimator import BaggedEnsemble, images_fingerprint
-from .evaluation import evaluate_split
+from .evaluation import decision_report, evaluate_split
 from .files import atomic_write_json, atomic_write_npy, atomic_write_text, read_json, read_npy, sha256_json, write_files
 from .images import decode_all
 from .report import build_metrics, comparison_rows, format_table, render_report
-from .runfolder import load_run, weights_hash
+from .runfolder import RunFolder, load_run, weights_hash
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,42 @@ class InferenceOptions:
         """The runtime and precision each member resolves to here (part of cache keys)."""
         plan = ens.inference_plan(self.runtime, self.precision, self.device)
         return {"runtime": plan[0][0], "precision": [p.name for _, p in plan]}
+
+
+@dataclasses.dataclass(frozen=True)
+class DecisionOptions:
+    """What ``predict`` adds to each row (defaults: the run's ``decision:`` settings)."""
+
+    coverage: float | None = None          # a prediction set holding the truth this often
+    by_class: bool = False                 # ... within every class
+    review_rate: float | None = None       # send this share of the least confident images to review
+    target_accuracy: float | None = None   # ... or as many as needed for this accuracy on the rest
+    costs: list | None = None              # true x predicted; predictions minimise the expected cost
+    calibration: str = "val"
+
+    @classmethod
+    def from_settings(cls, settings, coverage: float | None = None, by_class: bool | None = None,
+                      review_rate: float | None = None, target_accuracy: float | None = None) -> "DecisionOptions":
+        """The run's ``decision:`` settings with command-line values on top."""
+        from .decisions import DecisionError
+
+        if review_rate is not None and target_accuracy is not None:
+            raise DecisionError("give one of --review-rate or --target-accuracy, not both")
+        if review_rate is None and target_accuracy is None:
+            review_rate, target_accuracy = settings.review_rate, settings.target_accuracy
+        if coverage is not None and not 0 < coverage < 1:
+            raise DecisionError(f"`--coverage` must be in (0, 1); got {coverage}")
+        if review_rate is not None and not 0 <= review_rate <= 1:
+            raise DecisionError(f"`--review-rate` must be in [0, 1]; got {review_rate}")
+        if target_accuracy is not None and not 0 < target_accuracy <= 1:
+            raise DecisionError(f"`--target-accuracy` must be in (0, 1]; got {target_accuracy}")
+        return cls(coverage if coverage is not None else settings.coverage,
+                   settings.coverage_by_class if by_class is None else by_class,
+                   review_rate, target_accuracy, settings.costs, settings.calibration)
+
+    def columns(self) -> list[str]:
+        return (["prediction_set"] if self.coverage else []) + \
+            (["decision"] if self.review_rate is not None or self.target_accuracy is not None else [])
 
 
 def decode_size(ens: BaggedEnsemble) -> int:
@@ -79,11 +115,21 @@ def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
 
 
 def predict_rows(ens: BaggedEnsemble, paths: Sequence[str], strategy: str | None = None,
-                 options: InferenceOptions = InferenceOptions(), chunk: int = 256) -> list[dict]:
-    """One row per path: prediction, class probabilities, each member's prediction, error."""
+                 options: InferenceOptions = InferenceOptions(), chunk: int = 256,
+                 decisions: DecisionOptions = DecisionOptions()) -> list[dict]:
+    """One row per path: prediction, class probabilities, each member's prediction, error;
+    with ``decisions``, a prediction set and/or a review decision (:mod:`ensemble.decisions`)."""
+    from .decisions import Decider, confidence
+    from .evaluation import calibration_set
+
     classes = ens.classes_
     names = [fm.name for fm in ens.members_]
     size = decode_size(ens)
+    decider = Decider(*calibration_set(ens, strategy, decisions.calibration), decisions.costs)
+    review = "decision" in decisions.columns()
+    threshold = decider.review_threshold(decisions.review_rate, decisions.target_accuracy) if review else None
+    if decisions.coverage:
+        decider.sets(decider.cal_proba[:1], decisions.coverage, decisions.by_class)  # too few images: fail early
     rows: list[dict] = []
     for part in _chunks(list(paths), chunk):
         arrays, bad = decode_all(part, size, on_bad="skip", desc="decode")
@@ -91,19 +137,26 @@ def predict_rows(ens: BaggedEnsemble, paths: Sequence[str], strategy: str | None
         ok = [i for i, a in enumerate(arrays) if a is not None]
         if ok:
             member_proba = options.member_proba(ens, [arrays[i] for i in ok])
-            pred, proba = ens.combiner_.apply(member_proba, strategy)
+            _, proba = ens.combiner_.apply(member_proba, strategy)
+            pred = decider.predict(proba)
             member_pred = member_proba.argmax(axis=2)
+            sets = decider.sets(proba, decisions.coverage, decisions.by_class) if decisions.coverage else None
         results = {i: k for k, i in enumerate(ok)}
         for i, path in enumerate(part):
             row: dict = {"path": path}
             if i in results:
                 k = results[i]
                 row["prediction"] = classes[pred[k]]
+                if sets is not None:
+                    row["prediction_set"] = "|".join(c for j, c in enumerate(classes) if sets[k, j])
+                if review:
+                    row["decision"] = "review" if confidence(proba[k:k + 1])[0] < threshold else classes[pred[k]]
                 row.update({c: float(proba[k, j]) for j, c in enumerate(classes)})
                 row.update({n: classes[member_pred[m, k]] for m, n in enumerate(names)})
                 row["error"] = ""
             else:
                 row["prediction"] = ""
+                row.update({c: "" for c in decisions.columns()})
                 row.update({c: None for c in classes})
                 row.update({n: "" for n in names})
                 row["error"] = reasons.get(path, "not found")
@@ -125,17 +178,19 @@ def write_rows(rows: list[dict], out: str | Path, columns: Sequence[str]) -> Non
 
 
 def run_predict(run_dir: str, inputs: Sequence[str], out: str, strategy: str | None = None,
-                options: InferenceOptions = InferenceOptions()) -> dict:
+                options: InferenceOptions = InferenceOptions(), decisions: dict | None = None) -> dict:
+    """``effens predict``; ``decisions``: command-line values for :class:`DecisionOptions`."""
     ens = load_run(run_dir)
+    choice = DecisionOptions.from_settings(RunFolder(run_dir).read_config().decision, **(decisions or {}))
     paths = expand_inputs(inputs)
     if not paths:
         raise DataError("no input images found")
-    rows = predict_rows(ens, paths, strategy, options)
-    columns = ["path", "prediction", *ens.classes_, *(fm.name for fm in ens.members_), "error"]
+    rows = predict_rows(ens, paths, strategy, options, decisions=choice)
+    columns = ["path", "prediction", *choice.columns(), *ens.classes_, *(fm.name for fm in ens.members_), "error"]
     write_rows(rows, out, columns)
     n_bad = sum(1 for r in rows if r["error"])
     return {"n": len(rows), "n_errors": n_bad, "strategy": strategy or ens.combiner_.strategy,
-            "inference": options.plan(ens)}
+            "inference": options.plan(ens), "n_review": sum(1 for r in rows if r.get("decision") == "review")}
 
 
 def _member_hashes(ens: BaggedEnsemble) -> list:
@@ -182,6 +237,9 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
     results = {"eval": evaluate_split(member_proba, y, comb, strategies)}
     doc = build_metrics(ens.classes_, names, results, None, comb,
                         strategy=strategies[0] if len(strategies) == 1 else None)
+    decide = strategies[0] if len(strategies) == 1 else comb.strategy
+    doc["decisions"] = decision_report(ens, RunFolder(run_dir).read_config().decision,
+                                       {"eval": (results["eval"][decide]["_proba"], y)}, decide)
     doc["skipped_images"] = {"eval": skipped} if skipped else {}
     doc["data"] = str(data)
     doc["inference"] = options.plan(ens)

@@ -190,10 +190,18 @@ class SplitView:
     paths: Sequence[str]
     y: np.ndarray
     classes: list[str]
+    doc: dict                         # the metrics.json document (strategy, decisions, ...)
 
 
-SPLIT_FIGURES: list[Callable[[SplitView], Attachment]] = []
+SPLIT_FIGURES: list[Callable[[SplitView], Attachment | None]] = []
 MODEL_FIGURES: list[Callable[[SplitView, str], Attachment]] = []
+SECTIONS: list[Callable[[dict], list[str]]] = []
+
+
+def report_section(fn: Callable[[dict], list[str]]) -> Callable[[dict], list[str]]:
+    """Register a Markdown section drawn from the metrics document (after the summary)."""
+    SECTIONS.append(fn)
+    return fn
 
 
 def split_figure(fn: Callable[[SplitView], Attachment]) -> Callable[[SplitView], Attachment]:
@@ -214,6 +222,80 @@ def reliability_figure(view: SplitView) -> Attachment:
     curves = {who: m["_proba"] for who, m in view.results.items() if m["_probabilities"]}
     return Attachment(rel, reliability_png(view.y, curves, f"reliability - {view.split}"),
                       f"![reliability {view.split}]({rel})")
+
+
+@split_figure
+def risk_coverage_figure(view: SplitView) -> Attachment | None:
+    """Accuracy of the kept images against the share kept (most confident first), for the
+    strategy decisions use, with the review thresholds chosen on the calibration images."""
+    dec = view.doc.get("decisions") or {}
+    who = dec.get("strategy", view.doc.get("strategy"))
+    if who not in view.results:
+        return None
+    from .decisions import confidence, risk_coverage
+
+    proba = view.results[who]["_proba"]
+    conf = confidence(proba)
+    kept, acc = risk_coverage(conf, view.results[who]["_pred"] == view.y)
+    fig, ax = pyplot().subplots(figsize=(5.5, 4), dpi=100)
+    ax.plot(kept, acc, lw=1.5, label=f"{who}: kept most confident first")
+    for rate, r in (dec.get("splits", {}).get(view.split, {}).get("review") or {}).items():
+        share = 1 - r["reviewed"]
+        ax.axvline(share, ls=":", lw=1, color="grey")
+        ax.annotate(f"review {float(rate):.0%} (on calibration)", (share, r["accuracy_kept"]), fontsize=7,
+                    rotation=90, va="bottom")
+    ax.set_xlabel("share of images kept (not sent to review)")
+    ax.set_ylabel("accuracy of kept images")
+    ax.set_xlim(0, 1)
+    ax.set_title(f"risk-coverage - {view.split}", fontsize=10)
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3)
+    name = f"risk_coverage_{view.split}.png"
+    return Attachment(name, png_bytes(fig), f"![risk-coverage {view.split}]({name})")
+
+
+@report_section
+def decisions_section(doc: dict) -> list[str]:
+    """Prediction-set coverage, review and costs per split (see :mod:`ensemble.decisions`)."""
+    dec = doc.get("decisions")
+    if not dec:
+        return []
+    md = ["## Decisions", "",
+          f"Strategy **{dec['strategy']}**; prediction sets and review thresholds fitted on "
+          f"{dec['n_calibration']} {dec['calibration']} images"
+          + (" (conformal per class)" if dec.get("by_class") else "") + "."
+          + (f" The strategy was fitted on {dec['calibration']} too: its figures there are in-sample."
+             if dec.get("in_sample") else ""), ""]
+    cov_keys = sorted({k for r in dec["splits"].values() for k in r["coverage"]}, key=float)
+    rate_keys = sorted({k for r in dec["splits"].values() for k in r["review"]}, key=float)
+    rows = [["split"] + [f"coverage @{k} (set size)" for k in cov_keys]
+            + [f"acc. kept @review {float(k):.0%} (reviewed)" for k in rate_keys]]
+    warnings = []
+    for split, r in dec["splits"].items():
+        row = [split]
+        for k in cov_keys:
+            c = r["coverage"].get(k, {})
+            row.append(f"{c['coverage']:.3f} ({c['mean_set_size']:.2f})" if "coverage" in c else "n/a")
+            if c.get("below_target"):
+                warnings.append(f"- {split}: coverage {c['coverage']:.3f} is below the target {float(k):g}; "
+                                f"these images are not exchangeable with the calibration images "
+                                f"(another source, another shift), so the guarantee does not hold for them.")
+            if "error" in c:
+                warnings.append(f"- {split}: coverage {k}: {c['error']}")
+        row += [f"{r['review'][k]['accuracy_kept']:.3f} ({r['review'][k]['reviewed']:.0%})" for k in rate_keys]
+        rows.append(row)
+    md += [format_table(rows, markdown=True), ""]
+    if warnings:
+        md += warnings + [""]
+    cost_rows = [["split", "rule", "expected cost", "realised cost", "accuracy"]]
+    for split, r in dec["splits"].items():
+        for rule, c in (r.get("costs") or {}).items():
+            cost_rows.append([split, rule, f"{c['expected_cost']:.4f}", f"{c['realised_cost']:.4f}",
+                              f"{c['accuracy']:.4f}"])
+    if len(cost_rows) > 1:
+        md += [f"Costs (true x predicted): {dec['costs']}; `min_cost` is what `predict` outputs.", "",
+               format_table(cost_rows, markdown=True), ""]
+    return md
 
 
 @model_figure
@@ -251,10 +333,12 @@ def render_report(doc: dict, splits: dict[str, dict], split_data: dict[str, tupl
                f"({oob['n_excluded']} excluded: every member saw them).", ""]
     if extra_md:
         md += [extra_md, ""]
+    for section in SECTIONS:
+        md += section(doc)
     for split, results in splits.items():
         paths, y = split_data[split]
-        view = SplitView(split, results, paths, y, list(classes))
-        shown = [fig(view) for fig in SPLIT_FIGURES]
+        view = SplitView(split, results, paths, y, list(classes), doc)
+        shown = [a for a in (fig(view) for fig in SPLIT_FIGURES) if a is not None]
         files.update({a.name: a.data for a in shown})
         md += [f"## {split}", "", format_table(comparison_rows(results), markdown=True), "",
                *(a.markdown for a in shown), ""]

@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import time
 
-from .config import Config, check_member_names, load_config
+from .config import Config, check_against_classes, load_config
 from .data import Dataset, Split, load_dataset
 from .estimator import BaggedEnsemble, images_fingerprint
-from .evaluation import evaluate_split
+from .evaluation import decision_report, evaluate_split
 from .images import decode_all
 from .report import build_metrics, render_report
 from .runfolder import RunError, RunFolder, load_run
@@ -50,6 +50,8 @@ def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = N
         results[split] = evaluate_split(proba, y, comb)
         split_data[split] = (paths, y)
     doc = build_metrics(ens.classes_, names, results, ens.oob_report_, comb)
+    doc["decisions"] = decision_report(ens, run.read_config().decision,
+                                       {s: (r[comb.strategy]["_proba"], split_data[s][1]) for s, r in results.items()})
     doc.update(extra or {})
     md = ""
     if doc.get("skipped_images"):
@@ -66,7 +68,7 @@ def train_run(config_path: str, out: str, overrides: list[str] | None = None,
     cfg = load_config(config_path, overrides)
     run = RunFolder(out).open_for_training(cfg, restart)
     data: Dataset = load_dataset(cfg.data, cfg.seed)
-    check_member_names(cfg.members, data.classes, str(config_path))
+    check_against_classes(cfg, data.classes, str(config_path))
     run.save_classes(data.classes)
     size = cache_size(cfg)
     log.info("data: %d train, %d val, %s test images, classes %s; decoding once at shorter side %d px",
