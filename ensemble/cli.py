@@ -73,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--precision", choices=PRECISIONS,
                        help="inference precision (default: the run's; bf16 only where allowed)")
 
+    xp = sub.add_parser("explain", help="Grad-CAM overlays: where each member looks in some images")
+    xp.add_argument("run", help="run folder made by `effens train`")
+    xp.add_argument("images", nargs="+", help="image files, folders (recursive) or CSV manifests")
+    xp.add_argument("--out", required=True, help="output folder (overlays and explain.json)")
+    xp.add_argument("--strategy", choices=strategy_names(),
+                    help="explain this strategy's prediction (default: the run's)")
+
     ex = sub.add_parser("export", help="export the members and the ensemble as ONNX or OpenVINO IR")
     ex.add_argument("run", help="run folder made by `effens train`")
     ex.add_argument("--format", required=True, choices=FORMATS)
@@ -96,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override parallel.backend")
         q.add_argument("--n-jobs", type=int, help="override parallel.n_jobs")
 
-    for q in (t, pr, ev, fc, tu, ex):
+    for q in (t, pr, ev, fc, tu, ex, xp):
         q.add_argument("-v", "--verbose", action="count", default=0)
         q.add_argument("-q", "--quiet", action="store_true")
     return p
@@ -125,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_tune(args)
         if args.command == "export":
             return cmd_export(args)
+        if args.command == "explain":
+            return cmd_explain(args)
     except (ConfigError, DataError, BadImageError, RunError, ParallelError, DecisionError) as exc:
         log.error("%s", exc)
         return 2
@@ -229,4 +238,13 @@ def cmd_export(args) -> int:
     manifest = export_run(args.run, args.format, args.out, args.strategy)
     sys.stdout.write(f"exported {len(manifest['files'])} files ({args.format}; ensemble graph: "
                      f"{manifest['strategy']}) -> {args.out}\n")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from .explain import run_explain
+
+    doc = run_explain(args.run, args.images, args.out, args.strategy)
+    sys.stdout.write(f"explained {len(doc['images'])} image(s) ({doc['strategy']}; "
+                     f"{len(doc['unreadable'])} unreadable) -> {args.out}\n")
     return 0

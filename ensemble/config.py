@@ -225,6 +225,12 @@ class DecisionConfig:
 
 
 @dataclasses.dataclass
+class ReportConfig:
+    saliency: bool = field(False, doc="Grad-CAM overlays (each member and their mean) of the default "
+                                      "strategy's mistakes in index.html (up to 200 per split)")
+
+
+@dataclasses.dataclass
 class TuneConfig:
     ratios: list[float] | list[list[float]] = field(
         default_factory=lambda: [0.5, 0.7, 0.85, 1.0],
@@ -289,6 +295,7 @@ class Config:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig,
                                      doc="prediction sets, review and costs (`effens predict`, reports)")
+    report: ReportConfig = field(default_factory=ReportConfig, doc="what the report shows")
     tune: TuneConfig = field(default_factory=TuneConfig, doc="bagging-ratio search (`effens tune`)")
 
     def validate(self, path: str) -> None:

@@ -15,6 +15,7 @@ from .config import SplitSource
 from .data import DataError, check_labels, find_images, load_split, manifest_path
 from .estimator import BaggedEnsemble, images_fingerprint
 from .evaluation import decision_report, evaluate_split
+from .explain import page_files
 from .files import atomic_write_json, atomic_write_npy, atomic_write_text, read_json, read_npy, sha256_json, write_files
 from .images import decode_all
 from .report import build_metrics, comparison_rows, format_table, render_report
@@ -236,15 +237,18 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
     names = [fm.name for fm in ens.members_]
     results = {"eval": evaluate_split(member_proba, y, comb, strategies)}
     doc = build_metrics(ens.classes_, names, results, None, comb,
-                        strategy=strategies[0] if len(strategies) == 1 else None)
+                        strategy=strategies[0] if len(strategies) == 1 else None, labels={"eval": y})
     decide = strategies[0] if len(strategies) == 1 else comb.strategy
-    doc["decisions"] = decision_report(ens, RunFolder(run_dir).read_config().decision,
+    run_cfg = RunFolder(run_dir).read_config()
+    doc["decisions"] = decision_report(ens, run_cfg.decision,
                                        {"eval": (results["eval"][decide]["_proba"], y)}, decide)
     doc["skipped_images"] = {"eval": skipped} if skipped else {}
     doc["data"] = str(data)
     doc["inference"] = options.plan(ens)
     md = "Skipped unreadable images:\n\n" + "\n".join(f"- {d['path']} ({d['reason']})" for d in skipped) \
         if skipped else ""
-    write_files(out_dir, render_report(doc, results, {"eval": (split.paths, y)}, extra_md=md))
+    files = render_report(doc, results, {"eval": (split.paths, y)}, extra_md=md)
+    files.update(page_files(doc, results, {"eval": (split.paths, y)}, out_dir, ens, run_cfg.report.saliency))
+    write_files(out_dir, files)
     doc["_table"] = format_table(comparison_rows(results["eval"]))
     return doc

@@ -89,28 +89,38 @@ def selection_scores(y_true: np.ndarray, proba: np.ndarray, n_classes: int) -> d
     return {"macro_f1": float(per_class(cm)["f1"].mean()), "log_loss": log_loss(y_true, proba)}
 
 
-def diversity(member_pred: np.ndarray, y_true: np.ndarray) -> dict[str, float]:
-    """Mean pairwise diversity of members' predictions (members, samples).
+def pairwise_diversity(member_pred: np.ndarray, y_true: np.ndarray, names: Sequence[str] | None = None
+                       ) -> list[dict]:
+    """Diversity of every pair of members' predictions (members, samples).
 
-    ``disagreement``: share of samples two members label differently; ``q_statistic``:
-    Yule's Q of their correct/wrong outcomes (1 = always right and wrong together, 0 =
-    independent, negative = complementary); ``error_correlation``: Pearson correlation
-    of their 0/1 error indicators (0 where a member's errors are constant).
+    ``disagreement``: share of samples the two label differently; ``q_statistic``: Yule's
+    Q of their correct/wrong outcomes (1 = always right and wrong together, 0 =
+    independent, negative = complementary); ``error_correlation``: Pearson correlation of
+    their 0/1 error indicators (0 where a member's errors are constant).
     """
     member_pred = np.asarray(member_pred)
     right = member_pred == np.asarray(y_true)[None]
     m = len(member_pred)
-    dis, qs, corr = [], [], []
+    names = list(names) if names is not None else [str(i) for i in range(m)]
+    out = []
     for i in range(m):
         for j in range(i + 1, m):
-            dis.append(float(np.mean(member_pred[i] != member_pred[j])))
             n11 = np.sum(right[i] & right[j])
             n00 = np.sum(~right[i] & ~right[j])
             n10 = np.sum(right[i] & ~right[j])
             n01 = np.sum(~right[i] & right[j])
             den = n11 * n00 + n01 * n10
-            qs.append(float((n11 * n00 - n01 * n10) / den) if den else 0.0)
             ei, ej = (~right[i]).astype(float), (~right[j]).astype(float)
-            corr.append(float(np.corrcoef(ei, ej)[0, 1]) if ei.std() > 0 and ej.std() > 0 else 0.0)
-    mean = lambda v: float(np.mean(v)) if v else 0.0  # noqa: E731
-    return {"disagreement": mean(dis), "q_statistic": mean(qs), "error_correlation": mean(corr)}
+            out.append({"a": names[i], "b": names[j],
+                        "disagreement": float(np.mean(member_pred[i] != member_pred[j])),
+                        "q_statistic": float((n11 * n00 - n01 * n10) / den) if den else 0.0,
+                        "error_correlation": (float(np.corrcoef(ei, ej)[0, 1]) if ei.std() > 0 and ej.std() > 0
+                                              else 0.0)})
+    return out
+
+
+def diversity(member_pred: np.ndarray, y_true: np.ndarray) -> dict[str, float]:
+    """Mean of :func:`pairwise_diversity` over all pairs of members."""
+    pairs = pairwise_diversity(member_pred, y_true)
+    mean = lambda k: float(np.mean([p[k] for p in pairs])) if pairs else 0.0  # noqa: E731
+    return {k: mean(k) for k in ("disagreement", "q_statistic", "error_correlation")}

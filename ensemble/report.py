@@ -26,12 +26,16 @@ def _public(metrics: dict) -> dict:
 
 
 def build_metrics(classes: Sequence[str], names: Sequence[str], splits: dict[str, dict],
-                  oob: dict | None, combiner, strategy: str | None = None) -> dict:
+                  oob: dict | None, combiner, strategy: str | None = None,
+                  labels: dict[str, np.ndarray] | None = None) -> dict:
     """The ``metrics.json`` document.
 
     ``members`` -> name -> split -> metrics; ``strategies`` -> strategy -> split ->
-    metrics; ``ensemble`` -> split -> metrics of the run's default strategy.
+    metrics; ``ensemble`` -> split -> metrics of the run's default strategy; with
+    ``labels`` (split -> y), ``diversity`` -> split -> every pair of members.
     """
+    from .metrics import pairwise_diversity
+
     strategy = strategy or combiner.strategy
     doc: dict = {"classes": list(classes), "strategy": strategy, "combiner": combiner.summary(),
                  "members": {n: {} for n in names}, "strategies": {}, ENSEMBLE: {}}
@@ -47,6 +51,10 @@ def build_metrics(classes: Sequence[str], names: Sequence[str], splits: dict[str
             if metrics is not None and name in doc["strategies"]:
                 doc["strategies"][name]["oob"] = dict(metrics, n_excluded=oob["n_excluded"])
     doc[ENSEMBLE] = doc["strategies"].get(strategy, {})
+    if labels:
+        doc["diversity"] = {split: pairwise_diversity(np.stack([results[n]["_pred"] for n in names]),
+                                                      labels[split], names)
+                            for split, results in splits.items() if split in labels and len(names) > 1}
     return doc
 
 
@@ -168,6 +176,24 @@ def reliability_png(y: np.ndarray, curves: dict[str, np.ndarray], title: str, n_
     ax.set_ylim(0, 1)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7)
+    return png_bytes(fig)
+
+
+def training_curves_png(histories: dict[str, tuple[list[dict], int | None]]) -> bytes:
+    """Train loss, val macro-F1 and val log loss per epoch, a line per member, the kept epoch marked."""
+    fig, axes = pyplot().subplots(1, 3, figsize=(13, 3.6), dpi=100)
+    for name, (history, best) in histories.items():
+        epochs = [h["epoch"] for h in history]
+        for ax, key in zip(axes, ("train_loss", "val_macro_f1", "val_log_loss")):
+            line, = ax.plot(epochs, [h[key] for h in history], marker=".", lw=1.2, label=name)
+            kept = [h[key] for h in history if h["epoch"] == best]
+            if kept:
+                ax.plot([best], kept, marker="*", ms=13, color=line.get_color(), ls="none")
+    for ax, title in zip(axes, ("train loss", "val macro-F1", "val log loss")):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
     return png_bytes(fig)
 
 
@@ -320,7 +346,8 @@ def render_report(doc: dict, splits: dict[str, dict], split_data: dict[str, tupl
     files: dict[str, bytes | str | dict] = {"metrics.json": doc}
     classes = doc["classes"]
     comb = doc.get("combiner", {})
-    md = ["# effens report", "", " ".join(
+    md = ["# effens report", "", "Open [index.html](index.html) in a browser for clickable confusion matrices "
+          "with the images in each cell.", "", " ".join(
         [f"Classes: {', '.join(classes)}. Default strategy: **{doc['strategy']}** (marked *)."]
         + comb.get("notes", [])
         + ([f"Temperatures: {comb['temperatures']}."] if comb.get("temperatures") else [])

@@ -9,6 +9,7 @@ from .config import Config, check_against_classes, load_config
 from .data import Dataset, Split, load_dataset
 from .estimator import BaggedEnsemble, images_fingerprint
 from .evaluation import decision_report, evaluate_split
+from .explain import page_files
 from .images import decode_all
 from .report import build_metrics, render_report
 from .runfolder import RunError, RunFolder, load_run
@@ -49,15 +50,19 @@ def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = N
         paths, y, proba = cached
         results[split] = evaluate_split(proba, y, comb)
         split_data[split] = (paths, y)
-    doc = build_metrics(ens.classes_, names, results, ens.oob_report_, comb)
-    doc["decisions"] = decision_report(ens, run.read_config().decision,
+    cfg = run.read_config()
+    doc = build_metrics(ens.classes_, names, results, ens.oob_report_, comb,
+                        labels={s: d[1] for s, d in split_data.items()})
+    doc["decisions"] = decision_report(ens, cfg.decision,
                                        {s: (r[comb.strategy]["_proba"], split_data[s][1]) for s, r in results.items()})
     doc.update(extra or {})
     md = ""
     if doc.get("skipped_images"):
         md = "Skipped unreadable images:\n\n" + "\n".join(
             f"- {k}: {d['path']} ({d['reason']})" for k, v in doc["skipped_images"].items() for d in v)
-    run.write_report(render_report(doc, results, split_data, extra_md=md))
+    files = render_report(doc, results, split_data, extra_md=md)
+    files.update(page_files(doc, results, split_data, run.report_dir, ens, cfg.report.saliency))
+    run.write_report(files)
     return doc
 
 

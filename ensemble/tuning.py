@@ -314,8 +314,14 @@ def write_tune_outputs(out: Path, rows: list[dict], names: list[str], tune) -> N
     md = ["# effens tune", "", f"Objective: {tune.objective} {tune.metric} of the `{tune.strategy}` ensemble; "
           f"method {tune.method}. Best: **{best['candidate']}** ({best['ensemble_score']:.4f}); "
           f"`best.yaml` holds its config.", "", format_table(_cells(rows, cols), markdown=True)]
+    from .html_report import simple_page
+
+    intro = (f"Objective: {tune.objective} {tune.metric} of the {tune.strategy} ensemble; method {tune.method}. "
+             f"Best: {best['candidate']} ({best['ensemble_score']:.4f}); best.yaml holds its config.")
     write_files(out, {"report.md": "\n".join(md) + "\n",
-                      "scores.png": scores_png(rows, names, f"{tune.objective} {tune.metric}")})
+                      "scores.png": scores_png(rows, names, f"{tune.objective} {tune.metric}"),
+                      "index.html": simple_page("effens tune", intro, _cells(rows, cols), ["scores.png"],
+                                                highlight=best["candidate"])})
 
 
 def _cells(rows: list[dict], cols: list[str]) -> list[list[str]]:

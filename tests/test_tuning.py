@@ -96,6 +96,10 @@ def test_tune_outputs(tuned, capsys):
     assert len(lines) == 1 + 4
     assert (out / "scores.png").read_bytes()[:4] == b"\x89PNG"
     assert "Best:" in (out / "report.md").read_text()
+    page = (out / "index.html").read_text()
+    best = json.loads((out / "summary.json").read_text())["best"]["candidate"]
+    assert page.count("<tr") == 1 + 4 and f"<tr class=default><td>{best}</td>" in page
+    assert 'src="scores.png"' in page
 
 
 def test_best_yaml_loads_and_trains(tuned, tmp_path):

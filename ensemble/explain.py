@@ -1,0 +1,169 @@
+"""Pictures for people: report thumbnails, and Grad-CAM overlays of where each member looks
+(``effens explain`` and ``report: {saliency: true}``)."""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .images import BadImageError, decode_all, decode_image
+
+log = logging.getLogger(__name__)
+
+THUMB = 160
+
+
+def image_key(path: str) -> str:
+    """Names a picture of ``path``: its absolute path, size and modification time, hashed."""
+    try:
+        st = os.stat(path)
+        stamp = f"{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        stamp = "missing"
+    return hashlib.sha256(f"{os.path.abspath(path)}|{stamp}".encode()).hexdigest()[:24]
+
+
+def thumbnail_jpeg(path: str, size: int = THUMB) -> bytes:
+    from PIL import Image
+
+    img = Image.fromarray(decode_image(path, size))
+    img.thumbnail((size, size))
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
+
+
+def make_thumbnails(paths: Sequence[str], exists: Callable[[str], bool]) -> tuple[dict, dict]:
+    """(image path -> ``thumbs/<key>.jpg`` or None when it cannot be read, new files to write).
+
+    Thumbnails already present (``exists``) are not made again.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = {p: f"thumbs/{image_key(p)}.jpg" for p in dict.fromkeys(paths)}
+    todo = [p for p, n in names.items() if not exists(n)]
+
+    def one(p: str) -> bytes | None:
+        try:
+            return thumbnail_jpeg(p)
+        except BadImageError as exc:
+            log.warning("no thumbnail for %s", exc)
+            return None
+
+    with ThreadPoolExecutor(2) as pool:
+        made = dict(zip(todo, pool.map(one, todo)))
+    files = {names[p]: data for p, data in made.items() if data is not None}
+    mapping = {p: (None if p in made and made[p] is None else n) for p, n in names.items()}
+    return mapping, files
+
+
+def member_saliency(ens, images: Sequence[np.ndarray], targets: np.ndarray) -> list[tuple[dict, np.ndarray]]:
+    """Per image: ({member: overlay JPEG, ``mean``: overlay JPEG}, ...) for class ``targets``."""
+    from PIL import Image
+
+    from members.saliency import gradcam, overlay_jpeg
+    from members.transforms import eval_tensor
+
+    per_member = []
+    for fm in ens.members_:
+        crops = eval_tensor(images, fm.inputs)
+        maps = np.concatenate([gradcam(fm.model, crops[i:i + 16], fm.inputs, targets[i:i + 16])
+                               for i in range(0, len(images), 16)]) if len(images) else np.zeros((0, 1, 1))
+        per_member.append((fm.name, crops, maps))
+    out = []
+    ref_name, ref_crops, _ = per_member[0]
+    size = ref_crops.shape[-1]
+    for i in range(len(images)):
+        files, resized = {}, []
+        for name, crops, maps in per_member:
+            files[name] = overlay_jpeg(crops[i].permute(1, 2, 0).numpy(), maps[i])
+            resized.append(np.asarray(Image.fromarray((maps[i] * 255).astype(np.uint8)).resize((size, size)),
+                                      dtype=np.float32) / 255)
+        files["mean"] = overlay_jpeg(ref_crops[i].permute(1, 2, 0).numpy(), np.mean(resized, axis=0))
+        out.append(files)
+    return out
+
+
+def saliency_for_report(ens, split_data: dict[str, tuple[Sequence[str], np.ndarray]], splits: dict[str, dict],
+                        strategy: str, limit: int = 200) -> tuple[dict, dict]:
+    """Overlays for the images ``strategy`` gets wrong on each split (at most ``limit`` per
+    split, most confident mistakes first) -> (path -> {who: file}, files to write)."""
+    from .inference import decode_size
+
+    mapping, files = {}, {}
+    for split, results in splits.items():
+        paths, y = split_data[split]
+        m = results[strategy]
+        wrong = np.flatnonzero(m["_pred"] != y)
+        wrong = wrong[np.argsort(-m["_proba"][wrong, m["_pred"][wrong]], kind="stable")][:limit]
+        todo = [i for i in wrong if paths[i] not in mapping]
+        arrays, _ = decode_all([paths[i] for i in todo], decode_size(ens), on_bad="skip", desc="saliency")
+        ok = [k for k, a in enumerate(arrays) if a is not None]
+        made = member_saliency(ens, [arrays[k] for k in ok], m["_pred"][[todo[k] for k in ok]])
+        for k, overlays in zip(ok, made):
+            key = image_key(paths[todo[k]])
+            names = {who: f"saliency/{key}_{who}.jpg" for who in overlays}
+            mapping[paths[todo[k]]] = names
+            files.update({names[who]: data for who, data in overlays.items()})
+    log.info("saliency: %d overlays", len(files))
+    return mapping, files
+
+
+def page_files(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[Sequence[str], np.ndarray]],
+               folder: str | os.PathLike, ens, saliency: bool = False) -> dict:
+    """``index.html`` and what it shows: thumbnails (made once), training curves, and with
+    ``saliency`` the overlays of the default strategy's mistakes; file name -> contents."""
+    from .html_report import render_html
+    from .report import training_curves_png
+
+    folder = Path(folder)
+    paths = [p for ps, _ in split_data.values() for p in ps]
+    thumbs, files = make_thumbnails(paths, lambda name: (folder / name).is_file())
+    sal: dict = {}
+    if saliency:
+        sal, sal_files = saliency_for_report(ens, split_data, splits, doc["strategy"])
+        files.update(sal_files)
+    curves = None
+    histories = {fm.name: (fm.meta.get("history") or [], fm.meta.get("best_epoch")) for fm in ens.members_}
+    if any(h for h, _ in histories.values()):
+        curves = "training_curves.png"
+        files[curves] = training_curves_png(histories)
+    files["index.html"] = render_html(doc, splits, split_data, str(folder), thumbs, sal, curves)
+    return files
+
+
+def run_explain(run_dir: str, images: Sequence[str], out: str, strategy: str | None = None) -> dict:
+    """``effens explain``: per image, each member's and the mean Grad-CAM overlay for the
+    ensemble's predicted class, written to ``out`` with ``explain.json`` listing them."""
+    from .data import DataError
+    from .files import atomic_write_bytes, atomic_write_json
+    from .inference import decode_size, expand_inputs
+    from .runfolder import load_run
+
+    ens = load_run(run_dir)
+    paths = expand_inputs(images)
+    if not paths:
+        raise DataError("no input images found")
+    arrays, bad = decode_all(paths, decode_size(ens), on_bad="skip", desc="decode")
+    ok = [i for i, a in enumerate(arrays) if a is not None]
+    kept = [arrays[i] for i in ok]
+    pred, proba = ens.combiner_.apply(ens.member_proba(kept, runtime="torch"), strategy) if ok else ([], [])
+    out_dir = Path(out)
+    listing = []
+    for k, (i, overlays) in enumerate(zip(ok, member_saliency(ens, kept, np.asarray(pred, dtype=np.int64)))):
+        stem = f"{Path(paths[i]).stem}_{image_key(paths[i])[:8]}"
+        written = {}
+        for who, data in overlays.items():
+            atomic_write_bytes(out_dir / f"{stem}_{who}.jpg", data)
+            written[who] = f"{stem}_{who}.jpg"
+        listing.append({"path": paths[i], "prediction": ens.classes_[pred[k]],
+                        "confidence": float(proba[k, pred[k]]), "overlays": written})
+    doc = {"strategy": strategy or ens.combiner_.strategy, "images": listing,
+           "unreadable": [{"path": p, "reason": r} for p, r in bad]}
+    atomic_write_json(out_dir / "explain.json", doc)
+    return doc

@@ -1,0 +1,310 @@
+"""``report/index.html``: one self-contained page per run (no network, inline CSS and JS).
+
+Summary tables, per-class P/R/F1 and the confusion matrices are static HTML (so they read
+without JavaScript and tests can parse them); a click on a confusion cell shows, from the
+data embedded in the page, a paged gallery of exactly the images in that cell (thumbnail,
+file name, true and predicted class, confidence, each member's vote, saliency when made),
+most confident first. Also: images the ensemble fixed or broke against the best member,
+training curves and pairwise diversity. Pure: returns file contents; every name, path and
+number is escaped (HTML) or quoted (URLs).
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+from typing import Sequence
+from urllib.parse import quote
+
+import numpy as np
+
+PAGE = 48  # gallery cards per page
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def href(target: str, base: str) -> str:
+    """A relative, URL-quoted link from folder ``base`` to file ``target``."""
+    rel = os.path.relpath(os.path.abspath(target), os.path.abspath(base))
+    return quote(rel.replace(os.sep, "/"), safe="/")
+
+
+def _num(v, digits: int = 4) -> str:
+    return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.{digits}f}"
+
+
+def summary_table(doc: dict) -> str:
+    keys = [("accuracy", "acc"), ("balanced_accuracy", "bal-acc"), ("macro_f1", "macro-F1"),
+            ("weighted_f1", "weighted-F1"), ("log_loss", "log loss"), ("ece", "ECE")]
+    splits = [s for s in ("val", "test", "eval", "oob")
+              if any(s in per for per in list(doc["members"].values()) + list(doc["strategies"].values()))]
+    head = "".join(f"<th>{_e(s)} {_e(label)}</th>" for s in splits for _, label in keys)
+    rows = []
+    for kind, entries in (("member", doc["members"]), ("strategy", doc["strategies"])):
+        for who, per in entries.items():
+            mark = " *" if kind == "strategy" and who == doc["strategy"] else ""
+            cells = "".join(f"<td>{_num(per.get(s, {}).get(k))}</td>" for s in splits for k, _ in keys)
+            rows.append(f'<tr class="{kind}{" default" if mark else ""}"><th>{_e(who)}{mark}</th>{cells}</tr>')
+    return (f'<table class="summary"><tr><th>model</th>{head}</tr>{"".join(rows)}</table>'
+            f"<p>* the run's default strategy. OOB: each training image voted on only by the members "
+            f"that left it out.</p>")
+
+
+def per_class_table(metrics: dict) -> str:
+    rows = "".join(f"<tr><th>{_e(c)}</th><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td>"
+                   f"<td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>" for c, v in metrics["per_class"].items())
+    return f'<table class="perclass"><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th>' \
+           f"<th>support</th></tr>{rows}</table>"
+
+
+def confusion_table(split: str, who: str, cm: list[list[int]], classes: Sequence[str]) -> str:
+    """Counts and row shares coloured like a heatmap; every cell opens its gallery."""
+    cm = np.asarray(cm)
+    head = "".join(f"<th>{_e(c)}</th>" for c in classes)
+    rows = []
+    for i, c in enumerate(classes):
+        total = max(int(cm[i].sum()), 1)
+        cells = []
+        for j in range(len(classes)):
+            share = cm[i, j] / total
+            tone = "#fff" if share > 0.55 else "#000"
+            cells.append(f'<td class="cell" tabindex="0" data-split="{_e(split)}" data-who="{_e(who)}" '
+                         f'data-true="{i}" data-pred="{j}" data-count="{int(cm[i, j])}" '
+                         f'style="background: rgba(31, 119, 180, {share:.3f}); color: {tone}">'
+                         f"{int(cm[i, j])}<br><small>{share:.0%}</small></td>")
+        rows.append(f"<tr><th>{_e(c)}</th>{''.join(cells)}</tr>")
+    return (f'<table class="confusion"><tr><th>true \\ predicted</th>{head}</tr>{"".join(rows)}</table>')
+
+
+def diversity_table(pairs: list[dict]) -> str:
+    rows = "".join(f"<tr><th>{_e(p['a'])} / {_e(p['b'])}</th><td>{p['disagreement']:.3f}</td>"
+                   f"<td>{p['q_statistic']:.3f}</td><td>{p['error_correlation']:.3f}</td></tr>" for p in pairs)
+    return ("<table><tr><th>pair</th><th>disagreement</th><th>Q-statistic</th><th>error correlation</th></tr>"
+            f"{rows}</table>")
+
+
+def _split_data(split: str, results: dict, paths: Sequence[str], y: np.ndarray, names: Sequence[str],
+                thumbs: dict, saliency: dict, base: str) -> dict:
+    return {
+        "names": [os.path.basename(p) for p in paths],
+        "links": [href(p, base) for p in paths],
+        "thumbs": [quote(thumbs[p], safe="/") if thumbs.get(p) else None for p in paths],
+        "y": [int(v) for v in y],
+        "who": {who: {"pred": [int(v) for v in m["_pred"]],
+                      "conf": [round(float(m["_proba"][i, m["_pred"][i]]), 4) for i in range(len(y))]}
+                for who, m in results.items()},
+        "members": list(names),
+        "saliency": {str(i): {w: quote(r, safe="/") for w, r in saliency[p].items()}
+                     for i, p in enumerate(paths) if p in saliency},
+    }
+
+
+def fixed_and_broken(results: dict, y: np.ndarray, names: Sequence[str], strategy: str) -> dict:
+    """Images the best member (highest macro-F1 here) gets wrong and the ensemble right, and the reverse."""
+    best = max(names, key=lambda n: results[n]["macro_f1"])
+    member_ok = results[best]["_pred"] == y
+    ens_ok = results[strategy]["_pred"] == y
+    return {"best": best, "fixed": np.flatnonzero(~member_ok & ens_ok).tolist(),
+            "broken": np.flatnonzero(member_ok & ~ens_ok).tolist()}
+
+
+def render_html(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[Sequence[str], np.ndarray]],
+                base: str, thumbs: dict[str, str | None] | None = None,
+                saliency: dict[str, dict[str, str]] | None = None, curves: str | None = None) -> str:
+    """The page. ``base``: the report folder (links are relative to it); ``thumbs``: image path
+    -> thumbnail file in it; ``saliency``: image path -> {member or ``mean``: overlay file};
+    ``curves``: the training-curves PNG's file name."""
+    thumbs, saliency = thumbs or {}, saliency or {}
+    classes = doc["classes"]
+    names = list(doc["members"])
+    strategy = doc["strategy"]
+    data = {"classes": classes, "strategy": strategy, "page": PAGE, "splits": {}, "fixed": {}}
+    body = [f"<h1>effens report</h1><p>Classes: {', '.join(_e(c) for c in classes)}. "
+            f"Default strategy: <b>{_e(strategy)}</b>.</p>", "<h2>Summary</h2>", summary_table(doc)]
+    for split, results in splits.items():
+        paths, y = split_data[split]
+        data["splits"][split] = _split_data(split, results, paths, y, names, thumbs, saliency, base)
+        body.append(f'<h2 id="split-{_e(split)}">{_e(split)}</h2>')
+        if strategy in results and names:
+            fb = fixed_and_broken(results, np.asarray(y), names, strategy)
+            data["fixed"][split] = fb
+            body.append(f'<p>Against the best member here, <b>{_e(fb["best"]) }</b>, the {_e(strategy)} '
+                        f'ensemble <button class="list" data-split="{_e(split)}" data-list="fixed">fixed '
+                        f'{len(fb["fixed"])}</button> and <button class="list" data-split="{_e(split)}" '
+                        f'data-list="broken">broke {len(fb["broken"])}</button> images.</p>')
+        body.append('<div class="grid">')
+        for who, m in results.items():
+            body.append(f'<section class="who"><h3>{_e(who)}{" *" if who == strategy else ""}</h3>'
+                        f"<p>macro-F1 {m['macro_f1']:.4f} · accuracy {m['accuracy']:.4f} · log loss "
+                        f"{m['log_loss']:.4f} · ECE {m['ece']:.4f}</p>"
+                        f"{confusion_table(split, who, m['confusion_matrix'], classes)}"
+                        f"<details><summary>per class</summary>{per_class_table(m)}</details></section>")
+        body.append("</div>")
+        pairs = (doc.get("diversity") or {}).get(split)
+        if pairs:
+            body.append(f"<h3>Diversity of the members on {_e(split)}</h3>{diversity_table(pairs)}")
+    if curves:
+        body.append(f'<h2>Training curves</h2><p>Per member: train loss, val macro-F1 and val log loss per '
+                    f'epoch; the marker is the epoch kept.</p><img class="figure" src="{quote(curves)}" '
+                    f'alt="training curves">')
+    payload = json.dumps(data, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e") \
+        .replace("&", "\\u0026")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>effens report</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>{CSS}</style></head>
+<body>
+<main>{''.join(body)}</main>
+<aside id="gallery" hidden><div class="bar"><b id="gallery-title"></b>
+<button id="gallery-close" type="button">close</button></div><div id="cards"></div>
+<button id="more" type="button" hidden>more</button></aside>
+<script type="application/json" id="data">{payload}</script>
+<script>{JS}</script>
+</body></html>
+"""
+
+
+def simple_page(title: str, intro: str, rows: list[list[str]], figures: Sequence[str] = (),
+                highlight: str | None = None) -> str:
+    """A self-contained page with one table (first row: header) and figures (e.g. ``tune``'s)."""
+    head = "".join(f"<th>{_e(c)}</th>" for c in rows[0])
+    body = "".join(f'<tr{" class=default" if highlight is not None and r[0] == highlight else ""}>'
+                   + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+    figs = "".join(f'<p><img class="figure" src="{quote(f)}" alt="{_e(f)}"></p>' for f in figures)
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+            f"<style>{CSS}</style></head><body><main><h1>{_e(title)}</h1><p>{_e(intro)}</p>{figs}"
+            f'<table class="summary"><tr>{head}</tr>{body}</table></main></body></html>\n')
+
+
+CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222}
+main{padding:1em 2em;max-width:1500px}
+table{border-collapse:collapse;margin:.5em 0}
+th,td{border:1px solid #ccc;padding:3px 6px;text-align:right}
+th{background:#f4f4f4}
+tr.default th,tr.default td{background:#ffe9a8}
+.grid{display:flex;flex-wrap:wrap;gap:1em}
+.who{border:1px solid #ddd;padding:.5em;border-radius:4px}
+.who h3{margin:.2em 0}
+td.cell{cursor:pointer;min-width:3.5em;text-align:center}
+td.cell:hover,td.cell:focus{outline:2px solid #e6550d}
+#gallery{position:fixed;top:0;right:0;width:min(760px,100vw);height:100vh;overflow:auto;background:#fff;
+border-left:2px solid #888;box-shadow:-4px 0 12px rgba(0,0,0,.2);padding:.5em 1em}
+#gallery .bar{display:flex;justify-content:space-between;align-items:center;position:sticky;top:0;
+background:#fff;padding:.3em 0}
+#cards{display:flex;flex-wrap:wrap;gap:8px}
+.card{width:170px;border:1px solid #ddd;border-radius:4px;padding:4px;font-size:12px;overflow-wrap:anywhere}
+.card img{width:160px;height:160px;object-fit:contain;background:#eee;display:block}
+.card .wrong{color:#b00}
+.figure{max-width:100%}
+"""
+
+JS = r"""
+(function () {
+  var D = JSON.parse(document.getElementById('data').textContent);
+  var gallery = document.getElementById('gallery'), cards = document.getElementById('cards');
+  var more = document.getElementById('more'), title = document.getElementById('gallery-title');
+  var current = [], shown = 0, currentSplit = null;
+
+  function el(tag, text, cls) {
+    var e = document.createElement(tag);
+    if (text !== undefined && text !== null) e.textContent = text;
+    if (cls) e.className = cls;
+    return e;
+  }
+
+  function card(split, i) {
+    var S = D.splits[split], c = el('div', null, 'card');
+    c.setAttribute('data-index', i);
+    var a = el('a'); a.href = S.links[i]; a.title = S.names[i];
+    var img = el('img'); img.loading = 'lazy'; img.alt = S.names[i];
+    img.src = S.thumbs[i] || PLACEHOLDER;
+    a.appendChild(img); c.appendChild(a);
+    c.appendChild(el('div', S.names[i]));
+    var who = currentWho || D.strategy, W = S.who[who] || S.who[D.strategy];
+    c.appendChild(el('div', 'true: ' + D.classes[S.y[i]]));
+    c.appendChild(el('div', who + ': ' + D.classes[W.pred[i]] + ' (' + W.conf[i].toFixed(3) + ')',
+                     W.pred[i] === S.y[i] ? '' : 'wrong'));
+    var votes = S.members.map(function (m) { return m + ' ' + D.classes[S.who[m].pred[i]]; }).join(', ');
+    c.appendChild(el('div', 'votes: ' + votes));
+    var sal = S.saliency[String(i)];
+    if (sal) {
+      Object.keys(sal).forEach(function (k) {
+        var s = el('a', 'saliency ' + k); s.href = sal[k]; c.appendChild(el('span', ' ')); c.appendChild(s);
+      });
+    }
+    return c;
+  }
+
+  function showPage() {
+    var stop = Math.min(current.length, shown + D.page);
+    for (; shown < stop; shown++) cards.appendChild(card(currentSplit, current[shown]));
+    more.hidden = shown >= current.length;
+  }
+
+  var currentWho = null;
+  function open(split, who, list, heading) {
+    currentSplit = split; currentWho = who; current = list; shown = 0;
+    cards.textContent = '';
+    title.textContent = heading + ': ' + list.length + ' image' + (list.length === 1 ? '' : 's');
+    gallery.hidden = false;
+    gallery.setAttribute('data-count', String(list.length));
+    showPage();
+  }
+
+  function cellList(split, who, t, p) {
+    var S = D.splits[split], W = S.who[who], out = [];
+    for (var i = 0; i < S.y.length; i++) if (S.y[i] === t && W.pred[i] === p) out.push(i);
+    out.sort(function (a, b) { return W.conf[b] - W.conf[a] || a - b; });
+    return out;
+  }
+
+  function openCell(td) {
+    var split = td.getAttribute('data-split'), who = td.getAttribute('data-who');
+    var t = +td.getAttribute('data-true'), p = +td.getAttribute('data-pred');
+    open(split, who, cellList(split, who, t, p),
+         split + ' · ' + who + ' · true ' + D.classes[t] + ' → predicted ' + D.classes[p]);
+  }
+
+  document.querySelectorAll('td.cell').forEach(function (td) {
+    td.addEventListener('click', function () { openCell(td); });
+    td.addEventListener('keydown', function (e) { if (e.key === 'Enter') openCell(td); });
+  });
+  document.querySelectorAll('button.list').forEach(function (b) {
+    b.addEventListener('click', function () {
+      var split = b.getAttribute('data-split'), kind = b.getAttribute('data-list'), F = D.fixed[split];
+      var W = D.splits[split].who[D.strategy];
+      var list = F[kind].slice().sort(function (a, c) { return W.conf[c] - W.conf[a] || a - c; });
+      open(split, D.strategy, list, split + ' · ' + kind + ' by ' + D.strategy + ' vs ' + F.best);
+    });
+  });
+  more.addEventListener('click', showPage);
+  document.getElementById('gallery-close').addEventListener('click', function () { gallery.hidden = true; });
+
+  // #cell=split/who/true/pred opens that cell; #selftest clicks the first non-empty cell and
+  // records what the gallery shows (used by the headless-browser test and for screenshots)
+  var h = decodeURIComponent(location.hash.slice(1));
+  if (h.indexOf('cell=') === 0) {
+    var parts = h.slice(5).split('/');
+    document.querySelectorAll('td.cell').forEach(function (td) {
+      if (td.getAttribute('data-split') === parts[0] && td.getAttribute('data-who') === parts[1] &&
+          td.getAttribute('data-true') === parts[2] && td.getAttribute('data-pred') === parts[3]) td.click();
+    });
+  } else if (h === 'selftest') {
+    var first = Array.prototype.find.call(document.querySelectorAll('td.cell'),
+                                          function (td) { return +td.getAttribute('data-count') > 0; });
+    first.click();
+    document.body.setAttribute('data-selftest', JSON.stringify({
+      count: +first.getAttribute('data-count'), shown: cards.children.length,
+      gallery: gallery.getAttribute('data-count'), page: D.page}));
+  }
+  document.body.setAttribute('data-ready', String(Math.round(performance.now())));
+})();
+"""
+
+PLACEHOLDER_SVG = ("data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/svg' width='160' height='160'%3E"
+                   "%3Crect width='160' height='160' fill='%23ddd'/%3E%3Ctext x='80' y='85' font-size='14' "
+                   "text-anchor='middle' fill='%23666'%3Eno thumbnail%3C/text%3E%3C/svg%3E")
+JS = JS.replace("PLACEHOLDER", json.dumps(PLACEHOLDER_SVG))
