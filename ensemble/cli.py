@@ -26,6 +26,28 @@ def _setup_logging(verbose: int) -> None:
         logging.getLogger(name).setLevel(level)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number; got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number; got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="effens", description="Bagged ensembles of EfficientNet classifiers.")
     p.add_argument("--version", action="version", version=f"effens {__version__}")
@@ -45,15 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("inputs", nargs="+", help="image files, folders (recursive) or CSV manifests")
     pr.add_argument("--strategy", choices=strategy_names(), help="default: the run's combiner.strategy")
     pr.add_argument("--out", required=True, help="output .csv or .json")
-    pr.add_argument("--coverage", type=float, metavar="C",
+    pr.add_argument("--coverage", type=_fraction, metavar="C",
                     help="add a prediction_set column holding the true class for at least a share C "
                          "of images like the calibration images (split conformal), e.g. 0.9")
     pr.add_argument("--coverage-by-class", action="store_true", default=None,
                     help="prediction sets with that coverage within every class")
-    pr.add_argument("--review-rate", type=float, metavar="R",
+    pr.add_argument("--review-rate", type=_fraction, metavar="R",
                     help="add a decision column: the share R of least confident images (on the "
                          "calibration images) is marked review")
-    pr.add_argument("--target-accuracy", type=float, metavar="A",
+    pr.add_argument("--target-accuracy", type=_fraction, metavar="A",
                     help="add a decision column: review the least confident images so that the rest "
                          "reach accuracy A on the calibration images")
 
@@ -64,9 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, help="report folder (also caches member probabilities)")
 
     for q in (pr, ev):
-        q.add_argument("--batch-size", type=int, help="images per inference step")
+        q.add_argument("--batch-size", type=_positive_int, help="images per inference step")
         q.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's)")
-        q.add_argument("--tta", action="store_true", help="average with the horizontal mirror")
+        q.add_argument("--tta", nargs="?", const="flip", metavar="VIEWS",
+                       help="test-time augmentation: alone, average with the mirror image; or comma-"
+                            "separated views to average over, e.g. crop,letterbox,flip")
         q.add_argument("--runtime", metavar="{auto,torch,openvino,onnxruntime}",
                        help="inference runtime (default: the run's `runtime`; auto = OpenVINO on CPU "
                             "when installed, else torch)")
@@ -101,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     for q in (t, tu):
         q.add_argument("--parallel", choices=("sequential", "loky", "ray", "dask"),
                        help="override parallel.backend")
-        q.add_argument("--n-jobs", type=int, help="override parallel.n_jobs")
+        q.add_argument("--n-jobs", type=_positive_int, help="override parallel.n_jobs")
 
     for q in (t, pr, ev, fc, tu, ex, xp):
         q.add_argument("-v", "--verbose", action="count", default=0)
@@ -110,45 +134,56 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a reported error is one line naming its culprit and exit code 2
+    (the traceback only with ``-v``); Ctrl-C is one line and exit code 130."""
     args = build_parser().parse_args(argv)
     _setup_logging(-1 if args.quiet else args.verbose)
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        log.error("interrupted; finished work is kept: run the same command again to resume")
+        return 130
+    except Exception as exc:
+        if not _reported(exc):
+            raise
+        log.error("%s", _one_line(exc))
+        if args.verbose:
+            log.error("traceback (-v):", exc_info=exc)
+        return 2
+
+
+def _dispatch(args) -> int:
+    commands = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate,
+                "fit-combiner": cmd_fit_combiner, "tune": cmd_tune, "export": cmd_export, "explain": cmd_explain}
+    return commands[args.command](args)
+
+
+def _reported(exc: BaseException) -> bool:
+    """Errors that are the user's input or environment (reported in one line), not bugs."""
+    from members.export import ExportError
+    from members.models import DeviceError
+    from members.precision import PrecisionError
+    from members.runtimes import RuntimeUnavailable
+    from members.trainer import TrainingError
+    from members.weights import WeightsError
+
     from .config import ConfigError
     from .data import DataError
     from .decisions import DecisionError
+    from .files import RunError
     from .images import BadImageError
     from .parallel import ParallelError
-    from .files import RunError
 
-    try:
-        if args.command == "train":
-            return cmd_train(args)
-        if args.command == "predict":
-            return cmd_predict(args)
-        if args.command == "evaluate":
-            return cmd_evaluate(args)
-        if args.command == "fit-combiner":
-            return cmd_fit_combiner(args)
-        if args.command == "tune":
-            return cmd_tune(args)
-        if args.command == "export":
-            return cmd_export(args)
-        if args.command == "explain":
-            return cmd_explain(args)
-    except (ConfigError, DataError, BadImageError, RunError, ParallelError, DecisionError) as exc:
-        log.error("%s", exc)
-        return 2
-    except Exception as exc:  # known failures from members
-        from members.export import ExportError
-        from members.precision import PrecisionError
-        from members.runtimes import RuntimeUnavailable
-        from members.trainer import TrainingError
-        from members.weights import WeightsError
+    known = (ConfigError, DataError, BadImageError, RunError, ParallelError, DecisionError, TrainingError,
+             WeightsError, PrecisionError, RuntimeUnavailable, ExportError, DeviceError, OSError)
+    return isinstance(exc, known)
 
-        if isinstance(exc, (TrainingError, WeightsError, PrecisionError, RuntimeUnavailable, ExportError)):
-            log.error("%s", exc)
-            return 2
-        raise
-    return 1
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not type(exc).__module__.startswith(("ensemble", "members")):
+        where = exc.filename or ""
+        return f"{where}: {exc.strerror or exc}" if where else f"{type(exc).__name__}: {exc}"
+    return " ".join(str(exc).split())
 
 
 def _parallel_overrides(args) -> list[str]:

@@ -176,10 +176,13 @@ def fit_stacking(proba: np.ndarray, y: np.ndarray, n_classes: int, C: float = 1.
         proba = impute_missing(proba, available)
     X = stacking_features(proba)
     present = np.unique(y)
-    clf = LogisticRegression(C=C, max_iter=2000, random_state=seed)
-    clf.fit(X, y)
     coef = np.zeros((n_classes, X.shape[1]))
     intercept = np.full(n_classes, -1e3)  # a class never seen in fitting is never predicted
+    if len(present) == 1:  # one class to fit on (a tiny or lopsided split): always that class
+        intercept[present[0]] = 0.0
+        return coef, intercept
+    clf = LogisticRegression(C=C, max_iter=2000, random_state=seed)
+    clf.fit(X, y)
     if len(present) == 2 and clf.coef_.shape[0] == 1:  # binary: sklearn keeps one row
         coef[present[1]], intercept[present[1]] = clf.coef_[0], clf.intercept_[0]
         coef[present[0]], intercept[present[0]] = 0.0, 0.0

@@ -23,6 +23,12 @@ def _non_empty(value: Any) -> str | None:
     return "must not be empty" if isinstance(value, str) and not value.strip() else None
 
 
+def _views() -> tuple[str, ...]:
+    from members.views import view_names  # PIL and numpy only
+
+    return view_names()
+
+
 @dataclasses.dataclass
 class SplitSource:
     """Where one split's images come from: a folder of class folders or a CSV manifest."""
@@ -37,13 +43,15 @@ class SplitSource:
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"`{path}` must be a folder, a CSV path or a mapping "
                               f"{{csv: PATH, path_column: NAME, label_column: NAME}}; got {value!r}")
-        if value.lower().endswith(".csv"):
-            return cls(csv=value)
-        return cls(folder=value)
+        source = cls(csv=value) if value.lower().endswith(".csv") else cls(folder=value)
+        source.validate(path)
+        return source
 
     def validate(self, path: str) -> None:
         if (self.folder is None) == (self.csv is None):
             raise ConfigError(f"`{path}` needs exactly one of `folder` or `csv`")
+        if "\0" in (self.folder or self.csv):
+            raise ConfigError(f"`{path}` must not contain a NUL character")
 
     def resolved(self, base: Path) -> "SplitSource":
         def res(p: str | None) -> str | None:
@@ -58,7 +66,7 @@ class DataConfig:
     test: SplitSource | None = field(None, doc="test split (reported, never used to choose)")
     val_fraction: float = field(0.2, check=interval(0, 1, low_open=True, high_open=True),
                                 doc="share of train held out (stratified) when `val` is absent")
-    cache_size: int | None = field(None, check=interval(16, None),
+    cache_size: int | None = field(None, check=interval(16, 8192),
                                    doc="shorter side of decoded images kept in memory; "
                                        "default: the largest member's resize size")
     on_bad_image: Literal["error", "skip"] = field("error", doc="unreadable training image: "
@@ -83,37 +91,44 @@ def _check_freeze(value: Any) -> str | None:
 
 @dataclasses.dataclass
 class TrainConfig:
-    epochs: int = field(3, check=interval(1, None), doc="training epochs")
-    batch_size: int = field(32, check=interval(1, None), doc="images per step")
+    epochs: int = field(3, check=interval(1, 10_000), doc="training epochs")
+    batch_size: int = field(32, check=interval(1, 65_536), doc="images per step")
     lr: float = field(1e-3, check=interval(0, None, low_open=True), doc="peak AdamW learning rate")
     backbone_lr_scale: float = field(1.0, check=interval(0, 1),
                                      doc="backbone learning rate as a share of `lr` (head: `lr`)")
     weight_decay: float = field(0.05, check=interval(0, None), doc="AdamW weight decay")
-    warmup_epochs: float = field(0.5, check=interval(0, None), doc="linear warm-up, then cosine decay")
+    warmup_epochs: float = field(0.5, check=interval(0, 10_000), doc="linear warm-up, then cosine decay")
     freeze: int | str = field("none", check=_check_freeze,
                               doc="`none`, `backbone` (head only) or N = stem + first N blocks frozen")
     augment: str | None = field("rand-m9-mstd0.5",
                                 doc="timm auto-augment preset (rand-*, augmix-*, original, v0); "
                                     "`none` or null for flip + crop only")
-    min_image_size: int | None = field(None, check=interval(8, None),
+    min_image_size: int | None = field(None, check=interval(8, 4096),
                                        doc="progressive resizing: the first epoch trains at this "
                                            "size, growing linearly to `image_size` by the last "
                                            "third of epochs (null: off)")
     crop_scale: list[float] = field(default_factory=lambda: [0.25, 1.0],
                                     doc="random-resized-crop area range")
     hflip: float = field(0.5, check=interval(0, 1), doc="horizontal flip probability")
+    robust: Literal["none", "light", "strong"] = field(
+        "none", doc="robustness augmentation per image (downscale-upscale, JPEG re-encoding, mild blur, "
+                    "photometric jitter), for photos from other sources")
     label_smoothing: float = field(0.1, check=interval(0, 1, high_open=True),
                                    doc="cross-entropy label smoothing")
     drop_rate: float | None = field(None, check=interval(0, 1, high_open=True),
                                     doc="dropout before the classifier; default: the model's")
-    eval_batch_size: int = field(64, check=interval(1, None), doc="images per inference step")
-    num_workers: int = field(0, check=interval(0, None), doc="augmentation worker processes")
+    eval_batch_size: int = field(64, check=interval(1, 65_536), doc="images per inference step")
+    num_workers: int = field(0, check=interval(0, 256), doc="augmentation worker processes")
 
     def validate(self, path: str) -> None:
         lo_hi = self.crop_scale
         if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
             raise ConfigError(f"`{path}.crop_scale` must be [low, high] with 0 < low <= high <= 1; "
                               f"got {lo_hi}")
+
+
+def _show_name(name: str) -> str:
+    return repr(name) if len(name) <= 40 else repr(name[:37]) + "..."
 
 
 def _check_model(value: Any) -> str | None:
@@ -139,16 +154,22 @@ class MemberConfig:
     model: str = field(check=_check_model, doc="any timm model name")
     weights: str = field("none", doc="`none`, `hub`, a weights file (.safetensors/.pt/.pth) "
                                      "or an installed weights package")
-    image_size: int | None = field(None, check=interval(8, None),
+    image_size: int | None = field(None, check=interval(8, 4096),
                                    doc="training/inference size; default: the model's native size")
     precision: Literal["auto", "fp32", "bf16", "fp16"] | None = field(
         None, doc="this member's precision; default: the top-level `precision`")
+    view: str = field("crop", choices=_views,
+                      doc="how a photo becomes the input, in training, val, OOB, predict and export: crop "
+                          "(centre square), letterbox (whole photo, padded) or squash (whole photo, "
+                          "stretched)")
     bagging: BaggingConfig = field(default_factory=BaggingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self, path: str) -> None:
-        if any(c in self.name for c in "/\\:") or self.name in (".", ".."):
-            raise ConfigError(f"`{path}.name` must be usable as a folder name; got {self.name!r}")
+        if (any(c in self.name for c in "/\\:\0") or self.name in (".", "..")
+                or len(self.name.encode("utf-8")) > 100 or not self.name.isprintable()):
+            raise ConfigError(f"`{path}.name` must be usable as a folder name (printable, no / \\ : or NUL, "
+                              f"at most 100 bytes); got {_show_name(self.name)}")
 
 
 @dataclasses.dataclass
@@ -246,11 +267,11 @@ class TuneConfig:
     method: Literal["grid", "random", "halving"] = field(
         "grid", doc="grid: every candidate; random: `budget` of them; halving: successive "
                     "halving over training epochs, keeping the best 1/`eta` each round")
-    budget: int | None = field(None, check=interval(1, None),
+    budget: int | None = field(None, check=interval(1, 100_000),
                                doc="random: number of candidates; halving: candidates in the "
                                    "first round (default: all)")
-    eta: int = field(3, check=interval(2, None), doc="halving: keep 1/eta per round")
-    min_epochs: int = field(1, check=interval(1, None), doc="halving: epochs in the first round")
+    eta: int = field(3, check=interval(2, 1000), doc="halving: keep 1/eta per round")
+    min_epochs: int = field(1, check=interval(1, 10_000), doc="halving: epochs in the first round")
     objective: Literal["oob", "val"] = field("val", doc="where candidates are scored")
     metric: Literal["macro_f1", "accuracy", "log_loss"] = field("macro_f1", doc="score to optimise")
     strategy: str = field("soft", choices=_strategies,
@@ -270,11 +291,11 @@ class ParallelConfig:
     backend: Literal["sequential", "loky", "ray", "dask"] = field(
         "sequential", doc="how members and tuning candidates run: in process, local processes "
                           "(loky), or a Ray / Dask cluster")
-    n_jobs: int = field(1, check=interval(1, None), doc="jobs at once")
+    n_jobs: int = field(1, check=interval(1, 1024), doc="jobs at once")
     address: str | None = field(None, doc="ray/dask: cluster address (e.g. `auto`, "
                                           "`ray://host:10001`, `tcp://host:8786`); default: "
                                           "start a local cluster")
-    threads_per_job: int | None = field(None, check=interval(1, None),
+    threads_per_job: int | None = field(None, check=interval(1, 1024),
                                         doc="torch threads per job; default: cores / n_jobs")
 
 
@@ -282,7 +303,7 @@ class ParallelConfig:
 class Config:
     data: DataConfig = field(doc="the splits")
     members: list[MemberConfig] = field(doc="one entry per ensemble member")
-    seed: int = field(0, doc="seeds bagging, splits, initialisation and augmentation")
+    seed: int = field(0, check=interval(0, 2**32 - 1), doc="seeds bagging, splits, initialisation and augmentation")
     combiner: CombinerConfig = field(default_factory=CombinerConfig)
     device: str = field("auto", doc="`auto` (cuda when present), `cpu`, `cuda` or `cuda:N`")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
@@ -317,8 +338,9 @@ class Config:
         if isinstance(w, list) and len(w) != len(self.members):
             raise ConfigError(f"`combiner.weights` must have one weight per member "
                               f"({len(self.members)}); got {len(w)}")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise ConfigError(f"`device` must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        if not (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:")
+                                                            and self.device[5:].isdigit())):
+            raise ConfigError(f"`device` must be auto, cpu, cuda or cuda:N; got {_show_name(self.device)}")
 
 
 # ---------------------------------------------------------------- YAML
@@ -329,6 +351,8 @@ class _StrictLoader(yaml.SafeLoader):
 def _mapping_no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
     seen = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults` merges; explicit keys win
+            continue
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             raise yaml.constructor.ConstructorError(
@@ -339,19 +363,59 @@ def _mapping_no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_no_duplicates)
 
+MAX_YAML_NODES = 100_000
+
+
+def _expanded_size(node: yaml.Node, memo: dict) -> int:
+    """Nodes the document would have with every alias expanded (computed without expanding)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # guards recursive documents
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(n, memo) for n in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    else:
+        size = 1
+    memo[id(node)] = min(size, 10 * MAX_YAML_NODES)
+    return memo[id(node)]
+
+
+def _load_yaml(stream, where: str):
+    """Parse strictly (see :class:`_StrictLoader`), refusing documents whose aliases expand
+    beyond :data:`MAX_YAML_NODES` (an "alias bomb")."""
+    loader = _StrictLoader(stream)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_YAML_NODES:
+            raise ConfigError(f"{where}: its aliases expand to more than {MAX_YAML_NODES:,} values; refused")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
 
 def read_yaml(path: str | os.PathLike) -> dict:
     """Parse a YAML file strictly: safe tags only, no duplicate keys, a mapping at the top."""
     try:
         with open(path, encoding="utf-8") as fh:
-            raw = yaml.load(fh, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+            raw = _load_yaml(fh, str(path))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        raise ConfigError(f"{path}: invalid YAML: {_short(str(exc))}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return raw
+
+
+def _short(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
@@ -362,9 +426,9 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
         if not sep or not key.strip():
             raise ConfigError(f"--set expects KEY=VALUE; got {item!r}")
         try:
-            value = yaml.load(text, Loader=_StrictLoader) if text.strip() else None  # noqa: S506
+            value = _load_yaml(text, f"--set {key}") if text.strip() else None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {key}: invalid value: {exc}") from None
+            raise ConfigError(f"--set {key}: invalid value: {_short(str(exc))}") from None
         out.append((key.strip(), value))
     return out
 
@@ -445,20 +509,11 @@ def config_from_params(params: dict, source: str = "BaggedEnsemble") -> Config:
 
 
 def check_against_classes(cfg: "Config", classes: list[str], source: str) -> None:
-    """Checks that need the data's classes: member names, the cost matrix's size."""
-    check_member_names(cfg.members, classes, source)
+    """Checks that need the data's classes: the cost matrix's size."""
     costs = cfg.decision.costs
     if costs is not None and len(costs) != len(classes):
         raise ConfigError(f"{source}: `decision.costs` must be {len(classes)} x {len(classes)} "
                           f"(classes {', '.join(classes)}); got {len(costs)} x {len(costs[0])}")
-
-
-def check_member_names(members: list, classes: list[str], source: str) -> None:
-    """Refuse a member named like a class (their output columns would collide)."""
-    for i, m in enumerate(members):
-        if m.name in classes:
-            raise ConfigError(f"{source}: `members.{i}.name` {m.name!r} is also a class name; "
-                              f"rename the member")
 
 
 def config_to_dict(cfg: Config) -> dict:

@@ -80,6 +80,35 @@ def load_folder(root: str | os.PathLike) -> Split:
     return Split(paths, labels)
 
 
+def read_manifest(path: str | os.PathLike, columns: Sequence[str]) -> list[tuple[int, dict]]:
+    """(line number, row) of a CSV manifest in UTF-8 (a BOM is fine) that has ``columns``.
+
+    Text that is not UTF-8, NUL bytes and missing columns are errors naming the file (and
+    the line).
+    """
+    import io
+
+    path = Path(path)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise DataError(f"{path}: line {line}: not UTF-8 text; save the manifest as UTF-8") from None
+    if "\0" in text:
+        raise DataError(f"{path}: line {text[:text.index(chr(0))].count(chr(10)) + 1}: a NUL byte; "
+                        f"not a text CSV") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    found = reader.fieldnames or []
+    missing = [c for c in columns if c not in found]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; columns are {', '.join(found) or 'none'}")
+    try:
+        return [(reader.line_num, row) for row in reader]
+    except csv.Error as exc:
+        raise DataError(f"{path}: line {reader.line_num}: {exc}") from None
+
+
 def manifest_path(csv_path: str | os.PathLike, listed: str) -> str:
     """A path listed in a CSV manifest: absolute as given, else relative to the CSV's folder."""
     return listed if os.path.isabs(listed) else str((Path(csv_path).parent / listed).resolve())
@@ -91,17 +120,11 @@ def load_csv(path: str | os.PathLike, path_column: str = "path",
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such CSV file")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        columns = reader.fieldnames or []
-        missing_cols = [c for c in (path_column, label_column) if c not in columns]
-        if missing_cols:
-            raise DataError(f"{path}: missing column(s) {', '.join(missing_cols)}; "
-                            f"columns are {', '.join(columns) or 'none'}")
-        rows = [(r[path_column], r[label_column]) for r in reader]
+    rows = [(line, (r[path_column] or "", r[label_column] or ""))
+            for line, r in read_manifest(path, (path_column, label_column))]
     paths, labels, problems = [], [], []
     seen: dict[str, int] = {}
-    for line, (p, lab) in enumerate(rows, start=2):  # line 1 is the header
+    for line, (p, lab) in rows:
         if not p or not lab:
             problems.append(f"row {line}: empty path or label")
             continue
@@ -148,6 +171,11 @@ def stratified_holdout(split: Split, fraction: float, seed: int) -> tuple[Split,
     if min(counts.values()) < 2:
         raise DataError(f"cannot hold out a stratified validation set: classes with fewer than "
                         f"2 images: {', '.join(c for c, n in counts.items() if n < 2)}")
+    n_val = int(np.ceil(fraction * len(split)))
+    if n_val < len(counts) or len(split) - n_val < len(counts):
+        raise DataError(f"cannot hold out a stratified validation set of `data.val_fraction` {fraction:g}: "
+                        f"{len(split)} training images give {n_val} for val, fewer than one per class "
+                        f"({len(counts)}) on one side; give a `data.val` split or more images")
     tr, va = train_test_split(idx, test_size=fraction, random_state=seed, stratify=split.labels)
     return split.subset(sorted(tr)), split.subset(sorted(va))
 

@@ -45,7 +45,17 @@ class FittedMember:
 
 
 def images_fingerprint(paths: Sequence[str], labels: Sequence) -> str:
-    return sha256_json([list(map(str, paths)), [str(v) for v in labels]])
+    """Identifies a labelled image set by its paths, labels and file contents (SHA-256 of
+    each file), so that pixels replaced in place are never mistaken for the old ones."""
+    from .files import sha256_file
+
+    def content(p: str) -> str:
+        try:
+            return sha256_file(p)
+        except OSError:
+            return "unreadable"
+
+    return sha256_json([list(map(str, paths)), [str(v) for v in labels], [content(str(p)) for p in paths]])
 
 
 class BaggedEnsemble(BaseEstimator):
@@ -205,19 +215,31 @@ class BaggedEnsemble(BaseEstimator):
 
         ``runtime`` and ``precision`` default to the ensemble's (and each member's own
         precision); a runtime is compiled once per member and reused by later calls.
+        ``tta``: ``True``/``"flip"`` averages with the mirror image; a list or comma-separated
+        names of views (:mod:`members.views`) averages over those views instead of the
+        member's own (``"crop,letterbox,flip"``: both views and their mirrors).
         """
         from members.models import pick_device
         from members.runtimes import runtime_proba
         from members.transforms import eval_tensor
+        from members.views import parse_tta
 
         self._check_fitted()
+        try:
+            names = parse_tta(tta)
+        except ValueError as exc:
+            from .config import ConfigError
+
+            raise ConfigError(f"--tta: {exc}") from None
+        views, flip = [v for v in names if v != "flip"], "flip" in names
         images = _decoded(X, self._specs(), "X", [fm.inputs for fm in self.members_])
         dev = pick_device(device or self.device)
         out = []
         for j, (fm, spec) in enumerate(zip(self.members_, self._specs())):
             rt = self._runtime(j, runtime, precision, dev)
-            out.append(runtime_proba(rt, eval_tensor(images, fm.inputs),
-                                     batch_size or spec.train.eval_batch_size, tta=tta))
+            seen = [runtime_proba(rt, eval_tensor(images, dataclasses.replace(fm.inputs, view=v) if v else fm.inputs),
+                                  batch_size or spec.train.eval_batch_size, tta=flip) for v in (views or [None])]
+            out.append(seen[0] if len(seen) == 1 else np.mean(seen, axis=0))
         return np.stack(out)
 
     def inference_plan(self, runtime: str | None = None, precision: str | None = None,

@@ -122,14 +122,14 @@ def ensemble_graph(ens, strategy: str) -> EnsembleGraph:
 # ---------------------------------------------------------------- files
 def preprocessing(inputs, classes: Sequence[str]) -> dict:
     """What a server must do to an image before the graph (effens' eval view)."""
+    from members.views import describe_view
+
     return {
         "input": {"name": "image", "layout": "NCHW", "dtype": "float32",
                   "shape": ["batch", 3, inputs.image_size, inputs.image_size]},
         "output": {"name": "proba", "shape": ["batch", len(classes)], "meaning": "class probabilities"},
-        "view": "crop",
-        "steps": ["decode to RGB (EXIF orientation applied)",
-                  f"resize the shorter side to {inputs.resize_size} px ({inputs.interpolation})",
-                  f"centre crop {inputs.image_size} x {inputs.image_size}",
+        "view": inputs.view,
+        "steps": ["decode to RGB (EXIF orientation applied)", *describe_view(inputs),
                   "scale to [0, 1], subtract mean, divide by std (per channel, RGB)"],
         "image_size": inputs.image_size, "resize_size": inputs.resize_size, "crop_pct": inputs.crop_pct,
         "interpolation": inputs.interpolation, "mean": list(inputs.mean), "std": list(inputs.std),

@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -26,6 +26,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; honour the umask like open() does
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -43,6 +44,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -108,3 +115,46 @@ def write_files(folder: str | os.PathLike, files: dict[str, bytes | str | Any]) 
             atomic_write_text(folder / name, data)
         else:
             atomic_write_json(folder / name, data)
+
+
+# ---------------------------------------------------------------- folders effens owns
+RECORD = ".effens-files.json"
+
+
+def owned_files(folder: str | os.PathLike, kind: str) -> set[str]:
+    """Files (relative paths) an earlier effens ``kind`` output recorded in ``folder``."""
+    path = Path(folder) / RECORD
+    if not path.is_file():
+        return set()
+    try:
+        doc = read_json(path)
+    except (ValueError, OSError):
+        return set()
+    return set(doc.get("files", [])) if doc.get("kind") == kind else set()
+
+
+def foreign_files(folder: str | os.PathLike, kind: str) -> list[str]:
+    """Files in ``folder`` (recursively) that no earlier ``kind`` output of effens recorded."""
+    folder = Path(folder)
+    if not folder.exists():
+        return []
+    if not folder.is_dir():
+        return [""]
+    ours = owned_files(folder, kind) | {RECORD}
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.is_file() and str(p.relative_to(folder)) not in ours and not p.name.startswith("."))
+
+
+def write_owned(folder: str | os.PathLike, files: dict, kind: str, also: Sequence[str] = ()) -> None:
+    """Write ``files`` into a folder that is new, empty or an earlier ``kind`` output of
+    effens; a file effens did not write there is a refusal naming it (nothing is written)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RunError(f"{folder}: exists and is not a folder")
+    foreign = [f for f in foreign_files(folder, kind) if f not in also]
+    if foreign:
+        raise RunError(f"{folder / foreign[0]}: not written by effens here; choose a new or empty output "
+                       f"folder (effens never overwrites files it did not write)")
+    write_files(folder, files)
+    atomic_write_json(folder / RECORD, {"kind": kind,
+                                        "files": sorted(owned_files(folder, kind) | set(files) | set(also))})

@@ -21,6 +21,12 @@ class BadImageError(ValueError):
     """An image file cannot be decoded into pixels."""
 
 
+#: longer side / shorter side beyond which an image is refused: resizing its shorter side
+#: to the cache size would make the longer side enormous (a tiny 100000 x 1 PNG would need
+#: gigabytes), and no photo of a car is shaped like that
+MAX_ASPECT = 20
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode -> RGB; transparency is composited onto white."""
     if img.mode == "RGB":
@@ -60,6 +66,10 @@ def decode_image(path: str, size: int | None = None) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
+                w, h = img.size
+                if max(w, h) > MAX_ASPECT * max(1, min(w, h)):
+                    raise BadImageError(f"{path}: {w} x {h} px is more elongated than {MAX_ASPECT}:1; "
+                                        f"not decoded")
                 if size is not None and img.format == "JPEG":
                     img.draft("RGB", (size, size))  # let libjpeg downscale by 1/2..1/8 for free
                 img = ImageOps.exif_transpose(img)
@@ -67,6 +77,8 @@ def decode_image(path: str, size: int | None = None) -> np.ndarray:
                 if size is not None:
                     img = resize_shorter(img, size)
                 arr = np.asarray(img, dtype=np.uint8)
+    except BadImageError:
+        raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
             Image.DecompressionBombWarning) as exc:
         raise BadImageError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from None

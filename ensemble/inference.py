@@ -12,11 +12,12 @@ import numpy as np
 
 
 from .config import SplitSource
-from .data import DataError, check_labels, find_images, load_split, manifest_path
+from .data import DataError, check_labels, find_images, load_split, manifest_path, read_manifest
 from .estimator import BaggedEnsemble, images_fingerprint
 from .evaluation import decision_report, evaluate_split
 from .explain import page_files
-from .files import atomic_write_json, atomic_write_npy, atomic_write_text, read_json, read_npy, sha256_json, write_files
+from .files import (RunError, atomic_write_json, atomic_write_npy, atomic_write_text, foreign_files, read_json,
+                    read_npy, sha256_json, write_owned)
 from .images import decode_all
 from .report import build_metrics, comparison_rows, format_table, render_report
 from .runfolder import RunFolder, load_run, weights_hash
@@ -31,7 +32,7 @@ class InferenceOptions:
 
     batch_size: int | None = None     # images per inference step (default: each member's)
     device: str | None = None         # auto, cpu, cuda, cuda:N
-    tta: bool = False                 # average with the horizontal mirror
+    tta: bool | str = False           # True/"flip": with the mirror; "crop,letterbox,flip": over views
     runtime: str | None = None        # torch, openvino, onnxruntime, auto
     precision: str | None = None      # auto, fp32, bf16, fp16
 
@@ -99,12 +100,10 @@ def expand_inputs(inputs: Sequence[str], path_column: str = "path") -> list[str]
                 log.warning("%s: no image files inside", p)
             out.extend(found)
         elif p.suffix.lower() == ".csv" and p.is_file():
-            with open(p, newline="", encoding="utf-8-sig") as fh:
-                reader = csv.DictReader(fh)
-                if path_column not in (reader.fieldnames or []):
-                    raise DataError(f"{p}: no `{path_column}` column; columns are "
-                                    f"{', '.join(reader.fieldnames or [])}")
-                out.extend(manifest_path(p, r[path_column]) for r in reader)
+            for line, row in read_manifest(p, (path_column,)):
+                if not (row[path_column] or "").strip():
+                    raise DataError(f"{p}: line {line}: no path in the `{path_column}` column")
+                out.append(manifest_path(p, row[path_column]))
         else:
             out.append(str(p))
     return out
@@ -152,42 +151,67 @@ def predict_rows(ens: BaggedEnsemble, paths: Sequence[str], strategy: str | None
                     row["prediction_set"] = "|".join(c for j, c in enumerate(classes) if sets[k, j])
                 if review:
                     row["decision"] = "review" if confidence(proba[k:k + 1])[0] < threshold else classes[pred[k]]
-                row.update({c: float(proba[k, j]) for j, c in enumerate(classes)})
-                row.update({n: classes[member_pred[m, k]] for m, n in enumerate(names)})
+                row["proba"] = {c: float(proba[k, j]) for j, c in enumerate(classes)}
+                row["votes"] = {n: classes[member_pred[m, k]] for m, n in enumerate(names)}
                 row["error"] = ""
             else:
                 row["prediction"] = ""
                 row.update({c: "" for c in decisions.columns()})
-                row.update({c: None for c in classes})
-                row.update({n: "" for n in names})
+                row["proba"] = {c: None for c in classes}
+                row["votes"] = {n: "" for n in names}
                 row["error"] = reasons.get(path, "not found")
             rows.append(row)
     return rows
 
 
+OUTPUT_SUFFIXES = (".csv", ".json")
+
+
+def check_output_file(out: str | Path) -> Path:
+    """``predict --out``: a .csv or .json file name (any case) whose folder exists or can be made."""
+    out = Path(out)
+    if out.is_dir():
+        raise DataError(f"{out}: is a folder; --out names the output file (.csv or .json)")
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise DataError(f"{out}: --out must end in .csv or .json; got {out.suffix or 'no suffix'!r}")
+    return out
+
+
+def flat_row(row: dict) -> dict:
+    """A CSV row: probabilities as ``proba:<class>``, votes as ``vote:<member>`` (the prefixes
+    keep class and member names from ever colliding with each other or the fixed columns)."""
+    out = {k: v for k, v in row.items() if k not in ("proba", "votes")}
+    out.update({f"proba:{c}": v for c, v in row["proba"].items()})
+    out.update({f"vote:{n}": v for n, v in row["votes"].items()})
+    return out
+
+
 def write_rows(rows: list[dict], out: str | Path, columns: Sequence[str]) -> None:
-    """CSV, or JSON (a list of objects) when the name ends in ``.json``."""
-    if str(out).endswith(".json"):
+    """CSV, or JSON (a list of objects, ``proba`` and ``votes`` nested) when the name ends in ``.json``."""
+    if Path(out).suffix.lower() == ".json":
         atomic_write_json(out, rows)
         return
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="raise")
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if v is None else f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
+        w.writerow({k: ("" if v is None else f"{v:.6f}" if isinstance(v, float) else v)
+                    for k, v in flat_row(r).items()})
     atomic_write_text(out, buf.getvalue())
 
 
 def run_predict(run_dir: str, inputs: Sequence[str], out: str, strategy: str | None = None,
                 options: InferenceOptions = InferenceOptions(), decisions: dict | None = None) -> dict:
     """``effens predict``; ``decisions``: command-line values for :class:`DecisionOptions`."""
+    check_output_file(out)
     ens = load_run(run_dir)
     choice = DecisionOptions.from_settings(RunFolder(run_dir).read_config().decision, **(decisions or {}))
     paths = expand_inputs(inputs)
     if not paths:
         raise DataError("no input images found")
     rows = predict_rows(ens, paths, strategy, options, decisions=choice)
-    columns = ["path", "prediction", *choice.columns(), *ens.classes_, *(fm.name for fm in ens.members_), "error"]
+    columns = ["path", "prediction", *choice.columns(), *(f"proba:{c}" for c in ens.classes_),
+               *(f"vote:{fm.name}" for fm in ens.members_), "error"]
     write_rows(rows, out, columns)
     n_bad = sum(1 for r in rows if r["error"])
     return {"n": len(rows), "n_errors": n_bad, "strategy": strategy or ens.combiner_.strategy,
@@ -205,11 +229,16 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
     Member probabilities are cached in ``out``; a later call on the same run, data and
     TTA setting reuses them, so switching strategy never re-runs a network.
     """
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunError(f"{out_dir}: exists and is not a folder; --out names the report folder")
+    foreign = foreign_files(out_dir, "evaluate")
+    if foreign:  # checked before any work: never overwrite a training report or a user's files
+        raise RunError(f"{out_dir / foreign[0]}: not written by `effens evaluate` here; choose a new or empty --out")
     ens = load_run(run_dir)
     source = SplitSource.from_value(data, "data") if isinstance(data, str) else SplitSource(**data)
     split = load_split(source)
     check_labels(split, ens.classes_, "evaluation")
-    out_dir = Path(out)
     key = {"data": images_fingerprint(split.paths, split.labels), "members": _member_hashes(ens),
            "tta": options.tta, "inference": options.plan(ens)}
     cache_json, cache_npy = out_dir / "member_proba.json", out_dir / "member_proba.npy"
@@ -223,6 +252,8 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
         arrays, bad = decode_all(split.paths, decode_size(ens), on_bad="skip", desc="decode")
         keep = [i for i, a in enumerate(arrays) if a is not None]
         skipped = [{"path": p, "reason": r} for p, r in bad]
+        if not keep:
+            raise DataError(f"{data}: none of its {len(arrays)} images could be read (first: {bad[0][1]})")
         member_proba = options.member_proba(ens, [arrays[i] for i in keep])
         atomic_write_npy(cache_npy, member_proba)
         atomic_write_json(cache_json, {"key": sha256_json(key), "kept": keep, "skipped": skipped,
@@ -249,6 +280,6 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
         if skipped else ""
     files = render_report(doc, results, {"eval": (split.paths, y)}, extra_md=md)
     files.update(page_files(doc, results, {"eval": (split.paths, y)}, out_dir, ens, run_cfg.report.saliency))
-    write_files(out_dir, files)
+    write_owned(out_dir, files, "evaluate", also=[cache_json.name, cache_npy.name])
     doc["_table"] = format_table(comparison_rows(results["eval"]))
     return doc

@@ -18,15 +18,17 @@ when read back. :class:`RunFolder` is also the ``store`` that
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
-import shutil
+import re
 from pathlib import Path
 
 import numpy as np
 
-from .files import (RunError, atomic_write_bytes, atomic_write_json, atomic_write_npy, atomic_write_safetensors,
-                    atomic_write_text, check_hashes, read_json, read_npy, sha256_file, sha256_json, write_files)
+from .files import (RECORD, RunError, atomic_write_bytes, atomic_write_json, atomic_write_npy,
+                    atomic_write_safetensors, atomic_write_text, check_hashes, owned_files, read_json, read_npy,
+                    sha256_file, sha256_json, write_owned)
 
 log = logging.getLogger(__name__)
 
@@ -89,38 +91,166 @@ class RunFolder:
         self.report_dir = self.root / "report"
         self.predictions_dir = self.root / "predictions"
         self.combiner_dir = self.root / "combiner"
+        self.marker_path = self.root / "run.json"      # effens made this folder; the run record
+        self.lock_path = self.root / ".effens.lock"    # the process writing it now
 
     def member_dir(self, name: str) -> Path:
         return self.root / "members" / name
 
     # ---------------------------------------------------------------- config and classes
     def open_for_training(self, cfg, restart: bool) -> "RunFolder":
-        """Create or reopen the folder for ``cfg``; refuse a changed config unless ``restart``."""
+        """Create or reopen the folder for ``cfg`` (call after every input is checked).
+
+        A folder effens did not make is refused, naming a file in it; a changed config is
+        refused unless ``restart``, which then removes only files effens recorded (and
+        refuses, before removing anything, if the folder holds any other file). Takes the
+        folder's lock (released by :meth:`unlock`).
+        """
+        if self.root.exists() and not self.root.is_dir():
+            raise RunError(f"{self.root}: exists and is not a folder; --out names the run folder")
+        self._check_ours()
+        self.lock()
+        try:
+            return self._open(cfg, restart)
+        except BaseException:
+            self.unlock()
+            raise
+
+    def _open(self, cfg, restart: bool) -> "RunFolder":
         import yaml
 
-        from .config import ConfigError, config_from_dict, config_to_dict, dump_config
+        from .config import ConfigError, config_from_dict, config_to_dict
 
         if self.config_path.is_file():
-            old = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
-            try:  # fill keys a newer effens added with their defaults, so they do not count as changes
+            try:
+                old = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
                 old = config_to_dict(config_from_dict(old, source=str(self.config_path)))
-            except ConfigError:
-                pass
+            except (ConfigError, yaml.YAMLError, ValueError, TypeError, AttributeError):
+                old = {}  # unreadable: counts as changed
             changed = [k for k in config_changes(old, config_to_dict(cfg))
-                       if not k.startswith(("combiner.", "tune.", "parallel."))]
+                       if not k.startswith(("combiner.", "tune.", "parallel.", "decision.", "report."))]
             if changed and not restart:
                 raise RunError(f"{self.root} holds a run with a different config (changed: "
                                f"{', '.join(changed[:10])}); use another --out, or --restart to start over")
             if changed:
-                log.warning("--restart: discarding the previous run in %s (changed: %s)", self.root,
-                            ", ".join(changed[:10]))
-                for sub in ("members", "report", "predictions", "combiner"):
-                    shutil.rmtree(self.root / sub, ignore_errors=True)
+                self.discard(", ".join(changed[:10]))
             elif any((self.root / "members").glob("*/member.json")):
                 log.info("resuming the run in %s", self.root)
         self.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.config_path, dump_config(cfg))
+        if not self.marker_path.is_file():
+            atomic_write_json(self.marker_path, {"effens": _version(), "kind": "run", "files": {}})
+        self.write_config(cfg)
         return self
+
+    def _check_ours(self) -> None:
+        """Refuse a non-empty folder effens did not make (a run from an older effens is adopted)."""
+        if not self.root.is_dir() or self.marker_path.is_file():
+            return
+        present = sorted(p for p in self.root.iterdir() if not p.name.startswith("."))
+        if not present:
+            return
+        legacy = self.classes_path.is_file() and (self.root / "members").is_dir()
+        if legacy:
+            log.info("%s: a run made by an older effens; recording it as effens's", self.root)
+            return
+        raise RunError(f"{present[0]}: {self.root} holds files effens did not write; choose a new or empty "
+                       f"--out (effens never overwrites or removes what it did not write)")
+
+    def discard(self, why: str) -> None:
+        """``--restart``: remove the files effens recorded in members/, predictions/, combiner/,
+        report/ and cache/, after checking that nothing else is there."""
+        recorded = self._recorded_files()
+        everything = [p for sub in ("members", "predictions", "combiner", "report", "cache")
+                      for p in (self.root / sub).rglob("*") if p.is_file()]
+        foreign = sorted(p for p in everything if p not in recorded and not p.name.startswith("."))
+        if foreign:
+            raise RunError(f"{foreign[0]}: not written by effens; --restart removes only effens's files, so "
+                           f"move it out of {self.root} first")
+        log.warning("--restart: discarding the previous run in %s (changed: %s)", self.root, why)
+        for p in everything:
+            p.unlink()
+        for sub in ("members", "predictions", "combiner", "report", "cache"):
+            for d in sorted((self.root / sub).rglob("*"), key=lambda q: -len(q.parts)) + [self.root / sub]:
+                if d.is_dir() and not any(d.iterdir()):
+                    d.rmdir()
+
+    def _recorded_files(self) -> set[Path]:
+        """Every file effens recorded writing under members/, predictions/, combiner/, report/, cache/."""
+        out: set[Path] = set()
+        for meta in (self.root / "members").glob("*/member.json"):
+            out |= {meta, meta.parent / "checkpoint.json", meta.parent / "checkpoint.safetensors"}
+            try:
+                out |= {meta.parent / f for f in read_json(meta).get("files", {})}
+            except (ValueError, OSError):
+                pass
+        for ckpt in (self.root / "members").glob("*/checkpoint.json"):
+            out |= {ckpt, ckpt.parent / "checkpoint.safetensors"}
+        for sub in ("predictions", "combiner"):
+            d = self.root / sub
+            out |= {p for p in d.glob("*") if _effens_name(sub, p.name)}
+        out |= {self.report_dir / f for f in owned_files(self.report_dir, "report")} | {self.report_dir / RECORD}
+        out |= set((self.root / "cache" / "onnx").glob("*.onnx")) | set((self.root / "cache" / "onnx").glob("*.json"))
+        return out
+
+    # ---------------------------------------------------------------- the lock
+    def lock(self) -> None:
+        """Take the folder for this process; refuse while a live effens holds it (a dead
+        one's lock is taken over)."""
+        import socket
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    held = read_json(self.lock_path)
+                except (ValueError, OSError):
+                    held = {}
+                if held.get("pid") == me["pid"] and held.get("host") == me["host"]:
+                    return
+                if held.get("host") == me["host"] and not _alive(held.get("pid")):
+                    log.warning("%s: taking over the lock of a process that is gone (pid %s)", self.root,
+                                held.get("pid"))
+                    self.lock_path.unlink(missing_ok=True)
+                    continue
+                raise RunError(f"{self.root}: in use by another effens (pid {held.get('pid')} on "
+                               f"{held.get('host')}); wait for it, or delete {self.lock_path} if it is gone")
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            return
+        raise RunError(f"{self.root}: could not take its lock")
+
+    def unlock(self) -> None:
+        try:
+            if read_json(self.lock_path).get("pid") == os.getpid():
+                self.lock_path.unlink()
+        except (OSError, ValueError):
+            pass
+
+    # ---------------------------------------------------------------- the run record
+    def record(self) -> None:
+        """Record the SHA-256 of every file predictions depend on outside the sealed folders
+        (config.yaml, classes.json, each member.json) in ``run.json``: the commit point."""
+        from .config import read_yaml
+
+        names = [m["name"] for m in read_yaml(self.config_path).get("members", [])]
+        files = ["config.yaml", "classes.json"] + [f"members/{n}/member.json" for n in names]
+        atomic_write_json(self.marker_path, {"effens": _version(), "kind": "run",
+                                             "files": {f: sha256_file(self.root / f) for f in files}})
+
+    def verify_record(self, adopt: bool = False) -> None:
+        """Refuse a run whose config, classes or member records changed since training."""
+        if not self.marker_path.is_file():
+            if adopt:
+                return
+            raise RunError(f"{self.root}: no run.json (not an effens run, or made by an older effens: run "
+                           f"`effens fit-combiner {self.root}` once to record it)")
+        files = read_json(self.marker_path).get("files") or {}
+        if not files:
+            raise RunError(f"{self.root}: training has not finished here (run.json records no files)")
+        check_hashes(self.root, files, "run.json")
 
     def write_config(self, cfg) -> None:
         from .config import dump_config
@@ -223,7 +353,7 @@ class RunFolder:
 
     # ---------------------------------------------------------------- report
     def write_report(self, files: dict) -> Path:
-        write_files(self.report_dir, files)
+        write_owned(self.report_dir, files, "report")
         return self.report_dir
 
     def read_metrics(self) -> dict:
@@ -282,6 +412,34 @@ class RunFolder:
         return path
 
 
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_EFFENS_NAMES = {
+    "predictions": re.compile(r"(\w+_(proba\.npy|labels\.npy|paths\.json)|hashes\.json)"),
+    "combiner": re.compile(r"(combiner\.json|hashes\.json|[\w-]+_\w+\.npy)"),
+}
+
+
+def _effens_name(sub: str, name: str) -> bool:
+    return bool(_EFFENS_NAMES[sub].fullmatch(name))
+
+
 def weights_hash(meta: dict) -> str | None:
     """The SHA-256 of a member's weights file, as its member.json records it."""
     return meta.get("files", {}).get("model.safetensors")
@@ -318,12 +476,16 @@ def config_changes(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
 
 
-def load_run(root: str | os.PathLike):
+def load_run(root: str | os.PathLike, adopt: bool = False):
     """A fitted :class:`~ensemble.estimator.BaggedEnsemble` from a finished run folder
-    (every file hash-checked, no pickles)."""
+    (every file a prediction depends on hash-checked, no pickles). ``adopt`` accepts a run
+    made before effens recorded ``run.json`` (``fit-combiner`` then records it)."""
     from .estimator import BaggedEnsemble, FittedMember, _restore, _with_precision
 
     run = RunFolder(root)
+    if not run.config_path.is_file():
+        raise RunError(f"{root}: not a run folder (config.yaml missing)")
+    run.verify_record(adopt)
     cfg = run.read_config()
     ens = BaggedEnsemble(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.parallel, cfg.precision, cfg.runtime)
     ens.run_dir_ = str(run.root)

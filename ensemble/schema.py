@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import reprlib
 import types
 import typing
 from typing import Any, Callable, Literal, Sequence, Union, get_args, get_origin, get_type_hints
@@ -112,6 +114,8 @@ def convert(tp: Any, value: Any, path: str) -> Any:
         for option in options:
             if option is type(None):
                 continue
+            if get_origin(option) in (list, typing.List) and isinstance(value, list):
+                return convert(option, value, path)  # the value is a list: its item's error is the one to say
             try:
                 return convert(option, value, path)
             except ConfigError as exc:
@@ -141,6 +145,8 @@ def convert(tp: Any, value: Any, path: str) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # NaN passes every range check: refuse it here, for every key
+                raise ConfigError(f"`{path}` must be a finite number; got {_show(value)}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):
@@ -177,5 +183,8 @@ def _type_name(tp: Any) -> str:
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
+    """A short, bounded rendering of a value for messages (never a full repr of a big object)."""
+    if isinstance(value, (dict, list, tuple)) and len(value) > 8:
+        return f"a {type(value).__name__} of {len(value)} items"
+    text = reprlib.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

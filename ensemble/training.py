@@ -6,7 +6,7 @@ import logging
 import time
 
 from .config import Config, check_against_classes, load_config
-from .data import Dataset, Split, load_dataset
+from .data import DataError, Dataset, Split, load_dataset
 from .estimator import BaggedEnsemble, images_fingerprint
 from .evaluation import decision_report, evaluate_split
 from .explain import page_files
@@ -21,7 +21,13 @@ def decode_split(split: Split, size: int, on_bad: str, name: str) -> tuple[Split
     """Decode a split; with ``skip``, unreadable files leave the split and are listed."""
     arrays, bad = decode_all(split.paths, size, on_bad=on_bad, desc=f"decode {name}")
     keep = [i for i, a in enumerate(arrays) if a is not None]
-    return split.subset(keep), [arrays[i] for i in keep], bad
+    kept = split.subset(keep)
+    if name in ("train", "val") and bad:
+        gone = sorted(set(split.labels) - set(kept.labels))
+        if gone:
+            raise DataError(f"{name}: every image of class {', '.join(gone)} was unreadable and skipped "
+                            f"(first: {bad[0][1]})")
+    return kept, [arrays[i] for i in keep], bad
 
 
 def cache_size(cfg: Config) -> int:
@@ -66,14 +72,49 @@ def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = N
     return doc
 
 
+def preflight(cfg: Config, classes: list[str], source: str) -> None:
+    """Everything that can be checked before any work: the device, and every member built
+    once (model name, weights file or package, freezing) without touching any generator."""
+    import torch
+
+    from members.models import create_member, pick_device
+
+    from .config import ConfigError
+
+    try:
+        pick_device(cfg.device)
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(f"{source}: `device`: {exc}") from None
+    with torch.random.fork_rng(devices=[]):
+        for i, spec in enumerate(cfg.members):
+            try:
+                create_member(spec, len(classes))
+            except ValueError as exc:  # WeightsError is one; freezing beyond the blocks another
+                text = str(exc)
+                key = "weights" if "weights" in text.lower() or "package" in text else "train.freeze"
+                raise ConfigError(f"{source}: `members.{i}.{key}`: {text}") from None
+
+
 def train_run(config_path: str, out: str, overrides: list[str] | None = None,
               restart: bool = False) -> dict:
-    """Run ``effens train``; returns the metrics document written to ``report/metrics.json``."""
-    t_start = time.perf_counter()
+    """Run ``effens train``; returns the metrics document written to ``report/metrics.json``.
+
+    Every input is checked (config, data, classes, device, members) before the run folder
+    is touched; the folder is locked while training.
+    """
     cfg = load_config(config_path, overrides)
-    run = RunFolder(out).open_for_training(cfg, restart)
     data: Dataset = load_dataset(cfg.data, cfg.seed)
     check_against_classes(cfg, data.classes, str(config_path))
+    preflight(cfg, data.classes, str(config_path))
+    run = RunFolder(out).open_for_training(cfg, restart)
+    try:
+        return _train(cfg, data, run)
+    finally:
+        run.unlock()
+
+
+def _train(cfg: Config, data: Dataset, run: RunFolder) -> dict:
+    t_start = time.perf_counter()
     run.save_classes(data.classes)
     size = cache_size(cfg)
     log.info("data: %d train, %d val, %s test images, classes %s; decoding once at shorter side %d px",
@@ -104,6 +145,7 @@ def train_run(config_path: str, out: str, overrides: list[str] | None = None,
              "timing": {"decode_s": decode_s, "total_s": time.perf_counter() - t_start,
                         "members_train_s": {fm.name: fm.meta["train_seconds"] for fm in ens.members_}}}
     doc = write_run_report(run, ens, extra)
+    run.record()
     log.info("report written to %s (%.0f s in all)", run.report_dir, time.perf_counter() - t_start)
     return doc
 
@@ -115,12 +157,22 @@ def refit_run_combiner(out: str, overrides: list[str] | None = None) -> dict:
     """
     run = RunFolder(out)
     if overrides:
-        bad = [o for o in overrides if not o.startswith("combiner.")]
+        bad = [o for o in overrides if not o.startswith(("combiner.", "decision.", "report."))]
         if bad:
-            raise RunError(f"fit-combiner only changes `combiner.*` keys; got {', '.join(bad)}")
-        run.write_config(run.read_config(overrides))
-    ens = load_run(run.root)
-    ens.refit_combiner(ens.validated_config().combiner)
-    run.save_combiner(ens.combiner_)
-    old = run.read_metrics()
-    return write_run_report(run, ens, {k: old[k] for k in ("skipped_images", "timing") if k in old})
+            raise RunError(f"fit-combiner only changes `combiner.*`, `decision.*` and `report.*` keys; "
+                           f"got {', '.join(bad)}")
+    run.lock()
+    try:
+        ens = load_run(run.root, adopt=True)  # every recorded file intact before anything changes
+        if overrides:
+            run.write_config(run.read_config(overrides))
+            run.record()
+            ens = load_run(run.root)
+        ens.refit_combiner(ens.validated_config().combiner)
+        run.save_combiner(ens.combiner_)
+        old = run.read_metrics()
+        doc = write_run_report(run, ens, {k: old[k] for k in ("skipped_images", "timing") if k in old})
+        run.record()
+        return doc
+    finally:
+        run.unlock()

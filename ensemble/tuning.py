@@ -256,10 +256,29 @@ def _candidate_job(ctx: TuneContext, cand: Candidate, epochs: int | None, rnd: i
 
 def tune_run(config_path: str, out: str, overrides: list[str] | None = None) -> dict:
     """Run the search; writes results.csv, report.md, scores.png and best.yaml into ``out``."""
+    from .files import RECORD, RunError
+    from .runfolder import RunFolder
+
     t0 = time.perf_counter()
     cfg = load_config(config_path, overrides)
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise RunError(f"{out_dir}: exists and is not a folder; --out names the tune folder")
+    present = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(".")) if out_dir.is_dir() else []
+    ours = (out_dir / RECORD).is_file() and read_json(out_dir / RECORD).get("kind") == "tune"
+    if present and not ours:
+        raise RunError(f"{out_dir / present[0]}: {out_dir} holds files effens did not write; choose a new or "
+                       f"empty --out for tune")
+    folder = RunFolder(out_dir)
+    folder.lock()
+    try:
+        atomic_write_json(out_dir / RECORD, {"kind": "tune", "files": []})
+        return _tune(cfg, out_dir, t0)
+    finally:
+        folder.unlock()
+
+
+def _tune(cfg: Config, out_dir: Path, t0: float) -> dict:
     atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
     ctx = TuneContext(cfg, out_dir)
     tune = cfg.tune

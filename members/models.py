@@ -22,6 +22,7 @@ class InputConfig:
     interpolation: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    view: str = "crop"  # how a whole photo becomes the input (members.views)
 
     @property
     def resize_size(self) -> int:
@@ -39,7 +40,7 @@ class Member:
     weights_file: str | None
 
 
-def input_config(model: nn.Module | str, image_size: int | None) -> InputConfig:
+def input_config(model: nn.Module | str, image_size: int | None, view: str = "crop") -> InputConfig:
     """How a member sees images, from its timm pretrained config: the one rule for the
     input size, the resize-then-crop ratio and the normalisation (``model``: a built model
     or a timm model name, so callers can size caches without building anything)."""
@@ -55,7 +56,7 @@ def input_config(model: nn.Module | str, image_size: int | None) -> InputConfig:
     return InputConfig(image_size=int(size), crop_pct=float(cfg.get("crop_pct", 0.875)),
                        interpolation=str(cfg.get("interpolation", "bicubic")),
                        mean=tuple(float(v) for v in cfg["mean"]),
-                       std=tuple(float(v) for v in cfg["std"]))
+                       std=tuple(float(v) for v in cfg["std"]), view=view)
 
 
 def frozen_modules(model: nn.Module, freeze: str | int) -> list[nn.Module]:
@@ -113,7 +114,7 @@ def create_member(spec, num_classes: int, state: dict | None = None, inputs: dic
         model = timm.create_model(spec.model, pretrained=False, num_classes=num_classes, **kwargs)
         model.load_state_dict(state)
         model.eval()
-        saved = input_config(model, spec.image_size) if inputs is None else InputConfig(
+        saved = input_config(model, spec.image_size, spec.view) if inputs is None else InputConfig(
             **{**inputs, "mean": tuple(inputs["mean"]), "std": tuple(inputs["std"])})
         return Member(model=model, inputs=saved, frozen=[], weights_file=None)
     from .weights import weights_source
@@ -133,15 +134,24 @@ def create_member(spec, num_classes: int, state: dict | None = None, inputs: dic
     n_all = sum(p.numel() for p in model.parameters())
     log.info("member %s: %s, %s trainable of %s parameters, weights: %s", spec.name, spec.model,
              f"{n_train:,}", f"{n_all:,}", weights_file or "none")
-    return Member(model=model, inputs=input_config(model, spec.image_size), frozen=frozen,
+    return Member(model=model, inputs=input_config(model, spec.image_size, spec.view), frozen=frozen,
                   weights_file=weights_file)
 
 
+class DeviceError(ValueError):
+    """A device that does not exist here or is not spelled as one."""
+
+
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` -> cuda when present, else cpu."""
+    """``auto`` -> cuda when present, else cpu; ``cpu``, ``cuda`` and ``cuda:N`` as asked."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not (name in ("cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise DeviceError(f"device must be auto, cpu, cuda or cuda:N; got {name[:40]!r}")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} asked for, but no CUDA device is available")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {name!r} asked for, but no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {name!r} asked for, but there are {torch.cuda.device_count()} CUDA devices")
     return device

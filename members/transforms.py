@@ -9,30 +9,21 @@ from PIL import Image
 
 from .models import InputConfig
 from .streams import HorizontalFlip, item_streams
-
-_PIL_INTERP = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-               "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
-
+from .views import VIEWS, train_view
 
 def center_crop(arr: np.ndarray, inputs: InputConfig) -> np.ndarray:
     """Resize the shorter side to ``resize_size`` and cut the centre square (HWC uint8)."""
-    img = Image.fromarray(arr)
-    w, h = img.size
-    short = inputs.resize_size
-    scale = short / min(w, h)
-    new = (max(short, round(w * scale)), max(short, round(h * scale)))
-    img = img.resize(new, _PIL_INTERP.get(inputs.interpolation, Image.Resampling.BICUBIC))
-    s = inputs.image_size
-    left, top = (new[0] - s) // 2, (new[1] - s) // 2
-    return np.array(img.crop((left, top, left + s, top + s)), dtype=np.uint8)
+    return VIEWS["crop"](arr, inputs)
 
 
 def eval_tensor(images: Sequence[np.ndarray], inputs: InputConfig) -> torch.Tensor:
-    """Stack centre crops into one uint8 tensor (N, 3, S, S): made once, reused every epoch."""
+    """Stack each image's view (``inputs.view``, :mod:`members.views`) into one uint8 tensor
+    (N, 3, S, S): made once, reused every epoch."""
     s = inputs.image_size
+    look = VIEWS[inputs.view]
     out = torch.empty((len(images), 3, s, s), dtype=torch.uint8)
     for i, arr in enumerate(images):
-        out[i] = torch.from_numpy(center_crop(arr, inputs)).permute(2, 0, 1)
+        out[i] = torch.from_numpy(look(arr, inputs)).permute(2, 0, 1)
     return out
 
 
@@ -63,7 +54,68 @@ def train_transform(inputs: InputConfig, train_cfg):
         re_prob=0.0)
     compose.transforms = [HorizontalFlip(t.p) if isinstance(t, RandomHorizontalFlip) else t
                           for t in compose.transforms]
+    whole = train_view(inputs)
+    if whole is not None:  # whole-image views train on crops of the whole image
+        compose.transforms.insert(0, whole)
+    robust = ROBUST_PRESETS.get(getattr(train_cfg, "robust", "none") or "none")
+    if robust is not None:  # after the crop, before auto-augment: on the PIL image
+        compose.transforms.insert(1 if whole is None else 2, RobustAugment(**robust))
     return compose
+
+
+#: per-image probabilities and ranges of the robustness preset (``train.robust``)
+ROBUST_PRESETS = {
+    "none": None,
+    "light": dict(p_downscale=0.25, scale=(0.35, 0.85), p_jpeg=0.25, quality=(30, 90), p_blur=0.1,
+                  radius=(0.3, 1.0), p_jitter=0.3, jitter=0.2),
+    "strong": dict(p_downscale=0.5, scale=(0.2, 0.7), p_jpeg=0.5, quality=(15, 80), p_blur=0.2,
+                   radius=(0.4, 1.6), p_jitter=0.5, jitter=0.3),
+}
+
+
+class RobustAugment:
+    """Photos from other phones and sources: each op applied with its own probability, every
+    draw from ``random`` (so the per-item streams of :mod:`members.streams` make it
+    deterministic): downscale-then-upscale, JPEG re-encoding, mild blur, photometric jitter
+    (brightness, contrast, saturation, a little hue)."""
+
+    def __init__(self, p_downscale: float, scale: tuple, p_jpeg: float, quality: tuple, p_blur: float,
+                 radius: tuple, p_jitter: float, jitter: float) -> None:
+        self.p_downscale, self.scale, self.p_jpeg, self.quality = p_downscale, scale, p_jpeg, quality
+        self.p_blur, self.radius, self.p_jitter, self.jitter = p_blur, radius, p_jitter, jitter
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        import io
+        import random
+
+        from PIL import ImageEnhance, ImageFilter
+
+        if random.random() < self.p_downscale:
+            f = random.uniform(*self.scale)
+            w, h = img.size
+            img = img.resize((max(8, round(w * f)), max(8, round(h * f))), Image.Resampling.BILINEAR) \
+                .resize((w, h), Image.Resampling.BILINEAR)
+        if random.random() < self.p_jpeg:
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=random.randint(*self.quality))
+            buf.seek(0)
+            img = Image.open(buf).convert("RGB")
+        if random.random() < self.p_blur:
+            img = img.filter(ImageFilter.GaussianBlur(random.uniform(*self.radius)))
+        if random.random() < self.p_jitter:
+            j = self.jitter
+            for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+                img = enhance(img).enhance(random.uniform(1 - j, 1 + j))
+            hue = round(random.uniform(-0.1, 0.1) * j * 255)
+            if hue:
+                h, s_, v = img.convert("HSV").split()
+                h = h.point(lambda x: (x + hue) % 256)
+                img = Image.merge("HSV", (h, s_, v)).convert("RGB")
+        return img
+
+    def __repr__(self) -> str:
+        return f"RobustAugment(p_downscale={self.p_downscale}, p_jpeg={self.p_jpeg}, p_blur={self.p_blur}, " \
+               f"p_jitter={self.p_jitter})"
 
 
 class SampleDataset(torch.utils.data.Dataset):

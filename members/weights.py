@@ -31,7 +31,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # safetensors raises its own error types for broken files
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise WeightsError(f"{path}: not a readable safetensors file ({text[:200]})") from None
     if path.suffix in (".pth", ".pt", ".bin"):
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -71,7 +75,11 @@ def match_state_dict(model: nn.Module, source: dict[str, torch.Tensor],
     differ in shape and are left out; every other shape must match.
     """
     target = model.state_dict()
-    if set(source) >= {k for k in target if not k.startswith(skip_prefixes)}:
+    needed = {k for k in target if not k.startswith(skip_prefixes)}
+    for prefix in ("module.", "model.", "state_dict."):  # wrappers (DataParallel, Lightning, EMA) add these
+        if not set(source) >= needed and source and all(k.startswith(prefix) for k in source):
+            source = {k[len(prefix):]: v for k, v in source.items()}
+    if set(source) >= needed:
         pairs = [(k, source[k]) for k in target if k in source]
         how = "name"
     else:

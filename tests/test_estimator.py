@@ -19,7 +19,7 @@ def _params(cfg):
 
 @pytest.mark.parametrize("key, value, message", [
     ("members.0.bagging.ratio", 1.5, "`members.0.bagging.ratio` must be in (0, 1]; got 1.5"),
-    ("members.1.train.epochs", 0, "`members.1.train.epochs` must be in [1, inf); got 0"),
+    ("members.1.train.epochs", 0, "`members.1.train.epochs` must be in [1, 10000]; got 0"),
     ("members.0.model", "effnet_b99", "`members.0.model` is not a timm model name"),
     ("members.2.name", "soft", "`members.2.name` must differ from the strategy names"),
     ("combiner.strategy", "median", "`combiner.strategy` must be one of hard, soft, weighted, stacking"),

@@ -22,14 +22,15 @@ def test_predict_folder_with_a_corrupt_file(trained, tiny_data, tmp_path, capsys
     assert "predicted 18 of 19 images" in capsys.readouterr().out
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == 19
-    assert list(rows[0]) == ["path", "prediction", "circle", "square", "stripes", "a", "b", "c", "error"]
+    assert list(rows[0]) == ["path", "prediction", "proba:circle", "proba:square", "proba:stripes",
+                             "vote:a", "vote:b", "vote:c", "error"]
     bad = [r for r in rows if r["error"]]
     assert len(bad) == 1 and bad[0]["path"].endswith("broken.jpg") and bad[0]["prediction"] == ""
     for r in rows:
         if not r["error"]:
-            assert sum(float(r[c]) for c in ("circle", "square", "stripes")) == pytest.approx(1, abs=1e-5)
+            assert sum(float(r[f"proba:{c}"]) for c in ("circle", "square", "stripes")) == pytest.approx(1, abs=1e-5)
             assert r["prediction"] in ("circle", "square", "stripes")
-            assert r["a"] in ("circle", "square", "stripes")
+            assert r["vote:a"] in ("circle", "square", "stripes")
 
 
 def test_predict_json_files_csv_and_missing(trained, tiny_data, tmp_path):
@@ -43,7 +44,8 @@ def test_predict_json_files_csv_and_missing(trained, tiny_data, tmp_path):
     rows = json.loads(out.read_text())
     assert [r["path"].split("/")[-1] for r in rows] == ["square_000.png", "circle_001.png", "missing.png"]
     assert rows[2]["error"] and rows[2]["prediction"] == ""
-    assert sum(rows[0][c] for c in ("circle", "square", "stripes")) == pytest.approx(1)
+    assert sum(rows[0]["proba"][c] for c in ("circle", "square", "stripes")) == pytest.approx(1)
+    assert set(rows[0]["votes"]) == {"a", "b", "c"}
 
 
 def test_every_strategy_through_the_estimator(trained, tiny_data):

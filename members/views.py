@@ -1,0 +1,129 @@
+"""How a member looks at a whole photo: eval views, their training counterparts, TTA.
+
+- ``crop`` (timm's default): resize the shorter side to ``resize_size``, cut the centre
+  square. A 1.5:1 photo loses a third of its width, often the damaged corner.
+- ``letterbox``: the whole photo, its longer side scaled to the input size, padded to a
+  square with the normalisation mean (zero after normalising).
+- ``squash``: the whole photo resized to the square input, aspect not kept.
+
+A member uses its view for val, test, OOB, predict and export; with a whole-image view it
+also trains on random-resized crops taken from the letterboxed or squashed image. A new
+view is one function registered with ``@view``. TTA averages a member's probabilities over
+several views (and their mirror images): ``flip`` plus any view names.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+_PIL_INTERP = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+               "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+
+VIEWS: dict[str, Callable[[np.ndarray, object], np.ndarray]] = {}
+
+
+def view(fn: Callable[[np.ndarray, object], np.ndarray]) -> Callable[[np.ndarray, object], np.ndarray]:
+    """Register ``fn(image HWC uint8, inputs) -> (S, S, 3) uint8`` under its name."""
+    VIEWS[fn.__name__] = fn
+    return fn
+
+
+def _interp(inputs) -> Image.Resampling:
+    return _PIL_INTERP.get(inputs.interpolation, Image.Resampling.BICUBIC)
+
+
+def _mean_colour(inputs) -> tuple[int, int, int]:
+    return tuple(int(round(m * 255)) for m in inputs.mean)
+
+
+@view
+def crop(arr: np.ndarray, inputs) -> np.ndarray:
+    """Resize the shorter side to ``resize_size`` and cut the centre square."""
+    img = Image.fromarray(arr)
+    w, h = img.size
+    short = inputs.resize_size
+    scale = short / min(w, h)
+    new = (max(short, round(w * scale)), max(short, round(h * scale)))
+    img = img.resize(new, _interp(inputs))
+    s = inputs.image_size
+    left, top = (new[0] - s) // 2, (new[1] - s) // 2
+    return np.array(img.crop((left, top, left + s, top + s)), dtype=np.uint8)
+
+
+def letterbox_image(img: Image.Image, size: int, fill: tuple[int, int, int], interp) -> Image.Image:
+    """The whole image, longer side ``size``, centred on a ``size`` square of ``fill``."""
+    w, h = img.size
+    scale = size / max(w, h)
+    new = (max(1, round(w * scale)), max(1, round(h * scale)))
+    canvas = Image.new("RGB", (size, size), fill)
+    canvas.paste(img.resize(new, interp), ((size - new[0]) // 2, (size - new[1]) // 2))
+    return canvas
+
+
+@view
+def letterbox(arr: np.ndarray, inputs) -> np.ndarray:
+    """The whole photo, aspect kept, padded with the mean colour."""
+    return np.asarray(letterbox_image(Image.fromarray(arr), inputs.image_size, _mean_colour(inputs),
+                                      _interp(inputs)), dtype=np.uint8)
+
+
+@view
+def squash(arr: np.ndarray, inputs) -> np.ndarray:
+    """The whole photo resized to the square input (aspect not kept)."""
+    s = inputs.image_size
+    return np.asarray(Image.fromarray(arr).resize((s, s), _interp(inputs)), dtype=np.uint8)
+
+
+def describe_view(inputs) -> list[str]:
+    """The view's steps in words, for a server without effens (``effens export``)."""
+    i = inputs
+    return {
+        "crop": [f"resize the shorter side to {i.resize_size} px ({i.interpolation})",
+                 f"centre crop {i.image_size} x {i.image_size}"],
+        "letterbox": [f"resize the longer side to {i.image_size} px ({i.interpolation}), aspect kept",
+                      f"paste centred on a {i.image_size} x {i.image_size} square filled with the mean "
+                      f"colour {list(_mean_colour(i))}"],
+        "squash": [f"resize to {i.image_size} x {i.image_size} ({i.interpolation}), aspect not kept"],
+    }.get(i.view, [f"the `{i.view}` view of effens (members.views)"])
+
+
+def view_names() -> tuple[str, ...]:
+    return tuple(VIEWS)
+
+
+def parse_tta(value) -> tuple[str, ...]:
+    """``True``/``flip`` -> ("flip",); ``"flip,letterbox"`` or a list -> those names (checked)."""
+    if value in (None, False, "", "none"):
+        return ()
+    if value is True:
+        return ("flip",)
+    names = tuple(v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip())
+    unknown = [n for n in names if n != "flip" and n not in VIEWS]
+    if unknown:
+        raise ValueError(f"TTA views must be flip or one of {', '.join(VIEWS)}; got {', '.join(unknown)}")
+    return names
+
+
+class WholeImage:
+    """Training counterpart of a whole-image view: the letterboxed or squashed photo at
+    ``size`` (the resize size), from which the random-resized crop is then taken."""
+
+    def __init__(self, kind: str, size: int, fill: tuple[int, int, int], interp) -> None:
+        self.kind, self.size, self.fill, self.interp = kind, size, fill, interp
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if self.kind == "squash":
+            return img.resize((self.size, self.size), self.interp)
+        return letterbox_image(img, self.size, self.fill, self.interp)
+
+    def __repr__(self) -> str:
+        return f"WholeImage({self.kind}, {self.size})"
+
+
+def train_view(inputs) -> WholeImage | None:
+    """What goes before the training crop for this member's view (None for ``crop``)."""
+    if inputs.view == "crop":
+        return None
+    return WholeImage(inputs.view, inputs.resize_size, _mean_colour(inputs), _interp(inputs))
