@@ -509,11 +509,20 @@ def config_from_params(params: dict, source: str = "BaggedEnsemble") -> Config:
 
 
 def check_against_classes(cfg: "Config", classes: list[str], source: str) -> None:
-    """Checks that need the data's classes: the cost matrix's size."""
+    """Checks that need the data's classes: member names, the cost matrix's size."""
+    check_member_names(cfg.members, classes, source)
     costs = cfg.decision.costs
     if costs is not None and len(costs) != len(classes):
         raise ConfigError(f"{source}: `decision.costs` must be {len(classes)} x {len(classes)} "
                           f"(classes {', '.join(classes)}); got {len(costs)} x {len(costs[0])}")
+
+
+def check_member_names(members: list, classes: list[str], source: str) -> None:
+    """Refuse a member named like a class: one name would mean two things in reports and outputs."""
+    for i, m in enumerate(members):
+        if m.name in classes:
+            raise ConfigError(f"{source}: `members.{i}.name` {m.name!r} is also a class name; "
+                              f"rename the member")
 
 
 def config_to_dict(cfg: Config) -> dict:

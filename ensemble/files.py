@@ -145,13 +145,16 @@ def foreign_files(folder: str | os.PathLike, kind: str) -> list[str]:
                   if p.is_file() and str(p.relative_to(folder)) not in ours and not p.name.startswith("."))
 
 
-def write_owned(folder: str | os.PathLike, files: dict, kind: str, also: Sequence[str] = ()) -> None:
+def write_owned(folder: str | os.PathLike, files: dict, kind: str, also: Sequence[str] = (),
+                strict: bool = True) -> None:
     """Write ``files`` into a folder that is new, empty or an earlier ``kind`` output of
-    effens; a file effens did not write there is a refusal naming it (nothing is written)."""
+    effens; a file effens did not write there is a refusal naming it (nothing is written).
+    With ``strict=False`` other files may stay beside ours: only one we would overwrite is
+    refused."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise RunError(f"{folder}: exists and is not a folder")
-    foreign = [f for f in foreign_files(folder, kind) if f not in also]
+    foreign = [f for f in foreign_files(folder, kind) if f not in also and (strict or f in files)]
     if foreign:
         raise RunError(f"{folder / foreign[0]}: not written by effens here; choose a new or empty output "
                        f"folder (effens never overwrites files it did not write)")

@@ -240,6 +240,17 @@ class RunFolder:
         atomic_write_json(self.marker_path, {"effens": _version(), "kind": "run",
                                              "files": {f: sha256_file(self.root / f) for f in files}})
 
+    def adopt_legacy_report(self) -> None:
+        """A run from an effens before ``run.json``: record its report files that carry effens's
+        report names as effens's (anything else there stays foreign)."""
+        if self.marker_path.is_file() or not self.report_dir.is_dir() or (self.report_dir / RECORD).is_file():
+            return
+        pattern = re.compile(r"(metrics\.json|report\.md|index\.html|(confusion|reliability|risk_coverage)_.+\.png|"
+                             r"training_curves\.png|misclassified_.+\.csv|(thumbs|saliency)/[0-9a-f]{24}.*\.jpg)")
+        ours = sorted(str(p.relative_to(self.report_dir)) for p in self.report_dir.rglob("*")
+                      if p.is_file() and pattern.fullmatch(str(p.relative_to(self.report_dir))))
+        atomic_write_json(self.report_dir / RECORD, {"kind": "report", "files": ours})
+
     def verify_record(self, adopt: bool = False) -> None:
         """Refuse a run whose config, classes or member records changed since training."""
         if not self.marker_path.is_file():
@@ -353,7 +364,7 @@ class RunFolder:
 
     # ---------------------------------------------------------------- report
     def write_report(self, files: dict) -> Path:
-        write_owned(self.report_dir, files, "report")
+        write_owned(self.report_dir, files, "report", strict=False)  # a user's notes may sit beside it
         return self.report_dir
 
     def read_metrics(self) -> dict:

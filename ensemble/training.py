@@ -164,6 +164,7 @@ def refit_run_combiner(out: str, overrides: list[str] | None = None) -> dict:
     run.lock()
     try:
         ens = load_run(run.root, adopt=True)  # every recorded file intact before anything changes
+        run.adopt_legacy_report()
         if overrides:
             run.write_config(run.read_config(overrides))
             run.record()

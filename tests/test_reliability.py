@@ -273,14 +273,17 @@ def test_output_columns_cannot_collide(tmp_path):
     cfg["data"] = {"train": str(data / "train"), "val": str(data / "val")}
     cfg["members"][0]["name"] = "ok"
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "-q"]) == 2  # member = class
+    cfg["members"][0]["name"] = "m.ok"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "-q"]) == 0
     assert main(["predict", str(tmp_path / "run"), str(data / "val"), "--out", str(tmp_path / "p.csv")]) == 0
     header = (tmp_path / "p.csv").read_text().splitlines()[0].split(",")
-    assert header == ["path", "prediction", "proba:error", "proba:ok", "proba:path", "vote:ok", "vote:b",
+    assert header == ["path", "prediction", "proba:error", "proba:ok", "proba:path", "vote:m.ok", "vote:b",
                       "vote:c", "error"]
     assert main(["predict", str(tmp_path / "run"), str(data / "val"), "--out", str(tmp_path / "p.JSON")]) == 0
     rows = json.loads((tmp_path / "p.JSON").read_text())
-    assert set(rows[0]["proba"]) == {"error", "ok", "path"} and set(rows[0]["votes"]) == {"ok", "b", "c"}
+    assert set(rows[0]["proba"]) == {"error", "ok", "path"} and set(rows[0]["votes"]) == {"m.ok", "b", "c"}
 
 
 def test_cli_edges(trained, tiny_data, tmp_path, capsys, caplog, monkeypatch):
@@ -432,3 +435,21 @@ def test_schema_fuzz_any_value_validates_or_names_its_key(tmp_path):
                 assert math.isfinite(item), (key, value)
 
     check()
+
+
+def test_a_run_from_before_run_json_is_refused_until_fit_combiner_records_it(trained, tiny_data, tmp_path, capsys,
+                                                                           caplog):
+    _, run = trained
+    run = _copy(run, tmp_path)
+    (run / "run.json").unlink()
+    (run / "report/.effens-files.json").unlink()
+    (run / "report/notes.md").write_text("mine")
+    out = tmp_path / "p.csv"
+    _quiet_failure(main(["predict", str(run), str(tiny_data / "val"), "--out", str(out)]), capsys, caplog,
+                   "no run.json", "fit-combiner")
+    assert main(["fit-combiner", str(run), "-q"]) == 0
+    assert (run / "run.json").is_file() and (run / "report/notes.md").read_text() == "mine"
+    assert main(["predict", str(run), str(tiny_data / "val"), "--out", str(out)]) == 0
+    caplog.clear()
+    code = main(["train", str(run / "config.yaml"), "--out", str(run), "--restart", "--set", "members.0.train.lr=0.01"])
+    _quiet_failure(code, capsys, caplog, "notes.md: not written by effens")  # adopted reports keep foreign files foreign

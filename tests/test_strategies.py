@@ -66,6 +66,18 @@ def test_member_named_like_a_strategy_or_output_column_is_refused(tmp_path, name
         config_from_dict(raw)
 
 
+def test_member_named_like_a_class_is_refused_before_training(tiny_data, tmp_path, caplog):
+    import yaml
+
+    raw = synth.tiny_config(tiny_data)
+    raw["members"][0]["name"] = "circle"
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 2
+    assert "`members.0.name` 'circle' is also a class name" in caplog.text
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_toy_strategy_runs_through_fit_combiner_and_evaluate(median_strategy, trained, tiny_data, tmp_path):
     import shutil
 
