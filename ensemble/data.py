@@ -109,6 +109,29 @@ def read_manifest(path: str | os.PathLike, columns: Sequence[str]) -> list[tuple
         raise DataError(f"{path}: line {reader.line_num}: {exc}") from None
 
 
+def expand_inputs(inputs: Sequence[str], path_column: str = "path") -> list[str]:
+    """Files, folders (recursive) and CSV manifests -> image paths, in the order given.
+
+    Paths that do not exist are kept, so that they get an error row.
+    """
+    out: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = find_images(p)
+            if not found:
+                log.warning("%s: no image files inside", p)
+            out.extend(found)
+        elif p.suffix.lower() == ".csv" and p.is_file():
+            for line, row in read_manifest(p, (path_column,)):
+                if not (row[path_column] or "").strip():
+                    raise DataError(f"{p}: line {line}: no path in the `{path_column}` column")
+                out.append(manifest_path(p, row[path_column]))
+        else:
+            out.append(str(p))
+    return out
+
+
 def manifest_path(csv_path: str | os.PathLike, listed: str) -> str:
     """A path listed in a CSV manifest: absolute as given, else relative to the CSV's folder."""
     return listed if os.path.isabs(listed) else str((Path(csv_path).parent / listed).resolve())

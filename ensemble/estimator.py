@@ -296,6 +296,11 @@ class BaggedEnsemble(BaseEstimator):
                                "ensemble.runfolder.load_run()")
 
 
+def decode_size(ens: "BaggedEnsemble") -> int:
+    """Shorter side to decode at: the largest resize any member needs."""
+    return max(fm.inputs.resize_size for fm in ens.members_)
+
+
 def _with_precision(members: Sequence, precision: str) -> list:
     """Member specs with the ensemble's precision filled in where a member has none."""
     return [spec if spec.precision else dataclasses.replace(spec, precision=precision) for spec in members]

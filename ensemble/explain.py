@@ -93,7 +93,7 @@ def saliency_for_report(ens, split_data: dict[str, tuple[Sequence[str], np.ndarr
                         strategy: str, limit: int = 200) -> tuple[dict, dict]:
     """Overlays for the images ``strategy`` gets wrong on each split (at most ``limit`` per
     split, most confident mistakes first) -> (path -> {who: file}, files to write)."""
-    from .inference import decode_size
+    from .estimator import decode_size
 
     mapping, files = {}, {}
     for split, results in splits.items():
@@ -142,7 +142,8 @@ def run_explain(run_dir: str, images: Sequence[str], out: str, strategy: str | N
     ensemble's predicted class, written to ``out`` with ``explain.json`` listing them."""
     from .data import DataError
     from .files import atomic_write_bytes, atomic_write_json
-    from .inference import decode_size, expand_inputs
+    from .data import expand_inputs
+    from .estimator import decode_size
     from .runfolder import load_run
 
     ens = load_run(run_dir)

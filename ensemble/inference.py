@@ -12,8 +12,8 @@ import numpy as np
 
 
 from .config import SplitSource
-from .data import DataError, check_labels, find_images, load_split, manifest_path, read_manifest
-from .estimator import BaggedEnsemble, images_fingerprint
+from .data import DataError, check_labels, expand_inputs, load_split
+from .estimator import BaggedEnsemble, decode_size, images_fingerprint  # noqa: F401 (decode_size: re-exported)
 from .evaluation import decision_report, evaluate_split
 from .explain import page_files
 from .files import (RunError, atomic_write_json, atomic_write_npy, atomic_write_text, foreign_files, read_json,
@@ -79,34 +79,6 @@ class DecisionOptions:
     def columns(self) -> list[str]:
         return (["prediction_set"] if self.coverage else []) + \
             (["decision"] if self.review_rate is not None or self.target_accuracy is not None else [])
-
-
-def decode_size(ens: BaggedEnsemble) -> int:
-    """Shorter side to decode at: the largest resize any member needs."""
-    return max(fm.inputs.resize_size for fm in ens.members_)
-
-
-def expand_inputs(inputs: Sequence[str], path_column: str = "path") -> list[str]:
-    """Files, folders (recursive) and CSV manifests -> image paths, in the order given.
-
-    Paths that do not exist are kept, so that they get an error row.
-    """
-    out: list[str] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found = find_images(p)
-            if not found:
-                log.warning("%s: no image files inside", p)
-            out.extend(found)
-        elif p.suffix.lower() == ".csv" and p.is_file():
-            for line, row in read_manifest(p, (path_column,)):
-                if not (row[path_column] or "").strip():
-                    raise DataError(f"{p}: line {line}: no path in the `{path_column}` column")
-                out.append(manifest_path(p, row[path_column]))
-        else:
-            out.append(str(p))
-    return out
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:

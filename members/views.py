@@ -65,7 +65,7 @@ def letterbox_image(img: Image.Image, size: int, fill: tuple[int, int, int], int
 @view
 def letterbox(arr: np.ndarray, inputs) -> np.ndarray:
     """The whole photo, aspect kept, padded with the mean colour."""
-    return np.asarray(letterbox_image(Image.fromarray(arr), inputs.image_size, _mean_colour(inputs),
+    return np.array(letterbox_image(Image.fromarray(arr), inputs.image_size, _mean_colour(inputs),
                                       _interp(inputs)), dtype=np.uint8)
 
 
@@ -73,7 +73,7 @@ def letterbox(arr: np.ndarray, inputs) -> np.ndarray:
 def squash(arr: np.ndarray, inputs) -> np.ndarray:
     """The whole photo resized to the square input (aspect not kept)."""
     s = inputs.image_size
-    return np.asarray(Image.fromarray(arr).resize((s, s), _interp(inputs)), dtype=np.uint8)
+    return np.array(Image.fromarray(arr).resize((s, s), _interp(inputs)), dtype=np.uint8)
 
 
 def describe_view(inputs) -> list[str]:
