@@ -324,6 +324,19 @@ def decisions_section(doc: dict) -> list[str]:
     return md
 
 
+@report_section
+def diversity_section(doc: dict) -> list[str]:
+    """Pairwise disagreement, Q-statistic and error correlation of the members, per split."""
+    div = doc.get("diversity") or {}
+    if not div:
+        return []
+    rows = [["split", "pair", "disagreement", "Q-statistic", "error correlation"]]
+    rows += [[split, f"{p['a']} / {p['b']}", f"{p['disagreement']:.3f}", f"{p['q_statistic']:.3f}",
+              f"{p['error_correlation']:.3f}"] for split, pairs in div.items() for p in pairs]
+    return ["## Diversity", "", "Members that err on different images are what an ensemble can fix "
+            "(Q near 1: they err together).", "", format_table(rows, markdown=True), ""]
+
+
 @model_figure
 def confusion_figure(view: SplitView, who: str) -> Attachment:
     png = f"confusion_{_slug(who)}_{view.split}.png"

@@ -10,6 +10,10 @@
 3. ``DIR/results.json``: members -> name -> val/test -> accuracy, macro_f1, weighted_f1;
    strategies -> the same; ensemble -> the strategy with the best *validation* macro-F1;
    wall_s; peak_rss_mb; throughput -> effens_img_s, plain_img_s. Also ``DIR/results.md``.
+4. With ``--seeds N``: the recipe trained N times (``seed`` 0..N-1, ``DIR/run-seedK``);
+   ``seeds`` holds each seed's figures (test macro-F1, weighted-F1 and per-class recall of
+   every member, every strategy and the val-chosen ensemble, plus wall time) and
+   ``summary`` their mean and standard deviation.
 
 Everything is selected on val or OOB; the test split is only reported.
 """
@@ -141,7 +145,62 @@ def pick(metrics: dict) -> dict:
     return {k: metrics[k] for k in ("accuracy", "macro_f1", "weighted_f1")}
 
 
-def main() -> None:
+def seed_figures(doc: dict) -> dict:
+    """One seed's test figures: each member, each strategy and the val-chosen ensemble."""
+    def test(m: dict) -> dict:
+        t = m["test"]
+        return {"macro_f1": t["macro_f1"], "weighted_f1": t["weighted_f1"],
+                **{f"recall_{c}": v["recall"] for c, v in t["per_class"].items()}}
+
+    chosen = max(doc["strategies"], key=lambda s: doc["strategies"][s]["val"]["macro_f1"])
+    out = {f"member {n}": test(m) for n, m in doc["members"].items()}
+    out.update({f"strategy {n}": test(m) for n, m in doc["strategies"].items()})
+    out["ensemble (val-chosen)"] = dict(test(doc["strategies"][chosen]))
+    return {"chosen": chosen, "figures": out}
+
+
+def summarise(seeds: list[dict]) -> dict:
+    """Mean and standard deviation over seeds of every figure."""
+    out: dict = {}
+    for who in seeds[0]["figures"]:
+        out[who] = {}
+        for key in seeds[0]["figures"][who]:
+            vals = np.array([s["figures"][who][key] for s in seeds])
+            out[who][key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
+    walls = np.array([s["wall_s"] for s in seeds])
+    out["wall_s"] = {"mean": float(walls.mean()), "std": float(walls.std(ddof=1)) if len(walls) > 1 else 0.0}
+    return out
+
+
+def run_seeds(args, overrides: list[str], out: Path) -> dict:
+    from ensemble.training import train_run
+
+    seeds = []
+    for k in range(args.seeds):
+        t0 = time.perf_counter()
+        doc = train_run(args.config, str(out / f"run-seed{k}"), overrides=[*overrides, f"seed={k}"])
+        seeds.append(dict(seed_figures(doc), seed=k, wall_s=time.perf_counter() - t0))
+        log.info("seed %d: val-chosen %s, test macro-F1 %.4f (%.0f s)", k, seeds[-1]["chosen"],
+                 seeds[-1]["figures"]["ensemble (val-chosen)"]["macro_f1"], seeds[-1]["wall_s"])
+    return {"seeds": seeds, "summary": summarise(seeds)}
+
+
+def seeds_markdown(r: dict) -> str:
+    summary, seeds = r["summary"], r["seeds"]
+    lines = ["| test | " + " | ".join(f"seed {s['seed']}" for s in seeds) + " | mean +- std |",
+             "|---|" + "---|" * (len(seeds) + 1)]
+    for who in seeds[0]["figures"]:
+        for key in ("macro_f1", "weighted_f1", *sorted(k for k in seeds[0]["figures"][who] if k.startswith("recall_"))):
+            m = summary[who][key]
+            lines.append(f"| {who} {key} | " + " | ".join(f"{s['figures'][who][key]:.4f}" for s in seeds)
+                         + f" | {m['mean']:.4f} +- {m['std']:.4f} |")
+    w = summary["wall_s"]
+    lines += ["", "val-chosen strategy per seed: " + ", ".join(s["chosen"] for s in seeds)
+              + f"; wall time per seed {w['mean']:.0f} +- {w['std']:.0f} s"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="../shared/data/vds", help="VDS root with train/val/test")
     p.add_argument("--out", default="runs/vds-bench")
@@ -150,7 +209,8 @@ def main() -> None:
     p.add_argument("--throughput-images", type=int, default=320)
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--throughput-only", action="store_true")
-    args = p.parse_args()
+    p.add_argument("--seeds", type=int, default=0, help="train the recipe this many times (seeds 0..N-1)")
+    args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     t_start = time.perf_counter()
@@ -172,7 +232,9 @@ def main() -> None:
         log.info("throughput: effens %.1f img/s, plain %.1f img/s (%.2fx)",
                  results["throughput"]["effens_img_s"], results["throughput"]["plain_img_s"],
                  results["throughput"]["ratio"])
-    if not args.throughput_only:
+    if args.seeds:
+        results.update(run_seeds(args, overrides, out))
+    elif not args.throughput_only:
         from ensemble.training import train_run
 
         t0 = time.perf_counter()
@@ -186,8 +248,9 @@ def main() -> None:
     results["wall_s"] = time.perf_counter() - t_start
     results["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "results.md").write_text(markdown(results) + "\n")
-    print(markdown(results))
+    text = markdown(results) + ("\n\n" + seeds_markdown(results) if "seeds" in results else "")
+    (out / "results.md").write_text(text + "\n")
+    print(text)
 
 
 def markdown(r: dict) -> str:

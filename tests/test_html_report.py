@@ -95,6 +95,9 @@ def test_links_and_thumbnails_resolve_and_curves_and_diversity_are_shown(trained
     assert "Diversity of the members on test" in text and "Q-statistic" in text
     doc = json.loads((report / "metrics.json").read_text())
     assert [(p["a"], p["b"]) for p in doc["diversity"]["test"]] == [("a", "b"), ("a", "c"), ("b", "c")]
+    md = (report / "report.md").read_text()
+    p = doc["diversity"]["test"][0]
+    assert "## Diversity" in md and f"| test | a / b | {p['disagreement']:.3f} | {p['q_statistic']:.3f} |" in md
 
 
 def test_hostile_file_names_render_as_text_and_links_that_work(trained, tmp_path):

@@ -1,0 +1,35 @@
+"""scripts/benchmark_vds.py --seeds: per-seed figures and their mean +- std (on tiny data)."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+import synth
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_seeds_table(tiny_data, tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import benchmark_vds
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(synth.tiny_config(tiny_data, epochs=1)))
+    out = tmp_path / "bench"
+    benchmark_vds.main(["--data", str(tiny_data), "--out", str(out), "--config", str(cfg), "--seeds", "2",
+                        "--skip-throughput"])
+    r = json.loads((out / "results.json").read_text())
+    assert [s["seed"] for s in r["seeds"]] == [0, 1]
+    assert (out / "run-seed0/report/metrics.json").is_file() and (out / "run-seed1/report/metrics.json").is_file()
+    for k in (0, 1):  # each seed's figures are its run's test figures
+        doc = json.loads((out / f"run-seed{k}/report/metrics.json").read_text())
+        assert r["seeds"][k]["figures"]["member a"]["macro_f1"] == doc["members"]["a"]["test"]["macro_f1"]
+        chosen = max(doc["strategies"], key=lambda s: doc["strategies"][s]["val"]["macro_f1"])
+        assert r["seeds"][k]["chosen"] == chosen
+    vals = [s["figures"]["ensemble (val-chosen)"]["macro_f1"] for s in r["seeds"]]
+    summary = r["summary"]["ensemble (val-chosen)"]["macro_f1"]
+    assert summary["mean"] == np.mean(vals) and summary["std"] == np.std(vals, ddof=1)
+    assert "recall_circle" in r["seeds"][0]["figures"]["strategy soft"]
+    assert "mean +- std" in (out / "results.md").read_text()
