@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "when installed, else torch)")
         q.add_argument("--precision", choices=PRECISIONS,
                        help="inference precision (default: the run's; bf16 only where allowed)")
+        q.add_argument("--adapt-bn", action="store_true",
+                       help="re-estimate each member's BatchNorm statistics on the images given (a copy; "
+                            "the run's files never change): a label-free correction for photos from "
+                            "another source")
 
     xp = sub.add_parser("explain", help="Grad-CAM overlays: where each member looks in some images")
     xp.add_argument("run", help="run folder made by `effens train`")
@@ -217,7 +221,7 @@ def cmd_train(args) -> int:
 def _inference_options(args):
     from .inference import InferenceOptions
 
-    return InferenceOptions(args.batch_size, args.device, args.tta, args.runtime, args.precision)
+    return InferenceOptions(args.batch_size, args.device, args.tta, args.runtime, args.precision, args.adapt_bn)
 
 
 def cmd_predict(args) -> int:
@@ -228,7 +232,8 @@ def cmd_predict(args) -> int:
                            "review_rate": args.review_rate, "target_accuracy": args.target_accuracy})
     inf = summary["inference"]
     sys.stdout.write(f"predicted {summary['n'] - summary['n_errors']} of {summary['n']} images "
-                     f"({summary['strategy']}; {inf['runtime']} {'/'.join(sorted(set(inf['precision'])))}); "
+                     f"({summary['strategy']}; {inf['runtime']} {'/'.join(sorted(set(inf['precision'])))}"
+                     + ("; BatchNorm adapted to these images" if inf.get("adapt_bn") else "") + "); "
                      f"{summary['n_errors']} could not be read (see the error column)"
                      + (f"; {summary['n_review']} marked review" if summary["n_review"] else "")
                      + f" -> {args.out}\n")

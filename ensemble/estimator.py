@@ -210,7 +210,7 @@ class BaggedEnsemble(BaseEstimator):
     # ------------------------------------------------------------------ inference
     def member_proba(self, X: Sequence, batch_size: int | None = None, tta: bool = False,
                      device: str | None = None, runtime: str | None = None,
-                     precision: str | None = None) -> np.ndarray:
+                     precision: str | None = None, adapt_bn: bool = False) -> np.ndarray:
         """Probabilities of every member, shape (members, samples, classes).
 
         ``runtime`` and ``precision`` default to the ensemble's (and each member's own
@@ -218,6 +218,8 @@ class BaggedEnsemble(BaseEstimator):
         ``tta``: ``True``/``"flip"`` averages with the mirror image; a list or comma-separated
         names of views (:mod:`members.views`) averages over those views instead of the
         member's own (``"crop,letterbox,flip"``: both views and their mirrors).
+        ``adapt_bn`` re-estimates each member's BatchNorm statistics on ``X`` first, on a
+        copy (:mod:`members.adapt`; runs on the torch runtime).
         """
         from members.models import pick_device
         from members.runtimes import runtime_proba
@@ -236,7 +238,8 @@ class BaggedEnsemble(BaseEstimator):
         dev = pick_device(device or self.device)
         out = []
         for j, (fm, spec) in enumerate(zip(self.members_, self._specs())):
-            rt = self._runtime(j, runtime, precision, dev)
+            rt = self._adapted_runtime(j, images, precision, dev) if adapt_bn else self._runtime(j, runtime, precision,
+                                                                                               dev)
             seen = [runtime_proba(rt, eval_tensor(images, dataclasses.replace(fm.inputs, view=v) if v else fm.inputs),
                                   batch_size or spec.train.eval_batch_size, tta=flip) for v in (views or [None])]
             out.append(seen[0] if len(seen) == 1 else np.mean(seen, axis=0))
@@ -268,6 +271,19 @@ class BaggedEnsemble(BaseEstimator):
             cache[key] = create_runtime(name, fm.model, fm.inputs, device, prec,
                                         onnx_path=lambda: self._onnx_file(index))
         return cache[key]
+
+    def _adapted_runtime(self, index: int, images: Sequence[np.ndarray], precision: str | None, device):
+        """Member ``index`` with BatchNorm statistics re-estimated on ``images`` (a copy, torch runtime)."""
+        from members.adapt import adapt_batchnorm
+        from members.runtimes import create_runtime
+        from members.transforms import eval_tensor
+
+        fm, spec = self.members_[index], self._specs()[index]
+        _, prec = self.inference_plan("torch", precision, device)[index]
+        model = adapt_batchnorm(fm.model, eval_tensor(images, fm.inputs), fm.inputs, spec.train.eval_batch_size,
+                                device)
+        log.info("member %s: BatchNorm statistics re-estimated on %d images (a copy)", fm.name, len(images))
+        return create_runtime("torch", model, fm.inputs, device, prec, onnx_path=lambda: None)
 
     def _onnx_file(self, index: int):
         """The member's runtime ONNX file: the run folder's cache (``onnx_cache_``, set by

@@ -35,14 +35,15 @@ class InferenceOptions:
     tta: bool | str = False           # True/"flip": with the mirror; "crop,letterbox,flip": over views
     runtime: str | None = None        # torch, openvino, onnxruntime, auto
     precision: str | None = None      # auto, fp32, bf16, fp16
+    adapt_bn: bool = False            # re-estimate BatchNorm statistics on the images being predicted
 
     def member_proba(self, ens: BaggedEnsemble, images: Sequence[np.ndarray]) -> np.ndarray:
         return ens.member_proba(images, **dataclasses.asdict(self))
 
     def plan(self, ens: BaggedEnsemble) -> dict:
         """The runtime and precision each member resolves to here (part of cache keys)."""
-        plan = ens.inference_plan(self.runtime, self.precision, self.device)
-        return {"runtime": plan[0][0], "precision": [p.name for _, p in plan]}
+        plan = ens.inference_plan("torch" if self.adapt_bn else self.runtime, self.precision, self.device)
+        return {"runtime": plan[0][0], "precision": [p.name for _, p in plan], "adapt_bn": self.adapt_bn}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +104,8 @@ def predict_rows(ens: BaggedEnsemble, paths: Sequence[str], strategy: str | None
     if decisions.coverage:
         decider.sets(decider.cal_proba[:1], decisions.coverage, decisions.by_class)  # too few images: fail early
     rows: list[dict] = []
+    if options.adapt_bn:  # the statistics come from every image given, not from chunks of them
+        chunk = max(1, len(paths))
     for part in _chunks(list(paths), chunk):
         arrays, bad = decode_all(part, size, on_bad="skip", desc="decode")
         reasons = dict(bad)

@@ -365,7 +365,9 @@ def render_report(doc: dict, splits: dict[str, dict], split_data: dict[str, tupl
         + comb.get("notes", [])
         + ([f"Temperatures: {comb['temperatures']}."] if comb.get("temperatures") else [])
         + (["Validation figures of combiners fitted on val are in-sample (optimistic)."]
-           if comb.get("fitted_on_val") else [])), "",
+           if comb.get("fitted_on_val") else [])
+        + (["Members' BatchNorm statistics were re-estimated on these images (`--adapt-bn`)."]
+           if (doc.get("inference") or {}).get("adapt_bn") else [])), "",
           format_table(summary_rows(doc), markdown=True), ""]
     oob = doc[ENSEMBLE].get("oob")
     if oob:

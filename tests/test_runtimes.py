@@ -237,7 +237,7 @@ def test_predict_with_openvino_and_evaluate_cache_keyed_by_runtime(trained, tiny
     assert main(["evaluate", str(run), str(tiny_data / "test"), "--out", str(ev), "--runtime", "openvino",
                  "--precision", "fp32"]) == 0
     second = json.loads((ev / "metrics.json").read_text())["inference"]
-    assert second == {"runtime": "openvino", "precision": ["fp32"] * 3}
+    assert second == {"runtime": "openvino", "precision": ["fp32"] * 3, "adapt_bn": False}
 
 
 @needs_ov

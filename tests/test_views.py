@@ -109,3 +109,36 @@ def test_cli_tta_views(trained, tiny_data, tmp_path, caplog):
     assert main(["predict", str(run), str(tiny_data / "test"), "--out", str(tmp_path / "p.csv"),
                  "--tta", "zoom"]) == 2
     assert "--tta: TTA views must be flip or one of crop, letterbox, squash; got zoom" in caplog.text
+
+
+def test_adapt_bn_uses_the_new_images_on_a_copy(trained, tiny_data, tmp_path, capsys):
+    import hashlib
+
+    from ensemble.images import decode_all
+    from ensemble.inference import decode_size
+    from ensemble.runfolder import load_run
+    from members.adapt import adapt_batchnorm
+
+    _, run = trained
+    ens = load_run(run)
+    fm = ens.members_[0]
+    before = {k: v.clone() for k, v in fm.model.state_dict().items()}
+    paths = sorted(str(p) for p in (tiny_data / "test").rglob("*.png"))
+    imgs, _ = decode_all(paths, decode_size(ens))
+    bright = [np.clip(a.astype(int) + 120, 0, 255).astype(np.uint8) for a in imgs]  # another "camera"
+    x = eval_tensor(bright, fm.inputs)
+    adapted = adapt_batchnorm(fm.model, x, fm.inputs)
+    bn = next(n for n, m in adapted.named_modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert not torch.equal(adapted.state_dict()[f"{bn}.running_mean"], before[f"{bn}.running_mean"])
+    assert all(torch.equal(v, fm.model.state_dict()[k]) for k, v in before.items())  # the member is untouched
+    plain = ens.member_proba(bright, runtime="torch")
+    got = ens.member_proba(bright, runtime="torch", adapt_bn=True)
+    assert got.shape == plain.shape and not np.allclose(got, plain)
+    digest = hashlib.sha256((run / "members/a/model.safetensors").read_bytes()).hexdigest()
+    out = tmp_path / "ev"
+    assert main(["evaluate", str(run), str(tiny_data / "test"), "--out", str(out), "--adapt-bn", "-q"]) == 0
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["inference"]["adapt_bn"] is True and "--adapt-bn" in (out / "report.md").read_text()
+    assert main(["predict", str(run), str(tiny_data / "test"), "--out", str(tmp_path / "p.csv"), "--adapt-bn"]) == 0
+    assert "BatchNorm adapted to these images" in capsys.readouterr().out
+    assert hashlib.sha256((run / "members/a/model.safetensors").read_bytes()).hexdigest() == digest
