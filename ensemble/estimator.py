@@ -126,7 +126,7 @@ class BaggedEnsemble(BaseEstimator):
         """
         cfg = self.validated_config()
         classes, y, y_val = _encode_labels(y, y_val, classes)
-        specs = _with_precision(cfg.members, cfg.precision)
+        specs = with_precision(cfg.members, cfg.precision)
         images, val_images = _decoded(X, specs, "X"), _decoded(X_val, specs, "X_val")
         if data_fingerprint is None:
             data_fingerprint = sha256_json([_fingerprint_part(X), _fingerprint_part(X_val),
@@ -138,7 +138,7 @@ class BaggedEnsemble(BaseEstimator):
         results = self._fit_members(cfg, specs, samples, prints, TrainingData(images, y, val_images, y_val, classes),
                                     store)
         self.specs_ = specs
-        members = [FittedMember(spec.name, *_restore(spec, r["meta"], r["state_dict"]), r["meta"])
+        members = [FittedMember(spec.name, *restore_member(spec, r["meta"], r["state_dict"]), r["meta"])
                    for spec, r in zip(specs, results)]
         self._set_fitted(classes, members, samples, [r["arrays"]["oob_proba"] for r in results], y,
                          None, y_val, val_images=val_images)
@@ -205,7 +205,7 @@ class BaggedEnsemble(BaseEstimator):
         if hasattr(self, "specs_"):
             return self.specs_
         cfg = self.validated_config()
-        return _with_precision(cfg.members, cfg.precision)
+        return with_precision(cfg.members, cfg.precision)
 
     # ------------------------------------------------------------------ inference
     def member_proba(self, X: Sequence, batch_size: int | None = None, tta: bool = False,
@@ -317,12 +317,13 @@ def decode_size(ens: "BaggedEnsemble") -> int:
     return max(fm.inputs.resize_size for fm in ens.members_)
 
 
-def _with_precision(members: Sequence, precision: str) -> list:
+def with_precision(members: Sequence, precision: str) -> list:
     """Member specs with the ensemble's precision filled in where a member has none."""
     return [spec if spec.precision else dataclasses.replace(spec, precision=precision) for spec in members]
 
 
-def _restore(spec, meta: dict, state: dict) -> tuple[torch.nn.Module, object]:
+def restore_member(spec, meta: dict, state: dict) -> tuple[torch.nn.Module, object]:
+    """(model, inputs) of a trained member from its weights and member.json (via ``create_member``)."""
     from members.models import create_member
 
     member = create_member(spec, meta["num_classes"], state=state, inputs=meta["inputs"])

@@ -491,7 +491,7 @@ def load_run(root: str | os.PathLike, adopt: bool = False):
     """A fitted :class:`~ensemble.estimator.BaggedEnsemble` from a finished run folder
     (every file a prediction depends on hash-checked, no pickles). ``adopt`` accepts a run
     made before effens recorded ``run.json`` (``fit-combiner`` then records it)."""
-    from .estimator import BaggedEnsemble, FittedMember, _restore, _with_precision
+    from .estimator import BaggedEnsemble, FittedMember, restore_member, with_precision
 
     run = RunFolder(root)
     if not run.config_path.is_file():
@@ -501,11 +501,11 @@ def load_run(root: str | os.PathLike, adopt: bool = False):
     ens = BaggedEnsemble(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.parallel, cfg.precision, cfg.runtime)
     ens.run_dir_ = str(run.root)
     ens.onnx_cache_ = run.member_onnx
-    ens.specs_ = _with_precision(cfg.members, cfg.precision)
+    ens.specs_ = with_precision(cfg.members, cfg.precision)
     members, samples, oob_proba = [], [], []
     for spec in cfg.members:
         state, meta, arrays = run.load_member(spec.name)
-        members.append(FittedMember(spec.name, *_restore(spec, meta, state), meta))
+        members.append(FittedMember(spec.name, *restore_member(spec, meta, state), meta))
         samples.append(arrays["samples"])
         oob_proba.append(arrays["oob_proba"])
     run.verify("predictions")
