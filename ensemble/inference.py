@@ -67,12 +67,12 @@ class DecisionOptions:
             raise DecisionError("give one of --review-rate or --target-accuracy, not both")
         if review_rate is None and target_accuracy is None:
             review_rate, target_accuracy = settings.review_rate, settings.target_accuracy
-        if coverage is not None and not 0 < coverage < 1:
-            raise DecisionError(f"`--coverage` must be in (0, 1); got {coverage}")
-        if review_rate is not None and not 0 <= review_rate <= 1:
-            raise DecisionError(f"`--review-rate` must be in [0, 1]; got {review_rate}")
-        if target_accuracy is not None and not 0 < target_accuracy <= 1:
-            raise DecisionError(f"`--target-accuracy` must be in (0, 1]; got {target_accuracy}")
+        checks = {f.name: f.metadata["check"] for f in dataclasses.fields(type(settings))}
+        for flag, key, value in (("--coverage", "coverage", coverage), ("--review-rate", "review_rate", review_rate),
+                                 ("--target-accuracy", "target_accuracy", target_accuracy)):
+            problem = checks[key](value)  # the config schema's own bounds for these keys
+            if problem:
+                raise DecisionError(f"`{flag}` {problem}; got {value}")
         return cls(coverage if coverage is not None else settings.coverage,
                    settings.coverage_by_class if by_class is None else by_class,
                    review_rate, target_accuracy, settings.costs, settings.calibration)

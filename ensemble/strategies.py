@@ -97,8 +97,8 @@ class Strategy:
     """One way to combine members. Subclasses set ``name`` and override :meth:`apply`.
 
     Hooks (all optional but ``apply``): :meth:`fit` learns from probabilities;
-    :meth:`apply_oob` combines only the members that left each image out (default: the
-    weighted vote over them); :meth:`state` / :meth:`from_state` persist fitted state;
+    :meth:`apply_oob` combines only the members that left each image out (default:
+    :meth:`vote` over them, weights renormalised); :meth:`state` / :meth:`from_state` persist fitted state;
     :meth:`summary` and :meth:`describe` feed the report; :meth:`graph` gives the one-graph
     form used by ``effens export`` (``None``: none).
     """
@@ -133,14 +133,13 @@ class Strategy:
         """Per-member weights of the vote (None: equal), used by the default :meth:`apply_oob`."""
         return None
 
+    def vote(self, proba: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`apply` with these member weights (default: the weights do not matter)."""
+        return self.apply(proba)
+
     def apply_oob(self, proba: np.ndarray, available: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(covered indices, predictions, probabilities) voting only with available members."""
-        def vote(p: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return self._with_weights(w).apply(p)
-        return masked_vote(proba, available, vote, self.weights())
-
-    def _with_weights(self, w: np.ndarray) -> "Strategy":
-        return self
+        return masked_vote(proba, available, self.vote, self.weights())
 
     # ---- files and report
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
@@ -190,11 +189,8 @@ class _Vote(Strategy):
     def weights(self) -> np.ndarray | None:
         return None if self.weights_ is None else np.asarray(self.weights_, dtype=np.float64)
 
-    def _with_weights(self, w: np.ndarray) -> "Strategy":
-        twin = type(self)()
-        twin.__dict__.update(self.__dict__)
-        twin.weights_ = w
-        return twin
+    def apply(self, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.vote(proba, self.weights_)
 
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
         return {"weights": self.weights_}, {}
@@ -213,8 +209,8 @@ class HardVote(_Vote):
     name = "hard"
     probabilities = False
 
-    def apply(self, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return hard_vote(proba, self.weights_), vote_shares(proba, self.weights_)
+    def vote(self, proba: np.ndarray, weights) -> tuple[np.ndarray, np.ndarray]:
+        return hard_vote(proba, weights), vote_shares(proba, weights)
 
 
 @register
@@ -223,8 +219,8 @@ class SoftVote(_Vote):
 
     name = "soft"
 
-    def apply(self, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        p = soft_vote(proba, self.weights_)
+    def vote(self, proba: np.ndarray, weights) -> tuple[np.ndarray, np.ndarray]:
+        p = soft_vote(proba, weights)
         return p.argmax(axis=1), p
 
     def graph(self) -> tuple[str, dict] | None:
