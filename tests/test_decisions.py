@@ -190,3 +190,25 @@ def test_costs_change_predictions_and_are_reported(tiny_data, tmp_path):
     assert c["min_cost"]["realised_cost"] == pytest.approx(1 - c["min_cost"]["accuracy"])
     assert c["min_cost"]["accuracy"] == pytest.approx(c["argmax"]["accuracy"])
     assert "`min_cost` is what `predict` outputs" in (tmp_path / "run/report/report.md").read_text()
+
+
+def test_calibration_on_oob_images(trained, tmp_path):
+    """`decision.calibration: oob` fits sets and thresholds on the OOB images, each voted on
+    only by the members that left it out."""
+    from ensemble.evaluation import calibration_set
+    from ensemble.runfolder import load_run
+
+    cfg, run = trained
+    ens = load_run(run)
+    proba, y = calibration_set(ens, "soft", "oob")
+    assert len(y) == ens.oob_report_["n_covered"] and len(y) != len(ens.val_y_)
+    np.testing.assert_allclose(proba.sum(1), 1)
+    out = tmp_path / "p.csv"
+    copy = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(run, copy)
+    assert main(["fit-combiner", str(copy), "--set", "decision.calibration=oob", "-q"]) == 0
+    dec = json.loads((copy / "report/metrics.json").read_text())["decisions"]
+    assert dec["calibration"] == "oob" and dec["n_calibration"] == len(y)
+    assert main(["predict", str(copy), str(out.parent), "--out", str(out), "--coverage", "0.9"]) == 0
