@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's)")
         q.add_argument("--tta", nargs="?", const="flip", metavar="VIEWS",
                        help="test-time augmentation: alone, average with the mirror image; or comma-"
-                            "separated views to average over, e.g. crop,letterbox,flip")
+                            "separated views to average over, e.g. crop,letterbox,flip or the three "
+                            "squares along the long side: crop_start,crop,crop_end")
         q.add_argument("--runtime", metavar="{auto,torch,openvino,onnxruntime}",
                        help="inference runtime (default: the run's `runtime`; auto = OpenVINO on CPU "
                             "when installed, else torch)")

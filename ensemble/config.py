@@ -119,8 +119,33 @@ class TrainConfig:
                                     doc="dropout before the classifier; default: the model's")
     eval_batch_size: int = field(64, check=interval(1, 65_536), doc="images per inference step")
     num_workers: int = field(0, check=interval(0, 256), doc="augmentation worker processes")
+    ema: float | None = field(None, check=interval(0, 1, low_open=True, high_open=True),
+                              doc="decay of an exponential moving average of the weights, updated every "
+                                  "step (e.g. 0.998; warmed up over the first steps); null: off")
+    swa_epochs: int = field(0, check=interval(0, 10_000),
+                            doc="SWA: average the weights at the end of the last N epochs (0: off)")
+    select: Literal["best", "last", "ema", "swa"] = field(
+        "best", doc="the weights a member keeps: best epoch on val, last epoch, the EMA (needs `ema`) or "
+                    "the SWA average (needs `swa_epochs`); every candidate's val score goes to member.json")
+    lp_epochs: int = field(0, check=interval(0, 10_000),
+                           doc="LP-FT: first train the head alone for N epochs on frozen, un-augmented "
+                               "features, then fine-tune from that head (0: off)")
+    wise_alpha: float = field(1.0, check=interval(0, 1),
+                              doc="WiSE-FT: keep alpha x the selected weights + (1 - alpha) x the linear-probe "
+                                  "weights (1: fine-tuned only; below 1 needs `lp_epochs`)")
 
     def validate(self, path: str) -> None:
+        if self.select == "ema" and not self.ema:
+            raise ConfigError(f"`{path}.select` is ema but `{path}.ema` is not set; set a decay such as 0.998")
+        if self.select == "swa" and not self.swa_epochs:
+            raise ConfigError(f"`{path}.select` is swa but `{path}.swa_epochs` is 0; set how many last "
+                              f"epochs to average")
+        if self.swa_epochs > self.epochs:
+            raise ConfigError(f"`{path}.swa_epochs` must be at most `{path}.epochs` ({self.epochs}); "
+                              f"got {self.swa_epochs}")
+        if self.wise_alpha < 1 and not self.lp_epochs:
+            raise ConfigError(f"`{path}.wise_alpha` below 1 interpolates with the linear probe, so it needs "
+                              f"`{path}.lp_epochs` > 0")
         lo_hi = self.crop_scale
         if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
             raise ConfigError(f"`{path}.crop_scale` must be [low, high] with 0 < low <= high <= 1; "
@@ -186,6 +211,10 @@ def _strategies() -> tuple[str, ...]:
     return strategy_names()
 
 
+def _default_strategies() -> tuple[str, ...]:
+    return ("auto", *_strategies())
+
+
 #: names a member may not take: strategies and the fixed columns of predict's output
 RESERVED_COLUMNS = ("path", "prediction", "prediction_set", "decision", "error", "ensemble")
 
@@ -193,9 +222,11 @@ RESERVED_COLUMNS = ("path", "prediction", "prediction_set", "decision", "error",
 @dataclasses.dataclass
 class CombinerConfig:
     strategy: str = field(
-        "soft", choices=_strategies,
+        "soft", choices=_default_strategies,
         doc="default voting: hard (majority), soft (mean probability), weighted "
-            "(learned or given weights), stacking (meta-learner); any registered strategy")
+            "(learned or given weights), stacking (meta-learner), any registered strategy, or auto: "
+            "the one with the best validation macro-F1 (among those not fitted on val; recorded in "
+            "metrics.json)")
     weights: list[float] | Literal["auto"] | None = field(
         None, doc="one non-negative weight per member (used by hard, soft and weighted), "
                   "or `auto`/null: `weighted` learns them")

@@ -116,7 +116,7 @@ def fit_member(job: MemberJob, data: TrainingData, store=None) -> dict:
         "train": to_dict(spec.train), "seed": job.seed, "member_seed": mseed, "device": str(device),
         "precision": result.precision,
         "n_samples": int(len(job.sample)), "n_unique": int(len(np.unique(job.sample))), "n_oob": int(len(oob)),
-        "best_epoch": result.best_epoch, "history": result.history, "train_seconds": result.seconds,
+        "best_epoch": result.best_epoch, "selection": result.selection, "history": result.history, "train_seconds": result.seconds,
         "fingerprint": job.fingerprint, "versions": versions(),
     }
     arrays = {"samples": np.asarray(job.sample, dtype=np.int64), "oob": np.asarray(oob, dtype=np.int64),

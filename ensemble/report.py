@@ -352,6 +352,11 @@ def misclassified_list(view: SplitView, who: str) -> Attachment:
                       f"misclassified images: [{mis}]({mis})")
 
 
+def _choice_note(choice: dict) -> str:
+    scores = ", ".join(f"{n} {v:.4f}" for n, v in choice["scores"].items())
+    return f"Chosen by `strategy: auto` on {choice['on']} macro-F1 ({scores})."
+
+
 def render_report(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[Sequence[str], np.ndarray]],
                   extra_md: str = "") -> dict[str, bytes | str | dict]:
     """File name -> contents: metrics.json, report.md, heatmaps, reliability diagrams and
@@ -362,6 +367,7 @@ def render_report(doc: dict, splits: dict[str, dict], split_data: dict[str, tupl
     md = ["# effens report", "", "Open [index.html](index.html) in a browser for clickable confusion matrices "
           "with the images in each cell.", "", " ".join(
         [f"Classes: {', '.join(classes)}. Default strategy: **{doc['strategy']}** (marked *)."]
+        + ([_choice_note(comb["choice"])] if comb.get("choice") else [])
         + comb.get("notes", [])
         + ([f"Temperatures: {comb['temperatures']}."] if comb.get("temperatures") else [])
         + (["Validation figures of combiners fitted on val are in-sample (optimistic)."]

@@ -320,6 +320,7 @@ class Combiner:
     member_names: list[str]
     strategies: dict[str, Strategy]
     temperatures: list[float] | None = None
+    choice: dict | None = None  # with `strategy: auto`: how the default was chosen
 
     def calibrate(self, member_proba: np.ndarray) -> np.ndarray:
         """Apply per-member temperatures (identity when not calibrated)."""
@@ -351,11 +352,12 @@ class Combiner:
         out["temperatures"] = dict(zip(self.member_names, self.temperatures)) if self.temperatures else None
         out["notes"] = [t for t in (s.describe(self.member_names) for s in self.strategies.values()) if t]
         out["fitted_on_val"] = sorted(n for n, s in self.strategies.items() if getattr(s, "source_", None) == "val")
+        out["choice"] = self.choice
         return out
 
     # files: see ensemble.runfolder (the only code that writes them)
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
-        doc: dict = {"format": 2, "strategy": self.strategy, "classes": self.classes,
+        doc: dict = {"format": 2, "strategy": self.strategy, "choice": self.choice, "classes": self.classes,
                      "member_names": self.member_names, "temperatures": self.temperatures, "strategies": {}}
         arrays: dict[str, np.ndarray] = {}
         for name, s in self.strategies.items():
@@ -374,7 +376,7 @@ class Combiner:
             own = {k: arrays[f"{name}_{k}"] for k in sdoc.get("arrays", [])}
             strategies[name] = STRATEGIES[name].from_state(sdoc, own)
         return cls(doc["strategy"], list(doc["classes"]), list(doc["member_names"]), strategies,
-                   doc.get("temperatures"))
+                   doc.get("temperatures"), doc.get("choice"))
 
 
 def _upgrade(doc: dict) -> dict:
@@ -412,4 +414,23 @@ def fit_combiner(settings: Any, member_names: Sequence[str], classes: Sequence[s
             s.fit(proba, y, available, n_classes=len(classes))
             s.source_ = getattr(s, "source_", None) or actual
         fitted[name] = s
-    return Combiner(settings.strategy, list(classes), list(member_names), fitted, temperatures)
+    strategy, choice = settings.strategy, None
+    if strategy == "auto":
+        strategy, choice = choose_on_val(fitted, data, len(classes))
+    return Combiner(strategy, list(classes), list(member_names), fitted, temperatures, choice)
+
+
+def choose_on_val(fitted: dict[str, Strategy], data: FitData, n_classes: int) -> tuple[str, dict]:
+    """``strategy: auto``: the fitted strategy with the best validation macro-F1 (ties: the
+    earlier registered). Strategies fitted on val are left out: their val score is not a
+    held-out score."""
+    from .metrics import confusion_matrix, per_class
+
+    scores = {name: float(per_class(confusion_matrix(data.val_y, s.apply(data.val_proba)[0], n_classes))["f1"].mean())
+              for name, s in fitted.items() if getattr(s, "source_", None) != "val"}
+    if not scores:
+        raise ValueError("`combiner.strategy: auto` has no strategy to choose from (every one was fitted on val)")
+    best = max(scores, key=lambda n: (scores[n], -list(scores).index(n)))
+    log.info("combiner.strategy auto: %s (val macro-F1 %s)", best,
+             ", ".join(f"{n} {v:.4f}" for n, v in scores.items()))
+    return best, {"on": "val", "metric": "macro_f1", "scores": scores, "chosen": best}

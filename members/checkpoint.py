@@ -28,9 +28,13 @@ class Checkpointer(Protocol):
 
 def pack_state(*, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
                scaler, generator: torch.Generator, best_state: dict, best_key: list, best_epoch: int,
-               history: list[dict], precision: str = "fp32") -> tuple[dict[str, torch.Tensor], dict]:
-    """(tensors, document) of the training state after ``epoch``."""
+               history: list[dict], precision: str = "fp32",
+               averages: tuple[dict[str, torch.Tensor], dict] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, document) of the training state after ``epoch``; ``averages`` are the
+    weight averages' tensors and document (:class:`members.averaging.WeightAverages`)."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if averages is not None:
+        tensors.update({f"avg.{k}": v for k, v in averages[0].items()})
     tensors.update({f"best.{k}": v for k, v in best_state.items()})
     opt = optimizer.state_dict()
     for idx, state in opt["state"].items():
@@ -48,12 +52,15 @@ def pack_state(*, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Opt
         "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
         "scaler": scaler.state_dict(),
     }
+    if averages is not None:
+        doc["averages"] = averages[1]
     return tensors, doc
 
 
 def restore_state(tensors: dict[str, torch.Tensor], doc: dict, *, model: torch.nn.Module,
                   optimizer: torch.optim.Optimizer, scheduler, scaler, generator: torch.Generator) -> dict:
-    """Put every saved state back; returns the best-epoch state dict."""
+    """Put every saved state back; returns the best-epoch state dict (the weight averages
+    are read by the caller: :func:`saved_averages`)."""
     t = tensors
     model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
     device = next(model.parameters()).device
@@ -71,3 +78,8 @@ def restore_state(tensors: dict[str, torch.Tensor], doc: dict, *, model: torch.n
         if cuda_states:
             torch.cuda.set_rng_state_all(cuda_states)
     return {k[5:]: v for k, v in t.items() if k.startswith("best.")}
+
+
+def saved_averages(tensors: dict[str, torch.Tensor], doc: dict) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """The weight averages' tensors and document saved by :func:`pack_state`."""
+    return {k[4:]: v for k, v in tensors.items() if k.startswith("avg.")}, doc.get("averages")

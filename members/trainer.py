@@ -1,4 +1,10 @@
-"""One member's training loop: AdamW, warm-up + cosine, best epoch on validation.
+"""One member's training loop: AdamW, warm-up + cosine, then the weights it keeps.
+
+Optionally a linear probe first (LP-FT: the head trained on frozen features, then the whole
+member fine-tuned from that head); during training an EMA and/or SWA of the weights
+(:mod:`members.averaging`); at the end ``train.select`` keeps the best epoch on validation,
+the last epoch, the EMA or the SWA weights, optionally interpolated with the linear-probe
+weights (WiSE-FT, ``train.wise_alpha``). Every candidate's validation score is recorded.
 
 What to train on (:class:`TrainData`) and how the run goes (:class:`TrainRun`: name,
 seed, device, precision, where checkpoints go, how validation is scored) come in as two
@@ -18,7 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import Checkpointer, pack_state, restore_state
+from .averaging import WeightAverages, interpolate
+from .checkpoint import Checkpointer, pack_state, restore_state, saved_averages
 from .models import Member, set_train_mode
 from .precision import Precision
 from .predictor import default_precision, predict_proba
@@ -38,6 +45,8 @@ class TrainResult:
     history: list[dict]
     seconds: float
     precision: str = "fp32"  # what the forward/backward passes ran in
+    selection: dict = dataclasses.field(default_factory=dict)  # what was kept; val scores of each candidate
+    candidates: dict[str, dict] = dataclasses.field(default_factory=dict)  # best/last/ema/swa/probe weights
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -157,6 +166,35 @@ class BestEpoch:
             self.state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
 
 
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def linear_probe(member: Member, cfg, data: TrainData, run: TrainRun, precision: Precision) -> dict:
+    """LP-FT's first stage: train the head alone on the frozen network's features of the
+    sample (un-augmented, the member's view; :mod:`members.features`, as ``tune`` does),
+    install it in ``member.model`` and return the model's weights with that head."""
+    from .features import extract_features, train_head
+    from .transforms import eval_tensor
+
+    uniq = np.unique(data.sample)
+    # in place before inference mode: weights converted inside it could not be trained afterwards
+    member.model.to(device=run.device, memory_format=torch.channels_last)
+    feats = extract_features(member.model, eval_tensor([data.images[i] for i in uniq], member.inputs),
+                             member.inputs, cfg.eval_batch_size, run.device, precision).clone()
+    rows = torch.full((len(data.images),), -1, dtype=torch.long)
+    rows[torch.as_tensor(uniq, dtype=torch.long)] = torch.arange(len(uniq))
+    classifier = member.model.get_classifier()
+    head = train_head(lambda idx: feats[rows[idx]], feats.shape[1], data.labels, data.sample,
+                      classifier.out_features, cfg, run.seed, epochs=cfg.lp_epochs)
+    with torch.no_grad():
+        classifier.weight.copy_(head.weight)
+        classifier.bias.copy_(head.bias)
+    log.info("%s: linear probe trained on frozen features (%d epochs, %d images)", run.name, cfg.lp_epochs,
+             len(uniq))
+    return _snapshot(member.model)
+
+
 class _Loop:
     """Optimiser, schedule, loaders and the per-epoch parts of :func:`train_member`."""
 
@@ -176,6 +214,7 @@ class _Loop:
             self.optimizer, warmup_cosine(total, int(round(cfg.warmup_epochs * steps_per_epoch))))
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision.uses_scaler)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.averages = WeightAverages(cfg.ema, cfg.swa_epochs, cfg.epochs)
 
     def loader(self, size: int) -> torch.utils.data.DataLoader:
         cfg = self.cfg
@@ -211,14 +250,19 @@ class _Loop:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            self.averages.after_step(self.model)
             seen += len(y)
             loss_sum += loss.item() * len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen / max(time.perf_counter() - t0, 1e-9):.1f}")
         return loss_sum / max(seen, 1), seen
 
-    def evaluate(self) -> dict:
-        """Validation scores of the current weights (see :data:`Scorer`)."""
-        proba = predict_proba(self.model, self.data.val_images, self.member.inputs, self.cfg.eval_batch_size,
+    def evaluate(self, state: dict | None = None) -> dict:
+        """Validation scores (see :data:`Scorer`) of the current weights, or of ``state`` (on a copy)."""
+        model = self.model
+        if state is not None:
+            model = copy.deepcopy(self.model)
+            model.load_state_dict(state)
+        proba = predict_proba(model, self.data.val_images, self.member.inputs, self.cfg.eval_batch_size,
                               self.run.device, precision=self.precision)
         return self.run.score(self.data.val_labels, proba)
 
@@ -227,13 +271,15 @@ class _Loop:
             self.run.checkpoint.save(*pack_state(
                 epoch=epoch, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                 scaler=self.scaler, generator=self.gen, best_state=best.state, best_key=list(best.key),
-                best_epoch=best.epoch, history=history, precision=self.precision.name))
+                best_epoch=best.epoch, history=history, precision=self.precision.name,
+                averages=(self.averages.tensors(), self.averages.doc()) if self.averages.active else None))
 
     def resume(self, resumed: tuple[dict, dict]) -> tuple[BestEpoch, list[dict], int]:
         tensors, doc = resumed
         state = restore_state(tensors, doc, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                               scaler=self.scaler, generator=self.gen)
         best = BestEpoch(tuple(doc["best_key"]), doc["best_epoch"], state)
+        self.averages.load(*saved_averages(tensors, doc))
         log.info("%s: resuming after epoch %d/%d from %s", self.run.name, doc["epoch"], self.cfg.epochs,
                  self.run.checkpoint.where)
         return best, doc["history"], doc["epoch"]
@@ -256,6 +302,10 @@ def train_member(member: Member, cfg, data: TrainData, run: TrainRun) -> TrainRe
         # a resumed member finishes in the precision it started in (``auto`` may measure anew)
         precision = Precision(resumed[1]["precision"], run.device.type, "as in the checkpoint being resumed")
         log.info("%s: continuing in %s, the precision of its checkpoint", run.name, precision.name)
+    # the probe is made again on resume only where WiSE-FT needs it (the model comes from the checkpoint)
+    need_probe = cfg.lp_epochs and (resumed is None or cfg.wise_alpha < 1)
+    probe = linear_probe(member, cfg, data, run, precision) if need_probe else None
+    torch.manual_seed(run.seed)
     loop = _Loop(member, cfg, data, run, precision)
     best, history, first_epoch = loop.resume(resumed) if resumed is not None else (BestEpoch(), [], 0)
     start = time.perf_counter()
@@ -272,9 +322,34 @@ def train_member(member: Member, cfg, data: TrainData, run: TrainRun) -> TrainRe
                  run.name, epoch + 1, cfg.epochs, loop.sizes[epoch], loss, scores["macro_f1"],
                  scores["log_loss"], record["train_images_per_s"])
         best.update(epoch + 1, scores, loop.model)
+        loop.averages.after_epoch(epoch + 1, loop.model)
         loop.checkpoint(epoch + 1, best, history)
     assert best.state is not None
-    loop.model.load_state_dict(best.state)
+    kept, selection, candidates = _select(loop, best, history, probe)
+    loop.model.load_state_dict(kept)
     set_train_mode(loop.model, member.frozen, False)
-    return TrainResult(state_dict=best.state, best_epoch=best.epoch, history=history,
-                       seconds=time.perf_counter() - start, precision=precision.name)
+    return TrainResult(state_dict=kept, best_epoch=best.epoch, history=history,
+                       seconds=time.perf_counter() - start, precision=precision.name,
+                       selection=selection, candidates=candidates)
+
+
+def _select(loop: _Loop, best: BestEpoch, history: list[dict], probe: dict | None) -> tuple[dict, dict, dict]:
+    """(kept weights, selection record, every candidate's weights) after the last epoch."""
+    cfg = loop.cfg
+    candidates = {"best": best.state, "last": _snapshot(loop.model), **loop.averages.states()}
+    scores = {"best": {"macro_f1": best.key[0], "log_loss": -best.key[1]},
+              "last": {"macro_f1": history[-1]["val_macro_f1"], "log_loss": history[-1]["val_log_loss"]}}
+    for name in loop.averages.states():
+        scores[name] = loop.evaluate(candidates[name])
+    kept = candidates[cfg.select]
+    selection: dict = {"select": cfg.select, "val": scores}
+    if probe is not None:
+        candidates["probe"] = probe
+        if cfg.wise_alpha < 1:
+            kept = interpolate(kept, probe, cfg.wise_alpha)
+            selection["wise_alpha"] = cfg.wise_alpha
+            scores[f"{cfg.select}+wise"] = loop.evaluate(kept)
+    log.info("%s keeps %s%s (val macro-F1: %s)", loop.run.name, cfg.select,
+             f" interpolated with the linear probe, alpha {cfg.wise_alpha}" if "wise_alpha" in selection else "",
+             ", ".join(f"{k} {v['macro_f1']:.4f}" for k, v in scores.items()))
+    return kept, selection, candidates

@@ -22,12 +22,19 @@ _PIL_INTERP = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling
                "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 
 VIEWS: dict[str, Callable[[np.ndarray, object], np.ndarray]] = {}
+TTA_ONLY: set[str] = set()  # views for test-time averaging that no member is trained on
 
 
-def view(fn: Callable[[np.ndarray, object], np.ndarray]) -> Callable[[np.ndarray, object], np.ndarray]:
-    """Register ``fn(image HWC uint8, inputs) -> (S, S, 3) uint8`` under its name."""
-    VIEWS[fn.__name__] = fn
-    return fn
+def view(fn: Callable[[np.ndarray, object], np.ndarray] | None = None, *, tta_only: bool = False):
+    """Register ``fn(image HWC uint8, inputs) -> (S, S, 3) uint8`` under its name
+    (``@view`` or ``@view(tta_only=True)``)."""
+    def register(f: Callable[[np.ndarray, object], np.ndarray]) -> Callable[[np.ndarray, object], np.ndarray]:
+        VIEWS[f.__name__] = f
+        if tta_only:
+            TTA_ONLY.add(f.__name__)
+        return f
+
+    return register(fn) if fn is not None else register
 
 
 def _interp(inputs) -> Image.Resampling:
@@ -38,9 +45,9 @@ def _mean_colour(inputs) -> tuple[int, int, int]:
     return tuple(int(round(m * 255)) for m in inputs.mean)
 
 
-@view
-def crop(arr: np.ndarray, inputs) -> np.ndarray:
-    """Resize the shorter side to ``resize_size`` and cut the centre square."""
+def square_crop(arr: np.ndarray, inputs, where: float = 0.5) -> np.ndarray:
+    """Resize the shorter side to ``resize_size`` and cut an ``image_size`` square at
+    ``where`` along each axis (0: left/top, 0.5: centre, 1: right/bottom)."""
     img = Image.fromarray(arr)
     w, h = img.size
     short = inputs.resize_size
@@ -48,8 +55,26 @@ def crop(arr: np.ndarray, inputs) -> np.ndarray:
     new = (max(short, round(w * scale)), max(short, round(h * scale)))
     img = img.resize(new, _interp(inputs))
     s = inputs.image_size
-    left, top = (new[0] - s) // 2, (new[1] - s) // 2
+    left, top = int((new[0] - s) * where), int((new[1] - s) * where)
     return np.array(img.crop((left, top, left + s, top + s)), dtype=np.uint8)
+
+
+@view
+def crop(arr: np.ndarray, inputs) -> np.ndarray:
+    """Resize the shorter side to ``resize_size`` and cut the centre square."""
+    return square_crop(arr, inputs)
+
+
+@view(tta_only=True)
+def crop_start(arr: np.ndarray, inputs) -> np.ndarray:
+    """The square at the start of the long side (left of a landscape, top of a portrait photo)."""
+    return square_crop(arr, inputs, 0.0)
+
+
+@view(tta_only=True)
+def crop_end(arr: np.ndarray, inputs) -> np.ndarray:
+    """The square at the end of the long side (right of a landscape, bottom of a portrait photo)."""
+    return square_crop(arr, inputs, 1.0)
 
 
 def letterbox_image(img: Image.Image, size: int, fill: tuple[int, int, int], interp) -> Image.Image:
@@ -89,8 +114,9 @@ def describe_view(inputs) -> list[str]:
     }.get(i.view, [f"the `{i.view}` view of effens (members.views)"])
 
 
-def view_names() -> tuple[str, ...]:
-    return tuple(VIEWS)
+def view_names(member: bool = True) -> tuple[str, ...]:
+    """Registered views; ``member``: only those a member may be trained on (no TTA-only views)."""
+    return tuple(n for n in VIEWS if not (member and n in TTA_ONLY))
 
 
 def parse_tta(value) -> tuple[str, ...]:

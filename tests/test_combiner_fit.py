@@ -69,3 +69,24 @@ def test_temperature_fixes_overconfidence():
     assert t > 1.5
     assert log_loss(y, temperature_scale(over, t)) < log_loss(y, over)
     np.testing.assert_allclose(temperature_scale(p[0], 1.0), p[0], atol=1e-9)
+
+
+@pytest.mark.parametrize("stacking_source", ["oob", "val"])
+def test_strategy_auto_takes_the_best_val_macro_f1_of_strategies_not_fitted_on_val(stacking_source):
+    from ensemble.config import CombinerConfig, StackingConfig
+    from ensemble.metrics import confusion_matrix, per_class
+    from ensemble.strategies import Combiner, FitData, fit_combiner
+
+    p_val, y_val = members(3, quality=(1.5, 0.4, 0.0))
+    p_oob, y_oob = members(4, quality=(1.5, 0.4, 0.0))
+    data = FitData(p_val, y_val, p_oob, y_oob, np.ones(p_oob.shape[:2], dtype=bool))
+    settings = CombinerConfig(strategy="auto", weights="auto", stacking=StackingConfig(source=stacking_source))
+    comb = fit_combiner(settings, ["a", "b", "c"], ["x", "y", "z"], data)
+    scores = {n: per_class(confusion_matrix(y_val, comb.apply(p_val, n)[0], 3))["f1"].mean()
+              for n in comb.available()}
+    eligible = [n for n in scores if not (n == "stacking" and stacking_source == "val")]
+    assert comb.strategy == max(eligible, key=lambda n: scores[n])
+    assert set(comb.choice["scores"]) == set(eligible)
+    assert comb.choice["scores"][comb.strategy] == pytest.approx(scores[comb.strategy])
+    again = Combiner.from_state(*comb.state())
+    assert again.strategy == comb.strategy and again.choice == comb.choice

@@ -37,9 +37,25 @@ def test_views_by_hand():
     assert lb[16, 2, 0] > 200 and lb[16, -3, 2] > 200  # both halves of the photo are in view
     sq = VIEWS["squash"](arr, INPUTS)
     assert sq.shape == (32, 32, 3) and sq[0, 2, 0] > 200 and sq[-1, -3, 2] > 200 and (sq != 128).all(axis=2).any()
-    with pytest.raises(ValueError, match="flip or one of crop, letterbox, squash; got zoom"):
+    start, end = VIEWS["crop_start"](arr, INPUTS), VIEWS["crop_end"](arr, INPUTS)
+    assert (start[..., 0] == 255).all() and (start[..., 2] == 0).all()  # the left (red) half only
+    assert (end[..., 2] == 255).all() and (end[..., 0] == 0).all()  # the right (blue) half only
+    tall = np.ascontiguousarray(arr.transpose(1, 0, 2))  # 32 x 64 portrait: red on top
+    assert (VIEWS["crop_start"](tall, INPUTS)[..., 0] == 255).all()
+    assert (VIEWS["crop_end"](tall, INPUTS)[..., 2] == 255).all()
+    with pytest.raises(ValueError, match="flip or one of crop, crop_start, crop_end, letterbox, squash; got zoom"):
         parse_tta("flip,zoom")
     assert parse_tta(True) == ("flip",) and parse_tta("crop, letterbox") == ("crop", "letterbox")
+
+
+def test_tta_only_views_are_not_member_views(tmp_path, caplog):
+    from ensemble.config import ConfigError, load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("members:\n  - {name: a, model: test_efficientnet, view: crop_end}\n"
+                    "data: {train: x, val: y}\n")
+    with pytest.raises(ConfigError, match="view.*crop, letterbox, squash"):
+        load_config(path)
 
 
 @pytest.mark.parametrize("view, robust", [("letterbox", "light"), ("squash", "strong"), ("crop", "light")])
@@ -108,7 +124,7 @@ def test_cli_tta_views(trained, tiny_data, tmp_path, caplog):
                  "-q"]) == 0
     assert main(["predict", str(run), str(tiny_data / "test"), "--out", str(tmp_path / "p.csv"),
                  "--tta", "zoom"]) == 2
-    assert "--tta: TTA views must be flip or one of crop, letterbox, squash; got zoom" in caplog.text
+    assert "--tta: TTA views must be flip or one of crop, crop_start, crop_end, letterbox, squash; got zoom" in caplog.text
 
 
 def test_adapt_bn_uses_the_new_images_on_a_copy(trained, tiny_data, tmp_path, capsys):
