@@ -19,7 +19,8 @@ from torch import nn
 SELECTIONS = ("best", "last", "ema", "swa")
 
 
-def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of the model's state dict."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
@@ -50,7 +51,7 @@ class WeightAverages:
         if not self.decay:
             return
         if self.ema is None:
-            self.ema = _snapshot(model)
+            self.ema = snapshot(model)
         else:
             d = min(self.decay, (1.0 + self.steps) / (10.0 + self.steps))
             for k, v in model.state_dict().items():
@@ -67,7 +68,7 @@ class WeightAverages:
         if self.swa_epochs <= 0 or epoch <= self.epochs - self.swa_epochs:
             return
         if self.swa is None:
-            self.swa, self.swa_count = _snapshot(model), 1
+            self.swa, self.swa_count = snapshot(model), 1
             return
         self.swa_count += 1
         for k, v in model.state_dict().items():

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .averaging import WeightAverages, interpolate
+from .averaging import WeightAverages, interpolate, snapshot
 from .checkpoint import Checkpointer, pack_state, restore_state, saved_averages
 from .models import Member, set_train_mode
 from .precision import Precision
@@ -163,11 +163,7 @@ class BestEpoch:
         key = (scores["macro_f1"], -scores["log_loss"])
         if self.key is None or key > self.key:
             self.key, self.epoch = key, epoch
-            self.state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-
-
-def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            self.state = snapshot(model)
 
 
 def linear_probe(member: Member, cfg, data: TrainData, run: TrainRun, precision: Precision) -> dict:
@@ -192,7 +188,7 @@ def linear_probe(member: Member, cfg, data: TrainData, run: TrainRun, precision:
         classifier.bias.copy_(head.bias)
     log.info("%s: linear probe trained on frozen features (%d epochs, %d images)", run.name, cfg.lp_epochs,
              len(uniq))
-    return _snapshot(member.model)
+    return snapshot(member.model)
 
 
 class _Loop:
@@ -336,7 +332,7 @@ def train_member(member: Member, cfg, data: TrainData, run: TrainRun) -> TrainRe
 def _select(loop: _Loop, best: BestEpoch, history: list[dict], probe: dict | None) -> tuple[dict, dict, dict]:
     """(kept weights, selection record, every candidate's weights) after the last epoch."""
     cfg = loop.cfg
-    candidates = {"best": best.state, "last": _snapshot(loop.model), **loop.averages.states()}
+    candidates = {"best": best.state, "last": snapshot(loop.model), **loop.averages.states()}
     scores = {"best": {"macro_f1": best.key[0], "log_loss": -best.key[1]},
               "last": {"macro_f1": history[-1]["val_macro_f1"], "log_loss": history[-1]["val_log_loss"]}}
     for name in loop.averages.states():
