@@ -126,7 +126,7 @@ class TrainConfig:
                             doc="SWA: average the weights at the end of the last N epochs (0: off)")
     select: Literal["best", "last", "ema", "swa"] = field(
         "best", doc="the weights a member keeps: best epoch on val, last epoch, the EMA (needs `ema`) or "
-                    "the SWA average (needs `swa_epochs`); every candidate's val score goes to member.json")
+                    "the SWA average (needs `swa_epochs`); every candidate's val score is kept in the member's record")
     lp_epochs: int = field(0, check=interval(0, 10_000),
                            doc="LP-FT: first train the head alone for N epochs on frozen, un-augmented "
                                "features, then fine-tune from that head (0: off)")

@@ -202,7 +202,7 @@ def test_calibration_on_oob_images(trained, tmp_path):
     ens = load_run(run)
     proba, y = calibration_set(ens, "soft", "oob")
     assert len(y) == ens.oob_report_["n_covered"] and len(y) != len(ens.val_y_)
-    np.testing.assert_allclose(proba.sum(1), 1)
+    np.testing.assert_allclose(proba.sum(1), 1, rtol=1e-6)  # float32 rows: sums within rounding
     out = tmp_path / "p.csv"
     copy = tmp_path / "run"
     import shutil

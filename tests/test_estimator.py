@@ -22,7 +22,7 @@ def _params(cfg):
     ("members.1.train.epochs", 0, "`members.1.train.epochs` must be in [1, 10000]; got 0"),
     ("members.0.model", "effnet_b99", "`members.0.model` is not a timm model name"),
     ("members.2.name", "soft", "`members.2.name` must differ from the strategy names"),
-    ("combiner.strategy", "median", "`combiner.strategy` must be one of hard, soft, weighted, stacking"),
+    ("combiner.strategy", "median", "`combiner.strategy` must be one of auto, hard, soft, weighted, stacking"),
 ])
 def test_constructor_arguments_are_checked_in_fit_like_the_yaml(tmp_path, key, value, message):
     raw = synth.tiny_config(tmp_path)

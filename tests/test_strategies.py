@@ -53,7 +53,7 @@ def test_config_accepts_a_registered_strategy_and_names_the_choices(median_strat
     raw = synth.tiny_config(tmp_path, combiner={"strategy": "median"})
     assert config_from_dict(raw).combiner.strategy == "median"
     raw["combiner"]["strategy"] = "mean"
-    with pytest.raises(ConfigError, match=r"`combiner.strategy` must be one of hard, soft, weighted, "
+    with pytest.raises(ConfigError, match=r"`combiner.strategy` must be one of auto, hard, soft, weighted, "
                                           r"stacking, median; got 'mean'"):
         config_from_dict(raw)
 
