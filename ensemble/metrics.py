@@ -83,10 +83,14 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndar
     return out
 
 
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    """Unweighted mean of the per-class F1 scores."""
+    return float(per_class(confusion_matrix(y_true, y_pred, n_classes))["f1"].mean())
+
+
 def selection_scores(y_true: np.ndarray, proba: np.ndarray, n_classes: int) -> dict[str, float]:
     """Macro-F1 of the argmax and log loss: what a member's best epoch is chosen by."""
-    cm = confusion_matrix(y_true, np.asarray(proba).argmax(1), n_classes)
-    return {"macro_f1": float(per_class(cm)["f1"].mean()), "log_loss": log_loss(y_true, proba)}
+    return {"macro_f1": macro_f1(y_true, np.asarray(proba).argmax(1), n_classes), "log_loss": log_loss(y_true, proba)}
 
 
 def pairwise_diversity(member_pred: np.ndarray, y_true: np.ndarray, names: Sequence[str] | None = None

@@ -424,9 +424,9 @@ def choose_on_val(fitted: dict[str, Strategy], data: FitData, n_classes: int) ->
     """``strategy: auto``: the fitted strategy with the best validation macro-F1 (ties: the
     earlier registered). Strategies fitted on val are left out: their val score is not a
     held-out score."""
-    from .metrics import confusion_matrix, per_class
+    from .metrics import macro_f1
 
-    scores = {name: float(per_class(confusion_matrix(data.val_y, s.apply(data.val_proba)[0], n_classes))["f1"].mean())
+    scores = {name: macro_f1(data.val_y, s.apply(data.val_proba)[0], n_classes)
               for name, s in fitted.items() if getattr(s, "source_", None) != "val"}
     if not scores:
         raise ValueError("`combiner.strategy: auto` has no strategy to choose from (every one was fitted on val)")

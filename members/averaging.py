@@ -15,10 +15,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-#: what a member may keep (``train.select``)
-SELECTIONS = ("best", "last", "ema", "swa")
-
-
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of the model's state dict."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -29,6 +25,17 @@ def interpolate(fine_tuned: dict[str, torch.Tensor], start: dict[str, torch.Tens
     """``alpha * fine_tuned + (1 - alpha) * start`` for floating tensors; others from ``fine_tuned``."""
     return {k: (alpha * v + (1.0 - alpha) * start[k].to(v.dtype)) if v.is_floating_point() else v.clone()
             for k, v in fine_tuned.items()}
+
+
+def _fold(average: dict[str, torch.Tensor], model: nn.Module, weight: float) -> None:
+    """``average += weight * (current - average)`` for floating tensors; integer buffers take
+    the current value. EMA folds with ``1 - decay``, the running SWA mean with ``1 / count``."""
+    for k, v in model.state_dict().items():
+        avg = average[k]
+        if avg.is_floating_point():
+            avg.add_(v.detach().to("cpu", avg.dtype) - avg, alpha=weight)
+        else:
+            avg.copy_(v.detach().cpu())
 
 
 class WeightAverages:
@@ -53,13 +60,7 @@ class WeightAverages:
         if self.ema is None:
             self.ema = snapshot(model)
         else:
-            d = min(self.decay, (1.0 + self.steps) / (10.0 + self.steps))
-            for k, v in model.state_dict().items():
-                avg = self.ema[k]
-                if avg.is_floating_point():
-                    avg.mul_(d).add_(v.detach().to("cpu", avg.dtype), alpha=1.0 - d)
-                else:
-                    avg.copy_(v.detach().cpu())
+            _fold(self.ema, model, 1.0 - min(self.decay, (1.0 + self.steps) / (10.0 + self.steps)))
         self.steps += 1
 
     @torch.no_grad()
@@ -71,12 +72,7 @@ class WeightAverages:
             self.swa, self.swa_count = snapshot(model), 1
             return
         self.swa_count += 1
-        for k, v in model.state_dict().items():
-            avg = self.swa[k]
-            if avg.is_floating_point():
-                avg.add_(v.detach().to("cpu", avg.dtype) - avg, alpha=1.0 / self.swa_count)
-            else:
-                avg.copy_(v.detach().cpu())
+        _fold(self.swa, model, 1.0 / self.swa_count)
 
     def states(self) -> dict[str, dict[str, torch.Tensor]]:
         """The averages made so far, by selection name (``ema``, ``swa``)."""

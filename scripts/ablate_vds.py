@@ -55,7 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     data = Path(args.data).resolve()
     cfg = load_config(args.config, [f"data.train={data / 'train'}", f"data.val={data / 'val'}",
                                     "data.test=null", *args.overrides])
-    index = [m.name for m in cfg.members].index(args.member)
+    names = [m.name for m in cfg.members]
+    if args.member not in names:
+        p.error(f"--member {args.member!r} is not in {args.config} (members: {', '.join(names)})")
+    index = names.index(args.member)
     spec = cfg.members[index]
     train, val, proxy = load_folder(data / "train"), load_folder(data / "val"), load_folder(args.proxy)
     classes = sorted(set(train.labels))
