@@ -5,7 +5,12 @@ samples, whatever order or process the members are trained in.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+
+log = logging.getLogger(__name__)
 
 
 def member_rng(seed: int, member_index: int) -> np.random.Generator:
@@ -61,5 +66,12 @@ def oob_indices(n: int, sample: np.ndarray) -> np.ndarray:
 
 def draw_all(labels: np.ndarray, bagging: list, seed: int) -> list[np.ndarray]:
     """One sample per member from its bagging settings (ratio, replace, stratify)."""
-    return [draw_sample(labels, b.ratio, b.replace, b.stratify, member_rng(seed, i))
-            for i, b in enumerate(bagging)]
+    samples = [draw_sample(labels, b.ratio, b.replace, b.stratify, member_rng(seed, i))
+               for i, b in enumerate(bagging)]
+    present = set(np.unique(labels).tolist())
+    for i, s in enumerate(samples):
+        missing = sorted(present - set(np.unique(np.asarray(labels)[s]).tolist()))
+        if missing:
+            log.warning("member %d's bagging sample holds no image of class index(es) %s: it cannot learn them "
+                        "(raise its ratio, or set `bagging.stratify: true`)", i, ", ".join(map(str, missing)))
+    return samples

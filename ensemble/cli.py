@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -34,6 +35,12 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
     return value
+
+
+def _non_empty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty (give view names, or --tta alone for the mirror)")
+    return text
 
 
 def _fraction(text: str) -> float:
@@ -88,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     for q in (pr, ev):
         q.add_argument("--batch-size", type=_positive_int, help="images per inference step")
         q.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's)")
-        q.add_argument("--tta", nargs="?", const="flip", metavar="VIEWS",
+        q.add_argument("--tta", nargs="?", const="flip", metavar="VIEWS", type=_non_empty,
                        help="test-time augmentation: alone, average with the mirror image; or comma-"
                             "separated views to average over, e.g. crop,letterbox,flip or the three "
                             "squares along the long side: crop_start,crop,crop_end")
@@ -126,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--out", required=True, help="output folder (reused to resume)")
     tu.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key, e.g. tune.method=halving (repeatable)")
+    tu.add_argument("--yes", action="store_true",
+                    help="try more than 1,000 candidates (refused otherwise, with the count and a time estimate)")
 
     for q in (t, tu):
         q.add_argument("--parallel", choices=("sequential", "loky", "ray", "dask"),
@@ -140,14 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a reported error is one line naming its culprit and exit code 2
-    (the traceback only with ``-v``); Ctrl-C is one line and exit code 130."""
+    (the traceback only with ``-v``); Ctrl-C is one line and exit code 130, SIGTERM the same with 143."""
     args = build_parser().parse_args(argv)
     _setup_logging(-1 if args.quiet else args.verbose)
+    previous = _on_sigterm()
     try:
         return _dispatch(args)
-    except KeyboardInterrupt:
-        log.error("interrupted; finished work is kept: run the same command again to resume")
-        return 130
+    except KeyboardInterrupt as exc:
+        log.error("%s; finished work is kept: run the same command again to resume",
+                  "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted")
+        return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:
         if not _reported(exc):
             raise
@@ -155,9 +166,43 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             log.error("traceback (-v):", exc_info=exc)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: locks released, finished work kept, one line."""
+
+
+def _on_sigterm():
+    """Turn SIGTERM into :class:`Terminated` (main thread only); returns the old handler."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _guard_output(args) -> None:
+    """One rule for every command's ``--out``: never over an input, never inside a run folder
+    (but ``train``'s own), never a folder inside an input folder."""
+    from .runfolder import check_output_path
+
+    out = getattr(args, "out", None)
+    if out is None:
+        return
+    inputs = [*(getattr(args, "inputs", None) or []), *(getattr(args, "images", None) or [])]
+    inputs += [v for v in (getattr(args, k, None) for k in ("config", "run", "data")) if isinstance(v, str)]
+    check_output_path(out, inputs, run_root=args.command == "train", folder=args.command != "predict")
 
 
 def _dispatch(args) -> int:
+    _guard_output(args)
     commands = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate,
                 "fit-combiner": cmd_fit_combiner, "tune": cmd_tune, "export": cmd_export, "explain": cmd_explain}
     return commands[args.command](args)
@@ -265,7 +310,7 @@ def cmd_tune(args) -> int:
     from .tuning import table_text, tune_run
 
     overrides = list(args.overrides) + _parallel_overrides(args)
-    summary = tune_run(args.config, args.out, overrides)
+    summary = tune_run(args.config, args.out, overrides, yes=args.yes)
     names = [k[:-6] for k in summary["best"] if k.endswith("_ratio")]
     sys.stdout.write("\n" + table_text(summary["rows"], names) + "\n")
     sys.stdout.write(f"\nbest: {summary['best']['candidate']} ({summary['best']['ensemble_score']:.4f}) "

@@ -198,3 +198,98 @@ def fit_temperature(proba: np.ndarray, y: np.ndarray) -> float:
     res = minimize_scalar(lambda t: _nll(temperature_scale(proba, np.exp(t)), y),
                           bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(res.x))
+
+
+# ---------------------------------------------------------------- greedy ensemble selection
+GREEDY_METRICS = ("log_loss", "brier", "macro_f1")
+
+
+def _greedy_loss(p: np.ndarray, y: np.ndarray, metric: str) -> float:
+    """Loss to minimise of mixed probabilities ``p`` (N, C) against labels ``y``."""
+    if metric == "log_loss":
+        return _nll(p, y)
+    if metric == "brier":
+        onehot = np.zeros_like(p)
+        onehot[np.arange(len(y)), y] = 1.0
+        return float(np.mean(np.sum((p - onehot) ** 2, axis=1)))
+    if metric == "macro_f1":
+        c = p.shape[1]
+        pred = p.argmax(axis=1)
+        f1 = []
+        for k in range(c):
+            tp = np.sum((pred == k) & (y == k))
+            denom = np.sum(pred == k) + np.sum(y == k)
+            f1.append(2 * tp / denom if denom else 0.0)
+        return -float(np.mean(f1))
+    raise ValueError(f"`metric` must be one of {', '.join(GREEDY_METRICS)}; got {metric!r}")
+
+
+def _greedy_once(proba: np.ndarray, y: np.ndarray, available: np.ndarray, n_iter: int,
+                 metric: str) -> tuple[np.ndarray, list[dict]]:
+    """Forward selection with replacement (Caruana et al., 2004) over all of ``proba``'s
+    candidates -> (counts of the best prefix of the path, the whole path).
+
+    An image's mix is the count-weighted mean of the selected candidates available on it;
+    an image none of them may score keeps the mean of its available candidates, so every
+    step is scored on the same images.
+    """
+    m, n, _ = proba.shape
+    avail = available.astype(np.float64)
+    fallback = _masked_mix(proba, available, np.ones(m))
+    num = np.zeros(proba.shape[1:])
+    tot = np.zeros(n)
+    counts = np.zeros(m, dtype=np.int64)
+    path: list[dict] = []
+    best_counts, best_loss = None, np.inf
+    for step in range(n_iter):
+        losses = np.full(m, np.inf)  # a candidate that may score no image is never added
+        for k in np.flatnonzero(available.any(axis=1)):
+            t = tot + avail[k]
+            mix = np.where(t[:, None] > 0, (num + avail[k][:, None] * proba[k]) / np.where(t > 0, t, 1.0)[:, None],
+                           fallback)
+            losses[k] = _greedy_loss(mix, y, metric)
+        k = int(np.argmin(losses))  # ties: the earlier candidate
+        counts[k] += 1
+        num += avail[k][:, None] * proba[k]
+        tot += avail[k]
+        path.append({"step": step + 1, "added": k, "loss": float(losses[k])})
+        if losses[k] < best_loss - 1e-12:
+            best_loss, best_counts = float(losses[k]), counts.copy()
+    return best_counts, path
+
+
+def greedy_selection(proba: np.ndarray, y: np.ndarray, available: np.ndarray | None = None, n_iter: int = 25,
+                     metric: str = "log_loss", bags: int = 0, bag_fraction: float = 0.5,
+                     seed: int = 0) -> tuple[np.ndarray, list[dict]]:
+    """Greedy ensemble selection with replacement -> (weights summing to 1, selection path).
+
+    ``proba`` is (candidates, samples, classes); ``available`` masks the candidates that
+    may score each image (OOB: those that left it out; images no candidate may score are
+    dropped). The weights are the selection counts of the path's best prefix. With
+    ``bags`` > 0 the selection is repeated on that many seeded random subsets of
+    ``bag_fraction`` of the candidates and the weights are averaged (bagged ensemble
+    selection, against overfitting the selection data); the path is always that of the
+    whole pool.
+    """
+    proba = np.asarray(proba, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    m = proba.shape[0]
+    available = np.ones(proba.shape[:2], dtype=bool) if available is None else np.asarray(available, dtype=bool)
+    keep = available.any(axis=0)
+    proba, available, y = proba[:, keep], available[:, keep], y[keep]
+    if n_iter < 1:
+        raise ValueError(f"`iterations` must be at least 1; got {n_iter}")
+    if not len(y):
+        return np.full(m, 1.0 / m), []
+    counts, path = _greedy_once(proba, y, available, n_iter, metric)
+    weights = counts / counts.sum()
+    if bags:
+        rng = np.random.default_rng(seed)
+        size = max(1, int(round(bag_fraction * m)))
+        acc = np.zeros(m)
+        for _ in range(bags):
+            pick = np.sort(rng.choice(m, size=size, replace=False))
+            c, _ = _greedy_once(proba[pick], y, available[pick], n_iter, metric)
+            acc[pick] += c / c.sum()
+        weights = acc / acc.sum()
+    return weights, path

@@ -52,6 +52,9 @@ class SplitSource:
             raise ConfigError(f"`{path}` needs exactly one of `folder` or `csv`")
         if "\0" in (self.folder or self.csv):
             raise ConfigError(f"`{path}` must not contain a NUL character")
+        if self.csv is not None and self.path_column == self.label_column:
+            raise ConfigError(f"`{path}.path_column` and `{path}.label_column` must name different columns; "
+                              f"both are {self.path_column!r}")
 
     def resolved(self, base: Path) -> "SplitSource":
         def res(p: str | None) -> str | None:
@@ -195,6 +198,10 @@ class MemberConfig:
                 or len(self.name.encode("utf-8")) > 100 or not self.name.isprintable()):
             raise ConfigError(f"`{path}.name` must be usable as a folder name (printable, no / \\ : or NUL, "
                               f"at most 100 bytes); got {_show_name(self.name)}")
+        low = self.train.min_image_size
+        if low is not None and self.image_size is not None and low > self.image_size:
+            raise ConfigError(f"`{path}.train.min_image_size` ({low}) must not exceed `{path}.image_size` "
+                              f"({self.image_size}): progressive resizing grows towards image_size")
 
 
 @dataclasses.dataclass
@@ -203,6 +210,30 @@ class StackingConfig:
                                                      "validation member probabilities")
     C: float = field(1.0, check=interval(0, None, low_open=True),
                      doc="inverse regularisation strength of the logistic meta-learner")
+
+
+@dataclasses.dataclass
+class GreedyConfig:
+    source: Literal["oob", "val"] = field("oob", doc="probabilities greedy selection is fitted on")
+    iterations: int = field(25, check=interval(1, 1000), doc="selection steps (with replacement); "
+                                                          "the best prefix of the path is kept")
+    metric: Literal["log_loss", "brier", "macro_f1"] = field("log_loss", doc="what each step minimises "
+                                                                             "(macro_f1: maximises)")
+    bags: int = field(0, check=interval(0, 1000), doc="repeat on this many random subsets of the pool and "
+                                                      "average the weights (0: off)")
+    bag_fraction: float = field(0.5, check=interval(0, 1, low_open=True),
+                                doc="share of the candidates in each bag")
+
+
+@dataclasses.dataclass
+class AutoConfig:
+    metric: Literal["log_loss", "macro_f1"] = field(
+        "log_loss", doc="what `strategy: auto` ranks strategies by on held-out images (val and cross-fitted "
+                        "OOB); log_loss ranks only strategies that give probabilities")
+    se: float = field(1.0, check=interval(0, 10), doc="strategies within this many standard errors (paired "
+                                                      "bootstrap) of the best are a tie; the simplest is chosen")
+    bootstrap: int = field(1000, check=interval(10, 100000), doc="paired bootstrap resamples")
+    folds: int = field(5, check=interval(2, 20), doc="cross-fitting folds for OOB-fitted strategies")
 
 
 def _strategies() -> tuple[str, ...]:
@@ -224,9 +255,9 @@ class CombinerConfig:
     strategy: str = field(
         "soft", choices=_default_strategies,
         doc="default voting: hard (majority), soft (mean probability), weighted "
-            "(learned or given weights), stacking (meta-learner), any registered strategy, or auto: "
-            "the one with the best validation macro-F1 (among those not fitted on val; recorded in "
-            "metrics.json)")
+            "(learned or given weights), stacking (meta-learner), greedy (ensemble selection), any "
+            "registered strategy, or auto: the simplest strategy within `auto.se` standard errors of the "
+            "best on held-out images (val + cross-fitted OOB; the table is in metrics.json and the report)")
     weights: list[float] | Literal["auto"] | None = field(
         None, doc="one non-negative weight per member (used by hard, soft and weighted), "
                   "or `auto`/null: `weighted` learns them")
@@ -234,6 +265,8 @@ class CombinerConfig:
                                                              "are fitted on (oob keeps val a "
                                                              "clean holdout)")
     stacking: StackingConfig = field(default_factory=StackingConfig)
+    greedy: GreedyConfig = field(default_factory=GreedyConfig)
+    auto: AutoConfig = field(default_factory=AutoConfig)
     calibrate: bool = field(False, doc="per-member temperature scaling fitted on validation")
 
     def validate(self, path: str) -> None:
@@ -250,6 +283,11 @@ def _check_costs(value: Any) -> str | None:
     if any(not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0
            for row in value for v in row):
         return "must hold finite non-negative numbers"
+    for i, row in enumerate(value):
+        others = [v for j, v in enumerate(row) if j != i]
+        if others and row[i] >= min(others):
+            return (f"row {i}: the correct answer (column {i}, cost {row[i]:g}) must cost less than every "
+                    f"mistake in its row, or predictions turn into the cheapest wrong class")
     return None
 
 
@@ -338,8 +376,8 @@ class Config:
     combiner: CombinerConfig = field(default_factory=CombinerConfig)
     device: str = field("auto", doc="`auto` (cuda when present), `cpu`, `cuda` or `cuda:N`")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
-        "auto", doc="training and inference precision: auto (bf16 autocast on CPUs with native "
-                    "bf16, bf16/fp16 mixed precision on CUDA, else fp32), fp32, bf16 or fp16 "
+        "auto", doc="training and inference precision: auto (fp32 on CPU, never chosen by a timing; "
+                    "bf16/fp16 mixed precision on CUDA), fp32, bf16 (CPUs with native bf16: often faster) or fp16 "
                     "(CUDA only); weights stay fp32")
     runtime: str = field(
         "auto", check=_check_runtime, doc="inference runtime of predict/evaluate: auto (OpenVINO on CPU when "
@@ -357,6 +395,10 @@ class Config:
                               f"({len(self.members)}); got {len(r)}")
         if not self.members:
             raise ConfigError("`members` must list at least one member")
+        for i, m in enumerate(self.members):
+            if self.tune.method == "halving" and self.tune.min_epochs > m.train.epochs:
+                raise ConfigError(f"`tune.min_epochs` ({self.tune.min_epochs}) must not exceed "
+                                  f"`members.{i}.train.epochs` ({m.train.epochs})")
         names = [m.name for m in self.members]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
@@ -507,9 +549,20 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None,
     as for any command-line tool).
     """
     raw = read_yaml(path)
-    if overrides:
-        raw = apply_overrides(raw, parse_overrides(overrides))
-    return config_from_dict(raw, source=str(path), base_dir=base_dir)
+    if not overrides:
+        return config_from_dict(raw, source=str(path), base_dir=base_dir)
+    parsed = parse_overrides(overrides)
+    try:
+        return config_from_dict(apply_overrides(raw, parsed), source=str(path), base_dir=base_dir)
+    except ConfigError as exc:
+        try:
+            config_from_dict(raw, source=str(path), base_dir=base_dir)
+        except ConfigError:
+            raise exc from None  # the file itself is wrong: it is named
+        # the file is fine on its own: the culprit is --set
+        text = str(exc).split(": ", 1)[-1]
+        named = [item for item, (key, _) in zip(overrides, parsed) if f"`{key}`" in text or f"`{key}." in text]
+        raise ConfigError(f"--set {', '.join(named or overrides)}: {text}") from None
 
 
 def config_from_dict(raw: dict, source: str = "<dict>",

@@ -49,22 +49,37 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(IMAGE_EXTENSIONS)
 
 
+def is_hidden(name: str) -> bool:
+    """The one hidden-file rule, for folders and manifests alike: a name starting with a dot."""
+    return name.startswith(".")
+
+
 def find_images(root: str | os.PathLike) -> list[str]:
-    """Every image file under ``root``, recursively, sorted."""
-    out = []
+    """Every regular image file under ``root``, recursively, sorted; hidden files and folders
+    (``.thumbnails/``) are skipped, and so are FIFOs, sockets and devices (listed in a
+    warning; opening one would hang or block)."""
+    out, special = [], []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        out.extend(os.path.join(dirpath, f) for f in sorted(filenames)
-                   if is_image_file(f) and not f.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+        for f in sorted(filenames):
+            if not is_image_file(f) or is_hidden(f):
+                continue
+            full = os.path.join(dirpath, f)
+            (out if os.path.isfile(full) else special).append(full)
+    if special:
+        log.warning("%s: skipped %d entries that are not regular files: %s", root, len(special),
+                    ", ".join(special[:10]) + (" ..." if len(special) > 10 else ""))
     return out
 
 
 def load_folder(root: str | os.PathLike) -> Split:
     """ImageFolder layout: ``root/<class>/**/<image>``."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root}: is a file, not a folder of class folders (a CSV manifest must end in .csv)")
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not is_hidden(p.name))
     if not class_dirs:
         raise DataError(f"{root}: no class folders inside")
     paths, labels = [], []
@@ -133,8 +148,9 @@ def expand_inputs(inputs: Sequence[str], path_column: str = "path") -> list[str]
 
 
 def manifest_path(csv_path: str | os.PathLike, listed: str) -> str:
-    """A path listed in a CSV manifest: absolute as given, else relative to the CSV's folder."""
-    return listed if os.path.isabs(listed) else str((Path(csv_path).parent / listed).resolve())
+    """A path listed in a CSV manifest, normalised (``./``, ``..`` and symlinks resolved):
+    absolute as given, else relative to the CSV's folder."""
+    return os.path.realpath(listed if os.path.isabs(listed) else Path(csv_path).parent / listed)
 
 
 def load_csv(path: str | os.PathLike, path_column: str = "path",
@@ -157,10 +173,15 @@ def load_csv(path: str | os.PathLike, path_column: str = "path",
             continue
         seen[full] = line
         if not os.path.isfile(full):
-            problems.append(f"row {line}: no such file {p}")
+            problems.append(f"row {line}: " + ("not a regular file" if os.path.exists(full) else "no such file")
+                            + f" {p}")
+            continue
+        label = lab.strip()
+        if not label.isprintable():
+            problems.append(f"row {line}: label {label!r} holds a control character (newline, tab, ...)")
             continue
         paths.append(full)
-        labels.append(lab.strip())
+        labels.append(label)
     if problems:
         shown = "; ".join(problems[:20]) + (f"; ... {len(problems) - 20} more" if len(problems) > 20 else "")
         raise DataError(f"{path}: {len(problems)} bad row(s): {shown}")
@@ -217,6 +238,7 @@ def load_dataset(data_cfg, seed: int) -> Dataset:
     """Read every split named in a :class:`~ensemble.config.DataConfig`."""
     train = load_split(data_cfg.train)
     classes = sorted(set(train.labels))
+    check_class_names(classes)
     if len(classes) < 2:
         raise DataError(f"the training split needs at least 2 classes; found {classes}")
     if data_cfg.val is not None:
@@ -229,4 +251,46 @@ def load_dataset(data_cfg, seed: int) -> Dataset:
     test = load_split(data_cfg.test) if data_cfg.test is not None else None
     if test is not None:
         check_labels(test, classes, "test")
+    missing = sorted(set(classes) - set(val.labels))
+    if missing:
+        log.warning("val has no image of class(es) %s: its scores for them are undefined and the best epoch "
+                    "is chosen without them", ", ".join(missing))
     return Dataset(classes, train, val, test)
+
+
+#: words a class may not be called: predict's `decision` column says "review" for sent-to-review images
+RESERVED_CLASSES = ("review",)
+
+
+def check_class_names(classes: Sequence[str]) -> None:
+    """Refuse class names that would make outputs ambiguous: ``review`` (a decision), names
+    holding ``|`` (the prediction-set separator) or control characters."""
+    for c in classes:
+        if c in RESERVED_CLASSES or "|" in c or not c.isprintable() or not c.strip():
+            raise DataError(f"class name {c!r} is not allowed: class names must be printable, must not contain "
+                            f"'|' (it separates a prediction set) and must not be 'review' (a decision); "
+                            f"rename the folder or label")
+
+
+def overlapping_images(splits: dict[str, Split], limit: int = 5) -> dict[str, dict]:
+    """Images whose content (SHA-256) appears in two splits: ``"train/test"`` -> {n, first pairs}."""
+    from .files import sha256_file
+
+    digests: dict[str, dict[str, str]] = {}
+    for name, split in splits.items():
+        d = {}
+        for p in split.paths:
+            try:
+                d.setdefault(sha256_file(p), p)
+            except OSError:
+                continue
+        digests[name] = d
+    out = {}
+    names = list(splits)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            common = sorted(set(digests[a]) & set(digests[b]), key=lambda h: digests[a][h])
+            if common:
+                out[f"{a}/{b}"] = {"n": len(common),
+                                   "pairs": [[digests[a][h], digests[b][h]] for h in common[:limit]]}
+    return out

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import math
 
+from typing import Sequence
+
 import numpy as np
 
 
@@ -50,14 +52,17 @@ def conformal_threshold(scores: np.ndarray, coverage: float, what: str = "calibr
     return float(scores[k - 1])
 
 
-def fit_conformal(proba: np.ndarray, y: np.ndarray, coverage: float, by_class: bool = False) -> np.ndarray:
-    """Per-class thresholds (C,) on ``1 - p``; all equal unless ``by_class``."""
+def fit_conformal(proba: np.ndarray, y: np.ndarray, coverage: float, by_class: bool = False,
+                  classes: Sequence[str] | None = None) -> np.ndarray:
+    """Per-class thresholds (C,) on ``1 - p``; all equal unless ``by_class`` (``classes``
+    names the classes in messages)."""
     proba, y = np.asarray(proba, dtype=np.float64), np.asarray(y, dtype=np.int64)
     scores = 1.0 - proba[np.arange(len(y)), y]
     k = proba.shape[1]
     if not by_class:
         return np.full(k, conformal_threshold(scores, coverage))
-    return np.array([conformal_threshold(scores[y == c], coverage, f"calibration images of class {c}")
+    return np.array([conformal_threshold(scores[y == c], coverage,
+                                         f"calibration images of class {classes[c] if classes else c!r}")
                      for c in range(k)])
 
 
@@ -168,7 +173,9 @@ class Decider:
     correctness for review thresholds is that of these predictions.
     """
 
-    def __init__(self, cal_proba: np.ndarray, cal_y: np.ndarray, costs: np.ndarray | None = None) -> None:
+    def __init__(self, cal_proba: np.ndarray, cal_y: np.ndarray, costs: np.ndarray | None = None,
+                 classes: Sequence[str] | None = None) -> None:
+        self.classes = list(classes) if classes is not None else None
         self.cal_proba = np.asarray(cal_proba, dtype=np.float64)
         self.cal_y = np.asarray(cal_y, dtype=np.int64)
         self.costs = None if costs is None else check_costs(costs, self.cal_proba.shape[1])
@@ -178,7 +185,7 @@ class Decider:
         return proba.argmax(axis=1) if self.costs is None else min_cost_decisions(proba, self.costs)
 
     def sets(self, proba: np.ndarray, coverage: float, by_class: bool = False) -> np.ndarray:
-        return prediction_sets(proba, fit_conformal(self.cal_proba, self.cal_y, coverage, by_class))
+        return prediction_sets(proba, fit_conformal(self.cal_proba, self.cal_y, coverage, by_class, self.classes))
 
     def review_threshold(self, review_rate: float | None = None, target_accuracy: float | None = None) -> float:
         correct = self.predict(self.cal_proba) == self.cal_y

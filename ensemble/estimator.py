@@ -210,7 +210,8 @@ class BaggedEnsemble(BaseEstimator):
     # ------------------------------------------------------------------ inference
     def member_proba(self, X: Sequence, batch_size: int | None = None, tta: bool = False,
                      device: str | None = None, runtime: str | None = None,
-                     precision: str | None = None, adapt_bn: bool = False) -> np.ndarray:
+                     precision: str | None = None, adapt_bn: bool = False,
+                     used: Sequence[bool] | None = None) -> np.ndarray:
         """Probabilities of every member, shape (members, samples, classes).
 
         ``runtime`` and ``precision`` default to the ensemble's (and each member's own
@@ -219,7 +220,9 @@ class BaggedEnsemble(BaseEstimator):
         names of views (:mod:`members.views`) averages over those views instead of the
         member's own (``"crop,letterbox,flip"``: both views and their mirrors).
         ``adapt_bn`` re-estimates each member's BatchNorm statistics on ``X`` first, on a
-        copy (:mod:`members.adapt`; runs on the torch runtime).
+        copy (:mod:`members.adapt`; runs on the torch runtime). ``used`` (one bool per
+        member): run only these; the others' rows are zeros (for a strategy that gives them
+        no weight, :meth:`Strategy.uses`).
         """
         from members.models import pick_device
         from members.runtimes import runtime_proba
@@ -234,10 +237,20 @@ class BaggedEnsemble(BaseEstimator):
 
             raise ConfigError(f"--tta: {exc}") from None
         views, flip = [v for v in names if v != "flip"], "flip" in names
+        if adapt_bn and len(X) < 2:
+            log.warning("--adapt-bn needs at least 2 images to re-estimate BatchNorm statistics; got %d: "
+                        "predicting with the trained statistics", len(X))
+            adapt_bn = False
+        elif adapt_bn and len(X) < 8:
+            log.warning("--adapt-bn re-estimates BatchNorm statistics on the %d image(s) given: that few give "
+                        "noisy statistics; predict a batch of at least a few dozen photos together", len(X))
         images = _decoded(X, self._specs(), "X", [fm.inputs for fm in self.members_])
         dev = pick_device(device or self.device)
         out = []
         for j, (fm, spec) in enumerate(zip(self.members_, self._specs())):
+            if used is not None and not used[j]:
+                out.append(np.zeros((len(images), len(self.classes_))))
+                continue
             rt = self._adapted_runtime(j, images, precision, dev) if adapt_bn else self._runtime(j, runtime, precision,
                                                                                                dev)
             seen = [runtime_proba(rt, eval_tensor(images, dataclasses.replace(fm.inputs, view=v) if v else fm.inputs),

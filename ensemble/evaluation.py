@@ -89,7 +89,7 @@ def decision_report(ens, settings, splits: dict[str, tuple[np.ndarray, np.ndarra
 
     strategy = strategy or ens.combiner_.strategy
     cal_proba, cal_y = calibration_set(ens, strategy, settings.calibration)
-    decider = Decider(cal_proba, cal_y, settings.costs)
+    decider = Decider(cal_proba, cal_y, settings.costs, ens.classes_)
     fitted_on = getattr(ens.combiner_.get(strategy), "source_", None)
     return {"strategy": strategy, "calibration": settings.calibration, "n_calibration": int(len(cal_y)),
             "by_class": settings.coverage_by_class,

@@ -140,31 +140,38 @@ def page_files(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[S
 def run_explain(run_dir: str, images: Sequence[str], out: str, strategy: str | None = None) -> dict:
     """``effens explain``: per image, each member's and the mean Grad-CAM overlay for the
     ensemble's predicted class, written to ``out`` with ``explain.json`` listing them."""
-    from .data import DataError
-    from .files import atomic_write_bytes, atomic_write_json
-    from .data import expand_inputs
+    from .data import DataError, expand_inputs
     from .estimator import decode_size
+    from .files import RunError, foreign_files, write_owned
     from .runfolder import load_run
 
+    foreign = foreign_files(out, "explain")
+    if foreign:
+        raise RunError(f"{Path(out) / foreign[0]}: not written by effens explain; choose a new or empty --out "
+                       f"(effens never overwrites files it did not write)")
     ens = load_run(run_dir)
     paths = expand_inputs(images)
     if not paths:
         raise DataError("no input images found")
     arrays, bad = decode_all(paths, decode_size(ens), on_bad="skip", desc="decode")
     ok = [i for i, a in enumerate(arrays) if a is not None]
+    if not ok:
+        raise DataError(f"none of the {len(paths)} input image(s) could be read (first: {bad[0][1]}); "
+                        f"nothing written")
     kept = [arrays[i] for i in ok]
     pred, proba = ens.combiner_.apply(ens.member_proba(kept, runtime="torch"), strategy) if ok else ([], [])
-    out_dir = Path(out)
+    files: dict = {}
     listing = []
     for k, (i, overlays) in enumerate(zip(ok, member_saliency(ens, kept, np.asarray(pred, dtype=np.int64)))):
         stem = f"{Path(paths[i]).stem}_{image_key(paths[i])[:8]}"
         written = {}
         for who, data in overlays.items():
-            atomic_write_bytes(out_dir / f"{stem}_{who}.jpg", data)
+            files[f"{stem}_{who}.jpg"] = data
             written[who] = f"{stem}_{who}.jpg"
         listing.append({"path": paths[i], "prediction": ens.classes_[pred[k]],
                         "confidence": float(proba[k, pred[k]]), "overlays": written})
     doc = {"strategy": strategy or ens.combiner_.strategy, "images": listing,
            "unreadable": [{"path": p, "reason": r} for p, r in bad]}
-    atomic_write_json(out_dir / "explain.json", doc)
+    files["explain.json"] = doc
+    write_owned(out, files, "explain")
     return doc

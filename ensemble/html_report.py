@@ -52,6 +52,23 @@ def summary_table(doc: dict) -> str:
             f"that left it out.</p>")
 
 
+def choice_section(comb: dict) -> str:
+    """How ``strategy: auto`` chose, and what the fitted strategies say of themselves."""
+    from .report import choice_rows
+
+    notes = "".join(f"<p>{_e(n)}</p>" for n in comb.get("notes") or [])
+    choice = comb.get("choice") or {}
+    if "table" not in choice:
+        return notes
+    rows = choice_rows(choice)
+    head = "".join(f"<th>{_e(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+    return (f'<h2>How the default strategy was chosen</h2><p>{_e(choice["reason"])}. Held-out images: '
+            f'{choice["n_val"]} val and {choice["n_oob"]} OOB; 95% intervals and standard errors from a paired '
+            f'bootstrap of {choice["bootstrap"]} resamples; rule: the simplest strategy within {choice["se"]:g} '
+            f'standard error(s) of the best.</p><table class="choice"><tr>{head}</tr>{body}</table>{notes}')
+
+
 def per_class_table(metrics: dict) -> str:
     rows = "".join(f"<tr><th>{_e(c)}</th><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td>"
                    f"<td>{v['f1']:.3f}</td><td>{v['support']}</td></tr>" for c, v in metrics["per_class"].items())
@@ -122,7 +139,8 @@ def render_html(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[
     strategy = doc["strategy"]
     data = {"classes": classes, "strategy": strategy, "page": PAGE, "splits": {}, "fixed": {}}
     body = [f"<h1>effens report</h1><p>Classes: {', '.join(_e(c) for c in classes)}. "
-            f"Default strategy: <b>{_e(strategy)}</b>.</p>", "<h2>Summary</h2>", summary_table(doc)]
+            f"Default strategy: <b>{_e(strategy)}</b>.</p>", "<h2>Summary</h2>", summary_table(doc),
+            choice_section(doc.get("combiner") or {})]
     for split, results in splits.items():
         paths, y = split_data[split]
         data["splits"][split] = _split_data(split, results, paths, y, names, thumbs, saliency, base)

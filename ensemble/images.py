@@ -62,6 +62,11 @@ def decode_image(path: str, size: int | None = None) -> np.ndarray:
 
     Raises :class:`BadImageError` for empty, truncated, non-image and oversized files.
     """
+    import os
+
+    if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
+        raise BadImageError(f"{path}: " + ("not a regular file (a FIFO, socket or device); not opened"
+                                           if os.path.exists(path) else "file not found"))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -120,3 +125,37 @@ def decode_all(paths: Sequence[str], size: int | None,
         log.warning("%s: skipped %d unreadable image(s): %s", desc, len(bad),
                     ", ".join(p for p, _ in bad[:10]) + (" ..." if len(bad) > 10 else ""))
     return out, bad
+
+
+def estimate_decoded_bytes(paths: Sequence[str], size: int | None, sample: int = 400) -> int:
+    """Bytes the decoded RGB arrays of ``paths`` at shorter side ``size`` will take, from the
+    headers of up to ``sample`` evenly spaced files (no pixels are decoded)."""
+    if not paths:
+        return 0
+    step = max(1, len(paths) // sample)
+    picked = list(paths)[::step]
+    total, seen = 0.0, 0
+    for p in picked:
+        try:
+            with Image.open(p) as img:
+                w, h = img.size
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            continue
+        if size is not None and min(w, h) > 0:
+            scale = size / min(w, h)
+            w, h = max(1, round(w * scale)), max(1, round(h * scale))
+        total += 3.0 * w * h
+        seen += 1
+    return int(total / max(seen, 1) * len(paths))
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable; None elsewhere)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

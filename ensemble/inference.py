@@ -5,6 +5,7 @@ import csv
 import dataclasses
 import io
 import logging
+import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -37,8 +38,9 @@ class InferenceOptions:
     precision: str | None = None      # auto, fp32, bf16, fp16
     adapt_bn: bool = False            # re-estimate BatchNorm statistics on the images being predicted
 
-    def member_proba(self, ens: BaggedEnsemble, images: Sequence[np.ndarray]) -> np.ndarray:
-        return ens.member_proba(images, **dataclasses.asdict(self))
+    def member_proba(self, ens: BaggedEnsemble, images: Sequence[np.ndarray],
+                     used: Sequence[bool] | None = None) -> np.ndarray:
+        return ens.member_proba(images, **dataclasses.asdict(self), used=used)
 
     def plan(self, ens: BaggedEnsemble) -> dict:
         """The runtime and precision each member resolves to here (part of cache keys)."""
@@ -67,6 +69,8 @@ class DecisionOptions:
             raise DecisionError("give one of --review-rate or --target-accuracy, not both")
         if review_rate is None and target_accuracy is None:
             review_rate, target_accuracy = settings.review_rate, settings.target_accuracy
+        if by_class and coverage is None and settings.coverage is None:
+            raise DecisionError("--coverage-by-class needs --coverage (or `decision.coverage` in the run's config)")
         checks = {f.name: f.metadata["check"] for f in dataclasses.fields(type(settings))}
         for flag, key, value in (("--coverage", "coverage", coverage), ("--review-rate", "review_rate", review_rate),
                                  ("--target-accuracy", "target_accuracy", target_accuracy)):
@@ -98,8 +102,12 @@ def predict_rows(ens: BaggedEnsemble, paths: Sequence[str], strategy: str | None
     classes = ens.classes_
     names = [fm.name for fm in ens.members_]
     size = decode_size(ens)
-    decider = Decider(*calibration_set(ens, strategy, decisions.calibration), decisions.costs)
+    decider = Decider(*calibration_set(ens, strategy, decisions.calibration), decisions.costs, classes)
     review = "decision" in decisions.columns()
+    used = ens.combiner_.get(strategy).uses(len(names))  # members the strategy gives no weight are not run
+    if not used.all():
+        log.info("strategy %s uses %s: the other members are not run", strategy or ens.combiner_.strategy,
+                 ", ".join(n for n, u in zip(names, used) if u))
     threshold = decider.review_threshold(decisions.review_rate, decisions.target_accuracy) if review else None
     if decisions.coverage:
         decider.sets(decider.cal_proba[:1], decisions.coverage, decisions.by_class)  # too few images: fail early
@@ -111,7 +119,7 @@ def predict_rows(ens: BaggedEnsemble, paths: Sequence[str], strategy: str | None
         reasons = dict(bad)
         ok = [i for i, a in enumerate(arrays) if a is not None]
         if ok:
-            member_proba = options.member_proba(ens, [arrays[i] for i in ok])
+            member_proba = options.member_proba(ens, [arrays[i] for i in ok], used)
             _, proba = ens.combiner_.apply(member_proba, strategy)
             pred = decider.predict(proba)
             member_pred = member_proba.argmax(axis=2)
@@ -127,7 +135,7 @@ def predict_rows(ens: BaggedEnsemble, paths: Sequence[str], strategy: str | None
                 if review:
                     row["decision"] = "review" if confidence(proba[k:k + 1])[0] < threshold else classes[pred[k]]
                 row["proba"] = {c: float(proba[k, j]) for j, c in enumerate(classes)}
-                row["votes"] = {n: classes[member_pred[m, k]] for m, n in enumerate(names)}
+                row["votes"] = {n: classes[member_pred[m, k]] if used[m] else "" for m, n in enumerate(names)}
                 row["error"] = ""
             else:
                 row["prediction"] = ""
@@ -149,7 +157,22 @@ def check_output_file(out: str | Path) -> Path:
         raise DataError(f"{out}: is a folder; --out names the output file (.csv or .json)")
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise DataError(f"{out}: --out must end in .csv or .json; got {out.suffix or 'no suffix'!r}")
+    if out.exists() and not _written_by_predict(out):
+        raise DataError(f"{out}: exists and was not written by `effens predict`; choose another --out "
+                        f"(effens never overwrites files it did not write)")
+    folder = out.parent if str(out.parent) else Path(".")
+    if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        raise DataError(f"{out}: cannot write in {folder} (permission denied); choose another --out")
     return out
+
+
+def _written_by_predict(path: Path) -> bool:
+    """Whether ``path`` looks like an earlier ``effens predict`` output (CSV or JSON)."""
+    if not path.is_file():
+        return False
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    return not head or head.startswith((b"path,prediction", b"[]", b'[\n  {\n    "path": '))
 
 
 def flat_row(row: dict) -> dict:
@@ -185,6 +208,9 @@ def run_predict(run_dir: str, inputs: Sequence[str], out: str, strategy: str | N
     if not paths:
         raise DataError("no input images found")
     rows = predict_rows(ens, paths, strategy, options, decisions=choice)
+    if all(r["error"] for r in rows):
+        raise DataError(f"none of the {len(rows)} input image(s) could be predicted (first: {rows[0]['error']}); "
+                        f"nothing written")
     columns = ["path", "prediction", *choice.columns(), *(f"proba:{c}" for c in ens.classes_),
                *(f"vote:{fm.name}" for fm in ens.members_), "error"]
     write_rows(rows, out, columns)

@@ -86,7 +86,7 @@ def fit_member(job: MemberJob, data: TrainingData, store=None) -> dict:
     from members.models import create_member, pick_device
     from members.precision import resolve_precision
     from members.predictor import predict_proba
-    from members.trainer import TrainData, TrainRun, step_probe, train_member
+    from members.trainer import TrainData, TrainRun, train_member
     from members.transforms import eval_tensor
 
     spec, classes = job.spec, data.classes
@@ -96,9 +96,7 @@ def fit_member(job: MemberJob, data: TrainingData, store=None) -> dict:
         mseed = job.member_seed
         seed_everything(mseed)  # before the model is built: initialisation draws from it
         member = create_member(spec, len(classes))
-        probe = step_probe(member, min(spec.train.batch_size, 8), member.inputs.image_size, device)
-        precision = resolve_precision(spec.precision or "auto", device, probe=probe)
-        del probe
+        precision = resolve_precision(spec.precision or "auto", device)
         log.info("member %s: precision %s (%s)", spec.name, precision.name, precision.reason)
         k = len(classes)
         train_data = TrainData(data.images, data.y, job.sample, eval_tensor(data.val_images, member.inputs),
@@ -115,6 +113,7 @@ def fit_member(job: MemberJob, data: TrainingData, store=None) -> dict:
         "inputs": dataclasses.asdict(member.inputs), "bagging": to_dict(spec.bagging),
         "train": to_dict(spec.train), "seed": job.seed, "member_seed": mseed, "device": str(device),
         "precision": result.precision,
+        "precision_reason": precision.reason if precision.name == result.precision else "as in the checkpoint resumed",
         "n_samples": int(len(job.sample)), "n_unique": int(len(np.unique(job.sample))), "n_oob": int(len(oob)),
         "best_epoch": result.best_epoch, "selection": result.selection, "history": result.history, "train_seconds": result.seconds,
         "fingerprint": job.fingerprint, "versions": versions(),

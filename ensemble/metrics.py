@@ -33,11 +33,16 @@ def per_class(cm: np.ndarray) -> dict[str, np.ndarray]:
     return {"precision": precision, "recall": recall, "f1": f1, "support": support.astype(np.int64)}
 
 
-def log_loss(y_true: np.ndarray, proba: np.ndarray) -> float:
-    """Mean negative log-likelihood of the true class (probabilities clipped, renormalised)."""
+def per_sample_log_loss(y_true: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    """Negative log-likelihood of the true class per sample (probabilities clipped, renormalised)."""
     p = np.clip(np.asarray(proba, dtype=np.float64), EPS, 1 - EPS)
     p = p / p.sum(axis=1, keepdims=True)
-    return float(-np.mean(np.log(p[np.arange(len(p)), np.asarray(y_true, dtype=np.int64)])))
+    return -np.log(p[np.arange(len(p)), np.asarray(y_true, dtype=np.int64)])
+
+
+def log_loss(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class (probabilities clipped, renormalised)."""
+    return float(np.mean(per_sample_log_loss(y_true, proba)))
 
 
 def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, n_bins: int = 15) -> float:

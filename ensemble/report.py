@@ -353,8 +353,40 @@ def misclassified_list(view: SplitView, who: str) -> Attachment:
 
 
 def _choice_note(choice: dict) -> str:
+    if "reason" in choice:
+        return (f"Chosen by `strategy: auto` on {choice['n_val']} val + {choice.get('n_oob', 0)} OOB images: "
+                f"{choice['reason']} (table below).")
     scores = ", ".join(f"{n} {v:.4f}" for n, v in choice["scores"].items())
     return f"Chosen by `strategy: auto` on {choice['on']} macro-F1 ({scores})."
+
+
+def choice_rows(choice: dict) -> list[list[str]]:
+    """``strategy: auto``'s table: header row, then one row per strategy it compared."""
+    metric = choice["metric"]
+    head = ["strategy", f"held-out {metric}", "95% interval", "macro-F1", "95% interval",
+            "difference to best", "SE of difference", "fitted values", "tie with best"]
+    rows = [head]
+    for name, t in choice["table"].items():
+        mark = " *" if name == choice["chosen"] else ""
+        rows.append([name + mark, f"{t[metric]:.4f}", "{:.4f} - {:.4f}".format(*t[f"{metric}_ci95"]),
+                     f"{t['macro_f1']:.4f}", "{:.4f} - {:.4f}".format(*t["macro_f1_ci95"]),
+                     f"{t['diff_to_best']:+.4f}", f"{t['se_of_diff']:.4f}", str(t["n_params"]),
+                     "yes" if t["tie"] else "no"])
+    return rows
+
+
+def choice_markdown(choice: dict) -> list[str]:
+    """report.md's section on how `strategy: auto` chose (empty for older runs)."""
+    if not choice or "table" not in choice:
+        return []
+    rows = choice_rows(choice)
+    return ["## How the default strategy was chosen", "",
+            f"Held-out images: {choice['n_val']} val and {choice['n_oob']} OOB (strategies fitted on OOB "
+            f"cross-fitted in {choice['folds']} folds); intervals and standard errors from a paired bootstrap of "
+            f"{choice['bootstrap']} resamples. Rule: the simplest strategy within {choice['se']:g} standard "
+            f"error(s) of the best. {choice['reason']}.", "",
+            "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0]),
+            *("| " + " | ".join(r) + " |" for r in rows[1:]), ""]
 
 
 def render_report(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[Sequence[str], np.ndarray]],
@@ -374,7 +406,7 @@ def render_report(doc: dict, splits: dict[str, dict], split_data: dict[str, tupl
            if comb.get("fitted_on_val") else [])
         + (["Members' BatchNorm statistics were re-estimated on these images (`--adapt-bn`)."]
            if (doc.get("inference") or {}).get("adapt_bn") else [])), "",
-          format_table(summary_rows(doc), markdown=True), ""]
+          format_table(summary_rows(doc), markdown=True), "", *choice_markdown(comb.get("choice"))]
     oob = doc[ENSEMBLE].get("oob")
     if oob:
         md += [f"OOB: ensemble scored on {oob['n']} training images left out by at least one member "

@@ -18,6 +18,7 @@ when read back. :class:`RunFolder` is also the ``store`` that
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -129,11 +130,16 @@ class RunFolder:
                 old = {}  # unreadable: counts as changed
             changed = [k for k in config_changes(old, config_to_dict(cfg))
                        if not k.startswith(("combiner.", "tune.", "parallel.", "decision.", "report."))]
-            if changed and not restart:
+            work = any((self.root / "members").glob("*/member.json")) or \
+                any((self.root / "members").glob("*/checkpoint.json"))
+            if changed and not restart and work:
                 raise RunError(f"{self.root} holds a run with a different config (changed: "
                                f"{', '.join(changed[:10])}); use another --out, or --restart to start over")
-            if changed:
+            if changed and work:
                 self.discard(", ".join(changed[:10]))
+            elif changed:
+                log.info("%s: config changed (%s) before any member trained: starting with the new one",
+                         self.root, ", ".join(changed[:10]))
             elif any((self.root / "members").glob("*/member.json")):
                 log.info("resuming the run in %s", self.root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -141,6 +147,27 @@ class RunFolder:
             atomic_write_json(self.marker_path, {"effens": _version(), "kind": "run", "files": {}})
         self.write_config(cfg)
         return self
+
+    @contextlib.contextmanager
+    def all_or_nothing(self, subs: tuple[str, ...] = ("combiner", "report")):
+        """A block whose writes to config.yaml, run.json and ``subs`` are undone if it fails:
+        a command that fails leaves the run as it found it."""
+        def files() -> list[Path]:
+            return [self.config_path, self.marker_path,
+                    *(p for sub in subs for p in (self.root / sub).rglob("*") if p.is_file())]
+
+        before = {p: p.read_bytes() for p in files() if p.is_file()}
+        try:
+            yield
+        except BaseException:
+            for p in files():
+                if p not in before and p.is_file():
+                    p.unlink()
+            for p, data in before.items():
+                if not p.is_file() or p.read_bytes() != data:
+                    atomic_write_bytes(p, data)
+            log.info("%s: the failed command's changes were undone", self.root)
+            raise
 
     def _check_ours(self) -> None:
         """Refuse a non-empty folder effens did not make (a run from an older effens is adopted)."""
@@ -423,6 +450,42 @@ class RunFolder:
         return path
 
 
+def enclosing_run(path: str | os.PathLike) -> Path | None:
+    """The effens run folder that holds ``path`` (resolved; ``path`` itself counts), or None."""
+    p = Path(os.path.realpath(path))
+    for folder in (p, *p.parents):
+        if (folder / "run.json").is_file():
+            try:
+                if json.loads((folder / "run.json").read_text(encoding="utf-8")).get("kind") == "run":
+                    return folder
+            except (OSError, ValueError, AttributeError):
+                continue
+    return None
+
+
+def check_output_path(out: str | os.PathLike, inputs: "list[str | os.PathLike]" = (), run_root: bool = False,
+                      folder: bool = True) -> None:
+    """Refuse an output path that would destroy what a command reads or a run: the same file
+    as one of ``inputs`` (symlinks, ``./``, ``..`` and case folding resolved by the file
+    system), a folder output inside an input folder, or anything inside an effens run
+    folder (``run_root``: the output may *be* a run folder, as ``train --out``)."""
+    out_real = os.path.realpath(out)
+    run = enclosing_run(out)
+    if run is not None and not (run_root and run == Path(out_real)):
+        raise RunError(f"{out}: is inside the effens run folder {run}; choose an --out outside it (only "
+                       f"`effens train` and `effens fit-combiner` write into a run)")
+    for inp in inputs:
+        if not os.path.exists(inp):
+            continue
+        if os.path.exists(out) and os.path.samefile(out, inp):
+            raise RunError(f"{out}: is also an input of this command ({inp}); choose another --out "
+                           f"(effens never writes over its inputs)")
+        inp_real = os.path.realpath(inp)
+        if folder and os.path.isdir(inp_real) and out_real.startswith(inp_real.rstrip(os.sep) + os.sep):
+            raise RunError(f"{out}: is inside the input folder {inp}; choose an --out outside it (its files "
+                           f"would be read as inputs next time)")
+
+
 def _version() -> str:
     from . import __version__
 
@@ -494,6 +557,10 @@ def load_run(root: str | os.PathLike, adopt: bool = False):
     from .estimator import BaggedEnsemble, FittedMember, restore_member, with_precision
 
     run = RunFolder(root)
+    kind = (read_json(run.root / RECORD).get("kind") if (run.root / RECORD).is_file() else None)
+    if kind == "tune":
+        raise RunError(f"{root}: is a tune folder, not a run; train its best candidate first: "
+                       f"effens train {Path(root) / 'best.yaml'} --out RUN")
     if not run.config_path.is_file():
         raise RunError(f"{root}: not a run folder (config.yaml missing)")
     run.verify_record(adopt)

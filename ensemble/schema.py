@@ -111,11 +111,22 @@ def convert(tp: Any, value: Any, path: str) -> Any:
         if value is None and type(None) in options:
             return None
         errors = []
+        lists = [o for o in options if get_origin(o) in (list, typing.List)]
+        if lists and isinstance(value, list):
+            # every list form is tried; a failure is told in the form whose nesting matches the value's
+            nested = bool(value) and isinstance(value[0], list)
+            failures = []
+            for option in lists:
+                try:
+                    return convert(option, value, path)
+                except ConfigError as exc:
+                    item = (get_args(option) or (Any,))[0]
+                    matches = (get_origin(item) in (list, typing.List)) == nested
+                    failures.append((0 if matches else 1, len(failures), exc))
+            raise min(failures, key=lambda f: f[:2])[2]
         for option in options:
             if option is type(None):
                 continue
-            if get_origin(option) in (list, typing.List) and isinstance(value, list):
-                return convert(option, value, path)  # the value is a list: its item's error is the one to say
             try:
                 return convert(option, value, path)
             except ConfigError as exc:

@@ -30,8 +30,8 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from .files import RunError
-from .combiners import (fit_stacking, fit_temperature, fit_weights, hard_vote, impute_missing, masked_vote,
-                        oob_matrix, soft_vote, stacking_proba, temperature_scale, vote_shares)
+from .combiners import (fit_stacking, fit_temperature, fit_weights, greedy_selection, hard_vote, impute_missing,
+                        masked_vote, oob_matrix, soft_vote, stacking_proba, temperature_scale, vote_shares)
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +132,15 @@ class Strategy:
     def weights(self) -> np.ndarray | None:
         """Per-member weights of the vote (None: equal), used by the default :meth:`apply_oob`."""
         return None
+
+    def n_params(self) -> int:
+        """Number of values :meth:`fit` learned (0: nothing); `strategy: auto` prefers fewer."""
+        return 0
+
+    def uses(self, n_members: int) -> np.ndarray:
+        """Which members :meth:`apply` reads (bool per member); inference may skip the others."""
+        w = self.weights()
+        return np.ones(n_members, dtype=bool) if w is None else np.asarray(w) > 0
 
     def vote(self, proba: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`apply` with these member weights (default: the weights do not matter)."""
@@ -253,6 +262,9 @@ class WeightedVote(SoftVote):
     def _load(self, doc: dict, arrays: dict[str, np.ndarray]) -> None:
         self.weights_, self.source_ = doc["weights"], doc.get("source")
 
+    def n_params(self) -> int:
+        return 0 if self.source_ == "config" else max(len(self.weights_ or []) - 1, 0)
+
     def summary(self, member_names: Sequence[str]) -> dict:
         return {"learned_weights": dict(zip(member_names, self.weights_)), "weights_source": self.source_}
 
@@ -303,11 +315,62 @@ class Stacking(Strategy):
     def summary(self, member_names: Sequence[str]) -> dict:
         return {"stacking_source": self.source_, "stacking_C": self.C_}
 
+    def n_params(self) -> int:
+        return int(np.size(self.coef_) + np.size(self.intercept_))
+
     def describe(self, member_names: Sequence[str]) -> str:
         return f"Stacking meta-learner fitted on {self.source_}."
 
     def graph(self) -> tuple[str, dict] | None:
         return "stacking", {"coef": self.coef_, "intercept": self.intercept_}
+
+
+@register
+class GreedySelection(SoftVote):
+    """Greedy ensemble selection (Caruana et al., 2004): members added one at a time, with
+    replacement, each time the one that most lowers ``greedy.metric`` on ``greedy.source``
+    (OOB: each image scored only by the members that left it out); the weights are the
+    selection counts of the best prefix, optionally averaged over ``greedy.bags`` bags."""
+
+    name = "greedy"
+    source_key = "greedy.source"
+
+    def __init__(self, settings: Any = None, seed: int = 0) -> None:
+        super().__init__(settings, seed)
+        self.weights_ = self.source_ = None
+        self.path_: list[dict] = []
+        g = getattr(settings, "greedy", None)
+        self.params_ = None if g is None else {"iterations": int(g.iterations), "metric": g.metric,
+                                                "bags": int(g.bags), "bag_fraction": float(g.bag_fraction)}
+
+    def fit(self, proba: np.ndarray, y: np.ndarray, available: np.ndarray | None = None,
+            n_classes: int | None = None) -> "Strategy":
+        p = self.params_ or {}
+        w, self.path_ = greedy_selection(proba, y, available, p.get("iterations", 25), p.get("metric", "log_loss"),
+                                         p.get("bags", 0), p.get("bag_fraction", 0.5), self.seed)
+        self.weights_ = w.tolist()
+        return self
+
+    def n_params(self) -> int:
+        return max(int(np.count_nonzero(self.weights_)) - 1, 0)
+
+    def state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        return {"weights": self.weights_, "source": self.source_, "params": self.params_, "path": self.path_}, {}
+
+    def _load(self, doc: dict, arrays: dict[str, np.ndarray]) -> None:
+        self.weights_, self.source_ = doc["weights"], doc.get("source")
+        self.params_, self.path_ = doc.get("params"), doc.get("path", [])
+
+    def summary(self, member_names: Sequence[str]) -> dict:
+        return {"greedy_weights": dict(zip(member_names, self.weights_)), "greedy_source": self.source_,
+                "greedy_path": [dict(s, added=member_names[s["added"]]) for s in self.path_]}
+
+    def describe(self, member_names: Sequence[str]) -> str:
+        weights = ", ".join(f"{k} {v:.3f}" for k, v in zip(member_names, self.weights_))
+        steps = " -> ".join(f"{member_names[s['added']]} ({s['loss']:.4f})" for s in self.path_[:12])
+        more = f" ... ({len(self.path_)} steps)" if len(self.path_) > 12 else ""
+        metric = (self.params_ or {}).get("metric", "log_loss")
+        return (f"Greedy selection on {self.source_} ({metric}): weights {weights}; path {steps}{more}.")
 
 
 # ---------------------------------------------------------------- the fitted combiner
@@ -416,21 +479,7 @@ def fit_combiner(settings: Any, member_names: Sequence[str], classes: Sequence[s
         fitted[name] = s
     strategy, choice = settings.strategy, None
     if strategy == "auto":
-        strategy, choice = choose_on_val(fitted, data, len(classes))
+        from .strategy_choice import choose_strategy
+
+        strategy, choice = choose_strategy(fitted, data, len(classes), getattr(settings, "auto", None), seed)
     return Combiner(strategy, list(classes), list(member_names), fitted, temperatures, choice)
-
-
-def choose_on_val(fitted: dict[str, Strategy], data: FitData, n_classes: int) -> tuple[str, dict]:
-    """``strategy: auto``: the fitted strategy with the best validation macro-F1 (ties: the
-    earlier registered). Strategies fitted on val are left out: their val score is not a
-    held-out score."""
-    from .metrics import macro_f1
-
-    scores = {name: macro_f1(data.val_y, s.apply(data.val_proba)[0], n_classes)
-              for name, s in fitted.items() if getattr(s, "source_", None) != "val"}
-    if not scores:
-        raise ValueError("`combiner.strategy: auto` has no strategy to choose from (every one was fitted on val)")
-    best = max(scores, key=lambda n: (scores[n], -list(scores).index(n)))
-    log.info("combiner.strategy auto: %s (val macro-F1 %s)", best,
-             ", ".join(f"{n} {v:.4f}" for n, v in scores.items()))
-    return best, {"on": "val", "metric": "macro_f1", "scores": scores, "chosen": best}

@@ -39,6 +39,38 @@ def cache_size(cfg: Config) -> int:
     return max(input_config(m.model, m.image_size).resize_size for m in cfg.members)
 
 
+def check_memory(cfg: Config, data: Dataset, source: str, share: float = 0.7) -> None:
+    """Refuse, before anything is decoded, a decode cache that would not fit in ``share`` of
+    the memory available now (the kernel's OOM killer gives no message)."""
+    from .images import available_memory, estimate_decoded_bytes
+
+    size = cache_size(cfg)
+    paths = data.train.paths + data.val.paths + (data.test.paths if data.test else [])
+    need, have = estimate_decoded_bytes(paths, size), available_memory()
+
+    def show(n: int) -> str:
+        return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
+
+    log.info("decode cache: about %s for %d images at shorter side %d px%s", show(need), len(paths), size,
+             "" if have is None else f" ({show(have)} available)")
+    if have is not None and need > share * have:
+        raise DataError(f"{source}: decoding {len(paths)} images at shorter side {size} px (from `image_size` or "
+                        f"`data.cache_size`) needs about {show(need)}, more than {share:.0%} of the "
+                        f"{show(have)} available; lower `image_size` or set a smaller `data.cache_size`")
+
+
+def warn_overlaps(data: Dataset) -> None:
+    """Warn about photos (same bytes) that sit in two splits: a test copy of a training photo
+    inflates test scores (``effens audit`` is the full check)."""
+    from .data import overlapping_images
+
+    splits = {"train": data.train, "val": data.val, **({"test": data.test} if data.test else {})}
+    for pair, found in overlapping_images(splits).items():
+        first = "; ".join(f"{a} = {b}" for a, b in found["pairs"][:3])
+        log.warning("%d image(s) appear in both %s (same file contents), e.g. %s", found["n"], pair.replace("/", " and "),
+                    first)
+
+
 def estimator_from_config(cfg: Config) -> BaggedEnsemble:
     return BaggedEnsemble(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.parallel, cfg.precision,
                           cfg.runtime)
@@ -106,6 +138,8 @@ def train_run(config_path: str, out: str, overrides: list[str] | None = None,
     data: Dataset = load_dataset(cfg.data, cfg.seed)
     check_against_classes(cfg, data.classes, str(config_path))
     preflight(cfg, data.classes, str(config_path))
+    check_memory(cfg, data, str(config_path))
+    warn_overlaps(data)
     run = RunFolder(out).open_for_training(cfg, restart)
     try:
         return _train(cfg, data, run)
@@ -164,16 +198,18 @@ def refit_run_combiner(out: str, overrides: list[str] | None = None) -> dict:
     run.lock()
     try:
         ens = load_run(run.root, adopt=True)  # every recorded file intact before anything changes
-        run.adopt_legacy_report()
-        if overrides:
-            run.write_config(run.read_config(overrides))
+        new_cfg = run.read_config(overrides) if overrides else None  # a bad value: refused before any write
+        with run.all_or_nothing():  # a failure below (e.g. no calibration images) changes nothing
+            run.adopt_legacy_report()
+            old = run.read_metrics()
+            if new_cfg is not None:
+                run.write_config(new_cfg)
+                run.record()
+                ens = load_run(run.root)
+            ens.refit_combiner(ens.validated_config().combiner)
+            run.save_combiner(ens.combiner_)
+            doc = write_run_report(run, ens, {k: old[k] for k in ("skipped_images", "timing") if k in old})
             run.record()
-            ens = load_run(run.root)
-        ens.refit_combiner(ens.validated_config().combiner)
-        run.save_combiner(ens.combiner_)
-        old = run.read_metrics()
-        doc = write_run_report(run, ens, {k: old[k] for k in ("skipped_images", "timing") if k in old})
-        run.record()
         return doc
     finally:
         run.unlock()

@@ -57,17 +57,61 @@ class Candidate:
         return "r" + "-".join(f"{r:g}" for r in self.ratios) + "_w" + "".join("1" if b else "0" for b in self.replace)
 
 
-def enumerate_candidates(tune, n_members: int, seed: int = 0) -> list[Candidate]:
-    """Every candidate of the grid, or ``budget`` of them drawn at random (method random)."""
+#: candidates a tune may try without `--yes` (each one trains or fits every member)
+GRID_LIMIT = 1000
+#: candidates per second of the cached-feature mode on 2 CPU cores (issue #22), for the estimate
+FEATURE_MODE_RATE = 4.0
+
+
+def _member_options(tune, n_members: int) -> list[list[tuple[float, bool]]]:
     per_member = isinstance(tune.ratios[0], list)
     if tune.tie_members and not per_member:
-        out = [Candidate((r,) * n_members, (b,) * n_members) for r, b in itertools.product(tune.ratios, tune.replace)]
-    else:
-        lists = tune.ratios if per_member else [tune.ratios] * n_members
-        options = [list(itertools.product(lst, tune.replace)) for lst in lists]
-        out = [Candidate(tuple(o[0] for o in combo), tuple(o[1] for o in combo))
-               for combo in itertools.product(*options)]
-    if tune.method == "random" or (tune.method == "halving" and tune.budget):
+        return [list(itertools.product(tune.ratios, tune.replace))]
+    lists = tune.ratios if per_member else [tune.ratios] * n_members
+    return [list(itertools.product(lst, tune.replace)) for lst in lists]
+
+
+def count_candidates(tune, n_members: int) -> int:
+    """How many candidates the grid holds (computed, not enumerated), before ``budget``."""
+    return int(np.prod([len(o) for o in _member_options(tune, n_members)], dtype=object))
+
+
+def check_grid_size(tune, n_members: int, yes: bool = False) -> int:
+    """The number of candidates this search will try; past :data:`GRID_LIMIT` without ``yes``
+    a refusal with the count and a time estimate."""
+    from .config import ConfigError
+
+    total = count_candidates(tune, n_members)
+    n = min(total, tune.budget) if tune.budget and tune.method in ("random", "halving") else total
+    if n > GRID_LIMIT and not yes:
+        hours = n / FEATURE_MODE_RATE / 3600
+        raise ConfigError(f"`tune` would try {n:,} candidates ({tune.method} over {total:,}), more than "
+                          f"{GRID_LIMIT:,}: at about {FEATURE_MODE_RATE:g} candidates/s (cached-feature mode, "
+                          f"2 cores) that is {hours:,.1f} hours or more; set `tune.method: random` with "
+                          f"`tune.budget`, or pass --yes")
+    return n
+
+
+def enumerate_candidates(tune, n_members: int, seed: int = 0) -> list[Candidate]:
+    """Every candidate of the grid, or ``budget`` of them drawn at random (method random)."""
+    options = _member_options(tune, n_members)
+    tied = len(options) == 1 and n_members > 1
+
+    def make(combo) -> Candidate:
+        if tied:
+            return Candidate((combo[0][0],) * n_members, (combo[0][1],) * n_members)
+        return Candidate(tuple(o[0] for o in combo), tuple(o[1] for o in combo))
+
+    total = count_candidates(tune, n_members)
+    sample = tune.method == "random" or (tune.method == "halving" and tune.budget)
+    if sample and total > 100_000:  # too many to list: draw distinct index tuples instead
+        rng = np.random.default_rng(seed)
+        k, seen = min(tune.budget or total, total), set()
+        while len(seen) < k:
+            seen.add(tuple(int(rng.integers(len(o))) for o in options))
+        return [make(tuple(o[i] for o, i in zip(options, idx))) for idx in sorted(seen)]
+    out = [make(combo) for combo in itertools.product(*options)]
+    if sample:
         k = min(tune.budget or len(out), len(out))
         pick = np.random.default_rng(seed).choice(len(out), size=k, replace=False)
         out = [out[i] for i in sorted(pick)]
@@ -254,13 +298,15 @@ def _candidate_job(ctx: TuneContext, cand: Candidate, epochs: int | None, rnd: i
     log.info("candidate %s (%s epochs): ensemble %.4f", cand.id, row["epochs"], row["ensemble_score"])
 
 
-def tune_run(config_path: str, out: str, overrides: list[str] | None = None) -> dict:
-    """Run the search; writes results.csv, report.md, scores.png and best.yaml into ``out``."""
+def tune_run(config_path: str, out: str, overrides: list[str] | None = None, yes: bool = False) -> dict:
+    """Run the search; writes results.csv, report.md, scores.png and best.yaml into ``out``.
+    A search of more than :data:`GRID_LIMIT` candidates needs ``yes``."""
     from .files import RECORD, RunError
     from .runfolder import RunFolder
 
     t0 = time.perf_counter()
     cfg = load_config(config_path, overrides)
+    check_grid_size(cfg.tune, len(cfg.members), yes)
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise RunError(f"{out_dir}: exists and is not a folder; --out names the tune folder")
@@ -283,6 +329,12 @@ def _tune(cfg: Config, out_dir: Path, t0: float) -> dict:
     ctx = TuneContext(cfg, out_dir)
     tune = cfg.tune
     cands = enumerate_candidates(tune, len(cfg.members), cfg.seed)
+    if tune.objective == "oob" and all(all(r >= 1 for r in c.ratios) and not any(c.replace) for c in cands):
+        from .config import ConfigError
+
+        raise ConfigError("`tune.objective: oob` needs out-of-bag images, but every candidate draws all of them "
+                          "(ratio 1 without replacement); add ratios below 1, `tune.replace: [true]`, or use "
+                          "`tune.objective: val`")
     log.info("tuning %d candidates (%s, %s mode, objective %s %s)", len(cands), tune.method,
              "cached-feature" if ctx.feature_mode else "full-training", tune.objective, tune.metric)
     rows: list[dict] = []
@@ -297,6 +349,11 @@ def _tune(cfg: Config, out_dir: Path, t0: float) -> dict:
             alive = [alive[i] for i in order]
     else:
         rows = _run_round(ctx, cands, None, 0)
+    if all(not np.isfinite(r["ensemble_score"]) for r in rows):
+        from .files import RunError
+
+        raise RunError(f"no candidate has a finite {tune.objective} {tune.metric} (no {tune.objective} images "
+                       f"to score on); results.csv is not written")
     best = select_best(rows)
     best_cfg = copy.deepcopy(cfg)
     for i, spec in enumerate(best_cfg.members):

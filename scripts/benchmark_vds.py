@@ -67,7 +67,7 @@ def throughput(spec, train_dir: Path, n_images: int, classes: list[str], precisi
     from ensemble.metrics import selection_scores
     from members.models import create_member, set_train_mode
     from members.precision import resolve_precision
-    from members.trainer import TrainData, TrainRun, param_groups, step_probe, train_member
+    from members.trainer import TrainData, TrainRun, param_groups, train_member
     from members.transforms import eval_tensor, train_transform
 
     split = load_folder(train_dir)
@@ -85,8 +85,7 @@ def throughput(spec, train_dir: Path, n_images: int, classes: list[str], precisi
     arrays, _ = decode_all(paths, member.inputs.resize_size)
     decode_s = time.perf_counter() - t0
     val = eval_tensor(arrays[:8], member.inputs)
-    probe = step_probe(member, min(cfg.train.batch_size, 8), member.inputs.image_size, torch.device("cpu"))
-    prec = resolve_precision(precision, "cpu", probe=probe)  # as `effens train` resolves it
+    prec = resolve_precision(precision, "cpu")  # as `effens train` resolves it
     log.info("effens precision: %s (%s)", prec.name, prec.reason)
     warm = np.arange(2 * cfg.train.batch_size)  # warm-up pass (allocator, kernels), not timed
     score = lambda yy, p: selection_scores(yy, p, len(classes))  # noqa: E731

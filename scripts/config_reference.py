@@ -48,8 +48,10 @@ def write_readme(path: str = "README.md") -> None:
     import re
 
     text = open(path, encoding="utf-8").read()
-    new = re.sub(r"(<!-- config-reference:[^\n]*-->\n).*?(\n<!-- /config-reference -->)",
-                 lambda m: m.group(1) + table() + m.group(2), text, flags=re.S)
+    new, n = re.subn(r"(<!-- config-reference:[^\n]*-->\n).*?(\n<!-- /config-reference -->)",
+                     lambda m: m.group(1) + table() + m.group(2), text, flags=re.S)
+    if n != 1:
+        raise SystemExit(f"{path}: the config-reference markers were not found; nothing written")
     open(path, "w", encoding="utf-8").write(new)
 
 

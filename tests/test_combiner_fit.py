@@ -72,9 +72,9 @@ def test_temperature_fixes_overconfidence():
 
 
 @pytest.mark.parametrize("stacking_source", ["oob", "val"])
-def test_strategy_auto_takes_the_best_val_macro_f1_of_strategies_not_fitted_on_val(stacking_source):
+def test_strategy_auto_takes_the_simplest_tie_of_strategies_not_fitted_on_val(stacking_source):
     from ensemble.config import CombinerConfig, StackingConfig
-    from ensemble.metrics import confusion_matrix, per_class
+    from ensemble.metrics import log_loss
     from ensemble.strategies import Combiner, FitData, fit_combiner
 
     p_val, y_val = members(3, quality=(1.5, 0.4, 0.0))
@@ -82,11 +82,21 @@ def test_strategy_auto_takes_the_best_val_macro_f1_of_strategies_not_fitted_on_v
     data = FitData(p_val, y_val, p_oob, y_oob, np.ones(p_oob.shape[:2], dtype=bool))
     settings = CombinerConfig(strategy="auto", weights="auto", stacking=StackingConfig(source=stacking_source))
     comb = fit_combiner(settings, ["a", "b", "c"], ["x", "y", "z"], data)
-    scores = {n: per_class(confusion_matrix(y_val, comb.apply(p_val, n)[0], 3))["f1"].mean()
-              for n in comb.available()}
-    eligible = [n for n in scores if not (n == "stacking" and stacking_source == "val")]
-    assert comb.strategy == max(eligible, key=lambda n: scores[n])
-    assert set(comb.choice["scores"]) == set(eligible)
-    assert comb.choice["scores"][comb.strategy] == pytest.approx(scores[comb.strategy])
+    table = comb.choice["table"]
+    # eligible: fitted on OOB or not at all, with probabilities (log loss ranks them); never hard
+    eligible = [n for n in comb.available() if n != "hard" and not (n == "stacking" and stacking_source == "val")]
+    assert set(table) == set(eligible)
+    ties = [n for n in eligible if table[n]["tie"]]
+    assert comb.strategy in ties
+    assert table[comb.strategy]["n_params"] == min(table[n]["n_params"] for n in ties)
+    best = comb.choice["best"]
+    assert table[best]["log_loss"] == min(table[n]["log_loss"] for n in eligible)
+    # the soft vote of members of which two are noise loses clearly to one that weighs them down
+    assert not table["soft"]["tie"] and comb.strategy != "soft"
+    # its held-out score covers val and the OOB images; soft's equals its plain val + OOB log loss
+    soft_val = comb.apply(p_val, "soft")[1]
+    soft_oob = comb.get("soft").apply_oob(p_oob, np.ones(p_oob.shape[:2], dtype=bool))[2]
+    assert table["soft"]["log_loss"] == pytest.approx(
+        log_loss(np.concatenate([y_val, y_oob]), np.concatenate([soft_val, soft_oob])))
     again = Combiner.from_state(*comb.state())
     assert again.strategy == comb.strategy and again.choice == comb.choice

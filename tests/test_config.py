@@ -41,7 +41,7 @@ def test_valid_config_fills_defaults(tmp_path):
     (("members.0.bagging.ratio", 1.5), "`members.0.bagging.ratio` must be in (0, 1]; got 1.5"),
     (("members.0.bagging.ratio", 0), "`members.0.bagging.ratio` must be in (0, 1]; got 0"),
     (("members.1.train.epochs", "three"), "`members.1.train.epochs` must be an integer; got 'three'"),
-    (("combiner.strategy", "median"), "`combiner.strategy` must be one of auto, hard, soft, weighted, stacking; got 'median'"),
+    (("combiner.strategy", "median"), "`combiner.strategy` must be one of auto, hard, soft, weighted, stacking, greedy; got 'median'"),
     (("members.0.model", "efficientnet_b99"), "`members.0.model` is not a timm model name"),
     (("members.0.train.lerning_rate", 0.1), "unknown key `members.0.train.lerning_rate`"),
     (("members.0.train.freeze", "half"), "`members.0.train.freeze` must be `none`, `backbone`"),

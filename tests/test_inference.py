@@ -72,7 +72,7 @@ def test_evaluate_all_strategies_and_cache(trained, tiny_data, tmp_path, capsys,
     for who in ("a", "b", "c", "hard", "soft", "weighted", "stacking"):
         assert f"\n{who} " in table
     doc = json.loads((out / "metrics.json").read_text())
-    assert set(doc["strategies"]) == {"hard", "soft", "weighted", "stacking"}
+    assert set(doc["strategies"]) == {"hard", "soft", "weighted", "stacking", "greedy"}
     train_doc = json.loads((run / "report/metrics.json").read_text())
     for s in doc["strategies"]:  # same images as the run's test split -> same figures
         assert doc["strategies"][s]["eval"]["macro_f1"] == pytest.approx(

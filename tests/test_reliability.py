@@ -35,6 +35,7 @@ def _quiet_failure(code, capsys, caplog, *needles):
     assert "Traceback" not in text
     for n in needles:
         assert n in text, (n, text[-2000:])
+    return text
 
 
 # ---------------------------------------------------------------- 1. never delete or overwrite what effens did not write
@@ -79,8 +80,13 @@ def test_evaluate_never_overwrites_a_training_report(trained, tiny_data, tmp_pat
     run = _copy(run, tmp_path)
     metrics = (run / "report/metrics.json").read_text()
     code = main(["evaluate", str(run), str(tiny_data / "test"), "--out", str(run / "report")])
-    _quiet_failure(code, capsys, caplog, "not written by `effens evaluate`")
+    _quiet_failure(code, capsys, caplog, "is inside the effens run folder")
     assert (run / "report/metrics.json").read_text() == metrics
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.md").write_text("mine")
+    _quiet_failure(main(["evaluate", str(run), str(tiny_data / "test"), "--out", str(mine)]), capsys, caplog,
+                   "not written by `effens evaluate`")
 
 
 # ---------------------------------------------------------------- 2. never answer from stale or edited state
@@ -228,7 +234,8 @@ def test_input_files(trained, tiny_data, tmp_path, capsys, caplog):
     long = tmp_path / "long.png"
     Image.fromarray(np.zeros((1, 100000, 3), np.uint8)).save(long)
     assert long.stat().st_size < 1000
-    assert main(["predict", str(run), str(long), "--out", str(tmp_path / "p.csv")]) == 0
+    good = str(sorted((tiny_data / "test/circle").iterdir())[0])
+    assert main(["predict", str(run), str(long), good, "--out", str(tmp_path / "p.csv")]) == 0
     row = (tmp_path / "p.csv").read_text().splitlines()[1]
     assert "more elongated than 20:1" in row
     latin = _write(tmp_path / "latin.csv", "path\ncaf\xe9.png\n".encode("latin-1"))
@@ -294,8 +301,9 @@ def test_cli_edges(trained, tiny_data, tmp_path, capsys, caplog, monkeypatch):
         (["predict", str(run), val, "--out", str(tmp_path / "preds")], "is a folder"),
         (["predict", str(run), val, "--out", str(tmp_path / "x.txt")], "must end in .csv or .json"),
         (["predict", str(run), val, "--out", str(tmp_path / "p.csv"), "--device", "tpu"], "got 'tpu'"),
-        (["evaluate", str(run), val, "--out", str(run / "config.yaml")], "exists and is not a folder"),
-        (["train", str(_cfg(tmp_path, tiny_data)), "--out", str(run / "classes.json")], "exists and is not a folder"),
+        (["evaluate", str(run), val, "--out", str(run / "config.yaml")], "is inside the effens run folder"),
+        (["evaluate", str(run), val, "--out", str(tmp_path / "cfg.yaml")], "exists and is not a folder"),
+        (["train", str(_cfg(tmp_path, tiny_data)), "--out", str(run / "classes.json")], "is inside the effens run folder"),
     ]
     if not __import__("torch").cuda.is_available():
         cases.append((["predict", str(run), val, "--out", str(tmp_path / "p.csv"), "--device", "cuda"],

@@ -54,7 +54,7 @@ def test_config_accepts_a_registered_strategy_and_names_the_choices(median_strat
     assert config_from_dict(raw).combiner.strategy == "median"
     raw["combiner"]["strategy"] = "mean"
     with pytest.raises(ConfigError, match=r"`combiner.strategy` must be one of auto, hard, soft, weighted, "
-                                          r"stacking, median; got 'mean'"):
+                                          r"stacking, greedy, median; got 'mean'"):
         config_from_dict(raw)
 
 

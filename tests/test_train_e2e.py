@@ -58,7 +58,7 @@ def test_metrics_json(trained):
     doc = json.loads((out / "report/metrics.json").read_text())
     assert doc["classes"] == sorted(synth.CLASSES)
     assert doc["ensemble"] == doc["strategies"]["soft"]
-    assert set(doc["strategies"]) == {"hard", "soft", "weighted", "stacking"}
+    assert set(doc["strategies"]) == {"hard", "soft", "weighted", "stacking", "greedy"}
     for who in [doc["members"][m] for m in "abc"] + list(doc["strategies"].values()):
         for split, n in (("val", 18), ("test", 18)):
             m = who[split]
