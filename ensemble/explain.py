@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 from pathlib import Path
@@ -38,14 +39,21 @@ def thumbnail_jpeg(path: str, size: int = THUMB) -> bytes:
     return buf.getvalue()
 
 
-def make_thumbnails(paths: Sequence[str], exists: Callable[[str], bool]) -> tuple[dict, dict]:
+THUMB_INDEX = "thumbs/index.json"
+
+
+def make_thumbnails(paths: Sequence[str], exists: Callable[[str], bool],
+                    previous: dict[str, str] | None = None) -> tuple[dict, dict]:
     """(image path -> ``thumbs/<key>.jpg`` or None when it cannot be read, new files to write).
 
-    Thumbnails already present (``exists``) are not made again.
+    Thumbnails already present (``exists``) are not made again; an image that has moved
+    away keeps the thumbnail ``previous`` (the last :data:`THUMB_INDEX`) recorded for it.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    names = {p: f"thumbs/{image_key(p)}.jpg" for p in dict.fromkeys(paths)}
+    previous = previous or {}
+    names = {p: (previous[p] if not os.path.exists(p) and previous.get(p) and exists(previous[p])
+                 else f"thumbs/{image_key(p)}.jpg") for p in dict.fromkeys(paths)}
     todo = [p for p, n in names.items() if not exists(n)]
 
     def one(p: str) -> bytes | None:
@@ -123,7 +131,13 @@ def page_files(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[S
 
     folder = Path(folder)
     paths = [p for ps, _ in split_data.values() for p in ps]
-    thumbs, files = make_thumbnails(paths, lambda name: (folder / name).is_file())
+    try:
+        previous = json.loads((folder / THUMB_INDEX).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        previous = {}
+    previous = previous if isinstance(previous, dict) else {}
+    thumbs, files = make_thumbnails(paths, lambda name: (folder / name).is_file(), previous)
+    files[THUMB_INDEX] = {**previous, **{p: n for p, n in thumbs.items() if n}}  # for images that move later
     sal: dict = {}
     if saliency:
         sal, sal_files = saliency_for_report(ens, split_data, splits, doc["strategy"])

@@ -273,7 +273,7 @@ class RunFolder:
         if self.marker_path.is_file() or not self.report_dir.is_dir() or (self.report_dir / RECORD).is_file():
             return
         pattern = re.compile(r"(metrics\.json|report\.md|index\.html|(confusion|reliability|risk_coverage)_.+\.png|"
-                             r"training_curves\.png|misclassified_.+\.csv|(thumbs|saliency)/[0-9a-f]{24}.*\.jpg)")
+                             r"training_curves\.png|misclassified_.+\.csv|(thumbs|saliency)/[0-9a-f]{24}.*\.jpg|thumbs/index\.json)")
         ours = sorted(str(p.relative_to(self.report_dir)) for p in self.report_dir.rglob("*")
                       if p.is_file() and pattern.fullmatch(str(p.relative_to(self.report_dir))))
         atomic_write_json(self.report_dir / RECORD, {"kind": "report", "files": ours})

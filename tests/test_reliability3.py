@@ -387,3 +387,25 @@ def test_sigterm_during_train_is_one_line_and_releases_the_lock(tiny_data, tmp_p
     assert proc.returncode == 143, err[-2000:]
     assert "terminated (SIGTERM); finished work is kept" in err and "Traceback" not in err
     assert not (out / ".effens.lock").exists()
+
+
+def test_fit_combiner_after_the_data_moved_keeps_the_thumbnails(tiny_data, tmp_path):
+    import re
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    path = _cfg(tmp_path, data, epochs=1)
+    run = tmp_path / "run"
+    assert main(["train", str(path), "--out", str(run)]) == 0
+
+    def thumbs() -> list:
+        html = (run / "report/index.html").read_text()
+        doc = json.loads(re.search(r'<script type="application/json" id="data">(.*?)</script>', html, re.S).group(1))
+        return [t for s in doc["splits"].values() for t in s["thumbs"]]
+
+    before = thumbs()
+    assert before and all(before)
+    shutil.move(str(data), str(tmp_path / "moved"))
+    assert main(["fit-combiner", str(run), "--set", "combiner.strategy=stacking"]) == 0
+    after = thumbs()
+    assert after == before  # the thumbnails made when the images were there
