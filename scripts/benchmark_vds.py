@@ -145,17 +145,22 @@ def pick(metrics: dict) -> dict:
 
 
 def seed_figures(doc: dict) -> dict:
-    """One seed's test figures: each member, each strategy and the val-chosen ensemble."""
+    """One seed's test figures: each member, each strategy and the run's default ensemble
+    (``combiner.strategy``; with ``auto``, chosen on val + OOB, never on test), plus its
+    paired difference to that seed's best member on test (reported, not used to choose)."""
     def test(m: dict) -> dict:
         t = m["test"]
         return {"macro_f1": t["macro_f1"], "weighted_f1": t["weighted_f1"],
                 **{f"recall_{c}": v["recall"] for c, v in t["per_class"].items()}}
 
-    chosen = max(doc["strategies"], key=lambda s: doc["strategies"][s]["val"]["macro_f1"])
+    chosen = doc["strategy"]
     out = {f"member {n}": test(m) for n, m in doc["members"].items()}
     out.update({f"strategy {n}": test(m) for n, m in doc["strategies"].items()})
-    out["ensemble (val-chosen)"] = dict(test(doc["strategies"][chosen]))
-    return {"chosen": chosen, "figures": out}
+    out["ensemble (auto)"] = dict(test(doc["strategies"][chosen]))
+    best = max(doc["members"], key=lambda n: doc["members"][n]["test"]["macro_f1"])
+    diff = doc["strategies"][chosen]["test"]["macro_f1"] - doc["members"][best]["test"]["macro_f1"]
+    return {"chosen": chosen, "best_member": best, "diff_to_best_member": diff, "figures": out,
+            "choice": (doc.get("combiner") or {}).get("choice")}
 
 
 def summarise(seeds: list[dict]) -> dict:
@@ -168,6 +173,9 @@ def summarise(seeds: list[dict]) -> dict:
             out[who][key] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0}
     walls = np.array([s["wall_s"] for s in seeds])
     out["wall_s"] = {"mean": float(walls.mean()), "std": float(walls.std(ddof=1)) if len(walls) > 1 else 0.0}
+    diffs = np.array([s["diff_to_best_member"] for s in seeds])
+    out["paired"] = {"mean_diff_to_best_member": float(diffs.mean()),
+                     "seeds_at_or_above_best_member": int((diffs >= 0).sum()), "seeds": len(diffs)}
     return out
 
 
@@ -179,9 +187,51 @@ def run_seeds(args, overrides: list[str], out: Path) -> dict:
         t0 = time.perf_counter()
         doc = train_run(args.config, str(out / f"run-seed{k}"), overrides=[*overrides, f"seed={k}"])
         seeds.append(dict(seed_figures(doc), seed=k, wall_s=time.perf_counter() - t0))
-        log.info("seed %d: val-chosen %s, test macro-F1 %.4f (%.0f s)", k, seeds[-1]["chosen"],
-                 seeds[-1]["figures"]["ensemble (val-chosen)"]["macro_f1"], seeds[-1]["wall_s"])
+        log.info("seed %d: auto chose %s, test macro-F1 %.4f (%.0f s)", k, seeds[-1]["chosen"],
+                 seeds[-1]["figures"]["ensemble (auto)"]["macro_f1"], seeds[-1]["wall_s"])
     return {"seeds": seeds, "summary": summarise(seeds)}
+
+
+def refit_seeds(args, out: Path) -> dict:
+    """``--refit``: the combiner of each trained ``DIR/run-seedK`` fitted again by this
+    effens (``effens fit-combiner``: no member is retrained), then the seed table; wall
+    time is the original training's (from the run's metrics.json) plus the refit."""
+    from ensemble.training import refit_run_combiner
+
+    seeds = []
+    for k in range(args.seeds):
+        run = out / f"run-seed{k}"
+        old = json.loads((run / "report" / "metrics.json").read_text())
+        t0 = time.perf_counter()
+        doc = refit_run_combiner(str(run), [o for o in args.overrides
+                                            if o.startswith(("combiner.", "decision.", "report."))])
+        wall = (old.get("timing") or {}).get("total_s", 0.0) + time.perf_counter() - t0
+        seeds.append(dict(seed_figures(doc), seed=k, wall_s=wall, throughput=predict_throughput(run, doc)))
+        log.info("seed %d: auto chose %s, test macro-F1 %.4f", k, seeds[-1]["chosen"],
+                 seeds[-1]["figures"]["ensemble (auto)"]["macro_f1"])
+    return {"seeds": seeds, "summary": summarise(seeds)}
+
+
+def predict_throughput(run: Path, doc: dict) -> dict:
+    """Images/s of member inference on the run's val images (decoded once, runtime auto):
+    the default strategy's members (a strategy that gives a member no weight skips it)
+    against all members, side by side in this process."""
+    from ensemble.estimator import decode_size
+    from ensemble.runfolder import load_run
+
+    ens = load_run(run)
+    paths = json.loads((run / "predictions" / "val_paths.json").read_text())
+    arrays, _ = decode_all(paths, decode_size(ens), on_bad="skip")
+    arrays = [a for a in arrays if a is not None]
+    used = ens.combiner_.get(doc["strategy"]).uses(len(ens.members_))
+    ens.member_proba(arrays[:8])  # compile every runtime once, not timed
+    out = {}
+    for label, mask in (("chosen", used), ("all members", None)):
+        t0 = time.perf_counter()
+        ens.member_proba(arrays, used=mask)
+        out[label] = len(arrays) / (time.perf_counter() - t0)
+    out["members_used"] = [fm.name for fm, u in zip(ens.members_, used) if u]
+    return out
 
 
 def seeds_markdown(r: dict) -> str:
@@ -194,8 +244,17 @@ def seeds_markdown(r: dict) -> str:
             lines.append(f"| {who} {key} | " + " | ".join(f"{s['figures'][who][key]:.4f}" for s in seeds)
                          + f" | {m['mean']:.4f} +- {m['std']:.4f} |")
     w = summary["wall_s"]
-    lines += ["", "val-chosen strategy per seed: " + ", ".join(s["chosen"] for s in seeds)
-              + f"; wall time per seed {w['mean']:.0f} +- {w['std']:.0f} s"]
+    p = summary["paired"]
+    lines += ["", "strategy auto chose per seed: " + ", ".join(s["chosen"] for s in seeds)
+              + f"; wall time per seed {w['mean']:.0f} +- {w['std']:.0f} s",
+              "ensemble (auto) minus that seed's best member on test: "
+              + ", ".join(f"{s['diff_to_best_member']:+.4f} ({s['best_member']})" for s in seeds)
+              + f"; mean {p['mean_diff_to_best_member']:+.4f}; at or above it in "
+              f"{p['seeds_at_or_above_best_member']} of {p['seeds']} seeds"]
+    if all("throughput" in s for s in seeds):
+        lines.append("member inference on val (img/s, chosen strategy's members vs all): " + "; ".join(
+            f"seed {s['seed']}: {s['throughput']['chosen']:.1f} ({'+'.join(s['throughput']['members_used'])}) vs "
+            f"{s['throughput']['all members']:.1f}" for s in seeds))
     return "\n".join(lines)
 
 
@@ -209,6 +268,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--throughput-only", action="store_true")
     p.add_argument("--seeds", type=int, default=0, help="train the recipe this many times (seeds 0..N-1)")
+    p.add_argument("--refit", action="store_true",
+                   help="with --seeds: refit the combiners of the runs already trained in --out (no training)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -231,7 +292,9 @@ def main(argv: list[str] | None = None) -> None:
         log.info("throughput: effens %.1f img/s, plain %.1f img/s (%.2fx)",
                  results["throughput"]["effens_img_s"], results["throughput"]["plain_img_s"],
                  results["throughput"]["ratio"])
-    if args.seeds:
+    if args.seeds and args.refit:
+        results.update(refit_seeds(args, out))
+    elif args.seeds:
         results.update(run_seeds(args, overrides, out))
     elif not args.throughput_only:
         from ensemble.training import train_run

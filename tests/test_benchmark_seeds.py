@@ -26,10 +26,21 @@ def test_seeds_table(tiny_data, tmp_path):
     for k in (0, 1):  # each seed's figures are its run's test figures
         doc = json.loads((out / f"run-seed{k}/report/metrics.json").read_text())
         assert r["seeds"][k]["figures"]["member a"]["macro_f1"] == doc["members"]["a"]["test"]["macro_f1"]
-        chosen = max(doc["strategies"], key=lambda s: doc["strategies"][s]["val"]["macro_f1"])
-        assert r["seeds"][k]["chosen"] == chosen
-    vals = [s["figures"]["ensemble (val-chosen)"]["macro_f1"] for s in r["seeds"]]
-    summary = r["summary"]["ensemble (val-chosen)"]["macro_f1"]
+        assert r["seeds"][k]["chosen"] == doc["strategy"]  # the run's own default, never picked on test
+        best = max(doc["members"][m]["test"]["macro_f1"] for m in "abc")
+        assert r["seeds"][k]["diff_to_best_member"] == doc["strategies"][doc["strategy"]]["test"]["macro_f1"] - best
+    vals = [s["figures"]["ensemble (auto)"]["macro_f1"] for s in r["seeds"]]
+    summary = r["summary"]["ensemble (auto)"]["macro_f1"]
     assert summary["mean"] == np.mean(vals) and summary["std"] == np.std(vals, ddof=1)
+    assert r["summary"]["paired"]["seeds"] == 2
     assert "recall_circle" in r["seeds"][0]["figures"]["strategy soft"]
     assert "mean +- std" in (out / "results.md").read_text()
+    # --refit: the same runs' combiners fitted again (here: strategy auto), no training
+    for k in (0, 1):
+        (out / f"run-seed{k}" / ".effens.lock").unlink(missing_ok=True)
+    benchmark_vds.main(["--data", str(tiny_data), "--out", str(out), "--config", str(cfg), "--seeds", "2",
+                        "--skip-throughput", "--refit", "--set", "combiner.strategy=auto"])
+    again = json.loads((out / "results.json").read_text())
+    assert [s["figures"]["member a"] for s in again["seeds"]] == [s["figures"]["member a"] for s in r["seeds"]]
+    assert all(s["throughput"]["chosen"] > 0 and s["throughput"]["all members"] > 0 for s in again["seeds"])
+    assert "member inference on val" in (out / "results.md").read_text()
