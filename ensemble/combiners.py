@@ -248,6 +248,9 @@ def _greedy_once(proba: np.ndarray, y: np.ndarray, available: np.ndarray, n_iter
             mix = np.where(t[:, None] > 0, (num + avail[k][:, None] * proba[k]) / np.where(t > 0, t, 1.0)[:, None],
                            fallback)
             losses[k] = _greedy_loss(mix, y, metric)
+        losses[~np.isfinite(losses)] = np.inf  # NaN probabilities never win
+        if not np.isfinite(losses).any():
+            break
         k = int(np.argmin(losses))  # ties: the earlier candidate
         counts[k] += 1
         num += avail[k][:, None] * proba[k]
@@ -282,6 +285,8 @@ def greedy_selection(proba: np.ndarray, y: np.ndarray, available: np.ndarray | N
     if not len(y):
         return np.full(m, 1.0 / m), []
     counts, path = _greedy_once(proba, y, available, n_iter, metric)
+    if counts is None:  # no candidate gives a finite loss anywhere
+        return np.full(m, 1.0 / m), path
     weights = counts / counts.sum()
     if bags:
         rng = np.random.default_rng(seed)
@@ -290,6 +295,7 @@ def greedy_selection(proba: np.ndarray, y: np.ndarray, available: np.ndarray | N
         for _ in range(bags):
             pick = np.sort(rng.choice(m, size=size, replace=False))
             c, _ = _greedy_once(proba[pick], y, available[pick], n_iter, metric)
-            acc[pick] += c / c.sum()
-        weights = acc / acc.sum()
+            if c is not None:  # a bag whose candidates score no image adds nothing
+                acc[pick] += c / c.sum()
+        weights = acc / acc.sum() if acc.sum() > 0 else weights
     return weights, path

@@ -283,11 +283,12 @@ def _check_costs(value: Any) -> str | None:
     if any(not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0
            for row in value for v in row):
         return "must hold finite non-negative numbers"
+    if all(v == 0 for row in value for v in row):
+        return "is all zeros: every prediction would cost nothing, so predictions would all be the first class"
     for i, row in enumerate(value):
-        others = [v for j, v in enumerate(row) if j != i]
-        if others and row[i] >= min(others):
-            return (f"row {i}: the correct answer (column {i}, cost {row[i]:g}) must cost less than every "
-                    f"mistake in its row, or predictions turn into the cheapest wrong class")
+        if row[i] > min(row):
+            return (f"row {i}: the correct answer (column {i}, cost {row[i]:g}) must not cost more than a "
+                    f"mistake in its row (min {min(row):g}), or predictions turn into the cheaper wrong class")
     return None
 
 

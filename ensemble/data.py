@@ -148,9 +148,10 @@ def expand_inputs(inputs: Sequence[str], path_column: str = "path") -> list[str]
 
 
 def manifest_path(csv_path: str | os.PathLike, listed: str) -> str:
-    """A path listed in a CSV manifest, normalised (``./``, ``..`` and symlinks resolved):
-    absolute as given, else relative to the CSV's folder."""
-    return os.path.realpath(listed if os.path.isabs(listed) else Path(csv_path).parent / listed)
+    """A path listed in a CSV manifest, normalised (``./`` and ``..`` removed; symlinks kept,
+    so linked caches such as git-annex keep their listed names): absolute as given, else
+    relative to the CSV's folder."""
+    return os.path.normpath(os.path.abspath(listed if os.path.isabs(listed) else Path(csv_path).parent / listed))
 
 
 def load_csv(path: str | os.PathLike, path_column: str = "path",

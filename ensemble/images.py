@@ -150,12 +150,24 @@ def estimate_decoded_bytes(paths: Sequence[str], size: int | None, sample: int =
 
 
 def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux MemAvailable; None elsewhere)."""
+    """Bytes of memory available to a new allocation: Linux MemAvailable, lowered to the
+    cgroup's limit minus its use inside a container (None where neither is known)."""
+    have = None
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    have = int(line.split()[1]) * 1024
+                    break
     except OSError:
         pass
-    return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as fh:
+            limit = fh.read().strip()
+        if limit.isdigit():
+            with open("/sys/fs/cgroup/memory.current") as fh:
+                free = int(limit) - int(fh.read().strip())
+            have = free if have is None else min(have, free)
+    except (OSError, ValueError):
+        pass
+    return have

@@ -201,6 +201,9 @@ def write_rows(rows: list[dict], out: str | Path, columns: Sequence[str]) -> Non
 def run_predict(run_dir: str, inputs: Sequence[str], out: str, strategy: str | None = None,
                 options: InferenceOptions = InferenceOptions(), decisions: dict | None = None) -> dict:
     """``effens predict``; ``decisions``: command-line values for :class:`DecisionOptions`."""
+    from .runfolder import check_output_path
+
+    check_output_path(out, [run_dir, *inputs], folder=False)  # the CLI's rule, for Python callers too
     check_output_file(out)
     ens = load_run(run_dir)
     choice = DecisionOptions.from_settings(RunFolder(run_dir).read_config().decision, **(decisions or {}))

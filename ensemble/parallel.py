@@ -92,10 +92,15 @@ def backend(name: str, n_jobs: int, threads: int, address: str | None = None) ->
             raise ParallelError("backend `ray` needs Ray: pip install 'effens[ray]'") from None
         started = not ray.is_initialized()
         if started:
+            import signal
+
+            sigterm = signal.getsignal(signal.SIGTERM)  # ray.init replaces it; effens's one-line exit stays
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
                 ray.init(num_cpus=n_jobs * threads, include_dashboard=False, log_to_driver=False)
+            if callable(sigterm):
+                signal.signal(signal.SIGTERM, sigterm)
         register_ray()
         try:
             yield "ray"

@@ -480,10 +480,22 @@ def check_output_path(out: str | os.PathLike, inputs: "list[str | os.PathLike]" 
         if os.path.exists(out) and os.path.samefile(out, inp):
             raise RunError(f"{out}: is also an input of this command ({inp}); choose another --out "
                            f"(effens never writes over its inputs)")
-        inp_real = os.path.realpath(inp)
-        if folder and os.path.isdir(inp_real) and out_real.startswith(inp_real.rstrip(os.sep) + os.sep):
+        if folder and os.path.isdir(inp) and _inside(out_real, inp):
             raise RunError(f"{out}: is inside the input folder {inp}; choose an --out outside it (its files "
                            f"would be read as inputs next time)")
+
+
+def _inside(path: str, folder: str) -> bool:
+    """Whether ``path`` (resolved, may not exist yet) lies inside ``folder``: each existing
+    ancestor is compared as a file (symlinks and case folding resolved by the file system)."""
+    for parent in Path(path).parents:
+        if parent.exists():
+            try:
+                if os.path.samefile(parent, folder):
+                    return True
+            except OSError:
+                continue
+    return False
 
 
 def _version() -> str:

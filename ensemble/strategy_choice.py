@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 def _held_out(fitted: dict, data, n_classes: int, folds: int, seed: int) -> tuple[dict, np.ndarray, int, int]:
     """Per strategy: (predictions, probabilities) on val + the OOB images, in one order."""
     covered = np.flatnonzero(data.oob_available.any(axis=0)) if data.has_oob else np.arange(0)
+    if len(covered) < 2 * folds:  # too few to cross-fit on: val alone
+        covered = np.arange(0)
     fold_of = np.random.default_rng(seed).permutation(len(covered)) % folds
     out = {}
     for name, s in fitted.items():
@@ -79,11 +81,18 @@ def choose_strategy(fitted: dict, data, n_classes: int, settings: Any = None, se
     lower_is_better = metric == "log_loss"
     sign = 1.0 if lower_is_better else -1.0
     point = {n: _score(metric, y, *held[n], n_classes) for n in names}
-    # resample counts, shared by every strategy (paired): resample b takes image i counts[b, i] times
-    counts = np.random.default_rng(seed).multinomial(len(y), np.full(len(y), 1.0 / len(y)), size=n_boot)
-    f1_boots = np.stack([_boot_macro_f1(counts, y, held[n][0], n_classes) for n in names], axis=1)
-    boots = (np.stack([counts @ per_sample_log_loss(y, held[n][1]) / len(y) for n in names], axis=1)
-             if metric == "log_loss" else f1_boots)
+    # resample counts, shared by every strategy (paired): resample b takes image i counts[b, i] times;
+    # drawn in chunks of resamples (the same stream as one draw) so memory stays bounded
+    rng = np.random.default_rng(seed)
+    losses = {n: per_sample_log_loss(y, held[n][1]) for n in names}
+    chunk = max(1, min(n_boot, 20_000_000 // max(len(y), 1)))
+    f1_parts, ll_parts = [], []
+    for start in range(0, n_boot, chunk):
+        counts = rng.multinomial(len(y), np.full(len(y), 1.0 / len(y)), size=min(chunk, n_boot - start))
+        f1_parts.append(np.stack([_boot_macro_f1(counts, y, held[n][0], n_classes) for n in names], axis=1))
+        ll_parts.append(np.stack([counts @ losses[n] / len(y) for n in names], axis=1))
+    f1_boots = np.concatenate(f1_parts)
+    boots = np.concatenate(ll_parts) if metric == "log_loss" else f1_boots
     loss = sign * boots  # lower is better
     best_j = int(np.argmin(sign * np.array([point[n] for n in names])))
     diffs = loss - loss[:, [best_j]]  # paired: same resample for every strategy
@@ -110,12 +119,13 @@ def choose_strategy(fitted: dict, data, n_classes: int, settings: Any = None, se
 
 
 def _boot_macro_f1(counts: np.ndarray, y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """Macro-F1 of every bootstrap resample at once (confusion matrices from the counts)."""
-    cell = np.zeros((len(y), n_classes * n_classes))
-    cell[np.arange(len(y)), y * n_classes + pred] = 1.0
-    cm = (counts @ cell).reshape(len(counts), n_classes, n_classes)
-    tp = np.diagonal(cm, axis1=1, axis2=2)
-    denom = cm.sum(axis=2) + cm.sum(axis=1)
+    """Macro-F1 of every bootstrap resample at once, class by class (memory: resamples x classes)."""
+    tp = np.empty((len(counts), n_classes))
+    denom = np.empty((len(counts), n_classes))
+    for c in range(n_classes):
+        truth, said = (y == c).astype(np.float64), (pred == c).astype(np.float64)
+        tp[:, c] = counts @ (truth * said)
+        denom[:, c] = counts @ (truth + said)
     f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
     return f1.mean(axis=1)
 

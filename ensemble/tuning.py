@@ -59,6 +59,8 @@ class Candidate:
 
 #: candidates a tune may try without `--yes` (each one trains or fits every member)
 GRID_LIMIT = 1000
+#: candidates no search tries, even with `--yes` (they would not fit in memory as a list)
+HARD_LIMIT = 1_000_000
 #: candidates per second of the cached-feature mode on 2 CPU cores (issue #22), for the estimate
 FEATURE_MODE_RATE = 4.0
 
@@ -83,6 +85,10 @@ def check_grid_size(tune, n_members: int, yes: bool = False) -> int:
 
     total = count_candidates(tune, n_members)
     n = min(total, tune.budget) if tune.budget and tune.method in ("random", "halving") else total
+    if n > HARD_LIMIT:
+        raise ConfigError(f"`tune` would try {n:,} candidates ({tune.method} over {total:,}); more than "
+                          f"{HARD_LIMIT:,} cannot be listed even with --yes: set `tune.method: random` with a "
+                          f"`tune.budget`")
     if n > GRID_LIMIT and not yes:
         hours = n / FEATURE_MODE_RATE / 3600
         raise ConfigError(f"`tune` would try {n:,} candidates ({tune.method} over {total:,}), more than "

@@ -154,3 +154,22 @@ def test_auto_by_macro_f1_may_choose_hard_voting():
     t = comb.choice["table"]
     assert comb.choice["metric"] == "macro_f1" and t["hard"]["tie"] and t["soft"]["tie"]
     assert comb.strategy == "hard"  # a tie of two with nothing fitted: the earlier registered
+
+
+def test_greedy_survives_bags_of_members_without_oob_images_and_nan():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 3, 60)
+    pool = np.stack([_noisy(y, 3, 1.0, rng) for _ in range(4)])
+    available = np.ones((4, 60), dtype=bool)
+    available[2:] = False  # two members with ratio 1 and no replacement: no OOB image
+    w, _ = greedy_selection(pool, y, available, n_iter=5, bags=10, seed=0)
+    assert np.isfinite(w).all() and w.sum() == pytest.approx(1.0) and w[2] == w[3] == 0
+    pool[0, :5] = np.nan
+    w, _ = greedy_selection(pool, y, available, n_iter=5)
+    assert np.isfinite(w).all() and w[1] == 1.0  # the member with NaN probabilities never wins
+
+
+def test_auto_with_too_few_oob_images_uses_val_alone():
+    data = _fit_data([1.5, 1.0, 0.5], [1.5, 1.0, 0.5], n_oob=1)
+    comb = fit_combiner(CombinerConfig(strategy="auto"), ["a", "b", "c"], ["x", "y", "z"], data)
+    assert comb.choice["n_oob"] == 0 and comb.choice["n_val"] == 300

@@ -192,14 +192,18 @@ def test_ambiguous_class_names_are_refused_at_train_time(tiny_data, tmp_path, ca
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("costs,row", [([[0, 0], [0, 0]], 0), ([[5, 1], [1, 0]], 0), ([[0, 1], [1, 2]], 1)])
-def test_cost_matrices_where_a_mistake_is_not_dearer_are_refused(tmp_path, costs, row):
+@pytest.mark.parametrize("costs,needle", [([[0, 0], [0, 0]], "is all zeros"),
+                                          ([[5, 1], [1, 0]], "row 0: the correct answer"),
+                                          ([[0, 1], [1, 2]], "row 1: the correct answer")])
+def test_cost_matrices_where_a_mistake_is_cheaper_are_refused(tmp_path, costs, needle):
     from ensemble.config import ConfigError, config_from_dict
 
     raw = synth.tiny_config(tmp_path)
     raw["decision"] = {"costs": costs}
-    with pytest.raises(ConfigError, match=rf"`decision.costs` row {row}: the correct answer"):
+    with pytest.raises(ConfigError, match=rf"`decision.costs` {needle}"):
         config_from_dict(raw)
+    raw["decision"] = {"costs": [[0, 0, 10], [0, 0, 10], [5, 5, 0]]}  # a free confusion of two benign classes
+    assert config_from_dict(raw).decision.costs[0] == [0, 0, 10]
 
 
 def test_per_member_tune_ratios_are_accepted_through_yaml(tiny_data, tmp_path):
