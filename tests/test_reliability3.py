@@ -413,3 +413,27 @@ def test_fit_combiner_after_the_data_moved_keeps_the_thumbnails(tiny_data, tmp_p
     assert main(["fit-combiner", str(run), "--set", "combiner.strategy=stacking"]) == 0
     after = thumbs()
     assert after == before  # the thumbnails made when the images were there
+
+
+def test_fit_combiner_asking_for_oob_calibration_without_oob_images_changes_nothing(tiny_data, tmp_path, capsys,
+                                                                                      caplog):
+    raw = synth.tiny_config(tiny_data, epochs=1)
+    for m in raw["members"]:
+        m["bagging"] = {"ratio": 1.0, "replace": False, "stratify": True}  # every member sees every image
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    assert main(["train", str(path), "--out", str(run)]) == 0
+    before = _digest(run)
+    code = main(["fit-combiner", str(run), "--set", "decision.calibration=oob"])
+    assert code == 2 and "Traceback" not in caplog.text
+    assert _digest(run) == before
+    img = str(tiny_data / "test/circle")
+    assert main(["predict", str(run), img, "--out", str(tmp_path / "p.csv"), "--coverage", "0.8"]) == 0
+
+
+def test_a_cost_matrix_with_a_cheaper_mistake_is_refused_by_train(tiny_data, tmp_path, capsys, caplog):
+    path = _cfg(tmp_path, tiny_data, epochs=1, decision={"costs": [[0, 1, 1], [1, 0, 1], [0, 1, 2]]})
+    _fails(main(["train", str(path), "--out", str(tmp_path / "run")]), capsys, caplog,
+           "`decision.costs` row 2: the correct answer (column 2, cost 2) must not cost more than a mistake")
+    assert not (tmp_path / "run").exists()
