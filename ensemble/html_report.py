@@ -127,6 +127,12 @@ def fixed_and_broken(results: dict, y: np.ndarray, names: Sequence[str], strateg
             "broken": np.flatnonzero(member_ok & ~ens_ok).tolist()}
 
 
+def _contribution_rows(doc):
+    from .report import contribution_rows
+
+    return contribution_rows(doc)
+
+
 def render_html(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[Sequence[str], np.ndarray]],
                 base: str, thumbs: dict[str, str | None] | None = None,
                 saliency: dict[str, dict[str, str]] | None = None, curves: str | None = None) -> str:
@@ -163,6 +169,13 @@ def render_html(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[
         pairs = (doc.get("diversity") or {}).get(split)
         if pairs:
             body.append(f"<h3>Diversity of the members on {_e(split)}</h3>{diversity_table(pairs)}")
+        adds = [r for r in _contribution_rows(doc)[1:] if r[0] == split]
+        if adds:
+            cells = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in adds)
+            body.append(f'<h3>What each member adds on {_e(split)}</h3><p>Gain: the soft vote of all members minus '
+                        f'the soft vote without it (positive: it helps); greedy weight: its share in `greedy`.</p>'
+                        f'<table class="contrib"><tr><th>split</th><th>member</th><th>greedy weight</th>'
+                        f'<th>macro-F1 gain</th><th>log-loss gain</th></tr>{cells}</table>')
     if curves:
         body.append(f'<h2>Training curves</h2><p>Per member: train loss, val macro-F1 and val log loss per '
                     f'epoch; the marker is the epoch kept.</p><img class="figure" src="{quote(curves)}" '

@@ -98,6 +98,23 @@ def selection_scores(y_true: np.ndarray, proba: np.ndarray, n_classes: int) -> d
     return {"macro_f1": macro_f1(y_true, np.asarray(proba).argmax(1), n_classes), "log_loss": log_loss(y_true, proba)}
 
 
+def leave_one_out(member_proba: np.ndarray, y_true: np.ndarray, names: Sequence[str]) -> list[dict]:
+    """Each member's effect on the soft vote: macro-F1 and log loss of the mean of all
+    members minus those of the mean of the others (positive macro-F1 / negative log loss:
+    the member helps)."""
+    p = np.asarray(member_proba, dtype=np.float64)
+    y = np.asarray(y_true, dtype=np.int64)
+    k = p.shape[2]
+    full = p.mean(axis=0)
+    f1_all, ll_all = macro_f1(y, full.argmax(1), k), log_loss(y, full)
+    out = []
+    for j, name in enumerate(names):
+        rest = np.delete(p, j, axis=0).mean(axis=0)
+        out.append({"member": name, "macro_f1_gain": f1_all - macro_f1(y, rest.argmax(1), k),
+                    "log_loss_gain": log_loss(y, rest) - ll_all})
+    return out
+
+
 def pairwise_diversity(member_pred: np.ndarray, y_true: np.ndarray, names: Sequence[str] | None = None
                        ) -> list[dict]:
     """Diversity of every pair of members' predictions (members, samples).

@@ -34,7 +34,7 @@ def build_metrics(classes: Sequence[str], names: Sequence[str], splits: dict[str
     metrics; ``ensemble`` -> split -> metrics of the run's default strategy; with
     ``labels`` (split -> y), ``diversity`` -> split -> every pair of members.
     """
-    from .metrics import pairwise_diversity
+    from .metrics import leave_one_out, pairwise_diversity
 
     strategy = strategy or combiner.strategy
     doc: dict = {"classes": list(classes), "strategy": strategy, "combiner": combiner.summary(),
@@ -55,6 +55,9 @@ def build_metrics(classes: Sequence[str], names: Sequence[str], splits: dict[str
         doc["diversity"] = {split: pairwise_diversity(np.stack([results[n]["_pred"] for n in names]),
                                                       labels[split], names)
                             for split, results in splits.items() if split in labels and len(names) > 1}
+        doc["contributions"] = {split: leave_one_out(np.stack([results[n]["_proba"] for n in names]),
+                                                     labels[split], names)
+                                for split, results in splits.items() if split in labels and len(names) > 1}
     return doc
 
 
@@ -334,7 +337,27 @@ def diversity_section(doc: dict) -> list[str]:
     rows += [[split, f"{p['a']} / {p['b']}", f"{p['disagreement']:.3f}", f"{p['q_statistic']:.3f}",
               f"{p['error_correlation']:.3f}"] for split, pairs in div.items() for p in pairs]
     return ["## Diversity", "", "Members that err on different images are what an ensemble can fix "
-            "(Q near 1: they err together).", "", format_table(rows, markdown=True), ""]
+            "(Q near 1: they err together).", "", format_table(rows, markdown=True), "",
+            *contribution_markdown(doc)]
+
+
+def contribution_rows(doc: dict) -> list[list[str]]:
+    """Each member's greedy weight and leave-one-out effect on the soft vote, per split."""
+    weights = (doc.get("combiner") or {}).get("greedy_weights") or {}
+    rows = [["split", "member", "greedy weight", "soft vote macro-F1 gain", "soft vote log-loss gain"]]
+    rows += [[split, c["member"], f"{weights[c['member']]:.3f}" if c["member"] in weights else "-",
+              f"{c['macro_f1_gain']:+.4f}", f"{c['log_loss_gain']:+.4f}"]
+             for split, items in (doc.get("contributions") or {}).items() for c in items]
+    return rows
+
+
+def contribution_markdown(doc: dict) -> list[str]:
+    rows = contribution_rows(doc)
+    if len(rows) < 2:
+        return []
+    return ["### What each member adds", "", "Gain: the soft vote of all members minus the soft vote without this "
+            "member (macro-F1 up, log loss down: positive means the member helps); greedy weight: its share in "
+            "the `greedy` strategy (fitted on OOB).", "", format_table(rows, markdown=True), ""]
 
 
 @model_figure

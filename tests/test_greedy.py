@@ -173,3 +173,25 @@ def test_auto_with_too_few_oob_images_uses_val_alone():
     data = _fit_data([1.5, 1.0, 0.5], [1.5, 1.0, 0.5], n_oob=1)
     comb = fit_combiner(CombinerConfig(strategy="auto"), ["a", "b", "c"], ["x", "y", "z"], data)
     assert comb.choice["n_oob"] == 0 and comb.choice["n_val"] == 300
+
+
+def test_leave_one_out_gains_show_which_member_helps():
+    from ensemble.metrics import leave_one_out
+
+    rng = np.random.default_rng(7)
+    y = rng.integers(0, 3, 400)
+    good, noise = _noisy(y, 3, 2.0, rng), _noisy(y, 3, 0.0, rng)
+    got = {c["member"]: c for c in leave_one_out(np.stack([good, _noisy(y, 3, 2.0, rng), noise]), y, "abc")}
+    assert got["c"]["log_loss_gain"] < 0 < got["a"]["log_loss_gain"]  # the noise member hurts, a good one helps
+
+
+def test_the_report_relates_contributions_to_diversity(trained):
+    _, run = trained
+    doc = json.loads((run / "report/metrics.json").read_text())
+    assert {c["member"] for c in doc["contributions"]["val"]} == {"a", "b", "c"}
+    md = (run / "report/report.md").read_text()
+    assert "### What each member adds" in md and "## Diversity" in md
+    assert md.index("## Diversity") < md.index("### What each member adds")
+    html = (run / "report/index.html").read_text()
+    assert "What each member adds on val" in html and "How the default strategy was chosen" not in html  # soft
+    assert "Greedy selection on oob" in md
