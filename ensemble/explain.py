@@ -156,13 +156,10 @@ def run_explain(run_dir: str, images: Sequence[str], out: str, strategy: str | N
     ensemble's predicted class, written to ``out`` with ``explain.json`` listing them."""
     from .data import DataError, expand_inputs
     from .estimator import decode_size
-    from .files import RunError, foreign_files, write_owned
+    from .files import refuse_foreign, write_owned
     from .runfolder import load_run
 
-    foreign = foreign_files(out, "explain")
-    if foreign:
-        raise RunError(f"{Path(out) / foreign[0]}: not written by effens explain; choose a new or empty --out "
-                       f"(effens never overwrites files it did not write)")
+    refuse_foreign(out, "explain", "effens explain")
     ens = load_run(run_dir)
     paths = expand_inputs(images)
     if not paths:

@@ -145,6 +145,15 @@ def foreign_files(folder: str | os.PathLike, kind: str) -> list[str]:
                   if p.is_file() and str(p.relative_to(folder)) not in ours and not p.name.startswith("."))
 
 
+def refuse_foreign(folder: str | os.PathLike, kind: str, who: str) -> None:
+    """Before any work: refuse an output folder holding a file that no earlier ``kind``
+    output of effens recorded (``who`` names the command in the message)."""
+    foreign = foreign_files(folder, kind)
+    if foreign:
+        raise RunError(f"{Path(folder) / foreign[0]}: not written by {who}; choose a new or empty --out "
+                       f"(effens never overwrites files it did not write)")
+
+
 def write_owned(folder: str | os.PathLike, files: dict, kind: str, also: Sequence[str] = (),
                 strict: bool = True) -> None:
     """Write ``files`` into a folder that is new, empty or an earlier ``kind`` output of

@@ -17,8 +17,8 @@ from .data import DataError, check_labels, expand_inputs, load_split
 from .estimator import BaggedEnsemble, decode_size, images_fingerprint  # noqa: F401 (decode_size: re-exported)
 from .evaluation import decision_report, evaluate_split
 from .explain import page_files
-from .files import (RunError, atomic_write_json, atomic_write_npy, atomic_write_text, foreign_files, read_json,
-                    read_npy, sha256_json, write_owned)
+from .files import (RunError, atomic_write_json, atomic_write_npy, atomic_write_text, read_json, read_npy,
+                    refuse_foreign, sha256_json, write_owned)
 from .images import decode_all
 from .report import build_metrics, comparison_rows, format_table, render_report
 from .runfolder import RunFolder, load_run, weights_hash
@@ -236,9 +236,7 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise RunError(f"{out_dir}: exists and is not a folder; --out names the report folder")
-    foreign = foreign_files(out_dir, "evaluate")
-    if foreign:  # checked before any work: never overwrite a training report or a user's files
-        raise RunError(f"{out_dir / foreign[0]}: not written by `effens evaluate` here; choose a new or empty --out")
+    refuse_foreign(out_dir, "evaluate", "`effens evaluate` here")  # before any work
     ens = load_run(run_dir)
     source = SplitSource.from_value(data, "data") if isinstance(data, str) else SplitSource(**data)
     split = load_split(source)
