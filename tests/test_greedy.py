@@ -195,3 +195,33 @@ def test_the_report_relates_contributions_to_diversity(trained):
     html = (run / "report/index.html").read_text()
     assert "What each member adds on val" in html and "How the default strategy was chosen" not in html  # soft
     assert "Greedy selection on oob" in md
+
+
+def test_auto_and_greedy_reach_the_report_and_predict_skips_unweighted_members(trained, tiny_data, tmp_path,
+                                                                               monkeypatch):
+    import shutil
+
+    from ensemble.cli import main
+    from ensemble.estimator import BaggedEnsemble
+    from ensemble.inference import InferenceOptions, predict_rows
+    from ensemble.runfolder import load_run
+
+    _, run = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / ".effens.lock").unlink(missing_ok=True)
+    assert main(["fit-combiner", str(copy), "--set", "combiner.strategy=auto"]) == 0
+    doc = json.loads((copy / "report/metrics.json").read_text())
+    assert doc["combiner"]["choice"]["chosen"] == doc["strategy"]
+    assert "## How the default strategy was chosen" in (copy / "report/report.md").read_text()
+    assert "How the default strategy was chosen" in (copy / "report/index.html").read_text()
+    # a greedy combiner that gives member b and c no weight: predict runs member a only
+    ens = load_run(copy)
+    ens.combiner_.get("greedy").weights_ = [1.0, 0.0, 0.0]
+    ran = []
+    real = BaggedEnsemble._runtime
+    monkeypatch.setattr(BaggedEnsemble, "_runtime", lambda self, j, *a: ran.append(j) or real(self, j, *a))
+    paths = [str(p) for p in sorted((tiny_data / "test/circle").iterdir())[:3]]
+    rows = predict_rows(ens, paths, "greedy", InferenceOptions(runtime="torch"))
+    assert set(ran) == {0}
+    assert all(r["votes"]["b"] == "" and r["votes"]["c"] == "" and r["votes"]["a"] for r in rows)
