@@ -208,25 +208,22 @@ def _dispatch(args) -> int:
     return commands[args.command](args)
 
 
+#: (module, class) of every error that is the user's input or environment, not a bug
+_REPORTED = (("ensemble.config", "ConfigError"), ("ensemble.data", "DataError"),
+             ("ensemble.images", "BadImageError"), ("ensemble.files", "RunError"),
+             ("ensemble.parallel", "ParallelError"), ("ensemble.decisions", "DecisionError"),
+             ("members.trainer", "TrainingError"), ("members.weights", "WeightsError"),
+             ("members.precision", "PrecisionError"), ("members.runtimes", "RuntimeUnavailable"),
+             ("members.export", "ExportError"), ("members.inputs", "DeviceError"))
+
+
 def _reported(exc: BaseException) -> bool:
-    """Errors that are the user's input or environment (reported in one line), not bugs."""
-    from members.export import ExportError
-    from members.models import DeviceError
-    from members.precision import PrecisionError
-    from members.runtimes import RuntimeUnavailable
-    from members.trainer import TrainingError
-    from members.weights import WeightsError
+    """Errors that are the user's input or environment (reported in one line), not bugs.
 
-    from .config import ConfigError
-    from .data import DataError
-    from .decisions import DecisionError
-    from .files import RunError
-    from .images import BadImageError
-    from .parallel import ParallelError
-
-    known = (ConfigError, DataError, BadImageError, RunError, ParallelError, DecisionError, TrainingError,
-             WeightsError, PrecisionError, RuntimeUnavailable, ExportError, DeviceError, OSError)
-    return isinstance(exc, known)
+    Only modules already loaded are looked at (an error of a class can only come from a
+    module that was imported), so answering loads no torch."""
+    known = tuple(getattr(sys.modules[mod], name) for mod, name in _REPORTED if mod in sys.modules)
+    return isinstance(exc, (OSError, *known))
 
 
 def _one_line(exc: BaseException) -> str:

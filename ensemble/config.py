@@ -160,17 +160,13 @@ def _show_name(name: str) -> str:
 
 
 def _check_model(value: Any) -> str | None:
-    import timm  # deferred: importing timm takes a second
+    from members.model_names import model_name_problem  # timm only for names not seen before
 
-    if not timm.is_model(value):
-        close = timm.list_models(f"*{value}*")[:5]
-        hint = f" (close: {', '.join(close)})" if close else ""
-        return f"is not a timm model name{hint}"
-    return None
+    return model_name_problem(value)
 
 
 def _check_runtime(value: Any) -> str | None:
-    from members.runtimes import RUNTIMES  # deferred: imports torch
+    from members.runtimes import RUNTIMES
 
     known = ("auto", *RUNTIMES)
     return None if value in known else f"must be one of {', '.join(known)}"

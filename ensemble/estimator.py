@@ -7,8 +7,8 @@
 
 Constructor arguments are stored as given and validated in :meth:`fit` by the same
 schema, checks and messages as a YAML config (one schema, two doors); fitted state ends
-in an underscore; ``get_params``/``set_params`` come from scikit-learn, so
-``sklearn.base.clone`` works. Images are file paths or decoded RGB uint8 arrays
+in an underscore; ``get_params``/``set_params`` follow scikit-learn's protocol
+(:mod:`ensemble.params`), so ``sklearn.base.clone`` works. Images are file paths or decoded RGB uint8 arrays
 (:func:`ensemble.images.decode_all`). The estimator fits in memory and reads or writes
 no files itself; give ``fit`` a ``store`` (a :class:`ensemble.runfolder.RunFolder`) to
 save each member as it finishes and to resume, and use
@@ -18,30 +18,48 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
-import torch
-from sklearn.base import BaseEstimator
 
 from .bagging import draw_all, oob_indices
 from .evaluation import oob_report, oob_score
 from .files import sha256_json
-from .member_jobs import MemberJob, TrainingData, fit_member
+from .params import ParamsMixin
 from .schema import to_dict
 from .strategies import FitData, fit_combiner
+
+if TYPE_CHECKING:  # torch, timm and the training stack load only when a network runs here
+    import torch
 
 log = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass
 class FittedMember:
-    """A trained member ready for inference."""
+    """A trained member ready for inference: its name, how it sees images (``inputs``, a
+    :class:`members.inputs.InputConfig`), member.json (``meta``) and its torch ``model``,
+    built on first use from ``model`` or ``build`` (so a member served by an exported
+    runtime never loads torch or timm)."""
 
-    name: str
-    model: torch.nn.Module
-    inputs: object  # members.models.InputConfig
-    meta: dict
+    def __init__(self, name: str, model: "torch.nn.Module | None", inputs, meta: dict,
+                 build: Callable[[], "torch.nn.Module"] | None = None) -> None:
+        if model is None and build is None:
+            raise ValueError("FittedMember needs a model or a function that builds it")
+        self.name, self.inputs, self.meta = name, inputs, meta
+        self._model, self._build = model, build
+
+    @property
+    def model(self) -> "torch.nn.Module":
+        if self._model is None:
+            self._model = self._build()
+        return self._model
+
+    @model.setter
+    def model(self, value: "torch.nn.Module") -> None:
+        self._model = value
+
+    def __repr__(self) -> str:
+        return f"FittedMember({self.name!r}, {'loaded' if self._model is not None else 'not loaded'})"
 
 
 def images_fingerprint(paths: Sequence[str], labels: Sequence) -> str:
@@ -58,7 +76,7 @@ def images_fingerprint(paths: Sequence[str], labels: Sequence) -> str:
     return sha256_json([list(map(str, paths)), [str(v) for v in labels], [content(str(p)) for p in paths]])
 
 
-class BaggedEnsemble(BaseEstimator):
+class BaggedEnsemble(ParamsMixin):
     """Bagged ensemble of heterogeneous timm members with a voting combiner.
 
     Parameters
@@ -135,6 +153,8 @@ class BaggedEnsemble(BaseEstimator):
         prints = [sha256_json({"spec": to_dict(spec), "classes": classes, "sample": samples[i].tolist(),
                                "data": data_fingerprint, "seed": cfg.seed})
                   for i, spec in enumerate(specs)]
+        from .member_jobs import TrainingData
+
         results = self._fit_members(cfg, specs, samples, prints, TrainingData(images, y, val_images, y_val, classes),
                                     store)
         self.specs_ = specs
@@ -147,6 +167,7 @@ class BaggedEnsemble(BaseEstimator):
     def _fit_members(self, cfg, specs: list, samples: list, prints: list[str], data: TrainingData,
                      store) -> list[dict]:
         """Each member's result, from ``store`` when already finished, else trained (joblib jobs)."""
+        from .member_jobs import MemberJob, fit_member
         from .parallel import plan_jobs, run_jobs
 
         done = {i: store.finished_member(spec.name, prints[i]) for i, spec in enumerate(specs)} \
@@ -224,10 +245,9 @@ class BaggedEnsemble(BaseEstimator):
         member): run only these; the others' rows are zeros (for a strategy that gives them
         no weight, :meth:`Strategy.uses`).
         """
-        from members.models import pick_device
+        from members.inputs import resolve_device
         from members.runtimes import runtime_proba
-        from members.transforms import eval_tensor
-        from members.views import parse_tta
+        from members.views import eval_array, parse_tta
 
         self._check_fitted()
         try:
@@ -245,7 +265,7 @@ class BaggedEnsemble(BaseEstimator):
             log.warning("--adapt-bn re-estimates BatchNorm statistics on the %d image(s) given: that few give "
                         "noisy statistics; predict a batch of at least a few dozen photos together", len(X))
         images = _decoded(X, self._specs(), "X", [fm.inputs for fm in self.members_])
-        dev = pick_device(device or self.device)
+        dev = resolve_device(str(device or self.device))
         out = []
         for j, (fm, spec) in enumerate(zip(self.members_, self._specs())):
             if used is not None and not used[j]:
@@ -253,7 +273,7 @@ class BaggedEnsemble(BaseEstimator):
                 continue
             rt = self._adapted_runtime(j, images, precision, dev) if adapt_bn else self._runtime(j, runtime, precision,
                                                                                                dev)
-            seen = [runtime_proba(rt, eval_tensor(images, dataclasses.replace(fm.inputs, view=v) if v else fm.inputs),
+            seen = [runtime_proba(rt, eval_array(images, dataclasses.replace(fm.inputs, view=v) if v else fm.inputs),
                                   batch_size or spec.train.eval_batch_size, tta=flip) for v in (views or [None])]
             out.append(seen[0] if len(seen) == 1 else np.mean(seen, axis=0))
         return np.stack(out)
@@ -261,17 +281,17 @@ class BaggedEnsemble(BaseEstimator):
     def inference_plan(self, runtime: str | None = None, precision: str | None = None,
                        device=None) -> list[tuple[str, object]]:
         """(runtime name, resolved Precision) each member infers with for these settings."""
-        from members.models import pick_device
+        from members.inputs import resolve_device
         from members.precision import inference_precision
         from members.runtimes import resolve_runtime, runtime_precision
 
-        dev = pick_device(str(device) if device is not None else self.device)
+        dev = resolve_device(str(device) if device is not None else self.device)
         name = resolve_runtime(runtime or self.runtime, dev)
         return [(name, runtime_precision(name, inference_precision(precision or spec.precision,
                                                                    fm.meta.get("precision"), dev)))
                 for fm, spec in zip(self.members_, self._specs())]
 
-    def _runtime(self, index: int, runtime: str | None, precision: str | None, device: torch.device):
+    def _runtime(self, index: int, runtime: str | None, precision: str | None, device: str):
         """Member ``index``'s compiled runtime, made on first use (see :mod:`members.runtimes`)."""
         from members.runtimes import create_runtime
 
@@ -281,8 +301,9 @@ class BaggedEnsemble(BaseEstimator):
         if key not in cache:
             fm = self.members_[index]
             log.info("member %s: inference on %s, %s (%s)", fm.name, name, prec.name, prec.reason)
-            cache[key] = create_runtime(name, fm.model, fm.inputs, device, prec,
-                                        onnx_path=lambda: self._onnx_file(index))
+            cache[key] = create_runtime(name, lambda: fm.model, fm.inputs, device, prec,
+                                        onnx_path=lambda: self._onnx_file(index),
+                                        cache_dir=getattr(self, "compiled_cache_", None))
         return cache[key]
 
     def _adapted_runtime(self, index: int, images: Sequence[np.ndarray], precision: str | None, device):
@@ -335,7 +356,7 @@ def with_precision(members: Sequence, precision: str) -> list:
     return [spec if spec.precision else dataclasses.replace(spec, precision=precision) for spec in members]
 
 
-def restore_member(spec, meta: dict, state: dict) -> tuple[torch.nn.Module, object]:
+def restore_member(spec, meta: dict, state: dict) -> "tuple[torch.nn.Module, object]":
     """(model, inputs) of a trained member from its weights and member.json (via ``create_member``)."""
     from members.models import create_member
 
@@ -396,10 +417,12 @@ def _decoded(X: Sequence, specs: Sequence, what: str, inputs: Sequence | None = 
         from .config import ConfigError
 
         raise ConfigError(f"BaggedEnsemble: `{what}` mixes file paths and arrays; give one kind")
-    from members.models import input_config
-
     from .images import decode_all
 
-    size = max(i.resize_size for i in (inputs or [input_config(s.model, s.image_size) for s in specs]))
+    if inputs is None:
+        from members.models import input_config
+
+        inputs = [input_config(s.model, s.image_size) for s in specs]
+    size = max(i.resize_size for i in inputs)
     arrays, _ = decode_all([str(x) if _is_path(x) else x for x in X], size, on_bad="error", desc=f"decode {what}")
     return arrays

@@ -338,14 +338,19 @@ class RunFolder:
         """(state dict, member.json, arrays), after checking the hashes."""
         from safetensors.torch import load_file
 
+        meta, arrays = self.load_member_record(name)
+        return load_file(str(self.member_dir(name) / "model.safetensors"), device="cpu"), meta, arrays
+
+    def load_member_record(self, name: str) -> tuple[dict, dict[str, np.ndarray]]:
+        """(member.json, arrays) after checking the hashes of every file, the weights
+        included; the weights themselves are read by :meth:`load_member`."""
         d = self.member_dir(name)
         if not (d / "member.json").is_file():
             raise RunError(f"{d}: no finished member here (member.json missing)")
         meta = read_json(d / "member.json")
         check_hashes(d, meta.get("files", {}), "member.json")
-        state = load_file(str(d / "model.safetensors"), device="cpu")
         arrays = {f[:-4]: read_npy(d / f) for f in meta["files"] if f.endswith(".npy")}
-        return state, meta, arrays
+        return meta, arrays
 
     # ---------------------------------------------------------------- predictions
     def save_predictions(self, split: str, paths: list[str], y: np.ndarray, member_proba: np.ndarray) -> None:
@@ -422,13 +427,15 @@ class RunFolder:
         versions; a file whose bytes differ from its record is refused, naming it. A run
         folder that cannot be written to gets a per-process temporary export instead.
         """
-        from members.export import export_member_onnx, exporter_versions, temporary_onnx
+        from members.runtimes import exporter_versions
 
         from . import __version__
 
         folder = self.root / "cache" / "onnx"
         if not _writable(folder):
             log.info("%s is not writable: caching exported members in a temporary folder", folder)
+            from members.export import temporary_onnx
+
             return temporary_onnx(fm.model, fm.inputs, fm.name, owner=str(self.root))
         key = sha256_json({"weights": weights_hash(fm.meta),
                            "image_size": fm.inputs.image_size, "input": "uint8",
@@ -442,12 +449,34 @@ class RunFolder:
                     raise RunError(f"{path}: contents do not match the hash recorded when it was written "
                                    f"(modified or corrupted); delete {folder} to rebuild the cache")
                 return path
+        from members.export import export_member_onnx
+
         data = export_member_onnx(fm.model, fm.inputs.image_size, fm.name, inputs=fm.inputs)
         atomic_write_bytes(path, data)
         atomic_write_json(record, {"key": key, "sha256": sha256_file(path), "member": fm.name,
                                    "effens": __version__, **exporter_versions()})
         log.info("member %s exported to %s (%.1f MB)", fm.name, path, len(data) / 1e6)
         return path
+
+
+    def compiled_cache(self) -> Path | None:
+        """Where a compiling runtime (OpenVINO) keeps its compiled members, so that the next
+        process loads them instead of compiling: ``cache/compiled/<key>``, keyed by the
+        runtime's version and this CPU's model and flags (the runtime keys each file by the
+        model's bytes and its settings within). None where the run folder is read-only."""
+        import hashlib
+        from importlib.metadata import PackageNotFoundError, version
+
+        from members.precision import cpu_info
+
+        try:
+            ov = version("openvino")
+        except PackageNotFoundError:
+            return None
+        model, flags = cpu_info()
+        key = hashlib.sha256(json.dumps([ov, model, sorted(flags)]).encode()).hexdigest()[:16]
+        folder = self.root / "cache" / "compiled" / key
+        return folder if _writable(folder) else None
 
 
 def enclosing_run(path: str | os.PathLike) -> Path | None:
@@ -566,7 +595,9 @@ def load_run(root: str | os.PathLike, adopt: bool = False):
     """A fitted :class:`~ensemble.estimator.BaggedEnsemble` from a finished run folder
     (every file a prediction depends on hash-checked, no pickles). ``adopt`` accepts a run
     made before effens recorded ``run.json`` (``fit-combiner`` then records it)."""
-    from .estimator import BaggedEnsemble, FittedMember, restore_member, with_precision
+    from members.inputs import InputConfig
+
+    from .estimator import BaggedEnsemble, FittedMember, with_precision
 
     run = RunFolder(root)
     kind = (read_json(run.root / RECORD).get("kind") if (run.root / RECORD).is_file() else None)
@@ -580,11 +611,13 @@ def load_run(root: str | os.PathLike, adopt: bool = False):
     ens = BaggedEnsemble(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.parallel, cfg.precision, cfg.runtime)
     ens.run_dir_ = str(run.root)
     ens.onnx_cache_ = run.member_onnx
+    ens.compiled_cache_ = run.compiled_cache()
     ens.specs_ = with_precision(cfg.members, cfg.precision)
     members, samples, oob_proba = [], [], []
     for spec in cfg.members:
-        state, meta, arrays = run.load_member(spec.name)
-        members.append(FittedMember(spec.name, *restore_member(spec, meta, state), meta))
+        meta, arrays = run.load_member_record(spec.name)
+        members.append(FittedMember(spec.name, None, InputConfig.from_record(meta["inputs"]), meta,
+                                    build=_member_builder(run, spec, meta)))
         samples.append(arrays["samples"])
         oob_proba.append(arrays["oob_proba"])
     run.verify("predictions")
@@ -593,3 +626,18 @@ def load_run(root: str | os.PathLike, adopt: bool = False):
     ens._set_fitted(read_json(run.classes_path), members, samples, oob_proba, read_npy(pred / "train_labels.npy"),
                     read_npy(pred / "val_proba.npy"), read_npy(pred / "val_labels.npy"), combiner=combiner)
     return ens
+
+
+def _member_builder(run: RunFolder, spec, meta: dict):
+    """Builds the member's torch model on first use (timm, weights read then); the weights
+    file was hash-checked when the run was loaded and is checked again as it is read."""
+    def build():
+        from safetensors.torch import load_file
+
+        from .estimator import restore_member
+
+        d = run.member_dir(spec.name)
+        check_hashes(d, {"model.safetensors": meta["files"]["model.safetensors"]}, "member.json")
+        return restore_member(spec, meta, load_file(str(d / "model.safetensors"), device="cpu"))[0]
+
+    return build

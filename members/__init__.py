@@ -1,4 +1,12 @@
 """One ensemble member: a timm model, its weights, its training loop and its predictor."""
-from .models import Member, create_member
+
+
+def __getattr__(name):  # keep `import members.views` light: torch and timm load only when needed
+    if name in ("Member", "create_member"):
+        from . import models
+
+        return getattr(models, name)
+    raise AttributeError(name)
+
 
 __all__ = ["Member", "create_member"]

@@ -7,7 +7,7 @@ import warnings
 import torch
 from torch import nn
 
-OPSET = 17
+from .runtimes import OPSET, exporter_versions  # noqa: F401 (re-exported)
 
 
 class ExportError(RuntimeError):
@@ -80,11 +80,6 @@ def cpu_copy(model: nn.Module) -> nn.Module:
 
     return copy.deepcopy(model).to(device="cpu", memory_format=torch.contiguous_format).eval()
 
-
-
-def exporter_versions() -> dict:
-    """What an exported file depends on besides the weights (part of every cache key)."""
-    return {"torch": torch.__version__, "opset": OPSET}
 
 
 _TEMPORARY: dict[tuple, str] = {}

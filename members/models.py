@@ -3,31 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 
 import torch
 from torch import nn
 
+from .inputs import DeviceError, InputConfig, resolve_device  # noqa: F401 (re-exported)
 from .weights import WeightsError
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass
-class InputConfig:
-    """How a member sees an image: size, resize-then-crop ratio, normalisation."""
-
-    image_size: int
-    crop_pct: float
-    interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    view: str = "crop"  # how a whole photo becomes the input (members.views)
-
-    @property
-    def resize_size(self) -> int:
-        """Shorter side before the centre crop at inference."""
-        return int(math.floor(self.image_size / self.crop_pct))
 
 
 @dataclasses.dataclass
@@ -114,8 +97,7 @@ def create_member(spec, num_classes: int, state: dict | None = None, inputs: dic
         model = timm.create_model(spec.model, pretrained=False, num_classes=num_classes, **kwargs)
         model.load_state_dict(state)
         model.eval()
-        saved = input_config(model, spec.image_size, spec.view) if inputs is None else InputConfig(
-            **{**inputs, "mean": tuple(inputs["mean"]), "std": tuple(inputs["std"])})
+        saved = input_config(model, spec.image_size, spec.view) if inputs is None else InputConfig.from_record(inputs)
         return Member(model=model, inputs=saved, frozen=[], weights_file=None)
     from .weights import weights_source
 
@@ -138,20 +120,7 @@ def create_member(spec, num_classes: int, state: dict | None = None, inputs: dic
                   weights_file=weights_file)
 
 
-class DeviceError(ValueError):
-    """A device that does not exist here or is not spelled as one."""
-
-
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` -> cuda when present, else cpu; ``cpu``, ``cuda`` and ``cuda:N`` as asked."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if not (name in ("cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())):
-        raise DeviceError(f"device must be auto, cpu, cuda or cuda:N; got {name[:40]!r}")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DeviceError(f"device {name!r} asked for, but no CUDA device is available")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise DeviceError(f"device {name!r} asked for, but there are {torch.cuda.device_count()} CUDA devices")
-    return device
+    """``auto`` -> cuda when present, else cpu; ``cpu``, ``cuda`` and ``cuda:N`` as asked
+    (:func:`members.inputs.resolve_device`, as a ``torch.device``)."""
+    return torch.device(resolve_device(name))

@@ -27,12 +27,11 @@ import platform
 import time
 from typing import Callable
 
-import torch
+from .inputs import device_type
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class PrecisionError(ValueError):
@@ -40,10 +39,10 @@ class PrecisionError(ValueError):
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_features() -> dict:
-    """The CPU's model name and the features that decide its fast paths."""
+def cpu_info() -> tuple[str, frozenset]:
+    """The CPU's model name and flags as the OS reports them (no torch)."""
     model = platform.processor() or "unknown"
-    flags: set[str] = set()
+    flags: frozenset = frozenset()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
@@ -51,10 +50,19 @@ def cpu_features() -> dict:
                 if key.strip() == "model name":
                     model = value.strip()
                 elif key.strip() == "flags":
-                    flags = set(value.split())
+                    flags = frozenset(value.split())
                     break
     except OSError:
         pass
+    return model, flags
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_features() -> dict:
+    """The CPU's model name and the features that decide its fast paths."""
+    model, flags = cpu_info()
+    import torch  # its own probes first: what it will actually run
+
     cpu = getattr(torch, "cpu", None)
 
     def ask(fn: str, flag: str) -> bool:
@@ -72,9 +80,10 @@ def cpu_features() -> dict:
             "avx2": ask("_is_avx2_supported", "avx2")}
 
 
-def inference_precision(requested: str, trained: str | None, device: torch.device | str) -> Precision:
-    """Inference precision: ``auto`` means what the member trained in, where it can run here."""
-    kind = torch.device(device).type
+def inference_precision(requested: str, trained: str | None, device) -> Precision:
+    """Inference precision: ``auto`` means what the member trained in, where it can run here
+    (a member trained in fp32 answers without importing torch)."""
+    kind = device_type(device)
     if requested == "auto" and kind == "cpu":
         if trained == "bf16" and cpu_has_native_bf16():
             return Precision("bf16", "cpu", "auto: the precision the member trained in")
@@ -104,8 +113,11 @@ class Precision:
     reason: str = ""
 
     @property
-    def dtype(self) -> torch.dtype | None:
-        return _DTYPES[self.name]
+    def dtype(self):
+        """The autocast ``torch.dtype`` (None for fp32)."""
+        import torch
+
+        return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.name]
 
     @property
     def uses_scaler(self) -> bool:
@@ -113,6 +125,8 @@ class Precision:
         return self.name == "fp16" and self.device_type == "cuda"
 
     def autocast(self) -> contextlib.AbstractContextManager:
+        import torch
+
         if self.dtype is None:
             return torch.autocast(self.device_type, enabled=False)
         return torch.autocast(self.device_type, dtype=self.dtype)
@@ -134,13 +148,17 @@ def speedup(probe: Callable[[Precision], None], device_type: str = "cpu", repeat
     return best["fp32"] / max(best["bf16"], 1e-12)
 
 
-def resolve_precision(requested: str, device: torch.device | str) -> Precision:
+def resolve_precision(requested: str, device) -> Precision:
     """Turn ``auto|fp32|bf16|fp16`` into what runs on ``device`` (see the module doc): from
     the request and the hardware only, never from a timing."""
     if requested not in PRECISIONS:
         raise PrecisionError(f"`precision` must be one of {', '.join(PRECISIONS)}; got {requested!r}")
-    kind = torch.device(device).type
+    kind = device_type(device)
+    if requested == "fp32":
+        return Precision("fp32", kind, "asked for")
     if kind == "cuda":
+        import torch
+
         bf16_ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         if requested == "auto":
             return Precision("bf16" if bf16_ok else "fp16", "cuda",

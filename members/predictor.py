@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .models import InputConfig
+from .inputs import InputConfig
 from .precision import Precision, resolve_precision
 
 

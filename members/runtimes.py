@@ -5,12 +5,14 @@ member's class probabilities. Adding a runtime is one class here with ``@registe
 
     @register("myrt", needs_onnx=True, package="myrt", extra="myrt")
     class MyRuntime(Runtime):
-        def __init__(self, model, inputs, onnx_path, device, precision): ...
+        def __init__(self, model, inputs, onnx_path, device, precision, cache_dir=None): ...
         def run(self, x): ...
 
-Runtimes that read ONNX get the member's export with uint8 input and the normalisation
-inside the graph (:func:`members.export.export_member_onnx` with ``inputs``); the caller
-decides where that file lives and caches it.
+Runtimes that read ONNX get ``model=None`` and the member's export with uint8 input and
+the normalisation inside the graph (:func:`members.export.export_member_onnx` with
+``inputs``); the caller decides where that file lives and caches it, and may give a
+folder for the runtime's own compiled-model cache. Nothing here imports torch unless the
+torch runtime runs: a prediction through an exported runtime starts in under a second.
 """
 from __future__ import annotations
 
@@ -18,18 +20,36 @@ import dataclasses
 import functools
 import importlib.util
 import logging
+import os
+import sys
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
-from torch import nn
 
-from .models import InputConfig
+from .inputs import InputConfig, device_type
 from .precision import Precision
-from .transforms import normalize
+
+if TYPE_CHECKING:  # torch loads only for the torch runtime (issue #23: start-up)
+    from torch import nn
 
 log = logging.getLogger(__name__)
+
+
+#: ONNX opset of every export (:mod:`members.export`)
+OPSET = 17
+
+
+def exporter_versions() -> dict:
+    """What an exported file depends on besides the weights (part of every cache key);
+    read from the installed package's metadata, so checking a cache imports no torch."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:  # pragma: no cover - effens needs torch installed
+        torch_version = "unknown"
+    return {"torch": torch_version, "opset": OPSET}
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -66,9 +86,9 @@ def is_installed(name: str) -> bool:
     return info.package is None or importlib.util.find_spec(info.package) is not None
 
 
-def resolve_runtime(requested: str, device: torch.device | str) -> str:
+def resolve_runtime(requested: str, device) -> str:
     """``auto`` -> OpenVINO on CPU when installed, else torch; others are checked."""
-    kind = torch.device(device).type
+    kind = device_type(device)
     if requested == "auto":
         return "openvino" if kind == "cpu" and is_installed("openvino") else "torch"
     if requested not in RUNTIMES:
@@ -103,15 +123,30 @@ class TorchRuntime(Runtime):
     """Eager PyTorch, channels_last, with the member's autocast precision."""
 
     def __init__(self, model: nn.Module, inputs: InputConfig, onnx_path: Path | None,
-                 device: torch.device, precision: Precision) -> None:
+                 device, precision: Precision) -> None:
+        import torch
+
         self.model = model.eval().to(device=device, memory_format=torch.channels_last)
         self.inputs, self.device, self.precision = inputs, device, precision
 
-    @torch.inference_mode()
     def run(self, x: np.ndarray) -> np.ndarray:
-        t = normalize(torch.from_numpy(x).to(self.device, non_blocking=True), self.inputs)
-        with self.precision.autocast():
-            return self.model(t).float().softmax(dim=1).cpu().numpy()
+        import torch
+
+        from .transforms import normalize
+
+        with torch.inference_mode():
+            t = normalize(torch.from_numpy(x).to(self.device, non_blocking=True), self.inputs)
+            with self.precision.autocast():
+                return self.model(t).float().softmax(dim=1).cpu().numpy()
+
+
+def cpu_threads() -> int:
+    """Threads for a CPU runtime: torch's setting when torch is loaded (``parallel.threads``
+    sets it), else the cores this process may use."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return torch.get_num_threads()
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @functools.lru_cache(maxsize=1)
@@ -129,12 +164,14 @@ class OpenVinoRuntime(Runtime):
     """OpenVINO on CPU, compiled from the member's ONNX file; bf16 when precision is bf16."""
 
     def __init__(self, model: nn.Module | None, inputs: InputConfig, onnx_path: Path,
-                 device: torch.device, precision: Precision) -> None:
+                 device, precision: Precision, cache_dir: Path | None = None) -> None:
         core = _openvino_core()
         config = {"INFERENCE_PRECISION_HINT": "bf16" if precision.name == "bf16" else "f32",
                   "PERFORMANCE_HINT": "LATENCY",
-                  "INFERENCE_NUM_THREADS": str(torch.get_num_threads())}
-        self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
+                  "INFERENCE_NUM_THREADS": str(cpu_threads())}
+        if cache_dir is not None:  # OpenVINO's compiled-model cache: compiled once, loaded after
+            config["CACHE_DIR"] = str(cache_dir)
+        self.compiled = core.compile_model(str(onnx_path), "CPU", config)
         self.request = self.compiled.create_infer_request()
 
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -148,11 +185,11 @@ class OnnxRuntime(Runtime):
     """ONNX Runtime's CPU provider (always fp32: it has no fast bf16 CPU kernels)."""
 
     def __init__(self, model: nn.Module | None, inputs: InputConfig, onnx_path: Path,
-                 device: torch.device, precision: Precision) -> None:
+                 device, precision: Precision, cache_dir: Path | None = None) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.intra_op_num_threads = cpu_threads()
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
@@ -161,30 +198,37 @@ class OnnxRuntime(Runtime):
         return self.session.run(None, {self.input: np.ascontiguousarray(x)})[0]
 
 
-def create_runtime(name: str, model: nn.Module, inputs: InputConfig, device: torch.device,
-                   precision: Precision, onnx_path: Callable[[], Path] | None = None) -> Runtime:
+def create_runtime(name: str, model: nn.Module | Callable[[], nn.Module], inputs: InputConfig, device,
+                   precision: Precision, onnx_path: Callable[[], Path] | None = None,
+                   cache_dir: Path | None = None) -> Runtime:
     """Build runtime ``name`` (already resolved) for one member.
 
-    ``onnx_path`` is called only by runtimes that read ONNX, so torch never exports.
+    ``model`` may be a function that builds it: it is called only by runtimes that run the
+    torch model, and ``onnx_path`` only by runtimes that read ONNX, so an exported member
+    loads neither torch nor its weights. ``cache_dir``: where a runtime that compiles may
+    keep its compiled model (OpenVINO).
     """
     info = RUNTIMES[name]
-    path = None
     if info.needs_onnx:
         if onnx_path is None:
             raise RuntimeUnavailable(f"runtime {name} needs the member exported to ONNX")
-        path = onnx_path()
-    return info.cls(model, inputs, path, device, precision)
+        return info.cls(None, inputs, onnx_path(), device, precision, cache_dir=cache_dir)
+    return info.cls(model() if callable(model) and not _is_module(model) else model, inputs, None, device, precision)
 
 
-def runtime_proba(runtime: Runtime, images: torch.Tensor, batch_size: int = 64,
-                  tta: bool = False) -> np.ndarray:
-    """Probabilities (N, C) of uint8 images (N, 3, S, S) through ``runtime``, in batches.
+def _is_module(obj) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
 
-    With ``tta`` the image's and its mirror's probabilities are averaged.
+
+def runtime_proba(runtime: Runtime, images, batch_size: int = 64, tta: bool = False) -> np.ndarray:
+    """Probabilities (N, C) of uint8 images (N, 3, S, S; numpy or a torch tensor) through
+    ``runtime``, in batches. With ``tta`` the image's and its mirror's probabilities are averaged.
     """
+    images = images.numpy() if hasattr(images, "numpy") and not isinstance(images, np.ndarray) else images
     out = []
     for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].numpy()
+        x = np.ascontiguousarray(images[start:start + batch_size])
         p = runtime.run(x)
         if tta:
             p = (p + runtime.run(np.ascontiguousarray(x[..., ::-1]))) / 2

@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .models import InputConfig
+from .inputs import InputConfig
 from .streams import HorizontalFlip, item_streams
-from .views import VIEWS, train_view
+from .views import VIEWS, eval_array, train_view
 
 def center_crop(arr: np.ndarray, inputs: InputConfig) -> np.ndarray:
     """Resize the shorter side to ``resize_size`` and cut the centre square (HWC uint8)."""
@@ -17,14 +17,9 @@ def center_crop(arr: np.ndarray, inputs: InputConfig) -> np.ndarray:
 
 
 def eval_tensor(images: Sequence[np.ndarray], inputs: InputConfig) -> torch.Tensor:
-    """Stack each image's view (``inputs.view``, :mod:`members.views`) into one uint8 tensor
-    (N, 3, S, S): made once, reused every epoch."""
-    s = inputs.image_size
-    look = VIEWS[inputs.view]
-    out = torch.empty((len(images), 3, s, s), dtype=torch.uint8)
-    for i, arr in enumerate(images):
-        out[i] = torch.from_numpy(look(arr, inputs)).permute(2, 0, 1)
-    return out
+    """Each image's view (``inputs.view``, :mod:`members.views`) as one uint8 tensor
+    (N, 3, S, S) (:func:`members.views.eval_array`): made once, reused every epoch."""
+    return torch.from_numpy(eval_array(images, inputs))
 
 
 def normalize(batch: torch.Tensor, inputs: InputConfig) -> torch.Tensor:

@@ -101,6 +101,17 @@ def squash(arr: np.ndarray, inputs) -> np.ndarray:
     return np.array(Image.fromarray(arr).resize((s, s), _interp(inputs)), dtype=np.uint8)
 
 
+def eval_array(images, inputs) -> np.ndarray:
+    """Each image's view (``inputs.view``) stacked into one uint8 array (N, 3, S, S), the
+    layout every runtime takes (numpy only: no torch on the exported-runtime path)."""
+    s = inputs.image_size
+    look = VIEWS[inputs.view]
+    out = np.empty((len(images), 3, s, s), dtype=np.uint8)
+    for i, arr in enumerate(images):
+        out[i] = look(arr, inputs).transpose(2, 0, 1)
+    return out
+
+
 def describe_view(inputs) -> list[str]:
     """The view's steps in words, for a server without effens (``effens export``)."""
     i = inputs

@@ -33,26 +33,15 @@ def effens_proba(ens: BaggedEnsemble, paths: list[str], batch: int) -> np.ndarra
 
 
 def plain_proba(ens: BaggedEnsemble, paths: list[str], batch: int, workers: int) -> np.ndarray:
-    from PIL import Image
+    from plain_loop import FileDataset
     from torchvision import transforms as T
-
-    class Files(torch.utils.data.Dataset):
-        def __init__(self, tf):
-            self.tf = tf
-
-        def __len__(self):
-            return len(paths)
-
-        def __getitem__(self, i):
-            with Image.open(paths[i]) as img:
-                return self.tf(img.convert("RGB"))
 
     out = []
     for fm in ens.members_:
         inp = fm.inputs
         tf = T.Compose([T.Resize(inp.resize_size, interpolation=T.InterpolationMode.BICUBIC),
                         T.CenterCrop(inp.image_size), T.ToTensor(), T.Normalize(inp.mean, inp.std)])
-        loader = torch.utils.data.DataLoader(Files(tf), batch_size=batch, num_workers=workers)
+        loader = torch.utils.data.DataLoader(FileDataset(paths, tf), batch_size=batch, num_workers=workers)
         # its own copy in the default memory format: effens converts its models in place
         model = copy.deepcopy(fm.model).to(memory_format=torch.contiguous_format).eval()
         probs = []
