@@ -214,7 +214,8 @@ _REPORTED = (("ensemble.config", "ConfigError"), ("ensemble.data", "DataError"),
              ("ensemble.parallel", "ParallelError"), ("ensemble.decisions", "DecisionError"),
              ("members.trainer", "TrainingError"), ("members.weights", "WeightsError"),
              ("members.precision", "PrecisionError"), ("members.runtimes", "RuntimeUnavailable"),
-             ("members.export", "ExportError"), ("members.inputs", "DeviceError"))
+             ("members.export", "ExportError"), ("members.inputs", "DeviceError"),
+             ("members.registry", "RegistryError"))
 
 
 def _reported(exc: BaseException) -> bool:

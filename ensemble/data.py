@@ -295,3 +295,27 @@ def overlapping_images(splits: dict[str, Split], limit: int = 5) -> dict[str, di
                 out[f"{a}/{b}"] = {"n": len(common),
                                    "pairs": [[digests[a][h], digests[b][h]] for h in common[:limit]]}
     return out
+
+
+def decode_split(split: Split, size: int, on_bad: str, name: str) -> tuple[Split, list, list]:
+    """Decode a split; with ``skip``, unreadable files leave the split and are listed."""
+    from .images import decode_all
+
+    arrays, bad = decode_all(split.paths, size, on_bad=on_bad, desc=f"decode {name}")
+    keep = [i for i, a in enumerate(arrays) if a is not None]
+    kept = split.subset(keep)
+    if name in ("train", "val") and bad:
+        gone = sorted(set(split.labels) - set(kept.labels))
+        if gone:
+            raise DataError(f"{name}: every image of class {', '.join(gone)} was unreadable and skipped "
+                            f"(first: {bad[0][1]})")
+    return kept, [arrays[i] for i in keep], bad
+
+
+def cache_size(cfg) -> int:
+    """Shorter side images are decoded at: ``data.cache_size``, else the largest member's resize size."""
+    from members.models import input_config
+
+    if cfg.data.cache_size:
+        return cfg.data.cache_size
+    return max(input_config(m.model, m.image_size).resize_size for m in cfg.members)

@@ -9,8 +9,9 @@ Constructor arguments are stored as given and validated in :meth:`fit` by the sa
 schema, checks and messages as a YAML config (one schema, two doors); fitted state ends
 in an underscore; ``get_params``/``set_params`` follow scikit-learn's protocol
 (:mod:`ensemble.params`), so ``sklearn.base.clone`` works. Images are file paths or decoded RGB uint8 arrays
-(:func:`ensemble.images.decode_all`). The estimator fits in memory and reads or writes
-no files itself; give ``fit`` a ``store`` (a :class:`ensemble.runfolder.RunFolder`) to
+(:func:`ensemble.images.decode_all`). The estimator fits in memory: it reads the image
+files it is given and, for a runtime that reads ONNX without a run folder, exports members
+to a per-process temporary folder, and writes nothing else; give ``fit`` a ``store`` (a :class:`ensemble.runfolder.RunFolder`) to
 save each member as it finishes and to resume, and use
 :func:`ensemble.runfolder.load_run` for a saved run.
 """
@@ -31,6 +32,8 @@ from .strategies import FitData, fit_combiner
 
 if TYPE_CHECKING:  # torch, timm and the training stack load only when a network runs here
     import torch
+
+    from .member_jobs import TrainingData
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +167,7 @@ class BaggedEnsemble(ParamsMixin):
                          None, y_val, val_images=val_images)
         return self
 
-    def _fit_members(self, cfg, specs: list, samples: list, prints: list[str], data: TrainingData,
+    def _fit_members(self, cfg, specs: list, samples: list, prints: list[str], data: "TrainingData",
                      store) -> list[dict]:
         """Each member's result, from ``store`` when already finished, else trained (joblib jobs)."""
         from .member_jobs import MemberJob, fit_member

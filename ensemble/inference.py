@@ -16,7 +16,7 @@ from .config import SplitSource
 from .data import DataError, check_labels, expand_inputs, load_split
 from .estimator import BaggedEnsemble, decode_size, images_fingerprint  # noqa: F401 (decode_size: re-exported)
 from .evaluation import decision_report, evaluate_split
-from .explain import page_files
+from .pages import page_files
 from .files import (RunError, atomic_write_json, atomic_write_npy, atomic_write_text, read_json, read_npy,
                     refuse_foreign, sha256_json, write_owned)
 from .images import decode_all

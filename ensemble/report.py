@@ -15,6 +15,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from members.registry import Registry
+
 
 log = logging.getLogger(__name__)
 
@@ -222,26 +224,26 @@ class SplitView:
     doc: dict                         # the metrics.json document (strategy, decisions, ...)
 
 
-SPLIT_FIGURES: list[Callable[[SplitView], Attachment | None]] = []
-MODEL_FIGURES: list[Callable[[SplitView, str], Attachment]] = []
-SECTIONS: list[Callable[[dict], list[str]]] = []
+SPLIT_FIGURES: Registry[Callable[[SplitView], Attachment | None]] = Registry("split figure")
+MODEL_FIGURES: Registry[Callable[[SplitView, str], Attachment]] = Registry("model figure")
+SECTIONS: Registry[Callable[[dict], list[str]]] = Registry("report section")
 
 
 def report_section(fn: Callable[[dict], list[str]]) -> Callable[[dict], list[str]]:
     """Register a Markdown section drawn from the metrics document (after the summary)."""
-    SECTIONS.append(fn)
+    SECTIONS.add(fn.__name__, fn)
     return fn
 
 
 def split_figure(fn: Callable[[SplitView], Attachment]) -> Callable[[SplitView], Attachment]:
     """Register a figure drawn once per split (shown under the split's table)."""
-    SPLIT_FIGURES.append(fn)
+    SPLIT_FIGURES.add(fn.__name__, fn)
     return fn
 
 
 def model_figure(fn: Callable[[SplitView, str], Attachment]) -> Callable[[SplitView, str], Attachment]:
     """Register a figure drawn per member and strategy on each split (shown in its section)."""
-    MODEL_FIGURES.append(fn)
+    MODEL_FIGURES.add(fn.__name__, fn)
     return fn
 
 
@@ -436,12 +438,12 @@ def render_report(doc: dict, splits: dict[str, dict], split_data: dict[str, tupl
                f"({oob['n_excluded']} excluded: every member saw them).", ""]
     if extra_md:
         md += [extra_md, ""]
-    for section in SECTIONS:
+    for section in SECTIONS.values():
         md += section(doc)
     for split, results in splits.items():
         paths, y = split_data[split]
         view = SplitView(split, results, paths, y, list(classes), doc)
-        shown = [a for a in (fig(view) for fig in SPLIT_FIGURES) if a is not None]
+        shown = [a for a in (fig(view) for fig in SPLIT_FIGURES.values()) if a is not None]
         files.update({a.name: a.data for a in shown})
         md += [f"## {split}", "", format_table(comparison_rows(results), markdown=True), "",
                *(a.markdown for a in shown), ""]
@@ -459,7 +461,7 @@ def render_report(doc: dict, splits: dict[str, dict], split_data: dict[str, tupl
                    "|---" * (len(classes) + 1) + "|"]
             md += [f"| {c} | " + " | ".join(str(v) for v in row) + " |"
                    for c, row in zip(classes, metrics["confusion_matrix"])]
-            attached = [fig(view, who) for fig in MODEL_FIGURES]
+            attached = [fig(view, who) for fig in MODEL_FIGURES.values()]
             files.update({a.name: a.data for a in attached})
             md += ["", " · ".join(a.markdown for a in attached), ""]
     files["report.md"] = "\n".join(md) + "\n"

@@ -29,21 +29,22 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from members.registry import Registry
+
 from .files import RunError
 from .combiners import (fit_stacking, fit_temperature, fit_weights, greedy_selection, hard_vote, impute_missing,
                         masked_vote, oob_matrix, soft_vote, stacking_proba, temperature_scale, vote_shares)
 
 log = logging.getLogger(__name__)
 
-STRATEGIES: dict[str, type["Strategy"]] = {}
+STRATEGIES: Registry[type["Strategy"]] = Registry("strategy")
 
 
 def register(cls: type["Strategy"]) -> type["Strategy"]:
-    """Class decorator: make a strategy available by its ``name``."""
+    """Class decorator: make a strategy available by its ``name`` (a taken name is refused)."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} needs a `name`")
-    STRATEGIES[cls.name] = cls
-    return cls
+    return STRATEGIES.add(cls.name, cls)
 
 
 def strategy_names() -> tuple[str, ...]:

@@ -6,37 +6,14 @@ import logging
 import time
 
 from .config import Config, check_against_classes, load_config
-from .data import DataError, Dataset, Split, load_dataset
+from .data import DataError, Dataset, cache_size, decode_split, load_dataset
 from .estimator import BaggedEnsemble, images_fingerprint
 from .evaluation import decision_report, evaluate_split
-from .explain import page_files
-from .images import decode_all
+from .pages import page_files
 from .report import build_metrics, render_report
 from .runfolder import RunError, RunFolder, load_run
 
 log = logging.getLogger(__name__)
-
-
-def decode_split(split: Split, size: int, on_bad: str, name: str) -> tuple[Split, list, list]:
-    """Decode a split; with ``skip``, unreadable files leave the split and are listed."""
-    arrays, bad = decode_all(split.paths, size, on_bad=on_bad, desc=f"decode {name}")
-    keep = [i for i, a in enumerate(arrays) if a is not None]
-    kept = split.subset(keep)
-    if name in ("train", "val") and bad:
-        gone = sorted(set(split.labels) - set(kept.labels))
-        if gone:
-            raise DataError(f"{name}: every image of class {', '.join(gone)} was unreadable and skipped "
-                            f"(first: {bad[0][1]})")
-    return kept, [arrays[i] for i in keep], bad
-
-
-def cache_size(cfg: Config) -> int:
-    """Shorter side images are decoded at: ``data.cache_size``, else the largest member's resize size."""
-    from members.models import input_config
-
-    if cfg.data.cache_size:
-        return cfg.data.cache_size
-    return max(input_config(m.model, m.image_size).resize_size for m in cfg.members)
 
 
 def check_memory(cfg: Config, data: Dataset, source: str, share: float = 0.7) -> None:

@@ -34,7 +34,7 @@ import torch
 
 from .bagging import draw_all, oob_indices
 from .config import Config, ParallelConfig, config_to_dict, dump_config, load_config
-from .data import load_dataset
+from .data import cache_size, decode_split, load_dataset
 from .evaluation import evaluate_split, oob_report
 from .files import atomic_write_json, atomic_write_safetensors, atomic_write_text, read_json, sha256_json, write_files
 from .member_jobs import member_seed
@@ -42,7 +42,6 @@ from .metrics import diversity
 from .parallel import torch_threads
 from .strategies import FitData, fit_combiner
 from .report import format_table
-from .training import cache_size, decode_split
 
 log = logging.getLogger(__name__)
 

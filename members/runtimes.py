@@ -29,6 +29,7 @@ import numpy as np
 
 from .inputs import InputConfig, device_type
 from .precision import Precision
+from .registry import Registry
 
 if TYPE_CHECKING:  # torch loads only for the torch runtime (issue #23: start-up)
     from torch import nn
@@ -67,7 +68,7 @@ class RuntimeInfo:
     precisions: tuple[str, ...]  # what it can run; anything else runs fp32
 
 
-RUNTIMES: dict[str, RuntimeInfo] = {}
+RUNTIMES: Registry[RuntimeInfo] = Registry("runtime")
 
 
 def register(name: str, *, needs_onnx: bool = False, package: str | None = None,
@@ -75,7 +76,7 @@ def register(name: str, *, needs_onnx: bool = False, package: str | None = None,
              precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")) -> Callable:
     """Class decorator: make a :class:`Runtime` available under ``name``."""
     def wrap(cls: type) -> type:
-        RUNTIMES[name] = RuntimeInfo(name, cls, needs_onnx, package, extra, devices, precisions)
+        RUNTIMES.add(name, RuntimeInfo(name, cls, needs_onnx, package, extra, devices, precisions), cls.__module__)
         cls.name = name
         return cls
     return wrap

@@ -18,10 +18,12 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from .registry import Registry
+
 _PIL_INTERP = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
                "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 
-VIEWS: dict[str, Callable[[np.ndarray, object], np.ndarray]] = {}
+VIEWS: Registry[Callable[[np.ndarray, object], np.ndarray]] = Registry("view")
 TTA_ONLY: set[str] = set()  # views for test-time averaging that no member is trained on
 
 
@@ -29,7 +31,7 @@ def view(fn: Callable[[np.ndarray, object], np.ndarray] | None = None, *, tta_on
     """Register ``fn(image HWC uint8, inputs) -> (S, S, 3) uint8`` under its name
     (``@view`` or ``@view(tta_only=True)``)."""
     def register(f: Callable[[np.ndarray, object], np.ndarray]) -> Callable[[np.ndarray, object], np.ndarray]:
-        VIEWS[f.__name__] = f
+        VIEWS.add(f.__name__, f)
         if tta_only:
             TTA_ONLY.add(f.__name__)
         return f

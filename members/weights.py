@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .registry import Registry
+
 log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -142,18 +144,18 @@ class WeightsSource:
         return model, self.load(model, value)
 
 
-SOURCES: list[WeightsSource] = []
+SOURCES: Registry[WeightsSource] = Registry("weights source")
 
 
 def register_source(cls: type[WeightsSource]) -> type[WeightsSource]:
-    """Class decorator: try this source after those registered before it."""
-    SOURCES.append(cls())
+    """Class decorator: try this source after those registered before it (by ``name``)."""
+    SOURCES.add(cls.name, cls(), cls.__module__)
     return cls
 
 
 def weights_source(value: str) -> WeightsSource:
     """The first source that claims ``value``."""
-    for source in SOURCES:
+    for source in SOURCES.values():
         if source.claims(value):
             return source
     raise WeightsError(f"weights {value!r}: neither a file nor an installed package "

@@ -65,7 +65,7 @@ def test_fit_in_memory_equals_the_trained_run(trained, tiny_data):
     """The estimator alone (no run folder) fits the ensemble `effens train` saved, to the bit."""
     from ensemble.images import decode_all
     from ensemble.runfolder import load_run
-    from ensemble.training import cache_size
+    from ensemble.data import cache_size
 
     cfg_path, run = trained
     cfg = load_config(cfg_path)

@@ -122,7 +122,7 @@ def test_hostile_file_names_render_as_text_and_links_that_work(trained, tmp_path
 
 
 def test_an_image_that_cannot_be_thumbnailed_gets_a_placeholder(tmp_path):
-    from ensemble.explain import make_thumbnails
+    from ensemble.pages import make_thumbnails
     from ensemble.html_report import JS
 
     good, bad = tmp_path / "good.png", tmp_path / "bad.png"

@@ -39,3 +39,77 @@ def test_only_the_run_folder_module_names_run_folder_files():
         if hits:
             seen[path.name] = hits
     assert not seen
+
+
+#: the modules behind the commands (cli.py dispatches to them); they share helpers that
+#: live a floor below (data, images, pages, runfolder, report, ...) and never each other
+COMMAND_MODULES = ("training", "inference", "tuning", "export", "explain")
+
+
+def _ensemble_imports(path: Path) -> set[str]:
+    """ensemble modules ``path`` imports, at the top or inside functions, in any spelling."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("ensemble."))
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if node.level == 1 or module.startswith("ensemble"):
+                base = module.split(".")[1] if module.startswith("ensemble.") else module
+                found.update([base] if base else [a.name for a in node.names])
+    return found
+
+
+def test_no_command_module_imports_another():
+    offenders = {name: sorted(_ensemble_imports(ROOT / "ensemble" / f"{name}.py") & set(COMMAND_MODULES) - {name})
+                 for name in COMMAND_MODULES}
+    assert not {k: v for k, v in offenders.items() if v}, offenders
+
+
+def test_the_import_check_sees_every_spelling(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("from .training import x\nfrom . import tuning\nimport ensemble.export\n"
+                     "def f():\n    from ensemble.explain import y\n")
+    assert _ensemble_imports(probe) == {"training", "tuning", "export", "explain"}
+
+
+def test_every_registry_refuses_a_taken_name():
+    import pytest
+
+    from ensemble.report import MODEL_FIGURES, SECTIONS, SPLIT_FIGURES
+    from ensemble.strategies import STRATEGIES
+    from members.registry import RegistryError
+    from members.runtimes import RUNTIMES
+    from members.views import VIEWS
+    from members.weights import SOURCES
+
+    for registry in (STRATEGIES, RUNTIMES, VIEWS, SOURCES, SPLIT_FIGURES, MODEL_FIGURES, SECTIONS):
+        name = next(iter(registry))
+        before = dict(registry)
+        with pytest.raises(RegistryError, match=f"a {registry.kind} named {name!r} is already registered"):
+            registry.add(name, object())
+        assert dict(registry) == before  # the first entry kept, order unchanged
+
+
+def test_registry_lookup_names_close_spellings():
+    from members.registry import Registry, RegistryError
+
+    reg = Registry("view")
+    reg.add("letterbox", 1)
+    reg.add("crop", 2)
+    assert reg.lookup("crop") == 2 and reg.names() == ("letterbox", "crop")
+    try:
+        reg.lookup("letterbx")
+    except RegistryError as exc:
+        assert str(exc) == "unknown view 'letterbx' (did you mean 'letterbox'?); known: letterbox, crop"
+    else:
+        raise AssertionError("lookup of an unknown name did not raise")
+
+
+def test_the_readme_layout_names_every_module():
+    text = (ROOT / "README.md").read_text()
+    layout = text[text.index("## Layout"):text.index("## Demo results")]
+    words = set(layout.replace(",", " ").replace("(", " ").replace(")", " ").split())
+    missing = [f"{pkg}/{p.stem}" for pkg in ("ensemble", "members") for p in sorted((ROOT / pkg).glob("*.py"))
+               if not p.stem.startswith("__") and p.stem not in words]
+    assert not missing, f"README's layout does not name {missing}"

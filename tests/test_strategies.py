@@ -30,7 +30,7 @@ def median_strategy():
             return p.argmax(axis=1), p
 
     yield MedianVote
-    del STRATEGIES["median"]
+    STRATEGIES.remove("median")
 
 
 def test_a_toy_strategy_is_fitted_applied_and_saved(median_strategy):
