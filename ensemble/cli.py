@@ -56,6 +56,8 @@ def _fraction(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from members.runtimes import RUNTIMES  # numpy only: no torch
+
     p = argparse.ArgumentParser(prog="effens", description="Bagged ensembles of EfficientNet classifiers.")
     p.add_argument("--version", action="version", version=f"effens {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -99,9 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="test-time augmentation: alone, average with the mirror image; or comma-"
                             "separated views to average over, e.g. crop,letterbox,flip or the three "
                             "squares along the long side: crop_start,crop,crop_end")
-        q.add_argument("--runtime", metavar="{auto,torch,openvino,onnxruntime}",
-                       help="inference runtime (default: the run's `runtime`; auto = OpenVINO on CPU "
-                            "when installed, else torch)")
+        q.add_argument("--runtime", metavar="{" + ",".join(("auto", *RUNTIMES)) + "}",
+                       help="inference runtime (default: the run's `runtime`; auto = the installed one "
+                            "with the highest priority for the device: OpenVINO on CPU, else torch)")
         q.add_argument("--precision", choices=PRECISIONS,
                        help="inference precision (default: the run's; bf16 only where allowed)")
         q.add_argument("--adapt-bn", action="store_true",

@@ -3,7 +3,7 @@
 A runtime turns a batch of centre-cropped uint8 RGB images (N x 3 x S x S) into one
 member's class probabilities. Adding a runtime is one class here with ``@register``:
 
-    @register("myrt", needs_onnx=True, package="myrt", extra="myrt")
+    @register("myrt", needs_onnx=True, package="myrt", extra="myrt", auto=5)  # auto: optional priority
     class MyRuntime(Runtime):
         def __init__(self, model, inputs, onnx_path, device, precision, cache_dir=None): ...
         def run(self, x): ...
@@ -66,6 +66,7 @@ class RuntimeInfo:
     extra: str | None       # ``pip install 'effens[extra]'``
     devices: tuple[str, ...]
     precisions: tuple[str, ...]  # what it can run; anything else runs fp32
+    auto: int | None = None      # priority when `runtime: auto` (highest installed wins); None: never
 
 
 RUNTIMES: Registry[RuntimeInfo] = Registry("runtime")
@@ -73,10 +74,12 @@ RUNTIMES: Registry[RuntimeInfo] = Registry("runtime")
 
 def register(name: str, *, needs_onnx: bool = False, package: str | None = None,
              extra: str | None = None, devices: tuple[str, ...] = ("cpu", "cuda"),
-             precisions: tuple[str, ...] = ("fp32", "bf16", "fp16")) -> Callable:
-    """Class decorator: make a :class:`Runtime` available under ``name``."""
+             precisions: tuple[str, ...] = ("fp32", "bf16", "fp16"), auto: int | None = None) -> Callable:
+    """Class decorator: make a :class:`Runtime` available under ``name``; ``auto``: its
+    priority for ``runtime: auto`` on the devices it runs on (None: only when asked for)."""
     def wrap(cls: type) -> type:
-        RUNTIMES.add(name, RuntimeInfo(name, cls, needs_onnx, package, extra, devices, precisions), cls.__module__)
+        RUNTIMES.add(name, RuntimeInfo(name, cls, needs_onnx, package, extra, devices, precisions, auto),
+                     cls.__module__)
         cls.name = name
         return cls
     return wrap
@@ -88,10 +91,15 @@ def is_installed(name: str) -> bool:
 
 
 def resolve_runtime(requested: str, device) -> str:
-    """``auto`` -> OpenVINO on CPU when installed, else torch; others are checked."""
+    """``auto`` -> the installed runtime with the highest ``auto`` priority that runs on
+    this device (OpenVINO on CPU when installed, else torch); others are checked."""
     kind = device_type(device)
     if requested == "auto":
-        return "openvino" if kind == "cpu" and is_installed("openvino") else "torch"
+        eligible = [info for info in RUNTIMES.values()
+                    if info.auto is not None and kind in info.devices and is_installed(info.name)]
+        if not eligible:
+            raise RuntimeUnavailable(f"no installed runtime runs on {kind} under `runtime: auto`")
+        return max(eligible, key=lambda info: info.auto).name
     if requested not in RUNTIMES:
         raise RuntimeUnavailable(f"`runtime` must be auto or one of {', '.join(RUNTIMES)}; got {requested!r}")
     info = RUNTIMES[requested]
@@ -119,7 +127,7 @@ class Runtime:
         raise NotImplementedError
 
 
-@register("torch")
+@register("torch", auto=0)
 class TorchRuntime(Runtime):
     """Eager PyTorch, channels_last, with the member's autocast precision."""
 
@@ -160,7 +168,7 @@ def _openvino_core():
 
 
 @register("openvino", needs_onnx=True, package="openvino", extra="openvino", devices=("cpu",),
-          precisions=("fp32", "bf16"))
+          precisions=("fp32", "bf16"), auto=10)
 class OpenVinoRuntime(Runtime):
     """OpenVINO on CPU, compiled from the member's ONNX file; bf16 when precision is bf16."""
 

@@ -124,13 +124,24 @@ def load_state_file(model: nn.Module, path: Path) -> str:
 
 # ---------------------------------------------------------------- the sources
 class WeightsSource:
-    """One kind of ``weights:`` value. Subclasses set ``name`` and override :meth:`claims`
-    and :meth:`load` (or :meth:`create`, when the model must be built differently)."""
+    """One kind of ``weights:`` value. Subclasses set ``name``, and either a ``prefix``
+    (values starting with it are theirs, e.g. ``"s3://"``) or their own :meth:`claims`,
+    and override :meth:`load` (or :meth:`create`, when the model must be built differently).
+
+    Sources are asked in order of ``priority`` (higher first; ties: registration order),
+    never of import order: exact keywords (``none``, ``hub``) 100, installed packages 50,
+    prefixed sources 20 by default, local files 0 (they take any value with a path
+    separator, so they come last).
+    """
 
     name = ""
+    prefix: str | None = None
+    priority = 20
 
     def claims(self, value: str) -> bool:
-        raise NotImplementedError
+        if self.prefix is None:
+            raise NotImplementedError(f"weights source {self.name!r} needs a `prefix` or its own claims()")
+        return value.startswith(self.prefix)
 
     def load(self, model: nn.Module, value: str) -> str | None:
         """Put the weights into a freshly built ``model``; returns what was loaded (None: nothing)."""
@@ -154,8 +165,9 @@ def register_source(cls: type[WeightsSource]) -> type[WeightsSource]:
 
 
 def weights_source(value: str) -> WeightsSource:
-    """The first source that claims ``value``."""
-    for source in SOURCES.values():
+    """The first source, by ``priority``, that claims ``value``."""
+    order = sorted(enumerate(SOURCES.values()), key=lambda item: (-item[1].priority, item[0]))
+    for _, source in order:
         if source.claims(value):
             return source
     raise WeightsError(f"weights {value!r}: neither a file nor an installed package "
@@ -167,6 +179,7 @@ class NoWeights(WeightsSource):
     """``none``: random initialisation."""
 
     name = "none"
+    priority = 100
 
     def claims(self, value: str) -> bool:
         return value == "none"
@@ -177,6 +190,7 @@ class Hub(WeightsSource):
     """``hub``: timm's pretrained weights, downloaded (needs the network)."""
 
     name = "hub"
+    priority = 100
 
     def claims(self, value: str) -> bool:
         return value == "hub"
@@ -197,6 +211,7 @@ class LocalFile(WeightsSource):
     """A ``.safetensors`` / ``.pt`` / ``.pth`` / ``.bin`` file (a path, ``~`` expanded)."""
 
     name = "file"
+    priority = 0
 
     def claims(self, value: str) -> bool:
         path = Path(os.path.expanduser(value))
@@ -215,6 +230,7 @@ class Package(WeightsSource):
     """An installed Python package holding exactly one weights file."""
 
     name = "package"
+    priority = 50
 
     def claims(self, value: str) -> bool:
         return package_weights_file(value) is not None

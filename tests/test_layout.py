@@ -113,3 +113,39 @@ def test_the_readme_layout_names_every_module():
     missing = [f"{pkg}/{p.stem}" for pkg in ("ensemble", "members") for p in sorted((ROOT / pkg).glob("*.py"))
                if not p.stem.startswith("__") and p.stem not in words]
     assert not missing, f"README's layout does not name {missing}"
+
+
+def test_a_prefixed_weights_source_wins_over_local_files_whatever_the_import_order():
+    from members.weights import SOURCES, WeightsSource, register_source, weights_source
+
+    assert weights_source("some/dir/file.pt").name == "file"  # a path separator: a local file
+
+    @register_source
+    class Toy(WeightsSource):  # registered last, after the catch-all local files
+        name = "toy"
+        prefix = "toy://"
+
+    try:
+        assert weights_source("toy://bucket/lite0.safetensors").name == "toy"
+        assert weights_source("some/dir/file.pt").name == "file"
+        assert weights_source("none").name == "none"
+    finally:
+        SOURCES.remove("toy")
+
+
+def test_runtime_auto_takes_the_highest_priority_installed_runtime_for_the_device():
+    from members.runtimes import RUNTIMES, Runtime, is_installed, register, resolve_runtime
+
+    before = resolve_runtime("auto", "cpu")
+    assert before == ("openvino" if is_installed("openvino") else "torch")
+
+    @register("toy", auto=50, devices=("cpu",))
+    class Toy(Runtime):
+        pass
+
+    try:
+        assert resolve_runtime("auto", "cpu") == "toy"
+        assert resolve_runtime("auto", "cuda") == "torch"  # toy runs on cpu only
+    finally:
+        RUNTIMES.remove("toy")
+    assert resolve_runtime("auto", "cpu") == before
