@@ -27,6 +27,12 @@ def _setup_logging(verbose: int) -> None:
         logging.getLogger(name).setLevel(level)
 
 
+def _choices(names) -> str:
+    """argparse's ``{a,b}`` spelling for options checked later against the run's registries
+    (a run's plugins register their names when the run is loaded, after parsing)."""
+    return "{" + ",".join(names) + "}"
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -58,6 +64,10 @@ def _fraction(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     from members.runtimes import RUNTIMES  # numpy only: no torch
 
+    from .plugins import load_entry_points
+
+    load_entry_points()  # installed plugins' names reach the choices below
+
     p = argparse.ArgumentParser(prog="effens", description="Bagged ensembles of EfficientNet classifiers.")
     p.add_argument("--version", action="version", version=f"effens {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -74,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="predict images, folders or CSV manifests with a trained run")
     pr.add_argument("run", help="run folder made by `effens train`")
     pr.add_argument("inputs", nargs="+", help="image files, folders (recursive) or CSV manifests")
-    pr.add_argument("--strategy", choices=strategy_names(), help="default: the run's combiner.strategy")
+    pr.add_argument("--strategy", metavar=_choices(strategy_names()), type=_non_empty,
+                    help="default: the run's combiner.strategy (or a strategy of the run's plugins)")
     pr.add_argument("--out", required=True, help="output .csv or .json")
     pr.add_argument("--coverage", type=_fraction, metavar="C",
                     help="add a prediction_set column holding the true class for at least a share C "
@@ -91,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="report every member and strategy on labelled data")
     ev.add_argument("run", help="run folder made by `effens train`")
     ev.add_argument("data", help="a folder of class folders or a CSV manifest (path, label)")
-    ev.add_argument("--strategy", choices=strategy_names() + ("all",), default="all")
+    ev.add_argument("--strategy", metavar=_choices(strategy_names() + ("all",)), type=_non_empty, default="all")
     ev.add_argument("--out", required=True, help="report folder (also caches member probabilities)")
 
     for q in (pr, ev):
@@ -115,14 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("run", help="run folder made by `effens train`")
     xp.add_argument("images", nargs="+", help="image files, folders (recursive) or CSV manifests")
     xp.add_argument("--out", required=True, help="output folder (overlays and explain.json)")
-    xp.add_argument("--strategy", choices=strategy_names(),
+    xp.add_argument("--strategy", metavar=_choices(strategy_names()), type=_non_empty,
                     help="explain this strategy's prediction (default: the run's)")
 
     ex = sub.add_parser("export", help="export the members and the ensemble as ONNX or OpenVINO IR")
     ex.add_argument("run", help="run folder made by `effens train`")
     ex.add_argument("--format", required=True, choices=FORMATS)
     ex.add_argument("--out", required=True, help="output folder (new or empty, or an earlier export)")
-    ex.add_argument("--strategy", choices=graph_strategies(),
+    ex.add_argument("--strategy", metavar=_choices(graph_strategies()), type=_non_empty,
                     help="vote inside ensemble.onnx (default: the run's, soft for hard voting)")
 
     fc = sub.add_parser("fit-combiner", help="refit weights, stacking and calibration of a run")

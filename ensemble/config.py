@@ -384,6 +384,10 @@ class Config:
                                      doc="prediction sets, review and costs (`effens predict`, reports)")
     report: ReportConfig = field(default_factory=ReportConfig, doc="what the report shows")
     tune: TuneConfig = field(default_factory=TuneConfig, doc="bagging-ratio search (`effens tune`)")
+    plugins: list[str] = field(default_factory=list,
+                               doc="modules or .py files imported before the rest of the config is checked "
+                                   "(a module next to the YAML file is found): your own strategies, views, runtimes, "
+                                   "weights sources, report figures")
 
     def validate(self, path: str) -> None:
         r = self.tune.ratios
@@ -564,8 +568,18 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None,
 
 def config_from_dict(raw: dict, source: str = "<dict>",
                      base_dir: str | os.PathLike | None = None) -> Config:
-    """Validate a plain mapping; errors are prefixed with ``source``."""
+    """Validate a plain mapping; errors are prefixed with ``source``. Plugins (``plugins:``
+    and the ``effens.plugins`` entry points) are imported first, so what they register is
+    known to the checks."""
+    from .plugins import load_entry_points, load_plugins
+
     try:
+        load_entry_points()
+        plugins = raw.get("plugins") if isinstance(raw, dict) else None
+        if plugins is not None:
+            if not isinstance(plugins, list):
+                raise ConfigError(f"`plugins` must be a list of module names; got {plugins!r}")
+            raw = {**raw, "plugins": load_plugins(plugins, Path(source).parent if os.path.isfile(source) else None)}
         cfg = build(Config, raw)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None

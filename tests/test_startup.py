@@ -3,6 +3,7 @@ scikit-learn; compiled models and timm's model names are cached; results do not 
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -45,6 +46,7 @@ def _rows(path):
 def test_predict_on_an_exported_run_imports_no_torch_and_matches(trained, tiny_data, tmp_path):
     _, run = trained
     run = _copy(run, tmp_path)
+    shutil.rmtree(run / "cache", ignore_errors=True)  # other tests may have exported the shared run
     images = str(tiny_data / "test")
     first, second = tmp_path / "first.csv", tmp_path / "second.csv"
     # the first call exports each member to ONNX (torch needed) and compiles it
@@ -66,6 +68,7 @@ def test_lazy_members_are_built_only_for_torch(trained, tiny_data, tmp_path):
 
     _, run = trained
     run = _copy(run, tmp_path)
+    shutil.rmtree(run / "cache", ignore_errors=True)
     paths = sorted(str(p) for p in (tiny_data / "test").rglob("*.png"))[:6]
     arrays, _ = decode_all(paths, 40)
     load_run(run).member_proba(arrays, runtime="openvino")  # exports to the run's ONNX cache

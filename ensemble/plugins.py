@@ -1,0 +1,93 @@
+"""User plugins: modules that register their own strategies, views, runtimes, weights
+sources or report figures, imported before a config is checked.
+
+Two doors: ``plugins: [module or file.py, ...]`` in a config (a module next to the
+YAML file is found too, and saved in the run's config as its absolute path), and the ``effens.plugins`` entry-point group of installed packages (loaded
+once per process, before the command line is parsed, so their names reach ``--help``).
+A plugin registers through the same decorators as effens' own pieces (``@register``,
+``@view``, ``@register_source``, ``@split_figure``...); a taken name is refused.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .schema import ConfigError
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "effens.plugins"
+
+
+@functools.lru_cache(maxsize=1)
+def load_entry_points() -> tuple[str, ...]:
+    """Import every installed ``effens.plugins`` entry point once; returns their names."""
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:  # a broken plugin is named, in one line
+            raise ConfigError(f"plugin entry point {ep.name!r} ({ep.value}) failed to load: "
+                              f"{type(exc).__name__}: {exc}") from None
+        loaded.append(ep.name)
+        log.debug("plugin entry point %s loaded", ep.name)
+    return tuple(loaded)
+
+
+def load_plugins(modules: Sequence[str], where: str | Path | None = None) -> list[str]:
+    """Import ``plugins:`` of a config: module names, or paths to ``.py`` files; a name
+    that is not installed is looked for as a file in ``where`` (the config's folder).
+    Returns the entries as they resolved (files as absolute paths, so that the run's saved
+    config finds them again from anywhere)."""
+    resolved = []
+    for name in modules:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"`plugins` must list module names or .py files; got {name!r}")
+        resolved.append(_load_one(name, Path(where) if where is not None else None))
+    return resolved
+
+
+def _load_one(name: str, where: Path | None) -> str:
+    import importlib.util
+
+    path = Path(os.path.expanduser(name)) if name.endswith(".py") else None
+    if path is None and importlib.util.find_spec(name.split(".")[0]) is None and where is not None \
+            and (where / f"{name}.py").is_file():
+        path = where / f"{name}.py"
+    if path is not None and not path.is_absolute() and where is not None:
+        path = where / path
+    key = str(path.resolve()) if path is not None else name
+    if key in _LOADED:
+        return key
+    try:
+        if path is None:
+            importlib.import_module(name)
+        else:
+            if not path.is_file():
+                raise FileNotFoundError(f"no file {path}")
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[path.stem] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(path.stem, None)
+                raise
+    except ConfigError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"`plugins`: cannot import {name!r}: {type(exc).__name__}: {exc}") from None
+    _LOADED.add(key)
+    log.info("plugin %s loaded", key)
+    return key
+
+
+#: plugins imported in this process (module names and resolved file paths)
+_LOADED: set[str] = set()

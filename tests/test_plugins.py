@@ -1,0 +1,137 @@
+"""Plugins (issue #24, item 3): a user's module named under `plugins:` registers a
+strategy, a view, a runtime, a weights source and a report figure that train, the report,
+predict and evaluate then use, with no edit to the package. Run in a fresh interpreter:
+what a plugin registers stays registered for the rest of a process."""
+import csv
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import yaml
+
+import synth
+
+PLUGIN = textwrap.dedent('''
+    import numpy as np
+
+    from ensemble.report import Attachment, split_figure
+    from ensemble.strategies import Strategy, register
+    from members.runtimes import TorchRuntime
+    from members.runtimes import register as register_runtime
+    from members.views import view
+    from members.weights import WeightsSource, register_source
+
+    SEEN = []
+
+
+    @register
+    class GeometricMean(Strategy):
+        """The members' geometric mean probability per class (a product of experts)."""
+        name = "geomean"
+
+        def apply(self, proba):
+            logp = np.log(np.clip(proba, 1e-12, 1.0)).mean(axis=0)
+            p = np.exp(logp - logp.max(axis=1, keepdims=True))
+            return p.argmax(axis=1), p / p.sum(axis=1, keepdims=True)
+
+
+    @view(tta_only=True)
+    def top_half(arr, inputs):
+        """The upper half of the photo, resized to the square input."""
+        from PIL import Image
+        s = inputs.image_size
+        h = max(1, arr.shape[0] // 2)
+        return np.array(Image.fromarray(arr[:h]).resize((s, s)), dtype=np.uint8)
+
+
+    @register_runtime("toyrt")
+    class CountingTorch(TorchRuntime):
+        """Eager torch that counts its batches in an environment-named file."""
+        def run(self, x):
+            import os
+            with open(os.environ["TOYRT_LOG"], "a") as fh:
+                fh.write(f"{len(x)}\\n")
+            return super().run(x)
+
+
+    @register_source
+    class ToyWeights(WeightsSource):
+        """`toy://seed`: random initialisation, recorded as the toy source."""
+        name = "toy"
+        prefix = "toy://"
+
+        def load(self, model, value):
+            return value
+
+
+    @split_figure
+    def toy_class_counts(view):
+        counts = np.bincount(view.y, minlength=len(view.classes)).tolist()
+        text = f"toy figure {view.split}: " + ", ".join(f"{c}={n}" for c, n in zip(view.classes, counts))
+        return Attachment(f"toy_{view.split}.txt", text, text)
+''')
+
+
+def _effens(*argv, env=None, cwd=None):
+    done = subprocess.run([sys.executable, "-m", "ensemble", *argv], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_a_plugin_module_next_to_the_yaml_works_from_train_to_predict(tiny_data, tmp_path):
+    (tmp_path / "toyplug.py").write_text(PLUGIN)
+    raw = synth.tiny_config(tiny_data, plugins=["toyplug"])
+    raw["combiner"]["strategy"] = "geomean"
+    raw["members"][0]["weights"] = "toy://a"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    rc, out = _effens("train", str(cfg), "--out", str(run), cwd="/")  # the module is found next to the YAML
+    assert rc == 0, out[-3000:]
+    assert "Traceback" not in out
+    combiner = json.loads((run / "combiner" / "combiner.json").read_text())
+    assert combiner["strategy"] == "geomean" and "geomean" in combiner["strategies"]
+    report = (run / "report" / "report.md").read_text()
+    assert "toy figure test: circle=" in report and "ensemble geomean" in report
+    assert json.loads((run / "members" / "a" / "member.json").read_text())["weights_file"] == "toy://a"
+
+    log = tmp_path / "toyrt.log"
+    rc, out = _effens("predict", str(run), str(tiny_data / "test"), "--runtime", "toyrt", "--tta", "top_half",
+                      "--out", str(tmp_path / "p.csv"), env={"TOYRT_LOG": str(log)})
+    assert rc == 0, out[-3000:]
+    assert "geomean; toyrt" in out
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert len(rows) == 18 and all(r["prediction"] in ("circle", "square", "stripes") for r in rows)
+    assert sum(int(n) for n in log.read_text().split()) == 3 * 18  # every member ran on toyrt
+
+    rc, out = _effens("evaluate", str(run), str(tiny_data / "test"), "--strategy", "geomean",
+                      "--out", str(tmp_path / "ev"))
+    assert rc == 0, out[-3000:]
+    assert "toy figure" in (tmp_path / "ev" / "report.md").read_text()
+
+
+def test_a_plugin_that_cannot_be_imported_is_one_line_naming_it(tiny_data, tmp_path):
+    (tmp_path / "broken.py").write_text("raise RuntimeError('the plugin is broken')\n")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(synth.tiny_config(tiny_data, plugins=["broken", "absent_module"])))
+    rc, out = _effens("train", str(cfg), "--out", str(tmp_path / "run"))
+    assert rc == 2 and "Traceback" not in out
+    assert "`plugins`: cannot import 'broken': RuntimeError: the plugin is broken" in out
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_plugin_may_not_take_a_builtin_name(tiny_data, tmp_path):
+    (tmp_path / "thief.py").write_text(textwrap.dedent('''
+        from ensemble.strategies import Strategy, register
+
+        @register
+        class Soft(Strategy):
+            name = "soft"
+    '''))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(synth.tiny_config(tiny_data, plugins=["thief"])))
+    rc, out = _effens("train", str(cfg), "--out", str(tmp_path / "run"))
+    assert rc == 2 and "Traceback" not in out
+    assert "a strategy named 'soft' is already registered (by ensemble.strategies)" in out
