@@ -43,6 +43,12 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 def _non_empty(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty (give view names, or --tta alone for the mirror)")
@@ -66,7 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .plugins import load_entry_points
 
-    load_entry_points()  # installed plugins' names reach the choices below
+    try:
+        load_entry_points()  # installed plugins' names reach the choices below
+    except Exception as exc:  # a broken installed plugin: one line, and --help still works
+        log.error("%s", " ".join(str(exc).split()))
 
     p = argparse.ArgumentParser(prog="effens", description="Bagged ensembles of EfficientNet classifiers.")
     p.add_argument("--version", action="version", version=f"effens {__version__}")
@@ -84,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="predict images, folders or CSV manifests with a trained run")
     pr.add_argument("run", help="run folder made by `effens train`")
     pr.add_argument("inputs", nargs="+", help="image files, folders (recursive) or CSV manifests")
-    pr.add_argument("--strategy", metavar=_choices(strategy_names()), type=_non_empty,
+    pr.add_argument("--strategy", metavar=_choices(strategy_names()), type=_name,
                     help="default: the run's combiner.strategy (or a strategy of the run's plugins)")
     pr.add_argument("--out", required=True, help="output .csv or .json")
     pr.add_argument("--coverage", type=_fraction, metavar="C",
@@ -102,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="report every member and strategy on labelled data")
     ev.add_argument("run", help="run folder made by `effens train`")
     ev.add_argument("data", help="a folder of class folders or a CSV manifest (path, label)")
-    ev.add_argument("--strategy", metavar=_choices(strategy_names() + ("all",)), type=_non_empty, default="all")
+    ev.add_argument("--strategy", metavar=_choices(strategy_names() + ("all",)), type=_name, default="all")
     ev.add_argument("--out", required=True, help="report folder (also caches member probabilities)")
 
     for q in (pr, ev):
@@ -126,14 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("run", help="run folder made by `effens train`")
     xp.add_argument("images", nargs="+", help="image files, folders (recursive) or CSV manifests")
     xp.add_argument("--out", required=True, help="output folder (overlays and explain.json)")
-    xp.add_argument("--strategy", metavar=_choices(strategy_names()), type=_non_empty,
+    xp.add_argument("--strategy", metavar=_choices(strategy_names()), type=_name,
                     help="explain this strategy's prediction (default: the run's)")
 
     ex = sub.add_parser("export", help="export the members and the ensemble as ONNX or OpenVINO IR")
     ex.add_argument("run", help="run folder made by `effens train`")
     ex.add_argument("--format", required=True, choices=FORMATS)
     ex.add_argument("--out", required=True, help="output folder (new or empty, or an earlier export)")
-    ex.add_argument("--strategy", metavar=_choices(graph_strategies()), type=_non_empty,
+    ex.add_argument("--strategy", metavar=_choices(graph_strategies()), type=_name,
                     help="vote inside ensemble.onnx (default: the run's, soft for hard voting)")
 
     fc = sub.add_parser("fit-combiner", help="refit weights, stacking and calibration of a run")

@@ -599,6 +599,7 @@ def config_from_params(params: dict, source: str = "BaggedEnsemble") -> Config:
     and messages as a YAML file); ``members`` etc. may be config objects or mappings."""
     raw = {k: to_dict(v) for k, v in params.items() if v is not None}
     raw["members"] = list(raw.get("members") or [])
+    raw["plugins"] = list(raw.get("plugins") or [])
     raw["data"] = {"train": "<in memory>"}
     return config_from_dict(raw, source=source)
 

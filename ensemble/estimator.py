@@ -103,6 +103,10 @@ class BaggedEnsemble(ParamsMixin):
         Inference runtime of :meth:`member_proba`: ``auto`` (OpenVINO on CPU when
         installed), ``torch``, ``openvino`` or ``onnxruntime`` (:mod:`members.runtimes`).
         Training always evaluates with torch.
+    plugins : list of str
+        Modules or ``.py`` files registering your own strategies, views, runtimes, weights
+        sources or figures (:mod:`ensemble.plugins`), imported before the arguments are
+        checked and again in every worker process.
 
     Attributes
     ----------
@@ -117,7 +121,7 @@ class BaggedEnsemble(ParamsMixin):
     """
 
     def __init__(self, members: Sequence = (), combiner=None, seed: int = 0, device: str = "auto",
-                 parallel=None, precision: str = "auto", runtime: str = "auto") -> None:
+                 parallel=None, precision: str = "auto", runtime: str = "auto", plugins: Sequence[str] = ()) -> None:
         self.members = members
         self.combiner = combiner
         self.seed = seed
@@ -125,6 +129,7 @@ class BaggedEnsemble(ParamsMixin):
         self.parallel = parallel
         self.precision = precision
         self.runtime = runtime
+        self.plugins = plugins
 
     # ------------------------------------------------------------------ params
     def validated_config(self):
@@ -186,7 +191,7 @@ class BaggedEnsemble(ParamsMixin):
         threads = plan.threads if plan.n_jobs > 1 or par.threads_per_job else None
         jobs = [(specs[i].name, dict(
             job=MemberJob(i, specs[i], cfg.seed, samples[i], oob_indices(len(data.y), samples[i]), prints[i],
-                          plan.devices[k], threads),
+                          plan.devices[k], threads, tuple(cfg.plugins)),
             data=data, store=store)) for k, i in enumerate(todo)]
         trained = dict(zip(todo, run_jobs(fit_member, jobs, par.backend, plan.n_jobs, plan.threads, par.address)))
         return [done[i] if i in done else trained[i] for i in range(len(specs))]
@@ -302,11 +307,15 @@ class BaggedEnsemble(ParamsMixin):
         key = (index, name, prec.name, str(device))
         cache = self.__dict__.setdefault("_runtimes", {})
         if key not in cache:
+            from members.runtimes import RUNTIMES
+
             fm = self.members_[index]
             log.info("member %s: inference on %s, %s (%s)", fm.name, name, prec.name, prec.reason)
+            onnx = self._onnx_file(index) if RUNTIMES[name].needs_onnx else None
+            compiled = getattr(self, "compiled_cache_", None)
             cache[key] = create_runtime(name, lambda: fm.model, fm.inputs, device, prec,
-                                        onnx_path=lambda: self._onnx_file(index),
-                                        cache_dir=getattr(self, "compiled_cache_", None))
+                                        onnx_path=lambda: onnx,
+                                        cache_dir=compiled(onnx) if compiled is not None and onnx else None)
         return cache[key]
 
     def _adapted_runtime(self, index: int, images: Sequence[np.ndarray], precision: str | None, device):

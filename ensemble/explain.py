@@ -21,6 +21,7 @@ def run_explain(run_dir: str, images: Sequence[str], out: str, strategy: str | N
 
     refuse_foreign(out, "explain", "effens explain")
     ens = load_run(run_dir)
+    ens.combiner_.get(strategy)  # a strategy the run lacks is refused before any network runs
     paths = expand_inputs(images)
     if not paths:
         raise DataError("no input images found")

@@ -45,6 +45,7 @@ class MemberJob:
     fingerprint: str                # identifies settings + data, for resume
     device: str = "auto"
     threads: int | None = None      # torch threads for this job (None: leave as is)
+    plugins: tuple[str, ...] = ()   # the config's plugins, imported again in a worker process
 
     @property
     def member_seed(self) -> int:
@@ -89,6 +90,10 @@ def fit_member(job: MemberJob, data: TrainingData, store=None) -> dict:
     from members.trainer import TrainData, TrainRun, train_member
     from members.transforms import eval_tensor
 
+    from .plugins import load_entry_points, load_plugins
+
+    load_entry_points()  # a worker process (loky, Ray, Dask) starts without them
+    load_plugins(job.plugins)
     spec, classes = job.spec, data.classes
     with torch_threads(job.threads):
         device = pick_device(job.device)

@@ -55,11 +55,17 @@ def load_plugins(modules: Sequence[str], where: str | Path | None = None) -> lis
 
 
 def _load_one(name: str, where: Path | None) -> str:
+    """Import one entry; a file (``x.py``, or ``x`` found as ``where/x.py``, which wins over
+    an installed module of that name, as a script's folder does in Python) is loaded under
+    a private module name, so it never replaces a module of the same name. On failure,
+    whatever it registered before failing is taken out again."""
+    import hashlib
     import importlib.util
 
+    from members.registry import rollback_on_error
+
     path = Path(os.path.expanduser(name)) if name.endswith(".py") else None
-    if path is None and importlib.util.find_spec(name.split(".")[0]) is None and where is not None \
-            and (where / f"{name}.py").is_file():
+    if path is None and where is not None and (where / f"{name}.py").is_file():
         path = where / f"{name}.py"
     if path is not None and not path.is_absolute() and where is not None:
         path = where / path
@@ -67,19 +73,21 @@ def _load_one(name: str, where: Path | None) -> str:
     if key in _LOADED:
         return key
     try:
-        if path is None:
-            importlib.import_module(name)
-        else:
-            if not path.is_file():
-                raise FileNotFoundError(f"no file {path}")
-            spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[path.stem] = module
-            try:
-                spec.loader.exec_module(module)
-            except BaseException:
-                sys.modules.pop(path.stem, None)
-                raise
+        with rollback_on_error():
+            if path is None:
+                importlib.import_module(name)
+            else:
+                if not path.is_file():
+                    raise FileNotFoundError(f"no file {path}")
+                private = f"_effens_plugin_{path.stem}_{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+                spec = importlib.util.spec_from_file_location(private, path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[private] = module  # dataclasses and pickling look modules up by name
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    sys.modules.pop(private, None)
+                    raise
     except ConfigError:
         raise
     except Exception as exc:

@@ -459,11 +459,13 @@ class RunFolder:
         return path
 
 
-    def compiled_cache(self) -> Path | None:
-        """Where a compiling runtime (OpenVINO) keeps its compiled members, so that the next
-        process loads them instead of compiling: ``cache/compiled/<key>``, keyed by the
-        runtime's version and this CPU's model and flags (the runtime keys each file by the
-        model's bytes and its settings within). None where the run folder is read-only."""
+    def compiled_cache(self, onnx_path: str | os.PathLike) -> Path | None:
+        """Where a compiling runtime (OpenVINO) keeps the compiled form of the member
+        exported at ``onnx_path``, so that the next process loads it instead of compiling:
+        ``cache/compiled/<key>/<ONNX hash>``, keyed by the runtime's version, this CPU's
+        model and flags, and the export's recorded SHA-256 (the runtime itself keys by path,
+        options and file time, which a re-export in place could fool). None where the run
+        folder is read-only or the export has no record."""
         import hashlib
         from importlib.metadata import PackageNotFoundError, version
 
@@ -473,9 +475,14 @@ class RunFolder:
             ov = version("openvino")
         except PackageNotFoundError:
             return None
+        record = Path(onnx_path).with_suffix(".json")
+        try:
+            onnx_hash = read_json(record)["sha256"]
+        except (OSError, ValueError, KeyError, TypeError, RunError):
+            return None
         model, flags = cpu_info()
         key = hashlib.sha256(json.dumps([ov, model, sorted(flags)]).encode()).hexdigest()[:16]
-        folder = self.root / "cache" / "compiled" / key
+        folder = self.root / "cache" / "compiled" / key / str(onnx_hash)[:16]
         return folder if _writable(folder) else None
 
 
@@ -608,16 +615,17 @@ def load_run(root: str | os.PathLike, adopt: bool = False):
         raise RunError(f"{root}: not a run folder (config.yaml missing)")
     run.verify_record(adopt)
     cfg = run.read_config()
-    ens = BaggedEnsemble(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.parallel, cfg.precision, cfg.runtime)
+    ens = BaggedEnsemble(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.parallel, cfg.precision, cfg.runtime,
+                         cfg.plugins)
     ens.run_dir_ = str(run.root)
     ens.onnx_cache_ = run.member_onnx
-    ens.compiled_cache_ = run.compiled_cache()
+    ens.compiled_cache_ = run.compiled_cache
     ens.specs_ = with_precision(cfg.members, cfg.precision)
     members, samples, oob_proba = [], [], []
     for spec in cfg.members:
         meta, arrays = run.load_member_record(spec.name)
         members.append(FittedMember(spec.name, None, InputConfig.from_record(meta["inputs"]), meta,
-                                    build=_member_builder(run, spec, meta)))
+                                    build=_MemberBuilder(run.root, spec, meta)))
         samples.append(arrays["samples"])
         oob_proba.append(arrays["oob_proba"])
     run.verify("predictions")
@@ -628,16 +636,19 @@ def load_run(root: str | os.PathLike, adopt: bool = False):
     return ens
 
 
-def _member_builder(run: RunFolder, spec, meta: dict):
-    """Builds the member's torch model on first use (timm, weights read then); the weights
-    file was hash-checked when the run was loaded and is checked again as it is read."""
-    def build():
+class _MemberBuilder:
+    """Builds a member's torch model on first use (timm, weights read then); the weights
+    file was hash-checked when the run was loaded and is checked again as it is read.
+    A class, not a closure, so that a loaded ensemble still pickles (joblib workers)."""
+
+    def __init__(self, root: Path, spec, meta: dict) -> None:
+        self.root, self.spec, self.meta = root, spec, meta
+
+    def __call__(self):
         from safetensors.torch import load_file
 
         from .estimator import restore_member
 
-        d = run.member_dir(spec.name)
-        check_hashes(d, {"model.safetensors": meta["files"]["model.safetensors"]}, "member.json")
-        return restore_member(spec, meta, load_file(str(d / "model.safetensors"), device="cpu"))[0]
-
-    return build
+        d = RunFolder(self.root).member_dir(self.spec.name)
+        check_hashes(d, {"model.safetensors": self.meta["files"]["model.safetensors"]}, "member.json")
+        return restore_member(self.spec, self.meta, load_file(str(d / "model.safetensors"), device="cpu"))[0]

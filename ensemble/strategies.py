@@ -398,8 +398,12 @@ class Combiner:
     def get(self, strategy: str | None = None) -> Strategy:
         name = strategy or self.strategy
         if name not in self.strategies:
+            from members.registry import close_spelling
+
+            hint = close_spelling(name, self.strategies)
+            fix = f"did you mean {hint!r}?" if hint else "run `effens fit-combiner` to fit it"
             raise RunError(f"strategy {name!r} is not available in this run "
-                             f"({', '.join(self.strategies)}); run `effens fit-combiner`")
+                           f"({', '.join(self.strategies)}); {fix}")
         return self.strategies[name]
 
     def apply(self, member_proba: np.ndarray, strategy: str | None = None,

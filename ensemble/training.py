@@ -50,7 +50,7 @@ def warn_overlaps(data: Dataset) -> None:
 
 def estimator_from_config(cfg: Config) -> BaggedEnsemble:
     return BaggedEnsemble(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.parallel, cfg.precision,
-                          cfg.runtime)
+                          cfg.runtime, cfg.plugins)
 
 
 def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = None) -> dict:

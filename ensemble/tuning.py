@@ -230,7 +230,7 @@ def evaluate_candidate(ctx: TuneContext, cand: Candidate, epochs: int | None = N
         from .estimator import BaggedEnsemble
 
         ens = BaggedEnsemble(specs, cfg.combiner, cfg.seed, device or cfg.device,
-                             ParallelConfig(threads_per_job=threads), cfg.precision, "torch")
+                             ParallelConfig(threads_per_job=threads), cfg.precision, "torch", cfg.plugins)
         ens.fit(ctx.train_imgs, ctx.y, X_val=ctx.val_imgs, y_val=ctx.y_val, classes=ctx.classes)
         val_p, oob_sets, oob_p = ens.val_proba_, ens.oob_indices_, ens.oob_proba_
     row: dict = {"candidate": cand.id, "epochs": epochs or max(m.train.epochs for m in cfg.members)}
@@ -297,6 +297,10 @@ def _run_round(ctx: TuneContext, cands: list[Candidate], epochs: int | None, rnd
 def _candidate_job(ctx: TuneContext, cand: Candidate, epochs: int | None, rnd: int, path: str,
                    device: str, threads: int | None) -> None:
     """One candidate, evaluated and saved (a joblib job: in process, loky, Ray or Dask)."""
+    from .plugins import load_entry_points, load_plugins
+
+    load_entry_points()  # a worker process starts without them
+    load_plugins(ctx.cfg.plugins)
     row = evaluate_candidate(ctx, cand, epochs, device, threads)
     row["round"] = rnd
     atomic_write_json(path, {"key": ctx.key, "row": row})

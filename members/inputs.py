@@ -36,12 +36,16 @@ class DeviceError(ValueError):
     """A device that does not exist here or is not spelled as one."""
 
 
-#: device nodes without which no CUDA (or ROCm) device can be visible to torch on Linux
-_GPU_NODES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")
+#: device nodes without which no CUDA (or ROCm) device can be visible to torch on Linux:
+#: NVIDIA's, AMD's (ROCm), WSL's and Jetson's
+_GPU_NODES = ("/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg", "/dev/nvhost-ctrl*", "/dev/nvgpu*")
 
 
 def _gpu_nodes_present() -> bool:
-    return any(glob.glob(pattern) for pattern in _GPU_NODES)
+    """Whether a GPU may be visible; outside Linux always asked of torch."""
+    import sys
+
+    return not sys.platform.startswith("linux") or any(glob.glob(pattern) for pattern in _GPU_NODES)
 
 
 def resolve_device(name: str = "auto") -> str:

@@ -5,11 +5,19 @@ plugin silently replacing another's entry is a bug that shows up as wrong number
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
+import weakref
 from collections.abc import Mapping
 from typing import Generic, Iterator, TypeVar
 
 T = TypeVar("T")
+
+
+def close_spelling(name: str, known) -> str | None:
+    """The known name closest to a misspelled ``name``, if any is close."""
+    close = difflib.get_close_matches(str(name), list(known), n=1)
+    return close[0] if close else None
 
 
 class RegistryError(ValueError):
@@ -23,6 +31,7 @@ class Registry(Mapping, Generic[T]):
         self.kind = kind
         self._entries: dict[str, T] = {}
         self._owners: dict[str, str] = {}
+        _ALL.add(self)
 
     def add(self, name: str, entry: T, owner: str | None = None) -> T:
         """Register ``entry`` under ``name``; a taken name is refused, naming who took it."""
@@ -44,8 +53,8 @@ class Registry(Mapping, Generic[T]):
         """The entry, or a :class:`RegistryError` listing the known names and close spellings."""
         if name in self._entries:
             return self._entries[name]
-        close = difflib.get_close_matches(str(name), list(self._entries), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        close = close_spelling(name, self._entries)
+        hint = f" (did you mean {close!r}?)" if close else ""
         raise RegistryError(f"unknown {self.kind} {name!r}{hint}; known: {', '.join(self._entries)}")
 
     def names(self) -> tuple[str, ...]:
@@ -60,5 +69,26 @@ class Registry(Mapping, Generic[T]):
     def __len__(self) -> int:
         return len(self._entries)
 
+    __eq__ = object.__eq__  # one registry per extension point: compared by identity
+    __hash__ = object.__hash__
+
     def __repr__(self) -> str:
         return f"Registry({self.kind}: {', '.join(self._entries)})"
+
+
+#: every registry, for :func:`rollback_on_error`
+_ALL: "weakref.WeakSet[Registry]" = weakref.WeakSet()
+
+
+@contextlib.contextmanager
+def rollback_on_error():
+    """Undo every registration made inside the block if it raises (a plugin that fails
+    half-way leaves nothing behind to collide with its next, fixed, import)."""
+    before = {reg: set(reg) for reg in list(_ALL)}
+    try:
+        yield
+    except BaseException:
+        for reg in list(_ALL):
+            for name in [n for n in reg if n not in before.get(reg, set())]:
+                reg.remove(name)
+        raise

@@ -150,12 +150,22 @@ class TorchRuntime(Runtime):
 
 
 def cpu_threads() -> int:
-    """Threads for a CPU runtime: torch's setting when torch is loaded (``parallel.threads``
-    sets it), else the cores this process may use."""
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        return torch.get_num_threads()
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    """Threads for a CPU runtime: ``OMP_NUM_THREADS`` when set, else the physical cores
+    this process may use (what torch takes by default). Never read from torch, so a
+    runtime compiles with the same setting whether torch is loaded or not (the setting is
+    part of OpenVINO's compiled-model cache key)."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu in cpus:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list", encoding="utf-8") as fh:
+                cores.add(fh.read().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
 
 
 @functools.lru_cache(maxsize=1)
@@ -221,8 +231,15 @@ def create_runtime(name: str, model: nn.Module | Callable[[], nn.Module], inputs
     if info.needs_onnx:
         if onnx_path is None:
             raise RuntimeUnavailable(f"runtime {name} needs the member exported to ONNX")
-        return info.cls(None, inputs, onnx_path(), device, precision, cache_dir=cache_dir)
+        extra = {"cache_dir": cache_dir} if cache_dir is not None and _accepts(info.cls, "cache_dir") else {}
+        return info.cls(None, inputs, onnx_path(), device, precision, **extra)
     return info.cls(model() if callable(model) and not _is_module(model) else model, inputs, None, device, precision)
+
+
+def _accepts(cls: type, arg: str) -> bool:
+    import inspect
+
+    return arg in inspect.signature(cls.__init__).parameters
 
 
 def _is_module(obj) -> bool:

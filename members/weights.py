@@ -129,14 +129,14 @@ class WeightsSource:
     and override :meth:`load` (or :meth:`create`, when the model must be built differently).
 
     Sources are asked in order of ``priority`` (higher first; ties: registration order),
-    never of import order: exact keywords (``none``, ``hub``) 100, installed packages 50,
-    prefixed sources 20 by default, local files 0 (they take any value with a path
-    separator, so they come last).
+    never of import order: exact keywords (``none``, ``hub``) 100, prefixed sources 80 by
+    default, local files 60 (they take any value with a path separator, so prefixed
+    sources come first), installed packages 40.
     """
 
     name = ""
     prefix: str | None = None
-    priority = 20
+    priority = 80
 
     def claims(self, value: str) -> bool:
         if self.prefix is None:
@@ -211,7 +211,7 @@ class LocalFile(WeightsSource):
     """A ``.safetensors`` / ``.pt`` / ``.pth`` / ``.bin`` file (a path, ``~`` expanded)."""
 
     name = "file"
-    priority = 0
+    priority = 60
 
     def claims(self, value: str) -> bool:
         path = Path(os.path.expanduser(value))
@@ -230,7 +230,7 @@ class Package(WeightsSource):
     """An installed Python package holding exactly one weights file."""
 
     name = "package"
-    priority = 50
+    priority = 40
 
     def claims(self, value: str) -> bool:
         return package_weights_file(value) is not None

@@ -14,7 +14,7 @@ from ensemble.training import estimator_from_config
 
 def _params(cfg):
     return dict(members=cfg.members, combiner=cfg.combiner, seed=cfg.seed, device=cfg.device,
-                parallel=cfg.parallel, precision=cfg.precision, runtime=cfg.runtime)
+                parallel=cfg.parallel, precision=cfg.precision, runtime=cfg.runtime, plugins=cfg.plugins)
 
 
 @pytest.mark.parametrize("key, value, message", [

@@ -54,9 +54,12 @@ def _ensemble_imports(path: Path) -> set[str]:
             found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("ensemble."))
         elif isinstance(node, ast.ImportFrom):
             module = node.module or ""
-            if node.level == 1 or module.startswith("ensemble"):
-                base = module.split(".")[1] if module.startswith("ensemble.") else module
-                found.update([base] if base else [a.name for a in node.names])
+            if (node.level == 1 and not module) or (node.level == 0 and module == "ensemble"):
+                found.update(a.name for a in node.names)  # from . import x / from ensemble import x
+            elif node.level == 1:
+                found.add(module.split(".")[0])
+            elif module.startswith("ensemble."):
+                found.add(module.split(".")[1])
     return found
 
 
@@ -69,8 +72,8 @@ def test_no_command_module_imports_another():
 def test_the_import_check_sees_every_spelling(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("from .training import x\nfrom . import tuning\nimport ensemble.export\n"
-                     "def f():\n    from ensemble.explain import y\n")
-    assert _ensemble_imports(probe) == {"training", "tuning", "export", "explain"}
+                     "def f():\n    from ensemble.explain import y\n    from ensemble import inference\n")
+    assert _ensemble_imports(probe) == {"training", "tuning", "export", "explain", "inference"}
 
 
 def test_every_registry_refuses_a_taken_name():

@@ -82,8 +82,8 @@ def _effens(*argv, env=None, cwd=None):
 
 def test_a_plugin_module_next_to_the_yaml_works_from_train_to_predict(tiny_data, tmp_path):
     (tmp_path / "toyplug.py").write_text(PLUGIN)
-    raw = synth.tiny_config(tiny_data, plugins=["toyplug"])
-    raw["combiner"]["strategy"] = "geomean"
+    raw = synth.tiny_config(tiny_data, plugins=["toyplug"], parallel={"backend": "loky", "n_jobs": 2})
+    raw["combiner"]["strategy"] = "geomean"  # members train in worker processes: plugins load there too
     raw["members"][0]["weights"] = "toy://a"
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(raw))
@@ -114,12 +114,55 @@ def test_a_plugin_module_next_to_the_yaml_works_from_train_to_predict(tiny_data,
 
 def test_a_plugin_that_cannot_be_imported_is_one_line_naming_it(tiny_data, tmp_path):
     (tmp_path / "broken.py").write_text("raise RuntimeError('the plugin is broken')\n")
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump(synth.tiny_config(tiny_data, plugins=["broken", "absent_module"])))
-    rc, out = _effens("train", str(cfg), "--out", str(tmp_path / "run"))
-    assert rc == 2 and "Traceback" not in out
-    assert "`plugins`: cannot import 'broken': RuntimeError: the plugin is broken" in out
-    assert not (tmp_path / "run").exists()
+    for plugins, message in ((["broken"], "`plugins`: cannot import 'broken': RuntimeError: the plugin is broken"),
+                             (["absent_module"], "`plugins`: cannot import 'absent_module': ModuleNotFoundError"),
+                             (["missing.py"], "`plugins`: cannot import 'missing.py': FileNotFoundError")):
+        cfg = tmp_path / "cfg.yaml"
+        cfg.write_text(yaml.safe_dump(synth.tiny_config(tiny_data, plugins=plugins)))
+        rc, out = _effens("train", str(cfg), "--out", str(tmp_path / "run"))
+        assert rc == 2 and "Traceback" not in out, out[-2000:]
+        assert message in out
+        assert not (tmp_path / "run").exists()
+
+
+def test_plugin_files_never_replace_modules_and_a_failed_one_leaves_nothing_registered(tmp_path):
+    """Two plugin files of one name, one named like a standard module, a .py path, and a
+    plugin that registers a view and then fails (loaded again once fixed)."""
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "plugin.py").write_text(textwrap.dedent(f'''
+            from members.views import view
+            @view(tta_only=True)
+            def view_{folder}(arr, inputs):
+                return arr
+        '''))
+    (tmp_path / "string.py").write_text("from members.views import view\n"
+                                        "@view(tta_only=True)\ndef view_string(arr, inputs):\n    return arr\n")
+    (tmp_path / "half.py").write_text("from members.views import view\n"
+                                      "@view(tta_only=True)\ndef half_view(arr, inputs):\n    return arr\n"
+                                      "raise RuntimeError('half-way')\n")
+    code = textwrap.dedent(f'''
+        import string, sys
+        from ensemble.config import ConfigError
+        from ensemble.plugins import load_plugins
+        from members.views import VIEWS
+        root = {str(tmp_path)!r}
+        load_plugins(["one/plugin.py", "two/plugin.py", "string"], root)
+        assert {{"view_one", "view_two", "view_string"}} <= set(VIEWS), list(VIEWS)
+        assert sys.modules["string"] is string and hasattr(string, "ascii_letters")  # the standard one
+        try:
+            load_plugins(["half"], root)
+        except ConfigError as exc:
+            assert "RuntimeError: half-way" in str(exc), exc
+        assert "half_view" not in VIEWS  # rolled back
+        fixed = open(root + "/half.py").read().replace("raise", "# raise")
+        open(root + "/half.py", "w").write(fixed)
+        load_plugins(["half"], root)  # fixed: loads, no "already registered"
+        assert "half_view" in VIEWS
+        print("ok")
+    ''')
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
 def test_a_plugin_may_not_take_a_builtin_name(tiny_data, tmp_path):

@@ -53,12 +53,15 @@ def test_predict_on_an_exported_run_imports_no_torch_and_matches(trained, tiny_d
     rc, heavy, err = _in_fresh_process(["predict", str(run), images, "--runtime", "openvino", "--out", str(first)])
     assert rc == 0, err[-2000:]
     assert "torch" in heavy
-    compiled = list((run / "cache" / "compiled").rglob("*"))
-    assert any(p.is_file() for p in compiled), "OpenVINO's compiled-model cache is empty"
+    blobs = sorted(p for p in (run / "cache" / "compiled").rglob("*") if p.is_file())
+    assert blobs, "OpenVINO's compiled-model cache is empty"
+    assert len({p.parent for p in blobs}) == 3  # one folder per member export (its SHA-256)
     rc, heavy, err = _in_fresh_process(["predict", str(run), images, "--runtime", "openvino", "--out", str(second)])
     assert rc == 0, err[-2000:]
     assert heavy == [], f"a cached predict imported {heavy}"
     assert _rows(first) == _rows(second)
+    # the second process loaded what the first compiled (same threads, same keys): nothing new
+    assert sorted(p for p in (run / "cache" / "compiled").rglob("*") if p.is_file()) == blobs
 
 
 @needs_openvino
