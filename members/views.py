@@ -8,11 +8,14 @@
 
 A member uses its view for val, test, OOB, predict and export; with a whole-image view it
 also trains on random-resized crops taken from the letterboxed or squashed image. A new
-view is one function registered with ``@view``. TTA averages a member's probabilities over
-several views (and their mirror images): ``flip`` plus any view names.
+view is one function registered with ``@view`` (optionally with its training counterpart
+and its description, :class:`View`; by default a member trains on random crops of the
+view itself at the resize size). TTA averages a member's probabilities over several
+views (and their mirror images): ``flip`` plus any view names.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import numpy as np
@@ -23,17 +26,35 @@ from .registry import Registry
 _PIL_INTERP = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
                "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
 
-VIEWS: Registry[Callable[[np.ndarray, object], np.ndarray]] = Registry("view")
-TTA_ONLY: set[str] = set()  # views for test-time averaging that no member is trained on
+@dataclasses.dataclass(frozen=True)
+class View:
+    """A registered view and its whole contract: ``look`` (eval: an HWC uint8 photo and the
+    member's inputs -> the (S, S, 3) input), ``train`` (inputs -> what goes before the
+    training crop, or None for nothing; unset: the view itself rendered at the resize
+    size, :class:`WholeImage`), ``describe`` (inputs -> its steps in words, for exports;
+    unset: the first line of ``look``'s docstring) and ``tta_only`` (never trained on)."""
+
+    name: str
+    look: Callable[[np.ndarray, object], np.ndarray]
+    train: Callable[[object], Callable | None] | None = None
+    describe: Callable[[object], list[str]] | None = None
+    tta_only: bool = False
+
+    def __call__(self, arr: np.ndarray, inputs) -> np.ndarray:
+        return self.look(arr, inputs)
 
 
-def view(fn: Callable[[np.ndarray, object], np.ndarray] | None = None, *, tta_only: bool = False):
-    """Register ``fn(image HWC uint8, inputs) -> (S, S, 3) uint8`` under its name
-    (``@view`` or ``@view(tta_only=True)``)."""
+VIEWS: Registry[View] = Registry("view")
+
+
+def view(fn: Callable[[np.ndarray, object], np.ndarray] | None = None, *, tta_only: bool = False,
+         train: Callable[[object], Callable | None] | None = None,
+         describe: Callable[[object], list[str]] | None = None):
+    """Register ``fn(image HWC uint8, inputs) -> (S, S, 3) uint8`` under its name, with its
+    training counterpart and description (``@view`` or ``@view(tta_only=True, ...)``;
+    see :class:`View`). Returns ``fn`` unchanged."""
     def register(f: Callable[[np.ndarray, object], np.ndarray]) -> Callable[[np.ndarray, object], np.ndarray]:
-        VIEWS.add(f.__name__, f)
-        if tta_only:
-            TTA_ONLY.add(f.__name__)
+        VIEWS.add(f.__name__, View(f.__name__, f, train, describe, tta_only), f.__module__)
         return f
 
     return register(fn) if fn is not None else register
@@ -61,7 +82,16 @@ def square_crop(arr: np.ndarray, inputs, where: float = 0.5) -> np.ndarray:
     return np.array(img.crop((left, top, left + s, top + s)), dtype=np.uint8)
 
 
-@view
+def _nothing_before_the_crop(inputs) -> None:
+    return None
+
+
+def _describe_crop(i) -> list[str]:
+    return [f"resize the shorter side to {i.resize_size} px ({i.interpolation})",
+            f"centre crop {i.image_size} x {i.image_size}"]
+
+
+@view(train=_nothing_before_the_crop, describe=_describe_crop)
 def crop(arr: np.ndarray, inputs) -> np.ndarray:
     """Resize the shorter side to ``resize_size`` and cut the centre square."""
     return square_crop(arr, inputs)
@@ -89,14 +119,20 @@ def letterbox_image(img: Image.Image, size: int, fill: tuple[int, int, int], int
     return canvas
 
 
-@view
+def _describe_letterbox(i) -> list[str]:
+    return [f"resize the longer side to {i.image_size} px ({i.interpolation}), aspect kept",
+            f"paste centred on a {i.image_size} x {i.image_size} square filled with the mean "
+            f"colour {list(_mean_colour(i))}"]
+
+
+@view(describe=_describe_letterbox)
 def letterbox(arr: np.ndarray, inputs) -> np.ndarray:
     """The whole photo, aspect kept, padded with the mean colour."""
     return np.array(letterbox_image(Image.fromarray(arr), inputs.image_size, _mean_colour(inputs),
                                       _interp(inputs)), dtype=np.uint8)
 
 
-@view
+@view(describe=lambda i: [f"resize to {i.image_size} x {i.image_size} ({i.interpolation}), aspect not kept"])
 def squash(arr: np.ndarray, inputs) -> np.ndarray:
     """The whole photo resized to the square input (aspect not kept)."""
     s = inputs.image_size
@@ -116,20 +152,16 @@ def eval_array(images, inputs) -> np.ndarray:
 
 def describe_view(inputs) -> list[str]:
     """The view's steps in words, for a server without effens (``effens export``)."""
-    i = inputs
-    return {
-        "crop": [f"resize the shorter side to {i.resize_size} px ({i.interpolation})",
-                 f"centre crop {i.image_size} x {i.image_size}"],
-        "letterbox": [f"resize the longer side to {i.image_size} px ({i.interpolation}), aspect kept",
-                      f"paste centred on a {i.image_size} x {i.image_size} square filled with the mean "
-                      f"colour {list(_mean_colour(i))}"],
-        "squash": [f"resize to {i.image_size} x {i.image_size} ({i.interpolation}), aspect not kept"],
-    }.get(i.view, [f"the `{i.view}` view of effens (members.views)"])
+    v = VIEWS.lookup(inputs.view)
+    if v.describe is not None:
+        return v.describe(inputs)
+    doc = (v.look.__doc__ or "").strip().splitlines()
+    return [f"the `{v.name}` view" + (f": {doc[0].rstrip('.')}" if doc else "") + f" ({v.look.__module__})"]
 
 
 def view_names(member: bool = True) -> tuple[str, ...]:
     """Registered views; ``member``: only those a member may be trained on (no TTA-only views)."""
-    return tuple(n for n in VIEWS if not (member and n in TTA_ONLY))
+    return tuple(n for n, v in VIEWS.items() if not (member and v.tta_only))
 
 
 def parse_tta(value) -> tuple[str, ...]:
@@ -146,23 +178,24 @@ def parse_tta(value) -> tuple[str, ...]:
 
 
 class WholeImage:
-    """Training counterpart of a whole-image view: the letterboxed or squashed photo at
-    ``size`` (the resize size), from which the random-resized crop is then taken."""
+    """Training counterpart of a whole-image view (any view but ``crop``, unless it says
+    otherwise): the photo as the view shows it, rendered at ``size`` (the resize size),
+    from which the random-resized crop is then taken. Holds the view's name, so that it
+    pickles into DataLoader workers."""
 
-    def __init__(self, kind: str, size: int, fill: tuple[int, int, int], interp) -> None:
-        self.kind, self.size, self.fill, self.interp = kind, size, fill, interp
+    def __init__(self, name: str, inputs) -> None:
+        self.name, self.inputs = name, inputs
 
     def __call__(self, img: Image.Image) -> Image.Image:
-        if self.kind == "squash":
-            return img.resize((self.size, self.size), self.interp)
-        return letterbox_image(img, self.size, self.fill, self.interp)
+        return Image.fromarray(VIEWS.lookup(self.name)(np.asarray(img.convert("RGB")), self.inputs))
 
     def __repr__(self) -> str:
-        return f"WholeImage({self.kind}, {self.size})"
+        return f"WholeImage({self.name}, {self.inputs.image_size})"
 
 
-def train_view(inputs) -> WholeImage | None:
-    """What goes before the training crop for this member's view (None for ``crop``)."""
-    if inputs.view == "crop":
-        return None
-    return WholeImage(inputs.view, inputs.resize_size, _mean_colour(inputs), _interp(inputs))
+def train_view(inputs):
+    """What goes before the training crop for this member's view (None: nothing)."""
+    v = VIEWS.lookup(inputs.view)
+    if v.train is not None:
+        return v.train(inputs)
+    return WholeImage(v.name, dataclasses.replace(inputs, image_size=inputs.resize_size))

@@ -88,7 +88,10 @@ def test_items_do_not_depend_on_loader_workers():
     ds = _dataset()
 
     def batches(workers: int) -> torch.Tensor:
-        loader = torch.utils.data.DataLoader(ds, batch_size=3, shuffle=False, num_workers=workers)
+        # spawned, not forked: a fork of this test process, which may hold OpenVINO's and
+        # torch's thread pools from earlier tests, once deadlocked at exit (futex) and hung pytest
+        loader = torch.utils.data.DataLoader(ds, batch_size=3, shuffle=False, num_workers=workers,
+                                             multiprocessing_context="spawn" if workers else None)
         return torch.cat([x for x, _ in loader])
 
     torch.testing.assert_close(batches(0), batches(2), rtol=0, atol=0)

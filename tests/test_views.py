@@ -13,7 +13,7 @@ from ensemble.cli import main
 from members.models import InputConfig
 from members.streams import item_streams
 from members.transforms import center_crop, eval_tensor, train_transform
-from members.views import VIEWS, parse_tta
+from members.views import VIEWS, parse_tta, view_names
 
 INPUTS = InputConfig(32, 0.875, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 
@@ -158,3 +158,42 @@ def test_adapt_bn_uses_the_new_images_on_a_copy(trained, tiny_data, tmp_path, ca
     assert main(["predict", str(run), str(tiny_data / "test"), "--out", str(tmp_path / "p.csv"), "--adapt-bn"]) == 0
     assert "BatchNorm adapted to these images" in capsys.readouterr().out
     assert hashlib.sha256((run / "members/a/model.safetensors").read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.parametrize("name", ["letterbox", "squash"])
+def test_a_whole_image_view_trains_on_itself_at_the_resize_size_as_before(name):
+    """The generic training counterpart gives the pixels the hand-written one gave
+    (letterbox / squash of the photo at the resize size)."""
+    from members.views import _interp, _mean_colour, letterbox_image, train_view
+
+    inputs = dataclasses.replace(INPUTS, view=name)
+    img = Image.fromarray(wide_image())
+    got = np.asarray(train_view(inputs)(img))
+    size = inputs.resize_size
+    want = (letterbox_image(img, size, _mean_colour(inputs), _interp(inputs)) if name == "letterbox"
+            else img.resize((size, size), _interp(inputs)))
+    assert got.shape == (size, size, 3)
+    np.testing.assert_array_equal(got, np.asarray(want))
+
+
+def test_a_new_view_carries_its_own_training_step_and_description():
+    from members.views import VIEWS, describe_view, train_view, view
+
+    @view
+    def top_band(arr, inputs):
+        """The top third of the photo, squashed to the square input."""
+        s = inputs.image_size
+        return np.array(Image.fromarray(arr[: max(1, arr.shape[0] // 3)]).resize((s, s)), dtype=np.uint8)
+
+    try:
+        inputs = dataclasses.replace(INPUTS, view="top_band")
+        step = train_view(inputs)
+        img = Image.fromarray(wide_image())
+        out = np.asarray(step(img))  # trains on crops of its own view, not of a letterbox
+        np.testing.assert_array_equal(out, top_band(np.asarray(img), dataclasses.replace(
+            inputs, image_size=inputs.resize_size)))
+        assert describe_view(inputs) == ["the `top_band` view: The top third of the photo, squashed to the "
+                                         "square input (test_views)"]
+        assert "top_band" in view_names()
+    finally:
+        VIEWS.remove("top_band")
