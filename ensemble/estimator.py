@@ -329,7 +329,7 @@ class BaggedEnsemble(ParamsMixin):
         model = adapt_batchnorm(fm.model, eval_tensor(images, fm.inputs), fm.inputs, spec.train.eval_batch_size,
                                 device)
         log.info("member %s: BatchNorm statistics re-estimated on %d images (a copy)", fm.name, len(images))
-        return create_runtime("torch", model, fm.inputs, device, prec, onnx_path=lambda: None)
+        return create_runtime("torch", lambda: model, fm.inputs, device, prec, onnx_path=lambda: None)
 
     def _onnx_file(self, index: int):
         """The member's runtime ONNX file: the run folder's cache (``onnx_cache_``, set by

@@ -21,7 +21,6 @@ import functools
 import importlib.util
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -217,13 +216,13 @@ class OnnxRuntime(Runtime):
         return self.session.run(None, {self.input: np.ascontiguousarray(x)})[0]
 
 
-def create_runtime(name: str, model: nn.Module | Callable[[], nn.Module], inputs: InputConfig, device,
+def create_runtime(name: str, model: Callable[[], nn.Module], inputs: InputConfig, device,
                    precision: Precision, onnx_path: Callable[[], Path] | None = None,
                    cache_dir: Path | None = None) -> Runtime:
     """Build runtime ``name`` (already resolved) for one member.
 
-    ``model`` may be a function that builds it: it is called only by runtimes that run the
-    torch model, and ``onnx_path`` only by runtimes that read ONNX, so an exported member
+    ``model`` is a function that gives the torch model: it is called only by runtimes that
+    run it, and ``onnx_path`` only by runtimes that read ONNX, so an exported member
     loads neither torch nor its weights. ``cache_dir``: where a runtime that compiles may
     keep its compiled model (OpenVINO).
     """
@@ -233,18 +232,13 @@ def create_runtime(name: str, model: nn.Module | Callable[[], nn.Module], inputs
             raise RuntimeUnavailable(f"runtime {name} needs the member exported to ONNX")
         extra = {"cache_dir": cache_dir} if cache_dir is not None and _accepts(info.cls, "cache_dir") else {}
         return info.cls(None, inputs, onnx_path(), device, precision, **extra)
-    return info.cls(model() if callable(model) and not _is_module(model) else model, inputs, None, device, precision)
+    return info.cls(model(), inputs, None, device, precision)
 
 
 def _accepts(cls: type, arg: str) -> bool:
     import inspect
 
     return arg in inspect.signature(cls.__init__).parameters
-
-
-def _is_module(obj) -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(obj, torch.nn.Module)
 
 
 def runtime_proba(runtime: Runtime, images, batch_size: int = 64, tta: bool = False) -> np.ndarray:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 
 import torch
@@ -50,6 +49,8 @@ def main() -> None:
     args = p.parse_args()
     import timm
 
+    from bench_common import report_json
+
     from members.models import frozen_modules
     from members.precision import describe_cpu
 
@@ -79,10 +80,7 @@ def main() -> None:
     res["speedup"] = round(res["eager_step_s"] / res["compiled_step_s"], 3)
     extra = res["compiled_first_two_steps_s"] - res["eager_first_two_steps_s"]
     res["break_even_steps"] = round(extra / gain) if gain > 0 else None
-    text = json.dumps(res, indent=2)
-    print(text)
-    if args.out:
-        open(args.out, "w").write(text + "\n")
+    report_json(res, args.out)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import logging
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_common import report_json  # noqa: E402
 from benchmark_predict import plain_proba  # noqa: E402
 
 from ensemble.data import find_images  # noqa: E402
@@ -183,11 +183,7 @@ def main() -> None:
             log.info("(b) %s: effens %.1f img/s (%s), plain %.1f img/s -> %.2fx", pr,
                      res["b"][pr]["effens_img_s"], res["b"][pr]["effens_precision"],
                      res["b"][pr]["plain_img_s"], res["b"][pr]["ratio"])
-    text = json.dumps(res, indent=2, default=str)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    report_json(res, args.out)
 
 
 if __name__ == "__main__":

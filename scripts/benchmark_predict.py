@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import platform
 import time
 
 import numpy as np
 import torch
+
+from bench_common import report_json
 
 from ensemble.data import find_images
 from ensemble.estimator import BaggedEnsemble
@@ -33,7 +34,7 @@ def effens_proba(ens: BaggedEnsemble, paths: list[str], batch: int) -> np.ndarra
 
 
 def plain_proba(ens: BaggedEnsemble, paths: list[str], batch: int, workers: int) -> np.ndarray:
-    from plain_loop import FileDataset
+    from bench_common import FileDataset
     from torchvision import transforms as T
 
     out = []
@@ -82,10 +83,7 @@ def main() -> None:
     res.pop("pred_plain_workers2")
     res["speedup_vs_workers0"] = res["effens_img_s"] / res["plain_workers0_img_s"]
     res["speedup_vs_workers2"] = res["effens_img_s"] / res["plain_workers2_img_s"]
-    text = json.dumps(res, indent=2)
-    print(text)
-    if args.out:
-        open(args.out, "w").write(text + "\n")
+    report_json(res, args.out)
 
 
 if __name__ == "__main__":

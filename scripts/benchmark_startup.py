@@ -44,7 +44,7 @@ def plain_main(run: str, images: str, workers: int) -> None:
     import numpy as np
     import timm
     import torch
-    from plain_loop import FileDataset
+    from bench_common import FileDataset
     from safetensors.torch import load_file
     from torchvision import transforms as T
 
@@ -114,6 +114,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args()
+    from bench_common import report_json
+
     if args.mode == "plain":
         return plain_main(args.run, args.images, args.workers)
 
@@ -164,10 +166,7 @@ def main() -> None:
         res["speedup_bf16_vs_fp32"] = round(res["wall_s"]["predict_all"] / res["wall_s"]["predict_all_bf16"], 2)
     res["importtime_predict_one_s"] = import_table(["-m", "ensemble", "predict", args.run, one,
                                                     "--out", str(tmp / "imp.csv")])
-    text = json.dumps(res, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    report_json(res, args.out)
 
 
 if __name__ == "__main__":

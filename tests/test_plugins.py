@@ -178,3 +178,45 @@ def test_a_plugin_may_not_take_a_builtin_name(tiny_data, tmp_path):
     rc, out = _effens("train", str(cfg), "--out", str(tmp_path / "run"))
     assert rc == 2 and "Traceback" not in out
     assert "a strategy named 'soft' is already registered (by ensemble.strategies)" in out
+
+
+def _installed_plugin(root, body: str) -> dict:
+    """A distribution in ``root`` with one ``effens.plugins`` entry point; the environment
+    that puts it on the path."""
+    (root / "toy_effens_ep.py").write_text(body)
+    info = root / "toy_effens_ep-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-effens-ep\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[effens.plugins]\ntoy = toy_effens_ep\n")
+    return {"PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+
+
+def test_an_installed_entry_point_plugin_reaches_the_help_choices(tmp_path):
+    env = _installed_plugin(tmp_path, textwrap.dedent('''
+        import numpy as np
+        from ensemble.strategies import Strategy, register
+
+        @register
+        class ToyVote(Strategy):
+            name = "toyvote"
+
+            def apply(self, proba):
+                p = proba.mean(axis=0)
+                return p.argmax(axis=1), p
+    '''))
+    rc, out = _effens("predict", "--help", env=env)
+    assert rc == 0 and "toyvote" in out, out[-2000:]
+    rc, out = _effens("predict", "--help")  # without the distribution on the path: not there
+    assert rc == 0 and "toyvote" not in out
+
+
+def test_a_broken_entry_point_plugin_is_one_line_and_help_still_works(tiny_data, tmp_path):
+    env = _installed_plugin(tmp_path, "raise ImportError('half-installed')\n")
+    rc, out = _effens("--help", env=env)
+    assert rc == 0 and "Traceback" not in out
+    assert "plugin entry point 'toy' (toy_effens_ep) failed to load: ImportError: half-installed" in out
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(synth.tiny_config(tiny_data)))
+    rc, out = _effens("train", str(cfg), "--out", str(tmp_path / "run"), env=env)
+    assert rc == 2 and "Traceback" not in out and "half-installed" in out
+    assert not (tmp_path / "run").exists()

@@ -1,5 +1,9 @@
-"""The pieces of the plain loop a user writes without effens (shared by the benchmarks)."""
+"""What the benchmark scripts share: the plain loop's file dataset (what a user writes
+without effens) and printing/saving the figures."""
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import torch
 from PIL import Image
@@ -17,3 +21,12 @@ class FileDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> torch.Tensor:
         with Image.open(self.paths[i]) as img:
             return self.tf(img.convert("RGB"))
+
+
+def report_json(res: dict, out: str | None) -> None:
+    """Print the figures as JSON and, with ``out``, write them there too."""
+    text = json.dumps(res, indent=2, default=str)
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
