@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import sys
@@ -25,6 +26,19 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for name in ("effens", "ensemble", "members"):
         logging.getLogger(name).setLevel(level)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Fills ``{views}`` in a help text from the view registry, only when help is shown
+    (the registry needs PIL, which parsing alone should not import)."""
+
+    def _expand_help(self, action) -> str:
+        text = super()._expand_help(action)
+        if "{views}" in text:
+            from members.views import view_names
+
+            text = text.replace("{views}", ", ".join(("flip", *view_names(member=False))))
+        return text
 
 
 def _choices(names) -> str:
@@ -77,9 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     except Exception as exc:  # a broken installed plugin: one line, and --help still works
         log.error("%s", " ".join(str(exc).split()))
 
-    p = argparse.ArgumentParser(prog="effens", description="Bagged ensembles of EfficientNet classifiers.")
+    p = argparse.ArgumentParser(prog="effens", description="Bagged ensembles of EfficientNet classifiers.",
+                                formatter_class=_HelpFormatter)
     p.add_argument("--version", action="version", version=f"effens {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True,
+                           parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_HelpFormatter))
 
     t = sub.add_parser("train", help="train an ensemble from a YAML config")
     t.add_argument("config", help="YAML config file")
@@ -119,8 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's)")
         q.add_argument("--tta", nargs="?", const="flip", metavar="VIEWS", type=_non_empty,
                        help="test-time augmentation: alone, average with the mirror image; or comma-"
-                            "separated views to average over, e.g. crop,letterbox,flip or the three "
-                            "squares along the long side: crop_start,crop,crop_end")
+                            "separated views to average over, e.g. crop,letterbox,flip (views: {views})")
         q.add_argument("--runtime", metavar="{" + ",".join(("auto", *RUNTIMES)) + "}",
                        help="inference runtime (default: the run's `runtime`; auto = the installed one "
                             "with the highest priority for the device: OpenVINO on CPU, else torch)")

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .schema import ConfigError, build, field, interval, to_dict
+from .schema import ConfigError, build, field, interval, sections_field, to_dict
 
 __all__ = ["ConfigError", "Config", "MemberConfig", "load_config", "parse_overrides",
            "apply_overrides", "dump_config", "SplitSource"]
@@ -165,11 +165,10 @@ def _check_model(value: Any) -> str | None:
     return model_name_problem(value)
 
 
-def _check_runtime(value: Any) -> str | None:
-    from members.runtimes import RUNTIMES
+def _runtimes() -> tuple[str, ...]:
+    from members.runtimes import RUNTIMES  # numpy only
 
-    known = ("auto", *RUNTIMES)
-    return None if value in known else f"must be one of {', '.join(known)}"
+    return ("auto", *RUNTIMES)
 
 
 @dataclasses.dataclass
@@ -183,9 +182,8 @@ class MemberConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] | None = field(
         None, doc="this member's precision; default: the top-level `precision`")
     view: str = field("crop", choices=_views,
-                      doc="how a photo becomes the input, in training, val, OOB, predict and export: crop "
-                          "(centre square), letterbox (whole photo, padded) or squash (whole photo, "
-                          "stretched)")
+                      doc="how a photo becomes the input, in training, val, OOB, predict and export: a "
+                          "registered member view (each one's meaning: the README's registry table)")
     bagging: BaggingConfig = field(default_factory=BaggingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -198,27 +196,6 @@ class MemberConfig:
         if low is not None and self.image_size is not None and low > self.image_size:
             raise ConfigError(f"`{path}.train.min_image_size` ({low}) must not exceed `{path}.image_size` "
                               f"({self.image_size}): progressive resizing grows towards image_size")
-
-
-@dataclasses.dataclass
-class StackingConfig:
-    source: Literal["oob", "val"] = field("oob", doc="meta-learner fitted on out-of-bag or "
-                                                     "validation member probabilities")
-    C: float = field(1.0, check=interval(0, None, low_open=True),
-                     doc="inverse regularisation strength of the logistic meta-learner")
-
-
-@dataclasses.dataclass
-class GreedyConfig:
-    source: Literal["oob", "val"] = field("oob", doc="probabilities greedy selection is fitted on")
-    iterations: int = field(25, check=interval(1, 1000), doc="selection steps (with replacement); "
-                                                          "the best prefix of the path is kept")
-    metric: Literal["log_loss", "brier", "macro_f1"] = field("log_loss", doc="what each step minimises "
-                                                                             "(macro_f1: maximises)")
-    bags: int = field(0, check=interval(0, 1000), doc="repeat on this many random subsets of the pool and "
-                                                      "average the weights (0: off)")
-    bag_fraction: float = field(0.5, check=interval(0, 1, low_open=True),
-                                doc="share of the candidates in each bag")
 
 
 @dataclasses.dataclass
@@ -242,6 +219,12 @@ def _default_strategies() -> tuple[str, ...]:
     return ("auto", *_strategies())
 
 
+def _strategy_settings() -> dict[str, type]:
+    from .strategies import strategy_settings
+
+    return strategy_settings()
+
+
 #: names a member may not take: strategies and the fixed columns of predict's output
 RESERVED_COLUMNS = ("path", "prediction", "prediction_set", "decision", "error", "ensemble")
 
@@ -260,10 +243,23 @@ class CombinerConfig:
     weights_source: Literal["oob", "val"] = field("oob", doc="probabilities `auto` weights "
                                                              "are fitted on (oob keeps val a "
                                                              "clean holdout)")
-    stacking: StackingConfig = field(default_factory=StackingConfig)
-    greedy: GreedyConfig = field(default_factory=GreedyConfig)
+    sections: dict[str, Any] = sections_field(
+        _strategy_settings, doc="each strategy's own settings, one section per strategy named after it "
+                                "(`combiner.stacking`, `combiner.greedy`, a plugin's): the strategy owns their schema")
     auto: AutoConfig = field(default_factory=AutoConfig)
     calibrate: bool = field(False, doc="per-member temperature scaling fitted on validation")
+
+    def __getattr__(self, name: str) -> Any:
+        """A strategy's settings section by its name (``settings.stacking.C``); defaults when not given."""
+        if name.startswith("__") or name == "sections":
+            raise AttributeError(name)
+        given = self.__dict__.get("sections") or {}
+        if name in given:
+            return given[name]
+        schema = _strategy_settings().get(name)
+        if schema is None:
+            raise AttributeError(f"{type(self).__name__} has no setting or strategy section {name!r}")
+        return schema()
 
     def validate(self, path: str) -> None:
         w = self.weights
@@ -377,8 +373,8 @@ class Config:
                     "bf16/fp16 mixed precision on CUDA), fp32, bf16 (CPUs with native bf16: often faster) or fp16 "
                     "(CUDA only); weights stay fp32")
     runtime: str = field(
-        "auto", check=_check_runtime, doc="inference runtime of predict/evaluate: auto (OpenVINO on CPU when "
-                    "installed, else torch), torch, openvino or onnxruntime")
+        "auto", choices=_runtimes, doc="inference runtime of predict/evaluate: auto (the installed runtime "
+                    "with the highest `auto` priority for the device) or a registered runtime")
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     decision: DecisionConfig = field(default_factory=DecisionConfig,
                                      doc="prediction sets, review and costs (`effens predict`, reports)")

@@ -4,7 +4,7 @@ Every member becomes ``<name>.onnx`` (input ``image``: normalised float32 N x 3 
 output ``proba``: N x C) with ``<name>.json`` giving its preprocessing and classes. The
 whole ensemble becomes ``ensemble.onnx``: one graph from normalised images at the
 largest member's input size to the ensemble's probabilities (members, calibration and
-the soft / weighted vote or the stacking meta-learner inside), so the ensemble can be
+the strategy's own graph head inside: :meth:`ensemble.strategies.Strategy.graph_head`), so the ensemble can be
 served without effens. ``export.json`` records every file's SHA-256.
 
 (The runtimes' own ONNX files for ``predict --runtime openvino|onnxruntime`` are cached
@@ -24,7 +24,7 @@ from torch import nn
 
 from . import __version__
 from .combiners import PROBA_FLOOR
-from .files import RunError, atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from .files import RunError, atomic_write_bytes, atomic_write_json, read_json, refuse_foreign, sha256_file
 from .strategies import graph_strategies
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class EnsembleGraph(nn.Module):
     see exactly what effens gives them.
     """
 
-    def __init__(self, models: Sequence[nn.Module], inputs: Sequence, kind: str, params: dict,
+    def __init__(self, models: Sequence[nn.Module], inputs: Sequence, head: nn.Module,
                  temperatures: Sequence[float] | None) -> None:
         super().__init__()
         self.members = nn.ModuleList(models)
@@ -55,19 +55,13 @@ class EnsembleGraph(nn.Module):
         self.input_size = int(ref.image_size)
         self.input_mean, self.input_std = tuple(ref.mean), tuple(ref.std)
         self.norms = [(tuple(i.mean), tuple(i.std)) for i in inputs]
-        if kind not in ("mean", "stacking"):
-            raise ExportRefused(f"the ensemble graph has no form {kind!r}")
-        self.kind = kind
+        if not isinstance(head, nn.Module):
+            raise ExportRefused(f"a strategy's graph head must be a torch.nn.Module; got {type(head).__name__}")
+        self.head = head
         m = len(models)
-        weights = params.get("weights")
-        w = np.full(m, 1.0 / m) if weights is None else np.asarray(weights, dtype=np.float64)
-        self.register_buffer("weights", torch.tensor(w / w.sum(), dtype=torch.float32))
         t = np.ones(m) if not temperatures else np.asarray(temperatures, dtype=np.float64)
         self.calibrated = bool(temperatures)
         self.register_buffer("temperatures", torch.tensor(t, dtype=torch.float32))
-        if kind == "stacking":
-            self.register_buffer("coef", torch.tensor(np.asarray(params["coef"]), dtype=torch.float32))
-            self.register_buffer("intercept", torch.tensor(np.asarray(params["intercept"]), dtype=torch.float32))
 
     def _member_input(self, x: torch.Tensor, j: int) -> torch.Tensor:
         size, (mean, std) = self.sizes[j], self.norms[j]
@@ -86,11 +80,7 @@ class EnsembleGraph(nn.Module):
             if self.calibrated:  # as combiners.temperature_scale
                 p = (torch.log(p.clamp(PROBA_FLOOR / 100, 1.0)) / self.temperatures[j]).softmax(dim=1)
             probs.append(p)
-        stacked = torch.stack(probs)  # (M, N, C)
-        if self.kind == "stacking":  # as combiners.stacking_proba
-            feats = torch.log(stacked.clamp(PROBA_FLOOR, 1.0)).permute(1, 0, 2).flatten(1)
-            return (feats @ self.coef.T + self.intercept).softmax(dim=1)
-        return (self.weights.view(-1, 1, 1) * stacked).sum(dim=0)
+        return self.head(torch.stack(probs))  # (M, N, C) -> (N, C)
 
 
 def graph_strategy(ens, strategy: str | None) -> str:
@@ -105,8 +95,7 @@ def graph_strategy(ens, strategy: str | None) -> str:
     if strategy not in allowed:
         raise ExportRefused(f"`--strategy` for the ensemble graph must be one of "
                             f"{', '.join(allowed)}; got {strategy!r}")
-    if strategy not in comb.available():
-        raise ExportRefused(f"strategy {strategy} is not available in this run ({', '.join(comb.available())})")
+    comb.get(strategy)  # fitted in this run, or the one line that says so
     return strategy
 
 
@@ -114,9 +103,9 @@ def ensemble_graph(ens, strategy: str) -> EnsembleGraph:
     """The fitted ensemble as one module: members, calibration and ``strategy``'s graph form."""
     from members.export import cpu_copy
 
-    kind, params = ens.combiner_.get(strategy).graph()
+    head = ens.combiner_.get(strategy).graph_head()
     return EnsembleGraph([cpu_copy(fm.model) for fm in ens.members_], [fm.inputs for fm in ens.members_],
-                         kind, params, ens.combiner_.temperatures).eval()
+                         head, ens.combiner_.temperatures).eval()
 
 
 # ---------------------------------------------------------------- files
@@ -170,7 +159,7 @@ def export_run(run_dir: str, fmt: str, out: str, strategy: str | None = None) ->
     comb = ens.combiner_
     docs["ensemble.json"] = {
         "strategy": strategy, "members": [fm.name for fm in ens.members_],
-        "weights": graph.weights.tolist(), "temperatures": comb.temperatures,
+        "weights": _head_weights(graph.head, len(ens.members_)), "temperatures": comb.temperatures,
         "member_input_sizes": graph.sizes,
         "note": ("members whose input size differs from the graph's see the input bilinearly resized "
                  "inside the graph (an approximation of their own centre crop); for exact member "
@@ -191,25 +180,24 @@ def export_run(run_dir: str, fmt: str, out: str, strategy: str | None = None) ->
     return manifest
 
 
+def _head_weights(head: nn.Module, n_members: int) -> list[float]:
+    """The members' weights in the graph's vote (equal when its head keeps none)."""
+    w = getattr(head, "weights", None)
+    return w.tolist() if isinstance(w, torch.Tensor) and getattr(head, "given", True) else [1.0 / n_members] * n_members
+
+
 def _check_out_dir(out_dir: Path) -> None:
-    """Write only into a new or empty folder, or over an earlier export's own files."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportRefused(f"{out_dir}: exists and is not a folder")
-    if not out_dir.is_dir():
-        return
-    present = {p.name for p in out_dir.iterdir()}
-    if not present:
-        return
-    ours = set()
-    if (out_dir / "export.json").is_file():
-        try:
-            ours = set(read_json(out_dir / "export.json").get("files", {})) | {"export.json"}
-        except (ValueError, OSError):
-            ours = set()
-    foreign = sorted(present - ours)
-    if foreign:
-        raise ExportRefused(f"{out_dir / foreign[0]}: the output folder holds files effens did not "
-                            f"export; choose an empty or new --out")
+    """Write only into a new or empty folder, or over an earlier export's own files (those
+    its ``export.json`` lists)."""
+    manifest = out_dir / "export.json"
+    try:
+        adopt = [*read_json(manifest).get("files", {}), "export.json"] if manifest.is_file() else []
+    except (ValueError, OSError, AttributeError, TypeError):
+        adopt = []
+    try:
+        refuse_foreign(out_dir, "export", "effens export", adopt=adopt)
+    except RunError as exc:
+        raise ExportRefused(str(exc)) from None
 
 
 def _to_openvino(files: dict[str, bytes]) -> dict[str, bytes]:

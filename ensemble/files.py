@@ -121,37 +121,52 @@ def write_files(folder: str | os.PathLike, files: dict[str, bytes | str | Any]) 
 RECORD = ".effens-files.json"
 
 
+def _record(path: Path) -> dict:
+    try:
+        doc = read_json(path) if path.is_file() else {}
+    except (ValueError, OSError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 def owned_files(folder: str | os.PathLike, kind: str) -> set[str]:
     """Files (relative paths) an earlier effens ``kind`` output recorded in ``folder``."""
-    path = Path(folder) / RECORD
-    if not path.is_file():
-        return set()
-    try:
-        doc = read_json(path)
-    except (ValueError, OSError):
-        return set()
+    doc = _record(Path(folder) / RECORD)
     return set(doc.get("files", [])) if doc.get("kind") == kind else set()
 
 
-def foreign_files(folder: str | os.PathLike, kind: str) -> list[str]:
-    """Files in ``folder`` (recursively) that no earlier ``kind`` output of effens recorded."""
+def foreign_files(folder: str | os.PathLike, kind: str, record: str = RECORD, whole: bool = False,
+                  adopt: Sequence[str] = ()) -> list[str]:
+    """Files in ``folder`` (recursively) that no earlier ``kind`` output of effens recorded in
+    ``record``; with ``whole``, a record of that kind claims the whole folder (a run, a tune
+    search: every cache and member file under it is effens's). Dot-files are never counted."""
     folder = Path(folder)
     if not folder.exists():
         return []
     if not folder.is_dir():
         return [""]
-    ours = owned_files(folder, kind) | {RECORD}
+    doc = _record(folder / record)
+    if whole and doc.get("kind") == kind:
+        return []
+    listed = doc.get("files", []) if doc.get("kind") == kind else []
+    ours = set(listed) | {record, RECORD, *adopt}
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
                   if p.is_file() and str(p.relative_to(folder)) not in ours and not p.name.startswith("."))
 
 
-def refuse_foreign(folder: str | os.PathLike, kind: str, who: str) -> None:
-    """Before any work: refuse an output folder holding a file that no earlier ``kind``
-    output of effens recorded (``who`` names the command in the message)."""
-    foreign = foreign_files(folder, kind)
+def refuse_foreign(folder: str | os.PathLike, kind: str, who: str, record: str = RECORD, whole: bool = False,
+                   adopt: Sequence[str] = ()) -> None:
+    """The one rule for every output folder effens writes (run, report, evaluate, explain,
+    tune, export): before any work, refuse a folder that is not a folder, or holds a file no
+    earlier ``kind`` output of effens recorded (``who`` names the command in the message).
+    ``record``/``whole``/``adopt``: see :func:`foreign_files`."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RunError(f"{folder}: exists and is not a folder; --out names a folder")
+    foreign = foreign_files(folder, kind, record, whole, adopt)
     if foreign:
-        raise RunError(f"{Path(folder) / foreign[0]}: not written by {who}; choose a new or empty --out "
-                       f"(effens never overwrites files it did not write)")
+        raise RunError(f"{folder / foreign[0]}: not written by {who}; choose a new or empty --out "
+                       f"(effens never overwrites or removes files it did not write)")
 
 
 def write_owned(folder: str | os.PathLike, files: dict, kind: str, also: Sequence[str] = (),
@@ -162,7 +177,7 @@ def write_owned(folder: str | os.PathLike, files: dict, kind: str, also: Sequenc
     refused."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise RunError(f"{folder}: exists and is not a folder")
+        raise RunError(f"{folder}: exists and is not a folder; --out names a folder")
     foreign = [f for f in foreign_files(folder, kind) if f not in also and (strict or f in files)]
     if foreign:
         raise RunError(f"{folder / foreign[0]}: not written by effens here; choose a new or empty output "

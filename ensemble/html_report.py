@@ -5,14 +5,16 @@ without JavaScript and tests can parse them); a click on a confusion cell shows,
 data embedded in the page, a paged gallery of exactly the images in that cell (thumbnail,
 file name, true and predicted class, confidence, each member's vote, saliency when made),
 most confident first. Also: images the ensemble fixed or broke against the best member,
-training curves and pairwise diversity. Pure: returns file contents; every name, path and
-number is escaped (HTML) or quoted (URLs).
+training curves, and every registered report section and figure (:mod:`ensemble.report`'s
+registries; a section's Markdown is converted by :func:`markdown_html`). Pure: returns file
+contents; every name, path and number is escaped (HTML) or quoted (URLs).
 """
 from __future__ import annotations
 
 import html
 import json
 import os
+import re
 from typing import Sequence
 from urllib.parse import quote
 
@@ -95,11 +97,64 @@ def confusion_table(split: str, who: str, cm: list[list[int]], classes: Sequence
     return (f'<table class="confusion"><tr><th>true \\ predicted</th>{head}</tr>{"".join(rows)}</table>')
 
 
-def diversity_table(pairs: list[dict]) -> str:
-    rows = "".join(f"<tr><th>{_e(p['a'])} / {_e(p['b'])}</th><td>{p['disagreement']:.3f}</td>"
-                   f"<td>{p['q_statistic']:.3f}</td><td>{p['error_correlation']:.3f}</td></tr>" for p in pairs)
-    return ("<table><tr><th>pair</th><th>disagreement</th><th>Q-statistic</th><th>error correlation</th></tr>"
-            f"{rows}</table>")
+_INLINE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)|\[([^\]]+)\]\(([^)\s]+)\)|\*\*(.+?)\*\*|`([^`]+)`")
+
+
+def _inline(text: str) -> str:
+    """Escaped text with Markdown's images, links, bold and code spans as HTML."""
+    out, last = [], 0
+    for m in _INLINE.finditer(text):
+        out.append(_e(text[last:m.start()]))
+        alt, src, label, target, bold, code = m.groups()
+        if src is not None:
+            out.append(f'<img class="figure" src="{quote(src, safe="/")}" alt="{_e(alt)}">')
+        elif target is not None:
+            out.append(f'<a href="{quote(target, safe="/#")}">{_e(label)}</a>')
+        elif bold is not None:
+            out.append(f"<b>{_e(bold)}</b>")
+        else:
+            out.append(f"<code>{_e(code)}</code>")
+        last = m.end()
+    return "".join(out) + _e(text[last:])
+
+
+def markdown_html(lines: Sequence[str]) -> str:
+    """The Markdown a report section writes (headings, paragraphs, ``- `` lists, pipe tables,
+    bold, code, links, images) as HTML; anything else stays text, escaped."""
+    out: list[str] = []
+    block: list[str] = []
+    kind = None
+
+    def flush() -> None:
+        nonlocal kind
+        if kind == "p":
+            out.append(f"<p>{_inline(' '.join(block))}</p>")
+        elif kind == "ul":
+            out.append("<ul>" + "".join(f"<li>{_inline(x)}</li>" for x in block) + "</ul>")
+        elif kind == "table":
+            rows = [[c.strip() for c in r.strip().strip("|").split("|")] for r in block
+                    if not re.fullmatch(r"\|?[\s|:-]+\|?", r.strip())]
+            head = "".join(f"<th>{_inline(c)}</th>" for c in rows[0]) if rows else ""
+            body = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+            out.append(f'<table class="section"><tr>{head}</tr>{body}</table>')
+        block.clear()
+        kind = None
+
+    for line in (part for item in lines for part in str(item).split("\n")):
+        text = line.rstrip()
+        heading = re.match(r"(#{1,6})\s+(.*)", text)
+        new = None if not text or heading else "table" if text.startswith("|") else \
+            "ul" if text.startswith("- ") else "p"
+        if new != kind or new is None:
+            flush()
+        if heading:
+            level = min(len(heading.group(1)), 6)
+            out.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
+        elif new is not None:
+            kind = new
+            block.append(text[2:] if new == "ul" else text)
+    flush()
+    return "".join(out)
 
 
 def _split_data(split: str, results: dict, paths: Sequence[str], y: np.ndarray, names: Sequence[str],
@@ -127,19 +182,17 @@ def fixed_and_broken(results: dict, y: np.ndarray, names: Sequence[str], strateg
             "broken": np.flatnonzero(member_ok & ~ens_ok).tolist()}
 
 
-def _contribution_rows(doc):
-    from .report import contribution_rows
-
-    return contribution_rows(doc)
-
-
 def render_html(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[Sequence[str], np.ndarray]],
                 base: str, thumbs: dict[str, str | None] | None = None,
-                saliency: dict[str, dict[str, str]] | None = None, curves: str | None = None) -> str:
+                saliency: dict[str, dict[str, str]] | None = None, curves: str | None = None,
+                figures: dict | None = None) -> str:
     """The page. ``base``: the report folder (links are relative to it); ``thumbs``: image path
     -> thumbnail file in it; ``saliency``: image path -> {member or ``mean``: overlay file};
-    ``curves``: the training-curves PNG's file name."""
-    thumbs, saliency = thumbs or {}, saliency or {}
+    ``curves``: the training-curves PNG's file name; ``figures``: split ->
+    :class:`ensemble.report.Figures` (the registered figures, as report.md shows them)."""
+    from .report import SECTIONS
+
+    thumbs, saliency, figures = thumbs or {}, saliency or {}, figures or {}
     classes = doc["classes"]
     names = list(doc["members"])
     strategy = doc["strategy"]
@@ -147,7 +200,9 @@ def render_html(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[
     body = [f"<h1>effens report</h1><p>Classes: {', '.join(_e(c) for c in classes)}. "
             f"Default strategy: <b>{_e(strategy)}</b>.</p>", "<h2>Summary</h2>", summary_table(doc),
             choice_section(doc.get("combiner") or {})]
+    body += [markdown_html(lines) for lines in (section(doc) for section in SECTIONS.values()) if lines]
     for split, results in splits.items():
+        drawn = figures.get(split)
         paths, y = split_data[split]
         data["splits"][split] = _split_data(split, results, paths, y, names, thumbs, saliency, base)
         body.append(f'<h2 id="split-{_e(split)}">{_e(split)}</h2>')
@@ -164,18 +219,12 @@ def render_html(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[
                         f"<p>macro-F1 {m['macro_f1']:.4f} · accuracy {m['accuracy']:.4f} · log loss "
                         f"{m['log_loss']:.4f} · ECE {m['ece']:.4f}</p>"
                         f"{confusion_table(split, who, m['confusion_matrix'], classes)}"
-                        f"<details><summary>per class</summary>{per_class_table(m)}</details></section>")
+                        f"<details><summary>per class</summary>{per_class_table(m)}</details>"
+                        + (f'<p class="files">{" · ".join(a.as_html() for a in drawn.models.get(who, []))}</p>'
+                           if drawn and drawn.models.get(who) else "") + "</section>")
         body.append("</div>")
-        pairs = (doc.get("diversity") or {}).get(split)
-        if pairs:
-            body.append(f"<h3>Diversity of the members on {_e(split)}</h3>{diversity_table(pairs)}")
-        adds = [r for r in _contribution_rows(doc)[1:] if r[0] == split]
-        if adds:
-            cells = "".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in r) + "</tr>" for r in adds)
-            body.append(f'<h3>What each member adds on {_e(split)}</h3><p>Gain: the soft vote of all members minus '
-                        f'the soft vote without it (positive: it helps); greedy weight: its share in `greedy`.</p>'
-                        f'<table class="contrib"><tr><th>split</th><th>member</th><th>greedy weight</th>'
-                        f'<th>macro-F1 gain</th><th>log-loss gain</th></tr>{cells}</table>')
+        if drawn and drawn.split:
+            body.append('<div class="figures">' + "".join(f"<p>{a.as_html()}</p>" for a in drawn.split) + "</div>")
     if curves:
         body.append(f'<h2>Training curves</h2><p>Per member: train loss, val macro-F1 and val log loss per '
                     f'epoch; the marker is the epoch kept.</p><img class="figure" src="{quote(curves)}" '

@@ -16,11 +16,11 @@ from .config import SplitSource
 from .data import DataError, check_labels, expand_inputs, load_split
 from .estimator import BaggedEnsemble, decode_size, images_fingerprint  # noqa: F401 (decode_size: re-exported)
 from .evaluation import decision_report, evaluate_split
-from .pages import page_files
+from .pages import report_files
 from .files import (RunError, atomic_write_json, atomic_write_npy, atomic_write_text, read_json, read_npy,
                     refuse_foreign, sha256_json, write_owned)
 from .images import decode_all
-from .report import build_metrics, comparison_rows, format_table, render_report
+from .report import build_metrics, comparison_rows, format_table
 from .runfolder import RunFolder, load_run, weights_hash
 
 log = logging.getLogger(__name__)
@@ -234,10 +234,9 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
     TTA setting reuses them, so switching strategy never re-runs a network.
     """
     out_dir = Path(out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RunError(f"{out_dir}: exists and is not a folder; --out names the report folder")
-    refuse_foreign(out_dir, "evaluate", "`effens evaluate` here")  # before any work
+    refuse_foreign(out_dir, "evaluate", "effens evaluate")  # before any work
     ens = load_run(run_dir)
+    strategies = ens.combiner_.available() if strategy == "all" else [ens.combiner_.get(strategy).name]
     source = SplitSource.from_value(data, "data") if isinstance(data, str) else SplitSource(**data)
     split = load_split(source)
     check_labels(split, ens.classes_, "evaluation")
@@ -263,10 +262,6 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
     split = split.subset(keep)
     y = split.encode(ens.classes_)
     comb = ens.combiner_
-    strategies = comb.available() if strategy == "all" else [strategy]
-    for s in strategies:
-        if s not in comb.available():
-            raise DataError(f"strategy {s!r} is not available in this run ({', '.join(comb.available())})")
     names = [fm.name for fm in ens.members_]
     results = {"eval": evaluate_split(member_proba, y, comb, strategies)}
     doc = build_metrics(ens.classes_, names, results, None, comb,
@@ -280,8 +275,7 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
     doc["inference"] = options.plan(ens)
     md = "Skipped unreadable images:\n\n" + "\n".join(f"- {d['path']} ({d['reason']})" for d in skipped) \
         if skipped else ""
-    files = render_report(doc, results, {"eval": (split.paths, y)}, extra_md=md)
-    files.update(page_files(doc, results, {"eval": (split.paths, y)}, out_dir, ens, run_cfg.report.saliency))
+    files = report_files(doc, results, {"eval": (split.paths, y)}, out_dir, ens, run_cfg.report.saliency, extra_md=md)
     write_owned(out_dir, files, "evaluate", also=[cache_json.name, cache_npy.name])
     doc["_table"] = format_table(comparison_rows(results["eval"]))
     return doc

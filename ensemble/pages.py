@@ -124,10 +124,23 @@ def saliency_for_report(ens, split_data: dict[str, tuple[Sequence[str], np.ndarr
     return mapping, files
 
 
+def report_files(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[Sequence[str], np.ndarray]],
+                 folder: str | os.PathLike, ens, saliency: bool = False, extra_md: str = "") -> dict:
+    """Everything a report folder holds: metrics.json, report.md, every registered figure
+    (drawn once, shown by both pages) and ``index.html`` with what it shows."""
+    from .report import draw_figures, render_report
+
+    figures = draw_figures(doc, splits, split_data)
+    files = render_report(doc, splits, split_data, extra_md=extra_md, figures=figures)
+    files.update(page_files(doc, splits, split_data, folder, ens, saliency, figures))
+    return files
+
+
 def page_files(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[Sequence[str], np.ndarray]],
-               folder: str | os.PathLike, ens, saliency: bool = False) -> dict:
-    """``index.html`` and what it shows: thumbnails (made once), training curves, and with
-    ``saliency`` the overlays of the default strategy's mistakes; file name -> contents."""
+               folder: str | os.PathLike, ens, saliency: bool = False, figures: dict | None = None) -> dict:
+    """``index.html`` and what it shows: thumbnails (made once), training curves, the registered
+    figures (``figures``, from :func:`ensemble.report.draw_figures`), and with ``saliency`` the
+    overlays of the default strategy's mistakes; file name -> contents."""
     from .html_report import render_html
     from .report import training_curves_png
 
@@ -149,5 +162,5 @@ def page_files(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[S
     if any(h for h, _ in histories.values()):
         curves = "training_curves.png"
         files[curves] = training_curves_png(histories)
-    files["index.html"] = render_html(doc, splits, split_data, str(folder), thumbs, sal, curves)
+    files["index.html"] = render_html(doc, splits, split_data, str(folder), thumbs, sal, curves, figures)
     return files

@@ -1,17 +1,21 @@
 """Reports: metrics.json, report.md, confusion-matrix heatmaps, misclassified-image CSVs.
 
-Pure: :func:`build_metrics` and :func:`render_report` turn scores (from
-:mod:`ensemble.evaluation`) into file contents; the caller writes them (the run folder,
-or ``evaluate``'s output folder). A new figure is one function registered with
-``@split_figure`` (once per split) or ``@model_figure`` (per member and strategy).
+Pure: :func:`build_metrics`, :func:`draw_figures` and :func:`render_report` turn scores
+(from :mod:`ensemble.evaluation`) into file contents; the caller writes them (the run
+folder, or ``evaluate``'s output folder). A new figure is one function registered with
+``@split_figure`` (once per split) or ``@model_figure`` (per member and strategy), a new
+section one ``@report_section`` function giving Markdown: ``report.md`` and ``index.html``
+both show every registered figure and section (the page converts the section's Markdown).
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import html
 import io
 import logging
 from typing import Callable, Sequence
+from urllib.parse import quote
 
 import numpy as np
 
@@ -210,6 +214,16 @@ class Attachment:
     name: str
     data: bytes | str
     markdown: str
+    #: how ``index.html`` shows it; empty: the picture itself for an image file, else a link
+    html: str = ""
+
+    def as_html(self) -> str:
+        if self.html:
+            return self.html
+        src, text = quote(self.name), html.escape(self.name)
+        if self.name.lower().endswith((".png", ".jpg", ".jpeg", ".svg", ".webp", ".gif")):
+            return f'<img class="figure" src="{src}" alt="{text}">'
+        return f'<a href="{src}">{text}</a>'
 
 
 @dataclasses.dataclass
@@ -230,7 +244,8 @@ SECTIONS: Registry[Callable[[dict], list[str]]] = Registry("report section")
 
 
 def report_section(fn: Callable[[dict], list[str]]) -> Callable[[dict], list[str]]:
-    """Register a Markdown section drawn from the metrics document (after the summary)."""
+    """Register a Markdown section drawn from the metrics document (after the summary, in
+    ``report.md`` and, converted, in ``index.html``)."""
     SECTIONS.add(fn.__name__, fn)
     return fn
 
@@ -249,6 +264,7 @@ def model_figure(fn: Callable[[SplitView, str], Attachment]) -> Callable[[SplitV
 
 @split_figure
 def reliability_figure(view: SplitView) -> Attachment:
+    """Reliability diagram: accuracy against confidence of every member and strategy that gives probabilities."""
     rel = f"reliability_{view.split}.png"
     curves = {who: m["_proba"] for who, m in view.results.items() if m["_probabilities"]}
     return Attachment(rel, reliability_png(view.y, curves, f"reliability - {view.split}"),
@@ -364,17 +380,20 @@ def contribution_markdown(doc: dict) -> list[str]:
 
 @model_figure
 def confusion_figure(view: SplitView, who: str) -> Attachment:
+    """Confusion-matrix heatmap (rows true, columns predicted); the page links it beside its clickable table."""
     png = f"confusion_{_slug(who)}_{view.split}.png"
     cm = np.asarray(view.results[who]["confusion_matrix"])
-    return Attachment(png, heatmap_png(cm, view.classes, f"{who} - {view.split}"), f"![{who} {view.split}]({png})")
+    return Attachment(png, heatmap_png(cm, view.classes, f"{who} - {view.split}"), f"![{who} {view.split}]({png})",
+                      f'<a href="{quote(png)}">heatmap</a>')  # the page's own table is clickable
 
 
 @model_figure
 def misclassified_list(view: SplitView, who: str) -> Attachment:
+    """CSV of the misclassified images: path, true and predicted class, confidence."""
     mis = f"misclassified_{_slug(who)}_{view.split}.csv"
     m = view.results[who]
     return Attachment(mis, misclassified_csv(view.paths, view.y, m["_pred"], m["_proba"], view.classes),
-                      f"misclassified images: [{mis}]({mis})")
+                      f"misclassified images: [{mis}]({mis})", f'<a href="{quote(mis)}">misclassified (CSV)</a>')
 
 
 def _choice_note(choice: dict) -> str:
@@ -414,10 +433,35 @@ def choice_markdown(choice: dict) -> list[str]:
             *("| " + " | ".join(r) + " |" for r in rows[1:]), ""]
 
 
+@dataclasses.dataclass
+class Figures:
+    """Every registered figure, drawn once for one split: report.md and index.html show these."""
+
+    split: list[Attachment]                 # the @split_figure ones, in registration order
+    models: dict[str, list[Attachment]]     # member or strategy -> its @model_figure ones
+
+    def files(self) -> dict[str, bytes | str]:
+        return {a.name: a.data for a in [*self.split, *(a for v in self.models.values() for a in v)]}
+
+
+def draw_figures(doc: dict, splits: dict[str, dict],
+                 split_data: dict[str, tuple[Sequence[str], np.ndarray]]) -> dict[str, Figures]:
+    """Split -> its figures (every registered figure function, once)."""
+    out = {}
+    for split, results in splits.items():
+        paths, y = split_data[split]
+        view = SplitView(split, results, paths, y, list(doc["classes"]), doc)
+        out[split] = Figures([a for a in (fig(view) for fig in SPLIT_FIGURES.values()) if a is not None],
+                             {who: [fig(view, who) for fig in MODEL_FIGURES.values()] for who in results})
+    return out
+
+
 def render_report(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[Sequence[str], np.ndarray]],
-                  extra_md: str = "") -> dict[str, bytes | str | dict]:
-    """File name -> contents: metrics.json, report.md, heatmaps, reliability diagrams and
-    misclassified CSVs. ``splits``: split -> :func:`ensemble.evaluation.evaluate_split`."""
+                  extra_md: str = "", figures: dict[str, Figures] | None = None) -> dict[str, bytes | str | dict]:
+    """File name -> contents: metrics.json, report.md and every figure (heatmaps, reliability
+    diagrams, misclassified CSVs, ...). ``splits``: split -> :func:`ensemble.evaluation.evaluate_split`;
+    ``figures``: from :func:`draw_figures` (drawn here when not given)."""
+    figures = figures if figures is not None else draw_figures(doc, splits, split_data)
     files: dict[str, bytes | str | dict] = {"metrics.json": doc}
     classes = doc["classes"]
     comb = doc.get("combiner", {})
@@ -441,10 +485,8 @@ def render_report(doc: dict, splits: dict[str, dict], split_data: dict[str, tupl
     for section in SECTIONS.values():
         md += section(doc)
     for split, results in splits.items():
-        paths, y = split_data[split]
-        view = SplitView(split, results, paths, y, list(classes), doc)
-        shown = [a for a in (fig(view) for fig in SPLIT_FIGURES.values()) if a is not None]
-        files.update({a.name: a.data for a in shown})
+        shown = figures[split].split
+        files.update(figures[split].files())
         md += [f"## {split}", "", format_table(comparison_rows(results), markdown=True), "",
                *(a.markdown for a in shown), ""]
         for who, metrics in results.items():
@@ -461,8 +503,7 @@ def render_report(doc: dict, splits: dict[str, dict], split_data: dict[str, tupl
                    "|---" * (len(classes) + 1) + "|"]
             md += [f"| {c} | " + " | ".join(str(v) for v in row) + " |"
                    for c, row in zip(classes, metrics["confusion_matrix"])]
-            attached = [fig(view, who) for fig in MODEL_FIGURES.values()]
-            files.update({a.name: a.data for a in attached})
+            attached = figures[split].models[who]
             md += ["", " · ".join(a.markdown for a in attached), ""]
     files["report.md"] = "\n".join(md) + "\n"
     return files

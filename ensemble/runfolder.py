@@ -29,7 +29,7 @@ import numpy as np
 
 from .files import (RECORD, RunError, atomic_write_bytes, atomic_write_json, atomic_write_npy,
                     atomic_write_safetensors, atomic_write_text, check_hashes, owned_files, read_json, read_npy,
-                    sha256_file, sha256_json, write_owned)
+                    refuse_foreign, sha256_file, sha256_json, write_owned)
 
 log = logging.getLogger(__name__)
 
@@ -171,17 +171,11 @@ class RunFolder:
 
     def _check_ours(self) -> None:
         """Refuse a non-empty folder effens did not make (a run from an older effens is adopted)."""
-        if not self.root.is_dir() or self.marker_path.is_file():
-            return
-        present = sorted(p for p in self.root.iterdir() if not p.name.startswith("."))
-        if not present:
-            return
-        legacy = self.classes_path.is_file() and (self.root / "members").is_dir()
-        if legacy:
+        if self.root.is_dir() and not self.marker_path.is_file() and self.classes_path.is_file() \
+                and (self.root / "members").is_dir():
             log.info("%s: a run made by an older effens; recording it as effens's", self.root)
             return
-        raise RunError(f"{present[0]}: {self.root} holds files effens did not write; choose a new or empty "
-                       f"--out (effens never overwrites or removes what it did not write)")
+        refuse_foreign(self.root, "run", "effens train", record=self.marker_path.name, whole=True)
 
     def discard(self, why: str) -> None:
         """``--restart``: remove the files effens recorded in members/, predictions/, combiner/,

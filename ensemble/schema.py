@@ -36,6 +36,24 @@ def field(default: Any = dataclasses.MISSING, *, check: Check | None = None, doc
     return dataclasses.field(default=default, metadata=meta)
 
 
+def sections_field(provider: Callable[[], "dict[str, type]"], doc: str = "") -> Any:
+    """A field holding named sub-sections whose schemas come from elsewhere at check time
+    (each strategy's settings, from the strategy registry): in YAML each section is a key
+    of its own beside the static ones; :func:`to_dict` writes them there, in place."""
+    return dataclasses.field(default_factory=dict, metadata={"sections": provider, "doc": doc, "check": None,
+                                                             "choices": None})
+
+
+def section_schemas(cls: type) -> dict[str, tuple[str, type]]:
+    """Section key -> (the sections field holding it, its dataclass) for ``cls``."""
+    out: dict[str, tuple[str, type]] = {}
+    for f in dataclasses.fields(cls):
+        provider = f.metadata.get("sections")
+        if provider is not None:
+            out.update({key: (f.name, schema) for key, schema in provider().items()})
+    return out
+
+
 # ---------------------------------------------------------------- reusable checks
 def interval(low: float | None, high: float | None, *, low_open: bool = False,
              high_open: bool = False) -> Check:
@@ -68,15 +86,24 @@ def build(cls: type, raw: Any, path: str = "") -> Any:
         raise ConfigError(f"`{path or '<root>'}` must be a mapping; got {_show(raw)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = get_type_hints(cls)
+    sections = section_schemas(cls)
+    for key in sections:
+        if key in fields:
+            raise ConfigError(f"`{_join(path, key)}` is both a setting and a registered section; "
+                              f"the section's owner must take another name")
+    known = [n for n, f in fields.items() if "sections" not in f.metadata] + list(sections)
     for key in raw:
-        if key not in fields:
-            close = difflib.get_close_matches(str(key), fields, n=1)
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" (did you mean `{_join(path, close[0])}`?)" if close else ""
-            known = ", ".join(fields)
-            raise ConfigError(f"unknown key `{_join(path, key)}`{hint}; known keys here: {known}")
+            raise ConfigError(f"unknown key `{_join(path, key)}`{hint}; known keys here: {', '.join(known)}")
     values = {}
     for name, f in fields.items():
         key_path = _join(path, name)
+        if "sections" in f.metadata:
+            values[name] = {key: build(schema, raw.get(key), _join(path, key))
+                            for key, (owner, schema) in sections.items() if owner == name}
+            continue
         if name in raw:
             value = convert(hints[name], raw[name], key_path)
         elif f.default is not dataclasses.MISSING:
@@ -170,7 +197,17 @@ def convert(tp: Any, value: Any, path: str) -> Any:
 def to_dict(obj: Any) -> Any:
     """Dataclass tree -> plain dicts/lists (for YAML/JSON)."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            provider = f.metadata.get("sections")
+            if provider is None:
+                out[f.name] = to_dict(value)
+                continue
+            schemas = provider()  # every section in place, a default one where none was given
+            out.update({key: to_dict(value[key] if key in value else schemas[key]())
+                        for key in [*schemas, *(k for k in value if k not in schemas)]})
+        return out
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     return obj

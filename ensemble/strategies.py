@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 
 from members.registry import Registry
 
 from .files import RunError
+from .schema import field as setting, interval
 from .combiners import (fit_stacking, fit_temperature, fit_weights, greedy_selection, hard_vote, impute_missing,
                         masked_vote, oob_matrix, soft_vote, stacking_proba, temperature_scale, vote_shares)
 
@@ -52,8 +53,13 @@ def strategy_names() -> tuple[str, ...]:
 
 
 def graph_strategies() -> tuple[str, ...]:
-    """Registered strategies with a one-graph form (:meth:`Strategy.graph`) for ``effens export``."""
-    return tuple(n for n, cls in STRATEGIES.items() if cls.graph is not Strategy.graph)
+    """Registered strategies with a one-graph form (:meth:`Strategy.graph_head`) for ``effens export``."""
+    return tuple(n for n, cls in STRATEGIES.items() if cls.graph_head is not Strategy.graph_head)
+
+
+def strategy_settings() -> dict[str, type]:
+    """Strategy name -> the dataclass of its ``combiner.<name>`` section (strategies with settings)."""
+    return {n: cls.settings_schema for n, cls in STRATEGIES.items() if cls.settings_schema is not None}
 
 
 def strategy_class(name: str) -> type["Strategy"]:
@@ -100,8 +106,9 @@ class Strategy:
     Hooks (all optional but ``apply``): :meth:`fit` learns from probabilities;
     :meth:`apply_oob` combines only the members that left each image out (default:
     :meth:`vote` over them, weights renormalised); :meth:`state` / :meth:`from_state` persist fitted state;
-    :meth:`summary` and :meth:`describe` feed the report; :meth:`graph` gives the one-graph
-    form used by ``effens export`` (``None``: none).
+    :meth:`summary` and :meth:`describe` feed the report; :meth:`graph_head` gives the
+    vote as a torch module for the one graph of ``effens export``. Its own settings:
+    ``settings_schema``, read back as ``self.settings.<name>``.
     """
 
     name: ClassVar[str] = ""
@@ -109,6 +116,9 @@ class Strategy:
     probabilities: ClassVar[bool] = True
     #: the ``combiner`` setting naming where this strategy is fitted (None: nothing to fit)
     source_key: ClassVar[str | None] = None
+    #: the dataclass (fields made with :func:`ensemble.schema.field`) of this strategy's own
+    #: ``combiner.<name>`` section: validated, documented and saved like every other setting
+    settings_schema: ClassVar[type | None] = None
 
     def __init__(self, settings: Any = None, seed: int = 0) -> None:
         self.settings = settings
@@ -173,8 +183,10 @@ class Strategy:
         """One sentence for the report (empty: nothing to say)."""
         return ""
 
-    def graph(self) -> tuple[str, dict] | None:
-        """(``mean``, {weights}) or (``stacking``, {coef, intercept}) for ``ensemble.onnx``."""
+    def graph_head(self):
+        """The vote as a ``torch.nn.Module`` from stacked member probabilities (members,
+        samples, classes) to ensemble probabilities (samples, classes), for ``ensemble.onnx``;
+        not overridden: no one-graph form. Import torch inside (this module stays numpy-only)."""
         return None
 
 
@@ -233,8 +245,10 @@ class SoftVote(_Vote):
         p = soft_vote(proba, weights)
         return p.argmax(axis=1), p
 
-    def graph(self) -> tuple[str, dict] | None:
-        return "mean", {"weights": self.weights_}
+    def graph_head(self):
+        from .graph_heads import WeightedMean
+
+        return WeightedMean(self.weights())
 
 
 @register
@@ -274,6 +288,14 @@ class WeightedVote(SoftVote):
         return f"Learned weights ({self.source_}): {weights}."
 
 
+@dataclasses.dataclass
+class StackingSettings:
+    source: Literal["oob", "val"] = setting("oob", doc="meta-learner fitted on out-of-bag or "
+                                                       "validation member probabilities")
+    C: float = setting(1.0, check=interval(0, None, low_open=True),
+                       doc="inverse regularisation strength of the logistic meta-learner")
+
+
 @register
 class Stacking(Strategy):
     """Multinomial logistic regression on the members' log-probabilities (fitted on
@@ -282,6 +304,7 @@ class Stacking(Strategy):
 
     name = "stacking"
     source_key = "stacking.source"
+    settings_schema = StackingSettings
 
     def __init__(self, settings: Any = None, seed: int = 0) -> None:
         super().__init__(settings, seed)
@@ -322,8 +345,23 @@ class Stacking(Strategy):
     def describe(self, member_names: Sequence[str]) -> str:
         return f"Stacking meta-learner fitted on {self.source_}."
 
-    def graph(self) -> tuple[str, dict] | None:
-        return "stacking", {"coef": self.coef_, "intercept": self.intercept_}
+    def graph_head(self):
+        from .graph_heads import LogisticHead
+
+        return LogisticHead(self.coef_, self.intercept_)
+
+
+@dataclasses.dataclass
+class GreedySettings:
+    source: Literal["oob", "val"] = setting("oob", doc="probabilities greedy selection is fitted on")
+    iterations: int = setting(25, check=interval(1, 1000), doc="selection steps (with replacement); "
+                                                            "the best prefix of the path is kept")
+    metric: Literal["log_loss", "brier", "macro_f1"] = setting("log_loss", doc="what each step minimises "
+                                                                               "(macro_f1: maximises)")
+    bags: int = setting(0, check=interval(0, 1000), doc="repeat on this many random subsets of the pool and "
+                                                        "average the weights (0: off)")
+    bag_fraction: float = setting(0.5, check=interval(0, 1, low_open=True),
+                                  doc="share of the candidates in each bag")
 
 
 @register
@@ -335,6 +373,7 @@ class GreedySelection(SoftVote):
 
     name = "greedy"
     source_key = "greedy.source"
+    settings_schema = GreedySettings
 
     def __init__(self, settings: Any = None, seed: int = 0) -> None:
         super().__init__(settings, seed)

@@ -9,8 +9,8 @@ from .config import Config, check_against_classes, load_config
 from .data import DataError, Dataset, cache_size, decode_split, load_dataset
 from .estimator import BaggedEnsemble, images_fingerprint
 from .evaluation import decision_report, evaluate_split
-from .pages import page_files
-from .report import build_metrics, render_report
+from .pages import report_files
+from .report import build_metrics
 from .runfolder import RunError, RunFolder, load_run
 
 log = logging.getLogger(__name__)
@@ -75,8 +75,7 @@ def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = N
     if doc.get("skipped_images"):
         md = "Skipped unreadable images:\n\n" + "\n".join(
             f"- {k}: {d['path']} ({d['reason']})" for k, v in doc["skipped_images"].items() for d in v)
-    files = render_report(doc, results, split_data, extra_md=md)
-    files.update(page_files(doc, results, split_data, run.report_dir, ens, cfg.report.saliency))
+    files = report_files(doc, results, split_data, run.report_dir, ens, cfg.report.saliency, extra_md=md)
     run.write_report(files)
     return doc
 

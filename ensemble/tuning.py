@@ -310,20 +310,14 @@ def _candidate_job(ctx: TuneContext, cand: Candidate, epochs: int | None, rnd: i
 def tune_run(config_path: str, out: str, overrides: list[str] | None = None, yes: bool = False) -> dict:
     """Run the search; writes results.csv, report.md, scores.png and best.yaml into ``out``.
     A search of more than :data:`GRID_LIMIT` candidates needs ``yes``."""
-    from .files import RECORD, RunError
+    from .files import RECORD, refuse_foreign
     from .runfolder import RunFolder
 
     t0 = time.perf_counter()
     cfg = load_config(config_path, overrides)
     check_grid_size(cfg.tune, len(cfg.members), yes)
     out_dir = Path(out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise RunError(f"{out_dir}: exists and is not a folder; --out names the tune folder")
-    present = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith(".")) if out_dir.is_dir() else []
-    ours = (out_dir / RECORD).is_file() and read_json(out_dir / RECORD).get("kind") == "tune"
-    if present and not ours:
-        raise RunError(f"{out_dir / present[0]}: {out_dir} holds files effens did not write; choose a new or "
-                       f"empty --out for tune")
+    refuse_foreign(out_dir, "tune", "effens tune", whole=True)  # a search's caches are all ours
     folder = RunFolder(out_dir)
     folder.lock()
     try:

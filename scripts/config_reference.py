@@ -1,4 +1,5 @@
-"""The README's config reference table, from the schema: print it, or `--write` it into README.md."""
+"""The README's generated tables: the config reference (from the schema) and every registered
+extension point (from the registries). Print them, or `--write` them into README.md."""
 from __future__ import annotations
 
 import dataclasses
@@ -24,6 +25,11 @@ def rows(cls, prefix: str = ""):
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp, key = hints[f.name], f"{prefix}{f.name}"
+        provider = f.metadata.get("sections")
+        if provider is not None:  # one section per registered owner (each strategy's own settings)
+            for name, schema in provider().items():
+                yield from rows(schema, f"{prefix}{name}.")
+            continue
         inner = typing.get_args(tp)[0] if typing.get_origin(tp) is list else tp
         if dataclasses.is_dataclass(inner) and inner is not C.SplitSource:
             yield from rows(inner, key + (".N." if inner is not tp else "."))
@@ -43,16 +49,57 @@ def table() -> str:
     return "\n".join(["| key | type | default | meaning |", "|---|---|---|---|", *rows(C.Config)])
 
 
+def _first_line(obj) -> str:
+    doc = (getattr(obj, "__doc__", None) or "").strip()
+    return " ".join(doc.split("\n\n")[0].split()).replace("|", "\\|")
+
+
+def registry_table() -> str:
+    """One row per registered strategy, view, runtime, weights source, figure and section."""
+    from ensemble.report import MODEL_FIGURES, SECTIONS, SPLIT_FIGURES
+    from ensemble.strategies import STRATEGIES, Strategy
+    from members.runtimes import RUNTIMES
+    from members.views import VIEWS
+    from members.weights import SOURCES
+
+    out = ["| extension point | name | what it is | declares |", "|---|---|---|---|"]
+    for name, cls in STRATEGIES.items():
+        own = [f"`combiner.{name}.{f.name}`" for f in dataclasses.fields(cls.settings_schema)] \
+            if cls.settings_schema else []
+        declares = ", ".join(own + [f"fitted on `combiner.{cls.source_key}`"] * bool(cls.source_key)
+                             + ["export graph"] * (cls.graph_head is not Strategy.graph_head))
+        out.append(f"| strategy (`@register`) | `{name}` | {_first_line(cls)} | {declares or '-'} |")
+    for name, v in VIEWS.items():
+        kind = "TTA only" if v.tta_only else "member or TTA" + ("; own training view" if v.train else "")
+        out.append(f"| view (`@view`) | `{name}` | {_first_line(v.look)} | {kind} |")
+    for name, r in RUNTIMES.items():
+        auto = f"`auto` priority {r.auto}" if r.auto is not None else "never `auto`"
+        needs = f"; needs `{r.package}`" if r.package else ""
+        out.append(f"| runtime (`@register`) | `{name}` | {_first_line(r.cls)} | {auto}; "
+                   f"{'/'.join(r.devices)}{needs} |")
+    for name, src in SOURCES.items():
+        prefix = f"prefix `{src.prefix}`, " if src.prefix else ""
+        out.append(f"| weights source (`@register_source`) | `{name}` | {_first_line(type(src))} | "
+                   f"{prefix}priority {src.priority} |")
+    for registry, kind in ((SPLIT_FIGURES, "figure per split (`@split_figure`)"),
+                           (MODEL_FIGURES, "figure per member and strategy (`@model_figure`)"),
+                           (SECTIONS, "report section (`@report_section`)")):
+        for name, fn in registry.items():
+            out.append(f"| {kind} | `{name}` | {_first_line(fn)} | report.md and index.html |")
+    return "\n".join(out)
+
+
 def write_readme(path: str = "README.md") -> None:
-    """Replace the table between the config-reference markers in the README."""
+    """Replace the tables between their markers in the README."""
     import re
 
     text = open(path, encoding="utf-8").read()
-    new, n = re.subn(r"(<!-- config-reference:[^\n]*-->\n).*?(\n<!-- /config-reference -->)",
-                     lambda m: m.group(1) + table() + m.group(2), text, flags=re.S)
-    if n != 1:
-        raise SystemExit(f"{path}: the config-reference markers were not found; nothing written")
-    open(path, "w", encoding="utf-8").write(new)
+    for marker, body in (("config-reference", table()), ("registries", registry_table())):
+        text, n = re.subn(rf"(<!-- {marker}:[^\n]*-->\n).*?(\n<!-- /{marker} -->)",
+                          lambda m: m.group(1) + body + m.group(2), text, flags=re.S)
+        if n != 1:
+            raise SystemExit(f"{path}: the {marker} markers were not found; nothing written")
+    open(path, "w", encoding="utf-8").write(text)
 
 
 if __name__ == "__main__":
@@ -61,4 +108,4 @@ if __name__ == "__main__":
     if "--write" in sys.argv:
         write_readme()
     else:
-        print(table())
+        print(table(), registry_table(), sep="\n\n")

@@ -73,14 +73,15 @@ def test_temperature_fixes_overconfidence():
 
 @pytest.mark.parametrize("stacking_source", ["oob", "val"])
 def test_strategy_auto_takes_the_simplest_tie_of_strategies_not_fitted_on_val(stacking_source):
-    from ensemble.config import CombinerConfig, StackingConfig
+    from ensemble.config import CombinerConfig
+    from ensemble.strategies import StackingSettings
     from ensemble.metrics import log_loss
     from ensemble.strategies import Combiner, FitData, fit_combiner
 
     p_val, y_val = members(3, quality=(1.5, 0.4, 0.0))
     p_oob, y_oob = members(4, quality=(1.5, 0.4, 0.0))
     data = FitData(p_val, y_val, p_oob, y_oob, np.ones(p_oob.shape[:2], dtype=bool))
-    settings = CombinerConfig(strategy="auto", weights="auto", stacking=StackingConfig(source=stacking_source))
+    settings = CombinerConfig(strategy="auto", weights="auto", sections={"stacking": StackingSettings(source=stacking_source)})
     comb = fit_combiner(settings, ["a", "b", "c"], ["x", "y", "z"], data)
     table = comb.choice["table"]
     # eligible: fitted on OOB or not at all, with probabilities (log loss ranks them); never hard

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from ensemble.combiners import greedy_selection, soft_vote
-from ensemble.config import AutoConfig, CombinerConfig, GreedyConfig
+from ensemble.config import AutoConfig, CombinerConfig
 from ensemble.metrics import log_loss
-from ensemble.strategies import Combiner, FitData, fit_combiner
+from ensemble.strategies import Combiner, FitData, GreedySettings, fit_combiner
 from ensemble.strategy_choice import choose_strategy
 
 
@@ -74,14 +74,17 @@ def test_greedy_strategy_is_fitted_saved_and_exported_as_one_weighted_mean():
     idx = [np.arange(200)] * 3
     val = np.stack([_noisy(y_val, 3, s, rng) for s in members])
     data = FitData.from_oob_lists(val, y_val, idx, oob, y_tr)
-    comb = fit_combiner(CombinerConfig(strategy="greedy", greedy=GreedyConfig(iterations=15)), ["a", "b", "c"],
+    comb = fit_combiner(CombinerConfig(strategy="greedy", sections={"greedy": GreedySettings(iterations=15)}), ["a", "b", "c"],
                         ["x", "y", "z"], data)
     g = comb.get("greedy")
     assert g.source_ == "oob" and sum(g.weights_) == pytest.approx(1.0)
     assert g.weights_[0] == max(g.weights_)  # the strongest member weighs most
     assert comb.get("greedy").uses(3).tolist() == [w > 0 for w in g.weights_]
-    kind, params = g.graph()
-    assert kind == "mean" and params["weights"] == g.weights_
+    import torch
+
+    head = g.graph_head()  # export's vote: the same weighted mean, as a torch module
+    np.testing.assert_allclose(head(torch.tensor(val, dtype=torch.float32)).numpy(), soft_vote(val, g.weights_),
+                               atol=1e-6)
     np.testing.assert_allclose(comb.apply(val, "greedy")[1], soft_vote(val, g.weights_))
     doc, arrays = comb.state()
     again = Combiner.from_state(json.loads(json.dumps(doc)), arrays)
@@ -193,7 +196,7 @@ def test_the_report_relates_contributions_to_diversity(trained):
     assert "### What each member adds" in md and "## Diversity" in md
     assert md.index("## Diversity") < md.index("### What each member adds")
     html = (run / "report/index.html").read_text()
-    assert "What each member adds on val" in html and "How the default strategy was chosen" not in html  # soft
+    assert "<h3>What each member adds</h3>" in html and "How the default strategy was chosen" not in html  # soft
     assert "Greedy selection on oob" in md
 
 

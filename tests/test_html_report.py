@@ -92,8 +92,16 @@ def test_links_and_thumbnails_resolve_and_curves_and_diversity_are_shown(trained
             assert thumb and (report / unquote(thumb)).is_file()
     assert "training_curves.png" in page.images and (report / "training_curves.png").is_file()
     text = (report / "index.html").read_text()
-    assert "Diversity of the members on test" in text and "Q-statistic" in text
     doc = json.loads((report / "metrics.json").read_text())
+    p = doc["diversity"]["test"][0]
+    # the registered section, converted from its Markdown: the same row as report.md's, as a table row
+    assert "<h2>Diversity</h2>" in text and "<th>Q-statistic</th>" in text
+    assert (f"<tr><td>test</td><td>a / b</td><td>{p['disagreement']:.3f}</td><td>{p['q_statistic']:.3f}</td>"
+            in text)
+    # every split figure is on the page as in report.md (reliability diagrams), each model figure linked
+    for split in ("val", "test"):
+        assert f'src="reliability_{split}.png"' in text
+    assert 'href="confusion_a_test.png">heatmap</a>' in text and 'href="misclassified_a_test.csv"' in text
     assert [(p["a"], p["b"]) for p in doc["diversity"]["test"]] == [("a", "b"), ("a", "c"), ("b", "c")]
     md = (report / "report.md").read_text()
     p = doc["diversity"]["test"][0]

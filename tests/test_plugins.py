@@ -14,9 +14,12 @@ import yaml
 import synth
 
 PLUGIN = textwrap.dedent('''
+    import dataclasses
+
     import numpy as np
 
-    from ensemble.report import Attachment, split_figure
+    from ensemble.report import Attachment, report_section, split_figure
+    from ensemble.schema import field, interval
     from ensemble.strategies import Strategy, register
     from members.runtimes import TorchRuntime
     from members.runtimes import register as register_runtime
@@ -26,15 +29,53 @@ PLUGIN = textwrap.dedent('''
     SEEN = []
 
 
+    @dataclasses.dataclass
+    class GeomeanSettings:
+        sharpness: float = field(1.0, check=interval(0, None, low_open=True),
+                                 doc="exponent on the geometric mean before normalising")
+
+
     @register
     class GeometricMean(Strategy):
         """The members' geometric mean probability per class (a product of experts)."""
         name = "geomean"
+        settings_schema = GeomeanSettings
+
+        def __init__(self, settings=None, seed=0):
+            super().__init__(settings, seed)
+            self.sharpness_ = None if settings is None else float(settings.geomean.sharpness)
 
         def apply(self, proba):
-            logp = np.log(np.clip(proba, 1e-12, 1.0)).mean(axis=0)
+            logp = np.log(np.clip(proba, 1e-12, 1.0)).mean(axis=0) * self.sharpness_
             p = np.exp(logp - logp.max(axis=1, keepdims=True))
             return p.argmax(axis=1), p / p.sum(axis=1, keepdims=True)
+
+        def state(self):
+            return {"sharpness": self.sharpness_}, {}
+
+        def _load(self, doc, arrays):
+            self.sharpness_ = doc["sharpness"]
+
+        def graph_head(self):
+            import torch
+
+            class Head(torch.nn.Module):
+                def __init__(self, k):
+                    super().__init__()
+                    self.k = k
+
+                def forward(self, stacked):
+                    return (torch.log(stacked.clamp(1e-12, 1.0)).mean(dim=0) * self.k).softmax(dim=1)
+
+            return Head(self.sharpness_)
+
+
+    @view
+    def toy_centre(arr, inputs):
+        """The centre half of the photo, resized to the square input."""
+        from PIL import Image
+        s, (h, w) = inputs.image_size, arr.shape[:2]
+        return np.array(Image.fromarray(arr[h // 4:h - h // 4, w // 4:w - w // 4]).resize((s, s)), dtype=np.uint8)
 
 
     @view(tta_only=True)
@@ -71,6 +112,11 @@ PLUGIN = textwrap.dedent('''
         counts = np.bincount(view.y, minlength=len(view.classes)).tolist()
         text = f"toy figure {view.split}: " + ", ".join(f"{c}={n}" for c, n in zip(view.classes, counts))
         return Attachment(f"toy_{view.split}.txt", text, text)
+
+
+    @report_section
+    def toy_section(doc):
+        return ["## Toy section", "", f"The toy plugin saw strategy **{doc['strategy']}**.", ""]
 ''')
 
 
@@ -85,7 +131,14 @@ def test_a_plugin_module_next_to_the_yaml_works_from_train_to_predict(tiny_data,
     raw = synth.tiny_config(tiny_data, plugins=["toyplug"], parallel={"backend": "loky", "n_jobs": 2})
     raw["combiner"]["strategy"] = "geomean"  # members train in worker processes: plugins load there too
     raw["members"][0]["weights"] = "toy://a"
+    raw["members"][1]["view"] = "toy_centre"  # a member trained and evaluated on the plugin's view
     cfg = tmp_path / "cfg.yaml"
+    # the plugin strategy's own setting is checked by its own schema, in the same one-line error
+    cfg.write_text(yaml.safe_dump({**raw, "combiner": {**raw["combiner"], "geomean": {"sharpness": 0}}}))
+    rc, out = _effens("train", str(cfg), "--out", str(tmp_path / "bad"), cwd="/")
+    assert rc == 2 and "Traceback" not in out, out[-2000:]
+    assert "`combiner.geomean.sharpness` must be in (0, inf); got 0" in out
+    raw["combiner"]["geomean"] = {"sharpness": 2.0}
     cfg.write_text(yaml.safe_dump(raw))
     run = tmp_path / "run"
     rc, out = _effens("train", str(cfg), "--out", str(run), cwd="/")  # the module is found next to the YAML
@@ -93,8 +146,15 @@ def test_a_plugin_module_next_to_the_yaml_works_from_train_to_predict(tiny_data,
     assert "Traceback" not in out
     combiner = json.loads((run / "combiner" / "combiner.json").read_text())
     assert combiner["strategy"] == "geomean" and "geomean" in combiner["strategies"]
+    assert combiner["strategies"]["geomean"]["sharpness"] == 2.0
+    assert yaml.safe_load((run / "config.yaml").read_text())["combiner"]["geomean"] == {"sharpness": 2.0}
     report = (run / "report" / "report.md").read_text()
     assert "toy figure test: circle=" in report and "ensemble geomean" in report
+    assert "## Toy section" in report and "strategy **geomean**" in report
+    page = (run / "report" / "index.html").read_text()  # the page shows the same figure and section
+    assert '<a href="toy_test.txt">toy_test.txt</a>' in page and (run / "report" / "toy_test.txt").is_file()
+    assert "<h2>Toy section</h2>" in page and "strategy <b>geomean</b>" in page
+    assert json.loads((run / "members" / "b" / "member.json").read_text())["inputs"]["view"] == "toy_centre"
     assert json.loads((run / "members" / "a" / "member.json").read_text())["weights_file"] == "toy://a"
 
     log = tmp_path / "toyrt.log"
@@ -110,6 +170,26 @@ def test_a_plugin_module_next_to_the_yaml_works_from_train_to_predict(tiny_data,
                       "--out", str(tmp_path / "ev"))
     assert rc == 0, out[-3000:]
     assert "toy figure" in (tmp_path / "ev" / "report.md").read_text()
+
+    # export: the plugin strategy's own graph head inside ensemble.onnx, equal to its numpy vote
+    rc, out = _effens("export", str(run), "--format", "onnx", "--strategy", "geomean", "--out", str(tmp_path / "x"))
+    assert rc == 0, out[-3000:]
+    check = textwrap.dedent(f'''
+        import numpy as np, onnxruntime as ort, torch
+        from ensemble.runfolder import load_run
+        ens = load_run({str(run)!r})
+        x = torch.rand(4, 3, 32, 32) * 2 - 1
+        with torch.no_grad():
+            member = np.stack([fm.model.float().eval()(x).softmax(1).numpy() for fm in ens.members_])
+        want = ens.combiner_.apply(member, "geomean")[1]
+        sess = ort.InferenceSession({str(tmp_path / "x" / "ensemble.onnx")!r}, providers=["CPUExecutionProvider"])
+        got = sess.run(None, {{"image": x.numpy()}})[0]
+        assert np.allclose(got, want, atol=1e-4), (got, want)
+        print("same")
+    ''')
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert done.stdout.strip() == "same", done.stderr[-3000:]
+    assert json.loads((tmp_path / "x" / "export.json").read_text())["strategy"] == "geomean"
 
 
 def test_a_plugin_that_cannot_be_imported_is_one_line_naming_it(tiny_data, tmp_path):
@@ -195,6 +275,9 @@ def test_an_installed_entry_point_plugin_reaches_the_help_choices(tmp_path):
     env = _installed_plugin(tmp_path, textwrap.dedent('''
         import numpy as np
         from ensemble.strategies import Strategy, register
+        from members.runtimes import TorchRuntime
+        from members.runtimes import register as register_runtime
+        from members.views import view
 
         @register
         class ToyVote(Strategy):
@@ -203,11 +286,26 @@ def test_an_installed_entry_point_plugin_reaches_the_help_choices(tmp_path):
             def apply(self, proba):
                 p = proba.mean(axis=0)
                 return p.argmax(axis=1), p
+
+            def graph_head(self):
+                from ensemble.graph_heads import WeightedMean
+                return WeightedMean(None)
+
+        @register_runtime("toyrt")
+        class ToyRuntime(TorchRuntime):
+            """Eager torch under another name."""
+
+        @view(tta_only=True)
+        def toyview(arr, inputs):
+            return arr
     '''))
-    rc, out = _effens("predict", "--help", env=env)
-    assert rc == 0 and "toyvote" in out, out[-2000:]
-    rc, out = _effens("predict", "--help")  # without the distribution on the path: not there
-    assert rc == 0 and "toyvote" not in out
+    for command, names in ((["predict", "--help"], ("toyvote", "toyrt", "toyview")),
+                           (["evaluate", "--help"], ("toyvote", "toyrt", "toyview")),
+                           (["export", "--help"], ("toyvote",))):
+        rc, out = _effens(*command, env=env)
+        assert rc == 0 and all(n in out for n in names), out[-2000:]
+        rc, out = _effens(*command)  # without the distribution on the path: not there
+        assert rc == 0 and not any(n in out for n in names)
 
 
 def test_a_broken_entry_point_plugin_is_one_line_and_help_still_works(tiny_data, tmp_path):

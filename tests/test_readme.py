@@ -13,6 +13,27 @@ def test_config_reference_in_readme_matches_the_schema():
         "README's config table is stale: paste `python scripts/config_reference.py`"
 
 
+def test_registry_table_in_readme_lists_every_registered_entry():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from config_reference import registry_table
+
+    from ensemble.report import MODEL_FIGURES, SECTIONS, SPLIT_FIGURES
+    from ensemble.strategies import STRATEGIES
+    from members.runtimes import RUNTIMES
+    from members.views import VIEWS
+    from members.weights import SOURCES
+
+    table = registry_table()
+    for registry in (STRATEGIES, VIEWS, RUNTIMES, SOURCES, SPLIT_FIGURES, MODEL_FIGURES, SECTIONS):
+        for name in registry:
+            assert f"| `{name}` |" in table, (registry.kind, name)
+    assert "`combiner.greedy.iterations`" in table  # a strategy's own settings, from its schema
+    assert table in (ROOT / "README.md").read_text(), \
+        "README's registry table is stale: run `python scripts/config_reference.py --write`"
+
+
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     command = "pip install -e '.[dev]' && python -m pytest -q"

@@ -46,7 +46,7 @@ def test_train_into_the_folder_of_ones_own_config_is_refused_and_the_config_kept
     text = "# my notes\n" + yaml.safe_dump(synth.tiny_config(tiny_data, epochs=1))
     (exp / "config.yaml").write_text(text)
     code = main(["train", str(exp / "config.yaml"), "--out", str(exp)])
-    _quiet_failure(code, capsys, caplog, "config.yaml: ", "holds files effens did not write")
+    _quiet_failure(code, capsys, caplog, "config.yaml: not written by effens train")
     assert (exp / "config.yaml").read_text() == text
 
 
@@ -86,7 +86,24 @@ def test_evaluate_never_overwrites_a_training_report(trained, tiny_data, tmp_pat
     mine.mkdir()
     (mine / "notes.md").write_text("mine")
     _quiet_failure(main(["evaluate", str(run), str(tiny_data / "test"), "--out", str(mine)]), capsys, caplog,
-                   "not written by `effens evaluate`")
+                   "notes.md: not written by effens evaluate")
+
+
+@pytest.mark.parametrize("command", ["train", "tune", "evaluate", "explain", "export"])
+def test_every_command_refuses_a_foreign_output_folder_by_one_rule(command, trained, tiny_data, tmp_path, capsys,
+                                                                 caplog):
+    cfg, run = trained
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "sub" / "notes.md").write_text("mine")
+    img = str(next((tiny_data / "test").rglob("*.png")))
+    argv = {"train": ["train", str(cfg)], "tune": ["tune", str(cfg), "--yes"],
+            "evaluate": ["evaluate", str(run), str(tiny_data / "test")], "explain": ["explain", str(run), img],
+            "export": ["export", str(run), "--format", "onnx"]}[command]
+    _quiet_failure(main([*argv, "--out", str(out)]), capsys, caplog,
+                   f"notes.md: not written by effens {command}; choose a new or empty --out")
+    assert (out / "sub" / "notes.md").read_text() == "mine" and sorted(out.rglob("*")) == [out / "sub",
+                                                                                          out / "sub" / "notes.md"]
 
 
 # ---------------------------------------------------------------- 2. never answer from stale or edited state

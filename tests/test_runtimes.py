@@ -277,7 +277,7 @@ def _normalised(ens, imgs, fm) -> np.ndarray:
 
 
 @needs_ort
-@pytest.mark.parametrize("strategy", ["soft", "weighted", "stacking"])
+@pytest.mark.parametrize("strategy", ["soft", "weighted", "stacking", "greedy"])
 def test_export_onnx_matches_torch(trained, tmp_path, strategy):
     import onnxruntime as ort
 
@@ -317,6 +317,7 @@ def test_ensemble_graph_with_mixed_sizes_and_calibration_matches_its_torch_modul
     import onnxruntime as ort
 
     from ensemble.export import EnsembleGraph
+    from ensemble.graph_heads import WeightedMean
     from members.export import export_onnx_bytes
     from members.models import InputConfig
 
@@ -325,7 +326,7 @@ def test_ensemble_graph_with_mixed_sizes_and_calibration_matches_its_torch_modul
     inputs = [InputConfig(32, 0.875, "bicubic", (0.5,) * 3, (0.5,) * 3),
               InputConfig(24, 0.875, "bicubic", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
               InputConfig(32, 0.875, "bicubic", (0.5,) * 3, (0.5,) * 3)]
-    graph = EnsembleGraph([fm.model.float() for fm in ens.members_], inputs, "mean", {"weights": [0.2, 0.3, 0.5]},
+    graph = EnsembleGraph([fm.model.float() for fm in ens.members_], inputs, WeightedMean([0.2, 0.3, 0.5]),
                           [0.7, 1.0, 1.6]).eval()
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
@@ -357,7 +358,7 @@ def test_export_never_writes_over_foreign_files(trained, tmp_path, caplog):
     (out / "notes.txt").write_text("mine")
     with caplog.at_level(logging.ERROR):
         assert main(["export", str(run), "--format", "onnx", "--out", str(out)]) == 2
-    assert "notes.txt: the output folder holds files effens did not export" in caplog.text
+    assert "notes.txt: not written by effens export" in caplog.text
     assert (out / "notes.txt").read_text() == "mine" and len(list(out.iterdir())) == 1
     again = tmp_path / "again"
     assert main(["export", str(run), "--format", "onnx", "--out", str(again)]) == 0
