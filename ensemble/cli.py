@@ -112,17 +112,35 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--strategy", metavar=_choices(strategy_names()), type=_name,
                     help="default: the run's combiner.strategy (or a strategy of the run's plugins)")
     pr.add_argument("--out", required=True, help="output .csv or .json")
-    pr.add_argument("--coverage", type=_fraction, metavar="C",
-                    help="add a prediction_set column holding the true class for at least a share C "
-                         "of images like the calibration images (split conformal), e.g. 0.9")
-    pr.add_argument("--coverage-by-class", action="store_true", default=None,
-                    help="prediction sets with that coverage within every class")
-    pr.add_argument("--review-rate", type=_fraction, metavar="R",
-                    help="add a decision column: the share R of least confident images (on the "
-                         "calibration images) is marked review")
-    pr.add_argument("--target-accuracy", type=_fraction, metavar="A",
-                    help="add a decision column: review the least confident images so that the rest "
-                         "reach accuracy A on the calibration images")
+
+    sv = sub.add_parser("serve", help="serve a run over HTTP: a JSON API and an upload page")
+    sv.add_argument("run", help="run folder made by `effens train`")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=_positive_int, default=8000)
+    sv.add_argument("--strategy", metavar=_choices(strategy_names()), type=_name,
+                    help="default: the run's combiner.strategy")
+    sv.add_argument("--max-batch", type=_positive_int, default=16, metavar="N",
+                    help="merge concurrent requests' images into batches of up to N")
+    sv.add_argument("--max-wait-ms", type=float, default=5.0, metavar="M",
+                    help="wait at most M ms for more images before running a batch")
+    sv.add_argument("--max-files", type=_positive_int, default=16, help="images per request")
+    sv.add_argument("--max-body-mb", type=float, default=32.0, help="request body limit")
+    sv.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    sv.add_argument("--api-key-file", help="require this key (X-API-Key or Authorization: Bearer)")
+    sv.add_argument("--ray", action="store_true", help="serve as a Ray Serve deployment (pip install 'ray[serve]')")
+    sv.add_argument("--replicas", type=_positive_int, default=2, help="with --ray: copies of the app")
+    for q in (pr, sv):
+        q.add_argument("--coverage", type=_fraction, metavar="C",
+                       help="add a prediction_set holding the true class for at least a share C "
+                            "of images like the calibration images (split conformal), e.g. 0.9")
+        q.add_argument("--coverage-by-class", action="store_true", default=None,
+                       help="prediction sets with that coverage within every class")
+        q.add_argument("--review-rate", type=_fraction, metavar="R",
+                       help="add a decision: the share R of least confident images (on the "
+                            "calibration images) is marked review")
+        q.add_argument("--target-accuracy", type=_fraction, metavar="A",
+                       help="add a decision: review the least confident images so that the rest "
+                            "reach accuracy A on the calibration images")
 
     ev = sub.add_parser("evaluate", help="report every member and strategy on labelled data")
     ev.add_argument("run", help="run folder made by `effens train`")
@@ -130,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--strategy", metavar=_choices(strategy_names() + ("all",)), type=_name, default="all")
     ev.add_argument("--out", required=True, help="report folder (also caches member probabilities)")
 
-    for q in (pr, ev):
+    for q in (pr, ev, sv):
         q.add_argument("--batch-size", type=_positive_int, help="images per inference step")
         q.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's)")
         q.add_argument("--tta", nargs="?", const="flip", metavar="VIEWS", type=_non_empty,
@@ -178,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override parallel.backend")
         q.add_argument("--n-jobs", type=_positive_int, help="override parallel.n_jobs")
 
-    for q in (t, pr, ev, fc, tu, ex, xp):
+    for q in (t, pr, ev, fc, tu, ex, xp, sv):
         q.add_argument("-v", "--verbose", action="count", default=0)
         q.add_argument("-q", "--quiet", action="store_true")
     return p
@@ -241,7 +259,8 @@ def _guard_output(args) -> None:
 def _dispatch(args) -> int:
     _guard_output(args)
     commands = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate,
-                "fit-combiner": cmd_fit_combiner, "tune": cmd_tune, "export": cmd_export, "explain": cmd_explain}
+                "fit-combiner": cmd_fit_combiner, "tune": cmd_tune, "export": cmd_export, "explain": cmd_explain,
+                "serve": cmd_serve}
     return commands[args.command](args)
 
 
@@ -300,7 +319,7 @@ def cmd_train(args) -> int:
 
 
 def _inference_options(args):
-    from .inference import InferenceOptions
+    from .prediction import InferenceOptions
 
     return InferenceOptions(args.batch_size, args.device, args.tta, args.runtime, args.precision, args.adapt_bn)
 
@@ -359,6 +378,44 @@ def cmd_export(args) -> int:
     manifest = export_run(args.run, args.format, args.out, args.strategy)
     sys.stdout.write(f"exported {len(manifest['files'])} files ({args.format}; ensemble graph: "
                      f"{manifest['strategy']}) -> {args.out}\n")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .files import RunError
+
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise RunError(f"`effens serve` needs FastAPI and uvicorn ({exc.name} is not installed): "
+                                      f"pip install 'effens[serve]'") from None
+    from .serve import ServeLimits, ServeSettings, read_api_key, serve, serve_on_ray
+
+    if args.adapt_bn:
+        raise RunError("--adapt-bn re-estimates statistics on all images at once; a server sees "
+                                      "them one request at a time, so `serve` does not take it")
+    for flag, value in (("--max-wait-ms", args.max_wait_ms), ("--max-body-mb", args.max_body_mb),
+                        ("--timeout", args.timeout)):
+        if not (value >= 0 and value < float("inf")) or (flag != "--max-wait-ms" and value <= 0):
+            raise RunError(f"`{flag}` must be a positive number; got {value}")
+    settings = ServeSettings(
+        args.strategy, _inference_options(args),
+        {"coverage": args.coverage, "by_class": args.coverage_by_class, "review_rate": args.review_rate,
+         "target_accuracy": args.target_accuracy}, args.max_batch, args.max_wait_ms,
+        ServeLimits(args.max_body_mb, args.max_files, timeout_s=args.timeout),
+        read_api_key(args.api_key_file) if args.api_key_file else None)
+    if args.ray:
+        try:
+            from ray import serve as _  # noqa: F401
+        except ImportError as exc:
+            raise RunError(f"--ray needs Ray Serve ({exc.name} is not installed): pip install 'ray[serve]'") from None
+        from .runfolder import load_run
+
+        load_run(args.run)  # a bad run is one line here, not a failed replica
+        serve_on_ray(args.run, args.host, args.port, settings, args.replicas)
+    else:
+        serve(args.run, args.host, args.port, settings)
     return 0
 
 

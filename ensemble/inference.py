@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import logging
 import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import numpy as np
 
 
 from .config import SplitSource
@@ -17,73 +15,14 @@ from .data import DataError, check_labels, expand_inputs, load_split
 from .estimator import BaggedEnsemble, decode_size, images_fingerprint  # noqa: F401 (decode_size: re-exported)
 from .evaluation import decision_report, evaluate_split
 from .pages import report_files
-from .files import (RunError, atomic_write_json, atomic_write_npy, atomic_write_text, read_json, read_npy,
+from .files import (atomic_write_json, atomic_write_npy, atomic_write_text, read_json, read_npy,
                     refuse_foreign, sha256_json, write_owned)
 from .images import decode_all
+from .prediction import DecisionOptions, ImagePredictor, InferenceOptions  # noqa: F401 (re-exported)
 from .report import build_metrics, comparison_rows, format_table
 from .runfolder import RunFolder, load_run, weights_hash
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class InferenceOptions:
-    """How member probabilities are computed (defaults: the run's); ``predict`` and
-    ``evaluate`` take one of these instead of five separate arguments."""
-
-    batch_size: int | None = None     # images per inference step (default: each member's)
-    device: str | None = None         # auto, cpu, cuda, cuda:N
-    tta: bool | str = False           # True/"flip": with the mirror; "crop,letterbox,flip": over views
-    runtime: str | None = None        # torch, openvino, onnxruntime, auto
-    precision: str | None = None      # auto, fp32, bf16, fp16
-    adapt_bn: bool = False            # re-estimate BatchNorm statistics on the images being predicted
-
-    def member_proba(self, ens: BaggedEnsemble, images: Sequence[np.ndarray],
-                     used: Sequence[bool] | None = None) -> np.ndarray:
-        return ens.member_proba(images, **dataclasses.asdict(self), used=used)
-
-    def plan(self, ens: BaggedEnsemble) -> dict:
-        """The runtime and precision each member resolves to here (part of cache keys)."""
-        plan = ens.inference_plan("torch" if self.adapt_bn else self.runtime, self.precision, self.device)
-        return {"runtime": plan[0][0], "precision": [p.name for _, p in plan], "adapt_bn": self.adapt_bn}
-
-
-@dataclasses.dataclass(frozen=True)
-class DecisionOptions:
-    """What ``predict`` adds to each row (defaults: the run's ``decision:`` settings)."""
-
-    coverage: float | None = None          # a prediction set holding the truth this often
-    by_class: bool = False                 # ... within every class
-    review_rate: float | None = None       # send this share of the least confident images to review
-    target_accuracy: float | None = None   # ... or as many as needed for this accuracy on the rest
-    costs: list | None = None              # true x predicted; predictions minimise the expected cost
-    calibration: str = "val"
-
-    @classmethod
-    def from_settings(cls, settings, coverage: float | None = None, by_class: bool | None = None,
-                      review_rate: float | None = None, target_accuracy: float | None = None) -> "DecisionOptions":
-        """The run's ``decision:`` settings with command-line values on top."""
-        from .decisions import DecisionError
-
-        if review_rate is not None and target_accuracy is not None:
-            raise DecisionError("give one of --review-rate or --target-accuracy, not both")
-        if review_rate is None and target_accuracy is None:
-            review_rate, target_accuracy = settings.review_rate, settings.target_accuracy
-        if by_class and coverage is None and settings.coverage is None:
-            raise DecisionError("--coverage-by-class needs --coverage (or `decision.coverage` in the run's config)")
-        checks = {f.name: f.metadata["check"] for f in dataclasses.fields(type(settings))}
-        for flag, key, value in (("--coverage", "coverage", coverage), ("--review-rate", "review_rate", review_rate),
-                                 ("--target-accuracy", "target_accuracy", target_accuracy)):
-            problem = checks[key](value)  # the config schema's own bounds for these keys
-            if problem:
-                raise DecisionError(f"`{flag}` {problem}; got {value}")
-        return cls(coverage if coverage is not None else settings.coverage,
-                   settings.coverage_by_class if by_class is None else by_class,
-                   review_rate, target_accuracy, settings.costs, settings.calibration)
-
-    def columns(self) -> list[str]:
-        return (["prediction_set"] if self.coverage else []) + \
-            (["decision"] if self.review_rate is not None or self.target_accuracy is not None else [])
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -96,54 +35,13 @@ def predict_rows(ens: BaggedEnsemble, paths: Sequence[str], strategy: str | None
                  decisions: DecisionOptions = DecisionOptions()) -> list[dict]:
     """One row per path: prediction, class probabilities, each member's prediction, error;
     with ``decisions``, a prediction set and/or a review decision (:mod:`ensemble.decisions`)."""
-    from .decisions import Decider, confidence
-    from .evaluation import calibration_set
-
-    classes = ens.classes_
-    names = [fm.name for fm in ens.members_]
-    size = decode_size(ens)
-    decider = Decider(*calibration_set(ens, strategy, decisions.calibration), decisions.costs, classes)
-    review = "decision" in decisions.columns()
-    used = ens.combiner_.get(strategy).uses(len(names))  # members the strategy gives no weight are not run
-    if not used.all():
-        log.info("strategy %s uses %s: the other members are not run", strategy or ens.combiner_.strategy,
-                 ", ".join(n for n, u in zip(names, used) if u))
-    threshold = decider.review_threshold(decisions.review_rate, decisions.target_accuracy) if review else None
-    if decisions.coverage:
-        decider.sets(decider.cal_proba[:1], decisions.coverage, decisions.by_class)  # too few images: fail early
-    rows: list[dict] = []
+    predictor = ImagePredictor(ens, strategy, options, decisions)
     if options.adapt_bn:  # the statistics come from every image given, not from chunks of them
         chunk = max(1, len(paths))
+    rows: list[dict] = []
     for part in _chunks(list(paths), chunk):
-        arrays, bad = decode_all(part, size, on_bad="skip", desc="decode")
-        reasons = dict(bad)
-        ok = [i for i, a in enumerate(arrays) if a is not None]
-        if ok:
-            member_proba = options.member_proba(ens, [arrays[i] for i in ok], used)
-            _, proba = ens.combiner_.apply(member_proba, strategy)
-            pred = decider.predict(proba)
-            member_pred = member_proba.argmax(axis=2)
-            sets = decider.sets(proba, decisions.coverage, decisions.by_class) if decisions.coverage else None
-        results = {i: k for k, i in enumerate(ok)}
-        for i, path in enumerate(part):
-            row: dict = {"path": path}
-            if i in results:
-                k = results[i]
-                row["prediction"] = classes[pred[k]]
-                if sets is not None:
-                    row["prediction_set"] = "|".join(c for j, c in enumerate(classes) if sets[k, j])
-                if review:
-                    row["decision"] = "review" if confidence(proba[k:k + 1])[0] < threshold else classes[pred[k]]
-                row["proba"] = {c: float(proba[k, j]) for j, c in enumerate(classes)}
-                row["votes"] = {n: classes[member_pred[m, k]] if used[m] else "" for m, n in enumerate(names)}
-                row["error"] = ""
-            else:
-                row["prediction"] = ""
-                row.update({c: "" for c in decisions.columns()})
-                row["proba"] = {c: None for c in classes}
-                row["votes"] = {n: "" for n in names}
-                row["error"] = reasons.get(path, "not found")
-            rows.append(row)
+        arrays, bad = decode_all(part, predictor.size, on_bad="skip", desc="decode")
+        rows += predictor.rows(part, arrays, dict(bad))
     return rows
 
 

@@ -3,6 +3,9 @@ without effens) and printing/saving the figures."""
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
 from pathlib import Path
 
 import torch
@@ -30,3 +33,15 @@ def report_json(res: dict, out: str | None) -> None:
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text + "\n")
+
+
+def machine() -> dict:
+    """The CPU model, its relevant flags, cores, Python and the checkout's commit."""
+    from members.precision import cpu_info
+
+    model, flags = cpu_info()
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent).stdout.strip()
+    return {"cpu": model, "flags": [f for f in wanted if f in flags], "cores": os.cpu_count(),
+            "python": platform.python_version(), "commit": commit or None}

@@ -27,8 +27,6 @@ import argparse
 import csv
 import datetime
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -84,15 +82,6 @@ def predictions(path: str) -> dict[str, str]:
         return {row["path"]: row["prediction"] for row in csv.DictReader(fh)}
 
 
-def machine() -> dict:
-    from members.precision import cpu_info
-
-    model, flags = cpu_info()
-    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
-    return {"cpu": model, "flags": [f for f in wanted if f in flags], "cores": os.cpu_count(),
-            "python": platform.python_version()}
-
-
 def import_table(cmd: list[str], top: int = 12) -> list[tuple[str, float]]:
     """The largest cumulative imports (seconds) of ``cmd`` under ``python -X importtime``."""
     done = subprocess.run([sys.executable, "-X", "importtime", *cmd], capture_output=True, text=True)
@@ -114,7 +103,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", help="write the figures as JSON here")
     args = p.parse_args()
-    from bench_common import report_json
+    from bench_common import machine, report_json
 
     if args.mode == "plain":
         return plain_main(args.run, args.images, args.workers)

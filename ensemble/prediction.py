@@ -1,0 +1,141 @@
+"""What ``predict`` (and ``serve``) answer for an image: the ensemble's class, its
+probabilities, each member's vote, and when asked a prediction set and a review decision.
+
+:class:`ImagePredictor` sets this up once per run (strategy, members used, calibration of
+the decisions) and then answers batches of decoded images; the commands only decode and write.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Sequence
+
+import numpy as np
+
+from .estimator import BaggedEnsemble, decode_size
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceOptions:
+    """How member probabilities are computed (defaults: the run's); ``predict`` and
+    ``evaluate`` take one of these instead of five separate arguments."""
+
+    batch_size: int | None = None     # images per inference step (default: each member's)
+    device: str | None = None         # auto, cpu, cuda, cuda:N
+    tta: bool | str = False           # True/"flip": with the mirror; "crop,letterbox,flip": over views
+    runtime: str | None = None        # torch, openvino, onnxruntime, auto
+    precision: str | None = None      # auto, fp32, bf16, fp16
+    adapt_bn: bool = False            # re-estimate BatchNorm statistics on the images being predicted
+
+    def member_proba(self, ens: BaggedEnsemble, images: Sequence[np.ndarray],
+                     used: Sequence[bool] | None = None) -> np.ndarray:
+        return ens.member_proba(images, **dataclasses.asdict(self), used=used)
+
+    def plan(self, ens: BaggedEnsemble) -> dict:
+        """The runtime and precision each member resolves to here (part of cache keys)."""
+        plan = ens.inference_plan("torch" if self.adapt_bn else self.runtime, self.precision, self.device)
+        return {"runtime": plan[0][0], "precision": [p.name for _, p in plan], "adapt_bn": self.adapt_bn}
+
+
+@dataclasses.dataclass(frozen=True)
+class DecisionOptions:
+    """What ``predict`` adds to each row (defaults: the run's ``decision:`` settings)."""
+
+    coverage: float | None = None          # a prediction set holding the truth this often
+    by_class: bool = False                 # ... within every class
+    review_rate: float | None = None       # send this share of the least confident images to review
+    target_accuracy: float | None = None   # ... or as many as needed for this accuracy on the rest
+    costs: list | None = None              # true x predicted; predictions minimise the expected cost
+    calibration: str = "val"
+
+    @classmethod
+    def from_settings(cls, settings, coverage: float | None = None, by_class: bool | None = None,
+                      review_rate: float | None = None, target_accuracy: float | None = None) -> "DecisionOptions":
+        """The run's ``decision:`` settings with command-line values on top."""
+        from .decisions import DecisionError
+
+        if review_rate is not None and target_accuracy is not None:
+            raise DecisionError("give one of --review-rate or --target-accuracy, not both")
+        if review_rate is None and target_accuracy is None:
+            review_rate, target_accuracy = settings.review_rate, settings.target_accuracy
+        if by_class and coverage is None and settings.coverage is None:
+            raise DecisionError("--coverage-by-class needs --coverage (or `decision.coverage` in the run's config)")
+        checks = {f.name: f.metadata["check"] for f in dataclasses.fields(type(settings))}
+        for flag, key, value in (("--coverage", "coverage", coverage), ("--review-rate", "review_rate", review_rate),
+                                 ("--target-accuracy", "target_accuracy", target_accuracy)):
+            problem = checks[key](value)  # the config schema's own bounds for these keys
+            if problem:
+                raise DecisionError(f"`{flag}` {problem}; got {value}")
+        return cls(coverage if coverage is not None else settings.coverage,
+                   settings.coverage_by_class if by_class is None else by_class,
+                   review_rate, target_accuracy, settings.costs, settings.calibration)
+
+    def columns(self) -> list[str]:
+        return (["prediction_set"] if self.coverage else []) + \
+            (["decision"] if self.review_rate is not None or self.target_accuracy is not None else [])
+
+
+class ImagePredictor:
+    """A run ready to answer: :meth:`rows` for decoded images (``None`` where decoding failed)."""
+
+    def __init__(self, ens: BaggedEnsemble, strategy: str | None = None,
+                 options: InferenceOptions = InferenceOptions(),
+                 decisions: DecisionOptions = DecisionOptions()) -> None:
+        from .decisions import Decider
+        from .evaluation import calibration_set
+
+        self.ens, self.strategy, self.options, self.decisions = ens, strategy, options, decisions
+        self.classes = list(ens.classes_)
+        self.names = [fm.name for fm in ens.members_]
+        self.size = decode_size(ens)
+        self.decider = Decider(*calibration_set(ens, strategy, decisions.calibration), decisions.costs, self.classes)
+        self.review = "decision" in decisions.columns()
+        # members the strategy gives no weight are not run
+        self.used = ens.combiner_.get(strategy).uses(len(self.names))
+        if not self.used.all():
+            log.info("strategy %s uses %s: the other members are not run", strategy or ens.combiner_.strategy,
+                     ", ".join(n for n, u in zip(self.names, self.used) if u))
+        self.threshold = self.decider.review_threshold(decisions.review_rate, decisions.target_accuracy) \
+            if self.review else None
+        if decisions.coverage:  # too few calibration images: fail now, not on the first image
+            self.decider.sets(self.decider.cal_proba[:1], decisions.coverage, decisions.by_class)
+
+    def rows(self, keys: Sequence[str], arrays: Sequence[np.ndarray | None], reasons: dict[str, str],
+             key: str = "path") -> list[dict]:
+        """One row per image, in order: ``key`` (the image's path or file name), prediction,
+        the decision columns asked for, ``proba`` per class, ``votes`` per member, ``error``."""
+        from .decisions import confidence
+
+        classes, names, used, decisions = self.classes, self.names, self.used, self.decisions
+        ok = [i for i, a in enumerate(arrays) if a is not None]
+        if ok:
+            member_proba = self.options.member_proba(self.ens, [arrays[i] for i in ok], used)
+            _, proba = self.ens.combiner_.apply(member_proba, self.strategy)
+            pred = self.decider.predict(proba)
+            member_pred = member_proba.argmax(axis=2)
+            sets = self.decider.sets(proba, decisions.coverage, decisions.by_class) if decisions.coverage else None
+        results = {i: k for k, i in enumerate(ok)}
+        rows: list[dict] = []
+        for i, name in enumerate(keys):
+            row: dict = {key: name}
+            if i in results:
+                k = results[i]
+                row["prediction"] = classes[pred[k]]
+                if sets is not None:
+                    row["prediction_set"] = "|".join(c for j, c in enumerate(classes) if sets[k, j])
+                if self.review:
+                    row["decision"] = "review" if confidence(proba[k:k + 1])[0] < self.threshold \
+                        else classes[pred[k]]
+                row["proba"] = {c: float(proba[k, j]) for j, c in enumerate(classes)}
+                row["votes"] = {n: classes[member_pred[m, k]] if used[m] else "" for m, n in enumerate(names)}
+                row["error"] = ""
+            else:
+                row["prediction"] = ""
+                row.update({c: "" for c in decisions.columns()})
+                row["proba"] = {c: None for c in classes}
+                row["votes"] = {n: "" for n in names}
+                row["error"] = reasons.get(name, "not found")
+            rows.append(row)
+        return rows

@@ -1,0 +1,249 @@
+"""`effens serve` (issue #26): a real uvicorn server on a free loopback port, called over
+HTTP: the same answers as `effens predict`, batching under concurrency, every limit, the
+API key, SIGTERM, and the upload page in headless Chromium."""
+import base64
+import concurrent.futures
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from urllib.parse import quote
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi", reason="`effens serve` needs FastAPI: pip install 'effens[serve]'")
+pytest.importorskip("uvicorn", reason="`effens serve` needs uvicorn: pip install 'effens[serve]'")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, run, *extra, env=None):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "ensemble", "serve", str(run), "--port", str(self.port),
+                                      *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, **(env or {})})
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the server exited with {self.proc.returncode}: {self.proc.stdout.read()[-3000:]}")
+            try:
+                if _get(self.url + "/v1/ready")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise AssertionError("the server did not get ready in 180 s")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def _get(url, headers=None):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=60) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _post(url, files=(), headers=None, body=None, content_type=None):
+    """multipart/form-data POST of (field, filename, bytes) parts; -> (status, JSON)."""
+    boundary = uuid.uuid4().hex
+    if body is None:
+        parts = []
+        for field, name, data in files:
+            parts += [f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\n"
+                      f"Content-Type: application/octet-stream\r\n\r\n".encode(), data, b"\r\n"]
+        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    req = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": content_type or f"multipart/form-data; boundary={boundary}", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.fixture(scope="module")
+def server(trained):
+    _, run = trained
+    srv = Server(run, "--max-files", "4", "--max-body-mb", "1", "--max-wait-ms", "150", "--review-rate", "0.2")
+    yield srv
+    srv.stop()
+
+
+def _images(tiny_data, n=6):
+    return sorted((tiny_data / "test").rglob("*.png"))[:n]
+
+
+def test_answers_equal_effens_predict_on_the_same_files(server, trained, tiny_data, tmp_path):
+    from ensemble.cli import main
+
+    _, run = trained
+    paths = _images(tiny_data, 4)
+    out = tmp_path / "p.json"
+    assert main(["predict", str(run), *map(str, paths), "--out", str(out), "--review-rate", "0.2", "-q"]) == 0
+    want = json.loads(out.read_text())
+    code, got = _post(server.url + "/v1/predict", [("files", p.name, p.read_bytes()) for p in paths])
+    assert code == 200, got
+    assert [r["file"] for r in got["results"]] == [p.name for p in paths]
+    for w, g in zip(want, got["results"]):
+        assert g["prediction"] == w["prediction"] and g["votes"] == w["votes"] and g["decision"] == w["decision"]
+        assert g["error"] == "" and sorted(g["proba"]) == sorted(w["proba"])
+        np.testing.assert_allclose([g["proba"][c] for c in w["proba"]], list(w["proba"].values()), atol=1e-6)
+
+
+def test_health_model_docs_and_metrics(server, trained):
+    assert _get(server.url + "/v1/health") == (200, b'{"status":"ok"}')
+    code, body = _get(server.url + "/v1/model")
+    card = json.loads(body)
+    assert code == 200 and card["classes"] == ["circle", "square", "stripes"] and card["members"] == ["a", "b", "c"]
+    assert card["runtime"] in ("openvino", "torch") and len(card["weights_sha256"]) == 3
+    assert card["decisions"] == ["decision"]
+    code, body = _get(server.url + "/docs")
+    assert code == 200 and b"swagger" in body.lower()
+    code, body = _get(server.url + "/openapi.json")
+    assert code == 200 and "/v1/predict" in json.loads(body)["paths"]
+    code, body = _get(server.url + "/metrics")
+    text = body.decode()
+    assert code == 200 and "# TYPE effens_request_seconds histogram" in text and "effens_images_total" in text
+
+
+def test_concurrent_requests_are_batched(server, tiny_data):
+    data = [(p.name, p.read_bytes()) for p in _images(tiny_data, 8)]
+
+    def one(item):
+        return _post(server.url + "/v1/predict", [("files", *item)])
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(one, data))
+    assert all(code == 200 and r["results"][0]["error"] == "" for code, r in answers)
+    text = _get(server.url + "/metrics")[1].decode()
+    sizes = {int(line.split('size="')[1].split('"')[0]): int(line.split()[-1])
+             for line in text.splitlines() if line.startswith("effens_batch_size_total{")}
+    assert max(sizes) > 1, sizes  # 8 requests within 150 ms shared forward passes
+
+
+def _png(w, h):
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (120, 30, 200)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_every_malformed_request_is_a_json_4xx_and_the_server_keeps_serving(server, tiny_data):
+    good = _images(tiny_data, 1)[0]
+    jpeg = io.BytesIO()
+    Image.new("RGB", (64, 48), (10, 200, 30)).save(jpeg, "JPEG")
+    cases = [
+        ("empty body", dict(body=b""), 400),
+        ("no multipart", dict(body=b'{"files": 1}', content_type="application/json"), 415),
+        ("wrong field", dict(files=[("image", "x.png", good.read_bytes())]), 400),
+        ("a text file", dict(files=[("files", "notes.txt", b"hello, not a photo")]), 422),
+        ("truncated JPEG", dict(files=[("files", "cut.jpg", jpeg.getvalue()[:60])]), 422),
+        ("1 x 100000 PNG", dict(files=[("files", "thin.png", _png(1, 100000))]), 422),
+        ("a 2 MB body", dict(files=[("files", "big.png", b"\x89PNG\r\n\x1a\n" + os.urandom(2 * 1024 * 1024))]), 413),
+        ("5 files", dict(files=[("files", good.name, good.read_bytes())] * 5), 413),
+    ]
+    for what, kwargs, status in cases:
+        code, body = _post(server.url + "/v1/predict", **kwargs)
+        assert code == status, (what, code, body)
+        assert isinstance(body["error"], str) and "\n" not in body["error"] and "Traceback" not in body["error"], what
+        ok, answer = _post(server.url + "/v1/predict", [("files", good.name, good.read_bytes())])
+        assert ok == 200 and answer["results"][0]["prediction"], what
+    # one unreadable image among good ones: the others are still answered
+    code, body = _post(server.url + "/v1/predict", [("files", "notes.txt", b"text"),
+                                                    ("files", good.name, good.read_bytes())])
+    assert code == 200 and body["results"][0]["error"] and body["results"][1]["prediction"]
+    assert _get(server.url + "/v1/nothing-here")[0] == 404
+
+
+def test_api_key_and_sigterm(trained, tiny_data, tmp_path):
+    _, run = trained
+    key = tmp_path / "key.txt"
+    key.write_text("s3cret-key\n")
+    srv = Server(run, "--api-key-file", str(key))
+    try:
+        good = _images(tiny_data, 1)[0]
+        files = [("files", good.name, good.read_bytes())]
+        assert _post(srv.url + "/v1/predict", files)[0] == 401
+        assert _post(srv.url + "/v1/predict", files, {"X-API-Key": "wrong"})[0] == 401
+        assert _get(srv.url + "/v1/model")[0] == 401
+        assert _post(srv.url + "/v1/predict", files, {"X-API-Key": "s3cret-key"})[0] == 200
+        assert _post(srv.url + "/v1/predict", files, {"Authorization": "Bearer s3cret-key"})[0] == 200
+        assert _get(srv.url + "/v1/health")[0] == 200  # health stays open for the orchestrator
+    finally:
+        assert srv.stop() == 0  # SIGTERM: a clean exit
+
+
+def test_bad_serve_arguments_are_one_line(trained, tmp_path):
+    _, run = trained
+    done = subprocess.run([sys.executable, "-m", "ensemble", "serve", str(run), "--api-key-file",
+                           str(tmp_path / "absent.txt")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "absent.txt: cannot read the API key file" in done.stderr
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian: apt-get install -y chromium); "
+                                             "the page test needs a real browser")
+def test_the_upload_page_sends_a_photo_and_shows_the_answer_in_chromium(server, tiny_data, tmp_path):
+    photo = _images(tiny_data, 1)[0]
+    data_url = "data:image/png;base64," + base64.b64encode(photo.read_bytes()).decode()
+    url = server.url + "/#selftest=" + quote(data_url, safe="")
+    dom = subprocess.run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000",
+                          "--dump-dom", url], capture_output=True, text=True, timeout=180,
+                         env=dict(os.environ, HOME=str(tmp_path))).stdout
+    assert 'data-answered="1"' in dom, dom[-3000:]
+    _, answer = _post(server.url + "/v1/predict", [("files", photo.name, photo.read_bytes())])
+    row = answer["results"][0]
+    assert f'<div class="pred">{row["prediction"]}</div>' in dom
+    assert dom.count('class="bar"') == 3 and "votes: a " in dom
+
+
+def test_the_same_app_on_ray_serve_with_two_replicas(server, tiny_data, trained):
+    import tempfile
+
+    probe = subprocess.run([sys.executable, "-c", "from ray import serve"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip("Ray Serve is not installed (pip install 'ray[serve]')")
+    _, run = trained
+    photo = _images(tiny_data, 1)[0]
+    files = [("files", photo.name, photo.read_bytes())]
+    _, want = _post(server.url + "/v1/predict", files)
+    short = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    srv = Server(run, "--ray", "--replicas", "2", env={"RAY_ADDRESS": "", "RAY_TMPDIR": short})
+    try:
+        code, got = _post(srv.url + "/v1/predict", files)
+        assert code == 200 and got["results"][0]["prediction"] == want["results"][0]["prediction"]
+        np.testing.assert_allclose(list(got["results"][0]["proba"].values()),
+                                   list(want["results"][0]["proba"].values()), atol=1e-6)
+        assert json.loads(_get(srv.url + "/v1/model")[1])["members"] == ["a", "b", "c"]
+    finally:
+        assert srv.stop() == 0
+        shutil.rmtree(short, ignore_errors=True)
