@@ -102,6 +102,38 @@ class ImagePredictor:
         if decisions.coverage:  # too few calibration images: fail now, not on the first image
             self.decider.sets(self.decider.cal_proba[:1], decisions.coverage, decisions.by_class)
 
+    def redecide(self, rows: list[dict], decisions: DecisionOptions) -> list[dict]:
+        """``rows`` with their prediction set and review decision made anew under ``decisions``
+        (a request's own coverage or review rate), from each row's probabilities."""
+        from .decisions import confidence
+
+        ok = [i for i, r in enumerate(rows) if not r["error"]]
+        out = [{k: v for k, v in r.items() if k not in ("prediction_set", "decision")} for r in rows]
+        columns = decisions.columns()
+        for r in out:
+            r.update({c: "" for c in columns})
+        if not ok:
+            return self._ordered(out)
+        proba = np.array([[rows[i]["proba"][c] for c in self.classes] for i in ok], dtype=np.float64)
+        pred = self.decider.predict(proba)
+        if decisions.coverage:
+            sets = self.decider.sets(proba, decisions.coverage, decisions.by_class)
+            for k, i in enumerate(ok):
+                out[i]["prediction_set"] = "|".join(c for j, c in enumerate(self.classes) if sets[k, j])
+        if "decision" in columns:
+            threshold = self.decider.review_threshold(decisions.review_rate, decisions.target_accuracy)
+            conf = confidence(proba)
+            for k, i in enumerate(ok):
+                out[i]["decision"] = "review" if conf[k] < threshold else self.classes[pred[k]]
+        return self._ordered(out)
+
+    @staticmethod
+    def _ordered(rows: list[dict]) -> list[dict]:
+        """The column order of :meth:`rows` (key, prediction, decision columns, proba, votes, error)."""
+        order = ("prediction", "prediction_set", "decision", "proba", "votes", "error")
+        return [{**{k: v for k, v in r.items() if k not in order},
+                 **{k: r[k] for k in order if k in r}} for r in rows]
+
     def rows(self, keys: Sequence[str], arrays: Sequence[np.ndarray | None], reasons: dict[str, str],
              key: str = "path") -> list[dict]:
         """One row per image, in order: ``key`` (the image's path or file name), prediction,

@@ -221,7 +221,8 @@ def create_app(run: str, settings: ServeSettings = ServeSettings()):
     from .serve_page import PAGE
 
     ens = load_run(run)
-    decisions = DecisionOptions.from_settings(RunFolder(run).read_config().decision, **(settings.decisions or {}))
+    run_decisions = RunFolder(run).read_config().decision
+    decisions = DecisionOptions.from_settings(run_decisions, **(settings.decisions or {}))
     predictor = ImagePredictor(ens, settings.strategy, settings.options, decisions)
     metrics = Metrics()
     batcher = Batcher(predictor, settings.max_batch, settings.max_wait_ms, metrics)
@@ -301,15 +302,36 @@ def create_app(run: str, settings: ServeSettings = ServeSettings()):
         return metrics.text()
 
     @app.post("/v1/predict")
-    async def predict(request: Request) -> dict:
-        """Upload one or more images as multipart ``files`` fields; one answer per image, in order."""
+    async def predict(request: Request, coverage: float | None = None, coverage_by_class: bool | None = None,
+                      review_rate: float | None = None, target_accuracy: float | None = None) -> dict:
+        """Upload one or more images as multipart ``files`` fields; one answer per image, in order.
+        ``coverage`` / ``review_rate`` / ``target_accuracy`` (query) ask this request for a
+        prediction set or a review decision other than the server's."""
         _check_key(request.headers, settings.api_key)
+        asked = None
+        given = {"coverage": coverage, "by_class": coverage_by_class, "review_rate": review_rate,
+                 "target_accuracy": target_accuracy}
+        if any(v is not None for v in given.values()):
+            from .decisions import DecisionError
+
+            merged = {k: v for k, v in (settings.decisions or {}).items() if v is not None}
+            if review_rate is not None or target_accuracy is not None:  # the request's rule replaces the server's
+                merged.pop("review_rate", None)
+                merged.pop("target_accuracy", None)
+            merged.update({k: v for k, v in given.items() if v is not None})
+            try:
+                asked = DecisionOptions.from_settings(run_decisions, **merged)
+            except DecisionError as exc:
+                reason = str(exc)
+                for flag in ("coverage-by-class", "coverage", "review-rate", "target-accuracy"):
+                    reason = reason.replace(f"--{flag}", flag.replace("-", "_"))
+                raise Refused(400, reason) from None
         try:
-            return await asyncio.wait_for(_predict(request), limits.timeout_s)
+            return await asyncio.wait_for(_predict(request, asked), limits.timeout_s)
         except asyncio.TimeoutError:
             raise Refused(504, f"not answered within {limits.timeout_s:g} s") from None
 
-    async def _predict(request: Request) -> dict:
+    async def _predict(request: Request, asked: DecisionOptions | None) -> dict:
         files = await _read_files(request)
         loop = asyncio.get_running_loop()
         decoded = await asyncio.gather(*(loop.run_in_executor(decode_pool, _decode, data) for _, data in files))
@@ -322,6 +344,8 @@ def create_app(run: str, settings: ServeSettings = ServeSettings()):
             else:
                 row = {"file": name, **{k: v for k, v in next(it).items() if k != "path"}}
             rows.append(row)
+        if asked is not None:
+            rows = predictor.redecide(rows, asked)
         metrics.images += len(rows)
         metrics.image_errors += sum(1 for r in rows if r["error"])
         if all(r["error"] for r in rows):

@@ -247,3 +247,23 @@ def test_the_same_app_on_ray_serve_with_two_replicas(server, tiny_data, trained)
     finally:
         assert srv.stop() == 0
         shutil.rmtree(short, ignore_errors=True)
+
+
+def test_a_request_may_ask_for_its_own_prediction_sets_and_review(server, trained, tiny_data, tmp_path):
+    from ensemble.cli import main
+
+    _, run = trained
+    paths = _images(tiny_data, 4)
+    out = tmp_path / "p.json"
+    assert main(["predict", str(run), *map(str, paths), "--out", str(out), "--coverage", "0.9",
+                 "--review-rate", "0.5", "-q"]) == 0
+    want = json.loads(out.read_text())
+    files = [("files", p.name, p.read_bytes()) for p in paths]
+    code, got = _post(server.url + "/v1/predict?coverage=0.9&review_rate=0.5", files)
+    assert code == 200, got
+    for w, g in zip(want, got["results"]):
+        assert (g["prediction_set"], g["decision"]) == (w["prediction_set"], w["decision"])
+    code, body = _post(server.url + "/v1/predict?coverage=1.5", files)
+    assert code == 400 and body["error"].startswith("`coverage` must be in"), body
+    code, body = _post(server.url + "/v1/predict?review_rate=0.1&target_accuracy=0.9", files)
+    assert code == 400 and "review_rate or target_accuracy" in body["error"], body
