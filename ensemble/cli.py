@@ -57,6 +57,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port, 1-65535; got {value}")
+    return value
+
+
 def _name(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
@@ -116,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="serve a run over HTTP: a JSON API and an upload page")
     sv.add_argument("run", help="run folder made by `effens train`")
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    sv.add_argument("--port", type=_positive_int, default=8000)
+    sv.add_argument("--port", type=_port, default=8000)
     sv.add_argument("--strategy", metavar=_choices(strategy_names()), type=_name,
                     help="default: the run's combiner.strategy")
     sv.add_argument("--max-batch", type=_positive_int, default=16, metavar="N",

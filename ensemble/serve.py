@@ -19,6 +19,7 @@ import hmac
 import io
 import logging
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -85,8 +86,12 @@ def decode_upload(data: bytes, size: int, max_pixels: int) -> np.ndarray:
     if image_kind(data) is None:
         raise ValueError("not an image (accepted: JPEG, PNG, WebP, BMP, GIF, TIFF)")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            w, h = img.size
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's bomb warning: the limit below decides
+            with Image.open(io.BytesIO(data)) as img:
+                w, h = img.size
+    except Image.DecompressionBombError:
+        raise ValueError(f"more than the {max_pixels:,} pixels allowed per image") from None
     except Exception as exc:  # noqa: BLE001 - any header PIL cannot read is one reason
         raise ValueError(f"cannot read the image header ({type(exc).__name__})") from None
     if w * h > max_pixels:
@@ -153,6 +158,8 @@ class Batcher:
         self.forward.shutdown(wait=True)
 
     async def answer(self, array: np.ndarray) -> dict:
+        if self.task is None:  # an app mounted in another one gets no lifespan: start on first use
+            self.start()
         future = asyncio.get_running_loop().create_future()
         await self.queue.put((array, future))
         return await future
@@ -207,6 +214,7 @@ def model_card(ens, predictor: ImagePredictor, settings: ServeSettings, run: str
             "strategy": settings.strategy or ens.combiner_.strategy, "runtime": plan["runtime"],
             "precision": plan["precision"], "decisions": predictor.decisions.columns(),
             "weights_sha256": {fm.name: weights_hash(fm.meta) for fm in ens.members_},
+            "max_files": settings.limits.max_files,
             "effens": __version__, "run": run}
 
 
@@ -231,12 +239,22 @@ def create_app(run: str, settings: ServeSettings = ServeSettings()):
     limits = settings.limits
     card = model_card(ens, predictor, settings, str(run))
 
+    warming = asyncio.Lock()
+
+    async def warm() -> None:
+        """Compile and warm every member once (at start-up, or on the first /v1/ready of a
+        mounted app, which gets no lifespan); the warm-up batch is not counted."""
+        async with warming:
+            if state["ready"]:
+                return
+            blank = np.zeros((predictor.size, predictor.size, 3), dtype=np.uint8)
+            await batcher.answer(blank)
+            metrics.batches.clear()
+            state["ready"] = True
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        batcher.start()
-        blank = np.zeros((predictor.size, predictor.size, 3), dtype=np.uint8)
-        await batcher.answer(blank)  # compile and warm every member before saying ready
-        state["ready"] = True
+        await warm()
         log.info("serving %s (%s; %s)", run, card["strategy"], card["runtime"])
         try:
             yield
@@ -288,7 +306,9 @@ def create_app(run: str, settings: ServeSettings = ServeSettings()):
     @app.get("/v1/ready")
     async def ready():
         """Every member is loaded and warm: requests are answered at full speed."""
-        return {"ready": True} if state["ready"] else _error(503, "warming up")
+        if not state["ready"]:
+            await warm()
+        return {"ready": True}
 
     @app.get("/v1/model")
     async def model(request: Request) -> dict:
@@ -330,6 +350,11 @@ def create_app(run: str, settings: ServeSettings = ServeSettings()):
             return await asyncio.wait_for(_predict(request, asked), limits.timeout_s)
         except asyncio.TimeoutError:
             raise Refused(504, f"not answered within {limits.timeout_s:g} s") from None
+        except Refused:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug: one JSON line for the client, the reason in the log
+            log.error("POST /v1/predict failed: %s: %s", type(exc).__name__, exc)
+            raise Refused(500, f"internal error ({type(exc).__name__})") from None
 
     async def _predict(request: Request, asked: DecisionOptions | None) -> dict:
         files = await _read_files(request)
@@ -358,6 +383,9 @@ def create_app(run: str, settings: ServeSettings = ServeSettings()):
             return decode_upload(data, predictor.size, limits.max_pixels), ""
         except ValueError as exc:
             return None, str(exc)
+        except Exception as exc:  # noqa: BLE001 - this image's row says so; the others are answered
+            log.warning("an upload could not be decoded: %s: %s", type(exc).__name__, exc)
+            return None, f"cannot decode image ({type(exc).__name__})"
 
     async def _read_files(request: Request) -> list[tuple[str, bytes]]:
         if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
@@ -375,8 +403,10 @@ def create_app(run: str, settings: ServeSettings = ServeSettings()):
             raise Refused(400, "empty request: send images as multipart fields named `files`")
         request._body = bytes(body)  # starlette parses the form from the body read above
         try:
-            form = await request.form(max_files=limits.max_files + 1, max_fields=limits.max_files + 16)
+            form = await request.form(max_files=limits.max_files, max_fields=limits.max_files + 16)
         except HTTPException as exc:
+            if "too many files" in str(exc.detail).lower():
+                raise Refused(413, f"more than {limits.max_files} images in one request") from None
             raise Refused(413 if "many" in str(exc.detail).lower() else 400, str(exc.detail)) from None
         except Exception as exc:  # noqa: BLE001 - a body that is not multipart: one reason
             raise Refused(400, f"malformed multipart body ({type(exc).__name__})") from None
@@ -404,7 +434,8 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, settings: ServeSe
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: reachable from other machines%s", host,
                     "" if settings.api_key else " and without an API key (--api-key-file)")
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=30)
+    uvicorn.run(app, host=host, port=port, log_level="warning",
+                timeout_graceful_shutdown=max(30, int(settings.limits.timeout_s) + 5))
 
 
 def serve_on_ray(run: str, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings = ServeSettings(),

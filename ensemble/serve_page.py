@@ -39,10 +39,16 @@ const $ = (id) => document.getElementById(id);
 function el(tag, cls, text){ const e = document.createElement(tag); if (cls) e.className = cls;
   if (text !== undefined) e.textContent = text; return e; }
 function headers(){ const k = $('key').value.trim(); return k ? {'X-API-Key': k} : {}; }
-fetch('v1/model', {headers: headers()}).then(r => r.json()).then(m => {
-  $('model').textContent = m.error ? m.error : 'Classes: ' + m.classes.join(', ') + ' · members: ' +
-    m.members.join(', ') + ' · strategy: ' + m.strategy + ' · runtime: ' + m.runtime;
-}).catch(() => { $('model').textContent = 'the model description could not be read'; });
+let maxFiles = 16;
+function describe(){
+  fetch('v1/model', {headers: headers()}).then(r => r.json()).then(m => {
+    if (m.max_files) maxFiles = m.max_files;
+    $('model').textContent = m.error ? m.error : 'Classes: ' + m.classes.join(', ') + ' · members: ' +
+      m.members.join(', ') + ' · strategy: ' + m.strategy + ' · runtime: ' + m.runtime;
+  }).catch(() => { $('model').textContent = 'the model description could not be read'; });
+}
+describe();
+$('key').addEventListener('change', describe);
 function show(file, r){
   const card = el('div', 'card');
   const img = el('img'); img.alt = file.name; img.src = URL.createObjectURL(file); card.appendChild(img);
@@ -64,8 +70,13 @@ function show(file, r){
   $('results').prepend(card);
 }
 async function send(files){
-  files = Array.from(files).slice(0, 16);
+  files = Array.from(files);
   if (!files.length) return;
+  if (files.length > maxFiles) {
+    $('status').textContent = 'sending the first ' + maxFiles + ' of ' + files.length + ' photos (the server takes ' +
+      maxFiles + ' per request)';
+    files = files.slice(0, maxFiles);
+  }
   const form = new FormData(); files.forEach(f => form.append('files', f, f.name));
   $('status').textContent = 'predicting ' + files.length + ' photo(s)...';
   try {
@@ -81,10 +92,11 @@ const drop = $('drop');
 drop.addEventListener('dragover', (e) => { e.preventDefault(); drop.classList.add('over'); });
 drop.addEventListener('dragleave', () => drop.classList.remove('over'));
 drop.addEventListener('drop', (e) => { e.preventDefault(); drop.classList.remove('over'); send(e.dataTransfer.files); });
-// `#selftest=<data: URL of a photo>`: upload that photo through the page, as a user's choice would be
-if (location.hash.startsWith('#selftest=')) {
-  fetch(decodeURIComponent(location.hash.slice(10))).then(r => r.blob())
-    .then(b => send([new File([b], 'selftest.png', {type: b.type})]));
+// `#selftest=<data:image/... URL>`: upload that photo through the page, as a user's choice would be
+// (only a photo inside the link itself: the page never fetches another address for it)
+const selftest = location.hash.startsWith('#selftest=') ? decodeURIComponent(location.hash.slice(10)) : '';
+if (selftest.startsWith('data:image/')) {
+  fetch(selftest).then(r => r.blob()).then(b => send([new File([b], 'selftest.png', {type: b.type})]));
 }
 })();
 </script>

@@ -165,9 +165,22 @@ def test_every_malformed_request_is_a_json_4xx_and_the_server_keeps_serving(serv
         ("a text file", dict(files=[("files", "notes.txt", b"hello, not a photo")]), 422),
         ("truncated JPEG", dict(files=[("files", "cut.jpg", jpeg.getvalue()[:60])]), 422),
         ("1 x 100000 PNG", dict(files=[("files", "thin.png", _png(1, 100000))]), 422),
-        ("a 2 MB body", dict(files=[("files", "big.png", b"\x89PNG\r\n\x1a\n" + os.urandom(2 * 1024 * 1024))]), 413),
         ("5 files", dict(files=[("files", good.name, good.read_bytes())] * 5), 413),
     ]
+    # a body over the limit is refused from its Content-Length, before it is sent (Expect: 100-continue)
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.putrequest("POST", "/v1/predict")
+    conn.putheader("Content-Type", "multipart/form-data; boundary=x")
+    conn.putheader("Content-Length", str(2 * 1024 * 1024))
+    conn.putheader("Expect", "100-continue")
+    conn.endheaders()
+    resp = conn.getresponse()
+    assert resp.status == 413 and "over the limit" in json.loads(resp.read())["error"]
+    conn.close()
+    code, body = _post(server.url + "/v1/predict", files=[("files", good.name, good.read_bytes())] * 7)
+    assert code == 413 and body["error"] == "more than 4 images in one request", body
     for what, kwargs, status in cases:
         code, body = _post(server.url + "/v1/predict", **kwargs)
         assert code == status, (what, code, body)
@@ -205,6 +218,36 @@ def test_bad_serve_arguments_are_one_line(trained, tmp_path):
                            str(tmp_path / "absent.txt")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "absent.txt: cannot read the API key file" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "ensemble", "serve", str(run), "--port", "70000"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "must be a TCP port, 1-65535; got 70000" in done.stderr
+
+
+def test_create_app_mounted_in_another_asgi_app(trained, tiny_data):
+    """No lifespan reaches a mounted app: it warms up on /v1/ready or its first request."""
+    _, run = trained
+    port = _free_port()
+    code = (f"import uvicorn\nfrom fastapi import FastAPI\nfrom ensemble.serve import create_app\n"
+            f"outer = FastAPI()\nouter.mount('/effens', create_app({str(run)!r}))\n"
+            f"uvicorn.run(outer, host='127.0.0.1', port={port}, log_level='warning')\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}/effens"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if _get(url + "/v1/health")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.3)
+        good = _images(tiny_data, 1)[0]
+        code, body = _post(url + "/v1/predict", [("files", good.name, good.read_bytes())])
+        assert code == 200 and body["results"][0]["prediction"], body
+        assert _get(url + "/v1/ready") == (200, b'{"ready":true}')
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=60)[0]
+    assert "Traceback" not in out, out[-3000:]
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
