@@ -78,7 +78,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True)
     ap.add_argument("--images", required=True, help="a folder (recursive) of photos")
-    ap.add_argument("--requests", type=int, default=2000, help="requests of the concurrency-32 run")
+    ap.add_argument("--requests", type=int, default=2000, help="requests of each concurrency-32 run (two)")
     ap.add_argument("--max-batch", type=int, default=16)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
     ap.add_argument("--out", required=True)
@@ -113,11 +113,16 @@ def main() -> None:
         ready_s = time.perf_counter() - t0
         rss_before = _rss_mb(server.pid)
         runs = []
-        for concurrency, n in ((1, min(200, args.requests)), (8, min(800, args.requests)), (32, args.requests)):
+        # the last load repeats the first concurrency-32 one: RSS after each shows growth that stops
+        # (buffers for each batch size, allocated once) apart from growth that goes on (a leak)
+        for concurrency, n in ((1, min(200, args.requests)), (8, min(800, args.requests)), (32, args.requests),
+                               (32, args.requests)):
             r = _load(url + "/v1/predict", files, concurrency, n)
+            r["rss_mb_after"] = _rss_mb(server.pid)
             runs.append(r)
             print(f"concurrency {concurrency:>2}: {n} requests, {r['failed']} failed, {r['img_s']:.1f} img/s, "
-                  f"p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms", flush=True)
+                  f"p50 {r['p50_ms']:.0f} ms, p95 {r['p95_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
+                  f"server RSS {r['rss_mb_after']:.0f} MB", flush=True)
         rss_after = _rss_mb(server.pid)
         metrics = urllib.request.urlopen(url + "/metrics", timeout=10).read().decode()
         batches = {int(line.split('size="')[1].split('"')[0]): int(line.split()[-1])
@@ -125,7 +130,7 @@ def main() -> None:
     finally:
         server.terminate()
         code = server.wait(60)
-    c32, c1 = runs[-1], runs[0]
+    c32, c1 = runs[2], runs[0]
     doc = {"run": args.run, "images": args.images, "offline": offline, "server_ready_s": ready_s, "load": runs,
            "rss_mb": {"before": rss_before, "after": rss_after}, "batch_sizes": batches, "server_exit": code,
            "targets": {"c32_vs_offline": c32["img_s"] / offline["img_s"],
