@@ -185,6 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--strategy", metavar=_choices(graph_strategies()), type=_name,
                     help="vote inside ensemble.onnx (default: the run's, soft for hard voting)")
 
+    au = sub.add_parser("audit", help="probably mislabelled photos, duplicates and leaks, odd images of a run's data")
+    au.add_argument("run", help="run folder made by `effens train` (its data, OOB votes and predictions)")
+    au.add_argument("--out", required=True, help="output folder (index.html, CSVs, audit.json; reused)")
+    au.add_argument("--method", choices=("prune_by_noise_rate", "confident"), default="prune_by_noise_rate",
+                    help="which images confident learning flags (default: as many per class pair as its "
+                         "estimated noise rate)")
+    au.add_argument("--max-distance", type=int, default=4, metavar="BITS",
+                    help="near-duplicates: perceptual hashes at most this many bits apart (of 64)")
+
     fc = sub.add_parser("fit-combiner", help="refit weights, stacking and calibration of a run")
     fc.add_argument("run", help="run folder made by `effens train`")
     fc.add_argument("--set", dest="overrides", action="append", default=[], metavar="combiner.KEY=VALUE",
@@ -203,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override parallel.backend")
         q.add_argument("--n-jobs", type=_positive_int, help="override parallel.n_jobs")
 
-    for q in (t, pr, ev, fc, tu, ex, xp, sv):
+    for q in (t, pr, ev, fc, tu, ex, xp, sv, au):
         q.add_argument("-v", "--verbose", action="count", default=0)
         q.add_argument("-q", "--quiet", action="store_true")
     return p
@@ -267,7 +276,7 @@ def _dispatch(args) -> int:
     _guard_output(args)
     commands = {"train": cmd_train, "predict": cmd_predict, "evaluate": cmd_evaluate,
                 "fit-combiner": cmd_fit_combiner, "tune": cmd_tune, "export": cmd_export, "explain": cmd_explain,
-                "serve": cmd_serve}
+                "serve": cmd_serve, "audit": cmd_audit}
     return commands[args.command](args)
 
 
@@ -385,6 +394,17 @@ def cmd_export(args) -> int:
     manifest = export_run(args.run, args.format, args.out, args.strategy)
     sys.stdout.write(f"exported {len(manifest['files'])} files ({args.format}; ensemble graph: "
                      f"{manifest['strategy']}) -> {args.out}\n")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    from .audit import run_audit
+
+    doc = run_audit(args.run, args.out, args.method, args.max_distance)
+    d = doc["duplicates"]
+    sys.stdout.write(f"{doc['n_label_issues']} probably mislabelled, {d['exact']} exact and {d['near']} near "
+                     f"duplicate pairs ({d['leakage']} across splits), {doc['n_odd']} odd images -> "
+                     f"{Path(args.out) / 'index.html'}\n")
     return 0
 
 

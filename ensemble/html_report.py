@@ -258,6 +258,55 @@ def simple_page(title: str, intro: str, rows: list[list[str]], figures: Sequence
             f'<table class="summary"><tr>{head}</tr>{body}</table></main></body></html>\n')
 
 
+def audit_page(doc: dict, labels: list[dict], dups: list[dict], odd: list[dict], thumbs: dict, base: str,
+               limit: int = 200) -> str:
+    """``effens audit``'s page: label issues (given vs suggested), duplicate pairs side by side,
+    odd images; thumbnails link to the photos. At most ``limit`` rows per table (the CSVs hold all)."""
+    def img(path: str) -> str:
+        t = thumbs.get(path)
+        pic = f'<img class="thumb" src="{quote(t, safe="/")}" alt="">' if t else ""
+        return f'<a href="{href(path, base)}">{pic}<br>{_e(os.path.basename(path))}</a>'
+
+    def table(head: list[str], rows: list[list[str]]) -> str:
+        h = "".join(f"<th>{_e(c)}</th>" for c in head)
+        return f'<table class="audit"><tr>{h}</tr>' + "".join(
+            "<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
+
+    d = doc["duplicates"]
+    noise = "".join(f"<li>{_e(split)}: {v['n_flagged']} of {v['n_scored']} scored images flagged"
+                    + (f" ({v['n_not_scored']} had no out-of-sample vote)" if v["n_not_scored"] else "") + "; "
+                    + ", ".join(f"{_e(k)} {r:.1%}" for k, r in v["noise_rate"].items() if r > 0) + "</li>"
+                    for split, v in doc["label_issues"].items())
+    stats = [[_e(s), str(v["images"]), f"{v['median_width']:.0f} x {v['median_height']:.0f}",
+              f"{v['median_aspect']:.2f}", f"{v['median_sharpness']:.0f}"] for s, v in doc["stats"].items()]
+    body = [
+        "<h1>effens audit</h1>",
+        f"<p>Run {_e(doc['run'])}. Label issues by confident learning ({_e(doc['method'])}) on out-of-sample "
+        f"probabilities: OOB votes for training images, the ensemble for val and test. Estimated share of "
+        f"labels that belong to another class:</p><ul>{noise}</ul>",
+        f"<p>Duplicates: {d['exact']} exact and {d['near']} near pairs (hash within {doc['max_distance']} bits); "
+        f"<b>{d['leakage']} across splits</b> (leakage), {d['conflicting_labels']} with different labels. "
+        f"Odd images: {doc['n_odd']}.</p>",
+        "<h2>Per split</h2>", table(["split", "images", "median size", "median aspect", "median sharpness"], stats),
+        f"<h2>Probably mislabelled ({len(labels)})</h2>",
+        table(["split", "image", "given", "suggested", "p(given)", "p(suggested)"],
+              [[_e(r["split"]), img(r["path"]), _e(r["given"]), f"<b>{_e(r['suggested'])}</b>",
+                f"{r['self_confidence']:.3f}", f"{r['p_suggested']:.3f}"] for r in labels[:limit]]),
+        f"<h2>Duplicates ({len(dups)})</h2>",
+        table(["kind", "image", "twin", "bits apart", "leak", "labels"],
+              [[_e(r["kind"] + (" (mirrored)" if r["mirrored"] else "")),
+                f'{img(r["a_path"])}<br>{_e(r["a_split"])}', f'{img(r["b_path"])}<br>{_e(r["b_split"])}',
+                str(r["distance"]), "<b>yes</b>" if r["leakage"] else "",
+                _e(r["a_label"]) + (f" vs <b>{_e(r['b_label'])}</b>" if r["conflicting_labels"] else "")]
+               for r in dups[:limit]]),
+        f"<h2>Odd images ({len(odd)})</h2>",
+        table(["split", "image", "what"], [[_e(r["split"]), img(r["path"]), _e(r["what"])] for r in odd[:limit]]),
+    ]
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>effens audit</title>'
+            f'<style>{CSS}.thumb{{max-width:120px;max-height:90px}}table.audit td{{vertical-align:top}}</style>'
+            f'</head><body><main>{"".join(body)}</main></body></html>\n')
+
+
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222}
 main{padding:1em 2em;max-width:1500px}

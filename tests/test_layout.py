@@ -43,7 +43,7 @@ def test_only_the_run_folder_module_names_run_folder_files():
 
 #: the modules behind the commands (cli.py dispatches to them); they share helpers that
 #: live a floor below (data, images, pages, runfolder, report, ...) and never each other
-COMMAND_MODULES = ("training", "inference", "tuning", "export", "explain", "serve")
+COMMAND_MODULES = ("training", "inference", "tuning", "export", "explain", "serve", "audit")
 
 
 def _ensemble_imports(path: Path) -> set[str]:

@@ -89,7 +89,7 @@ def test_evaluate_never_overwrites_a_training_report(trained, tiny_data, tmp_pat
                    "notes.md: not written by effens evaluate")
 
 
-@pytest.mark.parametrize("command", ["train", "tune", "evaluate", "explain", "export"])
+@pytest.mark.parametrize("command", ["train", "tune", "evaluate", "explain", "export", "audit"])
 def test_every_command_refuses_a_foreign_output_folder_by_one_rule(command, trained, tiny_data, tmp_path, capsys,
                                                                  caplog):
     cfg, run = trained
@@ -99,7 +99,7 @@ def test_every_command_refuses_a_foreign_output_folder_by_one_rule(command, trai
     img = str(next((tiny_data / "test").rglob("*.png")))
     argv = {"train": ["train", str(cfg)], "tune": ["tune", str(cfg), "--yes"],
             "evaluate": ["evaluate", str(run), str(tiny_data / "test")], "explain": ["explain", str(run), img],
-            "export": ["export", str(run), "--format", "onnx"]}[command]
+            "export": ["export", str(run), "--format", "onnx"], "audit": ["audit", str(run)]}[command]
     _quiet_failure(main([*argv, "--out", str(out)]), capsys, caplog,
                    f"notes.md: not written by effens {command}; choose a new or empty --out")
     assert (out / "sub" / "notes.md").read_text() == "mine" and sorted(out.rglob("*")) == [out / "sub",

@@ -1,0 +1,109 @@
+"""Exact and near-duplicate images, and images that look odd, from small per-image signatures.
+
+Exact: the SHA-256 of the file's bytes. Near: a 64-bit difference hash (dHash: a 9 x 8
+grey thumbnail, one bit per pair of neighbours) of the image and of its mirror image, so
+resized, re-compressed, slightly cropped and mirrored copies land within a few bits of each
+other; pairs within ``max_distance`` bits are reported. Odd: tiny, very elongated,
+near-blank, grey or blurry images, from the same small decode. Pure apart from reading the
+files (PIL, numpy).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Sequence
+
+import numpy as np
+
+#: below these an image is reported as odd
+MIN_SIDE, MAX_ASPECT, MIN_STD, MIN_SHARPNESS = 64, 3.0, 4.0, 20.0
+
+
+@dataclasses.dataclass
+class Signature:
+    sha256: str
+    dhash: int                 # of the image
+    dhash_mirror: int          # of its mirror image
+    width: int
+    height: int
+    std: float                 # grey-level standard deviation (near-blank when tiny)
+    grey: bool                 # colour channels (almost) equal
+    sharpness: float           # variance of the Laplacian of a 128 px grey copy
+
+
+def _dhash(grey: np.ndarray) -> int:
+    from PIL import Image
+
+    small = np.asarray(Image.fromarray(grey).resize((9, 8), Image.BILINEAR), dtype=np.int16)
+    bits = (small[:, 1:] > small[:, :-1]).flatten()
+    return int(np.packbits(bits).view(">u8")[0])
+
+
+def signature(path: str) -> Signature:
+    """One file's signature; ``OSError``/``ValueError`` when it cannot be read."""
+    from PIL import Image, ImageOps
+
+    data = open(path, "rb").read()
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        w, h = img.size
+        img.draft("RGB", (256, 256))
+        rgb = img.convert("RGB")
+        rgb.thumbnail((256, 256))
+    arr = np.asarray(rgb, dtype=np.uint8)
+    grey = np.asarray(rgb.convert("L"), dtype=np.uint8)
+    g128 = np.asarray(rgb.convert("L").resize((128, 128)), dtype=np.float64)
+    lap = g128[1:-1, 1:-1] * 4 - g128[:-2, 1:-1] - g128[2:, 1:-1] - g128[1:-1, :-2] - g128[1:-1, 2:]
+    spread = np.abs(arr.astype(np.int16) - arr.mean(axis=2, keepdims=True)).mean()
+    return Signature(hashlib.sha256(data).hexdigest(), _dhash(grey), _dhash(grey[:, ::-1].copy()), w, h,
+                     float(grey.std()), bool(spread < 2.0), float(lap.var()))
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bit differences between uint64 hashes (broadcast)."""
+    x = np.bitwise_xor(a, b)
+    return np.unpackbits(x.view(np.uint8).reshape(*x.shape, 8), axis=-1).sum(axis=-1)
+
+
+def find_duplicates(sigs: Sequence[Signature], max_distance: int = 4, chunk: int = 512) -> list[dict]:
+    """Pairs (i < j) of exact copies (same bytes) or near copies (hash within ``max_distance``
+    bits, either way round mirrored): ``{"a", "b", "kind", "distance", "mirrored"}``."""
+    pairs: dict[tuple[int, int], dict] = {}
+    by_sha: dict[str, list[int]] = {}
+    for i, s in enumerate(sigs):
+        by_sha.setdefault(s.sha256, []).append(i)
+    for idx in by_sha.values():
+        for k, i in enumerate(idx):
+            for j in idx[k + 1:]:
+                pairs[(i, j)] = {"a": i, "b": j, "kind": "exact", "distance": 0, "mirrored": False}
+    h = np.array([s.dhash for s in sigs], dtype=np.uint64)
+    m = np.array([s.dhash_mirror for s in sigs], dtype=np.uint64)
+    for start in range(0, len(h), chunk):
+        rows = slice(start, start + chunk)
+        plain = hamming(h[rows, None], h[None, :])
+        mirror = hamming(h[rows, None], m[None, :])
+        for d, mirrored in ((plain, False), (mirror, True)):
+            ii, jj = np.nonzero(d <= max_distance)
+            for i, j in zip(ii + start, jj):
+                if i >= j or (i, j) in pairs and (pairs[(i, j)]["kind"] == "exact"
+                                                  or pairs[(i, j)]["distance"] <= d[i - start, j]):
+                    continue
+                pairs[(int(i), int(j))] = {"a": int(i), "b": int(j), "kind": "near",
+                                           "distance": int(d[i - start, j]), "mirrored": mirrored}
+    return sorted(pairs.values(), key=lambda p: (p["distance"], p["a"], p["b"]))
+
+
+def oddities(s: Signature) -> list[str]:
+    """What is odd about one image (empty: nothing)."""
+    out = []
+    if min(s.width, s.height) < MIN_SIDE:
+        out.append(f"tiny ({s.width} x {s.height} px)")
+    if max(s.width, s.height) > MAX_ASPECT * min(s.width, s.height):
+        out.append(f"elongated ({s.width} x {s.height} px)")
+    if s.std < MIN_STD:
+        out.append(f"near-blank (grey-level std {s.std:.1f})")
+    if s.grey:
+        out.append("grey (no colour)")
+    if s.sharpness < MIN_SHARPNESS and s.std >= MIN_STD:
+        out.append(f"blurry (Laplacian variance {s.sharpness:.1f})")
+    return out

@@ -1,0 +1,111 @@
+"""`effens audit` (issue #25, first part): confident learning on out-of-sample probabilities,
+exact and near duplicates across splits, odd images, the page and its files."""
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image, ImageOps
+
+import synth
+from ensemble.cli import main
+from ensemble.duplicates import find_duplicates, oddities, signature
+from ensemble.label_issues import find_label_issues
+
+
+def _proba(y, n_classes, rng, strength=3.0):
+    logits = rng.normal(0, 1, (len(y), n_classes))
+    logits[np.arange(len(y)), y] += strength
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("method", ["prune_by_noise_rate", "confident"])
+def test_a_flipped_label_is_ranked_first(method):
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 3, 300)
+    proba = _proba(y_true, 3, rng)
+    given = y_true.copy()
+    flipped = int(np.argmax(proba[np.arange(300), y_true]))  # the surest image, now labelled wrong
+    given[flipped] = (y_true[flipped] + 1) % 3
+    audit = find_label_issues(proba, given, method)
+    assert audit.issues[0] == flipped
+    assert audit.suggested[flipped] == y_true[flipped]
+    assert np.allclose(audit.noise_matrix.sum(axis=1), 1.0)
+
+
+def test_clean_labels_give_a_low_noise_rate_and_20_percent_flips_are_found():
+    rng = np.random.default_rng(1)
+    y_true = rng.integers(0, 3, 1500)
+    proba = _proba(y_true, 3, rng, strength=4.0)
+    clean = find_label_issues(proba, y_true)
+    assert np.diag(clean.noise_matrix).min() > 0.9
+    given = y_true.copy()
+    flip = rng.choice(1500, 300, replace=False)
+    given[flip] = (given[flip] + rng.integers(1, 3, 300)) % 3
+    noisy = find_label_issues(proba, given)
+    found = set(noisy.issues.tolist())
+    precision, recall = len(found & set(flip.tolist())) / len(found), len(found & set(flip.tolist())) / 300
+    assert precision > 0.8 and recall > 0.8, (precision, recall)
+
+
+def _photo(path, seed, size=(160, 120)):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)  # large blocks: a hash to find, edges to be sharp
+    Image.fromarray(base).resize(size, Image.NEAREST).save(path, quality=95)
+    return path
+
+
+def test_copies_are_found_and_distinct_images_are_not(tmp_path):
+    a = _photo(tmp_path / "a.jpg", 0)
+    b = _photo(tmp_path / "b.jpg", 1)
+    shutil.copy(a, tmp_path / "a_copy.jpg")
+    with Image.open(a) as im:
+        im.resize((96, 72)).save(tmp_path / "a_small.jpg", quality=70)
+        ImageOps.mirror(im).save(tmp_path / "a_mirror.jpg", quality=90)
+    names = ["a.jpg", "b.jpg", "a_copy.jpg", "a_small.jpg", "a_mirror.jpg"]
+    sigs = [signature(str(tmp_path / n)) for n in names]
+    pairs = {(names[p["a"]], names[p["b"]]): p for p in find_duplicates(sigs)}
+    assert pairs[("a.jpg", "a_copy.jpg")]["kind"] == "exact"
+    assert ("a.jpg", "a_small.jpg") in pairs and pairs[("a.jpg", "a_mirror.jpg")]["mirrored"]
+    assert not any("b.jpg" in k for k in pairs)
+
+
+def test_odd_images_are_named(tmp_path):
+    Image.new("RGB", (40, 30), (90, 90, 90)).save(tmp_path / "blank.png")
+    Image.new("RGB", (400, 50), (10, 200, 30)).save(tmp_path / "thin.png")
+    odd = oddities(signature(str(tmp_path / "blank.png")))
+    assert any(o.startswith("tiny") for o in odd) and any(o.startswith("near-blank") for o in odd)
+    assert any(o.startswith("elongated") for o in oddities(signature(str(tmp_path / "thin.png"))))
+    assert oddities(signature(str(_photo(tmp_path / "ok.jpg", 3)))) == []
+
+
+def test_audit_of_a_run_finds_a_leaked_copy_and_writes_its_page(tiny_data, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    leaked = sorted((data / "train" / "circle").glob("*.png"))[0]
+    shutil.copy(leaked, data / "test" / "circle" / "leaked_copy.png")
+    (data / "notes").mkdir()
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(synth.tiny_config(data, epochs=1)))
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(run), "-q"]) == 0
+    out = tmp_path / "audit"
+    assert main(["audit", str(run), "--out", str(out)]) == 0
+    assert "duplicate pairs" in capsys.readouterr().out
+    doc = json.loads((out / "audit.json").read_text())
+    assert doc["duplicates"]["leakage"] >= 1 and doc["duplicates"]["exact"] >= 1
+    rows = list(csv.DictReader(open(out / "duplicates.csv")))
+    assert any(r["kind"] == "exact" and r["leakage"] == "True" and {r["a_path"], r["b_path"]}
+               == {str(leaked), str(data / "test" / "circle" / "leaked_copy.png")} for r in rows)
+    assert set(doc["label_issues"]) <= {"train", "val", "test"} and doc["stats"]["train"]["images"] == 48
+    page = (out / "index.html").read_text()
+    assert "<h1>effens audit</h1>" in page and "leaked_copy.png" in page and "across splits" in page
+    labels = list(csv.DictReader(open(out / "label_issues.csv")))
+    assert all(r["given"] != r["suggested"] for r in labels)
+    # a second audit reads no image again: the signatures come from the cache in the folder
+    before = (out / "signatures.json").read_text()
+    assert main(["audit", str(run), "--out", str(out), "-q"]) == 0
+    assert (out / "signatures.json").read_text() == before
