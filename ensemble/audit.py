@@ -91,10 +91,45 @@ def _signatures(paths: list[str], out: Path) -> tuple[dict[str, Signature], dict
     return got, bad, cache
 
 
-def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_distance: int = 4) -> dict:
-    """Audit a trained run's train/val/test images; returns ``audit.json``'s document."""
+EXCLUDE_HEADER = "# effens audit: images to leave out (data.exclude)"
+
+
+def exclude_lines(label_rows: list[dict], dup_rows: list[dict], threshold: float) -> list[str]:
+    """What ``--write-exclude`` lists: training images flagged as mislabelled whose given label
+    has out-of-sample probability below ``threshold``, and the training twin of every copy
+    found across splits (so val and test stay as they are)."""
+    lines = [EXCLUDE_HEADER]
+    seen = set()
+    for r in label_rows:
+        if r["split"] == "train" and r["self_confidence"] < threshold and r["path"] not in seen:
+            seen.add(r["path"])
+            lines.append(f"{r['path']}  # labelled {r['given']}, p = {r['self_confidence']:.3f}; "
+                         f"looks {r['suggested']}")
+    for r in dup_rows:
+        if not r["leakage"]:
+            continue
+        mine, other = (("a", "b") if r["a_split"] == "train" else ("b", "a"))
+        if r[f"{mine}_split"] == "train" and r[f"{mine}_path"] not in seen:
+            seen.add(r[f"{mine}_path"])
+            lines.append(f"{r[f'{mine}_path']}  # {r['kind']} copy of {r[f'{other}_split']} image "
+                         f"{os.path.basename(r[f'{other}_path'])}")
+    return lines
+
+
+def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_distance: int = 4,
+              write_exclude: str | None = None, threshold: float = 0.1) -> dict:
+    """Audit a trained run's train/val/test images; returns ``audit.json``'s document. With
+    ``write_exclude``, also writes an exclude list (see :func:`exclude_lines`) for ``data.exclude``."""
     out_dir = Path(out)
     refuse_foreign(out_dir, "audit", "effens audit")
+    if write_exclude is not None:
+        target = Path(write_exclude)
+        if target.exists() and not (target.is_file() and
+                                    target.read_text(encoding="utf-8", errors="replace").startswith(EXCLUDE_HEADER)):
+            raise DataError(f"{target}: exists and was not written by `effens audit --write-exclude`; choose "
+                            f"another file (effens never overwrites files it did not write)")
+        if not 0 < threshold <= 1:
+            raise DataError(f"`--threshold` must be in (0, 1]; got {threshold}")
     if not 0 <= max_distance <= 32:
         raise DataError(f"`--max-distance` must be in [0, 32] bits; got {max_distance}")
     ens = load_run(run_dir)
@@ -186,4 +221,10 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
         "audit.json": doc, SIGNATURES: cache,
         "index.html": audit_page(doc, label_rows, dup_rows, odd_rows, thumbs, str(out_dir))})
     write_owned(out_dir, files, "audit")
+    if write_exclude is not None:
+        from .files import atomic_write_text
+
+        lines = exclude_lines(label_rows, dup_rows, threshold)
+        atomic_write_text(write_exclude, "\n".join(lines) + "\n")
+        doc["n_excluded_written"] = len(lines) - 1
     return doc

@@ -193,6 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "estimated noise rate)")
     au.add_argument("--max-distance", type=int, default=4, metavar="BITS",
                     help="near-duplicates: perceptual hashes at most this many bits apart (of 64)")
+    au.add_argument("--write-exclude", metavar="FILE",
+                    help="also write a `data.exclude` list: flagged training images whose given label has "
+                         "out-of-sample probability below --threshold, and training twins of copies in val/test")
+    au.add_argument("--threshold", type=float, default=0.1, help="for --write-exclude (default 0.1)")
 
     fc = sub.add_parser("fit-combiner", help="refit weights, stacking and calibration of a run")
     fc.add_argument("run", help="run folder made by `effens train`")
@@ -400,11 +404,13 @@ def cmd_export(args) -> int:
 def cmd_audit(args) -> int:
     from .audit import run_audit
 
-    doc = run_audit(args.run, args.out, args.method, args.max_distance)
+    doc = run_audit(args.run, args.out, args.method, args.max_distance, args.write_exclude, args.threshold)
     d = doc["duplicates"]
     sys.stdout.write(f"{doc['n_label_issues']} probably mislabelled, {d['exact']} exact and {d['near']} near "
                      f"duplicate pairs ({d['leakage']} across splits), {doc['n_odd']} odd images -> "
-                     f"{Path(args.out) / 'index.html'}\n")
+                     f"{Path(args.out) / 'index.html'}"
+                     + (f"; {doc['n_excluded_written']} images listed in {args.write_exclude}" if args.write_exclude
+                        else "") + "\n")
     return 0
 
 

@@ -74,6 +74,12 @@ class DataConfig:
                                        "default: the largest member's resize size")
     on_bad_image: Literal["error", "skip"] = field("error", doc="unreadable training image: "
                                                    "stop naming it, or skip and list it")
+    exclude: str | None = field(None, check=_non_empty, doc="a file of images left out of every split: one path "
+                                "or file SHA-256 per line (`#` comments), or a CSV with a `path` column "
+                                "(`effens audit --write-exclude` writes one)")
+    relabel: str | None = field(None, check=_non_empty, doc="a CSV with `path` and `suggested` (or `label`) "
+                                "columns, such as audit's label_issues.csv after review: each listed image "
+                                "takes that label")
 
 
 @dataclasses.dataclass
@@ -586,6 +592,8 @@ def config_from_dict(raw: dict, source: str = "<dict>",
         train=data.train.resolved(base),
         val=data.val.resolved(base) if data.val else None,
         test=data.test.resolved(base) if data.test else None,
+        exclude=str((base / os.path.expanduser(data.exclude)).resolve()) if data.exclude else None,
+        relabel=str((base / os.path.expanduser(data.relabel)).resolve()) if data.relabel else None,
     )
     return cfg
 

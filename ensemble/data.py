@@ -227,12 +227,100 @@ def stratified_holdout(split: Split, fraction: float, seed: int) -> tuple[Split,
 
 @dataclasses.dataclass
 class Dataset:
-    """All splits of a run plus the ordered class list (from the training split)."""
+    """All splits of a run plus the ordered class list (from the training split), and what
+    ``data.exclude`` / ``data.relabel`` changed per split."""
 
     classes: list[str]
     train: Split
     val: Split
     test: Split | None
+    changes: dict = dataclasses.field(default_factory=dict)
+
+
+def read_exclusions(path: str) -> tuple[set[str], set[str]]:
+    """(paths, SHA-256 hex digests) listed in an exclude file: one per line, ``#`` comments,
+    or a CSV with a ``path`` column."""
+    import csv
+
+    if not os.path.isfile(path):
+        raise DataError(f"`data.exclude`: {path}: file not found")
+    with open(path, newline="", encoding="utf-8") as fh:
+        text = fh.read()
+    first = text.lstrip().split("\n", 1)[0]
+    if path.lower().endswith(".csv") or first.startswith("path,") or first == "path":
+        rows = list(csv.DictReader(text.splitlines()))
+        if rows and "path" not in rows[0]:
+            raise DataError(f"`data.exclude`: {path}: a CSV needs a `path` column; found {', '.join(rows[0])}")
+        entries = [r["path"].strip() for r in rows if (r.get("path") or "").strip()]
+    else:
+        entries = [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
+        entries = [e for e in entries if e]
+    hashes = {e.lower() for e in entries if len(e) == 64 and all(c in "0123456789abcdefABCDEF" for c in e)}
+    base = os.path.dirname(os.path.abspath(path))
+    paths = {os.path.normpath(os.path.join(base, os.path.expanduser(e))) for e in entries if e.lower() not in hashes}
+    return paths, hashes
+
+
+def read_relabels(path: str, classes: Sequence[str]) -> dict[str, str]:
+    """Path -> new label from a CSV with ``path`` and ``suggested`` (or ``label``) columns."""
+    import csv
+
+    if not os.path.isfile(path):
+        raise DataError(f"`data.relabel`: {path}: file not found")
+    base = os.path.dirname(os.path.abspath(path))
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        column = next((c for c in ("suggested", "label") if c in (reader.fieldnames or [])), None)
+        if "path" not in (reader.fieldnames or []) or column is None:
+            raise DataError(f"`data.relabel`: {path}: needs a `path` column and a `suggested` or `label` column; "
+                            f"found {', '.join(reader.fieldnames or []) or 'no header'}")
+        out = {}
+        for line, row in enumerate(reader, start=2):
+            label = (row.get(column) or "").strip()
+            if label not in classes:
+                raise DataError(f"`data.relabel`: {path}, line {line}: {label!r} is not a class "
+                                f"({', '.join(classes)})")
+            out[os.path.normpath(os.path.join(base, os.path.expanduser(row["path"].strip())))] = label
+    return out
+
+
+def change_split(split: Split, exclude: str | None, relabel: str | None,
+                 classes: Sequence[str]) -> tuple[Split, dict]:
+    """One split with ``data.exclude`` / ``data.relabel`` applied, and what changed."""
+    from .files import sha256_file
+
+    paths, hashes = read_exclusions(exclude) if exclude else (set(), set())
+    labels = read_relabels(relabel, classes) if relabel else {}
+    keep, out_labels, n_relabelled = [], [], 0
+    for i, p in enumerate(split.paths):
+        norm = os.path.normpath(os.path.abspath(p))
+        if norm in paths or (hashes and os.path.isfile(p) and sha256_file(p) in hashes):
+            continue
+        keep.append(i)
+        new = labels.get(norm)
+        n_relabelled += new is not None and new != split.labels[i]
+        out_labels.append(new if new is not None else split.labels[i])
+    return (Split([split.paths[i] for i in keep], out_labels),
+            {"excluded": len(split) - len(keep), "relabelled": int(n_relabelled)})
+
+
+def apply_data_changes(data: "Dataset", exclude: str | None, relabel: str | None) -> "Dataset":
+    """``data.exclude`` and ``data.relabel`` applied to every split, with the counts per split."""
+    if not exclude and not relabel:
+        return data
+    changes: dict = {}
+    splits = {}
+    for name in ("train", "val", "test"):
+        split = getattr(data, name)
+        if split is not None:
+            split, changes[name] = change_split(split, exclude, relabel, data.classes)
+        splits[name] = split
+    new = Dataset(data.classes, splits["train"], splits["val"], splits["test"], changes)
+    if len(set(new.train.labels)) < 2:
+        raise DataError("`data.exclude` / `data.relabel` leave the training split with fewer than 2 classes")
+    log.info("data.exclude / data.relabel: %s", ", ".join(f"{k}: {v['excluded']} excluded, {v['relabelled']} "
+                                                           f"relabelled" for k, v in changes.items()))
+    return new
 
 
 def load_dataset(data_cfg, seed: int) -> Dataset:
@@ -256,7 +344,8 @@ def load_dataset(data_cfg, seed: int) -> Dataset:
     if missing:
         log.warning("val has no image of class(es) %s: its scores for them are undefined and the best epoch "
                     "is chosen without them", ", ".join(missing))
-    return Dataset(classes, train, val, test)
+    return apply_data_changes(Dataset(classes, train, val, test), getattr(data_cfg, "exclude", None),
+                              getattr(data_cfg, "relabel", None))
 
 
 #: words a class may not be called: predict's `decision` column says "review" for sent-to-review images

@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 
 
 from .config import SplitSource
-from .data import DataError, check_labels, expand_inputs, load_split
+from .data import DataError, change_split, check_labels, expand_inputs, load_split
 from .estimator import BaggedEnsemble, decode_size, images_fingerprint  # noqa: F401 (decode_size: re-exported)
 from .evaluation import decision_report, evaluate_split
 from .pages import report_files
@@ -137,6 +137,8 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
     strategies = ens.combiner_.available() if strategy == "all" else [ens.combiner_.get(strategy).name]
     source = SplitSource.from_value(data, "data") if isinstance(data, str) else SplitSource(**data)
     split = load_split(source)
+    data_cfg = RunFolder(run_dir).read_config().data
+    split, changes = change_split(split, data_cfg.exclude, data_cfg.relabel, ens.classes_)  # the run's lists
     check_labels(split, ens.classes_, "evaluation")
     key = {"data": images_fingerprint(split.paths, split.labels), "members": _member_hashes(ens),
            "tta": options.tta, "inference": options.plan(ens)}
@@ -173,6 +175,10 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
     doc["inference"] = options.plan(ens)
     md = "Skipped unreadable images:\n\n" + "\n".join(f"- {d['path']} ({d['reason']})" for d in skipped) \
         if skipped else ""
+    if changes["excluded"] or changes["relabelled"]:
+        doc["data_changes"] = {"eval": changes}
+        md = (f"Data changed by the run's `data.exclude` / `data.relabel`: {changes['excluded']} excluded, "
+              f"{changes['relabelled']} relabelled.\n\n") + md
     files = report_files(doc, results, {"eval": (split.paths, y)}, out_dir, ens, run_cfg.report.saliency, extra_md=md)
     write_owned(out_dir, files, "evaluate", also=[cache_json.name, cache_npy.name])
     doc["_table"] = format_table(comparison_rows(results["eval"]))

@@ -72,8 +72,12 @@ def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = N
                                        {s: (r[comb.strategy]["_proba"], split_data[s][1]) for s, r in results.items()})
     doc.update(extra or {})
     md = ""
+    if doc.get("data_changes"):
+        md = "Data changed by `data.exclude` / `data.relabel`: " + "; ".join(
+            f"{k}: {v['excluded']} excluded, {v['relabelled']} relabelled" for k, v in doc["data_changes"].items()) \
+            + ".\n\n"
     if doc.get("skipped_images"):
-        md = "Skipped unreadable images:\n\n" + "\n".join(
+        md += "Skipped unreadable images:\n\n" + "\n".join(
             f"- {k}: {d['path']} ({d['reason']})" for k, v in doc["skipped_images"].items() for d in v)
     files = report_files(doc, results, split_data, run.report_dir, ens, cfg.report.saliency, extra_md=md)
     run.write_report(files)
@@ -152,6 +156,7 @@ def _train(cfg: Config, data: Dataset, run: RunFolder) -> dict:
                              ens.member_proba(test_imgs, runtime="torch"))
     run.seal_predictions()
     extra = {"skipped_images": {k: [{"path": p, "reason": r} for p, r in v] for k, v in bad.items() if v},
+             "data_changes": data.changes,
              "timing": {"decode_s": decode_s, "total_s": time.perf_counter() - t_start,
                         "members_train_s": {fm.name: fm.meta["train_seconds"] for fm in ens.members_}}}
     doc = write_run_report(run, ens, extra)

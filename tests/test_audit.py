@@ -109,3 +109,52 @@ def test_audit_of_a_run_finds_a_leaked_copy_and_writes_its_page(tiny_data, tmp_p
     before = (out / "signatures.json").read_text()
     assert main(["audit", str(run), "--out", str(out), "-q"]) == 0
     assert (out / "signatures.json").read_text() == before
+
+
+def test_exclude_and_relabel_round_trip_through_train_and_evaluate(tiny_data, tmp_path, capsys, caplog):
+    from ensemble.config import load_config
+    from ensemble.data import load_dataset
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    leaked = sorted((data / "train" / "square").glob("*.png"))[0]
+    shutil.copy(leaked, data / "val" / "square" / "leaked_copy.png")
+    cfg = tmp_path / "cfg.yaml"
+    raw = synth.tiny_config(data, epochs=1)
+    cfg.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(run), "-q"]) == 0
+    exclude = tmp_path / "exclude.txt"
+    assert main(["audit", str(run), "--out", str(tmp_path / "audit"), "--write-exclude", str(exclude),
+                 "--threshold", "1.0"]) == 0
+    listed = [ln.split("#")[0].strip() for ln in exclude.read_text().splitlines()[1:]]
+    assert str(leaked) in listed  # the training twin of the copy in val
+    # the relabel file: two training images moved to another class, by path relative to the CSV
+    relabel = data / "relabel.csv"
+    a, b = sorted((data / "train" / "circle").glob("*.png"))[:2]
+    relabel.write_text(f"path,given,suggested\ntrain/circle/{a.name},circle,square\ntrain/circle/{b.name},circle,"
+                       f"stripes\n")
+    raw["data"].update(exclude=str(exclude), relabel=str(relabel))
+    cfg.write_text(yaml.safe_dump(raw))
+    got = load_dataset(load_config(str(cfg)).data, 0)
+    assert got.changes["train"] == {"excluded": len(listed), "relabelled": 2}
+    assert str(leaked) not in got.train.paths and dict(zip(got.train.paths, got.train.labels))[str(a)] == "square"
+    run2 = tmp_path / "run2"
+    assert main(["train", str(cfg), "--out", str(run2), "-q"]) == 0
+    doc = json.loads((run2 / "report" / "metrics.json").read_text())
+    assert doc["data_changes"]["train"] == {"excluded": len(listed), "relabelled": 2}
+    assert f"train: {len(listed)} excluded, 2 relabelled" in (run2 / "report" / "report.md").read_text()
+    # evaluate applies the run's lists to the data it is given
+    assert main(["evaluate", str(run2), str(data / "train"), "--out", str(tmp_path / "ev"), "-q"]) == 0
+    ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert ev["data_changes"]["eval"] == {"excluded": len(listed), "relabelled": 2}
+    # bad lists: one line naming the file (and the line), exit 2, nothing trained
+    relabel.write_text("path,suggested\ntrain/circle/x.png,hexagon\n")
+    code = main(["train", str(cfg), "--out", str(tmp_path / "run3")])
+    err = capsys.readouterr().err + caplog.text
+    assert code == 2 and "relabel.csv, line 2: 'hexagon' is not a class" in err and "Traceback" not in err
+    raw["data"].update(exclude=str(tmp_path / "absent.txt"), relabel=None)
+    cfg.write_text(yaml.safe_dump(raw))
+    caplog.clear()
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run4")]) == 2
+    assert "`data.exclude`: " in capsys.readouterr().err + caplog.text and not (tmp_path / "run4").exists()
