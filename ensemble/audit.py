@@ -53,6 +53,13 @@ def _training_paths(run: RunFolder, data, n: int) -> list[str]:
     return paths
 
 
+def _check_training_labels(run: RunFolder, data, paths: list[str], y: np.ndarray, classes: list[str]) -> None:
+    labels = dict(zip(data.train.paths, data.train.labels))
+    if [labels[p] for p in paths] != [classes[int(k)] for k in y]:
+        raise DataError(f"{run.root}: the labels of its training images changed since training; audit the data "
+                        f"with a run trained on it")
+
+
 def _signatures(paths: list[str], out: Path) -> tuple[dict[str, Signature], dict[str, str], dict]:
     """Path -> signature (cached in ``out`` by path, size and modification time), the
     unreadable paths with their reason, and the cache to write back."""
@@ -144,6 +151,7 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     full, available = oob_matrix(list(ens.oob_indices_), list(ens.oob_proba_), len(ens.y_train_), len(classes))
     covered, _, oob_p = ens.combiner_.get().apply_oob(full, available)
     train_paths = _training_paths(run, data, len(ens.y_train_))
+    _check_training_labels(run, data, train_paths, ens.y_train_, classes)
     proba = np.full((len(train_paths), len(classes)), np.nan)
     proba[covered] = oob_p
     splits["train"] = (train_paths, ens.y_train_, proba, np.isin(np.arange(len(train_paths)), covered))
@@ -182,9 +190,7 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     dup_rows = []
     for d in pairs:
         (sa, pa, la), (sb, pb, lb) = known[d["a"]], known[d["b"]]
-        if pa == pb:
-            continue  # one file listed in two splits is leakage too, reported below
-        dup_rows.append({"kind": d["kind"], "distance": d["distance"], "mirrored": d["mirrored"],
+        dup_rows.append({"kind": "same file" if pa == pb else d["kind"], "distance": d["distance"], "mirrored": d["mirrored"],
                          "leakage": sa != sb, "conflicting_labels": la != lb,
                          "a_split": sa, "a_path": pa, "a_label": la, "b_split": sb, "b_path": pb, "b_label": lb})
     odd_rows = [{"split": s, "path": p, "what": "; ".join(oddities(sigs[p]))} for s, p, _ in known if oddities(sigs[p])]

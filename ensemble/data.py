@@ -5,6 +5,7 @@ import csv
 import dataclasses
 import logging
 import os
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -238,12 +239,13 @@ class Dataset:
 
 
 def read_exclusions(path: str) -> tuple[set[str], set[str]]:
-    """(paths, SHA-256 hex digests) listed in an exclude file: one per line, ``#`` comments,
-    or a CSV with a ``path`` column."""
+    """(paths, SHA-256 hex digests) listed in an exclude file: one per line (a line starting
+    with ``#``, or `` #`` after an entry, is a comment), or a CSV with a ``path`` column."""
     import csv
 
     if not os.path.isfile(path):
-        raise DataError(f"`data.exclude`: {path}: file not found")
+        raise DataError(f"`data.exclude`: {path}: " + ("is a folder, not a file" if os.path.isdir(path)
+                                                       else "file not found"))
     with open(path, newline="", encoding="utf-8") as fh:
         text = fh.read()
     first = text.lstrip().split("\n", 1)[0]
@@ -253,7 +255,9 @@ def read_exclusions(path: str) -> tuple[set[str], set[str]]:
             raise DataError(f"`data.exclude`: {path}: a CSV needs a `path` column; found {', '.join(rows[0])}")
         entries = [r["path"].strip() for r in rows if (r.get("path") or "").strip()]
     else:
-        entries = [ln.split("#", 1)[0].strip() for ln in text.splitlines()]
+        # a comment is a line starting with `#` or ` #` after the entry (a `#` inside a path stays)
+        entries = [re.split(r"\s#", ln, maxsplit=1)[0].strip() for ln in text.splitlines()
+                   if not ln.lstrip().startswith("#")]
         entries = [e for e in entries if e]
     hashes = {e.lower() for e in entries if len(e) == 64 and all(c in "0123456789abcdefABCDEF" for c in e)}
     base = os.path.dirname(os.path.abspath(path))

@@ -49,7 +49,8 @@ def find_label_issues(proba: np.ndarray, y: np.ndarray, method: str = "prune_by_
     ``prune_by_noise_rate`` (default, as cleanlab's): for each given class i and other class
     j, the estimated number of i-labelled images that are really j (the calibrated joint),
     taken among the i-labelled images with the largest margin p[j] - p[i].
-    Ranked by normalised margin (most negative first).
+    As cleanlab does, an image whose given label is already its most probable class is never
+    flagged. Ranked by margin, p[given] minus the best other class (most negative first).
     """
     proba = np.asarray(proba, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
@@ -84,5 +85,6 @@ def find_label_issues(proba: np.ndarray, y: np.ndarray, method: str = "prune_by_
         flagged = np.array(sorted(chosen), dtype=np.int64)
     else:
         raise ValueError(f"`method` must be prune_by_noise_rate or confident; got {method!r}")
+    flagged = flagged[proba[flagged].argmax(axis=1) != y[flagged]] if len(flagged) else flagged
     order = flagged[np.argsort(margin[flagged], kind="stable")] if len(flagged) else flagged
     return LabelAudit(thresholds, joint, noise, order, suggested, self_conf, margin)

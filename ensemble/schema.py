@@ -96,7 +96,8 @@ def build(cls: type, raw: Any, path: str = "") -> Any:
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" (did you mean `{_join(path, close[0])}`?)" if close else ""
-            raise ConfigError(f"unknown key `{_join(path, key)}`{hint}; known keys here: {', '.join(known)}")
+            shown = key if isinstance(key, str) and key.isprintable() else repr(key)  # one line, whatever the key
+            raise ConfigError(f"unknown key `{_join(path, shown)}`{hint}; known keys here: {', '.join(known)}")
     values = {}
     for name, f in fields.items():
         key_path = _join(path, name)

@@ -49,6 +49,19 @@ def test_clean_labels_give_a_low_noise_rate_and_20_percent_flips_are_found():
     found = set(noisy.issues.tolist())
     precision, recall = len(found & set(flip.tolist())) / len(found), len(found & set(flip.tolist())) / 300
     assert precision > 0.8 and recall > 0.8, (precision, recall)
+    # as cleanlab: an image whose given label is its most probable class is never flagged
+    assert (proba[noisy.issues].argmax(axis=1) != given[noisy.issues]).all()
+    assert (noisy.margin[noisy.issues] < 0).all() and (np.diff(noisy.margin[noisy.issues]) >= 0).all()
+
+
+def test_exclude_lists_keep_a_hash_inside_a_path(tmp_path):
+    from ensemble.data import read_exclusions
+
+    odd = tmp_path / "x#1" / "a.jpg"
+    listed = tmp_path / "exclude.txt"
+    listed.write_text(f"# a comment line\n{odd}  # why: a comment after the entry\n{'ab' * 32}\n")
+    paths, hashes = read_exclusions(str(listed))
+    assert paths == {str(odd)} and hashes == {"ab" * 32}
 
 
 def _photo(path, seed, size=(160, 120)):

@@ -462,6 +462,17 @@ def test_schema_fuzz_any_value_validates_or_names_its_key(tmp_path):
     check()
 
 
+def test_an_unknown_key_with_a_line_break_is_still_one_line(tmp_path):
+    """Found by the fuzz above (hypothesis, 2026-11-30): the key was echoed as it was."""
+    from ensemble.config import ConfigError, config_from_dict
+
+    raw = synth.tiny_config(tmp_path)
+    raw["data"]["train"] = {"\n": 1}
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict(raw, source="fuzz.yaml")
+    assert "\n" not in str(exc.value) and "unknown key `data.train.'\\n'`" in str(exc.value)
+
+
 def test_a_run_from_before_run_json_is_refused_until_fit_combiner_records_it(trained, tiny_data, tmp_path, capsys,
                                                                            caplog):
     _, run = trained
