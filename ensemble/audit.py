@@ -60,6 +60,51 @@ def _check_training_labels(run: RunFolder, data, paths: list[str], y: np.ndarray
                         f"with a run trained on it")
 
 
+def cross_fitted_proba(features: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5,
+                       seed: int = 0) -> np.ndarray:
+    """Out-of-fold class probabilities of a logistic regression on ``features`` (standardised):
+    every image scored by a model fitted on the other folds."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold
+
+    x = (features - features.mean(axis=0)) / (features.std(axis=0) + 1e-6)
+    proba = np.zeros((len(y), n_classes))
+    k = max(2, min(folds, int(np.bincount(y, minlength=n_classes)[np.bincount(y, minlength=n_classes) > 0].min())))
+    for fit, held in StratifiedKFold(k, shuffle=True, random_state=seed).split(x, y):
+        clf = LogisticRegression(max_iter=2000, C=0.1).fit(x[fit], y[fit])
+        proba[np.ix_(held, clf.classes_)] = clf.predict_proba(x[held])
+    return proba
+
+
+def _pretrained_features(spec, paths: list[str], n_classes: int, device: str, out: Path) -> np.ndarray:
+    """Pooled features of ``paths`` under ``spec``'s architecture with its pretrained weights
+    (not the run's fine-tuned ones, which have seen these labels), cached in ``out``."""
+    from safetensors.numpy import load_file, save
+
+    from members.features import extract_features
+    from members.models import create_member, pick_device
+    from members.transforms import eval_tensor
+
+    from .files import sha256_json
+    from .images import decode_all
+    from .schema import to_dict
+
+    key = sha256_json({"spec": to_dict(spec), "paths": paths,
+                       "stamps": [os.stat(p).st_mtime_ns if os.path.isfile(p) else 0 for p in paths]})
+    path = out / "features.safetensors"
+    if path.is_file() and (out / "features.json").is_file() and read_json(out / "features.json").get("key") == key:
+        return load_file(str(path))["features"]
+    member = create_member(spec, n_classes)
+    images, bad = decode_all(paths, member.inputs.resize_size, on_bad="skip", desc="audit: features")
+    if bad:
+        raise DataError(f"{bad[0][0]}: cannot be read for the feature pass ({bad[0][1]})")
+    feats = extract_features(member.model, eval_tensor(images, member.inputs), member.inputs,
+                             spec.train.eval_batch_size, pick_device(device)).numpy()
+    write_owned(out, {"features.safetensors": save({"features": feats}),
+                      "features.json": {"key": key, "member": spec.name, "model": spec.model}}, "audit")
+    return feats
+
+
 def _signatures(paths: list[str], out: Path) -> tuple[dict[str, Signature], dict[str, str], dict]:
     """Path -> signature (cached in ``out`` by path, size and modification time), the
     unreadable paths with their reason, and the cache to write back."""
@@ -124,7 +169,7 @@ def exclude_lines(label_rows: list[dict], dup_rows: list[dict], threshold: float
 
 
 def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_distance: int = 4,
-              write_exclude: str | None = None, threshold: float = 0.1) -> dict:
+              write_exclude: str | None = None, threshold: float = 0.1, cross_fit: bool = True) -> dict:
     """Audit a trained run's train/val/test images; returns ``audit.json``'s document. With
     ``write_exclude``, also writes an exclude list (see :func:`exclude_lines`) for ``data.exclude``."""
     out_dir = Path(out)
@@ -154,7 +199,13 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     _check_training_labels(run, data, train_paths, ens.y_train_, classes)
     proba = np.full((len(train_paths), len(classes)), np.nan)
     proba[covered] = oob_p
-    splits["train"] = (train_paths, ens.y_train_, proba, np.isin(np.arange(len(train_paths)), covered))
+    scored = np.isin(np.arange(len(train_paths)), covered)
+    splits["train"] = (train_paths, ens.y_train_, proba, scored)
+    if cross_fit and not scored.all():
+        # images every member trained on: out-of-fold linear heads on pretrained features score them
+        feats = _pretrained_features(cfg.members[0], train_paths, len(classes), cfg.device, out_dir)
+        crossed = cross_fitted_proba(feats, np.asarray(ens.y_train_), len(classes), seed=cfg.seed)
+        splits["train (cross-fitted)"] = (train_paths, ens.y_train_, crossed, ~scored)
     for split in ("val", "test"):
         got = run.load_predictions(split)
         if got is not None:
@@ -163,12 +214,20 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
             splits[split] = (list(paths), np.asarray(y), p, np.ones(len(paths), dtype=bool))
 
     label_rows, noise = [], {}
+    source = {"train": "OOB vote", "val": "ensemble", "test": "ensemble",
+              "train (cross-fitted)": "cross-fitted linear head on pretrained features"}
     for split, (paths, y, p, scored) in splits.items():
         idx = np.flatnonzero(scored)
         if len(idx) < len(classes) * 2:
             continue
-        audit = find_label_issues(p[idx], y[idx], method)
-        noise[split] = {"n_scored": int(len(idx)), "n_not_scored": int(len(paths) - len(idx)),
+        if split == "train (cross-fitted)":  # thresholds from every image, issues among the not-OOB ones
+            whole = find_label_issues(p, y, method)
+            keep = np.isin(whole.issues, idx)
+            audit = dataclasses.replace(whole, issues=whole.issues[keep])
+            idx = np.arange(len(paths))
+        else:
+            audit = find_label_issues(p[idx], y[idx], method)
+        noise[split] = {"n_scored": int(scored.sum()), "n_not_scored": int(len(paths) - scored.sum()),
                         "n_flagged": int(len(audit.issues)),
                         "thresholds": dict(zip(classes, audit.thresholds.round(4).tolist())),
                         "noise_rate": {f"{classes[i]} -> {classes[j]}": round(float(audit.noise_matrix[i, j]), 4)
@@ -178,12 +237,13 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
             others = p[i].copy()
             others[y[i]] = -np.inf
             s = int(audit.suggested[k]) if audit.suggested[k] not in (-1, y[i]) else int(others.argmax())
-            label_rows.append({"split": split, "rank": rank + 1, "path": paths[i], "given": classes[y[i]],
+            label_rows.append({"split": "train" if split.startswith("train") else split, "source": source[split],
+                               "rank": rank + 1, "path": paths[i], "given": classes[y[i]],
                                "suggested": classes[s], "self_confidence": float(audit.self_confidence[k]),
                                "margin": float(audit.margin[k]), "p_suggested": float(p[i, s])})
 
     every = [(split, path, classes[int(lab)]) for split, (paths, y, _, _) in splits.items()
-             for path, lab in zip(paths, y)]
+             if split in ("train", "val", "test") for path, lab in zip(paths, y)]
     sigs, unreadable, cache = _signatures(list(dict.fromkeys(p for _, p, _ in every)), out_dir)
     known = [(s, p, lab) for s, p, lab in every if p in sigs]
     pairs = find_duplicates([sigs[p] for _, p, _ in known], max_distance)
@@ -196,7 +256,7 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     odd_rows = [{"split": s, "path": p, "what": "; ".join(oddities(sigs[p]))} for s, p, _ in known if oddities(sigs[p])]
     odd_rows += [{"split": s, "path": p, "what": f"unreadable: {unreadable[p]}"} for s, p, _ in every if p in unreadable]
     stats = {}
-    for split in splits:
+    for split in ("train", "val", "test"):
         ss = [sigs[p] for s, p, _ in known if s == split]
         if ss:
             stats[split] = {"images": len(ss),
@@ -219,8 +279,8 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
         + [r["path"] for r in odd_rows[:200]]
     thumbs, files = make_thumbnails(shown, lambda name: (out_dir / name).is_file())
     files.update({
-        "label_issues.csv": _csv(label_rows, ["split", "rank", "path", "given", "suggested", "self_confidence",
-                                              "margin", "p_suggested"]),
+        "label_issues.csv": _csv(label_rows, ["split", "source", "rank", "path", "given", "suggested",
+                                              "self_confidence", "margin", "p_suggested"]),
         "duplicates.csv": _csv(dup_rows, ["kind", "distance", "mirrored", "leakage", "conflicting_labels", "a_split",
                                           "a_path", "a_label", "b_split", "b_path", "b_label"]),
         "odd_images.csv": _csv(odd_rows, ["split", "path", "what"]),

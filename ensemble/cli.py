@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write a `data.exclude` list: flagged training images whose given label has "
                          "out-of-sample probability below --threshold, and training twins of copies in val/test")
     au.add_argument("--threshold", type=float, default=0.1, help="for --write-exclude (default 0.1)")
+    au.add_argument("--no-cross-fit", action="store_true",
+                    help="skip the feature pass that scores training images no member left out")
 
     fc = sub.add_parser("fit-combiner", help="refit weights, stacking and calibration of a run")
     fc.add_argument("run", help="run folder made by `effens train`")
@@ -404,7 +406,8 @@ def cmd_export(args) -> int:
 def cmd_audit(args) -> int:
     from .audit import run_audit
 
-    doc = run_audit(args.run, args.out, args.method, args.max_distance, args.write_exclude, args.threshold)
+    doc = run_audit(args.run, args.out, args.method, args.max_distance, args.write_exclude, args.threshold,
+                    not args.no_cross_fit)
     d = doc["duplicates"]
     sys.stdout.write(f"{doc['n_label_issues']} probably mislabelled, {d['exact']} exact and {d['near']} near "
                      f"duplicate pairs ({d['leakage']} across splits), {doc['n_odd']} odd images -> "

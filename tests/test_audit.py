@@ -113,7 +113,12 @@ def test_audit_of_a_run_finds_a_leaked_copy_and_writes_its_page(tiny_data, tmp_p
     rows = list(csv.DictReader(open(out / "duplicates.csv")))
     assert any(r["kind"] == "exact" and r["leakage"] == "True" and {r["a_path"], r["b_path"]}
                == {str(leaked), str(data / "test" / "circle" / "leaked_copy.png")} for r in rows)
-    assert set(doc["label_issues"]) <= {"train", "val", "test"} and doc["stats"]["train"]["images"] == 48
+    assert set(doc["label_issues"]) <= {"train", "train (cross-fitted)", "val", "test"}
+    assert doc["stats"]["train"]["images"] == 48
+    # training images no member left out are scored by cross-fitted heads: together, every one
+    oob, crossed = doc["label_issues"]["train"], doc["label_issues"]["train (cross-fitted)"]
+    assert oob["n_scored"] + crossed["n_scored"] == 48 and crossed["n_scored"] == oob["n_not_scored"] > 0
+    assert (out / "features.safetensors").is_file()
     page = (out / "index.html").read_text()
     assert "<h1>effens audit</h1>" in page and "leaked_copy.png" in page and "across splits" in page
     labels = list(csv.DictReader(open(out / "label_issues.csv")))
@@ -171,3 +176,17 @@ def test_exclude_and_relabel_round_trip_through_train_and_evaluate(tiny_data, tm
     caplog.clear()
     assert main(["train", str(cfg), "--out", str(tmp_path / "run4")]) == 2
     assert "`data.exclude`: " in capsys.readouterr().err + caplog.text and not (tmp_path / "run4").exists()
+
+
+def test_cross_fitted_heads_score_each_image_out_of_fold():
+    from ensemble.audit import cross_fitted_proba
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 240)
+    feats = np.eye(3)[y] * 3 + rng.normal(0, 1, (240, 3))
+    flipped = int(np.argmax(feats[np.arange(240), y] - feats.mean(axis=1)))  # a clear case of its class
+    given = y.copy()
+    given[flipped] = (y[flipped] + 1) % 3
+    p = cross_fitted_proba(feats, given, 3)
+    assert np.allclose(p.sum(axis=1), 1) and (p.argmax(axis=1) == y).mean() > 0.9
+    assert p[flipped, given[flipped]] < 0.2 and find_label_issues(p, given).issues[0] == flipped
