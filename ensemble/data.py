@@ -288,20 +288,31 @@ def read_relabels(path: str, classes: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def change_split(split: Split, exclude: str | None, relabel: str | None,
-                 classes: Sequence[str]) -> tuple[Split, dict]:
-    """One split with ``data.exclude`` / ``data.relabel`` applied, and what changed."""
+@dataclasses.dataclass
+class DataChanges:
+    """``data.exclude`` and ``data.relabel``, read once: excluded paths and file hashes, new labels."""
+
+    paths: set[str] = dataclasses.field(default_factory=set)
+    hashes: set[str] = dataclasses.field(default_factory=set)
+    labels: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def read(cls, exclude: str | None, relabel: str | None, classes: Sequence[str]) -> "DataChanges":
+        paths, hashes = read_exclusions(exclude) if exclude else (set(), set())
+        return cls(paths, hashes, read_relabels(relabel, classes) if relabel else {})
+
+
+def change_split(split: Split, changes: DataChanges) -> tuple[Split, dict]:
+    """One split with ``changes`` applied, and what changed."""
     from .files import sha256_file
 
-    paths, hashes = read_exclusions(exclude) if exclude else (set(), set())
-    labels = read_relabels(relabel, classes) if relabel else {}
     keep, out_labels, n_relabelled = [], [], 0
     for i, p in enumerate(split.paths):
         norm = os.path.normpath(os.path.abspath(p))
-        if norm in paths or (hashes and os.path.isfile(p) and sha256_file(p) in hashes):
+        if norm in changes.paths or (changes.hashes and os.path.isfile(p) and sha256_file(p) in changes.hashes):
             continue
         keep.append(i)
-        new = labels.get(norm)
+        new = changes.labels.get(norm)
         n_relabelled += new is not None and new != split.labels[i]
         out_labels.append(new if new is not None else split.labels[i])
     return (Split([split.paths[i] for i in keep], out_labels),
@@ -312,12 +323,13 @@ def apply_data_changes(data: "Dataset", exclude: str | None, relabel: str | None
     """``data.exclude`` and ``data.relabel`` applied to every split, with the counts per split."""
     if not exclude and not relabel:
         return data
+    wanted = DataChanges.read(exclude, relabel, data.classes)
     changes: dict = {}
     splits = {}
     for name in ("train", "val", "test"):
         split = getattr(data, name)
         if split is not None:
-            split, changes[name] = change_split(split, exclude, relabel, data.classes)
+            split, changes[name] = change_split(split, wanted)
         splits[name] = split
     new = Dataset(data.classes, splits["train"], splits["val"], splits["test"], changes)
     if len(set(new.train.labels)) < 2:

@@ -183,7 +183,7 @@ def export_run(run_dir: str, fmt: str, out: str, strategy: str | None = None) ->
 def _head_weights(head: nn.Module, n_members: int) -> list[float]:
     """The members' weights in the graph's vote (equal when its head keeps none)."""
     w = getattr(head, "weights", None)
-    return w.tolist() if isinstance(w, torch.Tensor) and getattr(head, "given", True) else [1.0 / n_members] * n_members
+    return w.tolist() if isinstance(w, torch.Tensor) else [1.0 / n_members] * n_members
 
 
 def _check_out_dir(out_dir: Path) -> None:

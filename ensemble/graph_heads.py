@@ -18,14 +18,13 @@ from .combiners import PROBA_FLOOR
 class WeightedMean(nn.Module):
     """Mean of the member probabilities with these weights (None: equal), as ``soft_vote``."""
 
-    def __init__(self, weights: Sequence[float] | None, n_members: int | None = None) -> None:
+    def __init__(self, weights: Sequence[float] | None) -> None:
         super().__init__()
-        self.given = weights is not None
-        w = np.ones(n_members or 1) if weights is None else np.asarray(weights, dtype=np.float64)
-        self.register_buffer("weights", torch.tensor(w / w.sum(), dtype=torch.float32))
+        w = None if weights is None else np.asarray(weights, dtype=np.float64)
+        self.register_buffer("weights", None if w is None else torch.tensor(w / w.sum(), dtype=torch.float32))
 
     def forward(self, stacked: torch.Tensor) -> torch.Tensor:
-        if not self.given:
+        if self.weights is None:
             return stacked.mean(dim=0)
         return (self.weights.view(-1, 1, 1) * stacked).sum(dim=0)
 

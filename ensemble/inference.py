@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 
 
 from .config import SplitSource
-from .data import DataError, change_split, check_labels, expand_inputs, load_split
+from .data import DataChanges, DataError, change_split, check_labels, expand_inputs, load_split
 from .estimator import BaggedEnsemble, decode_size, images_fingerprint  # noqa: F401 (decode_size: re-exported)
 from .evaluation import decision_report, evaluate_split
 from .pages import report_files
@@ -137,8 +137,9 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
     strategies = ens.combiner_.available() if strategy == "all" else [ens.combiner_.get(strategy).name]
     source = SplitSource.from_value(data, "data") if isinstance(data, str) else SplitSource(**data)
     split = load_split(source)
-    data_cfg = RunFolder(run_dir).read_config().data
-    split, changes = change_split(split, data_cfg.exclude, data_cfg.relabel, ens.classes_)  # the run's lists
+    run_cfg = RunFolder(run_dir).read_config()
+    split, changes = change_split(split, DataChanges.read(run_cfg.data.exclude, run_cfg.data.relabel,
+                                                          ens.classes_))  # the run's lists
     check_labels(split, ens.classes_, "evaluation")
     key = {"data": images_fingerprint(split.paths, split.labels), "members": _member_hashes(ens),
            "tta": options.tta, "inference": options.plan(ens)}
@@ -167,7 +168,6 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
     doc = build_metrics(ens.classes_, names, results, None, comb,
                         strategy=strategies[0] if len(strategies) == 1 else None, labels={"eval": y})
     decide = strategies[0] if len(strategies) == 1 else comb.strategy
-    run_cfg = RunFolder(run_dir).read_config()
     doc["decisions"] = decision_report(ens, run_cfg.decision,
                                        {"eval": (results["eval"][decide]["_proba"], y)}, decide)
     doc["skipped_images"] = {"eval": skipped} if skipped else {}

@@ -102,72 +102,64 @@ class ImagePredictor:
         if decisions.coverage:  # too few calibration images: fail now, not on the first image
             self.decider.sets(self.decider.cal_proba[:1], decisions.coverage, decisions.by_class)
 
+    def _decided(self, proba: np.ndarray, decisions: DecisionOptions,
+                 threshold: float | None) -> tuple[np.ndarray, dict[str, list[str]]]:
+        """(predictions, decision column -> one value per image) for ensemble probabilities."""
+        from .decisions import confidence
+
+        pred = self.decider.predict(proba)
+        columns: dict[str, list[str]] = {}
+        if decisions.coverage:
+            sets = self.decider.sets(proba, decisions.coverage, decisions.by_class)
+            columns["prediction_set"] = ["|".join(c for j, c in enumerate(self.classes) if row[j]) for row in sets]
+        if "decision" in decisions.columns():
+            conf = confidence(proba)
+            columns["decision"] = ["review" if conf[k] < threshold else self.classes[pred[k]]
+                                   for k in range(len(proba))]
+        return pred, columns
+
+    def _row(self, key: str, name: str, prediction: str, decided: dict[str, str], proba: dict, votes: dict,
+             error: str) -> dict:
+        return {key: name, "prediction": prediction, **decided, "proba": proba, "votes": votes, "error": error}
+
     def redecide(self, rows: list[dict], decisions: DecisionOptions) -> list[dict]:
         """``rows`` with their prediction set and review decision made anew under ``decisions``
         (a request's own coverage or review rate), from each row's probabilities."""
-        from .decisions import confidence
-
         ok = [i for i, r in enumerate(rows) if not r["error"]]
-        out = [{k: v for k, v in r.items() if k not in ("prediction_set", "decision")} for r in rows]
-        columns = decisions.columns()
-        for r in out:
-            r.update({c: "" for c in columns})
-        if not ok:
-            return self._ordered(out)
-        proba = np.array([[rows[i]["proba"][c] for c in self.classes] for i in ok], dtype=np.float64)
-        pred = self.decider.predict(proba)
-        if decisions.coverage:
-            sets = self.decider.sets(proba, decisions.coverage, decisions.by_class)
-            for k, i in enumerate(ok):
-                out[i]["prediction_set"] = "|".join(c for j, c in enumerate(self.classes) if sets[k, j])
-        if "decision" in columns:
-            threshold = self.decider.review_threshold(decisions.review_rate, decisions.target_accuracy)
-            conf = confidence(proba)
-            for k, i in enumerate(ok):
-                out[i]["decision"] = "review" if conf[k] < threshold else self.classes[pred[k]]
-        return self._ordered(out)
-
-    @staticmethod
-    def _ordered(rows: list[dict]) -> list[dict]:
-        """The column order of :meth:`rows` (key, prediction, decision columns, proba, votes, error)."""
-        order = ("prediction", "prediction_set", "decision", "proba", "votes", "error")
-        return [{**{k: v for k, v in r.items() if k not in order},
-                 **{k: r[k] for k in order if k in r}} for r in rows]
+        blank = {c: "" for c in decisions.columns()}
+        decided: dict[int, dict[str, str]] = {}
+        if ok:
+            proba = np.array([[rows[i]["proba"][c] for c in self.classes] for i in ok], dtype=np.float64)
+            threshold = self.decider.review_threshold(decisions.review_rate, decisions.target_accuracy) \
+                if "decision" in blank else None
+            _, columns = self._decided(proba, decisions, threshold)
+            decided = {i: {c: v[k] for c, v in columns.items()} for k, i in enumerate(ok)}
+        key = next(iter(rows[0])) if rows else "path"
+        return [self._row(key, r[key], r["prediction"], decided.get(i, blank), r["proba"], r["votes"], r["error"])
+                for i, r in enumerate(rows)]
 
     def rows(self, keys: Sequence[str], arrays: Sequence[np.ndarray | None], reasons: dict[str, str],
              key: str = "path") -> list[dict]:
         """One row per image, in order: ``key`` (the image's path or file name), prediction,
         the decision columns asked for, ``proba`` per class, ``votes`` per member, ``error``."""
-        from .decisions import confidence
-
-        classes, names, used, decisions = self.classes, self.names, self.used, self.decisions
+        classes, names, used = self.classes, self.names, self.used
         ok = [i for i, a in enumerate(arrays) if a is not None]
         if ok:
             member_proba = self.options.member_proba(self.ens, [arrays[i] for i in ok], used)
             _, proba = self.ens.combiner_.apply(member_proba, self.strategy)
-            pred = self.decider.predict(proba)
+            pred, columns = self._decided(proba, self.decisions, self.threshold)
             member_pred = member_proba.argmax(axis=2)
-            sets = self.decider.sets(proba, decisions.coverage, decisions.by_class) if decisions.coverage else None
         results = {i: k for k, i in enumerate(ok)}
+        blank = {c: "" for c in self.decisions.columns()}
         rows: list[dict] = []
         for i, name in enumerate(keys):
-            row: dict = {key: name}
             if i in results:
                 k = results[i]
-                row["prediction"] = classes[pred[k]]
-                if sets is not None:
-                    row["prediction_set"] = "|".join(c for j, c in enumerate(classes) if sets[k, j])
-                if self.review:
-                    row["decision"] = "review" if confidence(proba[k:k + 1])[0] < self.threshold \
-                        else classes[pred[k]]
-                row["proba"] = {c: float(proba[k, j]) for j, c in enumerate(classes)}
-                row["votes"] = {n: classes[member_pred[m, k]] if used[m] else "" for m, n in enumerate(names)}
-                row["error"] = ""
+                rows.append(self._row(key, name, classes[pred[k]], {c: v[k] for c, v in columns.items()},
+                                      {c: float(proba[k, j]) for j, c in enumerate(classes)},
+                                      {n: classes[member_pred[m, k]] if used[m] else "" for m, n in enumerate(names)},
+                                      ""))
             else:
-                row["prediction"] = ""
-                row.update({c: "" for c in decisions.columns()})
-                row["proba"] = {c: None for c in classes}
-                row["votes"] = {n: "" for n in names}
-                row["error"] = reasons.get(name, "not found")
-            rows.append(row)
+                rows.append(self._row(key, name, "", blank, {c: None for c in classes}, {n: "" for n in names},
+                                      reasons.get(name, "not found")))
         return rows
