@@ -172,9 +172,13 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
               write_exclude: str | None = None, threshold: float = 0.1, cross_fit: bool = True) -> dict:
     """Audit a trained run's train/val/test images; returns ``audit.json``'s document. With
     ``write_exclude``, also writes an exclude list (see :func:`exclude_lines`) for ``data.exclude``."""
+    from .runfolder import check_output_path
+
     out_dir = Path(out)
+    check_output_path(out_dir, [run_dir])  # the CLI's rule, for Python callers too
     refuse_foreign(out_dir, "audit", "effens audit")
     if write_exclude is not None:
+        check_output_path(write_exclude, [run_dir], folder=False)  # never inside the run, never over an input
         target = Path(write_exclude)
         if target.exists() and not (target.is_file() and
                                     target.read_text(encoding="utf-8", errors="replace").startswith(EXCLUDE_HEADER)):
@@ -253,7 +257,8 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
         dup_rows.append({"kind": "same file" if pa == pb else d["kind"], "distance": d["distance"], "mirrored": d["mirrored"],
                          "leakage": sa != sb, "conflicting_labels": la != lb,
                          "a_split": sa, "a_path": pa, "a_label": la, "b_split": sb, "b_path": pb, "b_label": lb})
-    odd_rows = [{"split": s, "path": p, "what": "; ".join(oddities(sigs[p]))} for s, p, _ in known if oddities(sigs[p])]
+    odd = {p: "; ".join(oddities(sigs[p])) for p in sigs}
+    odd_rows = [{"split": s, "path": p, "what": odd[p]} for s, p, _ in known if odd[p]]
     odd_rows += [{"split": s, "path": p, "what": f"unreadable: {unreadable[p]}"} for s, p, _ in every if p in unreadable]
     stats = {}
     for split in ("train", "val", "test"):

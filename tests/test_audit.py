@@ -73,7 +73,7 @@ def _photo(path, seed, size=(160, 120)):
 
 def test_copies_are_found_and_distinct_images_are_not(tmp_path):
     a = _photo(tmp_path / "a.jpg", 0)
-    b = _photo(tmp_path / "b.jpg", 1)
+    _photo(tmp_path / "b.jpg", 1)
     shutil.copy(a, tmp_path / "a_copy.jpg")
     with Image.open(a) as im:
         im.resize((96, 72)).save(tmp_path / "a_small.jpg", quality=70)
@@ -142,6 +142,9 @@ def test_exclude_and_relabel_round_trip_through_train_and_evaluate(tiny_data, tm
     cfg.write_text(yaml.safe_dump(raw))
     run = tmp_path / "run"
     assert main(["train", str(cfg), "--out", str(run), "-q"]) == 0
+    # an exclude list may not land inside the run folder
+    assert main(["audit", str(run), "--out", str(tmp_path / "audit"), "--write-exclude", str(run / "x.txt")]) == 2
+    assert not (run / "x.txt").exists() and not (tmp_path / "audit").exists()
     exclude = tmp_path / "exclude.txt"
     assert main(["audit", str(run), "--out", str(tmp_path / "audit"), "--write-exclude", str(exclude),
                  "--threshold", "1.0"]) == 0
