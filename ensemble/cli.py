@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import signal
 import sys
 import time
@@ -16,7 +17,7 @@ from .strategies import graph_strategies, strategy_names
 # that parsing loads no torch (tests/test_runtimes.py keeps them equal); strategies come
 # from their registry (ensemble.strategies, numpy only)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-FORMATS = ("onnx", "openvino")
+FORMATS = ("onnx", "openvino", "mlflow")
 
 log = logging.getLogger("effens")
 
@@ -178,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--strategy", metavar=_choices(strategy_names()), type=_name,
                     help="explain this strategy's prediction (default: the run's)")
 
-    ex = sub.add_parser("export", help="export the members and the ensemble as ONNX or OpenVINO IR")
+    ex = sub.add_parser("export", help="export the members and the ensemble as ONNX or OpenVINO IR, or the run as an MLflow model")
     ex.add_argument("run", help="run folder made by `effens train`")
     ex.add_argument("--format", required=True, choices=FORMATS)
     ex.add_argument("--out", required=True, help="output folder (new or empty, or an earlier export)")
@@ -213,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--yes", action="store_true",
                     help="try more than 1,000 candidates (refused otherwise, with the count and a time estimate)")
 
+    for q in (t, tu, ev):
+        q.add_argument("--tracking", action="append", default=[], type=_tracking, metavar="SINK[=WHERE]",
+                       help="log to an experiment tracker (repeatable): mlflow=URI (e.g. sqlite:///mlflow.db; "
+                            "`mlflow` alone: $MLFLOW_TRACKING_URI or file:./mlruns), tensorboard=DIR, or none; "
+                            "overrides the config's `tracking:` (evaluate: the run's)")
     for q in (t, tu):
         q.add_argument("--parallel", choices=("sequential", "loky", "ray", "dask"),
                        help="override parallel.backend")
@@ -312,8 +318,22 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
-def _parallel_overrides(args) -> list[str]:
-    out = []
+def _tracking(spec: str) -> list[str]:
+    """``--tracking`` -> config overrides of ``tracking.*``."""
+    sink, _, where = spec.partition("=")
+    sink = sink.strip().lower()
+    if sink == "none" and not where:
+        return ["tracking.mlflow=null", "tracking.tensorboard=null"]
+    if sink == "mlflow":
+        uri = where or os.environ.get("MLFLOW_TRACKING_URI") or "file:./mlruns"
+        return [f"tracking.mlflow.uri={uri}"]
+    if sink == "tensorboard" and where:
+        return [f"tracking.tensorboard={where}"]
+    raise argparse.ArgumentTypeError(f"must be mlflow[=URI], tensorboard=DIR or none; got {spec!r}")
+
+
+def _command_overrides(args) -> list[str]:
+    out = [o for spec in getattr(args, "tracking", []) for o in spec]
     if args.parallel:
         out.append(f"parallel.backend={args.parallel}")
     if args.n_jobs:
@@ -325,7 +345,7 @@ def cmd_train(args) -> int:
     from .runfolder import RunFolder
     from .training import train_run
 
-    overrides = list(args.overrides) + _parallel_overrides(args)
+    overrides = list(args.overrides) + _command_overrides(args)
     if args.device:
         overrides.append(f"device={args.device}")
     if args.precision:
@@ -365,7 +385,8 @@ def cmd_predict(args) -> int:
 def cmd_evaluate(args) -> int:
     from .inference import run_evaluate
 
-    doc = run_evaluate(args.run, args.data, args.out, args.strategy, _inference_options(args))
+    doc = run_evaluate(args.run, args.data, args.out, args.strategy, _inference_options(args),
+                       tracking=[o for spec in args.tracking for o in spec])
     sys.stdout.write("\n" + doc["_table"] + "\n")
     n_skip = len(doc["skipped_images"].get("eval", []))
     sys.stdout.write(f"\nreport: {Path(args.out) / 'report.md'}" +
@@ -385,7 +406,7 @@ def cmd_fit_combiner(args) -> int:
 def cmd_tune(args) -> int:
     from .tuning import table_text, tune_run
 
-    overrides = list(args.overrides) + _parallel_overrides(args)
+    overrides = list(args.overrides) + _command_overrides(args)
     summary = tune_run(args.config, args.out, overrides, yes=args.yes)
     names = [k[:-6] for k in summary["best"] if k.endswith("_ratio")]
     sys.stdout.write("\n" + table_text(summary["rows"], names) + "\n")
@@ -398,7 +419,8 @@ def cmd_export(args) -> int:
     from .export import export_run
 
     manifest = export_run(args.run, args.format, args.out, args.strategy)
-    sys.stdout.write(f"exported {len(manifest['files'])} files ({args.format}; ensemble graph: "
+    what = "default strategy" if args.format == "mlflow" else "ensemble graph"
+    sys.stdout.write(f"exported {len(manifest['files'])} files ({args.format}; {what}: "
                      f"{manifest['strategy']}) -> {args.out}\n")
     return 0
 

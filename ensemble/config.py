@@ -317,6 +317,26 @@ class DecisionConfig:
 class ReportConfig:
     saliency: bool = field(False, doc="Grad-CAM overlays (each member and their mean) of the default "
                                       "strategy's mistakes in index.html (up to 200 per split)")
+    purpose: str | None = field(None, check=_non_empty, doc="what the model is for, in a sentence (the run "
+                                                             "card's first line, `report/card.md`)")
+    limits: list[str] = field(default_factory=list, doc="known limits you want on the run card, next to the "
+                                                        "ones effens measures")
+
+
+@dataclasses.dataclass
+class MlflowConfig:
+    uri: str = field(check=_non_empty, doc="tracking URI: `sqlite:///mlflow.db`, `file:./mlruns` or "
+                                           "`http://host:5000`")
+    experiment: str = field("effens", check=_non_empty, doc="experiment name (created when missing)")
+    log_model: bool = field(True, doc="log the trained ensemble as an MLflow pyfunc model with the run")
+
+
+@dataclasses.dataclass
+class TrackingConfig:
+    mlflow: MlflowConfig | None = field(None, doc="log params, per-epoch and final metrics, the report and "
+                                                  "the model to MLflow (`pip install 'effens[track]'`)")
+    tensorboard: str | None = field(None, check=_non_empty, doc="write TensorBoard event files (per-epoch "
+                                                                "scalars, final metrics) under this folder")
 
 
 @dataclasses.dataclass
@@ -386,6 +406,8 @@ class Config:
                                      doc="prediction sets, review and costs (`effens predict`, reports)")
     report: ReportConfig = field(default_factory=ReportConfig, doc="what the report shows")
     tune: TuneConfig = field(default_factory=TuneConfig, doc="bagging-ratio search (`effens tune`)")
+    tracking: TrackingConfig = field(default_factory=TrackingConfig,
+                                     doc="experiment trackers (train, tune, evaluate); nothing is logged unless set")
     plugins: list[str] = field(default_factory=list,
                                doc="modules or .py files imported before the rest of the config is checked "
                                    "(a module next to the YAML file is found): your own strategies, views, runtimes, "
@@ -623,6 +645,22 @@ def check_member_names(members: list, classes: list[str], source: str) -> None:
         if m.name in classes:
             raise ConfigError(f"{source}: `members.{i}.name` {m.name!r} is also a class name; "
                               f"rename the member")
+
+
+def flat_keys(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """A config mapping as dotted key paths (list items of mappings by index): what ``--set``
+    takes, and what trackers log as parameters."""
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(flat_keys(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    if isinstance(obj, list) and obj and all(isinstance(v, dict) for v in obj):
+        out = {}
+        for i, v in enumerate(obj):
+            out.update(flat_keys(v, f"{prefix}.{i}"))
+        return out
+    return {prefix: obj}
 
 
 def config_to_dict(cfg: Config) -> dict:

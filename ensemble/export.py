@@ -29,7 +29,7 @@ from .strategies import graph_strategies
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "openvino")
+FORMATS = ("onnx", "openvino", "mlflow")
 
 
 class ExportRefused(RunError):
@@ -142,6 +142,8 @@ def export_run(run_dir: str, fmt: str, out: str, strategy: str | None = None) ->
         raise ExportRefused(f"`--format` must be one of {', '.join(FORMATS)}; got {fmt!r}")
     out_dir = Path(out)
     _check_out_dir(out_dir)
+    if fmt == "mlflow":
+        return _export_mlflow(run_dir, out_dir, strategy)
     ens = load_run(run_dir)
     strategy = graph_strategy(ens, strategy)
     files: dict[str, bytes] = {}
@@ -177,6 +179,34 @@ def export_run(run_dir: str, fmt: str, out: str, strategy: str | None = None) ->
     manifest = {"format": fmt, "run": str(Path(run_dir).resolve()), "strategy": strategy,
                 "classes": ens.classes_, "files": written, **_versions()}
     atomic_write_json(out_dir / "export.json", manifest)
+    return manifest
+
+
+def _export_mlflow(run_dir: str, out_dir: Path, strategy: str | None) -> dict:
+    """The run as an MLflow pyfunc model folder (:mod:`ensemble.mlflow_model`); an earlier
+    export there is replaced only once the new one is complete."""
+    import shutil
+
+    try:
+        from .mlflow_model import save_mlflow_model
+        import mlflow  # noqa: F401
+    except ImportError:
+        raise ExportRefused("format mlflow needs MLflow: pip install 'effens[track]'") from None
+    if strategy is not None:
+        raise ExportRefused("--strategy is not for format mlflow: the model takes the strategy per call "
+                            "(params={'strategy': ...}); the run's is the default")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
+        made = Path(tmp) / "model"
+        about = save_mlflow_model(run_dir, made)
+        files = {p.relative_to(made).as_posix(): sha256_file(p) for p in sorted(made.rglob("*")) if p.is_file()}
+        manifest = {"format": "mlflow", "run": str(Path(run_dir).resolve()), "strategy": about["strategy"],
+                    "classes": about["classes"], "files": files, **_versions()}
+        atomic_write_json(made / "export.json", manifest)
+        if out_dir.exists():
+            old = Path(tmp) / "old"
+            out_dir.rename(old)
+        made.rename(out_dir)
     return manifest
 
 

@@ -125,19 +125,35 @@ def _member_hashes(ens: BaggedEnsemble) -> list:
 
 
 def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all",
-                 options: InferenceOptions = InferenceOptions()) -> dict:
+                 options: InferenceOptions = InferenceOptions(), tracking: list[str] | None = None) -> dict:
     """Report every member and strategy on a labelled folder or CSV.
 
     Member probabilities are cached in ``out``; a later call on the same run, data and
-    TTA setting reuses them, so switching strategy never re-runs a network.
+    TTA setting reuses them, so switching strategy never re-runs a network. The run's
+    ``tracking:`` (with ``tracking``'s ``tracking.*=...`` overrides on top) logs the result.
     """
+    from .tracking import config_params, environment_tags, final_metrics
+    from .tracking import tracking as open_tracking
+
     out_dir = Path(out)
     refuse_foreign(out_dir, "evaluate", "effens evaluate")  # before any work
     ens = load_run(run_dir)
+    run_cfg = RunFolder(run_dir).read_config(tracking or None)
+    with open_tracking(run_cfg.tracking, "evaluate", out_dir.resolve().name,
+                       {**config_params(run_cfg), "evaluate.data": str(data), "evaluate.strategy": strategy},
+                       {**environment_tags("evaluate", run_cfg), "effens.run_dir": str(Path(run_dir).resolve())}
+                       ) as tracker:
+        doc = _evaluate(ens, run_cfg, data, out_dir, strategy, options)
+        tracker.scalars(final_metrics(doc))
+        tracker.folder(out_dir, "evaluate")
+    return doc
+
+
+def _evaluate(ens: BaggedEnsemble, run_cfg, data: str | dict, out_dir: Path, strategy: str,
+              options: InferenceOptions) -> dict:
     strategies = ens.combiner_.available() if strategy == "all" else [ens.combiner_.get(strategy).name]
     source = SplitSource.from_value(data, "data") if isinstance(data, str) else SplitSource(**data)
     split = load_split(source)
-    run_cfg = RunFolder(run_dir).read_config()
     split, changes = change_split(split, DataChanges.read(run_cfg.data.exclude, run_cfg.data.relabel,
                                                           ens.classes_))  # the run's lists
     check_labels(split, ens.classes_, "evaluation")

@@ -129,7 +129,7 @@ class RunFolder:
             except (ConfigError, yaml.YAMLError, ValueError, TypeError, AttributeError):
                 old = {}  # unreadable: counts as changed
             changed = [k for k in config_changes(old, config_to_dict(cfg))
-                       if not k.startswith(("combiner.", "tune.", "parallel.", "decision.", "report."))]
+                       if not k.startswith(("combiner.", "tune.", "parallel.", "decision.", "report.", "tracking."))]
             work = any((self.root / "members").glob("*/member.json")) or \
                 any((self.root / "members").glob("*/checkpoint.json"))
             if changed and not restart and work:
@@ -211,6 +211,7 @@ class RunFolder:
             out |= {p for p in d.glob("*") if _effens_name(sub, p.name)}
         out |= {self.report_dir / f for f in owned_files(self.report_dir, "report")} | {self.report_dir / RECORD}
         out |= set((self.root / "cache" / "onnx").glob("*.onnx")) | set((self.root / "cache" / "onnx").glob("*.json"))
+        out |= set((self.root / "cache" / "compiled").glob("*/*/*.blob"))  # OpenVINO's cache in folders effens made
         return out
 
     # ---------------------------------------------------------------- the lock
@@ -266,7 +267,7 @@ class RunFolder:
         report names as effens's (anything else there stays foreign)."""
         if self.marker_path.is_file() or not self.report_dir.is_dir() or (self.report_dir / RECORD).is_file():
             return
-        pattern = re.compile(r"(metrics\.json|report\.md|index\.html|(confusion|reliability|risk_coverage)_.+\.png|"
+        pattern = re.compile(r"(metrics\.json|report\.md|card\.md|index\.html|(confusion|reliability|risk_coverage)_.+\.png|"
                              r"training_curves\.png|misclassified_.+\.csv|(thumbs|saliency)/[0-9a-f]{24}.*\.jpg|thumbs/index\.json)")
         ours = sorted(str(p.relative_to(self.report_dir)) for p in self.report_dir.rglob("*")
                       if p.is_file() and pattern.fullmatch(str(p.relative_to(self.report_dir))))
@@ -572,23 +573,11 @@ def _writable(folder: Path) -> bool:
         return False
 
 
-def _flatten(obj, prefix: str = "") -> dict:
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    if isinstance(obj, list) and obj and all(isinstance(v, dict) for v in obj):
-        out = {}
-        for i, v in enumerate(obj):
-            out.update(_flatten(v, f"{prefix}.{i}"))
-        return out
-    return {prefix: obj}
-
-
 def config_changes(old: dict, new: dict) -> list[str]:
     """Key paths whose values differ between two config dicts."""
-    a, b = _flatten(old), _flatten(new)
+    from .config import flat_keys
+
+    a, b = flat_keys(old), flat_keys(new)
     return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
 
 

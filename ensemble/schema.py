@@ -152,6 +152,9 @@ def convert(tp: Any, value: Any, path: str) -> Any:
                     matches = (get_origin(item) in (list, typing.List)) == nested
                     failures.append((0 if matches else 1, len(failures), exc))
             raise min(failures, key=lambda f: f[:2])[2]
+        forms = [o for o in options if dataclasses.is_dataclass(o)]
+        if isinstance(value, dict) and len(forms) == 1:  # a mapping can only mean that section: tell its error
+            return convert(forms[0], value, path)
         for option in options:
             if option is type(None):
                 continue

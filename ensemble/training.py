@@ -65,12 +65,16 @@ def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = N
         paths, y, proba = cached
         results[split] = evaluate_split(proba, y, comb)
         split_data[split] = (paths, y)
+    from .card import card_facts, card_lines
+
     cfg = run.read_config()
     doc = build_metrics(ens.classes_, names, results, ens.oob_report_, comb,
                         labels={s: d[1] for s, d in split_data.items()})
     doc["decisions"] = decision_report(ens, cfg.decision,
                                        {s: (r[comb.strategy]["_proba"], split_data[s][1]) for s, r in results.items()})
     doc.update(extra or {})
+    doc["card"] = card_facts(cfg, ens, results, split_data, doc,
+                             f"effens train {run.config_path} --out NEW_RUN_FOLDER")
     md = ""
     if doc.get("data_changes"):
         md = "Data changed by `data.exclude` / `data.relabel`: " + "; ".join(
@@ -80,6 +84,7 @@ def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = N
         md += "Skipped unreadable images:\n\n" + "\n".join(
             f"- {k}: {d['path']} ({d['reason']})" for k, v in doc["skipped_images"].items() for d in v)
     files = report_files(doc, results, split_data, run.report_dir, ens, cfg.report.saliency, extra_md=md)
+    files["card.md"] = "\n".join(card_lines(doc))
     run.write_report(files)
     return doc
 
@@ -120,14 +125,18 @@ def train_run(config_path: str, out: str, overrides: list[str] | None = None,
     preflight(cfg, data.classes, str(config_path))
     check_memory(cfg, data, str(config_path))
     warn_overlaps(data)
+    from .tracking import config_params, environment_tags, tracking
+
     run = RunFolder(out).open_for_training(cfg, restart)
     try:
-        return _train(cfg, data, run)
+        with tracking(cfg.tracking, "train", run.root.resolve().name, config_params(cfg),
+                      {**environment_tags("train", cfg), "effens.run_dir": str(run.root.resolve())}) as tracker:
+            return _train(cfg, data, run, tracker)
     finally:
         run.unlock()
 
 
-def _train(cfg: Config, data: Dataset, run: RunFolder) -> dict:
+def _train(cfg: Config, data: Dataset, run: RunFolder, tracker=None) -> dict:
     t_start = time.perf_counter()
     run.save_classes(data.classes)
     size = cache_size(cfg)
@@ -155,14 +164,28 @@ def _train(cfg: Config, data: Dataset, run: RunFolder) -> dict:
         run.save_predictions("test", test.paths, test.encode(data.classes),
                              ens.member_proba(test_imgs, runtime="torch"))
     run.seal_predictions()
+    from .card import data_summary
+
     extra = {"skipped_images": {k: [{"path": p, "reason": r} for p, r in v] for k, v in bad.items() if v},
              "data_changes": data.changes,
+             "data_summary": data_summary(data, {k: _source(getattr(cfg.data, k)) for k in ("train", "val", "test")}),
              "timing": {"decode_s": decode_s, "total_s": time.perf_counter() - t_start,
                         "members_train_s": {fm.name: fm.meta["train_seconds"] for fm in ens.members_}}}
     doc = write_run_report(run, ens, extra)
     run.record()
     log.info("report written to %s (%.0f s in all)", run.report_dir, time.perf_counter() - t_start)
+    if tracker:
+        from .tracking import log_train
+
+        log_train(tracker, run, ens, doc)
     return doc
+
+
+def _source(src) -> str:
+    """Where a split came from, as the config names it (a folder or a CSV manifest)."""
+    if src is None:
+        return "held out of train (`data.val_fraction`)"
+    return str(getattr(src, "folder", None) or getattr(src, "csv", None) or src)
 
 
 def refit_run_combiner(out: str, overrides: list[str] | None = None) -> dict:
@@ -189,7 +212,8 @@ def refit_run_combiner(out: str, overrides: list[str] | None = None) -> dict:
                 ens = load_run(run.root)
             ens.refit_combiner(ens.validated_config().combiner)
             run.save_combiner(ens.combiner_)
-            doc = write_run_report(run, ens, {k: old[k] for k in ("skipped_images", "timing") if k in old})
+            doc = write_run_report(run, ens, {k: old[k] for k in ("skipped_images", "timing", "data_changes",
+                                                                  "data_summary") if k in old})
             run.record()
         return doc
     finally:

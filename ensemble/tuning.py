@@ -318,11 +318,17 @@ def tune_run(config_path: str, out: str, overrides: list[str] | None = None, yes
     check_grid_size(cfg.tune, len(cfg.members), yes)
     out_dir = Path(out)
     refuse_foreign(out_dir, "tune", "effens tune", whole=True)  # a search's caches are all ours
+    from .tracking import config_params, environment_tags, log_tune, tracking
+
     folder = RunFolder(out_dir)
     folder.lock()
     try:
         atomic_write_json(out_dir / RECORD, {"kind": "tune", "files": []})
-        return _tune(cfg, out_dir, t0)
+        with tracking(cfg.tracking, "tune", out_dir.resolve().name, config_params(cfg),
+                      {**environment_tags("tune", cfg), "effens.tune_dir": str(out_dir.resolve())}) as tracker:
+            summary = _tune(cfg, out_dir, t0)
+            log_tune(tracker, summary["rows"], [m.name for m in cfg.members], summary["best"], out_dir)
+        return summary
     finally:
         folder.unlock()
 

@@ -31,6 +31,12 @@ def rows(cls, prefix: str = ""):
                 yield from rows(schema, f"{prefix}{name}.")
             continue
         inner = typing.get_args(tp)[0] if typing.get_origin(tp) is list else tp
+        optional = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)] \
+            if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType")) else []
+        if len(optional) == 1 and optional[0] is not C.SplitSource:  # an optional section: off unless given
+            yield f"| `{key}` | mapping or null | null | {f.metadata.get('doc', '')} |"
+            yield from rows(optional[0], key + ".")
+            continue
         if dataclasses.is_dataclass(inner) and inner is not C.SplitSource:
             yield from rows(inner, key + (".N." if inner is not tp else "."))
             continue

@@ -437,3 +437,14 @@ def test_a_cost_matrix_with_a_cheaper_mistake_is_refused_by_train(tiny_data, tmp
     _fails(main(["train", str(path), "--out", str(tmp_path / "run")]), capsys, caplog,
            "`decision.costs` row 2: the correct answer (column 2, cost 2) must not cost more than a mistake")
     assert not (tmp_path / "run").exists()
+
+
+def test_restart_after_an_openvino_predict_discards_its_compiled_cache_too(trained, tiny_data, tmp_path):
+    pytest.importorskip("openvino", reason="the compiled-model cache is OpenVINO's")
+    cfg, run = trained
+    run = _copy(run, tmp_path)
+    assert main(["predict", str(run), str(tiny_data / "test"), "--out", str(tmp_path / "p.csv"),
+                 "--runtime", "openvino", "-q"]) == 0
+    assert list((run / "cache" / "compiled").rglob("*.blob"))  # effens made these folders; OpenVINO the files
+    assert main(["train", str(cfg), "--out", str(run), "--restart", "--set", "members.0.train.epochs=1", "-q"]) == 0
+    assert not (run / "cache" / "compiled").exists()

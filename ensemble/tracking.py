@@ -1,0 +1,400 @@
+"""Experiment trackers (``tracking:``): MLflow and TensorBoard sinks.
+
+A :class:`Tracker` is opened when a command starts (``train``, ``tune``, ``evaluate``),
+so a tracker that cannot be reached is found before any work, and is fed afterwards from
+what the command wrote: the resolved config as parameters, each member's per-epoch
+history, the final metrics of every member and strategy, the decisions summary, the
+report folder and the model. A sink that fails is one warning line and is dropped; the
+command goes on and its run folder is never touched by tracking. Nothing is logged unless
+``tracking:`` names a sink.
+
+A new sink is one :class:`Sink` subclass here (its hooks: ``start``, ``scalars``,
+``child``, ``folder``, ``model``, ``finish``) and one key in
+:class:`~ensemble.config.TrackingConfig`.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from .files import RunError
+
+log = logging.getLogger(__name__)
+
+#: the per-epoch fields of a member's history that are logged, as ``<member>/<field>``
+EPOCH_FIELDS = ("train_loss", "val_macro_f1", "val_log_loss", "train_images_per_s")
+#: the final metrics logged per member and strategy, as ``<split>/<who>/<metric>``
+FINAL_METRICS = ("macro_f1", "accuracy", "balanced_accuracy", "weighted_f1", "log_loss", "ece")
+
+
+def metric_key(*parts: str) -> str:
+    """A key MLflow and TensorBoard both take: parts joined by ``/``, odd characters as ``_``."""
+    return "/".join(re.sub(r"[^A-Za-z0-9_\-. :]", "_", str(p)) for p in parts)
+
+
+class Sink:
+    """One tracker. Every hook may raise; :class:`Tracker` turns a failure into one warning."""
+
+    what = "tracker"
+
+    def start(self, run_name: str, params: dict[str, str], tags: dict[str, str]) -> None:
+        """Open a run (called once, before the command's work)."""
+
+    def scalars(self, values: dict[str, float], step: int = 0) -> None:
+        """Numbers, at ``step`` (an epoch; 0 for final figures)."""
+
+    def child(self, run_name: str, params: dict[str, str], values: dict[str, float], step: int) -> None:
+        """A nested result (a tuning candidate)."""
+
+    def folder(self, path: Path, under: str) -> None:
+        """Files to keep with the run (the report folder)."""
+
+    def text(self, name: str, text: str) -> None:
+        """A short document (the run card, the decisions summary)."""
+
+    def tags(self, tags: dict[str, str]) -> None:
+        """Labels learnt during the work (the data's fingerprints)."""
+
+    def model(self, run_dir: Path) -> None:
+        """The trained ensemble, loadable from the tracker."""
+
+    def finish(self, ok: bool) -> None:
+        """Close the run: finished, or failed."""
+
+
+class MlflowSink(Sink):
+    """An MLflow run (``MlflowClient``: no global state; tuning candidates are nested runs)."""
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        self.what = f"MLflow at {cfg.uri}"
+        if cfg.uri.startswith("file:") or "://" not in cfg.uri and not cfg.uri.startswith(("databricks", "sqlite")):
+            # MLflow 3 refuses its file store unless asked; naming a file: URI is asking
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        # an unreachable server: a few seconds, not MLflow's default of minutes of retries
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # its retry notes: the failure is one line
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(cfg.uri)
+        self.run_id: str | None = None
+        self.experiment_id: str | None = None
+
+    def start(self, run_name: str, params: dict[str, str], tags: dict[str, str]) -> None:
+        found = self.client.get_experiment_by_name(self.cfg.experiment)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(self.cfg.experiment)
+        self.run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
+        self._params(self.run_id, params)
+
+    def _params(self, run_id: str, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k[:250], str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def _metrics(self, run_id: str, values: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for k, v in values.items()]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+
+    def scalars(self, values: dict[str, float], step: int = 0) -> None:
+        self._metrics(self.run_id, values, step)
+
+    def child(self, run_name: str, params: dict[str, str], values: dict[str, float], step: int) -> None:
+        run = self.client.create_run(self.experiment_id, run_name=run_name,
+                                     tags={"mlflow.parentRunId": self.run_id, "effens.command": "tune candidate"})
+        self._params(run.info.run_id, params)
+        self._metrics(run.info.run_id, values, 0)
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+
+    def folder(self, path: Path, under: str) -> None:
+        self.client.log_artifacts(self.run_id, str(path), under)
+
+    def text(self, name: str, text: str) -> None:
+        self.client.log_text(self.run_id, text, name)
+
+    def tags(self, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, v)
+
+    def model(self, run_dir: Path) -> None:
+        if not self.cfg.log_model:
+            return
+        import tempfile
+
+        from .mlflow_model import save_mlflow_model
+
+        with tempfile.TemporaryDirectory() as tmp:
+            save_mlflow_model(run_dir, Path(tmp) / "model")
+            self.client.log_artifacts(self.run_id, str(Path(tmp) / "model"), "model")
+        log.info("tracking: model logged to MLflow: runs:/%s/model", self.run_id)
+
+    def finish(self, ok: bool) -> None:
+        if self.run_id is not None:
+            self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
+            if ok:
+                log.info("tracking: MLflow run %s (experiment %s) at %s", self.run_id, self.cfg.experiment,
+                         self.cfg.uri)
+
+
+class TensorBoardSink(Sink):
+    """Event files under ``tracking.tensorboard/<run name>`` (read by TensorBoard)."""
+
+    def __init__(self, folder: str) -> None:
+        self.root = Path(folder)
+        self.what = f"TensorBoard in {folder}"
+        self.writer = None
+
+    def start(self, run_name: str, params: dict[str, str], tags: dict[str, str]) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(self.root / run_name))
+        rows = "\n".join(f"| {k} | {v} |" for k, v in {**tags, **params}.items())
+        self.writer.add_text("config", "| key | value |\n|---|---|\n" + rows, 0)
+
+    def scalars(self, values: dict[str, float], step: int = 0) -> None:
+        for k, v in values.items():
+            self.writer.add_scalar(k, float(v), int(step))
+        self.writer.flush()
+
+    def child(self, run_name: str, params: dict[str, str], values: dict[str, float], step: int) -> None:
+        for k, v in values.items():
+            self.writer.add_scalar(metric_key("candidates", k), float(v), int(step))
+        self.writer.add_text("candidates", f"{run_name}: " + ", ".join(f"{k}={v}" for k, v in params.items()),
+                             int(step))
+
+    def text(self, name: str, text: str) -> None:
+        self.writer.add_text(name, text, 0)
+
+    def tags(self, tags: dict[str, str]) -> None:
+        self.writer.add_text("tags", "\n".join(f"- {k}: {v}" for k, v in tags.items()), 0)
+
+    def finish(self, ok: bool) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _sinks(cfg) -> list[Sink]:
+    """The sinks ``tracking:`` names; a missing package is refused here, before any work."""
+    sinks: list[Sink] = []
+    if cfg.mlflow is not None:
+        try:
+            sinks.append(MlflowSink(cfg.mlflow))
+        except ImportError:
+            raise RunError("`tracking.mlflow` needs MLflow, which is not installed: pip install 'effens[track]'") \
+                from None
+    if cfg.tensorboard is not None:
+        try:
+            import tensorboard  # noqa: F401  (torch's SummaryWriter writes through it)
+        except ImportError:
+            raise RunError("`tracking.tensorboard` needs TensorBoard, which is not installed: "
+                           "pip install 'effens[track]'") from None
+        sinks.append(TensorBoardSink(cfg.tensorboard))
+    return sinks
+
+
+class Tracker:
+    """The sinks of one command; each call goes to every sink still working."""
+
+    def __init__(self, sinks: list[Sink]) -> None:
+        self.sinks = sinks
+
+    def __bool__(self) -> bool:
+        return bool(self.sinks)
+
+    def _each(self, hook: str, *args: Any) -> None:
+        for sink in list(self.sinks):
+            try:
+                getattr(sink, hook)(*args)
+            except Exception as exc:  # noqa: BLE001 - a tracker never stops the work: one line, then without it
+                first = (str(exc).strip().splitlines() or [""])[0]
+                first = first if len(first) <= 300 else first[:300] + "..."
+                log.warning("tracking: %s failed (%s: %s); going on without it", sink.what, type(exc).__name__,
+                            first)
+                self.sinks.remove(sink)
+                with contextlib.suppress(Exception):
+                    sink.finish(False)
+
+    def scalars(self, values: dict[str, float], step: int = 0) -> None:
+        self._each("scalars", {k: v for k, v in values.items() if _number(v)}, step)
+
+    def child(self, run_name: str, params: dict, values: dict[str, float], step: int) -> None:
+        self._each("child", run_name, {k: str(v) for k, v in params.items()},
+                   {k: v for k, v in values.items() if _number(v)}, step)
+
+    def folder(self, path: Path, under: str) -> None:
+        self._each("folder", Path(path), under)
+
+    def text(self, name: str, text: str) -> None:
+        self._each("text", name, text)
+
+    def model(self, run_dir: Path) -> None:
+        self._each("model", Path(run_dir))
+
+    def tags(self, tags: dict[str, str]) -> None:
+        self._each("tags", {k: str(v) for k, v in tags.items()})
+
+
+def _number(v: Any) -> bool:
+    import math
+
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def environment_tags(command: str, cfg) -> dict[str, str]:
+    """What a run ran on and with: effens, torch and timm versions, CPU and GPU model, the
+    precision and runtime asked for, the effens checkout's commit (when it is one)."""
+    import platform
+
+    import timm
+    import torch
+
+    from members.precision import cpu_info
+
+    from . import __version__
+
+    model, flags = cpu_info()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    tags = {"effens.command": command, "effens.version": __version__, "effens.torch": torch.__version__,
+            "effens.timm": timm.__version__, "effens.python": platform.python_version(), "effens.cpu": model,
+            "effens.cpu_flags": " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags),
+            "effens.gpu": gpu, "effens.precision": cfg.precision, "effens.runtime": cfg.runtime}
+    src = Path(__file__).resolve().parent.parent
+    if (src / ".git").exists():
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True,
+                                    timeout=5).stdout.strip()
+            if commit:
+                tags["effens.commit"] = commit
+    return tags
+
+
+@contextlib.contextmanager
+def tracking(cfg, command: str, name: str, params: dict | None = None,
+             tags: dict[str, str] | None = None) -> Iterator[Tracker]:
+    """Open the sinks of ``cfg`` (a :class:`~ensemble.config.TrackingConfig`) for one
+    command; the run is marked failed if the command raises, finished otherwise."""
+    sinks = _sinks(cfg)
+    tracker = Tracker(sinks)
+    if sinks:
+        run_name = f"{name}-{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+        tracker._each("start", run_name, {k: _param(v) for k, v in (params or {}).items()},
+                      {k: str(v) for k, v in (tags or {}).items()})
+    ok = False
+    try:
+        yield tracker
+        ok = True
+    finally:
+        for sink in tracker.sinks:
+            try:
+                sink.finish(ok)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("tracking: %s could not close its run (%s: %s)", sink.what, type(exc).__name__,
+                            (str(exc).splitlines() or [""])[0][:300])
+
+
+def _param(v: Any) -> str:
+    return "null" if v is None else str(v)
+
+
+def config_params(cfg) -> dict[str, str]:
+    """The resolved config as flat ``key.path -> value`` parameters."""
+    from .config import config_to_dict, flat_keys
+
+    return {k: _param(v) for k, v in flat_keys(config_to_dict(cfg)).items()}
+
+
+def final_metrics(doc: dict, prefix: str = "") -> dict[str, float]:
+    """``<split>/<who>/<metric>`` for every member, strategy and the default ensemble of a
+    metrics document, plus the decisions summary (coverage, review) and timings."""
+    out: dict[str, float] = {}
+    groups = {**{f"member {m}": v for m, v in (doc.get("members") or {}).items()},
+              **{f"strategy {s}": v for s, v in (doc.get("strategies") or {}).items()},
+              "ensemble": doc.get("ensemble") or {}}
+    for who, splits in groups.items():
+        name = who.split(" ", 1)[-1] if who != "ensemble" else "ensemble"
+        for split, metrics in splits.items():
+            for m in FINAL_METRICS:
+                if isinstance(metrics, dict) and _number(metrics.get(m)):
+                    out[metric_key(*(p for p in (prefix, split, name, m) if p))] = metrics[m]
+    decisions = (doc.get("decisions") or {}).get("splits") or {}
+    for split, parts in decisions.items():
+        for kind, by_level in (parts or {}).items():
+            for level, values in (by_level or {}).items() if isinstance(by_level, dict) else ():
+                for k, v in (values or {}).items() if isinstance(values, dict) else ():
+                    if _number(v) and k not in ("n", "target"):
+                        out[metric_key(*(p for p in (prefix, "decisions", split, f"{kind}_{level}", k) if p))] = v
+    for k, v in (doc.get("timing") or {}).items():
+        if _number(v):
+            out[metric_key("timing", k)] = v
+    return out
+
+
+def log_histories(tracker: Tracker, ens) -> None:
+    """Each member's per-epoch history, at its epoch."""
+    for fm in ens.members_:
+        for record in fm.meta.get("history") or []:
+            tracker.scalars({metric_key(fm.name, f): record[f] for f in EPOCH_FIELDS if f in record},
+                            int(record.get("epoch", 0)))
+
+
+def log_train(tracker: Tracker, run, ens, doc: dict) -> None:
+    """What ``train`` logs once its report is written: histories, final metrics, the
+    decisions summary, the report folder and config, and the model."""
+    if not tracker:
+        return
+    tracker.tags({f"effens.data.{split}": f"{d['fingerprint']} ({d['images']} images)"
+                  for split, d in (doc.get("data_summary") or {}).items()})
+    log_histories(tracker, ens)
+    tracker.scalars(final_metrics(doc))
+    tracker.scalars({metric_key(fm.name, "best_epoch"): fm.meta["best_epoch"] for fm in ens.members_
+                     if _number(fm.meta.get("best_epoch"))})
+    card = run.report_dir / "card.md"
+    if card.is_file():
+        tracker.text("card.md", card.read_text(encoding="utf-8"))
+    tracker.folder(run.report_dir, "report")
+    with _files_folder([run.config_path]) as folder:
+        tracker.folder(folder, "config")
+    tracker.model(run.root)
+
+
+@contextlib.contextmanager
+def _files_folder(paths: list[Path]) -> Iterator[Path]:
+    """A temporary folder holding copies of ``paths`` (artifact APIs log folders)."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="effens-track-") as tmp:
+        for p in paths:
+            if p.is_file():
+                shutil.copy2(p, Path(tmp) / p.name)
+        yield Path(tmp)
+
+
+def log_tune(tracker: Tracker, rows: list[dict], names: list[str], best: dict, out_dir: Path) -> None:
+    """One child run per candidate (its ratios, replacement and scores); the best on the parent."""
+    if not tracker:
+        return
+    for step, r in enumerate(rows):
+        params = {f"{n}.{k}": r[f"{n}_{k}"] for n in names for k in ("ratio", "replace")}
+        params.update(candidate=r["candidate"], round=r["round"], epochs=r["epochs"])
+        values = {k: r[k] for k in ("ensemble_score", "disagreement", "q_statistic", "error_correlation", "seconds")
+                  if k in r}
+        values.update({f"{n}_score": r[f"{n}_score"] for n in names})
+        tracker.child(f"candidate {r['candidate']} (round {r['round']})", params, values, step)
+    tracker.scalars({"best/ensemble_score": best["ensemble_score"],
+                     **{f"best/{n}_ratio": best[f"{n}_ratio"] for n in names}})
+    with _files_folder([out_dir / n for n in ("results.csv", "report.md", "scores.png", "best.yaml", "summary.json",
+                                               "config.yaml")]) as folder:
+        tracker.folder(folder, "tune")

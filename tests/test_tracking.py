@@ -1,0 +1,262 @@
+"""Tracking and the run card (issue #27): a real local MLflow store and real TensorBoard event
+files read back with their own readers; the MLflow pyfunc model against `effens predict`;
+an unreachable tracker is one warning and the run is complete; the card's figures."""
+import csv
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import synth
+from ensemble.cli import main
+
+mlflow = pytest.importorskip("mlflow", reason="tracking tests need MLflow: pip install 'effens[track]'")
+pytest.importorskip("tensorboard", reason="tracking tests need TensorBoard: pip install 'effens[track]'")
+
+
+def _runs(uri: str, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(experiment_names=["effens"], search_all_experiments=False)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when the block ends: nothing listens there
+
+
+@pytest.fixture(scope="module")
+def tracked(tiny_data, tmp_path_factory):
+    """A tiny run trained with MLflow (file store) and TensorBoard both on."""
+    root = tmp_path_factory.mktemp("tracked")
+    cfg = synth.tiny_config(tiny_data)
+    cfg["report"] = {"purpose": "sort synthetic shapes for the tests", "limits": ["never seen real photos"]}
+    (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    uri = f"file:{root / 'mlruns'}"
+    assert main(["train", str(root / "cfg.yaml"), "--out", str(root / "run"), "--tracking", f"mlflow={uri}",
+                 "--tracking", f"tensorboard={root / 'tb'}"]) == 0
+    return root, uri
+
+
+def test_mlflow_run_holds_params_epochs_final_metrics_tags_and_artifacts(tracked, monkeypatch):
+    root, uri = tracked
+    runs = _runs(uri, monkeypatch)
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["status"] == "FINISHED" and run["tags.effens.command"] == "train"
+    # the resolved config as flat parameters
+    assert run["params.members.1.bagging.ratio"] == "0.6" and run["params.seed"] == "0"
+    assert run["params.report.purpose"] == "sort synthetic shapes for the tests"
+    # final metrics per member and strategy on every split, and the decisions summary
+    for split in ("val", "test", "oob"):
+        for who in ("a", "b", "c", "soft", "hard", "stacking", "ensemble"):
+            assert np.isfinite(run[f"metrics.{split}/{who}/macro_f1"]), (split, who)
+    assert any(c.startswith("metrics.decisions/val/coverage_") for c in runs.columns)
+    assert any(c.startswith("metrics.decisions/test/review_") for c in runs.columns)
+    for tag in ("effens.version", "effens.cpu", "effens.gpu", "effens.precision", "effens.runtime",
+                "effens.torch", "effens.data.train"):
+        assert isinstance(run[f"tags.{tag}"], str) and run[f"tags.{tag}"], tag
+    client = mlflow.tracking.MlflowClient(uri)
+    # per member, per epoch: the same numbers as the member's saved history
+    history = yaml.safe_load((root / "run" / "members" / "a" / "member.json").read_text())["history"]
+    logged = client.get_metric_history(run.run_id, "a/val_macro_f1")
+    assert [m.step for m in logged] == [h["epoch"] for h in history]
+    assert [m.value for m in logged] == pytest.approx([h["val_macro_f1"] for h in history])
+    for key in ("a/train_loss", "b/val_log_loss", "c/train_images_per_s"):
+        assert len(client.get_metric_history(run.run_id, key)) == 2, key
+    top = {a.path for a in client.list_artifacts(run.run_id)}
+    assert {"report", "config", "model", "card.md"} <= top
+    report = {a.path for a in client.list_artifacts(run.run_id, "report")}
+    assert {"report/index.html", "report/metrics.json", "report/card.md"} <= report
+
+
+def test_tensorboard_event_files_hold_the_per_epoch_scalars(tracked):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    root, _ = tracked
+    (folder,) = [p for p in (root / "tb").iterdir() if p.is_dir()]
+    acc = EventAccumulator(str(folder))
+    acc.Reload()
+    history = yaml.safe_load((root / "run" / "members" / "b" / "member.json").read_text())["history"]
+    got = acc.Scalars("b/train_loss")
+    assert [e.step for e in got] == [h["epoch"] for h in history]
+    assert [e.value for e in got] == pytest.approx([h["train_loss"] for h in history], rel=1e-5)
+    assert "val/ensemble/macro_f1" in acc.Tags()["scalars"]
+
+
+def test_the_logged_model_and_the_exported_one_predict_as_effens_predict(tracked, trained, tmp_path, tiny_data,
+                                                                           monkeypatch):
+    import pandas as pd
+
+    root, uri = tracked
+    _, run = trained
+    out = tmp_path / "pred.csv"
+    assert main(["predict", str(run), str(tiny_data / "test"), "--out", str(out)]) == 0
+    with open(out, newline="") as fh:
+        ref = list(csv.DictReader(fh))
+    assert main(["export", str(run), "--format", "mlflow", "--out", str(tmp_path / "model")]) == 0
+    model = mlflow.pyfunc.load_model(str(tmp_path / "model"))
+    got = model.predict(pd.DataFrame({"path": [r["path"] for r in ref]}))
+    assert list(got.columns) == list(ref[0])
+    assert list(got["prediction"]) == [r["prediction"] for r in ref]
+    for c in (c for c in ref[0] if c.startswith(("proba:", "vote:"))):
+        if c.startswith("proba:"):
+            assert np.allclose(got[c].astype(float), [float(r[c]) for r in ref], atol=1e-6), c
+        else:
+            assert list(got[c]) == [r[c] for r in ref], c
+    # bytes in, a broken row answered with its error and the others predicted
+    data = Path(ref[0]["path"]).read_bytes()
+    two = model.predict(pd.DataFrame({"image": [data, b"not an image"]}))
+    assert two["prediction"][0] == ref[0]["prediction"] and two["error"][0] == ""
+    assert two["prediction"][1] == "" and "cannot decode" in two["error"][1] and "BytesIO" not in two["error"][1]
+    # the strategy per call, as `predict --strategy`
+    hard = tmp_path / "hard.csv"
+    assert main(["predict", str(run), str(tiny_data / "test"), "--out", str(hard), "--strategy", "hard"]) == 0
+    with open(hard, newline="") as fh:
+        want = [r["prediction"] for r in csv.DictReader(fh)]
+    assert list(model.predict(pd.DataFrame({"path": [r["path"] for r in ref]}), params={"strategy": "hard"})
+                ["prediction"]) == want
+    # the model logged with the tracked run loads from the store
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    run_id = _runs(uri, monkeypatch).iloc[0].run_id
+    logged = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    assert len(logged.predict(pd.DataFrame({"path": [r["path"] for r in ref[:3]]}))) == 3
+    req = (tmp_path / "model" / "requirements.txt").read_text().split()
+    assert any(r.startswith("torch==") for r in req) and any(r.startswith("timm==") for r in req)
+    # a second export replaces the first; a folder of someone else's files is refused
+    assert main(["export", str(run), "--format", "mlflow", "--out", str(tmp_path / "model")]) == 0
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert main(["export", str(run), "--format", "mlflow", "--out", str(tmp_path / "mine")]) == 2
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_an_unreachable_tracker_is_one_warning_and_the_run_is_complete(tiny_data, tmp_path, capfd, caplog):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(synth.tiny_config(tiny_data, epochs=1)))
+    url = f"http://127.0.0.1:{_closed_port()}"
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--tracking", f"mlflow={url}"]) == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    assert len(warned) == 1 and f"tracking: MLflow at {url} failed" in warned[0], warned
+    assert "going on without it" in warned[0] and "\n" not in warned[0]
+    assert "Traceback" not in capfd.readouterr().err
+    assert (tmp_path / "run" / "report" / "metrics.json").is_file()
+    assert main(["predict", str(tmp_path / "run"), str(tiny_data / "test"), "--out", str(tmp_path / "p.csv")]) == 0
+
+
+def test_a_sink_that_fails_midway_is_dropped_and_the_others_go_on(caplog):
+    from ensemble.tracking import Sink, Tracker
+
+    class Broken(Sink):
+        what = "broken"
+
+        def scalars(self, values, step=0):
+            raise ConnectionError("gone\nsecond line")
+
+    class Keeps(Sink):
+        what = "keeps"
+
+        def __init__(self):
+            self.got = []
+
+        def scalars(self, values, step=0):
+            self.got.append((step, values))
+
+    keeps = Keeps()
+    tracker = Tracker([Broken(), keeps])
+    tracker.scalars({"x": 1.0, "nan": float("nan"), "flag": True}, 1)
+    tracker.scalars({"x": 2.0}, 2)
+    assert keeps.got == [(1, {"x": 1.0}), (2, {"x": 2.0})]
+    warned = [r.getMessage() for r in caplog.records if "tracking:" in r.getMessage()]
+    assert warned == ["tracking: broken failed (ConnectionError: gone); going on without it"]
+
+
+def test_tune_logs_one_child_run_per_candidate_and_evaluate_logs_its_metrics(tiny_data, trained, tmp_path,
+                                                                            monkeypatch):
+    cfg_path, run = trained
+    uri = f"file:{tmp_path / 'mlruns'}"
+    assert main(["tune", str(cfg_path), "--out", str(tmp_path / "tune"), "--tracking", f"mlflow={uri}",
+                 "--set", "tune.ratios=[0.6,1.0]", "--set", "tune.replace=[true]"]) == 0
+    assert main(["evaluate", str(run), str(tiny_data / "test"), "--out", str(tmp_path / "ev"),
+                 "--tracking", f"mlflow={uri}"]) == 0
+    runs = _runs(uri, monkeypatch)
+    parent = runs[runs["tags.effens.command"] == "tune"].iloc[0]
+    children = runs[runs["tags.mlflow.parentRunId"] == parent.run_id]
+    with open(tmp_path / "tune" / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(children) == len(rows) == 2
+    assert sorted(children["params.a.ratio"].astype(float)) == [0.6, 1.0]
+    assert sorted(children["metrics.ensemble_score"]) == pytest.approx(sorted(float(r["ensemble_score"]) for r in rows),
+                                                                  abs=1e-6)  # the CSV keeps 6 decimals
+    ev = runs[runs["tags.effens.command"] == "evaluate"].iloc[0]
+    assert ev["metrics.eval/ensemble/macro_f1"] == pytest.approx(
+        yaml.safe_load((tmp_path / "ev" / "metrics.json").read_text())["ensemble"]["eval"]["macro_f1"])
+
+
+def test_tracking_settings_are_checked_and_never_force_a_restart(tiny_data, tmp_path, capsys, caplog, monkeypatch):
+    import sys
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(synth.tiny_config(tiny_data, epochs=1)))
+    out = str(tmp_path / "run")
+    with pytest.raises(SystemExit) as exc:
+        main(["train", str(cfg), "--out", out, "--tracking", "wandb"])
+    assert exc.value.code == 2 and "must be mlflow[=URI], tensorboard=DIR or none" in capsys.readouterr().err
+    assert main(["train", str(cfg), "--out", out, "--set", "tracking.mlflow.experiment=x"]) == 2
+    assert "missing required key `tracking.mlflow.uri`" in capsys.readouterr().err + caplog.text
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if MLflow were not installed
+    monkeypatch.setitem(sys.modules, "mlflow.tracking", None)
+    caplog.clear()
+    assert main(["train", str(cfg), "--out", out, "--tracking", "mlflow=file:./x"]) == 2
+    assert "needs MLflow, which is not installed" in capsys.readouterr().err + caplog.text
+    assert not (tmp_path / "run" / "members").exists()
+    monkeypatch.undo()
+    assert main(["train", str(cfg), "--out", out]) == 0
+    # a tracker added later is not a config change: the finished run is reused, not retrained
+    caplog.clear()
+    assert main(["train", str(cfg), "--out", out, "--tracking", f"tensorboard={tmp_path / 'tb'}"]) == 0
+    assert "different config" not in capsys.readouterr().err + caplog.text
+    assert any((tmp_path / "tb").rglob("events.out.tfevents.*"))
+
+
+def test_the_run_card_states_data_members_intervals_limits_and_how_to_reproduce(tracked):
+    root, _ = tracked
+    card = (root / "run" / "report" / "card.md").read_text()
+    assert card.startswith("## Run card")
+    assert "sort synthetic shapes for the tests" in card and "- never seen real photos" in card
+    metrics = yaml.safe_load((root / "run" / "report" / "metrics.json").read_text())
+    summary = metrics["data_summary"]
+    assert {s: summary[s]["images"] for s in summary} == {"train": 48, "val": 18, "test": 18}
+    for split, d in summary.items():
+        assert f"| {split} | {d['images']} |" in card and d["fingerprint"] in card
+    for name in ("a", "b", "c"):
+        assert f"| {name} | test_efficientnet |" in card
+    iv = metrics["card"]["intervals"]["test"]["ensemble"]["macro_f1"]
+    assert iv[0] <= metrics["ensemble"]["test"]["macro_f1"] <= iv[1]
+    assert f"[{iv[0]:.3f}, {iv[1]:.3f}]" in card
+    assert "effens train" in card and "config.yaml" in card
+    assert "Run card" in (root / "run" / "report" / "index.html").read_text()
+
+
+def test_measured_limits_name_a_val_to_test_drop_and_a_missed_coverage_only_when_there():
+    from ensemble.card import bootstrap_interval, measured_limits
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    pred = np.where(rng.random(300) < 0.6, y, (y + 1) % 3)
+    iv = bootstrap_interval(y, pred, 3)
+    assert iv == bootstrap_interval(y, pred, 3)  # seeded: the same run gives the same card
+    assert iv["accuracy"][0] < float(np.mean(y == pred)) < iv["accuracy"][1]
+    per_class = {c: {"recall": 0.9} for c in "xyz"}
+    doc = {"strategy": "soft", "ensemble": {"val": {"macro_f1": 0.9, "n": 400, "per_class": per_class, "ece": 0.02},
+                                            "test": {"macro_f1": 0.6, "n": 300, "per_class": per_class, "ece": 0.02}},
+           "decisions": {"splits": {"test": {"coverage": {"0.9": {"coverage": 0.8, "below_target": True}}}}}}
+    limits = measured_limits(doc, {"test": {"ensemble": iv}})
+    assert any("falls from 0.900 on val to 0.600 on test" in x for x in limits)
+    assert any("90% of the time hold it 80%" in x for x in limits)
+    doc["ensemble"]["test"]["macro_f1"] = 0.9
+    doc["decisions"]["splits"]["test"]["coverage"]["0.9"]["below_target"] = False
+    assert measured_limits(doc, {"test": {"ensemble": {"macro_f1": [0.85, 0.95]}}}) == []
