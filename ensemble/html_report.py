@@ -281,22 +281,28 @@ def audit_page(doc: dict, labels: list[dict], dups: list[dict], odd: list[dict],
               f"{v['median_aspect']:.2f}", f"{v['median_sharpness']:.0f}"] for s, v in doc["stats"].items()]
     body = [
         "<h1>effens audit</h1>",
-        f"<p>Run {_e(doc['run'])}. Label issues by confident learning ({_e(doc['method'])}) on out-of-sample "
-        f"probabilities: OOB votes for training images, the ensemble for val and test. Estimated share of "
-        f"labels that belong to another class:</p><ul>{noise}</ul>",
-        f"<p>Duplicates: {d['exact']} exact and {d['near']} near pairs (hash within {doc['max_distance']} bits); "
-        f"<b>{d['leakage']} across splits</b> (leakage), {d['conflicting_labels']} with different labels. "
-        f"Odd images: {doc['n_odd']}.</p>",
+        f"<p>{'Run' if doc['kind'] == 'run' else 'Data'} {_e(doc['source'])}. Label issues by confident learning "
+        f"({_e(doc['method'])}) on out-of-sample probabilities: "
+        + ("OOB votes for training images, the ensemble for val and test, linear heads on pretrained features for "
+           "training images every member saw" if doc["kind"] == "run" else
+           "linear heads on pretrained features (out-of-fold for training images)")
+        + f". Estimated share of labels that belong to another class:</p><ul>{noise}</ul>",
+        f"<p>Duplicates: {d['exact']} exact and {d['near']} near pairs (hash within {doc['max_distance']} bits)"
+        + (f", {d['similar']} similar (feature cosine at least {doc['min_cosine']})" if doc.get("min_cosine") else "")
+        + f"; <b>{d['leakage']} across splits</b> (leakage), {d['conflicting_labels']} with different labels. "
+        f"Odd images: {doc['n_odd']}"
+        + (f", {doc['n_unreadable']} of them unreadable" if doc.get("n_unreadable") else "") + ".</p>",
         "<h2>Per split</h2>", table(["split", "images", "median size", "median aspect", "median sharpness"], stats),
         f"<h2>Probably mislabelled ({len(labels)})</h2>",
         table(["split", "image", "given", "suggested", "p(given)", "p(suggested)"],
               [[_e(r["split"]), img(r["path"]), _e(r["given"]), f"<b>{_e(r['suggested'])}</b>",
                 f"{r['self_confidence']:.3f}", f"{r['p_suggested']:.3f}"] for r in labels[:limit]]),
         f"<h2>Duplicates ({len(dups)})</h2>",
-        table(["kind", "image", "twin", "bits apart", "leak", "labels"],
+        table(["kind", "image", "twin", "bits apart", "cosine", "leak", "labels"],
               [[_e(r["kind"] + (" (mirrored)" if r["mirrored"] else "")),
                 f'{img(r["a_path"])}<br>{_e(r["a_split"])}', f'{img(r["b_path"])}<br>{_e(r["b_split"])}',
-                str(r["distance"]), "<b>yes</b>" if r["leakage"] else "",
+                "" if r["distance"] is None else str(r["distance"]),
+                "" if r.get("cosine") is None else f"{r['cosine']:.3f}", "<b>yes</b>" if r["leakage"] else "",
                 _e(r["a_label"]) + (f" vs <b>{_e(r['b_label'])}</b>" if r["conflicting_labels"] else "")]
                for r in dups[:limit]]),
         f"<h2>Odd images ({len(odd)})</h2>",

@@ -193,3 +193,74 @@ def test_cross_fitted_heads_score_each_image_out_of_fold():
     p = cross_fitted_proba(feats, given, 3)
     assert np.allclose(p.sum(axis=1), 1) and (p.argmax(axis=1) == y).mean() > 0.9
     assert p[flipped, given[flipped]] < 0.2 and find_label_issues(p, given).issues[0] == flipped
+
+
+def test_similar_pairs_find_a_twin_by_its_features_and_never_a_distinct_image():
+    from ensemble.duplicates import merge_pairs, similar_pairs
+
+    rng = np.random.default_rng(3)
+    feats = rng.normal(0, 1, (200, 64)).astype(np.float32)
+    feats[150] = feats[7] + rng.normal(0, 0.3, 64)  # a crop: close, not equal
+    feats[160] = np.nan  # unreadable: never paired
+    pairs = similar_pairs(feats, 0.75)
+    assert [(p["a"], p["b"]) for p in pairs] == [(7, 150)] and pairs[0]["cosine"] > 0.9
+    assert similar_pairs(feats, 0.999) == []
+    merged = merge_pairs([{"a": 7, "b": 150, "kind": "near", "distance": 3, "mirrored": False},
+                          {"a": 1, "b": 2, "kind": "exact", "distance": 0, "mirrored": False}], pairs)
+    assert [(p["kind"], p["cosine"] is not None) for p in merged] == [("exact", False), ("near", True)]
+    assert merge_pairs([], pairs)[0]["kind"] == "similar"
+
+
+def _shapes(root, swap=None, bad=None):
+    """train/val/test folders of synthetic shapes; ``swap`` moves one circle into squares,
+    ``bad`` adds an unreadable file to train/circle."""
+    synth.make_dataset(root)
+    moved = None
+    if swap:
+        src = sorted((root / "train" / "circle").glob("*.png"))[0]
+        moved = root / "train" / "square" / "moved_circle.png"
+        shutil.move(src, moved)
+    if bad:
+        (root / "train" / "circle" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return moved
+
+
+def test_audit_without_a_run_flags_a_misfiled_photo_of_a_config_and_of_a_folder(tmp_path, capsys, caplog):
+    data = tmp_path / "data"
+    moved = _shapes(data, swap=True, bad=True)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(synth.tiny_config(data, epochs=1)))
+    for source, out in ((cfg, tmp_path / "from-config"), (data, tmp_path / "from-folder"),
+                        (data / "train", tmp_path / "one-folder")):
+        assert main(["audit", str(source), "--out", str(out)]) == 0, source
+        doc = json.loads((out / "audit.json").read_text())
+        assert doc["kind"] == "data" and doc["n_unreadable"] == 1
+        rows = list(csv.DictReader(open(out / "label_issues.csv")))
+        train = [r for r in rows if r["split"] == "train"]
+        assert train and train[0]["path"] == str(moved), (source, train[:3])  # ranked first
+        assert train[0]["given"] == "square" and train[0]["suggested"] == "circle"
+        assert any("unreadable" in r["what"] and r["path"].endswith("broken.png")
+                   for r in csv.DictReader(open(out / "odd_images.csv")))
+        assert "Data " in (out / "index.html").read_text()
+    splits = json.loads((tmp_path / "from-folder" / "audit.json").read_text())["stats"]
+    assert set(splits) == {"train", "val", "test"}
+    assert set(json.loads((tmp_path / "one-folder" / "audit.json").read_text())["stats"]) == {"train"}
+    capsys.readouterr()
+    assert main(["audit", str(tmp_path / "absent"), "--out", str(tmp_path / "x")]) == 2
+    assert "absent: not found" in capsys.readouterr().err + caplog.text
+
+
+def test_audit_of_a_run_without_oob_scores_every_training_image_by_its_heads(tiny_data, tmp_path):
+    raw = synth.tiny_config(tiny_data, epochs=1)
+    for m in raw["members"]:
+        m["bagging"] = {"ratio": 1.0, "replace": False, "stratify": True}  # every member sees every image
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "-q"]) == 0
+    assert main(["audit", str(tmp_path / "run"), "--out", str(tmp_path / "audit"), "-q"]) == 0
+    doc = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    assert "train" not in doc["label_issues"]  # no OOB vote at all
+    assert doc["label_issues"]["train (cross-fitted)"]["n_scored"] == 48
+    assert main(["audit", str(tmp_path / "run"), "--out", str(tmp_path / "audit2"), "--no-features", "-q"]) == 0
+    doc = json.loads((tmp_path / "audit2" / "audit.json").read_text())
+    assert set(doc["label_issues"]) <= {"val", "test"} and not (tmp_path / "audit2" / "features.safetensors").exists()

@@ -1,0 +1,184 @@
+"""Synthetic label noise for ``effens audit`` (issue #25): detection against cleanlab, and
+retraining without the flagged images.
+
+    # detection: 10% and 20% of the training labels flipped (uniform and class-conditional),
+    # scored by cross-fitted heads on pretrained features; effens's flags next to cleanlab's
+    python scripts/benchmark_label_noise.py detect --config configs/vds.yaml --rates 0.1,0.2 --seeds 3
+
+    # retraining: train on 20% flipped labels, audit that run, train again without the flags
+    python scripts/benchmark_label_noise.py retrain --config configs/vds.yaml --rate 0.2 \
+        --work runs/noise20 --clean runs/vds-seeds/run-seed0
+
+Flips are seeded and touch the training split only (``data.relabel``), so val and test stay
+as published and measure what the noise cost. ``uniform``: a flipped image gets any other
+class; ``adjacent``: class-conditional, the neighbouring class in the configured class order
+(for severity grades the mistakes annotators make: minor <-> moderate <-> severe).
+Nothing is chosen on test; the retraining compares val macro-F1 (test is printed beside it).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+from bench_common import machine, report_json  # noqa: E402
+
+
+def flip_labels(labels: list[str], classes: list[str], rate: float, kind: str, seed: int) -> dict[int, str]:
+    """Index -> new label for ``round(rate * n)`` seeded images (never their own label)."""
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(len(labels), size=int(round(rate * len(labels))), replace=False)
+    out = {}
+    for i in sorted(chosen.tolist()):
+        k = classes.index(labels[i])
+        if kind == "uniform":
+            others = [c for c in range(len(classes)) if c != k]
+        elif kind == "adjacent":
+            others = [c for c in (k - 1, k + 1) if 0 <= c < len(classes)]
+        else:
+            raise SystemExit(f"`--kind` must be uniform or adjacent; got {kind!r}")
+        out[i] = classes[int(rng.choice(others))]
+    return out
+
+
+def prf(flagged: set, truth: set) -> dict:
+    tp = len(flagged & truth)
+    p = tp / len(flagged) if flagged else 0.0
+    r = tp / len(truth) if truth else 0.0
+    return {"flagged": len(flagged), "true_flips": len(truth), "hits": tp, "precision": round(p, 4),
+            "recall": round(r, 4), "f1": round(2 * p * r / (p + r), 4) if p + r else 0.0}
+
+
+def _train_split(config: str):
+    from ensemble.config import load_config
+    from ensemble.data import load_dataset
+
+    cfg = load_config(config)
+    return cfg, load_dataset(cfg.data, cfg.seed)
+
+
+def detect(args) -> None:
+    """Flags on cross-fitted probabilities (pretrained features of the first member)."""
+    from cleanlab.filter import find_label_issues as cleanlab_issues
+
+    from ensemble.audit import _pretrained_features, cross_fitted_proba
+    from ensemble.label_issues import find_label_issues
+
+    cfg, data = _train_split(args.config)
+    classes = data.classes
+    t0 = time.perf_counter()
+    feats = _pretrained_features(cfg.members[0], list(data.train.paths), len(classes), "cpu", Path(args.cache))
+    t_feat = time.perf_counter() - t0
+    rows = []
+    for rate in map(float, args.rates.split(",")):
+        for kind in args.kinds.split(","):
+            for seed in range(args.seeds):
+                flips = flip_labels(list(data.train.labels), classes, rate, kind, seed)
+                y = np.array([classes.index(flips.get(i, lab)) for i, lab in enumerate(data.train.labels)])
+                proba = cross_fitted_proba(feats, y, len(classes), seed=seed)
+                truth = set(flips)
+                ours = set(find_label_issues(proba, y).issues.tolist())
+                theirs = set(np.flatnonzero(cleanlab_issues(y, proba)).tolist())
+                row = {"rate": rate, "kind": kind, "seed": seed, "effens": prf(ours, truth),
+                       "cleanlab": prf(theirs, truth), "same_flags": len(ours & theirs),
+                       "only_effens": len(ours - theirs), "only_cleanlab": len(theirs - ours)}
+                rows.append(row)
+                print(f"{rate:.0%} {kind} seed {seed}: effens F1 {row['effens']['f1']:.3f} "
+                      f"(P {row['effens']['precision']:.3f} R {row['effens']['recall']:.3f}), cleanlab F1 "
+                      f"{row['cleanlab']['f1']:.3f} (P {row['cleanlab']['precision']:.3f} "
+                      f"R {row['cleanlab']['recall']:.3f}); {row['same_flags']} flagged by both", flush=True)
+    import cleanlab
+
+    report_json({"config": args.config, "images": len(data.train), "feature_seconds": round(t_feat, 1),
+                 "cleanlab": cleanlab.__version__, "rows": rows, "machine": machine()}, args.out)
+
+
+def _effens(*argv: str) -> None:
+    cmd = [sys.executable, "-c", "import sys; from ensemble.cli import main; sys.exit(main())", *argv]
+    print("$ effens " + " ".join(argv), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def _val_scores(run: str) -> dict:
+    doc = json.loads((Path(run) / "report" / "metrics.json").read_text())
+    out = {m: {s: round(v[s]["macro_f1"], 4) for s in ("val", "test") if s in v} for m, v in doc["members"].items()}
+    out["ensemble"] = {s: round(v["macro_f1"], 4) for s, v in doc["ensemble"].items() if "macro_f1" in v}
+    out["ensemble"]["strategy"] = doc["strategy"]
+    return out
+
+
+def retrain(args) -> None:
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    cfg, data = _train_split(args.config)
+    flips = flip_labels(list(data.train.labels), data.classes, args.rate, args.kind, args.seed)
+    relabel = work / "flips.csv"
+    with open(relabel, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "given", "suggested"])
+        for i, new in flips.items():
+            w.writerow([os.path.abspath(data.train.paths[i]), data.train.labels[i], new])
+    extra = [x for s in args.set for x in ("--set", s)]
+    t0 = time.perf_counter()
+    _effens("train", args.config, "--out", str(work / "noisy"), "--set", f"data.relabel={relabel}", *extra)
+    t_noisy = time.perf_counter() - t0
+    exclude = work / "exclude.txt"
+    _effens("audit", str(work / "noisy"), "--out", str(work / "audit"), "--write-exclude", str(exclude),
+            "--threshold", str(args.threshold))
+    listed = {ln.split("  #")[0].strip() for ln in exclude.read_text().splitlines() if ln and not ln.startswith("#")}
+    flipped = {os.path.abspath(data.train.paths[i]) for i in flips}
+    t0 = time.perf_counter()
+    _effens("train", args.config, "--out", str(work / "cleaned"), "--set", f"data.relabel={relabel}",
+            "--set", f"data.exclude={exclude}", *extra)
+    t_clean = time.perf_counter() - t0
+    res = {"config": args.config, "rate": args.rate, "kind": args.kind, "seed": args.seed,
+           "threshold": args.threshold, "train_images": len(data.train),
+           "excluded": prf(listed, flipped), "noisy": _val_scores(str(work / "noisy")),
+           "cleaned": _val_scores(str(work / "cleaned")),
+           "seconds": {"noisy": round(t_noisy), "cleaned": round(t_clean)}, "machine": machine()}
+    if args.clean:
+        res["clean"] = _val_scores(args.clean)
+        res["recovered"] = {m: round((res["cleaned"][m]["val"] - res["noisy"][m]["val"])
+                                     / (res["clean"][m]["val"] - res["noisy"][m]["val"]), 3)
+                            if res["clean"][m]["val"] != res["noisy"][m]["val"] else None for m in res["clean"]}
+    report_json(res, args.out or str(work / "result.json"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("detect", help="flag flipped labels: effens vs cleanlab on the same probabilities")
+    d.add_argument("--config", required=True)
+    d.add_argument("--rates", default="0.1,0.2")
+    d.add_argument("--kinds", default="uniform,adjacent")
+    d.add_argument("--seeds", type=int, default=3)
+    d.add_argument("--cache", default="runs/label-noise-cache", help="folder for the feature cache")
+    d.add_argument("--out")
+    r = sub.add_parser("retrain", help="train on flipped labels, audit, train without the flagged images")
+    r.add_argument("--config", required=True)
+    r.add_argument("--rate", type=float, default=0.2)
+    r.add_argument("--kind", default="uniform")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--threshold", type=float, default=1.0,
+                   help="--write-exclude threshold (1: every flagged training image)")
+    r.add_argument("--work", required=True)
+    r.add_argument("--clean", help="a run of the same config on the clean labels, for the share recovered")
+    r.add_argument("--set", action="append", default=[])
+    r.add_argument("--out")
+    args = ap.parse_args()
+    (detect if args.cmd == "detect" else retrain)(args)
+
+
+if __name__ == "__main__":
+    main()
