@@ -87,9 +87,9 @@ def measured_limits(doc: dict, intervals: dict) -> list[str]:
                        f"the same on photos from another source.")
     for split, res in (("val", val), ("test", test)):
         if res:
-            recall = {c: v["recall"] for c, v in res["per_class"].items()}
-            worst = min(recall, key=recall.get)
-            if recall[worst] < 0.7:
+            recall = {c: v["recall"] for c, v in res["per_class"].items() if v.get("support", 1) > 0}
+            worst = min(recall, key=recall.get) if recall else None
+            if worst is not None and recall[worst] < 0.7:
                 out.append(f"On {split}, only {recall[worst]:.0%} of the {worst} images are recognised (recall).")
             if res.get("ece") is not None and res["ece"] > 0.1:
                 out.append(f"Probabilities on {split} are off by {res['ece']:.2f} on average (ECE): read them as "

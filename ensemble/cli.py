@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--tracking", action="append", default=[], type=_tracking, metavar="SINK[=WHERE]",
                        help="log to an experiment tracker (repeatable): mlflow=URI (e.g. sqlite:///mlflow.db; "
                             "`mlflow` alone: $MLFLOW_TRACKING_URI or file:./mlruns), tensorboard=DIR, or none; "
-                            "overrides the config's `tracking:` (evaluate: the run's)")
+                            "given, it replaces the config's `tracking:` (evaluate: the run's)")
     for q in (t, tu):
         q.add_argument("--parallel", choices=("sequential", "loky", "ray", "dask"),
                        help="override parallel.backend")
@@ -327,21 +327,30 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _tracking(spec: str) -> list[str]:
-    """``--tracking`` -> config overrides of ``tracking.*``."""
-    sink, _, where = spec.partition("=")
+    """``--tracking`` -> config overrides of ``tracking.*`` (values quoted: a URI or folder
+    name is taken as written, never read as YAML)."""
+    import json
+
+    sink, sep, where = spec.partition("=")
     sink = sink.strip().lower()
-    if sink == "none" and not where:
-        return ["tracking.mlflow=null", "tracking.tensorboard=null"]
-    if sink == "mlflow":
-        uri = where or os.environ.get("MLFLOW_TRACKING_URI") or "file:./mlruns"
-        return [f"tracking.mlflow.uri={uri}"]
-    if sink == "tensorboard" and where:
-        return [f"tracking.tensorboard={where}"]
+    if sink == "none" and not sep:
+        return []
+    if sink == "mlflow" and (not sep or where.strip()):
+        uri = where.strip() or os.environ.get("MLFLOW_TRACKING_URI") or "file:./mlruns"
+        return [f"tracking.mlflow.uri={json.dumps(uri)}"]
+    if sink == "tensorboard" and where.strip():
+        return [f"tracking.tensorboard={json.dumps(where.strip())}"]
     raise argparse.ArgumentTypeError(f"must be mlflow[=URI], tensorboard=DIR or none; got {spec!r}")
 
 
+def tracking_overrides(specs: list[list[str]]) -> list[str]:
+    """``--tracking`` given: it replaces the config's (or the run's) ``tracking:`` whole."""
+    return ["tracking.mlflow=null", "tracking.tensorboard=null", *(o for spec in specs for o in spec)] \
+        if specs else []
+
+
 def _command_overrides(args) -> list[str]:
-    out = [o for spec in getattr(args, "tracking", []) for o in spec]
+    out = tracking_overrides(getattr(args, "tracking", []))
     if args.parallel:
         out.append(f"parallel.backend={args.parallel}")
     if args.n_jobs:
@@ -394,7 +403,7 @@ def cmd_evaluate(args) -> int:
     from .inference import run_evaluate
 
     doc = run_evaluate(args.run, args.data, args.out, args.strategy, _inference_options(args),
-                       tracking=[o for spec in args.tracking for o in spec])
+                       tracking=tracking_overrides(args.tracking))
     sys.stdout.write("\n" + doc["_table"] + "\n")
     n_skip = len(doc["skipped_images"].get("eval", []))
     sys.stdout.write(f"\nreport: {Path(args.out) / 'report.md'}" +

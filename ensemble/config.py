@@ -647,6 +647,12 @@ def check_member_names(members: list, classes: list[str], source: str) -> None:
                               f"rename the member")
 
 
+def data_inputs(cfg: Config) -> list[str]:
+    """The folders and manifests a config's splits are read from (outputs must stay out of them)."""
+    srcs = (cfg.data.train, cfg.data.val, cfg.data.test)
+    return [str(s.folder or s.csv) for s in srcs if s is not None]
+
+
 def flat_keys(obj: Any, prefix: str = "") -> dict[str, Any]:
     """A config mapping as dotted key paths (list items of mappings by index): what ``--set``
     takes, and what trackers log as parameters."""

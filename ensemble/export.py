@@ -195,6 +195,7 @@ def _export_mlflow(run_dir: str, out_dir: Path, strategy: str | None) -> dict:
     if strategy is not None:
         raise ExportRefused("--strategy is not for format mlflow: the model takes the strategy per call "
                             "(params={'strategy': ...}); the run's is the default")
+    _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
         made = Path(tmp) / "model"
@@ -208,6 +209,28 @@ def _export_mlflow(run_dir: str, out_dir: Path, strategy: str | None) -> dict:
             out_dir.rename(old)
         made.rename(out_dir)
     return manifest
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """An MLflow export replaces its whole folder: only a new or empty one, or an earlier
+    export holding nothing but its own files (and what loading it wrote: caches, bytecode)."""
+    if out_dir.is_symlink():
+        raise ExportRefused(f"{out_dir}: is a symbolic link; name a real folder for --out")
+    if not out_dir.exists():
+        return
+    try:
+        listed = set(read_json(out_dir / "export.json").get("files", {})) if (out_dir / "export.json").is_file() \
+            else set()
+    except (ValueError, OSError, AttributeError, TypeError):
+        listed = set()
+    for p in sorted(out_dir.rglob("*")):
+        rel = p.relative_to(out_dir).as_posix()
+        if p.is_dir() and not p.is_symlink():
+            continue
+        if rel == "export.json" or rel in listed or rel.startswith("artifacts/run/cache/") or "/__pycache__/" in rel:
+            continue
+        raise ExportRefused(f"{p}: not written by effens export; choose a new or empty --out (an MLflow export "
+                            f"replaces its whole folder, and effens never removes files it did not write)")
 
 
 def _head_weights(head: nn.Module, n_members: int) -> list[float]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import os
@@ -132,15 +133,18 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
     TTA setting reuses them, so switching strategy never re-runs a network. The run's
     ``tracking:`` (with ``tracking``'s ``tracking.*=...`` overrides on top) logs the result.
     """
-    from .tracking import config_params, environment_tags, final_metrics
+    from .tracking import check_tracking, config_params, environment_tags, final_metrics
     from .tracking import tracking as open_tracking
 
     out_dir = Path(out)
     refuse_foreign(out_dir, "evaluate", "effens evaluate")  # before any work
     ens = load_run(run_dir)
     run_cfg = RunFolder(run_dir).read_config(tracking or None)
+    check_tracking(run_cfg.tracking, [run_dir, data if isinstance(data, str) else data.get("csv")])
+    asked = {f"evaluate.{k}": v for k, v in dataclasses.asdict(options).items() if v not in (None, False)}
     with open_tracking(run_cfg.tracking, "evaluate", out_dir.resolve().name,
-                       {**config_params(run_cfg), "evaluate.data": str(data), "evaluate.strategy": strategy},
+                       {**config_params(run_cfg), "evaluate.data": str(data), "evaluate.strategy": strategy,
+                        **asked},
                        {**environment_tags("evaluate", run_cfg), "effens.run_dir": str(Path(run_dir).resolve())}
                        ) as tracker:
         doc = _evaluate(ens, run_cfg, data, out_dir, strategy, options)

@@ -68,7 +68,9 @@ def _define():
             run = context.artifacts["run"]
             self._ens = load_run(run)
             self._decisions = DecisionOptions.from_settings(RunFolder(run).read_config().decision)
-            self._make = lambda strategy: ImagePredictor(self._ens, strategy, InferenceOptions(), self._decisions)
+            # the serving machine's own device: a run trained on a GPU still answers on a CPU-only host
+            options = InferenceOptions(device="auto")
+            self._make = lambda strategy: ImagePredictor(self._ens, strategy, options, self._decisions)
             self._predictors = {}
 
         def predict(self, context, model_input, params=None):
@@ -77,14 +79,24 @@ def _define():
             from .images import BadImageError, decode_image
             from .inference import flat_row
 
+            from mlflow.exceptions import MlflowException
+
+            from .files import RunError
+
             strategy = (params or {}).get("strategy") or None
             predictor = self._predictors.get(strategy)
             if predictor is None:
-                predictor = self._predictors[strategy] = self._make(strategy)
+                try:
+                    predictor = self._predictors[strategy] = self._make(strategy)
+                except (KeyError, ValueError, RunError) as exc:  # an unknown or unavailable strategy
+                    raise MlflowException.invalid_parameter_value(f"`strategy`: {exc}") from None
             frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+            if len(frame) == 1 and any(isinstance(v, (list, tuple)) for v in frame.iloc[0].values):
+                frame = pd.DataFrame({c: list(v) if isinstance(v, (list, tuple)) else [v]
+                                      for c, v in frame.iloc[0].items()})  # {"path": [a, b]}: one row per item
             if "path" not in frame.columns and "image" not in frame.columns:
-                raise ValueError("the input needs a `path` column (image files) or an `image` column (bytes); "
-                                 f"got {', '.join(map(str, frame.columns))}")
+                raise MlflowException.invalid_parameter_value(
+                    "the input needs a `path` column (image files) or an `image` column (encoded bytes)")
             keys, arrays, reasons = [], [], {}
             for i, row in enumerate(frame.to_dict("records")):
                 path, data = row.get("path"), row.get("image")
@@ -105,7 +117,10 @@ def _define():
             classes, names = predictor.classes, predictor.names
             columns = ["path", "prediction", *self._decisions.columns(), *(f"proba:{c}" for c in classes),
                        *(f"vote:{n}" for n in names), "error"]
-            return pd.DataFrame([flat_row(r) for r in rows], columns=columns)
+            out = pd.DataFrame([flat_row(r) for r in rows], columns=columns)
+            for c in (c for c in columns if c.startswith("proba:")):  # an unreadable row: null, not NaN
+                out[c] = out[c].astype(object).where(out[c].notna(), None)
+            return out
 
     return _EffensModel
 

@@ -68,12 +68,33 @@ class Sink:
         """Close the run: finished, or failed."""
 
 
+def redact(uri: str) -> str:
+    """A URI with any password replaced (``http://user:***@host``), for logs and parameters."""
+    return re.sub(r"(//[^/:@]+):[^/@]*@", r"\1:***@", uri)
+
+
+def local_paths(cfg) -> list[str]:
+    """The files and folders ``tracking:`` writes on this machine (a TensorBoard folder, a
+    ``file:`` store, a SQLite database), to check against a command's inputs."""
+    out = [cfg.tensorboard] if cfg.tensorboard else []
+    uri = cfg.mlflow.uri if cfg.mlflow is not None else ""
+    if uri.startswith("file:"):
+        from urllib.parse import urlparse
+
+        out.append(urlparse(uri).path)
+    elif uri.startswith("sqlite:///"):
+        out.append(uri[len("sqlite:///"):])
+    elif uri and "://" not in uri:
+        out.append(uri)
+    return [p for p in out if p]
+
+
 class MlflowSink(Sink):
     """An MLflow run (``MlflowClient``: no global state; tuning candidates are nested runs)."""
 
     def __init__(self, cfg) -> None:
         self.cfg = cfg
-        self.what = f"MLflow at {cfg.uri}"
+        self.what = f"MLflow at {redact(cfg.uri)}"
         if cfg.uri.startswith("file:") or "://" not in cfg.uri and not cfg.uri.startswith(("databricks", "sqlite")):
             # MLflow 3 refuses its file store unless asked; naming a file: URI is asking
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -114,8 +135,12 @@ class MlflowSink(Sink):
     def child(self, run_name: str, params: dict[str, str], values: dict[str, float], step: int) -> None:
         run = self.client.create_run(self.experiment_id, run_name=run_name,
                                      tags={"mlflow.parentRunId": self.run_id, "effens.command": "tune candidate"})
-        self._params(run.info.run_id, params)
-        self._metrics(run.info.run_id, values, 0)
+        try:
+            self._params(run.info.run_id, params)
+            self._metrics(run.info.run_id, values, 0)
+        except Exception:
+            self.client.set_terminated(run.info.run_id, "FAILED")
+            raise
         self.client.set_terminated(run.info.run_id, "FINISHED")
 
     def folder(self, path: Path, under: str) -> None:
@@ -145,7 +170,7 @@ class MlflowSink(Sink):
             self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
             if ok:
                 log.info("tracking: MLflow run %s (experiment %s) at %s", self.run_id, self.cfg.experiment,
-                         self.cfg.uri)
+                         redact(self.cfg.uri))
 
 
 class TensorBoardSink(Sink):
@@ -185,15 +210,33 @@ class TensorBoardSink(Sink):
             self.writer.close()
 
 
+def check_tracking(cfg, inputs: list) -> None:
+    """Refuse, before any work, what ``tracking:`` cannot do: a package that is not
+    installed, a URI MLflow cannot use, a TensorBoard folder or local store inside an input."""
+    from .runfolder import check_output_path
+
+    for path in local_paths(cfg):
+        check_output_path(path, [str(p) for p in inputs if p])
+    for sink in _sinks(cfg):
+        with contextlib.suppress(Exception):
+            sink.finish(False)
+
+
 def _sinks(cfg) -> list[Sink]:
-    """The sinks ``tracking:`` names; a missing package is refused here, before any work."""
+    """The sinks ``tracking:`` names; a missing package or an unusable URI is refused here."""
     sinks: list[Sink] = []
     if cfg.mlflow is not None:
         try:
-            sinks.append(MlflowSink(cfg.mlflow))
+            import mlflow  # noqa: F401
         except ImportError:
             raise RunError("`tracking.mlflow` needs MLflow, which is not installed: pip install 'effens[track]'") \
                 from None
+        try:
+            sinks.append(MlflowSink(cfg.mlflow))
+        except Exception as exc:  # noqa: BLE001 - an unknown scheme, a missing database driver: one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            raise RunError(f"`tracking.mlflow.uri`: MLflow cannot use {redact(cfg.mlflow.uri)!r} ({type(exc).__name__}: "
+                           f"{first})") from None
     if cfg.tensorboard is not None:
         try:
             import tensorboard  # noqa: F401  (torch's SummaryWriter writes through it)
@@ -207,8 +250,12 @@ def _sinks(cfg) -> list[Sink]:
 class Tracker:
     """The sinks of one command; each call goes to every sink still working."""
 
+    #: failures after which a sink that did start is dropped (each one may have waited on a timeout)
+    MAX_FAILURES = 3
+
     def __init__(self, sinks: list[Sink]) -> None:
         self.sinks = sinks
+        self.failures: dict[int, int] = {}
 
     def __bool__(self) -> bool:
         return bool(self.sinks)
@@ -217,14 +264,19 @@ class Tracker:
         for sink in list(self.sinks):
             try:
                 getattr(sink, hook)(*args)
-            except Exception as exc:  # noqa: BLE001 - a tracker never stops the work: one line, then without it
+            except Exception as exc:  # noqa: BLE001 - a tracker never stops the work: one line each
                 first = (str(exc).strip().splitlines() or [""])[0]
-                first = first if len(first) <= 300 else first[:300] + "..."
-                log.warning("tracking: %s failed (%s: %s); going on without it", sink.what, type(exc).__name__,
-                            first)
-                self.sinks.remove(sink)
-                with contextlib.suppress(Exception):
-                    sink.finish(False)
+                first = redact(first if len(first) <= 300 else first[:300] + "...")
+                n = self.failures[id(sink)] = self.failures.get(id(sink), 0) + 1
+                if hook == "start" or n >= self.MAX_FAILURES:
+                    log.warning("tracking: %s failed (%s: %s); going on without it", sink.what,
+                                type(exc).__name__, first)
+                    self.sinks.remove(sink)
+                    with contextlib.suppress(Exception):
+                        sink.finish(False)
+                else:
+                    log.warning("tracking: %s could not log %s (%s: %s); the rest is still logged", sink.what,
+                                hook, type(exc).__name__, first)
 
     def scalars(self, values: dict[str, float], step: int = 0) -> None:
         self._each("scalars", {k: v for k, v in values.items() if _number(v)}, step)
@@ -312,7 +364,8 @@ def config_params(cfg) -> dict[str, str]:
     """The resolved config as flat ``key.path -> value`` parameters."""
     from .config import config_to_dict, flat_keys
 
-    return {k: _param(v) for k, v in flat_keys(config_to_dict(cfg)).items()}
+    return {metric_key(k): redact(_param(v)) if k == "tracking.mlflow.uri" else _param(v)
+            for k, v in flat_keys(config_to_dict(cfg)).items()}
 
 
 def final_metrics(doc: dict, prefix: str = "") -> dict[str, float]:
@@ -387,14 +440,14 @@ def log_tune(tracker: Tracker, rows: list[dict], names: list[str], best: dict, o
     if not tracker:
         return
     for step, r in enumerate(rows):
-        params = {f"{n}.{k}": r[f"{n}_{k}"] for n in names for k in ("ratio", "replace")}
+        params = {metric_key(f"{n}.{k}"): r[f"{n}_{k}"] for n in names for k in ("ratio", "replace")}
         params.update(candidate=r["candidate"], round=r["round"], epochs=r["epochs"])
         values = {k: r[k] for k in ("ensemble_score", "disagreement", "q_statistic", "error_correlation", "seconds")
                   if k in r}
-        values.update({f"{n}_score": r[f"{n}_score"] for n in names})
+        values.update({metric_key(f"{n}_score"): r[f"{n}_score"] for n in names})
         tracker.child(f"candidate {r['candidate']} (round {r['round']})", params, values, step)
     tracker.scalars({"best/ensemble_score": best["ensemble_score"],
-                     **{f"best/{n}_ratio": best[f"{n}_ratio"] for n in names}})
+                     **{metric_key("best", f"{n}_ratio"): best[f"{n}_ratio"] for n in names}})
     with _files_folder([out_dir / n for n in ("results.csv", "report.md", "scores.png", "best.yaml", "summary.json",
                                                "config.yaml")]) as folder:
         tracker.folder(folder, "tune")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from .config import Config, check_against_classes, load_config
+from .config import Config, check_against_classes, data_inputs, load_config
 from .data import DataError, Dataset, cache_size, decode_split, load_dataset
 from .estimator import BaggedEnsemble, images_fingerprint
 from .evaluation import decision_report, evaluate_split
@@ -125,7 +125,9 @@ def train_run(config_path: str, out: str, overrides: list[str] | None = None,
     preflight(cfg, data.classes, str(config_path))
     check_memory(cfg, data, str(config_path))
     warn_overlaps(data)
-    from .tracking import config_params, environment_tags, tracking
+    from .tracking import check_tracking, config_params, environment_tags, tracking
+
+    check_tracking(cfg.tracking, [config_path, *data_inputs(cfg)])
 
     run = RunFolder(out).open_for_training(cfg, restart)
     try:

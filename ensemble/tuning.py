@@ -318,8 +318,10 @@ def tune_run(config_path: str, out: str, overrides: list[str] | None = None, yes
     check_grid_size(cfg.tune, len(cfg.members), yes)
     out_dir = Path(out)
     refuse_foreign(out_dir, "tune", "effens tune", whole=True)  # a search's caches are all ours
-    from .tracking import config_params, environment_tags, log_tune, tracking
+    from .config import data_inputs
+    from .tracking import check_tracking, config_params, environment_tags, log_tune, tracking
 
+    check_tracking(cfg.tracking, [config_path, *data_inputs(cfg)])
     folder = RunFolder(out_dir)
     folder.lock()
     try:

@@ -126,12 +126,24 @@ def test_the_logged_model_and_the_exported_one_predict_as_effens_predict(tracked
     assert len(logged.predict(pd.DataFrame({"path": [r["path"] for r in ref[:3]]}))) == 3
     req = (tmp_path / "model" / "requirements.txt").read_text().split()
     assert any(r.startswith("torch==") for r in req) and any(r.startswith("timm==") for r in req)
-    # a second export replaces the first; a folder of someone else's files is refused
+    # {"path": [...]} as MLflow hands it over; an unknown strategy is the caller's error, not a crash
+    assert len(model.predict({"path": [r["path"] for r in ref[:2]]})) == 2
+    assert two["proba:" + next(iter(c[6:] for c in ref[0] if c.startswith("proba:")))][1] is None  # null, not NaN
+    with pytest.raises(mlflow.exceptions.MlflowException, match="strategy"):
+        model.predict(pd.DataFrame({"path": [ref[0]["path"]]}), params={"strategy": "nosuch"})
+    # a second export replaces the first; a folder of someone else's files (dot-files too) is refused
     assert main(["export", str(run), "--format", "mlflow", "--out", str(tmp_path / "model")]) == 0
-    (tmp_path / "mine").mkdir()
-    (tmp_path / "mine" / "notes.txt").write_text("keep")
-    assert main(["export", str(run), "--format", "mlflow", "--out", str(tmp_path / "mine")]) == 2
-    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+    for name in ("notes.txt", ".gitignore"):
+        mine = tmp_path / f"mine-{name}"
+        mine.mkdir()
+        (mine / name).write_text("keep")
+        assert main(["export", str(run), "--format", "mlflow", "--out", str(mine)]) == 2
+        assert (mine / name).read_text() == "keep"
+    (tmp_path / "model" / ".gitignore").write_text("keep")
+    assert main(["export", str(run), "--format", "mlflow", "--out", str(tmp_path / "model")]) == 2
+    assert (tmp_path / "model" / ".gitignore").read_text() == "keep"
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    assert main(["export", str(run), "--format", "mlflow", "--out", str(tmp_path / "link")]) == 2
 
 
 def test_an_unreachable_tracker_is_one_warning_and_the_run_is_complete(tiny_data, tmp_path, capfd, caplog):
@@ -165,13 +177,42 @@ def test_a_sink_that_fails_midway_is_dropped_and_the_others_go_on(caplog):
         def scalars(self, values, step=0):
             self.got.append((step, values))
 
-    keeps = Keeps()
-    tracker = Tracker([Broken(), keeps])
-    tracker.scalars({"x": 1.0, "nan": float("nan"), "flag": True}, 1)
-    tracker.scalars({"x": 2.0}, 2)
-    assert keeps.got == [(1, {"x": 1.0}), (2, {"x": 2.0})]
+    keeps, broken = Keeps(), Broken()
+    tracker = Tracker([broken, keeps])
+    for step in range(1, 5):
+        tracker.scalars({"x": float(step), "nan": float("nan"), "flag": True}, step)
+    assert keeps.got == [(k, {"x": float(k)}) for k in range(1, 5)]
     warned = [r.getMessage() for r in caplog.records if "tracking:" in r.getMessage()]
-    assert warned == ["tracking: broken failed (ConnectionError: gone); going on without it"]
+    # each failure one line; after three (each may have waited on a timeout) the sink is dropped
+    assert warned == ["tracking: broken could not log scalars (ConnectionError: gone); the rest is still logged"] * 2 \
+        + ["tracking: broken failed (ConnectionError: gone); going on without it"]
+    assert tracker.sinks == [keeps]
+
+
+def test_tune_keys_of_members_with_odd_names_are_ones_trackers_take():
+    from ensemble.tracking import Sink, Tracker, log_tune
+
+    class Keys(Sink):
+        def __init__(self):
+            self.keys = []
+
+        def child(self, run_name, params, values, step):
+            self.keys += [*params, *values]
+
+        def scalars(self, values, step=0):
+            self.keys += list(values)
+
+    sink = Keys()
+    name = "b é (x)"
+    row = {"candidate": "r1", "round": 0, "epochs": 1, "ensemble_score": 0.5, f"{name}_ratio": 0.8,
+           f"{name}_replace": True, f"{name}_score": 0.4}
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log_tune(Tracker([sink]), [row], [name], row, Path(tmp))
+    import re
+
+    assert sink.keys and all(re.fullmatch(r"[A-Za-z0-9_\-. :/]+", k) for k in sink.keys), sink.keys
 
 
 def test_tune_logs_one_child_run_per_candidate_and_evaluate_logs_its_metrics(tiny_data, trained, tmp_path,
@@ -207,6 +248,13 @@ def test_tracking_settings_are_checked_and_never_force_a_restart(tiny_data, tmp_
     assert exc.value.code == 2 and "must be mlflow[=URI], tensorboard=DIR or none" in capsys.readouterr().err
     assert main(["train", str(cfg), "--out", out, "--set", "tracking.mlflow.experiment=x"]) == 2
     assert "missing required key `tracking.mlflow.uri`" in capsys.readouterr().err + caplog.text
+    for bad, says in (("mlflow=foo://bar", "`tracking.mlflow.uri`: MLflow cannot use 'foo://bar'"),
+                      (f"tensorboard={tiny_data / 'train' / 'tb'}", "is inside the input folder")):
+        caplog.clear()
+        assert main(["train", str(cfg), "--out", out, "--tracking", bad]) == 2, bad
+        err = capsys.readouterr().err + caplog.text
+        assert says in err and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists() and not (tiny_data / "train" / "tb").exists()
     monkeypatch.setitem(sys.modules, "mlflow", None)  # as if MLflow were not installed
     monkeypatch.setitem(sys.modules, "mlflow.tracking", None)
     caplog.clear()
@@ -215,11 +263,12 @@ def test_tracking_settings_are_checked_and_never_force_a_restart(tiny_data, tmp_
     assert not (tmp_path / "run" / "members").exists()
     monkeypatch.undo()
     assert main(["train", str(cfg), "--out", out]) == 0
-    # a tracker added later is not a config change: the finished run is reused, not retrained
+    # a tracker added later is not a config change: the finished run is reused, not retrained; the
+    # folder is taken as written (never read as YAML: a date stays a name)
     caplog.clear()
-    assert main(["train", str(cfg), "--out", out, "--tracking", f"tensorboard={tmp_path / 'tb'}"]) == 0
+    assert main(["train", str(cfg), "--out", out, "--tracking", f"tensorboard={tmp_path / '2024-01-01'}"]) == 0
     assert "different config" not in capsys.readouterr().err + caplog.text
-    assert any((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    assert any((tmp_path / "2024-01-01").rglob("events.out.tfevents.*"))
 
 
 def test_the_run_card_states_data_members_intervals_limits_and_how_to_reproduce(tracked):
@@ -260,3 +309,7 @@ def test_measured_limits_name_a_val_to_test_drop_and_a_missed_coverage_only_when
     doc["ensemble"]["test"]["macro_f1"] = 0.9
     doc["decisions"]["splits"]["test"]["coverage"]["0.9"]["below_target"] = False
     assert measured_limits(doc, {"test": {"ensemble": {"macro_f1": [0.85, 0.95]}}}) == []
+    doc["ensemble"]["val"]["per_class"] = {**per_class, "z": {"recall": 0.0, "support": 0}}  # no z image in val
+    assert measured_limits(doc, {"test": {"ensemble": {"macro_f1": [0.85, 0.95]}}}) == []
+    doc["ensemble"]["val"]["per_class"]["y"] = {"recall": 0.5, "support": 10}
+    assert measured_limits(doc, {}) == ["On val, only 50% of the y images are recognised (recall)."]
