@@ -507,3 +507,6 @@ def render_report(doc: dict, splits: dict[str, dict], split_data: dict[str, tupl
             md += ["", " · ".join(a.markdown for a in attached), ""]
     files["report.md"] = "\n".join(md) + "\n"
     return files
+
+
+from . import card  # noqa: E402,F401  (registers the run card's @report_section; it builds on this module)
