@@ -23,6 +23,13 @@ def _non_empty(value: Any) -> str | None:
     return "must not be empty" if isinstance(value, str) and not value.strip() else None
 
 
+def _path_text(value: Any) -> str | None:
+    """A file or folder name (or URI): not empty, and no NUL character (no file system takes one)."""
+    if isinstance(value, str) and "\0" in value:
+        return "must not contain a NUL character"
+    return _non_empty(value)
+
+
 def _views() -> tuple[str, ...]:
     from members.views import view_names  # PIL and numpy only
 
@@ -74,10 +81,10 @@ class DataConfig:
                                        "default: the largest member's resize size")
     on_bad_image: Literal["error", "skip"] = field("error", doc="unreadable training image: "
                                                    "stop naming it, or skip and list it")
-    exclude: str | None = field(None, check=_non_empty, doc="a file of images left out of every split: one path "
+    exclude: str | None = field(None, check=_path_text, doc="a file of images left out of every split: one path "
                                 "or file SHA-256 per line (`#` comments), or a CSV with a `path` column "
                                 "(`effens audit --write-exclude` writes one)")
-    relabel: str | None = field(None, check=_non_empty, doc="a CSV with `path` and `suggested` (or `label`) "
+    relabel: str | None = field(None, check=_path_text, doc="a CSV with `path` and `suggested` (or `label`) "
                                 "columns, such as audit's label_issues.csv after review: each listed image "
                                 "takes that label")
 
@@ -325,7 +332,7 @@ class ReportConfig:
 
 @dataclasses.dataclass
 class MlflowConfig:
-    uri: str = field(check=_non_empty, doc="tracking URI: `sqlite:///mlflow.db`, `file:./mlruns` or "
+    uri: str = field(check=_path_text, doc="tracking URI: `sqlite:///mlflow.db`, `file:./mlruns` or "
                                            "`http://host:5000`")
     experiment: str = field("effens", check=_non_empty, doc="experiment name (created when missing)")
     log_model: bool = field(True, doc="log the trained ensemble as an MLflow pyfunc model with the run")
@@ -335,7 +342,7 @@ class MlflowConfig:
 class TrackingConfig:
     mlflow: MlflowConfig | None = field(None, doc="log params, per-epoch and final metrics, the report and "
                                                   "the model to MLflow (`pip install 'effens[track]'`)")
-    tensorboard: str | None = field(None, check=_non_empty, doc="write TensorBoard event files (per-epoch "
+    tensorboard: str | None = field(None, check=_path_text, doc="write TensorBoard event files (per-epoch "
                                                                 "scalars, final metrics) under this folder")
 
 

@@ -119,3 +119,13 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(write(tmp_path, GOOD.format(root=tmp_path)))
     again = write(tmp_path, dump_config(cfg), "resolved.yaml")
     assert load_config(again) == cfg
+
+
+@pytest.mark.parametrize("key", ["data.exclude", "data.relabel", "tracking.tensorboard", "tracking.mlflow.uri"])
+def test_a_nul_character_in_a_path_key_is_a_config_error_naming_the_key(key):
+    from ensemble.config import ConfigError, apply_overrides, config_from_dict
+
+    raw = apply_overrides({"data": {"train": "x"}, "members": [{"name": "a", "model": "test_efficientnet"}]},
+                          [(key, "runs/a\x00b")])
+    with pytest.raises(ConfigError, match=f"`{key}` must not contain a NUL character"):
+        config_from_dict(raw)
