@@ -4,7 +4,8 @@ their settings, metrics with bootstrap intervals, calibration and coverage, know
 (the ones the user states and the ones measured here) and how to reproduce it.
 
 :func:`card_facts` gathers the numbers into ``metrics.json``'s ``card``; :func:`card_lines`
-renders them; pure apart from hashing the data files in :func:`data_summary`.
+renders them (``report.run_card`` shows them as a section); pure apart from hashing the data
+files in :func:`data_summary`.
 """
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from typing import Sequence
 import numpy as np
 
 from .metrics import macro_f1
-from .report import report_section
 
 #: bootstrap resamples for the card's intervals (seeded: the same run gives the same card)
 RESAMPLES = 1000
@@ -195,8 +195,3 @@ def card_lines(doc: dict) -> list[str]:
            + "".join(f", {k} {v}" for k, v in versions.items() if k not in ("effens",)) + ".", ""]
     return md
 
-
-@report_section
-def run_card(doc: dict) -> list[str]:
-    """The run card as a report section (report.md and index.html)."""
-    return card_lines(doc)

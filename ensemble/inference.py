@@ -19,7 +19,7 @@ from .pages import report_files
 from .files import (atomic_write_json, atomic_write_npy, atomic_write_text, read_json, read_npy,
                     refuse_foreign, sha256_json, write_owned)
 from .images import decode_all
-from .prediction import DecisionOptions, ImagePredictor, InferenceOptions  # noqa: F401 (re-exported)
+from .prediction import DecisionOptions, ImagePredictor, InferenceOptions, flat_row  # noqa: F401 (re-exported)
 from .report import build_metrics, comparison_rows, format_table
 from .runfolder import RunFolder, load_run, weights_hash
 
@@ -72,15 +72,6 @@ def _written_by_predict(path: Path) -> bool:
     with open(path, "rb") as fh:
         head = fh.read(64)
     return not head or head.startswith((b"path,prediction", b"[]", b'[\n  {\n    "path": '))
-
-
-def flat_row(row: dict) -> dict:
-    """A CSV row: probabilities as ``proba:<class>``, votes as ``vote:<member>`` (the prefixes
-    keep class and member names from ever colliding with each other or the fixed columns)."""
-    out = {k: v for k, v in row.items() if k not in ("proba", "votes")}
-    out.update({f"proba:{c}": v for c, v in row["proba"].items()})
-    out.update({f"vote:{n}": v for n, v in row["votes"].items()})
-    return out
 
 
 def write_rows(rows: list[dict], out: str | Path, columns: Sequence[str]) -> None:

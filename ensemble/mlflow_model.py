@@ -77,7 +77,7 @@ def _define():
             import pandas as pd
 
             from .images import BadImageError, decode_image
-            from .inference import flat_row
+            from .prediction import flat_row
 
             from mlflow.exceptions import MlflowException
 

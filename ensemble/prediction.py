@@ -163,3 +163,12 @@ class ImagePredictor:
                 rows.append(self._row(key, name, "", blank, {c: None for c in classes}, {n: "" for n in names},
                                       reasons.get(name, "not found")))
         return rows
+
+
+def flat_row(row: dict) -> dict:
+    """A CSV row: probabilities as ``proba:<class>``, votes as ``vote:<member>`` (the prefixes
+    keep class and member names from ever colliding with each other or the fixed columns)."""
+    out = {k: v for k, v in row.items() if k not in ("proba", "votes")}
+    out.update({f"proba:{c}": v for c, v in row["proba"].items()})
+    out.update({f"vote:{n}": v for n, v in row["votes"].items()})
+    return out

@@ -509,4 +509,9 @@ def render_report(doc: dict, splits: dict[str, dict], split_data: dict[str, tupl
     return files
 
 
-from . import card  # noqa: E402,F401  (registers the run card's @report_section; it builds on this module)
+@report_section
+def run_card(doc: dict) -> list[str]:
+    """The run card as a report section (report.md and index.html)."""
+    from .card import card_lines
+
+    return card_lines(doc)
