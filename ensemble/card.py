@@ -109,7 +109,7 @@ def measured_limits(doc: dict, intervals: dict) -> list[str]:
                        f"{best[0]} ({best[1]:.3f}).")
         if val["n"] < 200:
             out.append(f"Val holds {val['n']} images: one image moves macro-F1 by about {1 / val['n']:.3f}, so "
-                       f"differences inside the intervals below are noise.")
+                       f"differences inside the metrics' intervals are noise.")
     oob = ens.get("oob")
     if oob and oob.get("n_excluded"):
         out.append(f"{oob['n_excluded']} training images were seen by every member and have no out-of-bag score.")
