@@ -65,6 +65,15 @@ def _check_training_labels(run: RunFolder, data, paths: list[str], y: np.ndarray
                         f"with a run trained on it")
 
 
+#: the linear heads that score images on pretrained features (cross-fitted and fitted alike)
+LINEAR_HEAD = {"max_iter": 2000, "C": 0.1}
+
+
+def _standardised(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``x`` scaled by ``reference``'s per-feature mean and standard deviation."""
+    return (x - reference.mean(axis=0)) / (reference.std(axis=0) + 1e-6)
+
+
 def cross_fitted_proba(features: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5,
                        seed: int = 0) -> np.ndarray:
     """Out-of-fold class probabilities of a logistic regression on ``features`` (standardised):
@@ -73,7 +82,7 @@ def cross_fitted_proba(features: np.ndarray, y: np.ndarray, n_classes: int, fold
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
-    x = (features - features.mean(axis=0)) / (features.std(axis=0) + 1e-6)
+    x = _standardised(features, features)
     proba = np.full((len(y), n_classes), np.nan)
     counts = np.bincount(y, minlength=n_classes)
     usable = np.flatnonzero(counts[y] >= 2)
@@ -84,7 +93,7 @@ def cross_fitted_proba(features: np.ndarray, y: np.ndarray, n_classes: int, fold
         fit, held = usable[fit], usable[held]
         if len(set(y[fit].tolist())) < 2:
             continue
-        clf = LogisticRegression(max_iter=2000, C=0.1).fit(x[fit], y[fit])
+        clf = LogisticRegression(**LINEAR_HEAD).fit(x[fit], y[fit])
         proba[held] = 0.0
         proba[np.ix_(held, clf.classes_)] = clf.predict_proba(x[held])
     return proba
@@ -133,10 +142,9 @@ def fitted_head_proba(train: np.ndarray, y: np.ndarray, other: np.ndarray, n_cla
     (standardised as :func:`cross_fitted_proba` does): out-of-sample for images not in it."""
     from sklearn.linear_model import LogisticRegression
 
-    mean, std = train.mean(axis=0), train.std(axis=0) + 1e-6
-    clf = LogisticRegression(max_iter=2000, C=0.1).fit((train - mean) / std, y)
+    clf = LogisticRegression(**LINEAR_HEAD).fit(_standardised(train, train), y)
     proba = np.zeros((len(other), n_classes))
-    proba[:, clf.classes_] = clf.predict_proba((other - mean) / std)
+    proba[:, clf.classes_] = clf.predict_proba(_standardised(other, train))
     return proba
 
 

@@ -22,15 +22,9 @@ RESAMPLES = 1000
 def content_fingerprint(paths: Sequence[str], labels: Sequence[str]) -> str:
     """SHA-256 over the sorted (file SHA-256, label) pairs: the same images and labels give the
     same fingerprint wherever the folder lives and whatever the files are called."""
-    from .files import sha256_file, sha256_json
+    from .files import file_digest, sha256_json
 
-    def content(p: str) -> str:
-        try:
-            return sha256_file(p)
-        except OSError:
-            return "unreadable"
-
-    return sha256_json(sorted([content(str(p)), str(lab)] for p, lab in zip(paths, labels)))
+    return sha256_json(sorted([file_digest(str(p)), str(lab)] for p, lab in zip(paths, labels)))
 
 
 def data_summary(data, sources: dict[str, str]) -> dict:

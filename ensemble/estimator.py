@@ -68,15 +68,9 @@ class FittedMember:
 def images_fingerprint(paths: Sequence[str], labels: Sequence) -> str:
     """Identifies a labelled image set by its paths, labels and file contents (SHA-256 of
     each file), so that pixels replaced in place are never mistaken for the old ones."""
-    from .files import sha256_file
+    from .files import file_digest
 
-    def content(p: str) -> str:
-        try:
-            return sha256_file(p)
-        except OSError:
-            return "unreadable"
-
-    return sha256_json([list(map(str, paths)), [str(v) for v in labels], [content(str(p)) for p in paths]])
+    return sha256_json([list(map(str, paths)), [str(v) for v in labels], [file_digest(str(p)) for p in paths]])
 
 
 class BaggedEnsemble(ParamsMixin):

@@ -90,6 +90,14 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def file_digest(path: str | os.PathLike) -> str:
+    """A file's SHA-256, or ``"unreadable"`` (content fingerprints count such a file, not fail)."""
+    try:
+        return sha256_file(path)
+    except OSError:
+        return "unreadable"
+
+
 def sha256_json(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 

@@ -187,7 +187,7 @@ def _source(src) -> str:
     """Where a split came from, as the config names it (a folder or a CSV manifest)."""
     if src is None:
         return "held out of train (`data.val_fraction`)"
-    return str(getattr(src, "folder", None) or getattr(src, "csv", None) or src)
+    return str(src.folder or src.csv)
 
 
 def refit_run_combiner(out: str, overrides: list[str] | None = None) -> dict:
