@@ -348,7 +348,7 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
 
         ens = src.ens
         full, available = oob_matrix(list(ens.oob_indices_), list(ens.oob_proba_), len(ens.y_train_), len(classes))
-        covered, _, oob_p = ens.combiner_.get().apply_oob(full, available)
+        covered, _, oob_p = ens.combiner_.apply_oob(full, available)
         train_paths = _training_paths(src.run, data, len(ens.y_train_))
         _check_training_labels(src.run, data, train_paths, ens.y_train_, classes)
         y_train = np.asarray(ens.y_train_)

@@ -168,6 +168,36 @@ class TrainConfig:
                               f"got {lo_hi}")
 
 
+SNAPSHOTS = ("best", "last", "ema", "swa", "probe")
+
+
+def _check_views(value: Any) -> str | None:
+    from members.views import view_names  # PIL and numpy only
+
+    unknown = [v for v in value if v not in view_names()]
+    if unknown:
+        return f"must name member views ({', '.join(view_names())}); {unknown[0]!r} is not one"
+    return "must not repeat a view" if len(set(value)) != len(value) else None
+
+
+def _check_snapshots(value: Any) -> str | None:
+    return "must not repeat a snapshot" if len(set(value)) != len(value) else None
+
+
+@dataclasses.dataclass
+class CandidatesConfig:
+    """Extra probability sources a member adds to the pool of ``combiner.greedy`` (issue #21)."""
+
+    weights: list[Literal["best", "last", "ema", "swa", "probe"]] = field(
+        default_factory=list, check=_check_snapshots,
+        doc="snapshots of this member's training kept besides `train.select` as pool candidates: best (epoch on "
+            "val), last (epoch), ema (needs `train.ema`), swa (needs `train.swa_epochs`), probe (the linear "
+            "probe, needs `train.lp_epochs`); each is saved and scored on OOB, val and test ([]: none, the default)")
+    views: list[str] = field(default_factory=list, check=_check_views,
+                             doc="eval views each kept weight is also scored under, as further candidates "
+                                 "(a registered member view; []: only the member's own `view`)")
+
+
 def _show_name(name: str) -> str:
     return repr(name) if len(name) <= 40 else repr(name[:37]) + "..."
 
@@ -199,8 +229,20 @@ class MemberConfig:
                           "registered member view (each one's meaning: the README's registry table)")
     bagging: BaggingConfig = field(default_factory=BaggingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    candidates: CandidatesConfig = field(default_factory=CandidatesConfig,
+                                         doc="pool candidates for `combiner.greedy` (snapshots, views)")
 
     def validate(self, path: str) -> None:
+        if "@" in self.name:
+            raise ConfigError(f"`{path}.name` must not contain `@` (it names a member's pool candidates, "
+                              f"`{self.name.split('@')[0]}@last`); got {_show_name(self.name)}")
+        need = {"ema": ("ema", self.train.ema, "not set; set a decay such as 0.998"),
+                "swa": ("swa_epochs", self.train.swa_epochs, "0; set how many last epochs to average"),
+                "probe": ("lp_epochs", self.train.lp_epochs, "0; set the linear-probe epochs, e.g. 3")}
+        for snap in self.candidates.weights:
+            if snap in need and not need[snap][1]:
+                key, _, fix = need[snap]
+                raise ConfigError(f"`{path}.candidates.weights` names `{snap}` but `{path}.train.{key}` is {fix}")
         if (any(c in self.name for c in "/\\:\0") or self.name in (".", "..")
                 or len(self.name.encode("utf-8")) > 100 or not self.name.isprintable()):
             raise ConfigError(f"`{path}.name` must be usable as a folder name (printable, no / \\ : or NUL, "

@@ -107,6 +107,10 @@ class BaggedEnsemble(ParamsMixin):
     classes_, members_, samples_, oob_indices_, oob_proba_, val_proba_, combiner_
         Fitted state (``members_``: :class:`FittedMember`; ``combiner_``:
         :class:`ensemble.strategies.Combiner`).
+    candidates_ : list of FittedMember
+        The members' pool candidates (``members.N.candidates``, :mod:`ensemble.pool`), whose
+        rows follow the members' in ``samples_``, ``oob_indices_``, ``oob_proba_`` and
+        ``val_proba_``; only a pool strategy (``greedy``) combines them.
     oob_score_ : float
         Out-of-bag macro-F1 of the default strategy: each training image voted on only
         by the members that left it out (nan when every member saw every image).
@@ -152,7 +156,9 @@ class BaggedEnsemble(ParamsMixin):
             data_fingerprint = sha256_json([_fingerprint_part(X), _fingerprint_part(X_val),
                                             y.tolist(), y_val.tolist()])
         samples = draw_all(y, [m.bagging for m in specs], cfg.seed)
-        prints = [sha256_json({"spec": to_dict(spec), "classes": classes, "sample": samples[i].tolist(),
+        # pool candidates are kept from a member's training, not a change to it: not in its fingerprint
+        prints = [sha256_json({"spec": {k: v for k, v in to_dict(spec).items() if k != "candidates"},
+                               "classes": classes, "sample": samples[i].tolist(),
                                "data": data_fingerprint, "seed": cfg.seed})
                   for i, spec in enumerate(specs)]
         from .member_jobs import TrainingData
@@ -162,8 +168,14 @@ class BaggedEnsemble(ParamsMixin):
         self.specs_ = specs
         members = [FittedMember(spec.name, *restore_member(spec, r["meta"], r["state_dict"]), r["meta"])
                    for spec, r in zip(specs, results)]
-        self._set_fitted(classes, members, samples, [r["arrays"]["oob_proba"] for r in results], y,
-                         None, y_val, val_images=val_images)
+        from .pool import candidate_specs
+
+        made = [c for r in results for c in r.get("candidates", [])]
+        cands = [FittedMember(cs.name, *restore_member(cs, c["meta"], c["state_dict"]), c["meta"])
+                 for cs, c in zip(candidate_specs(specs), made, strict=True)]
+        self._set_fitted(classes, members, samples + [c["arrays"]["samples"] for c in made],
+                         [r["arrays"]["oob_proba"] for r in results + made], y,
+                         None, y_val, val_images=val_images, candidates=cands)
         return self
 
     def _fit_members(self, cfg, specs: list, samples: list, prints: list[str], data: "TrainingData",
@@ -172,8 +184,7 @@ class BaggedEnsemble(ParamsMixin):
         from .member_jobs import MemberJob, fit_member
         from .parallel import plan_jobs, run_jobs
 
-        done = {i: store.finished_member(spec.name, prints[i]) for i, spec in enumerate(specs)} \
-            if store is not None else {}
+        done = {i: _finished(store, spec, prints[i]) for i, spec in enumerate(specs)} if store is not None else {}
         done = {i: got for i, got in done.items() if got is not None}
         for i in done:
             log.info("member %s already finished in %s: reusing it", specs[i].name, store.root)
@@ -192,16 +203,21 @@ class BaggedEnsemble(ParamsMixin):
 
     def _set_fitted(self, classes: list[str], members: list[FittedMember], samples: list[np.ndarray],
                     oob_proba: list[np.ndarray], y_train: np.ndarray, val_proba: np.ndarray | None,
-                    val_y: np.ndarray, combiner=None, val_images=None) -> None:
-        """Fitted state from trained members; fits the combiner unless one is given."""
+                    val_y: np.ndarray, combiner=None, val_images=None,
+                    candidates: Sequence[FittedMember] = ()) -> None:
+        """Fitted state from trained members (and their pool candidates: ``samples``,
+        ``oob_proba`` and ``val_proba`` hold the members' rows, then the candidates');
+        fits the combiner unless one is given."""
         self.classes_ = list(classes)
         self.members_ = members
+        self.candidates_ = list(candidates)
         self.samples_ = samples
         self.oob_indices_ = [oob_indices(len(y_train), s) for s in samples]
         self.oob_proba_ = [np.asarray(p, dtype=np.float64) for p in oob_proba]
         self.y_train_ = np.asarray(y_train, dtype=np.int64)
         self.val_y_ = np.asarray(val_y, dtype=np.int64)
-        self.val_proba_ = val_proba if val_proba is not None else self.member_proba(val_images, runtime="torch")
+        self.val_proba_ = (val_proba if val_proba is not None
+                           else self.member_proba(val_images, runtime="torch", pool=True))
         if combiner is None:
             self.refit_combiner(self.validated_config().combiner)
         else:
@@ -216,7 +232,8 @@ class BaggedEnsemble(ParamsMixin):
         data = FitData.from_oob_lists(self.val_proba_, self.val_y_, self.oob_indices_, self.oob_proba_,
                                       self.y_train_)
         self.combiner_ = fit_combiner(combiner_cfg if combiner_cfg is not None else CombinerConfig(),
-                                      [fm.name for fm in self.members_], self.classes_, data, self.seed)
+                                      [fm.name for fm in self.members_], self.classes_, data, self.seed,
+                                      candidate_names=[fm.name for fm in self.candidates_])
         self._score_oob()
         return self
 
@@ -230,12 +247,20 @@ class BaggedEnsemble(ParamsMixin):
         cfg = self.validated_config()
         return with_precision(cfg.members, cfg.precision)
 
+    def pool_rows(self) -> list[tuple[FittedMember, Any]]:
+        """(fitted member, spec) of every pool row: the members, then their candidates (:mod:`ensemble.pool`)."""
+        from .pool import candidate_specs
+
+        specs = self._specs()
+        return list(zip(self.members_, specs)) + list(zip(getattr(self, "candidates_", []), candidate_specs(specs)))
+
     # ------------------------------------------------------------------ inference
     def member_proba(self, X: Sequence, batch_size: int | None = None, tta: bool = False,
                      device: str | None = None, runtime: str | None = None,
                      precision: str | None = None, adapt_bn: bool = False,
-                     used: Sequence[bool] | None = None) -> np.ndarray:
-        """Probabilities of every member, shape (members, samples, classes).
+                     used: Sequence[bool] | None = None, pool: bool = False) -> np.ndarray:
+        """Probabilities of every member, shape (members, samples, classes); with ``pool``,
+        of the members and then their pool candidates (:mod:`ensemble.pool`).
 
         ``runtime`` and ``precision`` default to the ensemble's (and each member's own
         precision); a runtime is compiled once per member and reused by later calls.
@@ -245,7 +270,7 @@ class BaggedEnsemble(ParamsMixin):
         ``adapt_bn`` re-estimates each member's BatchNorm statistics on ``X`` first, on a
         copy (:mod:`members.adapt`; runs on the torch runtime). ``used`` (one bool per
         member): run only these; the others' rows are zeros (for a strategy that gives them
-        no weight, :meth:`Strategy.uses`).
+        no weight, :meth:`Combiner.uses`; with ``pool``, one bool per pool row).
         """
         from members.inputs import resolve_device
         from members.runtimes import runtime_proba
@@ -266,23 +291,27 @@ class BaggedEnsemble(ParamsMixin):
         elif adapt_bn and len(X) < 8:
             log.warning("--adapt-bn re-estimates BatchNorm statistics on the %d image(s) given: that few give "
                         "noisy statistics; predict a batch of at least a few dozen photos together", len(X))
-        images = _decoded(X, self._specs(), "X", [fm.inputs for fm in self.members_])
+        rows = self.pool_rows() if pool else list(zip(self.members_, self._specs()))
+        own_view = {fm.name: fm.inputs.view for fm in self.members_}
+        images = _decoded(X, self._specs(), "X", [fm.inputs for fm, _ in rows])
         dev = resolve_device(str(device or self.device))
         out = []
-        for j, (fm, spec) in enumerate(zip(self.members_, self._specs())):
+        for j, (fm, spec) in enumerate(rows):
             if used is not None and not used[j]:
                 out.append(np.zeros((len(images), len(self.classes_))))
                 continue
             rt = self._adapted_runtime(j, images, precision, dev) if adapt_bn else self._runtime(j, runtime, precision,
                                                                                                dev)
+            # a pool candidate that is its member under another view keeps that view under view TTA
+            own = views if fm.inputs.view == own_view.get(fm.name.split("@")[0], fm.inputs.view) else []
             seen = [runtime_proba(rt, eval_array(images, dataclasses.replace(fm.inputs, view=v) if v else fm.inputs),
-                                  batch_size or spec.train.eval_batch_size, tta=flip) for v in (views or [None])]
+                                  batch_size or spec.train.eval_batch_size, tta=flip) for v in (own or [None])]
             out.append(seen[0] if len(seen) == 1 else np.mean(seen, axis=0))
         return np.stack(out)
 
     def inference_plan(self, runtime: str | None = None, precision: str | None = None,
                        device=None) -> list[tuple[str, object]]:
-        """(runtime name, resolved Precision) each member infers with for these settings."""
+        """(runtime name, resolved Precision) each pool row (members, then candidates) infers with."""
         from members.inputs import resolve_device
         from members.precision import inference_precision
         from members.runtimes import resolve_runtime, runtime_precision
@@ -291,7 +320,7 @@ class BaggedEnsemble(ParamsMixin):
         name = resolve_runtime(runtime or self.runtime, dev)
         return [(name, runtime_precision(name, inference_precision(precision or spec.precision,
                                                                    fm.meta.get("precision"), dev)))
-                for fm, spec in zip(self.members_, self._specs())]
+                for fm, spec in self.pool_rows()]
 
     def _runtime(self, index: int, runtime: str | None, precision: str | None, device: str):
         """Member ``index``'s compiled runtime, made on first use (see :mod:`members.runtimes`)."""
@@ -303,7 +332,7 @@ class BaggedEnsemble(ParamsMixin):
         if key not in cache:
             from members.runtimes import RUNTIMES
 
-            fm = self.members_[index]
+            fm = self.pool_rows()[index][0]
             log.info("member %s: inference on %s, %s (%s)", fm.name, name, prec.name, prec.reason)
             onnx = self._onnx_file(index) if RUNTIMES[name].needs_onnx else None
             compiled = getattr(self, "compiled_cache_", None)
@@ -318,7 +347,7 @@ class BaggedEnsemble(ParamsMixin):
         from members.runtimes import create_runtime
         from members.transforms import eval_tensor
 
-        fm, spec = self.members_[index], self._specs()[index]
+        fm, spec = self.pool_rows()[index]
         _, prec = self.inference_plan("torch", precision, device)[index]
         model = adapt_batchnorm(fm.model, eval_tensor(images, fm.inputs), fm.inputs, spec.train.eval_batch_size,
                                 device)
@@ -328,7 +357,7 @@ class BaggedEnsemble(ParamsMixin):
     def _onnx_file(self, index: int):
         """The member's runtime ONNX file: the run folder's cache (``onnx_cache_``, set by
         :func:`ensemble.runfolder.load_run`), else a per-process temporary export."""
-        fm = self.members_[index]
+        fm = self.pool_rows()[index][0]
         cache = getattr(self, "onnx_cache_", None)
         if cache is not None:
             return cache(fm)
@@ -338,13 +367,19 @@ class BaggedEnsemble(ParamsMixin):
 
     def predict_proba(self, X: Sequence, strategy: str | None = None, **kwargs) -> np.ndarray:
         """Ensemble probabilities (vote shares for ``hard``), shape (samples, classes)."""
-        self._check_fitted()
-        return self.combiner_.apply(self.member_proba(X, **kwargs), strategy)[1]
+        return self._combined(X, strategy, kwargs)[1]
 
     def predict(self, X: Sequence, strategy: str | None = None, **kwargs) -> np.ndarray:
         """Predicted class indices (``classes_[i]`` names them)."""
+        return self._combined(X, strategy, kwargs)[0]
+
+    def _combined(self, X: Sequence, strategy: str | None, kwargs: dict) -> tuple[np.ndarray, np.ndarray]:
+        """(predictions, probabilities) of ``strategy``, running only the members and pool
+        candidates it gives weight to."""
         self._check_fitted()
-        return self.combiner_.apply(self.member_proba(X, **kwargs), strategy)[0]
+        comb = self.combiner_
+        used = comb.uses(strategy)[:len(comb.names(strategy))]
+        return comb.apply(self.member_proba(X, pool=comb.pooled(strategy), used=used, **kwargs), strategy)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "members_"):
@@ -352,9 +387,26 @@ class BaggedEnsemble(ParamsMixin):
                                "ensemble.runfolder.load_run()")
 
 
+def _finished(store, spec, fingerprint: str) -> dict | None:
+    """A member finished in ``store`` with this fingerprint, with every pool candidate its spec
+    declares (loaded beside it); None when the member or one of them is missing."""
+    from .pool import member_candidates
+
+    got = store.finished_member(spec.name, fingerprint)
+    if got is None:
+        return None
+    cands = [store.finished_member(c.name, fingerprint) for c in member_candidates(spec)]
+    if any(c is None for c in cands):
+        log.info("member %s finished without all its pool candidates: training it again to keep them", spec.name)
+        for name in [spec.name, *(c.name for c in member_candidates(spec))]:
+            store.unfinish_member(name)
+        return None
+    return dict(got, candidates=cands)
+
+
 def decode_size(ens: "BaggedEnsemble") -> int:
     """Shorter side to decode at: the largest resize any member needs."""
-    return max(fm.inputs.resize_size for fm in ens.members_)
+    return max(fm.inputs.resize_size for fm, _ in ens.pool_rows())
 
 
 def with_precision(members: Sequence, precision: str) -> list:

@@ -54,7 +54,7 @@ def oob_report(combiner, y: np.ndarray, oob_indices: Sequence[np.ndarray],
         if not n_covered:
             out["strategies"][name] = None
             continue
-        covered, pred, proba = combiner.get(name).apply_oob(full, available)
+        covered, pred, proba = combiner.apply_oob(full, available, name)
         out["strategies"][name] = classification_report(y[covered], pred, proba, classes)
     out["n_covered"] = n_covered
     out["n_excluded"] = int(n - n_covered)
@@ -63,7 +63,7 @@ def oob_report(combiner, y: np.ndarray, oob_indices: Sequence[np.ndarray],
 
 def _oob_inputs(combiner, n: int, oob_indices: Sequence[np.ndarray], oob_proba: Sequence[np.ndarray]):
     """Calibrated per-member OOB probabilities, and as an (M, n, C) matrix with its mask."""
-    calibrated = [combiner.calibrate(p[None])[0] if len(p) else p for p in oob_proba]
+    calibrated = [combiner.calibrate_row(j, p) for j, p in enumerate(oob_proba)]
     full, available = oob_matrix(list(oob_indices), calibrated, n, len(combiner.classes))
     return calibrated, full, available
 
@@ -76,7 +76,7 @@ def calibration_set(ens, strategy: str | None = None, source: str = "val") -> tu
     if source == "val":
         return comb.apply(ens.val_proba_, strategy)[1], np.asarray(ens.val_y_)
     _, full, available = _oob_inputs(comb, len(ens.y_train_), ens.oob_indices_, ens.oob_proba_)
-    covered, _, proba = comb.get(strategy).apply_oob(full, available)
+    covered, _, proba = comb.apply_oob(full, available, strategy)
     return proba, np.asarray(ens.y_train_)[covered]
 
 

@@ -31,7 +31,10 @@ def run_explain(run_dir: str, images: Sequence[str], out: str, strategy: str | N
         raise DataError(f"none of the {len(paths)} input image(s) could be read (first: {bad[0][1]}); "
                         f"nothing written")
     kept = [arrays[i] for i in ok]
-    pred, proba = ens.combiner_.apply(ens.member_proba(kept, runtime="torch"), strategy) if ok else ([], [])
+    comb = ens.combiner_
+    used = comb.uses(strategy)[:len(comb.names(strategy))]  # the members (and pool candidates) it weighs
+    pred, proba = comb.apply(ens.member_proba(kept, runtime="torch", pool=comb.pooled(strategy), used=used),
+                             strategy) if ok else ([], [])
     files: dict = {}
     listing = []
     for k, (i, overlays) in enumerate(zip(ok, member_saliency(ens, kept, np.asarray(pred, dtype=np.int64)))):

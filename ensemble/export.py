@@ -47,9 +47,12 @@ class EnsembleGraph(nn.Module):
     """
 
     def __init__(self, models: Sequence[nn.Module], inputs: Sequence, head: nn.Module,
-                 temperatures: Sequence[float] | None) -> None:
+                 temperatures: Sequence[float] | None, used: Sequence[bool] | None = None) -> None:
         super().__init__()
-        self.members = nn.ModuleList(models)
+        # rows the head gives no weight (pool candidates greedy left out) are zeros, not run
+        self.used = [True] * len(models) if used is None else [bool(u) for u in used]
+        self.members = nn.ModuleList(m for m, u in zip(models, self.used) if u)
+        self.slot = {j: k for k, j in enumerate(j for j, u in enumerate(self.used) if u)}
         self.sizes = [int(i.image_size) for i in inputs]
         ref = inputs[int(np.argmax(self.sizes))]
         self.input_size = int(ref.image_size)
@@ -59,7 +62,10 @@ class EnsembleGraph(nn.Module):
             raise ExportRefused(f"a strategy's graph head must be a torch.nn.Module; got {type(head).__name__}")
         self.head = head
         m = len(models)
-        t = np.ones(m) if not temperatures else np.asarray(temperatures, dtype=np.float64)
+        t = np.ones(m)
+        self.n_calibrated = len(temperatures) if temperatures else 0  # pool candidates after them are not
+        if temperatures:
+            t[:len(temperatures)] = np.asarray(temperatures, dtype=np.float64)
         self.calibrated = bool(temperatures)
         self.register_buffer("temperatures", torch.tensor(t, dtype=torch.float32))
 
@@ -74,12 +80,14 @@ class EnsembleGraph(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        probs = []
-        for j, model in enumerate(self.members):
-            p = model(self._member_input(x, j)).softmax(dim=1)
-            if self.calibrated:  # as combiners.temperature_scale
+        probs: list = [None] * len(self.used)
+        for j, k in self.slot.items():
+            p = self.members[k](self._member_input(x, j)).softmax(dim=1)
+            if self.calibrated and j < self.n_calibrated:  # as combiners.temperature_scale
                 p = (torch.log(p.clamp(PROBA_FLOOR / 100, 1.0)) / self.temperatures[j]).softmax(dim=1)
-            probs.append(p)
+            probs[j] = p
+        ref = next(p for p in probs if p is not None)
+        probs = [torch.zeros_like(ref) if p is None else p for p in probs]
         return self.head(torch.stack(probs))  # (M, N, C) -> (N, C)
 
 
@@ -103,9 +111,18 @@ def ensemble_graph(ens, strategy: str) -> EnsembleGraph:
     """The fitted ensemble as one module: members, calibration and ``strategy``'s graph form."""
     from members.export import cpu_copy
 
-    head = ens.combiner_.get(strategy).graph_head()
-    return EnsembleGraph([cpu_copy(fm.model) for fm in ens.members_], [fm.inputs for fm in ens.members_],
-                         head, ens.combiner_.temperatures).eval()
+    comb = ens.combiner_
+    head = comb.get(strategy).graph_head()
+    rows = [fm for fm, _ in ens.pool_rows()][:len(comb.names(strategy))]  # members [+ pool candidates]
+    used = comb.uses(strategy)[:len(rows)]
+    views = {fm.name: fm.inputs.view for fm in ens.members_}
+    other = [fm.name for fm, u in zip(rows, used) if u and fm.inputs.view != views[fm.name.split("@")[0]]]
+    if other:
+        raise ExportRefused(f"strategy {strategy} weighs pool candidates seen under another view than their "
+                            f"member's ({', '.join(other)}); one graph takes one input: export soft, weighted or "
+                            f"stacking, or refit with `combiner.greedy.pool=false`")
+    return EnsembleGraph([cpu_copy(fm.model) if u else nn.Identity() for fm, u in zip(rows, used)],
+                         [fm.inputs for fm in rows], head, comb.temperatures, used).eval()
 
 
 # ---------------------------------------------------------------- files
@@ -159,9 +176,13 @@ def export_run(run_dir: str, fmt: str, out: str, strategy: str | None = None) ->
     files["ensemble.onnx"] = export_onnx_bytes(graph, torch.zeros(2, 3, graph.input_size, graph.input_size),
                                                "the ensemble graph", ["image"], ["proba"])
     comb = ens.combiner_
+    names, used = comb.names(strategy), graph.used
     docs["ensemble.json"] = {
         "strategy": strategy, "members": [fm.name for fm in ens.members_],
-        "weights": _head_weights(graph.head, len(ens.members_)), "temperatures": comb.temperatures,
+        **({"pool": names, "pool_used": [n for n, u in zip(names, used) if u],
+            "pool_note": "the pool candidates greedy weighs run inside the graph like the members (not calibrated)"}
+           if comb.pooled(strategy) else {}),
+        "weights": _head_weights(graph.head, len(names)), "temperatures": comb.temperatures,
         "member_input_sizes": graph.sizes,
         "note": ("members whose input size differs from the graph's see the input bilinearly resized "
                  "inside the graph (an approximation of their own centre crop); for exact member "

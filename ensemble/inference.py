@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Iterator, Sequence
 
-
+import numpy as np
 
 from .config import SplitSource
 from .data import DataChanges, DataError, change_split, check_labels, expand_inputs, load_split
@@ -112,8 +112,10 @@ def run_predict(run_dir: str, inputs: Sequence[str], out: str, strategy: str | N
             "inference": options.plan(ens), "n_review": sum(1 for r in rows if r.get("decision") == "review")}
 
 
-def _member_hashes(ens: BaggedEnsemble) -> list:
-    return [weights_hash(fm.meta) for fm in ens.members_]
+def _member_hashes(ens: BaggedEnsemble, pool: bool = False) -> list:
+    """The weights hash of every member (with ``pool``: and of every pool candidate, with its view)."""
+    rows = [fm for fm, _ in ens.pool_rows()] if pool else ens.members_
+    return [weights_hash(fm.meta) if fm in ens.members_ else [weights_hash(fm.meta), fm.inputs.view] for fm in rows]
 
 
 def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all",
@@ -152,8 +154,16 @@ def _evaluate(ens: BaggedEnsemble, run_cfg, data: str | dict, out_dir: Path, str
     split, changes = change_split(split, DataChanges.read(run_cfg.data.exclude, run_cfg.data.relabel,
                                                           ens.classes_))  # the run's lists
     check_labels(split, ens.classes_, "evaluation")
-    key = {"data": images_fingerprint(split.paths, split.labels), "members": _member_hashes(ens),
-           "tta": options.tta, "inference": options.plan(ens)}
+    comb = ens.combiner_
+    pool = any(comb.pooled(s) for s in strategies)  # a pool strategy: the candidates run too
+    # every member runs (the report scores each); of the pool candidates, only those a strategy weighs
+    used = np.zeros(len(comb.member_names) + len(comb.candidate_names), dtype=bool)
+    used[:len(comb.member_names)] = True
+    for s in strategies:
+        used |= comb.uses(s)
+    used = used if pool else None
+    key = {"data": images_fingerprint(split.paths, split.labels), "members": _member_hashes(ens, pool),
+           "tta": options.tta, "inference": options.plan(ens), "used": None if used is None else used.tolist()}
     cache_json, cache_npy = out_dir / "member_proba.json", out_dir / "member_proba.npy"
     skipped: list = []
     if cache_json.is_file() and cache_npy.is_file() and read_json(cache_json).get("key") == sha256_json(key):
@@ -167,13 +177,12 @@ def _evaluate(ens: BaggedEnsemble, run_cfg, data: str | dict, out_dir: Path, str
         skipped = [{"path": p, "reason": r} for p, r in bad]
         if not keep:
             raise DataError(f"{data}: none of its {len(arrays)} images could be read (first: {bad[0][1]})")
-        member_proba = options.member_proba(ens, [arrays[i] for i in keep])
+        member_proba = options.member_proba(ens, [arrays[i] for i in keep], used, pool)
         atomic_write_npy(cache_npy, member_proba)
         atomic_write_json(cache_json, {"key": sha256_json(key), "kept": keep, "skipped": skipped,
                                        "paths": [split.paths[i] for i in keep]})
     split = split.subset(keep)
     y = split.encode(ens.classes_)
-    comb = ens.combiner_
     names = [fm.name for fm in ens.members_]
     results = {"eval": evaluate_split(member_proba, y, comb, strategies)}
     doc = build_metrics(ens.classes_, names, results, None, comb,

@@ -106,7 +106,8 @@ def fit_member(job: MemberJob, data: TrainingData, store=None) -> dict:
         k = len(classes)
         train_data = TrainData(data.images, data.y, job.sample, eval_tensor(data.val_images, member.inputs),
                                np.asarray(data.val_y))
-        run = TrainRun(spec.name, mseed, device, lambda y, p: selection_scores(y, p, k), precision, checkpoint)
+        run = TrainRun(spec.name, mseed, device, lambda y, p: selection_scores(y, p, k), precision, checkpoint,
+                       keep_probe="probe" in spec.candidates.weights)
         result = train_member(member, spec.train, train_data, run)
         oob = job.oob
         oob_proba = (predict_proba(member.model, eval_tensor([data.images[i] for i in oob], member.inputs),
@@ -125,7 +126,39 @@ def fit_member(job: MemberJob, data: TrainingData, store=None) -> dict:
     }
     arrays = {"samples": np.asarray(job.sample, dtype=np.int64), "oob": np.asarray(oob, dtype=np.int64),
               "oob_proba": oob_proba.astype(np.float32)}
+    # candidates first: a member whose member.json exists always has its candidates beside it
+    with torch_threads(job.threads):
+        candidates = _fit_candidates(job, data, member, result, meta, arrays, device, precision, store)
     if store is not None:
         meta = store.save_member(spec.name, result.state_dict, meta, arrays)
         log.info("member %s saved (best epoch %d, %.0f s)", spec.name, result.best_epoch, result.seconds)
-    return {"state_dict": result.state_dict, "meta": meta, "arrays": arrays}
+    return {"state_dict": result.state_dict, "meta": meta, "arrays": arrays, "candidates": candidates}
+
+
+def _fit_candidates(job: MemberJob, data: TrainingData, member, result, meta: dict, arrays: dict,
+                    device, precision, store) -> list[dict]:
+    """The member's pool candidates (:mod:`ensemble.pool`): each kept snapshot's weights, seen
+    through its view, scored on the member's OOB images and saved like a member."""
+    from members.predictor import predict_proba
+    from members.transforms import eval_tensor
+
+    from .pool import member_candidates
+
+    spec, k, oob = job.spec, len(data.classes), job.oob
+    out = []
+    for cand in member_candidates(spec):
+        state = result.state_dict if cand.weights == spec.train.select else result.candidates[cand.weights]
+        inputs = dataclasses.replace(member.inputs, view=cand.view)
+        member.model.load_state_dict(state)
+        proba = (predict_proba(member.model, eval_tensor([data.images[i] for i in oob], inputs), inputs,
+                               spec.train.eval_batch_size, device, precision=precision)
+                 if len(oob) else np.zeros((0, k)))
+        cmeta = dict(meta, name=cand.name, inputs=dataclasses.asdict(inputs), candidate=cand._asdict())
+        carrays = dict(arrays, oob_proba=proba.astype(np.float32))
+        if store is not None:
+            cmeta = store.save_member(cand.name, state, cmeta, carrays)
+        log.info("member %s: pool candidate %s saved", spec.name, cand.name)
+        out.append({"state_dict": state, "meta": cmeta, "arrays": carrays})
+    if out:
+        member.model.load_state_dict(result.state_dict)
+    return out

@@ -30,8 +30,8 @@ class InferenceOptions:
     adapt_bn: bool = False            # re-estimate BatchNorm statistics on the images being predicted
 
     def member_proba(self, ens: BaggedEnsemble, images: Sequence[np.ndarray],
-                     used: Sequence[bool] | None = None) -> np.ndarray:
-        return ens.member_proba(images, **dataclasses.asdict(self), used=used)
+                     used: Sequence[bool] | None = None, pool: bool = False) -> np.ndarray:
+        return ens.member_proba(images, **dataclasses.asdict(self), used=used, pool=pool)
 
     def plan(self, ens: BaggedEnsemble) -> dict:
         """The runtime and precision each member resolves to here (part of cache keys)."""
@@ -92,11 +92,14 @@ class ImagePredictor:
         self.size = decode_size(ens)
         self.decider = Decider(*calibration_set(ens, strategy, decisions.calibration), decisions.costs, self.classes)
         self.review = "decision" in decisions.columns()
-        # members the strategy gives no weight are not run
-        self.used = ens.combiner_.get(strategy).uses(len(self.names))
+        # members (and pool candidates) the strategy gives no weight are not run
+        comb = ens.combiner_
+        self.pool = comb.pooled(strategy)
+        rows = comb.names(strategy)
+        self.used = comb.uses(strategy)[:len(rows)]
         if not self.used.all():
-            log.info("strategy %s uses %s: the other members are not run", strategy or ens.combiner_.strategy,
-                     ", ".join(n for n, u in zip(self.names, self.used) if u))
+            log.info("strategy %s uses %s: the others are not run", strategy or comb.strategy,
+                     ", ".join(n for n, u in zip(rows, self.used) if u))
         self.threshold = self.decider.review_threshold(decisions.review_rate, decisions.target_accuracy) \
             if self.review else None
         if decisions.coverage:  # too few calibration images: fail now, not on the first image
@@ -145,7 +148,7 @@ class ImagePredictor:
         classes, names, used = self.classes, self.names, self.used
         ok = [i for i, a in enumerate(arrays) if a is not None]
         if ok:
-            member_proba = self.options.member_proba(self.ens, [arrays[i] for i in ok], used)
+            member_proba = self.options.member_proba(self.ens, [arrays[i] for i in ok], used, self.pool)
             _, proba = self.ens.combiner_.apply(member_proba, self.strategy)
             pred, columns = self._decided(proba, self.decisions, self.threshold)
             member_pred = member_proba.argmax(axis=2)

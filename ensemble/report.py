@@ -361,7 +361,11 @@ def diversity_section(doc: dict) -> list[str]:
 
 def contribution_rows(doc: dict) -> list[list[str]]:
     """Each member's greedy weight and leave-one-out effect on the soft vote, per split."""
-    weights = (doc.get("combiner") or {}).get("greedy_weights") or {}
+    by_name = (doc.get("combiner") or {}).get("greedy_weights") or {}
+    weights: dict[str, float] = {}
+    for name, w in by_name.items():  # a member's share with its pool candidates (`lite0@ema`, ...)
+        member = name.split("@")[0]
+        weights[member] = weights.get(member, 0.0) + w
     rows = [["split", "member", "greedy weight", "soft vote macro-F1 gain", "soft vote log-loss gain"]]
     rows += [[split, c["member"], f"{weights[c['member']]:.3f}" if c["member"] in weights else "-",
               f"{c['macro_f1_gain']:+.4f}", f"{c['log_loss_gain']:+.4f}"]
@@ -375,7 +379,7 @@ def contribution_markdown(doc: dict) -> list[str]:
         return []
     return ["### What each member adds", "", "Gain: the soft vote of all members minus the soft vote without this "
             "member (macro-F1 up, log loss down: positive means the member helps); greedy weight: its share in "
-            "the `greedy` strategy (fitted on OOB).", "", format_table(rows, markdown=True), ""]
+            "the `greedy` strategy (fitted on OOB), with its pool candidates'.", "", format_table(rows, markdown=True), ""]
 
 
 @model_figure

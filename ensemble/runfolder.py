@@ -6,7 +6,9 @@
     RUN/members/<name>/      model.safetensors, samples.npy, oob.npy, oob_proba.npy,
                              member.json (with the SHA-256 of each: the commit point),
                              checkpoint.safetensors + checkpoint.json while training
-    RUN/predictions/         <split>_proba.npy, <split>_labels.npy, <split>_paths.json,
+    RUN/members/<name>@<weights>[+<view>]/   a pool candidate (:mod:`ensemble.pool`): the same
+                             files, written before its member's member.json
+    RUN/predictions/         <split>_proba.npy (members, then pool candidates), <split>_labels.npy, <split>_paths.json,
                              train_labels.npy, hashes.json
     RUN/combiner/            combiner.json, <strategy>_<array>.npy, hashes.json
     RUN/report/              what :mod:`ensemble.report` renders
@@ -129,7 +131,8 @@ class RunFolder:
             except (ConfigError, yaml.YAMLError, ValueError, TypeError, AttributeError):
                 old = {}  # unreadable: counts as changed
             changed = [k for k in config_changes(old, config_to_dict(cfg))
-                       if not k.startswith(("combiner.", "tune.", "parallel.", "decision.", "report.", "tracking."))]
+                       if not k.startswith(("combiner.", "tune.", "parallel.", "decision.", "report.", "tracking."))
+                       and ".candidates." not in k]  # pool candidates: a member missing some trains again
             work = any((self.root / "members").glob("*/member.json")) or \
                 any((self.root / "members").glob("*/checkpoint.json"))
             if changed and not restart and work:
@@ -256,8 +259,10 @@ class RunFolder:
         """Record the SHA-256 of every file predictions depend on outside the sealed folders
         (config.yaml, classes.json, each member.json) in ``run.json``: the commit point."""
         from .config import read_yaml
+        from .pool import pool_candidates
 
-        names = [m["name"] for m in read_yaml(self.config_path).get("members", [])]
+        cfg = self.read_config()
+        names = [m.name for m in cfg.members] + [c.name for c in pool_candidates(cfg.members)]
         files = ["config.yaml", "classes.json"] + [f"members/{n}/member.json" for n in names]
         atomic_write_json(self.marker_path, {"effens": _version(), "kind": "run",
                                              "files": {f: sha256_file(self.root / f) for f in files}})
@@ -315,6 +320,11 @@ class RunFolder:
             return None
         state, meta, arrays = self.load_member(name)
         return {"state_dict": state, "meta": meta, "arrays": arrays}
+
+    def unfinish_member(self, name: str) -> None:
+        """Withdraw a finished member's record (member.json) before it is trained again, so
+        that a crash midway leaves it unfinished rather than with files its record does not match."""
+        (self.member_dir(name) / "member.json").unlink(missing_ok=True)
 
     def save_member(self, name: str, state_dict: dict, meta: dict, arrays: dict[str, np.ndarray]) -> dict:
         """Write a member's files, then ``member.json`` with their hashes (the commit point),
@@ -604,8 +614,10 @@ def load_run(root: str | os.PathLike, adopt: bool = False):
     ens.onnx_cache_ = run.member_onnx
     ens.compiled_cache_ = run.compiled_cache
     ens.specs_ = with_precision(cfg.members, cfg.precision)
+    from .pool import candidate_specs
+
     members, samples, oob_proba = [], [], []
-    for spec in cfg.members:
+    for spec in [*ens.specs_, *candidate_specs(ens.specs_)]:  # the members, then their pool candidates
         meta, arrays = run.load_member_record(spec.name)
         members.append(FittedMember(spec.name, None, InputConfig.from_record(meta["inputs"]), meta,
                                     build=_MemberBuilder(run.root, spec, meta)))
@@ -614,8 +626,13 @@ def load_run(root: str | os.PathLike, adopt: bool = False):
     run.verify("predictions")
     combiner = run.load_combiner()
     pred = run.predictions_dir
-    ens._set_fitted(read_json(run.classes_path), members, samples, oob_proba, read_npy(pred / "train_labels.npy"),
-                    read_npy(pred / "val_proba.npy"), read_npy(pred / "val_labels.npy"), combiner=combiner)
+    val_proba = read_npy(pred / "val_proba.npy")
+    if len(val_proba) != len(members):
+        raise RunError(f"{pred / 'val_proba.npy'}: holds {len(val_proba)} members' probabilities, the config "
+                       f"{len(members)} (members and pool candidates); run `effens train` on this folder again")
+    n = len(cfg.members)
+    ens._set_fitted(read_json(run.classes_path), members[:n], samples, oob_proba, read_npy(pred / "train_labels.npy"),
+                    val_proba, read_npy(pred / "val_labels.npy"), combiner=combiner, candidates=members[n:])
     return ens
 
 

@@ -210,7 +210,7 @@ def model_card(ens, predictor: ImagePredictor, settings: ServeSettings, run: str
 
     plan = settings.options.plan(ens)
     return {"classes": predictor.classes, "members": predictor.names,
-            "members_used": [n for n, u in zip(predictor.names, predictor.used) if u],
+            "members_used": [n for n, u in zip(ens.combiner_.names(settings.strategy), predictor.used) if u],
             "strategy": settings.strategy or ens.combiner_.strategy, "runtime": plan["runtime"],
             "precision": plan["precision"], "decisions": predictor.decisions.columns(),
             "weights_sha256": {fm.name: weights_hash(fm.meta) for fm in ens.members_},

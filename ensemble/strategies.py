@@ -90,6 +90,13 @@ class FitData:
     def has_oob(self) -> bool:
         return bool(self.oob_available.any())
 
+    def head(self, n: int) -> "FitData":
+        """The first ``n`` rows (the members, without the pool's candidates)."""
+        if n >= len(self.val_proba):
+            return self
+        return dataclasses.replace(self, val_proba=self.val_proba[:n], oob_proba=self.oob_proba[:n],
+                                   oob_available=self.oob_available[:n])
+
     def source(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
         """(proba, y, available or None, the source actually used) for ``val`` or ``oob``."""
         if name == "oob" and self.has_oob:
@@ -119,6 +126,9 @@ class Strategy:
     #: the dataclass (fields made with :func:`ensemble.schema.field`) of this strategy's own
     #: ``combiner.<name>`` section: validated, documented and saved like every other setting
     settings_schema: ClassVar[type | None] = None
+    #: True: fitted and applied on the whole pool (members, then their candidates,
+    #: :mod:`ensemble.pool`) rather than on the members alone
+    pool: bool = False
 
     def __init__(self, settings: Any = None, seed: int = 0) -> None:
         self.settings = settings
@@ -362,6 +372,8 @@ class GreedySettings:
                                                         "average the weights (0: off)")
     bag_fraction: float = setting(0.5, check=interval(0, 1, low_open=True),
                                   doc="share of the candidates in each bag")
+    pool: bool = setting(True, doc="select over the members' pool candidates too (`members.N.candidates`; "
+                                   "without any, the members alone)")
 
 
 @register
@@ -382,6 +394,7 @@ class GreedySelection(SoftVote):
         g = getattr(settings, "greedy", None)
         self.params_ = None if g is None else {"iterations": int(g.iterations), "metric": g.metric,
                                                 "bags": int(g.bags), "bag_fraction": float(g.bag_fraction)}
+        self.pool = bool(getattr(g, "pool", False))
 
     def fit(self, proba: np.ndarray, y: np.ndarray, available: np.ndarray | None = None,
             n_classes: int | None = None) -> "Strategy":
@@ -395,11 +408,13 @@ class GreedySelection(SoftVote):
         return max(int(np.count_nonzero(self.weights_)) - 1, 0)
 
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
-        return {"weights": self.weights_, "source": self.source_, "params": self.params_, "path": self.path_}, {}
+        return {"weights": self.weights_, "source": self.source_, "params": self.params_, "path": self.path_,
+                "pool": self.pool}, {}
 
     def _load(self, doc: dict, arrays: dict[str, np.ndarray]) -> None:
         self.weights_, self.source_ = doc["weights"], doc.get("source")
         self.params_, self.path_ = doc.get("params"), doc.get("path", [])
+        self.pool = bool(doc.get("pool", False))
 
     def summary(self, member_names: Sequence[str]) -> dict:
         return {"greedy_weights": dict(zip(member_names, self.weights_)), "greedy_source": self.source_,
@@ -424,12 +439,45 @@ class Combiner:
     strategies: dict[str, Strategy]
     temperatures: list[float] | None = None
     choice: dict | None = None  # with `strategy: auto`: how the default was chosen
+    candidate_names: list[str] = dataclasses.field(default_factory=list)  # the pool's rows after the members
 
     def calibrate(self, member_proba: np.ndarray) -> np.ndarray:
-        """Apply per-member temperatures (identity when not calibrated)."""
+        """Apply per-member temperatures (identity when not calibrated; pool candidates are not calibrated)."""
+        p = np.asarray(member_proba, dtype=np.float64)
         if not self.temperatures:
-            return np.asarray(member_proba, dtype=np.float64)
-        return np.stack([temperature_scale(p, t) for p, t in zip(member_proba, self.temperatures)])
+            return p
+        scaled = [temperature_scale(q, t) for q, t in zip(p, self.temperatures)]
+        return np.stack(scaled + list(p[len(scaled):]))
+
+    def calibrate_row(self, j: int, proba: np.ndarray) -> np.ndarray:
+        """Row ``j``'s (samples, classes) probabilities with its temperature (candidates: none)."""
+        p = np.asarray(proba, dtype=np.float64)
+        if not self.temperatures or j >= len(self.temperatures) or not len(p):
+            return p
+        return temperature_scale(p, self.temperatures[j])
+
+    # ---- the pool: members first, then their candidates (ensemble.pool)
+    def pooled(self, strategy: str | None = None) -> bool:
+        """Whether ``strategy`` reads the pool's candidates (a pool strategy in a run that has some)."""
+        return bool(self.candidate_names) and self.get(strategy).pool
+
+    def names(self, strategy: str | None = None) -> list[str]:
+        """The rows ``strategy`` combines: the members, and the candidates for a pool strategy."""
+        return self.member_names + (self.candidate_names if self.pooled(strategy) else [])
+
+    def rows(self, arr: np.ndarray, strategy: str | None = None) -> np.ndarray:
+        """``arr``'s rows (members [+ candidates] first) that ``strategy`` combines."""
+        n = len(self.names(strategy))
+        if len(arr) < n:
+            raise RunError(f"strategy {strategy or self.strategy!r} combines {n} members and pool candidates "
+                           f"({', '.join(self.names(strategy))}); got probabilities of {len(arr)}")
+        return arr[:n]
+
+    def uses(self, strategy: str | None = None) -> np.ndarray:
+        """Which pool rows (members, then candidates) ``strategy`` reads; inference may skip the others."""
+        n_pool = len(self.member_names) + len(self.candidate_names)
+        used = self.get(strategy).uses(len(self.names(strategy)))
+        return np.concatenate([used, np.zeros(n_pool - len(used), dtype=bool)])
 
     def available(self) -> list[str]:
         return list(self.strategies)
@@ -449,15 +497,21 @@ class Combiner:
               calibrated: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """(predictions, probabilities) of ``strategy`` (default: the run's)."""
         p = member_proba if calibrated else self.calibrate(member_proba)
-        return self.get(strategy).apply(p)
+        return self.get(strategy).apply(self.rows(p, strategy))
+
+    def apply_oob(self, full: np.ndarray, available: np.ndarray,
+                  strategy: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(covered indices, predictions, probabilities) of ``strategy``'s OOB vote (see :meth:`Strategy.apply_oob`)."""
+        return self.get(strategy).apply_oob(self.rows(full, strategy), self.rows(available, strategy))
 
     def summary(self) -> dict:
         """``metrics.json``'s ``combiner`` section."""
         out: dict = {}
-        for s in self.strategies.values():
-            out.update(s.summary(self.member_names))
+        for name, s in self.strategies.items():
+            out.update(s.summary(self.names(name)))
         out["temperatures"] = dict(zip(self.member_names, self.temperatures)) if self.temperatures else None
-        out["notes"] = [t for t in (s.describe(self.member_names) for s in self.strategies.values()) if t]
+        out["notes"] = [t for t in (s.describe(self.names(n)) for n, s in self.strategies.items()) if t]
+        out["candidates"] = self.candidate_names
         out["fitted_on_val"] = sorted(n for n, s in self.strategies.items() if getattr(s, "source_", None) == "val")
         out["choice"] = self.choice
         return out
@@ -465,7 +519,8 @@ class Combiner:
     # files: see ensemble.runfolder (the only code that writes them)
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
         doc: dict = {"format": 2, "strategy": self.strategy, "choice": self.choice, "classes": self.classes,
-                     "member_names": self.member_names, "temperatures": self.temperatures, "strategies": {}}
+                     "member_names": self.member_names, "candidate_names": self.candidate_names,
+                     "temperatures": self.temperatures, "strategies": {}}
         arrays: dict[str, np.ndarray] = {}
         for name, s in self.strategies.items():
             sdoc, sarr = s.state()
@@ -483,7 +538,7 @@ class Combiner:
             own = {k: arrays[f"{name}_{k}"] for k in sdoc.get("arrays", [])}
             strategies[name] = STRATEGIES[name].from_state(sdoc, own)
         return cls(doc["strategy"], list(doc["classes"]), list(doc["member_names"]), strategies,
-                   doc.get("temperatures"), doc.get("choice"))
+                   doc.get("temperatures"), doc.get("choice"), list(doc.get("candidate_names") or []))
 
 
 def _upgrade(doc: dict) -> dict:
@@ -500,24 +555,29 @@ def _upgrade(doc: dict) -> dict:
 
 
 def fit_combiner(settings: Any, member_names: Sequence[str], classes: Sequence[str], data: FitData,
-                 seed: int = 0, only: Sequence[str] | None = None) -> Combiner:
+                 seed: int = 0, only: Sequence[str] | None = None,
+                 candidate_names: Sequence[str] = ()) -> Combiner:
     """Fit temperatures (``settings.calibrate``) and every registered strategy (or ``only``
-    these) from member probabilities; ``settings`` is a :class:`~ensemble.config.CombinerConfig`."""
+    these) from member probabilities; ``settings`` is a :class:`~ensemble.config.CombinerConfig`.
+    ``data`` holds the members' rows, then the pool candidates' (``candidate_names``), which
+    only pool strategies see."""
     temperatures = None
+    n = len(member_names)
     if settings.calibrate:
-        temperatures = [fit_temperature(p, data.val_y) for p in data.val_proba]
+        temperatures = [fit_temperature(p, data.val_y) for p in data.val_proba[:n]]
         oob = data.oob_proba.copy()
         for j, t in enumerate(temperatures):
             left_out = data.oob_available[j]
             if left_out.any():
                 oob[j, left_out] = temperature_scale(oob[j, left_out], t)
-        val = np.stack([temperature_scale(p, t) for p, t in zip(data.val_proba, temperatures)])
+        val = np.stack([temperature_scale(p, t) for p, t in zip(data.val_proba, temperatures)]
+                       + list(data.val_proba[n:]))
         data = dataclasses.replace(data, val_proba=val, oob_proba=oob)
     fitted: dict[str, Strategy] = {}
     for name in (only or STRATEGIES):
         s = STRATEGIES[name](settings, seed)
         if s.source is not None:
-            proba, y, available, actual = data.source(s.source)
+            proba, y, available, actual = (data if s.pool else data.head(n)).source(s.source)
             s.fit(proba, y, available, n_classes=len(classes))
             s.source_ = getattr(s, "source_", None) or actual
         fitted[name] = s
@@ -525,5 +585,5 @@ def fit_combiner(settings: Any, member_names: Sequence[str], classes: Sequence[s
     if strategy == "auto":
         from .strategy_choice import choose_strategy
 
-        strategy, choice = choose_strategy(fitted, data, len(classes), getattr(settings, "auto", None), seed)
-    return Combiner(strategy, list(classes), list(member_names), fitted, temperatures, choice)
+        strategy, choice = choose_strategy(fitted, data, len(classes), getattr(settings, "auto", None), seed, n)
+    return Combiner(strategy, list(classes), list(member_names), fitted, temperatures, choice, list(candidate_names))

@@ -26,14 +26,22 @@ from .metrics import log_loss, macro_f1, per_sample_log_loss
 log = logging.getLogger(__name__)
 
 
-def _held_out(fitted: dict, data, n_classes: int, folds: int, seed: int) -> tuple[dict, np.ndarray, int, int]:
-    """Per strategy: (predictions, probabilities) on val + the OOB images, in one order."""
+def _held_out(fitted: dict, pool_data, n_classes: int, folds: int, seed: int,
+              n_members: int | None = None) -> tuple[dict, np.ndarray, int, int]:
+    """Per strategy: (predictions, probabilities) on val + the OOB images, in one order.
+
+    ``pool_data`` holds the members' rows, then the pool candidates' (only a pool strategy
+    sees those; a candidate leaves out the images its member left out, so the covered images
+    are the same)."""
+    data = pool_data.head(n_members) if n_members is not None else pool_data
     covered = np.flatnonzero(data.oob_available.any(axis=0)) if data.has_oob else np.arange(0)
     if len(covered) < 2 * folds:  # too few to cross-fit on: val alone
         covered = np.arange(0)
     fold_of = np.random.default_rng(seed).permutation(len(covered)) % folds
     out = {}
+    members_data = data
     for name, s in fitted.items():
+        data = pool_data if getattr(s, "pool", False) else members_data
         pred_v, p_v = s.apply(data.val_proba)
         preds, probs = [pred_v], [p_v]
         if len(covered):
@@ -56,6 +64,7 @@ def _held_out(fitted: dict, data, n_classes: int, folds: int, seed: int) -> tupl
             preds.append(pred_o)
             probs.append(p_o)
         out[name] = (np.concatenate(preds), np.concatenate(probs))
+    data = members_data
     y = np.concatenate([data.val_y, data.oob_y[covered]]) if len(covered) else np.asarray(data.val_y)
     return out, y, len(data.val_y), len(covered)
 
@@ -64,9 +73,11 @@ def _score(metric: str, y: np.ndarray, pred: np.ndarray, proba: np.ndarray, n_cl
     return log_loss(y, proba) if metric == "log_loss" else macro_f1(y, pred, n_classes)
 
 
-def choose_strategy(fitted: dict, data, n_classes: int, settings: Any = None, seed: int = 0) -> tuple[str, dict]:
+def choose_strategy(fitted: dict, data, n_classes: int, settings: Any = None, seed: int = 0,
+                    n_members: int | None = None) -> tuple[str, dict]:
     """(chosen strategy name, the record of how) for ``strategy: auto``; ``settings`` is an
-    :class:`~ensemble.config.AutoConfig` (None: its defaults)."""
+    :class:`~ensemble.config.AutoConfig` (None: its defaults); ``data``'s first ``n_members``
+    rows are the members, the rest pool candidates (default: all members)."""
     metric = getattr(settings, "metric", "log_loss")
     se_rule = float(getattr(settings, "se", 1.0))
     n_boot = int(getattr(settings, "bootstrap", 1000))
@@ -76,7 +87,7 @@ def choose_strategy(fitted: dict, data, n_classes: int, settings: Any = None, se
     if not eligible:
         raise ValueError("`combiner.strategy: auto` has no strategy to choose from (every one was fitted on val"
                          + (" or gives no probabilities" if metric == "log_loss" else "") + ")")
-    held, y, n_val, n_oob = _held_out(eligible, data, n_classes, folds, seed)
+    held, y, n_val, n_oob = _held_out(eligible, data, n_classes, folds, seed, n_members)
     names = list(eligible)
     lower_is_better = metric == "log_loss"
     sign = 1.0 if lower_is_better else -1.0

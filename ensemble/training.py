@@ -164,7 +164,7 @@ def _train(cfg: Config, data: Dataset, run: RunFolder, tracker=None) -> dict:
     run.save_predictions("val", val.paths, y_val, ens.val_proba_)
     if test is not None:
         run.save_predictions("test", test.paths, test.encode(data.classes),
-                             ens.member_proba(test_imgs, runtime="torch"))
+                             ens.member_proba(test_imgs, runtime="torch", pool=True))
     run.seal_predictions()
     from .card import data_summary
 

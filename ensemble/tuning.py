@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .bagging import draw_all, oob_indices
-from .config import Config, ParallelConfig, config_to_dict, dump_config, load_config
+from .config import CandidatesConfig, Config, ParallelConfig, config_to_dict, dump_config, load_config
 from .data import cache_size, decode_split, load_dataset
 from .evaluation import evaluate_split, oob_report
 from .files import atomic_write_json, atomic_write_safetensors, atomic_write_text, read_json, sha256_json, write_files
@@ -198,10 +198,12 @@ class TuneContext:
 
 
 def candidate_specs(cfg: Config, cand: Candidate, epochs: int | None) -> list:
-    """The members as ``train`` would get them with this candidate's bagging (and epochs)."""
+    """The members as ``train`` would get them with this candidate's bagging (and epochs); without
+    pool candidates (tune scores bagging ratios on the members)."""
     return [dataclasses.replace(spec, bagging=dataclasses.replace(spec.bagging, ratio=cand.ratios[i],
                                                                    replace=cand.replace[i]),
-                                train=dataclasses.replace(spec.train, epochs=epochs or spec.train.epochs))
+                                train=dataclasses.replace(spec.train, epochs=epochs or spec.train.epochs),
+                                candidates=CandidatesConfig())
             for i, spec in enumerate(cfg.members)]
 
 

@@ -149,6 +149,7 @@ class TrainRun:
     score: Scorer
     precision: Precision | None = None       # default: fp32 on CPU, mixed precision on GPU
     checkpoint: Checkpointer | None = None   # every finished epoch is saved here and resumed from
+    keep_probe: bool = False                 # make the linear probe on resume too (it is kept as a candidate)
 
 
 @dataclasses.dataclass
@@ -299,7 +300,7 @@ def train_member(member: Member, cfg, data: TrainData, run: TrainRun) -> TrainRe
         precision = Precision(resumed[1]["precision"], run.device.type, "as in the checkpoint being resumed")
         log.info("%s: continuing in %s, the precision of its checkpoint", run.name, precision.name)
     # the probe is made again on resume only where WiSE-FT needs it (the model comes from the checkpoint)
-    need_probe = cfg.lp_epochs and (resumed is None or cfg.wise_alpha < 1)
+    need_probe = cfg.lp_epochs and (resumed is None or cfg.wise_alpha < 1 or run.keep_probe)
     probe = linear_probe(member, cfg, data, run, precision) if need_probe else None
     torch.manual_seed(run.seed)
     loop = _Loop(member, cfg, data, run, precision)

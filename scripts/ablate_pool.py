@@ -1,18 +1,22 @@
-"""Would a candidate pool of (member, eval view) help the ensemble? (issue #21, item 2)
+"""Does a candidate pool help the ensemble? (issue #21, item 2)
 
-    python scripts/ablate_pool.py --runs runs/vds-seeds/run-seed0 runs/vds-seeds/run-seed1 \\
-        --views crop,letterbox --out runs/pool-ablation.json
+    python scripts/ablate_pool.py --runs runs/vds-pool/run-seed0 runs/vds-pool/run-seed1 \\
+        --out runs/pool-ablation.json                       # the runs' own pool candidates
+    python scripts/ablate_pool.py --runs runs/vds-seeds/run-seed0 --views crop,letterbox
 
-For each trained run: every member is evaluated, besides its own view, under each of
---views on its OOB images, on val and on test (OpenVINO, the run's precision), so the
-pool holds members x (1 + views) candidates. Then, side by side:
+The pool is the run's members and the pool candidates it kept (``members.N.candidates``:
+snapshots and views, their OOB/val/test probabilities read from the run), plus, with
+--views, every member evaluated under each of those views on its OOB images, val and test
+(OpenVINO, the run's precision). Then, side by side:
 
 - the run's default ensemble (its ``combiner.strategy``, as fitted) and each member;
 - ``greedy`` over the three members, on OOB (the run's own strategy);
 - ``greedy`` over the pool on OOB (the per-image availability mask: a candidate scores
   only the images its member left out), plain and bagged;
 - ``greedy`` over the pool fitted on val (reported on test only);
-- the uniform soft vote over the pool.
+- the uniform soft vote over the pool;
+- ``greedy`` on OOB over the members plus one kind of candidate (``@last``, ``@ema``,
+  ``@swa``, ``@probe``, ``+<view>``): each lever alone.
 
 Every choice is made on OOB or val; the test split is only reported. Macro-F1 and log
 loss on val and test are written to --out (JSON) and printed as a table.
@@ -62,12 +66,10 @@ def pool_of(run_dir: str, views: list[str]) -> dict:
     arrays = {s: decode_all(list(paths), size, on_bad="error")[0] for s, (paths, _, _) in splits.items()}
     arrays["oob"] = decode_all([data.train.paths[i] for i in oob_union], size, on_bad="error")[0]
     log.info("%s: decoded in %.0f s", run_dir, time.perf_counter() - t0)
-    names, oob, val, test = [], [], [], []
-    for j, fm in enumerate(ens.members_):  # the member's own view: what the run stored
-        names.append(f"{fm.name}/{fm.inputs.view}")
-        oob.append(ens.oob_proba_[j])
-        val.append(splits["val"][2][j])
-        test.append(splits["test"][2][j])
+    # the members and the run's pool candidates: what the run stored
+    names = [fm.name for fm, _ in ens.pool_rows()]
+    member_oob, oob = list(ens.oob_indices_), list(ens.oob_proba_)
+    val, test = list(splits["val"][2]), list(splits["test"][2])
     for v in views:
         t0 = time.perf_counter()
         got = {s: ens.member_proba(a, tta=v) for s, a in arrays.items()}
@@ -75,13 +77,12 @@ def pool_of(run_dir: str, views: list[str]) -> dict:
             if v == fm.inputs.view:
                 continue
             pos = np.searchsorted(oob_union, ens.oob_indices_[j])
-            names.append(f"{fm.name}/{v}")
+            names.append(f"{fm.name}+{v}")
+            member_oob.append(ens.oob_indices_[j])
             oob.append(got["oob"][j][pos])
             val.append(got["val"][j])
             test.append(got["test"][j])
         log.info("%s: view %s in %.0f s", run_dir, v, time.perf_counter() - t0)
-    member_oob = [ens.oob_indices_[int(n_j)] for n_j in
-                  [next(j for j, fm in enumerate(ens.members_) if n.startswith(fm.name + "/")) for n in names]]
     full, available = oob_matrix(member_oob, oob, len(y_train), len(ens.classes_))
     default = ens.combiner_.strategy
     return {"names": names, "oob": full, "available": available, "y_train": y_train,
@@ -113,6 +114,16 @@ def compare(pool: dict, seed: int) -> dict:
     rows[f"soft, pool of {len(names)}"] = mix(np.full(len(names), 1 / len(names)))
     rows["soft, 3 members"] = mix(np.concatenate([np.full(n_members, 1 / n_members),
                                                  np.zeros(len(names) - n_members)]))
+    kinds = sorted({n[len(n.split("@")[0].split("+")[0]):] for n in names[n_members:]})
+    for kind in kinds:  # each lever alone: the members plus one kind of candidate
+        keep = np.array([j < n_members or n.endswith(kind) and n[:-len(kind)] in pool["members"]
+                         for j, n in enumerate(names)])
+        if keep.sum() == n_members:
+            continue
+        w, _ = greedy_selection(pool["oob"][keep], pool["y_train"], pool["available"][keep], seed=seed)
+        full_w = np.zeros(len(names))
+        full_w[keep] = w
+        rows[f"greedy, members + {kind}, OOB"] = mix(full_w)
     out = {}
     for name, (v, t, weights) in rows.items():
         out[name] = {"val": scores(yv, v, k), "test": scores(yt, t, k)}
@@ -124,7 +135,7 @@ def compare(pool: dict, seed: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--runs", nargs="+", required=True)
-    p.add_argument("--views", default="crop,letterbox")
+    p.add_argument("--views", default="", help="eval views to add for every member (comma-separated)")
     p.add_argument("--out")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")

@@ -223,14 +223,16 @@ def predict_throughput(run: Path, doc: dict) -> dict:
     paths = json.loads((run / "predictions" / "val_paths.json").read_text())
     arrays, _ = decode_all(paths, decode_size(ens), on_bad="skip")
     arrays = [a for a in arrays if a is not None]
-    used = ens.combiner_.get(doc["strategy"]).uses(len(ens.members_))
-    ens.member_proba(arrays[:8])  # compile every runtime once, not timed
+    comb = ens.combiner_
+    names, pool = comb.names(doc["strategy"]), comb.pooled(doc["strategy"])
+    used = comb.uses(doc["strategy"])[:len(names)]
+    ens.member_proba(arrays[:8], pool=True)  # compile every runtime once, not timed
     out = {}
-    for label, mask in (("chosen", used), ("all members", None)):
+    for label, mask, rows in (("chosen", used, pool), ("all members", None, False)):
         t0 = time.perf_counter()
-        ens.member_proba(arrays, used=mask)
+        ens.member_proba(arrays, used=mask, pool=rows)
         out[label] = len(arrays) / (time.perf_counter() - t0)
-    out["members_used"] = [fm.name for fm, u in zip(ens.members_, used) if u]
+    out["members_used"] = [n for n, u in zip(names, used) if u]
     return out
 
 

@@ -67,3 +67,12 @@ def tiny_config(data: Path, epochs: int = 2, **extra) -> dict:
     }
     cfg.update(extra)
     return cfg
+
+
+def copy_run(run: Path, dest: Path) -> Path:
+    """A copy of a finished run folder (without the lock of the process that trained it)."""
+    import shutil
+
+    shutil.copytree(run, dest)
+    (dest / ".effens.lock").unlink(missing_ok=True)
+    return dest

@@ -202,17 +202,14 @@ def test_the_report_relates_contributions_to_diversity(trained):
 
 def test_auto_and_greedy_reach_the_report_and_predict_skips_unweighted_members(trained, tiny_data, tmp_path,
                                                                                monkeypatch):
-    import shutil
-
+    import synth
     from ensemble.cli import main
     from ensemble.estimator import BaggedEnsemble
     from ensemble.inference import InferenceOptions, predict_rows
     from ensemble.runfolder import load_run
 
     _, run = trained
-    copy = tmp_path / "run"
-    shutil.copytree(run, copy)
-    (copy / ".effens.lock").unlink(missing_ok=True)
+    copy = synth.copy_run(run, tmp_path / "run")
     assert main(["fit-combiner", str(copy), "--set", "combiner.strategy=auto"]) == 0
     doc = json.loads((copy / "report/metrics.json").read_text())
     assert doc["combiner"]["choice"]["chosen"] == doc["strategy"]
