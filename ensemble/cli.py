@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write a `data.exclude` list: flagged training images whose given label has "
                          "out-of-sample probability below --threshold, and training twins of exact or near copies in "
                          "val/test")
-    au.add_argument("--threshold", type=float, default=0.1, help="for --write-exclude (default 0.1)")
+    au.add_argument("--threshold", type=float, default=None, help="for --write-exclude (default 0.1)")
     au.add_argument("--min-cosine", type=float, default=0.75, metavar="C",
                     help="similar images: nearest neighbours whose pretrained features (centred on the set's "
                          "mean) are at least this cosine-similar (catches crops; default 0.75)")
@@ -445,8 +445,12 @@ def cmd_export(args) -> int:
 
 def cmd_audit(args) -> int:
     from .audit import run_audit
+    from .data import DataError
 
-    doc = run_audit(args.run, args.out, args.method, args.max_distance, args.write_exclude, args.threshold,
+    if args.threshold is not None and not args.write_exclude:  # before any work: it would change nothing
+        raise DataError("--threshold sets which images --write-exclude lists; give --write-exclude FILE too")
+    threshold = 0.1 if args.threshold is None else args.threshold
+    doc = run_audit(args.run, args.out, args.method, args.max_distance, args.write_exclude, threshold,
                     not args.no_features, args.min_cosine)
     d = doc["duplicates"]
     sys.stdout.write(f"{doc['n_label_issues']} probably mislabelled, {d['exact']} exact, {d['near']} near and "

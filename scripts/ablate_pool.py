@@ -61,11 +61,13 @@ def pool_of(run_dir: str, views: list[str]) -> dict:
     splits = {s: (read_json(pred / f"{s}_paths.json"), read_npy(pred / f"{s}_labels.npy"),
                   read_npy(pred / f"{s}_proba.npy")) for s in ("val", "test")}
     oob_union = np.unique(np.concatenate(ens.oob_indices_))
-    size = decode_size(ens)
-    t0 = time.perf_counter()
-    arrays = {s: decode_all(list(paths), size, on_bad="error")[0] for s, (paths, _, _) in splits.items()}
-    arrays["oob"] = decode_all([data.train.paths[i] for i in oob_union], size, on_bad="error")[0]
-    log.info("%s: decoded in %.0f s", run_dir, time.perf_counter() - t0)
+    arrays: dict = {}
+    if views:  # decoded only to evaluate the members under more views
+        size = decode_size(ens)
+        t0 = time.perf_counter()
+        arrays = {s: decode_all(list(paths), size, on_bad="error")[0] for s, (paths, _, _) in splits.items()}
+        arrays["oob"] = decode_all([data.train.paths[i] for i in oob_union], size, on_bad="error")[0]
+        log.info("%s: decoded in %.0f s", run_dir, time.perf_counter() - t0)
     # the members and the run's pool candidates: what the run stored
     names = [fm.name for fm, _ in ens.pool_rows()]
     member_oob, oob = list(ens.oob_indices_), list(ens.oob_proba_)
@@ -97,8 +99,8 @@ def compare(pool: dict, seed: int) -> dict:
     (pv, yv), (pt, yt) = pool["val"], pool["test"]
     n_members = len(pool["members"])
     rows = {f"default ({pool['default']})": (pool["default_val"], pool["default_test"], None)}
-    for j in range(n_members):
-        rows[f"member {names[j]}"] = (pv[j], pt[j], None)
+    for j in range(len(names)):
+        rows[f"{'member' if j < n_members else 'candidate'} {names[j]}"] = (pv[j], pt[j], None)
 
     def mix(w):
         return np.einsum("m,mnc->nc", w, pv), np.einsum("m,mnc->nc", w, pt), dict(zip(names, np.round(w, 3)))

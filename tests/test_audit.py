@@ -249,6 +249,10 @@ def test_audit_without_a_run_flags_a_misfiled_photo_of_a_config_and_of_a_folder(
     capsys.readouterr()
     assert main(["audit", str(tmp_path / "absent"), "--out", str(tmp_path / "x")]) == 2
     assert "absent: not found" in capsys.readouterr().err + caplog.text
+    # a threshold without a list to apply it to would change nothing: refused before any work
+    assert main(["audit", str(data / "train"), "--out", str(tmp_path / "t"), "--threshold", "0.5"]) == 2
+    assert "--threshold sets which images --write-exclude lists" in capsys.readouterr().err + caplog.text
+    assert not (tmp_path / "t").exists()
     (data / "train" / "hexagon").mkdir()  # an empty class: one line naming it, nothing written
     assert main(["audit", str(data / "train"), "--out", str(tmp_path / "y")]) == 2
     assert "class folders with no images: hexagon" in capsys.readouterr().err + caplog.text
