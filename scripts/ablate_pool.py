@@ -14,7 +14,7 @@ snapshots and views, their OOB/val/test probabilities read from the run), plus, 
 - ``greedy`` over the pool on OOB (the per-image availability mask: a candidate scores
   only the images its member left out), plain and bagged;
 - ``greedy`` over the pool fitted on val (reported on test only);
-- the uniform soft vote over the pool;
+- the uniform soft vote over the pool; stacking on OOB over the pool and over the members;
 - ``greedy`` on OOB over the members plus one kind of candidate (``@last``, ``@ema``,
   ``@swa``, ``@probe``, ``+<view>``): each lever alone.
 
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble.combiners import greedy_selection, oob_matrix
+from ensemble.combiners import fit_stacking, greedy_selection, oob_matrix, stacking_proba
 from ensemble.data import load_dataset
 from ensemble.estimator import decode_size
 from ensemble.files import read_json, read_npy
@@ -114,6 +114,10 @@ def compare(pool: dict, seed: int) -> dict:
     w, _ = greedy_selection(pv, yv, seed=seed)
     rows[f"greedy, pool of {len(names)}, val"] = mix(w)
     rows[f"soft, pool of {len(names)}"] = mix(np.full(len(names), 1 / len(names)))
+    for label, keep in ((f"stacking, pool of {len(names)}, OOB", slice(None)), ("stacking, 3 members, OOB",
+                                                                              slice(0, n_members))):
+        coef, icpt = fit_stacking(pool["oob"][keep], pool["y_train"], k, 1.0, pool["available"][keep], seed)
+        rows[label] = (stacking_proba(pv[keep], coef, icpt), stacking_proba(pt[keep], coef, icpt), None)
     rows["soft, 3 members"] = mix(np.concatenate([np.full(n_members, 1 / n_members),
                                                  np.zeros(len(names) - n_members)]))
     kinds = sorted({n[len(n.split("@")[0].split("+")[0]):] for n in names[n_members:]})

@@ -224,15 +224,19 @@ def predict_throughput(run: Path, doc: dict) -> dict:
     arrays, _ = decode_all(paths, decode_size(ens), on_bad="skip")
     arrays = [a for a in arrays if a is not None]
     comb = ens.combiner_
-    names, pool = comb.names(doc["strategy"]), comb.pooled(doc["strategy"])
-    used = comb.uses(doc["strategy"])[:len(names)]
     ens.member_proba(arrays[:8], pool=True)  # compile every runtime once, not timed
-    out = {}
-    for label, mask, rows in (("chosen", used, pool), ("all members", None, False)):
+    out: dict = {}
+    timed = [("chosen", doc["strategy"]), ("all members", None)]
+    if comb.candidate_names and "greedy" in comb.strategies and doc["strategy"] != "greedy":
+        timed.insert(1, ("greedy", "greedy"))  # the pool strategy, beside the chosen one
+    for label, strategy in timed:
+        names = comb.names(strategy) if strategy else comb.member_names
+        used = comb.uses(strategy)[:len(names)] if strategy else None
         t0 = time.perf_counter()
-        ens.member_proba(arrays, used=mask, pool=rows)
+        ens.member_proba(arrays, used=used, pool=bool(strategy) and comb.pooled(strategy))
         out[label] = len(arrays) / (time.perf_counter() - t0)
-    out["members_used"] = [n for n, u in zip(names, used) if u]
+        if strategy:
+            out[f"{label}_uses" if label != "chosen" else "members_used"] = [n for n, u in zip(names, used) if u]
     return out
 
 
@@ -257,6 +261,10 @@ def seeds_markdown(r: dict) -> str:
         lines.append("member inference on val (img/s, chosen strategy's members vs all): " + "; ".join(
             f"seed {s['seed']}: {s['throughput']['chosen']:.1f} ({'+'.join(s['throughput']['members_used'])}) vs "
             f"{s['throughput']['all members']:.1f}" for s in seeds))
+        if all("greedy" in s["throughput"] for s in seeds):
+            lines.append("greedy over the pool (img/s, the candidates it weighs): " + "; ".join(
+                f"seed {s['seed']}: {s['throughput']['greedy']:.1f} ({'+'.join(s['throughput']['greedy_uses'])})"
+                for s in seeds))
     return "\n".join(lines)
 
 
