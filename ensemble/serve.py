@@ -461,7 +461,15 @@ def serve_on_ray(run: str, host: str = "127.0.0.1", port: int = 8000, settings: 
     ray.init(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     signal.signal(signal.SIGTERM, stop)  # after ray.init, which installs an aborting handler of its own
     try:
-        ray_serve.start(http_options={"host": host, "port": port})
+        try:
+            ray_serve.start(http_options={"host": host, "port": port})
+        except ray.exceptions.RayError as exc:  # its HTTP proxy died (port taken, machine overloaded): one line
+            from .files import RunError
+
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise RunError(f"Ray Serve could not start its HTTP proxy on {host}:{port} ({type(exc).__name__}: "
+                           f"{first}); check that the port is free and the machine has memory and cores to spare"
+                           ) from None
         options = {"num_cpus": 0}
         if threads:  # replicas sharing this machine split its cores
             options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(threads)}}
