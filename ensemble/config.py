@@ -168,9 +168,6 @@ class TrainConfig:
                               f"got {lo_hi}")
 
 
-SNAPSHOTS = ("best", "last", "ema", "swa", "probe")
-
-
 def _check_views(value: Any) -> str | None:
     from members.views import view_names  # PIL and numpy only
 

@@ -291,6 +291,8 @@ class BaggedEnsemble(ParamsMixin):
         elif adapt_bn and len(X) < 8:
             log.warning("--adapt-bn re-estimates BatchNorm statistics on the %d image(s) given: that few give "
                         "noisy statistics; predict a batch of at least a few dozen photos together", len(X))
+        from .pool import member_of
+
         rows = self.pool_rows() if pool else list(zip(self.members_, self._specs()))
         own_view = {fm.name: fm.inputs.view for fm in self.members_}
         images = _decoded(X, self._specs(), "X", [fm.inputs for fm, _ in rows])
@@ -303,7 +305,7 @@ class BaggedEnsemble(ParamsMixin):
             rt = self._adapted_runtime(j, images, precision, dev) if adapt_bn else self._runtime(j, runtime, precision,
                                                                                                dev)
             # a pool candidate that is its member under another view keeps that view under view TTA
-            own = views if fm.inputs.view == own_view.get(fm.name.split("@")[0], fm.inputs.view) else []
+            own = views if fm.inputs.view == own_view.get(member_of(fm.name), fm.inputs.view) else []
             seen = [runtime_proba(rt, eval_array(images, dataclasses.replace(fm.inputs, view=v) if v else fm.inputs),
                                   batch_size or spec.train.eval_batch_size, tta=flip) for v in (own or [None])]
             out.append(seen[0] if len(seen) == 1 else np.mean(seen, axis=0))

@@ -115,8 +115,10 @@ def ensemble_graph(ens, strategy: str) -> EnsembleGraph:
     head = comb.get(strategy).graph_head()
     rows = [fm for fm, _ in ens.pool_rows()][:len(comb.names(strategy))]  # members [+ pool candidates]
     used = comb.uses(strategy)[:len(rows)]
+    from .pool import member_of
+
     views = {fm.name: fm.inputs.view for fm in ens.members_}
-    other = [fm.name for fm, u in zip(rows, used) if u and fm.inputs.view != views[fm.name.split("@")[0]]]
+    other = [fm.name for fm, u in zip(rows, used) if u and fm.inputs.view != views[member_of(fm.name)]]
     if other:
         raise ExportRefused(f"strategy {strategy} weighs pool candidates seen under another view than their "
                             f"member's ({', '.join(other)}); one graph takes one input: export soft, weighted or "

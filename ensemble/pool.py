@@ -39,6 +39,11 @@ def member_candidates(spec) -> list[Candidate]:
     return out
 
 
+def member_of(name: str) -> str:
+    """The member a pool row belongs to: ``lite0`` for ``lite0``, ``lite0@ema`` or ``lite0@last+crop``."""
+    return name.split("@")[0]
+
+
 def pool_candidates(specs: Sequence) -> list[Candidate]:
     """Every member's candidates, member by member (the pool's rows after the members)."""
     return [c for spec in specs for c in member_candidates(spec)]

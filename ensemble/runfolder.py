@@ -258,7 +258,6 @@ class RunFolder:
     def record(self) -> None:
         """Record the SHA-256 of every file predictions depend on outside the sealed folders
         (config.yaml, classes.json, each member.json) in ``run.json``: the commit point."""
-        from .config import read_yaml
         from .pool import pool_candidates
 
         cfg = self.read_config()
