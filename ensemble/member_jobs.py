@@ -120,6 +120,7 @@ def fit_member(job: MemberJob, data: TrainingData, store=None) -> dict:
         "train": to_dict(spec.train), "seed": job.seed, "member_seed": mseed, "device": str(device),
         "precision": result.precision,
         "precision_reason": precision.reason if precision.name == result.precision else "as in the checkpoint resumed",
+        "allocator": result.allocator,
         "n_samples": int(len(job.sample)), "n_unique": int(len(np.unique(job.sample))), "n_oob": int(len(oob)),
         "best_epoch": result.best_epoch, "selection": result.selection, "history": result.history, "train_seconds": result.seconds,
         "fingerprint": job.fingerprint, "versions": versions(),

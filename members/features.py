@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .allocator import keep_freed_memory
 from .predictor import default_precision
 from .transforms import normalize
 
@@ -21,6 +22,8 @@ def extract_features(model: nn.Module, images: torch.Tensor, inputs, batch_size:
                      device: torch.device | str = "cpu", precision=None) -> torch.Tensor:
     """Pooled pre-logit features (N, D) of uint8 images (N, 3, S, S), model in eval mode."""
     device = torch.device(device)
+    if device.type == "cpu":
+        keep_freed_memory()
     precision = precision or default_precision(device)
     model.eval().to(device=device, memory_format=torch.channels_last)
     out = []

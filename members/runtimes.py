@@ -134,6 +134,10 @@ class TorchRuntime(Runtime):
                  device, precision: Precision) -> None:
         import torch
 
+        from .allocator import keep_freed_memory
+
+        if torch.device(device).type == "cpu":
+            keep_freed_memory()  # 2.3x on a batch of 64 at 240 px (docs/benchmarks.md)
         self.model = model.eval().to(device=device, memory_format=torch.channels_last)
         self.inputs, self.device, self.precision = inputs, device, precision
 

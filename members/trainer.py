@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .allocator import keep_freed_memory
 from .averaging import WeightAverages, interpolate, snapshot
 from .checkpoint import Checkpointer, pack_state, restore_state, saved_averages
 from .models import Member, set_train_mode
@@ -47,6 +48,7 @@ class TrainResult:
     precision: str = "fp32"  # what the forward/backward passes ran in
     selection: dict = dataclasses.field(default_factory=dict)  # what was kept; val scores of each candidate
     candidates: dict[str, dict] = dataclasses.field(default_factory=dict)  # best/last/ema/swa/probe weights
+    allocator: str = ""  # what the C allocator did during training (members/allocator.py)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
@@ -293,6 +295,7 @@ def train_member(member: Member, cfg, data: TrainData, run: TrainRun) -> TrainRe
     checkpoints stay fp32.
     """
     torch.manual_seed(run.seed)
+    allocator = keep_freed_memory() if run.device.type == "cpu" else "system defaults (not a CPU)"
     precision = run.precision or default_precision(run.device)
     resumed = run.checkpoint.load() if run.checkpoint is not None else None
     if resumed is not None and resumed[1].get("precision", precision.name) != precision.name:
@@ -327,7 +330,7 @@ def train_member(member: Member, cfg, data: TrainData, run: TrainRun) -> TrainRe
     set_train_mode(loop.model, member.frozen, False)
     return TrainResult(state_dict=kept, best_epoch=best.epoch, history=history,
                        seconds=time.perf_counter() - start, precision=precision.name,
-                       selection=selection, candidates=candidates)
+                       selection=selection, candidates=candidates, allocator=allocator)
 
 
 def _select(loop: _Loop, best: BestEpoch, history: list[dict], probe: dict | None) -> tuple[dict, dict, dict]:

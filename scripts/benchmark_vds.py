@@ -23,6 +23,7 @@ import argparse
 import copy
 import json
 import logging
+import os
 import platform
 import resource
 import time
@@ -34,6 +35,7 @@ import torch
 from ensemble.config import load_config
 from ensemble.data import load_folder
 from ensemble.images import decode_all
+from members.precision import describe_cpu
 
 log = logging.getLogger("benchmark_vds")
 
@@ -78,26 +80,8 @@ def throughput(spec, train_dir: Path, n_images: int, classes: list[str], precisi
     cfg.train.epochs = 1
     cfg.train.min_image_size = None  # both at the full resolution
 
-    # effens: decode once into the cache (counted), then one epoch of its trainer
-    torch.manual_seed(0)
-    member = create_member(cfg, len(classes))
-    t0 = time.perf_counter()
-    arrays, _ = decode_all(paths, member.inputs.resize_size)
-    decode_s = time.perf_counter() - t0
-    val = eval_tensor(arrays[:8], member.inputs)
-    prec = resolve_precision(precision, "cpu")  # as `effens train` resolves it
-    log.info("effens precision: %s (%s)", prec.name, prec.reason)
-    warm = np.arange(2 * cfg.train.batch_size)  # warm-up pass (allocator, kernels), not timed
-    score = lambda yy, p: selection_scores(yy, p, len(classes))  # noqa: E731
-    cpu = torch.device("cpu")
-    train_member(member, cfg.train, TrainData(arrays, y, warm, val, y[:8]), TrainRun("warm-up", 0, cpu, score, prec))
-    res = train_member(member, cfg.train, TrainData(arrays, y, np.arange(len(arrays)), val, y[:8]),
-                       TrainRun("throughput", 0, cpu, score, prec))
-    effens_train_s = res.history[0]["seconds"]  # includes the 8-image val pass
-    # the one-off decode is shared by every member and epoch: charge it once to this pass
-    effens_img_s = len(arrays) / (decode_s + effens_train_s)
-
-    # plain: files -> PIL -> the same timm transform -> DataLoader; model in default layout
+    # plain first (effens' trainer changes the C allocator of this process for good:
+    # members/allocator.py): files -> PIL -> the same timm transform -> DataLoader; model in default layout
     torch.manual_seed(0)
     plain = create_member(cfg, len(classes))
     tf = train_transform(plain.inputs, cfg.train)
@@ -132,12 +116,47 @@ def throughput(spec, train_dir: Path, n_images: int, classes: list[str], precisi
         results[workers] = seen / (time.perf_counter() - t0)
         log.info("plain loop, %d workers: %.1f img/s", workers, results[workers])
     plain_img_s = max(results.values())
+
+    # effens: decode once into the cache (counted), then one epoch of its trainer; first
+    # with the C allocator left as it is (EFFENS_MALLOC=system), then as `effens train` runs
+    from members import allocator
+
+    prec = resolve_precision(precision, "cpu")  # as `effens train` resolves it
+    log.info("effens precision: %s (%s)", prec.name, prec.reason)
+    score = lambda yy, p: selection_scores(yy, p, len(classes))  # noqa: E731
+    cpu = torch.device("cpu")
+    passes = {}
+    for mode in ("system", "default"):
+        allocator._state = None  # noqa: SLF001 (the one place that switches within a process)
+        if mode == "system":
+            os.environ[allocator.ENV] = "system"
+        else:
+            os.environ.pop(allocator.ENV, None)
+        torch.manual_seed(0)
+        member = create_member(cfg, len(classes))
+        t0 = time.perf_counter()
+        arrays, _ = decode_all(paths, member.inputs.resize_size)
+        decode_s = time.perf_counter() - t0
+        val = eval_tensor(arrays[:8], member.inputs)
+        warm = np.arange(2 * cfg.train.batch_size)  # warm-up pass (allocator, kernels), not timed
+        train_member(member, cfg.train, TrainData(arrays, y, warm, val, y[:8]),
+                     TrainRun("warm-up", 0, cpu, score, prec))
+        res = train_member(member, cfg.train, TrainData(arrays, y, np.arange(len(arrays)), val, y[:8]),
+                           TrainRun("throughput", 0, cpu, score, prec))
+        # the one-off decode is shared by every member and epoch: charge it once to this pass
+        passes[mode] = {"img_s": len(arrays) / (decode_s + res.history[0]["seconds"]),  # + 8-image val pass
+                        "decode_s": decode_s, "allocator": res.allocator}
+        log.info("effens, C allocator %s: %.1f img/s", res.allocator, passes[mode]["img_s"])
+    effens_img_s = passes["default"]["img_s"]
     return {"member": cfg.name, "model": cfg.model, "image_size": member.inputs.image_size,
             "effens_precision": prec.name, "effens_precision_reason": prec.reason,
+            "effens_allocator": passes["default"]["allocator"],
             "batch_size": cfg.train.batch_size, "freeze": cfg.train.freeze, "augment": cfg.train.augment,
-            "images": len(paths), "effens_img_s": effens_img_s, "effens_decode_s": decode_s,
+            "images": len(paths), "effens_img_s": effens_img_s, "effens_decode_s": passes["default"]["decode_s"],
+            "effens_system_allocator_img_s": passes["system"]["img_s"],
             "plain_img_s": plain_img_s, "plain_img_s_by_workers": results,
-            "ratio": effens_img_s / plain_img_s}
+            "ratio": effens_img_s / plain_img_s,
+            "ratio_system_allocator": passes["system"]["img_s"] / plain_img_s}
 
 
 def pick(metrics: dict) -> dict:
@@ -293,15 +312,16 @@ def main(argv: list[str] | None = None) -> None:
     classes = sorted(p.name for p in (data / "train").iterdir() if p.is_dir())
     results: dict = {"config": args.config, "overrides": args.overrides, "data": str(data),
                      "machine": {"processor": platform.processor() or platform.machine(),
+                                 "cpu": describe_cpu(),
                                  "torch_threads": torch.get_num_threads(),
                                  "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
                      "versions": {"torch": torch.__version__}}
     if not args.skip_throughput:
         results["throughput"] = throughput(cfg.members[0], data / "train", args.throughput_images, classes,
                                            cfg.members[0].precision or cfg.precision)
-        log.info("throughput: effens %.1f img/s, plain %.1f img/s (%.2fx)",
-                 results["throughput"]["effens_img_s"], results["throughput"]["plain_img_s"],
-                 results["throughput"]["ratio"])
+        t = results["throughput"]
+        log.info("throughput: effens %.1f img/s, plain %.1f img/s (%.2fx; %.2fx with the C allocator as it is)",
+                 t["effens_img_s"], t["plain_img_s"], t["ratio"], t["ratio_system_allocator"])
     if args.seeds and args.refit:
         results.update(refit_seeds(args, out))
     elif args.seeds:
@@ -331,7 +351,8 @@ def markdown(r: dict) -> str:
         t = r["throughput"]
         lines += [f"training throughput ({t['model']} @{t['image_size']}px, batch {t['batch_size']}, "
                   f"freeze {t['freeze']}, {t['augment']}): effens {t['effens_img_s']:.1f} img/s, plain loop "
-                  f"{t['plain_img_s']:.1f} img/s -> {t['ratio']:.2f}x", ""]
+                  f"{t['plain_img_s']:.1f} img/s -> {t['ratio']:.2f}x (C allocator left as it is: "
+                  f"{t['effens_system_allocator_img_s']:.1f} img/s, {t['ratio_system_allocator']:.2f}x)", ""]
     if "members" in r:
         lines += ["| model | val acc | val macro-F1 | val weighted-F1 | test acc | test macro-F1 | "
                   "test weighted-F1 |", "|---|---|---|---|---|---|---|"]

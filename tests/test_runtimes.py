@@ -147,6 +147,9 @@ def test_bf16_training_keeps_fp32_weights_and_records_precision(precision_runs):
 
     metas = {k: json.loads((r / "members/a/member.json").read_text()) for k, r in precision_runs.items()}
     assert metas["fp32"]["precision"] == "fp32" and metas["bf16"]["precision"] == "bf16"
+    from members.allocator import keep_freed_memory  # what this process's trainings did, recorded
+
+    assert metas["fp32"]["allocator"] == metas["bf16"]["allocator"] == keep_freed_memory()
     wa = load_file(str(precision_runs["fp32"] / "members/a/model.safetensors"))
     wb = load_file(str(precision_runs["bf16"] / "members/a/model.safetensors"))
     assert all(t.dtype == torch.float32 for t in wb.values() if t.is_floating_point())
