@@ -238,6 +238,10 @@ def create_app(run: str, settings: ServeSettings = ServeSettings()):
     state = {"ready": False}
     limits = settings.limits
     card = model_card(ens, predictor, settings, str(run))
+    if card["runtime"] == "torch":
+        from members.allocator import keep_freed_memory
+
+        keep_freed_memory()  # now, before the forward thread's first allocation (members/allocator.py)
 
     warming = asyncio.Lock()
 

@@ -137,7 +137,7 @@ class TorchRuntime(Runtime):
         from .allocator import keep_freed_memory
 
         if torch.device(device).type == "cpu":
-            keep_freed_memory()  # 2.3x on a batch of 64 at 240 px (docs/benchmarks.md)
+            keep_freed_memory()  # scripts/benchmark_allocator.py: an inference batch, both ways
         self.model = model.eval().to(device=device, memory_format=torch.channels_last)
         self.inputs, self.device, self.precision = inputs, device, precision
 
