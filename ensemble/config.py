@@ -30,6 +30,15 @@ def _path_text(value: Any) -> str | None:
     return _non_empty(value)
 
 
+def _tracking_uri(value: Any) -> str | None:
+    """A tracking URI that keeps what it is sent: a SQLite URI must name a database file."""
+    bad = _path_text(value)
+    if bad is None and isinstance(value, str) and value.strip() in ("sqlite://", "sqlite:///", "sqlite:////"):
+        return ("names no database file, so MLflow would log to memory and lose every run; "
+                "use `sqlite:///mlflow.db`")
+    return bad
+
+
 def _views() -> tuple[str, ...]:
     from members.views import view_names  # PIL and numpy only
 
@@ -371,7 +380,7 @@ class ReportConfig:
 
 @dataclasses.dataclass
 class MlflowConfig:
-    uri: str = field(check=_path_text, doc="tracking URI: `sqlite:///mlflow.db`, `file:./mlruns` or "
+    uri: str = field(check=_tracking_uri, doc="tracking URI: `sqlite:///mlflow.db`, `file:./mlruns` or "
                                            "`http://host:5000`")
     experiment: str = field("effens", check=_non_empty, doc="experiment name (created when missing)")
     log_model: bool = field(True, doc="log the trained ensemble as an MLflow pyfunc model with the run")

@@ -249,6 +249,8 @@ def test_tracking_settings_are_checked_and_never_force_a_restart(tiny_data, tmp_
     assert main(["train", str(cfg), "--out", out, "--set", "tracking.mlflow.experiment=x"]) == 2
     assert "missing required key `tracking.mlflow.uri`" in capsys.readouterr().err + caplog.text
     for bad, says in (("mlflow=foo://bar", "`tracking.mlflow.uri`: MLflow cannot use 'foo://bar'"),
+                      ("mlflow=sqlite:///", "`tracking.mlflow.uri` names no database file, so MLflow would log "
+                                            "to memory"),
                       (f"tensorboard={tiny_data / 'train' / 'tb'}", "is inside the input folder")):
         caplog.clear()
         assert main(["train", str(cfg), "--out", out, "--tracking", bad]) == 2, bad
