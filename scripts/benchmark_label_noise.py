@@ -9,6 +9,9 @@ retraining without the flagged images.
     python scripts/benchmark_label_noise.py retrain --config configs/vds.yaml --rate 0.2 \
         --work runs/noise20 --clean runs/vds-seeds/run-seed0
 
+    # the seeds together: the share recovered per seed and its mean (clean, noisy, cleaned runs)
+    python scripts/benchmark_label_noise.py summary --seed CLEAN0 NOISY0 CLEANED0 --seed CLEAN1 NOISY1 CLEANED1
+
 Flips are seeded and touch the training split only (``data.relabel``), so val and test stay
 as published and measure what the noise cost. ``uniform``: a flipped image gets any other
 class; ``adjacent``: class-conditional, the neighbouring class in the configured class order
@@ -149,10 +152,32 @@ def retrain(args) -> None:
            "seconds": {"noisy": round(t_noisy), "cleaned": round(t_clean)}, "machine": machine()}
     if args.clean:
         res["clean"] = _val_scores(args.clean)
-        res["recovered"] = {m: round((res["cleaned"][m]["val"] - res["noisy"][m]["val"])
-                                     / (res["clean"][m]["val"] - res["noisy"][m]["val"]), 3)
-                            if res["clean"][m]["val"] != res["noisy"][m]["val"] else None for m in res["clean"]}
+        res["recovered"] = recovered(res["clean"], res["noisy"], res["cleaned"])
     report_json(res, args.out or str(work / "result.json"))
+
+
+def recovered(clean: dict, noisy: dict, cleaned: dict) -> dict:
+    """Share of the val macro-F1 lost to the noise that retraining without the flags won back."""
+    return {m: round((cleaned[m]["val"] - noisy[m]["val"]) / (clean[m]["val"] - noisy[m]["val"]), 3)
+            if clean[m]["val"] != noisy[m]["val"] else None for m in clean}
+
+
+def summary(args) -> None:
+    seeds = []
+    for clean, noisy, cleaned in args.seed:
+        runs = {"clean": _val_scores(clean), "noisy": _val_scores(noisy), "cleaned": _val_scores(cleaned)}
+        seeds.append({"runs": [clean, noisy, cleaned], **runs, "recovered": recovered(**runs)})
+    models = list(seeds[0]["clean"])
+    mean = {}
+    for m in models:
+        v = {k: float(np.mean([s[k][m]["val"] for s in seeds])) for k in ("clean", "noisy", "cleaned")}
+        mean[m] = {**{k: round(x, 4) for k, x in v.items()},
+                   "recovered_of_mean_loss": round((v["cleaned"] - v["noisy"]) / (v["clean"] - v["noisy"]), 3),
+                   "recovered_per_seed": [s["recovered"][m] for s in seeds]}
+        print(f"{m}: clean {v['clean']:.4f}, noisy {v['noisy']:.4f}, cleaned {v['cleaned']:.4f}, "
+              f"recovered {mean[m]['recovered_of_mean_loss']:.0%} of the mean loss "
+              f"(per seed {mean[m]['recovered_per_seed']})", flush=True)
+    report_json({"seeds": seeds, "mean": mean, "machine": machine()}, args.out)
 
 
 def main() -> None:
@@ -176,8 +201,11 @@ def main() -> None:
     r.add_argument("--clean", help="a run of the same config on the clean labels, for the share recovered")
     r.add_argument("--set", action="append", default=[])
     r.add_argument("--out")
+    m = sub.add_parser("summary", help="the share recovered over seeds, from finished runs")
+    m.add_argument("--seed", nargs=3, action="append", required=True, metavar=("CLEAN", "NOISY", "CLEANED"))
+    m.add_argument("--out")
     args = ap.parse_args()
-    (detect if args.cmd == "detect" else retrain)(args)
+    {"detect": detect, "retrain": retrain, "summary": summary}[args.cmd](args)
 
 
 if __name__ == "__main__":
