@@ -27,6 +27,7 @@ from .bagging import draw_all, oob_indices
 from .evaluation import oob_report, oob_score
 from .files import sha256_json
 from .params import ParamsMixin
+from .pool import candidate_specs, member_candidates, member_of
 from .schema import to_dict
 from .strategies import FitData, fit_combiner
 
@@ -168,8 +169,6 @@ class BaggedEnsemble(ParamsMixin):
         self.specs_ = specs
         members = [FittedMember(spec.name, *restore_member(spec, r["meta"], r["state_dict"]), r["meta"])
                    for spec, r in zip(specs, results)]
-        from .pool import candidate_specs
-
         made = [c for r in results for c in r.get("candidates", [])]
         cands = [FittedMember(cs.name, *restore_member(cs, c["meta"], c["state_dict"]), c["meta"])
                  for cs, c in zip(candidate_specs(specs), made, strict=True)]
@@ -249,8 +248,6 @@ class BaggedEnsemble(ParamsMixin):
 
     def pool_rows(self) -> list[tuple[FittedMember, Any]]:
         """(fitted member, spec) of every pool row: the members, then their candidates (:mod:`ensemble.pool`)."""
-        from .pool import candidate_specs
-
         specs = self._specs()
         return list(zip(self.members_, specs)) + list(zip(getattr(self, "candidates_", []), candidate_specs(specs)))
 
@@ -291,8 +288,6 @@ class BaggedEnsemble(ParamsMixin):
         elif adapt_bn and len(X) < 8:
             log.warning("--adapt-bn re-estimates BatchNorm statistics on the %d image(s) given: that few give "
                         "noisy statistics; predict a batch of at least a few dozen photos together", len(X))
-        from .pool import member_of
-
         rows = self.pool_rows() if pool else list(zip(self.members_, self._specs()))
         own_view = {fm.name: fm.inputs.view for fm in self.members_}
         images = _decoded(X, self._specs(), "X", [fm.inputs for fm, _ in rows])
@@ -392,8 +387,6 @@ class BaggedEnsemble(ParamsMixin):
 def _finished(store, spec, fingerprint: str) -> dict | None:
     """A member finished in ``store`` with this fingerprint, with every pool candidate its spec
     declares (loaded beside it); None when the member or one of them is missing."""
-    from .pool import member_candidates
-
     got = store.finished_member(spec.name, fingerprint)
     if got is None:
         return None

@@ -25,6 +25,7 @@ from torch import nn
 from . import __version__
 from .combiners import PROBA_FLOOR
 from .files import RunError, atomic_write_bytes, atomic_write_json, read_json, refuse_foreign, sha256_file
+from .pool import member_of
 from .strategies import graph_strategies
 
 log = logging.getLogger(__name__)
@@ -115,8 +116,6 @@ def ensemble_graph(ens, strategy: str) -> EnsembleGraph:
     head = comb.get(strategy).graph_head()
     rows = [fm for fm, _ in ens.pool_rows()][:len(comb.names(strategy))]  # members [+ pool candidates]
     used = comb.uses(strategy)[:len(rows)]
-    from .pool import member_of
-
     views = {fm.name: fm.inputs.view for fm in ens.members_}
     other = [fm.name for fm, u in zip(rows, used) if u and fm.inputs.view != views[member_of(fm.name)]]
     if other:

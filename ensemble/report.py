@@ -21,6 +21,7 @@ import numpy as np
 
 from members.registry import Registry
 
+from .pool import member_of
 
 log = logging.getLogger(__name__)
 
@@ -364,9 +365,8 @@ def contribution_rows(doc: dict) -> list[list[str]]:
     by_name = (doc.get("combiner") or {}).get("greedy_weights") or {}
     weights: dict[str, float] = {}
     for name, w in by_name.items():  # a member's share with its pool candidates (`lite0@ema`, ...)
-        from .pool import member_of
-
-        weights[member_of(name)] = weights.get(member_of(name), 0.0) + w
+        member = member_of(name)
+        weights[member] = weights.get(member, 0.0) + w
     rows = [["split", "member", "greedy weight", "soft vote macro-F1 gain", "soft vote log-loss gain"]]
     rows += [[split, c["member"], f"{weights[c['member']]:.3f}" if c["member"] in weights else "-",
               f"{c['macro_f1_gain']:+.4f}", f"{c['log_loss_gain']:+.4f}"]

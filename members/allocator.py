@@ -21,7 +21,7 @@ docs/benchmarks.md ("Training (item 3), the C allocator").
   in a notebook.
 - Only where the C library is glibc (Linux) and nothing else chose the allocator: a
   ``MALLOC_*_`` variable or ``GLIBC_TUNABLES`` with ``glibc.malloc.*`` set by the user,
-  or jemalloc/tcmalloc in ``LD_PRELOAD``, is left as it is; so is a libc whose
+  or jemalloc/tcmalloc/mimalloc in ``LD_PRELOAD``, is left as it is; so is a libc whose
   ``mallopt`` cannot be reached. The reason is in the log and in ``member.json``.
 - ``EFFENS_MALLOC=system`` in the environment leaves glibc's defaults.
 """
