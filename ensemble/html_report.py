@@ -286,6 +286,9 @@ def audit_page(doc: dict, labels: list[dict], dups: list[dict], odd: list[dict],
         + ("OOB votes for training images, the ensemble for val and test, linear heads on pretrained features for "
            "training images every member saw" if doc["kind"] == "run" else
            "linear heads on pretrained features (out-of-fold for training images)")
+        + (f"; the ensemble for the {doc['left_out']['images']} training images the run left out "
+           f"(<code>data.exclude</code>): <b>{doc['left_out']['still_flagged']} still look mislabelled</b>, "
+           f"{doc['left_out']['not_flagged']} do not" if doc.get("left_out") else "")
         + f". Estimated share of labels that belong to another class:</p><ul>{noise}</ul>",
         f"<p>Duplicates: {d['exact']} exact and {d['near']} near pairs (hash within {doc['max_distance']} bits)"
         + (f", {d['similar']} similar (feature cosine at least {doc['min_cosine']})" if doc.get("min_cosine") else "")

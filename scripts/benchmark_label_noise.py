@@ -9,6 +9,11 @@ retraining without the flagged images.
     python scripts/benchmark_label_noise.py retrain --config configs/vds.yaml --rate 0.2 \
         --work runs/noise20 --clean runs/vds-seeds/run-seed0
 
+    # a second pass: audit the cleaned run (what it left out is now out of sample for every
+    # member), train again without what it still flags; WORK as `retrain` filled it
+    python scripts/benchmark_label_noise.py second --config configs/vds.yaml --work runs/noise20 \
+        --threshold 0.3 --clean runs/vds-seeds/run-seed0
+
     # the seeds together: the share recovered per seed and its mean (clean, noisy, cleaned runs)
     python scripts/benchmark_label_noise.py summary --seed CLEAN0 NOISY0 CLEANED0 --seed CLEAN1 NOISY1 CLEANED1
 
@@ -156,6 +161,32 @@ def retrain(args) -> None:
     report_json(res, args.out or str(work / "result.json"))
 
 
+def second(args) -> None:
+    """The second pass: audit the run trained without the first flags (the images it left out
+    are out of sample for its whole ensemble), and train again without what it still flags."""
+    work = Path(args.work)
+    first = Path(args.first or work / "cleaned")
+    relabel = work / "flips.csv"
+    with open(relabel, newline="", encoding="utf-8") as fh:
+        flipped = {os.path.abspath(r["path"]) for r in csv.DictReader(fh)}
+    extra = [x for s in args.set for x in ("--set", s)]
+    exclude = work / "exclude_r2.txt"
+    _effens("audit", str(first), "--out", str(work / "audit_r2"), "--write-exclude", str(exclude),
+            "--threshold", str(args.threshold))
+    listed = {ln.split("  #")[0].strip() for ln in exclude.read_text().splitlines() if ln and not ln.startswith("#")}
+    t0 = time.perf_counter()
+    _effens("train", args.config, "--out", str(work / "cleaned_r2"), "--set", f"data.relabel={relabel}",
+            "--set", f"data.exclude={exclude}", *extra)
+    res = {"config": args.config, "first": str(first), "threshold": args.threshold,
+           "excluded": prf(listed, flipped), "noisy": _val_scores(str(work / "noisy")),
+           "first_pass": _val_scores(str(first)), "cleaned": _val_scores(str(work / "cleaned_r2")),
+           "seconds": {"cleaned_r2": round(time.perf_counter() - t0)}, "machine": machine()}
+    if args.clean:
+        res["clean"] = _val_scores(args.clean)
+        res["recovered"] = recovered(res["clean"], res["noisy"], res["cleaned"])
+    report_json(res, args.out or str(work / "result_r2.json"))
+
+
 def recovered(clean: dict, noisy: dict, cleaned: dict) -> dict:
     """Share of the val macro-F1 lost to the noise that retraining without the flags won back."""
     return {m: round((cleaned[m]["val"] - noisy[m]["val"]) / (clean[m]["val"] - noisy[m]["val"]), 3)
@@ -201,11 +232,19 @@ def main() -> None:
     r.add_argument("--clean", help="a run of the same config on the clean labels, for the share recovered")
     r.add_argument("--set", action="append", default=[])
     r.add_argument("--out")
+    t = sub.add_parser("second", help="audit the cleaned run (a second pass) and train without what it flags")
+    t.add_argument("--config", required=True)
+    t.add_argument("--work", required=True, help="the folder `retrain` filled (flips.csv, noisy, cleaned)")
+    t.add_argument("--first", help="the first pass's cleaned run (default: WORK/cleaned)")
+    t.add_argument("--threshold", type=float, default=0.3, help="--write-exclude threshold for new flags")
+    t.add_argument("--clean", help="a run of the same config on the clean labels, for the share recovered")
+    t.add_argument("--set", action="append", default=[])
+    t.add_argument("--out")
     m = sub.add_parser("summary", help="the share recovered over seeds, from finished runs")
     m.add_argument("--seed", nargs=3, action="append", required=True, metavar=("CLEAN", "NOISY", "CLEANED"))
     m.add_argument("--out")
     args = ap.parse_args()
-    {"detect": detect, "retrain": retrain, "summary": summary}[args.cmd](args)
+    {"detect": detect, "retrain": retrain, "second": second, "summary": summary}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -304,3 +304,44 @@ def test_audit_outputs_resolve_anywhere_and_odd_inputs_stay_one_line(tmp_path, m
     assert main(["audit", str(cfg), "--out", str(tmp_path / "ds" / "train" / "zz")]) == 2
     assert "is inside the input folder" in capsys.readouterr().err + caplog.text
     assert not (tmp_path / "ds" / "train" / "zz").exists()
+
+
+def test_a_second_audit_rescores_the_images_the_run_left_out_with_its_ensemble(tmp_path, capsys):
+    from ensemble.audit import EXCLUDE_HEADER, LEFT_OUT
+    from ensemble.inference import predict_rows
+    from ensemble.runfolder import load_run
+
+    data = tmp_path / "data"
+    moved = _shapes(data, swap=True)  # a circle filed under square
+    right = next(p for p in sorted((data / "train" / "square").glob("*.png")) if p != moved)
+    first = tmp_path / "exclude.txt"
+    first.write_text(f"{EXCLUDE_HEADER}\n{moved}\n{right}\n")
+    raw = synth.tiny_config(data, epochs=3)
+    raw["data"]["exclude"] = str(first)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    assert main(["train", str(cfg), "--out", str(run), "-q"]) == 0
+    second = tmp_path / "exclude2.txt"
+    assert main(["audit", str(run), "--out", str(tmp_path / "audit"), "--write-exclude", str(second),
+                 "--threshold", "0.01"]) == 0
+    assert "of the 2 the run left out" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "audit" / "audit.json").read_text())
+    left = doc["left_out"]
+    assert left["images"] == 2 and left["still_flagged"] + left["not_flagged"] == 2
+    # scored with the OOB votes in one confident joint, by the ensemble no member of which saw them
+    oob = doc["label_issues"]["train"]
+    assert oob["n_scored"] + oob["n_not_scored"] == 16 * 3 and oob["n_scored"] > 2
+    ens = load_run(str(run))
+    proba = {r["path"]: r["proba"] for r in predict_rows(ens, [str(moved), str(right)])}
+    rows = [r for r in csv.DictReader(open(tmp_path / "audit" / "label_issues.csv")) if r["source"] == LEFT_OUT]
+    assert len(rows) == left["still_flagged"]
+    for r in rows:
+        assert float(r["self_confidence"]) == pytest.approx(proba[r["path"]][r["given"]], abs=1e-5)
+    # what stays flagged stays out whatever --threshold says; what is not flagged comes back
+    listed = [ln.split("#")[0].strip() for ln in second.read_text().splitlines()[1:]]
+    assert {r["path"] for r in rows} <= set(listed)
+    assert not ({str(moved), str(right)} - {r["path"] for r in rows}) & set(listed)
+    # the circle filed under square looks like a circle to an ensemble that never trained on it
+    assert str(moved) in listed and str(right) not in listed, (rows, proba)
+    assert f"{left['still_flagged']} still look mislabelled</b>" in (tmp_path / "audit" / "index.html").read_text()
