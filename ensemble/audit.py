@@ -203,12 +203,14 @@ EXCLUDE_HEADER = "# effens audit: images to leave out (data.exclude)"
 LEFT_OUT = "ensemble (left out of training by data.exclude)"
 
 
-def exclude_lines(label_rows: list[dict], dup_rows: list[dict], threshold: float) -> list[str]:
+def exclude_lines(label_rows: list[dict], dup_rows: list[dict], threshold: float,
+                  carried: list[str] = ()) -> list[str]:
     """What ``--write-exclude`` lists: training images flagged as mislabelled whose given label
     has out-of-sample probability below ``threshold``, those the audited run had left out
     (``data.exclude``) that its ensemble still flags, and the training twin of every exact or
     near (hash) copy found across splits, so val and test stay as they are (similar pairs,
-    found by features only, are shown for a person to judge, not listed)."""
+    found by features only, are shown for a person to judge, not listed); then ``carried``:
+    the entries of the run's own list that the audit did not clear (see :func:`carried_entries`)."""
     lines = [EXCLUDE_HEADER]
     seen = set()
     for r in label_rows:
@@ -230,7 +232,23 @@ def exclude_lines(label_rows: list[dict], dup_rows: list[dict], threshold: float
             seen.add(r[f"{mine}_path"])
             lines.append(f"{r[f'{mine}_path']}  # {r['kind']} copy of {r[f'{other}_split']} image "
                          f"{os.path.basename(r[f'{other}_path'])}")
+    for entry in carried:
+        if entry not in seen:
+            seen.add(entry)
+            lines.append(f"{entry}  # kept from the run's data.exclude (not cleared by this audit)")
     return lines
+
+
+def carried_entries(exclude: str, cleared: set[str], sigs: dict) -> list[str]:
+    """The entries (absolute paths, SHA-256s) of the run's ``data.exclude`` list that still
+    hold: all but the left-out training images its ensemble scored and did not flag. Nothing
+    else is dropped: val and test entries, unreadable or missing images, and lines a person
+    added stay listed."""
+    from .data import read_exclusions
+
+    paths, hashes = read_exclusions(exclude)
+    cleared_hashes = {sigs[p].sha256 for p in cleared if p in sigs}
+    return sorted(p for p in paths if p not in cleared) + sorted(h for h in hashes if h not in cleared_hashes)
 
 
 #: the member whose pretrained features score images when no config names one
@@ -323,21 +341,35 @@ def left_out_images(src: AuditSource) -> tuple[list[str], list[str]]:
     raw = load_dataset(dataclasses.replace(src.cfg.data, exclude=None), src.cfg.seed)
     kept = set(src.data.train.paths)
     pairs = [(p, lab) for p, lab in zip(raw.train.paths, raw.train.labels) if p not in kept]
+    metrics = src.run.report_dir / "metrics.json"
+    trained = ((read_json(metrics).get("data_changes") or {}).get("train") or {}).get("excluded") \
+        if metrics.is_file() else None
+    if trained is not None and trained != len(pairs):
+        raise DataError(f"{src.run.root}: its `data.exclude` list {src.cfg.data.exclude} now leaves out {len(pairs)} "
+                        f"training images; the run was trained without {trained}. Audit it with the list it was "
+                        f"trained with")
     return [p for p, _ in pairs], [lab for _, lab in pairs]
 
 
 def _ensemble_proba(ens, paths: list[str], classes: list[str], out: Path) -> np.ndarray:
     """The run's combined class probabilities of ``paths`` (its strategy, default inference;
     NaN rows for unreadable images), cached in ``out``."""
+    import hashlib
+
     from .inference import _member_hashes, predict_rows
+    from .prediction import InferenceOptions
+
+    options = InferenceOptions(device="auto", runtime="auto")  # what this machine has, not the run's
+    doc, arrays = ens.combiner_.state()  # a refitted combiner (fit-combiner) is another cache
 
     def compute() -> np.ndarray:
-        rows = predict_rows(ens, paths)
+        rows = predict_rows(ens, paths, options=options)
         return np.array([[r["proba"][c] for c in classes] if not r["error"] else [np.nan] * len(classes)
                          for r in rows], dtype=np.float64)
 
-    return _cached_rows(out, "left_out_proba.safetensors", {"members": _member_hashes(ens),
-                                                            "strategy": ens.combiner_.strategy}, paths, compute)
+    what = {"members": _member_hashes(ens), "inference": options.plan(ens), "combiner": doc,
+            "arrays": {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest() for k, v in arrays.items()}}
+    return _cached_rows(out, "left_out_proba.safetensors", what, paths, compute)
 
 
 def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_distance: int = 4,
@@ -378,6 +410,10 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     split_of = {"train": data.train, "val": data.val, "test": data.test}
     every = [(name, p, lab) for name, part in split_of.items() if part is not None
              for p, lab in zip(part.paths, part.labels)]
+    own_exclude = getattr(src.cfg.data, "exclude", None)
+    if write_exclude is not None and own_exclude and Path(write_exclude).resolve() == Path(own_exclude).resolve():
+        raise DataError(f"{write_exclude}: is the `data.exclude` list {run_dir} reads; write the new list to "
+                        f"another file (the run's own stays as it was trained)")
     left_paths, left_labels = left_out_images(src)
     every += [("train", p, lab) for p, lab in zip(left_paths, left_labels)]  # copies and oddities too
     all_paths = list(dict.fromkeys(p for _, p, _ in every))
@@ -441,13 +477,15 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
                 splits[name] = (list(paths), np.asarray(y), p_, everything, everything)
 
     label_rows, noise = [], {}
-    left_set = set(left_paths)
+    left_set, cleared = set(left_paths), set()
     for split, (paths, y, p, basis, scored) in splits.items():
         b = np.flatnonzero(basis)
         if len(b) < len(classes) * 2:
             continue
         audit = find_label_issues(p[b], y[b], method)
         issues = audit.issues[np.isin(b[audit.issues], np.flatnonzero(scored))]
+        if split == "train" and left_set:  # left out, scored and not flagged: cleared to come back
+            cleared = {paths[i] for i in b if paths[i] in left_set} - {paths[b[k]] for k in issues}
         noise[split] = {"n_scored": int(scored.sum()), "n_not_scored": int(len(paths) - scored.sum()),
                         "n_flagged": int(len(issues)),
                         "thresholds": dict(zip(classes, audit.thresholds.round(4).tolist())),
@@ -506,11 +544,11 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
            "n_odd": len(odd_rows), "stats": stats}
     if left_paths:
         still = sum(1 for r in label_rows if r["source"] == LEFT_OUT)
-        scored = len(left_paths) - sum(1 for p in left_paths if p in unreadable)
-        doc["left_out"] = {"exclude": src.cfg.data.exclude, "images": len(left_paths), "still_flagged": still,
-                           "not_flagged": scored - still}
+        doc["left_out"] = {"exclude": own_exclude, "images": len(left_paths), "still_flagged": still,
+                           "not_flagged": len(cleared), "not_scored": len(left_paths) - still - len(cleared)}
         log.info("%d training images the run left out (data.exclude): %d still look mislabelled to its ensemble, "
-                 "%d do not", len(left_paths), still, scored - still)
+                 "%d do not (cleared to come back), %d not scored", len(left_paths), still, len(cleared),
+                 doc["left_out"]["not_scored"])
     from .html_report import audit_page
     from .pages import make_thumbnails
 
@@ -529,7 +567,8 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     if write_exclude is not None:
         from .files import atomic_write_text
 
-        lines = exclude_lines(label_rows, dup_rows, threshold)
+        carried = carried_entries(own_exclude, cleared, sigs) if own_exclude else []
+        lines = exclude_lines(label_rows, dup_rows, threshold, carried)
         atomic_write_text(write_exclude, "\n".join(lines) + "\n")
         doc["n_excluded_written"] = len(lines) - 1
     return doc

@@ -306,7 +306,7 @@ def test_audit_outputs_resolve_anywhere_and_odd_inputs_stay_one_line(tmp_path, m
     assert not (tmp_path / "ds" / "train" / "zz").exists()
 
 
-def test_a_second_audit_rescores_the_images_the_run_left_out_with_its_ensemble(tmp_path, capsys):
+def test_a_second_audit_rescores_the_images_the_run_left_out_with_its_ensemble(tmp_path, capsys, caplog):
     from ensemble.audit import EXCLUDE_HEADER, LEFT_OUT
     from ensemble.inference import predict_rows
     from ensemble.runfolder import load_run
@@ -315,13 +315,17 @@ def test_a_second_audit_rescores_the_images_the_run_left_out_with_its_ensemble(t
     moved = _shapes(data, swap=True)  # a circle filed under square
     right = next(p for p in sorted((data / "train" / "square").glob("*.png")) if p != moved)
     first = tmp_path / "exclude.txt"
-    first.write_text(f"{EXCLUDE_HEADER}\n{moved}\n{right}\n")
+    val_image = sorted((data / "val" / "circle").glob("*.png"))[0]
+    first.write_text(f"{EXCLUDE_HEADER}\n{moved}\n{right}\n{val_image}  # a val entry\n{'cd' * 32}\n")
     raw = synth.tiny_config(data, epochs=3)
     raw["data"]["exclude"] = str(first)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     run = tmp_path / "run"
     assert main(["train", str(cfg), "--out", str(run), "-q"]) == 0
+    # the run's own list is never overwritten
+    assert main(["audit", str(run), "--out", str(tmp_path / "audit"), "--write-exclude", str(first)]) == 2
+    assert "is the `data.exclude` list" in caplog.text and not (tmp_path / "audit").exists()
     second = tmp_path / "exclude2.txt"
     assert main(["audit", str(run), "--out", str(tmp_path / "audit"), "--write-exclude", str(second),
                  "--threshold", "0.01"]) == 0
@@ -345,3 +349,28 @@ def test_a_second_audit_rescores_the_images_the_run_left_out_with_its_ensemble(t
     # the circle filed under square looks like a circle to an ensemble that never trained on it
     assert str(moved) in listed and str(right) not in listed, (rows, proba)
     assert f"{left['still_flagged']} still look mislabelled</b>" in (tmp_path / "audit" / "index.html").read_text()
+    assert str(val_image) in listed and "cd" * 32 in listed  # what the audit did not score stays listed
+    # a list that changed since training would misplace every OOB row: one line, exit 2
+    first.write_text(first.read_text() + f"{sorted((data / 'train' / 'circle').glob('*.png'))[0]}\n")
+    assert main(["audit", str(run), "--out", str(tmp_path / "audit3")]) == 2
+    assert "now leaves out 3 training images; the run was trained without 2" in caplog.text
+
+
+def test_a_second_exclude_list_clears_only_what_the_ensemble_scored_and_did_not_flag(tmp_path):
+    from ensemble.audit import LEFT_OUT, carried_entries, exclude_lines
+    from ensemble.duplicates import Signature
+
+    a, b, c, d, e = (str(tmp_path / f"{k}.png") for k in "abcde")
+    old = tmp_path / "old.txt"
+    old.write_text(f"{a}\n{b}\n{c}  # a val image\n{e}\n{'ab' * 32}\n{'ef' * 32}\n")
+    sig = lambda h: Signature(h, 0, 0, 10, 10, 1.0, False, 1.0)  # noqa: E731
+    cleared = {a, d}  # left out, scored, not flagged; d was listed by its hash
+    carried = carried_entries(str(old), cleared, {d: sig("ab" * 32), b: sig("00" * 32)})
+    assert carried == sorted([b, c, e]) + ["ef" * 32]
+    row = lambda path, source, p: {"split": "train", "source": source, "path": path, "given": "x",  # noqa: E731
+                                   "suggested": "y", "self_confidence": p}
+    rows = [row(b, LEFT_OUT, 0.6), row(str(tmp_path / "new.png"), "OOB vote", 0.05),
+            row(str(tmp_path / "weak.png"), "OOB vote", 0.5)]
+    listed = [ln.split("  #")[0] for ln in exclude_lines(rows, [], 0.1, carried)[1:]]
+    # still flagged stays out whatever the threshold; a new flag needs it; nothing twice
+    assert listed == [b, str(tmp_path / "new.png"), c, e, "ef" * 32]
