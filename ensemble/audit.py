@@ -356,8 +356,7 @@ def _ensemble_proba(ens, paths: list[str], classes: list[str], out: Path) -> np.
     NaN rows for unreadable images), cached in ``out``."""
     import hashlib
 
-    from .inference import _member_hashes, predict_rows
-    from .prediction import InferenceOptions
+    from .prediction import InferenceOptions, member_hashes, predict_rows
 
     options = InferenceOptions(device="auto", runtime="auto")  # what this machine has, not the run's
     doc, arrays = ens.combiner_.state()  # a refitted combiner (fit-combiner) is another cache
@@ -367,7 +366,7 @@ def _ensemble_proba(ens, paths: list[str], classes: list[str], out: Path) -> np.
         return np.array([[r["proba"][c] for c in classes] if not r["error"] else [np.nan] * len(classes)
                          for r in rows], dtype=np.float64)
 
-    what = {"members": _member_hashes(ens), "inference": options.plan(ens), "combiner": doc,
+    what = {"members": member_hashes(ens), "inference": options.plan(ens), "combiner": doc,
             "arrays": {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest() for k, v in arrays.items()}}
     return _cached_rows(out, "left_out_proba.safetensors", what, paths, compute)
 

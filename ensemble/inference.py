@@ -7,7 +7,7 @@ import io
 import logging
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -19,31 +19,12 @@ from .pages import report_files
 from .files import (atomic_write_json, atomic_write_npy, atomic_write_text, read_json, read_npy,
                     refuse_foreign, sha256_json, write_owned)
 from .images import decode_all
-from .prediction import DecisionOptions, ImagePredictor, InferenceOptions, flat_row  # noqa: F401 (re-exported)
+from .prediction import (DecisionOptions, InferenceOptions, flat_row,  # noqa: F401 (re-exported)
+                         member_hashes, predict_rows)
 from .report import build_metrics, comparison_rows, format_table
-from .runfolder import RunFolder, load_run, weights_hash
+from .runfolder import RunFolder, load_run
 
 log = logging.getLogger(__name__)
-
-
-def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
-def predict_rows(ens: BaggedEnsemble, paths: Sequence[str], strategy: str | None = None,
-                 options: InferenceOptions = InferenceOptions(), chunk: int = 256,
-                 decisions: DecisionOptions = DecisionOptions()) -> list[dict]:
-    """One row per path: prediction, class probabilities, each member's prediction, error;
-    with ``decisions``, a prediction set and/or a review decision (:mod:`ensemble.decisions`)."""
-    predictor = ImagePredictor(ens, strategy, options, decisions)
-    if options.adapt_bn:  # the statistics come from every image given, not from chunks of them
-        chunk = max(1, len(paths))
-    rows: list[dict] = []
-    for part in _chunks(list(paths), chunk):
-        arrays, bad = decode_all(part, predictor.size, on_bad="skip", desc="decode")
-        rows += predictor.rows(part, arrays, dict(bad))
-    return rows
 
 
 OUTPUT_SUFFIXES = (".csv", ".json")
@@ -112,12 +93,6 @@ def run_predict(run_dir: str, inputs: Sequence[str], out: str, strategy: str | N
             "inference": options.plan(ens), "n_review": sum(1 for r in rows if r.get("decision") == "review")}
 
 
-def _member_hashes(ens: BaggedEnsemble, pool: bool = False) -> list:
-    """The weights hash of every member (with ``pool``: and of every pool candidate, with its view)."""
-    rows = [fm for fm, _ in ens.pool_rows()] if pool else ens.members_
-    return [weights_hash(fm.meta) if fm in ens.members_ else [weights_hash(fm.meta), fm.inputs.view] for fm in rows]
-
-
 def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all",
                  options: InferenceOptions = InferenceOptions(), tracking: list[str] | None = None) -> dict:
     """Report every member and strategy on a labelled folder or CSV.
@@ -162,7 +137,7 @@ def _evaluate(ens: BaggedEnsemble, run_cfg, data: str | dict, out_dir: Path, str
     for s in strategies:
         used |= comb.uses(s)
     used = used if pool else None
-    key = {"data": images_fingerprint(split.paths, split.labels), "members": _member_hashes(ens, pool),
+    key = {"data": images_fingerprint(split.paths, split.labels), "members": member_hashes(ens, pool),
            "tta": options.tta, "inference": options.plan(ens), "used": None if used is None else used.tolist()}
     cache_json, cache_npy = out_dir / "member_proba.json", out_dir / "member_proba.npy"
     skipped: list = []

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from .estimator import BaggedEnsemble, decode_size
+from .images import decode_all
+from .runfolder import weights_hash
 
 log = logging.getLogger(__name__)
 
@@ -175,3 +177,29 @@ def flat_row(row: dict) -> dict:
     out.update({f"proba:{c}": v for c, v in row["proba"].items()})
     out.update({f"vote:{n}": v for n, v in row["votes"].items()})
     return out
+
+
+def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def predict_rows(ens: BaggedEnsemble, paths: Sequence[str], strategy: str | None = None,
+                 options: InferenceOptions = InferenceOptions(), chunk: int = 256,
+                 decisions: DecisionOptions = DecisionOptions()) -> list[dict]:
+    """One row per path: prediction, class probabilities, each member's prediction, error;
+    with ``decisions``, a prediction set and/or a review decision (:mod:`ensemble.decisions`)."""
+    predictor = ImagePredictor(ens, strategy, options, decisions)
+    if options.adapt_bn:  # the statistics come from every image given, not from chunks of them
+        chunk = max(1, len(paths))
+    rows: list[dict] = []
+    for part in _chunks(list(paths), chunk):
+        arrays, bad = decode_all(part, predictor.size, on_bad="skip", desc="decode")
+        rows += predictor.rows(part, arrays, dict(bad))
+    return rows
+
+
+def member_hashes(ens: BaggedEnsemble, pool: bool = False) -> list:
+    """The weights hash of every member (with ``pool``: and of every pool candidate, with its view)."""
+    rows = [fm for fm, _ in ens.pool_rows()] if pool else ens.members_
+    return [weights_hash(fm.meta) if fm in ens.members_ else [weights_hash(fm.meta), fm.inputs.view] for fm in rows]

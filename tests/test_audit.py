@@ -308,7 +308,7 @@ def test_audit_outputs_resolve_anywhere_and_odd_inputs_stay_one_line(tmp_path, m
 
 def test_a_second_audit_rescores_the_images_the_run_left_out_with_its_ensemble(tmp_path, capsys, caplog):
     from ensemble.audit import EXCLUDE_HEADER, LEFT_OUT
-    from ensemble.inference import predict_rows
+    from ensemble.prediction import predict_rows
     from ensemble.runfolder import load_run
 
     data = tmp_path / "data"
