@@ -306,7 +306,9 @@ def _number(v: Any) -> bool:
 
 def environment_tags(command: str, cfg) -> dict[str, str]:
     """What a run ran on and with: effens, torch and timm versions, CPU and GPU model, the
-    precision and runtime asked for, the effens checkout's commit (when it is one)."""
+    precision and runtime asked for, the effens checkout's commit (when it is one) and whether
+    its tracked files differ from that commit (``effens.dirty``: the commit alone would not
+    reproduce the run)."""
     import platform
 
     import timm
@@ -329,6 +331,10 @@ def environment_tags(command: str, cfg) -> dict[str, str]:
                                     timeout=5).stdout.strip()
             if commit:
                 tags["effens.commit"] = commit
+                status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
+                                        capture_output=True, text=True, timeout=5)
+                if status.returncode == 0:
+                    tags["effens.dirty"] = "true" if status.stdout.strip() else "false"
     return tags
 
 

@@ -315,3 +315,22 @@ def test_measured_limits_name_a_val_to_test_drop_and_a_missed_coverage_only_when
     assert measured_limits(doc, {"test": {"ensemble": {"macro_f1": [0.85, 0.95]}}}) == []
     doc["ensemble"]["val"]["per_class"]["y"] = {"recall": 0.5, "support": 10}
     assert measured_limits(doc, {}) == ["On val, only 50% of the y images are recognised (recall)."]
+
+
+def test_the_commit_tag_says_whether_the_checkout_differs_from_it(tmp_path):
+    import subprocess
+
+    from ensemble.config import config_from_dict
+    from ensemble.tracking import environment_tags
+
+    src = Path(__file__).resolve().parents[1]
+    if not (src / ".git").exists():
+        pytest.skip("effens is not run from a git checkout here")
+    cfg = config_from_dict({"data": {"train": str(tmp_path)}, "members": [{"name": "a", "model": "test_efficientnet",
+                                                                             "weights": "none"}]}, source="test")
+    tags = environment_tags("train", cfg)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True).stdout.strip()
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src, capture_output=True,
+                             text=True).stdout.strip()
+    assert tags["effens.commit"] == head
+    assert tags["effens.dirty"] == ("true" if changed else "false")
