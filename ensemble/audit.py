@@ -410,9 +410,6 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     every = [(name, p, lab) for name, part in split_of.items() if part is not None
              for p, lab in zip(part.paths, part.labels)]
     own_exclude = getattr(src.cfg.data, "exclude", None)
-    if write_exclude is not None and own_exclude and Path(write_exclude).resolve() == Path(own_exclude).resolve():
-        raise DataError(f"{write_exclude}: is the `data.exclude` list {run_dir} reads; write the new list to "
-                        f"another file (the run's own stays as it was trained)")
     left_paths, left_labels = left_out_images(src)
     every += [("train", p, lab) for p, lab in zip(left_paths, left_labels)]  # copies and oddities too
     all_paths = list(dict.fromkeys(p for _, p, _ in every))

@@ -703,9 +703,11 @@ def check_member_names(members: list, classes: list[str], source: str) -> None:
 
 
 def data_inputs(cfg: Config) -> list[str]:
-    """The folders and manifests a config's splits are read from (outputs must stay out of them)."""
+    """The folders and manifests a config's splits are read from, and its exclude and relabel
+    lists (outputs must stay out of them)."""
     srcs = (cfg.data.train, cfg.data.val, cfg.data.test)
-    return [str(s.folder or s.csv) for s in srcs if s is not None]
+    return [str(s.folder or s.csv) for s in srcs if s is not None] + \
+        [f for f in (cfg.data.exclude, cfg.data.relabel) if f]
 
 
 def flat_keys(obj: Any, prefix: str = "") -> dict[str, Any]:

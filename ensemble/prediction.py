@@ -13,8 +13,6 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .estimator import BaggedEnsemble, decode_size
-from .images import decode_all
-from .runfolder import weights_hash
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +187,8 @@ def predict_rows(ens: BaggedEnsemble, paths: Sequence[str], strategy: str | None
                  decisions: DecisionOptions = DecisionOptions()) -> list[dict]:
     """One row per path: prediction, class probabilities, each member's prediction, error;
     with ``decisions``, a prediction set and/or a review decision (:mod:`ensemble.decisions`)."""
+    from .images import decode_all  # here, not at import: `effens serve` decodes on its own
+
     predictor = ImagePredictor(ens, strategy, options, decisions)
     if options.adapt_bn:  # the statistics come from every image given, not from chunks of them
         chunk = max(1, len(paths))
@@ -201,5 +201,7 @@ def predict_rows(ens: BaggedEnsemble, paths: Sequence[str], strategy: str | None
 
 def member_hashes(ens: BaggedEnsemble, pool: bool = False) -> list:
     """The weights hash of every member (with ``pool``: and of every pool candidate, with its view)."""
+    from .runfolder import weights_hash
+
     rows = [fm for fm, _ in ens.pool_rows()] if pool else ens.members_
     return [weights_hash(fm.meta) if fm in ens.members_ else [weights_hash(fm.meta), fm.inputs.view] for fm in rows]

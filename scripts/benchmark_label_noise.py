@@ -118,6 +118,11 @@ def _effens(*argv: str) -> None:
     subprocess.run(cmd, check=True)
 
 
+def _listed(exclude: Path) -> set[str]:
+    """The paths an exclude list written by ``effens audit --write-exclude`` names."""
+    return {ln.split("  #")[0].strip() for ln in exclude.read_text().splitlines() if ln and not ln.startswith("#")}
+
+
 def _val_scores(run: str) -> dict:
     doc = json.loads((Path(run) / "report" / "metrics.json").read_text())
     out = {m: {s: round(v[s]["macro_f1"], 4) for s in ("val", "test") if s in v} for m, v in doc["members"].items()}
@@ -144,7 +149,7 @@ def retrain(args) -> None:
     exclude = work / "exclude.txt"
     _effens("audit", str(work / "noisy"), "--out", str(work / "audit"), "--write-exclude", str(exclude),
             "--threshold", str(args.threshold))
-    listed = {ln.split("  #")[0].strip() for ln in exclude.read_text().splitlines() if ln and not ln.startswith("#")}
+    listed = _listed(exclude)
     flipped = {os.path.abspath(data.train.paths[i]) for i in flips}
     t0 = time.perf_counter()
     _effens("train", args.config, "--out", str(work / "cleaned"), "--set", f"data.relabel={relabel}",
@@ -173,7 +178,7 @@ def second(args) -> None:
     exclude = work / "exclude_r2.txt"
     _effens("audit", str(first), "--out", str(work / "audit_r2"), "--write-exclude", str(exclude),
             "--threshold", str(args.threshold))
-    listed = {ln.split("  #")[0].strip() for ln in exclude.read_text().splitlines() if ln and not ln.startswith("#")}
+    listed = _listed(exclude)
     t0 = time.perf_counter()
     _effens("train", args.config, "--out", str(work / "cleaned_r2"), "--set", f"data.relabel={relabel}",
             "--set", f"data.exclude={exclude}", *extra)

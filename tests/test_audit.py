@@ -325,7 +325,7 @@ def test_a_second_audit_rescores_the_images_the_run_left_out_with_its_ensemble(t
     assert main(["train", str(cfg), "--out", str(run), "-q"]) == 0
     # the run's own list is never overwritten
     assert main(["audit", str(run), "--out", str(tmp_path / "audit"), "--write-exclude", str(first)]) == 2
-    assert "is the `data.exclude` list" in caplog.text and not (tmp_path / "audit").exists()
+    assert f"is also an input of this command ({first})" in caplog.text and not (tmp_path / "audit").exists()
     second = tmp_path / "exclude2.txt"
     assert main(["audit", str(run), "--out", str(tmp_path / "audit"), "--write-exclude", str(second),
                  "--threshold", "0.01"]) == 0
