@@ -350,6 +350,14 @@ def test_a_second_audit_rescores_the_images_the_run_left_out_with_its_ensemble(t
     assert str(moved) in listed and str(right) not in listed, (rows, proba)
     assert f"{left['still_flagged']} still look mislabelled</b>" in (tmp_path / "audit" / "index.html").read_text()
     assert str(val_image) in listed and "cd" * 32 in listed  # what the audit did not score stays listed
+    # the left-out scores are cached: read again as they are, computed again under a refitted combiner
+    cache = tmp_path / "audit" / "left_out_proba.safetensors"
+    stamp = cache.stat().st_mtime_ns
+    assert main(["audit", str(run), "--out", str(tmp_path / "audit"), "-q"]) == 0
+    assert cache.stat().st_mtime_ns == stamp
+    assert main(["fit-combiner", str(run), "--set", "combiner.strategy=hard", "-q"]) == 0
+    assert main(["audit", str(run), "--out", str(tmp_path / "audit"), "-q"]) == 0
+    assert cache.stat().st_mtime_ns != stamp
     # a list that changed since training would misplace every OOB row: one line, exit 2
     first.write_text(first.read_text() + f"{sorted((data / 'train' / 'circle').glob('*.png'))[0]}\n")
     assert main(["audit", str(run), "--out", str(tmp_path / "audit3")]) == 2
