@@ -167,29 +167,34 @@ def retrain(args) -> None:
 
 
 def second(args) -> None:
-    """The second pass: audit the run trained without the first flags (the images it left out
-    are out of sample for its whole ensemble), and train again without what it still flags."""
+    """A further pass: audit the run trained without the last pass's flags (the images it left
+    out are out of sample for its whole ensemble), and train again without what it still flags.
+    Round N writes WORK/audit_rN, WORK/exclude_rN.txt and WORK/cleaned_rN."""
     work = Path(args.work)
-    first = Path(args.first or work / "cleaned")
+    n = args.round
+    if n < 2:
+        raise SystemExit(f"--round must be 2 or more; got {n}")
+    first = Path(args.first or work / ("cleaned" if n == 2 else f"cleaned_r{n - 1}"))
     relabel = work / "flips.csv"
     with open(relabel, newline="", encoding="utf-8") as fh:
         flipped = {os.path.abspath(r["path"]) for r in csv.DictReader(fh)}
     extra = [x for s in args.set for x in ("--set", s)]
-    exclude = work / "exclude_r2.txt"
-    _effens("audit", str(first), "--out", str(work / "audit_r2"), "--write-exclude", str(exclude),
+    exclude = work / f"exclude_r{n}.txt"
+    cleaned = work / f"cleaned_r{n}"
+    _effens("audit", str(first), "--out", str(work / f"audit_r{n}"), "--write-exclude", str(exclude),
             "--threshold", str(args.threshold))
     listed = _listed(exclude)
     t0 = time.perf_counter()
-    _effens("train", args.config, "--out", str(work / "cleaned_r2"), "--set", f"data.relabel={relabel}",
+    _effens("train", args.config, "--out", str(cleaned), "--set", f"data.relabel={relabel}",
             "--set", f"data.exclude={exclude}", *extra)
-    res = {"config": args.config, "first": str(first), "threshold": args.threshold,
+    res = {"config": args.config, "round": n, "first": str(first), "threshold": args.threshold,
            "excluded": prf(listed, flipped), "noisy": _val_scores(str(work / "noisy")),
-           "first_pass": _val_scores(str(first)), "cleaned": _val_scores(str(work / "cleaned_r2")),
-           "seconds": {"cleaned_r2": round(time.perf_counter() - t0)}, "machine": machine()}
+           "first_pass": _val_scores(str(first)), "cleaned": _val_scores(str(cleaned)),
+           "seconds": {f"cleaned_r{n}": round(time.perf_counter() - t0)}, "machine": machine()}
     if args.clean:
         res["clean"] = _val_scores(args.clean)
         res["recovered"] = recovered(res["clean"], res["noisy"], res["cleaned"])
-    report_json(res, args.out or str(work / "result_r2.json"))
+    report_json(res, args.out or str(work / f"result_r{n}.json"))
 
 
 def recovered(clean: dict, noisy: dict, cleaned: dict) -> dict:
@@ -237,10 +242,11 @@ def main() -> None:
     r.add_argument("--clean", help="a run of the same config on the clean labels, for the share recovered")
     r.add_argument("--set", action="append", default=[])
     r.add_argument("--out")
-    t = sub.add_parser("second", help="audit the cleaned run (a second pass) and train without what it flags")
+    t = sub.add_parser("second", help="a further pass: audit the last cleaned run and train without what it still flags")
     t.add_argument("--config", required=True)
     t.add_argument("--work", required=True, help="the folder `retrain` filled (flips.csv, noisy, cleaned)")
-    t.add_argument("--first", help="the first pass's cleaned run (default: WORK/cleaned)")
+    t.add_argument("--round", type=int, default=2, help="which pass this is (names its outputs *_rN)")
+    t.add_argument("--first", help="the last pass's cleaned run (default: WORK/cleaned, or WORK/cleaned_r{N-1})")
     t.add_argument("--threshold", type=float, default=0.3, help="--write-exclude threshold for new flags")
     t.add_argument("--clean", help="a run of the same config on the clean labels, for the share recovered")
     t.add_argument("--set", action="append", default=[])
