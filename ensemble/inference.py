@@ -18,9 +18,8 @@ from .evaluation import decision_report, evaluate_split
 from .pages import report_files
 from .files import (atomic_write_json, atomic_write_npy, atomic_write_text, read_json, read_npy,
                     refuse_foreign, sha256_json, write_owned)
-from .images import decode_all
 from .prediction import (DecisionOptions, InferenceOptions, flat_row,  # noqa: F401 (re-exported)
-                         member_hashes, predict_rows)
+                         member_hashes, predict_rows, readable_member_proba)
 from .report import build_metrics, comparison_rows, format_table
 from .runfolder import RunFolder, load_run
 
@@ -147,12 +146,10 @@ def _evaluate(ens: BaggedEnsemble, run_cfg, data: str | dict, out_dir: Path, str
         keep, skipped = meta["kept"], meta["skipped"]
         log.info("reusing cached member probabilities in %s", cache_npy)
     else:
-        arrays, bad = decode_all(split.paths, decode_size(ens), on_bad="skip", desc="decode")
-        keep = [i for i, a in enumerate(arrays) if a is not None]
+        member_proba, keep, bad = readable_member_proba(ens, split.paths, options, used, pool)
         skipped = [{"path": p, "reason": r} for p, r in bad]
         if not keep:
-            raise DataError(f"{data}: none of its {len(arrays)} images could be read (first: {bad[0][1]})")
-        member_proba = options.member_proba(ens, [arrays[i] for i in keep], used, pool)
+            raise DataError(f"{data}: none of its {len(split.paths)} images could be read (first: {bad[0][1]})")
         atomic_write_npy(cache_npy, member_proba)
         atomic_write_json(cache_json, {"key": sha256_json(key), "kept": keep, "skipped": skipped,
                                        "paths": [split.paths[i] for i in keep]})

@@ -199,6 +199,27 @@ def predict_rows(ens: BaggedEnsemble, paths: Sequence[str], strategy: str | None
     return rows
 
 
+def readable_member_proba(ens: BaggedEnsemble, paths: Sequence[str], options: InferenceOptions = InferenceOptions(),
+                          used: Sequence[bool] | None = None, pool: bool = False, chunk: int = 256
+                          ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+    """Member probabilities (members x kept images x classes) of the readable images among
+    ``paths``, decoded ``chunk`` at a time so memory holds one chunk of pixels, not every
+    image; also the kept indices and ``(path, reason)`` for each unreadable file."""
+    from .images import decode_all
+
+    if options.adapt_bn:  # the statistics come from every image given, not from chunks of them
+        chunk = max(1, len(paths))
+    parts, keep, bad = [], [], []
+    for start in range(0, len(paths), chunk):
+        arrays, skipped = decode_all(paths[start:start + chunk], decode_size(ens), on_bad="skip", desc="decode")
+        bad += skipped
+        ok = [i for i, a in enumerate(arrays) if a is not None]
+        if ok:
+            parts.append(options.member_proba(ens, [arrays[i] for i in ok], used, pool))
+            keep += [start + i for i in ok]
+    return (np.concatenate(parts, axis=1) if parts else np.empty((0, 0, 0))), keep, bad
+
+
 def member_hashes(ens: BaggedEnsemble, pool: bool = False) -> list:
     """The weights hash of every member (with ``pool``: and of every pool candidate, with its view)."""
     from .runfolder import weights_hash

@@ -112,3 +112,32 @@ def test_fit_combiner_refits_identically_and_switches_source(trained, tmp_path):
     assert comb["strategies"]["stacking"]["source"] == "val" and len(comb["temperatures"]) == 3
     assert not np.allclose(read_npy(copy / "combiner/stacking_coef.npy"), coef)
     assert main(["fit-combiner", str(copy), "--set", "members.0.train.lr=1"]) == 2
+
+
+def test_evaluate_decodes_in_chunks_with_the_same_figures(trained, tiny_data, tmp_path, monkeypatch):
+    """Member probabilities come from one chunk of decoded images at a time; unreadable files
+    in any chunk are skipped with the right indices, and the result equals one pass over all."""
+    import ensemble.images as images
+    from ensemble.prediction import readable_member_proba
+
+    _, run = trained
+    ens = load_run(str(run))
+    paths = sorted(str(p) for p in (tiny_data / "test").rglob("*.png"))
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    paths = paths[:5] + [str(broken)] + paths[5:]
+    seen = []
+    real = images.decode_all
+
+    def spy(part, *a, **k):
+        seen.append(len(part))
+        return real(part, *a, **k)
+
+    monkeypatch.setattr(images, "decode_all", spy)
+    whole, keep_w, bad_w = readable_member_proba(ens, paths, chunk=len(paths))
+    parts, keep_c, bad_c = readable_member_proba(ens, paths, chunk=4)
+    assert seen == [len(paths), 4, 4, 4, 4, 3] and max(seen[1:]) <= 4
+    assert keep_c == keep_w == [i for i in range(len(paths)) if i != 5]
+    assert [p for p, _ in bad_c] == [str(broken)]
+    assert parts.shape == (3, len(paths) - 1, 3)
+    np.testing.assert_allclose(parts, whole, atol=1e-5)
