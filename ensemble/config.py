@@ -672,7 +672,29 @@ def config_from_dict(raw: dict, source: str = "<dict>",
         exclude=str((base / os.path.expanduser(data.exclude)).resolve()) if data.exclude else None,
         relabel=str((base / os.path.expanduser(data.relabel)).resolve()) if data.relabel else None,
     )
+    cfg.tracking = resolved_tracking(cfg.tracking, base)
     return cfg
+
+
+def resolved_tracking(tracking: "TrackingConfig", base: Path) -> "TrackingConfig":
+    """``tracking:`` with its local paths (a TensorBoard folder; a plain-path, ``file:`` or
+    ``sqlite:///`` MLflow store) absolute, so the config saved with a run logs to the same
+    place whichever folder a later ``evaluate`` runs from; server URIs stay as given."""
+    def absolute(p: str) -> str:
+        return str((base / os.path.expanduser(p)).resolve())
+
+    tb = absolute(tracking.tensorboard) if tracking.tensorboard else None
+    ml = tracking.mlflow
+    if ml is not None:
+        uri = ml.uri
+        if uri.startswith("file:") and not uri.startswith("file://"):
+            uri = Path(absolute(uri[len("file:"):])).as_uri()
+        elif uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            uri = "sqlite:///" + absolute(uri[len("sqlite:///"):])
+        elif "://" not in uri and ":" not in uri.split("/")[0] and not uri.startswith("databricks"):
+            uri = absolute(uri)
+        ml = dataclasses.replace(ml, uri=uri)
+    return dataclasses.replace(tracking, tensorboard=tb, mlflow=ml)
 
 
 def config_from_params(params: dict, source: str = "BaggedEnsemble") -> Config:

@@ -129,3 +129,32 @@ def test_a_nul_character_in_a_path_key_is_a_config_error_naming_the_key(key):
                           [(key, "runs/a\x00b")])
     with pytest.raises(ConfigError, match=f"`{key}` must not contain a NUL character"):
         config_from_dict(raw)
+
+
+@pytest.mark.parametrize("uri, want", [
+    ("file:./mlruns", "file://{cwd}/mlruns"),
+    ("sqlite:///mlflow.db", "sqlite:///{cwd}/mlflow.db"),
+    ("mlruns", "{cwd}/mlruns"),
+    ("file:///srv/mlruns", "file:///srv/mlruns"),
+    ("sqlite:////srv/mlflow.db", "sqlite:////srv/mlflow.db"),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+    ("databricks", "databricks"),
+])
+def test_tracking_paths_resolve_against_the_working_folder_like_data_paths(tmp_path, monkeypatch, uri, want):
+    """The config saved with a run names the same TensorBoard folder and MLflow store
+    whichever folder a later command reads it from."""
+    from ensemble.config import config_from_dict
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    raw = yaml.safe_load(GOOD.format(root=tmp_path))
+    raw["tracking"] = {"tensorboard": "tb", "mlflow": {"uri": uri}}
+    cfg = load_config(write(tmp_path, yaml.safe_dump(raw)))
+    assert cfg.tracking.tensorboard == str(work / "tb")
+    assert cfg.tracking.mlflow.uri == want.format(cwd=work)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the saved config read again from another folder: unchanged
+    again = config_from_dict(yaml.safe_load(dump_config(cfg)))
+    assert again.tracking.tensorboard == str(work / "tb") and again.tracking.mlflow.uri == cfg.tracking.mlflow.uri
