@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import logging
 import os
@@ -45,7 +46,14 @@ def _csv(rows: list[dict], columns: list[str]) -> str:
     return buf.getvalue()
 
 
-def _training_paths(run: RunFolder, data, n: int) -> list[str]:
+def _lists(data_cfg) -> str:
+    """`` or its data.exclude X changed`` for the messages below: those lists change the
+    training split as much as its folder does."""
+    named = [f"`data.{k}` {v}" for k in ("exclude", "relabel") if (v := getattr(data_cfg, k, None))]
+    return f" (or its {' / '.join(named)} was edited since)" if named else ""
+
+
+def _training_paths(run: RunFolder, data, n: int, data_cfg=None) -> list[str]:
     """The training images in the order the run's OOB arrays use (unreadable ones were skipped)."""
     metrics = run.report_dir / "metrics.json"
     skipped = set()
@@ -53,16 +61,17 @@ def _training_paths(run: RunFolder, data, n: int) -> list[str]:
         skipped = {d["path"] for d in (read_json(metrics).get("skipped_images") or {}).get("train", [])}
     paths = [p for p in data.train.paths if p not in skipped]
     if len(paths) != n:
-        raise DataError(f"{run.root}: its training folder now holds {len(paths)} readable images, the run was "
-                        f"trained on {n}; audit the data with a run trained on it")
+        raise DataError(f"{run.root}: its training folder now holds {len(paths)} readable images{_lists(data_cfg)}, "
+                        f"the run was trained on {n}; audit the data with a run trained on it")
     return paths
 
 
-def _check_training_labels(run: RunFolder, data, paths: list[str], y: np.ndarray, classes: list[str]) -> None:
+def _check_training_labels(run: RunFolder, data, paths: list[str], y: np.ndarray, classes: list[str],
+                           data_cfg=None) -> None:
     labels = dict(zip(data.train.paths, data.train.labels))
     if [labels[p] for p in paths] != [classes[int(k)] for k in y]:
-        raise DataError(f"{run.root}: the labels of its training images changed since training; audit the data "
-                        f"with a run trained on it")
+        raise DataError(f"{run.root}: its training images or their labels changed since training{_lists(data_cfg)}; "
+                        f"audit the data with a run trained on it")
 
 
 #: the linear heads that score images on pretrained features (cross-fitted and fitted alike)
@@ -239,6 +248,39 @@ def exclude_lines(label_rows: list[dict], dup_rows: list[dict], threshold: float
     return lines
 
 
+#: the second line of a written list: a digest of the lines below it, so a later
+#: ``--write-exclude`` onto the same file can tell whether a person edited it
+EXCLUDE_DIGEST = "# sha256 of the lines below (effens checks it before writing this file again): "
+
+
+def signed(lines: list[str]) -> list[str]:
+    """An exclude list (header first) with its digest line after the header."""
+    body = lines[1:]
+    return [lines[0], EXCLUDE_DIGEST + hashlib.sha256("\n".join(body).encode()).hexdigest(), *body]
+
+
+def check_exclude_target(target: Path, out_dir: Path) -> None:
+    """Refuse a ``--write-exclude`` path that writing would lose something at: a folder, a
+    file inside the audit's ``--out`` (its reports), a file effens did not write, or a list
+    effens wrote that a person has since edited."""
+    if target.is_dir():
+        raise DataError(f"--write-exclude {target}: is a folder; name a file, e.g. {target / 'exclude.txt'}")
+    if os.path.realpath(target).startswith(os.path.realpath(out_dir) + os.sep):
+        raise DataError(f"--write-exclude {target}: is inside --out {out_dir}, which holds the audit's own "
+                        f"files; choose a file outside it")
+    if not target.exists():
+        return
+    text = target.read_text(encoding="utf-8", errors="replace").splitlines()
+    if not text or text[0] != EXCLUDE_HEADER:
+        raise DataError(f"--write-exclude {target}: exists and was not written by `effens audit --write-exclude`; "
+                        f"choose another file (effens never overwrites files it did not write)")
+    if len(text) > 1 and text[1].startswith(EXCLUDE_DIGEST):
+        if text[1][len(EXCLUDE_DIGEST):] != hashlib.sha256("\n".join(text[2:]).encode()).hexdigest():
+            raise DataError(f"--write-exclude {target}: was edited after `effens audit` wrote it; choose another "
+                            f"file (effens keeps your edits; to carry them into a new list, train with it as "
+                            f"`data.exclude` and audit that run)")
+
+
 def carried_entries(exclude: str, cleared: set[str], sigs: dict) -> list[str]:
     """The entries (absolute paths, SHA-256s) of the run's ``data.exclude`` list that still
     hold: all but the left-out training images its ensemble scored and did not flag. Nothing
@@ -354,8 +396,6 @@ def left_out_images(src: AuditSource) -> tuple[list[str], list[str]]:
 def _ensemble_proba(ens, paths: list[str], classes: list[str], out: Path) -> np.ndarray:
     """The run's combined class probabilities of ``paths`` (its strategy, default inference;
     NaN rows for unreadable images), cached in ``out``."""
-    import hashlib
-
     from .prediction import InferenceOptions, member_hashes, predict_rows
 
     options = InferenceOptions(device="auto", runtime="auto")  # what this machine has, not the run's
@@ -383,12 +423,9 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     check_output_path(out_dir, [run_dir])  # the CLI's rule, for Python callers too
     refuse_foreign(out_dir, "audit", "effens audit")
     if write_exclude is not None:
-        check_output_path(write_exclude, [run_dir], folder=False)  # never inside the run, never over an input
-        target = Path(write_exclude)
-        if target.exists() and not (target.is_file() and
-                                    target.read_text(encoding="utf-8", errors="replace").startswith(EXCLUDE_HEADER)):
-            raise DataError(f"{target}: exists and was not written by `effens audit --write-exclude`; choose "
-                            f"another file (effens never overwrites files it did not write)")
+        # never inside the run, never over an input, a folder, the audit's own outputs or a person's edits
+        check_output_path(write_exclude, [run_dir], folder=False, flag="--write-exclude")
+        check_exclude_target(Path(write_exclude), out_dir)
         if not 0 < threshold <= 1:
             raise DataError(f"`--threshold` must be in (0, 1]; got {threshold}")
     if not 0 <= max_distance <= 32:
@@ -401,7 +438,7 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     inputs = [run_dir, *data_inputs(src.cfg)]
     check_output_path(out_dir, inputs)  # never inside the folders the config reads
     if write_exclude is not None:
-        check_output_path(write_exclude, inputs, folder=False)
+        check_output_path(write_exclude, inputs, folder=False, flag="--write-exclude")
     data, classes = src.data, list(src.data.classes)
     if len(data.train) == 0:
         raise DataError(f"{run_dir}: no training images found")
@@ -415,6 +452,9 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     all_paths = list(dict.fromkeys(p for _, p, _ in every))
     spec = feature_member(src.cfg)
     feats = _features(spec, all_paths, len(classes), out_dir) if features else None
+    if feats is None and src.ens is None:
+        log.warning("--no-features without a trained run: no image gets a label score, so no label issue is "
+                    "found or listed (audit a run for OOB votes, or drop --no-features)")
     row = {p: i for i, p in enumerate(all_paths)}
     # split -> (paths, y, proba, basis: rows that set the thresholds, scored: rows that may be flagged)
     splits: dict[str, tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -430,8 +470,8 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
         ens = src.ens
         full, available = oob_matrix(list(ens.oob_indices_), list(ens.oob_proba_), len(ens.y_train_), len(classes))
         covered, _, oob_p = ens.combiner_.apply_oob(full, available)
-        train_paths = _training_paths(src.run, data, len(ens.y_train_))
-        _check_training_labels(src.run, data, train_paths, ens.y_train_, classes)
+        train_paths = _training_paths(src.run, data, len(ens.y_train_), src.cfg.data)
+        _check_training_labels(src.run, data, train_paths, ens.y_train_, classes, src.cfg.data)
         y_train = np.asarray(ens.y_train_)
         proba = np.full((len(train_paths), len(classes)), np.nan)
         proba[covered] = oob_p
@@ -565,6 +605,6 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
 
         carried = carried_entries(own_exclude, cleared, sigs) if own_exclude else []
         lines = exclude_lines(label_rows, dup_rows, threshold, carried)
-        atomic_write_text(write_exclude, "\n".join(lines) + "\n")
+        atomic_write_text(write_exclude, "\n".join(signed(lines)) + "\n")
         doc["n_excluded_written"] = len(lines) - 1
     return doc

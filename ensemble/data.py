@@ -243,11 +243,7 @@ def read_exclusions(path: str) -> tuple[set[str], set[str]]:
     with ``#``, or `` #`` after an entry, is a comment), or a CSV with a ``path`` column."""
     import csv
 
-    if not os.path.isfile(path):
-        raise DataError(f"`data.exclude`: {path}: " + ("is a folder, not a file" if os.path.isdir(path)
-                                                       else "file not found"))
-    with open(path, newline="", encoding="utf-8") as fh:
-        text = fh.read()
+    text = _read_text(path, "data.exclude")
     first = text.lstrip().split("\n", 1)[0]
     if path.lower().endswith(".csv") or first.startswith("path,") or first == "path":
         rows = list(csv.DictReader(text.splitlines()))
@@ -269,23 +265,40 @@ def read_relabels(path: str, classes: Sequence[str]) -> dict[str, str]:
     """Path -> new label from a CSV with ``path`` and ``suggested`` (or ``label``) columns."""
     import csv
 
-    if not os.path.isfile(path):
-        raise DataError(f"`data.relabel`: {path}: file not found")
     base = os.path.dirname(os.path.abspath(path))
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        column = next((c for c in ("suggested", "label") if c in (reader.fieldnames or [])), None)
-        if "path" not in (reader.fieldnames or []) or column is None:
-            raise DataError(f"`data.relabel`: {path}: needs a `path` column and a `suggested` or `label` column; "
-                            f"found {', '.join(reader.fieldnames or []) or 'no header'}")
-        out = {}
-        for line, row in enumerate(reader, start=2):
-            label = (row.get(column) or "").strip()
-            if label not in classes:
-                raise DataError(f"`data.relabel`: {path}, line {line}: {label!r} is not a class "
-                                f"({', '.join(classes)})")
-            out[os.path.normpath(os.path.join(base, os.path.expanduser(row["path"].strip())))] = label
+    reader = csv.DictReader(_read_text(path, "data.relabel").splitlines())
+    column = next((c for c in ("suggested", "label") if c in (reader.fieldnames or [])), None)
+    if "path" not in (reader.fieldnames or []) or column is None:
+        raise DataError(f"`data.relabel`: {path}: needs a `path` column and a `suggested` or `label` column; "
+                        f"found {', '.join(reader.fieldnames or []) or 'no header'}")
+    out: dict[str, str] = {}
+    line_of: dict[str, int] = {}
+    for line, row in enumerate(reader, start=2):
+        entry = (row.get("path") or "").strip()
+        if not entry:
+            raise DataError(f"`data.relabel`: {path}, line {line}: no path")
+        label = (row.get(column) or "").strip()
+        if label not in classes:
+            raise DataError(f"`data.relabel`: {path}, line {line}: {label!r} is not a class "
+                            f"({', '.join(classes)})")
+        key = os.path.normpath(os.path.join(base, os.path.expanduser(entry)))
+        if out.get(key, label) != label:
+            raise DataError(f"`data.relabel`: {path}, line {line}: {entry} is relabelled {label!r} here and "
+                            f"{out[key]!r} on line {line_of[key]}; keep one")
+        out[key], line_of[key] = label, line
     return out
+
+
+def _read_text(path: str, key: str) -> str:
+    """A list file's text (UTF-8, with or without the byte-order mark spreadsheets write)."""
+    if not os.path.isfile(path):
+        raise DataError(f"`{key}`: {path}: " + ("is a folder, not a file" if os.path.isdir(path)
+                                                 else "file not found"))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            return fh.read()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"`{key}`: {path}: is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
 
 
 @dataclasses.dataclass
@@ -302,14 +315,20 @@ class DataChanges:
         return cls(paths, hashes, read_relabels(relabel, classes) if relabel else {})
 
 
-def change_split(split: Split, changes: DataChanges) -> tuple[Split, dict]:
-    """One split with ``changes`` applied, and what changed."""
+def change_split(split: Split, changes: DataChanges, matched: set | None = None) -> tuple[Split, dict]:
+    """One split with ``changes`` applied, and what changed; the entries (paths, hashes) that
+    named one of its images are added to ``matched``."""
     from .files import sha256_file
 
+    matched = set() if matched is None else matched
     keep, out_labels, n_relabelled = [], [], 0
     for i, p in enumerate(split.paths):
         norm = os.path.normpath(os.path.abspath(p))
-        if norm in changes.paths or (changes.hashes and os.path.isfile(p) and sha256_file(p) in changes.hashes):
+        digest = sha256_file(p) if changes.hashes and os.path.isfile(p) else None
+        if norm in changes.labels:
+            matched.add(("relabel", norm))
+        if norm in changes.paths or digest in changes.hashes:
+            matched.add(norm if norm in changes.paths else digest)
             continue
         keep.append(i)
         new = changes.labels.get(norm)
@@ -326,11 +345,19 @@ def apply_data_changes(data: "Dataset", exclude: str | None, relabel: str | None
     wanted = DataChanges.read(exclude, relabel, data.classes)
     changes: dict = {}
     splits = {}
+    matched: set = set()
     for name in ("train", "val", "test"):
         split = getattr(data, name)
         if split is not None:
-            split, changes[name] = change_split(split, wanted)
+            split, changes[name] = change_split(split, wanted, matched)
         splits[name] = split
+    for key, path, entries in (("data.exclude", exclude, sorted(wanted.paths | wanted.hashes)),
+                               ("data.relabel", relabel, sorted(("relabel", p) for p in wanted.labels))):
+        unmatched = [e for e in entries if e not in matched]
+        if unmatched:  # a typo, a moved image, a list for other data: said, not silently ignored
+            first = unmatched[0][1] if isinstance(unmatched[0], tuple) else unmatched[0]
+            log.warning("`%s`: %s: %d of its %d entries name no image of the splits (first: %s); relative "
+                        "paths are read from the list's own folder", key, path, len(unmatched), len(entries), first)
     new = Dataset(data.classes, splits["train"], splits["val"], splits["test"], changes)
     if len(set(new.train.labels)) < 2:
         raise DataError("`data.exclude` / `data.relabel` leave the training split with fewer than 2 classes")

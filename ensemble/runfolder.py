@@ -504,24 +504,26 @@ def enclosing_run(path: str | os.PathLike) -> Path | None:
 
 
 def check_output_path(out: str | os.PathLike, inputs: "list[str | os.PathLike]" = (), run_root: bool = False,
-                      folder: bool = True) -> None:
+                      folder: bool = True, flag: str = "--out") -> None:
     """Refuse an output path that would destroy what a command reads or a run: the same file
     as one of ``inputs`` (symlinks, ``./``, ``..`` and case folding resolved by the file
     system), a folder output inside an input folder, or anything inside an effens run
-    folder (``run_root``: the output may *be* a run folder, as ``train --out``)."""
+    folder (``run_root``: the output may *be* a run folder, as ``train --out``). Messages name
+    ``flag``, the option that gave the path."""
     out_real = os.path.realpath(out)
     run = enclosing_run(out)
     if run is not None and not (run_root and run == Path(out_real)):
-        raise RunError(f"{out}: is inside the effens run folder {run}; choose an --out outside it (only "
-                       f"`effens train` and `effens fit-combiner` write into a run)")
+        raise RunError(f"{flag} {out}: is inside the effens run folder {run}; choose one outside it (only "
+                       f"`effens train` and `effens fit-combiner` write a run's files; inference only adds exported "
+                       f"models to its cache/)")
     for inp in inputs:
         if not os.path.exists(inp):
             continue
         if os.path.exists(out) and os.path.samefile(out, inp):
-            raise RunError(f"{out}: is also an input of this command ({inp}); choose another --out "
+            raise RunError(f"{flag} {out}: is also an input of this command ({inp}); choose another "
                            f"(effens never writes over its inputs)")
         if folder and os.path.isdir(inp) and _inside(out_real, inp):
-            raise RunError(f"{out}: is inside the input folder {inp}; choose an --out outside it (its files "
+            raise RunError(f"{flag} {out}: is inside the input folder {inp}; choose one outside it (its files "
                            f"would be read as inputs next time)")
 
 

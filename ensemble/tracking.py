@@ -216,7 +216,7 @@ def check_tracking(cfg, inputs: list) -> None:
     from .runfolder import check_output_path
 
     for path in local_paths(cfg):
-        check_output_path(path, [str(p) for p in inputs if p])
+        check_output_path(path, [str(p) for p in inputs if p], flag="`tracking:`")
     for sink in _sinks(cfg):
         with contextlib.suppress(Exception):
             sink.finish(False)

@@ -149,7 +149,7 @@ def test_exclude_and_relabel_round_trip_through_train_and_evaluate(tiny_data, tm
     exclude = tmp_path / "exclude.txt"
     assert main(["audit", str(run), "--out", str(tmp_path / "audit"), "--write-exclude", str(exclude),
                  "--threshold", "1.0"]) == 0
-    listed = [ln.split("#")[0].strip() for ln in exclude.read_text().splitlines()[1:]]
+    listed = [ln.split("#")[0].strip() for ln in exclude.read_text().splitlines() if not ln.startswith("#")]
     assert str(leaked) in listed  # the training twin of the copy in val
     # the relabel file: two training images moved to another class, by path relative to the CSV
     relabel = data / "relabel.csv"
@@ -343,7 +343,7 @@ def test_a_second_audit_rescores_the_images_the_run_left_out_with_its_ensemble(t
     for r in rows:
         assert float(r["self_confidence"]) == pytest.approx(proba[r["path"]][r["given"]], abs=1e-5)
     # what stays flagged stays out whatever --threshold says; what is not flagged comes back
-    listed = [ln.split("#")[0].strip() for ln in second.read_text().splitlines()[1:]]
+    listed = [ln.split("#")[0].strip() for ln in second.read_text().splitlines() if not ln.startswith("#")]
     assert {r["path"] for r in rows} <= set(listed)
     assert not ({str(moved), str(right)} - {r["path"] for r in rows}) & set(listed)
     # the circle filed under square looks like a circle to an ensemble that never trained on it
@@ -382,3 +382,83 @@ def test_a_second_exclude_list_clears_only_what_the_ensemble_scored_and_did_not_
     listed = [ln.split("  #")[0] for ln in exclude_lines(rows, [], 0.1, carried)[1:]]
     # still flagged stays out whatever the threshold; a new flag needs it; nothing twice
     assert listed == [b, str(tmp_path / "new.png"), c, e, "ef" * 32]
+
+
+def test_bad_list_files_are_one_line_and_entries_that_name_no_image_are_said(tmp_path, capsys, caplog):
+    """data.exclude / data.relabel files: a short row, bytes that are not UTF-8 and one image
+    relabelled twice are one line and exit 2; a spreadsheet's byte-order mark is read; entries
+    that name no image (a typo, a moved photo) are counted in a warning, not dropped silently."""
+    data = tmp_path / "data"
+    synth.make_dataset(data)
+    one = sorted((data / "train" / "circle").glob("*.png"))[0]
+    raw = synth.tiny_config(data, epochs=1)
+    cfg = tmp_path / "cfg.yaml"
+
+    def audit(exclude=None, relabel=None):
+        raw["data"].update({k: str(v) for k, v in (("exclude", exclude), ("relabel", relabel)) if v})
+        cfg.write_text(yaml.safe_dump(raw))
+        capsys.readouterr()
+        caplog.clear()
+        code = main(["audit", str(cfg), "--out", str(tmp_path / "out"), "--no-features", "-q"])
+        for k in ("exclude", "relabel"):
+            raw["data"].pop(k, None)
+        return code, capsys.readouterr().err + caplog.text
+
+    short = tmp_path / "short.csv"
+    short.write_text("suggested,path\nsquare\n")
+    code, text = audit(relabel=short)
+    assert code == 2 and f"`data.relabel`: {short}, line 2: no path" in text and "Traceback" not in text
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(b"\xff\xfe\x00junk")
+    for kind in ("exclude", "relabel"):
+        code, text = audit(**{kind: binary})
+        assert code == 2 and f"`data.{kind}`: {binary}: is not UTF-8 text" in text and "Traceback" not in text
+    twice = tmp_path / "twice.csv"
+    twice.write_text(f"path,suggested\n{one},square\n{one},circle\n{one},circle\n")
+    code, text = audit(relabel=twice)
+    assert code == 2 and "line 3" in text and "'square' on line 2" in text
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(f"path,suggested\n{one},square\n".encode("utf-8-sig"))
+    code, text = audit(relabel=bom)
+    assert code == 0 and "name no image" not in text
+    from ensemble.data import read_relabels
+
+    assert read_relabels(str(bom), ["circle", "square", "stripes"]) == {str(one): "square"}
+    listed = tmp_path / "exclude.txt"
+    listed.write_text(f"{one}\nhello world\n{tmp_path / 'gone.png'}\n{'ab' * 32}\n")
+    code, text = audit(exclude=listed)
+    assert code == 0
+    assert f"`data.exclude`: {listed}: 3 of its 4 entries name no image of the splits" in text
+    assert all(r.levelname == "WARNING" for r in caplog.records if "name no image" in r.getMessage())
+
+
+def test_write_exclude_never_loses_a_file_a_person_or_the_audit_wrote(tmp_path, capsys, caplog):
+    """--write-exclude refuses, before any work and naming itself: a folder, a file inside
+    --out, and a list effens wrote that a person has since edited; an unedited list is
+    written again."""
+    synth.make_folder(tmp_path / "data", 6)
+    shutil.copy(sorted((tmp_path / "data" / "circle").iterdir())[0], tmp_path / "data" / "square" / "copy.png")
+    out, target = tmp_path / "audit", tmp_path / "exclude.txt"
+
+    def audit(write, out=out):
+        capsys.readouterr()
+        caplog.clear()
+        code = main(["audit", str(tmp_path / "data"), "--out", str(out), "--write-exclude", str(write),
+                     "--threshold", "1", "-q"])
+        return code, capsys.readouterr().err + caplog.text
+
+    assert audit(target)[0] == 0
+    body = target.read_text()
+    assert audit(target)[0] == 0 and target.read_text() == body  # effens's own list, unedited: written again
+    for bad, says in ((tmp_path, "is a folder; name a file"),
+                      (out / "label_issues.csv", f"is inside --out {out}"),
+                      (tmp_path / "new" / "x.txt", "is inside --out")):
+        code, text = audit(bad, out=tmp_path / "new" if bad.parent.name == "new" else out)
+        assert code == 2 and f"--write-exclude {bad}: {says}" in text, text
+    assert "path" in (out / "label_issues.csv").read_text().splitlines()[0]  # the audit's own file intact
+    assert not (tmp_path / "new").exists()
+    edited = body + "/somewhere/else.png  # I added this\n"
+    target.write_text(edited)
+    code, text = audit(target)
+    assert code == 2 and f"--write-exclude {target}: was edited after `effens audit` wrote it" in text
+    assert target.read_text() == edited
