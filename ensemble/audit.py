@@ -47,8 +47,8 @@ def _csv(rows: list[dict], columns: list[str]) -> str:
 
 
 def _lists(data_cfg) -> str:
-    """`` or its data.exclude X changed`` for the messages below: those lists change the
-    training split as much as its folder does."""
+    """`` (or its `data.exclude` X was edited since)`` for the messages below: those lists
+    change the training split as much as its folder does."""
     named = [f"`data.{k}` {v}" for k in ("exclude", "relabel") if (v := getattr(data_cfg, k, None))]
     return f" (or its {' / '.join(named)} was edited since)" if named else ""
 
@@ -253,10 +253,13 @@ def exclude_lines(label_rows: list[dict], dup_rows: list[dict], threshold: float
 EXCLUDE_DIGEST = "# sha256 of the lines below (effens checks it before writing this file again): "
 
 
+def _digest(body: list[str]) -> str:
+    return hashlib.sha256("\n".join(body).encode()).hexdigest()
+
+
 def signed(lines: list[str]) -> list[str]:
     """An exclude list (header first) with its digest line after the header."""
-    body = lines[1:]
-    return [lines[0], EXCLUDE_DIGEST + hashlib.sha256("\n".join(body).encode()).hexdigest(), *body]
+    return [lines[0], EXCLUDE_DIGEST + _digest(lines[1:]), *lines[1:]]
 
 
 def check_exclude_target(target: Path, out_dir: Path) -> None:
@@ -275,7 +278,7 @@ def check_exclude_target(target: Path, out_dir: Path) -> None:
         raise DataError(f"--write-exclude {target}: exists and was not written by `effens audit --write-exclude`; "
                         f"choose another file (effens never overwrites files it did not write)")
     if len(text) > 1 and text[1].startswith(EXCLUDE_DIGEST):
-        if text[1][len(EXCLUDE_DIGEST):] != hashlib.sha256("\n".join(text[2:]).encode()).hexdigest():
+        if text[1][len(EXCLUDE_DIGEST):] != _digest(text[2:]):
             raise DataError(f"--write-exclude {target}: was edited after `effens audit` wrote it; choose another "
                             f"file (effens keeps your edits; to carry them into a new list, train with it as "
                             f"`data.exclude` and audit that run)")

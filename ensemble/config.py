@@ -676,6 +676,21 @@ def config_from_dict(raw: dict, source: str = "<dict>",
     return cfg
 
 
+def local_store(uri: str) -> tuple[str, str] | None:
+    """``(prefix, path)`` of an MLflow URI that names a store on this machine (a ``file:``
+    or ``sqlite:///`` URI, or a plain path); ``None`` for a server or a hosted service."""
+    from urllib.parse import urlparse
+
+    if uri.startswith("file:"):
+        parsed = urlparse(uri)
+        return ("file:", parsed.path) if parsed.netloc in ("", "localhost") else None
+    if uri.startswith("sqlite:///"):
+        return "sqlite:///", uri[len("sqlite:///"):]
+    if "://" not in uri and ":" not in uri.split("/")[0] and not uri.startswith("databricks"):
+        return "", uri
+    return None
+
+
 def resolved_tracking(tracking: "TrackingConfig", base: Path) -> "TrackingConfig":
     """``tracking:`` with its local paths (a TensorBoard folder; a plain-path, ``file:`` or
     ``sqlite:///`` MLflow store) absolute, so the config saved with a run logs to the same
@@ -685,15 +700,11 @@ def resolved_tracking(tracking: "TrackingConfig", base: Path) -> "TrackingConfig
 
     tb = absolute(tracking.tensorboard) if tracking.tensorboard else None
     ml = tracking.mlflow
-    if ml is not None:
-        uri = ml.uri
-        if uri.startswith("file:") and not uri.startswith("file://"):
-            uri = Path(absolute(uri[len("file:"):])).as_uri()
-        elif uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-            uri = "sqlite:///" + absolute(uri[len("sqlite:///"):])
-        elif "://" not in uri and ":" not in uri.split("/")[0] and not uri.startswith("databricks"):
-            uri = absolute(uri)
-        ml = dataclasses.replace(ml, uri=uri)
+    store = local_store(ml.uri) if ml is not None else None
+    if store is not None:
+        prefix, path = store
+        ml = dataclasses.replace(ml, uri=Path(absolute(path)).as_uri() if prefix == "file:"
+                                 else prefix + absolute(path))
     return dataclasses.replace(tracking, tensorboard=tb, mlflow=ml)
 
 

@@ -316,8 +316,8 @@ class DataChanges:
 
 
 def change_split(split: Split, changes: DataChanges, matched: set | None = None) -> tuple[Split, dict]:
-    """One split with ``changes`` applied, and what changed; the entries (paths, hashes) that
-    named one of its images are added to ``matched``."""
+    """One split with ``changes`` applied, and what changed; the exclude entries (paths,
+    hashes) that named one of its images are added to ``matched``."""
     from .files import sha256_file
 
     matched = set() if matched is None else matched
@@ -325,8 +325,6 @@ def change_split(split: Split, changes: DataChanges, matched: set | None = None)
     for i, p in enumerate(split.paths):
         norm = os.path.normpath(os.path.abspath(p))
         digest = sha256_file(p) if changes.hashes and os.path.isfile(p) else None
-        if norm in changes.labels:
-            matched.add(("relabel", norm))
         if norm in changes.paths or digest in changes.hashes:
             matched.add(norm if norm in changes.paths else digest)
             continue
@@ -351,13 +349,14 @@ def apply_data_changes(data: "Dataset", exclude: str | None, relabel: str | None
         if split is not None:
             split, changes[name] = change_split(split, wanted, matched)
         splits[name] = split
-    for key, path, entries in (("data.exclude", exclude, sorted(wanted.paths | wanted.hashes)),
-                               ("data.relabel", relabel, sorted(("relabel", p) for p in wanted.labels))):
-        unmatched = [e for e in entries if e not in matched]
+    every = {os.path.normpath(os.path.abspath(p)) for name in ("train", "val", "test")
+             if getattr(data, name) is not None for p in getattr(data, name).paths}
+    for key, path, entries, named in (("data.exclude", exclude, wanted.paths | wanted.hashes, matched),
+                                      ("data.relabel", relabel, set(wanted.labels), every)):
+        unmatched = sorted(entries - named)
         if unmatched:  # a typo, a moved image, a list for other data: said, not silently ignored
-            first = unmatched[0][1] if isinstance(unmatched[0], tuple) else unmatched[0]
-            log.warning("`%s`: %s: %d of its %d entries name no image of the splits (first: %s); relative "
-                        "paths are read from the list's own folder", key, path, len(unmatched), len(entries), first)
+            log.warning("`%s`: %s: %d of its %d entries name no image of the splits (first: %s); relative paths "
+                        "are read from the list's own folder", key, path, len(unmatched), len(entries), unmatched[0])
     new = Dataset(data.classes, splits["train"], splits["val"], splits["test"], changes)
     if len(set(new.train.labels)) < 2:
         raise DataError("`data.exclude` / `data.relabel` leave the training split with fewer than 2 classes")

@@ -76,16 +76,12 @@ def redact(uri: str) -> str:
 def local_paths(cfg) -> list[str]:
     """The files and folders ``tracking:`` writes on this machine (a TensorBoard folder, a
     ``file:`` store, a SQLite database), to check against a command's inputs."""
-    out = [cfg.tensorboard] if cfg.tensorboard else []
-    uri = cfg.mlflow.uri if cfg.mlflow is not None else ""
-    if uri.startswith("file:"):
-        from urllib.parse import urlparse
+    from .config import local_store
 
-        out.append(urlparse(uri).path)
-    elif uri.startswith("sqlite:///"):
-        out.append(uri[len("sqlite:///"):])
-    elif uri and "://" not in uri:
-        out.append(uri)
+    out = [cfg.tensorboard] if cfg.tensorboard else []
+    store = local_store(cfg.mlflow.uri) if cfg.mlflow is not None else None
+    if store is not None:
+        out.append(store[1])
     return [p for p in out if p]
 
 
@@ -95,7 +91,10 @@ class MlflowSink(Sink):
     def __init__(self, cfg) -> None:
         self.cfg = cfg
         self.what = f"MLflow at {redact(cfg.uri)}"
-        if cfg.uri.startswith("file:") or "://" not in cfg.uri and not cfg.uri.startswith(("databricks", "sqlite")):
+        from .config import local_store
+
+        store = local_store(cfg.uri)
+        if store is not None and store[0] != "sqlite:///":
             # MLflow 3 refuses its file store unless asked; naming a file: URI is asking
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         # an unreachable server: a few seconds, not MLflow's default of minutes of retries
