@@ -430,6 +430,10 @@ def test_bad_list_files_are_one_line_and_entries_that_name_no_image_are_said(tmp
     assert code == 0
     assert f"`data.exclude`: {listed}: 3 of its 4 entries name no image of the splits" in text
     assert all(r.levelname == "WARNING" for r in caplog.records if "name no image" in r.getMessage())
+    stale = tmp_path / "stale.csv"
+    stale.write_text(f"path,suggested\n{one},square\n{tmp_path / 'gone.png'},circle\n")
+    code, text = audit(relabel=stale)
+    assert code == 0 and f"`data.relabel`: {stale}: 1 of its 2 entries name no image of the splits" in text
 
 
 def test_write_exclude_never_loses_a_file_a_person_or_the_audit_wrote(tmp_path, capsys, caplog):
