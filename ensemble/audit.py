@@ -35,6 +35,8 @@ from .runfolder import RunFolder, load_run
 log = logging.getLogger(__name__)
 
 SIGNATURES = "signatures.json"
+#: a duplicate pair's kind when two splits list the very same file
+SAME_FILE = "same file"
 
 
 def _csv(rows: list[dict], columns: list[str]) -> str:
@@ -53,12 +55,14 @@ def _lists(data_cfg) -> str:
     return f" (or its {' / '.join(named)} was edited since)" if named else ""
 
 
+def _metrics(run: RunFolder) -> dict:
+    path = run.report_dir / "metrics.json"
+    return read_json(path) if path.is_file() else {}
+
+
 def _training_paths(run: RunFolder, data, n: int, data_cfg=None) -> list[str]:
     """The training images in the order the run's OOB arrays use (unreadable ones were skipped)."""
-    metrics = run.report_dir / "metrics.json"
-    skipped = set()
-    if metrics.is_file():
-        skipped = {d["path"] for d in (read_json(metrics).get("skipped_images") or {}).get("train", [])}
+    skipped = {d["path"] for d in (_metrics(run).get("skipped_images") or {}).get("train", [])}
     paths = [p for p in data.train.paths if p not in skipped]
     if len(paths) != n:
         raise DataError(f"{run.root}: its training folder now holds {len(paths)} readable images{_lists(data_cfg)}, "
@@ -68,10 +72,17 @@ def _training_paths(run: RunFolder, data, n: int, data_cfg=None) -> list[str]:
 
 def _check_training_labels(run: RunFolder, data, paths: list[str], y: np.ndarray, classes: list[str],
                            data_cfg=None) -> None:
+    """The run's OOB votes are per training image, in order: refuse when the labels, or (for
+    runs that recorded it) the files in order, are not what the run trained on; a renamed,
+    replaced or swapped-in image would take another image's vote."""
+    from .card import fingerprints
+
     labels = dict(zip(data.train.paths, data.train.labels))
-    if [labels[p] for p in paths] != [classes[int(k)] for k in y]:
-        raise DataError(f"{run.root}: its training images or their labels changed since training{_lists(data_cfg)}; "
-                        f"audit the data with a run trained on it")
+    recorded = (_metrics(run).get("data_summary") or {}).get("train", {}).get("ordered_fingerprint")
+    if [labels[p] for p in paths] != [classes[int(k)] for k in y] or \
+            (recorded and fingerprints(data.train.paths, data.train.labels)[1][:16] != recorded):
+        raise DataError(f"{run.root}: its training images or their labels changed since training (a file renamed, "
+                        f"replaced or added){_lists(data_cfg)}; audit the data with a run trained on it")
 
 
 #: the linear heads that score images on pretrained features (cross-fitted and fitted alike)
@@ -213,13 +224,14 @@ LEFT_OUT = "ensemble (left out of training by data.exclude)"
 
 
 def exclude_lines(label_rows: list[dict], dup_rows: list[dict], threshold: float,
-                  carried: list[str] = ()) -> list[str]:
+                  carried: list[str] = (), unreadable: dict[str, str] | None = None) -> list[str]:
     """What ``--write-exclude`` lists: training images flagged as mislabelled whose given label
     has out-of-sample probability below ``threshold``, those the audited run had left out
     (``data.exclude``) that its ensemble still flags, and the training twin of every exact or
     near (hash) copy found across splits, so val and test stay as they are (similar pairs,
-    found by features only, are shown for a person to judge, not listed); then ``carried``:
-    the entries of the run's own list that the audit did not clear (see :func:`carried_entries`)."""
+    found by features only, are shown for a person to judge, not listed), the ``unreadable``
+    training images (path -> why; ``train`` stops on them by default); then ``carried``: the
+    entries of the run's own list that the audit did not clear (see :func:`carried_entries`)."""
     lines = [EXCLUDE_HEADER]
     seen = set()
     for r in label_rows:
@@ -234,13 +246,17 @@ def exclude_lines(label_rows: list[dict], dup_rows: list[dict], threshold: float
             lines.append(f"{r['path']}  # labelled {r['given']}, p = {r['self_confidence']:.3f}; "
                          f"looks {r['suggested']}")
     for r in dup_rows:
-        if not r["leakage"] or r["kind"] == "similar":  # feature-only pairs are for a person to look at
-            continue
+        if not r["leakage"] or r["kind"] in ("similar", SAME_FILE):  # for a person to look at: a path in
+            continue  # two splits would leave both by its path, and feature-only pairs may be no copies
         mine, other = (("a", "b") if r["a_split"] == "train" else ("b", "a"))
         if r[f"{mine}_split"] == "train" and r[f"{mine}_path"] not in seen:
             seen.add(r[f"{mine}_path"])
             lines.append(f"{r[f'{mine}_path']}  # {r['kind']} copy of {r[f'{other}_split']} image "
                          f"{os.path.basename(r[f'{other}_path'])}")
+    for path, why in (unreadable or {}).items():
+        if path not in seen:
+            seen.add(path)
+            lines.append(f"{path}  # unreadable: {why}")
     for entry in carried:
         if entry not in seen:
             seen.add(entry)
@@ -251,6 +267,12 @@ def exclude_lines(label_rows: list[dict], dup_rows: list[dict], threshold: float
 #: the second line of a written list: a digest of the lines below it, so a later
 #: ``--write-exclude`` onto the same file can tell whether a person edited it
 EXCLUDE_DIGEST = "# sha256 of the lines below (effens checks it before writing this file again): "
+
+
+def _json_number(x: float) -> float | None:
+    """Rounded for audit.json; ``None`` where undefined (a class without scored images): JSON
+    has no NaN."""
+    return round(float(x), 4) if np.isfinite(x) else None
 
 
 def _digest(body: list[str]) -> str:
@@ -281,11 +303,26 @@ def check_exclude_target(target: Path, out_dir: Path) -> None:
     if not text or text[0] != EXCLUDE_HEADER:
         raise DataError(f"--write-exclude {target}: exists and was not written by `effens audit --write-exclude`; "
                         f"choose another file (effens never overwrites files it did not write)")
-    if len(text) > 1 and text[1].startswith(EXCLUDE_DIGEST):
-        if text[1][len(EXCLUDE_DIGEST):] != _digest(text[2:]):
+    if len(text) > 1:  # a list without its digest line was edited too (the line was deleted)
+        if not text[1].startswith(EXCLUDE_DIGEST) or text[1][len(EXCLUDE_DIGEST):] != _digest(text[2:]):
             raise DataError(f"--write-exclude {target}: was edited after `effens audit` wrote it; choose another "
                             f"file (effens keeps your edits; to carry them into a new list, train with it as "
                             f"`data.exclude` and audit that run)")
+
+
+def check_unedited(out_dir: Path) -> None:
+    """Refuse an ``--out`` whose tables (CSVs a person may edit in place: the README says to
+    review label_issues.csv) were edited since the audit wrote them; audit.json keeps their
+    digests under ``written``."""
+    try:
+        written = read_json(out_dir / "audit.json").get("written") or {}
+    except (OSError, ValueError):
+        return  # no earlier audit here (or an older one without digests)
+    for name, digest in written.items():
+        path = out_dir / name
+        if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            raise DataError(f"{path}: was edited after `effens audit` wrote it; copy it elsewhere (e.g. as your "
+                            f"`data.relabel` list) or choose another --out (effens keeps your edits)")
 
 
 def carried_entries(exclude: str, cleared: set[str], sigs: dict) -> list[str]:
@@ -293,11 +330,12 @@ def carried_entries(exclude: str, cleared: set[str], sigs: dict) -> list[str]:
     hold: all but the left-out training images its ensemble scored and did not flag. Nothing
     else is dropped: val and test entries, unreadable or missing images, and lines a person
     added stay listed."""
-    from .data import read_exclusions
+    from .data import path_key, read_exclusions
 
     paths, hashes = read_exclusions(exclude)
     cleared_hashes = {sigs[p].sha256 for p in cleared if p in sigs}
-    return sorted(p for p in paths if p not in cleared) + sorted(h for h in hashes if h not in cleared_hashes)
+    cleared_keys = {path_key(p) for p in cleared}
+    return sorted(p for p in paths if p not in cleared_keys) + sorted(h for h in hashes if h not in cleared_hashes)
 
 
 #: the eval views of the audit's feature pass: label scores use the first, similar pairs are
@@ -395,9 +433,7 @@ def left_out_images(src: AuditSource) -> tuple[list[str], list[str]]:
     raw = load_dataset(dataclasses.replace(src.cfg.data, exclude=None), src.cfg.seed)
     kept = set(src.data.train.paths)
     pairs = [(p, lab) for p, lab in zip(raw.train.paths, raw.train.labels) if p not in kept]
-    metrics = src.run.report_dir / "metrics.json"
-    trained = ((read_json(metrics).get("data_changes") or {}).get("train") or {}).get("excluded") \
-        if metrics.is_file() else None
+    trained = ((_metrics(src.run).get("data_changes") or {}).get("train") or {}).get("excluded")
     if trained is not None and trained != len(pairs):
         raise DataError(f"{src.run.root}: its `data.exclude` list {src.cfg.data.exclude} now leaves out {len(pairs)} "
                         f"training images; the run was trained without {trained}. Audit it with the list it was "
@@ -437,7 +473,6 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     if write_exclude is not None:
         # never inside the run, never over an input, a folder, the audit's own outputs or a person's edits
         check_output_path(write_exclude, [run_dir], folder=False, flag="--write-exclude")
-        check_exclude_target(Path(write_exclude), out_dir)
         if not 0 < threshold <= 1:
             raise DataError(f"`--threshold` must be in (0, 1]; got {threshold}")
     if not 0 <= max_distance <= 32:
@@ -456,8 +491,14 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
 
     inputs = [run_dir, *data_inputs(src.cfg)]
     check_output_path(out_dir, inputs)  # never inside the folders the config reads
+    for f in data_inputs(src.cfg):  # nor over a list it reads (a reviewed label_issues.csv as data.relabel)
+        if os.path.isfile(f) and Path(os.path.realpath(f)).is_relative_to(Path(os.path.realpath(out_dir))):
+            raise DataError(f"--out {out_dir}: holds {f}, which this audit reads; move the list out of --out or "
+                            f"choose another --out (the audit rewrites its folder)")
+    check_unedited(out_dir)
     if write_exclude is not None:
         check_output_path(write_exclude, inputs, folder=False, flag="--write-exclude")
+        check_exclude_target(Path(write_exclude), out_dir)
     data, classes = src.data, list(src.data.classes)
     if len(data.train) == 0:
         raise DataError(f"{run_dir}: no training images found")
@@ -535,8 +576,12 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     label_rows, noise = [], {}
     left_set, cleared = set(left_paths), set()
     for split, (paths, y, p, basis, scored) in splits.items():
+        finite = np.isfinite(p).all(axis=1)  # a class too small to cross-fit leaves its images unscored
+        basis, scored = basis & finite, scored & finite
         b = np.flatnonzero(basis)
-        if len(b) < len(classes) * 2:
+        if len(b) < len(classes) * 2:  # too few scores for per-class thresholds: said, not dropped
+            noise[split] = {"n_scored": 0, "n_not_scored": len(paths), "n_flagged": 0, "thresholds": {},
+                            "noise_rate": {}}
             continue
         audit = find_label_issues(p[b], y[b], method)
         issues = audit.issues[np.isin(b[audit.issues], np.flatnonzero(scored))]
@@ -544,8 +589,8 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
             cleared = {paths[i] for i in b if paths[i] in left_set} - {paths[b[k]] for k in issues}
         noise[split] = {"n_scored": int(scored.sum()), "n_not_scored": int(len(paths) - scored.sum()),
                         "n_flagged": int(len(issues)),
-                        "thresholds": dict(zip(classes, audit.thresholds.round(4).tolist())),
-                        "noise_rate": {f"{classes[i]} -> {classes[j]}": round(float(audit.noise_matrix[i, j]), 4)
+                        "thresholds": dict(zip(classes, map(_json_number, audit.thresholds))),
+                        "noise_rate": {f"{classes[i]} -> {classes[j]}": _json_number(audit.noise_matrix[i, j])
                                        for i in range(len(classes)) for j in range(len(classes)) if i != j}}
         for rank, k in enumerate(issues):
             i = b[k]
@@ -568,7 +613,7 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     dup_rows = []
     for d in pairs:
         (sa, pa, la), (sb, pb, lb) = known[d["a"]], known[d["b"]]
-        dup_rows.append({"kind": "same file" if pa == pb else d["kind"], "distance": d["distance"],
+        dup_rows.append({"kind": SAME_FILE if pa == pb else d["kind"], "distance": d["distance"],
                          "mirrored": d["mirrored"], "cosine": d.get("cosine"),
                          "leakage": sa != sb, "conflicting_labels": la != lb,
                          "a_split": sa, "a_path": pa, "a_label": la, "b_split": sb, "b_path": pb, "b_label": lb})
@@ -596,9 +641,15 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
            "duplicates": {"exact": sum(1 for r in dup_rows if r["kind"] == "exact"),
                           "near": sum(1 for r in dup_rows if r["kind"] == "near"),
                           "similar": sum(1 for r in dup_rows if r["kind"] == "similar"),
+                          "same_file": sum(1 for r in dup_rows if r["kind"] == SAME_FILE),
                           "leakage": sum(1 for r in dup_rows if r["leakage"]),
                           "conflicting_labels": sum(1 for r in dup_rows if r["conflicting_labels"])},
            "n_odd": len(odd_rows), "stats": stats}
+    if doc["duplicates"]["same_file"]:
+        first = next(r for r in dup_rows if r["kind"] == SAME_FILE)
+        log.warning("%d files are listed in two splits (first: %s, in %s and %s): fix the split folders or "
+                    "manifests; an exclude list would take such a file out of both", doc["duplicates"]["same_file"],
+                    first["a_path"], first["a_split"], first["b_split"])
     if left_paths:
         still = sum(1 for r in label_rows if r["source"] == LEFT_OUT)
         doc["left_out"] = {"exclude": own_exclude, "images": len(left_paths), "still_flagged": still,
@@ -612,20 +663,22 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     shown = [r["path"] for r in label_rows[:200]] + [p for r in dup_rows[:200] for p in (r["a_path"], r["b_path"])] \
         + [r["path"] for r in odd_rows[:200]]
     thumbs, files = make_thumbnails(shown, lambda name: (out_dir / name).is_file())
-    files.update({
+    tables = {
         "label_issues.csv": _csv(label_rows, ["split", "source", "rank", "path", "given", "suggested",
                                               "self_confidence", "margin", "p_suggested"]),
         "duplicates.csv": _csv(dup_rows, ["kind", "distance", "mirrored", "cosine", "leakage", "conflicting_labels",
                                           "a_split", "a_path", "a_label", "b_split", "b_path", "b_label"]),
-        "odd_images.csv": _csv(odd_rows, ["split", "path", "what"]),
-        "audit.json": doc, SIGNATURES: cache,
-        "index.html": audit_page(doc, label_rows, dup_rows, odd_rows, thumbs, str(out_dir))})
+        "odd_images.csv": _csv(odd_rows, ["split", "path", "what"])}
+    doc["written"] = {name: hashlib.sha256(text.encode("utf-8")).hexdigest() for name, text in tables.items()}
+    files.update({**tables, "audit.json": doc, SIGNATURES: cache,
+                  "index.html": audit_page(doc, label_rows, dup_rows, odd_rows, thumbs, str(out_dir))})
     write_owned(out_dir, files, "audit")
     if write_exclude is not None:
         from .files import atomic_write_text
 
         carried = carried_entries(own_exclude, cleared, sigs) if own_exclude else []
-        lines = exclude_lines(label_rows, dup_rows, threshold, carried)
+        bad_train = {p: unreadable[p] for s_, p, _ in every if s_ == "train" and p in unreadable}
+        lines = exclude_lines(label_rows, dup_rows, threshold, carried, bad_train)
         atomic_write_text(write_exclude, "\n".join(signed(lines)) + "\n")
         doc["n_excluded_written"] = len(lines) - 1
     return doc

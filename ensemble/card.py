@@ -19,24 +19,27 @@ from .metrics import macro_f1
 RESAMPLES = 1000
 
 
-def content_fingerprint(paths: Sequence[str], labels: Sequence[str]) -> str:
-    """SHA-256 over the sorted (file SHA-256, label) pairs: the same images and labels give the
-    same fingerprint wherever the folder lives and whatever the files are called."""
+def fingerprints(paths: Sequence[str], labels: Sequence[str]) -> tuple[str, str]:
+    """(content, ordered): SHA-256 over the (file SHA-256, label) pairs sorted (the same images
+    and labels give the same fingerprint wherever the folder lives and whatever the files are
+    called) and in the split's order (which a run's per-image arrays, its OOB votes, follow)."""
     from .files import file_digest, sha256_json
 
-    return sha256_json(sorted([file_digest(str(p)), str(lab)] for p, lab in zip(paths, labels)))
+    pairs = [[file_digest(str(p)), str(lab)] for p, lab in zip(paths, labels)]
+    return sha256_json(sorted(pairs)), sha256_json(pairs)
 
 
 def data_summary(data, sources: dict[str, str]) -> dict:
-    """Per split: where it came from, its size per class and its content fingerprint."""
+    """Per split: where it came from, its size per class and its content fingerprints."""
     out = {}
     for split in ("train", "val", "test"):
         part = getattr(data, split)
         if part is None:
             continue
+        content, ordered = fingerprints(part.paths, part.labels)
         out[split] = {"source": sources.get(split, ""), "images": len(part),
                       "per_class": {c: int(sum(1 for lab in part.labels if lab == c)) for c in data.classes},
-                      "fingerprint": content_fingerprint(part.paths, part.labels)[:16]}
+                      "fingerprint": content[:16], "ordered_fingerprint": ordered[:16]}
     return out
 
 

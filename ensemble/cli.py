@@ -460,7 +460,9 @@ def cmd_audit(args) -> int:
                     tuple(v.strip() for v in args.feature_views.split(",")) if args.feature_views else FEATURE_VIEWS)
     d = doc["duplicates"]
     sys.stdout.write(f"{doc['n_label_issues']} probably mislabelled, {d['exact']} exact, {d['near']} near and "
-                     f"{d['similar']} similar duplicate pairs ({d['leakage']} across splits), {doc['n_odd']} odd "
+                     f"{d['similar']} similar duplicate pairs ({d['leakage']} across splits"
+                     + (f", {d['same_file']} of them the same file in two splits" if d.get("same_file") else "")
+                     + f"), {doc['n_odd']} odd "
                      f"images -> "
                      f"{Path(args.out) / 'index.html'}"
                      + (f"; of the {doc['left_out']['images']} the run left out, {doc['left_out']['still_flagged']} "

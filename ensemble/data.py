@@ -251,14 +251,35 @@ def read_exclusions(path: str) -> tuple[set[str], set[str]]:
             raise DataError(f"`data.exclude`: {path}: a CSV needs a `path` column; found {', '.join(rows[0])}")
         entries = [r["path"].strip() for r in rows if (r.get("path") or "").strip()]
     else:
-        # a comment is a line starting with `#` or ` #` after the entry (a `#` inside a path stays)
-        entries = [re.split(r"\s#", ln, maxsplit=1)[0].strip() for ln in text.splitlines()
-                   if not ln.lstrip().startswith("#")]
+        base = os.path.dirname(os.path.abspath(path))
+        entries = [_entry(ln, base) for ln in text.splitlines() if not ln.lstrip().startswith("#")]
         entries = [e for e in entries if e]
-    hashes = {e.lower() for e in entries if len(e) == 64 and all(c in "0123456789abcdefABCDEF" for c in e)}
+    hashes = {e.lower() for e in entries if _is_sha256(e)}
     base = os.path.dirname(os.path.abspath(path))
-    paths = {os.path.normpath(os.path.join(base, os.path.expanduser(e))) for e in entries if e.lower() not in hashes}
+    paths = {path_key(os.path.join(base, os.path.expanduser(e))) for e in entries if e.lower() not in hashes}
     return paths, hashes
+
+
+def _is_sha256(entry: str) -> bool:
+    return len(entry) == 64 and all(c in "0123456789abcdefABCDEF" for c in entry)
+
+
+def _entry(line: str, base: str) -> str:
+    """One line's entry: a comment starts at `` #`` after it, but a file name may hold `` #``
+    too (``car #3.jpg  # a copy``): the longest cut that names a file or a SHA-256 wins,
+    else the first cut (the warning about entries naming no image then shows it)."""
+    cuts = [m.start() for m in re.finditer(r"\s#", line)]
+    for option in [line] + [line[:i] for i in reversed(cuts)]:
+        e = option.strip()
+        if e and (_is_sha256(e) or os.path.isfile(os.path.join(base, os.path.expanduser(e)))):
+            return e
+    return (line[:cuts[0]] if cuts else line).strip()
+
+
+def path_key(path: str) -> str:
+    """How list entries and split images are matched: the absolute path with symlinks
+    resolved, so an entry written through a linked folder names the same image."""
+    return os.path.realpath(os.path.abspath(path))
 
 
 def read_relabels(path: str, classes: Sequence[str]) -> dict[str, str]:
@@ -281,7 +302,7 @@ def read_relabels(path: str, classes: Sequence[str]) -> dict[str, str]:
         if label not in classes:
             raise DataError(f"`data.relabel`: {path}, line {line}: {label!r} is not a class "
                             f"({', '.join(classes)})")
-        key = os.path.normpath(os.path.join(base, os.path.expanduser(entry)))
+        key = path_key(os.path.join(base, os.path.expanduser(entry)))
         if out.get(key, label) != label:
             raise DataError(f"`data.relabel`: {path}, line {line}: {entry} is relabelled {label!r} here and "
                             f"{out[key]!r} on line {line_of[key]}; keep one")
@@ -323,7 +344,7 @@ def change_split(split: Split, changes: DataChanges, matched: set | None = None)
     matched = set() if matched is None else matched
     keep, out_labels, n_relabelled = [], [], 0
     for i, p in enumerate(split.paths):
-        norm = os.path.normpath(os.path.abspath(p))
+        norm = path_key(p)
         digest = sha256_file(p) if changes.hashes and os.path.isfile(p) else None
         if norm in changes.paths or digest in changes.hashes:
             matched.add(norm if norm in changes.paths else digest)
@@ -349,7 +370,7 @@ def apply_data_changes(data: "Dataset", exclude: str | None, relabel: str | None
         if split is not None:
             split, changes[name] = change_split(split, wanted, matched)
         splits[name] = split
-    every = {os.path.normpath(os.path.abspath(p)) for name in ("train", "val", "test")
+    every = {path_key(p) for name in ("train", "val", "test")
              if getattr(data, name) is not None for p in getattr(data, name).paths}
     for key, path, entries, named in (("data.exclude", exclude, wanted.paths | wanted.hashes, matched),
                                       ("data.relabel", relabel, set(wanted.labels), every)):
@@ -362,6 +383,11 @@ def apply_data_changes(data: "Dataset", exclude: str | None, relabel: str | None
         raise DataError("`data.exclude` / `data.relabel` leave the training split with fewer than 2 classes")
     log.info("data.exclude / data.relabel: %s", ", ".join(f"{k}: {v['excluded']} excluded, {v['relabelled']} "
                                                            f"relabelled" for k, v in changes.items()))
+    held = {k: v["relabelled"] for k, v in changes.items() if k != "train" and v["relabelled"]}
+    if held:  # scores against other labels than the folders say: said where it cannot be missed
+        log.warning("`data.relabel` %s changes %s labels: val and test are scored against the new labels (keep "
+                    "only training rows in the list to score against the folders' labels)", relabel,
+                    " and ".join(f"{n} {k}" for k, n in held.items()))
     return new
 
 

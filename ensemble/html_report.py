@@ -275,7 +275,7 @@ def audit_page(doc: dict, labels: list[dict], dups: list[dict], odd: list[dict],
     d = doc["duplicates"]
     noise = "".join(f"<li>{_e(split)}: {v['n_flagged']} of {v['n_scored']} scored images flagged"
                     + (f" ({v['n_not_scored']} had no out-of-sample vote)" if v["n_not_scored"] else "") + "; "
-                    + ", ".join(f"{_e(k)} {r:.1%}" for k, r in v["noise_rate"].items() if r > 0) + "</li>"
+                    + ", ".join(f"{_e(k)} {r:.1%}" for k, r in v["noise_rate"].items() if r) + "</li>"
                     for split, v in doc["label_issues"].items())
     stats = [[_e(s), str(v["images"]), f"{v['median_width']:.0f} x {v['median_height']:.0f}",
               f"{v['median_aspect']:.2f}", f"{v['median_sharpness']:.0f}"] for s, v in doc["stats"].items()]

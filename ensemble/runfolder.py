@@ -510,6 +510,9 @@ def check_output_path(out: str | os.PathLike, inputs: "list[str | os.PathLike]" 
     system), a folder output inside an input folder, or anything inside an effens run
     folder (``run_root``: the output may *be* a run folder, as ``train --out``). Messages name
     ``flag``, the option that gave the path."""
+    near = next((p for p in Path(os.path.abspath(out)).parents if p.exists()), None)
+    if near is not None and not near.is_dir():  # else it fails only when writing, after all the work
+        raise RunError(f"{flag} {out}: {near} is a file, not a folder; choose a path in a folder")
     out_real = os.path.realpath(out)
     run = enclosing_run(out)
     if run is not None and not (run_root and run == Path(out_real)):

@@ -96,7 +96,7 @@ def test_odd_images_are_named(tmp_path):
     assert oddities(signature(str(_photo(tmp_path / "ok.jpg", 3)))) == []
 
 
-def test_audit_of_a_run_finds_a_leaked_copy_and_writes_its_page(tiny_data, tmp_path, capsys):
+def test_audit_of_a_run_finds_a_leaked_copy_and_writes_its_page(tiny_data, tmp_path, capsys, caplog):
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
     leaked = sorted((data / "train" / "circle").glob("*.png"))[0]
@@ -132,6 +132,12 @@ def test_audit_of_a_run_finds_a_leaked_copy_and_writes_its_page(tiny_data, tmp_p
     before = (out / "signatures.json").read_text()
     assert main(["audit", str(run), "--out", str(out), "-q"]) == 0
     assert (out / "signatures.json").read_text() == before
+    # a training photo renamed since (same labels in the same order): its OOB vote would land on
+    # its neighbour's row, so the audit refuses
+    photo = sorted((data / "train" / "square").glob("*.png"))[1]
+    photo.rename(photo.with_name("zzz.png"))
+    assert main(["audit", str(run), "--out", str(out), "-q"]) == 2
+    assert "its training images or their labels changed since training" in caplog.text
 
 
 def test_exclude_and_relabel_round_trip_through_train_and_evaluate(tiny_data, tmp_path, capsys, caplog):
@@ -290,11 +296,13 @@ def test_audit_of_a_run_without_oob_scores_every_training_image_by_its_heads(tin
     assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "-q"]) == 0
     assert main(["audit", str(tmp_path / "run"), "--out", str(tmp_path / "audit"), "-q"]) == 0
     doc = json.loads((tmp_path / "audit" / "audit.json").read_text())
-    assert "train" not in doc["label_issues"]  # no OOB vote at all
+    assert doc["label_issues"]["train"]["n_scored"] == 0  # no OOB vote at all, and said
+    assert doc["label_issues"]["train"]["n_not_scored"] == 48
     assert doc["label_issues"]["train (cross-fitted)"]["n_scored"] == 48
     assert main(["audit", str(tmp_path / "run"), "--out", str(tmp_path / "audit2"), "--no-features", "-q"]) == 0
     doc = json.loads((tmp_path / "audit2" / "audit.json").read_text())
-    assert set(doc["label_issues"]) <= {"val", "test"} and not list((tmp_path / "audit2").glob("features*"))
+    assert set(doc["label_issues"]) <= {"train", "val", "test"} and not list((tmp_path / "audit2").glob("features*"))
+    assert doc["label_issues"]["train"]["n_scored"] == 0
 
 
 def test_audit_outputs_resolve_anywhere_and_odd_inputs_stay_one_line(tmp_path, monkeypatch, capsys, caplog):
@@ -315,7 +323,17 @@ def test_audit_outputs_resolve_anywhere_and_odd_inputs_stay_one_line(tmp_path, m
     for p in sorted((single / "stripes").iterdir())[1:]:
         p.unlink()
     assert main(["audit", str(single), "--out", "single-audit"]) == 0
-    doc = json.loads((tmp_path / "single-audit" / "audit.json").read_text())
+    # strict JSON (no NaN) although the one-image class has no threshold, and that image is not scored
+    doc = json.loads((tmp_path / "single-audit" / "audit.json").read_text(),
+                     parse_constant=lambda c: pytest.fail(f"{c} in audit.json"))
+    crossed = doc["label_issues"]["train (cross-fitted)"]  # no fold holds two classes: nothing scored, said
+    assert crossed["n_scored"] == 0 and crossed["n_not_scored"] == 7
+    shutil.copytree(tmp_path / "data" / "square", single / "square")  # now the one image stands beside two classes
+    assert main(["audit", str(single), "--out", "single-audit", "-q"]) == 0
+    doc = json.loads((tmp_path / "single-audit" / "audit.json").read_text(),
+                     parse_constant=lambda c: pytest.fail(f"{c} in audit.json"))
+    crossed = doc["label_issues"]["train (cross-fitted)"]
+    assert crossed["n_not_scored"] == 1 and crossed["n_scored"] == 13  # the one image has no score
     assert doc["features"].endswith(", views crop, squash, letterbox)")
     capsys.readouterr()
     assert main(["audit", str(single), "--out", "single-audit", "--feature-views", "squash", "-q"]) == 0
@@ -501,3 +519,90 @@ def test_write_exclude_never_loses_a_file_a_person_or_the_audit_wrote(tmp_path, 
     code, text = audit(target)
     assert code == 2 and f"--write-exclude {target}: was edited after `effens audit` wrote it" in text
     assert target.read_text() == edited
+
+
+def test_list_entries_match_through_linked_folders_and_names_holding_a_hash(tmp_path, caplog):
+    """An exclude entry written through a symlinked folder names the same image, and a file
+    name holding `` #`` is one entry, with or without a comment after it."""
+    from ensemble.config import config_from_dict
+    from ensemble.data import load_dataset, read_exclusions
+
+    synth.make_dataset(tmp_path / "ds")
+    (tmp_path / "link").symlink_to(tmp_path / "ds")
+    circles = sorted((tmp_path / "ds" / "train" / "circle").glob("*.png"))
+    odd = [circles[1].with_name("car #3.png"), circles[2].with_name("b #2.png")]
+    circles[1].rename(odd[0])
+    circles[2].rename(odd[1])
+    listed = tmp_path / "exclude.txt"
+    listed.write_text(f"{odd[0]}  # exact copy of test image x.png\n{odd[1]}\n"
+                      f"{tmp_path / 'link' / 'train' / 'circle' / circles[0].name}  # through the link\n")
+    paths, _ = read_exclusions(str(listed))
+    assert {str(odd[0]), str(odd[1])} <= paths
+    cfg = config_from_dict({"data": {"train": str(tmp_path / "link" / "train"), "val": str(tmp_path / "ds" / "val"),
+                                     "exclude": str(listed)}, "members": synth.tiny_config(tmp_path)["members"]})
+    data = load_dataset(cfg.data, 0)
+    assert data.changes["train"]["excluded"] == 3 and "name no image" not in caplog.text
+    assert not {str(p) for p in (*odd, circles[0])} & set(data.train.paths)
+
+
+def test_the_audit_keeps_what_people_wrote_and_says_what_it_cannot_list(tmp_path, capsys, caplog):
+    """A table edited in --out, a list the audited config reads from --out, a list whose
+    digest line was removed and a path under a file are refused before any work (exit 2);
+    unreadable training images are listed; a file two splits share is counted and left to a
+    person; a relabel list that changes val labels says so; audit.json stays strict JSON."""
+    from ensemble.audit import EXCLUDE_HEADER
+
+    ds = synth.make_dataset(tmp_path / "ds")
+    broken = ds / "train" / "circle" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    shared = sorted((ds / "train" / "square").glob("*.png"))[0]
+    val_csv = tmp_path / "val.csv"
+    val_csv.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in
+                                                sorted((ds / "val").glob("*/*.png"))) + f"{shared},square\n")
+    out, target = tmp_path / "audit", tmp_path / "exclude.txt"
+
+    def audit(source, *extra):
+        capsys.readouterr()
+        caplog.clear()
+        code = main(["audit", str(source), "--out", str(out), "--no-features", *extra])
+        return code, capsys.readouterr().out + capsys.readouterr().err + caplog.text
+
+    raw = synth.tiny_config(ds)
+    raw["data"]["val"] = str(val_csv)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    code, text = audit(cfg, "--write-exclude", str(target), "--threshold", "1")
+    assert code == 0 and "1 of them the same file in two splits" in text and "listed in two splits" in text
+    doc = json.loads((out / "audit.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in audit.json"))
+    assert doc["duplicates"]["same_file"] == 1
+    listed = target.read_text()
+    assert f"{broken}  # unreadable: " in listed and str(shared) not in listed  # val keeps its image
+    assert audit(cfg)[0] == 0  # the audit's own tables, unedited: written again
+    table = out / "label_issues.csv"
+    table.write_text("path,suggested\n")  # reviewed in place
+    code, text = audit(cfg)
+    assert code == 2 and f"{table}: was edited after `effens audit` wrote it" in text
+    assert table.read_text() == "path,suggested\n"
+    raw["data"]["relabel"] = str(table)  # and named as the config's relabel list
+    cfg.write_text(yaml.safe_dump(raw))
+    code, text = audit(cfg)
+    assert code == 2 and f"--out {out}: holds {table}, which this audit reads" in text
+    assert table.read_text() == "path,suggested\n"
+    # a list whose digest line a person deleted counts as edited; a path below a file, before any work
+    target.write_text(f"{EXCLUDE_HEADER}\n{shared}\n")
+    del raw["data"]["relabel"]
+    cfg.write_text(yaml.safe_dump(raw))
+    shutil.rmtree(out)
+    code, text = audit(cfg, "--write-exclude", str(target))
+    assert code == 2 and "was edited after `effens audit` wrote it" in text and not out.exists()
+    code, text = audit(cfg, "--write-exclude", str(target / "x.txt"))
+    assert code == 2 and f"--write-exclude {target / 'x.txt'}: {target} is a file, not a folder" in text
+    assert not out.exists()
+    # relabelling a val image is said where it cannot be missed
+    relabel = tmp_path / "relabel.csv"
+    val_circle = sorted((ds / "val" / "circle").glob("*.png"))[0]
+    relabel.write_text(f"path,suggested\n{val_circle},square\n")
+    raw["data"]["relabel"] = str(relabel)
+    cfg.write_text(yaml.safe_dump(raw))
+    code, text = audit(cfg)
+    assert code == 0 and f"`data.relabel` {relabel} changes 1 val labels" in text
