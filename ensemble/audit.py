@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError, load_dataset
+from .data import DataError, is_sha256, load_dataset, path_key
 from .duplicates import Signature, find_duplicates, merge_pairs, oddities, signature, similar_in_any
 from .files import read_json, refuse_foreign, write_owned
 from .label_issues import find_label_issues
@@ -55,14 +55,9 @@ def _lists(data_cfg) -> str:
     return f" (or its {' / '.join(named)} was edited since)" if named else ""
 
 
-def _metrics(run: RunFolder) -> dict:
-    path = run.report_dir / "metrics.json"
-    return read_json(path) if path.is_file() else {}
-
-
 def _training_paths(run: RunFolder, data, n: int, data_cfg=None) -> list[str]:
     """The training images in the order the run's OOB arrays use (unreadable ones were skipped)."""
-    skipped = {d["path"] for d in (_metrics(run).get("skipped_images") or {}).get("train", [])}
+    skipped = {d["path"] for d in (run.read_metrics().get("skipped_images") or {}).get("train", [])}
     paths = [p for p in data.train.paths if p not in skipped]
     if len(paths) != n:
         raise DataError(f"{run.root}: its training folder now holds {len(paths)} readable images{_lists(data_cfg)}, "
@@ -78,7 +73,7 @@ def _check_training_labels(run: RunFolder, data, paths: list[str], y: np.ndarray
     from .card import fingerprints
 
     labels = dict(zip(data.train.paths, data.train.labels))
-    recorded = (_metrics(run).get("data_summary") or {}).get("train", {}).get("ordered_fingerprint")
+    recorded = (run.read_metrics().get("data_summary") or {}).get("train", {}).get("ordered_fingerprint")
     if [labels[p] for p in paths] != [classes[int(k)] for k in y] or \
             (recorded and fingerprints(data.train.paths, data.train.labels)[1][:16] != recorded):
         raise DataError(f"{run.root}: its training images or their labels changed since training (a file renamed, "
@@ -233,34 +228,33 @@ def exclude_lines(label_rows: list[dict], dup_rows: list[dict], threshold: float
     training images (path -> why; ``train`` stops on them by default); then ``carried``: the
     entries of the run's own list that the audit did not clear (see :func:`carried_entries`)."""
     lines = [EXCLUDE_HEADER]
-    seen = set()
+    seen: set[str] = set()  # by path_key: a carried entry may name a split image through a resolved folder
+
+    def add(entry: str, why: str) -> None:
+        key = entry if is_sha256(entry) else path_key(entry)
+        if key not in seen:
+            seen.add(key)
+            lines.append(f"{entry}  # {why}")
+
     for r in label_rows:
-        if r["split"] != "train" or r["path"] in seen:
+        if r["split"] != "train":
             continue
         if r["source"] == LEFT_OUT:  # left out before and still flagged: stays out
-            seen.add(r["path"])
-            lines.append(f"{r['path']}  # still left out: labelled {r['given']}, p = {r['self_confidence']:.3f} "
-                         f"from the ensemble trained without it; looks {r['suggested']}")
+            add(r["path"], f"still left out: labelled {r['given']}, p = {r['self_confidence']:.3f} from the "
+                           f"ensemble trained without it; looks {r['suggested']}")
         elif r["self_confidence"] < threshold:
-            seen.add(r["path"])
-            lines.append(f"{r['path']}  # labelled {r['given']}, p = {r['self_confidence']:.3f}; "
-                         f"looks {r['suggested']}")
+            add(r["path"], f"labelled {r['given']}, p = {r['self_confidence']:.3f}; looks {r['suggested']}")
     for r in dup_rows:
         if not r["leakage"] or r["kind"] in ("similar", SAME_FILE):  # for a person to look at: a path in
             continue  # two splits would leave both by its path, and feature-only pairs may be no copies
         mine, other = (("a", "b") if r["a_split"] == "train" else ("b", "a"))
-        if r[f"{mine}_split"] == "train" and r[f"{mine}_path"] not in seen:
-            seen.add(r[f"{mine}_path"])
-            lines.append(f"{r[f'{mine}_path']}  # {r['kind']} copy of {r[f'{other}_split']} image "
-                         f"{os.path.basename(r[f'{other}_path'])}")
+        if r[f"{mine}_split"] == "train":
+            add(r[f"{mine}_path"], f"{r['kind']} copy of {r[f'{other}_split']} image "
+                                   f"{os.path.basename(r[f'{other}_path'])}")
     for path, why in (unreadable or {}).items():
-        if path not in seen:
-            seen.add(path)
-            lines.append(f"{path}  # unreadable: {why}")
+        add(path, f"unreadable: {why}")
     for entry in carried:
-        if entry not in seen:
-            seen.add(entry)
-            lines.append(f"{entry}  # kept from the run's data.exclude (not cleared by this audit)")
+        add(entry, "kept from the run's data.exclude (not cleared by this audit)")
     return lines
 
 
@@ -303,8 +297,11 @@ def check_exclude_target(target: Path, out_dir: Path) -> None:
     if not text or text[0] != EXCLUDE_HEADER:
         raise DataError(f"--write-exclude {target}: exists and was not written by `effens audit --write-exclude`; "
                         f"choose another file (effens never overwrites files it did not write)")
-    if len(text) > 1:  # a list without its digest line was edited too (the line was deleted)
-        if not text[1].startswith(EXCLUDE_DIGEST) or text[1][len(EXCLUDE_DIGEST):] != _digest(text[2:]):
+    if len(text) > 1 and not text[1].startswith(EXCLUDE_DIGEST):
+        raise DataError(f"--write-exclude {target}: has no digest line (written by an older effens, or the line "
+                        f"was deleted), so effens cannot tell whether it was edited; choose another file")
+    if len(text) > 1:
+        if text[1][len(EXCLUDE_DIGEST):] != _digest(text[2:]):
             raise DataError(f"--write-exclude {target}: was edited after `effens audit` wrote it; choose another "
                             f"file (effens keeps your edits; to carry them into a new list, train with it as "
                             f"`data.exclude` and audit that run)")
@@ -314,13 +311,21 @@ def check_unedited(out_dir: Path) -> None:
     """Refuse an ``--out`` whose tables (CSVs a person may edit in place: the README says to
     review label_issues.csv) were edited since the audit wrote them; audit.json keeps their
     digests under ``written``."""
+    doc_path = out_dir / "audit.json"
     try:
-        written = read_json(out_dir / "audit.json").get("written") or {}
+        doc = read_json(doc_path)
     except (OSError, ValueError):
-        return  # no earlier audit here (or an older one without digests)
+        return  # no earlier audit here
+    written = doc.get("written") if isinstance(doc, dict) else None
+    if not isinstance(written, dict):  # an older audit kept no digests: its tables were written before audit.json
+        written = {n: None for n in ("label_issues.csv", "duplicates.csv", "odd_images.csv")}
     for name, digest in written.items():
         path = out_dir / name
-        if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+        if not path.is_file():
+            continue
+        edited = path.stat().st_mtime_ns > doc_path.stat().st_mtime_ns if digest is None \
+            else hashlib.sha256(path.read_bytes()).hexdigest() != digest
+        if edited:
             raise DataError(f"{path}: was edited after `effens audit` wrote it; copy it elsewhere (e.g. as your "
                             f"`data.relabel` list) or choose another --out (effens keeps your edits)")
 
@@ -330,7 +335,7 @@ def carried_entries(exclude: str, cleared: set[str], sigs: dict) -> list[str]:
     hold: all but the left-out training images its ensemble scored and did not flag. Nothing
     else is dropped: val and test entries, unreadable or missing images, and lines a person
     added stay listed."""
-    from .data import path_key, read_exclusions
+    from .data import read_exclusions
 
     paths, hashes = read_exclusions(exclude)
     cleared_hashes = {sigs[p].sha256 for p in cleared if p in sigs}
@@ -433,7 +438,7 @@ def left_out_images(src: AuditSource) -> tuple[list[str], list[str]]:
     raw = load_dataset(dataclasses.replace(src.cfg.data, exclude=None), src.cfg.seed)
     kept = set(src.data.train.paths)
     pairs = [(p, lab) for p, lab in zip(raw.train.paths, raw.train.labels) if p not in kept]
-    trained = ((_metrics(src.run).get("data_changes") or {}).get("train") or {}).get("excluded")
+    trained = ((src.run.read_metrics().get("data_changes") or {}).get("train") or {}).get("excluded")
     if trained is not None and trained != len(pairs):
         raise DataError(f"{src.run.root}: its `data.exclude` list {src.cfg.data.exclude} now leaves out {len(pairs)} "
                         f"training images; the run was trained without {trained}. Audit it with the list it was "
@@ -613,7 +618,7 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     dup_rows = []
     for d in pairs:
         (sa, pa, la), (sb, pb, lb) = known[d["a"]], known[d["b"]]
-        dup_rows.append({"kind": SAME_FILE if pa == pb else d["kind"], "distance": d["distance"],
+        dup_rows.append({"kind": SAME_FILE if path_key(pa) == path_key(pb) else d["kind"], "distance": d["distance"],
                          "mirrored": d["mirrored"], "cosine": d.get("cosine"),
                          "leakage": sa != sb, "conflicting_labels": la != lb,
                          "a_split": sa, "a_path": pa, "a_label": la, "b_split": sb, "b_path": pb, "b_label": lb})

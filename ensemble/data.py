@@ -244,6 +244,7 @@ def read_exclusions(path: str) -> tuple[set[str], set[str]]:
     import csv
 
     text = _read_text(path, "data.exclude")
+    base = os.path.dirname(os.path.abspath(path))
     first = text.lstrip().split("\n", 1)[0]
     if path.lower().endswith(".csv") or first.startswith("path,") or first == "path":
         rows = list(csv.DictReader(text.splitlines()))
@@ -251,16 +252,15 @@ def read_exclusions(path: str) -> tuple[set[str], set[str]]:
             raise DataError(f"`data.exclude`: {path}: a CSV needs a `path` column; found {', '.join(rows[0])}")
         entries = [r["path"].strip() for r in rows if (r.get("path") or "").strip()]
     else:
-        base = os.path.dirname(os.path.abspath(path))
         entries = [_entry(ln, base) for ln in text.splitlines() if not ln.lstrip().startswith("#")]
         entries = [e for e in entries if e]
-    hashes = {e.lower() for e in entries if _is_sha256(e)}
-    base = os.path.dirname(os.path.abspath(path))
+    hashes = {e.lower() for e in entries if is_sha256(e)}
     paths = {path_key(os.path.join(base, os.path.expanduser(e))) for e in entries if e.lower() not in hashes}
     return paths, hashes
 
 
-def _is_sha256(entry: str) -> bool:
+def is_sha256(entry: str) -> bool:
+    """Whether a list entry is a file's SHA-256 (64 hex digits) rather than a path."""
     return len(entry) == 64 and all(c in "0123456789abcdefABCDEF" for c in entry)
 
 
@@ -271,15 +271,18 @@ def _entry(line: str, base: str) -> str:
     cuts = [m.start() for m in re.finditer(r"\s#", line)]
     for option in [line] + [line[:i] for i in reversed(cuts)]:
         e = option.strip()
-        if e and (_is_sha256(e) or os.path.isfile(os.path.join(base, os.path.expanduser(e)))):
+        if e and (is_sha256(e) or os.path.isfile(os.path.join(base, os.path.expanduser(e)))):
             return e
     return (line[:cuts[0]] if cuts else line).strip()
 
 
 def path_key(path: str) -> str:
-    """How list entries and split images are matched: the absolute path with symlinks
-    resolved, so an entry written through a linked folder names the same image."""
-    return os.path.realpath(os.path.abspath(path))
+    """How list entries and split images are matched: the absolute path with its folder's
+    symlinks resolved, so an entry written through a linked folder names the same image; the
+    file's own link is kept (two split entries linking to one object, as git-annex makes,
+    stay two images)."""
+    full = os.path.abspath(path)
+    return os.path.join(os.path.realpath(os.path.dirname(full)), os.path.basename(full))
 
 
 def read_relabels(path: str, classes: Sequence[str]) -> dict[str, str]:

@@ -2,6 +2,7 @@
 exact and near duplicates across splits, odd images, the page and its files."""
 import csv
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -543,6 +544,16 @@ def test_list_entries_match_through_linked_folders_and_names_holding_a_hash(tmp_
     data = load_dataset(cfg.data, 0)
     assert data.changes["train"]["excluded"] == 3 and "name no image" not in caplog.text
     assert not {str(p) for p in (*odd, circles[0])} & set(data.train.paths)
+    # two split entries linking to one stored object (git-annex) stay two images: leaving out
+    # the training one leaves val as it is
+    pool = tmp_path / "pool.png"
+    shutil.copy(circles[3], pool)
+    linked = [tmp_path / "ds" / "train" / "circle" / "annexed.png", tmp_path / "ds" / "val" / "circle" / "annexed.png"]
+    for p in linked:
+        p.symlink_to(pool)
+    listed.write_text(f"{linked[0]}\n")
+    data = load_dataset(cfg.data, 0)
+    assert data.changes["train"]["excluded"] == 1 and data.changes["val"]["excluded"] == 0
 
 
 def test_the_audit_keeps_what_people_wrote_and_says_what_it_cannot_list(tmp_path, capsys, caplog):
@@ -583,6 +594,13 @@ def test_the_audit_keeps_what_people_wrote_and_says_what_it_cannot_list(tmp_path
     code, text = audit(cfg)
     assert code == 2 and f"{table}: was edited after `effens audit` wrote it" in text
     assert table.read_text() == "path,suggested\n"
+    # an audit folder of an older version (no digests): a table newer than its audit.json is an edit
+    doc = json.loads((out / "audit.json").read_text())
+    del doc["written"]
+    (out / "audit.json").write_text(json.dumps(doc))
+    os.utime(out / "audit.json", ns=(1, 1))
+    code, text = audit(cfg)
+    assert code == 2 and f"{table}: was edited after `effens audit` wrote it" in text
     raw["data"]["relabel"] = str(table)  # and named as the config's relabel list
     cfg.write_text(yaml.safe_dump(raw))
     code, text = audit(cfg)
@@ -594,7 +612,7 @@ def test_the_audit_keeps_what_people_wrote_and_says_what_it_cannot_list(tmp_path
     cfg.write_text(yaml.safe_dump(raw))
     shutil.rmtree(out)
     code, text = audit(cfg, "--write-exclude", str(target))
-    assert code == 2 and "was edited after `effens audit` wrote it" in text and not out.exists()
+    assert code == 2 and "has no digest line" in text and not out.exists()
     code, text = audit(cfg, "--write-exclude", str(target / "x.txt"))
     assert code == 2 and f"--write-exclude {target / 'x.txt'}: {target} is a file, not a folder" in text
     assert not out.exists()
