@@ -502,7 +502,7 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
                             f"choose another --out (the audit rewrites its folder)")
     check_unedited(out_dir)
     if write_exclude is not None:
-        check_output_path(write_exclude, inputs, folder=False, flag="--write-exclude")
+        check_output_path(write_exclude, inputs, flag="--write-exclude")  # nor inside a data folder
         check_exclude_target(Path(write_exclude), out_dir)
     data, classes = src.data, list(src.data.classes)
     if len(data.train) == 0:

@@ -615,7 +615,10 @@ def test_the_audit_keeps_what_people_wrote_and_says_what_it_cannot_list(tmp_path
     assert code == 2 and "has no digest line" in text and not out.exists()
     code, text = audit(cfg, "--write-exclude", str(target / "x.txt"))
     assert code == 2 and f"--write-exclude {target / 'x.txt'}: {target} is a file, not a folder" in text
-    assert not out.exists()
+    inside = ds / "train" / "circle" / "zz.jpg"  # the next audit would read it as a photo
+    code, text = audit(cfg, "--write-exclude", str(inside))
+    assert code == 2 and f"--write-exclude {inside}: is inside the input folder" in text
+    assert not out.exists() and not inside.exists()
     # relabelling a val image is said where it cannot be missed
     relabel = tmp_path / "relabel.csv"
     val_circle = sorted((ds / "val" / "circle").glob("*.png"))[0]
