@@ -311,19 +311,28 @@ def check_unedited(out_dir: Path) -> None:
     """Refuse an ``--out`` whose tables (CSVs a person may edit in place: the README says to
     review label_issues.csv) were edited since the audit wrote them; audit.json keeps their
     digests under ``written``."""
+    from .files import RECORD
+
     doc_path = out_dir / "audit.json"
     try:
         doc = read_json(doc_path)
     except (OSError, ValueError):
-        return  # no earlier audit here
+        doc = None
     written = doc.get("written") if isinstance(doc, dict) else None
-    if not isinstance(written, dict):  # an older audit kept no digests: its tables were written before audit.json
+    stamp = None
+    if not isinstance(written, dict):
+        # no digests (an older audit, or audit.json deleted or broken): the tables were written
+        # before audit.json and effens's file record, so one newer than those was edited
+        reference = doc_path if doc is not None else out_dir / RECORD
+        if not reference.is_file():
+            return  # no earlier audit here
+        stamp = reference.stat().st_mtime_ns
         written = {n: None for n in ("label_issues.csv", "duplicates.csv", "odd_images.csv")}
     for name, digest in written.items():
         path = out_dir / name
         if not path.is_file():
             continue
-        edited = path.stat().st_mtime_ns > doc_path.stat().st_mtime_ns if digest is None \
+        edited = path.stat().st_mtime_ns > stamp if digest is None \
             else hashlib.sha256(path.read_bytes()).hexdigest() != digest
         if edited:
             raise DataError(f"{path}: was edited after `effens audit` wrote it; copy it elsewhere (e.g. as your "
@@ -441,8 +450,8 @@ def left_out_images(src: AuditSource) -> tuple[list[str], list[str]]:
     trained = ((src.run.read_metrics().get("data_changes") or {}).get("train") or {}).get("excluded")
     if trained is not None and trained != len(pairs):
         raise DataError(f"{src.run.root}: its `data.exclude` list {src.cfg.data.exclude} now leaves out {len(pairs)} "
-                        f"training images; the run was trained without {trained}. Audit it with the list it was "
-                        f"trained with")
+                        f"training images; the run was trained without {trained} (the list was edited, or a photo "
+                        f"it names was moved or deleted). Audit it with the list and photos it was trained with")
     return [p for p, _ in pairs], [lab for _, lab in pairs]
 
 
@@ -570,8 +579,16 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
                         p_[good] = fitted_head_proba(f_train[ok], y_train[ok], f[good], len(classes))
                     splits[f"{name} (head)"] = (list(part.paths), part.encode(classes), p_, good, good)
     if src.ens is not None:
+        from .card import fingerprints
+
+        recorded = src.run.read_metrics().get("data_summary") or {}
         for name in ("val", "test"):
             got = src.run.load_predictions(name)
+            part, was = split_of[name], (recorded.get(name) or {}).get("ordered_fingerprint")
+            if got is not None and was and (part is None or fingerprints(part.paths, part.labels)[1][:16] != was):
+                log.warning("%s: its %s photos changed since training; their saved predictions are not scored "
+                            "(`effens evaluate` the run on them instead)", src.run.root, name)
+                continue
             if got is not None:
                 paths, y, member_proba = got
                 p_ = src.ens.combiner_.apply(member_proba)[1]

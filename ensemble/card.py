@@ -154,8 +154,9 @@ def card_lines(doc: dict) -> list[str]:
                   + f" | `{d['fingerprint']}` | {d['source']} |")
     changes = doc.get("data_changes") or {}
     if changes:
-        md += ["", "Changed by `data.exclude` / `data.relabel`: " + "; ".join(
-            f"{k}: {v['excluded']} excluded, {v['relabelled']} relabelled" for k, v in changes.items()) + "."]
+        from .data import describe_changes
+
+        md += ["", f"Changed by `data.exclude` / `data.relabel`: {describe_changes(changes)}."]
     md += ["", "**Members.**", "", "| member | model | weights | size | view | bagging | training | best epoch |",
            "|---|---|---|---|---|---|---|---|"]
     md += [f"| {m['name']} | {m['model']} | {m['weights']} | {m['image_size'] or 'default'} | {m['view']} | "

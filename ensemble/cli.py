@@ -295,7 +295,26 @@ def _guard_output(args) -> None:
         return
     inputs = [*(getattr(args, "inputs", None) or []), *(getattr(args, "images", None) or [])]
     inputs += [v for v in (getattr(args, k, None) for k in ("config", "run", "data")) if isinstance(v, str)]
+    inputs += _config_data_inputs(args)
     check_output_path(out, inputs, run_root=args.command == "train", folder=args.command != "predict")
+
+
+def _config_data_inputs(args) -> list[str]:
+    """The data folders and lists that the config (or the run's saved config) of a command
+    writing a folder reads: a folder made inside one would be read as a class next time.
+    Best effort: a config that does not load is the command's own one-line error just after."""
+    if args.command not in ("train", "tune", "evaluate", "explain"):
+        return []  # predict writes one file and starts fast; audit checks its own
+    src = getattr(args, "config", None) or getattr(args, "run", None)
+    path = Path(src) / "config.yaml" if isinstance(src, str) and Path(src).is_dir() else Path(src or "")
+    if not path.is_file():
+        return []
+    from .config import data_inputs, load_config
+
+    try:
+        return data_inputs(load_config(str(path), getattr(args, "overrides", None) or None))
+    except Exception:  # noqa: BLE001 - reported by the command itself
+        return []
 
 
 def _dispatch(args) -> int:

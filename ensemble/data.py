@@ -384,14 +384,22 @@ def apply_data_changes(data: "Dataset", exclude: str | None, relabel: str | None
     new = Dataset(data.classes, splits["train"], splits["val"], splits["test"], changes)
     if len(set(new.train.labels)) < 2:
         raise DataError("`data.exclude` / `data.relabel` leave the training split with fewer than 2 classes")
-    log.info("data.exclude / data.relabel: %s", ", ".join(f"{k}: {v['excluded']} excluded, {v['relabelled']} "
-                                                           f"relabelled" for k, v in changes.items()))
+    emptied = [c for c in data.classes if c not in set(new.train.labels)]
+    if emptied:  # still a class of the model (val and test may hold it), but nothing teaches it
+        log.warning("`data.exclude` / `data.relabel` leave no training image of class %s: the members cannot "
+                    "learn it", ", ".join(emptied))
+    log.info("data.exclude / data.relabel: %s", describe_changes(changes))
     held = {k: v["relabelled"] for k, v in changes.items() if k != "train" and v["relabelled"]}
     if held:  # scores against other labels than the folders say: said where it cannot be missed
         log.warning("`data.relabel` %s changes %s labels: val and test are scored against the new labels (keep "
                     "only training rows in the list to score against the folders' labels)", relabel,
                     " and ".join(f"{n} {k}" for k, n in held.items()))
     return new
+
+
+def describe_changes(changes: dict) -> str:
+    """``train: 3 excluded, 2 relabelled; val: ...``: what the lists changed, per split."""
+    return "; ".join(f"{k}: {v['excluded']} excluded, {v['relabelled']} relabelled" for k, v in changes.items())
 
 
 def load_dataset(data_cfg, seed: int) -> Dataset:

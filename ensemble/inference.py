@@ -125,8 +125,19 @@ def _evaluate(ens: BaggedEnsemble, run_cfg, data: str | dict, out_dir: Path, str
     strategies = ens.combiner_.available() if strategy == "all" else [ens.combiner_.get(strategy).name]
     source = SplitSource.from_value(data, "data") if isinstance(data, str) else SplitSource(**data)
     split = load_split(source)
-    split, changes = change_split(split, DataChanges.read(run_cfg.data.exclude, run_cfg.data.relabel,
-                                                          ens.classes_))  # the run's lists
+    try:  # the run's lists, as it trained with them
+        wanted = DataChanges.read(run_cfg.data.exclude, run_cfg.data.relabel, ens.classes_)
+    except DataError as exc:
+        raise DataError(f"the run's config names this list, which evaluate applies too: {exc}") from None
+    n = len(split)
+    split, changes = change_split(split, wanted)
+    if not len(split):
+        raise DataError(f"{data}: the run's `data.exclude` {run_cfg.data.exclude} leaves out all {n} of its images; "
+                        f"nothing to evaluate")
+    if changes["excluded"] or changes["relabelled"]:
+        log.warning("the run's lists change what is scored: %d of the %d images left out (`data.exclude` %s), %d "
+                    "relabelled (`data.relabel` %s)", changes["excluded"], n, run_cfg.data.exclude,
+                    changes["relabelled"], run_cfg.data.relabel)
     check_labels(split, ens.classes_, "evaluation")
     comb = ens.combiner_
     pool = any(comb.pooled(s) for s in strategies)  # a pool strategy: the candidates run too

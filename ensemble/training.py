@@ -77,9 +77,9 @@ def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = N
                              f"effens train {run.config_path} --out NEW_RUN_FOLDER")
     md = ""
     if doc.get("data_changes"):
-        md = "Data changed by `data.exclude` / `data.relabel`: " + "; ".join(
-            f"{k}: {v['excluded']} excluded, {v['relabelled']} relabelled" for k, v in doc["data_changes"].items()) \
-            + ".\n\n"
+        from .data import describe_changes
+
+        md = f"Data changed by `data.exclude` / `data.relabel`: {describe_changes(doc['data_changes'])}.\n\n"
     if doc.get("skipped_images"):
         md += "Skipped unreadable images:\n\n" + "\n".join(
             f"- {k}: {d['path']} ({d['reason']})" for k, v in doc["skipped_images"].items() for d in v)

@@ -35,6 +35,7 @@ import torch
 from .bagging import draw_all, oob_indices
 from .config import CandidatesConfig, Config, ParallelConfig, config_to_dict, dump_config, load_config
 from .data import cache_size, decode_split, load_dataset
+from .estimator import images_fingerprint
 from .evaluation import evaluate_split, oob_report
 from .files import atomic_write_json, atomic_write_safetensors, atomic_write_text, read_json, sha256_json, write_files
 from .member_jobs import member_seed
@@ -156,18 +157,23 @@ class TuneContext:
         self.out = out
         data = load_dataset(cfg.data, cfg.seed)
         self.classes = data.classes
+        self.data_changes = data.changes  # what data.exclude / data.relabel changed, per split
         size = cache_size(cfg)
         self.train, self.train_imgs, _ = decode_split(data.train, size, cfg.data.on_bad_image, "train")
         self.val, self.val_imgs, _ = decode_split(data.val, size, cfg.data.on_bad_image, "val")
         self.y = self.train.encode(self.classes)
         self.y_val = self.val.encode(self.classes)
+        # the images themselves (contents, labels, order) key every cache: an edited exclude list,
+        # a replaced photo or a relabel is another tuning, never finished candidates of the old one
+        self.data_print = images_fingerprint(self.train.paths + self.val.paths, self.train.labels + self.val.labels)
         mode = cfg.tune.mode
         self.feature_mode = mode == "features" or (
             mode == "auto" and all(m.train.freeze == "backbone" for m in cfg.members))
         self.features: list[tuple[torch.Tensor, torch.Tensor]] = []
         if self.feature_mode:
             self.features = [self._member_features(i, spec) for i, spec in enumerate(cfg.members)]
-        self.key = sha256_json({k: v for k, v in config_to_dict(cfg).items() if k not in ("tune", "parallel")})
+        settings = {k: v for k, v in config_to_dict(cfg).items() if k not in ("tune", "parallel")}
+        self.key = sha256_json({"config": settings, "data": self.data_print})
 
     def _member_features(self, index: int, spec) -> tuple[torch.Tensor, torch.Tensor]:
         """(train, val) features of one frozen member, from ``OUT/features`` when cached."""
@@ -177,8 +183,7 @@ class TuneContext:
         from members.models import create_member, pick_device
         from members.transforms import eval_tensor
 
-        key = sha256_json({"spec": config_to_dict(self.cfg)["members"][index],
-                           "train": self.train.paths, "val": self.val.paths})
+        key = sha256_json({"spec": config_to_dict(self.cfg)["members"][index], "data": self.data_print})
         path = self.out / "features" / f"{spec.name}.safetensors"
         if path.is_file():
             cached = load_file(str(path))
@@ -375,9 +380,9 @@ def _tune(cfg: Config, out_dir: Path, t0: float) -> dict:
     atomic_write_text(out_dir / "best.yaml", f"# effens tune: best candidate {best['candidate']} "
                       f"(ensemble {tune.objective} {tune.metric} {best['ensemble_score']:.4f})\n"
                       + dump_config(best_cfg))
-    write_tune_outputs(out_dir, rows, [m.name for m in cfg.members], tune)
+    write_tune_outputs(out_dir, rows, [m.name for m in cfg.members], tune, ctx.data_changes)
     summary = {"candidates": len(cands), "rows": rows, "best": best, "seconds": time.perf_counter() - t0,
-               "feature_mode": ctx.feature_mode}
+               "feature_mode": ctx.feature_mode, "data_changes": ctx.data_changes}
     atomic_write_json(out_dir / "summary.json", {k: v for k, v in summary.items() if k != "rows"})
     return summary
 
@@ -391,7 +396,7 @@ def result_columns(names: list[str]) -> list[str]:
         + list(COLUMNS[3:])
 
 
-def write_tune_outputs(out: Path, rows: list[dict], names: list[str], tune) -> None:
+def write_tune_outputs(out: Path, rows: list[dict], names: list[str], tune, data_changes: dict | None = None) -> None:
     cols = result_columns(names)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols)
@@ -407,6 +412,12 @@ def write_tune_outputs(out: Path, rows: list[dict], names: list[str], tune) -> N
 
     intro = (f"Objective: {tune.objective} {tune.metric} of the {tune.strategy} ensemble; method {tune.method}. "
              f"Best: {best['candidate']} ({best['ensemble_score']:.4f}); best.yaml holds its config.")
+    if data_changes:  # as train's report counts them
+        from .data import describe_changes
+
+        changed = f"Changed by `data.exclude` / `data.relabel`: {describe_changes(data_changes)}."
+        md[2:2] = [changed, ""]
+        intro += " " + changed.replace("`", "")
     write_files(out, {"report.md": "\n".join(md) + "\n",
                       "scores.png": scores_png(rows, names, f"{tune.objective} {tune.metric}"),
                       "index.html": simple_page("effens tune", intro, _cells(rows, cols), ["scores.png"],

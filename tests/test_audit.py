@@ -133,6 +133,12 @@ def test_audit_of_a_run_finds_a_leaked_copy_and_writes_its_page(tiny_data, tmp_p
     before = (out / "signatures.json").read_text()
     assert main(["audit", str(run), "--out", str(out), "-q"]) == 0
     assert (out / "signatures.json").read_text() == before
+    # a val photo gone since training: the run's saved val predictions no longer describe val
+    sorted((data / "val" / "circle").glob("*.png"))[0].unlink()
+    caplog.clear()
+    assert main(["audit", str(run), "--out", str(out), "-q"]) == 0
+    assert "its val photos changed since training" in caplog.text
+    assert "val" not in json.loads((out / "audit.json").read_text())["label_issues"]
     # a training photo renamed since (same labels in the same order): its OOB vote would land on
     # its neighbour's row, so the audit refuses
     photo = sorted((data / "train" / "square").glob("*.png"))[1]
@@ -178,9 +184,22 @@ def test_exclude_and_relabel_round_trip_through_train_and_evaluate(tiny_data, tm
     assert doc["data_changes"]["train"] == {"excluded": len(listed), "relabelled": 2}
     assert f"train: {len(listed)} excluded, 2 relabelled" in (run2 / "report" / "report.md").read_text()
     # evaluate applies the run's lists to the data it is given
+    caplog.clear()
     assert main(["evaluate", str(run2), str(data / "train"), "--out", str(tmp_path / "ev"), "-q"]) == 0
     ev = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert ev["data_changes"]["eval"] == {"excluded": len(listed), "relabelled": 2}
+    assert f"the run's lists change what is scored: {len(listed)} of the 48 images left out" in caplog.text
+    # a manifest of nothing but left-out images is one line, not a traceback
+    only = tmp_path / "only_left_out.csv"
+    only.write_text(f"path,label\n{leaked},square\n")
+    assert main(["evaluate", str(run2), str(only), "--out", str(tmp_path / "ev0")]) == 2
+    err = capsys.readouterr().err + caplog.text
+    assert f"leaves out all 1 of its images; nothing to evaluate" in err and "Traceback" not in err
+    # evaluate cannot run without the run's lists: said as the run's
+    exclude.rename(tmp_path / "moved.txt")
+    assert main(["evaluate", str(run2), str(data / "val"), "--out", str(tmp_path / "ev1")]) == 2
+    assert "the run's config names this list, which evaluate applies too: `data.exclude`" in caplog.text
+    (tmp_path / "moved.txt").rename(exclude)
     # bad lists: one line naming the file (and the line), exit 2, nothing trained
     relabel.write_text("path,suggested\ntrain/circle/x.png,hexagon\n")
     code = main(["train", str(cfg), "--out", str(tmp_path / "run3")])
@@ -601,6 +620,9 @@ def test_the_audit_keeps_what_people_wrote_and_says_what_it_cannot_list(tmp_path
     os.utime(out / "audit.json", ns=(1, 1))
     code, text = audit(cfg)
     assert code == 2 and f"{table}: was edited after `effens audit` wrote it" in text
+    (out / "audit.json").unlink()  # or none at all: effens's file record dates the tables
+    code, text = audit(cfg)
+    assert code == 2 and f"{table}: was edited after `effens audit` wrote it" in text
     raw["data"]["relabel"] = str(table)  # and named as the config's relabel list
     cfg.write_text(yaml.safe_dump(raw))
     code, text = audit(cfg)
@@ -627,3 +649,6 @@ def test_the_audit_keeps_what_people_wrote_and_says_what_it_cannot_list(tmp_path
     cfg.write_text(yaml.safe_dump(raw))
     code, text = audit(cfg)
     assert code == 0 and f"`data.relabel` {relabel} changes 1 val labels" in text
+    relabel.write_text("path,suggested\n" + "".join(f"{p},square\n" for p in (ds / "train" / "stripes").glob("*.png")))
+    code, text = audit(cfg)
+    assert code == 0 and "leave no training image of class stripes" in text

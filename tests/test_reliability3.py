@@ -67,6 +67,11 @@ def test_folder_outputs_never_land_inside_an_input_folder(trained, tiny_data, tm
     _fails(main(["evaluate", str(run), str(data), "--out", str(data / "ev")]), capsys, caplog,
            "is inside the input folder")
     assert not (data / "ev").exists()
+    # nor inside the folders the run (or the config) reads, whatever the command's own input
+    for argv in (["evaluate", str(run), str(data)], ["explain", str(run), str(data)],
+                 ["train", str(run / "config.yaml")], ["tune", str(run / "config.yaml")]):
+        _fails(main([*argv, "--out", str(tiny_data / "val" / "new")]), capsys, caplog, "is inside the input folder")
+        assert not (tiny_data / "val" / "new").exists()
 
 
 def test_predict_never_overwrites_a_file_it_did_not_write(trained, tiny_data, tmp_path, capsys, caplog):

@@ -1,5 +1,6 @@
 """effens tune: candidates, selection, cached-feature heads, resume, best.yaml."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,6 +133,28 @@ def test_tune_resume_skips_finished_candidates(tuned, monkeypatch):
     after = (out / "results.csv").read_text()
     strip = lambda text: [line.rsplit(",", 1)[0] for line in text.splitlines()]  # noqa: E731 (drop seconds)
     assert strip(after) == strip(before)
+
+
+def test_tune_reruns_every_candidate_when_its_images_change(tuned, tiny_data, monkeypatch, tmp_path):
+    """The same config over other images (the exclude list edited in place) is another tuning:
+    no candidate of the old one counts as finished."""
+    import ensemble.tuning as tuning
+
+    path, _ = tuned
+    photos = sorted((Path(tiny_data) / "train" / "circle").glob("*.png"))
+    listed = tmp_path / "exclude.txt"
+    listed.write_text(f"{photos[0]}\n")
+    calls = []
+    real = tuning.evaluate_candidate
+    monkeypatch.setattr(tuning, "evaluate_candidate", lambda ctx, cand, *a: calls.append(cand.id) or real(ctx, cand, *a))
+    run = ["tune", str(path), "--out", str(tmp_path / "out"), "--set", f"data.exclude={listed}", "-q"]
+    assert main(run) == 0 and len(calls) == 4
+    assert main(run) == 0 and len(calls) == 4  # unchanged: all reused
+    listed.write_text(f"{photos[1]}\n")
+    assert main(run) == 0 and len(calls) == 8
+    # and the report counts what the list changed, as train's does
+    assert "train: 1 excluded, 0 relabelled" in (tmp_path / "out" / "report.md").read_text()
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["data_changes"]["train"]["excluded"] == 1
 
 
 def test_halving_in_full_mode(tiny_data, tmp_path):
