@@ -232,9 +232,14 @@ def exclude_lines(label_rows: list[dict], dup_rows: list[dict], threshold: float
 
     def add(entry: str, why: str) -> None:
         key = entry if is_sha256(entry) else path_key(entry)
-        if key not in seen:
-            seen.add(key)
-            lines.append(f"{entry}  # {why}")
+        if key in seen:
+            return
+        seen.add(key)
+        if "\n" in entry or "\r" in entry:  # no line can hold it, and its SHA-256 would take its twins too
+            log.warning("--write-exclude: %r has a line break in its name, so no list line can name it; rename it "
+                        "and audit again (%s)", entry, why)
+            return
+        lines.append(f"{entry}  # {why}")
 
     for r in label_rows:
         if r["split"] != "train":

@@ -170,10 +170,11 @@ def load_csv(path: str | os.PathLike, path_column: str = "path",
             problems.append(f"row {line}: empty path or label")
             continue
         full = manifest_path(path, p)
-        if full in seen:
-            problems.append(f"row {line}: duplicate of row {seen[full]} ({p})")
+        key = path_key(full)  # the same file through a linked folder is a duplicate too
+        if key in seen:
+            problems.append(f"row {line}: duplicate of row {seen[key]} ({p})")
             continue
-        seen[full] = line
+        seen[key] = line
         if not os.path.isfile(full):
             problems.append(f"row {line}: " + ("not a regular file" if os.path.exists(full) else "no such file")
                             + f" {p}")

@@ -607,6 +607,14 @@ def test_the_audit_keeps_what_people_wrote_and_says_what_it_cannot_list(tmp_path
     assert doc["duplicates"]["same_file"] == 1
     listed = target.read_text()
     assert f"{broken}  # unreadable: " in listed and str(shared) not in listed  # val keeps its image
+    # a name with a line break cannot be a line (it would list two wrong entries): said, not written
+    odd = ds / "train" / "square" / "new\nline.png"
+    shutil.copy(sorted((ds / "test" / "square").glob("*.png"))[0], odd)
+    other = tmp_path / "exclude-odd.txt"
+    code, text = audit(cfg, "--write-exclude", str(other))
+    assert code == 0 and "has a line break in its name, so no list line can name it" in text
+    assert "line.png" not in other.read_text()
+    odd.unlink()
     assert audit(cfg)[0] == 0  # the audit's own tables, unedited: written again
     table = out / "label_issues.csv"
     table.write_text("path,suggested\n")  # reviewed in place

@@ -60,6 +60,12 @@ def test_csv_problems_list_the_rows(tiny_data, tmp_path):
         load_csv(p)
     msg = str(info.value)
     assert "row 3: duplicate of row 2" in msg and "row 4: no such file nope.png" in msg
+    # the same file again through a linked folder is the same row
+    (tmp_path / "link").symlink_to(tiny_data / "val")
+    linked = str(tmp_path / "link/circle/circle_000.png")
+    p = write_csv(tmp_path / "l.csv", [[good, "circle", ""], [linked, "circle", ""]])
+    with pytest.raises(DataError, match="row 3: duplicate of row 2"):
+        load_csv(p)
 
 
 def test_unknown_labels_in_val_are_refused(tiny_data, tmp_path):

@@ -146,7 +146,8 @@ def test_tune_reruns_every_candidate_when_its_images_change(tuned, tiny_data, mo
     listed.write_text(f"{photos[0]}\n")
     calls = []
     real = tuning.evaluate_candidate
-    monkeypatch.setattr(tuning, "evaluate_candidate", lambda ctx, cand, *a: calls.append(cand.id) or real(ctx, cand, *a))
+    monkeypatch.setattr(tuning, "evaluate_candidate",
+                        lambda ctx, cand, *a: calls.append(cand.id) or real(ctx, cand, *a))
     run = ["tune", str(path), "--out", str(tmp_path / "out"), "--set", f"data.exclude={listed}", "-q"]
     assert main(run) == 0 and len(calls) == 4
     assert main(run) == 0 and len(calls) == 4  # unchanged: all reused
