@@ -302,10 +302,10 @@ def check_exclude_target(target: Path, out_dir: Path) -> None:
     if not text or text[0] != EXCLUDE_HEADER:
         raise DataError(f"--write-exclude {target}: exists and was not written by `effens audit --write-exclude`; "
                         f"choose another file (effens never overwrites files it did not write)")
-    if len(text) > 1 and not text[1].startswith(EXCLUDE_DIGEST):
-        raise DataError(f"--write-exclude {target}: has no digest line (written by an older effens, or the line "
-                        f"was deleted), so effens cannot tell whether it was edited; choose another file")
     if len(text) > 1:
+        if not text[1].startswith(EXCLUDE_DIGEST):
+            raise DataError(f"--write-exclude {target}: has no digest line (written by an older effens, or the "
+                            f"line was deleted), so effens cannot tell whether it was edited; choose another file")
         if text[1][len(EXCLUDE_DIGEST):] != _digest(text[2:]):
             raise DataError(f"--write-exclude {target}: was edited after `effens audit` wrote it; choose another "
                             f"file (effens keeps your edits; to carry them into a new list, train with it as "

@@ -270,11 +270,13 @@ def _entry(line: str, base: str) -> str:
     too (``car #3.jpg  # a copy``): the longest cut that names a file or a SHA-256 wins,
     else the first cut (the warning about entries naming no image then shows it)."""
     cuts = [m.start() for m in re.finditer(r"\s#", line)]
+    if not cuts:
+        return line.strip()
     for option in [line] + [line[:i] for i in reversed(cuts)]:
         e = option.strip()
         if e and (is_sha256(e) or os.path.isfile(os.path.join(base, os.path.expanduser(e)))):
             return e
-    return (line[:cuts[0]] if cuts else line).strip()
+    return line[:cuts[0]].strip()
 
 
 def path_key(path: str) -> str:
@@ -383,9 +385,10 @@ def apply_data_changes(data: "Dataset", exclude: str | None, relabel: str | None
             log.warning("`%s`: %s: %d of its %d entries name no image of the splits (first: %s); relative paths "
                         "are read from the list's own folder", key, path, len(unmatched), len(entries), unmatched[0])
     new = Dataset(data.classes, splits["train"], splits["val"], splits["test"], changes)
-    if len(set(new.train.labels)) < 2:
+    present = set(new.train.labels)
+    if len(present) < 2:
         raise DataError("`data.exclude` / `data.relabel` leave the training split with fewer than 2 classes")
-    emptied = [c for c in data.classes if c not in set(new.train.labels)]
+    emptied = [c for c in data.classes if c not in present]
     if emptied:  # still a class of the model (val and test may hold it), but nothing teaches it
         log.warning("`data.exclude` / `data.relabel` leave no training image of class %s: the members cannot "
                     "learn it", ", ".join(emptied))
