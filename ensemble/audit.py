@@ -35,6 +35,8 @@ from .runfolder import RunFolder, load_run
 log = logging.getLogger(__name__)
 
 SIGNATURES = "signatures.json"
+#: a cached signature with other fields (an older effens) is computed again
+SIGNATURE_FIELDS = {f.name for f in dataclasses.fields(Signature)}
 #: a duplicate pair's kind when two splits list the very same file
 SAME_FILE = "same file"
 
@@ -190,7 +192,7 @@ def _signatures(paths: list[str], out: Path) -> tuple[dict[str, Signature], dict
     todo = []
     for p in paths:
         hit = cache.get(p)
-        if hit and hit.get("stamp") == stamp[p]:
+        if hit and hit.get("stamp") == stamp[p] and set(hit.get("sig", ())) == SIGNATURE_FIELDS:
             got[p] = Signature(**hit["sig"])
         else:
             todo.append(p)
@@ -648,6 +650,11 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     odd_rows = [{"split": s_, "path": p, "what": odd[p]} for s_, p, _ in known if odd[p]]
     odd_rows += [{"split": s_, "path": p, "what": f"unreadable: {unreadable[p]}"} for s_, p, _ in every
                  if p in unreadable]
+    from .shortcuts import check_shortcuts, property_table, source_folders
+
+    k_paths, k_labels, k_splits = [p for _, p, _ in known], [lab for _, _, lab in known], [s_ for s_, _, _ in known]
+    shortcuts = check_shortcuts(property_table([sigs[p] for p in k_paths], source_folders(k_paths, k_labels, k_splits)),
+                                k_labels, k_splits, classes, seed=src.cfg.seed)
     stats = {}
     for split in ("train", "val", "test"):
         ss = [sigs[p] for s_, p, _ in known if s_ == split]
@@ -671,7 +678,7 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
                           "same_file": sum(1 for r in dup_rows if r["kind"] == SAME_FILE),
                           "leakage": sum(1 for r in dup_rows if r["leakage"]),
                           "conflicting_labels": sum(1 for r in dup_rows if r["conflicting_labels"])},
-           "n_odd": len(odd_rows), "stats": stats}
+           "n_odd": len(odd_rows), "stats": stats, "shortcuts": shortcuts}
     if doc["duplicates"]["same_file"]:
         first = next(r for r in dup_rows if r["kind"] == SAME_FILE)
         log.warning("%d files are listed in two splits (first: %s, in %s and %s): fix the split folders or "

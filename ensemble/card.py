@@ -107,6 +107,11 @@ def measured_limits(doc: dict, intervals: dict) -> list[str]:
         if val["n"] < 200:
             out.append(f"Val holds {val['n']} images: one image moves macro-F1 by about {1 / val['n']:.3f}, so "
                        f"differences inside the metrics' intervals are noise.")
+    shortcuts = doc.get("shortcuts") or {}
+    if shortcuts.get("findings"):
+        out.append("Properties of the files that are not their content predict the label on train, so the members "
+                   "may learn the camera instead of the content: " + "; ".join(shortcuts["findings"][:3])
+                   + ". `effens audit` shows them per class; a member's `render:` trains without them.")
     oob = ens.get("oob")
     if oob and oob.get("n_excluded"):
         out.append(f"{oob['n_excluded']} training images were seen by every member and have no out-of-bag score.")

@@ -470,6 +470,7 @@ def cmd_export(args) -> int:
 def cmd_audit(args) -> int:
     from .audit import FEATURE_VIEWS, run_audit
     from .data import DataError
+    from .shortcuts import summary_line
 
     if args.threshold is not None and not args.write_exclude:  # before any work: it would change nothing
         raise DataError("--threshold sets which images --write-exclude lists; give --write-exclude FILE too")
@@ -481,8 +482,7 @@ def cmd_audit(args) -> int:
     sys.stdout.write(f"{doc['n_label_issues']} probably mislabelled, {d['exact']} exact, {d['near']} near and "
                      f"{d['similar']} similar duplicate pairs ({d['leakage']} across splits"
                      + (f", {d['same_file']} of them the same file in two splits" if d.get("same_file") else "")
-                     + f"), {doc['n_odd']} odd "
-                     f"images -> "
+                     + f"), {doc['n_odd']} odd images; shortcuts: {summary_line(doc['shortcuts'])} -> "
                      f"{Path(args.out) / 'index.html'}"
                      + (f"; of the {doc['left_out']['images']} the run left out, {doc['left_out']['still_flagged']} "
                         f"still look mislabelled" if "left_out" in doc else "")

@@ -221,6 +221,23 @@ def _runtimes() -> tuple[str, ...]:
 
 
 @dataclasses.dataclass
+class RenderConfig:
+    short_side: list[int] = field(default_factory=list,
+                                  doc="[low, high] px: in training each photo's shorter side is brought down to a "
+                                      "value drawn in this range (never up), at eval to its middle; []: off")
+    quality: list[int] = field(default_factory=lambda: [50, 90],
+                               doc="[low, high]: the JPEG quality each photo is re-encoded at (drawn in training, "
+                                   "the middle at eval)")
+
+    def validate(self, path: str) -> None:
+        side, q = self.short_side, self.quality
+        if side and (len(side) != 2 or not 8 <= side[0] <= side[1] <= 4096):
+            raise ConfigError(f"`{path}.short_side` must be [] or [low, high] with 8 <= low <= high <= 4096; got {side}")
+        if len(q) != 2 or not 1 <= q[0] <= q[1] <= 100:
+            raise ConfigError(f"`{path}.quality` must be [low, high] with 1 <= low <= high <= 100; got {q}")
+
+
+@dataclasses.dataclass
 class MemberConfig:
     name: str = field(check=_non_empty, doc="member name, used for its folder")
     model: str = field(check=_check_model, doc="any timm model name")
@@ -233,6 +250,9 @@ class MemberConfig:
     view: str = field("crop", choices=_views,
                       doc="how a photo becomes the input, in training, val, OOB, predict and export: a "
                           "registered member view (each one's meaning: the README's registry table)")
+    render: RenderConfig = field(default_factory=RenderConfig,
+                                 doc="re-render every photo through a drawn resolution and JPEG quality, so "
+                                     "neither can stand in for the label (README, Shortcuts)")
     bagging: BaggingConfig = field(default_factory=BaggingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     candidates: CandidatesConfig = field(default_factory=CandidatesConfig,

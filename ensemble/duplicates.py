@@ -29,6 +29,11 @@ class Signature:
     std: float                 # grey-level standard deviation (near-blank when tiny)
     grey: bool                 # colour channels (almost) equal
     sharpness: float           # variance of the Laplacian of a 128 px grey copy
+    bytes: int = 0             # file size
+    brightness: float = 0.0    # mean grey level, 0-255
+    entropy: float = 0.0       # of the grey histogram, bits (0-8)
+    jpeg_quality: float | None = None  # estimated from the quantisation table; None: not a JPEG
+    exif: bool = False         # EXIF metadata present
 
 
 def _dhash(grey: np.ndarray) -> int:
@@ -45,6 +50,8 @@ def signature(path: str) -> Signature:
 
     data = open(path, "rb").read()
     with Image.open(path) as img:
+        quality = jpeg_quality(img)
+        exif = bool(img.getexif())
         img = ImageOps.exif_transpose(img)
         w, h = img.size
         img.draft("RGB", (256, 256))
@@ -55,8 +62,30 @@ def signature(path: str) -> Signature:
     g128 = np.asarray(rgb.convert("L").resize((128, 128)), dtype=np.float64)
     lap = g128[1:-1, 1:-1] * 4 - g128[:-2, 1:-1] - g128[2:, 1:-1] - g128[1:-1, :-2] - g128[1:-1, 2:]
     spread = np.abs(arr.astype(np.int16) - arr.mean(axis=2, keepdims=True)).mean()
+    hist = np.bincount(grey.ravel(), minlength=256) / grey.size
+    entropy = float(-(hist[hist > 0] * np.log2(hist[hist > 0])).sum())
     return Signature(hashlib.sha256(data).hexdigest(), _dhash(grey), _dhash(grey[:, ::-1].copy()), w, h,
-                     float(grey.std()), bool(spread < 2.0), float(lap.var()))
+                     float(grey.std()), bool(spread < 2.0), float(lap.var()), len(data), float(grey.mean()),
+                     entropy, quality, exif)
+
+
+#: the IJG (libjpeg) base luminance quantisation table, which quality 50 uses as it is
+_IJG_LUMA_MEAN = float(np.mean([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24,
+                                40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77,
+                                24, 35, 55, 64, 81, 104, 113, 92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95,
+                                98, 112, 100, 103, 99]))
+
+
+def jpeg_quality(img) -> float | None:
+    """The IJG quality (1-100) a JPEG's luminance table was most likely scaled for, from
+    its mean against the base table (libjpeg: scale 5000/q below 50, 200-2q above);
+    None for other formats."""
+    tables = getattr(img, "quantization", None)
+    if img.format != "JPEG" or not tables:
+        return None
+    scale = 100.0 * float(np.mean(tables[min(tables)])) / _IJG_LUMA_MEAN
+    quality = (200.0 - scale) / 2.0 if scale <= 100 else 5000.0 / scale
+    return round(float(min(100.0, max(1.0, quality))), 1)
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -258,6 +258,86 @@ def simple_page(title: str, intro: str, rows: list[list[str]], figures: Sequence
             f'<table class="summary"><tr>{head}</tr>{body}</table></main></body></html>\n')
 
 
+SPLIT_COLOURS = {"train": "#3182bd", "val": "#e6550d", "test": "#31a354"}
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+
+
+def class_plot(prop: dict, classes: Sequence[str], width: int = 300, height: int = 150) -> str:
+    """A small SVG of one property per class: for each split a bar from its first to its
+    third quartile with a dot at the median, one colour per split."""
+    cells = [(s, c, q) for s, by in prop["by_class"].items() for c, q in by.items() if q]
+    if not cells:
+        return ""
+    lo, hi = min(q["q25"] for _, _, q in cells), max(q["q75"] for _, _, q in cells)
+    span = (hi - lo) or 1.0
+    splits = list(prop["by_class"])
+    top, bottom, left = 10, 28, 44
+
+    def y(v: float) -> float:
+        return top + (height - top - bottom) * (1 - (v - lo) / span)
+
+    parts = [f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#999"/>',
+             f'<text x="{left - 4}" y="{y(hi) + 4:.1f}" text-anchor="end" font-size="10">{_fmt(hi)}</text>',
+             f'<text x="{left - 4}" y="{y(lo) + 4:.1f}" text-anchor="end" font-size="10">{_fmt(lo)}</text>']
+    slot = (width - left) / max(1, len(classes))
+    for i, c in enumerate(classes):
+        x0 = left + slot * i
+        parts.append(f'<text x="{x0 + slot / 2:.1f}" y="{height - 12}" text-anchor="middle" font-size="11">'
+                     f'{_e(c)}</text>')
+        for j, split in enumerate(splits):
+            q = prop["by_class"][split].get(c)
+            if not q:
+                continue
+            x = x0 + slot * (j + 1) / (len(splits) + 1)
+            colour = SPLIT_COLOURS.get(split, "#777")
+            parts.append(f'<line x1="{x:.1f}" y1="{y(q["q25"]):.1f}" x2="{x:.1f}" y2="{y(q["q75"]):.1f}" '
+                         f'stroke="{colour}" stroke-width="4"><title>{_e(split)} {_e(c)}: quartiles '
+                         f'{_fmt(q["q25"])}-{_fmt(q["q75"])}, median {_fmt(q["median"])} ({q["n"]} images)</title></line>'
+                         f'<circle cx="{x:.1f}" cy="{y(q["median"]):.1f}" r="3.5" fill="#fff" stroke="{colour}"/>')
+    legend = "".join(f'<tspan fill="{SPLIT_COLOURS.get(sp, "#777")}">{_e(sp)} </tspan>' for sp in splits)
+    parts.append(f'<text x="{width - 2}" y="{height - 1}" text-anchor="end" font-size="10">{legend}</text>')
+    return (f'<svg class="shortcut" width="{width}" height="{height}" role="img" aria-label="per class">'
+            + "".join(parts) + "</svg>")
+
+
+def shortcuts_section(doc: dict, classes: Sequence[str]) -> str:
+    """The audit page's shortcut check: a table of every nuisance property (how well it
+    predicts the label on train, flagged or not, how far val and test move from train)
+    and a per-class plot for each, flagged ones first."""
+    sc = doc["shortcuts"]
+    others = [s for s in ("val", "test") if any(s in p["ks_from_train"] for p in sc["properties"].values())]
+    order = sc["flagged"] + [n for n in sc["properties"] if n not in sc["flagged"]]
+    rows = []
+    for name in order:
+        p = sc["properties"][name]
+        f = p["predicts"]
+        rows.append(f'<tr{" class=default" if p["flagged"] else ""}><td>{_e(name)}</td><td>{_e(p["about"])}</td>'
+                    + (f'<td>{f["macro_f1"]:.2f} [{f["low"]:.2f}, {f["high"]:.2f}]</td>' if f else "<td>constant</td>")
+                    + f'<td>{"<b>yes</b>" if p["flagged"] else ""}</td>'
+                    + "".join(f'<td>{p["ks_from_train"][s]:.2f}</td>' if s in p["ks_from_train"] else "<td></td>"
+                              for s in others) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ["property", "what", "macro-F1 on train [95%]", "flagged",
+                                             *(f"KS {s} vs train" for s in others)])
+    every = sc.get("all")
+    plots = "".join(f'<figure class="who"><figcaption><b>{_e(n)}</b>{" (flagged)" if sc["properties"][n]["flagged"] else ""}'
+                    f'</figcaption>{class_plot(sc["properties"][n], classes)}</figure>' for n in order)
+    from .shortcuts import summary_line
+
+    return ("<h2 id=shortcuts>Shortcuts: properties that are not the content</h2>"
+            f"<p>{_e(summary_line(sc))}. Each property alone, then all together"
+            + (f" (macro-F1 {every['macro_f1']:.2f} [{every['low']:.2f}, {every['high']:.2f}])" if every else "")
+            + f", predicts the training labels out of fold; chance is {sc['chance']['mean']:.2f} (shuffled labels), "
+            f"and a property is flagged when its interval clears {sc['bar']:.2f}. A flagged property is one the "
+            "members can learn instead of the damage: if val or test differ from train in it (KS distance), train "
+            "with the member key <code>render</code> (README, Shortcuts).</p>"
+            + "<ul>" + "".join(f"<li>{_e(t)}</li>" for t in sc["findings"]) + "</ul>"
+            + f'<table class="audit"><tr>{head}</tr>{"".join(rows)}</table>'
+            + f'<div class="grid">{plots}</div>')
+
+
 def audit_page(doc: dict, labels: list[dict], dups: list[dict], odd: list[dict], thumbs: dict, base: str,
                limit: int = 200) -> str:
     """``effens audit``'s page: label issues (given vs suggested), duplicate pairs side by side,
@@ -296,6 +376,7 @@ def audit_page(doc: dict, labels: list[dict], dups: list[dict], odd: list[dict],
         f"Odd images: {doc['n_odd']}"
         + (f", {doc['n_unreadable']} of them unreadable" if doc.get("n_unreadable") else "") + ".</p>",
         "<h2>Per split</h2>", table(["split", "images", "median size", "median aspect", "median sharpness"], stats),
+        shortcuts_section(doc, doc["classes"]) if doc.get("shortcuts") else "",
         f"<h2>Probably mislabelled ({len(labels)})</h2>",
         table(["split", "image", "given", "suggested", "p(given)", "p(suggested)"],
               [[_e(r["split"]), img(r["path"]), _e(r["given"]), f"<b>{_e(r['suggested'])}</b>",

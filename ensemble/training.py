@@ -167,8 +167,9 @@ def _train(cfg: Config, data: Dataset, run: RunFolder, tracker=None) -> dict:
                              ens.member_proba(test_imgs, runtime="torch", pool=True))
     run.seal_predictions()
     from .card import data_summary
+    from .shortcuts import header_check
 
-    extra = {"skipped_images": {k: [{"path": p, "reason": r} for p, r in v] for k, v in bad.items() if v},
+    extra = {"shortcuts": header_check(data, cfg.seed),"skipped_images": {k: [{"path": p, "reason": r} for p, r in v] for k, v in bad.items() if v},
              "data_changes": data.changes,
              "data_summary": data_summary(data, {k: _source(getattr(cfg.data, k)) for k in ("train", "val", "test")}),
              "timing": {"decode_s": decode_s, "total_s": time.perf_counter() - t_start,

@@ -20,6 +20,7 @@ class InputConfig:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     view: str = "crop"  # how a whole photo becomes the input (members.views)
+    render: dict | None = None  # {"short_side": [lo, hi], "quality": [lo, hi]} (members.render); None: off
 
     @property
     def resize_size(self) -> int:

@@ -23,7 +23,16 @@ class Member:
     weights_file: str | None
 
 
-def input_config(model: nn.Module | str, image_size: int | None, view: str = "crop") -> InputConfig:
+def _render(spec) -> dict | None:
+    """A member spec's ``render`` ranges as plain data (None when off)."""
+    render = getattr(spec, "render", None)
+    if render is None or not render.short_side:
+        return None
+    return {"short_side": [int(v) for v in render.short_side], "quality": [int(v) for v in render.quality]}
+
+
+def input_config(model: nn.Module | str, image_size: int | None, view: str = "crop",
+                 render: dict | None = None) -> InputConfig:
     """How a member sees images, from its timm pretrained config: the one rule for the
     input size, the resize-then-crop ratio and the normalisation (``model``: a built model
     or a timm model name, so callers can size caches without building anything)."""
@@ -39,7 +48,7 @@ def input_config(model: nn.Module | str, image_size: int | None, view: str = "cr
     return InputConfig(image_size=int(size), crop_pct=float(cfg.get("crop_pct", 0.875)),
                        interpolation=str(cfg.get("interpolation", "bicubic")),
                        mean=tuple(float(v) for v in cfg["mean"]),
-                       std=tuple(float(v) for v in cfg["std"]), view=view)
+                       std=tuple(float(v) for v in cfg["std"]), view=view, render=render)
 
 
 def frozen_modules(model: nn.Module, freeze: str | int) -> list[nn.Module]:
@@ -97,7 +106,8 @@ def create_member(spec, num_classes: int, state: dict | None = None, inputs: dic
         model = timm.create_model(spec.model, pretrained=False, num_classes=num_classes, **kwargs)
         model.load_state_dict(state)
         model.eval()
-        saved = input_config(model, spec.image_size, spec.view) if inputs is None else InputConfig.from_record(inputs)
+        saved = input_config(model, spec.image_size, spec.view, _render(spec)) if inputs is None \
+            else InputConfig.from_record(inputs)
         return Member(model=model, inputs=saved, frozen=[], weights_file=None)
     from .weights import weights_source
 
@@ -116,7 +126,7 @@ def create_member(spec, num_classes: int, state: dict | None = None, inputs: dic
     n_all = sum(p.numel() for p in model.parameters())
     log.info("member %s: %s, %s trainable of %s parameters, weights: %s", spec.name, spec.model,
              f"{n_train:,}", f"{n_all:,}", weights_file or "none")
-    return Member(model=model, inputs=input_config(model, spec.image_size, spec.view), frozen=frozen,
+    return Member(model=model, inputs=input_config(model, spec.image_size, spec.view, _render(spec)), frozen=frozen,
                   weights_file=weights_file)
 
 

@@ -55,6 +55,10 @@ def train_transform(inputs: InputConfig, train_cfg):
     robust = ROBUST_PRESETS.get(getattr(train_cfg, "robust", "none") or "none")
     if robust is not None:  # after the crop, before auto-augment: on the PIL image
         compose.transforms.insert(1 if whole is None else 2, RobustAugment(**robust))
+    if inputs.render:  # first of all: the photo as the drawn camera would have taken it
+        from .render import Rerender
+
+        compose.transforms.insert(0, Rerender(inputs.render["short_side"], inputs.render["quality"]))
     return compose
 
 

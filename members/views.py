@@ -142,21 +142,28 @@ def squash(arr: np.ndarray, inputs) -> np.ndarray:
 def eval_array(images, inputs) -> np.ndarray:
     """Each image's view (``inputs.view``) stacked into one uint8 array (N, 3, S, S), the
     layout every runtime takes (numpy only: no torch on the exported-runtime path)."""
+    from .render import render_eval
+
     s = inputs.image_size
     look = VIEWS.lookup(inputs.view)  # a view of a plugin that is not loaded: one clear line
+    render = getattr(inputs, "render", None)
     out = np.empty((len(images), 3, s, s), dtype=np.uint8)
     for i, arr in enumerate(images):
-        out[i] = look(arr, inputs).transpose(2, 0, 1)
+        out[i] = look(render_eval(arr, render), inputs).transpose(2, 0, 1)
     return out
 
 
 def describe_view(inputs) -> list[str]:
-    """The view's steps in words, for a server without effens (``effens export``)."""
+    """The view's steps in words (after the eval render, when the member has one), for a
+    server without effens (``effens export``)."""
+    from .render import describe_render
+
     v = VIEWS.lookup(inputs.view)
+    first = describe_render(getattr(inputs, "render", None))
     if v.describe is not None:
-        return v.describe(inputs)
+        return first + v.describe(inputs)
     doc = (v.look.__doc__ or "").strip().splitlines()
-    return [f"the `{v.name}` view" + (f": {doc[0].rstrip('.')}" if doc else "") + f" ({v.look.__module__})"]
+    return first + [f"the `{v.name}` view" + (f": {doc[0].rstrip('.')}" if doc else "") + f" ({v.look.__module__})"]
 
 
 def view_names(member: bool = True) -> tuple[str, ...]:
