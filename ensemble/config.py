@@ -676,8 +676,8 @@ def config_from_dict(raw: dict, source: str = "<dict>",
     known to the checks."""
     from .plugins import load_entry_points, load_plugins
 
+    load_entry_points()  # an installed plugin that fails is named as itself, not as this config
     try:
-        load_entry_points()
         plugins = raw.get("plugins") if isinstance(raw, dict) else None
         if plugins is not None:
             if not isinstance(plugins, list):
