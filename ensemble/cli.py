@@ -92,13 +92,6 @@ def _fraction(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     from members.runtimes import RUNTIMES  # numpy only: no torch
 
-    from .plugins import load_entry_points
-
-    try:
-        load_entry_points()  # installed plugins' names reach the choices below
-    except Exception as exc:  # a broken installed plugin: one line, and --help still works
-        log.error("%s", " ".join(str(exc).split()))
-
     p = argparse.ArgumentParser(prog="effens", description="Bagged ensembles of EfficientNet classifiers.",
                                 formatter_class=_HelpFormatter)
     p.add_argument("--version", action="version", version=f"effens {__version__}")
@@ -247,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a reported error is one line naming its culprit and exit code 2
     (the traceback only with ``-v``); Ctrl-C is one line and exit code 130, SIGTERM the same with 143."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and not argv[0].startswith("-") and not _installed_plugins():  # never for --help / --version
+        return 2
     args = build_parser().parse_args(argv)
     _setup_logging(-1 if args.quiet else args.verbose)
     previous = _on_sigterm()
@@ -266,6 +262,20 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _installed_plugins() -> bool:
+    """Import the installed ``effens.plugins`` entry points before a command's arguments are
+    parsed (their names reach its ``--help``); one that fails is one line naming it."""
+    from .plugins import PluginError, load_entry_points
+
+    try:
+        load_entry_points()
+    except PluginError as exc:
+        _setup_logging(0)
+        log.error("%s", _one_line(exc))
+        return False
+    return True
 
 
 class Terminated(KeyboardInterrupt):
@@ -332,7 +342,7 @@ _REPORTED = (("ensemble.config", "ConfigError"), ("ensemble.data", "DataError"),
              ("members.trainer", "TrainingError"), ("members.weights", "WeightsError"),
              ("members.precision", "PrecisionError"), ("members.runtimes", "RuntimeUnavailable"),
              ("members.export", "ExportError"), ("members.inputs", "DeviceError"),
-             ("members.registry", "RegistryError"))
+             ("members.registry", "RegistryError"), ("ensemble.plugins", "PluginError"))
 
 
 def _reported(exc: BaseException) -> bool:

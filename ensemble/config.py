@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -518,7 +519,30 @@ class Config:
 
 # ---------------------------------------------------------------- YAML
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader (no Python tags) that also refuses duplicate keys."""
+    """SafeLoader (no Python tags) that also refuses duplicate keys, and reads numbers as a
+    person writes them (``1e-3``, ``1E5``, ``-.5``: YAML 1.2's floats; YAML 1.1, PyYAML's
+    rule, needs a dot and a signed exponent, so ``1e-3`` would be a string)."""
+
+
+#: YAML 1.2 core-schema floats, plus YAML 1.1's forms (``1_000.5``, ``190:20:30.15``) that PyYAML reads
+_FLOAT = re.compile(r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+                    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X)
+_StrictLoader.yaml_implicit_resolvers = {  # PyYAML's float rule replaced by the one above; the others kept
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that quotes every string :class:`_StrictLoader` would read as something
+    else (a member named ``1e5`` is written ``'1e5'``), so a saved config loads back equal."""
+
+
+_Dumper.yaml_implicit_resolvers = _StrictLoader.yaml_implicit_resolvers
 
 
 def _mapping_no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
@@ -672,8 +696,8 @@ def config_from_dict(raw: dict, source: str = "<dict>",
     known to the checks."""
     from .plugins import load_entry_points, load_plugins
 
+    load_entry_points()  # an installed plugin that fails is named as itself, not as this config
     try:
-        load_entry_points()
         plugins = raw.get("plugins") if isinstance(raw, dict) else None
         if plugins is not None:
             if not isinstance(plugins, list):
@@ -797,4 +821,4 @@ def config_to_dict(cfg: Config) -> dict:
 
 def dump_config(cfg: Config) -> str:
     """YAML text of the resolved config (loads back to an equal config)."""
-    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+    return yaml.dump(config_to_dict(cfg), Dumper=_Dumper, sort_keys=False)

@@ -241,23 +241,29 @@ class Dataset:
 
 def read_exclusions(path: str) -> tuple[set[str], set[str]]:
     """(paths, SHA-256 hex digests) listed in an exclude file: one per line (a line starting
-    with ``#``, or `` #`` after an entry, is a comment), or a CSV with a ``path`` column."""
-    import csv
-
+    with ``#``, or `` #`` after an entry, is a comment; ``"quoted"`` entries are unquoted as in
+    a CSV), or a CSV with a ``path`` column (whatever the file is called)."""
     text = _read_text(path, "data.exclude")
     base = os.path.dirname(os.path.abspath(path))
     first = text.lstrip().split("\n", 1)[0]
-    if path.lower().endswith(".csv") or first.startswith("path,") or first == "path":
-        rows = list(csv.DictReader(text.splitlines()))
-        if rows and "path" not in rows[0]:
-            raise DataError(f"`data.exclude`: {path}: a CSV needs a `path` column; found {', '.join(rows[0])}")
-        entries = [r["path"].strip() for r in rows if (r.get("path") or "").strip()]
+    if path.lower().endswith(".csv") or _is_path_header(first):
+        reader = csv.DictReader(text.splitlines(), skipinitialspace=True)
+        if reader.fieldnames and "path" not in reader.fieldnames:
+            raise DataError(f"`data.exclude`: {path}: a CSV needs a `path` column; found "
+                            f"{', '.join(reader.fieldnames)}")
+        entries = [(r["path"] or "").strip() for r in reader]
     else:
         entries = [_entry(ln, base) for ln in text.splitlines() if not ln.lstrip().startswith("#")]
-        entries = [e for e in entries if e]
+    entries = [e for e in entries if e]
     hashes = {e.lower() for e in entries if is_sha256(e)}
     paths = {path_key(os.path.join(base, os.path.expanduser(e))) for e in entries if e.lower() not in hashes}
     return paths, hashes
+
+
+def _is_path_header(line: str) -> bool:
+    """Whether a list's first line is a CSV header whose first column is ``path`` (quoted or not)."""
+    fields = next(csv.reader([line], skipinitialspace=True), [])
+    return bool(fields) and fields[0].strip() == "path"
 
 
 def is_sha256(entry: str) -> bool:
@@ -265,10 +271,18 @@ def is_sha256(entry: str) -> bool:
     return len(entry) == 64 and all(c in "0123456789abcdefABCDEF" for c in entry)
 
 
+#: a list line holding one ``"quoted"`` entry (``""`` inside is a quote, as in a CSV), then maybe a comment
+_QUOTED = re.compile(r'\s*"((?:[^"]|"")*)"\s*(?:#.*)?')
+
+
 def _entry(line: str, base: str) -> str:
-    """One line's entry: a comment starts at `` #`` after it, but a file name may hold `` #``
-    too (``car #3.jpg  # a copy``): the longest cut that names a file or a SHA-256 wins,
-    else the first cut (the warning about entries naming no image then shows it)."""
+    """One line's entry: a ``"quoted"`` one unquoted; else a comment starts at `` #`` after
+    it, but a file name may hold `` #`` too (``car #3.jpg  # a copy``): the longest cut that
+    names a file or a SHA-256 wins, else the first cut (the warning about entries naming no
+    image then shows it)."""
+    quoted = _QUOTED.fullmatch(line)
+    if quoted:
+        return quoted.group(1).replace('""', '"')
     cuts = [m.start() for m in re.finditer(r"\s#", line)]
     if not cuts:
         return line.strip()
@@ -290,10 +304,8 @@ def path_key(path: str) -> str:
 
 def read_relabels(path: str, classes: Sequence[str]) -> dict[str, str]:
     """Path -> new label from a CSV with ``path`` and ``suggested`` (or ``label``) columns."""
-    import csv
-
     base = os.path.dirname(os.path.abspath(path))
-    reader = csv.DictReader(_read_text(path, "data.relabel").splitlines())
+    reader = csv.DictReader(_read_text(path, "data.relabel").splitlines(), skipinitialspace=True)
     column = next((c for c in ("suggested", "label") if c in (reader.fieldnames or [])), None)
     if "path" not in (reader.fieldnames or []) or column is None:
         raise DataError(f"`data.relabel`: {path}: needs a `path` column and a `suggested` or `label` column; "
@@ -318,9 +330,10 @@ def read_relabels(path: str, classes: Sequence[str]) -> dict[str, str]:
 
 def _read_text(path: str, key: str) -> str:
     """A list file's text (UTF-8, with or without the byte-order mark spreadsheets write)."""
-    if not os.path.isfile(path):
-        raise DataError(f"`{key}`: {path}: " + ("is a folder, not a file" if os.path.isdir(path)
-                                                 else "file not found"))
+    if not os.path.isfile(path):  # never opened: a FIFO or a device would block the read
+        raise DataError(f"`{key}`: {path}: " + ("is a folder, not a file" if os.path.isdir(path) else
+                                                 "not a regular file (a FIFO, socket or device)"
+                                                 if os.path.exists(path) else "file not found"))
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             return fh.read()
@@ -330,21 +343,25 @@ def _read_text(path: str, key: str) -> str:
 
 @dataclasses.dataclass
 class DataChanges:
-    """``data.exclude`` and ``data.relabel``, read once: excluded paths and file hashes, new labels."""
+    """``data.exclude`` and ``data.relabel``, read once: excluded paths and file hashes, new
+    labels, and the two lists' file names (for messages)."""
 
     paths: set[str] = dataclasses.field(default_factory=set)
     hashes: set[str] = dataclasses.field(default_factory=set)
     labels: dict[str, str] = dataclasses.field(default_factory=dict)
+    exclude: str | None = None
+    relabel: str | None = None
 
     @classmethod
     def read(cls, exclude: str | None, relabel: str | None, classes: Sequence[str]) -> "DataChanges":
         paths, hashes = read_exclusions(exclude) if exclude else (set(), set())
-        return cls(paths, hashes, read_relabels(relabel, classes) if relabel else {})
+        return cls(paths, hashes, read_relabels(relabel, classes) if relabel else {}, exclude, relabel)
 
 
 def change_split(split: Split, changes: DataChanges, matched: set | None = None) -> tuple[Split, dict]:
     """One split with ``changes`` applied, and what changed; the exclude entries (paths,
-    hashes) that named one of its images are added to ``matched``."""
+    hashes) that named one of its images are added to ``matched``. An image both excluded
+    and relabelled is refused: the two lists disagree about it."""
     from .files import sha256_file
 
     matched = set() if matched is None else matched
@@ -352,11 +369,14 @@ def change_split(split: Split, changes: DataChanges, matched: set | None = None)
     for i, p in enumerate(split.paths):
         norm = path_key(p)
         digest = sha256_file(p) if changes.hashes and os.path.isfile(p) else None
+        new = changes.labels.get(norm)
         if norm in changes.paths or digest in changes.hashes:
+            if new is not None:
+                raise DataError(f"{p}: is left out by `data.exclude` {changes.exclude} and relabelled {new!r} by "
+                                f"`data.relabel` {changes.relabel}; keep it in one list")
             matched.add(norm if norm in changes.paths else digest)
             continue
         keep.append(i)
-        new = changes.labels.get(norm)
         n_relabelled += new is not None and new != split.labels[i]
         out_labels.append(new if new is not None else split.labels[i])
     return (Split([split.paths[i] for i in keep], out_labels),
@@ -364,7 +384,9 @@ def change_split(split: Split, changes: DataChanges, matched: set | None = None)
 
 
 def apply_data_changes(data: "Dataset", exclude: str | None, relabel: str | None) -> "Dataset":
-    """``data.exclude`` and ``data.relabel`` applied to every split, with the counts per split."""
+    """``data.exclude`` and ``data.relabel`` applied to every split, with the counts per split.
+    A list none of whose entries names an image, or an exclude list that empties val or
+    test, is refused (before any training)."""
     if not exclude and not relabel:
         return data
     wanted = DataChanges.read(exclude, relabel, data.classes)
@@ -380,10 +402,12 @@ def apply_data_changes(data: "Dataset", exclude: str | None, relabel: str | None
              if getattr(data, name) is not None for p in getattr(data, name).paths}
     for key, path, entries, named in (("data.exclude", exclude, wanted.paths | wanted.hashes, matched),
                                       ("data.relabel", relabel, set(wanted.labels), every)):
-        unmatched = sorted(entries - named)
-        if unmatched:  # a typo, a moved image, a list for other data: said, not silently ignored
-            log.warning("`%s`: %s: %d of its %d entries name no image of the splits (first: %s); relative paths "
-                        "are read from the list's own folder", key, path, len(unmatched), len(entries), unmatched[0])
+        _check_matches(key, path, entries, entries & named)
+    for name in ("val", "test"):
+        if splits[name] is not None and not len(splits[name]):
+            raise DataError(f"`data.exclude`: {exclude}: leaves out all {changes[name]['excluded']} images of the "
+                            f"{name} split, so nothing would score the ensemble there; take them off the list or "
+                            f"give another `data.{name}`")
     new = Dataset(data.classes, splits["train"], splits["val"], splits["test"], changes)
     present = set(new.train.labels)
     if len(present) < 2:
@@ -399,6 +423,19 @@ def apply_data_changes(data: "Dataset", exclude: str | None, relabel: str | None
                     "only training rows in the list to score against the folders' labels)", relabel,
                     " and ".join(f"{n} {k}" for k, n in held.items()))
     return new
+
+
+def _check_matches(key: str, path: str | None, entries: set[str], found: set[str]) -> None:
+    """A list whose entries name no image of the splits is an error (a list for other data, or
+    every path written another way); some entries naming none (a typo, a moved image) a warning."""
+    unmatched = sorted(entries - found)
+    if not unmatched:
+        return
+    if not found:
+        raise DataError(f"`{key}`: {path}: none of its {len(entries)} entries names an image of the splits (first: "
+                        f"{unmatched[0]}); relative paths are read from the list's own folder")
+    log.warning("`%s`: %s: %d of its %d entries name no image of the splits (first: %s); relative paths "
+                "are read from the list's own folder", key, path, len(unmatched), len(entries), unmatched[0])
 
 
 def describe_changes(changes: dict) -> str:

@@ -2,26 +2,51 @@
 sources or report figures, imported before a config is checked.
 
 Two doors: ``plugins: [module or file.py, ...]`` in a config (a module next to the
-YAML file is found too, and saved in the run's config as its absolute path), and the ``effens.plugins`` entry-point group of installed packages (loaded
-once per process, before the command line is parsed, so their names reach ``--help``).
-A plugin registers through the same decorators as effens' own pieces (``@register``,
-``@view``, ``@register_source``, ``@split_figure``...); a taken name is refused.
+YAML file is found too, and saved in the run's config as its absolute path), and the
+``effens.plugins`` entry-point group of installed packages (loaded once per process,
+before a command's arguments are parsed, so their names reach its ``--help``; ``effens
+--help`` and ``--version`` load none). A plugin registers through the same decorators as
+effens' own pieces (``@register``, ``@view``, ``@register_source``, ``@split_figure``...);
+a taken name is refused. Every plugin loads inside :func:`guarded`: a plugin that fails in
+any way is one :class:`PluginError` naming it.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from .schema import ConfigError
 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "effens.plugins"
+
+
+class PluginError(ConfigError):
+    """A plugin failed to load (it raised, exited or registered something invalid)."""
+
+
+@contextlib.contextmanager
+def guarded(what: str) -> Iterator[None]:
+    """The one step every plugin import runs in: whatever the plugin raises, ``SystemExit``
+    and other ``BaseException`` included (Ctrl-C excepted), becomes one :class:`PluginError`
+    starting with ``what``, and whatever it registered before failing is taken out again."""
+    from members.registry import rollback_on_error
+
+    try:
+        with rollback_on_error():
+            yield
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a plugin's sys.exit() must not end the command
+        said = f"it called sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
+        raise PluginError(f"{what}: {' '.join(said.split())}") from None
 
 
 @functools.lru_cache(maxsize=1)
@@ -31,11 +56,8 @@ def load_entry_points() -> tuple[str, ...]:
 
     loaded = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
+        with guarded(f"plugin entry point {ep.name!r} ({ep.value}) failed to load"):
             ep.load()
-        except Exception as exc:  # a broken plugin is named, in one line
-            raise ConfigError(f"plugin entry point {ep.name!r} ({ep.value}) failed to load: "
-                              f"{type(exc).__name__}: {exc}") from None
         loaded.append(ep.name)
         log.debug("plugin entry point %s loaded", ep.name)
     return tuple(loaded)
@@ -59,11 +81,6 @@ def _load_one(name: str, where: Path | None) -> str:
     an installed module of that name, as a script's folder does in Python) is loaded under
     a private module name, so it never replaces a module of the same name. On failure,
     whatever it registered before failing is taken out again."""
-    import hashlib
-    import importlib.util
-
-    from members.registry import rollback_on_error
-
     path = Path(os.path.expanduser(name)) if name.endswith(".py") else None
     if path is None and where is not None and (where / f"{name}.py").is_file():
         path = where / f"{name}.py"
@@ -72,29 +89,32 @@ def _load_one(name: str, where: Path | None) -> str:
     key = str(path.resolve()) if path is not None else name
     if key in _LOADED:
         return key
-    try:
-        with rollback_on_error():
-            if path is None:
-                importlib.import_module(name)
-            else:
-                if not path.is_file():
-                    raise FileNotFoundError(f"no file {path}")
-                private = f"_effens_plugin_{path.stem}_{hashlib.sha256(key.encode()).hexdigest()[:10]}"
-                spec = importlib.util.spec_from_file_location(private, path)
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[private] = module  # dataclasses and pickling look modules up by name
-                try:
-                    spec.loader.exec_module(module)
-                except BaseException:
-                    sys.modules.pop(private, None)
-                    raise
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise ConfigError(f"`plugins`: cannot import {name!r}: {type(exc).__name__}: {exc}") from None
+    with guarded(f"`plugins`: cannot import {name!r}"):
+        if path is None:
+            importlib.import_module(name)
+        else:
+            _exec_file(path, key)
     _LOADED.add(key)
     log.info("plugin %s loaded", key)
     return key
+
+
+def _exec_file(path: Path, key: str) -> None:
+    """Run a plugin file as a module of a private name (kept in ``sys.modules`` only if it loads)."""
+    import hashlib
+    import importlib.util
+
+    if not path.is_file():
+        raise FileNotFoundError(f"no file {path}")
+    private = f"_effens_plugin_{path.stem}_{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+    spec = importlib.util.spec_from_file_location(private, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[private] = module  # dataclasses and pickling look modules up by name
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(private, None)
+        raise
 
 
 #: plugins imported in this process (module names and resolved file paths)

@@ -120,15 +120,12 @@ class RunFolder:
             raise
 
     def _open(self, cfg, restart: bool) -> "RunFolder":
-        import yaml
-
-        from .config import ConfigError, config_from_dict, config_to_dict
+        from .config import ConfigError, config_from_dict, config_to_dict, read_yaml
 
         if self.config_path.is_file():
             try:
-                old = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
-                old = config_to_dict(config_from_dict(old, source=str(self.config_path)))
-            except (ConfigError, yaml.YAMLError, ValueError, TypeError, AttributeError):
+                old = config_to_dict(config_from_dict(read_yaml(self.config_path), source=str(self.config_path)))
+            except (ConfigError, ValueError, TypeError, AttributeError):
                 old = {}  # unreadable: counts as changed
             changed = [k for k in config_changes(old, config_to_dict(cfg))
                        if not k.startswith(("combiner.", "tune.", "parallel.", "decision.", "report.", "tracking."))

@@ -29,10 +29,10 @@ from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 
-from members.registry import Registry
+from members.registry import Registry, RegistryError
 
 from .files import RunError
-from .schema import field as setting, interval
+from .schema import ConfigError, build, field as setting, interval, to_dict
 from .combiners import (fit_stacking, fit_temperature, fit_weights, greedy_selection, hard_vote, impute_missing,
                         masked_vote, oob_matrix, soft_vote, stacking_proba, temperature_scale, vote_shares)
 
@@ -42,10 +42,31 @@ STRATEGIES: Registry[type["Strategy"]] = Registry("strategy")
 
 
 def register(cls: type["Strategy"]) -> type["Strategy"]:
-    """Class decorator: make a strategy available by its ``name`` (a taken name is refused)."""
+    """Class decorator: make a strategy available by its ``name`` (a taken name is refused,
+    and so is a ``settings_schema`` that no config could use: see :func:`check_settings_schema`)."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} needs a `name`")
+    check_settings_schema(cls)
     return STRATEGIES.add(cls.name, cls)
+
+
+def check_settings_schema(cls: type["Strategy"]) -> None:
+    """A strategy's ``settings_schema`` is None or a dataclass whose defaults pass its own
+    checks as a config's values do (a NaN default is refused when the strategy registers,
+    before any command writes a file)."""
+    schema = cls.settings_schema
+    if schema is None:
+        return
+    if not (isinstance(schema, type) and dataclasses.is_dataclass(schema)):
+        raise RegistryError(f"strategy {cls.name!r}: `settings_schema` must be a dataclass or None; got {schema!r}")
+    try:
+        defaults = to_dict(schema())
+    except TypeError:
+        return  # settings without defaults: every config gives them, and they are checked there
+    try:
+        build(schema, defaults, f"combiner.{cls.name}")
+    except ConfigError as exc:
+        raise RegistryError(f"strategy {cls.name!r}: its default settings are refused: {exc}") from None
 
 
 def strategy_names() -> tuple[str, ...]:

@@ -34,7 +34,7 @@ import torch
 
 from .bagging import draw_all, oob_indices
 from .config import CandidatesConfig, Config, ParallelConfig, config_to_dict, dump_config, load_config
-from .data import cache_size, decode_split, load_dataset
+from .data import Dataset, cache_size, decode_split, load_dataset
 from .estimator import images_fingerprint
 from .evaluation import evaluate_split, oob_report
 from .files import atomic_write_json, atomic_write_safetensors, atomic_write_text, read_json, sha256_json, write_files
@@ -152,10 +152,9 @@ def halving_schedule(n: int, max_epochs: int, eta: int, min_epochs: int) -> list
 class TuneContext:
     """Data, decoded images and (in feature mode) the cached features, prepared once."""
 
-    def __init__(self, cfg: Config, out: Path) -> None:
+    def __init__(self, cfg: Config, out: Path, data: Dataset) -> None:
         self.cfg = cfg
         self.out = out
-        data = load_dataset(cfg.data, cfg.seed)
         self.classes = data.classes
         self.data_changes = data.changes  # what data.exclude / data.relabel changed, per split
         size = cache_size(cfg)
@@ -323,6 +322,7 @@ def tune_run(config_path: str, out: str, overrides: list[str] | None = None, yes
     t0 = time.perf_counter()
     cfg = load_config(config_path, overrides)
     check_grid_size(cfg.tune, len(cfg.members), yes)
+    data = load_dataset(cfg.data, cfg.seed)  # the data and its lists, checked before anything is written
     out_dir = Path(out)
     refuse_foreign(out_dir, "tune", "effens tune", whole=True)  # a search's caches are all ours
     from .config import data_inputs
@@ -335,16 +335,16 @@ def tune_run(config_path: str, out: str, overrides: list[str] | None = None, yes
         atomic_write_json(out_dir / RECORD, {"kind": "tune", "files": []})
         with tracking(cfg.tracking, "tune", out_dir.resolve().name, config_params(cfg),
                       {**environment_tags("tune", cfg), "effens.tune_dir": str(out_dir.resolve())}) as tracker:
-            summary = _tune(cfg, out_dir, t0)
+            summary = _tune(cfg, out_dir, t0, data)
             log_tune(tracker, summary["rows"], [m.name for m in cfg.members], summary["best"], out_dir)
         return summary
     finally:
         folder.unlock()
 
 
-def _tune(cfg: Config, out_dir: Path, t0: float) -> dict:
+def _tune(cfg: Config, out_dir: Path, t0: float, data: Dataset) -> dict:
     atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
-    ctx = TuneContext(cfg, out_dir)
+    ctx = TuneContext(cfg, out_dir, data)
     tune = cfg.tune
     cands = enumerate_candidates(tune, len(cfg.members), cfg.seed)
     if tune.objective == "oob" and all(all(r >= 1 for r in c.ratios) and not any(c.replace) for c in cands):

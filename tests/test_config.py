@@ -158,3 +158,30 @@ def test_tracking_paths_resolve_against_the_working_folder_like_data_paths(tmp_p
     monkeypatch.chdir(elsewhere)  # the saved config read again from another folder: unchanged
     again = config_from_dict(yaml.safe_load(dump_config(cfg)))
     assert again.tracking.tensorboard == str(work / "tb") and again.tracking.mlflow.uri == cfg.tracking.mlflow.uri
+
+
+def test_numbers_written_with_an_exponent_are_numbers_in_files_and_in_set(tiny_data, tmp_path, caplog):
+    """`1e-3`, `1E5`, `.5`, `-.5` are numbers (YAML 1.2) in a config file and in --set, and
+    a string that looks like one (a member named `1e5`) is saved quoted: the run resumes."""
+    import synth
+    from ensemble.cli import main
+
+    raw = synth.tiny_config(tiny_data, epochs=1)
+    member = raw["members"][0]
+    member["name"] = "1e5"
+    member["train"].pop("warmup_epochs")
+    raw = {**raw, "members": [member], "combiner": None}
+    text = yaml.safe_dump(raw).replace("lr: 0.003", "lr: 3e-3\n    weight_decay: 5E-2").replace("1e5", "'1e5'")
+    cfg = write(tmp_path, text.replace("combiner: null", "combiner:\n  strategy: soft\n  auto: {se: .5}"))
+    run = tmp_path / "run"
+    argv = ["train", str(cfg), "--out", str(run), "--set", "members.0.train.warmup_epochs=-.5e-0",
+            "--set", "members.0.train.lr=1e-3", "-q"]
+    assert main(argv) == 2 and "`members.0.train.warmup_epochs` must be in [0, 10000]; got -0.5" in caplog.text
+    argv[5] = "members.0.train.warmup_epochs=1E-1"
+    assert main(argv) == 0
+    saved = load_config(run / "config.yaml")
+    assert saved.members[0].name == "1e5" and saved.combiner.auto.se == 0.5
+    assert (saved.members[0].train.lr, saved.members[0].train.weight_decay,
+            saved.members[0].train.warmup_epochs) == (1e-3, 5e-2, 1e-1)
+    caplog.clear()
+    assert main(argv[:-1]) == 0 and "resuming the run" in caplog.text  # the saved config reads back the same

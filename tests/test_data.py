@@ -83,3 +83,109 @@ def test_val_fraction_holds_out_stratified(tiny_data):
     counts = np.unique(ds.val.labels, return_counts=True)[1]
     assert counts.tolist() == [4, 4, 4]
     assert load_dataset(cfg, seed=0).val.paths == ds.val.paths  # deterministic
+
+
+# ---------------------------------------------------------------- data.exclude / data.relabel (#41)
+def _tree(root):
+    """Every file under ``root`` with its bytes: a failed command must leave it as it was."""
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _effens(argv, capsys, caplog):
+    """(exit code, stderr and log) of ``effens ARGV`` run in this process."""
+    from ensemble.cli import main
+
+    capsys.readouterr()
+    caplog.clear()
+    code = main(argv)
+    return code, capsys.readouterr().err + caplog.text
+
+
+def _list_config(tmp_path, data, **lists):
+    """A one-member, one-epoch config over ``data`` with ``data.exclude`` / ``data.relabel`` set."""
+    import yaml
+
+    raw = synth.tiny_config(data, epochs=1)
+    raw["members"] = raw["members"][:1]
+    raw["data"].update({k: str(v) for k, v in lists.items()})
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    return cfg
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_an_exclude_list_that_empties_val_or_test_is_refused_before_any_training(tmp_path, capsys, caplog, split):
+    data = synth.make_dataset(tmp_path / "data")
+    listed = tmp_path / "exclude.txt"
+    listed.write_text("".join(f"{p.relative_to(tmp_path)}\n" for p in sorted((data / split).rglob("*.png"))))
+    cfg = _list_config(tmp_path, data, exclude=listed)
+    before = _tree(tmp_path)
+    for command in (["train", str(cfg), "--out", str(tmp_path / "run")],
+                    ["tune", str(cfg), "--out", str(tmp_path / "tuned"), "--yes"]):
+        code, err = _effens(command, capsys, caplog)
+        assert code == 2 and "Traceback" not in err, err[-2000:]
+        assert f"`data.exclude`: {listed}: leaves out all 18 images of the {split} split" in err
+        assert _tree(tmp_path) == before  # no run, no tuning folder, inputs untouched
+
+
+def _audited_images(tmp_path, cfg, capsys, caplog) -> dict:
+    """Images per split after the config's lists, as `effens audit CONFIG --no-features` counts them."""
+    import json
+
+    out = tmp_path / "audit"
+    code, err = _effens(["audit", str(cfg), "--out", str(out), "--no-features", "-q"], capsys, caplog)
+    assert code == 0, err[-2000:]
+    return {k: v["images"] for k, v in json.loads((out / "audit.json").read_text())["stats"].items()}
+
+
+def test_quoted_list_entries_and_a_quoted_csv_header_in_a_txt_are_read(tmp_path, capsys, caplog):
+    data = synth.make_dataset(tmp_path / "data")
+    a, b, c = (p.relative_to(tmp_path) for p in sorted((data / "test" / "circle").glob("*.png"))[:3])
+    quoted = tmp_path / "quoted.txt"
+    quoted.write_text(f'"{a}"\n  "{b}"  # a comment\n{c}\n')
+    assert _audited_images(tmp_path, _list_config(tmp_path, data, exclude=quoted), capsys, caplog)["test"] == 15
+    header = tmp_path / "from_a_spreadsheet.txt"
+    header.write_text(f'"path","reason"\n"{a}","blurred"\n"{b}", "a copy"\n')
+    assert _audited_images(tmp_path, _list_config(tmp_path, data, exclude=header), capsys, caplog)["test"] == 16
+    relabel = tmp_path / "relabel.csv"
+    relabel.write_text(f'path, suggested\n "{c}", "square"\n')
+    assert _audited_images(tmp_path, _list_config(tmp_path, data, relabel=relabel), capsys, caplog)["test"] == 18
+    assert "name no image" not in caplog.text
+
+
+def test_a_list_that_names_no_image_and_an_image_in_both_lists_are_refused(tmp_path, capsys, caplog):
+    data = synth.make_dataset(tmp_path / "data")
+    one = sorted((data / "train" / "circle").glob("*.png"))[0]
+    stale = tmp_path / "stale.txt"
+    stale.write_text(f"{tmp_path / 'moved' / one.name}\n{'ab' * 32}\n")
+    relabel = tmp_path / "relabel.csv"
+    relabel.write_text(f"path,suggested\n{one},square\n")
+    elsewhere = tmp_path / "elsewhere.csv"
+    elsewhere.write_text(f"path,suggested\n{tmp_path / 'moved' / one.name},square\n")
+    listed = tmp_path / "exclude.txt"
+    listed.write_text(f"{one}\n")
+    before = _tree(tmp_path)
+    for lists, message in (({"exclude": stale}, f"`data.exclude`: {stale}: none of its 2 entries names an image"),
+                           ({"relabel": elsewhere}, f"`data.relabel`: {elsewhere}: none of its 1 entries names an "
+                                                    f"image"),
+                           ({"exclude": listed, "relabel": relabel},
+                            f"{one}: is left out by `data.exclude` {listed} and relabelled 'square' by "
+                            f"`data.relabel` {relabel}; keep it in one list")):
+        cfg = _list_config(tmp_path, data, **lists)
+        code, err = _effens(["train", str(cfg), "--out", str(tmp_path / "run")], capsys, caplog)
+        assert code == 2 and message in err and "Traceback" not in err, err[-2000:]
+        cfg.unlink()
+        assert _tree(tmp_path) == before
+
+
+def test_a_list_that_is_a_fifo_is_named_as_one_and_never_opened(tmp_path, capsys, caplog):
+    import os
+
+    data = synth.make_dataset(tmp_path / "data")
+    fifo = tmp_path / "exclude.txt"
+    os.mkfifo(fifo)  # reading it would block until a writer comes: the command would hang
+    for key in ("exclude", "relabel"):
+        cfg = _list_config(tmp_path, data, **{key: fifo})
+        code, err = _effens(["train", str(cfg), "--out", str(tmp_path / "run")], capsys, caplog)
+        assert code == 2 and f"`data.{key}`: {fifo}: not a regular file" in err, err[-2000:]
+        assert not (tmp_path / "run").exists()

@@ -308,13 +308,62 @@ def test_an_installed_entry_point_plugin_reaches_the_help_choices(tmp_path):
         assert rc == 0 and not any(n in out for n in names)
 
 
-def test_a_broken_entry_point_plugin_is_one_line_and_help_still_works(tiny_data, tmp_path):
+def test_a_broken_entry_point_plugin_is_one_line_naming_it_and_help_and_version_load_none(tiny_data, tmp_path):
     env = _installed_plugin(tmp_path, "raise ImportError('half-installed')\n")
-    rc, out = _effens("--help", env=env)
-    assert rc == 0 and "Traceback" not in out
-    assert "plugin entry point 'toy' (toy_effens_ep) failed to load: ImportError: half-installed" in out
+    for argv in (["--help"], ["--version"]):
+        rc, out = _effens(*argv, env=env)
+        assert rc == 0 and "half-installed" not in out and "ERROR" not in out, out[-2000:]
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(synth.tiny_config(tiny_data)))
-    rc, out = _effens("train", str(cfg), "--out", str(tmp_path / "run"), env=env)
-    assert rc == 2 and "Traceback" not in out and "half-installed" in out
-    assert not (tmp_path / "run").exists()
+    for body, said in (("raise ImportError('half-installed')\n", "ImportError: half-installed"),
+                       ("import sys\nsys.exit(0)\n", "it called sys.exit(0)")):
+        (tmp_path / "toy_effens_ep.py").write_text(body)
+        rc, out = _effens("train", str(cfg), "--out", str(tmp_path / "run"), env=env)
+        assert rc == 2 and "Traceback" not in out, out[-2000:]
+        assert f"plugin entry point 'toy' (toy_effens_ep) failed to load: {said}" in out
+        assert str(cfg) not in out  # the plugin is to blame, not the config
+        assert not (tmp_path / "run").exists()
+
+
+NAN_DEFAULT = textwrap.dedent('''
+    import dataclasses
+
+    from ensemble.schema import field, interval
+    from ensemble.strategies import Strategy, register
+
+
+    @dataclasses.dataclass
+    class Settings:
+        sharpness: float = field(float("nan"), check=interval(0, None, low_open=True))
+
+
+    @register
+    class NanVote(Strategy):
+        name = "nanvote"
+        settings_schema = Settings
+
+        def apply(self, proba):
+            p = proba.mean(axis=0)
+            return p.argmax(axis=1), p
+''')
+
+
+def test_a_plugin_that_fails_in_any_way_is_one_line_naming_it_before_any_file_is_written(tiny_data, tmp_path):
+    """A NaN settings default, a plugin that calls sys.exit(0) or raises a BaseException, a
+    settings_schema that is not a dataclass: each is one line naming the plugin, exit 2,
+    and no run folder (a NaN default was found only after config.yaml, run.json and
+    classes.json were written; sys.exit(0) ended `train` with exit 0 and no output)."""
+    cases = {"nan_default": (NAN_DEFAULT, "RegistryError: strategy 'nanvote': its default settings are refused: "
+                                          "`combiner.nanvote.sharpness` must be a finite number; got nan"),
+             "exits": ("import sys\nsys.exit(0)\n", "it called sys.exit(0)"),
+             "base": ("raise BaseException('deep')\n", "BaseException: deep"),
+             "not_a_schema": (NAN_DEFAULT.replace("settings_schema = Settings", "settings_schema = dict"),
+                              "RegistryError: strategy 'nanvote': `settings_schema` must be a dataclass or None")}
+    for name, (body, said) in cases.items():
+        (tmp_path / f"{name}.py").write_text(body)
+        cfg = tmp_path / "cfg.yaml"
+        cfg.write_text(yaml.safe_dump(synth.tiny_config(tiny_data, plugins=[name])))
+        rc, out = _effens("train", str(cfg), "--out", str(tmp_path / "run"))
+        assert rc == 2 and "Traceback" not in out, (name, out[-2000:])
+        assert f"{cfg}: `plugins`: cannot import {name!r}: {said}" in out, (name, out[-2000:])
+        assert not (tmp_path / "run").exists(), name
