@@ -21,6 +21,7 @@ import logging
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 MAGIC = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"RIFF", "webp"), (b"BM", "bmp"),
          (b"GIF8", "gif"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"))
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: routes that need the API key when one is set (checked before anything of the request is parsed)
+KEYED_ROUTES = ("/v1/predict", "/v1/model")
+#: the query names of the decision flags, in a request's error messages
+QUERY_NAMES = {"--coverage-by-class": "coverage_by_class", "--coverage": "coverage",
+               "--review-rate": "review_rate", "--target-accuracy": "target_accuracy"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,7 +211,8 @@ def _check_key(headers, api_key: str | None) -> None:
 
 
 def model_card(ens, predictor: ImagePredictor, settings: ServeSettings, run: str) -> dict:
-    """What ``GET /v1/model`` answers: classes, members, strategy, runtime and the run's hashes."""
+    """What ``GET /v1/model`` answers: classes, members, strategy, runtime, the run's hashes
+    and the run folder's name."""
     from .runfolder import weights_hash
 
     plan = settings.options.plan(ens)
@@ -215,7 +222,7 @@ def model_card(ens, predictor: ImagePredictor, settings: ServeSettings, run: str
             "precision": plan["precision"], "decisions": predictor.decisions.columns(),
             "weights_sha256": {fm.name: weights_hash(fm.meta) for fm in ens.members_},
             "max_files": settings.limits.max_files,
-            "effens": __version__, "run": run}
+            "effens": __version__, "run": Path(run).resolve().name}  # its name: no server path in an answer
 
 
 def create_app(run: str, settings: ServeSettings = ServeSettings()):
@@ -291,6 +298,18 @@ def create_app(run: str, settings: ServeSettings = ServeSettings()):
         return _error(500, f"internal error ({type(exc).__name__})")
 
     @app.middleware("http")
+    async def _authenticate(request: Request, call_next):
+        """The API key before routing and parsing: a stranger learns nothing of a request's
+        shape (no 422 or 405 before the 401)."""
+        path = request.scope["path"][len(request.scope.get("root_path", "")):]  # mounted: under its prefix
+        if settings.api_key is not None and path.rstrip("/") in KEYED_ROUTES:
+            try:
+                _check_key(request.headers, settings.api_key)
+            except Refused as exc:
+                return _error(exc.status, str(exc))
+        return await call_next(request)
+
+    @app.middleware("http")
     async def _count(request: Request, call_next):
         t0 = time.perf_counter()
         response = await call_next(request)
@@ -315,9 +334,8 @@ def create_app(run: str, settings: ServeSettings = ServeSettings()):
         return {"ready": True}
 
     @app.get("/v1/model")
-    async def model(request: Request) -> dict:
+    async def model() -> dict:
         """Classes, members, strategy, runtime and the run's weights hashes."""
-        _check_key(request.headers, settings.api_key)
         return card
 
     @app.get("/metrics", response_class=PlainTextResponse)
@@ -331,25 +349,8 @@ def create_app(run: str, settings: ServeSettings = ServeSettings()):
         """Upload one or more images as multipart ``files`` fields; one answer per image, in order.
         ``coverage`` / ``review_rate`` / ``target_accuracy`` (query) ask this request for a
         prediction set or a review decision other than the server's."""
-        _check_key(request.headers, settings.api_key)
-        asked = None
-        given = {"coverage": coverage, "by_class": coverage_by_class, "review_rate": review_rate,
-                 "target_accuracy": target_accuracy}
-        if any(v is not None for v in given.values()):
-            from .decisions import DecisionError
-
-            merged = {k: v for k, v in (settings.decisions or {}).items() if v is not None}
-            if review_rate is not None or target_accuracy is not None:  # the request's rule replaces the server's
-                merged.pop("review_rate", None)
-                merged.pop("target_accuracy", None)
-            merged.update({k: v for k, v in given.items() if v is not None})
-            try:
-                asked = DecisionOptions.from_settings(run_decisions, **merged)
-            except DecisionError as exc:
-                reason = str(exc)
-                for flag in ("coverage-by-class", "coverage", "review-rate", "target-accuracy"):
-                    reason = reason.replace(f"--{flag}", flag.replace("-", "_"))
-                raise Refused(400, reason) from None
+        asked = _asked({"coverage": coverage, "by_class": coverage_by_class, "review_rate": review_rate,
+                        "target_accuracy": target_accuracy})
         try:
             return await asyncio.wait_for(_predict(request, asked), limits.timeout_s)
         except asyncio.TimeoutError:
@@ -359,6 +360,28 @@ def create_app(run: str, settings: ServeSettings = ServeSettings()):
         except Exception as exc:  # noqa: BLE001 - a bug: one JSON line for the client, the reason in the log
             log.error("POST /v1/predict failed: %s: %s", type(exc).__name__, exc)
             raise Refused(500, f"internal error ({type(exc).__name__})") from None
+
+    def _asked(given: dict) -> DecisionOptions | None:
+        """A request's own decisions on top of the server's, checked as at start-up (bounds,
+        finite, enough calibration images) before any work: 400 with the one reason."""
+        if all(v is None for v in given.values()):
+            return None
+        from .decisions import DecisionError
+
+        merged = {k: v for k, v in (settings.decisions or {}).items() if v is not None}
+        if given["review_rate"] is not None or given["target_accuracy"] is not None:
+            merged.pop("review_rate", None)  # the request's rule replaces the server's
+            merged.pop("target_accuracy", None)
+        merged.update({k: v for k, v in given.items() if v is not None})
+        try:
+            asked = DecisionOptions.from_settings(run_decisions, **merged)
+            predictor.check(asked)
+        except DecisionError as exc:
+            reason = str(exc)
+            for flag, name in QUERY_NAMES.items():
+                reason = reason.replace(flag, name)
+            raise Refused(400, reason) from None
+        return asked
 
     async def _predict(request: Request, asked: DecisionOptions | None) -> dict:
         files = await _read_files(request)

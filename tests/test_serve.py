@@ -310,3 +310,73 @@ def test_a_request_may_ask_for_its_own_prediction_sets_and_review(server, traine
     assert code == 400 and body["error"].startswith("`coverage` must be in"), body
     code, body = _post(server.url + "/v1/predict?review_rate=0.1&target_accuracy=0.9", files)
     assert code == 400 and "review_rate or target_accuracy" in body["error"], body
+
+
+def _metric(url, name):
+    text = _get(url + "/metrics")[1].decode()
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+def test_bad_request_decisions_are_400_before_any_work(server, tiny_data):
+    """The checks of start-up (finite, in bounds, enough calibration images) answer 400 before
+    any image is decoded or run, not 500 after inference (#41)."""
+    good = _images(tiny_data, 1)[0]
+    files = [("files", good.name, good.read_bytes())]
+    images = _metric(server.url, "effens_images_total")
+    for query, reason in [("coverage=nan", "`coverage` must be a finite number; got nan"),
+                          ("review_rate=nan", "`review_rate` must be a finite number; got nan"),
+                          ("target_accuracy=nan", "`target_accuracy` must be a finite number; got nan"),
+                          ("coverage=0.99", "coverage 0.99 needs at least 99 calibration images; got 18"),
+                          ("coverage=0.9&coverage_by_class=true", "needs at least 9 calibration images of class")]:
+        code, body = _post(server.url + "/v1/predict?" + query, files)
+        assert code == 400 and reason in body["error"] and "\n" not in body["error"], (query, code, body)
+    assert _metric(server.url, "effens_images_total") == images  # nothing was decoded or run
+    assert _post(server.url + "/v1/predict?coverage=0.5", files)[0] == 200
+
+
+def test_a_tiny_coverage_asked_over_http_gives_the_smallest_sets(server, tiny_data):
+    files = [("files", p.name, p.read_bytes()) for p in _images(tiny_data, 4)]
+    sizes = []
+    for coverage in ("1e-300", "1e-12", "0.001", "0.5"):
+        code, body = _post(server.url + f"/v1/predict?coverage={coverage}", files)
+        assert code == 200, body
+        sizes.append(sum(len(r["prediction_set"].split("|")) if r["prediction_set"] else 0 for r in body["results"]))
+    assert sizes[0] == sizes[1] == sizes[2] <= sizes[3], sizes
+
+
+@pytest.fixture(scope="module")
+def keyed(trained, tmp_path_factory):
+    key = tmp_path_factory.mktemp("key") / "key.txt"
+    key.write_text("s3cret-key\n")
+    srv = Server(trained[1], "--api-key-file", str(key))
+    yield srv
+    srv.stop()
+
+
+def test_the_key_is_checked_before_the_request_is_parsed_and_no_answer_names_a_server_path(keyed, trained):
+    _, run = trained
+    boundary = "multipart/form-data; boundary=x"
+    strangers = [("POST", "/v1/predict?coverage=abc&review_rate=[]", b"not multipart", "text/plain"),
+                 ("POST", "/v1/predict?coverage_by_class=maybe", b"--x\r\nbroken", boundary),
+                 ("GET", "/v1/predict", None, None),  # the wrong method: 401, not 405
+                 ("GET", "/v1/model?coverage=abc", None, None),
+                 ("POST", "/v1/model", b"{", "application/json"),
+                 ("GET", "/v1/model/", None, None)]
+    for method, route, body, kind in strangers:
+        req = urllib.request.Request(keyed.url + route, data=body, method=method,
+                                     headers={"Content-Type": kind} if kind else {})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                code, answer = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            code, answer = e.code, e.read()
+        assert code == 401 and "API key" in json.loads(answer)["error"], (method, route, code, answer)
+    key = {"X-API-Key": "s3cret-key"}
+    code, card = _get(keyed.url + "/v1/model", key)
+    assert code == 200 and json.loads(card)["run"] == run.name
+    answers = [card, *(_get(keyed.url + r, key)[1] for r in ("/v1/health", "/v1/ready", "/metrics", "/openapi.json",
+                                                             "/v1/nothing", "/"))]
+    answers.append(json.dumps(_post(keyed.url + "/v1/predict", [("files", "x.png", b"\x89PNG\r\n\x1a\nbroken")],
+                                    key)[1]).encode())
+    for answer in answers:
+        assert str(run.parent).encode() not in answer and str(run.resolve().parent).encode() not in answer
