@@ -15,8 +15,10 @@ with a 4xx/5xx code; nothing a client sends is a path or a URL.
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hmac
 import io
+import json
 import logging
 import time
 import warnings
@@ -49,6 +51,9 @@ class ServeLimits:
     max_files: int = 16              # images per request
     max_pixels: int = 40_000_000     # per image, read from its header (decompression bombs)
     timeout_s: float = 30.0          # per request, decoding and inference included (504 after)
+    max_header_kb: float = 16.0      # the request line and headers together (431, or 400 from h11 when huge)
+    keep_alive_s: float = 5.0        # a connection without a whole request head this long is closed
+    max_connections: int = 128       # open connections; a request beyond them is answered 503
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +204,12 @@ class Batcher:
                     f.set_result(row)
 
 
+def head_size(scope: dict) -> int:
+    """Bytes of a request's line and headers, as the client sent them (give or take spaces)."""
+    line = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 16
+    return line + sum(len(k) + len(v) + 4 for k, v in scope.get("headers", ()))
+
+
 def _check_key(headers, api_key: str | None) -> None:
     if api_key is None:
         return
@@ -307,6 +318,17 @@ def create_app(run: str, settings: ServeSettings = ServeSettings()):
                 _check_key(request.headers, settings.api_key)
             except Refused as exc:
                 return _error(exc.status, str(exc))
+        return await call_next(request)
+
+    @app.middleware("http")
+    async def _head_size(request: Request, call_next):
+        """Headers over ``max_header_kb`` (ones that reached the app whole in one read; larger
+        ones never get here, see :func:`serve`): 431 before the key or anything else (the
+        middleware added last runs first)."""
+        size = head_size(request.scope)
+        if size > limits.max_header_kb * 1024:
+            return _error(431, f"the request headers ({size:,} bytes) are over the limit of "
+                               f"{int(limits.max_header_kb * 1024):,} bytes")
         return await call_next(request)
 
     @app.middleware("http")
@@ -461,8 +483,62 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, settings: ServeSe
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: reachable from other machines%s", host,
                     "" if settings.api_key else " and without an API key (--api-key-file)")
-    uvicorn.run(app, host=host, port=port, log_level="warning",
-                timeout_graceful_shutdown=max(30, int(settings.limits.timeout_s) + 5))
+    limits = settings.limits
+    # h11 (not httptools, which has no limit on headers) refuses a head over the limit while
+    # it is still arriving; more than max_connections open: 503 (uvicorn counts the asking one)
+    uvicorn.run(app, host=host, port=port, log_level="warning", http=_guarded_h11(),
+                h11_max_incomplete_event_size=int(limits.max_header_kb * 1024),
+                timeout_keep_alive=limits.keep_alive_s, limit_concurrency=limits.max_connections + 1,
+                timeout_graceful_shutdown=max(30, int(limits.timeout_s) + 5))
+
+
+@functools.cache
+def _guarded_h11() -> type:
+    """uvicorn's h11 protocol that also closes a connection which has not sent a whole request
+    head within ``timeout_keep_alive`` of opening or of its last answer (uvicorn only times
+    the wait after an answer, and restarts it on every byte: a client that sends nothing, or
+    a header a byte at a time, would hold its connection for ever)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11(H11Protocol):
+        head_timer: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+            self.head_timer = self.loop.call_later(self.timeout_keep_alive, self._head_overdue)
+
+        def _head_overdue(self) -> None:
+            if self.conn.their_state is h11.IDLE:  # no request head since the timer was armed
+                self.timeout_keep_alive_handler()
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc) -> None:
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+            super().connection_lost(exc)
+
+        def send_400_response(self, msg: str) -> None:
+            """A head over the limit: 431 and the app's one-line JSON, then close."""
+            limit = self.config.h11_max_incomplete_event_size
+            if limit is None or len(self.conn.trailing_data[0]) <= limit:
+                return super().send_400_response(msg)
+            body = json.dumps({"error": f"the request headers are over the limit of {limit:,} bytes"}).encode()
+            headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+            for event in (h11.Response(status_code=431, headers=headers), h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return GuardedH11
 
 
 def serve_on_ray(run: str, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings = ServeSettings(),

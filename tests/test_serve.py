@@ -380,3 +380,69 @@ def test_the_key_is_checked_before_the_request_is_parsed_and_no_answer_names_a_s
                                     key)[1]).encode())
     for answer in answers:
         assert str(run.parent).encode() not in answer and str(run.resolve().parent).encode() not in answer
+
+
+def _raw(port, data: bytes, wait: float = 10.0) -> bytes:
+    """Send ``data`` on a fresh connection; everything the server answers until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        try:
+            s.sendall(data)
+        except OSError:  # the server closed while we were still sending: read what it said
+            pass
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except OSError:
+            pass
+        return out
+
+
+def test_connection_limits_big_headers_idle_and_too_many_connections(trained):
+    """Headers, idle connections and open connections are bounded (uvicorn's defaults bound
+    none of them): a 1 MB header and a 12 KB one are refused, connections that send nothing
+    or trickle a header are closed after --keep-alive, and beyond --max-connections a
+    request is answered 503 (#41)."""
+    srv = Server(trained[1], "--keep-alive", "1", "--max-header-kb", "8", "--max-connections", "6")
+    try:
+        for size in (1024 * 1024, 12 * 1024):
+            got = _raw(srv.port, b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n")
+            status = int(got.split(b" ", 2)[1]) if got.startswith(b"HTTP/1.1 ") else None
+            assert status == 431 and b"over the limit of 8,192 bytes" in got, (size, got[:300])
+        assert _get(srv.url + "/v1/health")[0] == 200  # 7 KB of headers is fine
+        assert _get(srv.url + "/v1/health", {"X-Fine": "a" * 7000})[0] == 200
+        # six connections that send nothing, one that trickles a header, one that finished a request
+        idle = [socket.create_connection(("127.0.0.1", srv.port), timeout=8) for _ in range(6)]
+        time.sleep(0.2)
+        assert _get(srv.url + "/v1/health")[0] == 503  # a seventh is over --max-connections
+        trickle = socket.create_connection(("127.0.0.1", srv.port), timeout=8)
+        done = socket.create_connection(("127.0.0.1", srv.port), timeout=8)
+        done.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        t0 = time.monotonic()
+        trickle.sendall(b"GET /v1/health HTTP/1.1\r\n")
+        closed = {}
+        deadline = t0 + 6
+        while time.monotonic() < deadline and len(closed) < 8:
+            for i, s in enumerate([*idle, trickle, done]):
+                if i in closed:
+                    continue
+                s.setblocking(False)
+                try:
+                    data = s.recv(65536)
+                    if not data:
+                        closed[i] = time.monotonic() - t0
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    closed[i] = time.monotonic() - t0
+            try:
+                trickle.sendall(b"X: y\r\n")  # a header line every 0.2 s: never a whole head
+            except OSError:
+                pass
+            time.sleep(0.2)
+        for s in (*idle, trickle, done):
+            s.close()
+        assert len(closed) == 8 and max(closed.values()) < 3, closed  # all closed within ~1 s, not held
+        assert _get(srv.url + "/v1/health")[0] == 200
+    finally:
+        assert srv.stop() == 0
