@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-files", type=_positive_int, default=16, help="images per request")
     sv.add_argument("--max-body-mb", type=float, default=32.0, help="request body limit")
     sv.add_argument("--timeout", type=float, default=30.0, help="seconds per request")
+    sv.add_argument("--max-header-kb", type=float, default=16.0, metavar="KB",
+                    help="request line and headers together; more: 431 (or 400 while still arriving)")
+    sv.add_argument("--keep-alive", type=float, default=5.0, metavar="S",
+                    help="close a connection that has not sent a whole request head within S seconds "
+                         "of opening or of its last answer")
+    sv.add_argument("--max-connections", type=_positive_int, default=128, metavar="N",
+                    help="open connections; a request beyond them is answered 503")
     sv.add_argument("--api-key-file", help="require this key (X-API-Key or Authorization: Bearer)")
     sv.add_argument("--ray", action="store_true", help="serve as a Ray Serve deployment (pip install 'ray[serve]')")
     sv.add_argument("--replicas", type=_positive_int, default=2, help="with --ray: copies of the app")
@@ -516,14 +523,16 @@ def cmd_serve(args) -> int:
         raise RunError("--adapt-bn re-estimates statistics on all images at once; a server sees "
                                       "them one request at a time, so `serve` does not take it")
     for flag, value in (("--max-wait-ms", args.max_wait_ms), ("--max-body-mb", args.max_body_mb),
-                        ("--timeout", args.timeout)):
+                        ("--timeout", args.timeout), ("--max-header-kb", args.max_header_kb),
+                        ("--keep-alive", args.keep_alive)):
         if not (value >= 0 and value < float("inf")) or (flag != "--max-wait-ms" and value <= 0):
             raise RunError(f"`{flag}` must be a positive number; got {value}")
     settings = ServeSettings(
         args.strategy, _inference_options(args),
         {"coverage": args.coverage, "by_class": args.coverage_by_class, "review_rate": args.review_rate,
          "target_accuracy": args.target_accuracy}, args.max_batch, args.max_wait_ms,
-        ServeLimits(args.max_body_mb, args.max_files, timeout_s=args.timeout),
+        ServeLimits(args.max_body_mb, args.max_files, timeout_s=args.timeout, max_header_kb=args.max_header_kb,
+                    keep_alive_s=args.keep_alive, max_connections=args.max_connections),
         read_api_key(args.api_key_file) if args.api_key_file else None)
     if args.ray:
         try:

@@ -35,8 +35,17 @@ class DecisionError(ValueError):
 
 # ---------------------------------------------------------------- prediction sets
 def min_calibration_size(coverage: float) -> int:
-    """The fewest calibration images for which ``coverage`` is attainable: n >= c / (1 - c)."""
-    return int(math.ceil(coverage / (1.0 - coverage) - 1e-9))
+    """The fewest calibration images for which ``coverage`` is attainable: n >= c / (1 - c), and one."""
+    return max(1, int(math.ceil(coverage / (1.0 - coverage) - 1e-9)))
+
+
+def conformal_rank(n: int, coverage: float) -> int:
+    """``ceil((n + 1) * coverage)``, at least 1 for any coverage above 0: the rank of the
+    calibration score that bounds the sets. The 1e-9 absorbs rounding (``10 * 0.9`` is
+    ``9.000000000000002``); without the floor of 1 a coverage below ``1e-9 / (n + 1)`` would
+    give rank 0, that is ``scores[-1]``, the largest score and the fullest sets. Nondecreasing
+    in ``coverage``, so a smaller coverage never gives larger sets."""
+    return max(1, int(math.ceil((n + 1) * coverage - 1e-9)))
 
 
 def conformal_threshold(scores: np.ndarray, coverage: float, what: str = "calibration images") -> float:
@@ -45,7 +54,7 @@ def conformal_threshold(scores: np.ndarray, coverage: float, what: str = "calibr
         raise DecisionError(f"`coverage` must be in (0, 1); got {coverage}")
     scores = np.sort(np.asarray(scores, dtype=np.float64))
     n = len(scores)
-    k = int(math.ceil((n + 1) * coverage - 1e-9))
+    k = conformal_rank(n, coverage)
     if k > n:
         raise DecisionError(f"coverage {coverage:g} needs at least {min_calibration_size(coverage)} {what}; "
                             f"got {n}")

@@ -5,8 +5,9 @@ The model is saved *from code* (MLflow's models-from-code: a two-line script nam
 :class:`EffensModel`), so nothing is pickled; its artifact is a copy of the run folder
 without caches and report, and its code is this package (``code_paths``), so
 ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` work where effens is not
-installed. ``predict`` takes a DataFrame with a ``path`` column (image files) or an
-``image`` column (encoded bytes) and returns the columns of ``effens predict``'s CSV.
+installed. ``predict`` takes a DataFrame with an ``image`` column (encoded bytes) or a
+``path`` column (image files on the serving machine, read only under the folders that
+``EFFENS_ALLOWED_PATHS`` lists) and returns the columns of ``effens predict``'s CSV.
 """
 from __future__ import annotations
 
@@ -28,6 +29,11 @@ REQUIREMENTS = {"torch": "torch", "timm": "timm", "numpy": "numpy", "scikit-lear
                 "pandas": "pandas", "mlflow": "mlflow"}
 #: run-folder parts the model does not need
 LEFT_OUT = ("cache", "report", "run.lock")
+#: the folders (``os.pathsep``-separated) whose files a ``path`` input may name; unset: none
+ALLOWED_PATHS_ENV = "EFFENS_ALLOWED_PATHS"
+#: the one answer for a path outside them, whether or not the file exists
+PATH_REFUSED = (f"`path` is outside the folders that {ALLOWED_PATHS_ENV} lists on the serving machine "
+                "(send the image's bytes in an `image` column instead)")
 
 _ENTRY = '''"""effens: the pyfunc model MLflow loads (models from code; nothing pickled)."""
 import mlflow
@@ -49,6 +55,22 @@ def _pins() -> list[str]:
         except metadata.PackageNotFoundError:
             continue
     return out
+
+
+def allowed_folders() -> list[Path]:
+    """The folders ``EFFENS_ALLOWED_PATHS`` lists, resolved (symbolic links followed)."""
+    listed = os.environ.get(ALLOWED_PATHS_ENV, "").split(os.pathsep)
+    return [Path(folder).resolve() for folder in listed if folder.strip()]
+
+
+def path_allowed(path: str, folders: list[Path]) -> bool:
+    """Whether ``path``, resolved, lies under one of ``folders``: decided from the name alone,
+    so the answer never tells whether a file outside exists."""
+    try:
+        real = Path(path).resolve()
+    except (OSError, RuntimeError, ValueError):  # a loop of links, a NUL byte
+        return False
+    return any(real.is_relative_to(folder) for folder in folders)
 
 
 @functools.cache
@@ -98,6 +120,7 @@ def _define():
                 raise MlflowException.invalid_parameter_value(
                     "the input needs a `path` column (image files) or an `image` column (encoded bytes)")
             keys, arrays, reasons = [], [], {}
+            folders = allowed_folders()
             for i, row in enumerate(frame.to_dict("records")):
                 path, data = row.get("path"), row.get("image")
                 key = str(path) if isinstance(path, str) and path else f"image {i}"
@@ -107,6 +130,8 @@ def _define():
                     if stream is not None:
                         arrays.append(decode_image(stream, predictor.size))
                     elif isinstance(path, str) and path:
+                        if not path_allowed(path, folders):
+                            raise BadImageError(PATH_REFUSED)
                         arrays.append(decode_image(path, predictor.size))
                     else:
                         raise BadImageError("no `path` and no `image` bytes in this row")

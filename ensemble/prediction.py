@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -65,7 +66,9 @@ class DecisionOptions:
         checks = {f.name: f.metadata["check"] for f in dataclasses.fields(type(settings))}
         for flag, key, value in (("--coverage", "coverage", coverage), ("--review-rate", "review_rate", review_rate),
                                  ("--target-accuracy", "target_accuracy", target_accuracy)):
-            problem = checks[key](value)  # the config schema's own bounds for these keys
+            # NaN passes every range check; then the config schema's own bounds for these keys
+            problem = "must be a finite number" if value is not None and not math.isfinite(value) \
+                else checks[key](value)
             if problem:
                 raise DecisionError(f"`{flag}` {problem}; got {value}")
         return cls(coverage if coverage is not None else settings.coverage,
@@ -100,10 +103,17 @@ class ImagePredictor:
         if not self.used.all():
             log.info("strategy %s uses %s: the others are not run", strategy or comb.strategy,
                      ", ".join(n for n, u in zip(rows, self.used) if u))
-        self.threshold = self.decider.review_threshold(decisions.review_rate, decisions.target_accuracy) \
-            if self.review else None
-        if decisions.coverage:  # too few calibration images: fail now, not on the first image
+        self.threshold = self.check(decisions)
+
+    def check(self, decisions: DecisionOptions) -> float | None:
+        """Fit ``decisions`` on the calibration images now, not on the first image: a
+        :class:`~ensemble.decisions.DecisionError` when they cannot be made (too few
+        calibration images for the coverage); the review threshold, if one is asked for."""
+        if decisions.coverage:
             self.decider.sets(self.decider.cal_proba[:1], decisions.coverage, decisions.by_class)
+        if "decision" not in decisions.columns():
+            return None
+        return self.decider.review_threshold(decisions.review_rate, decisions.target_accuracy)
 
     def _decided(self, proba: np.ndarray, decisions: DecisionOptions,
                  threshold: float | None) -> tuple[np.ndarray, dict[str, list[str]]]:
@@ -133,9 +143,7 @@ class ImagePredictor:
         decided: dict[int, dict[str, str]] = {}
         if ok:
             proba = np.array([[rows[i]["proba"][c] for c in self.classes] for i in ok], dtype=np.float64)
-            threshold = self.decider.review_threshold(decisions.review_rate, decisions.target_accuracy) \
-                if "decision" in blank else None
-            _, columns = self._decided(proba, decisions, threshold)
+            _, columns = self._decided(proba, decisions, self.check(decisions))
             decided = {i: {c: v[k] for c, v in columns.items()} for k, i in enumerate(ok)}
         key = next(iter(rows[0])) if rows else "path"
         return [self._row(key, r[key], r["prediction"], decided.get(i, blank), r["proba"], r["votes"], r["error"])

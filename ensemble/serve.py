@@ -15,12 +15,15 @@ with a 4xx/5xx code; nothing a client sends is a path or a URL.
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hmac
 import io
+import json
 import logging
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
@@ -33,6 +36,11 @@ log = logging.getLogger(__name__)
 MAGIC = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"RIFF", "webp"), (b"BM", "bmp"),
          (b"GIF8", "gif"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"))
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: routes that need the API key when one is set (checked before anything of the request is parsed)
+KEYED_ROUTES = ("/v1/predict", "/v1/model")
+#: the query names of the decision flags, in a request's error messages
+QUERY_NAMES = {"--coverage-by-class": "coverage_by_class", "--coverage": "coverage",
+               "--review-rate": "review_rate", "--target-accuracy": "target_accuracy"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +51,9 @@ class ServeLimits:
     max_files: int = 16              # images per request
     max_pixels: int = 40_000_000     # per image, read from its header (decompression bombs)
     timeout_s: float = 30.0          # per request, decoding and inference included (504 after)
+    max_header_kb: float = 16.0      # the request line and headers together (431, or 400 from h11 when huge)
+    keep_alive_s: float = 5.0        # a connection without a whole request head this long is closed
+    max_connections: int = 128       # open connections; a request beyond them is answered 503
 
 
 @dataclasses.dataclass(frozen=True)
@@ -193,6 +204,12 @@ class Batcher:
                     f.set_result(row)
 
 
+def head_size(scope: dict) -> int:
+    """Bytes of a request's line and headers, as the client sent them (give or take spaces)."""
+    line = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"") + 16
+    return line + sum(len(k) + len(v) + 4 for k, v in scope.get("headers", ()))
+
+
 def _check_key(headers, api_key: str | None) -> None:
     if api_key is None:
         return
@@ -205,7 +222,8 @@ def _check_key(headers, api_key: str | None) -> None:
 
 
 def model_card(ens, predictor: ImagePredictor, settings: ServeSettings, run: str) -> dict:
-    """What ``GET /v1/model`` answers: classes, members, strategy, runtime and the run's hashes."""
+    """What ``GET /v1/model`` answers: classes, members, strategy, runtime, the run's hashes
+    and the run folder's name."""
     from .runfolder import weights_hash
 
     plan = settings.options.plan(ens)
@@ -215,7 +233,7 @@ def model_card(ens, predictor: ImagePredictor, settings: ServeSettings, run: str
             "precision": plan["precision"], "decisions": predictor.decisions.columns(),
             "weights_sha256": {fm.name: weights_hash(fm.meta) for fm in ens.members_},
             "max_files": settings.limits.max_files,
-            "effens": __version__, "run": run}
+            "effens": __version__, "run": Path(run).resolve().name}  # its name: no server path in an answer
 
 
 def create_app(run: str, settings: ServeSettings = ServeSettings()):
@@ -291,6 +309,29 @@ def create_app(run: str, settings: ServeSettings = ServeSettings()):
         return _error(500, f"internal error ({type(exc).__name__})")
 
     @app.middleware("http")
+    async def _authenticate(request: Request, call_next):
+        """The API key before routing and parsing: a stranger learns nothing of a request's
+        shape (no 422 or 405 before the 401)."""
+        path = request.scope["path"][len(request.scope.get("root_path", "")):]  # mounted: under its prefix
+        if settings.api_key is not None and path.rstrip("/") in KEYED_ROUTES:
+            try:
+                _check_key(request.headers, settings.api_key)
+            except Refused as exc:
+                return _error(exc.status, str(exc))
+        return await call_next(request)
+
+    @app.middleware("http")
+    async def _head_size(request: Request, call_next):
+        """Headers over ``max_header_kb`` (ones that reached the app whole in one read; larger
+        ones never get here, see :func:`serve`): 431 before the key or anything else (the
+        middleware added last runs first)."""
+        size = head_size(request.scope)
+        if size > limits.max_header_kb * 1024:
+            return _error(431, f"the request headers ({size:,} bytes) are over the limit of "
+                               f"{int(limits.max_header_kb * 1024):,} bytes")
+        return await call_next(request)
+
+    @app.middleware("http")
     async def _count(request: Request, call_next):
         t0 = time.perf_counter()
         response = await call_next(request)
@@ -315,9 +356,8 @@ def create_app(run: str, settings: ServeSettings = ServeSettings()):
         return {"ready": True}
 
     @app.get("/v1/model")
-    async def model(request: Request) -> dict:
+    async def model() -> dict:
         """Classes, members, strategy, runtime and the run's weights hashes."""
-        _check_key(request.headers, settings.api_key)
         return card
 
     @app.get("/metrics", response_class=PlainTextResponse)
@@ -331,25 +371,8 @@ def create_app(run: str, settings: ServeSettings = ServeSettings()):
         """Upload one or more images as multipart ``files`` fields; one answer per image, in order.
         ``coverage`` / ``review_rate`` / ``target_accuracy`` (query) ask this request for a
         prediction set or a review decision other than the server's."""
-        _check_key(request.headers, settings.api_key)
-        asked = None
-        given = {"coverage": coverage, "by_class": coverage_by_class, "review_rate": review_rate,
-                 "target_accuracy": target_accuracy}
-        if any(v is not None for v in given.values()):
-            from .decisions import DecisionError
-
-            merged = {k: v for k, v in (settings.decisions or {}).items() if v is not None}
-            if review_rate is not None or target_accuracy is not None:  # the request's rule replaces the server's
-                merged.pop("review_rate", None)
-                merged.pop("target_accuracy", None)
-            merged.update({k: v for k, v in given.items() if v is not None})
-            try:
-                asked = DecisionOptions.from_settings(run_decisions, **merged)
-            except DecisionError as exc:
-                reason = str(exc)
-                for flag in ("coverage-by-class", "coverage", "review-rate", "target-accuracy"):
-                    reason = reason.replace(f"--{flag}", flag.replace("-", "_"))
-                raise Refused(400, reason) from None
+        asked = _asked({"coverage": coverage, "by_class": coverage_by_class, "review_rate": review_rate,
+                        "target_accuracy": target_accuracy})
         try:
             return await asyncio.wait_for(_predict(request, asked), limits.timeout_s)
         except asyncio.TimeoutError:
@@ -359,6 +382,28 @@ def create_app(run: str, settings: ServeSettings = ServeSettings()):
         except Exception as exc:  # noqa: BLE001 - a bug: one JSON line for the client, the reason in the log
             log.error("POST /v1/predict failed: %s: %s", type(exc).__name__, exc)
             raise Refused(500, f"internal error ({type(exc).__name__})") from None
+
+    def _asked(given: dict) -> DecisionOptions | None:
+        """A request's own decisions on top of the server's, checked as at start-up (bounds,
+        finite, enough calibration images) before any work: 400 with the one reason."""
+        if all(v is None for v in given.values()):
+            return None
+        from .decisions import DecisionError
+
+        merged = {k: v for k, v in (settings.decisions or {}).items() if v is not None}
+        if given["review_rate"] is not None or given["target_accuracy"] is not None:
+            merged.pop("review_rate", None)  # the request's rule replaces the server's
+            merged.pop("target_accuracy", None)
+        merged.update({k: v for k, v in given.items() if v is not None})
+        try:
+            asked = DecisionOptions.from_settings(run_decisions, **merged)
+            predictor.check(asked)
+        except DecisionError as exc:
+            reason = str(exc)
+            for flag, name in QUERY_NAMES.items():
+                reason = reason.replace(flag, name)
+            raise Refused(400, reason) from None
+        return asked
 
     async def _predict(request: Request, asked: DecisionOptions | None) -> dict:
         files = await _read_files(request)
@@ -438,8 +483,62 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, settings: ServeSe
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("serving on %s: reachable from other machines%s", host,
                     "" if settings.api_key else " and without an API key (--api-key-file)")
-    uvicorn.run(app, host=host, port=port, log_level="warning",
-                timeout_graceful_shutdown=max(30, int(settings.limits.timeout_s) + 5))
+    limits = settings.limits
+    # h11 (not httptools, which has no limit on headers) refuses a head over the limit while
+    # it is still arriving; more than max_connections open: 503 (uvicorn counts the asking one)
+    uvicorn.run(app, host=host, port=port, log_level="warning", http=_guarded_h11(),
+                h11_max_incomplete_event_size=int(limits.max_header_kb * 1024),
+                timeout_keep_alive=limits.keep_alive_s, limit_concurrency=limits.max_connections + 1,
+                timeout_graceful_shutdown=max(30, int(limits.timeout_s) + 5))
+
+
+@functools.cache
+def _guarded_h11() -> type:
+    """uvicorn's h11 protocol that also closes a connection which has not sent a whole request
+    head within ``timeout_keep_alive`` of opening or of its last answer (uvicorn only times
+    the wait after an answer, and restarts it on every byte: a client that sends nothing, or
+    a header a byte at a time, would hold its connection for ever)."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class GuardedH11(H11Protocol):
+        head_timer: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+            self.head_timer = self.loop.call_later(self.timeout_keep_alive, self._head_overdue)
+
+        def _head_overdue(self) -> None:
+            if self.conn.their_state is h11.IDLE:  # no request head since the timer was armed
+                self.timeout_keep_alive_handler()
+
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc) -> None:
+            if self.head_timer is not None:
+                self.head_timer.cancel()
+            super().connection_lost(exc)
+
+        def send_400_response(self, msg: str) -> None:
+            """A head over the limit: 431 and the app's one-line JSON, then close."""
+            limit = self.config.h11_max_incomplete_event_size
+            if limit is None or len(self.conn.trailing_data[0]) <= limit:
+                return super().send_400_response(msg)
+            body = json.dumps({"error": f"the request headers are over the limit of {limit:,} bytes"}).encode()
+            headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+            for event in (h11.Response(status_code=431, headers=headers), h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return GuardedH11
 
 
 def serve_on_ray(run: str, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings = ServeSettings(),

@@ -70,6 +70,33 @@ def test_conformal_threshold_by_hand():
     assert sets.tolist() == [[True, False, False], [True, True, False]]
 
 
+def test_tiny_coverages_give_the_smallest_sets_not_the_full_ones():
+    """A smaller coverage never gives larger sets, down to the smallest float (#41)."""
+    rng = np.random.default_rng(3)
+    p_cal, y_cal = synthetic(rng, 90)
+    p_new, _ = synthetic(rng, 200)
+    coverages = [5e-324, 1e-300, 1e-12, 1e-9, 1e-3, 0.1, 0.5, 0.9]
+    sizes = [prediction_sets(p_new, fit_conformal(p_cal, y_cal, c)).sum() for c in coverages]
+    assert sizes == sorted(sizes), dict(zip(coverages, sizes))
+    assert sizes[0] == sizes[4] < p_new.size  # ceil((n + 1) * c) is 1 for every tiny c
+    assert min_calibration_size(1e-12) == 1
+    with pytest.raises(DecisionError, match="needs at least 1 calibration images; got 0"):
+        conformal_threshold(np.array([]), 1e-12)
+
+
+def test_predict_with_a_tiny_coverage_gives_the_smallest_sets(trained, tiny_data, tmp_path):
+    _, run = trained
+    sizes = {}
+    for coverage in ("1e-300", "1e-12", "0.001", "0.5", "0.9"):
+        out = tmp_path / f"p{coverage}.csv"
+        assert main(["predict", str(run), str(tiny_data / "test"), "--out", str(out), "--coverage", coverage,
+                     "-q"]) == 0
+        sizes[coverage] = sum(len(r["prediction_set"].split("|")) if r["prediction_set"] else 0
+                              for r in csv.DictReader(out.open()))
+    assert list(sizes.values()) == sorted(sizes.values()), sizes
+    assert sizes["1e-300"] == sizes["1e-12"] == sizes["0.001"], sizes
+
+
 def test_cost_rule_by_hand():
     p = np.array([[0.6, 0.3, 0.1], [0.98, 0.01, 0.01]])
     costs = np.array([[0, 1, 1], [1, 0, 1], [10, 5, 0]])  # calling a severe car minor costs 10

@@ -310,3 +310,139 @@ def test_a_request_may_ask_for_its_own_prediction_sets_and_review(server, traine
     assert code == 400 and body["error"].startswith("`coverage` must be in"), body
     code, body = _post(server.url + "/v1/predict?review_rate=0.1&target_accuracy=0.9", files)
     assert code == 400 and "review_rate or target_accuracy" in body["error"], body
+
+
+def _metric(url, name):
+    text = _get(url + "/metrics")[1].decode()
+    return next(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " "))
+
+
+def test_bad_request_decisions_are_400_before_any_work(server, tiny_data):
+    """The checks of start-up (finite, in bounds, enough calibration images) answer 400 before
+    any image is decoded or run, not 500 after inference (#41)."""
+    good = _images(tiny_data, 1)[0]
+    files = [("files", good.name, good.read_bytes())]
+    images = _metric(server.url, "effens_images_total")
+    for query, reason in [("coverage=nan", "`coverage` must be a finite number; got nan"),
+                          ("review_rate=nan", "`review_rate` must be a finite number; got nan"),
+                          ("target_accuracy=nan", "`target_accuracy` must be a finite number; got nan"),
+                          ("coverage=0.99", "coverage 0.99 needs at least 99 calibration images; got 18"),
+                          ("coverage=0.9&coverage_by_class=true", "needs at least 9 calibration images of class")]:
+        code, body = _post(server.url + "/v1/predict?" + query, files)
+        assert code == 400 and reason in body["error"] and "\n" not in body["error"], (query, code, body)
+    assert _metric(server.url, "effens_images_total") == images  # nothing was decoded or run
+    assert _post(server.url + "/v1/predict?coverage=0.5", files)[0] == 200
+
+
+def test_a_tiny_coverage_asked_over_http_gives_the_smallest_sets(server, tiny_data):
+    files = [("files", p.name, p.read_bytes()) for p in _images(tiny_data, 4)]
+    sizes = []
+    for coverage in ("1e-300", "1e-12", "0.001", "0.5"):
+        code, body = _post(server.url + f"/v1/predict?coverage={coverage}", files)
+        assert code == 200, body
+        sizes.append(sum(len(r["prediction_set"].split("|")) if r["prediction_set"] else 0 for r in body["results"]))
+    assert sizes[0] == sizes[1] == sizes[2] <= sizes[3], sizes
+
+
+@pytest.fixture(scope="module")
+def keyed(trained, tmp_path_factory):
+    key = tmp_path_factory.mktemp("key") / "key.txt"
+    key.write_text("s3cret-key\n")
+    srv = Server(trained[1], "--api-key-file", str(key))
+    yield srv
+    srv.stop()
+
+
+def test_the_key_is_checked_before_the_request_is_parsed_and_no_answer_names_a_server_path(keyed, trained):
+    _, run = trained
+    boundary = "multipart/form-data; boundary=x"
+    strangers = [("POST", "/v1/predict?coverage=abc&review_rate=[]", b"not multipart", "text/plain"),
+                 ("POST", "/v1/predict?coverage_by_class=maybe", b"--x\r\nbroken", boundary),
+                 ("GET", "/v1/predict", None, None),  # the wrong method: 401, not 405
+                 ("GET", "/v1/model?coverage=abc", None, None),
+                 ("POST", "/v1/model", b"{", "application/json"),
+                 ("GET", "/v1/model/", None, None)]
+    for method, route, body, kind in strangers:
+        req = urllib.request.Request(keyed.url + route, data=body, method=method,
+                                     headers={"Content-Type": kind} if kind else {})
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                code, answer = r.status, r.read()
+        except urllib.error.HTTPError as e:
+            code, answer = e.code, e.read()
+        assert code == 401 and "API key" in json.loads(answer)["error"], (method, route, code, answer)
+    key = {"X-API-Key": "s3cret-key"}
+    code, card = _get(keyed.url + "/v1/model", key)
+    assert code == 200 and json.loads(card)["run"] == run.name
+    answers = [card, *(_get(keyed.url + r, key)[1] for r in ("/v1/health", "/v1/ready", "/metrics", "/openapi.json",
+                                                             "/v1/nothing", "/"))]
+    answers.append(json.dumps(_post(keyed.url + "/v1/predict", [("files", "x.png", b"\x89PNG\r\n\x1a\nbroken")],
+                                    key)[1]).encode())
+    for answer in answers:
+        assert str(run.parent).encode() not in answer and str(run.resolve().parent).encode() not in answer
+
+
+def _raw(port, data: bytes, wait: float = 10.0) -> bytes:
+    """Send ``data`` on a fresh connection; everything the server answers until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        try:
+            s.sendall(data)
+        except OSError:  # the server closed while we were still sending: read what it said
+            pass
+        out = b""
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except OSError:
+            pass
+        return out
+
+
+def test_connection_limits_big_headers_idle_and_too_many_connections(trained):
+    """Headers, idle connections and open connections are bounded (uvicorn's defaults bound
+    none of them): a 1 MB header and a 12 KB one are refused, connections that send nothing
+    or trickle a header are closed after --keep-alive, and beyond --max-connections a
+    request is answered 503 (#41)."""
+    srv = Server(trained[1], "--keep-alive", "1", "--max-header-kb", "8", "--max-connections", "6")
+    try:
+        for size in (1024 * 1024, 12 * 1024):
+            got = _raw(srv.port, b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * size + b"\r\n\r\n")
+            status = int(got.split(b" ", 2)[1]) if got.startswith(b"HTTP/1.1 ") else None
+            assert status == 431 and b"over the limit of 8,192 bytes" in got, (size, got[:300])
+        assert _get(srv.url + "/v1/health")[0] == 200  # 7 KB of headers is fine
+        assert _get(srv.url + "/v1/health", {"X-Fine": "a" * 7000})[0] == 200
+        # six connections that send nothing, one that trickles a header, one that finished a request
+        idle = [socket.create_connection(("127.0.0.1", srv.port), timeout=8) for _ in range(6)]
+        time.sleep(0.2)
+        assert _get(srv.url + "/v1/health")[0] == 503  # a seventh is over --max-connections
+        trickle = socket.create_connection(("127.0.0.1", srv.port), timeout=8)
+        done = socket.create_connection(("127.0.0.1", srv.port), timeout=8)
+        done.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        t0 = time.monotonic()
+        trickle.sendall(b"GET /v1/health HTTP/1.1\r\n")
+        closed = {}
+        deadline = t0 + 6
+        while time.monotonic() < deadline and len(closed) < 8:
+            for i, s in enumerate([*idle, trickle, done]):
+                if i in closed:
+                    continue
+                s.setblocking(False)
+                try:
+                    data = s.recv(65536)
+                    if not data:
+                        closed[i] = time.monotonic() - t0
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    closed[i] = time.monotonic() - t0
+            try:
+                trickle.sendall(b"X: y\r\n")  # a header line every 0.2 s: never a whole head
+            except OSError:
+                pass
+            time.sleep(0.2)
+        for s in (*idle, trickle, done):
+            s.close()
+        assert len(closed) == 8 and max(closed.values()) < 3, closed  # all closed within ~1 s, not held
+        assert _get(srv.url + "/v1/health")[0] == 200
+    finally:
+        assert srv.stop() == 0

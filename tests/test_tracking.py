@@ -93,6 +93,7 @@ def test_the_logged_model_and_the_exported_one_predict_as_effens_predict(tracked
 
     root, uri = tracked
     _, run = trained
+    monkeypatch.setenv("EFFENS_ALLOWED_PATHS", str(tiny_data))  # `path` inputs are read only there
     out = tmp_path / "pred.csv"
     assert main(["predict", str(run), str(tiny_data / "test"), "--out", str(out)]) == 0
     with open(out, newline="") as fh:
