@@ -314,7 +314,8 @@ def shortcuts_section(doc: dict, classes: Sequence[str]) -> str:
     for name in order:
         p = sc["properties"][name]
         f = p["predicts"]
-        rows.append(f'<tr{" class=default" if p["flagged"] else ""}><td>{_e(name)}</td><td>{_e(p["about"])}</td>'
+        rows.append(f'<tr{" class=default" if p["flagged"] else ""}><td>{_e(name)}</td>'
+                    f'<td style="text-align:left">{_e(p["about"])}</td>'
                     + (f'<td>{f["macro_f1"]:.2f} [{f["low"]:.2f}, {f["high"]:.2f}]</td>' if f else "<td>constant</td>")
                     + f'<td>{"<b>yes</b>" if p["flagged"] else ""}</td>'
                     + "".join(f'<td>{p["ks_from_train"][s]:.2f}</td>' if s in p["ks_from_train"] else "<td></td>"

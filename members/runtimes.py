@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from .cpu_share import waiting_threads_sleep
 from .inputs import InputConfig, device_type
 from .precision import Precision
 from .registry import Registry
@@ -213,6 +214,8 @@ class OnnxRuntime(Runtime):
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = cpu_threads()
         opts.log_severity_level = 3
+        if waiting_threads_sleep():  # as torch's OpenMP threads (members.cpu_share)
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
