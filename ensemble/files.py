@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -71,6 +72,25 @@ def atomic_write_safetensors(path: str | os.PathLike, tensors: dict, metadata: d
 
     clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write_bytes(path, save(clean, metadata=metadata))
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def refuse_irregular(path: str | os.PathLike, flag: str = "") -> None:
+    """Refuse a user-named path that exists but is not a regular file (a folder, FIFO,
+    device or socket: reading one may block forever), before anything opens it; the one
+    line names ``flag`` (the option or key that gave the path) and the path. Nothing there,
+    or a link to a regular file, passes."""
+    try:
+        mode = os.stat(path).st_mode  # follows links (/proc/self/fd/1 is one); opens nothing
+    except OSError:
+        return  # missing (or unreachable): the caller's own check says so
+    kind = next((name for test, name in _KINDS if test(mode)), None if stat.S_ISREG(mode) else "a special file")
+    if kind is not None:
+        raise RunError(f"{f'{flag} ' if flag else ''}{path}: is {kind}; name a file (effens opens only regular "
+                       f"files: no folders, pipes, devices or sockets)")
 
 
 def read_json(path: str | os.PathLike) -> Any:
