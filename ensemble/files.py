@@ -167,7 +167,8 @@ def foreign_files(folder: str | os.PathLike, kind: str, record: str = RECORD, wh
                   adopt: Sequence[str] = ()) -> list[str]:
     """Files in ``folder`` (recursively) that no earlier ``kind`` output of effens recorded in
     ``record``; with ``whole``, a record of that kind claims the whole folder (a run, a tune
-    search: every cache and member file under it is effens's). Dot-files are never counted."""
+    search: every cache and member file under it is effens's). Dot-files are never counted;
+    anything that is not a folder is (a FIFO or socket there is not effens's either)."""
     folder = Path(folder)
     if not folder.exists():
         return []
@@ -179,7 +180,7 @@ def foreign_files(folder: str | os.PathLike, kind: str, record: str = RECORD, wh
     listed = doc.get("files", []) if doc.get("kind") == kind else []
     ours = set(listed) | {record, RECORD, *adopt}
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                  if p.is_file() and str(p.relative_to(folder)) not in ours and not p.name.startswith("."))
+                  if not p.is_dir() and str(p.relative_to(folder)) not in ours and not p.name.startswith("."))
 
 
 def refuse_foreign(folder: str | os.PathLike, kind: str, who: str, record: str = RECORD, whole: bool = False,

@@ -45,3 +45,20 @@ def test_a_pipe_where_a_file_is_expected_is_one_line_and_never_opened(tmp_path, 
     assert done.returncode == 2 and len(err) == 1 and says in err[0], done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     assert os.path.exists(tmp_path / fifo) and not os.path.isfile(tmp_path / fifo)
+
+
+def test_a_pipe_inside_an_output_folder_is_foreign(tmp_path, capsys, caplog):
+    """An output folder holding a FIFO where effens would write a file (audit's index.html)
+    is refused like any file effens did not write, naming it; the FIFO stays (it used to be
+    replaced silently)."""
+    from ensemble.cli import main
+
+    synth.make_folder(tmp_path / "data", 4)
+    out = tmp_path / "audit"
+    out.mkdir()
+    os.mkfifo(out / "index.html")
+    caplog.clear()
+    assert main(["audit", str(tmp_path / "data"), "--out", str(out), "--no-features", "-q"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and f"{out / 'index.html'}: not written by effens audit" in errors[0], errors
+    assert sorted(p.name for p in out.iterdir()) == ["index.html"] and not (out / "index.html").is_file()
