@@ -230,6 +230,8 @@ class RunFolder:
                 fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 held = self._holder()
+                if held is None:  # released meanwhile
+                    continue
                 if held == me:
                     return
                 if _gone(held):
@@ -243,10 +245,17 @@ class RunFolder:
             return
         raise RunError(f"{self.root}: could not take its lock")
 
-    def _holder(self) -> dict:
-        """The lock's record (pid, host): ``{}`` when unreadable (a writer taking it this instant)."""
+    def _holder(self) -> dict | None:
+        """The lock's record (pid, host); None without a lock; ``{}`` when unreadable (a writer
+        taking it this instant, or not a regular file, which is never opened)."""
+        if not os.path.lexists(self.lock_path):
+            return None
+        if not self.lock_path.is_file():
+            return {}
         try:
             held = read_json(self.lock_path)
+        except FileNotFoundError:
+            return None
         except (ValueError, OSError):
             return {}
         return held if isinstance(held, dict) else {}
@@ -258,10 +267,8 @@ class RunFolder:
     def refuse_if_locked(self) -> None:
         """For every reader of the run: refuse while another live effens holds the lock (its
         files may be mid-rewrite), naming that process, rather than blaming a file."""
-        if not os.path.lexists(self.lock_path):
-            return
         held = self._holder()
-        if held != _me() and not _gone(held):
+        if held is not None and held != _me() and not _gone(held):
             raise self._in_use(held)
 
     @contextlib.contextmanager

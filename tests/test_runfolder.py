@@ -74,3 +74,16 @@ def test_restart_refuses_foreign_files_at_the_top_of_the_run_folder(trained, tmp
     assert code == 2 and len(errors) == 1, caplog.text
     assert f"{run / 'notes.txt'}, plots/loss.png: not written by effens; --restart removes only" in errors[0]
     assert _snapshot(run) == before
+
+
+def test_a_reader_ignores_the_lock_of_a_process_that_is_gone(trained, tiny_data, tmp_path):
+    """A lock left by a killed `train` (its pid ended) does not stop readers, nor is it removed by them."""
+    import json
+    import socket
+
+    run = synth.copy_run(trained[1], tmp_path / "run")
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    (run / ".effens.lock").write_text(json.dumps({"pid": gone.pid, "host": socket.gethostname()}))
+    assert main(["predict", str(run), str(tiny_data / "test"), "--out", str(tmp_path / "p.csv"), "-q"]) == 0
+    assert json.loads((run / ".effens.lock").read_text())["pid"] == gone.pid
