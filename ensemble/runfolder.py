@@ -187,8 +187,9 @@ class RunFolder:
         recorded = self._recorded_files()
         everything = [p for sub in _SUBFOLDERS for p in (self.root / sub).rglob("*") if not p.is_dir()]
         foreign = sorted(p for p in everything if p not in recorded and not p.name.startswith("."))
-        top = [p for p in self.root.iterdir() if p.name not in (*_SUBFOLDERS, *_TOP_FILES) and not p.name.startswith(".")]
-        foreign += sorted(f for p in top for f in ([p] if not p.is_dir() else p.rglob("*")) if not f.is_dir())
+        top = [p for p in self.root.iterdir()
+               if p.name not in (*_SUBFOLDERS, *_TOP_FILES) and not p.name.startswith(".")]
+        foreign += sorted(f for p in top for f in (p.rglob("*") if p.is_dir() else [p]) if not f.is_dir())
         if foreign:
             raise RunError(f"{_listed(foreign, self.root)}: not written by effens; --restart removes only effens's "
                            f"files, so move them out of {self.root} first")
