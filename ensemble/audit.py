@@ -28,7 +28,7 @@ import numpy as np
 
 from .data import DataError, is_sha256, load_dataset, path_key
 from .duplicates import Signature, find_duplicates, merge_pairs, oddities, signature, similar_in_any
-from .files import read_json, refuse_foreign, write_owned
+from .files import read_json, refuse_foreign, refuse_irregular, write_owned
 from .label_issues import find_label_issues
 from .runfolder import RunFolder, load_run
 
@@ -289,8 +289,7 @@ def check_exclude_target(target: Path, out_dir: Path) -> None:
     """Refuse a ``--write-exclude`` path that writing would lose something at: a folder, a
     file inside the audit's ``--out`` (its reports), a file effens did not write, or a list
     effens wrote that a person has since edited."""
-    if target.is_dir():
-        raise DataError(f"--write-exclude {target}: is a folder; name a file, e.g. {target / 'exclude.txt'}")
+    refuse_irregular(target, "--write-exclude")  # a FIFO would block the read below
     t, o = Path(os.path.realpath(target)), Path(os.path.realpath(out_dir))
     if o.is_relative_to(t):
         raise DataError(f"--write-exclude {target}: --out {out_dir} is this path or lies inside it; choose a "
@@ -492,6 +491,7 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     check_output_path(out_dir, [run_dir])  # the CLI's rule, for Python callers too
     refuse_foreign(out_dir, "audit", "effens audit")
     if write_exclude is not None:
+        refuse_irregular(write_exclude, "--write-exclude")
         # never inside the run, never over an input, a folder, the audit's own outputs or a person's edits
         check_output_path(write_exclude, [run_dir], folder=False, flag="--write-exclude")
         if not 0 < threshold <= 1:

@@ -595,6 +595,9 @@ def _load_yaml(stream, where: str):
 
 def read_yaml(path: str | os.PathLike) -> dict:
     """Parse a YAML file strictly: safe tags only, no duplicate keys, a mapping at the top."""
+    from .files import refuse_irregular
+
+    refuse_irregular(path)  # a FIFO or device would block the read
     try:
         with open(path, encoding="utf-8") as fh:
             raw = _load_yaml(fh, str(path))

@@ -25,7 +25,6 @@ from torch import nn
 from . import __version__
 from .combiners import PROBA_FLOOR
 from .files import RunError, atomic_write_bytes, atomic_write_json, read_json, refuse_foreign, sha256_file
-from .pool import member_of
 from .strategies import graph_strategies
 
 log = logging.getLogger(__name__)
@@ -116,14 +115,21 @@ def ensemble_graph(ens, strategy: str) -> EnsembleGraph:
     head = comb.get(strategy).graph_head()
     rows = [fm for fm, _ in ens.pool_rows()][:len(comb.names(strategy))]  # members [+ pool candidates]
     used = comb.uses(strategy)[:len(rows)]
-    views = {fm.name: fm.inputs.view for fm in ens.members_}
-    other = [fm.name for fm, u in zip(rows, used) if u and fm.inputs.view != views[member_of(fm.name)]]
-    if other:
-        raise ExportRefused(f"strategy {strategy} weighs pool candidates seen under another view than their "
-                            f"member's ({', '.join(other)}); one graph takes one input: export soft, weighted or "
-                            f"stacking, or refit with `combiner.greedy.pool=false`")
+    check_one_view(strategy, [fm for fm, u in zip(rows, used) if u])
     return EnsembleGraph([cpu_copy(fm.model) if u else nn.Identity() for fm, u in zip(rows, used)],
                          [fm.inputs for fm in rows], head, comb.temperatures, used).eval()
+
+
+def check_one_view(strategy: str, rows: Sequence) -> None:
+    """Refuse a graph whose members (or pool candidates) see images under different views:
+    its one input would feed all of them the first one's view, and its answers would differ
+    from ``effens predict``'s."""
+    views = {fm.inputs.view for fm in rows}
+    if len(views) > 1:
+        seen = ", ".join(f"{fm.name}: {fm.inputs.view}" for fm in rows)
+        raise ExportRefused(f"strategy {strategy} weighs members or pool candidates seen under different views "
+                            f"({seen}); one graph takes one input view: use `effens predict` (each its own view), "
+                            f"train the members under one view, or refit greedy with `combiner.greedy.pool=false`")
 
 
 # ---------------------------------------------------------------- files
@@ -164,6 +170,7 @@ def export_run(run_dir: str, fmt: str, out: str, strategy: str | None = None) ->
         return _export_mlflow(run_dir, out_dir, strategy)
     ens = load_run(run_dir)
     strategy = graph_strategy(ens, strategy)
+    graph = ensemble_graph(ens, strategy)  # a graph that cannot be made is refused before any member is exported
     files: dict[str, bytes] = {}
     docs: dict[str, dict] = {}
     temperatures = ens.combiner_.temperatures or [None] * len(ens.members_)
@@ -172,7 +179,6 @@ def export_run(run_dir: str, fmt: str, out: str, strategy: str | None = None) ->
         docs[f"{fm.name}.json"] = {"member": fm.name, "architecture": fm.meta.get("architecture"),
                                    "calibration_temperature": temperature,
                                    **preprocessing(fm.inputs, ens.classes_)}
-    graph = ensemble_graph(ens, strategy)
     big = ens.members_[int(np.argmax([fm.inputs.image_size for fm in ens.members_]))]
     files["ensemble.onnx"] = export_onnx_bytes(graph, torch.zeros(2, 3, graph.input_size, graph.input_size),
                                                "the ensemble graph", ["image"], ["proba"])

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -71,6 +72,25 @@ def atomic_write_safetensors(path: str | os.PathLike, tensors: dict, metadata: d
 
     clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     atomic_write_bytes(path, save(clean, metadata=metadata))
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def refuse_irregular(path: str | os.PathLike, flag: str = "") -> None:
+    """Refuse a user-named path that exists but is not a regular file (a folder, FIFO,
+    device or socket: reading one may block forever), before anything opens it; the one
+    line names ``flag`` (the option or key that gave the path) and the path. Nothing there,
+    or a link to a regular file, passes."""
+    try:
+        mode = os.stat(path).st_mode  # follows links (/proc/self/fd/1 is one); opens nothing
+    except OSError:
+        return  # missing (or unreachable): the caller's own check says so
+    kind = next((name for test, name in _KINDS if test(mode)), None if stat.S_ISREG(mode) else "a special file")
+    if kind is not None:
+        raise RunError(f"{f'{flag} ' if flag else ''}{path}: is {kind}; name a file (effens opens only regular "
+                       f"files: no folders, pipes, devices or sockets)")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -147,7 +167,8 @@ def foreign_files(folder: str | os.PathLike, kind: str, record: str = RECORD, wh
                   adopt: Sequence[str] = ()) -> list[str]:
     """Files in ``folder`` (recursively) that no earlier ``kind`` output of effens recorded in
     ``record``; with ``whole``, a record of that kind claims the whole folder (a run, a tune
-    search: every cache and member file under it is effens's). Dot-files are never counted."""
+    search: every cache and member file under it is effens's). Dot-files are never counted;
+    anything that is not a folder is (a FIFO or socket there is not effens's either)."""
     folder = Path(folder)
     if not folder.exists():
         return []
@@ -159,7 +180,7 @@ def foreign_files(folder: str | os.PathLike, kind: str, record: str = RECORD, wh
     listed = doc.get("files", []) if doc.get("kind") == kind else []
     ours = set(listed) | {record, RECORD, *adopt}
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                  if p.is_file() and str(p.relative_to(folder)) not in ours and not p.name.startswith("."))
+                  if not p.is_dir() and str(p.relative_to(folder)) not in ours and not p.name.startswith("."))
 
 
 def refuse_foreign(folder: str | os.PathLike, kind: str, who: str, record: str = RECORD, whole: bool = False,

@@ -16,8 +16,8 @@ from .data import DataChanges, DataError, change_split, check_labels, expand_inp
 from .estimator import BaggedEnsemble, decode_size, images_fingerprint  # noqa: F401 (decode_size: re-exported)
 from .evaluation import decision_report, evaluate_split
 from .pages import report_files
-from .files import (atomic_write_json, atomic_write_npy, atomic_write_text, read_json, read_npy,
-                    refuse_foreign, sha256_json, write_owned)
+from .files import (atomic_write_json, atomic_write_npy, atomic_write_text, read_json, read_npy, refuse_foreign,
+                    refuse_irregular, sha256_json, write_owned)
 from .prediction import (DecisionOptions, InferenceOptions, flat_row,  # noqa: F401 (re-exported)
                          member_hashes, predict_rows, readable_member_proba)
 from .report import build_metrics, comparison_rows, format_table
@@ -34,6 +34,7 @@ def check_output_file(out: str | Path) -> Path:
     out = Path(out)
     if out.is_dir():
         raise DataError(f"{out}: is a folder; --out names the output file (.csv or .json)")
+    refuse_irregular(out, "--out")
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise DataError(f"{out}: --out must end in .csv or .json; got {out.suffix or 'no suffix'!r}")
     if out.exists() and not _written_by_predict(out):

@@ -89,6 +89,10 @@ def _load_one(name: str, where: Path | None) -> str:
     key = str(path.resolve()) if path is not None else name
     if key in _LOADED:
         return key
+    if path is not None:
+        from .files import refuse_irregular
+
+        refuse_irregular(path, "`plugins`:")  # a FIFO would block the import
     with guarded(f"`plugins`: cannot import {name!r}"):
         if path is None:
             importlib.import_module(name)

@@ -179,18 +179,21 @@ class RunFolder:
 
     def discard(self, why: str) -> None:
         """``--restart``: remove the files effens recorded in members/, predictions/, combiner/,
-        report/ and cache/, after checking that nothing else is there."""
+        report/ and cache/, after checking that nothing else is there (nor at the top of the
+        folder, beside config.yaml, classes.json and run.json)."""
         recorded = self._recorded_files()
-        everything = [p for sub in ("members", "predictions", "combiner", "report", "cache")
-                      for p in (self.root / sub).rglob("*") if p.is_file()]
+        everything = [p for sub in _SUBFOLDERS for p in (self.root / sub).rglob("*") if not p.is_dir()]
         foreign = sorted(p for p in everything if p not in recorded and not p.name.startswith("."))
+        top = [p for p in self.root.iterdir()
+               if p.name not in (*_SUBFOLDERS, *_TOP_FILES) and not p.name.startswith(".")]
+        foreign += sorted(f for p in top for f in (p.rglob("*") if p.is_dir() else [p]) if not f.is_dir())
         if foreign:
-            raise RunError(f"{foreign[0]}: not written by effens; --restart removes only effens's files, so "
-                           f"move it out of {self.root} first")
+            raise RunError(f"{_listed(foreign, self.root)}: not written by effens; --restart removes only effens's "
+                           f"files, so move them out of {self.root} first")
         log.warning("--restart: discarding the previous run in %s (changed: %s)", self.root, why)
         for p in everything:
             p.unlink()
-        for sub in ("members", "predictions", "combiner", "report", "cache"):
+        for sub in _SUBFOLDERS:
             for d in sorted((self.root / sub).rglob("*"), key=lambda q: -len(q.parts)) + [self.root / sub]:
                 if d.is_dir() and not any(d.iterdir()):
                     d.rmdir()
@@ -218,31 +221,64 @@ class RunFolder:
     def lock(self) -> None:
         """Take the folder for this process; refuse while a live effens holds it (a dead
         one's lock is taken over)."""
-        import socket
-
         self.root.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        me = _me()
         for _ in range(2):
             try:
                 fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                try:
-                    held = read_json(self.lock_path)
-                except (ValueError, OSError):
-                    held = {}
-                if held.get("pid") == me["pid"] and held.get("host") == me["host"]:
+                held = self._holder()
+                if held is None:  # released meanwhile
+                    continue
+                if held == me:
                     return
-                if held.get("host") == me["host"] and not _alive(held.get("pid")):
+                if _gone(held):
                     log.warning("%s: taking over the lock of a process that is gone (pid %s)", self.root,
                                 held.get("pid"))
                     self.lock_path.unlink(missing_ok=True)
                     continue
-                raise RunError(f"{self.root}: in use by another effens (pid {held.get('pid')} on "
-                               f"{held.get('host')}); wait for it, or delete {self.lock_path} if it is gone")
+                raise self._in_use(held)
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)
             return
         raise RunError(f"{self.root}: could not take its lock")
+
+    def _holder(self) -> dict | None:
+        """The lock's record (pid, host); None without a lock; ``{}`` when unreadable (a writer
+        taking it this instant, or not a regular file, which is never opened)."""
+        if not os.path.lexists(self.lock_path):
+            return None
+        if not self.lock_path.is_file():
+            return {}
+        try:
+            held = read_json(self.lock_path)
+        except FileNotFoundError:
+            return None
+        except (ValueError, OSError):
+            return {}
+        return held if isinstance(held, dict) else {}
+
+    def _in_use(self, held: dict) -> RunError:
+        return RunError(f"{self.root}: in use by another effens (pid {held.get('pid')} on {held.get('host')}); "
+                        f"wait for it, or delete {self.lock_path} if it is gone")
+
+    def refuse_if_locked(self) -> None:
+        """For every reader of the run: refuse while another live effens holds the lock (its
+        files may be mid-rewrite), naming that process, rather than blaming a file."""
+        held = self._holder()
+        if held is not None and held != _me() and not _gone(held):
+            raise self._in_use(held)
+
+    @contextlib.contextmanager
+    def reading(self):
+        """A block that reads the run: refused up front while another effens writes it; a
+        failure inside it that a writer starting meanwhile caused names that writer."""
+        self.refuse_if_locked()
+        try:
+            yield
+        except Exception:
+            self.refuse_if_locked()
+            raise
 
     def unlock(self) -> None:
         try:
@@ -546,6 +582,25 @@ def _version() -> str:
     return __version__
 
 
+def _listed(paths: list[Path], root: Path, limit: int = 10) -> str:
+    """The first path in full, then up to ``limit`` more relative to ``root``, then a count."""
+    rest = [str(p.relative_to(root)) for p in paths[1:limit + 1]]
+    extra = len(paths) - 1 - len(rest)
+    return ", ".join([str(paths[0]), *rest]) + (f" and {extra} more" if extra else "")
+
+
+def _me() -> dict:
+    """This process as a lock records it."""
+    import socket
+
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def _gone(held: dict) -> bool:
+    """Whether a lock's holder is a process of this host that has ended."""
+    return held.get("host") == _me()["host"] and not _alive(held.get("pid"))
+
+
 def _alive(pid) -> bool:
     if not isinstance(pid, int) or pid <= 0:
         return False
@@ -557,6 +612,10 @@ def _alive(pid) -> bool:
         return True
     return True
 
+
+#: what effens writes at the top of a run folder (besides dot-files: the lock, records)
+_SUBFOLDERS = ("members", "predictions", "combiner", "report", "cache")
+_TOP_FILES = ("config.yaml", "classes.json", "run.json")
 
 _EFFENS_NAMES = {
     "predictions": re.compile(r"(\w+_(proba\.npy|labels\.npy|paths\.json)|hashes\.json)"),
@@ -595,12 +654,18 @@ def config_changes(old: dict, new: dict) -> list[str]:
 def load_run(root: str | os.PathLike, adopt: bool = False):
     """A fitted :class:`~ensemble.estimator.BaggedEnsemble` from a finished run folder
     (every file a prediction depends on hash-checked, no pickles). ``adopt`` accepts a run
-    made before effens recorded ``run.json`` (``fit-combiner`` then records it)."""
+    made before effens recorded ``run.json`` (``fit-combiner`` then records it). Refused,
+    naming the process, while another effens writes the folder (``train --restart``)."""
+    run = RunFolder(root)
+    with run.reading():
+        return _read_run(run, root, adopt)
+
+
+def _read_run(run: RunFolder, root: str | os.PathLike, adopt: bool):
     from members.inputs import InputConfig
 
     from .estimator import BaggedEnsemble, FittedMember, with_precision
 
-    run = RunFolder(root)
     kind = (read_json(run.root / RECORD).get("kind") if (run.root / RECORD).is_file() else None)
     if kind == "tune":
         raise RunError(f"{root}: is a tune folder, not a run; train its best candidate first: "
@@ -650,6 +715,9 @@ class _MemberBuilder:
 
         from .estimator import restore_member
 
-        d = RunFolder(self.root).member_dir(self.spec.name)
-        check_hashes(d, {"model.safetensors": self.meta["files"]["model.safetensors"]}, "member.json")
-        return restore_member(self.spec, self.meta, load_file(str(d / "model.safetensors"), device="cpu"))[0]
+        run = RunFolder(self.root)
+        d = run.member_dir(self.spec.name)
+        with run.reading():
+            check_hashes(d, {"model.safetensors": self.meta["files"]["model.safetensors"]}, "member.json")
+            state = load_file(str(d / "model.safetensors"), device="cpu")
+        return restore_member(self.spec, self.meta, state)[0]

@@ -589,8 +589,9 @@ def serve_on_ray(run: str, host: str = "127.0.0.1", port: int = 8000, settings: 
 
 def read_api_key(path: str) -> str:
     """The key in ``path`` (one line; surrounding whitespace ignored); refused when empty."""
-    from .files import RunError
+    from .files import RunError, refuse_irregular
 
+    refuse_irregular(path, "--api-key-file")
     try:
         key = open(path, encoding="utf-8").read().strip()
     except OSError as exc:

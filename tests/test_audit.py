@@ -660,3 +660,27 @@ def test_the_audit_keeps_what_people_wrote_and_says_what_it_cannot_list(tmp_path
     relabel.write_text("path,suggested\n" + "".join(f"{p},square\n" for p in (ds / "train" / "stripes").glob("*.png")))
     code, text = audit(cfg)
     assert code == 0 and "leave no training image of class stripes" in text
+
+
+@pytest.mark.parametrize("target", ["fifo", "/proc/self/fd/1"])
+def test_write_exclude_at_a_pipe_is_refused_without_reading_it(tmp_path, target):
+    """--write-exclude at a FIFO (or at the process's own stdout, a pipe here) is one line
+    naming the flag, exit 2, at once: the target is never opened (reading it blocked forever)."""
+    import subprocess
+    import sys
+
+    synth.make_folder(tmp_path / "data", 4)
+    if target == "fifo":
+        target = str(tmp_path / "exclude.txt")
+        os.mkfifo(target)
+    out = tmp_path / "audit"
+    try:
+        done = subprocess.run([sys.executable, "-m", "ensemble", "audit", str(tmp_path / "data"), "--out", str(out),
+                               "--write-exclude", target, "--no-features"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"effens audit --write-exclude {target} hung")
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(err) == 1, done.stderr
+    assert f"--write-exclude {target}: is a named pipe (FIFO); name a file" in err[0]
+    assert not out.exists() and "Traceback" not in done.stderr

@@ -296,5 +296,5 @@ def test_export_refuses_a_graph_whose_weighted_candidate_needs_another_view(pool
     assert main(["export", str(copy), "--format", "onnx", "--out", str(tmp_path / "exp"), "--strategy", "greedy"]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1
-    assert "pool candidates seen under another view than their member's (a@ema+squash)" in errors[0]
+    assert "members or pool candidates seen under different views (a: crop, a@ema+squash: squash)" in errors[0]
     assert not (tmp_path / "exp" / "ensemble.onnx").exists()
