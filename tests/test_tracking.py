@@ -2,6 +2,7 @@
 files read back with their own readers; the MLflow pyfunc model against `effens predict`;
 an unreachable tracker is one warning and the run is complete; the card's figures."""
 import csv
+import os
 import socket
 from pathlib import Path
 
@@ -356,13 +357,12 @@ def test_no_tracker_writes_in_the_data_a_run_or_the_commands_output(tiny_data, t
     assert main(["train", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run"),
                  "--tracking", f"mlflow=sqlite:///{db}"]) == 0
     assert _files(data) == before  # no ./mlruns beside the class folders
-    run = mlflow.tracking.MlflowClient(f"sqlite:///{db}").search_runs(
-        [mlflow.tracking.MlflowClient(f"sqlite:///{db}").get_experiment_by_name("effens").experiment_id])[0]
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{db}")
+    (run,) = client.search_runs([client.get_experiment_by_name("effens").experiment_id])
     assert run.info.artifact_uri.startswith((tmp_path / "store" / "mlartifacts" / "effens").as_uri())
     assert (tmp_path / "store" / "mlartifacts" / "effens" / run.info.run_id / "artifacts" / "config").is_dir()
     # an experiment made earlier whose artifact folder is in the data: refused, nothing written
-    mlflow.tracking.MlflowClient(f"sqlite:///{db}").create_experiment(
-        "old", artifact_location=(data / "train" / "mlruns" / "9").as_uri())
+    client.create_experiment("old", artifact_location=(data / "train" / "mlruns" / "9").as_uri())
     (tmp_path / "old.yaml").write_text(yaml.safe_dump({**cfg, "tracking": {"mlflow": {
         "uri": f"sqlite:///{db}", "experiment": "old"}}}))
     refusals = [
@@ -439,7 +439,7 @@ def test_credentials_in_a_tracking_uri_reach_no_file_and_no_log(tiny_data, tmp_p
             assert exc.code == 2
         out, err = capfd.readouterr()
         assert "nter2" not in out + err + caplog.text and "***" in out + err + caplog.text, spec
-    assert "MLFLOW_TRACKING_PASSWORD" not in __import__("os").environ  # set only while the tracker was open
+    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ  # set only while the tracker was open
 
 
 def test_a_tracker_that_cannot_write_is_refused_before_any_work(tiny_data, tmp_path, caplog):
