@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     for q in (t, tu, ev):
         q.add_argument("--tracking", action="append", default=[], type=_tracking, metavar="SINK[=WHERE]",
                        help="log to an experiment tracker (repeatable): mlflow=URI (e.g. sqlite:///mlflow.db; "
-                            "`mlflow` alone: $MLFLOW_TRACKING_URI or file:./mlruns), tensorboard=DIR, or none; "
+                            "`mlflow` alone: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db here), tensorboard=DIR, "
+                            "or none; "
                             "given, it replaces the config's `tracking:` (evaluate: the run's)")
     for q in (t, tu):
         q.add_argument("--parallel", choices=("sequential", "loky", "ray", "dask"),
@@ -378,11 +379,14 @@ def _tracking(spec: str) -> list[str]:
     if sink == "none" and not sep:
         return []
     if sink == "mlflow" and (not sep or where.strip()):
-        uri = where.strip() or os.environ.get("MLFLOW_TRACKING_URI") or "file:./mlruns"
+        # alone: a SQLite store in the current folder (MLflow 3 keeps file: stores for old runs only)
+        uri = where.strip() or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{os.path.abspath('mlflow.db')}"
         return [f"tracking.mlflow.uri={json.dumps(uri)}"]
     if sink == "tensorboard" and where.strip():
         return [f"tracking.tensorboard={json.dumps(where.strip())}"]
-    raise argparse.ArgumentTypeError(f"must be mlflow[=URI], tensorboard=DIR or none; got {spec!r}")
+    from .schema import redact
+
+    raise argparse.ArgumentTypeError(f"must be mlflow[=URI], tensorboard=DIR or none; got {redact(spec)!r}")
 
 
 def tracking_overrides(specs: list[list[str]]) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .schema import ConfigError, build, field, interval, sections_field, to_dict
+from .schema import ConfigError, build, field, interval, redact, sections_field, to_dict
 
 __all__ = ["ConfigError", "Config", "MemberConfig", "load_config", "parse_overrides",
            "apply_overrides", "dump_config", "SplitSource"]
@@ -33,10 +33,17 @@ def _path_text(value: Any) -> str | None:
 
 def _tracking_uri(value: Any) -> str | None:
     """A tracking URI that keeps what it is sent: a SQLite URI must name a database file."""
+    from urllib.parse import urlsplit
+
     bad = _path_text(value)
     if bad is None and isinstance(value, str) and value.strip() in ("sqlite://", "sqlite:///", "sqlite:////"):
         return ("names no database file, so MLflow would log to memory and lose every run; "
                 "use `sqlite:///mlflow.db`")
+    if bad is None and isinstance(value, str):
+        try:
+            urlsplit(value).port  # noqa: B018 - parsed as the tracker parses it (a bad port or bracket)
+        except ValueError as exc:
+            return f"is not a URI MLflow can use ({exc})"
     return bad
 
 
@@ -401,8 +408,8 @@ class ReportConfig:
 
 @dataclasses.dataclass
 class MlflowConfig:
-    uri: str = field(check=_tracking_uri, doc="tracking URI: `sqlite:///mlflow.db`, `file:./mlruns` or "
-                                           "`http://host:5000`")
+    uri: str = field(check=_tracking_uri, doc="tracking URI: `sqlite:///mlflow.db` (artifacts in `mlartifacts/` "
+                                           "beside it), `http://host:5000`, or an existing `file:` store")
     experiment: str = field("effens", check=_non_empty, doc="experiment name (created when missing)")
     log_model: bool = field(True, doc="log the trained ensemble as an MLflow pyfunc model with the run")
 
@@ -628,7 +635,7 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
         try:
             value = _load_yaml(text, f"--set {key}") if text.strip() else None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {key}: invalid value: {_short(str(exc))}") from None
+            raise ConfigError(f"--set {key}: invalid value: {_short(redact(str(exc)))}") from None
         out.append((key.strip(), value))
     return out
 
@@ -689,7 +696,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None,
         # the file is fine on its own: the culprit is --set
         text = str(exc).split(": ", 1)[-1]
         named = [item for item, (key, _) in zip(overrides, parsed) if f"`{key}`" in text or f"`{key}." in text]
-        raise ConfigError(f"--set {', '.join(named or overrides)}: {text}") from None
+        raise ConfigError(f"--set {redact(', '.join(named or overrides))}: {text}") from None
 
 
 def config_from_dict(raw: dict, source: str = "<dict>",
@@ -747,12 +754,55 @@ def resolved_tracking(tracking: "TrackingConfig", base: Path) -> "TrackingConfig
 
     tb = absolute(tracking.tensorboard) if tracking.tensorboard else None
     ml = tracking.mlflow
+    if ml is not None:
+        ml = dataclasses.replace(ml, uri=_without_credentials(ml.uri))
     store = local_store(ml.uri) if ml is not None else None
     if store is not None:
         prefix, path = store
         ml = dataclasses.replace(ml, uri=Path(absolute(path)).as_uri() if prefix == "file:"
                                  else prefix + absolute(path))
     return dataclasses.replace(tracking, tensorboard=tb, mlflow=ml)
+
+
+#: user name and password taken out of tracking URIs, by the URI without them: this process's
+#: memory only (never a config, a run folder or a log)
+_CREDENTIALS: dict[str, tuple[str, str | None]] = {}
+
+
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """``(uri without user:password, user, password)``, by parsing (a password may hold ``@``)."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri, None, None
+    if "@" not in parts.netloc:
+        return uri, None, None
+    netloc = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=netloc).geturl(), unquote(parts.username or ""), \
+        None if parts.password is None else unquote(parts.password)
+
+
+def _without_credentials(uri: str) -> str:
+    """``uri`` with any user:password removed and kept in memory for :func:`tracking_credentials`."""
+    clean, user, password = split_credentials(uri)
+    if user is None:
+        return uri
+    if clean not in _CREDENTIALS:
+        import logging
+
+        instead = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead of writing them in the URI"
+                   if clean.startswith(("http:", "https:")) else "a later command on the run needs them again")
+        logging.getLogger(__name__).warning("`tracking.mlflow.uri`: the user name and password in %s are used by "
+                                            "this process only and saved nowhere; %s", clean, instead)
+    _CREDENTIALS[clean] = (user, password)
+    return clean
+
+
+def tracking_credentials(uri: str) -> tuple[str, str | None] | None:
+    """``(user, password)`` that were taken out of ``uri`` when its config was read, or None."""
+    return _CREDENTIALS.get(uri)
 
 
 def config_from_params(params: dict, source: str = "BaggedEnsemble") -> Config:

@@ -108,7 +108,7 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
     refuse_foreign(out_dir, "evaluate", "effens evaluate")  # before any work
     ens = load_run(run_dir)
     run_cfg = RunFolder(run_dir).read_config(tracking or None)
-    check_tracking(run_cfg.tracking, [run_dir, data if isinstance(data, str) else data.get("csv")])
+    check_tracking(run_cfg.tracking, [run_dir, data if isinstance(data, str) else data.get("csv")], [out_dir])
     asked = {f"evaluate.{k}": v for k, v in dataclasses.asdict(options).items() if v not in (None, False)}
     with open_tracking(run_cfg.tracking, "evaluate", out_dir.resolve().name,
                        {**config_params(run_cfg), "evaluate.data": str(data), "evaluate.strategy": strategy,

@@ -235,8 +235,35 @@ def _type_name(tp: Any) -> str:
 
 
 def _show(value: Any) -> str:
-    """A short, bounded rendering of a value for messages (never a full repr of a big object)."""
+    """A short, bounded rendering of a value for messages (never a full repr of a big object,
+    never the password of a URI)."""
     if isinstance(value, (dict, list, tuple)) and len(value) > 8:
         return f"a {type(value).__name__} of {len(value)} items"
-    text = reprlib.repr(value)
+    text = reprlib.repr(redact(value) if isinstance(value, str) else value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def redact(text: str) -> str:
+    """``text`` with the user and password of every URI in it replaced by ``***``, each URI
+    parsed (a password holding ``@`` or ``:`` is hidden whole), for logs and parameters."""
+    import re
+
+    return "".join(_redact_word(w) for w in re.split(r"(\s+)", text))  # words, by white space
+
+
+def _redact_word(word: str) -> str:
+    from urllib.parse import urlsplit
+
+    at = word.find("://")
+    if at < 0:
+        return word
+    start = at
+    while start and (word[start - 1].isalnum() or word[start - 1] in "+.-"):
+        start -= 1
+    try:
+        netloc = urlsplit(word[start:]).netloc
+    except ValueError:  # a malformed address: hide all of it rather than half
+        return word[:start] + "***"
+    if "@" not in netloc:
+        return word
+    return word[:start] + word[start:].replace(netloc, "***@" + netloc.rpartition("@")[2], 1)

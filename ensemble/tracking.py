@@ -8,6 +8,13 @@ report folder and the model. A sink that fails is one warning line and is droppe
 command goes on and its run folder is never touched by tracking. Nothing is logged unless
 ``tracking:`` names a sink.
 
+Every place a sink writes on this machine (a TensorBoard folder, a local store, the artifact
+folder of an MLflow experiment) is checked like ``--out`` before any work: outside the data,
+outside any run and the command's own output, and writable. A SQLite store keeps its
+artifacts in ``mlartifacts/<experiment>`` beside the database, never in MLflow's default
+``./mlruns`` of whatever folder the command runs from. A user name and password in a URI are
+never stored or logged: MLflow gets them through its own environment variables.
+
 A new sink is one :class:`Sink` subclass here (its hooks: ``start``, ``scalars``,
 ``child``, ``folder``, ``model``, ``finish``) and one key in
 :class:`~ensemble.config.TrackingConfig`.
@@ -24,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from .files import RunError
+from .schema import redact
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +39,10 @@ log = logging.getLogger(__name__)
 EPOCH_FIELDS = ("train_loss", "val_macro_f1", "val_log_loss", "train_images_per_s")
 #: the final metrics logged per member and strategy, as ``<split>/<who>/<metric>``
 FINAL_METRICS = ("macro_f1", "accuracy", "balanced_accuracy", "weighted_f1", "log_loss", "ece")
+#: the folder beside a SQLite store that holds its experiments' artifacts (as ``mlflow server``'s)
+ARTIFACTS = "mlartifacts"
+#: the variables MLflow reads a server's user name and password from
+CREDENTIAL_VARS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 def metric_key(*parts: str) -> str:
@@ -67,22 +79,47 @@ class Sink:
     def finish(self, ok: bool) -> None:
         """Close the run: finished, or failed."""
 
+    def written_paths(self) -> dict[str, str]:
+        """Folders on this machine the sink writes that only it can name (may ask its store),
+        as ``{path: what}``; checked before any work."""
+        return {}
 
-def redact(uri: str) -> str:
-    """A URI with any password replaced (``http://user:***@host``), for logs and parameters."""
-    return re.sub(r"(//[^/:@]+):[^/@]*@", r"\1:***@", uri)
+
+def sqlite_artifacts(store: tuple[str, str] | None, experiment: str) -> str | None:
+    """Where a new experiment of a SQLite store keeps its artifacts: ``mlartifacts/<experiment>``
+    beside the database (MLflow's own default is ``./mlruns`` of the current folder)."""
+    if store is None or store[0] != "sqlite:///":
+        return None
+    return str(Path(store[1]).parent / ARTIFACTS / re.sub(r"[^A-Za-z0-9_-]", "_", experiment))
 
 
-def local_paths(cfg) -> list[str]:
-    """The files and folders ``tracking:`` writes on this machine (a TensorBoard folder, a
-    ``file:`` store, a SQLite database), to check against a command's inputs."""
+def local_paths(cfg) -> list[tuple[str, str, bool]]:
+    """The places ``tracking:`` writes on this machine that its settings name (a TensorBoard
+    folder, a ``file:`` store, a SQLite database and its artifact folder), as ``(path, the
+    setting that gave it, whether it is a file)``."""
     from .config import local_store
 
-    out = [cfg.tensorboard] if cfg.tensorboard else []
-    store = local_store(cfg.mlflow.uri) if cfg.mlflow is not None else None
-    if store is not None:
-        out.append(store[1])
-    return [p for p in out if p]
+    out = [(cfg.tensorboard, "`tracking.tensorboard`", False)] if cfg.tensorboard else []
+    if cfg.mlflow is not None:
+        store = local_store(cfg.mlflow.uri)
+        if store is not None:
+            out.append((store[1], "`tracking.mlflow.uri`", store[0] == "sqlite:///"))
+        artifacts = sqlite_artifacts(store, cfg.mlflow.experiment)
+        if artifacts is not None:
+            out.append((artifacts, f"`tracking.mlflow` (artifacts of experiment {cfg.mlflow.experiment!r})", False))
+    return out
+
+
+def _local_folder(uri: str | None) -> str | None:
+    """The local path of an artifact location (``file:`` URI or plain path); None elsewhere."""
+    from urllib.parse import unquote, urlsplit
+
+    if not uri:
+        return None
+    parts = urlsplit(uri)
+    if parts.scheme == "file" and parts.netloc in ("", "localhost"):
+        return unquote(parts.path)
+    return uri if not parts.scheme else None
 
 
 class MlflowSink(Sink):
@@ -94,6 +131,7 @@ class MlflowSink(Sink):
         from .config import local_store
 
         store = local_store(cfg.uri)
+        self.artifacts = sqlite_artifacts(store, cfg.experiment)
         if store is not None and store[0] != "sqlite:///":
             # MLflow 3 refuses its file store unless asked; naming a file: URI is asking
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -103,13 +141,48 @@ class MlflowSink(Sink):
         logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # its retry notes: the failure is one line
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(cfg.uri)
+        self.saved_env: dict[str, str | None] = {}
+        try:
+            self.client = MlflowClient(self._client_uri())
+        except Exception:
+            self._restore_env()
+            raise
         self.run_id: str | None = None
         self.experiment_id: str | None = None
 
+    def _client_uri(self) -> str:
+        """The URI the client opens. A user and password taken out of the config's URI go to a
+        server through MLflow's environment variables (set while the sink is open: MLflow
+        names URLs in its messages), and back into a database URI (its driver needs them)."""
+        from urllib.parse import quote, urlsplit
+
+        from .config import tracking_credentials
+
+        creds = tracking_credentials(self.cfg.uri)
+        if creds is None:
+            return self.cfg.uri
+        user, password = creds
+        parts = urlsplit(self.cfg.uri)
+        if parts.scheme in ("http", "https"):
+            self.saved_env = {k: os.environ.get(k) for k in CREDENTIAL_VARS}
+            os.environ[CREDENTIAL_VARS[0]] = user
+            if password is not None:
+                os.environ[CREDENTIAL_VARS[1]] = password
+            return self.cfg.uri
+        userinfo = quote(user, safe="") + ("" if password is None else ":" + quote(password, safe=""))
+        return parts._replace(netloc=f"{userinfo}@{parts.netloc}").geturl()
+
+    def written_paths(self) -> dict[str, str]:
+        """The artifact folder of the experiment when it already exists and is on this machine
+        (one made earlier, by effens or not, may point anywhere)."""
+        found = self.client.get_experiment_by_name(self.cfg.experiment)
+        folder = _local_folder(found.artifact_location) if found is not None else None
+        return {folder: f"`tracking.mlflow` (artifacts of experiment {self.cfg.experiment!r})"} if folder else {}
+
     def start(self, run_name: str, params: dict[str, str], tags: dict[str, str]) -> None:
         found = self.client.get_experiment_by_name(self.cfg.experiment)
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(self.cfg.experiment)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(
+            self.cfg.experiment, artifact_location=Path(self.artifacts).as_uri() if self.artifacts else None)
         self.run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
         self._params(self.run_id, params)
 
@@ -165,11 +238,23 @@ class MlflowSink(Sink):
         log.info("tracking: model logged to MLflow: runs:/%s/model", self.run_id)
 
     def finish(self, ok: bool) -> None:
-        if self.run_id is not None:
-            self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
-            if ok:
-                log.info("tracking: MLflow run %s (experiment %s) at %s", self.run_id, self.cfg.experiment,
-                         redact(self.cfg.uri))
+        try:
+            if self.run_id is not None:
+                self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
+                if ok:
+                    log.info("tracking: MLflow run %s (experiment %s) at %s", self.run_id, self.cfg.experiment,
+                             redact(self.cfg.uri))
+        finally:
+            self._restore_env()
+
+    def _restore_env(self) -> None:
+        """The credential variables as they were before :meth:`_client_uri`."""
+        for k, v in self.saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        self.saved_env = {}
 
 
 class TensorBoardSink(Sink):
@@ -209,16 +294,68 @@ class TensorBoardSink(Sink):
             self.writer.close()
 
 
-def check_tracking(cfg, inputs: list) -> None:
+def check_tracking(cfg, inputs: list, outputs: list = ()) -> None:
     """Refuse, before any work, what ``tracking:`` cannot do: a package that is not
-    installed, a URI MLflow cannot use, a TensorBoard folder or local store inside an input."""
+    installed, a URI MLflow cannot use, or a place it writes (a TensorBoard folder, a local
+    store, an experiment's artifact folder) that is inside an input, a run or one of the
+    command's ``outputs``, or that cannot be written."""
+    inputs = [str(p) for p in inputs if p]
+    outputs = [str(p) for p in outputs if p]
+    for path, what, file in local_paths(cfg):
+        check_location(path, what, inputs, outputs, file)
+    sinks = _sinks(cfg)
+    try:
+        for sink in sinks:
+            try:
+                found = sink.written_paths()
+            except Exception:  # noqa: BLE001 - a store that cannot be asked: its sink warns when it starts
+                continue
+            for path, what in found.items():
+                check_location(path, what, inputs, outputs)
+    finally:
+        for sink in sinks:
+            with contextlib.suppress(Exception):
+                sink.finish(False)
+
+
+def check_location(path: str, what: str, inputs: list[str], outputs: list[str], file: bool = False) -> None:
+    """Refuse a place a tracker writes (``file``: a database file, else a folder) that is
+    inside an input or a run (as ``--out``), inside a folder the command writes, or that
+    cannot be written; ``what`` names the setting that gave it."""
     from .runfolder import check_output_path
 
-    for path in local_paths(cfg):
-        check_output_path(path, [str(p) for p in inputs if p], flag="`tracking:`")
-    for sink in _sinks(cfg):
-        with contextlib.suppress(Exception):
-            sink.finish(False)
+    check_output_path(path, inputs, flag=what)
+    real = os.path.realpath(path)
+    for out in outputs:
+        if Path(real).is_relative_to(os.path.realpath(out)):
+            raise RunError(f"{what} {path}: is inside {out}, which this command writes; choose a place outside "
+                           f"it (trackers never write into a run or a command's output)")
+    if file and os.path.isdir(path):
+        raise RunError(f"{what} {path}: is a folder; name a database file")
+    folder = Path(path).parent if file else next(p for p in (Path(path), *Path(path).parents) if p.exists())
+    if file and not folder.is_dir():
+        raise RunError(f"{what} {path}: the folder {folder} does not exist; create it or choose another")
+    problem = _cannot_write(path if file and os.path.exists(path) else None, folder)
+    if problem:
+        raise RunError(f"{what} {path}: cannot create files in {folder} ({problem}); choose a writable place")
+
+
+def _cannot_write(file: str | None, folder: Path) -> str | None:
+    """Why ``file`` (when it exists) or a new file in ``folder`` cannot be written, tried for
+    real (permission bits say nothing for root or a read-only mount); None when it can. The
+    try leaves nothing behind: the file is opened without writing, the probe has no name."""
+    import tempfile
+
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    try:
+        if file is not None:
+            os.close(os.open(file, os.O_RDWR))
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
 
 
 def _sinks(cfg) -> list[Sink]:
@@ -233,9 +370,9 @@ def _sinks(cfg) -> list[Sink]:
         try:
             sinks.append(MlflowSink(cfg.mlflow))
         except Exception as exc:  # noqa: BLE001 - an unknown scheme, a missing database driver: one line
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            raise RunError(f"`tracking.mlflow.uri`: MLflow cannot use {redact(cfg.mlflow.uri)!r} ({type(exc).__name__}: "
-                           f"{first})") from None
+            first = redact((str(exc).strip().splitlines() or [type(exc).__name__])[0][:300])
+            raise RunError(f"`tracking.mlflow.uri`: MLflow cannot use {redact(cfg.mlflow.uri)!r} "
+                           f"({type(exc).__name__}: {first})") from None
     if cfg.tensorboard is not None:
         try:
             import tensorboard  # noqa: F401  (torch's SummaryWriter writes through it)
@@ -358,7 +495,7 @@ def tracking(cfg, command: str, name: str, params: dict | None = None,
                 sink.finish(ok)
             except Exception as exc:  # noqa: BLE001
                 log.warning("tracking: %s could not close its run (%s: %s)", sink.what, type(exc).__name__,
-                            (str(exc).splitlines() or [""])[0][:300])
+                            redact((str(exc).splitlines() or [""])[0][:300]))
 
 
 def _param(v: Any) -> str:

@@ -127,7 +127,7 @@ def train_run(config_path: str, out: str, overrides: list[str] | None = None,
     warn_overlaps(data)
     from .tracking import check_tracking, config_params, environment_tags, tracking
 
-    check_tracking(cfg.tracking, [config_path, *data_inputs(cfg)])
+    check_tracking(cfg.tracking, [config_path, *data_inputs(cfg)], [out])
 
     run = RunFolder(out).open_for_training(cfg, restart)
     try:

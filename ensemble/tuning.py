@@ -328,7 +328,7 @@ def tune_run(config_path: str, out: str, overrides: list[str] | None = None, yes
     from .config import data_inputs
     from .tracking import check_tracking, config_params, environment_tags, log_tune, tracking
 
-    check_tracking(cfg.tracking, [config_path, *data_inputs(cfg)])
+    check_tracking(cfg.tracking, [config_path, *data_inputs(cfg)], [out_dir])
     folder = RunFolder(out_dir)
     folder.lock()
     try:

@@ -2,6 +2,7 @@
 files read back with their own readers; the MLflow pyfunc model against `effens predict`;
 an unreachable tracker is one warning and the run is complete; the card's figures."""
 import csv
+import os
 import socket
 from pathlib import Path
 
@@ -335,3 +336,156 @@ def test_the_commit_tag_says_whether_the_checkout_differs_from_it(tmp_path):
                              text=True).stdout.strip()
     assert tags["effens.commit"] == head
     assert tags["effens.dirty"] == ("true" if changed else "false")
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder``, by relative path, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_no_tracker_writes_in_the_data_a_run_or_the_commands_output(tiny_data, tmp_path, monkeypatch, caplog):
+    """#41.1: MLflow's artifact folder is resolved beside the store (not ./mlruns of the current
+    folder), and every place a sink writes is checked like --out before any work."""
+    import shutil
+
+    data = Path(shutil.copytree(tiny_data, tmp_path / "data"))
+    cfg = synth.tiny_config(data, epochs=1)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    (tmp_path / "store").mkdir()
+    db = tmp_path / "store" / "mlflow.db"
+    before = _files(data)
+    monkeypatch.chdir(data / "train")  # a user cd'd into the training folder
+    assert main(["train", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run"),
+                 "--tracking", f"mlflow=sqlite:///{db}"]) == 0
+    assert _files(data) == before  # no ./mlruns beside the class folders
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{db}")
+    (run,) = client.search_runs([client.get_experiment_by_name("effens").experiment_id])
+    assert run.info.artifact_uri.startswith((tmp_path / "store" / "mlartifacts" / "effens").as_uri())
+    assert (tmp_path / "store" / "mlartifacts" / "effens" / run.info.run_id / "artifacts" / "config").is_dir()
+    # an experiment made earlier whose artifact folder is in the data: refused, nothing written
+    client.create_experiment("old", artifact_location=(data / "train" / "mlruns" / "9").as_uri())
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump({**cfg, "tracking": {"mlflow": {
+        "uri": f"sqlite:///{db}", "experiment": "old"}}}))
+    refusals = [
+        (["train", str(tmp_path / "old.yaml"), "--out", str(tmp_path / "run2")],
+         f"`tracking.mlflow` (artifacts of experiment 'old') {data / 'train' / 'mlruns' / '9'}: is inside the "
+         f"input folder {data / 'train'}"),
+        (["train", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run2"), "--tracking",
+          f"tensorboard={tmp_path / 'run2' / 'tb'}"], "which this command writes"),
+        (["train", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run2"), "--tracking",
+          f"tensorboard={tmp_path / 'run' / 'tb'}"], f"is inside the effens run folder {tmp_path / 'run'}"),
+        (["evaluate", str(tmp_path / "run"), str(data / "test"), "--out", str(tmp_path / "ev"), "--tracking",
+          f"tensorboard={tmp_path / 'ev' / 'tb'}"], "which this command writes"),
+    ]
+    run_files = _files(tmp_path / "run")
+    for argv, says in refusals:
+        caplog.clear()
+        assert main(argv) == 2, argv
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and says in errors[0] and "\n" not in errors[0], (argv, errors)
+    assert _files(data) == before and _files(tmp_path / "run") == run_files
+    assert not (tmp_path / "run2").exists() and not (tmp_path / "ev" / "tb").exists()
+
+
+def test_credentials_in_a_tracking_uri_reach_no_file_and_no_log(tiny_data, tmp_path, capfd, caplog, monkeypatch):
+    """#41.2: user and password are parsed out of the URI (a password may hold '@'), given to
+    MLflow through its environment variables, and written nowhere."""
+    import base64
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    for var in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)
+    heard: list[str | None] = []
+
+    class Refuses(BaseHTTPRequestHandler):  # a real server that wants a password it is never given
+        def _answer(self):
+            heard.append(self.headers.get("Authorization"))
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(b'{"error_code": "UNAUTHENTICATED", "message": "no"}')
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuses)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cfg = tmp_path / "cfg.yaml"
+        cfg.write_text(yaml.safe_dump(synth.tiny_config(tiny_data, epochs=1)))
+        uri = f"http://alice:hu@nter2@127.0.0.1:{server.server_address[1]}/"
+        assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--tracking", f"mlflow={uri}"]) == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    # the server was asked with the password, as basic authentication
+    assert heard and set(heard) == {"Basic " + base64.b64encode(b"alice:hu@nter2").decode()}
+    out, err = capfd.readouterr()
+    logged = out + err + caplog.text
+    for secret in ("hunter2", "nter2", "alice"):
+        leaks = [name for name, blob in _files(tmp_path).items() if secret.encode() in blob]
+        assert not leaks, (secret, leaks)
+        assert secret not in logged, secret
+    assert "MLFLOW_TRACKING_PASSWORD" in logged and "Traceback" not in logged
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["tracking"]["mlflow"]["uri"]
+    assert saved == f"http://127.0.0.1:{server.server_address[1]}/"
+    # refused URIs are named without their password too
+    for spec in ("mlflow=http://alice:hu@nter2@[::1/", "mlfow=http://alice:hu@nter2@127.0.0.1/"):
+        try:
+            assert main(["train", str(cfg), "--out", str(tmp_path / "run2"), "--tracking", spec]) == 2
+        except SystemExit as exc:
+            assert exc.code == 2
+        out, err = capfd.readouterr()
+        assert "nter2" not in out + err + caplog.text and "***" in out + err + caplog.text, spec
+    assert "MLFLOW_TRACKING_PASSWORD" not in os.environ  # set only while the tracker was open
+
+
+def test_a_tracker_that_cannot_write_is_refused_before_any_work(tiny_data, tmp_path, caplog):
+    """#41.15: an unwritable or missing store folder is one line and exit 2 at once, not minutes
+    of retries; the run folder is never made."""
+    import time
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(synth.tiny_config(tiny_data, epochs=1)))
+    for spec, says in (("mlflow=sqlite:////proc/mlflow.db", "`tracking.mlflow.uri` /proc/mlflow.db: cannot create "
+                                                             "files in /proc"),
+                       (f"mlflow=sqlite:///{tmp_path / 'missing' / 'mlflow.db'}",
+                        f"the folder {tmp_path / 'missing'} does not exist"),
+                       (f"mlflow=sqlite:///{tmp_path}", "is a folder; name a database file"),
+                       ("mlflow=file:/proc/mlruns", "`tracking.mlflow.uri` /proc/mlruns: cannot create files in /proc"),
+                       ("tensorboard=/proc/tb", "`tracking.tensorboard` /proc/tb: cannot create files in /proc")):
+        caplog.clear()
+        t0 = time.monotonic()
+        assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--tracking", spec]) == 2, spec
+        assert time.monotonic() - t0 < 30, spec
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) == 1 and says in errors[0] and "\n" not in errors[0], (spec, errors)
+        assert not (tmp_path / "run").exists() and not (tmp_path / "missing").exists(), spec
+
+
+def test_mlflow_alone_logs_to_a_sqlite_store_here_that_mlflow_itself_reads(tiny_data, tmp_path, monkeypatch):
+    """#41.16: `--tracking mlflow` is a SQLite store in the current folder, its artifacts beside
+    it; the user's own `mlflow.search_runs()` reads it with no file-store switch."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(synth.tiny_config(tiny_data, epochs=1)))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--tracking", "mlflow"]) == 0
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)  # as in a fresh Python of the user's
+    assert sorted(p.name for p in work.iterdir()) == ["mlartifacts", "mlflow.db"]
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["tracking"]["mlflow"]["uri"]
+    assert saved == f"sqlite:///{work / 'mlflow.db'}"
+    mlflow.set_tracking_uri(saved)
+    try:
+        runs = mlflow.search_runs(experiment_names=["effens"])
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert len(runs) == 1 and runs.iloc[0]["status"] == "FINISHED"
+    assert runs.iloc[0]["artifact_uri"].startswith((work / "mlartifacts" / "effens").as_uri())
+    assert (work / "mlartifacts" / "effens" / runs.iloc[0]["run_id"] / "artifacts" / "model" / "MLmodel").is_file()
