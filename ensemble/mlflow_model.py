@@ -27,8 +27,6 @@ REQUIREMENTS = {"torch": "torch", "timm": "timm", "numpy": "numpy", "scikit-lear
                 "joblib": "joblib", "pyyaml": "yaml", "safetensors": "safetensors", "pillow": "PIL",
                 "tqdm": "tqdm", "matplotlib": "matplotlib", "onnx": "onnx", "openvino": "openvino",
                 "pandas": "pandas", "mlflow": "mlflow"}
-#: run-folder parts the model does not need
-LEFT_OUT = ("cache", "report", "run.lock")
 #: the folders (``os.pathsep``-separated) whose files a ``path`` input may name; unset: none
 ALLOWED_PATHS_ENV = "EFFENS_ALLOWED_PATHS"
 #: the one answer for a path outside them, whether or not the file exists
@@ -163,7 +161,7 @@ def save_mlflow_model(run_dir: str | Path, path: str | Path) -> dict:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-    from .runfolder import load_run
+    from .runfolder import NOT_FOR_SERVING, load_run
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # effens logs its own progress
     ens = load_run(run_dir)  # a broken run is refused before anything is written
@@ -176,7 +174,7 @@ def save_mlflow_model(run_dir: str | Path, path: str | Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         run_copy = Path(tmp) / "run"
         shutil.copytree(run_dir, run_copy, ignore=lambda folder, names: [
-            n for n in names if Path(folder).resolve() == Path(run_dir).resolve() and n in LEFT_OUT])
+            n for n in names if Path(folder).resolve() == Path(run_dir).resolve() and n in NOT_FOR_SERVING])
         entry = Path(tmp) / "effens_model.py"
         entry.write_text(_ENTRY, encoding="utf-8")
         with warnings.catch_warnings():

@@ -84,6 +84,12 @@ class MemberCheckpoint:
             p.unlink(missing_ok=True)
 
 
+#: the lock file of the process writing a run
+LOCK_NAME = ".effens.lock"
+#: what a copy of a run for serving elsewhere leaves out: caches, the report, the lock
+NOT_FOR_SERVING = ("cache", "report", LOCK_NAME)
+
+
 class RunFolder:
     """Paths and records of one run."""
 
@@ -95,7 +101,7 @@ class RunFolder:
         self.predictions_dir = self.root / "predictions"
         self.combiner_dir = self.root / "combiner"
         self.marker_path = self.root / "run.json"      # effens made this folder; the run record
-        self.lock_path = self.root / ".effens.lock"    # the process writing it now
+        self.lock_path = self.root / LOCK_NAME         # the process writing it now
 
     def member_dir(self, name: str) -> Path:
         return self.root / "members" / name
