@@ -131,7 +131,8 @@ def test_a_plugin_module_next_to_the_yaml_works_from_train_to_predict(tiny_data,
     raw = synth.tiny_config(tiny_data, plugins=["toyplug"], parallel={"backend": "loky", "n_jobs": 2})
     raw["combiner"]["strategy"] = "geomean"  # members train in worker processes: plugins load there too
     raw["members"][0]["weights"] = "toy://a"
-    raw["members"][1]["view"] = "toy_centre"  # a member trained and evaluated on the plugin's view
+    for member in raw["members"]:  # members trained and evaluated on the plugin's view (one view: exportable)
+        member["view"] = "toy_centre"
     cfg = tmp_path / "cfg.yaml"
     # the plugin strategy's own setting is checked by its own schema, in the same one-line error
     cfg.write_text(yaml.safe_dump({**raw, "combiner": {**raw["combiner"], "geomean": {"sharpness": 0}}}))
