@@ -95,12 +95,38 @@ def registry_table() -> str:
     return "\n".join(out)
 
 
+def _usage(parser) -> str:
+    """A command's positional arguments and required options, then ``[options]``."""
+    words = []
+    for action in parser._actions:  # argparse keeps no public list of its arguments
+        if not action.option_strings:
+            name = action.metavar or action.dest.upper()
+            words.append(f"{name}..." if action.nargs in ("+", "*") else name)
+        elif action.required:
+            words.append(f"{action.option_strings[-1]} {action.metavar or action.dest.upper()}")
+    return " ".join(words + ["[options]"])
+
+
+def commands_table() -> str:
+    """One row per registered command (ensemble/commands/): how it is called, what it does."""
+    from ensemble.cli import build_parser
+    from ensemble.commands import load_commands
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    out = ["| command | what it does |", "|---|---|"]
+    for cmd in load_commands():
+        out.append(f"| `effens {cmd.name} {_usage(sub.choices[cmd.name])}` | {cmd.help} |")
+    return "\n".join(out)
+
+
 def write_readme(path: str = "README.md") -> None:
     """Replace the tables between their markers in the README."""
     import re
 
     text = open(path, encoding="utf-8").read()
-    for marker, body in (("config-reference", table()), ("registries", registry_table())):
+    for marker, body in (("config-reference", table()), ("registries", registry_table()),
+                         ("commands", commands_table())):
         text, n = re.subn(rf"(<!-- {marker}:[^\n]*-->\n).*?(\n<!-- /{marker} -->)",
                           lambda m: m.group(1) + body + m.group(2), text, flags=re.S)
         if n != 1:
@@ -114,4 +140,4 @@ if __name__ == "__main__":
     if "--write" in sys.argv:
         write_readme()
     else:
-        print(table(), registry_table(), sep="\n\n")
+        print(commands_table(), table(), registry_table(), sep="\n\n")

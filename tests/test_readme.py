@@ -34,6 +34,22 @@ def test_registry_table_in_readme_lists_every_registered_entry():
         "README's registry table is stale: run `python scripts/config_reference.py --write`"
 
 
+def test_the_readme_command_table_lists_every_registered_command():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from config_reference import commands_table
+
+    from ensemble.commands import load_commands
+
+    table = commands_table()
+    for cmd in load_commands():
+        assert f"| `effens {cmd.name} " in table and cmd.help in table
+    assert "`effens export RUN --format FORMAT --out OUT [options]`" in table
+    assert table in (ROOT / "README.md").read_text(), \
+        "README's command table is stale: run `python scripts/config_reference.py --write`"
+
+
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     command = "pip install -e '.[dev]' && python -m pytest -q"

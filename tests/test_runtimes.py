@@ -396,7 +396,8 @@ def test_cli_choices_mirror_their_modules():
     """The CLI spells these out so that `--help` loads no torch; they must stay equal."""
     from typing import get_args, get_type_hints
 
-    from ensemble import cli, export
+    from ensemble import export
+    from ensemble.commands import options as cli
     from ensemble.config import Config, MemberConfig
 
     assert cli.PRECISIONS == prec.PRECISIONS
