@@ -13,6 +13,8 @@ import signal
 import sys
 from pathlib import Path
 
+from members.errors import EffensError
+
 from . import __version__
 from .commands import COMMANDS, load_commands
 from .commands.options import HelpFormatter
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", _one_line(exc))
         if args.verbose:
             log.error("traceback (-v):", exc_info=exc)
-        return 2
+        return getattr(exc, "exit_code", 2)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -139,23 +141,10 @@ def _dispatch(args) -> int:
     return cmd.run(args)
 
 
-#: (module, class) of every error that is the user's input or environment, not a bug
-_REPORTED = (("ensemble.config", "ConfigError"), ("ensemble.data", "DataError"),
-             ("ensemble.images", "BadImageError"), ("ensemble.files", "RunError"),
-             ("ensemble.parallel", "ParallelError"), ("ensemble.decisions", "DecisionError"),
-             ("members.trainer", "TrainingError"), ("members.weights", "WeightsError"),
-             ("members.precision", "PrecisionError"), ("members.runtimes", "RuntimeUnavailable"),
-             ("members.export", "ExportError"), ("members.inputs", "DeviceError"),
-             ("members.registry", "RegistryError"), ("ensemble.plugins", "PluginError"))
-
-
 def _reported(exc: BaseException) -> bool:
-    """Errors that are the user's input or environment (reported in one line), not bugs.
-
-    Only modules already loaded are looked at (an error of a class can only come from a
-    module that was imported), so answering loads no torch."""
-    known = tuple(getattr(sys.modules[mod], name) for mod, name in _REPORTED if mod in sys.modules)
-    return isinstance(exc, (OSError, *known))
+    """Errors that are the user's input or environment (one line, exit 2), not bugs: the
+    error family (:class:`members.errors.EffensError`) and the operating system's."""
+    return isinstance(exc, (OSError, EffensError))
 
 
 def _one_line(exc: BaseException) -> str:

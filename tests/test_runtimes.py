@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import synth
 import torch
 import yaml
 
-import synth
 from ensemble.cli import main
 from ensemble.runfolder import load_run
 from members import precision as prec
@@ -429,9 +429,9 @@ def test_two_trainings_under_a_fast_and_a_slow_probe_give_identical_weights(tiny
     """`precision: auto` cannot flip with machine load: what a timing would read is irrelevant."""
     import hashlib
 
+    import synth
     import yaml
 
-    import synth
     from ensemble.cli import main
 
     _fake_cpu(monkeypatch, True)  # a CPU with native bf16, where the old probe decided

@@ -53,10 +53,10 @@ def summary(doc: dict, out: str, write_exclude: str | None) -> str:
 
 def run(args) -> int:
     from ..audit import FEATURE_VIEWS, run_audit
-    from ..data import DataError
 
     if args.threshold is not None and not args.write_exclude:  # before any work: it would change nothing
-        raise DataError("--threshold sets which images --write-exclude lists; give --write-exclude FILE too")
+        raise options.UsageError("--threshold sets which images --write-exclude lists; give --write-exclude FILE "
+                                 "too", culprit="--threshold")
     threshold = 0.1 if args.threshold is None else args.threshold
     views = tuple(v.strip() for v in args.feature_views.split(",")) if args.feature_views else FEATURE_VIEWS
     doc = run_audit(args.run, args.out, args.method, args.max_distance, args.write_exclude, threshold,

@@ -7,10 +7,16 @@ import json
 import math
 import os
 
+from members.errors import EffensError
+
 # mirrors of members.precision.PRECISIONS and ensemble.export.FORMATS, spelled out so
 # that parsing loads no torch (tests/test_runtimes.py keeps them equal)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 FORMATS = ("onnx", "openvino", "mlflow")
+
+
+class UsageError(EffensError, ValueError):
+    """A command-line option with a value (or a combination) its command cannot take."""
 
 
 class HelpFormatter(argparse.HelpFormatter):

@@ -33,16 +33,14 @@ def arguments(p) -> None:
 
 
 def _check_limits(args) -> None:
-    from ..files import RunError
-
     if args.adapt_bn:
-        raise RunError("--adapt-bn re-estimates statistics on all images at once; a server sees "
-                       "them one request at a time, so `serve` does not take it")
+        raise options.UsageError("--adapt-bn re-estimates statistics on all images at once; a server sees "
+                                 "them one request at a time, so `serve` does not take it", culprit="--adapt-bn")
     for flag, value in (("--max-wait-ms", args.max_wait_ms), ("--max-body-mb", args.max_body_mb),
                         ("--timeout", args.timeout), ("--max-header-kb", args.max_header_kb),
                         ("--keep-alive", args.keep_alive)):
         if not (value >= 0 and value < float("inf")) or (flag != "--max-wait-ms" and value <= 0):
-            raise RunError(f"`{flag}` must be a positive number; got {value}")
+            raise options.UsageError(f"`{flag}` must be a positive number; got {value}", culprit=flag)
 
 
 def run(args) -> int:
