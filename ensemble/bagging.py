@@ -9,7 +9,6 @@ import logging
 
 import numpy as np
 
-
 log = logging.getLogger(__name__)
 
 

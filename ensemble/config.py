@@ -257,10 +257,10 @@ class MemberConfig:
         None, doc="this member's precision; default: the top-level `precision`")
     view: str = field("crop", choices=_views,
                       doc="how a photo becomes the input, in training, val, OOB, predict and export: a "
-                          "registered member view (each one's meaning: the README's registry table)")
+                          "registered member view (each one's meaning: docs/reference/registries.md)")
     render: RenderConfig = field(default_factory=RenderConfig,
                                  doc="re-render every photo through a drawn resolution and JPEG quality, so "
-                                     "neither can stand in for the label (README, Shortcuts)")
+                                     "neither can stand in for the label (docs/guides/shift.md)")
     bagging: BaggingConfig = field(default_factory=BaggingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     candidates: CandidatesConfig = field(default_factory=CandidatesConfig,

@@ -12,6 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
+from members.errors import EffensError
+
 from .config import SplitSource
 
 log = logging.getLogger(__name__)
@@ -20,7 +22,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
                     ".pgm")
 
 
-class DataError(ValueError):
+class DataError(EffensError, ValueError):
     """A split cannot be read: missing files, unknown labels, empty classes, bad CSV."""
 
 

@@ -23,13 +23,14 @@ guarantee, abstention for review, and cost-sensitive predictions. Pure numpy.
 from __future__ import annotations
 
 import math
-
 from typing import Sequence
 
 import numpy as np
 
+from members.errors import EffensError
 
-class DecisionError(ValueError):
+
+class DecisionError(EffensError, ValueError):
     """A decision cannot be made as asked (too few calibration images, bad settings)."""
 
 

@@ -213,11 +213,11 @@ def export_run(run_dir: str, fmt: str, out: str, strategy: str | None = None) ->
 def _export_mlflow(run_dir: str, out_dir: Path, strategy: str | None) -> dict:
     """The run as an MLflow pyfunc model folder (:mod:`ensemble.mlflow_model`); an earlier
     export there is replaced only once the new one is complete."""
-    import shutil
 
     try:
-        from .mlflow_model import save_mlflow_model
         import mlflow  # noqa: F401
+
+        from .mlflow_model import save_mlflow_model
     except ImportError:
         raise ExportRefused("format mlflow needs MLflow: pip install 'effens[track]'") from None
     if strategy is not None:

@@ -17,8 +17,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from members.errors import EffensError
 
-class RunError(ValueError):
+
+class RunError(EffensError, ValueError):
     """A run folder is inconsistent: a changed config, a tampered or missing file."""
 
 

@@ -333,7 +333,7 @@ def shortcuts_section(doc: dict, classes: Sequence[str]) -> str:
             + f", predicts the training labels out of fold; chance is {sc['chance']['mean']:.2f} (shuffled labels), "
             f"and a property is flagged when its interval clears {sc['bar']:.2f}. A flagged property is one the "
             "members can learn instead of the damage: if val or test differ from train in it (KS distance), train "
-            "with the member key <code>render</code> (README, Shortcuts).</p>"
+            "with the member key <code>render</code> (docs/guides/shift.md).</p>"
             + "<ul>" + "".join(f"<li>{_e(t)}</li>" for t in sc["findings"]) + "</ul>"
             + f'<table class="audit"><tr>{head}</tr>{"".join(rows)}</table>'
             + f'<div class="grid">{plots}</div>')

@@ -14,10 +14,12 @@ from typing import Literal, Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
+from members.errors import EffensError
+
 log = logging.getLogger(__name__)
 
 
-class BadImageError(ValueError):
+class BadImageError(EffensError, ValueError):
     """An image file cannot be decoded into pixels."""
 
 

@@ -15,11 +15,19 @@ from .config import SplitSource
 from .data import DataChanges, DataError, change_split, check_labels, expand_inputs, load_split
 from .estimator import BaggedEnsemble, decode_size, images_fingerprint  # noqa: F401 (decode_size: re-exported)
 from .evaluation import decision_report, evaluate_split
+from .files import (
+    atomic_write_json,
+    atomic_write_npy,
+    atomic_write_text,
+    read_json,
+    read_npy,
+    refuse_foreign,
+    refuse_irregular,
+    sha256_json,
+    write_owned,
+)
 from .pages import report_files
-from .files import (atomic_write_json, atomic_write_npy, atomic_write_text, read_json, read_npy, refuse_foreign,
-                    refuse_irregular, sha256_json, write_owned)
-from .prediction import (DecisionOptions, InferenceOptions, flat_row,  # noqa: F401 (re-exported)
-                         member_hashes, predict_rows, readable_member_proba)
+from .prediction import DecisionOptions, InferenceOptions, flat_row, member_hashes, predict_rows, readable_member_proba  # noqa: F401 (re-exported)
 from .report import build_metrics, comparison_rows, format_table
 from .runfolder import RunFolder, load_run
 

@@ -95,13 +95,11 @@ def _define():
 
         def predict(self, context, model_input, params=None):
             import pandas as pd
-
-            from .images import BadImageError, decode_image
-            from .prediction import flat_row
-
             from mlflow.exceptions import MlflowException
 
             from .files import RunError
+            from .images import BadImageError, decode_image
+            from .prediction import flat_row
 
             strategy = (params or {}).get("strategy") or None
             predictor = self._predictors.get(strategy)

@@ -13,12 +13,14 @@ import os
 import traceback
 from typing import Any, Callable, Iterator, Sequence
 
+from members.errors import EffensError
+
 log = logging.getLogger(__name__)
 
 EXTRAS = {"ray": "ray", "dask": "dask"}
 
 
-class ParallelError(RuntimeError):
+class ParallelError(EffensError, RuntimeError):
     """A backend is unavailable, or jobs failed (each named in the message)."""
 
 

@@ -29,9 +29,23 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import (RECORD, RunError, atomic_write_bytes, atomic_write_json, atomic_write_npy,
-                    atomic_write_safetensors, atomic_write_text, check_hashes, owned_files, read_json, read_npy,
-                    refuse_foreign, sha256_file, sha256_json, write_owned)
+from .files import (
+    RECORD,
+    RunError,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_npy,
+    atomic_write_safetensors,
+    atomic_write_text,
+    check_hashes,
+    owned_files,
+    read_json,
+    read_npy,
+    refuse_foreign,
+    sha256_file,
+    sha256_json,
+    write_owned,
+)
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,10 @@ import types
 import typing
 from typing import Any, Callable, Literal, Sequence, Union, get_args, get_origin, get_type_hints
 
+from members.errors import EffensError
 
-class ConfigError(ValueError):
+
+class ConfigError(EffensError, ValueError):
     """A config value is missing, unknown, of the wrong type or out of range."""
 
 

@@ -31,10 +31,23 @@ import numpy as np
 
 from members.registry import Registry, RegistryError
 
+from .combiners import (
+    fit_stacking,
+    fit_temperature,
+    fit_weights,
+    greedy_selection,
+    hard_vote,
+    impute_missing,
+    masked_vote,
+    oob_matrix,
+    soft_vote,
+    stacking_proba,
+    temperature_scale,
+    vote_shares,
+)
 from .files import RunError
-from .schema import ConfigError, build, field as setting, interval, to_dict
-from .combiners import (fit_stacking, fit_temperature, fit_weights, greedy_selection, hard_vote, impute_missing,
-                        masked_vote, oob_matrix, soft_vote, stacking_proba, temperature_scale, vote_shares)
+from .schema import ConfigError, build, interval, to_dict
+from .schema import field as setting
 
 log = logging.getLogger(__name__)
 

@@ -41,8 +41,8 @@ from .files import atomic_write_json, atomic_write_safetensors, atomic_write_tex
 from .member_jobs import member_seed
 from .metrics import diversity
 from .parallel import torch_threads
-from .strategies import FitData, fit_combiner
 from .report import format_table
+from .strategies import FitData, fit_combiner
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     """A detached CPU copy of the model's state dict."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

@@ -7,10 +7,11 @@ import warnings
 import torch
 from torch import nn
 
+from .errors import EffensError
 from .runtimes import OPSET, exporter_versions  # noqa: F401 (re-exported)
 
 
-class ExportError(RuntimeError):
+class ExportError(EffensError, RuntimeError):
     """A network could not be exported (names the member and, where known, the operator)."""
 
 

@@ -9,6 +9,8 @@ import dataclasses
 import glob
 import math
 
+from .errors import EffensError
+
 
 @dataclasses.dataclass
 class InputConfig:
@@ -33,7 +35,7 @@ class InputConfig:
         return cls(**{**fields, "mean": tuple(fields["mean"]), "std": tuple(fields["std"])})
 
 
-class DeviceError(ValueError):
+class DeviceError(EffensError, ValueError):
     """A device that does not exist here or is not spelled as one."""
 
 

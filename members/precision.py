@@ -27,6 +27,7 @@ import platform
 import time
 from typing import Callable
 
+from .errors import EffensError
 from .inputs import device_type
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-class PrecisionError(ValueError):
+class PrecisionError(EffensError, ValueError):
     """A precision the device cannot run (e.g. fp16 on a CPU)."""
 
 

@@ -11,6 +11,8 @@ import weakref
 from collections.abc import Mapping
 from typing import Generic, Iterator, TypeVar
 
+from .errors import EffensError
+
 T = TypeVar("T")
 
 
@@ -20,7 +22,7 @@ def close_spelling(name: str, known) -> str | None:
     return close[0] if close else None
 
 
-class RegistryError(ValueError):
+class RegistryError(EffensError, ValueError):
     """A name registered twice, or looked up and not found."""
 
 

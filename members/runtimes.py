@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from .cpu_share import waiting_threads_sleep
+from .errors import EffensError
 from .inputs import InputConfig, device_type
 from .precision import Precision
 from .registry import Registry
@@ -53,7 +54,7 @@ def exporter_versions() -> dict:
     return {"torch": torch_version, "opset": OPSET}
 
 
-class RuntimeUnavailable(RuntimeError):
+class RuntimeUnavailable(EffensError, RuntimeError):
     """A runtime was asked for that is not installed (or cannot run on this device)."""
 
 

@@ -27,6 +27,7 @@ from torch import nn
 from .allocator import keep_freed_memory
 from .averaging import WeightAverages, interpolate, snapshot
 from .checkpoint import Checkpointer, pack_state, restore_state, saved_averages
+from .errors import EffensError
 from .models import Member, set_train_mode
 from .precision import Precision
 from .predictor import default_precision, predict_proba
@@ -35,7 +36,7 @@ from .transforms import SampleDataset, train_transform
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(EffensError, RuntimeError):
     """A member's training failed (for example, the loss became NaN)."""
 
 

@@ -11,6 +11,7 @@ from .inputs import InputConfig
 from .streams import HorizontalFlip, item_streams
 from .views import VIEWS, eval_array, train_view
 
+
 def center_crop(arr: np.ndarray, inputs: InputConfig) -> np.ndarray:
     """Resize the shorter side to ``resize_size`` and cut the centre square (HWC uint8)."""
     return VIEWS["crop"](arr, inputs)

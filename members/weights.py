@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import EffensError
 from .registry import Registry
 
 log = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
 
-class WeightsError(ValueError):
+class WeightsError(EffensError, ValueError):
     """Weights cannot be found, read, or matched to the model."""
 
 

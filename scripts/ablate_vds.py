@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ensemble.bagging import draw_all
 from ensemble.config import load_config

@@ -31,13 +31,12 @@ def child(kind: str, steps: int) -> dict:
 
     import torch
 
+    from ensemble.config import MemberConfig, TrainConfig
     from members.allocator import keep_freed_memory
     from members.models import create_member
     from members.precision import describe_cpu
     from members.runtimes import TorchRuntime
     from members.trainer import param_groups
-
-    from ensemble.config import MemberConfig, TrainConfig
 
     state = keep_freed_memory()
     torch.manual_seed(0)

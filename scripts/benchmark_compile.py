@@ -48,7 +48,6 @@ def main() -> None:
     p.add_argument("--out")
     args = p.parse_args()
     import timm
-
     from bench_common import report_json
 
     from members.models import frozen_modules

@@ -39,9 +39,9 @@ from benchmark_predict import plain_proba  # noqa: E402
 
 from ensemble.data import find_images  # noqa: E402
 from ensemble.estimator import BaggedEnsemble
-from ensemble.runfolder import load_run  # noqa: E402
 from ensemble.images import decode_all  # noqa: E402
 from ensemble.inference import decode_size  # noqa: E402
+from ensemble.runfolder import load_run  # noqa: E402
 from members.precision import cpu_features, cpu_has_native_bf16  # noqa: E402
 from members.runtimes import RUNTIMES, is_installed, runtime_proba  # noqa: E402
 

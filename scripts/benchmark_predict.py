@@ -18,14 +18,13 @@ import time
 
 import numpy as np
 import torch
-
 from bench_common import report_json
 
 from ensemble.data import find_images
 from ensemble.estimator import BaggedEnsemble
-from ensemble.runfolder import load_run
 from ensemble.images import decode_all
 from ensemble.inference import decode_size
+from ensemble.runfolder import load_run
 
 
 def effens_proba(ens: BaggedEnsemble, paths: list[str], batch: int) -> np.ndarray:

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT))
 
 from bench_common import machine, report_json  # noqa: E402
+
 from ensemble.data import expand_inputs  # noqa: E402
 
 

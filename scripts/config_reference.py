@@ -1,5 +1,5 @@
 """The README's generated tables: the config reference (from the schema) and every registered
-extension point (from the registries). Print them, or `--write` them into README.md."""
+extension point (from the registries). Print them, or `--write` them into README.md and docs/."""
 from __future__ import annotations
 
 import dataclasses
@@ -95,23 +95,61 @@ def registry_table() -> str:
     return "\n".join(out)
 
 
-def write_readme(path: str = "README.md") -> None:
-    """Replace the tables between their markers in the README."""
-    import re
+def _usage(parser) -> str:
+    """A command's positional arguments and required options, then ``[options]``."""
+    words = []
+    for action in parser._actions:  # argparse keeps no public list of its arguments
+        if not action.option_strings:
+            name = action.metavar or action.dest.upper()
+            words.append(f"{name}..." if action.nargs in ("+", "*") else name)
+        elif action.required:
+            words.append(f"{action.option_strings[-1]} {action.metavar or action.dest.upper()}")
+    return " ".join(words + ["[options]"])
 
-    text = open(path, encoding="utf-8").read()
-    for marker, body in (("config-reference", table()), ("registries", registry_table())):
-        text, n = re.subn(rf"(<!-- {marker}:[^\n]*-->\n).*?(\n<!-- /{marker} -->)",
-                          lambda m: m.group(1) + body + m.group(2), text, flags=re.S)
-        if n != 1:
-            raise SystemExit(f"{path}: the {marker} markers were not found; nothing written")
-    open(path, "w", encoding="utf-8").write(text)
+
+def commands_table() -> str:
+    """One row per registered command (ensemble/commands/): how it is called, what it does."""
+    from ensemble.cli import build_parser
+    from ensemble.commands import load_commands
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    out = ["| command | what it does |", "|---|---|"]
+    for cmd in load_commands():
+        out.append(f"| `effens {cmd.name} {_usage(sub.choices[cmd.name])}` | {cmd.help} |")
+    return "\n".join(out)
+
+
+#: which generated table goes into which file (between its markers)
+TARGETS = {"config-reference": ("docs/reference/config.md",), "registries": ("docs/reference/registries.md",),
+           "commands": ("README.md", "docs/reference/commands.md")}
+
+
+def generated() -> dict[str, str]:
+    return {"config-reference": table(), "registries": registry_table(), "commands": commands_table()}
+
+
+def write_docs(root: str = ".") -> None:
+    """Replace each generated table between its markers in the README and the docs."""
+    import re
+    from pathlib import Path
+
+    bodies = generated()
+    for marker, paths in TARGETS.items():
+        for rel in paths:
+            path = Path(root) / rel
+            text = path.read_text(encoding="utf-8")
+            text, n = re.subn(rf"(<!-- {marker}:[^\n]*-->\n).*?(\n<!-- /{marker} -->)",
+                              lambda m: m.group(1) + bodies[marker] + m.group(2), text, flags=re.S)
+            if n != 1:
+                raise SystemExit(f"{path}: the {marker} markers were not found; nothing written")
+            path.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":
     import sys
 
     if "--write" in sys.argv:
-        write_readme()
+        write_docs()
     else:
-        print(table(), registry_table(), sep="\n\n")
+        print(commands_table(), table(), registry_table(), sep="\n\n")

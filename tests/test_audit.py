@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import synth
 import yaml
 from PIL import Image, ImageOps
 
-import synth
 from ensemble.cli import main
 from ensemble.duplicates import find_duplicates, oddities, signature
 from ensemble.label_issues import find_label_issues
@@ -194,7 +194,7 @@ def test_exclude_and_relabel_round_trip_through_train_and_evaluate(tiny_data, tm
     only.write_text(f"path,label\n{leaked},square\n")
     assert main(["evaluate", str(run2), str(only), "--out", str(tmp_path / "ev0")]) == 2
     err = capsys.readouterr().err + caplog.text
-    assert f"leaves out all 1 of its images; nothing to evaluate" in err and "Traceback" not in err
+    assert "leaves out all 1 of its images; nothing to evaluate" in err and "Traceback" not in err
     # evaluate cannot run without the run's lists: said as the run's
     exclude.rename(tmp_path / "moved.txt")
     assert main(["evaluate", str(run2), str(data / "val"), "--out", str(tmp_path / "ev1")]) == 2

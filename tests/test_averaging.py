@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import synth
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -9,8 +10,6 @@ from torch import nn
 
 from ensemble.cli import main
 from members.averaging import WeightAverages, interpolate
-
-import synth
 
 
 def _model(value: float) -> nn.Module:

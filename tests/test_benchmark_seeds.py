@@ -4,9 +4,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import yaml
-
 import synth
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 

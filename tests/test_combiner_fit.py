@@ -2,8 +2,16 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from ensemble.combiners import fit_stacking, fit_temperature, fit_weights, oob_matrix
-from ensemble.combiners import soft_vote, stacking_features, stacking_proba, temperature_scale
+from ensemble.combiners import (
+    fit_stacking,
+    fit_temperature,
+    fit_weights,
+    oob_matrix,
+    soft_vote,
+    stacking_features,
+    stacking_proba,
+    temperature_scale,
+)
 from ensemble.metrics import log_loss
 
 
@@ -74,9 +82,8 @@ def test_temperature_fixes_overconfidence():
 @pytest.mark.parametrize("stacking_source", ["oob", "val"])
 def test_strategy_auto_takes_the_simplest_tie_of_strategies_not_fitted_on_val(stacking_source):
     from ensemble.config import CombinerConfig
-    from ensemble.strategies import StackingSettings
     from ensemble.metrics import log_loss
-    from ensemble.strategies import Combiner, FitData, fit_combiner
+    from ensemble.strategies import Combiner, FitData, StackingSettings, fit_combiner
 
     p_val, y_val = members(3, quality=(1.5, 0.4, 0.0))
     p_oob, y_oob = members(4, quality=(1.5, 0.4, 0.0))

@@ -164,6 +164,7 @@ def test_numbers_written_with_an_exponent_are_numbers_in_files_and_in_set(tiny_d
     """`1e-3`, `1E5`, `.5`, `-.5` are numbers (YAML 1.2) in a config file and in --set, and
     a string that looks like one (a member named `1e5`) is saved quoted: the run resumes."""
     import synth
+
     from ensemble.cli import main
 
     raw = synth.tiny_config(tiny_data, epochs=1)

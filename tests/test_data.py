@@ -2,11 +2,10 @@ import csv
 
 import numpy as np
 import pytest
+import synth
 
 from ensemble.config import DataConfig, SplitSource
 from ensemble.data import DataError, load_csv, load_dataset, load_folder
-
-import synth
 
 
 def write_csv(path, rows, header=("path", "label", "note")):

@@ -4,13 +4,22 @@ import json
 
 import numpy as np
 import pytest
+import synth
 import yaml
 
-import synth
 from ensemble.cli import main
-from ensemble.decisions import (Decider, DecisionError, conformal_threshold, cost_metrics, fit_conformal,
-                                min_calibration_size, min_cost_decisions, prediction_sets, review_threshold,
-                                set_metrics)
+from ensemble.decisions import (
+    Decider,
+    DecisionError,
+    conformal_threshold,
+    cost_metrics,
+    fit_conformal,
+    min_calibration_size,
+    min_cost_decisions,
+    prediction_sets,
+    review_threshold,
+    set_metrics,
+)
 
 
 def synthetic(rng, n, k=3, sharp=2.0):

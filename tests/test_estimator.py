@@ -3,9 +3,9 @@ import json
 
 import numpy as np
 import pytest
+import synth
 from sklearn.base import clone
 
-import synth
 from ensemble.config import ConfigError, config_from_dict, load_config
 from ensemble.data import load_folder
 from ensemble.estimator import BaggedEnsemble
@@ -63,9 +63,9 @@ def test_get_set_params_and_clone(tmp_path):
 
 def test_fit_in_memory_equals_the_trained_run(trained, tiny_data):
     """The estimator alone (no run folder) fits the ensemble `effens train` saved, to the bit."""
+    from ensemble.data import cache_size
     from ensemble.images import decode_all
     from ensemble.runfolder import load_run
-    from ensemble.data import cache_size
 
     cfg_path, run = trained
     cfg = load_config(cfg_path)

@@ -1,7 +1,7 @@
 """ensemble/export.py: what ``ensemble.onnx`` may hold (#41, item 9)."""
+import synth
 import yaml
 
-import synth
 from ensemble.cli import main
 
 

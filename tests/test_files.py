@@ -4,9 +4,8 @@ import subprocess
 import sys
 
 import pytest
-import yaml
-
 import synth
+import yaml
 
 
 def _pipe_cases(tmp_path):

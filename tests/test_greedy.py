@@ -203,6 +203,7 @@ def test_the_report_relates_contributions_to_diversity(trained):
 def test_auto_and_greedy_reach_the_report_and_predict_skips_unweighted_members(trained, tiny_data, tmp_path,
                                                                                monkeypatch):
     import synth
+
     from ensemble.cli import main
     from ensemble.estimator import BaggedEnsemble
     from ensemble.inference import InferenceOptions, predict_rows

@@ -8,8 +8,8 @@ import pytest
 
 from ensemble.cli import main
 from ensemble.estimator import BaggedEnsemble
-from ensemble.runfolder import load_run
 from ensemble.files import read_npy
+from ensemble.runfolder import load_run
 
 
 def test_predict_folder_with_a_corrupt_file(trained, tiny_data, tmp_path, capsys):

@@ -41,9 +41,16 @@ def test_only_the_run_folder_module_names_run_folder_files():
     assert not seen
 
 
-#: the modules behind the commands (cli.py dispatches to them); they share helpers that
-#: live a floor below (data, images, pages, runfolder, report, ...) and never each other
-COMMAND_MODULES = ("training", "inference", "tuning", "export", "explain", "serve", "audit")
+def _commands():
+    from ensemble.commands import load_commands
+
+    return load_commands()
+
+
+def _backends() -> set[str]:
+    """The modules behind the commands, read from the command registry: they share helpers
+    that live a floor below (data, images, pages, runfolder, report, ...), never each other."""
+    return {c.backend for c in _commands()}
 
 
 def _ensemble_imports(path: Path) -> set[str]:
@@ -63,10 +70,28 @@ def _ensemble_imports(path: Path) -> set[str]:
     return found
 
 
-def test_no_command_module_imports_another():
-    offenders = {name: sorted(_ensemble_imports(ROOT / "ensemble" / f"{name}.py") & set(COMMAND_MODULES) - {name})
-                 for name in COMMAND_MODULES}
+def test_no_command_backend_imports_another():
+    backends = _backends()
+    assert {"training", "inference", "tuning", "export", "explain", "serve", "audit"} <= backends
+    offenders = {name: sorted(_ensemble_imports(ROOT / "ensemble" / f"{name}.py") & backends - {name})
+                 for name in backends}
     assert not {k: v for k, v in offenders.items() if v}, offenders
+
+
+def test_commands_are_one_module_each_on_one_floor():
+    """Every module in ensemble/commands/ registers exactly its commands and imports no other
+    command module (what two share is in commands/options.py or a floor below)."""
+    folder = ROOT / "ensemble" / "commands"
+    modules = {p.stem for p in folder.glob("*.py")} - {"__init__", "options"}
+    owners = {c.run.__module__.rsplit(".", 1)[1] for c in _commands()}
+    assert owners == modules
+    for name in modules:
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1
+                    and not n.module for a in n.names} | \
+            {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1
+             and n.module}
+        assert not imported & (modules - {name}), (name, imported & modules)
 
 
 def test_the_import_check_sees_every_spelling(tmp_path):
@@ -109,13 +134,12 @@ def test_registry_lookup_names_close_spellings():
         raise AssertionError("lookup of an unknown name did not raise")
 
 
-def test_the_readme_layout_names_every_module():
-    text = (ROOT / "README.md").read_text()
-    layout = text[text.index("## Layout"):text.index("## Demo results")]
+def test_the_layout_guide_names_every_module():
+    layout = (ROOT / "docs/guides/extend.md").read_text()
     words = set(layout.replace(",", " ").replace("(", " ").replace(")", " ").split())
     missing = [f"{pkg}/{p.stem}" for pkg in ("ensemble", "members") for p in sorted((ROOT / pkg).glob("*.py"))
                if not p.stem.startswith("__") and p.stem not in words]
-    assert not missing, f"README's layout does not name {missing}"
+    assert not missing, f"docs/guides/extend.md's layout does not name {missing}"
 
 
 def test_a_prefixed_weights_source_wins_over_local_files_whatever_the_import_order():

@@ -3,12 +3,11 @@ import json
 
 import numpy as np
 import pytest
+import synth
 import yaml
 
 from ensemble.cli import main
 from ensemble.parallel import ParallelError, plan_jobs, run_jobs
-
-import synth
 
 
 def _maybe_fail(x: int) -> int:

@@ -9,9 +9,8 @@ import subprocess
 import sys
 import textwrap
 
-import yaml
-
 import synth
+import yaml
 
 PLUGIN = textwrap.dedent('''
     import dataclasses

@@ -5,9 +5,9 @@ import shutil
 
 import numpy as np
 import pytest
+import synth
 import yaml
 
-import synth
 from ensemble.cli import main
 from ensemble.combiners import soft_vote
 from ensemble.config import ConfigError, config_from_dict
@@ -208,9 +208,8 @@ def test_predict_runs_only_the_candidates_the_strategy_uses(pool_run, tiny_data,
 
 def test_export_holds_the_used_pool_candidates_in_one_graph(pool_run, tmp_path):
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed")
-    from members.transforms import eval_tensor, normalize
-
     from ensemble.images import decode_all
+    from members.transforms import eval_tensor, normalize
 
     _, run = pool_run
     w = np.zeros(11)

@@ -9,8 +9,8 @@ def test_config_reference_in_readme_matches_the_schema():
     sys.path.insert(0, str(ROOT / "scripts"))
     from config_reference import table
 
-    assert table() in (ROOT / "README.md").read_text(), \
-        "README's config table is stale: paste `python scripts/config_reference.py`"
+    assert table() in (ROOT / "docs/reference/config.md").read_text(), \
+        "the config reference is stale: run `python scripts/config_reference.py --write`"
 
 
 def test_registry_table_in_readme_lists_every_registered_entry():
@@ -30,8 +30,25 @@ def test_registry_table_in_readme_lists_every_registered_entry():
         for name in registry:
             assert f"| `{name}` |" in table, (registry.kind, name)
     assert "`combiner.greedy.iterations`" in table  # a strategy's own settings, from its schema
-    assert table in (ROOT / "README.md").read_text(), \
-        "README's registry table is stale: run `python scripts/config_reference.py --write`"
+    assert table in (ROOT / "docs/reference/registries.md").read_text(), \
+        "the registry reference is stale: run `python scripts/config_reference.py --write`"
+
+
+def test_the_readme_command_table_lists_every_registered_command():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from config_reference import commands_table
+
+    from ensemble.commands import load_commands
+
+    table = commands_table()
+    for cmd in load_commands():
+        assert f"| `effens {cmd.name} " in table and cmd.help in table
+    assert "`effens export RUN --format FORMAT --out OUT [options]`" in table
+    for page in ("README.md", "docs/reference/commands.md"):
+        assert table in (ROOT / page).read_text(), \
+            f"{page}: the command table is stale: run `python scripts/config_reference.py --write`"
 
 
 def test_ci_runs_the_readme_test_command():
@@ -41,9 +58,16 @@ def test_ci_runs_the_readme_test_command():
     assert command in (ROOT / ".ci/run").read_text()
 
 
+def test_the_readme_is_a_short_page_that_points_to_the_docs():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    for page in ("docs/guides/train.md", "docs/guides/audit.md", "docs/reference/config.md", "docs/benchmarks.md"):
+        assert f"]({page})" in readme and (ROOT / page).is_file(), page
+
+
 def readme_python_block() -> str:
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Python\n"):]
+    text = (ROOT / "docs/guides/python.md").read_text()
+    section = text
     return section[section.index("```python\n") + 10:section.index("\n```", section.index("```python\n"))]
 
 

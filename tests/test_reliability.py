@@ -8,10 +8,10 @@ import sys
 
 import numpy as np
 import pytest
+import synth
 import yaml
 from PIL import Image
 
-import synth
 from ensemble.cli import main
 
 
@@ -418,10 +418,10 @@ def _leaf_keys():
 
 
 def test_schema_fuzz_any_value_validates_or_names_its_key(tmp_path):
+    import math
+
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
-
-    import math
 
     from ensemble.config import ConfigError, apply_overrides, config_from_dict
     from ensemble.schema import to_dict

@@ -8,19 +8,17 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+import synth
 import yaml
 from PIL import Image
-
-import synth
-from ensemble.cli import main
 from test_reliability import _cfg, _copy
 from test_reliability import _quiet_failure as _fails
+
+from ensemble.cli import main
 
 
 def _digest(folder: Path) -> dict:

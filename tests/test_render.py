@@ -5,10 +5,10 @@ import json
 import random
 
 import numpy as np
+import synth
 import yaml
 from PIL import Image
 
-import synth
 from ensemble.cli import main
 from ensemble.shortcuts import check_shortcuts
 from members.inputs import InputConfig

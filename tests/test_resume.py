@@ -8,16 +8,15 @@ import time
 
 import numpy as np
 import pytest
+import synth
 import torch
 import yaml
 from safetensors.torch import load_file
 
 from ensemble import files as run_mod
 from ensemble.cli import main
-from ensemble.runfolder import load_run
 from ensemble.runfolder import MemberCheckpoint as CheckpointStore
-
-import synth
+from ensemble.runfolder import load_run
 
 
 def one_member_config(tiny_data, tmp_path, epochs=3, **train):

@@ -4,8 +4,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 import synth
+
 from ensemble.cli import main
 
 #: a second process doing what `train --restart` does first: take the lock as RunFolder

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import synth
 import torch
 import yaml
 
-import synth
 from ensemble.cli import main
 from ensemble.runfolder import load_run
 from members import precision as prec
@@ -396,7 +396,8 @@ def test_cli_choices_mirror_their_modules():
     """The CLI spells these out so that `--help` loads no torch; they must stay equal."""
     from typing import get_args, get_type_hints
 
-    from ensemble import cli, export
+    from ensemble import export
+    from ensemble.commands import options as cli
     from ensemble.config import Config, MemberConfig
 
     assert cli.PRECISIONS == prec.PRECISIONS
@@ -428,9 +429,9 @@ def test_two_trainings_under_a_fast_and_a_slow_probe_give_identical_weights(tiny
     """`precision: auto` cannot flip with machine load: what a timing would read is irrelevant."""
     import hashlib
 
+    import synth
     import yaml
 
-    import synth
     from ensemble.cli import main
 
     _fake_cpu(monkeypatch, True)  # a CPU with native bf16, where the old probe decided

@@ -10,7 +10,6 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from test_reliability import _copy
 
 HEAVY = ("torch", "timm", "sklearn", "torchvision", "members.trainer", "ensemble.training")

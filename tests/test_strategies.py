@@ -3,8 +3,8 @@ import json
 
 import numpy as np
 import pytest
-
 import synth
+
 from ensemble.cli import main
 from ensemble.config import CombinerConfig, ConfigError, config_from_dict
 from ensemble.strategies import STRATEGIES, Combiner, FitData, Strategy, fit_combiner, register

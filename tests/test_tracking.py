@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import synth
 import yaml
 
-import synth
 from ensemble.cli import main
 
 mlflow = pytest.importorskip("mlflow", reason="tracking tests need MLflow: pip install 'effens[track]'")

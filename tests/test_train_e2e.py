@@ -6,15 +6,14 @@ import sys
 
 import numpy as np
 import pytest
+import synth
 import yaml
 from safetensors.torch import load_file
 
 from ensemble.cli import main
-from ensemble.runfolder import load_run
-from ensemble.images import decode_all
 from ensemble.data import load_folder
-
-import synth
+from ensemble.images import decode_all
+from ensemble.runfolder import load_run
 
 MEMBER_FILES = {"model.safetensors", "member.json", "samples.npy", "oob.npy", "oob_proba.npy"}
 

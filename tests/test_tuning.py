@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import synth
 import timm
 import torch
 import yaml
@@ -14,8 +15,6 @@ from ensemble.tuning import Candidate, enumerate_candidates, halving_schedule, s
 from members.features import extract_features, head_proba, train_head
 from members.models import input_config
 from members.transforms import normalize
-
-import synth
 
 
 def test_grid_enumeration():

@@ -4,11 +4,11 @@ import json
 
 import numpy as np
 import pytest
+import synth
 import torch
 import yaml
 from PIL import Image
 
-import synth
 from ensemble.cli import main
 from members.models import InputConfig
 from members.streams import item_streams

@@ -1,0 +1,35 @@
+"""The project's lint rules (pyproject.toml, [tool.ruff]) hold for every file: unused
+imports, undefined names, import order and the rest fail the suite, so `.ci/run` checks
+them too."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ruff() -> list[str]:
+    try:
+        import ruff  # noqa: F401 - installed by the `dev` extra
+    except ImportError:
+        if shutil.which("ruff") is None:
+            pytest.skip("ruff is not installed (pip install -e '.[dev]' installs it)")
+        return ["ruff"]
+    return [sys.executable, "-m", "ruff"]
+
+
+def test_ruff_finds_nothing():
+    done = subprocess.run([*_ruff(), "check", "--no-cache", "ensemble", "members", "tests", "scripts"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+
+def test_ruff_would_fail_on_an_unused_import(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os\n")
+    done = subprocess.run([*_ruff(), "check", "--no-cache", "--config", str(ROOT / "pyproject.toml"), str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "F401" in done.stdout
