@@ -314,7 +314,7 @@ def check_exclude_target(target: Path, out_dir: Path) -> None:
 
 
 def check_unedited(out_dir: Path) -> None:
-    """Refuse an ``--out`` whose tables (CSVs a person may edit in place: the README says to
+    """Refuse an ``--out`` whose tables (CSVs a person may edit in place: docs/guides/audit.md says to
     review label_issues.csv) were edited since the audit wrote them; audit.json keeps their
     digests under ``written``."""
     from .files import RECORD
@@ -424,11 +424,11 @@ def feature_member(cfg, view: str = FEATURE_VIEWS[0]):
     weights (a network that learnt nothing says nothing), else EfficientNet-Lite0; always
     under ``view``, whatever view the member trains with, so that a config, its runs and its
     data folder give the same similar pairs (``--min-cosine`` was chosen under one view)."""
-    from .config import config_from_dict
+    from .config import RenderConfig, config_from_dict
 
     for spec in cfg.members:
-        if spec.weights != "none":
-            return dataclasses.replace(spec, view=view)
+        if spec.weights != "none":  # the member's architecture and weights; the audit's own view, no re-render
+            return dataclasses.replace(spec, view=view, render=RenderConfig())
     return config_from_dict({"data": {"train": "."}, "members": [{**DEFAULT_FEATURES, "view": view}]},
                             source="effens audit").members[0]
 

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", _one_line(exc))
         if args.verbose:
             log.error("traceback (-v):", exc_info=exc)
-        return getattr(exc, "exit_code", 2)
+        return max(1, int(getattr(exc, "exit_code", 2)))  # an error never exits 0
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -110,8 +110,10 @@ def _guard_output(args, cmd) -> None:
     out = getattr(args, "out", None)
     if out is None or cmd.output is None:
         return
-    inputs = [*(getattr(args, "inputs", None) or []), *(getattr(args, "images", None) or [])]
-    inputs += [v for v in (getattr(args, k, None) for k in ("config", "run", "data")) if isinstance(v, str)]
+    inputs = []
+    for name in cmd.inputs:
+        value = getattr(args, name, None)
+        inputs += [value] if isinstance(value, str) else list(value or [])
     if cmd.reads_data:
         inputs += _config_data_inputs(args)
     check_output_path(out, inputs, run_root=cmd.output == "run", folder=cmd.output != "file")

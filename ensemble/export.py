@@ -121,12 +121,16 @@ def ensemble_graph(ens, strategy: str) -> EnsembleGraph:
 
 
 def check_one_view(strategy: str, rows: Sequence) -> None:
-    """Refuse a graph whose members (or pool candidates) see images under different views:
+    """Refuse a graph whose members (or pool candidates) see images under different views
+    (or re-renders, ``render:``):
     its one input would feed all of them the first one's view, and its answers would differ
     from ``effens predict``'s."""
-    views = {fm.inputs.view for fm in rows}
-    if len(views) > 1:
-        seen = ", ".join(f"{fm.name}: {fm.inputs.view}" for fm in rows)
+    def look(fm) -> str:
+        render = getattr(fm.inputs, "render", None)
+        return fm.inputs.view + (f" rendered at {render}" if render else "")
+
+    if len({look(fm) for fm in rows}) > 1:
+        seen = ", ".join(f"{fm.name}: {look(fm)}" for fm in rows)
         raise ExportRefused(f"strategy {strategy} weighs members or pool candidates seen under different views "
                             f"({seen}); one graph takes one input view: use `effens predict` (each its own view), "
                             f"train the members under one view, or refit greedy with `combiner.greedy.pool=false`")
@@ -142,6 +146,7 @@ def preprocessing(inputs, classes: Sequence[str]) -> dict:
                   "shape": ["batch", 3, inputs.image_size, inputs.image_size]},
         "output": {"name": "proba", "shape": ["batch", len(classes)], "meaning": "class probabilities"},
         "view": inputs.view,
+        "render": getattr(inputs, "render", None),
         "steps": ["decode to RGB (EXIF orientation applied)", *describe_view(inputs),
                   "scale to [0, 1], subtract mean, divide by std (per channel, RGB)"],
         "image_size": inputs.image_size, "resize_size": inputs.resize_size, "crop_pct": inputs.crop_pct,

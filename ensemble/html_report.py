@@ -316,11 +316,12 @@ def shortcuts_section(doc: dict, classes: Sequence[str]) -> str:
         f = p["predicts"]
         rows.append(f'<tr{" class=default" if p["flagged"] else ""}><td>{_e(name)}</td>'
                     f'<td style="text-align:left">{_e(p["about"])}</td>'
-                    + (f'<td>{f["macro_f1"]:.2f} [{f["low"]:.2f}, {f["high"]:.2f}]</td>' if f else "<td>constant</td>")
+                    + (f'<td>{f["macro_f1"]:.2f} [{f["low"]:.2f}, {f["high"]:.2f}]</td><td>{f.get("p", 1):.2f}</td>'
+                       if f else "<td>constant</td><td></td>")
                     + f'<td>{"<b>yes</b>" if p["flagged"] else ""}</td>'
                     + "".join(f'<td>{p["ks_from_train"][s]:.2f}</td>' if s in p["ks_from_train"] else "<td></td>"
                               for s in others) + "</tr>")
-    head = "".join(f"<th>{h}</th>" for h in ["property", "what", "macro-F1 on train [95%]", "flagged",
+    head = "".join(f"<th>{h}</th>" for h in ["property", "what", "macro-F1 on train [95%]", "p", "flagged",
                                              *(f"KS {s} vs train" for s in others)])
     every = sc.get("all")
     plots = "".join(f'<figure class="who"><figcaption><b>{_e(n)}</b>{" (flagged)" if sc["properties"][n]["flagged"] else ""}'
@@ -330,10 +331,12 @@ def shortcuts_section(doc: dict, classes: Sequence[str]) -> str:
     return ("<h2 id=shortcuts>Shortcuts: properties that are not the content</h2>"
             f"<p>{_e(summary_line(sc))}. Each property alone, then all together"
             + (f" (macro-F1 {every['macro_f1']:.2f} [{every['low']:.2f}, {every['high']:.2f}])" if every else "")
-            + f", predicts the training labels out of fold; chance is {sc['chance']['mean']:.2f} (shuffled labels), "
-            f"and a property is flagged when its interval clears {sc['bar']:.2f}. A flagged property is one the "
-            "members can learn instead of the damage: if val or test differ from train in it (KS distance), train "
-            "with the member key <code>render</code> (docs/guides/shift.md).</p>"
+            + f", predicts the training labels out of fold; chance is {sc['chance']['mean']:.2f} (the same "
+            f"classifier on {sc['chance'].get('shuffles', 0)} shuffles of the labels); a property is flagged when "
+            f"the best property on shuffled labels scores as high in under {sc.get('alpha', 0.05) / 2:.1%} of the "
+            f"shuffles (p) and it beats chance by {sc.get('min_gain', 0.05):.2f}. A flagged "
+            "property is one the members can learn instead of the damage: if val or test differ from train in it "
+            "(KS distance), train with the member key <code>render</code> (docs/guides/shift.md).</p>"
             + "<ul>" + "".join(f"<li>{_e(t)}</li>" for t in sc["findings"]) + "</ul>"
             + f'<table class="audit"><tr>{head}</tr>{"".join(rows)}</table>'
             + f'<div class="grid">{plots}</div>')

@@ -61,14 +61,15 @@ def allowed_folders() -> list[Path]:
     return [Path(folder).resolve() for folder in listed if folder.strip()]
 
 
-def path_allowed(path: str, folders: list[Path]) -> bool:
-    """Whether ``path``, resolved, lies under one of ``folders``: decided from the name alone,
-    so the answer never tells whether a file outside exists."""
+def allowed_path(path: str, folders: list[Path]) -> Path | None:
+    """``path`` resolved, if it lies under one of ``folders`` (else None): decided from the
+    name alone, so the answer never tells whether a file outside exists. The resolved path
+    is what gets read, so a link swapped in after the check cannot lead outside."""
     try:
         real = Path(path).resolve()
     except (OSError, RuntimeError, ValueError):  # a loop of links, a NUL byte
-        return False
-    return any(real.is_relative_to(folder) for folder in folders)
+        return None
+    return real if any(real.is_relative_to(folder) for folder in folders) else None
 
 
 @functools.cache
@@ -126,9 +127,13 @@ def _define():
                     if stream is not None:
                         arrays.append(decode_image(stream, predictor.size))
                     elif isinstance(path, str) and path:
-                        if not path_allowed(path, folders):
+                        real = allowed_path(path, folders)
+                        if real is None:
                             raise BadImageError(PATH_REFUSED)
-                        arrays.append(decode_image(path, predictor.size))
+                        try:
+                            arrays.append(decode_image(str(real), predictor.size))
+                        except BadImageError as exc:  # named as the client named it
+                            raise BadImageError(str(exc).replace(str(real), path)) from None
                     else:
                         raise BadImageError("no `path` and no `image` bytes in this row")
                 except BadImageError as exc:

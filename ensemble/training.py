@@ -53,6 +53,19 @@ def estimator_from_config(cfg: Config) -> BaggedEnsemble:
                           cfg.runtime, cfg.plugins)
 
 
+def _card_shortcuts(data, seed: int) -> dict | None:
+    """The run card's shortcut check from file headers; a failure costs the card its line,
+    never the finished training."""
+    from .shortcuts import header_check
+
+    try:
+        return header_check(data, seed)
+    except Exception as exc:  # noqa: BLE001 - a report line, not the run: said, then left out
+        log.warning("the run card's shortcut check failed (%s: %s); run `effens audit` for it",
+                    type(exc).__name__, exc)
+        return None
+
+
 def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = None) -> dict:
     """Evaluate every member and strategy on the cached val/test probabilities; write report/."""
     comb = ens.combiner_
@@ -167,11 +180,12 @@ def _train(cfg: Config, data: Dataset, run: RunFolder, tracker=None) -> dict:
                              ens.member_proba(test_imgs, runtime="torch", pool=True))
     run.seal_predictions()
     from .card import data_summary
-    from .shortcuts import header_check
 
-    extra = {"shortcuts": header_check(data, cfg.seed),"skipped_images": {k: [{"path": p, "reason": r} for p, r in v] for k, v in bad.items() if v},
+    sources = {k: _source(getattr(cfg.data, k)) for k in ("train", "val", "test")}
+    extra = {"shortcuts": _card_shortcuts(data, cfg.seed),
+             "skipped_images": {k: [{"path": p, "reason": r} for p, r in v] for k, v in bad.items() if v},
              "data_changes": data.changes,
-             "data_summary": data_summary(data, {k: _source(getattr(cfg.data, k)) for k in ("train", "val", "test")}),
+             "data_summary": data_summary(data, sources),
              "timing": {"decode_s": decode_s, "total_s": time.perf_counter() - t_start,
                         "members_train_s": {fm.name: fm.meta["train_seconds"] for fm in ens.members_}}}
     doc = write_run_report(run, ens, extra)
@@ -216,7 +230,7 @@ def refit_run_combiner(out: str, overrides: list[str] | None = None) -> dict:
             ens.refit_combiner(ens.validated_config().combiner)
             run.save_combiner(ens.combiner_)
             doc = write_run_report(run, ens, {k: old[k] for k in ("skipped_images", "timing", "data_changes",
-                                                                  "data_summary") if k in old})
+                                                                  "data_summary", "shortcuts") if k in old})
             run.record()
         return doc
     finally:

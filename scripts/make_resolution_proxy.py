@@ -38,14 +38,18 @@ def main(argv=None) -> None:
         with Image.open(path) as img:
             if min(img.size) >= args.min_side:
                 large.setdefault(label, []).append(path)
+    missing = sorted(set(split.labels) - set(large))
+    if missing:
+        raise SystemExit(f"{args.split}: no photo of at least {args.min_side} px in class(es) {', '.join(missing)}; "
+                         f"lower --min-side")
     n = min(len(v) for v in large.values())
     out = Path(args.out)
     out.mkdir(parents=True)
     rng = random.Random(args.seed)
     for label, paths in sorted(large.items()):
         (out / label).mkdir()
-        for p in sorted(rng.sample(sorted(paths), n)):
-            shutil.copy2(p, out / label / Path(p).name)
+        for k, p in enumerate(sorted(rng.sample(sorted(paths), n))):
+            shutil.copy2(p, out / label / f"{k:04d}_{Path(p).name}")  # numbered: equal names never collide
         print(f"{label}: {n} of {len(paths)} photos of at least {args.min_side} px")
 
 

@@ -12,15 +12,16 @@ def hello():
     ran = []
 
     def arguments(p):
-        p.add_argument("config")  # an input, by its name (the output rule reads config, run, data, inputs, images)
+        p.add_argument("source")  # an input, declared below
         p.add_argument("--out", required=True)
 
     def run(args):
-        ran.append((args.config, args.out))
+        ran.append((args.source, args.out))
         return 0
 
     load_commands()
-    cmd = command("hello", "say hello to a file", arguments, run, backend="training", output="file")
+    cmd = command("hello", "say hello to a file", arguments, run, backend="training", output="file",
+                  inputs=("source",))
     yield cmd, ran
     COMMANDS.remove("hello")
 

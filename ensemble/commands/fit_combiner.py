@@ -8,7 +8,7 @@ from . import command, options
 
 def arguments(p) -> None:
     p.add_argument("run", help=options.RUN_HELP)
-    options.add_overrides(p, "combiner.stacking.source=oob", "combiner.KEY=VALUE")
+    options.add_overrides(p, "combiner.stacking.source=oob", "combiner.KEY=VALUE", "change a combiner setting first")
 
 
 def run(args) -> int:

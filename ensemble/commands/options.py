@@ -81,9 +81,9 @@ RUN_HELP = "run folder made by `effens train`"
 
 
 def add_overrides(p: argparse.ArgumentParser, example: str = "members.0.train.epochs=1",
-                  metavar: str = "KEY=VALUE") -> None:
+                  metavar: str = "KEY=VALUE", what: str = "override a config key") -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar=metavar,
-                   help=f"override a config key, e.g. {example} (repeatable)")
+                   help=f"{what}, e.g. {example} (repeatable)")
 
 
 def add_strategy(p: argparse.ArgumentParser, names, help: str, **kwargs) -> None:

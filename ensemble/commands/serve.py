@@ -65,9 +65,14 @@ def run(args) -> int:
             from ray import serve as _  # noqa: F401
         except ImportError as exc:
             raise RunError(f"--ray needs Ray Serve ({exc.name} is not installed): pip install 'ray[serve]'") from None
+        import logging
+
         from ..runfolder import load_run
 
         load_run(args.run)  # a bad run is one line here, not a failed replica
+        if args.keep_alive != 5.0 or args.max_connections != 128:
+            logging.getLogger("effens").warning("--ray: Ray's proxy holds the connections, so --keep-alive and "
+                                                "--max-connections do not apply (--max-header-kb does)")
         serve_on_ray(args.run, args.host, args.port, settings, args.replicas)
     else:
         serve(args.run, args.host, args.port, settings)
