@@ -14,10 +14,11 @@ loads, started beside it and stopped after it:
 - ``both``: a two-threaded torch process training the same CNN (both cores busy, with
   libgomp's default spin-waiting, as any other torch program).
 
-and two OpenMP wait policies for effens itself: ``spin`` (``GOMP_SPINCOUNT=300000``, what
-libgomp does when nothing is set: effens before issue #41 item 13) and ``default`` (what
-effens now sets for itself when the user sets neither ``OMP_WAIT_POLICY`` nor
-``GOMP_SPINCOUNT``). The trained weights' SHA-256 is recorded under every load and policy:
+and OpenMP wait policies for effens itself (``--policies``): ``spin``
+(``GOMP_SPINCOUNT=300000``, what libgomp does when nothing is set: effens before issue #41
+item 13), ``default`` (what effens now sets for itself when the user sets neither
+``OMP_WAIT_POLICY`` nor ``GOMP_SPINCOUNT``), ``passive`` (``OMP_WAIT_POLICY=PASSIVE``: sleep at
+once) and ``short`` (``GOMP_SPINCOUNT=10000``: spin briefly, then sleep). The trained weights' SHA-256 is recorded under every load and policy:
 it must be one value (the load never changes a number).
 """
 from __future__ import annotations
@@ -51,7 +52,8 @@ while True:
     opt.zero_grad(); nn.functional.cross_entropy(net(x), y).backward(); opt.step()
 """
 
-POLICIES = {"spin": {"GOMP_SPINCOUNT": "300000"}, "default": {}}
+POLICIES = {"spin": {"GOMP_SPINCOUNT": "300000"}, "default": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+            "short": {"GOMP_SPINCOUNT": "10000"}}
 LOADS = {"idle": None, "one": "1", "both": "2"}
 
 
