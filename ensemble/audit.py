@@ -653,7 +653,7 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     from .shortcuts import check_shortcuts, property_table, source_folders
 
     k_paths, k_labels, k_splits = [p for _, p, _ in known], [lab for _, _, lab in known], [s_ for s_, _, _ in known]
-    shortcuts = check_shortcuts(property_table([sigs[p] for p in k_paths], source_folders(k_paths, k_labels, k_splits)),
+    shortcuts = check_shortcuts(property_table([sigs[p] for p in k_paths], source_folders(k_paths, k_labels)),
                                 k_labels, k_splits, classes, seed=src.cfg.seed)
     stats = {}
     for split in ("train", "val", "test"):

@@ -76,11 +76,11 @@ NUISANCES: tuple[Nuisance, ...] = (
 )
 
 
-def source_folders(paths: Sequence[str], labels: Sequence[str], splits: Sequence[str]) -> list[str] | None:
+def source_folders(paths: Sequence[str], labels: Sequence[str]) -> list[str] | None:
     """Each file's folders below its class folder (``train/minor/kaggle/a.jpg`` -> ``kaggle``):
     where the photo came from, when a data set keeps its sources apart. None unless every
     photo sits below a folder named as its label (class folders): elsewhere (a manifest) a
-    folder may be the class itself. ``splits`` is not needed (kept for the callers' symmetry)."""
+    folder may be the class itself."""
     out = []
     for path, label in zip(paths, labels):
         parts = os.path.dirname(os.path.abspath(path)).split(os.sep)
@@ -91,10 +91,13 @@ def source_folders(paths: Sequence[str], labels: Sequence[str], splits: Sequence
     return out if out else None
 
 
-def property_table(sigs: Sequence, sources: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """Name -> one float per image (NaN where unknown); ``source`` (category codes) when
-    the images come from more than one source folder."""
-    table = {n.name: np.array([n.read(s) for s in sigs], dtype=np.float64) for n in NUISANCES}
+def property_table(sigs: Sequence, sources: Sequence[str] | None = None,
+                   names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """Name -> one float per image (NaN where unknown) for every nuisance (or those in
+    ``names``); ``source`` (category codes) when the images come from more than one source
+    folder."""
+    table = {n.name: np.array([n.read(s) for s in sigs], dtype=np.float64) for n in NUISANCES
+             if names is None or n.name in names}
     return _with_sources(table, sources)
 
 
@@ -150,10 +153,8 @@ def header_check(data, seed: int = 0) -> dict:
     heads = [read_header(p) for _, p, _ in rows]
     kept = [(r, h) for r, h in zip(rows, heads) if h is not None]
     splits, paths, labels = ([r[i] for r, _ in kept] for i in range(3))
-    table = {n.name: np.array([n.read(h) for _, h in kept], dtype=np.float64) for n in NUISANCES
-             if n.name in HEADER_PROPERTIES}
-    return check_shortcuts(_with_sources(table, source_folders(paths, labels, splits)), labels, splits,
-                           list(data.classes), seed)
+    table = property_table([h for _, h in kept], source_folders(paths, labels), HEADER_PROPERTIES)
+    return check_shortcuts(table, labels, splits, list(data.classes), seed)
 
 
 def about(name: str) -> str:

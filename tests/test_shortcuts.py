@@ -78,9 +78,9 @@ def test_properties_that_predict_only_together_are_said_so():
 def test_source_folders_leave_out_the_class_folder_and_only_for_class_folders(tmp_path):
     paths = [str(tmp_path / "train" / "minor" / "kaggle" / "a.jpg"), str(tmp_path / "train" / "severe" / "web" / "b.jpg"),
              str(tmp_path / "test" / "minor" / "c.jpg")]
-    assert source_folders(paths, ["minor", "severe", "minor"], ["train", "train", "test"]) == ["kaggle", "web", ""]
+    assert source_folders(paths, ["minor", "severe", "minor"]) == ["kaggle", "web", ""]
     # a manifest whose folders are not named as the labels: a folder may be the class itself
-    assert source_folders(paths, ["moderate", "severe", "minor"], ["train", "train", "test"]) is None
+    assert source_folders(paths, ["moderate", "severe", "minor"]) is None
 
 
 def test_jpeg_quality_is_read_from_the_quantisation_table(tmp_path):
