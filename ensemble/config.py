@@ -104,6 +104,10 @@ class DataConfig:
     relabel: str | None = field(None, check=_path_text, doc="a CSV with `path` and `suggested` (or `label`) "
                                 "columns, such as audit's label_issues.csv after review: each listed image "
                                 "takes that label")
+    train_on_val: bool = field(False, doc="the final fit, once the recipe is chosen on val: train the members "
+                               "on train + val; each member's out-of-bag images stand in for val (its best "
+                               "epoch, the combiner, `auto`, temperatures, conformal sets), so no figure is "
+                               "scored on an image its member trained on")
 
 
 @dataclasses.dataclass
@@ -515,6 +519,11 @@ class Config:
             if name in _strategies() or name in RESERVED_COLUMNS:
                 raise ConfigError(f"`members.{i}.name` must differ from the strategy names and output "
                                   f"columns ({', '.join(_strategies() + RESERVED_COLUMNS)}); got {name!r}")
+        if self.data.train_on_val:
+            for i, m in enumerate(self.members):
+                if m.bagging.ratio >= 1 and not m.bagging.replace:
+                    raise ConfigError(f"`data.train_on_val` needs out-of-bag images, but `members.{i}.bagging` "
+                                      f"(ratio 1, replace false) leaves no image out; lower its ratio")
         w = self.combiner.weights
         if isinstance(w, list) and len(w) != len(self.members):
             raise ConfigError(f"`combiner.weights` must have one weight per member "

@@ -239,6 +239,7 @@ class Dataset:
     val: Split
     test: Split | None
     changes: dict = dataclasses.field(default_factory=dict)
+    val_in_train: int = 0  # val images moved into train by `data.train_on_val`
 
 
 def read_exclusions(path: str) -> tuple[set[str], set[str]]:
@@ -466,8 +467,18 @@ def load_dataset(data_cfg, seed: int) -> Dataset:
     if missing:
         log.warning("val has no image of class(es) %s: its scores for them are undefined and the best epoch "
                     "is chosen without them", ", ".join(missing))
-    return apply_data_changes(Dataset(classes, train, val, test), getattr(data_cfg, "exclude", None),
+    data = apply_data_changes(Dataset(classes, train, val, test), getattr(data_cfg, "exclude", None),
                               getattr(data_cfg, "relabel", None))
+    return with_val_in_train(data) if getattr(data_cfg, "train_on_val", False) else data
+
+
+def with_val_in_train(data: Dataset) -> Dataset:
+    """``data.train_on_val``: val joins train and val is left empty; every held-out figure then
+    comes from the members' out-of-bag images."""
+    log.info("data.train_on_val: training on %d train + %d val images; held-out figures come from "
+             "out-of-bag images", len(data.train), len(data.val))
+    merged = Split(data.train.paths + data.val.paths, data.train.labels + data.val.labels)
+    return dataclasses.replace(data, train=merged, val=Split([], []), val_in_train=len(data.val))
 
 
 #: words a class may not be called: predict's `decision` column says "review" for sent-to-review images

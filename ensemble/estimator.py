@@ -289,6 +289,8 @@ class BaggedEnsemble(ParamsMixin):
             log.warning("--adapt-bn re-estimates BatchNorm statistics on the %d image(s) given: that few give "
                         "noisy statistics; predict a batch of at least a few dozen photos together", len(X))
         rows = self.pool_rows() if pool else list(zip(self.members_, self._specs()))
+        if not len(X):  # no images (an empty val with `data.train_on_val`): nothing to run
+            return np.zeros((len(rows), 0, len(self.classes_)))
         own_view = {fm.name: fm.inputs.view for fm in self.members_}
         images = _decoded(X, self._specs(), "X", [fm.inputs for fm, _ in rows])
         dev = resolve_device(str(device or self.device))

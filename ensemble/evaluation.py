@@ -73,7 +73,7 @@ def calibration_set(ens, strategy: str | None = None, source: str = "val") -> tu
     decisions (:mod:`ensemble.decisions`): its validation images, or its OOB images
     voted on only by the members that left them out."""
     comb = ens.combiner_
-    if source == "val":
+    if source == "val" and len(ens.val_y_):
         return comb.apply(ens.val_proba_, strategy)[1], np.asarray(ens.val_y_)
     _, full, available = _oob_inputs(comb, len(ens.y_train_), ens.oob_indices_, ens.oob_proba_)
     covered, _, proba = comb.apply_oob(full, available, strategy)
@@ -88,12 +88,13 @@ def decision_report(ens, settings, splits: dict[str, tuple[np.ndarray, np.ndarra
     from .decisions import Decider
 
     strategy = strategy or ens.combiner_.strategy
-    cal_proba, cal_y = calibration_set(ens, strategy, settings.calibration)
+    source = settings.calibration if len(ens.val_y_) else "oob"  # no val with `data.train_on_val`
+    cal_proba, cal_y = calibration_set(ens, strategy, source)
     decider = Decider(cal_proba, cal_y, settings.costs, ens.classes_)
     fitted_on = getattr(ens.combiner_.get(strategy), "source_", None)
-    return {"strategy": strategy, "calibration": settings.calibration, "n_calibration": int(len(cal_y)),
+    return {"strategy": strategy, "calibration": source, "n_calibration": int(len(cal_y)),
             "by_class": settings.coverage_by_class,
-            "in_sample": fitted_on == settings.calibration,
+            "in_sample": fitted_on == source,
             "costs": settings.costs,
             "splits": {split: decider.report(p, y, settings.coverage_by_class) for split, (p, y) in splits.items()}}
 

@@ -52,6 +52,14 @@ class MemberJob:
         return member_seed(self.seed, self.index)
 
 
+def held_out_images(data: TrainingData, oob: np.ndarray) -> tuple[list, np.ndarray]:
+    """The images a member chooses its epoch on: val, or with no val (``data.train_on_val``)
+    its own out-of-bag images."""
+    if len(data.val_y):
+        return list(data.val_images), np.asarray(data.val_y)
+    return [data.images[i] for i in oob], np.asarray(data.y)[oob]
+
+
 def member_seed(seed: int, index: int) -> int:
     """Torch seed of member ``index`` (independent of the bagging stream)."""
     return int(np.random.SeedSequence([seed, index, 1]).generate_state(1)[0])
@@ -104,8 +112,8 @@ def fit_member(job: MemberJob, data: TrainingData, store=None) -> dict:
         precision = resolve_precision(spec.precision or "auto", device)
         log.info("member %s: precision %s (%s)", spec.name, precision.name, precision.reason)
         k = len(classes)
-        train_data = TrainData(data.images, data.y, job.sample, eval_tensor(data.val_images, member.inputs),
-                               np.asarray(data.val_y))
+        val_images, val_y = held_out_images(data, job.oob)
+        train_data = TrainData(data.images, data.y, job.sample, eval_tensor(val_images, member.inputs), val_y)
         run = TrainRun(spec.name, mseed, device, lambda y, p: selection_scores(y, p, k), precision, checkpoint,
                        keep_probe="probe" in spec.candidates.weights)
         result = train_member(member, spec.train, train_data, run)
@@ -122,7 +130,8 @@ def fit_member(job: MemberJob, data: TrainingData, store=None) -> dict:
         "precision_reason": precision.reason if precision.name == result.precision else "as in the checkpoint resumed",
         "allocator": result.allocator,
         "n_samples": int(len(job.sample)), "n_unique": int(len(np.unique(job.sample))), "n_oob": int(len(oob)),
-        "best_epoch": result.best_epoch, "selection": result.selection, "history": result.history, "train_seconds": result.seconds,
+        "best_epoch": result.best_epoch, "selection": result.selection,
+        "selected_on": "val" if len(data.val_y) else "oob", "history": result.history, "train_seconds": result.seconds,
         "fingerprint": job.fingerprint, "versions": versions(),
     }
     arrays = {"samples": np.asarray(job.sample, dtype=np.int64), "oob": np.asarray(oob, dtype=np.int64),

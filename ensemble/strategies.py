@@ -133,8 +133,10 @@ class FitData:
 
     def source(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
         """(proba, y, available or None, the source actually used) for ``val`` or ``oob``."""
-        if name == "oob" and self.has_oob:
+        if (name == "oob" or not len(self.val_y)) and self.has_oob:
             return self.oob_proba, self.oob_y, self.oob_available, "oob"
+        if not len(self.val_y):
+            raise ValueError("no held-out images: val is empty and no member left a training image out")
         if name == "oob":
             log.warning("no member left any training image out (ratio 1 without replacement): "
                         "fitting the combiner on validation probabilities instead")
@@ -598,7 +600,9 @@ def fit_combiner(settings: Any, member_names: Sequence[str], classes: Sequence[s
     temperatures = None
     n = len(member_names)
     if settings.calibrate:
-        temperatures = [fit_temperature(p, data.val_y) for p in data.val_proba[:n]]
+        temperatures = ([fit_temperature(p, data.val_y) for p in data.val_proba[:n]] if len(data.val_y) else
+                        [fit_temperature(data.oob_proba[j, a], data.oob_y[a])  # train_on_val: each member's OOB
+                         for j, a in enumerate(data.oob_available[:n])])
         oob = data.oob_proba.copy()
         for j, t in enumerate(temperatures):
             left_out = data.oob_available[j]

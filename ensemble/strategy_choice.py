@@ -35,15 +35,17 @@ def _held_out(fitted: dict, pool_data, n_classes: int, folds: int, seed: int,
     are the same)."""
     data = pool_data.head(n_members) if n_members is not None else pool_data
     covered = np.flatnonzero(data.oob_available.any(axis=0)) if data.has_oob else np.arange(0)
-    if len(covered) < 2 * folds:  # too few to cross-fit on: val alone
+    if len(covered) < 2 * folds and len(data.val_y):  # too few to cross-fit on: val alone
         covered = np.arange(0)
     fold_of = np.random.default_rng(seed).permutation(len(covered)) % folds
     out = {}
     members_data = data
     for name, s in fitted.items():
         data = pool_data if getattr(s, "pool", False) else members_data
-        pred_v, p_v = s.apply(data.val_proba)
-        preds, probs = [pred_v], [p_v]
+        preds, probs = [], []
+        if len(data.val_y):  # empty with `data.train_on_val`: the OOB images alone
+            pred_v, p_v = s.apply(data.val_proba)
+            preds, probs = [pred_v], [p_v]
         if len(covered):
             pred_o = np.empty(len(covered), dtype=np.int64)
             p_o = np.empty((len(covered), data.val_proba.shape[2]))

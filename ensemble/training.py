@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
+
 from .config import Config, check_against_classes, data_inputs, load_config
 from .data import DataError, Dataset, cache_size, decode_split, load_dataset
 from .estimator import BaggedEnsemble, images_fingerprint
@@ -76,6 +78,8 @@ def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = N
         if cached is None:
             continue
         paths, y, proba = cached
+        if not len(y):  # val with `data.train_on_val`: in training, so never scored
+            continue
         results[split] = evaluate_split(proba, y, comb)
         split_data[split] = (paths, y)
     from .card import card_facts, card_lines
@@ -89,6 +93,9 @@ def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = N
     doc["card"] = card_facts(cfg, ens, results, split_data, doc,
                              f"effens train {run.config_path} --out NEW_RUN_FOLDER")
     md = ""
+    if cfg.data.train_on_val:
+        doc["held_out"] = held_out_note(ens)
+        md = doc["held_out"]["text"] + "\n\n"
     if doc.get("data_changes"):
         from .data import describe_changes
 
@@ -100,6 +107,18 @@ def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = N
     files["card.md"] = "\n".join(card_lines(doc))
     run.write_report(files)
     return doc
+
+
+def held_out_note(ens: BaggedEnsemble) -> dict:
+    """metrics.json's ``held_out`` for a ``data.train_on_val`` run: where every held-out figure comes from."""
+    covered = len(np.unique(np.concatenate(ens.oob_indices_)))
+    text = (f"Held-out images: `data.train_on_val` trained the members on train + val, so nothing is scored on val. "
+            f"Each member's best epoch, the combiner, `auto`, temperatures and prediction sets come from out-of-bag "
+            f"images: {covered} of the {len(ens.y_train_)} training images, each left out by at least one member "
+            f"and voted on only by the members that left it out. OOB figures of a strategy fitted on OOB "
+            f"(weighted, stacking, greedy) are in-sample; `auto` cross-fits them.")
+    return {"source": "oob", "train_on_val": True, "n_oob_images": covered, "n_train_images": len(ens.y_train_),
+            "text": text}
 
 
 def preflight(cfg: Config, classes: list[str], source: str) -> None:
@@ -182,6 +201,8 @@ def _train(cfg: Config, data: Dataset, run: RunFolder, tracker=None) -> dict:
     from .card import data_summary
 
     sources = {k: _source(getattr(cfg.data, k)) for k in ("train", "val", "test")}
+    if data.val_in_train:
+        sources["val"] = f"its {data.val_in_train} images are in train (`data.train_on_val`)"
     extra = {"shortcuts": _card_shortcuts(data, cfg.seed),
              "skipped_images": {k: [{"path": p, "reason": r} for p, r in v] for k, v in bad.items() if v},
              "data_changes": data.changes,
