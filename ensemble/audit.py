@@ -1,6 +1,12 @@
 """``effens audit SOURCE --out DIR``: probably mislabelled photos, duplicates (and leaks across
-splits) and odd images, of a trained run's data, of a training config's splits, or of a plain
-folder / CSV manifest.
+splits), odd images, per-split statistics and shortcuts, of a trained run's data, of a training
+config's splits, or of a plain folder / CSV manifest.
+
+Each check is a registered detector (:func:`detector`): one function of the
+:class:`AuditContext` (the splits, every image's signature and pretrained features, the
+options) returning a :class:`Finding` (its ``audit.json`` entries, its table and page
+section, its phrase on the command's last line); a plugin's detector joins them.
+:func:`run_audit` is a few named steps: check, open the source, gather, detect, write.
 
 Label issues come from out-of-sample probabilities (:mod:`ensemble.label_issues`): with a
 run, for training images the OOB vote of the run's strategy (only members that left the
@@ -10,21 +16,25 @@ of the first member's architecture (out-of-fold for training images, fitted on a
 them for val/test). Duplicates come from per-file signatures (:mod:`ensemble.duplicates`:
 content hash, perceptual hashes) and from the cosine of those features (a cropped copy).
 Signatures and features are cached in ``DIR``, so a second audit reads no image twice.
-Writes ``label_issues.csv``, ``duplicates.csv``, ``odd_images.csv``, ``audit.json`` and
-``index.html`` (with thumbnails).
+Writes ``label_issues.csv``, ``duplicates.csv``, ``odd_images.csv`` (and any CSV a plugin's
+detector names), ``audit.json`` and ``index.html`` (with thumbnails).
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import io
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
+
+from members.registry import Registry
 
 from .data import DataError, is_sha256, load_dataset, path_key
 from .duplicates import Signature, find_duplicates, merge_pairs, oddities, signature, similar_in_any
@@ -35,6 +45,8 @@ from .runfolder import RunFolder, load_run
 log = logging.getLogger(__name__)
 
 SIGNATURES = "signatures.json"
+#: rows per table on the page (and photos given thumbnails); the CSVs hold all
+PAGE_ROWS = 200
 #: a cached signature with other fields (an older effens) is computed again
 SIGNATURE_FIELDS = {f.name for f in dataclasses.fields(Signature)}
 #: a duplicate pair's kind when two splits list the very same file
@@ -368,13 +380,14 @@ DEFAULT_FEATURES = {"name": "features", "model": "tf_efficientnet_lite0", "weigh
 
 @dataclasses.dataclass
 class AuditSource:
-    """What is audited: the config (its first member gives the features), the splits, and
-    with a trained run its ensemble and folder."""
+    """What is audited: the config (its first member gives the features), the splits, with
+    a trained run its ensemble and folder, and ``origin``: the audited path, resolved."""
 
     cfg: object
     data: object
     ens: object = None
     run: RunFolder | None = None
+    origin: str = ""
 
 
 def _plain_data(source: str):
@@ -406,17 +419,17 @@ def open_source(source: str) -> AuditSource:
         run = RunFolder(source)
         ens = load_run(source)
         cfg = run.read_config()
-        return AuditSource(cfg, load_dataset(cfg.data, cfg.seed), ens, run)
+        return AuditSource(cfg, load_dataset(cfg.data, cfg.seed), ens, run, str(path.resolve()))
     if path.suffix.lower() in (".yaml", ".yml"):
         cfg = load_config(source)
-        return AuditSource(cfg, load_dataset(cfg.data, cfg.seed))
+        return AuditSource(cfg, load_dataset(cfg.data, cfg.seed), origin=str(path.resolve()))
     if not path.exists():
         raise DataError(f"{source}: not found (give a run folder, a YAML config, a folder of class folders or a "
                         f"CSV manifest)")
     data = _plain_data(source)
     cfg = config_from_dict({"data": {"train": str(path.resolve())}, "members": [DEFAULT_FEATURES]},
                            source="effens audit")
-    return AuditSource(cfg, data)
+    return AuditSource(cfg, data, origin=str(path.resolve()))
 
 
 def feature_member(cfg, view: str = FEATURE_VIEWS[0]):
@@ -479,15 +492,393 @@ def _ensemble_proba(ens, paths: list[str], classes: list[str], out: Path) -> np.
     return _cached_rows(out, "left_out_proba.safetensors", what, paths, compute)
 
 
+# ---------------------------------------------------------------- detectors: one registered function each
+@dataclasses.dataclass(frozen=True)
+class AuditOptions:
+    """The command's choices that detectors read."""
+
+    method: str = "prune_by_noise_rate"     # which images confident learning flags
+    max_distance: int = 4                   # near copies: perceptual hashes at most this many bits apart
+    min_cosine: float = 0.75                # similar images: pretrained features at least this cosine-similar
+    features: bool = True                   # run the feature pass
+    feature_views: tuple[str, ...] = FEATURE_VIEWS
+
+
+@dataclasses.dataclass
+class AuditContext:
+    """What every detector reads, gathered once before any runs.
+
+    ``images``: every image once as (split, path, label), in split order, the run's
+    left-out training images (``left_out``: paths, labels) last; ``signatures`` and
+    ``unreadable`` (path -> why) cover them all; ``features``: the pretrained features
+    under each feature view (``feature_specs``), one row per path of ``paths``, empty
+    with ``--no-features``; ``out_dir``: the audit's folder (for caches).
+    """
+
+    source: AuditSource
+    options: AuditOptions
+    images: list[tuple[str, str, str]]
+    left_out: tuple[list[str], list[str]]
+    paths: list[str]
+    signatures: dict[str, Signature]
+    unreadable: dict[str, str]
+    features: list[np.ndarray]
+    feature_specs: list
+    out_dir: Path
+    signature_cache: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.source.data.classes)
+
+    @functools.cached_property
+    def row(self) -> dict[str, int]:
+        """Path -> its row in each array of ``features``."""
+        return {p: i for i, p in enumerate(self.paths)}
+
+    @functools.cached_property
+    def known(self) -> list[tuple[str, str, str]]:
+        """The readable images (those with a signature), as in ``images``."""
+        return [(s, p, lab) for s, p, lab in self.images if p in self.signatures]
+
+    def split(self, name: str):
+        """The split ``name`` of the audited data (None when there is none)."""
+        return getattr(self.source.data, name, None)
+
+
+@dataclasses.dataclass
+class Finding:
+    """What one detector found, in every form the audit writes.
+
+    ``doc``: its entries in ``audit.json`` (JSON-able; by convention one, under the
+    detector's name); ``summary``: its phrase on the command's last line (empty: none);
+    ``rows`` with ``columns``: its table, written as the CSV file ``csv`` when named and shown
+    on the page under ``title`` (a ``path`` or ``*_path`` column as thumbnails); ``section``:
+    its own part of ``index.html`` instead, ``section(page, finding) -> HTML`` (``page``: an
+    :class:`ensemble.html_report.AuditPage`); ``keep``: results later steps read (the
+    exclude list), never written.
+    """
+
+    doc: dict[str, Any]
+    summary: str = ""
+    title: str = ""
+    rows: list[dict] = dataclasses.field(default_factory=list)
+    columns: list[str] = dataclasses.field(default_factory=list)
+    csv: str | None = None
+    section: Callable[[Any, "Finding"], str] | None = None
+    keep: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+Detector = Callable[[AuditContext], Finding]
+DETECTORS: Registry[Detector] = Registry("audit detector")
+#: audit.json's own entries, which no detector may take
+HEADER = ("source", "kind", "run", "features", "classes", "summary", "written", "n_excluded_written")
+
+
+def detector(fn: Detector) -> Detector:
+    """Register an audit detector: a function of the :class:`AuditContext` returning a
+    :class:`Finding`; every audit runs each, in registration order, and writes what it
+    found into ``audit.json``, ``index.html`` (and a CSV) and the command's last line."""
+    DETECTORS.add(fn.__name__, fn)
+    return fn
+
+
+def detect(ctx: AuditContext) -> dict[str, Finding]:
+    """Every registered detector's finding, by name."""
+    found = {}
+    for name, fn in DETECTORS.items():
+        finding = fn(ctx)
+        if not isinstance(finding, Finding):
+            raise TypeError(f"audit detector {name!r} returned {type(finding).__name__}; return a Finding")
+        found[name] = finding
+        log.debug("audit detector %s: %s", name, finding.summary or "done")
+    return found
+
+
+# ---------------------------------------------------------------- label issues
+@dataclasses.dataclass
+class Scores:
+    """One scoring source's out-of-sample probabilities: rows in ``basis`` set the per-class
+    thresholds, rows in ``scored`` may be flagged; ``source`` says what scored them."""
+
+    paths: list[str]
+    y: np.ndarray
+    proba: np.ndarray
+    basis: np.ndarray
+    scored: np.ndarray
+    source: str
+
+
+LABEL_COLUMNS = ["split", "source", "rank", "path", "given", "suggested", "self_confidence", "margin", "p_suggested"]
+HEAD_SOURCE = "linear head on pretrained features"
+
+
+def _training_set(ctx: AuditContext) -> tuple[list[str], np.ndarray]:
+    """The training images as scored, with their labels (with a run: in the order of its
+    OOB arrays, checked to be the images it trained on)."""
+    src, data = ctx.source, ctx.source.data
+    if src.ens is None:
+        return list(data.train.paths), data.train.encode(ctx.classes)
+    paths = _training_paths(src.run, data, len(src.ens.y_train_), src.cfg.data)
+    _check_training_labels(src.run, data, paths, src.ens.y_train_, ctx.classes, src.cfg.data)
+    return paths, np.asarray(src.ens.y_train_)
+
+
+def _oob_scores(ctx: AuditContext, paths: list[str], y: np.ndarray) -> Scores:
+    """The run's OOB votes for its training images and, in one confident joint with them
+    (both out of sample, both the run's), its ensemble's for the images it left out."""
+    from .combiners import oob_matrix
+
+    ens, classes = ctx.source.ens, ctx.classes
+    full, available = oob_matrix(list(ens.oob_indices_), list(ens.oob_proba_), len(ens.y_train_), len(classes))
+    covered, _, oob_p = ens.combiner_.apply_oob(full, available)
+    proba = np.full((len(paths), len(classes)), np.nan)
+    proba[covered] = oob_p
+    scored = np.isin(np.arange(len(paths)), covered)
+    left_paths, left_labels = ctx.left_out
+    if not left_paths:
+        return Scores(paths, y, proba, scored, scored, "OOB vote")
+    left_p = _ensemble_proba(ens, left_paths, classes, ctx.out_dir)
+    both = np.concatenate([scored, np.isfinite(left_p).all(axis=1)])
+    y_left = np.array([classes.index(c) for c in left_labels], dtype=y.dtype)
+    return Scores(paths + left_paths, np.concatenate([y, y_left]), np.vstack([proba, left_p]), both, both, "OOB vote")
+
+
+def _feature_scores(ctx: AuditContext, paths: list[str], y: np.ndarray,
+                    oob_scored: np.ndarray | None) -> dict[str, Scores]:
+    """Linear heads on the pretrained features: out-of-fold for the training images no OOB
+    vote scores and, without a run, fitted on all of them for val and test."""
+    if not ctx.features or (oob_scored is not None and oob_scored.all()):
+        return {}
+    feats, n = ctx.features[0], len(ctx.classes)
+    f_train = feats[[ctx.row[p] for p in paths]]
+    ok = np.isfinite(f_train).all(axis=1)
+    if ok.sum() < 2 * n or len(set(y[ok].tolist())) < 2:
+        return {}
+    crossed = np.full((len(paths), n), np.nan)
+    crossed[ok] = cross_fitted_proba(f_train[ok], y[ok], n, seed=ctx.source.cfg.seed)
+    scored = ok if oob_scored is None else ok & ~oob_scored  # thresholds from every image
+    out = {"train (cross-fitted)": Scores(paths, y, crossed, ok, scored, "cross-fitted " + HEAD_SOURCE)}
+    for name in ("val", "test") if ctx.source.ens is None else ():
+        part = ctx.split(name)
+        if part is None or not len(part):
+            continue
+        f = feats[[ctx.row[p] for p in part.paths]]
+        good = np.isfinite(f).all(axis=1)
+        p_ = np.full((len(part), n), np.nan)
+        if good.any():
+            p_[good] = fitted_head_proba(f_train[ok], y[ok], f[good], n)
+        out[f"{name} (head)"] = Scores(list(part.paths), part.encode(ctx.classes), p_, good, good, HEAD_SOURCE)
+    return out
+
+
+def _saved_scores(ctx: AuditContext) -> dict[str, Scores]:
+    """The run ensemble's saved val and test predictions, where those photos are unchanged."""
+    from .card import fingerprints
+
+    src = ctx.source
+    if src.ens is None:
+        return {}
+    recorded, out = src.run.read_metrics().get("data_summary") or {}, {}
+    for name in ("val", "test"):
+        got = src.run.load_predictions(name)
+        part, was = ctx.split(name), (recorded.get(name) or {}).get("ordered_fingerprint")
+        if got is not None and was and (part is None or fingerprints(part.paths, part.labels)[1][:16] != was):
+            log.warning("%s: its %s photos changed since training; their saved predictions are not scored "
+                        "(`effens evaluate` the run on them instead)", src.run.root, name)
+            continue
+        if got is not None:
+            paths, y, member_proba = got
+            every = np.ones(len(paths), dtype=bool)
+            out[name] = Scores(list(paths), np.asarray(y), src.ens.combiner_.apply(member_proba)[1], every, every,
+                               "ensemble")
+    return out
+
+
+def label_scores(ctx: AuditContext) -> dict[str, Scores]:
+    """Every scoring source, by name: ``train`` (OOB votes), ``train (cross-fitted)``,
+    ``val`` / ``test`` (the run's ensemble) or ``val (head)`` / ``test (head)``."""
+    paths, y = _training_set(ctx)
+    scores = {"train": _oob_scores(ctx, paths, y)} if ctx.source.ens is not None else {}
+    oob_scored = scores["train"].scored[:len(paths)] if scores else None
+    return {**scores, **_feature_scores(ctx, paths, y, oob_scored), **_saved_scores(ctx)}
+
+
+def _confident_learning(name: str, s: Scores, classes: list[str], method: str,
+                        left: set[str]) -> tuple[dict, list[dict], set[str]]:
+    """One scoring source through confident learning: its ``label_issues`` entry, its flagged
+    rows (most likely wrong first), and the ``left`` images it scored and did not flag."""
+    finite = np.isfinite(s.proba).all(axis=1)  # a class too small to cross-fit leaves its images unscored
+    basis, scored = s.basis & finite, s.scored & finite
+    b = np.flatnonzero(basis)
+    if len(b) < len(classes) * 2:  # too few scores for per-class thresholds: said, not dropped
+        return {"n_scored": 0, "n_not_scored": len(s.paths), "n_flagged": 0, "thresholds": {},
+                "noise_rate": {}}, [], set()
+    audit = find_label_issues(s.proba[b], s.y[b], method)
+    issues = audit.issues[np.isin(b[audit.issues], np.flatnonzero(scored))]
+    cleared = {s.paths[i] for i in b if s.paths[i] in left} - {s.paths[b[k]] for k in issues}
+    entry = {"n_scored": int(scored.sum()), "n_not_scored": int(len(s.paths) - scored.sum()),
+             "n_flagged": int(len(issues)), "thresholds": dict(zip(classes, map(_json_number, audit.thresholds))),
+             "noise_rate": {f"{classes[i]} -> {classes[j]}": _json_number(audit.noise_matrix[i, j])
+                            for i in range(len(classes)) for j in range(len(classes)) if i != j}}
+    rows = []
+    for rank, k in enumerate(issues):
+        i = b[k]
+        others = s.proba[i].copy()
+        others[s.y[i]] = -np.inf
+        sug = int(audit.suggested[k]) if audit.suggested[k] not in (-1, s.y[i]) else int(others.argmax())
+        rows.append({"split": name.split(" ")[0], "source": LEFT_OUT if s.paths[i] in left else s.source,
+                     "rank": rank + 1, "path": s.paths[i], "given": classes[s.y[i]], "suggested": classes[sug],
+                     "self_confidence": float(audit.self_confidence[k]), "margin": float(audit.margin[k]),
+                     "p_suggested": float(s.proba[i, sug])})
+    return entry, rows, cleared
+
+
+@detector
+def label_issues(ctx: AuditContext) -> Finding:
+    """Probably mislabelled photos: confident learning (:mod:`ensemble.label_issues`) on
+    out-of-sample probabilities, per scoring source (:func:`label_scores`)."""
+    from .html_report import label_issues_section
+
+    if not ctx.features and ctx.source.ens is None:
+        log.warning("--no-features without a trained run: no image gets a label score, so no label issue is "
+                    "found or listed (audit a run for OOB votes, or drop --no-features)")
+    left = set(ctx.left_out[0])
+    noise, rows, cleared = {}, [], set()
+    for name, s in label_scores(ctx).items():
+        noise[name], flagged, kept = _confident_learning(name, s, ctx.classes, ctx.options.method,
+                                                         left if name == "train" else set())
+        rows += flagged
+        cleared |= kept
+    doc = {"method": ctx.options.method, "label_issues": noise, "n_label_issues": len(rows)}
+    summary = f"{len(rows)} probably mislabelled"
+    if left:
+        still = sum(1 for r in rows if r["source"] == LEFT_OUT)
+        doc["left_out"] = {"exclude": getattr(ctx.source.cfg.data, "exclude", None), "images": len(left),
+                           "still_flagged": still, "not_flagged": len(cleared),
+                           "not_scored": len(left) - still - len(cleared)}
+        log.info("%d training images the run left out (data.exclude): %d still look mislabelled to its ensemble, "
+                 "%d do not (cleared to come back), %d not scored", len(left), still, len(cleared),
+                 doc["left_out"]["not_scored"])
+        summary += f" (of the {len(left)} the run left out, {still} still look mislabelled)"
+    return Finding(doc, summary, "Probably mislabelled", rows, LABEL_COLUMNS, "label_issues.csv",
+                   label_issues_section, {"cleared": cleared})
+
+
+# ---------------------------------------------------------------- duplicates, odd images, statistics, shortcuts
+DUPLICATE_COLUMNS = ["kind", "distance", "mirrored", "cosine", "leakage", "conflicting_labels",
+                     "a_split", "a_path", "a_label", "b_split", "b_path", "b_label"]
+
+
+@detector
+def duplicates(ctx: AuditContext) -> Finding:
+    """Exact copies (same bytes), near copies (perceptual hashes, and mirrored) and similar
+    images (feature cosine under any feature view); leakage across splits, conflicting labels."""
+    from .html_report import duplicates_section
+
+    known, opts = ctx.known, ctx.options
+    pairs = find_duplicates([ctx.signatures[p] for _, p, _ in known], opts.max_distance)
+    if ctx.features:
+        at = [ctx.row[p] for _, p, _ in known]
+        pairs = merge_pairs(pairs, similar_in_any([f[at] for f in ctx.features], opts.min_cosine))
+    rows = []
+    for d in pairs:
+        (sa, pa, la), (sb, pb, lb) = known[d["a"]], known[d["b"]]
+        rows.append({"kind": SAME_FILE if path_key(pa) == path_key(pb) else d["kind"], "distance": d["distance"],
+                     "mirrored": d["mirrored"], "cosine": d.get("cosine"), "leakage": sa != sb,
+                     "conflicting_labels": la != lb, "a_split": sa, "a_path": pa, "a_label": la, "b_split": sb,
+                     "b_path": pb, "b_label": lb})
+    count = {k: sum(1 for r in rows if r["kind"] == k) for k in ("exact", "near", "similar", SAME_FILE)}
+    d = {"exact": count["exact"], "near": count["near"], "similar": count["similar"], "same_file": count[SAME_FILE],
+         "leakage": sum(1 for r in rows if r["leakage"]),
+         "conflicting_labels": sum(1 for r in rows if r["conflicting_labels"])}
+    if d["same_file"]:
+        first = next(r for r in rows if r["kind"] == SAME_FILE)
+        log.warning("%d files are listed in two splits (first: %s, in %s and %s): fix the split folders or "
+                    "manifests; an exclude list would take such a file out of both", d["same_file"],
+                    first["a_path"], first["a_split"], first["b_split"])
+    summary = (f"{d['exact']} exact, {d['near']} near and {d['similar']} similar duplicate pairs ({d['leakage']} "
+               f"across splits" + (f", {d['same_file']} of them the same file in two splits" if d["same_file"] else "")
+               + ")")
+    doc = {"max_distance": opts.max_distance, "min_cosine": opts.min_cosine if ctx.features else None,
+           "duplicates": d}
+    return Finding(doc, summary, "Duplicates", rows, DUPLICATE_COLUMNS, "duplicates.csv", duplicates_section)
+
+
+@detector
+def odd_images(ctx: AuditContext) -> Finding:
+    """Tiny, elongated, near-blank, grey or blurry images (:func:`ensemble.duplicates.oddities`)
+    and unreadable ones."""
+    from .html_report import odd_images_section
+
+    odd = {p: "; ".join(oddities(s)) for p, s in ctx.signatures.items()}
+    rows = [{"split": s, "path": p, "what": odd[p]} for s, p, _ in ctx.known if odd[p]]
+    rows += [{"split": s, "path": p, "what": f"unreadable: {ctx.unreadable[p]}"} for s, p, _ in ctx.images
+             if p in ctx.unreadable]
+    return Finding({"n_unreadable": len(ctx.unreadable), "n_odd": len(rows)}, f"{len(rows)} odd images",
+                   "Odd images", rows, ["split", "path", "what"], "odd_images.csv", odd_images_section)
+
+
+@detector
+def split_stats(ctx: AuditContext) -> Finding:
+    """Per split: images, median size, aspect and sharpness side by side (a source shift shows there)."""
+    from .html_report import split_stats_section
+
+    stats = {}
+    for split in ("train", "val", "test"):
+        ss = [ctx.signatures[p] for s, p, _ in ctx.known if s == split]
+        if ss:
+            stats[split] = {"images": len(ss),
+                            "median_width": float(np.median([x.width for x in ss])),
+                            "median_height": float(np.median([x.height for x in ss])),
+                            "median_aspect": round(float(np.median([max(x.width, x.height) / min(x.width, x.height)
+                                                                    for x in ss])), 3),
+                            "median_sharpness": round(float(np.median([x.sharpness for x in ss])), 1)}
+    return Finding({"stats": stats}, section=split_stats_section)
+
+
+@detector
+def shortcuts(ctx: AuditContext) -> Finding:
+    """Nuisance properties that predict the label, per class, with the shift between splits
+    (:mod:`ensemble.shortcuts`)."""
+    from .html_report import shortcuts_section
+    from .shortcuts import check_shortcuts, property_table, source_folders, summary_line
+
+    known = ctx.known
+    paths, labels = [p for _, p, _ in known], [lab for _, _, lab in known]
+    found = check_shortcuts(property_table([ctx.signatures[p] for p in paths], source_folders(paths, labels)),
+                            labels, [s for s, _, _ in known], ctx.classes, seed=ctx.source.cfg.seed)
+    return Finding({"shortcuts": found}, f"shortcuts: {summary_line(found)}",
+                   section=lambda page, f: shortcuts_section(page.doc, page.doc["classes"]) if found else "")
+
+
+# ---------------------------------------------------------------- the command: a few named steps
 def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_distance: int = 4,
               write_exclude: str | None = None, threshold: float = 0.1, features: bool = True,
               min_cosine: float = 0.75, feature_views: tuple[str, ...] = FEATURE_VIEWS) -> dict:
     """Audit a trained run's train/val/test images, a config's splits or a folder / CSV of
-    labelled images (``run_dir`` names any of them); returns ``audit.json``'s document. With
-    ``write_exclude``, also writes an exclude list (see :func:`exclude_lines`) for ``data.exclude``."""
+    labelled images (``run_dir`` names any of them) with every registered detector; returns
+    ``audit.json``'s document (``summary``: each detector's phrase). With ``write_exclude``,
+    also writes an exclude list (see :func:`exclude_lines`) for ``data.exclude``."""
+    out_dir = Path(out)
+    options = AuditOptions(method, max_distance, min_cosine, features, tuple(feature_views))
+    check_arguments(run_dir, out_dir, options, write_exclude, threshold)
+    src = open_source(run_dir)  # a run's plugins register their views and detectors here
+    check_request(src, run_dir, out_dir, options, write_exclude)
+    ctx = gather(src, options, out_dir)
+    findings = detect(ctx)
+    doc = document(ctx, findings)
+    write_audit(ctx, doc, findings)
+    if write_exclude is not None:
+        doc["n_excluded_written"] = write_exclude_list(ctx, findings, write_exclude, threshold)
+    return doc
+
+
+def check_arguments(run_dir: str, out_dir: Path, options: AuditOptions, write_exclude: str | None,
+                    threshold: float) -> None:
+    """Before the source is read: ``--out`` and ``--write-exclude`` may be written, the numbers are in range."""
     from .runfolder import check_output_path
 
-    out_dir = Path(out)
     check_output_path(out_dir, [run_dir])  # the CLI's rule, for Python callers too
     refuse_foreign(out_dir, "audit", "effens audit")
     if write_exclude is not None:
@@ -496,20 +887,25 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
         check_output_path(write_exclude, [run_dir], folder=False, flag="--write-exclude")
         if not 0 < threshold <= 1:
             raise DataError(f"`--threshold` must be in (0, 1]; got {threshold}")
-    if not 0 <= max_distance <= 32:
-        raise DataError(f"`--max-distance` must be in [0, 32] bits; got {max_distance}")
-    if not 0 < min_cosine <= 1:
-        raise DataError(f"`--min-cosine` must be in (0, 1]; got {min_cosine}")
-    src = open_source(run_dir)  # a run's plugins register their views here
+    if not 0 <= options.max_distance <= 32:
+        raise DataError(f"`--max-distance` must be in [0, 32] bits; got {options.max_distance}")
+    if not 0 < options.min_cosine <= 1:
+        raise DataError(f"`--min-cosine` must be in (0, 1]; got {options.min_cosine}")
+
+
+def check_request(src: AuditSource, run_dir: str, out_dir: Path, options: AuditOptions,
+                  write_exclude: str | None) -> None:
+    """With the source open (its plugins loaded): the feature views, and outputs outside what it reads."""
     from members.views import view_names
 
-    for v in feature_views:
+    from .config import data_inputs
+    from .runfolder import check_output_path
+
+    for v in options.feature_views:
         if v not in view_names():
             raise DataError(f"`--feature-views` must name views among {', '.join(view_names())}; got {v!r}")
-    if not feature_views:
+    if not options.feature_views:
         raise DataError("`--feature-views` must name at least one view")
-    from .config import data_inputs
-
     inputs = [run_dir, *data_inputs(src.cfg)]
     check_output_path(out_dir, inputs)  # never inside the folders the config reads
     for f in data_inputs(src.cfg):  # nor over a list it reads (a reviewed label_issues.csv as data.relabel)
@@ -520,199 +916,71 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     if write_exclude is not None:
         check_output_path(write_exclude, inputs, flag="--write-exclude")  # nor inside a data folder
         check_exclude_target(Path(write_exclude), out_dir)
-    data, classes = src.data, list(src.data.classes)
-    if len(data.train) == 0:
+    if len(src.data.train) == 0:
         raise DataError(f"{run_dir}: no training images found")
-    # every image once, in split order: train, val, test
-    split_of = {"train": data.train, "val": data.val, "test": data.test}
-    every = [(name, p, lab) for name, part in split_of.items() if part is not None
-             for p, lab in zip(part.paths, part.labels)]
-    own_exclude = getattr(src.cfg.data, "exclude", None)
+
+
+def gather(src: AuditSource, options: AuditOptions, out_dir: Path) -> AuditContext:
+    """Every image once (train, val, test, then the run's left-out training images), its file
+    signature and, unless ``options.features`` is off, its pretrained features under each
+    feature view (both cached in ``out_dir``)."""
+    parts = {"train": src.data.train, "val": src.data.val, "test": src.data.test}
+    images = [(name, p, lab) for name, part in parts.items() if part is not None
+              for p, lab in zip(part.paths, part.labels)]
     left_paths, left_labels = left_out_images(src)
-    every += [("train", p, lab) for p, lab in zip(left_paths, left_labels)]  # copies and oddities too
-    all_paths = list(dict.fromkeys(p for _, p, _ in every))
-    specs = [feature_member(src.cfg, v) for v in dict.fromkeys(feature_views)]
-    by_view = [_features(s_, all_paths, len(classes), out_dir) for s_ in specs] if features else []
-    feats = by_view[0] if by_view else None  # label scores: the first view
-    if feats is None and src.ens is None:
-        log.warning("--no-features without a trained run: no image gets a label score, so no label issue is "
-                    "found or listed (audit a run for OOB votes, or drop --no-features)")
-    row = {p: i for i, p in enumerate(all_paths)}
-    # split -> (paths, y, proba, basis: rows that set the thresholds, scored: rows that may be flagged)
-    splits: dict[str, tuple[list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
-    source = {"train": "OOB vote", "val": "ensemble", "test": "ensemble",
-              "train (cross-fitted)": "cross-fitted linear head on pretrained features",
-              "val (head)": "linear head on pretrained features", "test (head)": "linear head on pretrained features"}
-    oob_scored = None
-    train_paths = list(data.train.paths)
-    y_train = data.train.encode(classes)
-    if src.ens is not None:
-        from .combiners import oob_matrix
+    images += [("train", p, lab) for p, lab in zip(left_paths, left_labels)]  # copies and oddities too
+    paths = list(dict.fromkeys(p for _, p, _ in images))
+    specs = [feature_member(src.cfg, v) for v in dict.fromkeys(options.feature_views)]
+    n = len(src.data.classes)
+    features = [_features(s, paths, n, out_dir) for s in specs] if options.features else []
+    signatures, unreadable, cache = _signatures(paths, out_dir)
+    return AuditContext(src, options, images, (left_paths, left_labels), paths, signatures, unreadable, features,
+                        specs, out_dir, cache)
 
-        ens = src.ens
-        full, available = oob_matrix(list(ens.oob_indices_), list(ens.oob_proba_), len(ens.y_train_), len(classes))
-        covered, _, oob_p = ens.combiner_.apply_oob(full, available)
-        train_paths = _training_paths(src.run, data, len(ens.y_train_), src.cfg.data)
-        _check_training_labels(src.run, data, train_paths, ens.y_train_, classes, src.cfg.data)
-        y_train = np.asarray(ens.y_train_)
-        proba = np.full((len(train_paths), len(classes)), np.nan)
-        proba[covered] = oob_p
-        oob_scored = np.isin(np.arange(len(train_paths)), covered)
-        splits["train"] = (train_paths, y_train, proba, oob_scored, oob_scored)
-        if left_paths:  # one confident joint with the OOB votes: both out of sample, both the run's
-            left_p = _ensemble_proba(ens, left_paths, classes, out_dir)
-            read = np.isfinite(left_p).all(axis=1)
-            y_left = np.array([classes.index(c) for c in left_labels], dtype=y_train.dtype)
-            both = np.concatenate([oob_scored, read])
-            splits["train"] = (train_paths + left_paths, np.concatenate([y_train, y_left]), np.vstack([proba, left_p]),
-                               both, both)
-    if feats is not None and (oob_scored is None or not oob_scored.all()):
-        f_train = feats[[row[p] for p in train_paths]]
-        ok = np.isfinite(f_train).all(axis=1)
-        if ok.sum() >= 2 * len(classes) and len(set(y_train[ok].tolist())) >= 2:
-            crossed = np.full((len(train_paths), len(classes)), np.nan)
-            crossed[ok] = cross_fitted_proba(f_train[ok], y_train[ok], len(classes), seed=src.cfg.seed)
-            scored = ok if oob_scored is None else ok & ~oob_scored  # thresholds from every image
-            splits["train (cross-fitted)"] = (train_paths, y_train, crossed, ok, scored)
-            if src.ens is None:
-                for name in ("val", "test"):
-                    part = split_of[name]
-                    if part is None or not len(part):
-                        continue
-                    f = feats[[row[p] for p in part.paths]]
-                    good = np.isfinite(f).all(axis=1)
-                    p_ = np.full((len(part), len(classes)), np.nan)
-                    if good.any():
-                        p_[good] = fitted_head_proba(f_train[ok], y_train[ok], f[good], len(classes))
-                    splits[f"{name} (head)"] = (list(part.paths), part.encode(classes), p_, good, good)
-    if src.ens is not None:
-        from .card import fingerprints
 
-        recorded = src.run.read_metrics().get("data_summary") or {}
-        for name in ("val", "test"):
-            got = src.run.load_predictions(name)
-            part, was = split_of[name], (recorded.get(name) or {}).get("ordered_fingerprint")
-            if got is not None and was and (part is None or fingerprints(part.paths, part.labels)[1][:16] != was):
-                log.warning("%s: its %s photos changed since training; their saved predictions are not scored "
-                            "(`effens evaluate` the run on them instead)", src.run.root, name)
-                continue
-            if got is not None:
-                paths, y, member_proba = got
-                p_ = src.ens.combiner_.apply(member_proba)[1]
-                everything = np.ones(len(paths), dtype=bool)
-                splits[name] = (list(paths), np.asarray(y), p_, everything, everything)
+def document(ctx: AuditContext, findings: dict[str, Finding]) -> dict:
+    """``audit.json``: what was audited, then every finding's entries and its summary phrase."""
+    src, spec = ctx.source, (ctx.feature_specs or [None])[0]
+    doc = {"source": src.origin, "kind": "run" if src.ens is not None else "data",
+           **({"run": src.origin} if src.ens is not None else {}),
+           "features": f"{spec.model} ({spec.weights}, views {', '.join(s.view for s in ctx.feature_specs)})"
+           if ctx.features else None, "classes": ctx.classes}
+    for name, finding in findings.items():
+        taken = sorted(set(finding.doc) & (set(doc) | set(HEADER)))
+        if taken:
+            raise ValueError(f"audit detector {name!r}: audit.json already holds {', '.join(taken)}; "
+                             f"name its entries after the detector")
+        doc.update(finding.doc)
+    doc["summary"] = {name: f.summary for name, f in findings.items() if f.summary}
+    return doc
 
-    label_rows, noise = [], {}
-    left_set, cleared = set(left_paths), set()
-    for split, (paths, y, p, basis, scored) in splits.items():
-        finite = np.isfinite(p).all(axis=1)  # a class too small to cross-fit leaves its images unscored
-        basis, scored = basis & finite, scored & finite
-        b = np.flatnonzero(basis)
-        if len(b) < len(classes) * 2:  # too few scores for per-class thresholds: said, not dropped
-            noise[split] = {"n_scored": 0, "n_not_scored": len(paths), "n_flagged": 0, "thresholds": {},
-                            "noise_rate": {}}
-            continue
-        audit = find_label_issues(p[b], y[b], method)
-        issues = audit.issues[np.isin(b[audit.issues], np.flatnonzero(scored))]
-        if split == "train" and left_set:  # left out, scored and not flagged: cleared to come back
-            cleared = {paths[i] for i in b if paths[i] in left_set} - {paths[b[k]] for k in issues}
-        noise[split] = {"n_scored": int(scored.sum()), "n_not_scored": int(len(paths) - scored.sum()),
-                        "n_flagged": int(len(issues)),
-                        "thresholds": dict(zip(classes, map(_json_number, audit.thresholds))),
-                        "noise_rate": {f"{classes[i]} -> {classes[j]}": _json_number(audit.noise_matrix[i, j])
-                                       for i in range(len(classes)) for j in range(len(classes)) if i != j}}
-        for rank, k in enumerate(issues):
-            i = b[k]
-            others = p[i].copy()
-            others[y[i]] = -np.inf
-            s_ = int(audit.suggested[k]) if audit.suggested[k] not in (-1, y[i]) else int(others.argmax())
-            label_rows.append({"split": split.split(" ")[0],
-                               "source": LEFT_OUT if split == "train" and paths[i] in left_set else source[split],
-                               "rank": rank + 1, "path": paths[i], "given": classes[y[i]],
-                               "suggested": classes[s_], "self_confidence": float(audit.self_confidence[k]),
-                               "margin": float(audit.margin[k]), "p_suggested": float(p[i, s_])})
 
-    sigs, unreadable, cache = _signatures(all_paths, out_dir)
-    known = [(s_, p, lab) for s_, p, lab in every if p in sigs]
-    pairs = find_duplicates([sigs[p] for _, p, _ in known], max_distance)
-    similar = feats is not None
-    if similar:
-        at = [row[p] for _, p, _ in known]
-        pairs = merge_pairs(pairs, similar_in_any([f[at] for f in by_view], min_cosine))
-    dup_rows = []
-    for d in pairs:
-        (sa, pa, la), (sb, pb, lb) = known[d["a"]], known[d["b"]]
-        dup_rows.append({"kind": SAME_FILE if path_key(pa) == path_key(pb) else d["kind"], "distance": d["distance"],
-                         "mirrored": d["mirrored"], "cosine": d.get("cosine"),
-                         "leakage": sa != sb, "conflicting_labels": la != lb,
-                         "a_split": sa, "a_path": pa, "a_label": la, "b_split": sb, "b_path": pb, "b_label": lb})
-    odd = {p: "; ".join(oddities(sigs[p])) for p in sigs}
-    odd_rows = [{"split": s_, "path": p, "what": odd[p]} for s_, p, _ in known if odd[p]]
-    odd_rows += [{"split": s_, "path": p, "what": f"unreadable: {unreadable[p]}"} for s_, p, _ in every
-                 if p in unreadable]
-    from .shortcuts import check_shortcuts, property_table, source_folders
-
-    k_paths, k_labels, k_splits = [p for _, p, _ in known], [lab for _, _, lab in known], [s_ for s_, _, _ in known]
-    shortcuts = check_shortcuts(property_table([sigs[p] for p in k_paths], source_folders(k_paths, k_labels)),
-                                k_labels, k_splits, classes, seed=src.cfg.seed)
-    stats = {}
-    for split in ("train", "val", "test"):
-        ss = [sigs[p] for s_, p, _ in known if s_ == split]
-        if ss:
-            stats[split] = {"images": len(ss),
-                            "median_width": float(np.median([x.width for x in ss])),
-                            "median_height": float(np.median([x.height for x in ss])),
-                            "median_aspect": round(float(np.median([max(x.width, x.height) / min(x.width, x.height)
-                                                                    for x in ss])), 3),
-                            "median_sharpness": round(float(np.median([x.sharpness for x in ss])), 1)}
-    doc = {"source": str(Path(run_dir).resolve()), "kind": "run" if src.ens is not None else "data",
-           **({"run": str(Path(run_dir).resolve())} if src.ens is not None else {}),
-           "features": f"{specs[0].model} ({specs[0].weights}, views {', '.join(s_.view for s_ in specs)})"
-           if feats is not None else None,
-           "classes": classes, "method": method, "max_distance": max_distance,
-           "min_cosine": min_cosine if similar else None,
-           "label_issues": noise, "n_label_issues": len(label_rows), "n_unreadable": len(unreadable),
-           "duplicates": {"exact": sum(1 for r in dup_rows if r["kind"] == "exact"),
-                          "near": sum(1 for r in dup_rows if r["kind"] == "near"),
-                          "similar": sum(1 for r in dup_rows if r["kind"] == "similar"),
-                          "same_file": sum(1 for r in dup_rows if r["kind"] == SAME_FILE),
-                          "leakage": sum(1 for r in dup_rows if r["leakage"]),
-                          "conflicting_labels": sum(1 for r in dup_rows if r["conflicting_labels"])},
-           "n_odd": len(odd_rows), "stats": stats, "shortcuts": shortcuts}
-    if doc["duplicates"]["same_file"]:
-        first = next(r for r in dup_rows if r["kind"] == SAME_FILE)
-        log.warning("%d files are listed in two splits (first: %s, in %s and %s): fix the split folders or "
-                    "manifests; an exclude list would take such a file out of both", doc["duplicates"]["same_file"],
-                    first["a_path"], first["a_split"], first["b_split"])
-    if left_paths:
-        still = sum(1 for r in label_rows if r["source"] == LEFT_OUT)
-        doc["left_out"] = {"exclude": own_exclude, "images": len(left_paths), "still_flagged": still,
-                           "not_flagged": len(cleared), "not_scored": len(left_paths) - still - len(cleared)}
-        log.info("%d training images the run left out (data.exclude): %d still look mislabelled to its ensemble, "
-                 "%d do not (cleared to come back), %d not scored", len(left_paths), still, len(cleared),
-                 doc["left_out"]["not_scored"])
-    from .html_report import audit_page
+def write_audit(ctx: AuditContext, doc: dict, findings: dict[str, Finding]) -> None:
+    """The audit's folder: every finding's CSV, ``audit.json`` (with the CSVs' digests),
+    ``index.html`` with thumbnails, and the signature cache."""
+    from .html_report import audit_page, path_columns
     from .pages import make_thumbnails
 
-    shown = [r["path"] for r in label_rows[:200]] + [p for r in dup_rows[:200] for p in (r["a_path"], r["b_path"])] \
-        + [r["path"] for r in odd_rows[:200]]
-    thumbs, files = make_thumbnails(shown, lambda name: (out_dir / name).is_file())
-    tables = {
-        "label_issues.csv": _csv(label_rows, ["split", "source", "rank", "path", "given", "suggested",
-                                              "self_confidence", "margin", "p_suggested"]),
-        "duplicates.csv": _csv(dup_rows, ["kind", "distance", "mirrored", "cosine", "leakage", "conflicting_labels",
-                                          "a_split", "a_path", "a_label", "b_split", "b_path", "b_label"]),
-        "odd_images.csv": _csv(odd_rows, ["split", "path", "what"])}
+    shown = [r[c] for f in findings.values() for r in f.rows[:PAGE_ROWS] for c in path_columns(f.columns) if r.get(c)]
+    thumbs, files = make_thumbnails(shown, lambda name: (ctx.out_dir / name).is_file())
+    tables = {f.csv: _csv(f.rows, f.columns) for f in findings.values() if f.csv}
     doc["written"] = {name: hashlib.sha256(text.encode("utf-8")).hexdigest() for name, text in tables.items()}
-    files.update({**tables, "audit.json": doc, SIGNATURES: cache,
-                  "index.html": audit_page(doc, label_rows, dup_rows, odd_rows, thumbs, str(out_dir))})
-    write_owned(out_dir, files, "audit")
-    if write_exclude is not None:
-        from .files import atomic_write_text
+    files.update({**tables, "audit.json": doc, SIGNATURES: ctx.signature_cache,
+                  "index.html": audit_page(doc, findings, thumbs, str(ctx.out_dir), PAGE_ROWS)})
+    write_owned(ctx.out_dir, files, "audit")
 
-        carried = carried_entries(own_exclude, cleared, sigs) if own_exclude else []
-        bad_train = {p: unreadable[p] for s_, p, _ in every if s_ == "train" and p in unreadable}
-        lines = exclude_lines(label_rows, dup_rows, threshold, carried, bad_train)
-        atomic_write_text(write_exclude, "\n".join(signed(lines)) + "\n")
-        doc["n_excluded_written"] = len(lines) - 1
-    return doc
+
+def write_exclude_list(ctx: AuditContext, findings: dict[str, Finding], target: str, threshold: float) -> int:
+    """Write the ``--write-exclude`` list (see :func:`exclude_lines`); returns how many images it lists."""
+    from .files import atomic_write_text
+
+    def rows(name: str) -> list[dict]:
+        return findings[name].rows if name in findings else []
+
+    own = getattr(ctx.source.cfg.data, "exclude", None)
+    cleared = findings["label_issues"].keep.get("cleared", set()) if "label_issues" in findings else set()
+    carried = carried_entries(own, cleared, ctx.signatures) if own else []
+    bad_train = {p: ctx.unreadable[p] for s, p, _ in ctx.images if s == "train" and p in ctx.unreadable}
+    lines = exclude_lines(rows("label_issues"), rows("duplicates"), threshold, carried, bad_train)
+    atomic_write_text(target, "\n".join(signed(lines)) + "\n")
+    return len(lines) - 1

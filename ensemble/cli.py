@@ -138,9 +138,12 @@ def _config_data_inputs(args) -> list[str]:
 
 
 def _dispatch(args) -> int:
+    from .config import checked_once
+
     cmd = COMMANDS.lookup(args.command)
-    _guard_output(args, cmd)
-    return cmd.run(args)
+    with checked_once():  # the output guard and the command share one check of a config
+        _guard_output(args, cmd)
+        return cmd.run(args)
 
 
 def _reported(exc: BaseException) -> bool:

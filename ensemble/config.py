@@ -5,13 +5,15 @@ Every error names the key path and the file, e.g.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import dataclasses
 import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import yaml
 
@@ -689,9 +691,39 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None,
     """Read, override and validate a config; data paths become absolute.
 
     Relative data paths resolve against ``base_dir`` (default: the current directory,
-    as for any command-line tool).
+    as for any command-line tool). Inside :func:`checked_once` (a command), a config read
+    again (the same text, overrides and folders) is not checked, nor its plugins loaded, again.
     """
     raw = read_yaml(path)
+    seen = _CHECKED.get()
+    key = (repr(raw), tuple(overrides or ()), str(path),
+           str(Path(base_dir).resolve()) if base_dir is not None else os.getcwd())
+    if seen is not None and key in seen:
+        return copy.deepcopy(seen[key])
+    cfg = _validated(raw, path, overrides, base_dir)
+    if seen is not None:
+        seen[key] = copy.deepcopy(cfg)
+    return cfg
+
+
+#: the configs checked in the current :func:`checked_once` block (None outside one)
+_CHECKED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("effens_checked_configs", default=None)
+
+
+@contextlib.contextmanager
+def checked_once() -> Iterator[None]:
+    """A block (one command: :mod:`ensemble.cli` runs each inside one) in which
+    :func:`load_config` checks each config once: its output guard, the command and the run
+    folder it reads share one check."""
+    token = _CHECKED.set({} if _CHECKED.get() is None else _CHECKED.get())
+    try:
+        yield
+    finally:
+        _CHECKED.reset(token)
+
+
+def _validated(raw: dict, path, overrides: list[str] | None, base_dir) -> Config:
+    """:func:`load_config`'s check: a bad ``--set`` is named as such, a bad file as the file."""
     if not overrides:
         return config_from_dict(raw, source=str(path), base_dir=base_dir)
     parsed = parse_overrides(overrides)

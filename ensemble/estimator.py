@@ -17,6 +17,7 @@ save each member as it finishes and to resume, and use
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -64,6 +65,15 @@ class FittedMember:
 
     def __repr__(self) -> str:
         return f"FittedMember({self.name!r}, {'loaded' if self._model is not None else 'not loaded'})"
+
+
+def _unchanged(before: dict, now: dict) -> bool:
+    """Whether constructor arguments equal a copy taken earlier (arrays, which compare
+    element-wise, count as changed)."""
+    try:
+        return bool(before == now)
+    except (ValueError, TypeError):
+        return False
 
 
 def images_fingerprint(paths: Sequence[str], labels: Sequence) -> str:
@@ -130,12 +140,29 @@ class BaggedEnsemble(ParamsMixin):
         self.runtime = runtime
         self.plugins = plugins
 
+    @classmethod
+    def from_config(cls, cfg) -> "BaggedEnsemble":
+        """The estimator of a checked :class:`~ensemble.config.Config` (from
+        :func:`~ensemble.config.load_config` or :func:`~ensemble.config.config_from_dict`):
+        :meth:`fit` takes it as it is, without checking it (or loading its plugins) again."""
+        ens = cls(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.parallel, cfg.precision, cfg.runtime,
+                  cfg.plugins)
+        ens._checked = (copy.deepcopy(ens.get_params(deep=False)), cfg)
+        return ens
+
     # ------------------------------------------------------------------ params
     def validated_config(self):
-        """The constructor arguments checked by the config schema -> :class:`~ensemble.config.Config`."""
+        """The constructor arguments checked by the config schema -> :class:`~ensemble.config.Config`;
+        checked once while they stay as they were (``set_params`` or an edit in place checks them again)."""
         from .config import config_from_params
 
-        return config_from_params(self.get_params(deep=False))
+        params = self.get_params(deep=False)
+        checked = getattr(self, "_checked", None)
+        if checked is not None and _unchanged(checked[0], params):
+            return checked[1]
+        cfg = config_from_params(params)
+        self._checked = (copy.deepcopy(params), cfg)
+        return cfg
 
     # ------------------------------------------------------------------ fit
     def fit(self, X: Sequence, y: Sequence, *, X_val: Sequence, y_val: Sequence,

@@ -11,6 +11,7 @@ contents; every name, path and number is escaped (HTML) or quoted (URLs).
 """
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import os
@@ -342,60 +343,120 @@ def shortcuts_section(doc: dict, classes: Sequence[str]) -> str:
             + f'<div class="grid">{plots}</div>')
 
 
-def audit_page(doc: dict, labels: list[dict], dups: list[dict], odd: list[dict], thumbs: dict, base: str,
-               limit: int = 200) -> str:
-    """``effens audit``'s page: label issues (given vs suggested), duplicate pairs side by side,
-    odd images; thumbnails link to the photos. At most ``limit`` rows per table (the CSVs hold all)."""
-    def img(path: str) -> str:
-        t = thumbs.get(path)
-        pic = f'<img class="thumb" src="{quote(t, safe="/")}" alt="">' if t else ""
-        return f'<a href="{href(path, base)}">{pic}<br>{_e(os.path.basename(path))}</a>'
+def path_columns(columns: Sequence[str]) -> list[str]:
+    """The columns of an audit table that name photos (``path``, ``*_path``): shown as thumbnails."""
+    return [c for c in columns if c == "path" or c.endswith("_path")]
 
-    def table(head: list[str], rows: list[list[str]]) -> str:
+
+@dataclasses.dataclass
+class AuditPage:
+    """What an audit detector's page section may use: the whole ``audit.json`` document,
+    thumbnails of the photos its rows name, and the page's table helpers."""
+
+    doc: dict
+    thumbs: dict
+    base: str
+    limit: int = 200
+
+    def image(self, path: str) -> str:
+        """A photo's thumbnail (when made) and file name, linking to the photo."""
+        t = self.thumbs.get(path)
+        pic = f'<img class="thumb" src="{quote(t, safe="/")}" alt="">' if t else ""
+        return f'<a href="{href(path, self.base)}">{pic}<br>{_e(os.path.basename(path))}</a>'
+
+    def table(self, head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+        """A table of HTML cells (escape text with :func:`escape`) under an escaped header."""
         h = "".join(f"<th>{_e(c)}</th>" for c in head)
         return f'<table class="audit"><tr>{h}</tr>' + "".join(
             "<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows) + "</table>"
 
-    d = doc["duplicates"]
+    def rows_table(self, finding) -> str:
+        """The generic section: ``finding.title`` (and its row count), then its first
+        ``limit`` rows (photo columns as thumbnails, numbers to 3 decimals)."""
+        photos = set(path_columns(finding.columns))
+
+        def cell(column: str, value) -> str:
+            if column in photos and value:
+                return self.image(str(value))
+            return _e(f"{value:.3f}" if isinstance(value, float) else "" if value is None else value)
+
+        return (f"<h2>{_e(finding.title)} ({len(finding.rows)})</h2>"
+                + self.table(finding.columns, [[cell(c, r.get(c)) for c in finding.columns]
+                                               for r in finding.rows[:self.limit]]))
+
+
+def escape(value) -> str:
+    """``value`` as HTML text (for an audit section's cells)."""
+    return _e(value)
+
+
+def label_issues_section(page: AuditPage, finding) -> str:
+    """Label issues: how they were scored, the estimated noise per split, the flagged photos."""
+    doc = page.doc
     noise = "".join(f"<li>{_e(split)}: {v['n_flagged']} of {v['n_scored']} scored images flagged"
                     + (f" ({v['n_not_scored']} had no out-of-sample vote)" if v["n_not_scored"] else "") + "; "
                     + ", ".join(f"{_e(k)} {r:.1%}" for k, r in v["noise_rate"].items() if r) + "</li>"
                     for split, v in doc["label_issues"].items())
+    rows = finding.rows
+    return (f"<h2>Probably mislabelled ({len(rows)})</h2>"
+            f"<p>Label issues by confident learning ({_e(doc['method'])}) on out-of-sample probabilities: "
+            + ("OOB votes for training images, the ensemble for val and test, linear heads on pretrained features "
+               "for training images every member saw" if doc["kind"] == "run" else
+               "linear heads on pretrained features (out-of-fold for training images)")
+            + (f"; the ensemble for the {doc['left_out']['images']} training images the run left out "
+               f"(<code>data.exclude</code>): <b>{doc['left_out']['still_flagged']} still look mislabelled</b>, "
+               f"{doc['left_out']['not_flagged']} do not" if doc.get("left_out") else "")
+            + f". Estimated share of labels that belong to another class:</p><ul>{noise}</ul>"
+            + page.table(["split", "image", "given", "suggested", "p(given)", "p(suggested)"],
+                         [[_e(r["split"]), page.image(r["path"]), _e(r["given"]), f"<b>{_e(r['suggested'])}</b>",
+                           f"{r['self_confidence']:.3f}", f"{r['p_suggested']:.3f}"] for r in rows[:page.limit]]))
+
+
+def duplicates_section(page: AuditPage, finding) -> str:
+    """Duplicate pairs side by side, leaks across splits and conflicting labels marked."""
+    doc, rows = page.doc, finding.rows
+    d = doc["duplicates"]
+    return (f"<h2>Duplicates ({len(rows)})</h2>"
+            f"<p>Duplicates: {d['exact']} exact and {d['near']} near pairs (hash within {doc['max_distance']} bits)"
+            + (f", {d['similar']} similar (feature cosine at least {doc['min_cosine']})" if doc.get("min_cosine")
+               else "")
+            + f"; <b>{d['leakage']} across splits</b> (leakage), {d['conflicting_labels']} with different labels.</p>"
+            + page.table(["kind", "image", "twin", "bits apart", "cosine", "leak", "labels"],
+                         [[_e(r["kind"] + (" (mirrored)" if r["mirrored"] else "")),
+                           f'{page.image(r["a_path"])}<br>{_e(r["a_split"])}',
+                           f'{page.image(r["b_path"])}<br>{_e(r["b_split"])}',
+                           "" if r["distance"] is None else str(r["distance"]),
+                           "" if r.get("cosine") is None else f"{r['cosine']:.3f}",
+                           "<b>yes</b>" if r["leakage"] else "",
+                           _e(r["a_label"]) + (f" vs <b>{_e(r['b_label'])}</b>" if r["conflicting_labels"] else "")]
+                          for r in rows[:page.limit]]))
+
+
+def odd_images_section(page: AuditPage, finding) -> str:
+    """Odd and unreadable photos with what is odd about each."""
+    doc, rows = page.doc, finding.rows
+    return (f"<h2>Odd images ({len(rows)})</h2><p>Odd images: {doc['n_odd']}"
+            + (f", {doc['n_unreadable']} of them unreadable" if doc.get("n_unreadable") else "") + ".</p>"
+            + page.table(["split", "image", "what"],
+                         [[_e(r["split"]), page.image(r["path"]), _e(r["what"])] for r in rows[:page.limit]]))
+
+
+def split_stats_section(page: AuditPage, finding) -> str:
+    """Per split: images, median size, aspect and sharpness."""
     stats = [[_e(s), str(v["images"]), f"{v['median_width']:.0f} x {v['median_height']:.0f}",
-              f"{v['median_aspect']:.2f}", f"{v['median_sharpness']:.0f}"] for s, v in doc["stats"].items()]
-    body = [
-        "<h1>effens audit</h1>",
-        f"<p>{'Run' if doc['kind'] == 'run' else 'Data'} {_e(doc['source'])}. Label issues by confident learning "
-        f"({_e(doc['method'])}) on out-of-sample probabilities: "
-        + ("OOB votes for training images, the ensemble for val and test, linear heads on pretrained features for "
-           "training images every member saw" if doc["kind"] == "run" else
-           "linear heads on pretrained features (out-of-fold for training images)")
-        + (f"; the ensemble for the {doc['left_out']['images']} training images the run left out "
-           f"(<code>data.exclude</code>): <b>{doc['left_out']['still_flagged']} still look mislabelled</b>, "
-           f"{doc['left_out']['not_flagged']} do not" if doc.get("left_out") else "")
-        + f". Estimated share of labels that belong to another class:</p><ul>{noise}</ul>",
-        f"<p>Duplicates: {d['exact']} exact and {d['near']} near pairs (hash within {doc['max_distance']} bits)"
-        + (f", {d['similar']} similar (feature cosine at least {doc['min_cosine']})" if doc.get("min_cosine") else "")
-        + f"; <b>{d['leakage']} across splits</b> (leakage), {d['conflicting_labels']} with different labels. "
-        f"Odd images: {doc['n_odd']}"
-        + (f", {doc['n_unreadable']} of them unreadable" if doc.get("n_unreadable") else "") + ".</p>",
-        "<h2>Per split</h2>", table(["split", "images", "median size", "median aspect", "median sharpness"], stats),
-        shortcuts_section(doc, doc["classes"]) if doc.get("shortcuts") else "",
-        f"<h2>Probably mislabelled ({len(labels)})</h2>",
-        table(["split", "image", "given", "suggested", "p(given)", "p(suggested)"],
-              [[_e(r["split"]), img(r["path"]), _e(r["given"]), f"<b>{_e(r['suggested'])}</b>",
-                f"{r['self_confidence']:.3f}", f"{r['p_suggested']:.3f}"] for r in labels[:limit]]),
-        f"<h2>Duplicates ({len(dups)})</h2>",
-        table(["kind", "image", "twin", "bits apart", "cosine", "leak", "labels"],
-              [[_e(r["kind"] + (" (mirrored)" if r["mirrored"] else "")),
-                f'{img(r["a_path"])}<br>{_e(r["a_split"])}', f'{img(r["b_path"])}<br>{_e(r["b_split"])}',
-                "" if r["distance"] is None else str(r["distance"]),
-                "" if r.get("cosine") is None else f"{r['cosine']:.3f}", "<b>yes</b>" if r["leakage"] else "",
-                _e(r["a_label"]) + (f" vs <b>{_e(r['b_label'])}</b>" if r["conflicting_labels"] else "")]
-               for r in dups[:limit]]),
-        f"<h2>Odd images ({len(odd)})</h2>",
-        table(["split", "image", "what"], [[_e(r["split"]), img(r["path"]), _e(r["what"])] for r in odd[:limit]]),
-    ]
+              f"{v['median_aspect']:.2f}", f"{v['median_sharpness']:.0f}"] for s, v in page.doc["stats"].items()]
+    return "<h2>Per split</h2>" + page.table(["split", "images", "median size", "median aspect",
+                                              "median sharpness"], stats)
+
+
+def audit_page(doc: dict, findings: dict, thumbs: dict, base: str, limit: int = 200) -> str:
+    """``effens audit``'s page: what was audited, then every detector's section in order (its
+    own ``section``, else a table of its rows); thumbnails link to the photos. At most
+    ``limit`` rows per table (the CSVs hold all)."""
+    page = AuditPage(doc, thumbs, base, limit)
+    body = ["<h1>effens audit</h1>", f"<p>{'Run' if doc['kind'] == 'run' else 'Data'} {_e(doc['source'])}.</p>"]
+    for name, f in findings.items():
+        body.append(f.section(page, f) if f.section else page.rows_table(dataclasses.replace(f, title=f.title or name)))
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>effens audit</title>'
             f'<style>{CSS}.thumb{{max-width:120px;max-height:90px}}table.audit td{{vertical-align:top}}</style>'
             f'</head><body><main>{"".join(body)}</main></body></html>\n')

@@ -1,14 +1,14 @@
 """User plugins: modules that register their own strategies, views, runtimes, weights
-sources or report figures, imported before a config is checked.
+sources, report figures, audit detectors or serve routes, imported before a config is checked.
 
 Two doors: ``plugins: [module or file.py, ...]`` in a config (a module next to the
 YAML file is found too, and saved in the run's config as its absolute path), and the
 ``effens.plugins`` entry-point group of installed packages (loaded once per process,
 before a command's arguments are parsed, so their names reach its ``--help``; ``effens
 --help`` and ``--version`` load none). A plugin registers through the same decorators as
-effens' own pieces (``@register``, ``@view``, ``@register_source``, ``@split_figure``...);
-a taken name is refused. Every plugin loads inside :func:`guarded`: a plugin that fails in
-any way is one :class:`PluginError` naming it.
+effens' own pieces (``@register``, ``@view``, ``@register_source``, ``@split_figure``,
+``@detector``, ``@route``...); a taken name is refused. Every plugin loads inside
+:func:`guarded`: a plugin that fails in any way is one :class:`PluginError` naming it.
 """
 from __future__ import annotations
 

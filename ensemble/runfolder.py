@@ -308,12 +308,13 @@ class RunFolder:
             pass
 
     # ---------------------------------------------------------------- the run record
-    def record(self) -> None:
+    def record(self, cfg=None) -> None:
         """Record the SHA-256 of every file predictions depend on outside the sealed folders
-        (config.yaml, classes.json, each member.json) in ``run.json``: the commit point."""
+        (config.yaml, classes.json, each member.json) in ``run.json``: the commit point
+        (``cfg``: the config written there, checked; default: read from it)."""
         from .pool import pool_candidates
 
-        cfg = self.read_config()
+        cfg = self.read_config() if cfg is None else cfg
         names = [m.name for m in cfg.members] + [c.name for c in pool_candidates(cfg.members)]
         files = ["config.yaml", "classes.json"] + [f"members/{n}/member.json" for n in names]
         atomic_write_json(self.marker_path, {"effens": _version(), "kind": "run",
@@ -694,8 +695,7 @@ def _read_run(run: RunFolder, root: str | os.PathLike, adopt: bool):
         raise RunError(f"{root}: not a run folder (config.yaml missing)")
     run.verify_record(adopt)
     cfg = run.read_config()
-    ens = BaggedEnsemble(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.parallel, cfg.precision, cfg.runtime,
-                         cfg.plugins)
+    ens = BaggedEnsemble.from_config(cfg)
     ens.run_dir_ = str(run.root)
     ens.onnx_cache_ = run.member_onnx
     ens.compiled_cache_ = run.compiled_cache

@@ -24,8 +24,11 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, Callable, Literal
 
 import numpy as np
+
+from members.registry import Registry
 
 from . import __version__
 from .prediction import DecisionOptions, ImagePredictor, InferenceOptions
@@ -36,8 +39,6 @@ log = logging.getLogger(__name__)
 MAGIC = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"RIFF", "webp"), (b"BM", "bmp"),
          (b"GIF8", "gif"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"))
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-#: routes that need the API key when one is set (checked before anything of the request is parsed)
-KEYED_ROUTES = ("/v1/predict", "/v1/model")
 #: the query names of the decision flags, in a request's error messages
 QUERY_NAMES = {"--coverage-by-class": "coverage_by_class", "--coverage": "coverage",
                "--review-rate": "review_rate", "--target-accuracy": "target_accuracy"}
@@ -236,168 +237,83 @@ def model_card(ens, predictor: ImagePredictor, settings: ServeSettings, run: str
             "effens": __version__, "run": Path(run).resolve().name}  # its name: no server path in an answer
 
 
-def create_app(run: str, settings: ServeSettings = ServeSettings()):
-    """The FastAPI app serving ``run`` (mount it in your own ASGI app, or run it with uvicorn)."""
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
-    from starlette.exceptions import HTTPException
+@dataclasses.dataclass
+class Service:
+    """What every route shares: the run loaded once, its predictor, the batcher that merges
+    requests' images, the metrics, the decoding threads and the model card."""
 
-    from .runfolder import RunFolder, load_run
-    from .serve_page import PAGE
+    run: str
+    settings: ServeSettings
+    ens: Any
+    run_decisions: Any              # the run's own `decision:` settings
+    predictor: ImagePredictor
+    metrics: Metrics
+    batcher: Batcher
+    decode_pool: ThreadPoolExecutor
+    card: dict
+    ready: bool = False
+    warming: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
-    ens = load_run(run)
-    run_decisions = RunFolder(run).read_config().decision
-    decisions = DecisionOptions.from_settings(run_decisions, **(settings.decisions or {}))
-    predictor = ImagePredictor(ens, settings.strategy, settings.options, decisions)
-    metrics = Metrics()
-    batcher = Batcher(predictor, settings.max_batch, settings.max_wait_ms, metrics)
-    decode_pool = ThreadPoolExecutor(2, thread_name_prefix="effens-decode")
-    state = {"ready": False}
-    limits = settings.limits
-    card = model_card(ens, predictor, settings, str(run))
-    if card["runtime"] == "torch":
-        from members.allocator import keep_freed_memory
+    @classmethod
+    def load(cls, run: str, settings: ServeSettings) -> "Service":
+        """Load ``run`` (its hashes checked) with the server's strategy, runtime and decisions."""
+        from .runfolder import RunFolder, load_run
 
-        keep_freed_memory()  # now, before the forward thread's first allocation (members/allocator.py)
+        ens = load_run(run)
+        run_decisions = RunFolder(run).read_config().decision
+        decisions = DecisionOptions.from_settings(run_decisions, **(settings.decisions or {}))
+        predictor = ImagePredictor(ens, settings.strategy, settings.options, decisions)
+        metrics = Metrics()
+        batcher = Batcher(predictor, settings.max_batch, settings.max_wait_ms, metrics)
+        card = model_card(ens, predictor, settings, str(run))
+        if card["runtime"] == "torch":
+            from members.allocator import keep_freed_memory
 
-    warming = asyncio.Lock()
+            keep_freed_memory()  # now, before the forward thread's first allocation (members/allocator.py)
+        return cls(str(run), settings, ens, run_decisions, predictor, metrics, batcher,
+                   ThreadPoolExecutor(2, thread_name_prefix="effens-decode"), card)
 
-    async def warm() -> None:
+    @property
+    def limits(self) -> ServeLimits:
+        return self.settings.limits
+
+    async def warm(self) -> None:
         """Compile and warm every member once (at start-up, or on the first /v1/ready of a
         mounted app, which gets no lifespan); the warm-up batch is not counted."""
-        async with warming:
-            if state["ready"]:
+        async with self.warming:
+            if self.ready:
                 return
-            blank = np.zeros((predictor.size, predictor.size, 3), dtype=np.uint8)
-            await batcher.answer(blank)
-            metrics.batches.clear()
-            state["ready"] = True
+            blank = np.zeros((self.predictor.size, self.predictor.size, 3), dtype=np.uint8)
+            await self.batcher.answer(blank)
+            self.metrics.batches.clear()
+            self.ready = True
 
     @contextlib.asynccontextmanager
-    async def lifespan(app):
-        await warm()
-        log.info("serving %s (%s; %s)", run, card["strategy"], card["runtime"])
+    async def lifespan(self, app):
+        await self.warm()
+        log.info("serving %s (%s; %s)", self.run, self.card["strategy"], self.card["runtime"])
         try:
             yield
         finally:
-            state["ready"] = False
-            await batcher.stop()
-            decode_pool.shutdown(wait=False)
+            self.ready = False
+            await self.batcher.stop()
+            self.decode_pool.shutdown(wait=False)
 
-    app = FastAPI(title="effens", version=__version__, lifespan=lifespan,
-                  description="A bagged ensemble of EfficientNet classifiers as a service.")
-
-    def _error(status: int, reason: str) -> JSONResponse:
-        return JSONResponse({"error": " ".join(str(reason).split())}, status_code=status)
-
-    @app.exception_handler(Refused)
-    async def _refused(request, exc: Refused):
-        return _error(exc.status, str(exc))
-
-    @app.exception_handler(HTTPException)
-    async def _http(request, exc: HTTPException):
-        return _error(exc.status_code, exc.detail if isinstance(exc.detail, str) else "request refused")
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request, exc):
-        return _error(422, "malformed request")
-
-    @app.exception_handler(Exception)
-    async def _crash(request, exc: Exception):
-        log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
-        return _error(500, f"internal error ({type(exc).__name__})")
-
-    @app.middleware("http")
-    async def _authenticate(request: Request, call_next):
-        """The API key before routing and parsing: a stranger learns nothing of a request's
-        shape (no 422 or 405 before the 401)."""
-        path = request.scope["path"][len(request.scope.get("root_path", "")):]  # mounted: under its prefix
-        if settings.api_key is not None and path.rstrip("/") in KEYED_ROUTES:
-            try:
-                _check_key(request.headers, settings.api_key)
-            except Refused as exc:
-                return _error(exc.status, str(exc))
-        return await call_next(request)
-
-    @app.middleware("http")
-    async def _head_size(request: Request, call_next):
-        """Headers over ``max_header_kb`` (ones that reached the app whole in one read; larger
-        ones never get here, see :func:`serve`): 431 before the key or anything else (the
-        middleware added last runs first)."""
-        size = head_size(request.scope)
-        if size > limits.max_header_kb * 1024:
-            return _error(431, f"the request headers ({size:,} bytes) are over the limit of "
-                               f"{int(limits.max_header_kb * 1024):,} bytes")
-        return await call_next(request)
-
-    @app.middleware("http")
-    async def _count(request: Request, call_next):
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        if request.url.path.startswith("/v1/predict"):
-            metrics.request(response.status_code, time.perf_counter() - t0)
-        return response
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page():
-        return HTMLResponse(PAGE)
-
-    @app.get("/v1/health")
-    async def health() -> dict:
-        """The process is up."""
-        return {"status": "ok"}
-
-    @app.get("/v1/ready")
-    async def ready():
-        """Every member is loaded and warm: requests are answered at full speed."""
-        if not state["ready"]:
-            await warm()
-        return {"ready": True}
-
-    @app.get("/v1/model")
-    async def model() -> dict:
-        """Classes, members, strategy, runtime and the run's weights hashes."""
-        return card
-
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def prometheus() -> str:
-        """Requests, errors, latency and batch sizes in Prometheus' text format."""
-        return metrics.text()
-
-    @app.post("/v1/predict")
-    async def predict(request: Request, coverage: float | None = None, coverage_by_class: bool | None = None,
-                      review_rate: float | None = None, target_accuracy: float | None = None) -> dict:
-        """Upload one or more images as multipart ``files`` fields; one answer per image, in order.
-        ``coverage`` / ``review_rate`` / ``target_accuracy`` (query) ask this request for a
-        prediction set or a review decision other than the server's."""
-        asked = _asked({"coverage": coverage, "by_class": coverage_by_class, "review_rate": review_rate,
-                        "target_accuracy": target_accuracy})
-        try:
-            return await asyncio.wait_for(_predict(request, asked), limits.timeout_s)
-        except asyncio.TimeoutError:
-            raise Refused(504, f"not answered within {limits.timeout_s:g} s") from None
-        except Refused:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a bug: one JSON line for the client, the reason in the log
-            log.error("POST /v1/predict failed: %s: %s", type(exc).__name__, exc)
-            raise Refused(500, f"internal error ({type(exc).__name__})") from None
-
-    def _asked(given: dict) -> DecisionOptions | None:
+    def asked(self, given: dict) -> DecisionOptions | None:
         """A request's own decisions on top of the server's, checked as at start-up (bounds,
         finite, enough calibration images) before any work: 400 with the one reason."""
         if all(v is None for v in given.values()):
             return None
         from .decisions import DecisionError
 
-        merged = {k: v for k, v in (settings.decisions or {}).items() if v is not None}
+        merged = {k: v for k, v in (self.settings.decisions or {}).items() if v is not None}
         if given["review_rate"] is not None or given["target_accuracy"] is not None:
             merged.pop("review_rate", None)  # the request's rule replaces the server's
             merged.pop("target_accuracy", None)
         merged.update({k: v for k, v in given.items() if v is not None})
         try:
-            asked = DecisionOptions.from_settings(run_decisions, **merged)
-            predictor.check(asked)
+            asked = DecisionOptions.from_settings(self.run_decisions, **merged)
+            self.predictor.check(asked)
         except DecisionError as exc:
             reason = str(exc)
             for flag, name in QUERY_NAMES.items():
@@ -405,38 +321,45 @@ def create_app(run: str, settings: ServeSettings = ServeSettings()):
             raise Refused(400, reason) from None
         return asked
 
-    async def _predict(request: Request, asked: DecisionOptions | None) -> dict:
-        files = await _read_files(request)
+    async def predict(self, request, asked: DecisionOptions | None):
+        """One answer per uploaded image, in order (a JSON 422 when none could be read)."""
+        from fastapi.responses import JSONResponse
+
+        files = await self.read_files(request)
         loop = asyncio.get_running_loop()
-        decoded = await asyncio.gather(*(loop.run_in_executor(decode_pool, _decode, data) for _, data in files))
-        answers = await asyncio.gather(*(batcher.answer(a) for a, _ in decoded if a is not None))
-        it = iter(answers)
+        decoded = await asyncio.gather(*(loop.run_in_executor(self.decode_pool, self.decode, data)
+                                         for _, data in files))
+        answers = iter(await asyncio.gather(*(self.batcher.answer(a) for a, _ in decoded if a is not None)))
         rows = []
         for (name, _), (array, reason) in zip(files, decoded):
             if array is None:
-                row = predictor.rows([name], [None], {name: reason}, key="file")[0]
+                rows.append(self.predictor.rows([name], [None], {name: reason}, key="file")[0])
             else:
-                row = {"file": name, **{k: v for k, v in next(it).items() if k != "path"}}
-            rows.append(row)
+                rows.append({"file": name, **{k: v for k, v in next(answers).items() if k != "path"}})
         if asked is not None:
-            rows = predictor.redecide(rows, asked)
-        metrics.images += len(rows)
-        metrics.image_errors += sum(1 for r in rows if r["error"])
+            rows = self.predictor.redecide(rows, asked)
+        self.metrics.images += len(rows)
+        self.metrics.image_errors += sum(1 for r in rows if r["error"])
         if all(r["error"] for r in rows):
             return JSONResponse({"error": f"none of the {len(rows)} image(s) could be read (first: "
                                           f"{rows[0]['error']})", "results": rows}, status_code=422)
-        return {"strategy": card["strategy"], "results": rows}
+        return {"strategy": self.card["strategy"], "results": rows}
 
-    def _decode(data: bytes) -> tuple[np.ndarray | None, str]:
+    def decode(self, data: bytes) -> tuple[np.ndarray | None, str]:
+        """One upload decoded, or None and the reason this image's row gives."""
         try:
-            return decode_upload(data, predictor.size, limits.max_pixels), ""
+            return decode_upload(data, self.predictor.size, self.limits.max_pixels), ""
         except ValueError as exc:
             return None, str(exc)
         except Exception as exc:  # noqa: BLE001 - this image's row says so; the others are answered
             log.warning("an upload could not be decoded: %s: %s", type(exc).__name__, exc)
             return None, f"cannot decode image ({type(exc).__name__})"
 
-    async def _read_files(request: Request) -> list[tuple[str, bytes]]:
+    async def read_files(self, request) -> list[tuple[str, bytes]]:
+        """The multipart ``files`` of a request, every limit checked while the body arrives."""
+        from starlette.exceptions import HTTPException
+
+        limits = self.limits
         if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
             raise Refused(415, "send the images as multipart/form-data fields named `files`")
         limit = int(limits.max_body_mb * 1024 * 1024)
@@ -471,8 +394,222 @@ def create_app(run: str, settings: ServeSettings = ServeSettings()):
         await form.close()
         return out
 
-    app.state.predictor, app.state.metrics = predictor, metrics
+
+# ---------------------------------------------------------------- routes: one registered piece each
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """One endpoint: ``endpoint(service)`` makes the function FastAPI calls (its parameters
+    are the request's, as in any FastAPI route; its docstring is its documentation).
+    ``keyed``: needs the API key when one is set, checked before anything of the request is
+    parsed; ``response``: what a plain return value becomes (``json``, ``html`` or ``text``);
+    ``in_docs``: listed in /docs and /openapi.json."""
+
+    path: str
+    method: str
+    endpoint: Callable[[Service], Callable]
+    keyed: bool = False
+    response: Literal["json", "html", "text"] = "json"
+    in_docs: bool = True
+
+
+ROUTES: Registry[Route] = Registry("serve route")
+
+
+def route(path: str, method: str = "GET", *, keyed: bool = False, response: str = "json",
+          in_docs: bool = True) -> Callable:
+    """Register a route of every app :func:`create_app` makes: decorates a function of the
+    :class:`Service` that returns the endpoint (registered as ``"METHOD /path"``)."""
+    if not path.startswith("/") or method not in ("GET", "POST", "PUT", "DELETE", "PATCH"):
+        raise ValueError(f"a serve route needs a path starting with / and an HTTP method; got {method} {path}")
+    if response not in ("json", "html", "text"):
+        raise ValueError(f"a serve route's `response` must be json, html or text; got {response!r}")
+
+    def register(factory: Callable[[Service], Callable]) -> Callable[[Service], Callable]:
+        ROUTES.add(f"{method} {path}", Route(path, method, factory, keyed, response, in_docs),
+                   owner=factory.__module__)
+        return factory
+
+    return register
+
+
+def keyed_paths() -> set[str]:
+    """The paths that need the API key when one is set."""
+    return {r.path.rstrip("/") for r in ROUTES.values() if r.keyed}
+
+
+@route("/", response="html", in_docs=False)
+def upload_page(service: Service) -> Callable:
+    """The upload page: pick photos, see the answers (:mod:`ensemble.serve_page`)."""
+    from fastapi.responses import HTMLResponse
+
+    from .serve_page import PAGE
+
+    async def page():
+        return HTMLResponse(PAGE)
+
+    return page
+
+
+@route("/v1/health")
+def health(service: Service) -> Callable:
+    """Liveness: the process is up."""
+    async def health() -> dict:
+        """The process is up."""
+        return {"status": "ok"}
+
+    return health
+
+
+@route("/v1/ready")
+def ready(service: Service) -> Callable:
+    """Readiness: every member loaded and warm (warms a mounted app on first call)."""
+    async def ready():
+        """Every member is loaded and warm: requests are answered at full speed."""
+        if not service.ready:
+            await service.warm()
+        return {"ready": True}
+
+    return ready
+
+
+@route("/v1/model", keyed=True)
+def model(service: Service) -> Callable:
+    """The model card: classes, members, strategy, runtime, the run's weights hashes."""
+    async def model() -> dict:
+        """Classes, members, strategy, runtime and the run's weights hashes."""
+        return service.card
+
+    return model
+
+
+@route("/metrics", response="text")
+def prometheus(service: Service) -> Callable:
+    """Requests, errors, latency and batch sizes in Prometheus' text format."""
+    async def prometheus() -> str:
+        """Requests, errors, latency and batch sizes in Prometheus' text format."""
+        return service.metrics.text()
+
+    return prometheus
+
+
+@route("/v1/predict", "POST", keyed=True)
+def predict(service: Service) -> Callable:
+    """Uploaded photos answered as `effens predict` answers them, batched across requests."""
+    from fastapi import Request
+
+    async def predict(request: Request, coverage: float | None = None, coverage_by_class: bool | None = None,
+                      review_rate: float | None = None, target_accuracy: float | None = None) -> dict:
+        """Upload one or more images as multipart ``files`` fields; one answer per image, in order.
+        ``coverage`` / ``review_rate`` / ``target_accuracy`` (query) ask this request for a
+        prediction set or a review decision other than the server's."""
+        asked = service.asked({"coverage": coverage, "by_class": coverage_by_class, "review_rate": review_rate,
+                               "target_accuracy": target_accuracy})
+        timeout = service.limits.timeout_s
+        try:
+            return await asyncio.wait_for(service.predict(request, asked), timeout)
+        except asyncio.TimeoutError:
+            raise Refused(504, f"not answered within {timeout:g} s") from None
+        except Refused:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug: one JSON line for the client, the reason in the log
+            log.error("POST /v1/predict failed: %s: %s", type(exc).__name__, exc)
+            raise Refused(500, f"internal error ({type(exc).__name__})") from None
+
+    return predict
+
+
+# ---------------------------------------------------------------- the app: a few named steps
+def create_app(run: str, settings: ServeSettings = ServeSettings()):
+    """The FastAPI app serving ``run`` (mount it in your own ASGI app, or run it with uvicorn):
+    the run loaded once, JSON errors, the guards before routing, every registered route."""
+    from fastapi import FastAPI
+
+    service = Service.load(run, settings)
+    app = FastAPI(title="effens", version=__version__, lifespan=service.lifespan,
+                  description="A bagged ensemble of EfficientNet classifiers as a service.")
+    _add_error_handlers(app)
+    _add_guards(app, service)
+    _add_routes(app, service)
+    app.state.service, app.state.predictor, app.state.metrics = service, service.predictor, service.metrics
     return app
+
+
+def _error(status: int, reason: str):
+    """Every failure's body: ``{"error": one line}``."""
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": " ".join(str(reason).split())}, status_code=status)
+
+
+def _add_error_handlers(app) -> None:
+    """Refusals, HTTP errors, malformed requests and crashes all answer one JSON line."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(Refused)
+    async def _refused(request, exc: Refused):
+        return _error(exc.status, str(exc))
+
+    @app.exception_handler(HTTPException)
+    async def _http(request, exc: HTTPException):
+        return _error(exc.status_code, exc.detail if isinstance(exc.detail, str) else "request refused")
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc):
+        return _error(422, "malformed request")
+
+    @app.exception_handler(Exception)
+    async def _crash(request, exc: Exception):
+        log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__, exc)
+        return _error(500, f"internal error ({type(exc).__name__})")
+
+
+def _add_guards(app, service: Service) -> None:
+    """Middleware, outermost last: request counting, the header size limit, the API key."""
+    from fastapi import Request
+
+    keyed, limits, api_key = keyed_paths(), service.limits, service.settings.api_key
+
+    @app.middleware("http")
+    async def _authenticate(request: Request, call_next):
+        """The API key before routing and parsing: a stranger learns nothing of a request's
+        shape (no 422 or 405 before the 401)."""
+        path = request.scope["path"][len(request.scope.get("root_path", "")):]  # mounted: under its prefix
+        if api_key is not None and path.rstrip("/") in keyed:
+            try:
+                _check_key(request.headers, api_key)
+            except Refused as exc:
+                return _error(exc.status, str(exc))
+        return await call_next(request)
+
+    @app.middleware("http")
+    async def _head_size(request: Request, call_next):
+        """Headers over ``max_header_kb`` (ones that reached the app whole in one read; larger
+        ones never get here, see :func:`serve`): 431 before the key or anything else (the
+        middleware added last runs first)."""
+        size = head_size(request.scope)
+        if size > limits.max_header_kb * 1024:
+            return _error(431, f"the request headers ({size:,} bytes) are over the limit of "
+                               f"{int(limits.max_header_kb * 1024):,} bytes")
+        return await call_next(request)
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        if request.url.path.startswith("/v1/predict"):
+            service.metrics.request(response.status_code, time.perf_counter() - t0)
+        return response
+
+
+def _add_routes(app, service: Service) -> None:
+    """Every registered route, in registration order."""
+    from fastapi.responses import HTMLResponse, PlainTextResponse
+
+    classes = {"html": HTMLResponse, "text": PlainTextResponse}  # json: FastAPI's default
+    for r in ROUTES.values():
+        shown_as = {"response_class": classes[r.response]} if r.response in classes else {}
+        app.add_api_route(r.path, r.endpoint(service), methods=[r.method], include_in_schema=r.in_docs, **shown_as)
 
 
 def serve(run: str, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings = ServeSettings()) -> None:

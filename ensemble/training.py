@@ -51,8 +51,8 @@ def warn_overlaps(data: Dataset) -> None:
 
 
 def estimator_from_config(cfg: Config) -> BaggedEnsemble:
-    return BaggedEnsemble(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.parallel, cfg.precision,
-                          cfg.runtime, cfg.plugins)
+    """The estimator of a checked config; its fit does not check it again."""
+    return BaggedEnsemble.from_config(cfg)
 
 
 def _card_shortcuts(data, seed: int) -> dict | None:
@@ -68,8 +68,10 @@ def _card_shortcuts(data, seed: int) -> dict | None:
         return None
 
 
-def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = None) -> dict:
-    """Evaluate every member and strategy on the cached val/test probabilities; write report/."""
+def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = None,
+                     cfg: Config | None = None) -> dict:
+    """Evaluate every member and strategy on the cached val/test probabilities; write report/
+    (``cfg``: the run's config, checked; default: read from the run)."""
     comb = ens.combiner_
     names = [fm.name for fm in ens.members_]
     results, split_data = {}, {}
@@ -84,7 +86,7 @@ def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = N
         split_data[split] = (paths, y)
     from .card import card_facts, card_lines
 
-    cfg = run.read_config()
+    cfg = run.read_config() if cfg is None else cfg
     doc = build_metrics(ens.classes_, names, results, ens.oob_report_, comb,
                         labels={s: d[1] for s, d in split_data.items()})
     doc["decisions"] = decision_report(ens, cfg.decision,
@@ -188,7 +190,7 @@ def _train(cfg: Config, data: Dataset, run: RunFolder, tracker=None) -> dict:
 
     y = train.encode(data.classes)
     y_val = val.encode(data.classes)
-    ens = estimator_from_config(cfg)
+    ens = estimator_from_config(cfg)  # checked once, in train_run
     ens.fit(train_imgs, y, X_val=val_imgs, y_val=y_val, classes=data.classes, store=run,
             data_fingerprint=images_fingerprint(train.paths + val.paths, train.labels + val.labels))
     run.save_combiner(ens.combiner_)
@@ -209,8 +211,8 @@ def _train(cfg: Config, data: Dataset, run: RunFolder, tracker=None) -> dict:
              "data_summary": data_summary(data, sources),
              "timing": {"decode_s": decode_s, "total_s": time.perf_counter() - t_start,
                         "members_train_s": {fm.name: fm.meta["train_seconds"] for fm in ens.members_}}}
-    doc = write_run_report(run, ens, extra)
-    run.record()
+    doc = write_run_report(run, ens, extra, cfg)
+    run.record(cfg)
     log.info("report written to %s (%.0f s in all)", run.report_dir, time.perf_counter() - t_start)
     if tracker:
         from .tracking import log_train

@@ -61,8 +61,11 @@ def _first_line(obj) -> str:
 
 
 def registry_table() -> str:
-    """One row per registered strategy, view, runtime, weights source, figure and section."""
+    """One row per registered strategy, view, runtime, weights source, figure, section, audit
+    detector and serve route."""
+    from ensemble.audit import DETECTORS
     from ensemble.report import MODEL_FIGURES, SECTIONS, SPLIT_FIGURES
+    from ensemble.serve import ROUTES
     from ensemble.strategies import STRATEGIES, Strategy
     from members.runtimes import RUNTIMES
     from members.views import VIEWS
@@ -92,6 +95,12 @@ def registry_table() -> str:
                            (SECTIONS, "report section (`@report_section`)")):
         for name, fn in registry.items():
             out.append(f"| {kind} | `{name}` | {_first_line(fn)} | report.md and index.html |")
+    for name, fn in DETECTORS.items():
+        out.append(f"| audit detector (`@detector`) | `{name}` | {_first_line(fn)} | audit.json, index.html, "
+                   f"the summary line |")
+    for name, r in ROUTES.items():
+        out.append(f"| serve route (`@route`) | `{name}` | {_first_line(r.endpoint)} | "
+                   f"{'needs the API key' if r.keyed else 'open'}; {r.response} |")
     return "\n".join(out)
 
 

@@ -684,3 +684,48 @@ def test_write_exclude_at_a_pipe_is_refused_without_reading_it(tmp_path, target)
     assert done.returncode == 2 and len(err) == 1, done.stderr
     assert f"--write-exclude {target}: is a named pipe (FIFO); name a file" in err[0]
     assert not out.exists() and "Traceback" not in done.stderr
+
+
+DETECTOR_PLUGIN = '''
+import os
+
+from ensemble.audit import Finding, detector
+
+
+@detector
+def big_files(ctx):
+    """Photos larger on disk than the median photo."""
+    sizes = {p: os.path.getsize(p) for _, p, _ in ctx.known}
+    median = sorted(sizes.values())[len(sizes) // 2]
+    rows = [{"split": s, "path": p, "bytes": sizes[p]} for s, p, _ in ctx.known if sizes[p] > median]
+    return Finding({"big_files": {"n": len(rows), "classes": len(ctx.classes)}}, f"{len(rows)} big files",
+                   "Big files", rows, ["split", "path", "bytes"], "big_files.csv")
+'''
+
+
+def test_a_plugin_detector_reaches_audit_json_the_page_the_csv_and_the_summary_line(tmp_path, capsys):
+    """Issue #42 item 4: an audit detector is one registered function; nothing else is edited."""
+    from ensemble.audit import DETECTORS
+
+    data = tmp_path / "data"
+    synth.make_dataset(data)
+    (tmp_path / "bigplug.py").write_text(DETECTOR_PLUGIN)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(synth.tiny_config(data, plugins=["bigplug"])))
+    sizes = {p: p.stat().st_size for p in data.rglob("*.png")}
+    big = [p for p in sorted(sizes) if sizes[p] > sorted(sizes.values())[len(sizes) // 2]]
+    assert 0 < len(big) < len(sizes)
+    try:
+        assert main(["audit", str(cfg), "--out", str(tmp_path / "audit"), "--no-features"]) == 0
+    finally:
+        DETECTORS.remove("big_files")
+    out = tmp_path / "audit"
+    doc = json.loads((out / "audit.json").read_text())
+    assert doc["big_files"] == {"n": len(big), "classes": 3}
+    assert doc["summary"]["big_files"] == f"{len(big)} big files"
+    assert {"label_issues", "duplicates", "n_odd", "stats", "shortcuts"} <= set(doc)  # the built-in ones too
+    assert f"; {len(big)} big files -> {out / 'index.html'}" in capsys.readouterr().out  # after the built-in ones
+    page = (out / "index.html").read_text()
+    assert f"<h2>Big files ({len(big)})</h2>" in page and big[0].name in page and "<h2>Duplicates (" in page
+    rows = list(csv.DictReader(open(out / "big_files.csv")))
+    assert sorted(r["path"] for r in rows) == sorted(map(str, big)) and "big_files.csv" in doc["written"]

@@ -61,6 +61,23 @@ def test_get_set_params_and_clone(tmp_path):
         twin.predict_proba([np.zeros((8, 8, 3), np.uint8)])
 
 
+def test_a_checked_config_is_not_checked_again_until_a_parameter_changes(tmp_path, monkeypatch):
+    import ensemble.config as config
+
+    checks, real = [], config.config_from_dict
+    monkeypatch.setattr(config, "config_from_dict", lambda raw, *a, **k: checks.append(1) or real(raw, *a, **k))
+    cfg = real(synth.tiny_config(tmp_path))
+    ens = BaggedEnsemble.from_config(cfg)
+    assert ens.validated_config() is cfg and estimator_from_config(cfg).validated_config() is cfg and not checks
+    ens.set_params(seed=7)  # changed: checked again, once
+    assert ens.validated_config().seed == 7 and ens.validated_config().seed == 7 and len(checks) == 1
+    ens.members[0].bagging.ratio = 1.5  # edited in place: checked again, and refused
+    with pytest.raises(ConfigError, match="`members.0.bagging.ratio` must be in"):
+        ens.validated_config()
+    raw = BaggedEnsemble(members=[dict(m) for m in synth.tiny_config(tmp_path)["members"]])
+    assert raw.validated_config() is raw.validated_config() and len(checks) == 3  # a dict: checked once in fit
+
+
 def test_fit_in_memory_equals_the_trained_run(trained, tiny_data):
     """The estimator alone (no run folder) fits the ensemble `effens train` saved, to the bit."""
     from ensemble.data import cache_size

@@ -446,3 +446,60 @@ def test_connection_limits_big_headers_idle_and_too_many_connections(trained):
         assert _get(srv.url + "/v1/health")[0] == 200
     finally:
         assert srv.stop() == 0
+
+
+ROUTE_PLUGIN = '''
+from ensemble.serve import route
+
+
+@route("/v1/classes", keyed=True)
+def classes(service):
+    async def classes() -> dict:
+        """The run's classes, in order, and the requests answered so far."""
+        return {"classes": service.predictor.classes, "requests": sum(service.metrics.requests.values())}
+
+    return classes
+'''
+
+
+def _asgi_get(app, path: str, headers: dict | None = None):
+    """One GET straight into an ASGI app (no server, no lifespan) -> (status, JSON body)."""
+    import asyncio
+
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    asyncio.run(app(scope, receive, send))
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    return status, json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+
+
+def test_a_plugin_route_is_served_behind_the_key_and_listed_in_the_docs(trained, tmp_path):
+    """Issue #42 item 4: a serve route is one registered piece (path, method, endpoint factory)."""
+    from ensemble.plugins import load_plugins
+    from ensemble.serve import ROUTES, ServeSettings, create_app, route
+    from members.registry import RegistryError
+
+    (tmp_path / "routeplug.py").write_text(ROUTE_PLUGIN)
+    load_plugins(["routeplug"], tmp_path)
+    try:
+        with pytest.raises(RegistryError, match="a serve route named 'GET /v1/classes' is already registered"):
+            route("/v1/classes")(lambda service: None)
+        app = create_app(str(trained[1]), ServeSettings(api_key="sesame"))
+        assert _asgi_get(app, "/v1/classes") == (401, {"error": "missing or wrong API key (send it as `X-API-Key` "
+                                                                "or `Authorization: Bearer`)"})
+        assert _asgi_get(app, "/v1/classes", {"X-API-Key": "sesame"}) == \
+            (200, {"classes": ["circle", "square", "stripes"], "requests": 0})
+        assert "/v1/classes" in _asgi_get(app, "/openapi.json")[1]["paths"]
+        assert _asgi_get(app, "/v1/health") == (200, {"status": "ok"})  # the built-in routes stay
+    finally:
+        ROUTES.remove("GET /v1/classes")

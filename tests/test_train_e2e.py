@@ -181,3 +181,26 @@ def test_bad_training_image_policy(tiny_data, tmp_path, policy, caplog):
         assert [d["path"] for d in doc["skipped_images"]["train"]] == [str(bad)]
         assert "zz_truncated.png" in (tmp_path / "run/report/report.md").read_text()
         assert len(np.load(tmp_path / "run/predictions/train_labels.npy")) == 48  # 49 files, 1 skipped
+
+
+def test_one_train_checks_its_config_once_and_imports_its_plugins_once(tiny_data, tmp_path, monkeypatch):
+    """Issue #42 item 4: the output guard and train_run share one check; fit, the combiner's
+    refit, the report and the run record take the checked config, never a dict round trip."""
+    import ensemble.config as config
+
+    checks, real = [], config.config_from_dict
+
+    def counted(raw, *args, **kwargs):
+        checks.append(kwargs.get("source") or (args[0] if args else "<dict>"))
+        return real(raw, *args, **kwargs)
+
+    monkeypatch.setattr(config, "config_from_dict", counted)
+    imports = tmp_path / "imports.log"
+    (tmp_path / "countplug.py").write_text(f"with open({str(imports)!r}, 'a') as fh:\n    fh.write('x')\n")
+    raw = synth.tiny_config(tiny_data, epochs=1, plugins=["countplug"])
+    raw["members"] = raw["members"][:2]
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "-q"]) == 0
+    assert checks == [str(cfg)], checks
+    assert imports.read_text() == "x"  # the plugin module ran once

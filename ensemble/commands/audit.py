@@ -37,17 +37,8 @@ def arguments(p) -> None:
 
 
 def summary(doc: dict, out: str, write_exclude: str | None) -> str:
-    """The command's last line: what was found, where the page is."""
-    from ..shortcuts import summary_line
-
-    d = doc["duplicates"]
-    return (f"{doc['n_label_issues']} probably mislabelled, {d['exact']} exact, {d['near']} near and "
-            f"{d['similar']} similar duplicate pairs ({d['leakage']} across splits"
-            + (f", {d['same_file']} of them the same file in two splits" if d.get("same_file") else "")
-            + f"), {doc['n_odd']} odd images; shortcuts: {summary_line(doc['shortcuts'])} -> "
-            f"{Path(out) / 'index.html'}"
-            + (f"; of the {doc['left_out']['images']} the run left out, {doc['left_out']['still_flagged']} "
-               f"still look mislabelled" if "left_out" in doc else "")
+    """The command's last line: each detector's phrase, where the page is."""
+    return ("; ".join(doc["summary"].values()) + f" -> {Path(out) / 'index.html'}"
             + (f"; {doc['n_excluded_written']} images listed in {write_exclude}" if write_exclude else ""))
 
 
