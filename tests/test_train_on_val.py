@@ -64,10 +64,10 @@ def test_predict_works_on_a_refit_run(refit_run, tiny_data, tmp_path):
     assert len(out.read_text().splitlines()) == 1 + len(find_images(tiny_data / "test"))
 
 
-def test_refit_needs_out_of_bag_images(tiny_data, tmp_path, capsys):
+def test_refit_needs_out_of_bag_images(tiny_data, tmp_path, caplog):
     code = main(["train", str(_config(tiny_data, tmp_path, ratio=1.0)), "--out", str(tmp_path / "run")])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1
+    err = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert code == 2 and len(err) == 1 and "Traceback" not in caplog.text
     assert "`data.train_on_val` needs out-of-bag images" in err[0] and "members.0.bagging" in err[0]
     assert not (tmp_path / "run").exists()
 
