@@ -41,6 +41,40 @@ def test_only_the_run_folder_module_names_run_folder_files():
     assert not seen
 
 
+def _test_module_imports(path: Path) -> set[str]:
+    """Test modules ``path`` imports, in any spelling (``import test_x``, ``from test_x import``,
+    ``from tests.test_x import``, ``from .test_x import``, ``from tests import test_x``), at the
+    top or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.rsplit(".", 1)[-1].startswith("test_"))
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if module.rsplit(".", 1)[-1].startswith("test_"):
+                found.add(module)
+            elif module in ("", "tests"):
+                found.update(a.name for a in node.names if a.name.startswith("test_"))
+    return found
+
+
+def test_no_test_module_imports_another():
+    """Tests live in the test module of the module they exercise; what several share is a
+    fixture in tests/conftest.py or a builder in tests/synth.py, never another test module
+    (importing one runs its module code again and ties the two files' fates together)."""
+    offenders = {p.name: sorted(_test_module_imports(p)) for p in sorted((ROOT / "tests").glob("*.py"))}
+    assert not {k: v for k, v in offenders.items() if v}
+
+
+def test_the_test_import_check_sees_every_spelling(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("import test_a\nfrom test_b import x\nfrom tests.test_c import y\nfrom .test_d import z\n"
+                     "def f():\n    from tests import test_e\n    import tests.test_f\n    from . import test_g\n"
+                     "import synth\nfrom conftest import tiny_data\nfrom ensemble import testing_tools\n")
+    assert _test_module_imports(probe) == {"test_a", "test_b", "tests.test_c", "test_d", "test_e", "tests.test_f",
+                                           "test_g"}
+
+
 def _commands():
     from ensemble.commands import load_commands
 
