@@ -134,10 +134,10 @@ def _pretrained_features(spec, paths: list[str], n_classes: int, device: str, ou
     NaN for an image that cannot be read."""
     from members.features import extract_features
     from members.models import create_member, pick_device
+    from members.schema import to_dict
     from members.transforms import eval_tensor
 
     from .images import decode_all
-    from .schema import to_dict
 
     def compute() -> np.ndarray:
         member = create_member(spec, n_classes)
@@ -414,9 +414,8 @@ def open_source(source: str) -> AuditSource:
     from .config import config_from_dict, load_config
 
     path = Path(source)
-    if path.is_dir() and (path / "config.yaml").is_file() and ((path / "run.json").is_file()
-                                                               or (path / "members").is_dir()):
-        run = RunFolder(source)
+    run = RunFolder(source)
+    if path.is_dir() and run.holds_run():
         ens = load_run(source)
         cfg = run.read_config()
         return AuditSource(cfg, load_dataset(cfg.data, cfg.seed), ens, run, str(path.resolve()))

@@ -85,7 +85,7 @@ def measured_limits(doc: dict, intervals: dict) -> list[str]:
     for split, res in (("val", val), ("test", test)):
         if res:
             recall = {c: v["recall"] for c, v in res["per_class"].items() if v.get("support", 1) > 0}
-            worst = min(recall, key=recall.get) if recall else None
+            worst = min(recall, key=lambda c: recall[c]) if recall else None
             if worst is not None and recall[worst] < 0.7:
                 out.append(f"On {split}, only {recall[worst]:.0%} of the {worst} images are recognised (recall).")
             if res.get("ece") is not None and res["ece"] > 0.1:
@@ -146,6 +146,8 @@ def _interval(iv: dict | None, key: str) -> str:
 
 def card_lines(doc: dict) -> list[str]:
     """The card as Markdown lines (empty for a document without one, e.g. ``evaluate``'s)."""
+    from .runfolder import CONFIG_NAME
+
     card = doc.get("card")
     if not card:
         return []
@@ -194,7 +196,7 @@ def card_lines(doc: dict) -> list[str]:
     rep = card["reproduce"]
     versions = rep.get("versions") or {}
     md += ["", "**Reproduce.**", "", f"    {rep['command']}", "",
-           f"with this run's `config.yaml` (seed {rep['seed']}), effens {rep['effens']}"
+           f"with this run's `{CONFIG_NAME}` (seed {rep['seed']}), effens {rep['effens']}"
            + "".join(f", {k} {v}" for k, v in versions.items() if k not in ("effens",)) + ".", ""]
     return md
 

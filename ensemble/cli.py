@@ -7,7 +7,6 @@ user's errors into one line and exit code 2.
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import signal
 import sys
@@ -29,13 +28,20 @@ def _setup_logging(verbose: int) -> None:
         logging.getLogger(name).setLevel(level)
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A command's sub-parser: the same help layout as ``effens --help``."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(**kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """``effens``'s parser: one sub-parser per registered command, each with -v / -q."""
     p = argparse.ArgumentParser(prog="effens", description="Bagged ensembles of EfficientNet classifiers.",
                                 formatter_class=HelpFormatter)
     p.add_argument("--version", action="version", version=f"effens {__version__}")
-    sub = p.add_subparsers(dest="command", required=True,
-                           parser_class=functools.partial(argparse.ArgumentParser, formatter_class=HelpFormatter))
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
     for cmd in load_commands():
         q = sub.add_parser(cmd.name, help=cmd.help)
         cmd.arguments(q)

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 
-def _weights(weights: Sequence[float] | None, n_members: int) -> np.ndarray:
+def _weights(weights: np.ndarray | Sequence[float] | None, n_members: int) -> np.ndarray:
     if weights is None:
         return np.full(n_members, 1.0 / n_members)
     w = np.asarray(weights, dtype=np.float64)
@@ -82,7 +82,8 @@ def temperature_scale(proba: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(logp / temperature)
 
 
-def masked_vote(proba: np.ndarray, available: np.ndarray, vote, weights: Sequence[float] | None = None
+def masked_vote(proba: np.ndarray, available: np.ndarray, vote,
+                weights: np.ndarray | Sequence[float] | None = None
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Apply ``vote(proba, weights) -> (pred, proba)`` per image over its available members.
 
@@ -225,9 +226,9 @@ def _greedy_loss(p: np.ndarray, y: np.ndarray, metric: str) -> float:
 
 
 def _greedy_once(proba: np.ndarray, y: np.ndarray, available: np.ndarray, n_iter: int,
-                 metric: str) -> tuple[np.ndarray, list[dict]]:
+                 metric: str) -> tuple[np.ndarray | None, list[dict]]:
     """Forward selection with replacement (Caruana et al., 2004) over all of ``proba``'s
-    candidates -> (counts of the best prefix of the path, the whole path).
+    candidates -> (counts of the best prefix of the path or None if no step scored, the whole path).
 
     An image's mix is the count-weighted mean of the selected candidates available on it;
     an image none of them may score keeps the mean of its available candidates, so every
@@ -243,11 +244,11 @@ def _greedy_once(proba: np.ndarray, y: np.ndarray, available: np.ndarray, n_iter
     best_counts, best_loss = None, np.inf
     for step in range(n_iter):
         losses = np.full(m, np.inf)  # a candidate that may score no image is never added
-        for k in np.flatnonzero(available.any(axis=1)):
-            t = tot + avail[k]
-            mix = np.where(t[:, None] > 0, (num + avail[k][:, None] * proba[k]) / np.where(t > 0, t, 1.0)[:, None],
+        for cand in np.flatnonzero(available.any(axis=1)):
+            t = tot + avail[cand]
+            mix = np.where(t[:, None] > 0, (num + avail[cand][:, None] * proba[cand]) / np.where(t > 0, t, 1.0)[:, None],
                            fallback)
-            losses[k] = _greedy_loss(mix, y, metric)
+            losses[cand] = _greedy_loss(mix, y, metric)
         losses[~np.isfinite(losses)] = np.inf  # NaN probabilities never win
         if not np.isfinite(losses).any():
             break

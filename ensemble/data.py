@@ -8,7 +8,7 @@ import os
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 
@@ -61,8 +61,9 @@ def find_images(root: str | os.PathLike) -> list[str]:
     """Every regular image file under ``root``, recursively, sorted; hidden files and folders
     (``.thumbnails/``) are skipped, and so are FIFOs, sockets and devices (listed in a
     warning; opening one would hang or block)."""
-    out, special = [], []
-    for dirpath, dirnames, filenames in os.walk(root):
+    out: list[str] = []
+    special: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(str(root)):
         dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
         for f in sorted(filenames):
             if not is_image_file(f) or is_hidden(f):
@@ -501,7 +502,7 @@ def overlapping_images(splits: dict[str, Split], limit: int = 5) -> dict[str, di
 
     digests: dict[str, dict[str, str]] = {}
     for name, split in splits.items():
-        d = {}
+        d: dict[str, str] = {}
         for p in split.paths:
             try:
                 d.setdefault(sha256_file(p), p)
@@ -519,7 +520,7 @@ def overlapping_images(splits: dict[str, Split], limit: int = 5) -> dict[str, di
     return out
 
 
-def decode_split(split: Split, size: int, on_bad: str, name: str) -> tuple[Split, list, list]:
+def decode_split(split: Split, size: int, on_bad: Literal["error", "skip"], name: str) -> tuple[Split, list, list]:
     """Decode a split; with ``skip``, unreadable files leave the split and are listed."""
     from .images import decode_all
 

@@ -115,6 +115,7 @@ def review_threshold(conf: np.ndarray, correct: np.ndarray, review_rate: float |
             raise DecisionError(f"`review_rate` must be in [0, 1]; got {review_rate}")
         k = int(math.floor(review_rate * len(order) + 1e-9))
         return float("-inf") if k == 0 else (float("inf") if k >= len(order) else float(order[k]))
+    assert target_accuracy is not None  # exactly one of the two was given
     if not 0 < target_accuracy <= 1:
         raise DecisionError(f"`target_accuracy` must be in (0, 1]; got {target_accuracy}")
     idx = np.argsort(-conf, kind="stable")
@@ -183,7 +184,8 @@ class Decider:
     correctness for review thresholds is that of these predictions.
     """
 
-    def __init__(self, cal_proba: np.ndarray, cal_y: np.ndarray, costs: np.ndarray | None = None,
+    def __init__(self, cal_proba: np.ndarray, cal_y: np.ndarray,
+                 costs: np.ndarray | Sequence[Sequence[float]] | None = None,
                  classes: Sequence[str] | None = None) -> None:
         self.classes = list(classes) if classes is not None else None
         self.cal_proba = np.asarray(cal_proba, dtype=np.float64)

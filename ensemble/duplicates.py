@@ -113,7 +113,7 @@ def find_duplicates(sigs: Sequence[Signature], max_distance: int = 4, chunk: int
         mirror = hamming(h[rows, None], m[None, :])
         for d, mirrored in ((plain, False), (mirror, True)):
             ii, jj = np.nonzero(d <= max_distance)
-            for i, j in zip(ii + start, jj):
+            for i, j in zip((ii + start).tolist(), jj.tolist()):
                 if i >= j or (i, j) in pairs and (pairs[(i, j)]["kind"] == "exact"
                                                   or pairs[(i, j)]["distance"] <= d[i - start, j]):
                     continue
@@ -144,7 +144,7 @@ def similar_pairs(features: np.ndarray, min_cosine: float, chunk: int = 512) -> 
     nearest neighbour: copies a perceptual hash misses (a crop, another framing). Centring
     removes what every photo of the set shares, so only a twin stays close."""
     x = np.asarray(features, dtype=np.float32)
-    good = np.isfinite(x).all(axis=1)
+    good = np.asarray(np.isfinite(x).all(axis=1), dtype=bool)
     if good.sum() < 2:
         return []
     x = np.where(good[:, None], x - x[good].mean(axis=0), 0.0)

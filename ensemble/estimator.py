@@ -24,16 +24,21 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
+from members.schema import to_dict
+
 from .bagging import draw_all, oob_indices
 from .evaluation import oob_report, oob_score
 from .files import sha256_json
 from .params import ParamsMixin
 from .pool import candidate_specs, member_candidates, member_of
-from .schema import to_dict
 from .strategies import FitData, fit_combiner
 
 if TYPE_CHECKING:  # torch, timm and the training stack load only when a network runs here
+    from pathlib import Path
+
     import torch
+
+    from members.precision import Precision
 
     from .member_jobs import TrainingData
 
@@ -56,6 +61,7 @@ class FittedMember:
     @property
     def model(self) -> "torch.nn.Module":
         if self._model is None:
+            assert self._build is not None  # __init__ takes a model or a builder
             self._model = self._build()
         return self._model
 
@@ -129,6 +135,11 @@ class BaggedEnsemble(ParamsMixin):
         Every member's and strategy's OOB metrics (:func:`ensemble.evaluation.oob_report`).
     """
 
+    #: set by :func:`ensemble.runfolder.load_run` on a run read from its folder: the folder and its caches
+    run_dir_: str
+    onnx_cache_: Callable[[FittedMember], Path]
+    compiled_cache_: Callable[..., Path | None]
+
     def __init__(self, members: Sequence = (), combiner=None, seed: int = 0, device: str = "auto",
                  parallel=None, precision: str = "auto", runtime: str = "auto", plugins: Sequence[str] = ()) -> None:
         self.members = members
@@ -165,7 +176,7 @@ class BaggedEnsemble(ParamsMixin):
         return cfg
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X: Sequence, y: Sequence, *, X_val: Sequence, y_val: Sequence,
+    def fit(self, X: Sequence, y: Sequence | np.ndarray, *, X_val: Sequence, y_val: Sequence | np.ndarray,
             classes: Sequence[str] | None = None, store=None, data_fingerprint: str | None = None
             ) -> "BaggedEnsemble":
         """Draw each member's sample, train the members, fit the combiner, score OOB.
@@ -210,8 +221,8 @@ class BaggedEnsemble(ParamsMixin):
         from .member_jobs import MemberJob, fit_member
         from .parallel import plan_jobs, run_jobs
 
-        done = {i: _finished(store, spec, prints[i]) for i, spec in enumerate(specs)} if store is not None else {}
-        done = {i: got for i, got in done.items() if got is not None}
+        found = {i: _finished(store, spec, prints[i]) for i, spec in enumerate(specs)} if store is not None else {}
+        done = {i: got for i, got in found.items() if got is not None}
         for i in done:
             log.info("member %s already finished in %s: reusing it", specs[i].name, store.root)
         todo = [i for i in range(len(specs)) if i not in done]
@@ -282,7 +293,7 @@ class BaggedEnsemble(ParamsMixin):
     def member_proba(self, X: Sequence, batch_size: int | None = None, tta: bool = False,
                      device: str | None = None, runtime: str | None = None,
                      precision: str | None = None, adapt_bn: bool = False,
-                     used: Sequence[bool] | None = None, pool: bool = False) -> np.ndarray:
+                     used: np.ndarray | Sequence[bool] | None = None, pool: bool = False) -> np.ndarray:
         """Probabilities of every member, shape (members, samples, classes); with ``pool``,
         of the members and then their pool candidates (:mod:`ensemble.pool`).
 
@@ -331,12 +342,12 @@ class BaggedEnsemble(ParamsMixin):
             # a pool candidate that is its member under another view keeps that view under view TTA
             own = views if fm.inputs.view == own_view.get(member_of(fm.name), fm.inputs.view) else []
             seen = [runtime_proba(rt, eval_array(images, dataclasses.replace(fm.inputs, view=v) if v else fm.inputs),
-                                  batch_size or spec.train.eval_batch_size, tta=flip) for v in (own or [None])]
+                                  batch_size or spec.train.eval_batch_size, tta=flip) for v in (own if own else [None])]
             out.append(seen[0] if len(seen) == 1 else np.mean(seen, axis=0))
         return np.stack(out)
 
     def inference_plan(self, runtime: str | None = None, precision: str | None = None,
-                       device=None) -> list[tuple[str, object]]:
+                       device=None) -> list[tuple[str, Precision]]:
         """(runtime name, resolved Precision) each pool row (members, then candidates) infers with."""
         from members.inputs import resolve_device
         from members.precision import inference_precision
@@ -446,7 +457,7 @@ def restore_member(spec, meta: dict, state: dict) -> "tuple[torch.nn.Module, obj
     return member.model, member.inputs
 
 
-def _encode_labels(y: Sequence, y_val: Sequence, classes: Sequence[str] | None
+def _encode_labels(y: Sequence | np.ndarray, y_val: Sequence | np.ndarray, classes: Sequence[str] | None
                    ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Class names and both label arrays as indices into them."""
     from .config import ConfigError
@@ -507,4 +518,4 @@ def _decoded(X: Sequence, specs: Sequence, what: str, inputs: Sequence | None = 
         inputs = [input_config(s.model, s.image_size) for s in specs]
     size = max(i.resize_size for i in inputs)
     arrays, _ = decode_all([str(x) if _is_path(x) else x for x in X], size, on_bad="error", desc=f"decode {what}")
-    return arrays
+    return [a for a in arrays if a is not None]  # on_bad="error": every one was read

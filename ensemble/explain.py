@@ -30,7 +30,7 @@ def run_explain(run_dir: str, images: Sequence[str], out: str, strategy: str | N
     if not ok:
         raise DataError(f"none of the {len(paths)} input image(s) could be read (first: {bad[0][1]}); "
                         f"nothing written")
-    kept = [arrays[i] for i in ok]
+    kept = [a for a in arrays if a is not None]
     comb = ens.combiner_
     used = comb.uses(strategy)[:len(comb.names(strategy))]  # the members (and pool candidates) it weighs
     pred, proba = comb.apply(ens.member_proba(kept, runtime="torch", pool=comb.pooled(strategy), used=used),

@@ -81,19 +81,19 @@ def per_class_table(metrics: dict) -> str:
 
 def confusion_table(split: str, who: str, cm: list[list[int]], classes: Sequence[str]) -> str:
     """Counts and row shares coloured like a heatmap; every cell opens its gallery."""
-    cm = np.asarray(cm)
+    counts = np.asarray(cm)
     head = "".join(f"<th>{_e(c)}</th>" for c in classes)
     rows = []
     for i, c in enumerate(classes):
-        total = max(int(cm[i].sum()), 1)
+        total = max(int(counts[i].sum()), 1)
         cells = []
         for j in range(len(classes)):
-            share = cm[i, j] / total
+            share = counts[i, j] / total
             tone = "#fff" if share > 0.55 else "#000"
             cells.append(f'<td class="cell" tabindex="0" data-split="{_e(split)}" data-who="{_e(who)}" '
-                         f'data-true="{i}" data-pred="{j}" data-count="{int(cm[i, j])}" '
+                         f'data-true="{i}" data-pred="{j}" data-count="{int(counts[i, j])}" '
                          f'style="background: rgba(31, 119, 180, {share:.3f}); color: {tone}">'
-                         f"{int(cm[i, j])}<br><small>{share:.0%}</small></td>")
+                         f"{int(counts[i, j])}<br><small>{share:.0%}</small></td>")
         rows.append(f"<tr><th>{_e(c)}</th>{''.join(cells)}</tr>")
     return (f'<table class="confusion"><tr><th>true \\ predicted</th>{head}</tr>{"".join(rows)}</table>')
 

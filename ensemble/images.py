@@ -7,9 +7,10 @@ JPEG again.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Literal, Sequence
+from typing import IO, Literal, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -59,13 +60,12 @@ def resize_shorter(img: Image.Image, size: int) -> Image.Image:
     return img.resize(new, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 
-def decode_image(path: str, size: int | None = None) -> np.ndarray:
-    """Decode one file to an RGB uint8 array (H, W, 3), upright per its EXIF tag.
+def decode_image(path: str | os.PathLike | IO[bytes], size: int | None = None) -> np.ndarray:
+    """Decode one file (a path, or an open binary file such as served bytes) to an RGB uint8
+    array (H, W, 3), upright per its EXIF tag.
 
     Raises :class:`BadImageError` for empty, truncated, non-image and oversized files.
     """
-    import os
-
     if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
         raise BadImageError(f"{path}: " + ("not a regular file (a FIFO, socket or device); not opened"
                                            if os.path.exists(path) else "file not found"))

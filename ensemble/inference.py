@@ -151,11 +151,11 @@ def _evaluate(ens: BaggedEnsemble, run_cfg, data: str | dict, out_dir: Path, str
     comb = ens.combiner_
     pool = any(comb.pooled(s) for s in strategies)  # a pool strategy: the candidates run too
     # every member runs (the report scores each); of the pool candidates, only those a strategy weighs
-    used = np.zeros(len(comb.member_names) + len(comb.candidate_names), dtype=bool)
-    used[:len(comb.member_names)] = True
+    rows = np.zeros(len(comb.member_names) + len(comb.candidate_names), dtype=bool)
+    rows[:len(comb.member_names)] = True
     for s in strategies:
-        used |= comb.uses(s)
-    used = used if pool else None
+        rows |= comb.uses(s)
+    used = rows if pool else None
     key = {"data": images_fingerprint(split.paths, split.labels), "members": member_hashes(ens, pool),
            "tta": options.tta, "inference": options.plan(ens), "used": None if used is None else used.tolist()}
     cache_json, cache_npy = out_dir / "member_proba.json", out_dir / "member_proba.npy"

@@ -14,10 +14,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from members.schema import to_dict
+
 from . import __version__
 from .metrics import selection_scores
 from .parallel import torch_threads
-from .schema import to_dict
 
 log = logging.getLogger(__name__)
 

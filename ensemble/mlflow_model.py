@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def _define():
             # the serving machine's own device: a run trained on a GPU still answers on a CPU-only host
             options = InferenceOptions(device="auto")
             self._make = lambda strategy: ImagePredictor(self._ens, strategy, options, self._decisions)
-            self._predictors = {}
+            self._predictors: dict[str | None, Any] = {}
 
         def predict(self, context, model_input, params=None):
             import pandas as pd

@@ -72,7 +72,7 @@ def make_thumbnails(paths: Sequence[str], exists: Callable[[str], bool],
     return mapping, files
 
 
-def member_saliency(ens, images: Sequence[np.ndarray], targets: np.ndarray) -> list[tuple[dict, np.ndarray]]:
+def member_saliency(ens, images: Sequence[np.ndarray], targets: np.ndarray) -> list[dict[str, bytes]]:
     """Per image: ({member: overlay JPEG, ``mean``: overlay JPEG}, ...) for class ``targets``."""
     from PIL import Image
 
@@ -111,10 +111,10 @@ def saliency_for_report(ens, split_data: dict[str, tuple[Sequence[str], np.ndarr
         m = results[strategy]
         wrong = np.flatnonzero(m["_pred"] != y)
         wrong = wrong[np.argsort(-m["_proba"][wrong, m["_pred"][wrong]], kind="stable")][:limit]
-        todo = [i for i in wrong if paths[i] not in mapping]
+        todo = [i for i in wrong.tolist() if paths[i] not in mapping]
         arrays, _ = decode_all([paths[i] for i in todo], decode_size(ens), on_bad="skip", desc="saliency")
         ok = [k for k, a in enumerate(arrays) if a is not None]
-        made = member_saliency(ens, [arrays[k] for k in ok], m["_pred"][[todo[k] for k in ok]])
+        made = member_saliency(ens, [a for a in arrays if a is not None], m["_pred"][[todo[k] for k in ok]])
         for k, overlays in zip(ok, made):
             key = image_key(paths[todo[k]])
             names = {who: f"saliency/{key}_{who}.jpg" for who in overlays}

@@ -20,7 +20,7 @@ class ParamsMixin:
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Constructor arguments by name (``deep``: nested estimators' as ``name__param``)."""
-        out = {}
+        out: dict[str, Any] = {}
         for name in self._param_names():
             value = getattr(self, name)
             if deep and hasattr(value, "get_params") and not isinstance(value, type):
@@ -41,8 +41,8 @@ class ParamsMixin:
                 nested.setdefault(name, {})[sub] = value
             else:
                 setattr(self, name, value)
-        for name, sub in nested.items():
-            getattr(self, name).set_params(**sub)
+        for name, values in nested.items():
+            getattr(self, name).set_params(**values)
         return self
 
     def __sklearn_clone__(self) -> "ParamsMixin":

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .schema import ConfigError
+from members.schema import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,8 @@ def _exec_file(path: Path, key: str) -> None:
         raise FileNotFoundError(f"no file {path}")
     private = f"_effens_plugin_{path.stem}_{hashlib.sha256(key.encode()).hexdigest()[:10]}"
     spec = importlib.util.spec_from_file_location(private, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{path}: not a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[private] = module  # dataclasses and pickling look modules up by name
     try:

@@ -31,7 +31,7 @@ class InferenceOptions:
     adapt_bn: bool = False            # re-estimate BatchNorm statistics on the images being predicted
 
     def member_proba(self, ens: BaggedEnsemble, images: Sequence[np.ndarray],
-                     used: Sequence[bool] | None = None, pool: bool = False) -> np.ndarray:
+                     used: np.ndarray | Sequence[bool] | None = None, pool: bool = False) -> np.ndarray:
         return ens.member_proba(images, **dataclasses.asdict(self), used=used, pool=pool)
 
     def plan(self, ens: BaggedEnsemble) -> dict:
@@ -156,7 +156,7 @@ class ImagePredictor:
         classes, names, used = self.classes, self.names, self.used
         ok = [i for i, a in enumerate(arrays) if a is not None]
         if ok:
-            member_proba = self.options.member_proba(self.ens, [arrays[i] for i in ok], used, self.pool)
+            member_proba = self.options.member_proba(self.ens, [a for a in arrays if a is not None], used, self.pool)
             _, proba = self.ens.combiner_.apply(member_proba, self.strategy)
             pred, columns = self._decided(proba, self.decisions, self.threshold)
             member_pred = member_proba.argmax(axis=2)
@@ -208,7 +208,7 @@ def predict_rows(ens: BaggedEnsemble, paths: Sequence[str], strategy: str | None
 
 
 def readable_member_proba(ens: BaggedEnsemble, paths: Sequence[str], options: InferenceOptions = InferenceOptions(),
-                          used: Sequence[bool] | None = None, pool: bool = False, chunk: int = 256
+                          used: np.ndarray | Sequence[bool] | None = None, pool: bool = False, chunk: int = 256
                           ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """Member probabilities (members x kept images x classes) of the readable images among
     ``paths``, decoded ``chunk`` at a time so memory holds one chunk of pixels, not every
@@ -223,7 +223,7 @@ def readable_member_proba(ens: BaggedEnsemble, paths: Sequence[str], options: In
         bad += skipped
         ok = [i for i, a in enumerate(arrays) if a is not None]
         if ok:
-            parts.append(options.member_proba(ens, [arrays[i] for i in ok], used, pool))
+            parts.append(options.member_proba(ens, [a for a in arrays if a is not None], used, pool))
             keep += [start + i for i in ok]
     return (np.concatenate(parts, axis=1) if parts else np.empty((0, 0, 0))), keep, bad
 

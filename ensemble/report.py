@@ -22,6 +22,7 @@ import numpy as np
 from members.registry import Registry
 
 from .pool import member_of
+from .runfolder import METRICS_NAME, REPORT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def misclassified_csv(paths: Sequence[str], y: np.ndarray, pred: np.ndarray, pro
     w = csv.writer(buf)
     w.writerow(["path", "true", "predicted", "confidence", "true_class_probability"])
     wrong = np.flatnonzero(pred != y)
-    order = sorted(wrong, key=lambda i: (y[i], -proba[i, pred[i]]))
+    order = sorted(wrong.tolist(), key=lambda i: (y[i], -proba[i, pred[i]]))
     for i in order:
         w.writerow([paths[i], classes[y[i]], classes[pred[i]], f"{proba[i, pred[i]]:.4f}",
                     f"{proba[i, y[i]]:.4f}"])
@@ -251,7 +252,7 @@ def report_section(fn: Callable[[dict], list[str]]) -> Callable[[dict], list[str
     return fn
 
 
-def split_figure(fn: Callable[[SplitView], Attachment]) -> Callable[[SplitView], Attachment]:
+def split_figure(fn: Callable[[SplitView], Attachment | None]) -> Callable[[SplitView], Attachment | None]:
     """Register a figure drawn once per split (shown under the split's table)."""
     SPLIT_FIGURES.add(fn.__name__, fn)
     return fn
@@ -467,7 +468,7 @@ def render_report(doc: dict, splits: dict[str, dict], split_data: dict[str, tupl
     diagrams, misclassified CSVs, ...). ``splits``: split -> :func:`ensemble.evaluation.evaluate_split`;
     ``figures``: from :func:`draw_figures` (drawn here when not given)."""
     figures = figures if figures is not None else draw_figures(doc, splits, split_data)
-    files: dict[str, bytes | str | dict] = {"metrics.json": doc}
+    files: dict[str, bytes | str | dict] = {METRICS_NAME: doc}
     classes = doc["classes"]
     comb = doc.get("combiner", {})
     md = ["# effens report", "", "Open [index.html](index.html) in a browser for clickable confusion matrices "
@@ -510,7 +511,7 @@ def render_report(doc: dict, splits: dict[str, dict], split_data: dict[str, tupl
                    for c, row in zip(classes, metrics["confusion_matrix"])]
             attached = figures[split].models[who]
             md += ["", " · ".join(a.markdown for a in attached), ""]
-    files["report.md"] = "\n".join(md) + "\n"
+    files[REPORT_NAME] = "\n".join(md) + "\n"
     return files
 
 

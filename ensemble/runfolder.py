@@ -26,6 +26,7 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -100,6 +101,13 @@ class MemberCheckpoint:
 
 #: the lock file of the process writing a run
 LOCK_NAME = ".effens.lock"
+#: the resolved config a run (and a tune folder) keeps
+CONFIG_NAME = "config.yaml"
+#: a report folder's files (a run's report/, and `effens evaluate --out`): the metrics
+#: document, the Markdown report and the run card
+METRICS_NAME = "metrics.json"
+REPORT_NAME = "report.md"
+CARD_NAME = "card.md"
 #: what a copy of a run for serving elsewhere leaves out: caches, the report, the lock
 NOT_FOR_SERVING = ("cache", "report", LOCK_NAME)
 
@@ -109,7 +117,7 @@ class RunFolder:
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
-        self.config_path = self.root / "config.yaml"
+        self.config_path = self.root / CONFIG_NAME
         self.classes_path = self.root / "classes.json"
         self.report_dir = self.root / "report"
         self.predictions_dir = self.root / "predictions"
@@ -119,6 +127,19 @@ class RunFolder:
 
     def member_dir(self, name: str) -> Path:
         return self.root / "members" / name
+
+    @property
+    def report_path(self) -> Path:
+        return self.report_dir / REPORT_NAME
+
+    @property
+    def card_path(self) -> Path:
+        return self.report_dir / CARD_NAME
+
+    def holds_run(self) -> bool:
+        """Whether the folder holds a run: its config, and its record or members (a run
+        being trained, or one made before effens recorded ``run.json``)."""
+        return self.config_path.is_file() and (self.marker_path.is_file() or (self.root / "members").is_dir())
 
     # ---------------------------------------------------------------- config and classes
     def open_for_training(self, cfg, restart: bool) -> "RunFolder":
@@ -458,7 +479,7 @@ class RunFolder:
         return self.report_dir
 
     def read_metrics(self) -> dict:
-        path = self.report_dir / "metrics.json"
+        path = self.report_dir / METRICS_NAME
         return read_json(path) if path.is_file() else {}
 
     # ---------------------------------------------------------------- hashes
@@ -494,7 +515,7 @@ class RunFolder:
             log.info("%s is not writable: caching exported members in a temporary folder", folder)
             from members.export import temporary_onnx
 
-            return temporary_onnx(fm.model, fm.inputs, fm.name, owner=str(self.root))
+            return Path(temporary_onnx(fm.model, fm.inputs, fm.name, owner=str(self.root)))
         key = sha256_json({"weights": weights_hash(fm.meta),
                            "image_size": fm.inputs.image_size, "input": "uint8",
                            "mean": list(fm.inputs.mean), "std": list(fm.inputs.std), "effens": __version__,
@@ -557,7 +578,7 @@ def enclosing_run(path: str | os.PathLike) -> Path | None:
     return None
 
 
-def check_output_path(out: str | os.PathLike, inputs: "list[str | os.PathLike]" = (), run_root: bool = False,
+def check_output_path(out: str | os.PathLike, inputs: "Sequence[str | os.PathLike]" = (), run_root: bool = False,
                       folder: bool = True, flag: str = "--out") -> None:
     """Refuse an output path that would destroy what a command reads or a run: the same file
     as one of ``inputs`` (symlinks, ``./``, ``..`` and case folding resolved by the file
@@ -584,7 +605,7 @@ def check_output_path(out: str | os.PathLike, inputs: "list[str | os.PathLike]" 
                            f"would be read as inputs next time)")
 
 
-def _inside(path: str, folder: str) -> bool:
+def _inside(path: str, folder: str | os.PathLike) -> bool:
     """Whether ``path`` (resolved, may not exist yet) lies inside ``folder``: each existing
     ancestor is compared as a file (symlinks and case folding resolved by the file system)."""
     for parent in Path(path).parents:
@@ -636,7 +657,7 @@ def _alive(pid) -> bool:
 
 #: what effens writes at the top of a run folder (besides dot-files: the lock, records)
 _SUBFOLDERS = ("members", "predictions", "combiner", "report", "cache")
-_TOP_FILES = ("config.yaml", "classes.json", "run.json")
+_TOP_FILES = (CONFIG_NAME, "classes.json", "run.json")
 
 _EFFENS_NAMES = {
     "predictions": re.compile(r"(\w+_(proba\.npy|labels\.npy|paths\.json)|hashes\.json)"),

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -50,7 +50,7 @@ class Nuisance:
 
     name: str
     about: str
-    read: Callable[[object], float]
+    read: Callable[[Any], float]  # an image's signature (ensemble.duplicates) -> the value
 
 
 def _jpeg(s) -> float:
@@ -298,18 +298,18 @@ def _quartiles(v: np.ndarray) -> dict | None:
 def split_shift(values: np.ndarray, labels: Sequence[str], splits: Sequence[str], classes: Sequence[str]) -> dict:
     """One property across splits: per split and class, the count and quartiles; per split
     other than train, its KS distance from train (all classes, and per class)."""
-    labels, splits = np.asarray(labels, dtype=object), np.asarray(splits, dtype=object)
+    label, split_of = np.asarray(labels, dtype=object), np.asarray(splits, dtype=object)
     out: dict = {"by_class": {}, "ks_from_train": {}, "ks_from_train_by_class": {}}
-    train = splits == "train"
-    for split in dict.fromkeys(splits.tolist()):
-        here = splits == split
-        out["by_class"][split] = {c: _quartiles(values[here & (labels == c)]) for c in classes
-                                  if (here & (labels == c)).any()}
+    train = split_of == "train"
+    for split in dict.fromkeys(split_of.tolist()):
+        here = split_of == split
+        out["by_class"][split] = {c: _quartiles(values[here & (label == c)]) for c in classes
+                                  if (here & (label == c)).any()}
         if split != "train":
             out["ks_from_train"][split] = _ks(values[here], values[train])
             out["ks_from_train_by_class"][split] = {
-                c: _ks(values[here & (labels == c)], values[train & (labels == c)]) for c in classes
-                if (here & (labels == c)).any()}
+                c: _ks(values[here & (label == c)], values[train & (label == c)]) for c in classes
+                if (here & (label == c)).any()}
     return out
 
 
@@ -323,7 +323,7 @@ def check_shortcuts(table: dict[str, np.ndarray], labels: Sequence[str], splits:
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[lab] for lab, s in zip(labels, splits) if s == "train"], dtype=np.int64)
     if len(set(y.tolist())) < 2:
-        power = {"properties": {}, "chance": {"mean": 1.0 / len(classes), "mean_all": 1.0 / len(classes),
+        power: dict[str, Any] = {"properties": {}, "chance": {"mean": 1.0 / len(classes), "mean_all": 1.0 / len(classes),
                                               "shuffles": 0}}
     else:
         power = predictive_power({n: v[train] for n, v in table.items()}, y, len(classes), seed)

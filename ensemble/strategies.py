@@ -30,6 +30,8 @@ from typing import Any, ClassVar, Literal, Sequence
 import numpy as np
 
 from members.registry import Registry, RegistryError
+from members.schema import ConfigError, build, interval, to_dict
+from members.schema import field as setting
 
 from .combiners import (
     fit_stacking,
@@ -46,8 +48,6 @@ from .combiners import (
     vote_shares,
 )
 from .files import RunError
-from .schema import ConfigError, build, interval, to_dict
-from .schema import field as setting
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,8 @@ class Strategy:
     #: True: fitted and applied on the whole pool (members, then their candidates,
     #: :mod:`ensemble.pool`) rather than on the members alone
     pool: bool = False
+    #: where a fitted strategy's data came from (``val``, ``oob``, ``config``), once fitted
+    source_: str | None
 
     def __init__(self, settings: Any = None, seed: int = 0) -> None:
         self.settings = settings
@@ -199,7 +201,7 @@ class Strategy:
         w = self.weights()
         return np.ones(n_members, dtype=bool) if w is None else np.asarray(w) > 0
 
-    def vote(self, proba: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def vote(self, proba: np.ndarray, weights: np.ndarray | Sequence[float] | None) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`apply` with these member weights (default: the weights do not matter)."""
         return self.apply(proba)
 
@@ -252,7 +254,7 @@ class _Vote(Strategy):
 
     def __init__(self, settings: Any = None, seed: int = 0) -> None:
         super().__init__(settings, seed)
-        self.weights_ = _config_weights(settings)
+        self.weights_: list[float] | None = _config_weights(settings)
 
     def weights(self) -> np.ndarray | None:
         return None if self.weights_ is None else np.asarray(self.weights_, dtype=np.float64)
@@ -306,7 +308,7 @@ class WeightedVote(SoftVote):
 
     def __init__(self, settings: Any = None, seed: int = 0) -> None:
         super().__init__(settings, seed)
-        self.source_ = None
+        self.source_: str | None = None
 
     def fit(self, proba: np.ndarray, y: np.ndarray, available: np.ndarray | None = None,
             n_classes: int | None = None) -> "Strategy":
@@ -327,10 +329,10 @@ class WeightedVote(SoftVote):
         return 0 if self.source_ == "config" else max(len(self.weights_ or []) - 1, 0)
 
     def summary(self, member_names: Sequence[str]) -> dict:
-        return {"learned_weights": dict(zip(member_names, self.weights_)), "weights_source": self.source_}
+        return {"learned_weights": dict(zip(member_names, self.weights_ or [])), "weights_source": self.source_}
 
     def describe(self, member_names: Sequence[str]) -> str:
-        weights = ", ".join(f"{k} {v:.3f}" for k, v in zip(member_names, self.weights_))
+        weights = ", ".join(f"{k} {v:.3f}" for k, v in zip(member_names, self.weights_ or []))
         return f"Learned weights ({self.source_}): {weights}."
 
 
@@ -354,17 +356,19 @@ class Stacking(Strategy):
 
     def __init__(self, settings: Any = None, seed: int = 0) -> None:
         super().__init__(settings, seed)
-        self.coef_ = self.intercept_ = self.source_ = None
-        self.C_ = None if settings is None else float(settings.stacking.C)
+        self.coef_: np.ndarray | None = None
+        self.intercept_: np.ndarray | None = None
+        self.source_ = None
+        self.C_: float | None = None if settings is None else float(settings.stacking.C)
 
     def fit(self, proba: np.ndarray, y: np.ndarray, available: np.ndarray | None = None,
             n_classes: int | None = None) -> "Strategy":
-        self.coef_, self.intercept_ = fit_stacking(proba, y, n_classes or proba.shape[2], self.C_,
+        self.coef_, self.intercept_ = fit_stacking(proba, y, n_classes or proba.shape[2], 1.0 if self.C_ is None else self.C_,
                                                    available, self.seed)
         return self
 
     def apply(self, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        p = stacking_proba(proba, self.coef_, self.intercept_)
+        p = stacking_proba(proba, *self._head())
         return p.argmax(axis=1), p
 
     def apply_oob(self, proba: np.ndarray, available: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -376,7 +380,8 @@ class Stacking(Strategy):
         doc = {"source": self.source_, "C": self.C_,
                "features": "log(clip(p, 1e-6, 1)) of members in member_names order, classes in classes "
                            "order; proba = softmax(X @ coef.T + intercept)"}
-        return doc, {"coef": self.coef_, "intercept": self.intercept_}
+        coef, intercept = self._head()
+        return doc, {"coef": coef, "intercept": intercept}
 
     def _load(self, doc: dict, arrays: dict[str, np.ndarray]) -> None:
         self.source_, self.C_ = doc.get("source"), doc.get("C")
@@ -386,7 +391,7 @@ class Stacking(Strategy):
         return {"stacking_source": self.source_, "stacking_C": self.C_}
 
     def n_params(self) -> int:
-        return int(np.size(self.coef_) + np.size(self.intercept_))
+        return 0 if self.coef_ is None or self.intercept_ is None else int(self.coef_.size + self.intercept_.size)
 
     def describe(self, member_names: Sequence[str]) -> str:
         return f"Stacking meta-learner fitted on {self.source_}."
@@ -394,7 +399,12 @@ class Stacking(Strategy):
     def graph_head(self):
         from .graph_heads import LogisticHead
 
-        return LogisticHead(self.coef_, self.intercept_)
+        return LogisticHead(*self._head())
+
+    def _head(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.coef_ is None or self.intercept_ is None:
+            raise RuntimeError("the stacking strategy is used before it was fitted or loaded")
+        return self.coef_, self.intercept_
 
 
 @dataclasses.dataclass
@@ -425,7 +435,8 @@ class GreedySelection(SoftVote):
 
     def __init__(self, settings: Any = None, seed: int = 0) -> None:
         super().__init__(settings, seed)
-        self.weights_ = self.source_ = None
+        self.weights_: list[float] | None = None
+        self.source_ = None
         self.path_: list[dict] = []
         g = getattr(settings, "greedy", None)
         self.params_ = None if g is None else {"iterations": int(g.iterations), "metric": g.metric,
@@ -441,7 +452,7 @@ class GreedySelection(SoftVote):
         return self
 
     def n_params(self) -> int:
-        return max(int(np.count_nonzero(self.weights_)) - 1, 0)
+        return max(int(np.count_nonzero(self.weights_ or [])) - 1, 0)
 
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
         return {"weights": self.weights_, "source": self.source_, "params": self.params_, "path": self.path_,
@@ -453,11 +464,11 @@ class GreedySelection(SoftVote):
         self.pool = bool(doc.get("pool", False))
 
     def summary(self, member_names: Sequence[str]) -> dict:
-        return {"greedy_weights": dict(zip(member_names, self.weights_)), "greedy_source": self.source_,
+        return {"greedy_weights": dict(zip(member_names, self.weights_ or [])), "greedy_source": self.source_,
                 "greedy_path": [dict(s, added=member_names[s["added"]]) for s in self.path_]}
 
     def describe(self, member_names: Sequence[str]) -> str:
-        weights = ", ".join(f"{k} {v:.3f}" for k, v in zip(member_names, self.weights_))
+        weights = ", ".join(f"{k} {v:.3f}" for k, v in zip(member_names, self.weights_ or []))
         steps = " -> ".join(f"{member_names[s['added']]} ({s['loss']:.4f})" for s in self.path_[:12])
         more = f" ... ({len(self.path_)} steps)" if len(self.path_) > 12 else ""
         metric = (self.params_ or {}).get("metric", "log_loss")

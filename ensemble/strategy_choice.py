@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def _held_out(fitted: dict, pool_data, n_classes: int, folds: int, seed: int,
-              n_members: int | None = None) -> tuple[dict, np.ndarray, int, int]:
+              n_members: int | None = None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray, int, int]:
     """Per strategy: (predictions, probabilities) on val + the OOB images, in one order.
 
     ``pool_data`` holds the members' rows, then the pool candidates' (only a pool strategy
@@ -93,7 +93,7 @@ def choose_strategy(fitted: dict, data, n_classes: int, settings: Any = None, se
     names = list(eligible)
     lower_is_better = metric == "log_loss"
     sign = 1.0 if lower_is_better else -1.0
-    point = {n: _score(metric, y, *held[n], n_classes) for n in names}
+    point = {n: _score(metric, y, held[n][0], held[n][1], n_classes) for n in names}
     # resample counts, shared by every strategy (paired): resample b takes image i counts[b, i] times;
     # drawn in chunks of resamples (the same stream as one draw) so memory stays bounded
     rng = np.random.default_rng(seed)

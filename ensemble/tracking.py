@@ -28,10 +28,11 @@ import re
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
+
+from members.schema import redact
 
 from .files import RunError
-from .schema import redact
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +203,7 @@ class MlflowSink(Sink):
             self.client.log_batch(run_id, metrics=items[i:i + 1000])
 
     def scalars(self, values: dict[str, float], step: int = 0) -> None:
+        assert self.run_id is not None, "start() first"
         self._metrics(self.run_id, values, step)
 
     def child(self, run_name: str, params: dict[str, str], values: dict[str, float], step: int) -> None:
@@ -263,7 +265,7 @@ class TensorBoardSink(Sink):
     def __init__(self, folder: str) -> None:
         self.root = Path(folder)
         self.what = f"TensorBoard in {folder}"
-        self.writer = None
+        self.writer: Any = None  # a SummaryWriter once started
 
     def start(self, run_name: str, params: dict[str, str], tags: dict[str, str]) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -294,7 +296,7 @@ class TensorBoardSink(Sink):
             self.writer.close()
 
 
-def check_tracking(cfg, inputs: list, outputs: list = ()) -> None:
+def check_tracking(cfg, inputs: Sequence, outputs: Sequence = ()) -> None:
     """Refuse, before any work, what ``tracking:`` cannot do: a package that is not
     installed, a URI MLflow cannot use, or a place it writes (a TensorBoard folder, a local
     store, an experiment's artifact folder) that is inside an input, a run or one of the
@@ -555,9 +557,9 @@ def log_train(tracker: Tracker, run, ens, doc: dict) -> None:
     tracker.scalars(final_metrics(doc))
     tracker.scalars({metric_key(fm.name, "best_epoch"): fm.meta["best_epoch"] for fm in ens.members_
                      if _number(fm.meta.get("best_epoch"))})
-    card = run.report_dir / "card.md"
+    card = run.card_path
     if card.is_file():
-        tracker.text("card.md", card.read_text(encoding="utf-8"))
+        tracker.text(card.name, card.read_text(encoding="utf-8"))
     tracker.folder(run.report_dir, "report")
     with _files_folder([run.config_path]) as folder:
         tracker.folder(folder, "config")
@@ -590,6 +592,8 @@ def log_tune(tracker: Tracker, rows: list[dict], names: list[str], best: dict, o
         tracker.child(f"candidate {r['candidate']} (round {r['round']})", params, values, step)
     tracker.scalars({"best/ensemble_score": best["ensemble_score"],
                      **{metric_key("best", f"{n}_ratio"): best[f"{n}_ratio"] for n in names}})
-    with _files_folder([out_dir / n for n in ("results.csv", "report.md", "scores.png", "best.yaml", "summary.json",
-                                               "config.yaml")]) as folder:
+    from .runfolder import CONFIG_NAME, REPORT_NAME
+
+    with _files_folder([out_dir / n for n in ("results.csv", REPORT_NAME, "scores.png", "best.yaml", "summary.json",
+                                               CONFIG_NAME)]) as folder:
         tracker.folder(folder, "tune")

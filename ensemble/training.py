@@ -74,7 +74,8 @@ def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = N
     (``cfg``: the run's config, checked; default: read from the run)."""
     comb = ens.combiner_
     names = [fm.name for fm in ens.members_]
-    results, split_data = {}, {}
+    results: dict[str, dict] = {}
+    split_data: dict[str, tuple] = {}  # split -> (paths, labels)
     for split in ("val", "test"):
         cached = run.load_predictions(split)
         if cached is None:
@@ -106,7 +107,7 @@ def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = N
         md += "Skipped unreadable images:\n\n" + "\n".join(
             f"- {k}: {d['path']} ({d['reason']})" for k, v in doc["skipped_images"].items() for d in v)
     files = report_files(doc, results, split_data, run.report_dir, ens, cfg.report.saliency, extra_md=md)
-    files["card.md"] = "\n".join(card_lines(doc))
+    files[run.card_path.name] = "\n".join(card_lines(doc))
     run.write_report(files)
     return doc
 
@@ -196,7 +197,7 @@ def _train(cfg: Config, data: Dataset, run: RunFolder, tracker=None) -> dict:
     run.save_combiner(ens.combiner_)
     run.save_train_labels(y)
     run.save_predictions("val", val.paths, y_val, ens.val_proba_)
-    if test is not None:
+    if test is not None and test_imgs is not None:
         run.save_predictions("test", test.paths, test.encode(data.classes),
                              ens.member_proba(test_imgs, runtime="torch", pool=True))
     run.seal_predictions()

@@ -42,6 +42,7 @@ from .member_jobs import member_seed
 from .metrics import diversity
 from .parallel import torch_threads
 from .report import format_table
+from .runfolder import CONFIG_NAME, REPORT_NAME
 from .strategies import FitData, fit_combiner
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,8 @@ def enumerate_candidates(tune, n_members: int, seed: int = 0) -> list[Candidate]
     sample = tune.method == "random" or (tune.method == "halving" and tune.budget)
     if sample and total > 100_000:  # too many to list: draw distinct index tuples instead
         rng = np.random.default_rng(seed)
-        k, seen = min(tune.budget or total, total), set()
+        k = min(tune.budget or total, total)
+        seen: set[tuple[int, ...]] = set()
         while len(seen) < k:
             seen.add(tuple(int(rng.integers(len(o))) for o in options))
         return [make(tuple(o[i] for o, i in zip(options, idx))) for idx in sorted(seen)]
@@ -222,16 +224,16 @@ def evaluate_candidate(ctx: TuneContext, cand: Candidate, epochs: int | None = N
 
         samples = draw_all(ctx.y, [m.bagging for m in specs], cfg.seed)
         oob_sets = [oob_indices(len(ctx.y), s) for s in samples]
-        val_p, oob_p = [], []
+        val_rows, oob_p = [], []
         with torch_threads(threads):
             for i, spec in enumerate(specs):
                 tr, va = ctx.features[i]
                 head = train_head(lambda idx: tr[idx], tr.shape[1], ctx.y, samples[i], k, spec.train,
                                   member_seed(cfg.seed, i))
-                val_p.append(head_proba(head, va))
+                val_rows.append(head_proba(head, va))
                 oob_p.append(head_proba(head, tr[torch.as_tensor(oob_sets[i])]) if len(oob_sets[i])
                              else np.zeros((0, k)))
-        val_p = np.stack(val_p)
+        val_p = np.stack(val_rows)
     else:
         from .estimator import BaggedEnsemble
 
@@ -297,7 +299,11 @@ def _run_round(ctx: TuneContext, cands: list[Candidate], epochs: int | None, rnd
                         threads=plan.threads if plan.n_jobs > 1 or par.threads_per_job else None))
             for k, c in enumerate(todo)]
     run_jobs(_candidate_job, jobs, par.backend, plan.n_jobs, plan.threads, par.address)
-    return [done(c) for c in cands]
+    rows = [done(c) for c in cands]
+    missing = [c.id for c, r in zip(cands, rows) if r is None]
+    if missing:  # a bug: run_jobs returns only when every job wrote its row
+        raise RuntimeError(f"tune candidates {missing} finished without writing their results")
+    return [r for r in rows if r is not None]
 
 
 def _candidate_job(ctx: TuneContext, cand: Candidate, epochs: int | None, rnd: int, path: str,
@@ -343,7 +349,7 @@ def tune_run(config_path: str, out: str, overrides: list[str] | None = None, yes
 
 
 def _tune(cfg: Config, out_dir: Path, t0: float, data: Dataset) -> dict:
-    atomic_write_text(out_dir / "config.yaml", dump_config(cfg))
+    atomic_write_text(out_dir / CONFIG_NAME, dump_config(cfg))
     ctx = TuneContext(cfg, out_dir, data)
     tune = cfg.tune
     cands = enumerate_candidates(tune, len(cfg.members), cfg.seed)
@@ -418,7 +424,7 @@ def write_tune_outputs(out: Path, rows: list[dict], names: list[str], tune, data
         changed = f"Changed by `data.exclude` / `data.relabel`: {describe_changes(data_changes)}."
         md[2:2] = [changed, ""]
         intro += " " + changed.replace("`", "")
-    write_files(out, {"report.md": "\n".join(md) + "\n",
+    write_files(out, {REPORT_NAME: "\n".join(md) + "\n",
                       "scores.png": scores_png(rows, names, f"{tune.objective} {tune.metric}"),
                       "index.html": simple_page("effens tune", intro, _cells(rows, cols), ["scores.png"],
                                                 highlight=best["candidate"])})

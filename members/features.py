@@ -14,6 +14,8 @@ from torch import nn
 
 from .allocator import keep_freed_memory
 from .predictor import default_precision
+from .schedule import warmup_cosine
+from .settings import TrainConfig
 from .transforms import normalize
 
 
@@ -35,15 +37,14 @@ def extract_features(model: nn.Module, images: torch.Tensor, inputs, batch_size:
 
 
 def train_head(features: Callable[[torch.Tensor], torch.Tensor], dim: int, labels: np.ndarray,
-               sample: np.ndarray, num_classes: int, cfg, seed: int, epochs: int | None = None) -> nn.Linear:
+               sample: np.ndarray, num_classes: int, cfg: TrainConfig, seed: int,
+               epochs: int | None = None) -> nn.Linear:
     """Train a zero-initialised linear head as the member trainer would (AdamW, warm-up +
     cosine per step, label smoothing, shuffled batches) on ``features(index_tensor)``.
 
     ``features`` maps sample indices to feature rows: a cached tensor lookup, or a pass
     through the frozen network; both give the same head.
     """
-    from .trainer import warmup_cosine
-
     epochs = epochs or cfg.epochs
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

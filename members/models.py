@@ -47,8 +47,12 @@ def input_config(model: nn.Module | str, image_size: int | None, view: str = "cr
     size = image_size or cfg["input_size"][-1]
     return InputConfig(image_size=int(size), crop_pct=float(cfg.get("crop_pct", 0.875)),
                        interpolation=str(cfg.get("interpolation", "bicubic")),
-                       mean=tuple(float(v) for v in cfg["mean"]),
-                       std=tuple(float(v) for v in cfg["std"]), view=view, render=render)
+                       mean=_rgb(cfg["mean"]), std=_rgb(cfg["std"]), view=view, render=render)
+
+
+def _rgb(values) -> tuple[float, float, float]:
+    red, green, blue = (float(v) for v in values)
+    return red, green, blue
 
 
 def frozen_modules(model: nn.Module, freeze: str | int) -> list[nn.Module]:

@@ -78,7 +78,7 @@ def register(name: str, *, needs_onnx: bool = False, package: str | None = None,
              precisions: tuple[str, ...] = ("fp32", "bf16", "fp16"), auto: int | None = None) -> Callable:
     """Class decorator: make a :class:`Runtime` available under ``name``; ``auto``: its
     priority for ``runtime: auto`` on the devices it runs on (None: only when asked for)."""
-    def wrap(cls: type) -> type:
+    def wrap(cls: type[Runtime]) -> type[Runtime]:
         RUNTIMES.add(name, RuntimeInfo(name, cls, needs_onnx, package, extra, devices, precisions, auto),
                      cls.__module__)
         cls.name = name
@@ -225,7 +225,7 @@ class OnnxRuntime(Runtime):
 
 
 def create_runtime(name: str, model: Callable[[], nn.Module], inputs: InputConfig, device,
-                   precision: Precision, onnx_path: Callable[[], Path] | None = None,
+                   precision: Precision, onnx_path: Callable[[], Path | None] | None = None,
                    cache_dir: Path | None = None) -> Runtime:
     """Build runtime ``name`` (already resolved) for one member.
 
@@ -246,7 +246,7 @@ def create_runtime(name: str, model: Callable[[], nn.Module], inputs: InputConfi
 def _accepts(cls: type, arg: str) -> bool:
     import inspect
 
-    return arg in inspect.signature(cls.__init__).parameters
+    return arg in inspect.signature(cls).parameters
 
 
 def runtime_proba(runtime: Runtime, images, batch_size: int = 64, tta: bool = False) -> np.ndarray:

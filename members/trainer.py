@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import math
 import time
 from typing import Callable, Sequence
 
@@ -31,6 +30,8 @@ from .errors import EffensError
 from .models import Member, set_train_mode
 from .precision import Precision
 from .predictor import default_precision, predict_proba
+from .schedule import warmup_cosine
+from .settings import TrainConfig
 from .transforms import SampleDataset, train_transform
 
 log = logging.getLogger(__name__)
@@ -50,17 +51,6 @@ class TrainResult:
     selection: dict = dataclasses.field(default_factory=dict)  # what was kept; val scores of each candidate
     candidates: dict[str, dict] = dataclasses.field(default_factory=dict)  # best/last/ema/swa/probe weights
     allocator: str = ""  # what the C allocator did during training (members/allocator.py)
-
-
-def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """LR multiplier: linear warm-up to 1, then cosine decay to 0."""
-    def factor(step: int) -> float:
-        if warmup_steps > 0 and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        span = max(1, total_steps - warmup_steps)
-        progress = min(1.0, (step - warmup_steps) / span)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return factor
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float,
@@ -170,7 +160,7 @@ class BestEpoch:
             self.state = snapshot(model)
 
 
-def linear_probe(member: Member, cfg, data: TrainData, run: TrainRun, precision: Precision) -> dict:
+def linear_probe(member: Member, cfg: TrainConfig, data: TrainData, run: TrainRun, precision: Precision) -> dict:
     """LP-FT's first stage: train the head alone on the frozen network's features of the
     sample (un-augmented, the member's view; :mod:`members.features`, as ``tune`` does),
     install it in ``member.model`` and return the model's weights with that head."""
@@ -198,7 +188,8 @@ def linear_probe(member: Member, cfg, data: TrainData, run: TrainRun, precision:
 class _Loop:
     """Optimiser, schedule, loaders and the per-epoch parts of :func:`train_member`."""
 
-    def __init__(self, member: Member, cfg, data: TrainData, run: TrainRun, precision: Precision) -> None:
+    def __init__(self, member: Member, cfg: TrainConfig, data: TrainData, run: TrainRun,
+                 precision: Precision) -> None:
         self.member, self.cfg, self.data, self.run, self.precision = member, cfg, data, run, precision
         device = run.device
         self.model = member.model.to(device=device, memory_format=torch.channels_last)
@@ -268,6 +259,7 @@ class _Loop:
 
     def checkpoint(self, epoch: int, best: BestEpoch, history: list[dict]) -> None:
         if self.run.checkpoint is not None:
+            assert best.key is not None and best.state is not None  # called after each epoch's BestEpoch.update
             self.run.checkpoint.save(*pack_state(
                 epoch=epoch, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                 scaler=self.scaler, generator=self.gen, best_state=best.state, best_key=list(best.key),
@@ -275,6 +267,7 @@ class _Loop:
                 averages=(self.averages.tensors(), self.averages.doc()) if self.averages.active else None))
 
     def resume(self, resumed: tuple[dict, dict]) -> tuple[BestEpoch, list[dict], int]:
+        assert self.run.checkpoint is not None  # what was resumed came from it
         tensors, doc = resumed
         state = restore_state(tensors, doc, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                               scaler=self.scaler, generator=self.gen)
@@ -285,10 +278,10 @@ class _Loop:
         return best, doc["history"], doc["epoch"]
 
 
-def train_member(member: Member, cfg, data: TrainData, run: TrainRun) -> TrainResult:
+def train_member(member: Member, cfg: TrainConfig, data: TrainData, run: TrainRun) -> TrainResult:
     """Train ``member.model`` on ``data.images[data.sample]``; keep the best epoch on validation.
 
-    ``cfg`` is the member's training settings (:class:`~ensemble.config.TrainConfig`).
+    ``cfg`` is the member's training settings (:class:`~members.settings.TrainConfig`).
     With ``run.checkpoint``, every finished epoch is saved there and a checkpoint found at
     the start is resumed (same weights as an uninterrupted run on CPU); a resumed member
     finishes in the precision of its checkpoint. ``run.precision`` sets autocast for the
@@ -337,7 +330,8 @@ def train_member(member: Member, cfg, data: TrainData, run: TrainRun) -> TrainRe
 def _select(loop: _Loop, best: BestEpoch, history: list[dict], probe: dict | None) -> tuple[dict, dict, dict]:
     """(kept weights, selection record, every candidate's weights) after the last epoch."""
     cfg = loop.cfg
-    candidates = {"best": best.state, "last": snapshot(loop.model), **loop.averages.states()}
+    assert best.key is not None and best.state is not None  # at least one epoch was scored
+    candidates: dict[str, dict] = {"best": best.state, "last": snapshot(loop.model), **loop.averages.states()}
     scores = {"best": {"macro_f1": best.key[0], "log_loss": -best.key[1]},
               "last": {"macro_f1": history[-1]["val_macro_f1"], "log_loss": history[-1]["val_log_loss"]}}
     for name in loop.averages.states():

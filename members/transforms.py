@@ -1,13 +1,14 @@
 """From decoded uint8 arrays to model input: eval crops, training augmentation, normalising."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
 from .inputs import InputConfig
+from .settings import TrainConfig
 from .streams import HorizontalFlip, item_streams
 from .views import VIEWS, eval_array, train_view
 
@@ -31,7 +32,7 @@ def normalize(batch: torch.Tensor, inputs: InputConfig) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def train_transform(inputs: InputConfig, train_cfg):
+def train_transform(inputs: InputConfig, train_cfg: TrainConfig):
     """timm's training preset (random-resized crop, flip, auto-augment), on PIL images.
 
     Its flip is swapped for one drawing from `random`, so that every random choice is
@@ -53,7 +54,7 @@ def train_transform(inputs: InputConfig, train_cfg):
     whole = train_view(inputs)
     if whole is not None:  # whole-image views train on crops of the whole image
         compose.transforms.insert(0, whole)
-    robust = ROBUST_PRESETS.get(getattr(train_cfg, "robust", "none") or "none")
+    robust = ROBUST_PRESETS[train_cfg.robust]
     if robust is not None:  # after the crop, before auto-augment: on the PIL image
         compose.transforms.insert(1 if whole is None else 2, RobustAugment(**robust))
     if inputs.render:  # first of all: the photo as the drawn camera would have taken it
@@ -64,7 +65,7 @@ def train_transform(inputs: InputConfig, train_cfg):
 
 
 #: per-image probabilities and ranges of the robustness preset (``train.robust``)
-ROBUST_PRESETS = {
+ROBUST_PRESETS: dict[str, dict[str, Any] | None] = {
     "none": None,
     "light": dict(p_downscale=0.25, scale=(0.35, 0.85), p_jpeg=0.25, quality=(30, 90), p_blur=0.1,
                   radius=(0.3, 1.0), p_jitter=0.3, jitter=0.2),

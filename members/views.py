@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from .inputs import InputConfig
 from .registry import Registry
 
 _PIL_INTERP = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
@@ -35,9 +36,9 @@ class View:
     unset: the first line of ``look``'s docstring) and ``tta_only`` (never trained on)."""
 
     name: str
-    look: Callable[[np.ndarray, object], np.ndarray]
-    train: Callable[[object], Callable | None] | None = None
-    describe: Callable[[object], list[str]] | None = None
+    look: Callable[[np.ndarray, InputConfig], np.ndarray]
+    train: Callable[[InputConfig], Callable | None] | None = None
+    describe: Callable[[InputConfig], list[str]] | None = None
     tta_only: bool = False
 
     def __call__(self, arr: np.ndarray, inputs) -> np.ndarray:
@@ -47,13 +48,13 @@ class View:
 VIEWS: Registry[View] = Registry("view")
 
 
-def view(fn: Callable[[np.ndarray, object], np.ndarray] | None = None, *, tta_only: bool = False,
-         train: Callable[[object], Callable | None] | None = None,
-         describe: Callable[[object], list[str]] | None = None):
+def view(fn: Callable[[np.ndarray, InputConfig], np.ndarray] | None = None, *, tta_only: bool = False,
+         train: Callable[[InputConfig], Callable | None] | None = None,
+         describe: Callable[[InputConfig], list[str]] | None = None):
     """Register ``fn(image HWC uint8, inputs) -> (S, S, 3) uint8`` under its name, with its
     training counterpart and description (``@view`` or ``@view(tta_only=True, ...)``;
     see :class:`View`). Returns ``fn`` unchanged."""
-    def register(f: Callable[[np.ndarray, object], np.ndarray]) -> Callable[[np.ndarray, object], np.ndarray]:
+    def register(f: Callable[[np.ndarray, InputConfig], np.ndarray]) -> Callable[[np.ndarray, InputConfig], np.ndarray]:
         VIEWS.add(f.__name__, View(f.__name__, f, train, describe, tta_only), f.__module__)
         return f
 
@@ -65,7 +66,8 @@ def _interp(inputs) -> Image.Resampling:
 
 
 def _mean_colour(inputs) -> tuple[int, int, int]:
-    return tuple(int(round(m * 255)) for m in inputs.mean)
+    red, green, blue = (int(round(m * 255)) for m in inputs.mean)
+    return red, green, blue
 
 
 def square_crop(arr: np.ndarray, inputs, where: float = 0.5) -> np.ndarray:

@@ -237,7 +237,10 @@ class Package(WeightsSource):
         return package_weights_file(value) is not None
 
     def load(self, model: nn.Module, value: str) -> str | None:
-        return load_state_file(model, package_weights_file(value))
+        path = package_weights_file(value)
+        if path is None:  # claims() said yes: the package went away in between
+            raise WeightsError(f"{value}: no installed package holding exactly one weights file")
+        return load_state_file(model, path)
 
 
 def load_weights(model: nn.Module, source: str) -> str | None:

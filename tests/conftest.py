@@ -27,3 +27,21 @@ def trained(tiny_data, tmp_path_factory):
     out = root / "run"
     assert main(["train", str(cfg_path), "--out", str(out)]) == 0
     return cfg_path, out
+
+
+@pytest.fixture
+def fails(capsys, caplog):
+    """``fails(code, *needles)``: asserts that an effens command ended as a user's mistake
+    should, exit code 2 and one message without a traceback holding each needle; returns
+    the captured output and log."""
+
+    def check(code: int, *needles: str) -> str:
+        out = capsys.readouterr()
+        text = caplog.text + out.err + out.out
+        assert code == 2, text[-2000:]
+        assert "Traceback" not in text
+        for needle in needles:
+            assert needle in text, (needle, text[-2000:])
+        return text
+
+    return check

@@ -69,6 +69,32 @@ def tiny_config(data: Path, epochs: int = 2, **extra) -> dict:
     return cfg
 
 
+def config_file(folder: Path, data: Path, name: str = "cfg.yaml", **extra) -> Path:
+    """``folder/name`` holding :func:`tiny_config` over ``data`` (``extra`` as there)."""
+    import yaml
+
+    path = Path(folder) / name
+    path.write_text(yaml.safe_dump(tiny_config(data, **extra)))
+    return path
+
+
+def write_file(path: Path, data: bytes) -> Path:
+    """``data`` written to ``path``, its folders made."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def digest(folder: Path) -> dict:
+    """Every file under ``folder`` (but the lock) -> its SHA-256: what a failed command must leave as it was."""
+    import hashlib
+
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".effens.lock"}
+
+
 def copy_run(run: Path, dest: Path) -> Path:
     """A copy of a finished run folder (without the lock of the process that trained it)."""
     import shutil

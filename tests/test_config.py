@@ -1,8 +1,10 @@
 import textwrap
 
 import pytest
+import synth
 import yaml
 
+from ensemble.cli import main
 from ensemble.config import ConfigError, dump_config, load_config
 
 GOOD = """
@@ -186,3 +188,188 @@ def test_numbers_written_with_an_exponent_are_numbers_in_files_and_in_set(tiny_d
             saved.members[0].train.warmup_epochs) == (1e-3, 5e-2, 1e-1)
     caplog.clear()
     assert main(argv[:-1]) == 0 and "resuming the run" in caplog.text  # the saved config reads back the same
+
+
+# ------------------------------------------------ users' files kept, no stale answers, one line per mistake (#22)
+BAD_CONFIGS = [  # (override or edit, culprit in the message)
+    (["members.0.bagging.ratio=.nan"], "`members.0.bagging.ratio` must be a finite number; got nan"),
+    (["combiner.weights=[.nan, 1, 1]"], "`combiner.weights.0` must be a finite number"),
+    (["seed=-1"], "`seed` must be in [0, 4294967295]; got -1"),
+    (["members.0.train.epochs=1000000000"], "`members.0.train.epochs` must be in [1, 10000]"),
+    (["members.1.train.freeze=99"], "`members.1.train.freeze`: freeze=99 but the model has only"),
+    (["device=cuda:abc"], "`device` must be auto, cpu, cuda or cuda:N; got 'cuda:abc'"),
+    (["members.2.weights=/nowhere/w.safetensors"], "`members.2.weights`: member c: weights file not found"),
+    (["members.0.name=a" + "x" * 300], "`members.0.name` must be usable as a folder name"),
+    (['members.0.name="a\\0b"'], "`members.0.name` must be usable as a folder name"),
+    (["data.val=null", "data.val_fraction=0.01"], "`data.val_fraction` 0.01"),
+]
+
+
+@pytest.mark.parametrize("overrides, culprit", BAD_CONFIGS)
+def test_bad_config_values_are_one_line_before_any_work(tiny_data, tmp_path, overrides, culprit, fails):
+    cfg = synth.config_file(tmp_path, tiny_data)
+    args = ["train", str(cfg), "--out", str(tmp_path / "run")]
+    for o in overrides:
+        args += ["--set", o]
+    fails(main(args), culprit)
+    assert not (tmp_path / "run/members").exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_refused_before_any_work(tiny_data, tmp_path, fails):
+    cfg = synth.config_file(tmp_path, tiny_data)
+    code = main(["train", str(cfg), "--out", str(tmp_path / "run"), "--device", "cuda"])
+    fails(code, "`device`", "no CUDA device")
+    assert not (tmp_path / "run").exists()
+
+
+def test_yaml_merge_keys_work_and_alias_bombs_are_refused(tiny_data, tmp_path, capsys, caplog):
+    from ensemble.config import ConfigError, load_config
+
+    cfg = synth.tiny_config(tiny_data)
+    text = yaml.safe_dump({k: v for k, v in cfg.items() if k != "members"})
+    text += ("members:\n  - &m {name: a, model: test_efficientnet, image_size: 32}\n"
+             "  - {<<: *m, name: b}\n")
+    (tmp_path / "merge.yaml").write_text(text)
+    assert [m.name for m in load_config(tmp_path / "merge.yaml").members] == ["a", "b"]
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n"
+    for i, name in enumerate("bcdefgh"):
+        prev = "abcdefgh"[i]
+        bomb += f"{name}: &{name} [{', '.join(['*' + prev] * 9)}]\n"
+    (tmp_path / "bomb.yaml").write_text(bomb)
+    with pytest.raises(ConfigError, match="aliases expand to more than"):
+        load_config(tmp_path / "bomb.yaml")
+
+
+def _leaf_keys():
+    """Every key path of the schema, lists of sections at index 0 (members.0.train.lr, ...)."""
+    import dataclasses
+    import typing
+
+    from ensemble.config import Config, SplitSource
+
+    def walk(cls, prefix):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            inner = typing.get_args(tp)[0] if typing.get_origin(tp) is list else tp
+            if dataclasses.is_dataclass(inner) and inner is not SplitSource:
+                yield from walk(inner, f"{prefix}{f.name}." + ("0." if inner is not tp else ""))
+            else:
+                yield prefix + f.name
+
+    return sorted(walk(Config, ""))
+
+
+def test_schema_fuzz_any_value_validates_or_names_its_key(tmp_path):
+    import math
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from ensemble.config import ConfigError, apply_overrides, config_from_dict
+    from ensemble.schema import to_dict
+
+    base = synth.tiny_config(tmp_path)
+    keys = _leaf_keys()
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
+                        st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20))
+    special = st.sampled_from([float("nan"), float("inf"), -float("inf"), -1, 0, 2**63, 10**9, "", "\0",
+                               [float("nan"), 1.0], [[0.0, float("nan")]]])
+    values = st.one_of(special, st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) |
+                                             st.dictionaries(st.text(max_size=8), inner, max_size=3),
+                                             max_leaves=8))
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(key=st.sampled_from(keys), value=values)
+    def check(key, value):
+        raw = apply_overrides(base, [(key, value)])
+        try:
+            cfg = config_from_dict(raw, source="fuzz.yaml")
+        except ConfigError as exc:
+            text = str(exc)
+            assert text.startswith("fuzz.yaml: ") and "\n" not in text and len(text) < 600
+            top = key.split(".")[0]
+            assert top in text or "members" in text or "tune" in text, (key, text)
+            return
+        # what validates holds only finite numbers (NaN passes every range check, so it must not get here)
+        stack = [to_dict(cfg)]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, dict):
+                stack.extend(item.values())
+            elif isinstance(item, list):
+                stack.extend(item)
+            elif isinstance(item, float):
+                assert math.isfinite(item), (key, value)
+
+    check()
+
+
+def test_an_unknown_key_with_a_line_break_is_still_one_line(tmp_path):
+    """Found by the fuzz above (hypothesis, 2026-11-30): the key was echoed as it was."""
+    from ensemble.config import ConfigError, config_from_dict
+
+    raw = synth.tiny_config(tmp_path)
+    raw["data"]["train"] = {"\n": 1}
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict(raw, source="fuzz.yaml")
+    assert "\n" not in str(exc.value) and "unknown key `data.train.'\\n'`" in str(exc.value)
+
+
+@pytest.mark.parametrize("costs,needle", [([[0, 0], [0, 0]], "is all zeros"),
+                                          ([[5, 1], [1, 0]], "row 0: the correct answer"),
+                                          ([[0, 1], [1, 2]], "row 1: the correct answer")])
+def test_cost_matrices_where_a_mistake_is_cheaper_are_refused(tmp_path, costs, needle):
+    from ensemble.config import ConfigError, config_from_dict
+
+    raw = synth.tiny_config(tmp_path)
+    raw["decision"] = {"costs": costs}
+    with pytest.raises(ConfigError, match=rf"`decision.costs` {needle}"):
+        config_from_dict(raw)
+    raw["decision"] = {"costs": [[0, 0, 10], [0, 0, 10], [5, 5, 0]]}  # a free confusion of two benign classes
+    assert config_from_dict(raw).decision.costs[0] == [0, 0, 10]
+
+
+def test_per_member_tune_ratios_are_accepted_through_yaml(tiny_data, tmp_path):
+    from ensemble.config import load_config
+
+    text = yaml.safe_dump(synth.tiny_config(tiny_data)) + "tune:\n  ratios:\n    - [0.5, 0.8]\n    - [0.6]\n    - [1.0]\n"
+    path = tmp_path / "t.yaml"
+    path.write_text(text)
+    assert load_config(path).tune.ratios == [[0.5, 0.8], [0.6], [1.0]]
+    path.write_text(text.replace("[0.6]", "[0.6, x]"))
+    from ensemble.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"`tune.ratios.1.1` must be a number"):
+        load_config(path)
+
+
+def test_set_typos_are_blamed_on_set_not_the_file(tiny_data, tmp_path, fails):
+    path = synth.config_file(tmp_path, tiny_data)
+    fails(main(["train", str(path), "--out", str(tmp_path / "r"), "--set", "combiner.stratgy=soft"]),
+          "--set combiner.stratgy=soft: unknown key `combiner.stratgy`")
+
+
+def test_config_rough_edges_have_one_line_each(tmp_path):
+    from ensemble.config import ConfigError, config_from_dict
+
+    def refused(raw, needle):
+        with pytest.raises(ConfigError, match=needle):
+            config_from_dict(raw)
+
+    raw = synth.tiny_config(tmp_path)
+    raw["data"]["train"] = {"csv": "x.csv", "path_column": "f", "label_column": "f"}
+    refused(raw, r"path_column` and `data.train.label_column` must name different columns")
+    raw = synth.tiny_config(tmp_path)
+    raw["members"][0]["train"]["min_image_size"] = 64
+    refused(raw, r"`members.0.train.min_image_size` \(64\) must not exceed `members.0.image_size` \(32\)")
+    raw = synth.tiny_config(tmp_path, tune={"method": "halving", "min_epochs": 5})
+    refused(raw, r"`tune.min_epochs` \(5\) must not exceed `members.0.train.epochs` \(2\)")
+
+
+def test_a_cost_matrix_with_a_cheaper_mistake_is_refused_by_train(tiny_data, tmp_path, fails):
+    path = synth.config_file(tmp_path, tiny_data, epochs=1, decision={"costs": [[0, 1, 1], [1, 0, 1], [0, 1, 2]]})
+    fails(main(["train", str(path), "--out", str(tmp_path / "run")]),
+          "`decision.costs` row 2: the correct answer (column 2, cost 2) must not cost more than a mistake")
+    assert not (tmp_path / "run").exists()

@@ -1,9 +1,17 @@
 import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import synth
+import yaml
+from PIL import Image
 
+from ensemble.cli import main
 from ensemble.config import DataConfig, SplitSource
 from ensemble.data import DataError, load_csv, load_dataset, load_folder
 
@@ -129,7 +137,6 @@ def test_an_exclude_list_that_empties_val_or_test_is_refused_before_any_training
 
 def _audited_images(tmp_path, cfg, capsys, caplog) -> dict:
     """Images per split after the config's lists, as `effens audit CONFIG --no-features` counts them."""
-    import json
 
     out = tmp_path / "audit"
     code, err = _effens(["audit", str(cfg), "--out", str(out), "--no-features", "-q"], capsys, caplog)
@@ -188,3 +195,140 @@ def test_a_list_that_is_a_fifo_is_named_as_one_and_never_opened(tmp_path, capsys
         code, err = _effens(["train", str(cfg), "--out", str(tmp_path / "run")], capsys, caplog)
         assert code == 2 and f"`data.{key}`: {fifo}: not a regular file" in err, err[-2000:]
         assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------ users' files kept, no stale answers, one line per mistake (#22)
+def test_tiny_and_lopsided_data(tmp_path, fails):
+    rng = np.random.default_rng(0)
+    tiny = tmp_path / "tiny"
+    for cls in synth.CLASSES:
+        (tiny / cls).mkdir(parents=True)
+        for i in range(2):
+            synth.make_image(cls, rng).save(tiny / cls / f"{i}.png")
+    cfg = synth.tiny_config(tmp_path, epochs=1)
+    cfg["data"] = {"train": str(tiny)}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    fails(main(["train", str(path), "--out", str(tmp_path / "r1")]),
+          "cannot hold out a stratified validation set")
+    # val with a single class and no OOB images (ratio 1 without replacement): stacking still fits
+    one = tmp_path / "one/circle"
+    one.mkdir(parents=True)
+    shutil.copy(tiny / "circle/0.png", one / "0.png")
+    cfg["data"] = {"train": str(tiny), "val": str(tmp_path / "one")}
+    for m in cfg["members"]:
+        m["bagging"] = {"ratio": 1.0, "replace": False}
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(path), "--out", str(tmp_path / "r2"), "-q",
+                 "--set", "combiner.strategy=stacking"]) == 0
+    # skipping unreadable images must not silently drop a whole class
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny, broken)
+    for p in (broken / "square").iterdir():
+        p.write_bytes(b"not a png")
+    cfg["data"] = {"train": str(broken), "val": str(tiny), "on_bad_image": "skip"}
+    path.write_text(yaml.safe_dump(cfg))
+    fails(main(["train", str(path), "--out", str(tmp_path / "r3")]),
+          "every image of class square was unreadable")
+
+
+def test_input_files(trained, tiny_data, tmp_path, fails):
+    _, run = trained
+    long = tmp_path / "long.png"
+    Image.fromarray(np.zeros((1, 100000, 3), np.uint8)).save(long)
+    assert long.stat().st_size < 1000
+    good = str(sorted((tiny_data / "test/circle").iterdir())[0])
+    assert main(["predict", str(run), str(long), good, "--out", str(tmp_path / "p.csv")]) == 0
+    row = (tmp_path / "p.csv").read_text().splitlines()[1]
+    assert "more elongated than 20:1" in row
+    latin = synth.write_file(tmp_path / "latin.csv", "path\ncaf\xe9.png\n".encode("latin-1"))
+    fails(main(["predict", str(run), str(latin), "--out", str(tmp_path / "q.csv")]),
+          "latin.csv: line 2: not UTF-8")
+    nul = synth.write_file(tmp_path / "nul.csv", b"path\na.png\nb\x00.png\n")
+    fails(main(["predict", str(run), str(nul), "--out", str(tmp_path / "q.csv")]),
+          "nul.csv: line 3: a NUL byte")
+    nopath = synth.write_file(tmp_path / "nopath.csv", b"path,note\n,x\n")
+    fails(main(["predict", str(run), str(nopath), "--out", str(tmp_path / "q.csv")]),
+          "nopath.csv: line 2: no path")
+
+
+def test_a_fifo_among_images_is_skipped_not_opened(trained, tiny_data, tmp_path):
+    _, run = trained
+    folder = tmp_path / "imgs"
+    shutil.copytree(tiny_data / "test/circle", folder)
+    os.mkfifo(folder / "pipe.jpg")
+    out = tmp_path / "p.csv"
+    proc = subprocess.run([sys.executable, "-m", "ensemble", "predict", str(run), str(folder), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "not regular files" in proc.stderr and "pipe.jpg" in proc.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 6 and not any("pipe" in r["path"] for r in rows)
+    # named directly, it is an error row, not a hang
+    proc = subprocess.run([sys.executable, "-m", "ensemble", "predict", str(run), str(folder / "pipe.jpg"),
+                           str(sorted(folder.glob("*.png"))[0]), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "not a regular file" in out.read_text()
+
+
+@pytest.mark.parametrize("bad", ["review", "minor|moderate", "line\nbreak"])
+def test_ambiguous_class_names_are_refused_at_train_time(tiny_data, tmp_path, bad, fails):
+    manifest = tmp_path / "m.csv"
+    with manifest.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label"])
+        for i, p in enumerate(sorted((tiny_data / "train/circle").iterdir())[:6]):
+            w.writerow([str(p), "circle" if i % 2 else bad])
+    path = synth.config_file(tmp_path, tiny_data, epochs=1)
+    raw = yaml.safe_load(path.read_text())
+    raw["data"]["train"] = str(manifest)
+    path.write_text(yaml.safe_dump(raw))
+    text = fails(main(["train", str(path), "--out", str(tmp_path / "run")]))
+    assert ("control character" in text) if "\n" in bad else ("is not allowed" in text and repr(bad) in text)
+    assert not (tmp_path / "run").exists()
+
+
+def test_one_path_rule_and_one_hidden_rule(tiny_data, tmp_path, capsys, caplog):
+    from ensemble.data import load_csv, load_folder
+
+    first = sorted((tiny_data / "train/circle").iterdir())[0]
+    manifest = tmp_path / "m.csv"
+    twisted = str(first.parent / "." / first.name)
+    dotted = str(first.parent.parent / "circle" / ".." / "circle" / first.name)
+    manifest.write_text(f"path,label\n{first},circle\n{twisted},circle\n{dotted},circle\n")
+    from ensemble.data import DataError
+
+    with pytest.raises(DataError, match=r"row 3: duplicate of row 2.*row 4: duplicate of row 2"):
+        load_csv(manifest)
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data / "train", data)
+    hidden = data / "circle" / ".thumbnails"
+    hidden.mkdir()
+    Image.new("RGB", (8, 8)).save(hidden / "thumb.png")
+    split = load_folder(data)
+    assert not any(".thumbnails" in p for p in split.paths)
+    assert len(split) == 48
+
+
+def test_a_class_missing_from_val_and_a_sample_without_a_class_warn(tiny_data, tmp_path, caplog):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    shutil.rmtree(data / "val/square")
+    raw = synth.tiny_config(data, epochs=1)
+    raw["members"][0]["bagging"] = {"ratio": 0.05, "replace": False, "stratify": False}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 0
+    assert "val has no image of class(es) square" in caplog.text
+    assert "bagging sample holds no image of class" in caplog.text
+
+
+def test_data_train_naming_a_file_says_so(tiny_data, tmp_path, fails):
+    f = tmp_path / "train.txt"
+    f.write_text("x")
+    raw = synth.tiny_config(tiny_data)
+    raw["data"]["train"] = str(f)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    fails(main(["train", str(path), "--out", str(tmp_path / "r")]), "is a file, not a folder")

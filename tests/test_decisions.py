@@ -1,6 +1,7 @@
 """Prediction sets, review and costs (ensemble/decisions.py) and their doors (config, predict, reports)."""
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -241,10 +242,16 @@ def test_calibration_on_oob_images(trained, tmp_path):
     np.testing.assert_allclose(proba.sum(1), 1, rtol=1e-6)  # float32 rows: sums within rounding
     out = tmp_path / "p.csv"
     copy = tmp_path / "run"
-    import shutil
-
     shutil.copytree(run, copy)
     assert main(["fit-combiner", str(copy), "--set", "decision.calibration=oob", "-q"]) == 0
     dec = json.loads((copy / "report/metrics.json").read_text())["decisions"]
     assert dec["calibration"] == "oob" and dec["n_calibration"] == len(y)
     assert main(["predict", str(copy), str(out.parent), "--out", str(out), "--coverage", "0.9"]) == 0
+
+
+# ------------------------------------------------ users' files kept, no stale answers, one line per mistake (#22)
+def test_coverage_messages_name_the_class(trained, tiny_data, tmp_path, fails):
+    _, run = trained
+    text = fails(main(["predict", str(run), str(tiny_data / "test/circle"), "--out", str(tmp_path / "p.csv"),
+                        "--coverage", "0.99", "--coverage-by-class"]), "calibration images of class")
+    assert "class 'circle'" in text or "class 'square'" in text or "class 'stripes'" in text

@@ -1,11 +1,14 @@
 """The Python face: scikit-learn conventions, one schema with the YAML, fitting apart from storage."""
 import json
+import shutil
 
 import numpy as np
 import pytest
 import synth
+from PIL import Image
 from sklearn.base import clone
 
+from ensemble.cli import main
 from ensemble.config import ConfigError, config_from_dict, load_config
 from ensemble.data import load_folder
 from ensemble.estimator import BaggedEnsemble
@@ -112,3 +115,27 @@ def test_fit_from_paths_and_string_labels(tiny_data):
     assert ens.predict(val.paths[:3]).shape == (3,)
     with pytest.raises(ConfigError, match="`y_val` holds labels not in classes: zebra"):
         BaggedEnsemble(**_params(cfg)).fit(train.paths, train.labels, X_val=val.paths[:1], y_val=["zebra"])
+
+
+# ------------------------------------------------ users' files kept, no stale answers, one line per mistake (#22)
+def test_pixels_replaced_in_place_retrain_the_members(tiny_data, tmp_path, caplog):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    cfg = synth.config_file(tmp_path, data, epochs=1)
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "-q"]) == 0
+    victim = next((data / "train/circle").iterdir())
+    Image.fromarray(np.full((40, 40, 3), 255, np.uint8)).save(victim)  # same name, other pixels
+    caplog.clear()
+    caplog.set_level("INFO")
+    assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 0
+    assert "already finished" not in caplog.text
+
+
+def test_adapt_bn_on_one_image_warns(trained, tiny_data, tmp_path, caplog):
+    _, run = trained
+    img = str(sorted((tiny_data / "test/circle").iterdir())[0])
+    assert main(["predict", str(run), img, "--out", str(tmp_path / "p.csv"), "--adapt-bn"]) == 0
+    assert "--adapt-bn needs at least 2 images" in caplog.text
+    two = sorted(str(p) for p in (tiny_data / "test/circle").iterdir())[:3]
+    assert main(["predict", str(run), *two, "--out", str(tmp_path / "p.csv"), "--adapt-bn"]) == 0
+    assert "re-estimates BatchNorm statistics on the 3 image(s) given" in caplog.text

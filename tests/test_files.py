@@ -7,6 +7,8 @@ import pytest
 import synth
 import yaml
 
+from ensemble.cli import main
+
 
 def _pipe_cases(tmp_path):
     """(argv, what the refusal names) for each place a command opens a user-named file, at a FIFO."""
@@ -61,3 +63,31 @@ def test_a_pipe_inside_an_output_folder_is_foreign(tmp_path, capsys, caplog):
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and f"{out / 'index.html'}: not written by effens audit" in errors[0], errors
     assert sorted(p.name for p in out.iterdir()) == ["index.html"] and not (out / "index.html").is_file()
+
+
+# ------------------------------------------------ users' files kept, no stale answers, one line per mistake (#22)
+@pytest.mark.parametrize("command", ["train", "tune", "evaluate", "explain", "export", "audit"])
+def test_every_command_refuses_a_foreign_output_folder_by_one_rule(command, trained, tiny_data, tmp_path, fails):
+    cfg, run = trained
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "sub" / "notes.md").write_text("mine")
+    img = str(next((tiny_data / "test").rglob("*.png")))
+    argv = {"train": ["train", str(cfg)], "tune": ["tune", str(cfg), "--yes"],
+            "evaluate": ["evaluate", str(run), str(tiny_data / "test")], "explain": ["explain", str(run), img],
+            "export": ["export", str(run), "--format", "onnx"], "audit": ["audit", str(run)]}[command]
+    fails(main([*argv, "--out", str(out)]),
+          f"notes.md: not written by effens {command}; choose a new or empty --out")
+    assert (out / "sub" / "notes.md").read_text() == "mine" and sorted(out.rglob("*")) == [out / "sub",
+                                                                                          out / "sub" / "notes.md"]
+
+
+def test_artifacts_honour_the_umask(tmp_path):
+    from ensemble.files import atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "a.json", {})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644

@@ -1,10 +1,14 @@
 """effens predict / evaluate / fit-combiner on the tiny trained run."""
 import csv
 import json
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import synth
+import yaml
 
 from ensemble.cli import main
 from ensemble.estimator import BaggedEnsemble
@@ -141,3 +145,82 @@ def test_evaluate_decodes_in_chunks_with_the_same_figures(trained, tiny_data, tm
     assert [p for p, _ in bad_c] == [str(broken)]
     assert parts.shape == (3, len(paths) - 1, 3)
     np.testing.assert_allclose(parts, whole, atol=1e-5)
+
+
+# ------------------------------------------------ users' files kept, no stale answers, one line per mistake (#22)
+def test_evaluate_after_the_images_changed_recomputes(trained, tiny_data, tmp_path, caplog):
+    _, run = trained
+    data = tmp_path / "test"
+    shutil.copytree(tiny_data / "test", data)
+    out = tmp_path / "ev"
+    assert main(["evaluate", str(run), str(data), "--out", str(out), "-q"]) == 0
+    for p in (data / "circle").iterdir():
+        synth.make_image("stripes", np.random.default_rng(0)).save(p)  # circles become stripes
+    caplog.clear()
+    caplog.set_level("INFO")
+    assert main(["evaluate", str(run), str(data), "--out", str(out)]) == 0
+    assert "reusing cached member probabilities" not in caplog.text
+
+
+def test_output_columns_cannot_collide(tmp_path):
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data"
+    for split, n in (("train", 6), ("val", 3)):
+        for cls in ("error", "ok", "path"):
+            (data / split / cls).mkdir(parents=True)
+            for i in range(n):
+                synth.make_image("circle" if cls == "ok" else "square" if cls == "path" else "stripes",
+                                 rng).save(data / split / cls / f"{i}.png")
+    cfg = synth.tiny_config(data, epochs=1)
+    cfg["data"] = {"train": str(data / "train"), "val": str(data / "val")}
+    cfg["members"][0]["name"] = "ok"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "-q"]) == 2  # member = class
+    cfg["members"][0]["name"] = "m.ok"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "-q"]) == 0
+    assert main(["predict", str(tmp_path / "run"), str(data / "val"), "--out", str(tmp_path / "p.csv")]) == 0
+    header = (tmp_path / "p.csv").read_text().splitlines()[0].split(",")
+    assert header == ["path", "prediction", "proba:error", "proba:ok", "proba:path", "vote:m.ok", "vote:b",
+                      "vote:c", "error"]
+    assert main(["predict", str(tmp_path / "run"), str(data / "val"), "--out", str(tmp_path / "p.JSON")]) == 0
+    rows = json.loads((tmp_path / "p.JSON").read_text())
+    assert set(rows[0]["proba"]) == {"error", "ok", "path"} and set(rows[0]["votes"]) == {"m.ok", "b", "c"}
+
+
+def test_predict_never_overwrites_a_file_it_did_not_write(trained, tiny_data, tmp_path, fails):
+    _, run = trained
+    mine = tmp_path / "budget.csv"
+    mine.write_text("month,amount\njan,3\n")
+    fails(main(["predict", str(run), str(tiny_data / "test/circle"), "--out", str(mine)]),
+          "was not written by `effens predict`")
+    assert mine.read_text() == "month,amount\njan,3\n"
+    # its own earlier output may be replaced (CSV and JSON)
+    for name in ("p.csv", "p.json"):
+        out = tmp_path / name
+        assert main(["predict", str(run), str(tiny_data / "test/circle"), "--out", str(out)]) == 0
+        assert main(["predict", str(run), str(tiny_data / "test/square"), "--out", str(out)]) == 0
+
+
+def test_nothing_predictable_is_exit_2_and_says_file_not_found(trained, tmp_path, fails):
+    _, run = trained
+    out = tmp_path / "p.csv"
+    fails(main(["predict", str(run), str(tmp_path / "nope.jpg"), "--out", str(out)]),
+          "none of the 1 input image(s) could be predicted", "file not found")
+    assert not out.exists()
+    fails(main(["explain", str(run), str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "x")]),
+          "none of the 1 input image(s) could be read", "file not found")
+
+
+def test_an_unwritable_out_is_named_before_inference(trained, tiny_data, tmp_path, monkeypatch, fails):
+    import ensemble.inference as inference
+
+    _, run = trained
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    # root may write anywhere, so the folder's permission is simulated; inference must not start
+    monkeypatch.setattr(inference.os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
+    monkeypatch.setattr(inference, "load_run", lambda *a, **k: pytest.fail("inference started"))
+    fails(main(["predict", str(run), str(tiny_data / "test/circle"), "--out", str(locked / "p.csv")]),
+          f"{locked / 'p.csv'}: cannot write in {locked} (permission denied)")

@@ -1,5 +1,6 @@
-"""The house rules that keep one way through: members/ never imports ensemble/, and only
-ensemble/runfolder.py knows the run folder's file names."""
+"""The house rules that keep one way through: members/ never imports ensemble/, no import
+cycles, only ensemble/runfolder.py knows the run folder's file names, commands on one floor,
+registries that refuse a taken name, and no test module importing another."""
 import ast
 from pathlib import Path
 
@@ -22,23 +23,171 @@ def test_members_never_imports_ensemble():
     assert not {k: v for k, v in offenders.items() if v}
 
 
+#: the run folder's file names (ensemble/runfolder.py's layout); a report folder's are part of it
+RUN_FOLDER_NAMES = ("config.yaml", "classes.json", "run.json", ".effens.lock", "run.lock", "member.json",
+                    "model.safetensors", "samples.npy", "oob.npy", "oob_proba.npy", "checkpoint.json",
+                    "checkpoint.safetensors", "hashes.json", "combiner.json", "val_proba.npy", "test_proba.npy",
+                    "val_labels.npy", "train_labels.npy", "metrics.json", "report.md", "card.md")
+
+
+def _name_literals(path: Path, names: tuple[str, ...] = RUN_FOLDER_NAMES) -> set[str]:
+    """The names of ``names`` that a string literal in ``path`` holds, but for what users
+    read: docstrings and the ``doc=`` / ``help=`` text of config fields and CLI options."""
+    tree = ast.parse(path.read_text())
+    prose = {id(n.body[0].value) for n in ast.walk(tree)
+             if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body
+             and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    prose |= {id(c) for n in ast.walk(tree) if isinstance(n, ast.keyword) and n.arg in ("doc", "help")
+              for c in ast.walk(n.value)}
+    strings = [n.value for n in ast.walk(tree)
+               if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in prose]
+    return {name for name in names for s in strings if name in s}
+
+
 def test_only_the_run_folder_module_names_run_folder_files():
-    names = ("member.json", "model.safetensors", "checkpoint.json", "hashes.json", "classes.json",
-             "combiner.json", "val_proba.npy", "train_labels.npy", "oob_proba.npy")
-    seen = {}
-    for path in (ROOT / "ensemble").glob("*.py"):
-        if path.name == "runfolder.py":
-            continue
-        tree = ast.parse(path.read_text())
-        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
-                      if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef)) and n.body
-                      and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
-        strings = [n.value for n in ast.walk(tree)
-                   if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docstrings]
-        hits = sorted({name for name in names for s in strings if name in s})
-        if hits:
-            seen[path.name] = hits
-    assert not seen
+    """A run folder's file names are spelled in ensemble/runfolder.py alone (its constants,
+    `RunFolder`'s paths, `holds_run`), so a change of layout is one file; members/ knows
+    none of them. Help text and docstrings may name them for the reader."""
+    seen = {str(p.relative_to(ROOT)): sorted(_name_literals(p))
+            for pkg in ("ensemble", "members") for p in sorted((ROOT / pkg).rglob("*.py"))
+            if p.name != "runfolder.py"}
+    assert not {k: v for k, v in seen.items() if v}, seen
+    assert _name_literals(ROOT / "ensemble" / "runfolder.py") >= {"config.yaml", "run.json", "metrics.json"}
+
+
+def test_the_run_folder_name_check_skips_only_prose(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text('"""Reads run.json."""\n'
+                     'def f(run, p):\n    """The config.yaml."""\n    p.add_argument("--x", help="writes report.md")\n'
+                     '    return run / "metrics.json", f"{run}/card.md", field(1, doc="see hashes.json")\n'
+                     'LOCK = ".effens.lock"\n')
+    assert _name_literals(probe) == {"metrics.json", "card.md", ".effens.lock"}
+
+
+def _test_module_imports(path: Path) -> set[str]:
+    """Test modules ``path`` imports, in any spelling (``import test_x``, ``from test_x import``,
+    ``from tests.test_x import``, ``from .test_x import``, ``from tests import test_x``), at the
+    top or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.rsplit(".", 1)[-1].startswith("test_"))
+        elif isinstance(node, ast.ImportFrom):
+            module = node.module or ""
+            if module.rsplit(".", 1)[-1].startswith("test_"):
+                found.add(module)
+            elif module in ("", "tests"):
+                found.update(a.name for a in node.names if a.name.startswith("test_"))
+    return found
+
+
+def test_no_test_module_imports_another():
+    """Tests live in the test module of the module they exercise; what several share is a
+    fixture in tests/conftest.py or a builder in tests/synth.py, never another test module
+    (importing one runs its module code again and ties the two files' fates together)."""
+    offenders = {p.name: sorted(_test_module_imports(p)) for p in sorted((ROOT / "tests").glob("*.py"))}
+    assert not {k: v for k, v in offenders.items() if v}
+
+
+def test_the_test_import_check_sees_every_spelling(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("import test_a\nfrom test_b import x\nfrom tests.test_c import y\nfrom .test_d import z\n"
+                     "def f():\n    from tests import test_e\n    import tests.test_f\n    from . import test_g\n"
+                     "import synth\nfrom conftest import tiny_data\nfrom ensemble import testing_tools\n")
+    assert _test_module_imports(probe) == {"test_a", "test_b", "tests.test_c", "test_d", "test_e", "tests.test_f",
+                                           "test_g"}
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph(root: Path = ROOT, packages: tuple[str, ...] = ("ensemble", "members")) -> dict[str, set[str]]:
+    """Module -> the modules of ``packages`` it imports, read from the AST: at the top, inside
+    functions and classes, in any spelling (absolute, relative, ``from pkg import module``).
+    An import of a module's own package (``from . import __version__``) is left out: Python
+    imports a package before any module in it, so that edge exists for every module and
+    says nothing about order."""
+    modules = {_module_name(p, root): p for pkg in packages for p in (root / pkg).rglob("*.py")}
+
+    def known(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(known(a.name) for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+                module = ".".join(base + ([node.module] if node.module else []))
+                for a in node.names:  # `from pkg import module` imports the module; else the names' module
+                    found.add(f"{module}.{a.name}" if f"{module}.{a.name}" in modules else known(module))
+        ancestors = {".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)}
+        graph[name] = {m for m in found if m and m != name and m not in ancestors}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of ``graph``: each strongly connected component of more than one module."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles_in_ensemble_or_members():
+    """Imports flow one way (cli -> commands -> backends -> shared floors -> members), so any
+    module can be read, tested and moved from the bottom up. A cycle, even through an import
+    inside a function, is named with its modules and what each imports of the others."""
+    graph = _import_graph()
+    assert {"ensemble.cli", "ensemble.commands.train", "members.trainer", "members.schema"} <= set(graph)
+    assert "members.trainer" in graph["ensemble.member_jobs"] and "ensemble.config" in graph["ensemble.runfolder"]
+    cycles = {" <-> ".join(c): {m: sorted(graph[m] & set(c)) for m in c} for c in _cycles(graph)}
+    assert not cycles, cycles
+
+
+def test_the_cycle_check_sees_imports_inside_functions(tmp_path):
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "pkg" / "__init__.py").write_text("__version__ = '1'\n")
+    (tmp_path / "pkg" / "a.py").write_text("from . import __version__\nfrom .b import x\n")
+    (tmp_path / "pkg" / "b.py").write_text("x = 1\ndef f():\n    from pkg.sub import c\n")
+    (tmp_path / "pkg" / "sub" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "sub" / "c.py").write_text("def g():\n    from .. import a\n")
+    graph = _import_graph(tmp_path, ("pkg",))
+    assert graph["pkg.a"] == {"pkg.b"} and graph["pkg.b"] == {"pkg.sub.c"} and graph["pkg.sub.c"] == {"pkg.a"}
+    assert _cycles(graph) == [["pkg.a", "pkg.b", "pkg.sub.c"]]
+    (tmp_path / "pkg" / "sub" / "c.py").write_text("def g():\n    from pkg import __version__\n")
+    assert _cycles(_import_graph(tmp_path, ("pkg",))) == []
 
 
 def _commands():

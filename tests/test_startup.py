@@ -10,7 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from test_reliability import _copy
+import synth
 
 HEAVY = ("torch", "timm", "sklearn", "torchvision", "members.trainer", "ensemble.training")
 
@@ -44,7 +44,7 @@ def _rows(path):
 @needs_openvino
 def test_predict_on_an_exported_run_imports_no_torch_and_matches(trained, tiny_data, tmp_path):
     _, run = trained
-    run = _copy(run, tmp_path)
+    run = synth.copy_run(run, tmp_path / "run")
     shutil.rmtree(run / "cache", ignore_errors=True)  # other tests may have exported the shared run
     images = str(tiny_data / "test")
     first, second = tmp_path / "first.csv", tmp_path / "second.csv"
@@ -69,7 +69,7 @@ def test_lazy_members_are_built_only_for_torch(trained, tiny_data, tmp_path):
     from ensemble.runfolder import load_run
 
     _, run = trained
-    run = _copy(run, tmp_path)
+    run = synth.copy_run(run, tmp_path / "run")
     shutil.rmtree(run / "cache", ignore_errors=True)
     paths = sorted(str(p) for p in (tiny_data / "test").rglob("*.png"))[:6]
     arrays, _ = decode_all(paths, 40)
@@ -88,7 +88,7 @@ def test_a_tampered_weights_file_is_refused_when_the_model_is_built(trained, tin
     from ensemble.runfolder import load_run
 
     _, run = trained
-    run = _copy(run, tmp_path)
+    run = synth.copy_run(run, tmp_path / "run")
     ens = load_run(run)
     weights = run / "members" / "a" / "model.safetensors"
     data = bytearray(weights.read_bytes())

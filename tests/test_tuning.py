@@ -1,5 +1,6 @@
 """effens tune: candidates, selection, cached-feature heads, resume, best.yaml."""
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +166,32 @@ def test_halving_in_full_mode(tiny_data, tmp_path):
     assert main(["tune", str(path), "--out", str(tmp_path / "out"), "-q"]) == 0
     rows = list(__import__("csv").DictReader(open(tmp_path / "out/results.csv")))
     assert [(r["round"], r["epochs"]) for r in rows] == [("0", "2"), ("0", "2"), ("1", "3")]
+
+
+# ------------------------------------------------ users' files kept, no stale answers, one line per mistake (#22)
+def test_a_huge_tune_grid_is_refused_with_its_count_and_time(tiny_data, tmp_path, fails):
+    raw = synth.tiny_config(tiny_data, epochs=1)
+    raw["tune"] = {"ratios": [round(0.05 * k, 2) for k in range(1, 21)], "tie_members": False}
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    text = fails(main(["tune", str(path), "--out", str(tmp_path / "t")]),
+                 "would try 64,000 candidates", "hours", "--yes")
+    assert "tune.budget" in text and not (tmp_path / "t").exists()
+    from ensemble.config import load_config
+    from ensemble.tuning import check_grid_size, enumerate_candidates
+
+    cfg = load_config(path, ["tune.method=random", "tune.budget=5"])
+    assert check_grid_size(cfg.tune, 3) == 5
+    huge = load_config(path, ["tune.method=random", "tune.budget=7", "tune.ratios=" + str(
+        [round(0.001 * k, 3) for k in range(1, 1001)])])
+    t0 = time.perf_counter()
+    picked = enumerate_candidates(huge.tune, 3)  # 8e9 combinations: drawn, never listed
+    assert len(picked) == 7 and time.perf_counter() - t0 < 5
+
+
+def test_tune_oob_objective_without_oob_images_is_refused(tiny_data, tmp_path, fails):
+    raw = synth.tiny_config(tiny_data, epochs=1, tune={"ratios": [1.0], "replace": [False], "objective": "oob"})
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    fails(main(["tune", str(path), "--out", str(tmp_path / "t")]),
+          "`tune.objective: oob` needs out-of-bag images")

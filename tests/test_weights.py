@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import synth
 import timm
 import torch
 
@@ -98,3 +99,23 @@ def test_fresh_head_on_pretrained_features_starts_uniform():
     with torch.inference_mode():
         p = member.model.eval()(x).softmax(1)
     torch.testing.assert_close(p, torch.full((2, 3), 1 / 3))
+
+
+# ------------------------------------------------ users' files kept, no stale answers, one line per mistake (#22)
+def test_weights_files(tmp_path):
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from members.weights import WeightsError, load_weights
+
+    broken = synth.write_file(tmp_path / "broken.safetensors", b"\x10\x00\x00\x00garbage")
+    model = timm.create_model("test_efficientnet", num_classes=3)
+    with pytest.raises(WeightsError, match="broken.safetensors: not a readable safetensors file"):
+        load_weights(model, str(broken))
+    src = timm.create_model("test_efficientnet", num_classes=3)
+    save_file({f"module.{k}": v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "dp.safetensors"))
+    load_weights(model, str(tmp_path / "dp.safetensors"))
+    for k, v in src.state_dict().items():
+        if not k.startswith("classifier"):
+            assert torch.equal(model.state_dict()[k], v), k

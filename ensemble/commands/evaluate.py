@@ -20,12 +20,13 @@ def arguments(p) -> None:
 
 def run(args) -> int:
     from ..inference import run_evaluate
+    from ..runfolder import REPORT_NAME
 
     doc = run_evaluate(args.run, args.data, args.out, args.strategy, options.inference(args),
                        tracking=options.tracking_overrides(args.tracking))
     sys.stdout.write("\n" + doc["_table"] + "\n")
     n_skip = len(doc["skipped_images"].get("eval", []))
-    sys.stdout.write(f"\nreport: {Path(args.out) / 'report.md'}" +
+    sys.stdout.write(f"\nreport: {Path(args.out) / REPORT_NAME}" +
                      (f"  ({n_skip} unreadable images skipped, listed there)" if n_skip else "") + "\n")
     return 0
 

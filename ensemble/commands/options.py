@@ -86,7 +86,7 @@ def add_overrides(p: argparse.ArgumentParser, example: str = "members.0.train.ep
                    help=f"{what}, e.g. {example} (repeatable)")
 
 
-def add_strategy(p: argparse.ArgumentParser, names, help: str, **kwargs) -> None:
+def add_strategy(p: argparse.ArgumentParser, names, help: str | None, **kwargs) -> None:
     p.add_argument("--strategy", metavar=choices(names), type=name, help=help, **kwargs)
 
 

@@ -31,7 +31,7 @@ def run(args) -> int:
     t0 = time.perf_counter()
     doc = train_run(args.config, args.out, overrides=overrides, restart=args.restart)
     sys.stdout.write("\n" + format_table(summary_rows(doc)) + "\n")
-    sys.stdout.write(f"\nreport: {RunFolder(args.out).report_dir / 'report.md'}  "
+    sys.stdout.write(f"\nreport: {RunFolder(args.out).report_path}  "
                      f"({time.perf_counter() - t0:.0f} s)\n")
     return 0
 
