@@ -77,7 +77,8 @@ def one_class_teacher(trained, tmp_path):
 def test_a_student_follows_a_teacher_that_always_answers_one_class(one_class_teacher, tiny_data, tmp_path):
     out = tmp_path / "student"
     assert distil(one_class_teacher, out, "--strategy", "always_stripes", "--set", "distill.soft_weight=1",
-                  "--set", "distill.student.train.select=last", "--set", "distill.student.train.lr=0.01") == 0
+                  "--set", "distill.student.train.select=last", "--set", "distill.student.train.lr=0.01",
+                  "--set", "distill.student.train.epochs=8") == 0
     pred = tmp_path / "pred.json"
     assert main(["predict", str(out), str(tiny_data / "val"), "--out", str(pred), "-q"]) == 0
     rows = json.loads(pred.read_text())
