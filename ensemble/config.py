@@ -20,7 +20,8 @@ import yaml
 from members.schema import ConfigError, build, field, interval, redact, sections_field, to_dict
 from members.settings import TrainConfig
 
-__all__ = ["ConfigError", "Config", "MemberConfig", "TrainConfig", "load_config", "parse_overrides",
+__all__ = ["ConfigError", "Config", "MemberConfig", "TrainConfig", "DistillConfig", "load_config", "load_distill",
+           "parse_overrides",
            "apply_overrides", "dump_config", "SplitSource"]
 
 def _non_empty(value: Any) -> str | None:
@@ -407,6 +408,68 @@ class ParallelConfig:
                                         doc="torch threads per job; default: cores / n_jobs")
 
 
+#: member keys a student does not take: it trains on every training image once, in no pool
+NOT_STUDENT_KEYS = ("bagging", "candidates")
+
+
+def _known_key(key: Any, known: list[str], path: str) -> None:
+    if key not in known:
+        import difflib
+
+        close = difflib.get_close_matches(str(key), known, n=1)
+        where = f"{path}." if path else ""
+        shown = key if isinstance(key, str) and key.isprintable() else repr(key)
+        hint = f" (did you mean `{where}{close[0]}`?)" if close else ""
+        raise ConfigError(f"unknown key `{where}{shown}`{hint}; known keys here: {', '.join(known)}")
+
+
+@dataclasses.dataclass
+class DistillConfig:
+    """``effens distill``: the student, its teacher and how the teacher teaches (issue #40)."""
+
+    student: dict = field(
+        default_factory=dict,
+        doc="the student member: any keys of `members.N` but bagging and candidates (model, weights, image_size, "
+            "view, render, train.*), over those of the run's smallest member (fewest parameters; its architecture "
+            "and weights source by default); it trains on every training image, named `student` unless `name` is given")
+    strategy: str | None = field(None, check=_non_empty, doc="the teacher: the run's strategy of this name "
+                                                             "(`--strategy`); null: the run's default")
+    temperature: float = field(1.0, check=interval(0, 100, low_open=True),
+                               doc="softens the teacher's and the student's probabilities in the soft loss "
+                                   "(scaled by temperature²); 1 keeps the teacher's probabilities as they are")
+    soft_weight: float = field(0.9, check=interval(0, 1),
+                               doc="share of the soft teacher loss in each image's loss; the label's "
+                                   "cross-entropy gets 1 - soft_weight (1: the student follows the teacher alone)")
+    teacher_views: int = field(0, check=interval(0, 10_000),
+                               doc="0: the teacher labels the very augmented view the student sees, every step "
+                                   "(consistent teaching); N: it labels N augmented views of each image once "
+                                   "(cached in the run folder) and epoch e trains on view e mod N")
+    teaching: Literal["ensemble", "oob"] = field(
+        "ensemble", doc="who teaches a training image: the whole ensemble (in-sample for the members that "
+                        "trained on it), or only the members that left it out (its OOB vote; images no member "
+                        "left out fall back to the whole ensemble, counted in the report)")
+    unlabelled: str | None = field(None, check=_path_text,
+                                   doc="a folder or CSV manifest (`path` column) of photos only the teacher "
+                                       "labels (`--unlabelled`)")
+
+    def validate(self, path: str) -> None:
+        # the keys now; their values by the members' own schema once merged over the run's member (`effens distill`)
+        known = [f.name for f in dataclasses.fields(MemberConfig) if f.name not in NOT_STUDENT_KEYS]
+        for key in self.student:
+            if key in NOT_STUDENT_KEYS:
+                raise ConfigError(f"`{path}.student.{key}`: a student trains on every training image once, in no "
+                                  f"pool; remove the key")
+            _known_key(key, known, f"{path}.student")
+        train = self.student.get("train")
+        if train is not None and not isinstance(train, dict):
+            raise ConfigError(f"`{path}.student.train` must be a mapping; got {train!r}")
+        for key in train or {}:
+            _known_key(key, [f.name for f in dataclasses.fields(TrainConfig)], f"{path}.student.train")
+        if self.unlabelled is not None and self.soft_weight == 0:
+            raise ConfigError(f"`{path}.unlabelled` photos are taught by the teacher alone, so `{path}.soft_weight` "
+                              f"must be > 0; got 0")
+
+
 @dataclasses.dataclass
 class Config:
     data: DataConfig = field(doc="the splits")
@@ -428,6 +491,8 @@ class Config:
     tune: TuneConfig = field(default_factory=TuneConfig, doc="bagging-ratio search (`effens tune`)")
     tracking: TrackingConfig = field(default_factory=TrackingConfig,
                                      doc="experiment trackers (train, tune, evaluate); nothing is logged unless set")
+    distill: DistillConfig = field(default_factory=DistillConfig,
+                                   doc="one network taught by the ensemble (`effens distill`; `train` ignores it)")
     plugins: list[str] = field(default_factory=list,
                                doc="modules or .py files imported before the rest of the config is checked "
                                    "(a module next to the YAML file is found): your own strategies, views, runtimes, "
@@ -667,8 +732,52 @@ def _validated(raw: dict, path, overrides: list[str] | None, base_dir) -> Config
             raise exc from None  # the file itself is wrong: it is named
         # the file is fine on its own: the culprit is --set
         text = str(exc).split(": ", 1)[-1]
-        named = [item for item, (key, _) in zip(overrides, parsed) if f"`{key}`" in text or f"`{key}." in text]
-        raise ConfigError(f"--set {redact(', '.join(named or overrides))}: {text}") from None
+        raise ConfigError(f"--set {redact(', '.join(overridden(text, overrides) or overrides))}: {text}") from None
+
+
+def overridden(message: str, overrides: list[str] | None) -> list[str]:
+    """The ``--set KEY=VALUE`` items whose key an error message names (the culprits)."""
+    items = list(overrides or [])
+    return [item for item, (key, _) in zip(items, parse_overrides(items))
+            if f"`{key}`" in message or f"`{key}." in message]
+
+
+def blamed(exc: ConfigError, overrides: list[str] | None, source: str) -> ConfigError:
+    """``exc`` prefixed with the ``--set`` items it names, else with ``source`` (the file)."""
+    named = overridden(str(exc), overrides)
+    return ConfigError(f"--set {redact(', '.join(named))}: {exc}" if named else f"{source}: {exc}")
+
+
+def load_distill(path: str | os.PathLike | None, default: DistillConfig,
+                 overrides: list[str] | None = None) -> DistillConfig:
+    """``effens distill``'s settings: the ``distill:`` section of ``path`` (a YAML file of config
+    keys, read for that section alone: a file holding only it, a training config, a student's
+    saved config.yaml), or ``default`` (the run's own) without a file, with ``--set
+    distill.KEY=VALUE`` on top; a relative ``unlabelled`` path resolves against the current folder."""
+    source = str(path) if path is not None else "the run's config"
+    if path is not None:
+        raw = read_yaml(path)
+        known = [f.name for f in dataclasses.fields(Config)]
+        for key in raw:
+            try:
+                _known_key(key, known, "")
+            except ConfigError as exc:
+                raise ConfigError(f"{path}: {exc}; `effens distill` reads its `distill:` section") from None
+        section = raw.get("distill")
+    else:
+        section = to_dict(default)
+    parsed = parse_overrides(overrides or [])
+    for item, (key, _) in zip(overrides or [], parsed):
+        if not key.startswith("distill."):
+            raise ConfigError(f"--set {redact(item)}: `effens distill` takes `distill.*` keys (the run's other "
+                              f"settings are the teacher's)")
+    try:
+        settings = build(DistillConfig, apply_overrides({"distill": section}, parsed)["distill"], "distill")
+    except ConfigError as exc:
+        raise blamed(exc, overrides, source) from None
+    if settings.unlabelled is not None:
+        settings.unlabelled = str(Path(os.path.expanduser(settings.unlabelled)).resolve())
+    return settings
 
 
 def config_from_dict(raw: dict, source: str = "<dict>",

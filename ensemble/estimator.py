@@ -177,15 +177,19 @@ class BaggedEnsemble(ParamsMixin):
 
     # ------------------------------------------------------------------ fit
     def fit(self, X: Sequence, y: Sequence | np.ndarray, *, X_val: Sequence, y_val: Sequence | np.ndarray,
-            classes: Sequence[str] | None = None, store=None, data_fingerprint: str | None = None
-            ) -> "BaggedEnsemble":
+            classes: Sequence[str] | None = None, store=None, data_fingerprint: str | None = None,
+            teacher=None, unlabelled: Sequence = ()) -> "BaggedEnsemble":
         """Draw each member's sample, train the members, fit the combiner, score OOB.
 
         ``X``/``X_val``: image paths or decoded RGB uint8 arrays; ``y``/``y_val``: class
         names, or indices into ``classes`` (default: the sorted distinct labels). The
         validation images choose each member's best epoch and fit calibration. With
         ``store``, each member is saved as it finishes and one already finished with the
-        same settings and data is loaded instead of retrained.
+        same settings and data is loaded instead of retrained. ``teacher`` (a
+        :class:`members.trainer.Teacher`) distils it into the members (``effens distill``):
+        each training step also matches what the teacher says of its batch, and the
+        ``unlabelled`` images (paths or arrays) are taught by the teacher alone; give a
+        ``data_fingerprint`` that names the teacher, so that resuming never mixes two.
         """
         cfg = self.validated_config()
         classes, y, y_val = _encode_labels(y, y_val, classes)
@@ -195,15 +199,13 @@ class BaggedEnsemble(ParamsMixin):
             data_fingerprint = sha256_json([_fingerprint_part(X), _fingerprint_part(X_val),
                                             y.tolist(), y_val.tolist()])
         samples = draw_all(y, [m.bagging for m in specs], cfg.seed)
-        # pool candidates are kept from a member's training, not a change to it: not in its fingerprint
-        prints = [sha256_json({"spec": {k: v for k, v in to_dict(spec).items() if k != "candidates"},
-                               "classes": classes, "sample": samples[i].tolist(),
-                               "data": data_fingerprint, "seed": cfg.seed})
+        prints = [member_fingerprint(spec, classes, samples[i], data_fingerprint, cfg.seed)
                   for i, spec in enumerate(specs)]
         from .member_jobs import TrainingData
 
-        results = self._fit_members(cfg, specs, samples, prints, TrainingData(images, y, val_images, y_val, classes),
-                                    store)
+        unlabelled = _decoded(unlabelled, specs, "unlabelled") if len(unlabelled) else []
+        results = self._fit_members(cfg, specs, samples, prints,
+                                    TrainingData(images, y, val_images, y_val, classes, unlabelled, teacher), store)
         self.specs_ = specs
         members = [FittedMember(spec.name, *restore_member(spec, r["meta"], r["state_dict"]), r["meta"])
                    for spec, r in zip(specs, results)]
@@ -422,6 +424,14 @@ class BaggedEnsemble(ParamsMixin):
         if not hasattr(self, "members_"):
             raise RuntimeError("this BaggedEnsemble is not fitted yet; call fit() or "
                                "ensemble.runfolder.load_run()")
+
+
+def member_fingerprint(spec, classes: Sequence[str], sample: np.ndarray, data_fingerprint: str, seed: int) -> str:
+    """What a finished member or its checkpoint is valid for: its settings (precision filled in),
+    classes, sample, data and seed; pool candidates are kept from its training, not a change to it."""
+    return sha256_json({"spec": {k: v for k, v in to_dict(spec).items() if k != "candidates"},
+                        "classes": list(classes), "sample": np.asarray(sample).tolist(),
+                        "data": data_fingerprint, "seed": seed})
 
 
 def _finished(store, spec, fingerprint: str) -> dict | None:

@@ -25,13 +25,31 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class TrainingData:
-    """Decoded images and labels every member of one fit shares."""
+    """Decoded images and labels every member of one fit shares; for distillation
+    (``effens distill``) the teacher (a :class:`members.trainer.Teacher`) and photos only it labels."""
 
     images: Sequence[np.ndarray]
     y: np.ndarray
     val_images: Sequence[np.ndarray]
     val_y: np.ndarray
     classes: list[str]
+    unlabelled: Sequence[np.ndarray] = ()
+    teacher: Any = None
+
+    def train_data(self, sample: np.ndarray, val_images, val_y: np.ndarray):
+        """The trainer's :class:`members.trainer.TrainData`: the member's sample, and every
+        unlabelled photo (label -1) after the training images; ``val_*``: what it chooses its
+        epoch on (:func:`held_out_images`)."""
+        from members.trainer import TrainData
+
+        images, labels, n = self.images, np.asarray(self.y), len(self.unlabelled)
+        if n:
+            if self.teacher is None:
+                raise ValueError("unlabelled images need a teacher to label them")
+            images = list(images) + list(self.unlabelled)
+            labels = np.concatenate([labels, np.full(n, -1, dtype=labels.dtype)])
+            sample = np.concatenate([sample, np.arange(len(self.images), len(images))])
+        return TrainData(images, labels, sample, val_images, np.asarray(val_y))
 
 
 @dataclasses.dataclass
@@ -96,7 +114,7 @@ def fit_member(job: MemberJob, data: TrainingData, store=None) -> dict:
     from members.models import create_member, pick_device
     from members.precision import resolve_precision
     from members.predictor import predict_proba
-    from members.trainer import TrainData, TrainRun, train_member
+    from members.trainer import TrainRun, train_member
     from members.transforms import eval_tensor
 
     from .plugins import load_entry_points, load_plugins
@@ -114,9 +132,9 @@ def fit_member(job: MemberJob, data: TrainingData, store=None) -> dict:
         log.info("member %s: precision %s (%s)", spec.name, precision.name, precision.reason)
         k = len(classes)
         val_images, val_y = held_out_images(data, job.oob)
-        train_data = TrainData(data.images, data.y, job.sample, eval_tensor(val_images, member.inputs), val_y)
+        train_data = data.train_data(job.sample, eval_tensor(val_images, member.inputs), val_y)
         run = TrainRun(spec.name, mseed, device, lambda y, p: selection_scores(y, p, k), precision, checkpoint,
-                       keep_probe="probe" in spec.candidates.weights)
+                       keep_probe="probe" in spec.candidates.weights, teacher=data.teacher)
         result = train_member(member, spec.train, train_data, run)
         oob = job.oob
         oob_proba = (predict_proba(member.model, eval_tensor([data.images[i] for i in oob], member.inputs),
@@ -135,6 +153,8 @@ def fit_member(job: MemberJob, data: TrainingData, store=None) -> dict:
         "selected_on": "val" if len(data.val_y) else "oob", "history": result.history, "train_seconds": result.seconds,
         "fingerprint": job.fingerprint, "versions": versions(),
     }
+    if data.teacher is not None:  # who taught it, and the photos only the teacher labelled
+        meta["distill"] = dict(data.teacher.record, n_unlabelled=len(data.unlabelled))
     arrays = {"samples": np.asarray(job.sample, dtype=np.int64), "oob": np.asarray(oob, dtype=np.int64),
               "oob_proba": oob_proba.astype(np.float32)}
     # candidates first: a member whose member.json exists always has its candidates beside it

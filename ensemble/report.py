@@ -439,6 +439,73 @@ def choice_markdown(choice: dict) -> list[str]:
             *("| " + " | ".join(r) + " |" for r in rows[1:]), ""]
 
 
+def distill_rows(d: dict) -> list[list[str]]:
+    """A distilled run's student beside its teacher and the teacher's best member, per split."""
+    names = {"student": f"student ({d['student']['model']})", "teacher": f"teacher ({d['teacher']['strategy']})",
+             "best_member": f"best member ({d.get('best_member')})"}
+    rows = [["model", "split", "macro-F1 [95% interval]", "accuracy", "ECE", "log loss", "agrees with teacher"]]
+    for split, per in d["splits"].items():
+        for who, m in per.items():
+            lo, hi = m["interval"]
+            rows.append([names[who], split, f"{m['macro_f1']:.4f} [{lo:.4f}, {hi:.4f}]", f"{m['accuracy']:.4f}",
+                         f"{m['ece']:.4f}", f"{m['log_loss']:.4f}", f"{m['agreement']:.4f}"])
+    return rows
+
+
+#: what each `distill.teaching` means for the training images' labels, said in the report
+TEACHING_NOTES = {
+    "ensemble": "Training images were taught by the whole ensemble, so their teacher labels are in-sample: "
+                "each member trained on {in_sample:.0%} of them (on average), and on those it is more confident and "
+                "more often right than on a new photo (a wrong label it memorised, it teaches). The student learns "
+                "the ensemble's fit to the training set rather than only its judgment of new photos; val and test "
+                "below are out of sample for both.",
+    "oob": "Training images were taught by their OOB vote: only the members that left an image out of their "
+           "sample labelled it, which is what the ensemble says of a photo it never saw, from fewer members.",
+}
+
+
+@report_section
+def distillation_section(doc: dict) -> list[str]:
+    """A distilled run (``effens distill``): the student beside its teacher and the teacher's
+    best member (macro-F1 with intervals, ECE, agreement per class), speed, what taught it."""
+    d = doc.get("distill")
+    if not d:
+        return []
+    t, cfg = d["teacher"], d["settings"]
+    views = (f"{cfg['teacher_views']} augmented views of each image labelled once (epoch e trains on view e mod "
+             f"{cfg['teacher_views']})" if cfg["teacher_views"] else "the very augmented view the student sees, "
+             "labelled every step")
+    md = ["## Distillation", "",
+          f"Student `{d['student']['model']}` ({d['student']['parameters']:,} parameters, {d['student']['image_size']} "
+          f"px) taught by the `{t['strategy']}` vote of {t['run']} ({len(t['members'])} networks, "
+          f"{d['teacher_parameters']:,} parameters used); temperature {cfg['temperature']:g}, soft weight "
+          f"{cfg['soft_weight']:g} (labels {1 - cfg['soft_weight']:g}); the teacher labelled {views}.", "",
+          TEACHING_NOTES[cfg["teaching"]].format(in_sample=d.get("in_sample_share", float("nan")))
+          + (f" {d['oob']['taught_by_oob']} images were taught by their OOB vote, {d['oob']['taught_by_all']} "
+             f"(in every member's sample) by all members." if d.get("oob") else ""), "",
+          format_table(distill_rows(d), markdown=True), ""]
+    sp = d.get("speed")
+    if sp:
+        md += [f"Speed ({sp['images']} val images, {sp['runtime']} on {sp['device']}, {sp['threads']} threads, "
+               f"networks only): student {sp['student_images_per_s']:.1f} images/s, teacher "
+               f"{sp['teacher_images_per_s']:.1f} images/s "
+               f"({sp['student_images_per_s'] / max(sp['teacher_images_per_s'], 1e-9):.1f}x).", ""]
+    for split, per in d["splits"].items():
+        classes = list(per["student"]["agreement_per_class"])
+        rows = [["teacher predicts", "student agrees", "best member agrees"]]
+        rows += [[c] + [("-" if per[w]["agreement_per_class"][c] is None else f"{per[w]['agreement_per_class'][c]:.3f}")
+                        for w in ("student", "best_member")] for c in classes]
+        md += [f"Agreement with the teacher per class it predicts ({split}):", "", format_table(rows, markdown=True), ""]
+    u = d.get("unlabelled") or {}
+    if u.get("source"):
+        gone = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in u["left_out"].items()) or "none"
+        md += [f"Unlabelled photos from {u['source']}: {u['found']} found, {u['used']} taught by the teacher alone; "
+               f"left out: {gone}.", ""]
+    md += ["Teacher member weights (SHA-256): " + ", ".join(f"{n} `{h[:12]}`" for n, h in t["members"].items() if h)
+           + ".", ""]
+    return md
+
+
 @dataclasses.dataclass
 class Figures:
     """Every registered figure, drawn once for one split: report.md and index.html show these."""

@@ -13,6 +13,7 @@
     RUN/combiner/            combiner.json, <strategy>_<array>.npy, hashes.json
     RUN/report/              what :mod:`ensemble.report` renders
     RUN/cache/onnx/          members exported for the OpenVINO / ONNX Runtime runtimes
+    RUN/cache/teacher/       a distilled run's cached teacher probabilities (``distill.teacher_views``)
 
 Every file is written atomically; everything a prediction depends on is hash-checked
 when read back. :class:`RunFolder` is also the ``store`` that
@@ -142,12 +143,13 @@ class RunFolder:
         return self.config_path.is_file() and (self.marker_path.is_file() or (self.root / "members").is_dir())
 
     # ---------------------------------------------------------------- config and classes
-    def open_for_training(self, cfg, restart: bool) -> "RunFolder":
+    def open_for_training(self, cfg, restart: bool, ignore: tuple[str, ...] = ()) -> "RunFolder":
         """Create or reopen the folder for ``cfg`` (call after every input is checked).
 
         A folder effens did not make is refused, naming a file in it; a changed config is
         refused unless ``restart``, which then removes only files effens recorded (and
-        refuses, before removing anything, if the folder holds any other file). Takes the
+        refuses, before removing anything, if the folder holds any other file). Changes of keys
+        starting with one of ``ignore`` (e.g. ``distill.`` for ``train``) do not count. Takes the
         folder's lock (released by :meth:`unlock`).
         """
         if self.root.exists() and not self.root.is_dir():
@@ -155,12 +157,12 @@ class RunFolder:
         self._check_ours()
         self.lock()
         try:
-            return self._open(cfg, restart)
+            return self._open(cfg, restart, ignore)
         except BaseException:
             self.unlock()
             raise
 
-    def _open(self, cfg, restart: bool) -> "RunFolder":
+    def _open(self, cfg, restart: bool, ignore: tuple[str, ...] = ()) -> "RunFolder":
         from .config import ConfigError, config_from_dict, config_to_dict, read_yaml
 
         if self.config_path.is_file():
@@ -169,7 +171,8 @@ class RunFolder:
             except (ConfigError, ValueError, TypeError, AttributeError):
                 old = {}  # unreadable: counts as changed
             changed = [k for k in config_changes(old, config_to_dict(cfg))
-                       if not k.startswith(("combiner.", "tune.", "parallel.", "decision.", "report.", "tracking."))
+                       if not k.startswith(("combiner.", "tune.", "parallel.", "decision.", "report.", "tracking.",
+                                            *ignore))
                        and ".candidates." not in k]  # pool candidates: a member missing some trains again
             work = any((self.root / "members").glob("*/member.json")) or \
                 any((self.root / "members").glob("*/checkpoint.json"))
@@ -255,6 +258,7 @@ class RunFolder:
             out |= {p for p in d.glob("*") if _effens_name(sub, p.name)}
         out |= {self.report_dir / f for f in owned_files(self.report_dir, "report")} | {self.report_dir / RECORD}
         out |= set((self.root / "cache" / "onnx").glob("*.onnx")) | set((self.root / "cache" / "onnx").glob("*.json"))
+        out |= set((self.root / "cache" / "teacher").glob("*.npy")) | set((self.root / "cache" / "teacher").glob("*.json"))
         out |= set((self.root / "cache" / "compiled").glob("*/*/*.blob"))  # OpenVINO's cache in folders effens made
         return out
 
@@ -431,6 +435,17 @@ class RunFolder:
         arrays = {f[:-4]: read_npy(d / f) for f in meta["files"] if f.endswith(".npy")}
         return meta, arrays
 
+    def member_fingerprint(self, name: str) -> str | None:
+        """The settings-and-data fingerprint a member finished (or was checkpointed) with; None: neither."""
+        for record in ("member.json", "checkpoint.json"):
+            path = self.member_dir(name) / record
+            if path.is_file():
+                try:
+                    return read_json(path).get("fingerprint")
+                except (ValueError, OSError, AttributeError):
+                    return None
+        return None
+
     # ---------------------------------------------------------------- predictions
     def save_predictions(self, split: str, paths: list[str], y: np.ndarray, member_proba: np.ndarray) -> None:
         """Cache a split's member probabilities so combiners and reports never re-run a network."""
@@ -461,6 +476,10 @@ class RunFolder:
             atomic_write_npy(self.combiner_dir / f"{key}.npy", arr)
         atomic_write_json(self.combiner_dir / "combiner.json", doc)
         self.seal("combiner")
+
+    def has_combiner(self) -> bool:
+        """Whether a fitted combiner was sealed here (``train`` finished its members and voting)."""
+        return (self.combiner_dir / "hashes.json").is_file()
 
     def load_combiner(self):
         from .strategies import Combiner
@@ -563,6 +582,35 @@ class RunFolder:
         key = hashlib.sha256(json.dumps([ov, model, sorted(flags)]).encode()).hexdigest()[:16]
         folder = self.root / "cache" / "compiled" / key / str(onnx_hash)[:16]
         return folder if _writable(folder) else None
+
+
+class TeacherCache:
+    """A distilled run's teacher probabilities on N augmented views of each image (``distill.teacher_views``):
+    ``cache/teacher/proba.npy`` with ``proba.json`` (its key and SHA-256, written last), valid for one key."""
+
+    def __init__(self, root: str | os.PathLike, key: str) -> None:
+        self.folder = Path(root) / "cache" / "teacher"
+        self.key = key
+
+    def load(self) -> np.ndarray | None:
+        """The cached array if it is there, intact and made for this key."""
+        array, record = self.folder / "proba.npy", self.folder / "proba.json"
+        if not array.is_file() or not record.is_file():
+            return None
+        rec = read_json(record)
+        if rec.get("key") != self.key:
+            log.info("%s: made for other settings, data or teacher: labelling again", array)
+            return None
+        if sha256_file(array) != rec.get("sha256"):
+            log.warning("%s does not match its recorded hash: labelling again", array)
+            return None
+        return read_npy(array)
+
+    def save(self, proba: np.ndarray) -> None:
+        (self.folder / "proba.json").unlink(missing_ok=True)  # the record goes first, comes back last
+        atomic_write_npy(self.folder / "proba.npy", np.asarray(proba, dtype=np.float32))
+        atomic_write_json(self.folder / "proba.json", {"key": self.key, "shape": list(proba.shape),
+                                                      "sha256": sha256_file(self.folder / "proba.npy")})
 
 
 def enclosing_run(path: str | os.PathLike) -> Path | None:

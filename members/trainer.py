@@ -9,7 +9,9 @@ weights (WiSE-FT, ``train.wise_alpha``). Every candidate's validation score is r
 What to train on (:class:`TrainData`) and how the run goes (:class:`TrainRun`: name,
 seed, device, precision, where checkpoints go, how validation is scored) come in as two
 small objects; validation scores and checkpoint storage are passed in, so this package
-knows nothing of the ensemble around it.
+knows nothing of the ensemble around it. A :class:`Teacher` in ``TrainRun.teacher`` turns
+the loop into knowledge distillation (``effens distill``): each step's loss is then
+:func:`distillation_loss` against what the teacher says of that very batch.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import copy
 import dataclasses
 import logging
 import time
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -117,6 +119,42 @@ def step_probe(member: Member, batch_size: int, image_size: int,
     return step
 
 
+class Teacher(Protocol):
+    """Soft targets for distillation: what a teacher says of the batch the student sees.
+
+    ``temperature`` and ``weight`` set :func:`distillation_loss`; ``record`` is what the
+    student's record (member.json) keeps about the teacher.
+    """
+
+    temperature: float
+    weight: float
+    record: dict
+
+    def view(self, epoch: int) -> int:
+        """The augmentation streams epoch ``epoch`` draws (a teacher that labelled N views
+        of each image beforehand answers ``epoch % N``: every image comes back as one of them)."""
+
+    def __call__(self, x: torch.Tensor, index: torch.Tensor, epoch: int) -> torch.Tensor:
+        """Probabilities (batch, classes) for ``x``, the student's normalised input, of images ``index``."""
+
+
+def distillation_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_proba: torch.Tensor,
+                      temperature: float, weight: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Knowledge distillation's loss (Hinton et al., 2015), averaged over the batch: per image,
+    ``weight`` x T² x KL(teacher ‖ student), both softened by temperature T (the teacher's
+    probabilities raised to 1/T and renormalised), plus (1 - ``weight``) x cross-entropy with
+    the label; an image labelled -1 (unlabelled) has no label term."""
+    t = float(temperature)
+    logits = logits.float()
+    log_student = nn.functional.log_softmax(logits / t, dim=1)
+    log_teacher = nn.functional.log_softmax(torch.log(teacher_proba.float().clamp_min(1e-12)) / t, dim=1)
+    soft = (log_teacher.exp() * (log_teacher - log_student)).sum(dim=1) * (t * t)
+    labelled = labels >= 0
+    hard = nn.functional.cross_entropy(logits, labels.clamp_min(0), label_smoothing=label_smoothing,
+                                       reduction="none") * labelled
+    return (weight * soft + (1.0 - weight) * hard).mean()
+
+
 Scorer = Callable[[np.ndarray, np.ndarray], dict]
 """(labels, probabilities) -> {"macro_f1": ..., "log_loss": ...} for best-epoch selection."""
 
@@ -131,6 +169,11 @@ class TrainData:
     val_images: torch.Tensor          # validation images as an eval uint8 tensor
     val_labels: np.ndarray
 
+    @property
+    def labelled_sample(self) -> np.ndarray:
+        """The sample without the images labelled -1 (only a teacher labels those)."""
+        return self.sample[np.asarray(self.labels)[self.sample] >= 0]
+
 
 @dataclasses.dataclass
 class TrainRun:
@@ -143,6 +186,7 @@ class TrainRun:
     precision: Precision | None = None       # default: fp32 on CPU, mixed precision on GPU
     checkpoint: Checkpointer | None = None   # every finished epoch is saved here and resumed from
     keep_probe: bool = False                 # make the linear probe on resume too (it is kept as a candidate)
+    teacher: Teacher | None = None           # distillation: soft targets for every batch
 
 
 @dataclasses.dataclass
@@ -167,7 +211,8 @@ def linear_probe(member: Member, cfg: TrainConfig, data: TrainData, run: TrainRu
     from .features import extract_features, train_head
     from .transforms import eval_tensor
 
-    uniq = np.unique(data.sample)
+    sample = data.labelled_sample
+    uniq = np.unique(sample)
     # in place before inference mode: weights converted inside it could not be trained afterwards
     member.model.to(device=run.device, memory_format=torch.channels_last)
     feats = extract_features(member.model, eval_tensor([data.images[i] for i in uniq], member.inputs),
@@ -175,7 +220,7 @@ def linear_probe(member: Member, cfg: TrainConfig, data: TrainData, run: TrainRu
     rows = torch.full((len(data.images),), -1, dtype=torch.long)
     rows[torch.as_tensor(uniq, dtype=torch.long)] = torch.arange(len(uniq))
     classifier = member.model.get_classifier()
-    head = train_head(lambda idx: feats[rows[idx]], feats.shape[1], data.labels, data.sample,
+    head = train_head(lambda idx: feats[rows[idx]], feats.shape[1], data.labels, sample,
                       classifier.out_features, cfg, run.seed, epochs=cfg.lp_epochs)
     with torch.no_grad():
         classifier.weight.copy_(head.weight)
@@ -194,7 +239,7 @@ class _Loop:
         device = run.device
         self.model = member.model.to(device=device, memory_format=torch.channels_last)
         self.sizes = epoch_sizes(cfg.epochs, member.inputs.image_size, cfg.min_image_size)
-        self.dataset = SampleDataset(data.images, data.labels, data.sample, None, seed=run.seed)
+        self.dataset = SampleDataset(data.images, data.labels, data.sample, None, seed=run.seed, with_index=True)
         self.gen = torch.Generator().manual_seed(run.seed)
         self.transforms: dict[int, object] = {}
         steps_per_epoch = len(self.loader(self.sizes[0]))
@@ -220,19 +265,24 @@ class _Loop:
         """One pass over the sample -> (mean loss, images seen)."""
         from tqdm.auto import tqdm
 
-        cfg, device, name = self.cfg, self.run.device, self.run.name
+        cfg, device, name, teacher = self.cfg, self.run.device, self.run.name, self.run.teacher
         set_train_mode(self.model, self.member.frozen, True)
         loader = self.loader(self.sizes[epoch])
-        self.dataset.epoch = epoch
+        self.dataset.epoch = epoch if teacher is None else teacher.view(epoch)
         t0 = time.perf_counter()
         seen, loss_sum = 0, 0.0
         bar = tqdm(loader, desc=f"{name} epoch {epoch + 1}/{cfg.epochs} @{self.sizes[epoch]}px", leave=False,
                    unit="batch", disable=None)
-        for x, y in bar:
+        for x, y, index in bar:
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
+            target = None if teacher is None else teacher(x, index, epoch)  # before the student: no draw between
             with self.precision.autocast():
-                loss = self.criterion(self.model(x).float(), y)
+                if target is None:
+                    loss = self.criterion(self.model(x).float(), y)
+                else:
+                    loss = distillation_loss(self.model(x), y, target, teacher.temperature, teacher.weight,
+                                             cfg.label_smoothing)
             if not torch.isfinite(loss):
                 raise TrainingError(f"member {name}: loss became {loss.item()} at epoch {epoch + 1}; "
                                     f"try a lower `lr`")
@@ -276,6 +326,19 @@ class _Loop:
         log.info("%s: resuming after epoch %d/%d from %s", self.run.name, doc["epoch"], self.cfg.epochs,
                  self.run.checkpoint.where)
         return best, doc["history"], doc["epoch"]
+
+
+def augmented_views(inputs, cfg: TrainConfig, data: TrainData, seed: int, view: int,
+                    batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(normalised batch, image indices) of the training inputs an epoch drawing augmentation
+    streams ``view`` gives (:class:`Teacher`), at ``inputs.image_size``, in sample order: what a
+    teacher labels beforehand when it caches views. ``seed``: the member's (``TrainRun.seed``)."""
+    dataset = SampleDataset(data.images, data.labels, data.sample, train_transform(inputs, cfg), seed=seed,
+                            with_index=True)
+    dataset.epoch = view
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=cfg.num_workers)
+    for x, _, index in loader:
+        yield x, index
 
 
 def train_member(member: Member, cfg: TrainConfig, data: TrainData, run: TrainRun) -> TrainResult:

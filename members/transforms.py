@@ -123,17 +123,19 @@ class SampleDataset(torch.utils.data.Dataset):
     """A member's bootstrap sample over the shared decoded images (repeats allowed).
 
     Item ``i`` of epoch ``epoch`` is augmented with random streams seeded by
-    ``(seed, epoch, i)`` only (:func:`members.streams.item_streams`).
+    ``(seed, epoch, i)`` only (:func:`members.streams.item_streams`); it is ``(input, label)``,
+    or ``(input, label, image index)`` with ``with_index`` (what a teacher looks images up by).
     """
 
     def __init__(self, images: Sequence[np.ndarray], labels: np.ndarray, indices: np.ndarray,
-                 transform, seed: int = 0) -> None:
+                 transform, seed: int = 0, with_index: bool = False) -> None:
         self.images = images
         self.labels = labels
         self.indices = np.asarray(indices, dtype=np.int64)
         self.transform = transform
         self.seed = seed
         self.epoch = 0
+        self.with_index = with_index
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -142,4 +144,4 @@ class SampleDataset(torch.utils.data.Dataset):
         j = int(self.indices[i])
         with item_streams(self.seed, self.epoch, i):
             x = self.transform(Image.fromarray(self.images[j]))
-        return x, int(self.labels[j])
+        return (x, int(self.labels[j]), j) if self.with_index else (x, int(self.labels[j]))

@@ -1,6 +1,16 @@
 """Tiny generated image data sets for tests (no downloads, a few KB)."""
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +112,71 @@ def copy_run(run: Path, dest: Path) -> Path:
     shutil.copytree(run, dest)
     (dest / ".effens.lock").unlink(missing_ok=True)
     return dest
+
+
+# ---------------------------------------------------------------- `effens serve` over HTTP
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`effens serve RUN` in a subprocess on a free loopback port, ready when constructed."""
+
+    def __init__(self, run, *extra, env=None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([sys.executable, "-m", "ensemble", "serve", str(run), "--port", str(self.port),
+                                      *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, **(env or {})})
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the server exited with {self.proc.returncode}: {self.proc.stdout.read()[-3000:]}")
+            try:
+                if http_get(self.url + "/v1/ready")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise AssertionError("the server did not get ready in 180 s")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def http_get(url, headers=None):
+    """(status, body) of a GET."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=60) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def http_post(url, files=(), headers=None, body=None, content_type=None):
+    """multipart/form-data POST of (field, filename, bytes) parts; -> (status, JSON)."""
+    boundary = uuid.uuid4().hex
+    if body is None:
+        parts = []
+        for field, name, data in files:
+            parts += [f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\n"
+                      f"Content-Type: application/octet-stream\r\n\r\n".encode(), data, b"\r\n"]
+        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    req = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": content_type or f"multipart/form-data; boundary={boundary}", **(headers or {})})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())

@@ -7,14 +7,12 @@ import io
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-import uuid
 from urllib.parse import quote
 
 import numpy as np
@@ -24,68 +22,10 @@ from PIL import Image
 pytest.importorskip("fastapi", reason="`effens serve` needs FastAPI: pip install 'effens[serve]'")
 pytest.importorskip("uvicorn", reason="`effens serve` needs uvicorn: pip install 'effens[serve]'")
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, run, *extra, env=None):
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "ensemble", "serve", str(run), "--port", str(self.port),
-                                      *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, **(env or {})})
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"the server exited with {self.proc.returncode}: {self.proc.stdout.read()[-3000:]}")
-            try:
-                if _get(self.url + "/v1/ready")[0] == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise AssertionError("the server did not get ready in 180 s")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-
-def _get(url, headers=None):
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=60) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
-def _post(url, files=(), headers=None, body=None, content_type=None):
-    """multipart/form-data POST of (field, filename, bytes) parts; -> (status, JSON)."""
-    boundary = uuid.uuid4().hex
-    if body is None:
-        parts = []
-        for field, name, data in files:
-            parts += [f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\n"
-                      f"Content-Type: application/octet-stream\r\n\r\n".encode(), data, b"\r\n"]
-        body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    req = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": content_type or f"multipart/form-data; boundary={boundary}", **(headers or {})})
-    try:
-        with urllib.request.urlopen(req, timeout=120) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+from synth import Server  # noqa: E402
+from synth import free_port as _free_port  # noqa: E402
+from synth import http_get as _get  # noqa: E402
+from synth import http_post as _post  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,9 @@ import json
 
 import numpy as np
 import pytest
+import synth
 import yaml
 
-import synth
 from ensemble.cli import main
 from ensemble.data import Dataset, Split, find_images, with_val_in_train
 from ensemble.strategies import FitData, fit_combiner
