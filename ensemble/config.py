@@ -236,7 +236,7 @@ class AutoConfig:
 
 
 def _strategies() -> tuple[str, ...]:
-    from .strategies import strategy_names
+    from .combining.strategies import strategy_names
 
     return strategy_names()
 
@@ -246,7 +246,7 @@ def _default_strategies() -> tuple[str, ...]:
 
 
 def _strategy_settings() -> dict[str, type]:
-    from .strategies import strategy_settings
+    from .combining.strategies import strategy_settings
 
     return strategy_settings()
 

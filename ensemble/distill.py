@@ -190,7 +190,7 @@ def student_config(teacher_cfg: Config, spec: MemberConfig, settings: DistillCon
 
 def _fitted_on_val() -> dict:
     """``combiner:`` of a student: the soft vote, every strategy that is fitted fitted on val."""
-    from .strategies import STRATEGIES
+    from .combining.strategies import STRATEGIES
 
     out: dict = {"strategy": "soft"}
     for cls in STRATEGIES.values():
@@ -271,7 +271,7 @@ def unlabelled_photos(source: str | None, data: Dataset) -> Unlabelled:
         raise DistillError(f"--unlabelled {source}: holds no image files")
     out = Unlabelled(str(p), len(paths))
     splits = {"val": data.val, "test": data.test, "train": data.train}
-    owner = {}
+    owner: dict[str, str] = {}
     for name, split in splits.items():
         for q in (split.paths if split is not None else []):
             owner.setdefault(file_digest(q), name)
@@ -357,7 +357,7 @@ def plan_distill(run_dir: str, config: str | None = None, overrides: Sequence[st
 
 def _check_same_training_split(run: RunFolder, ens: BaggedEnsemble, data: Dataset) -> None:
     """OOB teaching reads the run's OOB indices: the training photos must be those it trained on."""
-    from .card import fingerprints
+    from .reporting.card import fingerprints
 
     was = ((run.read_metrics().get("data_summary") or {}).get("train") or {}).get("ordered_fingerprint")
     same = fingerprints(data.train.paths, data.train.labels)[1][:16] == was if was else \
@@ -419,7 +419,7 @@ def _distill(plan: Plan, run: RunFolder, fingerprint: str) -> dict:
     if settings.teacher_views:
         spec = cfg.members[0]
         views = TrainingData(dec.train_images, y, [], y_val, data.classes, unlabelled, teacher) \
-            .train_data(np.arange(len(y)), None)  # what the student's epochs draw (its sample: every image)
+            .train_data(np.arange(len(y)), None, y_val)  # what the student's epochs draw (its sample: every image)
         cache = TeacherCache(run.root, sha256_json([fingerprint, to_dict(spec), cfg.seed, settings.teacher_views]))
         teacher.cache = cache.load()
         if teacher.cache is None:
@@ -434,7 +434,7 @@ def _distill(plan: Plan, run: RunFolder, fingerprint: str) -> dict:
     save_fitted(run, ens, dec.val, dec.test, dec.test_images)
     report = distill_report(plan, ens, run, dec.val_images, str(device))
     if settings.teaching == "oob":
-        covered = int(teacher.available.any(axis=0).sum())
+        covered = int(teacher.available.any(axis=0).sum()) if teacher.available is not None else 0
         report["oob"] = {"taught_by_oob": covered, "taught_by_all": int(len(y) - covered)}
     fm = ens.members_[0]
     extra = {**data_record(cfg, data, dec.bad), "distill": report,
@@ -460,7 +460,7 @@ def _decode_unlabelled(photos: Unlabelled, cfg: Config) -> list[np.ndarray]:
         photos.leave_out("unreadable", path)
     keep = [i for i, a in enumerate(arrays) if a is not None]
     photos.paths = [photos.paths[i] for i in keep]
-    return [arrays[i] for i in keep]
+    return [a for a in arrays if a is not None]
 
 
 # ---------------------------------------------------------------- the report
@@ -504,8 +504,8 @@ def compare_scores(y: np.ndarray, pred: np.ndarray, proba: np.ndarray, teacher_p
                    classes: Sequence[str], seed: int = 0) -> dict:
     """Macro-F1 with its bootstrap interval, accuracy, ECE, log loss, and agreement with the
     teacher's predictions, overall and per class the teacher predicts (None: it predicts none)."""
-    from .card import bootstrap_interval
     from .metrics import expected_calibration_error, log_loss, macro_f1
+    from .reporting.card import bootstrap_interval
 
     k = len(classes)
     per_class = {c: (float(np.mean(pred[teacher_pred == i] == i)) if (teacher_pred == i).any() else None)

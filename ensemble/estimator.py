@@ -27,11 +27,11 @@ import numpy as np
 from members.schema import to_dict
 
 from .bagging import draw_all, oob_indices
-from .evaluation import oob_report, oob_score
+from .combining.pool import candidate_specs, member_candidates, member_of
+from .combining.strategies import FitData, fit_combiner
 from .files import sha256_json
 from .params import ParamsMixin
-from .pool import candidate_specs, member_candidates, member_of
-from .strategies import FitData, fit_combiner
+from .reporting.evaluation import oob_report, oob_score
 
 if TYPE_CHECKING:  # torch, timm and the training stack load only when a network runs here
     from pathlib import Path
@@ -123,16 +123,16 @@ class BaggedEnsemble(ParamsMixin):
     ----------
     classes_, members_, samples_, oob_indices_, oob_proba_, val_proba_, combiner_
         Fitted state (``members_``: :class:`FittedMember`; ``combiner_``:
-        :class:`ensemble.strategies.Combiner`).
+        :class:`ensemble.combining.strategies.Combiner`).
     candidates_ : list of FittedMember
-        The members' pool candidates (``members.N.candidates``, :mod:`ensemble.pool`), whose
+        The members' pool candidates (``members.N.candidates``, :mod:`ensemble.combining.pool`), whose
         rows follow the members' in ``samples_``, ``oob_indices_``, ``oob_proba_`` and
         ``val_proba_``; only a pool strategy (``greedy``) combines them.
     oob_score_ : float
         Out-of-bag macro-F1 of the default strategy: each training image voted on only
         by the members that left it out (nan when every member saw every image).
     oob_report_ : dict
-        Every member's and strategy's OOB metrics (:func:`ensemble.evaluation.oob_report`).
+        Every member's and strategy's OOB metrics (:func:`ensemble.reporting.evaluation.oob_report`).
     """
 
     #: set by :func:`ensemble.runfolder.load_run` on a run read from its folder: the folder and its caches
@@ -287,7 +287,7 @@ class BaggedEnsemble(ParamsMixin):
         return with_precision(cfg.members, cfg.precision)
 
     def pool_rows(self) -> list[tuple[FittedMember, Any]]:
-        """(fitted member, spec) of every pool row: the members, then their candidates (:mod:`ensemble.pool`)."""
+        """(fitted member, spec) of every pool row: the members, then their candidates (:mod:`ensemble.combining.pool`)."""
         specs = self._specs()
         return list(zip(self.members_, specs)) + list(zip(getattr(self, "candidates_", []), candidate_specs(specs)))
 
@@ -297,7 +297,7 @@ class BaggedEnsemble(ParamsMixin):
                      precision: str | None = None, adapt_bn: bool = False,
                      used: np.ndarray | Sequence[bool] | None = None, pool: bool = False) -> np.ndarray:
         """Probabilities of every member, shape (members, samples, classes); with ``pool``,
-        of the members and then their pool candidates (:mod:`ensemble.pool`).
+        of the members and then their pool candidates (:mod:`ensemble.combining.pool`).
 
         ``runtime`` and ``precision`` default to the ensemble's (and each member's own
         precision); a runtime is compiled once per member and reused by later calls.

@@ -1,5 +1,5 @@
 """``effens explain``: Grad-CAM overlays of where each member looks, per image, for the
-ensemble's predicted class (the pictures themselves: :mod:`ensemble.pages`)."""
+ensemble's predicted class (the pictures themselves: :mod:`ensemble.reporting.assets`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from .images import decode_all
-from .pages import image_key, member_saliency
+from .reporting.assets import image_key, member_saliency
 
 
 def run_explain(run_dir: str, images: Sequence[str], out: str, strategy: str | None = None) -> dict:

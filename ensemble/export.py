@@ -4,7 +4,7 @@ Every member becomes ``<name>.onnx`` (input ``image``: normalised float32 N x 3 
 output ``proba``: N x C) with ``<name>.json`` giving its preprocessing and classes. The
 whole ensemble becomes ``ensemble.onnx``: one graph from normalised images at the
 largest member's input size to the ensemble's probabilities (members, calibration and
-the strategy's own graph head inside: :meth:`ensemble.strategies.Strategy.graph_head`), so the ensemble can be
+the strategy's own graph head inside: :meth:`ensemble.combining.strategies.Strategy.graph_head`), so the ensemble can be
 served without effens. ``export.json`` records every file's SHA-256.
 
 (The runtimes' own ONNX files for ``predict --runtime openvino|onnxruntime`` are cached
@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import __version__
-from .combiners import PROBA_FLOOR
+from .combining.strategies import graph_strategies
+from .combining.votes import PROBA_FLOOR
 from .files import RunError, atomic_write_bytes, atomic_write_json, read_json, refuse_foreign, sha256_file
-from .strategies import graph_strategies
 
 log = logging.getLogger(__name__)
 
@@ -216,13 +216,13 @@ def export_run(run_dir: str, fmt: str, out: str, strategy: str | None = None) ->
 
 
 def _export_mlflow(run_dir: str, out_dir: Path, strategy: str | None) -> dict:
-    """The run as an MLflow pyfunc model folder (:mod:`ensemble.mlflow_model`); an earlier
+    """The run as an MLflow pyfunc model folder (:mod:`ensemble.serving.mlflow_model`); an earlier
     export there is replaced only once the new one is complete."""
 
     try:
         import mlflow  # noqa: F401
 
-        from .mlflow_model import save_mlflow_model
+        from .serving.mlflow_model import save_mlflow_model
     except ImportError:
         raise ExportRefused("format mlflow needs MLflow: pip install 'effens[track]'") from None
     if strategy is not None:

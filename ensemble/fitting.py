@@ -13,9 +13,9 @@ import numpy as np
 from .config import Config
 from .data import DataError, Dataset, Split, cache_size, decode_split
 from .estimator import BaggedEnsemble
-from .evaluation import decision_report, evaluate_split
-from .pages import report_files
-from .report import build_metrics
+from .reporting.assets import report_files
+from .reporting.evaluation import decision_report, evaluate_split
+from .reporting.markdown import build_metrics
 from .runfolder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def decode_dataset(cfg: Config, data: Dataset) -> Decoded:
 
 def data_record(cfg: Config, data: Dataset, bad: dict[str, list]) -> dict:
     """``metrics.json``'s account of the data: images left out, list changes, sizes and fingerprints."""
-    from .card import data_summary
+    from .reporting.card import data_summary
 
     sources = {k: _source(getattr(cfg.data, k)) for k in ("train", "val", "test")}
     if data.val_in_train:
@@ -149,7 +149,7 @@ def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = N
             continue
         results[split] = evaluate_split(proba, y, comb)
         split_data[split] = (paths, y)
-    from .card import card_facts, card_lines
+    from .reporting.card import card_facts, card_lines
 
     cfg = run.read_config() if cfg is None else cfg
     doc = build_metrics(ens.classes_, names, results, ens.oob_report_, comb,

@@ -14,7 +14,6 @@ import numpy as np
 from .config import SplitSource
 from .data import DataChanges, DataError, change_split, check_labels, expand_inputs, load_split
 from .estimator import BaggedEnsemble, decode_size, images_fingerprint  # noqa: F401 (decode_size: re-exported)
-from .evaluation import decision_report, evaluate_split
 from .files import (
     atomic_write_json,
     atomic_write_npy,
@@ -26,10 +25,18 @@ from .files import (
     sha256_json,
     write_owned,
 )
-from .pages import report_files
-from .prediction import DecisionOptions, InferenceOptions, flat_row, member_hashes, predict_rows, readable_member_proba  # noqa: F401 (re-exported)
-from .report import build_metrics, comparison_rows, format_table
+from .reporting.assets import report_files
+from .reporting.evaluation import decision_report, evaluate_split
+from .reporting.markdown import build_metrics, comparison_rows, format_table
 from .runfolder import RunFolder, load_run
+from .serving.answers import (  # noqa: F401 (re-exported)
+    DecisionOptions,
+    InferenceOptions,
+    flat_row,
+    member_hashes,
+    predict_rows,
+    readable_member_proba,
+)
 
 log = logging.getLogger(__name__)
 

@@ -168,12 +168,12 @@ def fit_member(job: MemberJob, data: TrainingData, store=None) -> dict:
 
 def _fit_candidates(job: MemberJob, data: TrainingData, member, result, meta: dict, arrays: dict,
                     device, precision, store) -> list[dict]:
-    """The member's pool candidates (:mod:`ensemble.pool`): each kept snapshot's weights, seen
+    """The member's pool candidates (:mod:`ensemble.combining.pool`): each kept snapshot's weights, seen
     through its view, scored on the member's OOB images and saved like a member."""
     from members.predictor import predict_proba
     from members.transforms import eval_tensor
 
-    from .pool import member_candidates
+    from .combining.pool import member_candidates
 
     spec, k, oob = job.spec, len(data.classes), job.oob
     out = []

@@ -6,12 +6,12 @@
     RUN/members/<name>/      model.safetensors, samples.npy, oob.npy, oob_proba.npy,
                              member.json (with the SHA-256 of each: the commit point),
                              checkpoint.safetensors + checkpoint.json while training
-    RUN/members/<name>@<weights>[+<view>]/   a pool candidate (:mod:`ensemble.pool`): the same
+    RUN/members/<name>@<weights>[+<view>]/   a pool candidate (:mod:`ensemble.combining.pool`): the same
                              files, written before its member's member.json
     RUN/predictions/         <split>_proba.npy (members, then pool candidates), <split>_labels.npy, <split>_paths.json,
                              train_labels.npy, hashes.json
     RUN/combiner/            combiner.json, <strategy>_<array>.npy, hashes.json
-    RUN/report/              what :mod:`ensemble.report` renders
+    RUN/report/              what :mod:`ensemble.reporting.markdown` renders
     RUN/cache/onnx/          members exported for the OpenVINO / ONNX Runtime runtimes
     RUN/cache/teacher/       a distilled run's cached teacher probabilities (``distill.teacher_views``)
 
@@ -337,7 +337,7 @@ class RunFolder:
         """Record the SHA-256 of every file predictions depend on outside the sealed folders
         (config.yaml, classes.json, each member.json) in ``run.json``: the commit point
         (``cfg``: the config written there, checked; default: read from it)."""
-        from .pool import pool_candidates
+        from .combining.pool import pool_candidates
 
         cfg = self.read_config() if cfg is None else cfg
         names = [m.name for m in cfg.members] + [c.name for c in pool_candidates(cfg.members)]
@@ -482,7 +482,7 @@ class RunFolder:
         return (self.combiner_dir / "hashes.json").is_file()
 
     def load_combiner(self):
-        from .strategies import Combiner
+        from .combining.strategies import Combiner
 
         self.verify("combiner")
         d = self.combiner_dir
@@ -769,7 +769,7 @@ def _read_run(run: RunFolder, root: str | os.PathLike, adopt: bool):
     ens.onnx_cache_ = run.member_onnx
     ens.compiled_cache_ = run.compiled_cache
     ens.specs_ = with_precision(cfg.members, cfg.precision)
-    from .pool import candidate_specs
+    from .combining.pool import candidate_specs
 
     members, samples, oob_proba = [], [], []
     for spec in [*ens.specs_, *candidate_specs(ens.specs_)]:  # the members, then their pool candidates

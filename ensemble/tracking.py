@@ -232,7 +232,7 @@ class MlflowSink(Sink):
             return
         import tempfile
 
-        from .mlflow_model import save_mlflow_model
+        from .serving.mlflow_model import save_mlflow_model
 
         with tempfile.TemporaryDirectory() as tmp:
             save_mlflow_model(run_dir, Path(tmp) / "model")

@@ -37,7 +37,7 @@ def warn_overlaps(data: Dataset) -> None:
 def _card_shortcuts(data, seed: int) -> dict | None:
     """The run card's shortcut check from file headers; a failure costs the card its line,
     never the finished training."""
-    from .shortcuts import header_check
+    from .auditing.shortcuts import header_check
 
     try:
         return header_check(data, seed)

@@ -12,7 +12,7 @@ Two modes (``tune.mode``; ``auto`` picks features when every member has
 
 Either way a candidate is scored by the same code as ``train``'s report: the combiner
 fitted as configured (``tune.strategy`` as its strategy), then
-:mod:`ensemble.evaluation` on val or OOB.
+:mod:`ensemble.reporting.evaluation` on val or OOB.
 
 Each finished candidate is written to ``OUT/candidates/`` at once; a killed tune
 continues with the candidates it has not finished.
@@ -33,17 +33,17 @@ import numpy as np
 import torch
 
 from .bagging import draw_all, oob_indices
+from .combining.strategies import FitData, fit_combiner
 from .config import CandidatesConfig, Config, ParallelConfig, config_to_dict, dump_config, load_config
 from .data import Dataset, cache_size, decode_split, load_dataset
 from .estimator import images_fingerprint
-from .evaluation import evaluate_split, oob_report
 from .files import atomic_write_json, atomic_write_safetensors, atomic_write_text, read_json, sha256_json, write_files
 from .member_jobs import member_seed
 from .metrics import diversity
 from .parallel import torch_threads
-from .report import format_table
+from .reporting.evaluation import evaluate_split, oob_report
+from .reporting.markdown import format_table
 from .runfolder import CONFIG_NAME, REPORT_NAME
-from .strategies import FitData, fit_combiner
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +414,7 @@ def write_tune_outputs(out: Path, rows: list[dict], names: list[str], tune, data
     md = ["# effens tune", "", f"Objective: {tune.objective} {tune.metric} of the `{tune.strategy}` ensemble; "
           f"method {tune.method}. Best: **{best['candidate']}** ({best['ensemble_score']:.4f}); "
           f"`best.yaml` holds its config.", "", format_table(_cells(rows, cols), markdown=True)]
-    from .html_report import simple_page
+    from .reporting.html import simple_page
 
     intro = (f"Objective: {tune.objective} {tune.metric} of the {tune.strategy} ensemble; method {tune.method}. "
              f"Best: {best['candidate']} ({best['ensemble_score']:.4f}); best.yaml holds its config.")
@@ -444,7 +444,7 @@ def table_text(rows: list[dict], names: list[str], top: int = 20) -> str:
 
 def scores_png(rows: list[dict], names: list[str], ylabel: str) -> bytes:
     """Ensemble and member scores against the (mean) bagging ratio, one marker per replacement."""
-    from .report import png_bytes, pyplot
+    from .reporting.markdown import png_bytes, pyplot
 
     last = max(r["round"] for r in rows)
     rows = [r for r in rows if r["round"] == last]

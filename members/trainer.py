@@ -278,7 +278,7 @@ class _Loop:
             y = y.to(device, non_blocking=True)
             target = None if teacher is None else teacher(x, index, epoch)  # before the student: no draw between
             with self.precision.autocast():
-                if target is None:
+                if teacher is None or target is None:
                     loss = self.criterion(self.model(x).float(), y)
                 else:
                     loss = distillation_loss(self.model(x), y, target, teacher.temperature, teacher.weight,

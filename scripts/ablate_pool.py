@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble.combiners import fit_stacking, greedy_selection, oob_matrix, stacking_proba
+from ensemble.combining.votes import fit_stacking, greedy_selection, oob_matrix, stacking_proba
 from ensemble.data import load_dataset
 from ensemble.estimator import decode_size
 from ensemble.files import read_json, read_npy

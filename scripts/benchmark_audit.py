@@ -26,10 +26,10 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from bench_common import machine, report_json  # noqa: E402
 
-from ensemble.audit import DEFAULT_FEATURES, FEATURE_VIEWS, _pretrained_features  # noqa: E402
+from ensemble.auditing.audit import DEFAULT_FEATURES, FEATURE_VIEWS, _pretrained_features  # noqa: E402
+from ensemble.auditing.duplicates import find_duplicates, merge_pairs, signature, similar_in_any  # noqa: E402
 from ensemble.config import config_from_dict  # noqa: E402
 from ensemble.data import find_images  # noqa: E402
-from ensemble.duplicates import find_duplicates, merge_pairs, signature, similar_in_any  # noqa: E402
 
 KINDS = ("resize_jpeg70", "crop90", "mirror", "exact")
 

@@ -85,8 +85,8 @@ def detect(args) -> None:
     """Flags on cross-fitted probabilities (pretrained features of the first member)."""
     from cleanlab.filter import find_label_issues as cleanlab_issues
 
-    from ensemble.audit import _pretrained_features, cross_fitted_proba
-    from ensemble.label_issues import find_label_issues
+    from ensemble.auditing.audit import _pretrained_features, cross_fitted_proba
+    from ensemble.auditing.label_issues import find_label_issues
 
     cfg, data = _train_split(args.config)
     classes = data.classes

@@ -63,10 +63,10 @@ def _first_line(obj) -> str:
 def registry_table() -> str:
     """One row per registered strategy, view, runtime, weights source, figure, section, audit
     detector and serve route."""
-    from ensemble.audit import DETECTORS
-    from ensemble.report import MODEL_FIGURES, SECTIONS, SPLIT_FIGURES
-    from ensemble.serve import ROUTES
-    from ensemble.strategies import STRATEGIES, Strategy
+    from ensemble.auditing.audit import DETECTORS
+    from ensemble.combining.strategies import STRATEGIES, Strategy
+    from ensemble.reporting.markdown import MODEL_FIGURES, SECTIONS, SPLIT_FIGURES
+    from ensemble.serving.app import ROUTES
     from members.runtimes import RUNTIMES
     from members.views import VIEWS
     from members.weights import SOURCES

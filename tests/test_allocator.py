@@ -156,8 +156,8 @@ def test_serve_keeps_freed_memory_before_its_threads_start_on_the_torch_runtime(
     pytest.importorskip("fastapi", reason="`effens serve` needs FastAPI: pip install 'effens[serve]'")
     if runtime == "openvino":
         pytest.importorskip("openvino", reason="the OpenVINO runtime is not installed")
-    from ensemble.prediction import InferenceOptions
-    from ensemble.serve import ServeSettings, create_app
+    from ensemble.serving.answers import InferenceOptions
+    from ensemble.serving.app import ServeSettings, create_app
     from members import allocator
 
     calls = []

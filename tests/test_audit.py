@@ -12,9 +12,9 @@ import synth
 import yaml
 from PIL import Image, ImageOps
 
+from ensemble.auditing.duplicates import find_duplicates, oddities, signature
+from ensemble.auditing.label_issues import find_label_issues
 from ensemble.cli import main
-from ensemble.duplicates import find_duplicates, oddities, signature
-from ensemble.label_issues import find_label_issues
 
 
 def _proba(y, n_classes, rng, strength=3.0):
@@ -213,7 +213,7 @@ def test_exclude_and_relabel_round_trip_through_train_and_evaluate(tiny_data, tm
 
 
 def test_cross_fitted_heads_score_each_image_out_of_fold():
-    from ensemble.audit import cross_fitted_proba
+    from ensemble.auditing.audit import cross_fitted_proba
 
     rng = np.random.default_rng(2)
     y = rng.integers(0, 3, 240)
@@ -227,7 +227,7 @@ def test_cross_fitted_heads_score_each_image_out_of_fold():
 
 
 def test_similar_pairs_find_a_twin_by_its_features_and_never_a_distinct_image():
-    from ensemble.duplicates import merge_pairs, similar_pairs
+    from ensemble.auditing.duplicates import merge_pairs, similar_pairs
 
     rng = np.random.default_rng(3)
     feats = rng.normal(0, 1, (200, 64)).astype(np.float32)
@@ -245,7 +245,7 @@ def test_similar_pairs_find_a_twin_by_its_features_and_never_a_distinct_image():
 def test_similar_in_any_view_unites_the_twins_each_view_finds():
     """Under several views of the same images, a twin that only one view sees is found, a
     pair both see keeps its higher cosine, and a distinct image pairs under none."""
-    from ensemble.duplicates import similar_in_any, similar_pairs
+    from ensemble.auditing.duplicates import similar_in_any, similar_pairs
 
     rng = np.random.default_rng(4)
     a = rng.normal(0, 1, (200, 64)).astype(np.float32)
@@ -376,9 +376,9 @@ def test_audit_outputs_resolve_anywhere_and_odd_inputs_stay_one_line(tmp_path, m
 
 
 def test_a_second_audit_rescores_the_images_the_run_left_out_with_its_ensemble(tmp_path, capsys, caplog):
-    from ensemble.audit import EXCLUDE_HEADER, LEFT_OUT
-    from ensemble.prediction import predict_rows
+    from ensemble.auditing.audit import EXCLUDE_HEADER, LEFT_OUT
     from ensemble.runfolder import load_run
+    from ensemble.serving.answers import predict_rows
 
     data = tmp_path / "data"
     moved = _shapes(data, swap=True)  # a circle filed under square
@@ -434,8 +434,8 @@ def test_a_second_audit_rescores_the_images_the_run_left_out_with_its_ensemble(t
 
 
 def test_a_second_exclude_list_clears_only_what_the_ensemble_scored_and_did_not_flag(tmp_path):
-    from ensemble.audit import LEFT_OUT, carried_entries, exclude_lines
-    from ensemble.duplicates import Signature
+    from ensemble.auditing.audit import LEFT_OUT, carried_entries, exclude_lines
+    from ensemble.auditing.duplicates import Signature
 
     a, b, c, d, e = (str(tmp_path / f"{k}.png") for k in "abcde")
     old = tmp_path / "old.txt"
@@ -580,7 +580,7 @@ def test_the_audit_keeps_what_people_wrote_and_says_what_it_cannot_list(tmp_path
     digest line was removed and a path under a file are refused before any work (exit 2);
     unreadable training images are listed; a file two splits share is counted and left to a
     person; a relabel list that changes val labels says so; audit.json stays strict JSON."""
-    from ensemble.audit import EXCLUDE_HEADER
+    from ensemble.auditing.audit import EXCLUDE_HEADER
 
     ds = synth.make_dataset(tmp_path / "ds")
     broken = ds / "train" / "circle" / "broken.png"
@@ -689,7 +689,7 @@ def test_write_exclude_at_a_pipe_is_refused_without_reading_it(tmp_path, target)
 DETECTOR_PLUGIN = '''
 import os
 
-from ensemble.audit import Finding, detector
+from ensemble.auditing.audit import Finding, detector
 
 
 @detector
@@ -705,7 +705,7 @@ def big_files(ctx):
 
 def test_a_plugin_detector_reaches_audit_json_the_page_the_csv_and_the_summary_line(tmp_path, capsys):
     """Issue #42 item 4: an audit detector is one registered function; nothing else is edited."""
-    from ensemble.audit import DETECTORS
+    from ensemble.auditing.audit import DETECTORS
 
     data = tmp_path / "data"
     synth.make_dataset(data)

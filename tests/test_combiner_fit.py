@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
-from ensemble.combiners import (
+from ensemble.combining.votes import (
     fit_stacking,
     fit_temperature,
     fit_weights,
@@ -81,9 +81,9 @@ def test_temperature_fixes_overconfidence():
 
 @pytest.mark.parametrize("stacking_source", ["oob", "val"])
 def test_strategy_auto_takes_the_simplest_tie_of_strategies_not_fitted_on_val(stacking_source):
+    from ensemble.combining.strategies import Combiner, FitData, StackingSettings, fit_combiner
     from ensemble.config import CombinerConfig
     from ensemble.metrics import log_loss
-    from ensemble.strategies import Combiner, FitData, StackingSettings, fit_combiner
 
     p_val, y_val = members(3, quality=(1.5, 0.4, 0.0))
     p_oob, y_oob = members(4, quality=(1.5, 0.4, 0.0))

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from ensemble.combiners import hard_vote, soft_vote, vote_shares
-from ensemble.strategies import STRATEGIES, strategy_class
+from ensemble.combining.strategies import STRATEGIES, strategy_class
+from ensemble.combining.votes import hard_vote, soft_vote, vote_shares
 
 # 3 members, 4 samples, 3 classes; worked out by hand below.
 P = np.array([
@@ -77,7 +77,7 @@ def test_oob_combine_uses_only_members_that_left_the_sample_out():
 
 
 def test_stacking_by_hand():
-    from ensemble.combiners import stacking_proba
+    from ensemble.combining.votes import stacking_proba
 
     # two members, one sample, two classes; features are log-probabilities [m0c0, m0c1, m1c0, m1c1]
     p = np.array([[[0.5, 0.5]], [[0.25, 0.75]]])

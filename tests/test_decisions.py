@@ -1,4 +1,4 @@
-"""Prediction sets, review and costs (ensemble/decisions.py) and their doors (config, predict, reports)."""
+"""Prediction sets, review and costs (ensemble/combining/decisions.py) and their doors (config, predict, reports)."""
 import csv
 import json
 import shutil
@@ -9,7 +9,7 @@ import synth
 import yaml
 
 from ensemble.cli import main
-from ensemble.decisions import (
+from ensemble.combining.decisions import (
     Decider,
     DecisionError,
     conformal_threshold,
@@ -232,7 +232,7 @@ def test_costs_change_predictions_and_are_reported(tiny_data, tmp_path):
 def test_calibration_on_oob_images(trained, tmp_path):
     """`decision.calibration: oob` fits sets and thresholds on the OOB images, each voted on
     only by the members that left it out."""
-    from ensemble.evaluation import calibration_set
+    from ensemble.reporting.evaluation import calibration_set
     from ensemble.runfolder import load_run
 
     cfg, run = trained

@@ -53,7 +53,7 @@ def test_the_loss_is_the_labels_alone_at_weight_0_and_the_teacher_alone_for_unla
 def one_class_teacher(trained, tmp_path):
     """A copy of the trained run whose combiner also holds `always_stripes`: a strategy that
     answers `stripes` for every image, whatever the members say (the labels say otherwise)."""
-    from ensemble.strategies import STRATEGIES, Strategy, register
+    from ensemble.combining.strategies import STRATEGIES, Strategy, register
 
     @register
     class AlwaysStripes(Strategy):

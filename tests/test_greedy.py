@@ -4,11 +4,11 @@ import json
 import numpy as np
 import pytest
 
-from ensemble.combiners import greedy_selection, soft_vote
+from ensemble.combining.auto import choose_strategy
+from ensemble.combining.strategies import Combiner, FitData, GreedySettings, fit_combiner
+from ensemble.combining.votes import greedy_selection, soft_vote
 from ensemble.config import AutoConfig, CombinerConfig
 from ensemble.metrics import log_loss
-from ensemble.strategies import Combiner, FitData, GreedySettings, fit_combiner
-from ensemble.strategy_choice import choose_strategy
 
 
 def _noisy(y: np.ndarray, n_classes: int, strength: float, rng) -> np.ndarray:
@@ -142,7 +142,7 @@ def test_auto_cross_fits_oob_strategies_and_is_reproducible():
     b = choose_strategy(fitted, data, 3, AutoConfig(bootstrap=50))
     assert a == b
     # the OOB part of stacking's score is held out: lower than its in-sample OOB fit would give
-    from ensemble.strategy_choice import _held_out
+    from ensemble.combining.auto import _held_out
 
     held, y, n_val, n_oob = _held_out({"stacking": fitted["stacking"]}, data, 3, 5, 0)
     in_sample = fitted["stacking"].apply_oob(data.oob_proba, data.oob_available)[2]

@@ -133,8 +133,8 @@ def test_hostile_file_names_render_as_text_and_links_that_work(trained, tmp_path
 
 
 def test_an_image_that_cannot_be_thumbnailed_gets_a_placeholder(tmp_path):
-    from ensemble.html_report import JS
-    from ensemble.pages import make_thumbnails
+    from ensemble.reporting.assets import make_thumbnails
+    from ensemble.reporting.html import JS
 
     good, bad = tmp_path / "good.png", tmp_path / "bad.png"
     Image.new("RGB", (30, 20), "red").save(good)

@@ -122,7 +122,7 @@ def test_evaluate_decodes_in_chunks_with_the_same_figures(trained, tiny_data, tm
     """Member probabilities come from one chunk of decoded images at a time; unreadable files
     in any chunk are skipped with the right indices, and the result equals one pass over all."""
     import ensemble.images as images
-    from ensemble.prediction import readable_member_proba
+    from ensemble.serving.answers import readable_member_proba
 
     _, run = trained
     ens = load_run(str(run))

@@ -1,4 +1,4 @@
-"""The MLflow pyfunc model (ensemble/mlflow_model.py) as a stranger calls it: a `path` input is
+"""The MLflow pyfunc model (ensemble/serving/mlflow_model.py) as a stranger calls it: a `path` input is
 read only under the folders EFFENS_ALLOWED_PATHS lists, and the refusal is the same whether
 or not the file exists (#41)."""
 import pytest

@@ -17,9 +17,9 @@ PLUGIN = textwrap.dedent('''
 
     import numpy as np
 
-    from ensemble.report import Attachment, report_section, split_figure
+    from ensemble.reporting.markdown import Attachment, report_section, split_figure
     from ensemble.schema import field, interval
-    from ensemble.strategies import Strategy, register
+    from ensemble.combining.strategies import Strategy, register
     from members.runtimes import TorchRuntime
     from members.runtimes import register as register_runtime
     from members.views import view
@@ -247,7 +247,7 @@ def test_plugin_files_never_replace_modules_and_a_failed_one_leaves_nothing_regi
 
 def test_a_plugin_may_not_take_a_builtin_name(tiny_data, tmp_path):
     (tmp_path / "thief.py").write_text(textwrap.dedent('''
-        from ensemble.strategies import Strategy, register
+        from ensemble.combining.strategies import Strategy, register
 
         @register
         class Soft(Strategy):
@@ -257,7 +257,7 @@ def test_a_plugin_may_not_take_a_builtin_name(tiny_data, tmp_path):
     cfg.write_text(yaml.safe_dump(synth.tiny_config(tiny_data, plugins=["thief"])))
     rc, out = _effens("train", str(cfg), "--out", str(tmp_path / "run"))
     assert rc == 2 and "Traceback" not in out
-    assert "a strategy named 'soft' is already registered (by ensemble.strategies)" in out
+    assert "a strategy named 'soft' is already registered (by ensemble.combining.strategies)" in out
 
 
 def _installed_plugin(root, body: str) -> dict:
@@ -274,7 +274,7 @@ def _installed_plugin(root, body: str) -> dict:
 def test_an_installed_entry_point_plugin_reaches_the_help_choices(tmp_path):
     env = _installed_plugin(tmp_path, textwrap.dedent('''
         import numpy as np
-        from ensemble.strategies import Strategy, register
+        from ensemble.combining.strategies import Strategy, register
         from members.runtimes import TorchRuntime
         from members.runtimes import register as register_runtime
         from members.views import view
@@ -288,7 +288,7 @@ def test_an_installed_entry_point_plugin_reaches_the_help_choices(tmp_path):
                 return p.argmax(axis=1), p
 
             def graph_head(self):
-                from ensemble.graph_heads import WeightedMean
+                from ensemble.combining.graph_heads import WeightedMean
                 return WeightedMean(None)
 
         @register_runtime("toyrt")
@@ -329,7 +329,7 @@ NAN_DEFAULT = textwrap.dedent('''
     import dataclasses
 
     from ensemble.schema import field, interval
-    from ensemble.strategies import Strategy, register
+    from ensemble.combining.strategies import Strategy, register
 
 
     @dataclasses.dataclass

@@ -9,10 +9,10 @@ import synth
 import yaml
 
 from ensemble.cli import main
-from ensemble.combiners import soft_vote
+from ensemble.combining.pool import member_candidates, pool_candidates
+from ensemble.combining.strategies import Combiner, FitData, fit_combiner
+from ensemble.combining.votes import soft_vote
 from ensemble.config import ConfigError, config_from_dict
-from ensemble.pool import member_candidates, pool_candidates
-from ensemble.strategies import Combiner, FitData, fit_combiner
 
 
 def _pool_config(data, **extra) -> dict:
@@ -101,8 +101,8 @@ def test_only_pool_strategies_see_the_candidates():
 
 
 def test_oob_calibration_uses_each_members_own_temperature():
-    from ensemble.combiners import temperature_scale
-    from ensemble.evaluation import _oob_inputs
+    from ensemble.combining.votes import temperature_scale
+    from ensemble.reporting.evaluation import _oob_inputs
 
     rng = np.random.default_rng(3)
     comb = Combiner("soft", ["x", "y", "z"], ["a", "b"], {}, temperatures=[0.5, 2.0])
@@ -248,7 +248,7 @@ def test_fit_combiner_refits_greedy_over_the_cached_pool(pool_run, tmp_path):
 
 
 def test_the_contribution_table_gives_a_member_its_candidates_greedy_weight():
-    from ensemble.report import contribution_rows
+    from ensemble.reporting.markdown import contribution_rows
 
     doc = {"combiner": {"greedy_weights": {"a": 0.2, "b": 0.1, "a@ema": 0.3, "a@last+crop": 0.25, "b@probe": 0.15}},
            "contributions": {"val": [{"member": m, "macro_f1_gain": 0.0, "log_loss_gain": 0.0} for m in "ab"]}}

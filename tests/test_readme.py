@@ -19,8 +19,8 @@ def test_registry_table_in_readme_lists_every_registered_entry():
     sys.path.insert(0, str(ROOT / "scripts"))
     from config_reference import registry_table
 
-    from ensemble.report import MODEL_FIGURES, SECTIONS, SPLIT_FIGURES
-    from ensemble.strategies import STRATEGIES
+    from ensemble.combining.strategies import STRATEGIES
+    from ensemble.reporting.markdown import MODEL_FIGURES, SECTIONS, SPLIT_FIGURES
     from members.runtimes import RUNTIMES
     from members.views import VIEWS
     from members.weights import SOURCES

@@ -10,8 +10,8 @@ import synth
 import yaml
 from PIL import Image
 
+from ensemble.auditing.shortcuts import check_shortcuts
 from ensemble.cli import main
-from ensemble.shortcuts import check_shortcuts
 from members.inputs import InputConfig
 from members.render import Rerender, eval_setting, render_eval, render_image
 from members.streams import item_streams
@@ -93,7 +93,7 @@ def test_a_member_trains_and_predicts_through_its_render_and_export_refuses_a_mi
 
 
 def test_the_audit_features_never_take_a_members_render():
-    from ensemble.audit import feature_member
+    from ensemble.auditing.audit import feature_member
     from ensemble.config import config_from_dict
 
     raw = synth.tiny_config(Path("/data"))

@@ -319,8 +319,8 @@ def test_ensemble_graph_with_mixed_sizes_and_calibration_matches_its_torch_modul
 
     import onnxruntime as ort
 
+    from ensemble.combining.graph_heads import WeightedMean
     from ensemble.export import EnsembleGraph
-    from ensemble.graph_heads import WeightedMean
     from members.export import export_onnx_bytes
     from members.models import InputConfig
 

@@ -167,7 +167,7 @@ def test_create_app_mounted_in_another_asgi_app(trained, tiny_data):
     """No lifespan reaches a mounted app: it warms up on /v1/ready or its first request."""
     _, run = trained
     port = _free_port()
-    code = (f"import uvicorn\nfrom fastapi import FastAPI\nfrom ensemble.serve import create_app\n"
+    code = (f"import uvicorn\nfrom fastapi import FastAPI\nfrom ensemble.serving.app import create_app\n"
             f"outer = FastAPI()\nouter.mount('/effens', create_app({str(run)!r}))\n"
             f"uvicorn.run(outer, host='127.0.0.1', port={port}, log_level='warning')\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -389,7 +389,7 @@ def test_connection_limits_big_headers_idle_and_too_many_connections(trained):
 
 
 ROUTE_PLUGIN = '''
-from ensemble.serve import route
+from ensemble.serving.app import route
 
 
 @route("/v1/classes", keyed=True)
@@ -426,7 +426,7 @@ def _asgi_get(app, path: str, headers: dict | None = None):
 def test_a_plugin_route_is_served_behind_the_key_and_listed_in_the_docs(trained, tmp_path):
     """Issue #42 item 4: a serve route is one registered piece (path, method, endpoint factory)."""
     from ensemble.plugins import load_plugins
-    from ensemble.serve import ROUTES, ServeSettings, create_app, route
+    from ensemble.serving.app import ROUTES, ServeSettings, create_app, route
     from members.registry import RegistryError
 
     (tmp_path / "routeplug.py").write_text(ROUTE_PLUGIN)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ensemble.auditing.duplicates import jpeg_quality, signature
+from ensemble.auditing.shortcuts import check_shortcuts, source_folders
 from ensemble.cli import main
-from ensemble.duplicates import jpeg_quality, signature
-from ensemble.shortcuts import check_shortcuts, source_folders
 
 CLASSES = ["minor", "moderate", "severe"]
 
@@ -70,7 +70,7 @@ def test_properties_that_predict_only_together_are_said_so():
                                                                for p in doc["properties"].values())
     assert any(f.startswith("all properties together") for f in doc["findings"])
     if not doc["flagged"]:
-        from ensemble.shortcuts import summary_line
+        from ensemble.auditing.shortcuts import summary_line
 
         assert summary_line(doc).startswith("the nuisance properties together predict the label")
 
@@ -139,7 +139,7 @@ def test_hundreds_of_source_folders_are_checked_without_failing():
     n = 900
     labels = [CLASSES[i] for i in rng.integers(0, 3, n)]
     sources = [f"session{rng.integers(0, 400)}" for _ in range(n)]
-    from ensemble.shortcuts import _with_sources
+    from ensemble.auditing.shortcuts import _with_sources
 
     table = _with_sources({"brightness": rng.normal(0, 1, n)}, sources)
     assert table["source"].max() <= 250

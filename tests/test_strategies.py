@@ -6,8 +6,8 @@ import pytest
 import synth
 
 from ensemble.cli import main
+from ensemble.combining.strategies import STRATEGIES, Combiner, FitData, Strategy, fit_combiner, register
 from ensemble.config import CombinerConfig, ConfigError, config_from_dict
-from ensemble.strategies import STRATEGIES, Combiner, FitData, Strategy, fit_combiner, register
 
 P = np.array([  # 3 members, 2 samples, 2 classes
     [[0.9, 0.1], [0.2, 0.8]],

@@ -295,7 +295,7 @@ def test_the_run_card_states_data_members_intervals_limits_and_how_to_reproduce(
 
 
 def test_measured_limits_name_a_val_to_test_drop_and_a_missed_coverage_only_when_there():
-    from ensemble.card import bootstrap_interval, measured_limits
+    from ensemble.reporting.card import bootstrap_interval, measured_limits
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 300)

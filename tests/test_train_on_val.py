@@ -7,8 +7,8 @@ import synth
 import yaml
 
 from ensemble.cli import main
+from ensemble.combining.strategies import FitData, fit_combiner
 from ensemble.data import Dataset, Split, find_images, with_val_in_train
-from ensemble.strategies import FitData, fit_combiner
 
 
 def _config(tiny_data, tmp_path, **members_bagging):

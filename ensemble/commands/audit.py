@@ -43,7 +43,7 @@ def summary(doc: dict, out: str, write_exclude: str | None) -> str:
 
 
 def run(args) -> int:
-    from ..audit import FEATURE_VIEWS, run_audit
+    from ..auditing.audit import FEATURE_VIEWS, run_audit
 
     if args.threshold is not None and not args.write_exclude:  # before any work: it would change nothing
         raise options.UsageError("--threshold sets which images --write-exclude lists; give --write-exclude FILE "
@@ -57,4 +57,4 @@ def run(args) -> int:
 
 
 command("audit", "probably mislabelled photos, duplicates and leaks, odd images and shortcuts: of a run's data, "
-        "a config's splits, or a folder", arguments, run, backend="audit", position=90)
+        "a config's splits, or a folder", arguments, run, backend="auditing.audit", position=90)

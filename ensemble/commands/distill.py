@@ -8,7 +8,7 @@ from . import command, options
 
 
 def arguments(p) -> None:
-    from ..strategies import strategy_names
+    from ..combining.strategies import strategy_names
 
     p.add_argument("run", help="the teacher: " + options.RUN_HELP)
     p.add_argument("--out", required=True, help="the student's run folder (created; reused to resume)")
@@ -26,7 +26,7 @@ def arguments(p) -> None:
 
 def run(args) -> int:
     from ..distill import distill_run
-    from ..report import distill_rows, format_table
+    from ..reporting.markdown import distill_rows, format_table
     from ..runfolder import RunFolder
 
     t0 = time.perf_counter()

@@ -8,7 +8,7 @@ from . import command, options
 
 
 def arguments(p) -> None:
-    from ..strategies import strategy_names
+    from ..combining.strategies import strategy_names
 
     p.add_argument("run", help=options.RUN_HELP)
     p.add_argument("data", help="a folder of class folders or a CSV manifest (path, label)")

@@ -7,7 +7,7 @@ from . import command, options
 
 
 def arguments(p) -> None:
-    from ..strategies import graph_strategies
+    from ..combining.strategies import graph_strategies
 
     p.add_argument("run", help=options.RUN_HELP)
     p.add_argument("--format", required=True, choices=options.FORMATS)

@@ -12,7 +12,7 @@ def arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..report import format_table, summary_rows
+    from ..reporting.markdown import format_table, summary_rows
     from ..training import refit_run_combiner
 
     doc = refit_run_combiner(args.run, args.overrides)

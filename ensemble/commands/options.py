@@ -131,7 +131,7 @@ def add_inference(p: argparse.ArgumentParser) -> None:
 
 
 def inference(args):
-    from ..prediction import InferenceOptions
+    from ..serving.answers import InferenceOptions
 
     return InferenceOptions(args.batch_size, args.device, args.tta, args.runtime, args.precision, args.adapt_bn)
 

@@ -7,7 +7,7 @@ from . import command, options
 
 
 def arguments(p) -> None:
-    from ..strategies import strategy_names
+    from ..combining.strategies import strategy_names
 
     p.add_argument("run", help=options.RUN_HELP)
     p.add_argument("inputs", nargs="+", help="image files, folders (recursive) or CSV manifests")

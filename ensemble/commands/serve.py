@@ -5,7 +5,7 @@ from . import command, options
 
 
 def arguments(p) -> None:
-    from ..strategies import strategy_names
+    from ..combining.strategies import strategy_names
 
     p.add_argument("run", help=options.RUN_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -52,7 +52,7 @@ def run(args) -> int:
     except ImportError as exc:
         raise RunError(f"`effens serve` needs FastAPI and uvicorn ({exc.name} is not installed): "
                        f"pip install 'effens[serve]'") from None
-    from ..serve import ServeLimits, ServeSettings, read_api_key, serve, serve_on_ray
+    from ..serving.app import ServeLimits, ServeSettings, read_api_key, serve, serve_on_ray
 
     _check_limits(args)
     settings = ServeSettings(
@@ -79,5 +79,5 @@ def run(args) -> int:
     return 0
 
 
-command("serve", "serve a run over HTTP: a JSON API and an upload page", arguments, run, backend="serve",
+command("serve", "serve a run over HTTP: a JSON API and an upload page", arguments, run, backend="serving.app",
         output=None, position=40)

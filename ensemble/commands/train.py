@@ -19,7 +19,7 @@ def arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..report import format_table, summary_rows
+    from ..reporting.markdown import format_table, summary_rows
     from ..runfolder import RunFolder
     from ..training import train_run
 

@@ -37,7 +37,7 @@ PATH_REFUSED = (f"`path` is outside the folders that {ALLOWED_PATHS_ENV} lists o
 _ENTRY = '''"""effens: the pyfunc model MLflow loads (models from code; nothing pickled)."""
 import mlflow
 
-from ensemble.mlflow_model import EffensModel
+from ensemble.serving.mlflow_model import EffensModel
 
 mlflow.models.set_model(EffensModel())
 '''
@@ -84,8 +84,8 @@ def _define():
         _skip_type_hint_validation = True  # the saved signature says what the input is
 
         def load_context(self, context) -> None:
-            from .prediction import DecisionOptions, ImagePredictor, InferenceOptions
-            from .runfolder import RunFolder, load_run
+            from ..runfolder import RunFolder, load_run
+            from .answers import DecisionOptions, ImagePredictor, InferenceOptions
 
             run = context.artifacts["run"]
             self._ens = load_run(run)
@@ -99,9 +99,9 @@ def _define():
             import pandas as pd
             from mlflow.exceptions import MlflowException
 
-            from .files import RunError
-            from .images import BadImageError, decode_image
-            from .prediction import flat_row
+            from ..files import RunError
+            from ..images import BadImageError, decode_image
+            from .answers import flat_row
 
             strategy = (params or {}).get("strategy") or None
             predictor = self._predictors.get(strategy)
@@ -165,7 +165,7 @@ def save_mlflow_model(run_dir: str | Path, path: str | Path) -> dict:
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-    from .runfolder import NOT_FOR_SERVING, load_run
+    from ..runfolder import NOT_FOR_SERVING, load_run
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # effens logs its own progress
     ens = load_run(run_dir)  # a broken run is refused before anything is written

@@ -5,7 +5,7 @@ without JavaScript and tests can parse them); a click on a confusion cell shows,
 data embedded in the page, a paged gallery of exactly the images in that cell (thumbnail,
 file name, true and predicted class, confidence, each member's vote, saliency when made),
 most confident first. Also: images the ensemble fixed or broke against the best member,
-training curves, and every registered report section and figure (:mod:`ensemble.report`'s
+training curves, and every registered report section and figure (:mod:`ensemble.reporting.markdown`'s
 registries; a section's Markdown is converted by :func:`markdown_html`). Pure: returns file
 contents; every name, path and number is escaped (HTML) or quoted (URLs).
 """
@@ -57,7 +57,7 @@ def summary_table(doc: dict) -> str:
 
 def choice_section(comb: dict) -> str:
     """How ``strategy: auto`` chose, and what the fitted strategies say of themselves."""
-    from .report import choice_rows
+    from .markdown import choice_rows
 
     notes = "".join(f"<p>{_e(n)}</p>" for n in comb.get("notes") or [])
     choice = comb.get("choice") or {}
@@ -190,8 +190,8 @@ def render_html(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[
     """The page. ``base``: the report folder (links are relative to it); ``thumbs``: image path
     -> thumbnail file in it; ``saliency``: image path -> {member or ``mean``: overlay file};
     ``curves``: the training-curves PNG's file name; ``figures``: split ->
-    :class:`ensemble.report.Figures` (the registered figures, as report.md shows them)."""
-    from .report import SECTIONS
+    :class:`ensemble.reporting.markdown.Figures` (the registered figures, as report.md shows them)."""
+    from .markdown import SECTIONS
 
     thumbs, saliency, figures = thumbs or {}, saliency or {}, figures or {}
     classes = doc["classes"]
@@ -327,7 +327,7 @@ def shortcuts_section(doc: dict, classes: Sequence[str]) -> str:
     every = sc.get("all")
     plots = "".join(f'<figure class="who"><figcaption><b>{_e(n)}</b>{" (flagged)" if sc["properties"][n]["flagged"] else ""}'
                     f'</figcaption>{class_plot(sc["properties"][n], classes)}</figure>' for n in order)
-    from .shortcuts import summary_line
+    from ..auditing.shortcuts import summary_line
 
     return ("<h2 id=shortcuts>Shortcuts: properties that are not the content</h2>"
             f"<p>{_e(summary_line(sc))}. Each property alone, then all together"

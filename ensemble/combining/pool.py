@@ -51,7 +51,7 @@ def pool_candidates(specs: Sequence) -> list[Candidate]:
 
 def candidate_spec(spec, cand: Candidate):
     """The member spec a candidate is built and scored with (its name and view; no candidates of its own)."""
-    from .config import CandidatesConfig
+    from ..config import CandidatesConfig
 
     return dataclasses.replace(spec, name=cand.name, view=cand.view, candidates=CandidatesConfig())
 

@@ -1,6 +1,6 @@
 """The votes as torch modules, for the one graph of ``effens export``.
 
-A strategy's :meth:`~ensemble.strategies.Strategy.graph_head` returns one of these (or its
+A strategy's :meth:`~ensemble.combining.strategies.Strategy.graph_head` returns one of these (or its
 own module): stacked member probabilities (members, samples, classes) in, ensemble
 probabilities (samples, classes) out, computed as the strategy's numpy ``apply`` does.
 """
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .combiners import PROBA_FLOOR
+from .votes import PROBA_FLOOR
 
 
 class WeightedMean(nn.Module):

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .metrics import macro_f1
+from ..metrics import macro_f1
 
 #: bootstrap resamples for the card's intervals (seeded: the same run gives the same card)
 RESAMPLES = 1000
@@ -23,7 +23,7 @@ def fingerprints(paths: Sequence[str], labels: Sequence[str]) -> tuple[str, str]
     """(content, ordered): SHA-256 over the (file SHA-256, label) pairs sorted (the same images
     and labels give the same fingerprint wherever the folder lives and whatever the files are
     called) and in the split's order (which a run's per-image arrays, its OOB votes, follow)."""
-    from .files import file_digest, sha256_json
+    from ..files import file_digest, sha256_json
 
     pairs = [[file_digest(str(p)), str(lab)] for p, lab in zip(paths, labels)]
     return sha256_json(sorted(pairs)), sha256_json(pairs)
@@ -123,7 +123,7 @@ def measured_limits(doc: dict, intervals: dict) -> list[str]:
 
 def card_facts(cfg, ens, splits: dict[str, dict], split_data: dict, doc: dict, command: str) -> dict:
     """``metrics.json``'s ``card``: everything :func:`card_lines` shows."""
-    from . import __version__
+    from .. import __version__
 
     n_classes = len(doc["classes"])
     intervals: dict[str, dict] = {}
@@ -146,7 +146,7 @@ def _interval(iv: dict | None, key: str) -> str:
 
 def card_lines(doc: dict) -> list[str]:
     """The card as Markdown lines (empty for a document without one, e.g. ``evaluate``'s)."""
-    from .runfolder import CONFIG_NAME
+    from ..runfolder import CONFIG_NAME
 
     card = doc.get("card")
     if not card:
@@ -161,7 +161,7 @@ def card_lines(doc: dict) -> list[str]:
                   + f" | `{d['fingerprint']}` | {d['source']} |")
     changes = doc.get("data_changes") or {}
     if changes:
-        from .data import describe_changes
+        from ..data import describe_changes
 
         md += ["", f"Changed by `data.exclude` / `data.relabel`: {describe_changes(changes)}."]
     md += ["", "**Members.**", "", "| member | model | weights | size | view | bagging | training | best epoch |",

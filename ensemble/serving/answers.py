@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .estimator import BaggedEnsemble, decode_size
+from ..estimator import BaggedEnsemble, decode_size
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class DecisionOptions:
     def from_settings(cls, settings, coverage: float | None = None, by_class: bool | None = None,
                       review_rate: float | None = None, target_accuracy: float | None = None) -> "DecisionOptions":
         """The run's ``decision:`` settings with command-line values on top."""
-        from .decisions import DecisionError
+        from ..combining.decisions import DecisionError
 
         if review_rate is not None and target_accuracy is not None:
             raise DecisionError("give one of --review-rate or --target-accuracy, not both")
@@ -86,8 +86,8 @@ class ImagePredictor:
     def __init__(self, ens: BaggedEnsemble, strategy: str | None = None,
                  options: InferenceOptions = InferenceOptions(),
                  decisions: DecisionOptions = DecisionOptions()) -> None:
-        from .decisions import Decider
-        from .evaluation import calibration_set
+        from ..combining.decisions import Decider
+        from ..reporting.evaluation import calibration_set
 
         self.ens, self.strategy, self.options, self.decisions = ens, strategy, options, decisions
         self.classes = list(ens.classes_)
@@ -107,7 +107,7 @@ class ImagePredictor:
 
     def check(self, decisions: DecisionOptions) -> float | None:
         """Fit ``decisions`` on the calibration images now, not on the first image: a
-        :class:`~ensemble.decisions.DecisionError` when they cannot be made (too few
+        :class:`~ensemble.combining.decisions.DecisionError` when they cannot be made (too few
         calibration images for the coverage); the review threshold, if one is asked for."""
         if decisions.coverage:
             self.decider.sets(self.decider.cal_proba[:1], decisions.coverage, decisions.by_class)
@@ -118,7 +118,7 @@ class ImagePredictor:
     def _decided(self, proba: np.ndarray, decisions: DecisionOptions,
                  threshold: float | None) -> tuple[np.ndarray, dict[str, list[str]]]:
         """(predictions, decision column -> one value per image) for ensemble probabilities."""
-        from .decisions import confidence
+        from ..combining.decisions import confidence
 
         pred = self.decider.predict(proba)
         columns: dict[str, list[str]] = {}
@@ -194,8 +194,8 @@ def predict_rows(ens: BaggedEnsemble, paths: Sequence[str], strategy: str | None
                  options: InferenceOptions = InferenceOptions(), chunk: int = 256,
                  decisions: DecisionOptions = DecisionOptions()) -> list[dict]:
     """One row per path: prediction, class probabilities, each member's prediction, error;
-    with ``decisions``, a prediction set and/or a review decision (:mod:`ensemble.decisions`)."""
-    from .images import decode_all  # here, not at import: `effens serve` decodes on its own
+    with ``decisions``, a prediction set and/or a review decision (:mod:`ensemble.combining.decisions`)."""
+    from ..images import decode_all  # here, not at import: `effens serve` decodes on its own
 
     predictor = ImagePredictor(ens, strategy, options, decisions)
     if options.adapt_bn:  # the statistics come from every image given, not from chunks of them
@@ -213,7 +213,7 @@ def readable_member_proba(ens: BaggedEnsemble, paths: Sequence[str], options: In
     """Member probabilities (members x kept images x classes) of the readable images among
     ``paths``, decoded ``chunk`` at a time so memory holds one chunk of pixels, not every
     image; also the kept indices and ``(path, reason)`` for each unreadable file."""
-    from .images import decode_all
+    from ..images import decode_all
 
     if options.adapt_bn:  # the statistics come from every image given, not from chunks of them
         chunk = max(1, len(paths))
@@ -230,7 +230,7 @@ def readable_member_proba(ens: BaggedEnsemble, paths: Sequence[str], options: In
 
 def member_hashes(ens: BaggedEnsemble, pool: bool = False) -> list:
     """The weights hash of every member (with ``pool``: and of every pool candidate, with its view)."""
-    from .runfolder import weights_hash
+    from ..runfolder import weights_hash
 
     rows = [fm for fm, _ in ens.pool_rows()] if pool else ens.members_
     return [weights_hash(fm.meta) if fm in ens.members_ else [weights_hash(fm.meta), fm.inputs.view] for fm in rows]

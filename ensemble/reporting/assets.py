@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .images import BadImageError, decode_all, decode_image
+from ..images import BadImageError, decode_all, decode_image
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def saliency_for_report(ens, split_data: dict[str, tuple[Sequence[str], np.ndarr
                         strategy: str, limit: int = 200) -> tuple[dict, dict]:
     """Overlays for the images ``strategy`` gets wrong on each split (at most ``limit`` per
     split, most confident mistakes first) -> (path -> {who: file}, files to write)."""
-    from .estimator import decode_size
+    from ..estimator import decode_size
 
     mapping, files = {}, {}
     for split, results in splits.items():
@@ -128,7 +128,7 @@ def report_files(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple
                  folder: str | os.PathLike, ens, saliency: bool = False, extra_md: str = "") -> dict:
     """Everything a report folder holds: metrics.json, report.md, every registered figure
     (drawn once, shown by both pages) and ``index.html`` with what it shows."""
-    from .report import draw_figures, render_report
+    from .markdown import draw_figures, render_report
 
     figures = draw_figures(doc, splits, split_data)
     files = render_report(doc, splits, split_data, extra_md=extra_md, figures=figures)
@@ -139,10 +139,10 @@ def report_files(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple
 def page_files(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[Sequence[str], np.ndarray]],
                folder: str | os.PathLike, ens, saliency: bool = False, figures: dict | None = None) -> dict:
     """``index.html`` and what it shows: thumbnails (made once), training curves, the registered
-    figures (``figures``, from :func:`ensemble.report.draw_figures`), and with ``saliency`` the
+    figures (``figures``, from :func:`ensemble.reporting.markdown.draw_figures`), and with ``saliency`` the
     overlays of the default strategy's mistakes; file name -> contents."""
-    from .html_report import render_html
-    from .report import training_curves_png
+    from .html import render_html
+    from .markdown import training_curves_png
 
     folder = Path(folder)
     paths = [p for ps, _ in split_data.values() for p in ps]

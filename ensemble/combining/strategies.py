@@ -33,7 +33,8 @@ from members.registry import Registry, RegistryError
 from members.schema import ConfigError, build, interval, to_dict
 from members.schema import field as setting
 
-from .combiners import (
+from ..files import RunError
+from .votes import (
     fit_stacking,
     fit_temperature,
     fit_weights,
@@ -47,7 +48,6 @@ from .combiners import (
     temperature_scale,
     vote_shares,
 )
-from .files import RunError
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class Strategy:
     #: ``combiner.<name>`` section: validated, documented and saved like every other setting
     settings_schema: ClassVar[type | None] = None
     #: True: fitted and applied on the whole pool (members, then their candidates,
-    #: :mod:`ensemble.pool`) rather than on the members alone
+    #: :mod:`ensemble.combining.pool`) rather than on the members alone
     pool: bool = False
     #: where a fitted strategy's data came from (``val``, ``oob``, ``config``), once fitted
     source_: str | None
@@ -503,7 +503,7 @@ class Combiner:
             return p
         return temperature_scale(p, self.temperatures[j])
 
-    # ---- the pool: members first, then their candidates (ensemble.pool)
+    # ---- the pool: members first, then their candidates (ensemble.combining.pool)
     def pooled(self, strategy: str | None = None) -> bool:
         """Whether ``strategy`` reads the pool's candidates (a pool strategy in a run that has some)."""
         return bool(self.candidate_names) and self.get(strategy).pool
@@ -632,7 +632,7 @@ def fit_combiner(settings: Any, member_names: Sequence[str], classes: Sequence[s
         fitted[name] = s
     strategy, choice = settings.strategy, None
     if strategy == "auto":
-        from .strategy_choice import choose_strategy
+        from .auto import choose_strategy
 
         strategy, choice = choose_strategy(fitted, data, len(classes), getattr(settings, "auto", None), seed, n)
     return Combiner(strategy, list(classes), list(member_names), fitted, temperatures, choice, list(candidate_names))

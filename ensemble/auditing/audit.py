@@ -8,12 +8,12 @@ options) returning a :class:`Finding` (its ``audit.json`` entries, its table and
 section, its phrase on the command's last line); a plugin's detector joins them.
 :func:`run_audit` is a few named steps: check, open the source, gather, detect, write.
 
-Label issues come from out-of-sample probabilities (:mod:`ensemble.label_issues`): with a
+Label issues come from out-of-sample probabilities (:mod:`ensemble.auditing.label_issues`): with a
 run, for training images the OOB vote of the run's strategy (only members that left the
 image out) and for val and test the ensemble's; training images no member left out, and
 every image when there is no run, are scored by logistic heads on the pretrained features
 of the first member's architecture (out-of-fold for training images, fitted on all of
-them for val/test). Duplicates come from per-file signatures (:mod:`ensemble.duplicates`:
+them for val/test). Duplicates come from per-file signatures (:mod:`ensemble.auditing.duplicates`:
 content hash, perceptual hashes) and from the cosine of those features (a cropped copy).
 Signatures and features are cached in ``DIR``, so a second audit reads no image twice.
 Writes ``label_issues.csv``, ``duplicates.csv``, ``odd_images.csv`` (and any CSV a plugin's
@@ -36,11 +36,11 @@ import numpy as np
 
 from members.registry import Registry
 
-from .data import DataError, is_sha256, load_dataset, path_key
+from ..data import DataError, is_sha256, load_dataset, path_key
+from ..files import read_json, refuse_foreign, refuse_irregular, write_owned
+from ..runfolder import RunFolder, load_run
 from .duplicates import Signature, find_duplicates, merge_pairs, oddities, signature, similar_in_any
-from .files import read_json, refuse_foreign, refuse_irregular, write_owned
 from .label_issues import find_label_issues
-from .runfolder import RunFolder, load_run
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def _check_training_labels(run: RunFolder, data, paths: list[str], y: np.ndarray
     """The run's OOB votes are per training image, in order: refuse when the labels, or (for
     runs that recorded it) the files in order, are not what the run trained on; a renamed,
     replaced or swapped-in image would take another image's vote."""
-    from .card import fingerprints
+    from ..reporting.card import fingerprints
 
     labels = dict(zip(data.train.paths, data.train.labels))
     recorded = (run.read_metrics().get("data_summary") or {}).get("train", {}).get("ordered_fingerprint")
@@ -137,7 +137,7 @@ def _pretrained_features(spec, paths: list[str], n_classes: int, device: str, ou
     from members.schema import to_dict
     from members.transforms import eval_tensor
 
-    from .images import decode_all
+    from ..images import decode_all
 
     def compute() -> np.ndarray:
         member = create_member(spec, n_classes)
@@ -160,7 +160,7 @@ def _cached_rows(out: Path, name: str, what: dict, paths: list[str], compute, **
     from safetensors import safe_open
     from safetensors.numpy import save
 
-    from .files import sha256_json
+    from ..files import sha256_json
 
     key = sha256_json({**what, "paths": paths,
                        "stamps": [os.stat(p).st_mtime_ns if os.path.isfile(p) else 0 for p in paths]})
@@ -329,7 +329,7 @@ def check_unedited(out_dir: Path) -> None:
     """Refuse an ``--out`` whose tables (CSVs a person may edit in place: docs/guides/audit.md says to
     review label_issues.csv) were edited since the audit wrote them; audit.json keeps their
     digests under ``written``."""
-    from .files import RECORD
+    from ..files import RECORD
 
     doc_path = out_dir / "audit.json"
     try:
@@ -362,7 +362,7 @@ def carried_entries(exclude: str, cleared: set[str], sigs: dict) -> list[str]:
     hold: all but the left-out training images its ensemble scored and did not flag. Nothing
     else is dropped: val and test entries, unreadable or missing images, and lines a person
     added stay listed."""
-    from .data import read_exclusions
+    from ..data import read_exclusions
 
     paths, hashes = read_exclusions(exclude)
     cleared_hashes = {sigs[p].sha256 for p in cleared if p in sigs}
@@ -393,8 +393,8 @@ class AuditSource:
 def _plain_data(source: str):
     """A folder of class folders or a CSV manifest as one ``train`` split; a folder holding
     ``train`` (and ``val`` / ``test``) folders of class folders as those splits."""
-    from .config import SplitSource
-    from .data import Dataset, Split, check_labels, load_split
+    from ..config import SplitSource
+    from ..data import Dataset, Split, check_labels, load_split
 
     root = Path(source).resolve()  # listed paths are absolute: exclude and relabel lists resolve anywhere
     named = {s: root / s for s in ("train", "val", "test")} if root.is_dir() else {}
@@ -411,7 +411,7 @@ def _plain_data(source: str):
 
 def open_source(source: str) -> AuditSource:
     """A run folder, a YAML training config, or a folder / CSV manifest of labelled images."""
-    from .config import config_from_dict, load_config
+    from ..config import config_from_dict, load_config
 
     path = Path(source)
     run = RunFolder(source)
@@ -436,7 +436,7 @@ def feature_member(cfg, view: str = FEATURE_VIEWS[0]):
     weights (a network that learnt nothing says nothing), else EfficientNet-Lite0; always
     under ``view``, whatever view the member trains with, so that a config, its runs and its
     data folder give the same similar pairs (``--min-cosine`` was chosen under one view)."""
-    from .config import RenderConfig, config_from_dict
+    from ..config import RenderConfig, config_from_dict
 
     for spec in cfg.members:
         if spec.weights != "none":  # the member's architecture and weights; the audit's own view, no re-render
@@ -476,7 +476,7 @@ def left_out_images(src: AuditSource) -> tuple[list[str], list[str]]:
 def _ensemble_proba(ens, paths: list[str], classes: list[str], out: Path) -> np.ndarray:
     """The run's combined class probabilities of ``paths`` (its strategy, default inference;
     NaN rows for unreadable images), cached in ``out``."""
-    from .prediction import InferenceOptions, member_hashes, predict_rows
+    from ..serving.answers import InferenceOptions, member_hashes, predict_rows
 
     options = InferenceOptions(device="auto", runtime="auto")  # what this machine has, not the run's
     doc, arrays = ens.combiner_.state()  # a refitted combiner (fit-combiner) is another cache
@@ -554,7 +554,7 @@ class Finding:
     ``rows`` with ``columns``: its table, written as the CSV file ``csv`` when named and shown
     on the page under ``title`` (a ``path`` or ``*_path`` column as thumbnails); ``section``:
     its own part of ``index.html`` instead, ``section(page, finding) -> HTML`` (``page``: an
-    :class:`ensemble.html_report.AuditPage`); ``keep``: results later steps read (the
+    :class:`ensemble.reporting.html.AuditPage`); ``keep``: results later steps read (the
     exclude list), never written.
     """
 
@@ -626,7 +626,7 @@ def _training_set(ctx: AuditContext) -> tuple[list[str], np.ndarray]:
 def _oob_scores(ctx: AuditContext, paths: list[str], y: np.ndarray) -> Scores:
     """The run's OOB votes for its training images and, in one confident joint with them
     (both out of sample, both the run's), its ensemble's for the images it left out."""
-    from .combiners import oob_matrix
+    from ..combining.votes import oob_matrix
 
     ens, classes = ctx.source.ens, ctx.classes
     full, available = oob_matrix(list(ens.oob_indices_), list(ens.oob_proba_), len(ens.y_train_), len(classes))
@@ -673,7 +673,7 @@ def _feature_scores(ctx: AuditContext, paths: list[str], y: np.ndarray,
 
 def _saved_scores(ctx: AuditContext) -> dict[str, Scores]:
     """The run ensemble's saved val and test predictions, where those photos are unchanged."""
-    from .card import fingerprints
+    from ..reporting.card import fingerprints
 
     src = ctx.source
     if src.ens is None:
@@ -735,9 +735,9 @@ def _confident_learning(name: str, s: Scores, classes: list[str], method: str,
 
 @detector
 def label_issues(ctx: AuditContext) -> Finding:
-    """Probably mislabelled photos: confident learning (:mod:`ensemble.label_issues`) on
+    """Probably mislabelled photos: confident learning (:mod:`ensemble.auditing.label_issues`) on
     out-of-sample probabilities, per scoring source (:func:`label_scores`)."""
-    from .html_report import label_issues_section
+    from ..reporting.html import label_issues_section
 
     if not ctx.features and ctx.source.ens is None:
         log.warning("--no-features without a trained run: no image gets a label score, so no label issue is "
@@ -773,7 +773,7 @@ DUPLICATE_COLUMNS = ["kind", "distance", "mirrored", "cosine", "leakage", "confl
 def duplicates(ctx: AuditContext) -> Finding:
     """Exact copies (same bytes), near copies (perceptual hashes, and mirrored) and similar
     images (feature cosine under any feature view); leakage across splits, conflicting labels."""
-    from .html_report import duplicates_section
+    from ..reporting.html import duplicates_section
 
     known, opts = ctx.known, ctx.options
     pairs = find_duplicates([ctx.signatures[p] for _, p, _ in known], opts.max_distance)
@@ -806,9 +806,9 @@ def duplicates(ctx: AuditContext) -> Finding:
 
 @detector
 def odd_images(ctx: AuditContext) -> Finding:
-    """Tiny, elongated, near-blank, grey or blurry images (:func:`ensemble.duplicates.oddities`)
+    """Tiny, elongated, near-blank, grey or blurry images (:func:`ensemble.auditing.duplicates.oddities`)
     and unreadable ones."""
-    from .html_report import odd_images_section
+    from ..reporting.html import odd_images_section
 
     odd = {p: "; ".join(oddities(s)) for p, s in ctx.signatures.items()}
     rows = [{"split": s, "path": p, "what": odd[p]} for s, p, _ in ctx.known if odd[p]]
@@ -821,7 +821,7 @@ def odd_images(ctx: AuditContext) -> Finding:
 @detector
 def split_stats(ctx: AuditContext) -> Finding:
     """Per split: images, median size, aspect and sharpness side by side (a source shift shows there)."""
-    from .html_report import split_stats_section
+    from ..reporting.html import split_stats_section
 
     stats = {}
     for split in ("train", "val", "test"):
@@ -839,8 +839,8 @@ def split_stats(ctx: AuditContext) -> Finding:
 @detector
 def shortcuts(ctx: AuditContext) -> Finding:
     """Nuisance properties that predict the label, per class, with the shift between splits
-    (:mod:`ensemble.shortcuts`)."""
-    from .html_report import shortcuts_section
+    (:mod:`ensemble.auditing.shortcuts`)."""
+    from ..reporting.html import shortcuts_section
     from .shortcuts import check_shortcuts, property_table, source_folders, summary_line
 
     known = ctx.known
@@ -876,7 +876,7 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
 def check_arguments(run_dir: str, out_dir: Path, options: AuditOptions, write_exclude: str | None,
                     threshold: float) -> None:
     """Before the source is read: ``--out`` and ``--write-exclude`` may be written, the numbers are in range."""
-    from .runfolder import check_output_path
+    from ..runfolder import check_output_path
 
     check_output_path(out_dir, [run_dir])  # the CLI's rule, for Python callers too
     refuse_foreign(out_dir, "audit", "effens audit")
@@ -897,8 +897,8 @@ def check_request(src: AuditSource, run_dir: str, out_dir: Path, options: AuditO
     """With the source open (its plugins loaded): the feature views, and outputs outside what it reads."""
     from members.views import view_names
 
-    from .config import data_inputs
-    from .runfolder import check_output_path
+    from ..config import data_inputs
+    from ..runfolder import check_output_path
 
     for v in options.feature_views:
         if v not in view_names():
@@ -957,8 +957,8 @@ def document(ctx: AuditContext, findings: dict[str, Finding]) -> dict:
 def write_audit(ctx: AuditContext, doc: dict, findings: dict[str, Finding]) -> None:
     """The audit's folder: every finding's CSV, ``audit.json`` (with the CSVs' digests),
     ``index.html`` with thumbnails, and the signature cache."""
-    from .html_report import audit_page, path_columns
-    from .pages import make_thumbnails
+    from ..reporting.assets import make_thumbnails
+    from ..reporting.html import audit_page, path_columns
 
     shown = [r[c] for f in findings.values() for r in f.rows[:PAGE_ROWS] for c in path_columns(f.columns) if r.get(c)]
     thumbs, files = make_thumbnails(shown, lambda name: (ctx.out_dir / name).is_file())
@@ -971,7 +971,7 @@ def write_audit(ctx: AuditContext, doc: dict, findings: dict[str, Finding]) -> N
 
 def write_exclude_list(ctx: AuditContext, findings: dict[str, Finding], target: str, threshold: float) -> int:
     """Write the ``--write-exclude`` list (see :func:`exclude_lines`); returns how many images it lists."""
-    from .files import atomic_write_text
+    from ..files import atomic_write_text
 
     def rows(name: str) -> list[dict]:
         return findings[name].rows if name in findings else []

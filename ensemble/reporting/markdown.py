@@ -1,7 +1,7 @@
 """Reports: metrics.json, report.md, confusion-matrix heatmaps, misclassified-image CSVs.
 
 Pure: :func:`build_metrics`, :func:`draw_figures` and :func:`render_report` turn scores
-(from :mod:`ensemble.evaluation`) into file contents; the caller writes them (the run
+(from :mod:`ensemble.reporting.evaluation`) into file contents; the caller writes them (the run
 folder, or ``evaluate``'s output folder). A new figure is one function registered with
 ``@split_figure`` (once per split) or ``@model_figure`` (per member and strategy), a new
 section one ``@report_section`` function giving Markdown: ``report.md`` and ``index.html``
@@ -21,8 +21,8 @@ import numpy as np
 
 from members.registry import Registry
 
-from .pool import member_of
-from .runfolder import METRICS_NAME, REPORT_NAME
+from ..combining.pool import member_of
+from ..runfolder import METRICS_NAME, REPORT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def build_metrics(classes: Sequence[str], names: Sequence[str], splits: dict[str
     metrics; ``ensemble`` -> split -> metrics of the run's default strategy; with
     ``labels`` (split -> y), ``diversity`` -> split -> every pair of members.
     """
-    from .metrics import leave_one_out, pairwise_diversity
+    from ..metrics import leave_one_out, pairwise_diversity
 
     strategy = strategy or combiner.strategy
     doc: dict = {"classes": list(classes), "strategy": strategy, "combiner": combiner.summary(),
@@ -150,7 +150,7 @@ def png_bytes(fig) -> bytes:
 
 def heatmap_png(cm: np.ndarray, classes: Sequence[str], title: str) -> bytes:
     """Confusion-matrix heatmap: colour = row-normalised share, text = count and share."""
-    from .metrics import normalize_rows
+    from ..metrics import normalize_rows
 
     plt = pyplot()
     norm = normalize_rows(np.asarray(cm))
@@ -281,7 +281,7 @@ def risk_coverage_figure(view: SplitView) -> Attachment | None:
     who = dec.get("strategy", view.doc.get("strategy"))
     if who not in view.results:
         return None
-    from .decisions import confidence, risk_coverage
+    from ..combining.decisions import confidence, risk_coverage
 
     proba = view.results[who]["_proba"]
     conf = confidence(proba)
@@ -305,7 +305,7 @@ def risk_coverage_figure(view: SplitView) -> Attachment | None:
 
 @report_section
 def decisions_section(doc: dict) -> list[str]:
-    """Prediction-set coverage, review and costs per split (see :mod:`ensemble.decisions`)."""
+    """Prediction-set coverage, review and costs per split (see :mod:`ensemble.combining.decisions`)."""
     dec = doc.get("decisions")
     if not dec:
         return []
@@ -532,7 +532,7 @@ def draw_figures(doc: dict, splits: dict[str, dict],
 def render_report(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[Sequence[str], np.ndarray]],
                   extra_md: str = "", figures: dict[str, Figures] | None = None) -> dict[str, bytes | str | dict]:
     """File name -> contents: metrics.json, report.md and every figure (heatmaps, reliability
-    diagrams, misclassified CSVs, ...). ``splits``: split -> :func:`ensemble.evaluation.evaluate_split`;
+    diagrams, misclassified CSVs, ...). ``splits``: split -> :func:`ensemble.reporting.evaluation.evaluate_split`;
     ``figures``: from :func:`draw_figures` (drawn here when not given)."""
     figures = figures if figures is not None else draw_figures(doc, splits, split_data)
     files: dict[str, bytes | str | dict] = {METRICS_NAME: doc}

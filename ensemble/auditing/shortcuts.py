@@ -20,7 +20,7 @@ shuffles. So properties independent of the label raise an alarm in at most about
 data sets (``ALPHA``; tests/test_shortcuts.py counts it on made-up data and checks that a
 planted tie is found).
 Pure functions on arrays (numpy, scikit-learn); the audit reads the files
-(:mod:`ensemble.duplicates`).
+(:mod:`ensemble.auditing.duplicates`).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .metrics import macro_f1
+from ..metrics import macro_f1
 
 #: a flagged property predicts the label at least this much above chance (macro-F1)
 MIN_GAIN = 0.05
@@ -46,11 +46,11 @@ MIN_SHIFT = 0.3
 @dataclasses.dataclass(frozen=True)
 class Nuisance:
     """One property of a photo that is not its content: its name, what it is in words and
-    how to read it from a :class:`ensemble.duplicates.Signature` (NaN: not known)."""
+    how to read it from a :class:`ensemble.auditing.duplicates.Signature` (NaN: not known)."""
 
     name: str
     about: str
-    read: Callable[[Any], float]  # an image's signature (ensemble.duplicates) -> the value
+    read: Callable[[Any], float]  # an image's signature (ensemble.auditing.duplicates) -> the value
 
 
 def _jpeg(s) -> float:

@@ -2,7 +2,7 @@
 
 Applying (soft and hard votes, the stacking meta-learner, temperature scaling) and
 fitting (learned weights, the meta-learner, temperatures) from probabilities alone; no
-network runs here. The strategies that use them are in :mod:`ensemble.strategies`.
+network runs here. The strategies that use them are in :mod:`ensemble.combining.strategies`.
 For out-of-bag (OOB) data an ``available`` (members, samples) mask says which members
 left each image out, i.e. may vote on it.
 """

@@ -1,7 +1,7 @@
 """``effens serve``: a trained run as a web service (FastAPI on uvicorn) and an upload page.
 
 The run is loaded once (its hashes checked) and answered by the same
-:class:`~ensemble.prediction.ImagePredictor` as ``effens predict``, so a photo gets the same
+:class:`~ensemble.serving.answers.ImagePredictor` as ``effens predict``, so a photo gets the same
 row either way. Uploaded images are checked (size, count, magic bytes, pixels) and decoded
 in worker threads; concurrent requests' images are merged into batches of up to
 ``max_batch`` (waiting at most ``max_wait_ms`` for company) and run in one worker thread,
@@ -30,8 +30,8 @@ import numpy as np
 
 from members.registry import Registry
 
-from . import __version__
-from .prediction import DecisionOptions, ImagePredictor, InferenceOptions
+from .. import __version__
+from .answers import DecisionOptions, ImagePredictor, InferenceOptions
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def decode_upload(data: bytes, size: int, max_pixels: int) -> np.ndarray:
     :class:`ValueError` with a one-line reason when it is not a usable image."""
     from PIL import Image
 
-    from .images import BadImageError, decode_image
+    from ..images import BadImageError, decode_image
 
     if not data:
         raise ValueError("empty file")
@@ -225,7 +225,7 @@ def _check_key(headers, api_key: str | None) -> None:
 def model_card(ens, predictor: ImagePredictor, settings: ServeSettings, run: str) -> dict:
     """What ``GET /v1/model`` answers: classes, members, strategy, runtime, the run's hashes
     and the run folder's name."""
-    from .runfolder import weights_hash
+    from ..runfolder import weights_hash
 
     plan = settings.options.plan(ens)
     return {"classes": predictor.classes, "members": predictor.names,
@@ -257,7 +257,7 @@ class Service:
     @classmethod
     def load(cls, run: str, settings: ServeSettings) -> "Service":
         """Load ``run`` (its hashes checked) with the server's strategy, runtime and decisions."""
-        from .runfolder import RunFolder, load_run
+        from ..runfolder import RunFolder, load_run
 
         ens = load_run(run)
         run_decisions = RunFolder(run).read_config().decision
@@ -304,7 +304,7 @@ class Service:
         finite, enough calibration images) before any work: 400 with the one reason."""
         if all(v is None for v in given.values()):
             return None
-        from .decisions import DecisionError
+        from ..combining.decisions import DecisionError
 
         merged = {k: v for k, v in (self.settings.decisions or {}).items() if v is not None}
         if given["review_rate"] is not None or given["target_accuracy"] is not None:
@@ -439,10 +439,10 @@ def keyed_paths() -> set[str]:
 
 @route("/", response="html", in_docs=False)
 def upload_page(service: Service) -> Callable:
-    """The upload page: pick photos, see the answers (:mod:`ensemble.serve_page`)."""
+    """The upload page: pick photos, see the answers (:mod:`ensemble.serving.upload_page`)."""
     from fastapi.responses import HTMLResponse
 
-    from .serve_page import PAGE
+    from .upload_page import PAGE
 
     async def page():
         return HTMLResponse(PAGE)
@@ -704,7 +704,7 @@ def serve_on_ray(run: str, host: str = "127.0.0.1", port: int = 8000, settings: 
         try:
             ray_serve.start(http_options={"host": host, "port": port})
         except ray.exceptions.RayError as exc:  # its HTTP proxy died (port taken, machine overloaded): one line
-            from .files import RunError
+            from ..files import RunError
 
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise RunError(f"Ray Serve could not start its HTTP proxy on {host}:{port} ({type(exc).__name__}: "
@@ -726,7 +726,7 @@ def serve_on_ray(run: str, host: str = "127.0.0.1", port: int = 8000, settings: 
 
 def read_api_key(path: str) -> str:
     """The key in ``path`` (one line; surrounding whitespace ignored); refused when empty."""
-    from .files import RunError, refuse_irregular
+    from ..files import RunError, refuse_irregular
 
     refuse_irregular(path, "--api-key-file")
     try:

@@ -7,8 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .combiners import oob_matrix
-from .metrics import classification_report
+from ..combining.votes import oob_matrix
+from ..metrics import classification_report
 
 
 def evaluate_split(member_proba: np.ndarray, y: np.ndarray, combiner,
@@ -70,7 +70,7 @@ def _oob_inputs(combiner, n: int, oob_indices: Sequence[np.ndarray], oob_proba: 
 
 def calibration_set(ens, strategy: str | None = None, source: str = "val") -> tuple[np.ndarray, np.ndarray]:
     """(ensemble probabilities, labels) of a fitted ensemble's calibration images for
-    decisions (:mod:`ensemble.decisions`): its validation images, or its OOB images
+    decisions (:mod:`ensemble.combining.decisions`): its validation images, or its OOB images
     voted on only by the members that left them out."""
     comb = ens.combiner_
     if source == "val" and len(ens.val_y_):
@@ -85,7 +85,7 @@ def decision_report(ens, settings, splits: dict[str, tuple[np.ndarray, np.ndarra
     """``metrics.json``'s ``decisions``: prediction sets, review and costs of ``strategy``
     (default: the run's) on each split's (ensemble probabilities, labels), fitted on the
     calibration images ``settings.calibration`` names (a :class:`~ensemble.config.DecisionConfig`)."""
-    from .decisions import Decider
+    from ..combining.decisions import Decider
 
     strategy = strategy or ens.combiner_.strategy
     source = settings.calibration if len(ens.val_y_) else "oob"  # no val with `data.train_on_val`

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .metrics import log_loss, macro_f1, per_sample_log_loss
+from ..metrics import log_loss, macro_f1, per_sample_log_loss
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""How member probabilities become one answer: strategies, votes, `auto`, the pool, decisions."""

@@ -1,0 +1,1 @@
+"""What a run tells: metrics.json, report.md, index.html and its pictures, the run card."""

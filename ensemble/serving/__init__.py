@@ -1,0 +1,1 @@
+"""A run answering requests: the web service, its upload page, the MLflow model, the answers."""
