@@ -30,17 +30,21 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from members.registry import Registry
 
-from ..data import DataError, is_sha256, load_dataset, path_key
+from ..data import DataError, Dataset, is_sha256, load_dataset, path_key
 from ..files import read_json, refuse_foreign, refuse_irregular, write_owned
 from ..runfolder import RunFolder, load_run
 from .duplicates import Signature, find_duplicates, merge_pairs, oddities, signature, similar_in_any
 from .label_issues import find_label_issues
+
+if TYPE_CHECKING:  # for annotations only: the config loads when a source is opened, the estimator with a run
+    from ..config import Config, MemberConfig
+    from ..estimator import BaggedEnsemble
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +147,8 @@ def _pretrained_features(spec, paths: list[str], n_classes: int, device: str, ou
         member = create_member(spec, n_classes)
         images, _ = decode_all(paths, member.inputs.resize_size, on_bad="skip", desc="audit: features")
         ok = [i for i, a in enumerate(images) if a is not None]
-        got = extract_features(member.model, eval_tensor([images[i] for i in ok], member.inputs), member.inputs,
+        readable = [a for a in images if a is not None]  # the images of `ok`, in its order
+        got = extract_features(member.model, eval_tensor(readable, member.inputs), member.inputs,
                                spec.train.eval_batch_size, pick_device(device)).numpy() if ok else np.zeros((0, 1))
         feats = np.full((len(paths), got.shape[1]), np.nan, dtype=np.float32)
         feats[ok] = got
@@ -233,7 +238,7 @@ LEFT_OUT = "ensemble (left out of training by data.exclude)"
 
 
 def exclude_lines(label_rows: list[dict], dup_rows: list[dict], threshold: float,
-                  carried: list[str] = (), unreadable: dict[str, str] | None = None) -> list[str]:
+                  carried: Sequence[str] = (), unreadable: dict[str, str] | None = None) -> list[str]:
     """What ``--write-exclude`` lists: training images flagged as mislabelled whose given label
     has out-of-sample probability below ``threshold``, those the audited run had left out
     (``data.exclude``) that its ensemble still flags, and the training twin of every exact or
@@ -383,30 +388,43 @@ class AuditSource:
     """What is audited: the config (its first member gives the features), the splits, with
     a trained run its ensemble and folder, and ``origin``: the audited path, resolved."""
 
-    cfg: object
-    data: object
-    ens: object = None
+    cfg: Config
+    data: Dataset
+    ens: BaggedEnsemble | None = None
     run: RunFolder | None = None
     origin: str = ""
+
+    def trained(self) -> tuple[BaggedEnsemble, RunFolder] | None:
+        """The run's ensemble and folder when a trained run is audited; None for a config or
+        plain data."""
+        if self.ens is None:
+            return None
+        if self.run is None:
+            raise ValueError(f"audit source {self.origin or '?'}: it holds an ensemble but not the run folder "
+                             f"it was loaded from; give both (`ens` and `run`) or neither")
+        return self.ens, self.run
 
 
 def _plain_data(source: str):
     """A folder of class folders or a CSV manifest as one ``train`` split; a folder holding
     ``train`` (and ``val`` / ``test``) folders of class folders as those splits."""
     from ..config import SplitSource
-    from ..data import Dataset, Split, check_labels, load_split
+    from ..data import Split, check_labels, load_split
 
     root = Path(source).resolve()  # listed paths are absolute: exclude and relabel lists resolve anywhere
     named = {s: root / s for s in ("train", "val", "test")} if root.is_dir() else {}
+    others: dict[str, Split | None] = {"val": None, "test": None}
     if named and named["train"].is_dir() and any(c.is_dir() for c in named["train"].iterdir()):
-        parts = {s: load_split(SplitSource(folder=str(p))) if p.is_dir() else None for s, p in named.items()}
+        train = load_split(SplitSource(folder=str(named["train"])))
+        others = {s: load_split(SplitSource(folder=str(named[s]))) if named[s].is_dir() else None
+                  for s in ("val", "test")}
     else:
-        parts = {"train": load_split(SplitSource.from_value(str(root), "source")), "val": None, "test": None}
-    classes = sorted(set(parts["train"].labels))
-    for s in ("val", "test"):
-        if parts[s] is not None:
-            check_labels(parts[s], classes, s)
-    return Dataset(classes, parts["train"], parts["val"] or Split([], []), parts["test"])
+        train = load_split(SplitSource.from_value(str(root), "source"))
+    classes = sorted(set(train.labels))
+    for s, part in others.items():
+        if part is not None:
+            check_labels(part, classes, s)
+    return Dataset(classes, train, others["val"] or Split([], []), others["test"])
 
 
 def open_source(source: str) -> AuditSource:
@@ -460,14 +478,16 @@ def left_out_images(src: AuditSource) -> tuple[list[str], list[str]]:
     """(paths, labels) of the training images the run's ``data.exclude`` left out (none
     without a run or a list): no member trained on them, so the run's ensemble scores them
     out of sample, and an audit can tell which of them still look mislabelled."""
-    if src.ens is None or not getattr(src.cfg.data, "exclude", None):
+    trained_run = src.trained()
+    if trained_run is None or not getattr(src.cfg.data, "exclude", None):
         return [], []
+    _, run = trained_run
     raw = load_dataset(dataclasses.replace(src.cfg.data, exclude=None), src.cfg.seed)
     kept = set(src.data.train.paths)
     pairs = [(p, lab) for p, lab in zip(raw.train.paths, raw.train.labels) if p not in kept]
-    trained = ((src.run.read_metrics().get("data_changes") or {}).get("train") or {}).get("excluded")
+    trained = ((run.read_metrics().get("data_changes") or {}).get("train") or {}).get("excluded")
     if trained is not None and trained != len(pairs):
-        raise DataError(f"{src.run.root}: its `data.exclude` list {src.cfg.data.exclude} now leaves out {len(pairs)} "
+        raise DataError(f"{run.root}: its `data.exclude` list {src.cfg.data.exclude} now leaves out {len(pairs)} "
                         f"training images; the run was trained without {trained} (the list was edited, or a photo "
                         f"it names was moved or deleted). Audit it with the list and photos it was trained with")
     return [p for p, _ in pairs], [lab for _, lab in pairs]
@@ -522,7 +542,7 @@ class AuditContext:
     signatures: dict[str, Signature]
     unreadable: dict[str, str]
     features: list[np.ndarray]
-    feature_specs: list
+    feature_specs: list[MemberConfig]
     out_dir: Path
     signature_cache: dict = dataclasses.field(default_factory=dict, repr=False)
 
@@ -616,19 +636,22 @@ def _training_set(ctx: AuditContext) -> tuple[list[str], np.ndarray]:
     """The training images as scored, with their labels (with a run: in the order of its
     OOB arrays, checked to be the images it trained on)."""
     src, data = ctx.source, ctx.source.data
-    if src.ens is None:
+    trained = src.trained()
+    if trained is None:
         return list(data.train.paths), data.train.encode(ctx.classes)
-    paths = _training_paths(src.run, data, len(src.ens.y_train_), src.cfg.data)
-    _check_training_labels(src.run, data, paths, src.ens.y_train_, ctx.classes, src.cfg.data)
-    return paths, np.asarray(src.ens.y_train_)
+    ens, run = trained
+    paths = _training_paths(run, data, len(ens.y_train_), src.cfg.data)
+    _check_training_labels(run, data, paths, ens.y_train_, ctx.classes, src.cfg.data)
+    return paths, np.asarray(ens.y_train_)
 
 
-def _oob_scores(ctx: AuditContext, paths: list[str], y: np.ndarray) -> Scores:
-    """The run's OOB votes for its training images and, in one confident joint with them
-    (both out of sample, both the run's), its ensemble's for the images it left out."""
+def _oob_scores(ctx: AuditContext, ens: BaggedEnsemble, paths: list[str], y: np.ndarray) -> Scores:
+    """The run's OOB votes (``ens``: its ensemble) for its training images and, in one
+    confident joint with them (both out of sample, both the run's), its ensemble's for the
+    images it left out."""
     from ..combining.votes import oob_matrix
 
-    ens, classes = ctx.source.ens, ctx.classes
+    classes = ctx.classes
     full, available = oob_matrix(list(ens.oob_indices_), list(ens.oob_proba_), len(ens.y_train_), len(classes))
     covered, _, oob_p = ens.combiner_.apply_oob(full, available)
     proba = np.full((len(paths), len(classes)), np.nan)
@@ -675,21 +698,22 @@ def _saved_scores(ctx: AuditContext) -> dict[str, Scores]:
     """The run ensemble's saved val and test predictions, where those photos are unchanged."""
     from ..reporting.card import fingerprints
 
-    src = ctx.source
-    if src.ens is None:
+    trained = ctx.source.trained()
+    if trained is None:
         return {}
-    recorded, out = src.run.read_metrics().get("data_summary") or {}, {}
+    ens, run = trained
+    recorded, out = run.read_metrics().get("data_summary") or {}, {}
     for name in ("val", "test"):
-        got = src.run.load_predictions(name)
+        got = run.load_predictions(name)
         part, was = ctx.split(name), (recorded.get(name) or {}).get("ordered_fingerprint")
         if got is not None and was and (part is None or fingerprints(part.paths, part.labels)[1][:16] != was):
             log.warning("%s: its %s photos changed since training; their saved predictions are not scored "
-                        "(`effens evaluate` the run on them instead)", src.run.root, name)
+                        "(`effens evaluate` the run on them instead)", run.root, name)
             continue
         if got is not None:
             paths, y, member_proba = got
             every = np.ones(len(paths), dtype=bool)
-            out[name] = Scores(list(paths), np.asarray(y), src.ens.combiner_.apply(member_proba)[1], every, every,
+            out[name] = Scores(list(paths), np.asarray(y), ens.combiner_.apply(member_proba)[1], every, every,
                                "ensemble")
     return out
 
@@ -698,7 +722,8 @@ def label_scores(ctx: AuditContext) -> dict[str, Scores]:
     """Every scoring source, by name: ``train`` (OOB votes), ``train (cross-fitted)``,
     ``val`` / ``test`` (the run's ensemble) or ``val (head)`` / ``test (head)``."""
     paths, y = _training_set(ctx)
-    scores = {"train": _oob_scores(ctx, paths, y)} if ctx.source.ens is not None else {}
+    trained = ctx.source.trained()
+    scores = {"train": _oob_scores(ctx, trained[0], paths, y)} if trained is not None else {}
     oob_scored = scores["train"].scored[:len(paths)] if scores else None
     return {**scores, **_feature_scores(ctx, paths, y, oob_scored), **_saved_scores(ctx)}
 
@@ -749,7 +774,7 @@ def label_issues(ctx: AuditContext) -> Finding:
                                                          left if name == "train" else set())
         rows += flagged
         cleared |= kept
-    doc = {"method": ctx.options.method, "label_issues": noise, "n_label_issues": len(rows)}
+    doc: dict[str, Any] = {"method": ctx.options.method, "label_issues": noise, "n_label_issues": len(rows)}
     summary = f"{len(rows)} probably mislabelled"
     if left:
         still = sum(1 for r in rows if r["source"] == LEFT_OUT)
@@ -939,11 +964,13 @@ def gather(src: AuditSource, options: AuditOptions, out_dir: Path) -> AuditConte
 
 def document(ctx: AuditContext, findings: dict[str, Finding]) -> dict:
     """``audit.json``: what was audited, then every finding's entries and its summary phrase."""
-    src, spec = ctx.source, (ctx.feature_specs or [None])[0]
-    doc = {"source": src.origin, "kind": "run" if src.ens is not None else "data",
-           **({"run": src.origin} if src.ens is not None else {}),
-           "features": f"{spec.model} ({spec.weights}, views {', '.join(s.view for s in ctx.feature_specs)})"
-           if ctx.features else None, "classes": ctx.classes}
+    src, features = ctx.source, None
+    if ctx.features:
+        spec = ctx.feature_specs[0]
+        features = f"{spec.model} ({spec.weights}, views {', '.join(s.view for s in ctx.feature_specs)})"
+    doc: dict[str, Any] = {"source": src.origin, "kind": "run" if src.ens is not None else "data",
+                           **({"run": src.origin} if src.ens is not None else {}),
+                           "features": features, "classes": ctx.classes}
     for name, finding in findings.items():
         taken = sorted(set(finding.doc) & (set(doc) | set(HEADER)))
         if taken:

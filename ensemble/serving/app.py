@@ -158,9 +158,11 @@ class Batcher:
         self.forward = ThreadPoolExecutor(1, thread_name_prefix="effens-forward")
         self.task: asyncio.Task | None = None
 
-    def start(self) -> None:
-        self.queue = asyncio.Queue()
-        self.task = asyncio.get_running_loop().create_task(self._loop())
+    def start(self) -> asyncio.Queue:
+        """Open the queue and start batching on the running loop; returns the queue."""
+        queue: asyncio.Queue = asyncio.Queue()
+        self.queue, self.task = queue, asyncio.get_running_loop().create_task(self._loop(queue))
+        return queue
 
     async def stop(self) -> None:
         if self.task is not None:
@@ -170,21 +172,22 @@ class Batcher:
         self.forward.shutdown(wait=True)
 
     async def answer(self, array: np.ndarray) -> dict:
-        if self.task is None:  # an app mounted in another one gets no lifespan: start on first use
-            self.start()
+        queue = self.queue  # set with the task, by start()
+        if queue is None:  # an app mounted in another one gets no lifespan: start on first use
+            queue = self.start()
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put((array, future))
+        await queue.put((array, future))
         return await future
 
-    async def _loop(self) -> None:
+    async def _loop(self, queue: asyncio.Queue) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self.queue.get()]
+            batch = [await queue.get()]
             deadline = loop.time() + self.max_wait
             while len(batch) < self.max_batch:
                 try:
-                    batch.append(self.queue.get_nowait() if loop.time() >= deadline else
-                                 await asyncio.wait_for(self.queue.get(), deadline - loop.time()))
+                    batch.append(queue.get_nowait() if loop.time() >= deadline else
+                                 await asyncio.wait_for(queue.get(), deadline - loop.time()))
                 except (asyncio.QueueEmpty, asyncio.TimeoutError):
                     break
             batch = [(a, f) for a, f in batch if not f.done()]  # a request that timed out meanwhile
@@ -396,6 +399,10 @@ class Service:
 
 
 # ---------------------------------------------------------------- routes: one registered piece each
+#: what a route's plain return value becomes
+ResponseKind = Literal["json", "html", "text"]
+
+
 @dataclasses.dataclass(frozen=True)
 class Route:
     """One endpoint: ``endpoint(service)`` makes the function FastAPI calls (its parameters
@@ -408,14 +415,14 @@ class Route:
     method: str
     endpoint: Callable[[Service], Callable]
     keyed: bool = False
-    response: Literal["json", "html", "text"] = "json"
+    response: ResponseKind = "json"
     in_docs: bool = True
 
 
 ROUTES: Registry[Route] = Registry("serve route")
 
 
-def route(path: str, method: str = "GET", *, keyed: bool = False, response: str = "json",
+def route(path: str, method: str = "GET", *, keyed: bool = False, response: ResponseKind = "json",
           in_docs: bool = True) -> Callable:
     """Register a route of every app :func:`create_app` makes: decorates a function of the
     :class:`Service` that returns the endpoint (registered as ``"METHOD /path"``)."""
@@ -710,7 +717,7 @@ def serve_on_ray(run: str, host: str = "127.0.0.1", port: int = 8000, settings: 
             raise RunError(f"Ray Serve could not start its HTTP proxy on {host}:{port} ({type(exc).__name__}: "
                            f"{first}); check that the port is free and the machine has memory and cores to spare"
                            ) from None
-        options = {"num_cpus": 0}
+        options: dict[str, Any] = {"num_cpus": 0}
         if threads:  # replicas sharing this machine split its cores
             options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(threads)}}
         deployment = ray_serve.deployment(ray_serve.ingress(build)(), name="effens", num_replicas=replicas,
