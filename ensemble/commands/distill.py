@@ -33,7 +33,7 @@ def run(args) -> int:
     doc = distill_run(args.run, args.out, args.distill_config, args.overrides, args.strategy, args.unlabelled,
                       args.device, args.restart)
     sys.stdout.write("\n" + format_table(distill_rows(doc["distill"])) + "\n")
-    sys.stdout.write(f"\nreport: {RunFolder(args.out).report_dir / 'report.md'}  "
+    sys.stdout.write(f"\nreport: {RunFolder(args.out).report_path}  "
                      f"({time.perf_counter() - t0:.0f} s)\n")
     return 0
 
