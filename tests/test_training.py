@@ -14,9 +14,10 @@ def test_a_failed_fit_combiner_changes_nothing(trained, tmp_path, monkeypatch, f
     run = synth.copy_run(run, tmp_path / "run")
     before = synth.digest(run)
     import ensemble.training as training
+    from ensemble.data import DataError
 
     def broken(*args, **kwargs):
-        raise training.DataError("simulated failure while writing the report")
+        raise DataError("simulated failure while writing the report")
 
     monkeypatch.setattr(training, "write_run_report", broken)
     code = main(["fit-combiner", str(run), "--set", "combiner.strategy=stacking"])

@@ -174,7 +174,7 @@ def save_mlflow_model(run_dir: str | Path, path: str | Path) -> dict:
         params=ParamSchema([ParamSpec("strategy", "string", ens.combiner_.strategy)]))
     about = {"strategy": ens.combiner_.strategy, "classes": list(ens.classes_),
              "members": [fm.name for fm in ens.members_]}
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]  # ensemble/, beside members/
     with tempfile.TemporaryDirectory() as tmp:
         run_copy = Path(tmp) / "run"
         shutil.copytree(run_dir, run_copy, ignore=lambda folder, names: [
