@@ -23,9 +23,13 @@ VOLATILE = {"timing", "train_seconds", "seconds", "wall_s", "total_s", "decode_s
             "command", "reproduce", "fingerprint_files", "img_s", "images_per_second", "throughput"}
 
 
+def _volatile(key: str) -> bool:
+    return key in VOLATILE or key.endswith(("_seconds", "_per_second"))
+
+
 def _clean(doc, root: str):
     if isinstance(doc, dict):
-        return {k: _clean(v, root) for k, v in doc.items() if k not in VOLATILE}
+        return {k: _clean(v, root) for k, v in doc.items() if not _volatile(k)}
     if isinstance(doc, list):
         return [_clean(v, root) for v in doc]
     if isinstance(doc, str):
@@ -39,7 +43,9 @@ def _mask(text: str, root: str) -> str:
     return text
 
 
-def compare(a: Path, b: Path) -> list[tuple[str, str]]:
+def compare(a: Path, b: Path, same: tuple[str, str] | None = None) -> list[tuple[str, str]]:
+    """One (file, verdict) per file of either run; ``same``: a path prefix of run ``a``'s data
+    and the one that stands for it in ``b`` (two checkouts of the demo), masked in both."""
     out = []
     files = sorted({p.relative_to(a) for p in a.rglob("*") if p.is_file()}
                    | {p.relative_to(b) for p in b.rglob("*") if p.is_file()})
@@ -56,16 +62,23 @@ def compare(a: Path, b: Path) -> list[tuple[str, str]]:
             verdict = "same" if x.shape == y.shape and np.array_equal(x, y) else "DIFFERENT array"
         elif rel.suffix == ".json":
             try:
-                same = _clean(json.loads(pa.read_text()), str(a)) == _clean(json.loads(pb.read_text()), str(b))
+                equal = (_clean(json.loads(_masked(pa, a, same, 0)), str(a))
+                         == _clean(json.loads(_masked(pb, b, same, 1)), str(b)))
             except ValueError:
-                same = pa.read_bytes() == pb.read_bytes()
-            verdict = "same" if same else "DIFFERENT json"
+                equal = pa.read_bytes() == pb.read_bytes()
+            verdict = "same" if equal else "DIFFERENT json"
         elif rel.suffix in (".md", ".yaml", ".html", ".txt"):
-            verdict = "same" if _mask(pa.read_text(), str(a)) == _mask(pb.read_text(), str(b)) else "DIFFERENT text"
+            equal = _mask(_masked(pa, a, same, 0), str(a)) == _mask(_masked(pb, b, same, 1), str(b))
+            verdict = "same" if equal else "DIFFERENT text"
         else:
             verdict = "same" if pa.read_bytes() == pb.read_bytes() else "DIFFERENT bytes"
         out.append((name, verdict))
     return out
+
+
+def _masked(path: Path, root: Path, same: tuple[str, str] | None, side: int) -> str:
+    text = path.read_text()
+    return text.replace(same[side], "<DATA>") if same else text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("a", type=Path)
     ap.add_argument("b", type=Path)
     ap.add_argument("--only", nargs="*", default=None, help="glob patterns of files to compare (default: all)")
+    ap.add_argument("--same", nargs=2, metavar=("PREFIX_A", "PREFIX_B"), default=None,
+                    help="a path prefix in A's files and the one standing for it in B's (masked in both)")
     args = ap.parse_args(argv)
-    rows = compare(args.a.resolve(), args.b.resolve())
+    rows = compare(args.a.resolve(), args.b.resolve(), tuple(args.same) if args.same else None)
     if args.only:
         rows = [r for r in rows if any(Path(r[0]).match(g) for g in args.only)]
     for name, verdict in rows:
