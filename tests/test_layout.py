@@ -311,3 +311,23 @@ def test_runtime_auto_takes_the_highest_priority_installed_runtime_for_the_devic
     finally:
         RUNTIMES.remove("toy")
     assert resolve_runtime("auto", "cpu") == before
+
+
+def test_a_training_key_is_a_field_in_members_settings_read_by_members():
+    """CONTRIBUTING's "a training key" row: the field in members/settings.py and the members/
+    code that reads it are the whole change (the config reference is generated from the
+    schema, tests/test_readme.py). A field no members/ module reads fails here, and so does a
+    training setting declared anywhere else."""
+    import dataclasses
+    import re
+
+    from ensemble.config import MemberConfig
+    from members.settings import TrainConfig
+
+    assert {f.name: f.type for f in dataclasses.fields(MemberConfig)}["train"] in (TrainConfig, "TrainConfig")
+    sources = {p: p.read_text() for p in (ROOT / "members").rglob("*.py") if p.name != "settings.py"}
+    unread = [f.name for f in dataclasses.fields(TrainConfig)
+              if not any(re.search(rf"\.{f.name}\b", text) for text in sources.values())]
+    assert not unread, f"training keys no members/ module reads: {unread}"
+    declared = [p.name for p in (ROOT / "ensemble").rglob("*.py") if "class TrainConfig" in p.read_text()]
+    assert not declared, f"TrainConfig declared outside members/settings.py: {declared}"
