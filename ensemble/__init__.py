@@ -1,4 +1,5 @@
 """effens: bagged ensembles of EfficientNet image classifiers."""
+
 __version__ = "0.1.0"
 
 from members.cpu_share import share_cpu  # noqa: E402

@@ -3,6 +3,7 @@
 Seeded from the run seed and the member index, so one config always gives the same
 samples, whatever order or process the members are trained in.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,8 +25,9 @@ def sample_size(n: int, ratio: float) -> int:
     return max(1, int(round(ratio * n)))
 
 
-def draw_sample(labels: np.ndarray, ratio: float, replace: bool, stratify: bool,
-                rng: np.random.Generator) -> np.ndarray:
+def draw_sample(
+    labels: np.ndarray, ratio: float, replace: bool, stratify: bool, rng: np.random.Generator
+) -> np.ndarray:
     """Indices of one member's training sample (sorted; repeats when ``replace``).
 
     The sample holds ``round(ratio * n)`` indices. With ``stratify`` they are shared
@@ -65,12 +67,15 @@ def oob_indices(n: int, sample: np.ndarray) -> np.ndarray:
 
 def draw_all(labels: np.ndarray, bagging: list, seed: int) -> list[np.ndarray]:
     """One sample per member from its bagging settings (ratio, replace, stratify)."""
-    samples = [draw_sample(labels, b.ratio, b.replace, b.stratify, member_rng(seed, i))
-               for i, b in enumerate(bagging)]
+    samples = [draw_sample(labels, b.ratio, b.replace, b.stratify, member_rng(seed, i)) for i, b in enumerate(bagging)]
     present = set(np.unique(labels).tolist())
     for i, s in enumerate(samples):
         missing = sorted(present - set(np.unique(np.asarray(labels)[s]).tolist()))
         if missing:
-            log.warning("member %d's bagging sample holds no image of class index(es) %s: it cannot learn them "
-                        "(raise its ratio, or set `bagging.stratify: true`)", i, ", ".join(map(str, missing)))
+            log.warning(
+                "member %d's bagging sample holds no image of class index(es) %s: it cannot learn them "
+                "(raise its ratio, or set `bagging.stratify: true`)",
+                i,
+                ", ".join(map(str, missing)),
+            )
     return samples

@@ -4,6 +4,7 @@ Each command is a registered piece in :mod:`ensemble.commands` (its arguments an
 this module only builds the parser from them, applies the one output rule, and turns the
 user's errors into one line and exit code 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,9 @@ class _CommandParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """``effens``'s parser: one sub-parser per registered command, each with -v / -q."""
-    p = argparse.ArgumentParser(prog="effens", description="Bagged ensembles of EfficientNet classifiers.",
-                                formatter_class=HelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="effens", description="Bagged ensembles of EfficientNet classifiers.", formatter_class=HelpFormatter
+    )
     p.add_argument("--version", action="version", version=f"effens {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
     for cmd in load_commands():
@@ -62,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _dispatch(args)
     except KeyboardInterrupt as exc:
-        log.error("%s; finished work is kept: run the same command again to resume",
-                  "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted")
+        log.error(
+            "%s; finished work is kept: run the same command again to resume",
+            "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted",
+        )
         return 143 if isinstance(exc, Terminated) else 130
     except Exception as exc:
         if not _reported(exc):
@@ -163,5 +167,3 @@ def _one_line(exc: BaseException) -> str:
         where = exc.filename or ""
         return f"{where}: {exc.strerror or exc}" if where else f"{type(exc).__name__}: {exc}"
     return " ".join(str(exc).split())
-
-

@@ -3,6 +3,7 @@
 Every error names the key path and the file, e.g.
 ``configs/x.yaml: `members.0.bagging.ratio` must be in (0, 1]; got 1.5``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,9 +21,20 @@ import yaml
 from members.schema import ConfigError, build, field, interval, redact, sections_field, to_dict
 from members.settings import TrainConfig
 
-__all__ = ["ConfigError", "Config", "MemberConfig", "TrainConfig", "DistillConfig", "load_config", "load_distill",
-           "parse_overrides",
-           "apply_overrides", "dump_config", "SplitSource"]
+__all__ = [
+    "ConfigError",
+    "Config",
+    "MemberConfig",
+    "TrainConfig",
+    "DistillConfig",
+    "load_config",
+    "load_distill",
+    "parse_overrides",
+    "apply_overrides",
+    "dump_config",
+    "SplitSource",
+]
+
 
 def _non_empty(value: Any) -> str | None:
     return "must not be empty" if isinstance(value, str) and not value.strip() else None
@@ -41,8 +53,7 @@ def _tracking_uri(value: Any) -> str | None:
 
     bad = _path_text(value)
     if bad is None and isinstance(value, str) and value.strip() in ("sqlite://", "sqlite:///", "sqlite:////"):
-        return ("names no database file, so MLflow would log to memory and lose every run; "
-                "use `sqlite:///mlflow.db`")
+        return "names no database file, so MLflow would log to memory and lose every run; use `sqlite:///mlflow.db`"
     if bad is None and isinstance(value, str):
         try:
             urlsplit(value).port  # noqa: B018 - parsed as the tracker parses it (a bad port or bracket)
@@ -69,8 +80,10 @@ class SplitSource:
     @classmethod
     def from_value(cls, value: Any, path: str) -> "SplitSource":
         if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"`{path}` must be a folder, a CSV path or a mapping "
-                              f"{{csv: PATH, path_column: NAME, label_column: NAME}}; got {value!r}")
+            raise ConfigError(
+                f"`{path}` must be a folder, a CSV path or a mapping "
+                f"{{csv: PATH, path_column: NAME, label_column: NAME}}; got {value!r}"
+            )
         source = cls(csv=value) if value.lower().endswith(".csv") else cls(folder=value)
         source.validate(path)
         return source
@@ -81,12 +94,15 @@ class SplitSource:
         if "\0" in (self.folder or self.csv or ""):
             raise ConfigError(f"`{path}` must not contain a NUL character")
         if self.csv is not None and self.path_column == self.label_column:
-            raise ConfigError(f"`{path}.path_column` and `{path}.label_column` must name different columns; "
-                              f"both are {self.path_column!r}")
+            raise ConfigError(
+                f"`{path}.path_column` and `{path}.label_column` must name different columns; "
+                f"both are {self.path_column!r}"
+            )
 
     def resolved(self, base: Path) -> "SplitSource":
         def res(p: str | None) -> str | None:
             return None if p is None else str((base / os.path.expanduser(p)).resolve())
+
         return dataclasses.replace(self, folder=res(self.folder), csv=res(self.csv))
 
 
@@ -95,29 +111,49 @@ class DataConfig:
     train: SplitSource = field(doc="training split (required)")
     val: SplitSource | None = field(None, doc="validation split; else `val_fraction` of train")
     test: SplitSource | None = field(None, doc="test split (reported, never used to choose)")
-    val_fraction: float = field(0.2, check=interval(0, 1, low_open=True, high_open=True),
-                                doc="share of train held out (stratified) when `val` is absent")
-    cache_size: int | None = field(None, check=interval(16, 8192),
-                                   doc="shorter side of decoded images kept in memory; "
-                                       "default: the largest member's resize size")
-    on_bad_image: Literal["error", "skip"] = field("error", doc="unreadable training image: "
-                                                   "stop naming it, or skip and list it")
-    exclude: str | None = field(None, check=_path_text, doc="a file of images left out of every split: one path "
-                                "or file SHA-256 per line (`#` comments), or a CSV with a `path` column "
-                                "(`effens audit --write-exclude` writes one)")
-    relabel: str | None = field(None, check=_path_text, doc="a CSV with `path` and `suggested` (or `label`) "
-                                "columns, such as audit's label_issues.csv after review: each listed image "
-                                "takes that label")
-    train_on_val: bool = field(False, doc="the final fit, once the recipe is chosen on val: train the members "
-                               "on train + val; each member's out-of-bag images stand in for val (its best "
-                               "epoch, the combiner, `auto`, temperatures, conformal sets), so no figure is "
-                               "scored on an image its member trained on")
+    val_fraction: float = field(
+        0.2,
+        check=interval(0, 1, low_open=True, high_open=True),
+        doc="share of train held out (stratified) when `val` is absent",
+    )
+    cache_size: int | None = field(
+        None,
+        check=interval(16, 8192),
+        doc="shorter side of decoded images kept in memory; default: the largest member's resize size",
+    )
+    on_bad_image: Literal["error", "skip"] = field(
+        "error", doc="unreadable training image: stop naming it, or skip and list it"
+    )
+    exclude: str | None = field(
+        None,
+        check=_path_text,
+        doc="a file of images left out of every split: one path "
+        "or file SHA-256 per line (`#` comments), or a CSV with a `path` column "
+        "(`effens audit --write-exclude` writes one)",
+    )
+    relabel: str | None = field(
+        None,
+        check=_path_text,
+        doc="a CSV with `path` and `suggested` (or `label`) "
+        "columns, such as audit's label_issues.csv after review: each listed image "
+        "takes that label",
+    )
+    train_on_val: bool = field(
+        False,
+        doc="the final fit, once the recipe is chosen on val: train the members "
+        "on train + val; each member's out-of-bag images stand in for val (its best "
+        "epoch, the combiner, `auto`, temperatures, conformal sets), so no figure is "
+        "scored on an image its member trained on",
+    )
 
 
 @dataclasses.dataclass
 class BaggingConfig:
-    ratio: float = field(1.0, check=interval(0, 1, low_open=True),
-                         doc="sample size as a share of the training set (sklearn `max_samples`)")
+    ratio: float = field(
+        1.0,
+        check=interval(0, 1, low_open=True),
+        doc="sample size as a share of the training set (sklearn `max_samples`)",
+    )
     replace: bool = field(True, doc="draw with replacement (sklearn `bootstrap`)")
     stratify: bool = field(True, doc="keep each class's share in the sample")
 
@@ -140,13 +176,18 @@ class CandidatesConfig:
     """Extra probability sources a member adds to the pool of ``combiner.greedy`` (issue #21)."""
 
     weights: list[Literal["best", "last", "ema", "swa", "probe"]] = field(
-        default_factory=list, check=_check_snapshots,
+        default_factory=list,
+        check=_check_snapshots,
         doc="snapshots of this member's training kept besides `train.select` as pool candidates: best (epoch on "
-            "val), last (epoch), ema (needs `train.ema`), swa (needs `train.swa_epochs`), probe (the linear "
-            "probe, needs `train.lp_epochs`); each is saved and scored on OOB, val and test ([]: none, the default)")
-    views: list[str] = field(default_factory=list, check=_check_views,
-                             doc="eval views each kept weight is also scored under, as further candidates "
-                                 "(a registered member view; []: only the member's own `view`)")
+        "val), last (epoch), ema (needs `train.ema`), swa (needs `train.swa_epochs`), probe (the linear "
+        "probe, needs `train.lp_epochs`); each is saved and scored on OOB, val and test ([]: none, the default)",
+    )
+    views: list[str] = field(
+        default_factory=list,
+        check=_check_views,
+        doc="eval views each kept weight is also scored under, as further candidates "
+        "(a registered member view; []: only the member's own `view`)",
+    )
 
 
 def _show_name(name: str) -> str:
@@ -167,17 +208,22 @@ def _runtimes() -> tuple[str, ...]:
 
 @dataclasses.dataclass
 class RenderConfig:
-    short_side: list[int] = field(default_factory=list,
-                                  doc="[low, high] px: in training each photo's shorter side is brought down to a "
-                                      "value drawn in this range (never up), at eval to its middle; []: off")
-    quality: list[int] = field(default_factory=lambda: [50, 90],
-                               doc="[low, high]: the JPEG quality each photo is re-encoded at (drawn in training, "
-                                   "the middle at eval)")
+    short_side: list[int] = field(
+        default_factory=list,
+        doc="[low, high] px: in training each photo's shorter side is brought down to a "
+        "value drawn in this range (never up), at eval to its middle; []: off",
+    )
+    quality: list[int] = field(
+        default_factory=lambda: [50, 90],
+        doc="[low, high]: the JPEG quality each photo is re-encoded at (drawn in training, the middle at eval)",
+    )
 
     def validate(self, path: str) -> None:
         side, q = self.short_side, self.quality
         if side and (len(side) != 2 or not 8 <= side[0] <= side[1] <= 4096):
-            raise ConfigError(f"`{path}.short_side` must be [] or [low, high] with 8 <= low <= high <= 4096; got {side}")
+            raise ConfigError(
+                f"`{path}.short_side` must be [] or [low, high] with 8 <= low <= high <= 4096; got {side}"
+            )
         if len(q) != 2 or not 1 <= q[0] <= q[1] <= 100:
             raise ConfigError(f"`{path}.quality` must be [low, high] with 1 <= low <= high <= 100; got {q}")
 
@@ -186,51 +232,78 @@ class RenderConfig:
 class MemberConfig:
     name: str = field(check=_non_empty, doc="member name, used for its folder")
     model: str = field(check=_check_model, doc="any timm model name")
-    weights: str = field("none", doc="`none`, `hub`, a weights file (.safetensors/.pt/.pth) "
-                                     "or an installed weights package")
-    image_size: int | None = field(None, check=interval(8, 4096),
-                                   doc="training/inference size; default: the model's native size")
+    weights: str = field(
+        "none", doc="`none`, `hub`, a weights file (.safetensors/.pt/.pth) or an installed weights package"
+    )
+    image_size: int | None = field(
+        None, check=interval(8, 4096), doc="training/inference size; default: the model's native size"
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] | None = field(
-        None, doc="this member's precision; default: the top-level `precision`")
-    view: str = field("crop", choices=_views,
-                      doc="how a photo becomes the input, in training, val, OOB, predict and export: a "
-                          "registered member view (each one's meaning: docs/reference/registries.md)")
-    render: RenderConfig = field(default_factory=RenderConfig,
-                                 doc="re-render every photo through a drawn resolution and JPEG quality, so "
-                                     "neither can stand in for the label (docs/guides/shift.md)")
+        None, doc="this member's precision; default: the top-level `precision`"
+    )
+    view: str = field(
+        "crop",
+        choices=_views,
+        doc="how a photo becomes the input, in training, val, OOB, predict and export: a "
+        "registered member view (each one's meaning: docs/reference/registries.md)",
+    )
+    render: RenderConfig = field(
+        default_factory=RenderConfig,
+        doc="re-render every photo through a drawn resolution and JPEG quality, so "
+        "neither can stand in for the label (docs/guides/shift.md)",
+    )
     bagging: BaggingConfig = field(default_factory=BaggingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    candidates: CandidatesConfig = field(default_factory=CandidatesConfig,
-                                         doc="pool candidates for `combiner.greedy` (snapshots, views)")
+    candidates: CandidatesConfig = field(
+        default_factory=CandidatesConfig, doc="pool candidates for `combiner.greedy` (snapshots, views)"
+    )
 
     def validate(self, path: str) -> None:
         if "@" in self.name:
-            raise ConfigError(f"`{path}.name` must not contain `@` (it names a member's pool candidates, "
-                              f"`{self.name.split('@')[0]}@last`); got {_show_name(self.name)}")
-        need = {"ema": ("ema", self.train.ema, "not set; set a decay such as 0.998"),
-                "swa": ("swa_epochs", self.train.swa_epochs, "0; set how many last epochs to average"),
-                "probe": ("lp_epochs", self.train.lp_epochs, "0; set the linear-probe epochs, e.g. 3")}
+            raise ConfigError(
+                f"`{path}.name` must not contain `@` (it names a member's pool candidates, "
+                f"`{self.name.split('@')[0]}@last`); got {_show_name(self.name)}"
+            )
+        need = {
+            "ema": ("ema", self.train.ema, "not set; set a decay such as 0.998"),
+            "swa": ("swa_epochs", self.train.swa_epochs, "0; set how many last epochs to average"),
+            "probe": ("lp_epochs", self.train.lp_epochs, "0; set the linear-probe epochs, e.g. 3"),
+        }
         for snap in self.candidates.weights:
             if snap in need and not need[snap][1]:
                 key, _, fix = need[snap]
                 raise ConfigError(f"`{path}.candidates.weights` names `{snap}` but `{path}.train.{key}` is {fix}")
-        if (any(c in self.name for c in "/\\:\0") or self.name in (".", "..")
-                or len(self.name.encode("utf-8")) > 100 or not self.name.isprintable()):
-            raise ConfigError(f"`{path}.name` must be usable as a folder name (printable, no / \\ : or NUL, "
-                              f"at most 100 bytes); got {_show_name(self.name)}")
+        if (
+            any(c in self.name for c in "/\\:\0")
+            or self.name in (".", "..")
+            or len(self.name.encode("utf-8")) > 100
+            or not self.name.isprintable()
+        ):
+            raise ConfigError(
+                f"`{path}.name` must be usable as a folder name (printable, no / \\ : or NUL, "
+                f"at most 100 bytes); got {_show_name(self.name)}"
+            )
         low = self.train.min_image_size
         if low is not None and self.image_size is not None and low > self.image_size:
-            raise ConfigError(f"`{path}.train.min_image_size` ({low}) must not exceed `{path}.image_size` "
-                              f"({self.image_size}): progressive resizing grows towards image_size")
+            raise ConfigError(
+                f"`{path}.train.min_image_size` ({low}) must not exceed `{path}.image_size` "
+                f"({self.image_size}): progressive resizing grows towards image_size"
+            )
 
 
 @dataclasses.dataclass
 class AutoConfig:
     metric: Literal["log_loss", "macro_f1"] = field(
-        "log_loss", doc="what `strategy: auto` ranks strategies by on held-out images (val and cross-fitted "
-                        "OOB); log_loss ranks only strategies that give probabilities")
-    se: float = field(1.0, check=interval(0, 10), doc="strategies within this many standard errors (paired "
-                                                      "bootstrap) of the best are a tie; the simplest is chosen")
+        "log_loss",
+        doc="what `strategy: auto` ranks strategies by on held-out images (val and cross-fitted "
+        "OOB); log_loss ranks only strategies that give probabilities",
+    )
+    se: float = field(
+        1.0,
+        check=interval(0, 10),
+        doc="strategies within this many standard errors (paired "
+        "bootstrap) of the best are a tie; the simplest is chosen",
+    )
     bootstrap: int = field(1000, check=interval(10, 100000), doc="paired bootstrap resamples")
     folds: int = field(5, check=interval(2, 20), doc="cross-fitting folds for OOB-fitted strategies")
 
@@ -258,20 +331,26 @@ RESERVED_COLUMNS = ("path", "prediction", "prediction_set", "decision", "error",
 @dataclasses.dataclass
 class CombinerConfig:
     strategy: str = field(
-        "soft", choices=_default_strategies,
+        "soft",
+        choices=_default_strategies,
         doc="default voting: hard (majority), soft (mean probability), weighted "
-            "(learned or given weights), stacking (meta-learner), greedy (ensemble selection), any "
-            "registered strategy, or auto: the simplest strategy within `auto.se` standard errors of the "
-            "best on held-out images (val + cross-fitted OOB; the table is in metrics.json and the report)")
+        "(learned or given weights), stacking (meta-learner), greedy (ensemble selection), any "
+        "registered strategy, or auto: the simplest strategy within `auto.se` standard errors of the "
+        "best on held-out images (val + cross-fitted OOB; the table is in metrics.json and the report)",
+    )
     weights: list[float] | Literal["auto"] | None = field(
-        None, doc="one non-negative weight per member (used by hard, soft and weighted), "
-                  "or `auto`/null: `weighted` learns them")
-    weights_source: Literal["oob", "val"] = field("oob", doc="probabilities `auto` weights "
-                                                             "are fitted on (oob keeps val a "
-                                                             "clean holdout)")
+        None,
+        doc="one non-negative weight per member (used by hard, soft and weighted), "
+        "or `auto`/null: `weighted` learns them",
+    )
+    weights_source: Literal["oob", "val"] = field(
+        "oob", doc="probabilities `auto` weights are fitted on (oob keeps val a clean holdout)"
+    )
     sections: dict[str, Any] = sections_field(
-        _strategy_settings, doc="each strategy's own settings, one section per strategy named after it "
-                                "(`combiner.stacking`, `combiner.greedy`, a plugin's): the strategy owns their schema")
+        _strategy_settings,
+        doc="each strategy's own settings, one section per strategy named after it "
+        "(`combiner.stacking`, `combiner.greedy`, a plugin's): the strategy owns their schema",
+    )
     auto: AutoConfig = field(default_factory=AutoConfig)
     calibrate: bool = field(False, doc="per-member temperature scaling fitted on validation")
 
@@ -298,35 +377,49 @@ def _check_costs(value: Any) -> str | None:
         return None
     if not value or any(not isinstance(row, list) or len(row) != len(value) for row in value):
         return "must be a square matrix (one row per true class, one column per predicted class)"
-    if any(not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0
-           for row in value for v in row):
+    if any(
+        not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0
+        for row in value
+        for v in row
+    ):
         return "must hold finite non-negative numbers"
     if all(v == 0 for row in value for v in row):
         return "is all zeros: every prediction would cost nothing, so predictions would all be the first class"
     for i, row in enumerate(value):
         if row[i] > min(row):
-            return (f"row {i}: the correct answer (column {i}, cost {row[i]:g}) must not cost more than a "
-                    f"mistake in its row (min {min(row):g}), or predictions turn into the cheaper wrong class")
+            return (
+                f"row {i}: the correct answer (column {i}, cost {row[i]:g}) must not cost more than a "
+                f"mistake in its row (min {min(row):g}), or predictions turn into the cheaper wrong class"
+            )
     return None
 
 
 @dataclasses.dataclass
 class DecisionConfig:
     costs: list[list[float]] | None = field(
-        None, check=_check_costs, doc="cost of predicting column j when the truth is row i (class "
-                                      "order); predictions then minimise the expected cost")
-    calibration: Literal["val", "oob"] = field(
-        "val", doc="images prediction sets and review thresholds are fitted on")
-    coverage: float | None = field(None, check=interval(0, 1, low_open=True, high_open=True),
-                                   doc="predict: add a prediction set holding the true class this "
-                                       "often (split conformal); `--coverage` overrides")
+        None,
+        check=_check_costs,
+        doc="cost of predicting column j when the truth is row i (class "
+        "order); predictions then minimise the expected cost",
+    )
+    calibration: Literal["val", "oob"] = field("val", doc="images prediction sets and review thresholds are fitted on")
+    coverage: float | None = field(
+        None,
+        check=interval(0, 1, low_open=True, high_open=True),
+        doc="predict: add a prediction set holding the true class this often (split conformal); `--coverage` overrides",
+    )
     coverage_by_class: bool = field(False, doc="prediction sets with the coverage within every class")
-    review_rate: float | None = field(None, check=interval(0, 1),
-                                      doc="predict: send this share of the least confident images to "
-                                          "review (threshold chosen on the calibration images)")
-    target_accuracy: float | None = field(None, check=interval(0, 1, low_open=True),
-                                          doc="predict: review the least confident images so that the "
-                                              "rest reach this accuracy on the calibration images")
+    review_rate: float | None = field(
+        None,
+        check=interval(0, 1),
+        doc="predict: send this share of the least confident images to "
+        "review (threshold chosen on the calibration images)",
+    )
+    target_accuracy: float | None = field(
+        None,
+        check=interval(0, 1, low_open=True),
+        doc="predict: review the least confident images so that the rest reach this accuracy on the calibration images",
+    )
 
     def validate(self, path: str) -> None:
         if self.review_rate is not None and self.target_accuracy is not None:
@@ -335,55 +428,75 @@ class DecisionConfig:
 
 @dataclasses.dataclass
 class ReportConfig:
-    saliency: bool = field(False, doc="Grad-CAM overlays (each member and their mean) of the default "
-                                      "strategy's mistakes in index.html (up to 200 per split)")
-    purpose: str | None = field(None, check=_non_empty, doc="what the model is for, in a sentence (the run "
-                                                             "card's first line, `report/card.md`)")
-    limits: list[str] = field(default_factory=list, doc="known limits you want on the run card, next to the "
-                                                        "ones effens measures")
+    saliency: bool = field(
+        False,
+        doc="Grad-CAM overlays (each member and their mean) of the default "
+        "strategy's mistakes in index.html (up to 200 per split)",
+    )
+    purpose: str | None = field(
+        None, check=_non_empty, doc="what the model is for, in a sentence (the run card's first line, `report/card.md`)"
+    )
+    limits: list[str] = field(
+        default_factory=list, doc="known limits you want on the run card, next to the ones effens measures"
+    )
 
 
 @dataclasses.dataclass
 class MlflowConfig:
-    uri: str = field(check=_tracking_uri, doc="tracking URI: `sqlite:///mlflow.db` (artifacts in `mlartifacts/` "
-                                           "beside it), `http://host:5000`, or an existing `file:` store")
+    uri: str = field(
+        check=_tracking_uri,
+        doc="tracking URI: `sqlite:///mlflow.db` (artifacts in `mlartifacts/` "
+        "beside it), `http://host:5000`, or an existing `file:` store",
+    )
     experiment: str = field("effens", check=_non_empty, doc="experiment name (created when missing)")
     log_model: bool = field(True, doc="log the trained ensemble as an MLflow pyfunc model with the run")
 
 
 @dataclasses.dataclass
 class TrackingConfig:
-    mlflow: MlflowConfig | None = field(None, doc="log params, per-epoch and final metrics, the report and "
-                                                  "the model to MLflow (`pip install 'effens[track]'`)")
-    tensorboard: str | None = field(None, check=_path_text, doc="write TensorBoard event files (per-epoch "
-                                                                "scalars, final metrics) under this folder")
+    mlflow: MlflowConfig | None = field(
+        None,
+        doc="log params, per-epoch and final metrics, the report and "
+        "the model to MLflow (`pip install 'effens[track]'`)",
+    )
+    tensorboard: str | None = field(
+        None, check=_path_text, doc="write TensorBoard event files (per-epoch scalars, final metrics) under this folder"
+    )
 
 
 @dataclasses.dataclass
 class TuneConfig:
     ratios: list[float] | list[list[float]] = field(
         default_factory=lambda: [0.5, 0.7, 0.85, 1.0],
-        doc="candidate bagging ratios: one list for every member, or one list per member")
-    replace: list[bool] = field(default_factory=lambda: [True, False],
-                                doc="replacement settings searched")
-    tie_members: bool = field(True, doc="with one shared list: every member takes the same "
-                                        "(ratio, replace) in a candidate; false: all combinations")
+        doc="candidate bagging ratios: one list for every member, or one list per member",
+    )
+    replace: list[bool] = field(default_factory=lambda: [True, False], doc="replacement settings searched")
+    tie_members: bool = field(
+        True,
+        doc="with one shared list: every member takes the same "
+        "(ratio, replace) in a candidate; false: all combinations",
+    )
     mode: Literal["auto", "features", "full"] = field(
-        "auto", doc="features: train heads on cached frozen-backbone features (fast proxy); "
-                    "full: train members as configured; auto: features when every member has "
-                    "`freeze: backbone`")
+        "auto",
+        doc="features: train heads on cached frozen-backbone features (fast proxy); "
+        "full: train members as configured; auto: features when every member has "
+        "`freeze: backbone`",
+    )
     method: Literal["grid", "random", "halving"] = field(
-        "grid", doc="grid: every candidate; random: `budget` of them; halving: successive "
-                    "halving over training epochs, keeping the best 1/`eta` each round")
-    budget: int | None = field(None, check=interval(1, 100_000),
-                               doc="random: number of candidates; halving: candidates in the "
-                                   "first round (default: all)")
+        "grid",
+        doc="grid: every candidate; random: `budget` of them; halving: successive "
+        "halving over training epochs, keeping the best 1/`eta` each round",
+    )
+    budget: int | None = field(
+        None,
+        check=interval(1, 100_000),
+        doc="random: number of candidates; halving: candidates in the first round (default: all)",
+    )
     eta: int = field(3, check=interval(2, 1000), doc="halving: keep 1/eta per round")
     min_epochs: int = field(1, check=interval(1, 10_000), doc="halving: epochs in the first round")
     objective: Literal["oob", "val"] = field("val", doc="where candidates are scored")
     metric: Literal["macro_f1", "accuracy", "log_loss"] = field("macro_f1", doc="score to optimise")
-    strategy: str = field("soft", choices=_strategies,
-                          doc="how the ensemble is scored (fitted as `train` fits it)")
+    strategy: str = field("soft", choices=_strategies, doc="how the ensemble is scored (fitted as `train` fits it)")
 
     def validate(self, path: str) -> None:
         ratios: list = self.ratios  # one list for every member, or one per member
@@ -398,14 +511,19 @@ class TuneConfig:
 @dataclasses.dataclass
 class ParallelConfig:
     backend: Literal["sequential", "loky", "ray", "dask"] = field(
-        "sequential", doc="how members and tuning candidates run: in process, local processes "
-                          "(loky), or a Ray / Dask cluster")
+        "sequential",
+        doc="how members and tuning candidates run: in process, local processes (loky), or a Ray / Dask cluster",
+    )
     n_jobs: int = field(1, check=interval(1, 1024), doc="jobs at once")
-    address: str | None = field(None, doc="ray/dask: cluster address (e.g. `auto`, "
-                                          "`ray://host:10001`, `tcp://host:8786`); default: "
-                                          "start a local cluster")
-    threads_per_job: int | None = field(None, check=interval(1, 1024),
-                                        doc="torch threads per job; default: cores / n_jobs")
+    address: str | None = field(
+        None,
+        doc="ray/dask: cluster address (e.g. `auto`, "
+        "`ray://host:10001`, `tcp://host:8786`); default: "
+        "start a local cluster",
+    )
+    threads_per_job: int | None = field(
+        None, check=interval(1, 1024), doc="torch threads per job; default: cores / n_jobs"
+    )
 
 
 #: member keys a student does not take: it trains on every training image once, in no pool
@@ -430,35 +548,53 @@ class DistillConfig:
     student: dict = field(
         default_factory=dict,
         doc="the student member: any keys of `members.N` but bagging and candidates (model, weights, image_size, "
-            "view, render, train.*), over those of the run's smallest member (fewest parameters; its architecture "
-            "and weights source by default); it trains on every training image, named `student` unless `name` is given")
-    strategy: str | None = field(None, check=_non_empty, doc="the teacher: the run's strategy of this name "
-                                                             "(`--strategy`); null: the run's default")
-    temperature: float = field(1.0, check=interval(0, 100, low_open=True),
-                               doc="softens the teacher's and the student's probabilities in the soft loss "
-                                   "(scaled by temperature²); 1 keeps the teacher's probabilities as they are")
-    soft_weight: float = field(0.9, check=interval(0, 1),
-                               doc="share of the soft teacher loss in each image's loss; the label's "
-                                   "cross-entropy gets 1 - soft_weight (1: the student follows the teacher alone)")
-    teacher_views: int = field(0, check=interval(0, 10_000),
-                               doc="0: the teacher labels the very augmented view the student sees, every step "
-                                   "(consistent teaching); N: it labels N augmented views of each image once "
-                                   "(cached in the run folder) and epoch e trains on view e mod N")
+        "view, render, train.*), over those of the run's smallest member (fewest parameters; its architecture "
+        "and weights source by default); it trains on every training image, named `student` unless `name` is given",
+    )
+    strategy: str | None = field(
+        None,
+        check=_non_empty,
+        doc="the teacher: the run's strategy of this name (`--strategy`); null: the run's default",
+    )
+    temperature: float = field(
+        1.0,
+        check=interval(0, 100, low_open=True),
+        doc="softens the teacher's and the student's probabilities in the soft loss "
+        "(scaled by temperature²); 1 keeps the teacher's probabilities as they are",
+    )
+    soft_weight: float = field(
+        0.9,
+        check=interval(0, 1),
+        doc="share of the soft teacher loss in each image's loss; the label's "
+        "cross-entropy gets 1 - soft_weight (1: the student follows the teacher alone)",
+    )
+    teacher_views: int = field(
+        0,
+        check=interval(0, 10_000),
+        doc="0: the teacher labels the very augmented view the student sees, every step "
+        "(consistent teaching); N: it labels N augmented views of each image once "
+        "(cached in the run folder) and epoch e trains on view e mod N",
+    )
     teaching: Literal["ensemble", "oob"] = field(
-        "ensemble", doc="who teaches a training image: the whole ensemble (in-sample for the members that "
-                        "trained on it), or only the members that left it out (its OOB vote; images no member "
-                        "left out fall back to the whole ensemble, counted in the report)")
-    unlabelled: str | None = field(None, check=_path_text,
-                                   doc="a folder or CSV manifest (`path` column) of photos only the teacher "
-                                       "labels (`--unlabelled`)")
+        "ensemble",
+        doc="who teaches a training image: the whole ensemble (in-sample for the members that "
+        "trained on it), or only the members that left it out (its OOB vote; images no member "
+        "left out fall back to the whole ensemble, counted in the report)",
+    )
+    unlabelled: str | None = field(
+        None,
+        check=_path_text,
+        doc="a folder or CSV manifest (`path` column) of photos only the teacher labels (`--unlabelled`)",
+    )
 
     def validate(self, path: str) -> None:
         # the keys now; their values by the members' own schema once merged over the run's member (`effens distill`)
         known = [f.name for f in dataclasses.fields(MemberConfig) if f.name not in NOT_STUDENT_KEYS]
         for key in self.student:
             if key in NOT_STUDENT_KEYS:
-                raise ConfigError(f"`{path}.student.{key}`: a student trains on every training image once, in no "
-                                  f"pool; remove the key")
+                raise ConfigError(
+                    f"`{path}.student.{key}`: a student trains on every training image once, in no pool; remove the key"
+                )
             _known_key(key, known, f"{path}.student")
         train = self.student.get("train")
         if train is not None and not isinstance(train, dict):
@@ -466,8 +602,10 @@ class DistillConfig:
         for key in train or {}:
             _known_key(key, [f.name for f in dataclasses.fields(TrainConfig)], f"{path}.student.train")
         if self.unlabelled is not None and self.soft_weight == 0:
-            raise ConfigError(f"`{path}.unlabelled` photos are taught by the teacher alone, so `{path}.soft_weight` "
-                              f"must be > 0; got 0")
+            raise ConfigError(
+                f"`{path}.unlabelled` photos are taught by the teacher alone, so `{path}.soft_weight` "
+                f"must be > 0; got 0"
+            )
 
 
 @dataclasses.dataclass
@@ -478,56 +616,73 @@ class Config:
     combiner: CombinerConfig = field(default_factory=CombinerConfig)
     device: str = field("auto", doc="`auto` (cuda when present), `cpu`, `cuda` or `cuda:N`")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
-        "auto", doc="training and inference precision: auto (fp32 on CPU, never chosen by a timing; "
-                    "bf16/fp16 mixed precision on CUDA), fp32, bf16 (CPUs with native bf16: often faster) or fp16 "
-                    "(CUDA only); weights stay fp32")
+        "auto",
+        doc="training and inference precision: auto (fp32 on CPU, never chosen by a timing; "
+        "bf16/fp16 mixed precision on CUDA), fp32, bf16 (CPUs with native bf16: often faster) or fp16 "
+        "(CUDA only); weights stay fp32",
+    )
     runtime: str = field(
-        "auto", choices=_runtimes, doc="inference runtime of predict/evaluate: auto (the installed runtime "
-                    "with the highest `auto` priority for the device) or a registered runtime")
+        "auto",
+        choices=_runtimes,
+        doc="inference runtime of predict/evaluate: auto (the installed runtime "
+        "with the highest `auto` priority for the device) or a registered runtime",
+    )
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    decision: DecisionConfig = field(default_factory=DecisionConfig,
-                                     doc="prediction sets, review and costs (`effens predict`, reports)")
+    decision: DecisionConfig = field(
+        default_factory=DecisionConfig, doc="prediction sets, review and costs (`effens predict`, reports)"
+    )
     report: ReportConfig = field(default_factory=ReportConfig, doc="what the report shows")
     tune: TuneConfig = field(default_factory=TuneConfig, doc="bagging-ratio search (`effens tune`)")
-    tracking: TrackingConfig = field(default_factory=TrackingConfig,
-                                     doc="experiment trackers (train, tune, evaluate); nothing is logged unless set")
-    distill: DistillConfig = field(default_factory=DistillConfig,
-                                   doc="one network taught by the ensemble (`effens distill`; `train` ignores it)")
-    plugins: list[str] = field(default_factory=list,
-                               doc="modules or .py files imported before the rest of the config is checked "
-                                   "(a module next to the YAML file is found): your own strategies, views, runtimes, "
-                                   "weights sources, report figures")
+    tracking: TrackingConfig = field(
+        default_factory=TrackingConfig, doc="experiment trackers (train, tune, evaluate); nothing is logged unless set"
+    )
+    distill: DistillConfig = field(
+        default_factory=DistillConfig, doc="one network taught by the ensemble (`effens distill`; `train` ignores it)"
+    )
+    plugins: list[str] = field(
+        default_factory=list,
+        doc="modules or .py files imported before the rest of the config is checked "
+        "(a module next to the YAML file is found): your own strategies, views, runtimes, "
+        "weights sources, report figures",
+    )
 
     def validate(self, path: str) -> None:
         r = self.tune.ratios
         if r and isinstance(r[0], list) and len(r) != len(self.members):
-            raise ConfigError(f"`tune.ratios` per member must have one list per member "
-                              f"({len(self.members)}); got {len(r)}")
+            raise ConfigError(
+                f"`tune.ratios` per member must have one list per member ({len(self.members)}); got {len(r)}"
+            )
         if not self.members:
             raise ConfigError("`members` must list at least one member")
         for i, m in enumerate(self.members):
             if self.tune.method == "halving" and self.tune.min_epochs > m.train.epochs:
-                raise ConfigError(f"`tune.min_epochs` ({self.tune.min_epochs}) must not exceed "
-                                  f"`members.{i}.train.epochs` ({m.train.epochs})")
+                raise ConfigError(
+                    f"`tune.min_epochs` ({self.tune.min_epochs}) must not exceed "
+                    f"`members.{i}.train.epochs` ({m.train.epochs})"
+                )
         names = [m.name for m in self.members]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ConfigError(f"`members` names must be unique; repeated: {', '.join(dupes)}")
         for i, name in enumerate(names):
             if name in _strategies() or name in RESERVED_COLUMNS:
-                raise ConfigError(f"`members.{i}.name` must differ from the strategy names and output "
-                                  f"columns ({', '.join(_strategies() + RESERVED_COLUMNS)}); got {name!r}")
+                raise ConfigError(
+                    f"`members.{i}.name` must differ from the strategy names and output "
+                    f"columns ({', '.join(_strategies() + RESERVED_COLUMNS)}); got {name!r}"
+                )
         if self.data.train_on_val:
             for i, m in enumerate(self.members):
                 if m.bagging.ratio >= 1 and not m.bagging.replace:
-                    raise ConfigError(f"`data.train_on_val` needs out-of-bag images, but `members.{i}.bagging` "
-                                      f"(ratio 1, replace false) leaves no image out; lower its ratio")
+                    raise ConfigError(
+                        f"`data.train_on_val` needs out-of-bag images, but `members.{i}.bagging` "
+                        f"(ratio 1, replace false) leaves no image out; lower its ratio"
+                    )
         w = self.combiner.weights
         if isinstance(w, list) and len(w) != len(self.members):
-            raise ConfigError(f"`combiner.weights` must have one weight per member "
-                              f"({len(self.members)}); got {len(w)}")
-        if not (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:")
-                                                            and self.device[5:].isdigit())):
+            raise ConfigError(f"`combiner.weights` must have one weight per member ({len(self.members)}); got {len(w)}")
+        if not (
+            self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())
+        ):
             raise ConfigError(f"`device` must be auto, cpu, cuda or cuda:N; got {_show_name(self.device)}")
 
 
@@ -539,15 +694,19 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 #: YAML 1.2 core-schema floats, plus YAML 1.1's forms (``1_000.5``, ``190:20:30.15``) that PyYAML reads
-_FLOAT = re.compile(r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+_FLOAT = re.compile(
+    r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                     |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
                     |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
                     |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
                     |[-+]?\.(?:inf|Inf|INF)
-                    |\.(?:nan|NaN|NAN))$""", re.X)
+                    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
 _StrictLoader.yaml_implicit_resolvers = {  # PyYAML's float rule replaced by the one above; the others kept
     first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:float"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 _StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
@@ -566,8 +725,7 @@ def _mapping_no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: 
             continue
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark)
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         seen.add(key)
     return loader.construct_mapping(node, deep=deep)
 
@@ -629,7 +787,7 @@ def read_yaml(path: str | os.PathLike) -> dict:
 
 
 def _short(text: str, limit: int = 300) -> str:
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
@@ -682,8 +840,9 @@ def _index(node: list, part: str, key: str) -> int:
     return int(part)
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] | None = None,
-                base_dir: str | os.PathLike | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike, overrides: list[str] | None = None, base_dir: str | os.PathLike | None = None
+) -> Config:
     """Read, override and validate a config; data paths become absolute.
 
     Relative data paths resolve against ``base_dir`` (default: the current directory,
@@ -692,8 +851,12 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None,
     """
     raw = read_yaml(path)
     seen = _CHECKED.get()
-    key = (repr(raw), tuple(overrides or ()), str(path),
-           str(Path(base_dir).resolve()) if base_dir is not None else os.getcwd())
+    key = (
+        repr(raw),
+        tuple(overrides or ()),
+        str(path),
+        str(Path(base_dir).resolve()) if base_dir is not None else os.getcwd(),
+    )
     if seen is not None and key in seen:
         return copy.deepcopy(seen[key])
     cfg = _validated(raw, path, overrides, base_dir)
@@ -738,8 +901,9 @@ def _validated(raw: dict, path, overrides: list[str] | None, base_dir) -> Config
 def overridden(message: str, overrides: list[str] | None) -> list[str]:
     """The ``--set KEY=VALUE`` items whose key an error message names (the culprits)."""
     items = list(overrides or [])
-    return [item for item, (key, _) in zip(items, parse_overrides(items))
-            if f"`{key}`" in message or f"`{key}." in message]
+    return [
+        item for item, (key, _) in zip(items, parse_overrides(items)) if f"`{key}`" in message or f"`{key}." in message
+    ]
 
 
 def blamed(exc: ConfigError, overrides: list[str] | None, source: str) -> ConfigError:
@@ -748,8 +912,9 @@ def blamed(exc: ConfigError, overrides: list[str] | None, source: str) -> Config
     return ConfigError(f"--set {redact(', '.join(named))}: {exc}" if named else f"{source}: {exc}")
 
 
-def load_distill(path: str | os.PathLike | None, default: DistillConfig,
-                 overrides: list[str] | None = None) -> DistillConfig:
+def load_distill(
+    path: str | os.PathLike | None, default: DistillConfig, overrides: list[str] | None = None
+) -> DistillConfig:
     """``effens distill``'s settings: the ``distill:`` section of ``path`` (a YAML file of config
     keys, read for that section alone: a file holding only it, a training config, a student's
     saved config.yaml), or ``default`` (the run's own) without a file, with ``--set
@@ -769,8 +934,10 @@ def load_distill(path: str | os.PathLike | None, default: DistillConfig,
     parsed = parse_overrides(overrides or [])
     for item, (key, _) in zip(overrides or [], parsed):
         if not key.startswith("distill."):
-            raise ConfigError(f"--set {redact(item)}: `effens distill` takes `distill.*` keys (the run's other "
-                              f"settings are the teacher's)")
+            raise ConfigError(
+                f"--set {redact(item)}: `effens distill` takes `distill.*` keys (the run's other "
+                f"settings are the teacher's)"
+            )
     try:
         settings = build(DistillConfig, apply_overrides({"distill": section}, parsed)["distill"], "distill")
     except ConfigError as exc:
@@ -780,8 +947,7 @@ def load_distill(path: str | os.PathLike | None, default: DistillConfig,
     return settings
 
 
-def config_from_dict(raw: dict, source: str = "<dict>",
-                     base_dir: str | os.PathLike | None = None) -> Config:
+def config_from_dict(raw: dict, source: str = "<dict>", base_dir: str | os.PathLike | None = None) -> Config:
     """Validate a plain mapping; errors are prefixed with ``source``. Plugins (``plugins:``
     and the ``effens.plugins`` entry points) are imported first, so what they register is
     known to the checks."""
@@ -820,7 +986,7 @@ def local_store(uri: str) -> tuple[str, str] | None:
         parsed = urlparse(uri)
         return ("file:", parsed.path) if parsed.netloc in ("", "localhost") else None
     if uri.startswith("sqlite:///"):
-        return "sqlite:///", uri[len("sqlite:///"):]
+        return "sqlite:///", uri[len("sqlite:///") :]
     if "://" not in uri and ":" not in uri.split("/")[0] and not uri.startswith("databricks"):
         return "", uri
     return None
@@ -830,6 +996,7 @@ def resolved_tracking(tracking: "TrackingConfig", base: Path) -> "TrackingConfig
     """``tracking:`` with its local paths (a TensorBoard folder; a plain-path, ``file:`` or
     ``sqlite:///`` MLflow store) absolute, so the config saved with a run logs to the same
     place whichever folder a later ``evaluate`` runs from; server URIs stay as given."""
+
     def absolute(p: str) -> str:
         return str((base / os.path.expanduser(p)).resolve())
 
@@ -840,8 +1007,9 @@ def resolved_tracking(tracking: "TrackingConfig", base: Path) -> "TrackingConfig
     store = local_store(ml.uri) if ml is not None else None
     if store is not None and ml is not None:
         prefix, path = store
-        ml = dataclasses.replace(ml, uri=Path(absolute(path)).as_uri() if prefix == "file:"
-                                 else prefix + absolute(path))
+        ml = dataclasses.replace(
+            ml, uri=Path(absolute(path)).as_uri() if prefix == "file:" else prefix + absolute(path)
+        )
     return dataclasses.replace(tracking, tensorboard=tb, mlflow=ml)
 
 
@@ -861,8 +1029,11 @@ def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
     if "@" not in parts.netloc:
         return uri, None, None
     netloc = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=netloc).geturl(), unquote(parts.username or ""), \
-        None if parts.password is None else unquote(parts.password)
+    return (
+        parts._replace(netloc=netloc).geturl(),
+        unquote(parts.username or ""),
+        None if parts.password is None else unquote(parts.password),
+    )
 
 
 def _without_credentials(uri: str) -> str:
@@ -873,10 +1044,17 @@ def _without_credentials(uri: str) -> str:
     if clean not in _CREDENTIALS:
         import logging
 
-        instead = ("set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead of writing them in the URI"
-                   if clean.startswith(("http:", "https:")) else "a later command on the run needs them again")
-        logging.getLogger(__name__).warning("`tracking.mlflow.uri`: the user name and password in %s are used by "
-                                            "this process only and saved nowhere; %s", clean, instead)
+        instead = (
+            "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD instead of writing them in the URI"
+            if clean.startswith(("http:", "https:"))
+            else "a later command on the run needs them again"
+        )
+        logging.getLogger(__name__).warning(
+            "`tracking.mlflow.uri`: the user name and password in %s are used by "
+            "this process only and saved nowhere; %s",
+            clean,
+            instead,
+        )
     _CREDENTIALS[clean] = (user, password)
     return clean
 
@@ -901,24 +1079,26 @@ def check_against_classes(cfg: "Config", classes: list[str], source: str) -> Non
     check_member_names(cfg.members, classes, source)
     costs = cfg.decision.costs
     if costs is not None and len(costs) != len(classes):
-        raise ConfigError(f"{source}: `decision.costs` must be {len(classes)} x {len(classes)} "
-                          f"(classes {', '.join(classes)}); got {len(costs)} x {len(costs[0])}")
+        raise ConfigError(
+            f"{source}: `decision.costs` must be {len(classes)} x {len(classes)} "
+            f"(classes {', '.join(classes)}); got {len(costs)} x {len(costs[0])}"
+        )
 
 
 def check_member_names(members: list, classes: list[str], source: str) -> None:
     """Refuse a member named like a class: one name would mean two things in reports and outputs."""
     for i, m in enumerate(members):
         if m.name in classes:
-            raise ConfigError(f"{source}: `members.{i}.name` {m.name!r} is also a class name; "
-                              f"rename the member")
+            raise ConfigError(f"{source}: `members.{i}.name` {m.name!r} is also a class name; rename the member")
 
 
 def data_inputs(cfg: Config) -> list[str]:
     """The folders and manifests a config's splits are read from, and its exclude and relabel
     lists (outputs must stay out of them)."""
     srcs = (cfg.data.train, cfg.data.val, cfg.data.test)
-    return [str(s.folder or s.csv) for s in srcs if s is not None] + \
-        [f for f in (cfg.data.exclude, cfg.data.relabel) if f]
+    return [str(s.folder or s.csv) for s in srcs if s is not None] + [
+        f for f in (cfg.data.exclude, cfg.data.relabel) if f
+    ]
 
 
 def flat_keys(obj: Any, prefix: str = "") -> dict[str, Any]:

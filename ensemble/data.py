@@ -1,4 +1,5 @@
 """Splits from class folders or CSV manifests -> (paths, labels); the class list."""
+
 from __future__ import annotations
 
 import csv
@@ -18,8 +19,7 @@ from .config import SplitSource
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                    ".pgm")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
 class DataError(EffensError, ValueError):
@@ -71,8 +71,12 @@ def find_images(root: str | os.PathLike) -> list[str]:
             full = os.path.join(dirpath, f)
             (out if os.path.isfile(full) else special).append(full)
     if special:
-        log.warning("%s: skipped %d entries that are not regular files: %s", root, len(special),
-                    ", ".join(special[:10]) + (" ..." if len(special) > 10 else ""))
+        log.warning(
+            "%s: skipped %d entries that are not regular files: %s",
+            root,
+            len(special),
+            ", ".join(special[:10]) + (" ..." if len(special) > 10 else ""),
+        )
     return out
 
 
@@ -112,11 +116,12 @@ def read_manifest(path: str | os.PathLike, columns: Sequence[str]) -> list[tuple
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
+        line = raw[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}: line {line}: not UTF-8 text; save the manifest as UTF-8") from None
     if "\0" in text:
-        raise DataError(f"{path}: line {text[:text.index(chr(0))].count(chr(10)) + 1}: a NUL byte; "
-                        f"not a text CSV") from None
+        raise DataError(
+            f"{path}: line {text[: text.index(chr(0))].count(chr(10)) + 1}: a NUL byte; not a text CSV"
+        ) from None
     reader = csv.DictReader(io.StringIO(text, newline=""))
     found = reader.fieldnames or []
     missing = [c for c in columns if c not in found]
@@ -158,14 +163,15 @@ def manifest_path(csv_path: str | os.PathLike, listed: str) -> str:
     return os.path.normpath(os.path.abspath(listed if os.path.isabs(listed) else Path(csv_path).parent / listed))
 
 
-def load_csv(path: str | os.PathLike, path_column: str = "path",
-             label_column: str = "label") -> Split:
+def load_csv(path: str | os.PathLike, path_column: str = "path", label_column: str = "label") -> Split:
     """A CSV manifest; relative paths resolve against the CSV's folder."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such CSV file")
-    rows = [(line, (r[path_column] or "", r[label_column] or ""))
-            for line, r in read_manifest(path, (path_column, label_column))]
+    rows = [
+        (line, (r[path_column] or "", r[label_column] or ""))
+        for line, r in read_manifest(path, (path_column, label_column))
+    ]
     paths, labels, problems = [], [], []
     seen: dict[str, int] = {}
     for line, (p, lab) in rows:
@@ -179,8 +185,9 @@ def load_csv(path: str | os.PathLike, path_column: str = "path",
             continue
         seen[key] = line
         if not os.path.isfile(full):
-            problems.append(f"row {line}: " + ("not a regular file" if os.path.exists(full) else "no such file")
-                            + f" {p}")
+            problems.append(
+                f"row {line}: " + ("not a regular file" if os.path.exists(full) else "no such file") + f" {p}"
+            )
             continue
         label = lab.strip()
         if not label.isprintable():
@@ -208,8 +215,10 @@ def check_labels(split: Split, classes: Sequence[str], name: str) -> None:
     if unknown:
         rows = [f"{p} ({lab})" for p, lab in zip(split.paths, split.labels) if lab not in classes]
         more = f", ... {len(rows) - 10} more" if len(rows) > 10 else ""
-        raise DataError(f"{name} split has labels not in the training classes {list(classes)}: "
-                        f"{', '.join(unknown)}; images: {', '.join(rows[:10])}{more}")
+        raise DataError(
+            f"{name} split has labels not in the training classes {list(classes)}: "
+            f"{', '.join(unknown)}; images: {', '.join(rows[:10])}{more}"
+        )
 
 
 def stratified_holdout(split: Split, fraction: float, seed: int) -> tuple[Split, Split]:
@@ -219,13 +228,17 @@ def stratified_holdout(split: Split, fraction: float, seed: int) -> tuple[Split,
     idx = np.arange(len(split))
     counts = Counter(split.labels)
     if min(counts.values()) < 2:
-        raise DataError(f"cannot hold out a stratified validation set: classes with fewer than "
-                        f"2 images: {', '.join(c for c, n in counts.items() if n < 2)}")
+        raise DataError(
+            f"cannot hold out a stratified validation set: classes with fewer than "
+            f"2 images: {', '.join(c for c, n in counts.items() if n < 2)}"
+        )
     n_val = int(np.ceil(fraction * len(split)))
     if n_val < len(counts) or len(split) - n_val < len(counts):
-        raise DataError(f"cannot hold out a stratified validation set of `data.val_fraction` {fraction:g}: "
-                        f"{len(split)} training images give {n_val} for val, fewer than one per class "
-                        f"({len(counts)}) on one side; give a `data.val` split or more images")
+        raise DataError(
+            f"cannot hold out a stratified validation set of `data.val_fraction` {fraction:g}: "
+            f"{len(split)} training images give {n_val} for val, fewer than one per class "
+            f"({len(counts)}) on one side; give a `data.val` split or more images"
+        )
     tr, va = train_test_split(idx, test_size=fraction, random_state=seed, stratify=split.labels)
     return split.subset(sorted(tr)), split.subset(sorted(va))
 
@@ -253,8 +266,9 @@ def read_exclusions(path: str) -> tuple[set[str], set[str]]:
     if path.lower().endswith(".csv") or _is_path_header(first):
         reader = csv.DictReader(text.splitlines(), skipinitialspace=True)
         if reader.fieldnames and "path" not in reader.fieldnames:
-            raise DataError(f"`data.exclude`: {path}: a CSV needs a `path` column; found "
-                            f"{', '.join(reader.fieldnames)}")
+            raise DataError(
+                f"`data.exclude`: {path}: a CSV needs a `path` column; found {', '.join(reader.fieldnames)}"
+            )
         entries = [(r["path"] or "").strip() for r in reader]
     else:
         entries = [_entry(ln, base) for ln in text.splitlines() if not ln.lstrip().startswith("#")]
@@ -294,7 +308,7 @@ def _entry(line: str, base: str) -> str:
         e = option.strip()
         if e and (is_sha256(e) or os.path.isfile(os.path.join(base, os.path.expanduser(e)))):
             return e
-    return line[:cuts[0]].strip()
+    return line[: cuts[0]].strip()
 
 
 def path_key(path: str) -> str:
@@ -312,8 +326,10 @@ def read_relabels(path: str, classes: Sequence[str]) -> dict[str, str]:
     reader = csv.DictReader(_read_text(path, "data.relabel").splitlines(), skipinitialspace=True)
     column = next((c for c in ("suggested", "label") if c in (reader.fieldnames or [])), None)
     if "path" not in (reader.fieldnames or []) or column is None:
-        raise DataError(f"`data.relabel`: {path}: needs a `path` column and a `suggested` or `label` column; "
-                        f"found {', '.join(reader.fieldnames or []) or 'no header'}")
+        raise DataError(
+            f"`data.relabel`: {path}: needs a `path` column and a `suggested` or `label` column; "
+            f"found {', '.join(reader.fieldnames or []) or 'no header'}"
+        )
     out: dict[str, str] = {}
     line_of: dict[str, int] = {}
     for line, row in enumerate(reader, start=2):
@@ -322,12 +338,13 @@ def read_relabels(path: str, classes: Sequence[str]) -> dict[str, str]:
             raise DataError(f"`data.relabel`: {path}, line {line}: no path")
         label = (row.get(column) or "").strip()
         if label not in classes:
-            raise DataError(f"`data.relabel`: {path}, line {line}: {label!r} is not a class "
-                            f"({', '.join(classes)})")
+            raise DataError(f"`data.relabel`: {path}, line {line}: {label!r} is not a class ({', '.join(classes)})")
         key = path_key(os.path.join(base, os.path.expanduser(entry)))
         if out.get(key, label) != label:
-            raise DataError(f"`data.relabel`: {path}, line {line}: {entry} is relabelled {label!r} here and "
-                            f"{out[key]!r} on line {line_of[key]}; keep one")
+            raise DataError(
+                f"`data.relabel`: {path}, line {line}: {entry} is relabelled {label!r} here and "
+                f"{out[key]!r} on line {line_of[key]}; keep one"
+            )
         out[key], line_of[key] = label, line
     return out
 
@@ -335,9 +352,16 @@ def read_relabels(path: str, classes: Sequence[str]) -> dict[str, str]:
 def _read_text(path: str, key: str) -> str:
     """A list file's text (UTF-8, with or without the byte-order mark spreadsheets write)."""
     if not os.path.isfile(path):  # never opened: a FIFO or a device would block the read
-        raise DataError(f"`{key}`: {path}: " + ("is a folder, not a file" if os.path.isdir(path) else
-                                                 "not a regular file (a FIFO, socket or device)"
-                                                 if os.path.exists(path) else "file not found"))
+        raise DataError(
+            f"`{key}`: {path}: "
+            + (
+                "is a folder, not a file"
+                if os.path.isdir(path)
+                else "not a regular file (a FIFO, socket or device)"
+                if os.path.exists(path)
+                else "file not found"
+            )
+        )
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             return fh.read()
@@ -376,15 +400,19 @@ def change_split(split: Split, changes: DataChanges, matched: set | None = None)
         new = changes.labels.get(norm)
         if norm in changes.paths or digest in changes.hashes:
             if new is not None:
-                raise DataError(f"{p}: is left out by `data.exclude` {changes.exclude} and relabelled {new!r} by "
-                                f"`data.relabel` {changes.relabel}; keep it in one list")
+                raise DataError(
+                    f"{p}: is left out by `data.exclude` {changes.exclude} and relabelled {new!r} by "
+                    f"`data.relabel` {changes.relabel}; keep it in one list"
+                )
             matched.add(norm if norm in changes.paths else digest)
             continue
         keep.append(i)
         n_relabelled += new is not None and new != split.labels[i]
         out_labels.append(new if new is not None else split.labels[i])
-    return (Split([split.paths[i] for i in keep], out_labels),
-            {"excluded": len(split) - len(keep), "relabelled": int(n_relabelled)})
+    return (
+        Split([split.paths[i] for i in keep], out_labels),
+        {"excluded": len(split) - len(keep), "relabelled": int(n_relabelled)},
+    )
 
 
 def apply_data_changes(data: "Dataset", exclude: str | None, relabel: str | None) -> "Dataset":
@@ -402,30 +430,43 @@ def apply_data_changes(data: "Dataset", exclude: str | None, relabel: str | None
         if split is not None:
             split, changes[name] = change_split(split, wanted, matched)
         splits[name] = split
-    every = {path_key(p) for name in ("train", "val", "test")
-             if getattr(data, name) is not None for p in getattr(data, name).paths}
-    for key, path, entries, named in (("data.exclude", exclude, wanted.paths | wanted.hashes, matched),
-                                      ("data.relabel", relabel, set(wanted.labels), every)):
+    every = {
+        path_key(p)
+        for name in ("train", "val", "test")
+        if getattr(data, name) is not None
+        for p in getattr(data, name).paths
+    }
+    for key, path, entries, named in (
+        ("data.exclude", exclude, wanted.paths | wanted.hashes, matched),
+        ("data.relabel", relabel, set(wanted.labels), every),
+    ):
         _check_matches(key, path, entries, entries & named)
     for name in ("val", "test"):
         if splits[name] is not None and not len(splits[name]):
-            raise DataError(f"`data.exclude`: {exclude}: leaves out all {changes[name]['excluded']} images of the "
-                            f"{name} split, so nothing would score the ensemble there; take them off the list or "
-                            f"give another `data.{name}`")
+            raise DataError(
+                f"`data.exclude`: {exclude}: leaves out all {changes[name]['excluded']} images of the "
+                f"{name} split, so nothing would score the ensemble there; take them off the list or "
+                f"give another `data.{name}`"
+            )
     new = Dataset(data.classes, splits["train"], splits["val"], splits["test"], changes)
     present = set(new.train.labels)
     if len(present) < 2:
         raise DataError("`data.exclude` / `data.relabel` leave the training split with fewer than 2 classes")
     emptied = [c for c in data.classes if c not in present]
     if emptied:  # still a class of the model (val and test may hold it), but nothing teaches it
-        log.warning("`data.exclude` / `data.relabel` leave no training image of class %s: the members cannot "
-                    "learn it", ", ".join(emptied))
+        log.warning(
+            "`data.exclude` / `data.relabel` leave no training image of class %s: the members cannot learn it",
+            ", ".join(emptied),
+        )
     log.info("data.exclude / data.relabel: %s", describe_changes(changes))
     held = {k: v["relabelled"] for k, v in changes.items() if k != "train" and v["relabelled"]}
     if held:  # scores against other labels than the folders say: said where it cannot be missed
-        log.warning("`data.relabel` %s changes %s labels: val and test are scored against the new labels (keep "
-                    "only training rows in the list to score against the folders' labels)", relabel,
-                    " and ".join(f"{n} {k}" for k, n in held.items()))
+        log.warning(
+            "`data.relabel` %s changes %s labels: val and test are scored against the new labels (keep "
+            "only training rows in the list to score against the folders' labels)",
+            relabel,
+            " and ".join(f"{n} {k}" for k, n in held.items()),
+        )
     return new
 
 
@@ -436,10 +477,19 @@ def _check_matches(key: str, path: str | None, entries: set[str], found: set[str
     if not unmatched:
         return
     if not found:
-        raise DataError(f"`{key}`: {path}: none of its {len(entries)} entries names an image of the splits (first: "
-                        f"{unmatched[0]}); relative paths are read from the list's own folder")
-    log.warning("`%s`: %s: %d of its %d entries name no image of the splits (first: %s); relative paths "
-                "are read from the list's own folder", key, path, len(unmatched), len(entries), unmatched[0])
+        raise DataError(
+            f"`{key}`: {path}: none of its {len(entries)} entries names an image of the splits (first: "
+            f"{unmatched[0]}); relative paths are read from the list's own folder"
+        )
+    log.warning(
+        "`%s`: %s: %d of its %d entries name no image of the splits (first: %s); relative paths "
+        "are read from the list's own folder",
+        key,
+        path,
+        len(unmatched),
+        len(entries),
+        unmatched[0],
+    )
 
 
 def describe_changes(changes: dict) -> str:
@@ -458,26 +508,32 @@ def load_dataset(data_cfg, seed: int) -> Dataset:
         val = load_split(data_cfg.val)
     else:
         train, val = stratified_holdout(train, data_cfg.val_fraction, seed)
-        log.info("no val split given: held out %d of %d training images (stratified)",
-                 len(val), len(val) + len(train))
+        log.info("no val split given: held out %d of %d training images (stratified)", len(val), len(val) + len(train))
     check_labels(val, classes, "val")
     test = load_split(data_cfg.test) if data_cfg.test is not None else None
     if test is not None:
         check_labels(test, classes, "test")
     missing = sorted(set(classes) - set(val.labels))
     if missing:
-        log.warning("val has no image of class(es) %s: its scores for them are undefined and the best epoch "
-                    "is chosen without them", ", ".join(missing))
-    data = apply_data_changes(Dataset(classes, train, val, test), getattr(data_cfg, "exclude", None),
-                              getattr(data_cfg, "relabel", None))
+        log.warning(
+            "val has no image of class(es) %s: its scores for them are undefined and the best epoch "
+            "is chosen without them",
+            ", ".join(missing),
+        )
+    data = apply_data_changes(
+        Dataset(classes, train, val, test), getattr(data_cfg, "exclude", None), getattr(data_cfg, "relabel", None)
+    )
     return with_val_in_train(data) if getattr(data_cfg, "train_on_val", False) else data
 
 
 def with_val_in_train(data: Dataset) -> Dataset:
     """``data.train_on_val``: val joins train and val is left empty; every held-out figure then
     comes from the members' out-of-bag images."""
-    log.info("data.train_on_val: training on %d train + %d val images; held-out figures come from "
-             "out-of-bag images", len(data.train), len(data.val))
+    log.info(
+        "data.train_on_val: training on %d train + %d val images; held-out figures come from out-of-bag images",
+        len(data.train),
+        len(data.val),
+    )
     merged = Split(data.train.paths + data.val.paths, data.train.labels + data.val.labels)
     return dataclasses.replace(data, train=merged, val=Split([], []), val_in_train=len(data.val))
 
@@ -491,9 +547,11 @@ def check_class_names(classes: Sequence[str]) -> None:
     holding ``|`` (the prediction-set separator) or control characters."""
     for c in classes:
         if c in RESERVED_CLASSES or "|" in c or not c.isprintable() or not c.strip():
-            raise DataError(f"class name {c!r} is not allowed: class names must be printable, must not contain "
-                            f"'|' (it separates a prediction set) and must not be 'review' (a decision); "
-                            f"rename the folder or label")
+            raise DataError(
+                f"class name {c!r} is not allowed: class names must be printable, must not contain "
+                f"'|' (it separates a prediction set) and must not be 'review' (a decision); "
+                f"rename the folder or label"
+            )
 
 
 def overlapping_images(splits: dict[str, Split], limit: int = 5) -> dict[str, dict]:
@@ -512,11 +570,10 @@ def overlapping_images(splits: dict[str, Split], limit: int = 5) -> dict[str, di
     out = {}
     names = list(splits)
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             common = sorted(set(digests[a]) & set(digests[b]), key=lambda h: digests[a][h])
             if common:
-                out[f"{a}/{b}"] = {"n": len(common),
-                                   "pairs": [[digests[a][h], digests[b][h]] for h in common[:limit]]}
+                out[f"{a}/{b}"] = {"n": len(common), "pairs": [[digests[a][h], digests[b][h]] for h in common[:limit]]}
     return out
 
 
@@ -530,8 +587,9 @@ def decode_split(split: Split, size: int, on_bad: Literal["error", "skip"], name
     if name in ("train", "val") and bad:
         gone = sorted(set(split.labels) - set(kept.labels))
         if gone:
-            raise DataError(f"{name}: every image of class {', '.join(gone)} was unreadable and skipped "
-                            f"(first: {bad[0][1]})")
+            raise DataError(
+                f"{name}: every image of class {', '.join(gone)} was unreadable and skipped (first: {bad[0][1]})"
+            )
     return kept, [arrays[i] for i in keep], bad
 
 

@@ -15,6 +15,7 @@ with (:mod:`ensemble.fitting`), so predict, evaluate, serve, export and audit ta
 unchanged; its member.json records the teacher (run, strategy, SHA-256 of each member's
 weights) and its report puts it beside the teacher and the teacher's best member.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -66,15 +67,23 @@ class EnsembleTeacher:
     ``cache`` (views x images x classes) answers from labels made beforehand instead.
     """
 
-    def __init__(self, ens: BaggedEnsemble, strategy: str, student_inputs, device, settings: DistillConfig,
-                 record: dict, available: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        ens: BaggedEnsemble,
+        strategy: str,
+        student_inputs,
+        device,
+        settings: DistillConfig,
+        record: dict,
+        available: np.ndarray | None = None,
+    ) -> None:
         import torch
 
         comb = ens.combiner_
         self.combiner, self.strategy = comb, strategy
         self.rows = len(comb.names(strategy))
-        used = comb.uses(strategy)[:self.rows]
-        self.models = [(j, fm) for j, (fm, _) in enumerate(ens.pool_rows()[:self.rows]) if used[j]]
+        used = comb.uses(strategy)[: self.rows]
+        self.models = [(j, fm) for j, (fm, _) in enumerate(ens.pool_rows()[: self.rows]) if used[j]]
         self.device = torch.device(device)
         for _, fm in self.models:
             fm.model.to(self.device).eval()
@@ -106,8 +115,11 @@ class EnsembleTeacher:
             pixels = x.to(self.device).float() * self.std + self.mean
             for j, fm in self.models:
                 size = fm.inputs.image_size
-                seen = pixels if pixels.shape[-1] == size and pixels.shape[-2] == size else F.interpolate(
-                    pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+                seen = (
+                    pixels
+                    if pixels.shape[-1] == size and pixels.shape[-2] == size
+                    else F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+                )
                 mean = torch.tensor(fm.inputs.mean, device=self.device).view(1, 3, 1, 1)
                 std = torch.tensor(fm.inputs.std, device=self.device).view(1, 3, 1, 1)
                 seen = ((seen - mean) / std).contiguous(memory_format=torch.channels_last)
@@ -121,7 +133,7 @@ class EnsembleTeacher:
         if self.available is not None:
             avail = np.zeros((self.rows, len(index)), dtype=bool)
             inside = index < self.available.shape[1]  # unlabelled photos: no member saw them
-            avail[:, inside] = self.available[:self.rows, index[inside]]
+            avail[:, inside] = self.available[: self.rows, index[inside]]
             covered, _, oob = comb.apply_oob(calibrated, avail, self.strategy)
             proba[covered] = oob
         return proba
@@ -135,8 +147,9 @@ def oob_availability(ens: BaggedEnsemble) -> np.ndarray:
     return out
 
 
-def label_views(teacher: EnsembleTeacher, inputs, train_cfg, data, seed: int, views: int,
-                batch_size: int) -> np.ndarray:
+def label_views(
+    teacher: EnsembleTeacher, inputs, train_cfg, data, seed: int, views: int, batch_size: int
+) -> np.ndarray:
     """(views, images, classes): the teacher on ``views`` augmented views of every training
     image, drawn as the student's epochs draw them (:func:`members.trainer.augmented_views`)."""
     from tqdm.auto import tqdm
@@ -158,8 +171,9 @@ def smallest_member(ens: BaggedEnsemble, cfg: Config) -> MemberConfig:
     return cfg.members[int(np.argmin(sizes))]
 
 
-def student_spec(base: MemberConfig, settings: DistillConfig, source: str,
-                 overrides: Sequence[str] = ()) -> MemberConfig:
+def student_spec(
+    base: MemberConfig, settings: DistillConfig, source: str, overrides: Sequence[str] = ()
+) -> MemberConfig:
     """``distill.student`` over ``base``'s keys (mappings merged one level down), checked by the
     members' own schema (an error names the ``--set`` item, else ``source``); every training
     image, once, no pool candidates."""
@@ -174,15 +188,17 @@ def student_spec(base: MemberConfig, settings: DistillConfig, source: str,
         raise blamed(exc, list(overrides), source) from None
 
 
-def student_config(teacher_cfg: Config, spec: MemberConfig, settings: DistillConfig, device: str | None,
-                   source: str) -> Config:
+def student_config(
+    teacher_cfg: Config, spec: MemberConfig, settings: DistillConfig, device: str | None, source: str
+) -> Config:
     """The student run's config: the teacher's data and seed, one member, its own voting
     (one member: the soft vote is the member), fitted on val (a student leaves nothing out)."""
     from .config import config_from_dict, config_to_dict
 
     raw = config_to_dict(teacher_cfg)
-    raw.update(members=[to_dict(spec)], combiner=_fitted_on_val(), tune={}, parallel={}, tracking={},
-               distill=to_dict(settings))
+    raw.update(
+        members=[to_dict(spec)], combiner=_fitted_on_val(), tune={}, parallel={}, tracking={}, distill=to_dict(settings)
+    )
     if device:
         raw["device"] = device
     return config_from_dict(raw, source=source)
@@ -226,8 +242,10 @@ def check_student(cfg: Config, n_classes: int, source: str):
                 member.model.eval()(torch.zeros(2, 3, size, size))
         except (RuntimeError, ValueError, AssertionError, IndexError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DistillError(f"{source}: `distill.student.image_size`: {spec.model} cannot take {size} px inputs "
-                               f"({first}); choose another size") from None
+            raise DistillError(
+                f"{source}: `distill.student.image_size`: {spec.model} cannot take {size} px inputs "
+                f"({first}); choose another size"
+            ) from None
     return member.inputs
 
 
@@ -249,8 +267,13 @@ class Unlabelled:
             self.examples[why].append(path)
 
     def summary(self) -> dict:
-        return {"source": self.source, "found": self.found, "used": len(self.paths), "left_out": self.left_out,
-                "examples": self.examples}
+        return {
+            "source": self.source,
+            "found": self.found,
+            "used": len(self.paths),
+            "left_out": self.left_out,
+            "examples": self.examples,
+        }
 
 
 def unlabelled_photos(source: str | None, data: Dataset) -> Unlabelled:
@@ -273,7 +296,7 @@ def unlabelled_photos(source: str | None, data: Dataset) -> Unlabelled:
     splits = {"val": data.val, "test": data.test, "train": data.train}
     owner: dict[str, str] = {}
     for name, split in splits.items():
-        for q in (split.paths if split is not None else []):
+        for q in split.paths if split is not None else []:
             owner.setdefault(file_digest(q), name)
     owner.pop("unreadable", None)
     seen: set[str] = set()
@@ -303,20 +326,28 @@ class Plan:
     cfg: Config
     data: Dataset
     unlabelled: Unlabelled
-    inputs: object          # the student's InputConfig
-    record: dict            # the teacher's provenance (member.json's `distill`)
+    inputs: object  # the student's InputConfig
+    record: dict  # the teacher's provenance (member.json's `distill`)
     source: str
 
 
-def plan_distill(run_dir: str, config: str | None = None, overrides: Sequence[str] = (), strategy: str | None = None,
-                 unlabelled: str | None = None, device: str | None = None) -> Plan:
+def plan_distill(
+    run_dir: str,
+    config: str | None = None,
+    overrides: Sequence[str] = (),
+    strategy: str | None = None,
+    unlabelled: str | None = None,
+    device: str | None = None,
+) -> Plan:
     """Check every input of ``effens distill`` (one line each), before any work."""
     teacher_run = RunFolder(run_dir)
     if not teacher_run.config_path.is_file() and not teacher_run.marker_path.is_file():
         raise DistillError(f"{run_dir}: not a run folder (make one with `effens train CONFIG --out RUN`)")
     if teacher_run.marker_path.is_file() and not teacher_run.has_combiner():
-        raise DistillError(f"{run_dir}: has no trained combiner (its training did not finish): finish it with "
-                           f"`effens train` on the same --out, then distil it")
+        raise DistillError(
+            f"{run_dir}: has no trained combiner (its training did not finish): finish it with "
+            f"`effens train` on the same --out, then distil it"
+        )
     teacher_cfg = teacher_run.read_config()
     settings = load_distill(config, teacher_cfg.distill, list(overrides))
     if strategy is not None:
@@ -324,8 +355,9 @@ def plan_distill(run_dir: str, config: str | None = None, overrides: Sequence[st
     if unlabelled is not None:
         settings.unlabelled = str(Path(unlabelled).resolve())
         if settings.soft_weight == 0:
-            raise ConfigError("--unlabelled photos are taught by the teacher alone, so `distill.soft_weight` "
-                              "must be > 0; got 0")
+            raise ConfigError(
+                "--unlabelled photos are taught by the teacher alone, so `distill.soft_weight` must be > 0; got 0"
+            )
     source = str(config) if config else str(teacher_run.config_path)
     ens = load_run(run_dir)  # every file hash-checked
     name = settings.strategy or ens.combiner_.strategy
@@ -335,23 +367,30 @@ def plan_distill(run_dir: str, config: str | None = None, overrides: Sequence[st
     cfg = student_config(teacher_cfg, spec, settings, device, source)
     data = load_dataset(cfg.data, cfg.seed)
     if data.classes != ens.classes_:
-        raise DistillError(f"{run_dir}: its data now has classes {data.classes}; its members were trained on "
-                           f"{ens.classes_}")
+        raise DistillError(
+            f"{run_dir}: its data now has classes {data.classes}; its members were trained on {ens.classes_}"
+        )
     from .config import check_against_classes
 
     check_against_classes(cfg, data.classes, source)
     inputs = check_student(cfg, len(data.classes), source)
     photos = unlabelled_photos(settings.unlabelled, data)
     for why, n in photos.left_out.items():
-        log.warning("--unlabelled: left out %d photo(s): %s (e.g. %s)", n, why.replace("_", " "),
-                    photos.examples[why][0])
+        log.warning(
+            "--unlabelled: left out %d photo(s): %s (e.g. %s)", n, why.replace("_", " "), photos.examples[why][0]
+        )
     if settings.teaching == "oob":
         _check_same_training_split(teacher_run, ens, data)
     check_memory(cfg, data, source, extra=photos.paths)
-    record = {"teacher": {"run": str(teacher_run.root.resolve()), "strategy": name,
-                          "run_record_sha256": sha256_file(teacher_run.marker_path),
-                          "members": {fm.name: weights_hash(fm.meta) for fm, _ in ens.pool_rows()}},
-              **{k: v for k, v in to_dict(settings).items() if k not in ("student", "strategy")}}
+    record = {
+        "teacher": {
+            "run": str(teacher_run.root.resolve()),
+            "strategy": name,
+            "run_record_sha256": sha256_file(teacher_run.marker_path),
+            "members": {fm.name: weights_hash(fm.meta) for fm, _ in ens.pool_rows()},
+        },
+        **{k: v for k, v in to_dict(settings).items() if k not in ("student", "strategy")},
+    }
     return Plan(teacher_run, ens, name, settings, cfg, data, photos, inputs, record, source)
 
 
@@ -360,16 +399,28 @@ def _check_same_training_split(run: RunFolder, ens: BaggedEnsemble, data: Datase
     from .reporting.card import fingerprints
 
     was = ((run.read_metrics().get("data_summary") or {}).get("train") or {}).get("ordered_fingerprint")
-    same = fingerprints(data.train.paths, data.train.labels)[1][:16] == was if was else \
-        len(data.train) == len(ens.y_train_)
+    same = (
+        fingerprints(data.train.paths, data.train.labels)[1][:16] == was
+        if was
+        else len(data.train) == len(ens.y_train_)
+    )
     if not same:
-        raise DistillError(f"{run.root}: its training photos changed since it was trained, so its OOB indices name "
-                           f"other photos; use `distill.teaching: ensemble`, or train the run again")
+        raise DistillError(
+            f"{run.root}: its training photos changed since it was trained, so its OOB indices name "
+            f"other photos; use `distill.teaching: ensemble`, or train the run again"
+        )
 
 
-def distill_run(run_dir: str, out: str, config: str | None = None, overrides: Sequence[str] = (),
-                strategy: str | None = None, unlabelled: str | None = None, device: str | None = None,
-                restart: bool = False) -> dict:
+def distill_run(
+    run_dir: str,
+    out: str,
+    config: str | None = None,
+    overrides: Sequence[str] = (),
+    strategy: str | None = None,
+    unlabelled: str | None = None,
+    device: str | None = None,
+    restart: bool = False,
+) -> dict:
     """Run ``effens distill``; returns the student's metrics document (``report/metrics.json``).
 
     Every input is checked before the student's folder is touched; it is locked while
@@ -381,10 +432,16 @@ def distill_run(run_dir: str, out: str, config: str | None = None, overrides: Se
     try:
         spec = with_precision(plan.cfg.members, plan.cfg.precision)[0]
         was = run.member_fingerprint(spec.name)
-        if was is not None and not restart and was != member_fingerprint(
-                spec, plan.data.classes, np.arange(len(plan.data.train)), fingerprint, plan.cfg.seed):
-            raise RunError(f"{out}: holds a student of the same settings taught by another teacher or on other "
-                           f"photos; use another --out, or --restart to distil it again")
+        if (
+            was is not None
+            and not restart
+            and was
+            != member_fingerprint(spec, plan.data.classes, np.arange(len(plan.data.train)), fingerprint, plan.cfg.seed)
+        ):
+            raise RunError(
+                f"{out}: holds a student of the same settings taught by another teacher or on other "
+                f"photos; use another --out, or --restart to distil it again"
+            )
         return _distill(plan, run, fingerprint)
     finally:
         run.unlock()
@@ -393,8 +450,13 @@ def distill_run(run_dir: str, out: str, config: str | None = None, overrides: Se
 def _data_fingerprint(plan: Plan) -> str:
     """The student's data, photos and teacher: a student resumes only what all three made."""
     d = plan.data
-    return sha256_json([images_fingerprint(d.train.paths + d.val.paths, d.train.labels + d.val.labels),
-                        [file_digest(p) for p in plan.unlabelled.paths], plan.record])
+    return sha256_json(
+        [
+            images_fingerprint(d.train.paths + d.val.paths, d.train.labels + d.val.labels),
+            [file_digest(p) for p in plan.unlabelled.paths],
+            plan.record,
+        ]
+    )
 
 
 def _distill(plan: Plan, run: RunFolder, fingerprint: str) -> dict:
@@ -409,40 +471,76 @@ def _distill(plan: Plan, run: RunFolder, fingerprint: str) -> dict:
     unlabelled = _decode_unlabelled(plan.unlabelled, cfg)
     y, y_val = dec.train.encode(data.classes), dec.val.encode(data.classes)
     if settings.teaching == "oob" and len(y) != len(plan.teacher.y_train_):
-        raise DistillError(f"{plan.teacher_run.root}: {len(plan.teacher.y_train_) - len(y)} of its training photos "
-                           f"could not be read now, so its OOB indices name other photos; use "
-                           f"`distill.teaching: ensemble`")
+        raise DistillError(
+            f"{plan.teacher_run.root}: {len(plan.teacher.y_train_) - len(y)} of its training photos "
+            f"could not be read now, so its OOB indices name other photos; use "
+            f"`distill.teaching: ensemble`"
+        )
     device = pick_device(cfg.device)
-    teacher = EnsembleTeacher(plan.teacher, plan.strategy, plan.inputs, device, settings, plan.record,
-                              oob_availability(plan.teacher) if settings.teaching == "oob" else None)
+    teacher = EnsembleTeacher(
+        plan.teacher,
+        plan.strategy,
+        plan.inputs,
+        device,
+        settings,
+        plan.record,
+        oob_availability(plan.teacher) if settings.teaching == "oob" else None,
+    )
     t0 = time.perf_counter()
     if settings.teacher_views:
         spec = cfg.members[0]
-        views = TrainingData(dec.train_images, y, [], y_val, data.classes, unlabelled, teacher) \
-            .train_data(np.arange(len(y)), None, y_val)  # what the student's epochs draw (its sample: every image)
+        views = TrainingData(dec.train_images, y, [], y_val, data.classes, unlabelled, teacher).train_data(
+            np.arange(len(y)), None, y_val
+        )  # what the student's epochs draw (its sample: every image)
         cache = TeacherCache(run.root, sha256_json([fingerprint, to_dict(spec), cfg.seed, settings.teacher_views]))
         teacher.cache = cache.load()
         if teacher.cache is None:
             log.info("teacher: labelling %d augmented view(s) of %d images", settings.teacher_views, len(views.images))
-            teacher.cache = label_views(teacher, plan.inputs, spec.train, views, member_seed(cfg.seed, 0),
-                                        settings.teacher_views, spec.train.eval_batch_size)
+            teacher.cache = label_views(
+                teacher,
+                plan.inputs,
+                spec.train,
+                views,
+                member_seed(cfg.seed, 0),
+                settings.teacher_views,
+                spec.train.eval_batch_size,
+            )
             cache.save(teacher.cache)
     labelling_s = time.perf_counter() - t0
     ens = estimator_from_config(cfg)
-    ens.fit(dec.train_images, y, X_val=dec.val_images, y_val=y_val, classes=data.classes, store=run,
-            data_fingerprint=fingerprint, teacher=teacher, unlabelled=unlabelled)
+    ens.fit(
+        dec.train_images,
+        y,
+        X_val=dec.val_images,
+        y_val=y_val,
+        classes=data.classes,
+        store=run,
+        data_fingerprint=fingerprint,
+        teacher=teacher,
+        unlabelled=unlabelled,
+    )
     save_fitted(run, ens, dec.val, dec.test, dec.test_images)
     report = distill_report(plan, ens, run, dec.val_images, str(device))
     if settings.teaching == "oob":
         covered = int(teacher.available.any(axis=0).sum()) if teacher.available is not None else 0
         report["oob"] = {"taught_by_oob": covered, "taught_by_all": int(len(y) - covered)}
     fm = ens.members_[0]
-    extra = {**data_record(cfg, data, dec.bad), "distill": report,
-             "timing": {"decode_s": dec.seconds, "teacher_labelling_s": labelling_s,
-                        "total_s": time.perf_counter() - t_start,
-                        "members_train_s": {fm.name: fm.meta["train_seconds"]}}}
-    doc = write_run_report(run, ens, extra, command=f"effens distill {plan.teacher_run.root} --config "
-                                                    f"{run.config_path} --out NEW_RUN_FOLDER")
+    extra = {
+        **data_record(cfg, data, dec.bad),
+        "distill": report,
+        "timing": {
+            "decode_s": dec.seconds,
+            "teacher_labelling_s": labelling_s,
+            "total_s": time.perf_counter() - t_start,
+            "members_train_s": {fm.name: fm.meta["train_seconds"]},
+        },
+    }
+    doc = write_run_report(
+        run,
+        ens,
+        extra,
+        command=f"effens distill {plan.teacher_run.root} --config {run.config_path} --out NEW_RUN_FOLDER",
+    )
     run.record()
     log.info("student written to %s (%.0f s in all)", run.root, time.perf_counter() - t_start)
     return doc
@@ -464,8 +562,9 @@ def _decode_unlabelled(photos: Unlabelled, cfg: Config) -> list[np.ndarray]:
 
 
 # ---------------------------------------------------------------- the report
-def distill_report(plan: Plan, student: BaggedEnsemble, run: RunFolder, val_images: Sequence[np.ndarray],
-                   device: str) -> dict:
+def distill_report(
+    plan: Plan, student: BaggedEnsemble, run: RunFolder, val_images: Sequence[np.ndarray], device: str
+) -> dict:
     """``metrics.json``'s ``distill``: the teacher's provenance, the settings, the photos, and
     per split the student beside the teacher and the teacher's best member (on val)."""
     comb = plan.teacher.combiner_
@@ -480,40 +579,57 @@ def distill_report(plan: Plan, student: BaggedEnsemble, run: RunFolder, val_imag
         s_pred, s_proba = student.combiner_.apply(s_member)
         t_member = comb.calibrate(_teacher_member_proba(plan, split, list(paths)))
         t_pred, t_proba = comb.apply(t_member, plan.strategy, calibrated=True)
-        members = t_member[:len(comb.member_names)]
+        members = t_member[: len(comb.member_names)]
         if best is None:  # chosen on val, reported on every split
             from .metrics import macro_f1
 
             best = int(np.argmax([macro_f1(y, p.argmax(1), len(classes)) for p in members]))
-        splits[split] = {who: compare_scores(y, p.argmax(1), p, t_pred, classes, seed=plan.cfg.seed)
-                         for who, p in (("student", s_proba), ("teacher", t_proba), ("best_member", members[best]))}
+        splits[split] = {
+            who: compare_scores(y, p.argmax(1), p, t_pred, classes, seed=plan.cfg.seed)
+            for who, p in (("student", s_proba), ("teacher", t_proba), ("best_member", members[best]))
+        }
     spec = student.specs_[0]
-    return {"teacher": plan.record["teacher"],
-            "settings": {k: plan.record[k] for k in ("temperature", "soft_weight", "teacher_views", "teaching")},
-            "student": {"name": spec.name, "model": spec.model, "weights": spec.weights,
-                        "image_size": student.members_[0].inputs.image_size,
-                        "parameters": _parameters(student.members_[0].model)},
-            "teacher_parameters": sum(_parameters(fm.model) for fm in _used_rows(plan)),
-            "best_member": comb.member_names[best] if best is not None else None,
-            "in_sample_share": float(1 - oob_availability(plan.teacher)[:len(comb.member_names)].mean()),
-            "splits": splits, "unlabelled": plan.unlabelled.summary(),
-            "speed": inference_speed(plan, student, val_images, device)}
+    return {
+        "teacher": plan.record["teacher"],
+        "settings": {k: plan.record[k] for k in ("temperature", "soft_weight", "teacher_views", "teaching")},
+        "student": {
+            "name": spec.name,
+            "model": spec.model,
+            "weights": spec.weights,
+            "image_size": student.members_[0].inputs.image_size,
+            "parameters": _parameters(student.members_[0].model),
+        },
+        "teacher_parameters": sum(_parameters(fm.model) for fm in _used_rows(plan)),
+        "best_member": comb.member_names[best] if best is not None else None,
+        "in_sample_share": float(1 - oob_availability(plan.teacher)[: len(comb.member_names)].mean()),
+        "splits": splits,
+        "unlabelled": plan.unlabelled.summary(),
+        "speed": inference_speed(plan, student, val_images, device),
+    }
 
 
-def compare_scores(y: np.ndarray, pred: np.ndarray, proba: np.ndarray, teacher_pred: np.ndarray,
-                   classes: Sequence[str], seed: int = 0) -> dict:
+def compare_scores(
+    y: np.ndarray, pred: np.ndarray, proba: np.ndarray, teacher_pred: np.ndarray, classes: Sequence[str], seed: int = 0
+) -> dict:
     """Macro-F1 with its bootstrap interval, accuracy, ECE, log loss, and agreement with the
     teacher's predictions, overall and per class the teacher predicts (None: it predicts none)."""
     from .metrics import expected_calibration_error, log_loss, macro_f1
     from .reporting.card import bootstrap_interval
 
     k = len(classes)
-    per_class = {c: (float(np.mean(pred[teacher_pred == i] == i)) if (teacher_pred == i).any() else None)
-                 for i, c in enumerate(classes)}
-    return {"macro_f1": macro_f1(y, pred, k), "interval": bootstrap_interval(y, pred, k, seed)["macro_f1"],
-            "accuracy": float(np.mean(pred == y)), "ece": expected_calibration_error(y, proba),
-            "log_loss": log_loss(y, proba), "agreement": float(np.mean(pred == teacher_pred)),
-            "agreement_per_class": per_class}
+    per_class = {
+        c: (float(np.mean(pred[teacher_pred == i] == i)) if (teacher_pred == i).any() else None)
+        for i, c in enumerate(classes)
+    }
+    return {
+        "macro_f1": macro_f1(y, pred, k),
+        "interval": bootstrap_interval(y, pred, k, seed)["macro_f1"],
+        "accuracy": float(np.mean(pred == y)),
+        "ece": expected_calibration_error(y, proba),
+        "log_loss": log_loss(y, proba),
+        "agreement": float(np.mean(pred == teacher_pred)),
+        "agreement_per_class": per_class,
+    }
 
 
 def _teacher_member_proba(plan: Plan, split: str, paths: list[str]) -> np.ndarray:
@@ -550,7 +666,13 @@ def inference_speed(plan: Plan, student: BaggedEnsemble, images: Sequence[np.nda
         predict(imgs)
         return len(imgs) / max(time.perf_counter() - t0, 1e-9)
 
-    return {"images": len(imgs), "device": device, "threads": torch.get_num_threads(), "runtime": "torch",
-            "student_images_per_s": rate(lambda x: student.predict_proba(x, runtime="torch", device=device)),
-            "teacher_images_per_s": rate(lambda x: plan.teacher.predict_proba(x, plan.strategy, runtime="torch",
-                                                                             device=device))}
+    return {
+        "images": len(imgs),
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "runtime": "torch",
+        "student_images_per_s": rate(lambda x: student.predict_proba(x, runtime="torch", device=device)),
+        "teacher_images_per_s": rate(
+            lambda x: plan.teacher.predict_proba(x, plan.strategy, runtime="torch", device=device)
+        ),
+    }

@@ -15,6 +15,7 @@ to a per-process temporary folder, and writes nothing else; give ``fit`` a ``sto
 save each member as it finishes and to resume, and use
 :func:`ensemble.runfolder.load_run` for a saved run.
 """
+
 from __future__ import annotations
 
 import copy
@@ -51,8 +52,14 @@ class FittedMember:
     built on first use from ``model`` or ``build`` (so a member served by an exported
     runtime never loads torch or timm)."""
 
-    def __init__(self, name: str, model: "torch.nn.Module | None", inputs, meta: dict,
-                 build: Callable[[], "torch.nn.Module"] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        model: "torch.nn.Module | None",
+        inputs,
+        meta: dict,
+        build: Callable[[], "torch.nn.Module"] | None = None,
+    ) -> None:
         if model is None and build is None:
             raise ValueError("FittedMember needs a model or a function that builds it")
         self.name, self.inputs, self.meta = name, inputs, meta
@@ -140,8 +147,17 @@ class BaggedEnsemble(ParamsMixin):
     onnx_cache_: Callable[[FittedMember], Path]
     compiled_cache_: Callable[..., Path | None]
 
-    def __init__(self, members: Sequence = (), combiner=None, seed: int = 0, device: str = "auto",
-                 parallel=None, precision: str = "auto", runtime: str = "auto", plugins: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        members: Sequence = (),
+        combiner=None,
+        seed: int = 0,
+        device: str = "auto",
+        parallel=None,
+        precision: str = "auto",
+        runtime: str = "auto",
+        plugins: Sequence[str] = (),
+    ) -> None:
         self.members = members
         self.combiner = combiner
         self.seed = seed
@@ -156,8 +172,9 @@ class BaggedEnsemble(ParamsMixin):
         """The estimator of a checked :class:`~ensemble.config.Config` (from
         :func:`~ensemble.config.load_config` or :func:`~ensemble.config.config_from_dict`):
         :meth:`fit` takes it as it is, without checking it (or loading its plugins) again."""
-        ens = cls(cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.parallel, cfg.precision, cfg.runtime,
-                  cfg.plugins)
+        ens = cls(
+            cfg.members, cfg.combiner, cfg.seed, cfg.device, cfg.parallel, cfg.precision, cfg.runtime, cfg.plugins
+        )
         ens._checked = (copy.deepcopy(ens.get_params(deep=False)), cfg)
         return ens
 
@@ -176,9 +193,19 @@ class BaggedEnsemble(ParamsMixin):
         return cfg
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X: Sequence, y: Sequence | np.ndarray, *, X_val: Sequence, y_val: Sequence | np.ndarray,
-            classes: Sequence[str] | None = None, store=None, data_fingerprint: str | None = None,
-            teacher=None, unlabelled: Sequence = ()) -> "BaggedEnsemble":
+    def fit(
+        self,
+        X: Sequence,
+        y: Sequence | np.ndarray,
+        *,
+        X_val: Sequence,
+        y_val: Sequence | np.ndarray,
+        classes: Sequence[str] | None = None,
+        store=None,
+        data_fingerprint: str | None = None,
+        teacher=None,
+        unlabelled: Sequence = (),
+    ) -> "BaggedEnsemble":
         """Draw each member's sample, train the members, fit the combiner, score OOB.
 
         ``X``/``X_val``: image paths or decoded RGB uint8 arrays; ``y``/``y_val``: class
@@ -196,29 +223,43 @@ class BaggedEnsemble(ParamsMixin):
         specs = with_precision(cfg.members, cfg.precision)
         images, val_images = _decoded(X, specs, "X"), _decoded(X_val, specs, "X_val")
         if data_fingerprint is None:
-            data_fingerprint = sha256_json([_fingerprint_part(X), _fingerprint_part(X_val),
-                                            y.tolist(), y_val.tolist()])
+            data_fingerprint = sha256_json([_fingerprint_part(X), _fingerprint_part(X_val), y.tolist(), y_val.tolist()])
         samples = draw_all(y, [m.bagging for m in specs], cfg.seed)
-        prints = [member_fingerprint(spec, classes, samples[i], data_fingerprint, cfg.seed)
-                  for i, spec in enumerate(specs)]
+        prints = [
+            member_fingerprint(spec, classes, samples[i], data_fingerprint, cfg.seed) for i, spec in enumerate(specs)
+        ]
         from .member_jobs import TrainingData
 
         unlabelled = _decoded(unlabelled, specs, "unlabelled") if len(unlabelled) else []
-        results = self._fit_members(cfg, specs, samples, prints,
-                                    TrainingData(images, y, val_images, y_val, classes, unlabelled, teacher), store)
+        results = self._fit_members(
+            cfg, specs, samples, prints, TrainingData(images, y, val_images, y_val, classes, unlabelled, teacher), store
+        )
         self.specs_ = specs
-        members = [FittedMember(spec.name, *restore_member(spec, r["meta"], r["state_dict"]), r["meta"])
-                   for spec, r in zip(specs, results)]
+        members = [
+            FittedMember(spec.name, *restore_member(spec, r["meta"], r["state_dict"]), r["meta"])
+            for spec, r in zip(specs, results)
+        ]
         made = [c for r in results for c in r.get("candidates", [])]
-        cands = [FittedMember(cs.name, *restore_member(cs, c["meta"], c["state_dict"]), c["meta"])
-                 for cs, c in zip(candidate_specs(specs), made, strict=True)]
-        self._set_fitted(classes, members, samples + [c["arrays"]["samples"] for c in made],
-                         [r["arrays"]["oob_proba"] for r in results + made], y,
-                         None, y_val, val_images=val_images, candidates=cands)
+        cands = [
+            FittedMember(cs.name, *restore_member(cs, c["meta"], c["state_dict"]), c["meta"])
+            for cs, c in zip(candidate_specs(specs), made, strict=True)
+        ]
+        self._set_fitted(
+            classes,
+            members,
+            samples + [c["arrays"]["samples"] for c in made],
+            [r["arrays"]["oob_proba"] for r in results + made],
+            y,
+            None,
+            y_val,
+            val_images=val_images,
+            candidates=cands,
+        )
         return self
 
-    def _fit_members(self, cfg, specs: list, samples: list, prints: list[str], data: "TrainingData",
-                     store) -> list[dict]:
+    def _fit_members(
+        self, cfg, specs: list, samples: list, prints: list[str], data: "TrainingData", store
+    ) -> list[dict]:
         """Each member's result, from ``store`` when already finished, else trained (joblib jobs)."""
         from .member_jobs import MemberJob, fit_member
         from .parallel import plan_jobs, run_jobs
@@ -233,17 +274,43 @@ class BaggedEnsemble(ParamsMixin):
         if todo:
             log.info("training %d member(s) on %s: %s", len(todo), par.backend, plan.describe())
         threads = plan.threads if plan.n_jobs > 1 or par.threads_per_job else None
-        jobs = [(specs[i].name, dict(
-            job=MemberJob(i, specs[i], cfg.seed, samples[i], oob_indices(len(data.y), samples[i]), prints[i],
-                          plan.devices[k], threads, tuple(cfg.plugins)),
-            data=data, store=store)) for k, i in enumerate(todo)]
+        jobs = [
+            (
+                specs[i].name,
+                dict(
+                    job=MemberJob(
+                        i,
+                        specs[i],
+                        cfg.seed,
+                        samples[i],
+                        oob_indices(len(data.y), samples[i]),
+                        prints[i],
+                        plan.devices[k],
+                        threads,
+                        tuple(cfg.plugins),
+                    ),
+                    data=data,
+                    store=store,
+                ),
+            )
+            for k, i in enumerate(todo)
+        ]
         trained = dict(zip(todo, run_jobs(fit_member, jobs, par.backend, plan.n_jobs, plan.threads, par.address)))
         return [done[i] if i in done else trained[i] for i in range(len(specs))]
 
-    def _set_fitted(self, classes: list[str], members: list[FittedMember], samples: list[np.ndarray],
-                    oob_proba: list[np.ndarray], y_train: np.ndarray, val_proba: np.ndarray | None,
-                    val_y: np.ndarray, combiner=None, val_images=None,
-                    candidates: Sequence[FittedMember] = ()) -> None:
+    def _set_fitted(
+        self,
+        classes: list[str],
+        members: list[FittedMember],
+        samples: list[np.ndarray],
+        oob_proba: list[np.ndarray],
+        y_train: np.ndarray,
+        val_proba: np.ndarray | None,
+        val_y: np.ndarray,
+        combiner=None,
+        val_images=None,
+        candidates: Sequence[FittedMember] = (),
+    ) -> None:
         """Fitted state from trained members (and their pool candidates: ``samples``,
         ``oob_proba`` and ``val_proba`` hold the members' rows, then the candidates');
         fits the combiner unless one is given."""
@@ -255,8 +322,9 @@ class BaggedEnsemble(ParamsMixin):
         self.oob_proba_ = [np.asarray(p, dtype=np.float64) for p in oob_proba]
         self.y_train_ = np.asarray(y_train, dtype=np.int64)
         self.val_y_ = np.asarray(val_y, dtype=np.int64)
-        self.val_proba_ = (val_proba if val_proba is not None
-                           else self.member_proba(val_images, runtime="torch", pool=True))
+        self.val_proba_ = (
+            val_proba if val_proba is not None else self.member_proba(val_images, runtime="torch", pool=True)
+        )
         if combiner is None:
             self.refit_combiner(self.validated_config().combiner)
         else:
@@ -268,11 +336,15 @@ class BaggedEnsemble(ParamsMixin):
         from .config import CombinerConfig
 
         self._check_fitted()
-        data = FitData.from_oob_lists(self.val_proba_, self.val_y_, self.oob_indices_, self.oob_proba_,
-                                      self.y_train_)
-        self.combiner_ = fit_combiner(combiner_cfg if combiner_cfg is not None else CombinerConfig(),
-                                      [fm.name for fm in self.members_], self.classes_, data, self.seed,
-                                      candidate_names=[fm.name for fm in self.candidates_])
+        data = FitData.from_oob_lists(self.val_proba_, self.val_y_, self.oob_indices_, self.oob_proba_, self.y_train_)
+        self.combiner_ = fit_combiner(
+            combiner_cfg if combiner_cfg is not None else CombinerConfig(),
+            [fm.name for fm in self.members_],
+            self.classes_,
+            data,
+            self.seed,
+            candidate_names=[fm.name for fm in self.candidates_],
+        )
         self._score_oob()
         return self
 
@@ -292,10 +364,18 @@ class BaggedEnsemble(ParamsMixin):
         return list(zip(self.members_, specs)) + list(zip(getattr(self, "candidates_", []), candidate_specs(specs)))
 
     # ------------------------------------------------------------------ inference
-    def member_proba(self, X: Sequence, batch_size: int | None = None, tta: bool = False,
-                     device: str | None = None, runtime: str | None = None,
-                     precision: str | None = None, adapt_bn: bool = False,
-                     used: np.ndarray | Sequence[bool] | None = None, pool: bool = False) -> np.ndarray:
+    def member_proba(
+        self,
+        X: Sequence,
+        batch_size: int | None = None,
+        tta: bool = False,
+        device: str | None = None,
+        runtime: str | None = None,
+        precision: str | None = None,
+        adapt_bn: bool = False,
+        used: np.ndarray | Sequence[bool] | None = None,
+        pool: bool = False,
+    ) -> np.ndarray:
         """Probabilities of every member, shape (members, samples, classes); with ``pool``,
         of the members and then their pool candidates (:mod:`ensemble.combining.pool`).
 
@@ -322,12 +402,18 @@ class BaggedEnsemble(ParamsMixin):
             raise ConfigError(f"--tta: {exc}") from None
         views, flip = [v for v in names if v != "flip"], "flip" in names
         if adapt_bn and len(X) < 2:
-            log.warning("--adapt-bn needs at least 2 images to re-estimate BatchNorm statistics; got %d: "
-                        "predicting with the trained statistics", len(X))
+            log.warning(
+                "--adapt-bn needs at least 2 images to re-estimate BatchNorm statistics; got %d: "
+                "predicting with the trained statistics",
+                len(X),
+            )
             adapt_bn = False
         elif adapt_bn and len(X) < 8:
-            log.warning("--adapt-bn re-estimates BatchNorm statistics on the %d image(s) given: that few give "
-                        "noisy statistics; predict a batch of at least a few dozen photos together", len(X))
+            log.warning(
+                "--adapt-bn re-estimates BatchNorm statistics on the %d image(s) given: that few give "
+                "noisy statistics; predict a batch of at least a few dozen photos together",
+                len(X),
+            )
         rows = self.pool_rows() if pool else list(zip(self.members_, self._specs()))
         if not len(X):  # no images (an empty val with `data.train_on_val`): nothing to run
             return np.zeros((len(rows), 0, len(self.classes_)))
@@ -339,17 +425,28 @@ class BaggedEnsemble(ParamsMixin):
             if used is not None and not used[j]:
                 out.append(np.zeros((len(images), len(self.classes_))))
                 continue
-            rt = self._adapted_runtime(j, images, precision, dev) if adapt_bn else self._runtime(j, runtime, precision,
-                                                                                               dev)
+            rt = (
+                self._adapted_runtime(j, images, precision, dev)
+                if adapt_bn
+                else self._runtime(j, runtime, precision, dev)
+            )
             # a pool candidate that is its member under another view keeps that view under view TTA
             own = views if fm.inputs.view == own_view.get(member_of(fm.name), fm.inputs.view) else []
-            seen = [runtime_proba(rt, eval_array(images, dataclasses.replace(fm.inputs, view=v) if v else fm.inputs),
-                                  batch_size or spec.train.eval_batch_size, tta=flip) for v in (own if own else [None])]
+            seen = [
+                runtime_proba(
+                    rt,
+                    eval_array(images, dataclasses.replace(fm.inputs, view=v) if v else fm.inputs),
+                    batch_size or spec.train.eval_batch_size,
+                    tta=flip,
+                )
+                for v in (own if own else [None])
+            ]
             out.append(seen[0] if len(seen) == 1 else np.mean(seen, axis=0))
         return np.stack(out)
 
-    def inference_plan(self, runtime: str | None = None, precision: str | None = None,
-                       device=None) -> list[tuple[str, Precision]]:
+    def inference_plan(
+        self, runtime: str | None = None, precision: str | None = None, device=None
+    ) -> list[tuple[str, Precision]]:
         """(runtime name, resolved Precision) each pool row (members, then candidates) infers with."""
         from members.inputs import resolve_device
         from members.precision import inference_precision
@@ -357,9 +454,15 @@ class BaggedEnsemble(ParamsMixin):
 
         dev = resolve_device(str(device) if device is not None else self.device)
         name = resolve_runtime(runtime or self.runtime, dev)
-        return [(name, runtime_precision(name, inference_precision(precision or spec.precision,
-                                                                   fm.meta.get("precision"), dev)))
-                for fm, spec in self.pool_rows()]
+        return [
+            (
+                name,
+                runtime_precision(
+                    name, inference_precision(precision or spec.precision, fm.meta.get("precision"), dev)
+                ),
+            )
+            for fm, spec in self.pool_rows()
+        ]
 
     def _runtime(self, index: int, runtime: str | None, precision: str | None, device: str):
         """Member ``index``'s compiled runtime, made on first use (see :mod:`members.runtimes`)."""
@@ -375,9 +478,15 @@ class BaggedEnsemble(ParamsMixin):
             log.info("member %s: inference on %s, %s (%s)", fm.name, name, prec.name, prec.reason)
             onnx = self._onnx_file(index) if RUNTIMES[name].needs_onnx else None
             compiled = getattr(self, "compiled_cache_", None)
-            cache[key] = create_runtime(name, lambda: fm.model, fm.inputs, device, prec,
-                                        onnx_path=lambda: onnx,
-                                        cache_dir=compiled(onnx) if compiled is not None and onnx else None)
+            cache[key] = create_runtime(
+                name,
+                lambda: fm.model,
+                fm.inputs,
+                device,
+                prec,
+                onnx_path=lambda: onnx,
+                cache_dir=compiled(onnx) if compiled is not None and onnx else None,
+            )
         return cache[key]
 
     def _adapted_runtime(self, index: int, images: Sequence[np.ndarray], precision: str | None, device):
@@ -388,8 +497,7 @@ class BaggedEnsemble(ParamsMixin):
 
         fm, spec = self.pool_rows()[index]
         _, prec = self.inference_plan("torch", precision, device)[index]
-        model = adapt_batchnorm(fm.model, eval_tensor(images, fm.inputs), fm.inputs, spec.train.eval_batch_size,
-                                device)
+        model = adapt_batchnorm(fm.model, eval_tensor(images, fm.inputs), fm.inputs, spec.train.eval_batch_size, device)
         log.info("member %s: BatchNorm statistics re-estimated on %d images (a copy)", fm.name, len(images))
         return create_runtime("torch", lambda: model, fm.inputs, device, prec, onnx_path=lambda: None)
 
@@ -417,21 +525,26 @@ class BaggedEnsemble(ParamsMixin):
         candidates it gives weight to."""
         self._check_fitted()
         comb = self.combiner_
-        used = comb.uses(strategy)[:len(comb.names(strategy))]
+        used = comb.uses(strategy)[: len(comb.names(strategy))]
         return comb.apply(self.member_proba(X, pool=comb.pooled(strategy), used=used, **kwargs), strategy)
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "members_"):
-            raise RuntimeError("this BaggedEnsemble is not fitted yet; call fit() or "
-                               "ensemble.runfolder.load_run()")
+            raise RuntimeError("this BaggedEnsemble is not fitted yet; call fit() or ensemble.runfolder.load_run()")
 
 
 def member_fingerprint(spec, classes: Sequence[str], sample: np.ndarray, data_fingerprint: str, seed: int) -> str:
     """What a finished member or its checkpoint is valid for: its settings (precision filled in),
     classes, sample, data and seed; pool candidates are kept from its training, not a change to it."""
-    return sha256_json({"spec": {k: v for k, v in to_dict(spec).items() if k != "candidates"},
-                        "classes": list(classes), "sample": np.asarray(sample).tolist(),
-                        "data": data_fingerprint, "seed": seed})
+    return sha256_json(
+        {
+            "spec": {k: v for k, v in to_dict(spec).items() if k != "candidates"},
+            "classes": list(classes),
+            "sample": np.asarray(sample).tolist(),
+            "data": data_fingerprint,
+            "seed": seed,
+        }
+    )
 
 
 def _finished(store, spec, fingerprint: str) -> dict | None:
@@ -467,8 +580,9 @@ def restore_member(spec, meta: dict, state: dict) -> "tuple[torch.nn.Module, obj
     return member.model, member.inputs
 
 
-def _encode_labels(y: Sequence | np.ndarray, y_val: Sequence | np.ndarray, classes: Sequence[str] | None
-                   ) -> tuple[list[str], np.ndarray, np.ndarray]:
+def _encode_labels(
+    y: Sequence | np.ndarray, y_val: Sequence | np.ndarray, classes: Sequence[str] | None
+) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Class names and both label arrays as indices into them."""
     from .config import ConfigError
 
@@ -486,8 +600,7 @@ def _encode_labels(y: Sequence | np.ndarray, y_val: Sequence | np.ndarray, class
             index = {c: i for i, c in enumerate(classes)}
             unknown = sorted({str(v) for v in labels.tolist()} - set(index))
             if unknown:
-                raise ConfigError(f"BaggedEnsemble.fit: `{what}` holds labels not in classes: "
-                                  f"{', '.join(unknown[:5])}")
+                raise ConfigError(f"BaggedEnsemble.fit: `{what}` holds labels not in classes: {', '.join(unknown[:5])}")
             labels = np.asarray([index[str(v)] for v in labels.tolist()], dtype=np.int64)
             bad = labels[:0]
         if len(bad):
@@ -501,8 +614,10 @@ def _fingerprint_part(X: Sequence) -> Any:
     """Paths as they are; arrays by a hash of their bytes."""
     import hashlib
 
-    return [x if isinstance(x, str) else hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
-            for x in (str(v) if _is_path(v) else v for v in X)]
+    return [
+        x if isinstance(x, str) else hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
+        for x in (str(v) if _is_path(v) else v for v in X)
+    ]
 
 
 def _is_path(x: Any) -> bool:

@@ -10,6 +10,7 @@ served without effens. ``export.json`` records every file's SHA-256.
 (The runtimes' own ONNX files for ``predict --runtime openvino|onnxruntime`` are cached
 by :meth:`ensemble.runfolder.RunFolder.member_onnx`.)
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,14 @@ class EnsembleGraph(nn.Module):
     see exactly what effens gives them.
     """
 
-    def __init__(self, models: Sequence[nn.Module], inputs: Sequence, head: nn.Module,
-                 temperatures: Sequence[float] | None, used: Sequence[bool] | None = None) -> None:
+    def __init__(
+        self,
+        models: Sequence[nn.Module],
+        inputs: Sequence,
+        head: nn.Module,
+        temperatures: Sequence[float] | None,
+        used: Sequence[bool] | None = None,
+    ) -> None:
         super().__init__()
         # rows the head gives no weight (pool candidates greedy left out) are zeros, not run
         self.used = [True] * len(models) if used is None else [bool(u) for u in used]
@@ -65,7 +72,7 @@ class EnsembleGraph(nn.Module):
         t = np.ones(m)
         self.n_calibrated = len(temperatures) if temperatures else 0  # pool candidates after them are not
         if temperatures:
-            t[:len(temperatures)] = np.asarray(temperatures, dtype=np.float64)
+            t[: len(temperatures)] = np.asarray(temperatures, dtype=np.float64)
         self.calibrated = bool(temperatures)
         self.register_buffer("temperatures", torch.tensor(t, dtype=torch.float32))
 
@@ -98,11 +105,11 @@ def graph_strategy(ens, strategy: str | None) -> str:
     if strategy is None:
         strategy = comb.strategy if comb.strategy in allowed else "soft"
         if strategy != comb.strategy:
-            log.warning("the run's strategy %s has no one-graph form; ensemble.onnx holds soft voting",
-                        comb.strategy)
+            log.warning("the run's strategy %s has no one-graph form; ensemble.onnx holds soft voting", comb.strategy)
     if strategy not in allowed:
-        raise ExportRefused(f"`--strategy` for the ensemble graph must be one of "
-                            f"{', '.join(allowed)}; got {strategy!r}")
+        raise ExportRefused(
+            f"`--strategy` for the ensemble graph must be one of {', '.join(allowed)}; got {strategy!r}"
+        )
     comb.get(strategy)  # fitted in this run, or the one line that says so
     return strategy
 
@@ -113,11 +120,16 @@ def ensemble_graph(ens, strategy: str) -> EnsembleGraph:
 
     comb = ens.combiner_
     head = comb.get(strategy).graph_head()
-    rows = [fm for fm, _ in ens.pool_rows()][:len(comb.names(strategy))]  # members [+ pool candidates]
-    used = comb.uses(strategy)[:len(rows)]
+    rows = [fm for fm, _ in ens.pool_rows()][: len(comb.names(strategy))]  # members [+ pool candidates]
+    used = comb.uses(strategy)[: len(rows)]
     check_one_view(strategy, [fm for fm, u in zip(rows, used) if u])
-    return EnsembleGraph([cpu_copy(fm.model) if u else nn.Identity() for fm, u in zip(rows, used)],
-                         [fm.inputs for fm in rows], head, comb.temperatures, used).eval()
+    return EnsembleGraph(
+        [cpu_copy(fm.model) if u else nn.Identity() for fm, u in zip(rows, used)],
+        [fm.inputs for fm in rows],
+        head,
+        comb.temperatures,
+        used,
+    ).eval()
 
 
 def check_one_view(strategy: str, rows: Sequence) -> None:
@@ -125,15 +137,18 @@ def check_one_view(strategy: str, rows: Sequence) -> None:
     (or re-renders, ``render:``):
     its one input would feed all of them the first one's view, and its answers would differ
     from ``effens predict``'s."""
+
     def look(fm) -> str:
         render = getattr(fm.inputs, "render", None)
         return fm.inputs.view + (f" rendered at {render}" if render else "")
 
     if len({look(fm) for fm in rows}) > 1:
         seen = ", ".join(f"{fm.name}: {look(fm)}" for fm in rows)
-        raise ExportRefused(f"strategy {strategy} weighs members or pool candidates seen under different views "
-                            f"({seen}); one graph takes one input view: use `effens predict` (each its own view), "
-                            f"train the members under one view, or refit greedy with `combiner.greedy.pool=false`")
+        raise ExportRefused(
+            f"strategy {strategy} weighs members or pool candidates seen under different views "
+            f"({seen}); one graph takes one input view: use `effens predict` (each its own view), "
+            f"train the members under one view, or refit greedy with `combiner.greedy.pool=false`"
+        )
 
 
 # ---------------------------------------------------------------- files
@@ -142,15 +157,26 @@ def preprocessing(inputs, classes: Sequence[str]) -> dict:
     from members.views import describe_view
 
     return {
-        "input": {"name": "image", "layout": "NCHW", "dtype": "float32",
-                  "shape": ["batch", 3, inputs.image_size, inputs.image_size]},
+        "input": {
+            "name": "image",
+            "layout": "NCHW",
+            "dtype": "float32",
+            "shape": ["batch", 3, inputs.image_size, inputs.image_size],
+        },
         "output": {"name": "proba", "shape": ["batch", len(classes)], "meaning": "class probabilities"},
         "view": inputs.view,
         "render": getattr(inputs, "render", None),
-        "steps": ["decode to RGB (EXIF orientation applied)", *describe_view(inputs),
-                  "scale to [0, 1], subtract mean, divide by std (per channel, RGB)"],
-        "image_size": inputs.image_size, "resize_size": inputs.resize_size, "crop_pct": inputs.crop_pct,
-        "interpolation": inputs.interpolation, "mean": list(inputs.mean), "std": list(inputs.std),
+        "steps": [
+            "decode to RGB (EXIF orientation applied)",
+            *describe_view(inputs),
+            "scale to [0, 1], subtract mean, divide by std (per channel, RGB)",
+        ],
+        "image_size": inputs.image_size,
+        "resize_size": inputs.resize_size,
+        "crop_pct": inputs.crop_pct,
+        "interpolation": inputs.interpolation,
+        "mean": list(inputs.mean),
+        "std": list(inputs.std),
         "classes": list(classes),
     }
 
@@ -181,25 +207,40 @@ def export_run(run_dir: str, fmt: str, out: str, strategy: str | None = None) ->
     temperatures = ens.combiner_.temperatures or [None] * len(ens.members_)
     for fm, temperature in zip(ens.members_, temperatures):
         files[f"{fm.name}.onnx"] = export_member_onnx(fm.model, fm.inputs.image_size, fm.name)
-        docs[f"{fm.name}.json"] = {"member": fm.name, "architecture": fm.meta.get("architecture"),
-                                   "calibration_temperature": temperature,
-                                   **preprocessing(fm.inputs, ens.classes_)}
+        docs[f"{fm.name}.json"] = {
+            "member": fm.name,
+            "architecture": fm.meta.get("architecture"),
+            "calibration_temperature": temperature,
+            **preprocessing(fm.inputs, ens.classes_),
+        }
     big = ens.members_[int(np.argmax([fm.inputs.image_size for fm in ens.members_]))]
-    files["ensemble.onnx"] = export_onnx_bytes(graph, torch.zeros(2, 3, graph.input_size, graph.input_size),
-                                               "the ensemble graph", ["image"], ["proba"])
+    files["ensemble.onnx"] = export_onnx_bytes(
+        graph, torch.zeros(2, 3, graph.input_size, graph.input_size), "the ensemble graph", ["image"], ["proba"]
+    )
     comb = ens.combiner_
     names, used = comb.names(strategy), graph.used
     docs["ensemble.json"] = {
-        "strategy": strategy, "members": [fm.name for fm in ens.members_],
-        **({"pool": names, "pool_used": [n for n, u in zip(names, used) if u],
-            "pool_note": "the pool candidates greedy weighs run inside the graph like the members (not calibrated)"}
-           if comb.pooled(strategy) else {}),
-        "weights": _head_weights(graph.head, len(names)), "temperatures": comb.temperatures,
+        "strategy": strategy,
+        "members": [fm.name for fm in ens.members_],
+        **(
+            {
+                "pool": names,
+                "pool_used": [n for n, u in zip(names, used) if u],
+                "pool_note": "the pool candidates greedy weighs run inside the graph like the members (not calibrated)",
+            }
+            if comb.pooled(strategy)
+            else {}
+        ),
+        "weights": _head_weights(graph.head, len(names)),
+        "temperatures": comb.temperatures,
         "member_input_sizes": graph.sizes,
-        "note": ("members whose input size differs from the graph's see the input bilinearly resized "
-                 "inside the graph (an approximation of their own centre crop); for exact member "
-                 "inputs run the member files"),
-        **preprocessing(big.inputs, ens.classes_)}
+        "note": (
+            "members whose input size differs from the graph's see the input bilinearly resized "
+            "inside the graph (an approximation of their own centre crop); for exact member "
+            "inputs run the member files"
+        ),
+        **preprocessing(big.inputs, ens.classes_),
+    }
     if fmt == "openvino":
         files = _to_openvino(files)
     written = {}
@@ -209,8 +250,14 @@ def export_run(run_dir: str, fmt: str, out: str, strategy: str | None = None) ->
     for name, doc in docs.items():
         atomic_write_json(out_dir / name, doc)
         written[name] = sha256_file(out_dir / name)
-    manifest = {"format": fmt, "run": str(Path(run_dir).resolve()), "strategy": strategy,
-                "classes": ens.classes_, "files": written, **_versions()}
+    manifest = {
+        "format": fmt,
+        "run": str(Path(run_dir).resolve()),
+        "strategy": strategy,
+        "classes": ens.classes_,
+        "files": written,
+        **_versions(),
+    }
     atomic_write_json(out_dir / "export.json", manifest)
     return manifest
 
@@ -226,16 +273,24 @@ def _export_mlflow(run_dir: str, out_dir: Path, strategy: str | None) -> dict:
     except ImportError:
         raise ExportRefused("format mlflow needs MLflow: pip install 'effens[track]'") from None
     if strategy is not None:
-        raise ExportRefused("--strategy is not for format mlflow: the model takes the strategy per call "
-                            "(params={'strategy': ...}); the run's is the default")
+        raise ExportRefused(
+            "--strategy is not for format mlflow: the model takes the strategy per call "
+            "(params={'strategy': ...}); the run's is the default"
+        )
     _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.") as tmp:
         made = Path(tmp) / "model"
         about = save_mlflow_model(run_dir, made)
         files = {p.relative_to(made).as_posix(): sha256_file(p) for p in sorted(made.rglob("*")) if p.is_file()}
-        manifest = {"format": "mlflow", "run": str(Path(run_dir).resolve()), "strategy": about["strategy"],
-                    "classes": about["classes"], "files": files, **_versions()}
+        manifest = {
+            "format": "mlflow",
+            "run": str(Path(run_dir).resolve()),
+            "strategy": about["strategy"],
+            "classes": about["classes"],
+            "files": files,
+            **_versions(),
+        }
         atomic_write_json(made / "export.json", manifest)
         if out_dir.exists():
             old = Path(tmp) / "old"
@@ -252,8 +307,9 @@ def _check_replaceable(out_dir: Path) -> None:
     if not out_dir.exists():
         return
     try:
-        listed = set(read_json(out_dir / "export.json").get("files", {})) if (out_dir / "export.json").is_file() \
-            else set()
+        listed = (
+            set(read_json(out_dir / "export.json").get("files", {})) if (out_dir / "export.json").is_file() else set()
+        )
     except (ValueError, OSError, AttributeError, TypeError):
         listed = set()
     for p in sorted(out_dir.rglob("*")):
@@ -262,8 +318,10 @@ def _check_replaceable(out_dir: Path) -> None:
             continue
         if rel == "export.json" or rel in listed or rel.startswith("artifacts/run/cache/") or "/__pycache__/" in rel:
             continue
-        raise ExportRefused(f"{p}: not written by effens export; choose a new or empty --out (an MLflow export "
-                            f"replaces its whole folder, and effens never removes files it did not write)")
+        raise ExportRefused(
+            f"{p}: not written by effens export; choose a new or empty --out (an MLflow export "
+            f"replaces its whole folder, and effens never removes files it did not write)"
+        )
 
 
 def _head_weights(head: nn.Module, n_members: int) -> list[float]:

@@ -4,6 +4,7 @@ Everything is written to a temporary file in the target folder, flushed, fsynced
 renamed into place, so a kill never leaves a half-written file behind. Tensors go to
 safetensors, arrays to ``.npy`` (read back with ``allow_pickle=False``), the rest to JSON.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -76,8 +77,13 @@ def atomic_write_safetensors(path: str | os.PathLike, tensors: dict, metadata: d
     atomic_write_bytes(path, save(clean, metadata=metadata))
 
 
-_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def refuse_irregular(path: str | os.PathLike, flag: str = "") -> None:
@@ -91,8 +97,10 @@ def refuse_irregular(path: str | os.PathLike, flag: str = "") -> None:
         return  # missing (or unreachable): the caller's own check says so
     kind = next((name for test, name in _KINDS if test(mode)), None if stat.S_ISREG(mode) else "a special file")
     if kind is not None:
-        raise RunError(f"{f'{flag} ' if flag else ''}{path}: is {kind}; name a file (effens opens only regular "
-                       f"files: no folders, pipes, devices or sockets)")
+        raise RunError(
+            f"{f'{flag} ' if flag else ''}{path}: is {kind}; name a file (effens opens only regular "
+            f"files: no folders, pipes, devices or sockets)"
+        )
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -131,8 +139,9 @@ def check_hashes(folder: Path, hashes: dict[str, str], record: str) -> None:
         if not path.is_file():
             raise RunError(f"{path}: recorded in {record} but missing")
         if sha256_file(path) != digest:
-            raise RunError(f"{path}: contents do not match the hash recorded when it was written "
-                           f"(modified or corrupted)")
+            raise RunError(
+                f"{path}: contents do not match the hash recorded when it was written (modified or corrupted)"
+            )
 
 
 def write_files(folder: str | os.PathLike, files: dict[str, bytes | str | Any]) -> None:
@@ -165,8 +174,9 @@ def owned_files(folder: str | os.PathLike, kind: str) -> set[str]:
     return set(doc.get("files", [])) if doc.get("kind") == kind else set()
 
 
-def foreign_files(folder: str | os.PathLike, kind: str, record: str = RECORD, whole: bool = False,
-                  adopt: Sequence[str] = ()) -> list[str]:
+def foreign_files(
+    folder: str | os.PathLike, kind: str, record: str = RECORD, whole: bool = False, adopt: Sequence[str] = ()
+) -> list[str]:
     """Files in ``folder`` (recursively) that no earlier ``kind`` output of effens recorded in
     ``record``; with ``whole``, a record of that kind claims the whole folder (a run, a tune
     search: every cache and member file under it is effens's). Dot-files are never counted;
@@ -181,12 +191,16 @@ def foreign_files(folder: str | os.PathLike, kind: str, record: str = RECORD, wh
         return []
     listed = doc.get("files", []) if doc.get("kind") == kind else []
     ours = set(listed) | {record, RECORD, *adopt}
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                  if not p.is_dir() and str(p.relative_to(folder)) not in ours and not p.name.startswith("."))
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if not p.is_dir() and str(p.relative_to(folder)) not in ours and not p.name.startswith(".")
+    )
 
 
-def refuse_foreign(folder: str | os.PathLike, kind: str, who: str, record: str = RECORD, whole: bool = False,
-                   adopt: Sequence[str] = ()) -> None:
+def refuse_foreign(
+    folder: str | os.PathLike, kind: str, who: str, record: str = RECORD, whole: bool = False, adopt: Sequence[str] = ()
+) -> None:
     """The one rule for every output folder effens writes (run, report, evaluate, explain,
     tune, export): before any work, refuse a folder that is not a folder, or holds a file no
     earlier ``kind`` output of effens recorded (``who`` names the command in the message).
@@ -196,12 +210,15 @@ def refuse_foreign(folder: str | os.PathLike, kind: str, who: str, record: str =
         raise RunError(f"{folder}: exists and is not a folder; --out names a folder")
     foreign = foreign_files(folder, kind, record, whole, adopt)
     if foreign:
-        raise RunError(f"{folder / foreign[0]}: not written by {who}; choose a new or empty --out "
-                       f"(effens never overwrites or removes files it did not write)")
+        raise RunError(
+            f"{folder / foreign[0]}: not written by {who}; choose a new or empty --out "
+            f"(effens never overwrites or removes files it did not write)"
+        )
 
 
-def write_owned(folder: str | os.PathLike, files: dict, kind: str, also: Sequence[str] = (),
-                strict: bool = True) -> None:
+def write_owned(
+    folder: str | os.PathLike, files: dict, kind: str, also: Sequence[str] = (), strict: bool = True
+) -> None:
     """Write ``files`` into a folder that is new, empty or an earlier ``kind`` output of
     effens; a file effens did not write there is a refusal naming it (nothing is written).
     With ``strict=False`` other files may stay beside ours: only one we would overwrite is
@@ -211,8 +228,11 @@ def write_owned(folder: str | os.PathLike, files: dict, kind: str, also: Sequenc
         raise RunError(f"{folder}: exists and is not a folder; --out names a folder")
     foreign = [f for f in foreign_files(folder, kind) if f not in also and (strict or f in files)]
     if foreign:
-        raise RunError(f"{folder / foreign[0]}: not written by effens here; choose a new or empty output "
-                       f"folder (effens never overwrites files it did not write)")
+        raise RunError(
+            f"{folder / foreign[0]}: not written by effens here; choose a new or empty output "
+            f"folder (effens never overwrites files it did not write)"
+        )
     write_files(folder, files)
-    atomic_write_json(folder / RECORD, {"kind": kind,
-                                        "files": sorted(owned_files(folder, kind) | set(files) | set(also))})
+    atomic_write_json(
+        folder / RECORD, {"kind": kind, "files": sorted(owned_files(folder, kind) | set(files) | set(also))}
+    )

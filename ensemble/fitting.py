@@ -1,6 +1,7 @@
 """What every command that fits a run shares (``train``, ``distill``): the checks before
 any work (device, members, memory), the estimator from a config, and a fitted run's cached
 predictions and report written into its folder."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,12 +58,19 @@ def check_memory(cfg: Config, data: Dataset, source: str, share: float = 0.7, ex
     def show(n: int) -> str:
         return f"{n / 2**30:.1f} GB" if n >= 2**30 else f"{n / 2**20:.0f} MB"
 
-    log.info("decode cache: about %s for %d images at shorter side %d px%s", show(need), len(paths), size,
-             "" if have is None else f" ({show(have)} available)")
+    log.info(
+        "decode cache: about %s for %d images at shorter side %d px%s",
+        show(need),
+        len(paths),
+        size,
+        "" if have is None else f" ({show(have)} available)",
+    )
     if have is not None and need > share * have:
-        raise DataError(f"{source}: decoding {len(paths)} images at shorter side {size} px (from `image_size` or "
-                        f"`data.cache_size`) needs about {show(need)}, more than {share:.0%} of the "
-                        f"{show(have)} available; lower `image_size` or set a smaller `data.cache_size`")
+        raise DataError(
+            f"{source}: decoding {len(paths)} images at shorter side {size} px (from `image_size` or "
+            f"`data.cache_size`) needs about {show(need)}, more than {share:.0%} of the "
+            f"{show(have)} available; lower `image_size` or set a smaller `data.cache_size`"
+        )
 
 
 def estimator_from_config(cfg: Config) -> BaggedEnsemble:
@@ -80,15 +88,21 @@ class Decoded:
     val_images: list
     test: Split | None
     test_images: list | None
-    bad: dict[str, list]   # split -> (path, reason) of each image left out
+    bad: dict[str, list]  # split -> (path, reason) of each image left out
     seconds: float
 
 
 def decode_dataset(cfg: Config, data: Dataset) -> Decoded:
     """Decode every split once, at the shorter side the config's members need."""
     size = cache_size(cfg)
-    log.info("data: %d train, %d val, %s test images, classes %s; decoding once at shorter side %d px",
-             len(data.train), len(data.val), len(data.test) if data.test else 0, data.classes, size)
+    log.info(
+        "data: %d train, %d val, %s test images, classes %s; decoding once at shorter side %d px",
+        len(data.train),
+        len(data.val),
+        len(data.test) if data.test else 0,
+        data.classes,
+        size,
+    )
     t0 = time.perf_counter()
     train, train_imgs, bad_train = decode_split(data.train, size, cfg.data.on_bad_image, "train")
     val, val_imgs, bad_val = decode_split(data.val, size, cfg.data.on_bad_image, "val")
@@ -108,8 +122,11 @@ def data_record(cfg: Config, data: Dataset, bad: dict[str, list]) -> dict:
     sources = {k: _source(getattr(cfg.data, k)) for k in ("train", "val", "test")}
     if data.val_in_train:
         sources["val"] = f"its {data.val_in_train} images are in train (`data.train_on_val`)"
-    return {"skipped_images": {k: [{"path": p, "reason": r} for p, r in v] for k, v in bad.items() if v},
-            "data_changes": data.changes, "data_summary": data_summary(data, sources)}
+    return {
+        "skipped_images": {k: [{"path": p, "reason": r} for p, r in v] for k, v in bad.items() if v},
+        "data_changes": data.changes,
+        "data_summary": data_summary(data, sources),
+    }
 
 
 def _source(src) -> str:
@@ -126,13 +143,19 @@ def save_fitted(run: RunFolder, ens: BaggedEnsemble, val: Split, test: Split | N
     run.save_train_labels(ens.y_train_)
     run.save_predictions("val", val.paths, ens.val_y_, ens.val_proba_)
     if test is not None:
-        run.save_predictions("test", test.paths, test.encode(ens.classes_),
-                             ens.member_proba(test_images, runtime="torch", pool=True))
+        run.save_predictions(
+            "test", test.paths, test.encode(ens.classes_), ens.member_proba(test_images, runtime="torch", pool=True)
+        )
     run.seal_predictions()
 
 
-def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = None, cfg: Config | None = None,
-                     command: str | None = None) -> dict:
+def write_run_report(
+    run: RunFolder,
+    ens: BaggedEnsemble,
+    extra: dict | None = None,
+    cfg: Config | None = None,
+    command: str | None = None,
+) -> dict:
     """Evaluate every member and strategy on the cached val/test probabilities; write report/.
     ``cfg``: the run's config, checked (default: read from the run); ``command``: how to make
     the run again, for the card (default: ``effens train`` its config)."""
@@ -152,13 +175,16 @@ def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = N
     from .reporting.card import card_facts, card_lines
 
     cfg = run.read_config() if cfg is None else cfg
-    doc = build_metrics(ens.classes_, names, results, ens.oob_report_, comb,
-                        labels={s: d[1] for s, d in split_data.items()})
-    doc["decisions"] = decision_report(ens, cfg.decision,
-                                       {s: (r[comb.strategy]["_proba"], split_data[s][1]) for s, r in results.items()})
+    doc = build_metrics(
+        ens.classes_, names, results, ens.oob_report_, comb, labels={s: d[1] for s, d in split_data.items()}
+    )
+    doc["decisions"] = decision_report(
+        ens, cfg.decision, {s: (r[comb.strategy]["_proba"], split_data[s][1]) for s, r in results.items()}
+    )
     doc.update(extra or {})
-    doc["card"] = card_facts(cfg, ens, results, split_data, doc,
-                             command or f"effens train {run.config_path} --out NEW_RUN_FOLDER")
+    doc["card"] = card_facts(
+        cfg, ens, results, split_data, doc, command or f"effens train {run.config_path} --out NEW_RUN_FOLDER"
+    )
     md = ""
     if cfg.data.train_on_val:
         doc["held_out"] = held_out_note(ens)
@@ -169,7 +195,8 @@ def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = N
         md += f"Data changed by `data.exclude` / `data.relabel`: {describe_changes(doc['data_changes'])}.\n\n"
     if doc.get("skipped_images"):
         md += "Skipped unreadable images:\n\n" + "\n".join(
-            f"- {k}: {d['path']} ({d['reason']})" for k, v in doc["skipped_images"].items() for d in v)
+            f"- {k}: {d['path']} ({d['reason']})" for k, v in doc["skipped_images"].items() for d in v
+        )
     files = report_files(doc, results, split_data, run.report_dir, ens, cfg.report.saliency, extra_md=md)
     files[run.card_path.name] = "\n".join(card_lines(doc))
     run.write_report(files)
@@ -179,10 +206,17 @@ def write_run_report(run: RunFolder, ens: BaggedEnsemble, extra: dict | None = N
 def held_out_note(ens: BaggedEnsemble) -> dict:
     """metrics.json's ``held_out`` for a ``data.train_on_val`` run: where every held-out figure comes from."""
     covered = len(np.unique(np.concatenate(ens.oob_indices_)))
-    text = (f"Held-out images: `data.train_on_val` trained the members on train + val, so nothing is scored on val. "
-            f"Each member's best epoch, the combiner, `auto`, temperatures and prediction sets come from out-of-bag "
-            f"images: {covered} of the {len(ens.y_train_)} training images, each left out by at least one member "
-            f"and voted on only by the members that left it out. OOB figures of a strategy fitted on OOB "
-            f"(weighted, stacking, greedy) are in-sample; `auto` cross-fits them.")
-    return {"source": "oob", "train_on_val": True, "n_oob_images": covered, "n_train_images": len(ens.y_train_),
-            "text": text}
+    text = (
+        f"Held-out images: `data.train_on_val` trained the members on train + val, so nothing is scored on val. "
+        f"Each member's best epoch, the combiner, `auto`, temperatures and prediction sets come from out-of-bag "
+        f"images: {covered} of the {len(ens.y_train_)} training images, each left out by at least one member "
+        f"and voted on only by the members that left it out. OOB figures of a strategy fitted on OOB "
+        f"(weighted, stacking, greedy) are in-sample; `auto` cross-fits them."
+    )
+    return {
+        "source": "oob",
+        "train_on_val": True,
+        "n_oob_images": covered,
+        "n_train_images": len(ens.y_train_),
+        "text": text,
+    }

@@ -4,6 +4,7 @@ Every image is decoded once, to RGB ``uint8`` with its shorter side resized to t
 cache size; all members and all epochs then work from these arrays, never from the
 JPEG again.
 """
+
 from __future__ import annotations
 
 import logging
@@ -67,16 +68,21 @@ def decode_image(path: str | os.PathLike | IO[bytes], size: int | None = None) -
     Raises :class:`BadImageError` for empty, truncated, non-image and oversized files.
     """
     if isinstance(path, (str, os.PathLike)) and not os.path.isfile(path):
-        raise BadImageError(f"{path}: " + ("not a regular file (a FIFO, socket or device); not opened"
-                                           if os.path.exists(path) else "file not found"))
+        raise BadImageError(
+            f"{path}: "
+            + (
+                "not a regular file (a FIFO, socket or device); not opened"
+                if os.path.exists(path)
+                else "file not found"
+            )
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 w, h = img.size
                 if max(w, h) > MAX_ASPECT * max(1, min(w, h)):
-                    raise BadImageError(f"{path}: {w} x {h} px is more elongated than {MAX_ASPECT}:1; "
-                                        f"not decoded")
+                    raise BadImageError(f"{path}: {w} x {h} px is more elongated than {MAX_ASPECT}:1; not decoded")
                 if size is not None and img.format == "JPEG":
                     img.draft("RGB", (size, size))  # let libjpeg downscale by 1/2..1/8 for free
                 img = ImageOps.exif_transpose(img)
@@ -86,17 +92,20 @@ def decode_image(path: str | os.PathLike | IO[bytes], size: int | None = None) -
                 arr = np.asarray(img, dtype=np.uint8)
     except BadImageError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImageError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from None
     if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
         raise BadImageError(f"{path}: decoded to an unusable shape {arr.shape}")
     return np.ascontiguousarray(arr)
 
 
-def decode_all(paths: Sequence[str], size: int | None,
-               on_bad: Literal["error", "skip"] = "error", n_threads: int = 2,
-               desc: str = "decode") -> tuple[list[np.ndarray | None], list[tuple[str, str]]]:
+def decode_all(
+    paths: Sequence[str],
+    size: int | None,
+    on_bad: Literal["error", "skip"] = "error",
+    n_threads: int = 2,
+    desc: str = "decode",
+) -> tuple[list[np.ndarray | None], list[tuple[str, str]]]:
     """Decode many files in threads (Pillow releases the GIL while decoding).
 
     Returns the arrays (``None`` where a file was skipped) and the skipped
@@ -116,16 +125,19 @@ def decode_all(paths: Sequence[str], size: int | None,
     bad: list[tuple[str, str]] = []
     with ThreadPoolExecutor(max_workers=max(1, n_threads)) as pool:
         results = pool.map(one, paths)
-        for p, r in tqdm(zip(paths, results), total=len(paths), desc=desc, leave=False,
-                         unit="img", disable=None):
+        for p, r in tqdm(zip(paths, results), total=len(paths), desc=desc, leave=False, unit="img", disable=None):
             if isinstance(r, str):
                 bad.append((p, r))
                 out.append(None)
             else:
                 out.append(r)
     if bad:
-        log.warning("%s: skipped %d unreadable image(s): %s", desc, len(bad),
-                    ", ".join(p for p, _ in bad[:10]) + (" ..." if len(bad) > 10 else ""))
+        log.warning(
+            "%s: skipped %d unreadable image(s): %s",
+            desc,
+            len(bad),
+            ", ".join(p for p, _ in bad[:10]) + (" ..." if len(bad) > 10 else ""),
+        )
     return out, bad
 
 

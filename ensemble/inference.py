@@ -1,4 +1,5 @@
 """``effens predict`` and ``effens evaluate`` over a trained run folder."""
+
 from __future__ import annotations
 
 import csv
@@ -53,8 +54,10 @@ def check_output_file(out: str | Path) -> Path:
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise DataError(f"{out}: --out must end in .csv or .json; got {out.suffix or 'no suffix'!r}")
     if out.exists() and not _written_by_predict(out):
-        raise DataError(f"{out}: exists and was not written by `effens predict`; choose another --out "
-                        f"(effens never overwrites files it did not write)")
+        raise DataError(
+            f"{out}: exists and was not written by `effens predict`; choose another --out "
+            f"(effens never overwrites files it did not write)"
+        )
     folder = out.parent if str(out.parent) else Path(".")
     if folder.exists() and not os.access(folder, os.W_OK | os.X_OK):
         raise DataError(f"{out}: cannot write in {folder} (permission denied); choose another --out")
@@ -79,13 +82,20 @@ def write_rows(rows: list[dict], out: str | Path, columns: Sequence[str]) -> Non
     w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="raise")
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if v is None else f"{v:.6f}" if isinstance(v, float) else v)
-                    for k, v in flat_row(r).items()})
+        w.writerow(
+            {k: ("" if v is None else f"{v:.6f}" if isinstance(v, float) else v) for k, v in flat_row(r).items()}
+        )
     atomic_write_text(out, buf.getvalue())
 
 
-def run_predict(run_dir: str, inputs: Sequence[str], out: str, strategy: str | None = None,
-                options: InferenceOptions = InferenceOptions(), decisions: dict | None = None) -> dict:
+def run_predict(
+    run_dir: str,
+    inputs: Sequence[str],
+    out: str,
+    strategy: str | None = None,
+    options: InferenceOptions = InferenceOptions(),
+    decisions: dict | None = None,
+) -> dict:
     """``effens predict``; ``decisions``: command-line values for :class:`DecisionOptions`."""
     from .runfolder import check_output_path
 
@@ -98,18 +108,36 @@ def run_predict(run_dir: str, inputs: Sequence[str], out: str, strategy: str | N
         raise DataError("no input images found")
     rows = predict_rows(ens, paths, strategy, options, decisions=choice)
     if all(r["error"] for r in rows):
-        raise DataError(f"none of the {len(rows)} input image(s) could be predicted (first: {rows[0]['error']}); "
-                        f"nothing written")
-    columns = ["path", "prediction", *choice.columns(), *(f"proba:{c}" for c in ens.classes_),
-               *(f"vote:{fm.name}" for fm in ens.members_), "error"]
+        raise DataError(
+            f"none of the {len(rows)} input image(s) could be predicted (first: {rows[0]['error']}); nothing written"
+        )
+    columns = [
+        "path",
+        "prediction",
+        *choice.columns(),
+        *(f"proba:{c}" for c in ens.classes_),
+        *(f"vote:{fm.name}" for fm in ens.members_),
+        "error",
+    ]
     write_rows(rows, out, columns)
     n_bad = sum(1 for r in rows if r["error"])
-    return {"n": len(rows), "n_errors": n_bad, "strategy": strategy or ens.combiner_.strategy,
-            "inference": options.plan(ens), "n_review": sum(1 for r in rows if r.get("decision") == "review")}
+    return {
+        "n": len(rows),
+        "n_errors": n_bad,
+        "strategy": strategy or ens.combiner_.strategy,
+        "inference": options.plan(ens),
+        "n_review": sum(1 for r in rows if r.get("decision") == "review"),
+    }
 
 
-def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all",
-                 options: InferenceOptions = InferenceOptions(), tracking: list[str] | None = None) -> dict:
+def run_evaluate(
+    run_dir: str,
+    data: str | dict,
+    out: str,
+    strategy: str = "all",
+    options: InferenceOptions = InferenceOptions(),
+    tracking: list[str] | None = None,
+) -> dict:
     """Report every member and strategy on a labelled folder or CSV.
 
     Member probabilities are cached in ``out``; a later call on the same run, data and
@@ -125,19 +153,22 @@ def run_evaluate(run_dir: str, data: str | dict, out: str, strategy: str = "all"
     run_cfg = RunFolder(run_dir).read_config(tracking or None)
     check_tracking(run_cfg.tracking, [run_dir, data if isinstance(data, str) else data.get("csv")], [out_dir])
     asked = {f"evaluate.{k}": v for k, v in dataclasses.asdict(options).items() if v not in (None, False)}
-    with open_tracking(run_cfg.tracking, "evaluate", out_dir.resolve().name,
-                       {**config_params(run_cfg), "evaluate.data": str(data), "evaluate.strategy": strategy,
-                        **asked},
-                       {**environment_tags("evaluate", run_cfg), "effens.run_dir": str(Path(run_dir).resolve())}
-                       ) as tracker:
+    with open_tracking(
+        run_cfg.tracking,
+        "evaluate",
+        out_dir.resolve().name,
+        {**config_params(run_cfg), "evaluate.data": str(data), "evaluate.strategy": strategy, **asked},
+        {**environment_tags("evaluate", run_cfg), "effens.run_dir": str(Path(run_dir).resolve())},
+    ) as tracker:
         doc = _evaluate(ens, run_cfg, data, out_dir, strategy, options)
         tracker.scalars(final_metrics(doc))
         tracker.folder(out_dir, "evaluate")
     return doc
 
 
-def _evaluate(ens: BaggedEnsemble, run_cfg, data: str | dict, out_dir: Path, strategy: str,
-              options: InferenceOptions) -> dict:
+def _evaluate(
+    ens: BaggedEnsemble, run_cfg, data: str | dict, out_dir: Path, strategy: str, options: InferenceOptions
+) -> dict:
     strategies = ens.combiner_.available() if strategy == "all" else [ens.combiner_.get(strategy).name]
     source = SplitSource.from_value(data, "data") if isinstance(data, str) else SplitSource(**data)
     split = load_split(source)
@@ -148,23 +179,36 @@ def _evaluate(ens: BaggedEnsemble, run_cfg, data: str | dict, out_dir: Path, str
     n = len(split)
     split, changes = change_split(split, wanted)
     if not len(split):
-        raise DataError(f"{data}: the run's `data.exclude` {run_cfg.data.exclude} leaves out all {n} of its images; "
-                        f"nothing to evaluate")
+        raise DataError(
+            f"{data}: the run's `data.exclude` {run_cfg.data.exclude} leaves out all {n} of its images; "
+            f"nothing to evaluate"
+        )
     if changes["excluded"] or changes["relabelled"]:
-        log.warning("the run's lists change what is scored: %d of the %d images left out (`data.exclude` %s), %d "
-                    "relabelled (`data.relabel` %s)", changes["excluded"], n, run_cfg.data.exclude,
-                    changes["relabelled"], run_cfg.data.relabel)
+        log.warning(
+            "the run's lists change what is scored: %d of the %d images left out (`data.exclude` %s), %d "
+            "relabelled (`data.relabel` %s)",
+            changes["excluded"],
+            n,
+            run_cfg.data.exclude,
+            changes["relabelled"],
+            run_cfg.data.relabel,
+        )
     check_labels(split, ens.classes_, "evaluation")
     comb = ens.combiner_
     pool = any(comb.pooled(s) for s in strategies)  # a pool strategy: the candidates run too
     # every member runs (the report scores each); of the pool candidates, only those a strategy weighs
     rows = np.zeros(len(comb.member_names) + len(comb.candidate_names), dtype=bool)
-    rows[:len(comb.member_names)] = True
+    rows[: len(comb.member_names)] = True
     for s in strategies:
         rows |= comb.uses(s)
     used = rows if pool else None
-    key = {"data": images_fingerprint(split.paths, split.labels), "members": member_hashes(ens, pool),
-           "tta": options.tta, "inference": options.plan(ens), "used": None if used is None else used.tolist()}
+    key = {
+        "data": images_fingerprint(split.paths, split.labels),
+        "members": member_hashes(ens, pool),
+        "tta": options.tta,
+        "inference": options.plan(ens),
+        "used": None if used is None else used.tolist(),
+    }
     cache_json, cache_npy = out_dir / "member_proba.json", out_dir / "member_proba.npy"
     skipped: list = []
     if cache_json.is_file() and cache_npy.is_file() and read_json(cache_json).get("key") == sha256_json(key):
@@ -178,26 +222,39 @@ def _evaluate(ens: BaggedEnsemble, run_cfg, data: str | dict, out_dir: Path, str
         if not keep:
             raise DataError(f"{data}: none of its {len(split.paths)} images could be read (first: {bad[0][1]})")
         atomic_write_npy(cache_npy, member_proba)
-        atomic_write_json(cache_json, {"key": sha256_json(key), "kept": keep, "skipped": skipped,
-                                       "paths": [split.paths[i] for i in keep]})
+        atomic_write_json(
+            cache_json,
+            {"key": sha256_json(key), "kept": keep, "skipped": skipped, "paths": [split.paths[i] for i in keep]},
+        )
     split = split.subset(keep)
     y = split.encode(ens.classes_)
     names = [fm.name for fm in ens.members_]
     results = {"eval": evaluate_split(member_proba, y, comb, strategies)}
-    doc = build_metrics(ens.classes_, names, results, None, comb,
-                        strategy=strategies[0] if len(strategies) == 1 else None, labels={"eval": y})
+    doc = build_metrics(
+        ens.classes_,
+        names,
+        results,
+        None,
+        comb,
+        strategy=strategies[0] if len(strategies) == 1 else None,
+        labels={"eval": y},
+    )
     decide = strategies[0] if len(strategies) == 1 else comb.strategy
-    doc["decisions"] = decision_report(ens, run_cfg.decision,
-                                       {"eval": (results["eval"][decide]["_proba"], y)}, decide)
+    doc["decisions"] = decision_report(ens, run_cfg.decision, {"eval": (results["eval"][decide]["_proba"], y)}, decide)
     doc["skipped_images"] = {"eval": skipped} if skipped else {}
     doc["data"] = str(data)
     doc["inference"] = options.plan(ens)
-    md = "Skipped unreadable images:\n\n" + "\n".join(f"- {d['path']} ({d['reason']})" for d in skipped) \
-        if skipped else ""
+    md = (
+        "Skipped unreadable images:\n\n" + "\n".join(f"- {d['path']} ({d['reason']})" for d in skipped)
+        if skipped
+        else ""
+    )
     if changes["excluded"] or changes["relabelled"]:
         doc["data_changes"] = {"eval": changes}
-        md = (f"Data changed by the run's `data.exclude` / `data.relabel`: {changes['excluded']} excluded, "
-              f"{changes['relabelled']} relabelled.\n\n") + md
+        md = (
+            f"Data changed by the run's `data.exclude` / `data.relabel`: {changes['excluded']} excluded, "
+            f"{changes['relabelled']} relabelled.\n\n"
+        ) + md
     files = report_files(doc, results, {"eval": (split.paths, y)}, out_dir, ens, run_cfg.report.saliency, extra_md=md)
     write_owned(out_dir, files, "evaluate", also=[cache_json.name, cache_npy.name])
     doc["_table"] = format_table(comparison_rows(results["eval"]))

@@ -4,6 +4,7 @@
 does) replace long argument lists; :func:`fit_member` is what ``train`` and ``tune``
 both run, through :meth:`ensemble.estimator.BaggedEnsemble.fit`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,14 +58,14 @@ class MemberJob:
     """One member's settings, sample and place to run."""
 
     index: int
-    spec: Any                       # MemberConfig, precision filled in
-    seed: int                       # the ensemble's seed
-    sample: np.ndarray              # bootstrap indices into the training images
-    oob: np.ndarray                 # the indices it never drew
-    fingerprint: str                # identifies settings + data, for resume
+    spec: Any  # MemberConfig, precision filled in
+    seed: int  # the ensemble's seed
+    sample: np.ndarray  # bootstrap indices into the training images
+    oob: np.ndarray  # the indices it never drew
+    fingerprint: str  # identifies settings + data, for resume
     device: str = "auto"
-    threads: int | None = None      # torch threads for this job (None: leave as is)
-    plugins: tuple[str, ...] = ()   # the config's plugins, imported again in a worker process
+    threads: int | None = None  # torch threads for this job (None: leave as is)
+    plugins: tuple[str, ...] = ()  # the config's plugins, imported again in a worker process
 
     @property
     def member_seed(self) -> int:
@@ -101,8 +102,13 @@ def seed_everything(seed: int) -> None:
 def versions() -> dict:
     import timm
 
-    return {"effens": __version__, "torch": torch.__version__, "timm": timm.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
+    return {
+        "effens": __version__,
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def fit_member(job: MemberJob, data: TrainingData, store=None) -> dict:
@@ -133,30 +139,65 @@ def fit_member(job: MemberJob, data: TrainingData, store=None) -> dict:
         k = len(classes)
         val_images, val_y = held_out_images(data, job.oob)
         train_data = data.train_data(job.sample, eval_tensor(val_images, member.inputs), val_y)
-        run = TrainRun(spec.name, mseed, device, lambda y, p: selection_scores(y, p, k), precision, checkpoint,
-                       keep_probe="probe" in spec.candidates.weights, teacher=data.teacher)
+        run = TrainRun(
+            spec.name,
+            mseed,
+            device,
+            lambda y, p: selection_scores(y, p, k),
+            precision,
+            checkpoint,
+            keep_probe="probe" in spec.candidates.weights,
+            teacher=data.teacher,
+        )
         result = train_member(member, spec.train, train_data, run)
         oob = job.oob
-        oob_proba = (predict_proba(member.model, eval_tensor([data.images[i] for i in oob], member.inputs),
-                                   member.inputs, spec.train.eval_batch_size, device, precision=precision)
-                     if len(oob) else np.zeros((0, k)))
+        oob_proba = (
+            predict_proba(
+                member.model,
+                eval_tensor([data.images[i] for i in oob], member.inputs),
+                member.inputs,
+                spec.train.eval_batch_size,
+                device,
+                precision=precision,
+            )
+            if len(oob)
+            else np.zeros((0, k))
+        )
     meta = {
-        "name": spec.name, "index": job.index, "architecture": spec.model, "weights": spec.weights,
-        "weights_file": member.weights_file, "num_classes": k, "classes": list(classes),
-        "inputs": dataclasses.asdict(member.inputs), "bagging": to_dict(spec.bagging),
-        "train": to_dict(spec.train), "seed": job.seed, "member_seed": mseed, "device": str(device),
+        "name": spec.name,
+        "index": job.index,
+        "architecture": spec.model,
+        "weights": spec.weights,
+        "weights_file": member.weights_file,
+        "num_classes": k,
+        "classes": list(classes),
+        "inputs": dataclasses.asdict(member.inputs),
+        "bagging": to_dict(spec.bagging),
+        "train": to_dict(spec.train),
+        "seed": job.seed,
+        "member_seed": mseed,
+        "device": str(device),
         "precision": result.precision,
         "precision_reason": precision.reason if precision.name == result.precision else "as in the checkpoint resumed",
         "allocator": result.allocator,
-        "n_samples": int(len(job.sample)), "n_unique": int(len(np.unique(job.sample))), "n_oob": int(len(oob)),
-        "best_epoch": result.best_epoch, "selection": result.selection,
-        "selected_on": "val" if len(data.val_y) else "oob", "history": result.history, "train_seconds": result.seconds,
-        "fingerprint": job.fingerprint, "versions": versions(),
+        "n_samples": int(len(job.sample)),
+        "n_unique": int(len(np.unique(job.sample))),
+        "n_oob": int(len(oob)),
+        "best_epoch": result.best_epoch,
+        "selection": result.selection,
+        "selected_on": "val" if len(data.val_y) else "oob",
+        "history": result.history,
+        "train_seconds": result.seconds,
+        "fingerprint": job.fingerprint,
+        "versions": versions(),
     }
     if data.teacher is not None:  # who taught it, and the photos only the teacher labelled
         meta["distill"] = dict(data.teacher.record, n_unlabelled=len(data.unlabelled))
-    arrays = {"samples": np.asarray(job.sample, dtype=np.int64), "oob": np.asarray(oob, dtype=np.int64),
-              "oob_proba": oob_proba.astype(np.float32)}
+    arrays = {
+        "samples": np.asarray(job.sample, dtype=np.int64),
+        "oob": np.asarray(oob, dtype=np.int64),
+        "oob_proba": oob_proba.astype(np.float32),
+    }
     # candidates first: a member whose member.json exists always has its candidates beside it
     with torch_threads(job.threads):
         candidates = _fit_candidates(job, data, member, result, meta, arrays, device, precision, store)
@@ -166,8 +207,9 @@ def fit_member(job: MemberJob, data: TrainingData, store=None) -> dict:
     return {"state_dict": result.state_dict, "meta": meta, "arrays": arrays, "candidates": candidates}
 
 
-def _fit_candidates(job: MemberJob, data: TrainingData, member, result, meta: dict, arrays: dict,
-                    device, precision, store) -> list[dict]:
+def _fit_candidates(
+    job: MemberJob, data: TrainingData, member, result, meta: dict, arrays: dict, device, precision, store
+) -> list[dict]:
     """The member's pool candidates (:mod:`ensemble.combining.pool`): each kept snapshot's weights, seen
     through its view, scored on the member's OOB images and saved like a member."""
     from members.predictor import predict_proba
@@ -181,9 +223,18 @@ def _fit_candidates(job: MemberJob, data: TrainingData, member, result, meta: di
         state = result.state_dict if cand.weights == spec.train.select else result.candidates[cand.weights]
         inputs = dataclasses.replace(member.inputs, view=cand.view)
         member.model.load_state_dict(state)
-        proba = (predict_proba(member.model, eval_tensor([data.images[i] for i in oob], inputs), inputs,
-                               spec.train.eval_batch_size, device, precision=precision)
-                 if len(oob) else np.zeros((0, k)))
+        proba = (
+            predict_proba(
+                member.model,
+                eval_tensor([data.images[i] for i in oob], inputs),
+                inputs,
+                spec.train.eval_batch_size,
+                device,
+                precision=precision,
+            )
+            if len(oob)
+            else np.zeros((0, k))
+        )
         cmeta = dict(meta, name=cand.name, inputs=dataclasses.asdict(inputs), candidate=cand._asdict())
         carrays = dict(arrays, oob_proba=proba.astype(np.float32))
         if store is not None:

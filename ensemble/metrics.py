@@ -1,4 +1,5 @@
 """Classification metrics as pure numpy functions (checked against scikit-learn in tests)."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -59,8 +60,9 @@ def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, n_bins: in
     return float(ece)
 
 
-def classification_report(y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None,
-                          classes: Sequence[str]) -> dict:
+def classification_report(
+    y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None, classes: Sequence[str]
+) -> dict:
     """Every figure the reports show, as JSON-ready Python values."""
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.asarray(y_pred, dtype=np.int64)
@@ -76,9 +78,15 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndar
         "balanced_accuracy": float(pc["recall"][present].mean()) if present.any() else 0.0,
         "macro_f1": float(pc["f1"].mean()),
         "weighted_f1": float((pc["f1"] * support).sum() / n),
-        "per_class": {c: {"precision": float(pc["precision"][i]), "recall": float(pc["recall"][i]),
-                          "f1": float(pc["f1"][i]), "support": int(support[i])}
-                      for i, c in enumerate(classes)},
+        "per_class": {
+            c: {
+                "precision": float(pc["precision"][i]),
+                "recall": float(pc["recall"][i]),
+                "f1": float(pc["f1"][i]),
+                "support": int(support[i]),
+            }
+            for i, c in enumerate(classes)
+        },
         "confusion_matrix": cm.tolist(),
         "confusion_matrix_normalized": np.round(normalize_rows(cm), 6).tolist(),
     }
@@ -110,13 +118,17 @@ def leave_one_out(member_proba: np.ndarray, y_true: np.ndarray, names: Sequence[
     out = []
     for j, name in enumerate(names):
         rest = np.delete(p, j, axis=0).mean(axis=0)
-        out.append({"member": name, "macro_f1_gain": f1_all - macro_f1(y, rest.argmax(1), k),
-                    "log_loss_gain": log_loss(y, rest) - ll_all})
+        out.append(
+            {
+                "member": name,
+                "macro_f1_gain": f1_all - macro_f1(y, rest.argmax(1), k),
+                "log_loss_gain": log_loss(y, rest) - ll_all,
+            }
+        )
     return out
 
 
-def pairwise_diversity(member_pred: np.ndarray, y_true: np.ndarray, names: Sequence[str] | None = None
-                       ) -> list[dict]:
+def pairwise_diversity(member_pred: np.ndarray, y_true: np.ndarray, names: Sequence[str] | None = None) -> list[dict]:
     """Diversity of every pair of members' predictions (members, samples).
 
     ``disagreement``: share of samples the two label differently; ``q_statistic``: Yule's
@@ -137,11 +149,15 @@ def pairwise_diversity(member_pred: np.ndarray, y_true: np.ndarray, names: Seque
             n01 = np.sum(~right[i] & right[j])
             den = n11 * n00 + n01 * n10
             ei, ej = (~right[i]).astype(float), (~right[j]).astype(float)
-            out.append({"a": names[i], "b": names[j],
-                        "disagreement": float(np.mean(member_pred[i] != member_pred[j])),
-                        "q_statistic": float((n11 * n00 - n01 * n10) / den) if den else 0.0,
-                        "error_correlation": (float(np.corrcoef(ei, ej)[0, 1]) if ei.std() > 0 and ej.std() > 0
-                                              else 0.0)})
+            out.append(
+                {
+                    "a": names[i],
+                    "b": names[j],
+                    "disagreement": float(np.mean(member_pred[i] != member_pred[j])),
+                    "q_statistic": float((n11 * n00 - n01 * n10) / den) if den else 0.0,
+                    "error_correlation": (float(np.corrcoef(ei, ej)[0, 1]) if ei.std() > 0 and ej.std() > 0 else 0.0),
+                }
+            )
     return out
 
 

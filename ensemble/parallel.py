@@ -4,6 +4,7 @@ processes (loky), or an existing/local Ray or Dask cluster via their joblib back
 Each job writes its own files, so a failing job loses nothing of the others: failures
 are collected and reported together, naming each job, after the rest have finished.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,12 +40,20 @@ class JobPlan:
 
     def describe(self) -> str:
         devs = sorted(set(self.devices))
-        return (f"{self.n_jobs} job(s) at once x {self.threads} thread(s) each "
-                f"({available_cores()} cores), device(s): {', '.join(devs)}")
+        return (
+            f"{self.n_jobs} job(s) at once x {self.threads} thread(s) each "
+            f"({available_cores()} cores), device(s): {', '.join(devs)}"
+        )
 
 
-def plan_jobs(n_tasks: int, n_jobs: int, device: str = "auto", threads_per_job: int | None = None,
-              cores: int | None = None, n_gpus: int | None = None) -> JobPlan:
+def plan_jobs(
+    n_tasks: int,
+    n_jobs: int,
+    device: str = "auto",
+    threads_per_job: int | None = None,
+    cores: int | None = None,
+    n_gpus: int | None = None,
+) -> JobPlan:
     """Threads per job so that jobs x threads <= cores; one GPU per concurrent job.
 
     With ``device: auto`` and several GPUs, task i runs on ``cuda:(i mod GPUs)``.
@@ -56,8 +65,13 @@ def plan_jobs(n_tasks: int, n_jobs: int, device: str = "auto", threads_per_job: 
     fair = max(1, cores // n_jobs)
     threads = min(threads_per_job, fair) if threads_per_job else fair
     if threads_per_job and threads_per_job > fair:
-        log.warning("threads_per_job=%d would oversubscribe %d cores with %d jobs: using %d",
-                    threads_per_job, cores, n_jobs, threads)
+        log.warning(
+            "threads_per_job=%d would oversubscribe %d cores with %d jobs: using %d",
+            threads_per_job,
+            cores,
+            n_jobs,
+            threads,
+        )
     n_gpus = torch.cuda.device_count() if n_gpus is None else n_gpus
     if device == "auto" and n_gpus > 1:
         devices = [f"cuda:{i % n_gpus}" for i in range(n_tasks)]
@@ -119,8 +133,9 @@ def backend(name: str, n_jobs: int, threads: int, address: str | None = None) ->
         if address:
             client = Client(address)
         else:
-            cluster = LocalCluster(n_workers=n_jobs, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, host="127.0.0.1")
+            cluster = LocalCluster(
+                n_workers=n_jobs, threads_per_worker=1, processes=True, dashboard_address=None, host="127.0.0.1"
+            )
             client = Client(cluster)
         try:
             yield "dask"
@@ -137,12 +152,17 @@ def _guarded(fn: Callable, name: str, kwargs: dict) -> Any:
     try:
         return fn(**kwargs)
     except Exception as exc:  # reported with the job's name by run_jobs
-        return {"__job_error__": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(),
-                "job": name}
+        return {"__job_error__": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc(), "job": name}
 
 
-def run_jobs(fn: Callable, jobs: Sequence[tuple[str, dict]], backend_name: str = "sequential",
-             n_jobs: int = 1, threads: int = 1, address: str | None = None) -> list[Any]:
+def run_jobs(
+    fn: Callable,
+    jobs: Sequence[tuple[str, dict]],
+    backend_name: str = "sequential",
+    n_jobs: int = 1,
+    threads: int = 1,
+    address: str | None = None,
+) -> list[Any]:
     """``[fn(**kwargs) for name, kwargs in jobs]`` through joblib; failures raise together."""
     from joblib import Parallel, delayed, parallel_config
 
@@ -157,6 +177,8 @@ def run_jobs(fn: Callable, jobs: Sequence[tuple[str, dict]], backend_name: str =
         log.error("job %s failed:\n%s", r["job"], r["traceback"])
     if failed:
         done = [job for (job, _), r in zip(jobs, results) if r not in failed]
-        raise ParallelError("; ".join(f"{r['job']} failed: {r['__job_error__']}" for r in failed)
-                            + (f" (finished and saved: {', '.join(done)})" if done else ""))
+        raise ParallelError(
+            "; ".join(f"{r['job']} failed: {r['__job_error__']}" for r in failed)
+            + (f" (finished and saved: {', '.join(done)})" if done else "")
+        )
     return results

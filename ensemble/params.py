@@ -2,6 +2,7 @@
 scikit-learn, which takes most of a second: a prediction on an exported run must start in
 well under one (issue #23). ``sklearn.base.clone`` works on any object with this protocol.
 """
+
 from __future__ import annotations
 
 import copy
@@ -15,8 +16,11 @@ class ParamsMixin:
     @classmethod
     def _param_names(cls) -> list[str]:
         sig = inspect.signature(cls.__init__)
-        return sorted(p.name for p in sig.parameters.values()
-                      if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+        return sorted(
+            p.name
+            for p in sig.parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        )
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Constructor arguments by name (``deep``: nested estimators' as ``name__param``)."""
@@ -35,8 +39,10 @@ class ParamsMixin:
         for key, value in params.items():
             name, sep, sub = key.partition("__")
             if name not in valid:
-                raise ValueError(f"Invalid parameter {name!r} for estimator {type(self).__name__}; "
-                                 f"valid parameters are: {', '.join(valid)}")
+                raise ValueError(
+                    f"Invalid parameter {name!r} for estimator {type(self).__name__}; "
+                    f"valid parameters are: {', '.join(valid)}"
+                )
             if sep:
                 nested.setdefault(name, {})[sub] = value
             else:
@@ -50,6 +56,5 @@ class ParamsMixin:
         return type(self)(**{k: copy.deepcopy(v) for k, v in self.get_params(deep=False).items()})
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{k}={v!r}" for k, v in self.get_params(deep=False).items()
-                          if len(repr(v)) <= 60)
+        shown = ", ".join(f"{k}={v!r}" for k, v in self.get_params(deep=False).items() if len(repr(v)) <= 60)
         return f"{type(self).__name__}({shown})"

@@ -10,6 +10,7 @@ effens' own pieces (``@register``, ``@view``, ``@register_source``, ``@split_fig
 ``@detector``, ``@route``...); a taken name is refused. Every plugin loads inside
 :func:`guarded`: a plugin that fails in any way is one :class:`PluginError` naming it.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -19,6 +19,7 @@ Every file is written atomically; everything a prediction depends on is hash-che
 when read back. :class:`RunFolder` is also the ``store`` that
 :meth:`ensemble.estimator.BaggedEnsemble.fit` saves members into and resumes from.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -77,8 +78,9 @@ class MemberCheckpoint:
 
     def save(self, tensors: dict, doc: dict) -> None:
         atomic_write_safetensors(self.tensors_path, tensors)
-        atomic_write_json(self.json_path, {"fingerprint": self.fingerprint, **doc,
-                                           "sha256": sha256_file(self.tensors_path)})
+        atomic_write_json(
+            self.json_path, {"fingerprint": self.fingerprint, **doc, "sha256": sha256_file(self.tensors_path)}
+        )
 
     def load(self) -> tuple[dict, dict] | None:
         """(tensors, document) if a checkpoint exists, is intact and has this fingerprint."""
@@ -123,8 +125,8 @@ class RunFolder:
         self.report_dir = self.root / "report"
         self.predictions_dir = self.root / "predictions"
         self.combiner_dir = self.root / "combiner"
-        self.marker_path = self.root / "run.json"      # effens made this folder; the run record
-        self.lock_path = self.root / LOCK_NAME         # the process writing it now
+        self.marker_path = self.root / "run.json"  # effens made this folder; the run record
+        self.lock_path = self.root / LOCK_NAME  # the process writing it now
 
     def member_dir(self, name: str) -> Path:
         return self.root / "members" / name
@@ -170,20 +172,28 @@ class RunFolder:
                 old = config_to_dict(config_from_dict(read_yaml(self.config_path), source=str(self.config_path)))
             except (ConfigError, ValueError, TypeError, AttributeError):
                 old = {}  # unreadable: counts as changed
-            changed = [k for k in config_changes(old, config_to_dict(cfg))
-                       if not k.startswith(("combiner.", "tune.", "parallel.", "decision.", "report.", "tracking.",
-                                            *ignore))
-                       and ".candidates." not in k]  # pool candidates: a member missing some trains again
-            work = any((self.root / "members").glob("*/member.json")) or \
-                any((self.root / "members").glob("*/checkpoint.json"))
+            changed = [
+                k
+                for k in config_changes(old, config_to_dict(cfg))
+                if not k.startswith(("combiner.", "tune.", "parallel.", "decision.", "report.", "tracking.", *ignore))
+                and ".candidates." not in k
+            ]  # pool candidates: a member missing some trains again
+            work = any((self.root / "members").glob("*/member.json")) or any(
+                (self.root / "members").glob("*/checkpoint.json")
+            )
             if changed and not restart and work:
-                raise RunError(f"{self.root} holds a run with a different config (changed: "
-                               f"{', '.join(changed[:10])}); use another --out, or --restart to start over")
+                raise RunError(
+                    f"{self.root} holds a run with a different config (changed: "
+                    f"{', '.join(changed[:10])}); use another --out, or --restart to start over"
+                )
             if changed and work:
                 self.discard(", ".join(changed[:10]))
             elif changed:
-                log.info("%s: config changed (%s) before any member trained: starting with the new one",
-                         self.root, ", ".join(changed[:10]))
+                log.info(
+                    "%s: config changed (%s) before any member trained: starting with the new one",
+                    self.root,
+                    ", ".join(changed[:10]),
+                )
             elif any((self.root / "members").glob("*/member.json")):
                 log.info("resuming the run in %s", self.root)
         self.root.mkdir(parents=True, exist_ok=True)
@@ -196,9 +206,13 @@ class RunFolder:
     def all_or_nothing(self, subs: tuple[str, ...] = ("combiner", "report")):
         """A block whose writes to config.yaml, run.json and ``subs`` are undone if it fails:
         a command that fails leaves the run as it found it."""
+
         def files() -> list[Path]:
-            return [self.config_path, self.marker_path,
-                    *(p for sub in subs for p in (self.root / sub).rglob("*") if p.is_file())]
+            return [
+                self.config_path,
+                self.marker_path,
+                *(p for sub in subs for p in (self.root / sub).rglob("*") if p.is_file()),
+            ]
 
         before = {p: p.read_bytes() for p in files() if p.is_file()}
         try:
@@ -215,8 +229,12 @@ class RunFolder:
 
     def _check_ours(self) -> None:
         """Refuse a non-empty folder effens did not make (a run from an older effens is adopted)."""
-        if self.root.is_dir() and not self.marker_path.is_file() and self.classes_path.is_file() \
-                and (self.root / "members").is_dir():
+        if (
+            self.root.is_dir()
+            and not self.marker_path.is_file()
+            and self.classes_path.is_file()
+            and (self.root / "members").is_dir()
+        ):
             log.info("%s: a run made by an older effens; recording it as effens's", self.root)
             return
         refuse_foreign(self.root, "run", "effens train", record=self.marker_path.name, whole=True)
@@ -228,12 +246,15 @@ class RunFolder:
         recorded = self._recorded_files()
         everything = [p for sub in _SUBFOLDERS for p in (self.root / sub).rglob("*") if not p.is_dir()]
         foreign = sorted(p for p in everything if p not in recorded and not p.name.startswith("."))
-        top = [p for p in self.root.iterdir()
-               if p.name not in (*_SUBFOLDERS, *_TOP_FILES) and not p.name.startswith(".")]
+        top = [
+            p for p in self.root.iterdir() if p.name not in (*_SUBFOLDERS, *_TOP_FILES) and not p.name.startswith(".")
+        ]
         foreign += sorted(f for p in top for f in (p.rglob("*") if p.is_dir() else [p]) if not f.is_dir())
         if foreign:
-            raise RunError(f"{_listed(foreign, self.root)}: not written by effens; --restart removes only effens's "
-                           f"files, so move them out of {self.root} first")
+            raise RunError(
+                f"{_listed(foreign, self.root)}: not written by effens; --restart removes only effens's "
+                f"files, so move them out of {self.root} first"
+            )
         log.warning("--restart: discarding the previous run in %s (changed: %s)", self.root, why)
         for p in everything:
             p.unlink()
@@ -258,7 +279,9 @@ class RunFolder:
             out |= {p for p in d.glob("*") if _effens_name(sub, p.name)}
         out |= {self.report_dir / f for f in owned_files(self.report_dir, "report")} | {self.report_dir / RECORD}
         out |= set((self.root / "cache" / "onnx").glob("*.onnx")) | set((self.root / "cache" / "onnx").glob("*.json"))
-        out |= set((self.root / "cache" / "teacher").glob("*.npy")) | set((self.root / "cache" / "teacher").glob("*.json"))
+        out |= set((self.root / "cache" / "teacher").glob("*.npy")) | set(
+            (self.root / "cache" / "teacher").glob("*.json")
+        )
         out |= set((self.root / "cache" / "compiled").glob("*/*/*.blob"))  # OpenVINO's cache in folders effens made
         return out
 
@@ -278,8 +301,9 @@ class RunFolder:
                 if held == me:
                     return
                 if _gone(held):
-                    log.warning("%s: taking over the lock of a process that is gone (pid %s)", self.root,
-                                held.get("pid"))
+                    log.warning(
+                        "%s: taking over the lock of a process that is gone (pid %s)", self.root, held.get("pid")
+                    )
                     self.lock_path.unlink(missing_ok=True)
                     continue
                 raise self._in_use(held)
@@ -304,8 +328,10 @@ class RunFolder:
         return held if isinstance(held, dict) else {}
 
     def _in_use(self, held: dict) -> RunError:
-        return RunError(f"{self.root}: in use by another effens (pid {held.get('pid')} on {held.get('host')}); "
-                        f"wait for it, or delete {self.lock_path} if it is gone")
+        return RunError(
+            f"{self.root}: in use by another effens (pid {held.get('pid')} on {held.get('host')}); "
+            f"wait for it, or delete {self.lock_path} if it is gone"
+        )
 
     def refuse_if_locked(self) -> None:
         """For every reader of the run: refuse while another live effens holds the lock (its
@@ -342,18 +368,25 @@ class RunFolder:
         cfg = self.read_config() if cfg is None else cfg
         names = [m.name for m in cfg.members] + [c.name for c in pool_candidates(cfg.members)]
         files = ["config.yaml", "classes.json"] + [f"members/{n}/member.json" for n in names]
-        atomic_write_json(self.marker_path, {"effens": _version(), "kind": "run",
-                                             "files": {f: sha256_file(self.root / f) for f in files}})
+        atomic_write_json(
+            self.marker_path,
+            {"effens": _version(), "kind": "run", "files": {f: sha256_file(self.root / f) for f in files}},
+        )
 
     def adopt_legacy_report(self) -> None:
         """A run from an effens before ``run.json``: record its report files that carry effens's
         report names as effens's (anything else there stays foreign)."""
         if self.marker_path.is_file() or not self.report_dir.is_dir() or (self.report_dir / RECORD).is_file():
             return
-        pattern = re.compile(r"(metrics\.json|report\.md|card\.md|index\.html|(confusion|reliability|risk_coverage)_.+\.png|"
-                             r"training_curves\.png|misclassified_.+\.csv|(thumbs|saliency)/[0-9a-f]{24}.*\.jpg|thumbs/index\.json)")
-        ours = sorted(str(p.relative_to(self.report_dir)) for p in self.report_dir.rglob("*")
-                      if p.is_file() and pattern.fullmatch(str(p.relative_to(self.report_dir))))
+        pattern = re.compile(
+            r"(metrics\.json|report\.md|card\.md|index\.html|(confusion|reliability|risk_coverage)_.+\.png|"
+            r"training_curves\.png|misclassified_.+\.csv|(thumbs|saliency)/[0-9a-f]{24}.*\.jpg|thumbs/index\.json)"
+        )
+        ours = sorted(
+            str(p.relative_to(self.report_dir))
+            for p in self.report_dir.rglob("*")
+            if p.is_file() and pattern.fullmatch(str(p.relative_to(self.report_dir)))
+        )
         atomic_write_json(self.report_dir / RECORD, {"kind": "report", "files": ours})
 
     def verify_record(self, adopt: bool = False) -> None:
@@ -361,8 +394,10 @@ class RunFolder:
         if not self.marker_path.is_file():
             if adopt:
                 return
-            raise RunError(f"{self.root}: no run.json (not an effens run, or made by an older effens: run "
-                           f"`effens fit-combiner {self.root}` once to record it)")
+            raise RunError(
+                f"{self.root}: no run.json (not an effens run, or made by an older effens: run "
+                f"`effens fit-combiner {self.root}` once to record it)"
+            )
         files = read_json(self.marker_path).get("files") or {}
         if not files:
             raise RunError(f"{self.root}: training has not finished here (run.json records no files)")
@@ -382,8 +417,10 @@ class RunFolder:
 
     def save_classes(self, classes: list[str]) -> None:
         if self.classes_path.is_file() and read_json(self.classes_path) != classes:
-            raise RunError(f"{self.classes_path}: the run's classes {read_json(self.classes_path)} differ "
-                           f"from the data's {classes}; use --restart")
+            raise RunError(
+                f"{self.classes_path}: the run's classes {read_json(self.classes_path)} differ "
+                f"from the data's {classes}; use --restart"
+            )
         atomic_write_json(self.classes_path, classes)
 
     # ---------------------------------------------------------------- members (the estimator's store)
@@ -465,8 +502,11 @@ class RunFolder:
         d = self.predictions_dir
         if not (d / f"{split}_proba.npy").is_file():
             return None
-        return (read_json(d / f"{split}_paths.json"), read_npy(d / f"{split}_labels.npy"),
-                read_npy(d / f"{split}_proba.npy"))
+        return (
+            read_json(d / f"{split}_paths.json"),
+            read_npy(d / f"{split}_labels.npy"),
+            read_npy(d / f"{split}_proba.npy"),
+        )
 
     # ---------------------------------------------------------------- combiner
     def save_combiner(self, combiner) -> None:
@@ -505,8 +545,9 @@ class RunFolder:
     def seal(self, subdir: str) -> None:
         """Record the SHA-256 of every file in ``subdir`` (``hashes.json``, written last)."""
         d = self.root / subdir
-        files = sorted(p.name for p in d.iterdir() if p.is_file() and p.name != "hashes.json"
-                       and not p.name.startswith("."))
+        files = sorted(
+            p.name for p in d.iterdir() if p.is_file() and p.name != "hashes.json" and not p.name.startswith(".")
+        )
         atomic_write_json(d / "hashes.json", {f: sha256_file(d / f) for f in files})
 
     def verify(self, subdir: str) -> None:
@@ -535,27 +576,37 @@ class RunFolder:
             from members.export import temporary_onnx
 
             return Path(temporary_onnx(fm.model, fm.inputs, fm.name, owner=str(self.root)))
-        key = sha256_json({"weights": weights_hash(fm.meta),
-                           "image_size": fm.inputs.image_size, "input": "uint8",
-                           "mean": list(fm.inputs.mean), "std": list(fm.inputs.std), "effens": __version__,
-                           **exporter_versions()})
+        key = sha256_json(
+            {
+                "weights": weights_hash(fm.meta),
+                "image_size": fm.inputs.image_size,
+                "input": "uint8",
+                "mean": list(fm.inputs.mean),
+                "std": list(fm.inputs.std),
+                "effens": __version__,
+                **exporter_versions(),
+            }
+        )
         path, record = folder / f"{fm.name}.onnx", folder / f"{fm.name}.json"
         if path.is_file() and record.is_file():
             rec = read_json(record)
             if rec.get("key") == key:
                 if sha256_file(path) != rec.get("sha256"):
-                    raise RunError(f"{path}: contents do not match the hash recorded when it was written "
-                                   f"(modified or corrupted); delete {folder} to rebuild the cache")
+                    raise RunError(
+                        f"{path}: contents do not match the hash recorded when it was written "
+                        f"(modified or corrupted); delete {folder} to rebuild the cache"
+                    )
                 return path
         from members.export import export_member_onnx
 
         data = export_member_onnx(fm.model, fm.inputs.image_size, fm.name, inputs=fm.inputs)
         atomic_write_bytes(path, data)
-        atomic_write_json(record, {"key": key, "sha256": sha256_file(path), "member": fm.name,
-                                   "effens": __version__, **exporter_versions()})
+        atomic_write_json(
+            record,
+            {"key": key, "sha256": sha256_file(path), "member": fm.name, "effens": __version__, **exporter_versions()},
+        )
         log.info("member %s exported to %s (%.1f MB)", fm.name, path, len(data) / 1e6)
         return path
-
 
     def compiled_cache(self, onnx_path: str | os.PathLike) -> Path | None:
         """Where a compiling runtime (OpenVINO) keeps the compiled form of the member
@@ -609,8 +660,10 @@ class TeacherCache:
     def save(self, proba: np.ndarray) -> None:
         (self.folder / "proba.json").unlink(missing_ok=True)  # the record goes first, comes back last
         atomic_write_npy(self.folder / "proba.npy", np.asarray(proba, dtype=np.float32))
-        atomic_write_json(self.folder / "proba.json", {"key": self.key, "shape": list(proba.shape),
-                                                      "sha256": sha256_file(self.folder / "proba.npy")})
+        atomic_write_json(
+            self.folder / "proba.json",
+            {"key": self.key, "shape": list(proba.shape), "sha256": sha256_file(self.folder / "proba.npy")},
+        )
 
 
 def enclosing_run(path: str | os.PathLike) -> Path | None:
@@ -626,8 +679,13 @@ def enclosing_run(path: str | os.PathLike) -> Path | None:
     return None
 
 
-def check_output_path(out: str | os.PathLike, inputs: "Sequence[str | os.PathLike]" = (), run_root: bool = False,
-                      folder: bool = True, flag: str = "--out") -> None:
+def check_output_path(
+    out: str | os.PathLike,
+    inputs: "Sequence[str | os.PathLike]" = (),
+    run_root: bool = False,
+    folder: bool = True,
+    flag: str = "--out",
+) -> None:
     """Refuse an output path that would destroy what a command reads or a run: the same file
     as one of ``inputs`` (symlinks, ``./``, ``..`` and case folding resolved by the file
     system), a folder output inside an input folder, or anything inside an effens run
@@ -639,18 +697,24 @@ def check_output_path(out: str | os.PathLike, inputs: "Sequence[str | os.PathLik
     out_real = os.path.realpath(out)
     run = enclosing_run(out)
     if run is not None and not (run_root and run == Path(out_real)):
-        raise RunError(f"{flag} {out}: is inside the effens run folder {run}; choose one outside it (only "
-                       f"`effens train` and `effens fit-combiner` write a run's files; inference only adds exported "
-                       f"models to its cache/)")
+        raise RunError(
+            f"{flag} {out}: is inside the effens run folder {run}; choose one outside it (only "
+            f"`effens train` and `effens fit-combiner` write a run's files; inference only adds exported "
+            f"models to its cache/)"
+        )
     for inp in inputs:
         if not os.path.exists(inp):
             continue
         if os.path.exists(out) and os.path.samefile(out, inp):
-            raise RunError(f"{flag} {out}: is also an input of this command ({inp}); choose another "
-                           f"(effens never writes over its inputs)")
+            raise RunError(
+                f"{flag} {out}: is also an input of this command ({inp}); choose another "
+                f"(effens never writes over its inputs)"
+            )
         if folder and os.path.isdir(inp) and _inside(out_real, inp):
-            raise RunError(f"{flag} {out}: is inside the input folder {inp}; choose one outside it (its files "
-                           f"would be read as inputs next time)")
+            raise RunError(
+                f"{flag} {out}: is inside the input folder {inp}; choose one outside it (its files "
+                f"would be read as inputs next time)"
+            )
 
 
 def _inside(path: str, folder: str | os.PathLike) -> bool:
@@ -674,7 +738,7 @@ def _version() -> str:
 
 def _listed(paths: list[Path], root: Path, limit: int = 10) -> str:
     """The first path in full, then up to ``limit`` more relative to ``root``, then a count."""
-    rest = [str(p.relative_to(root)) for p in paths[1:limit + 1]]
+    rest = [str(p.relative_to(root)) for p in paths[1 : limit + 1]]
     extra = len(paths) - 1 - len(rest)
     return ", ".join([str(paths[0]), *rest]) + (f" and {extra} more" if extra else "")
 
@@ -756,10 +820,12 @@ def _read_run(run: RunFolder, root: str | os.PathLike, adopt: bool):
 
     from .estimator import BaggedEnsemble, FittedMember, with_precision
 
-    kind = (read_json(run.root / RECORD).get("kind") if (run.root / RECORD).is_file() else None)
+    kind = read_json(run.root / RECORD).get("kind") if (run.root / RECORD).is_file() else None
     if kind == "tune":
-        raise RunError(f"{root}: is a tune folder, not a run; train its best candidate first: "
-                       f"effens train {Path(root) / 'best.yaml'} --out RUN")
+        raise RunError(
+            f"{root}: is a tune folder, not a run; train its best candidate first: "
+            f"effens train {Path(root) / 'best.yaml'} --out RUN"
+        )
     if not run.config_path.is_file():
         raise RunError(f"{root}: not a run folder (config.yaml missing)")
     run.verify_record(adopt)
@@ -774,8 +840,15 @@ def _read_run(run: RunFolder, root: str | os.PathLike, adopt: bool):
     members, samples, oob_proba = [], [], []
     for spec in [*ens.specs_, *candidate_specs(ens.specs_)]:  # the members, then their pool candidates
         meta, arrays = run.load_member_record(spec.name)
-        members.append(FittedMember(spec.name, None, InputConfig.from_record(meta["inputs"]), meta,
-                                    build=_MemberBuilder(run.root, spec, meta)))
+        members.append(
+            FittedMember(
+                spec.name,
+                None,
+                InputConfig.from_record(meta["inputs"]),
+                meta,
+                build=_MemberBuilder(run.root, spec, meta),
+            )
+        )
         samples.append(arrays["samples"])
         oob_proba.append(arrays["oob_proba"])
     run.verify("predictions")
@@ -783,11 +856,22 @@ def _read_run(run: RunFolder, root: str | os.PathLike, adopt: bool):
     pred = run.predictions_dir
     val_proba = read_npy(pred / "val_proba.npy")
     if len(val_proba) != len(members):
-        raise RunError(f"{pred / 'val_proba.npy'}: holds {len(val_proba)} members' probabilities, the config "
-                       f"{len(members)} (members and pool candidates); run `effens train` on this folder again")
+        raise RunError(
+            f"{pred / 'val_proba.npy'}: holds {len(val_proba)} members' probabilities, the config "
+            f"{len(members)} (members and pool candidates); run `effens train` on this folder again"
+        )
     n = len(cfg.members)
-    ens._set_fitted(read_json(run.classes_path), members[:n], samples, oob_proba, read_npy(pred / "train_labels.npy"),
-                    val_proba, read_npy(pred / "val_labels.npy"), combiner=combiner, candidates=members[n:])
+    ens._set_fitted(
+        read_json(run.classes_path),
+        members[:n],
+        samples,
+        oob_proba,
+        read_npy(pred / "train_labels.npy"),
+        val_proba,
+        read_npy(pred / "val_labels.npy"),
+        combiner=combiner,
+        candidates=members[n:],
+    )
     return ens
 
 

@@ -3,6 +3,7 @@
 :func:`interval` (docs/guides/extend.md). They live in :mod:`members.schema`, the one base
 that ``members/`` (its training settings, :mod:`members.settings`) and ``ensemble/`` (the
 rest of the config) share."""
+
 from members.schema import (
     Check,
     ConfigError,
@@ -16,5 +17,15 @@ from members.schema import (
     to_dict,
 )
 
-__all__ = ["Check", "ConfigError", "build", "convert", "field", "interval", "redact", "section_schemas",
-           "sections_field", "to_dict"]
+__all__ = [
+    "Check",
+    "ConfigError",
+    "build",
+    "convert",
+    "field",
+    "interval",
+    "redact",
+    "section_schemas",
+    "sections_field",
+    "to_dict",
+]

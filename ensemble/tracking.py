@@ -19,6 +19,7 @@ A new sink is one :class:`Sink` subclass here (its hooks: ``start``, ``scalars``
 ``child``, ``folder``, ``model``, ``finish``) and one key in
 :class:`~ensemble.config.TrackingConfig`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -182,8 +183,13 @@ class MlflowSink(Sink):
 
     def start(self, run_name: str, params: dict[str, str], tags: dict[str, str]) -> None:
         found = self.client.get_experiment_by_name(self.cfg.experiment)
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(
-            self.cfg.experiment, artifact_location=Path(self.artifacts).as_uri() if self.artifacts else None)
+        self.experiment_id = (
+            found.experiment_id
+            if found
+            else self.client.create_experiment(
+                self.cfg.experiment, artifact_location=Path(self.artifacts).as_uri() if self.artifacts else None
+            )
+        )
         self.run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
         self._params(self.run_id, params)
 
@@ -192,7 +198,7 @@ class MlflowSink(Sink):
 
         items = [Param(k[:250], str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[i:i + 100])
+            self.client.log_batch(run_id, params=items[i : i + 100])
 
     def _metrics(self, run_id: str, values: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -200,15 +206,18 @@ class MlflowSink(Sink):
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, int(step)) for k, v in values.items()]
         for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i:i + 1000])
+            self.client.log_batch(run_id, metrics=items[i : i + 1000])
 
     def scalars(self, values: dict[str, float], step: int = 0) -> None:
         assert self.run_id is not None, "start() first"
         self._metrics(self.run_id, values, step)
 
     def child(self, run_name: str, params: dict[str, str], values: dict[str, float], step: int) -> None:
-        run = self.client.create_run(self.experiment_id, run_name=run_name,
-                                     tags={"mlflow.parentRunId": self.run_id, "effens.command": "tune candidate"})
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=run_name,
+            tags={"mlflow.parentRunId": self.run_id, "effens.command": "tune candidate"},
+        )
         try:
             self._params(run.info.run_id, params)
             self._metrics(run.info.run_id, values, 0)
@@ -244,8 +253,12 @@ class MlflowSink(Sink):
             if self.run_id is not None:
                 self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
                 if ok:
-                    log.info("tracking: MLflow run %s (experiment %s) at %s", self.run_id, self.cfg.experiment,
-                             redact(self.cfg.uri))
+                    log.info(
+                        "tracking: MLflow run %s (experiment %s) at %s",
+                        self.run_id,
+                        self.cfg.experiment,
+                        redact(self.cfg.uri),
+                    )
         finally:
             self._restore_env()
 
@@ -282,8 +295,9 @@ class TensorBoardSink(Sink):
     def child(self, run_name: str, params: dict[str, str], values: dict[str, float], step: int) -> None:
         for k, v in values.items():
             self.writer.add_scalar(metric_key("candidates", k), float(v), int(step))
-        self.writer.add_text("candidates", f"{run_name}: " + ", ".join(f"{k}={v}" for k, v in params.items()),
-                             int(step))
+        self.writer.add_text(
+            "candidates", f"{run_name}: " + ", ".join(f"{k}={v}" for k, v in params.items()), int(step)
+        )
 
     def text(self, name: str, text: str) -> None:
         self.writer.add_text(name, text, 0)
@@ -330,8 +344,10 @@ def check_location(path: str, what: str, inputs: list[str], outputs: list[str], 
     real = os.path.realpath(path)
     for out in outputs:
         if Path(real).is_relative_to(os.path.realpath(out)):
-            raise RunError(f"{what} {path}: is inside {out}, which this command writes; choose a place outside "
-                           f"it (trackers never write into a run or a command's output)")
+            raise RunError(
+                f"{what} {path}: is inside {out}, which this command writes; choose a place outside "
+                f"it (trackers never write into a run or a command's output)"
+            )
     if file and os.path.isdir(path):
         raise RunError(f"{what} {path}: is a folder; name a database file")
     folder = Path(path).parent if file else next(p for p in (Path(path), *Path(path).parents) if p.exists())
@@ -367,20 +383,23 @@ def _sinks(cfg) -> list[Sink]:
         try:
             import mlflow  # noqa: F401
         except ImportError:
-            raise RunError("`tracking.mlflow` needs MLflow, which is not installed: pip install 'effens[track]'") \
-                from None
+            raise RunError(
+                "`tracking.mlflow` needs MLflow, which is not installed: pip install 'effens[track]'"
+            ) from None
         try:
             sinks.append(MlflowSink(cfg.mlflow))
         except Exception as exc:  # noqa: BLE001 - an unknown scheme, a missing database driver: one line
             first = redact((str(exc).strip().splitlines() or [type(exc).__name__])[0][:300])
-            raise RunError(f"`tracking.mlflow.uri`: MLflow cannot use {redact(cfg.mlflow.uri)!r} "
-                           f"({type(exc).__name__}: {first})") from None
+            raise RunError(
+                f"`tracking.mlflow.uri`: MLflow cannot use {redact(cfg.mlflow.uri)!r} ({type(exc).__name__}: {first})"
+            ) from None
     if cfg.tensorboard is not None:
         try:
             import tensorboard  # noqa: F401  (torch's SummaryWriter writes through it)
         except ImportError:
-            raise RunError("`tracking.tensorboard` needs TensorBoard, which is not installed: "
-                           "pip install 'effens[track]'") from None
+            raise RunError(
+                "`tracking.tensorboard` needs TensorBoard, which is not installed: pip install 'effens[track]'"
+            ) from None
         sinks.append(TensorBoardSink(cfg.tensorboard))
     return sinks
 
@@ -407,21 +426,32 @@ class Tracker:
                 first = redact(first if len(first) <= 300 else first[:300] + "...")
                 n = self.failures[id(sink)] = self.failures.get(id(sink), 0) + 1
                 if hook == "start" or n >= self.MAX_FAILURES:
-                    log.warning("tracking: %s failed (%s: %s); going on without it", sink.what,
-                                type(exc).__name__, first)
+                    log.warning(
+                        "tracking: %s failed (%s: %s); going on without it", sink.what, type(exc).__name__, first
+                    )
                     self.sinks.remove(sink)
                     with contextlib.suppress(Exception):
                         sink.finish(False)
                 else:
-                    log.warning("tracking: %s could not log %s (%s: %s); the rest is still logged", sink.what,
-                                hook, type(exc).__name__, first)
+                    log.warning(
+                        "tracking: %s could not log %s (%s: %s); the rest is still logged",
+                        sink.what,
+                        hook,
+                        type(exc).__name__,
+                        first,
+                    )
 
     def scalars(self, values: dict[str, float], step: int = 0) -> None:
         self._each("scalars", {k: v for k, v in values.items() if _number(v)}, step)
 
     def child(self, run_name: str, params: dict, values: dict[str, float], step: int) -> None:
-        self._each("child", run_name, {k: str(v) for k, v in params.items()},
-                   {k: v for k, v in values.items() if _number(v)}, step)
+        self._each(
+            "child",
+            run_name,
+            {k: str(v) for k, v in params.items()},
+            {k: v for k, v in values.items() if _number(v)},
+            step,
+        )
 
     def folder(self, path: Path, under: str) -> None:
         self._each("folder", Path(path), under)
@@ -458,35 +488,54 @@ def environment_tags(command: str, cfg) -> dict[str, str]:
 
     model, flags = cpu_info()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    tags = {"effens.command": command, "effens.version": __version__, "effens.torch": torch.__version__,
-            "effens.timm": timm.__version__, "effens.python": platform.python_version(), "effens.cpu": model,
-            "effens.cpu_flags": " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags),
-            "effens.gpu": gpu, "effens.precision": cfg.precision, "effens.runtime": cfg.runtime}
+    tags = {
+        "effens.command": command,
+        "effens.version": __version__,
+        "effens.torch": torch.__version__,
+        "effens.timm": timm.__version__,
+        "effens.python": platform.python_version(),
+        "effens.cpu": model,
+        "effens.cpu_flags": " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags),
+        "effens.gpu": gpu,
+        "effens.precision": cfg.precision,
+        "effens.runtime": cfg.runtime,
+    }
     src = Path(__file__).resolve().parent.parent
     if (src / ".git").exists():
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True,
-                                    timeout=5).stdout.strip()
+            commit = subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
             if commit:
                 tags["effens.commit"] = commit
-                status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
-                                        capture_output=True, text=True, timeout=5)
+                status = subprocess.run(
+                    ["git", "status", "--porcelain", "--untracked-files=no"],
+                    cwd=src,
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                )
                 if status.returncode == 0:
                     tags["effens.dirty"] = "true" if status.stdout.strip() else "false"
     return tags
 
 
 @contextlib.contextmanager
-def tracking(cfg, command: str, name: str, params: dict | None = None,
-             tags: dict[str, str] | None = None) -> Iterator[Tracker]:
+def tracking(
+    cfg, command: str, name: str, params: dict | None = None, tags: dict[str, str] | None = None
+) -> Iterator[Tracker]:
     """Open the sinks of ``cfg`` (a :class:`~ensemble.config.TrackingConfig`) for one
     command; the run is marked failed if the command raises, finished otherwise."""
     sinks = _sinks(cfg)
     tracker = Tracker(sinks)
     if sinks:
         run_name = f"{name}-{command}-{time.strftime('%Y%m%d-%H%M%S')}"
-        tracker._each("start", run_name, {k: _param(v) for k, v in (params or {}).items()},
-                      {k: str(v) for k, v in (tags or {}).items()})
+        tracker._each(
+            "start",
+            run_name,
+            {k: _param(v) for k, v in (params or {}).items()},
+            {k: str(v) for k, v in (tags or {}).items()},
+        )
     ok = False
     try:
         yield tracker
@@ -496,8 +545,12 @@ def tracking(cfg, command: str, name: str, params: dict | None = None,
             try:
                 sink.finish(ok)
             except Exception as exc:  # noqa: BLE001
-                log.warning("tracking: %s could not close its run (%s: %s)", sink.what, type(exc).__name__,
-                            redact((str(exc).splitlines() or [""])[0][:300]))
+                log.warning(
+                    "tracking: %s could not close its run (%s: %s)",
+                    sink.what,
+                    type(exc).__name__,
+                    redact((str(exc).splitlines() or [""])[0][:300]),
+                )
 
 
 def _param(v: Any) -> str:
@@ -508,17 +561,21 @@ def config_params(cfg) -> dict[str, str]:
     """The resolved config as flat ``key.path -> value`` parameters."""
     from .config import config_to_dict, flat_keys
 
-    return {metric_key(k): redact(_param(v)) if k == "tracking.mlflow.uri" else _param(v)
-            for k, v in flat_keys(config_to_dict(cfg)).items()}
+    return {
+        metric_key(k): redact(_param(v)) if k == "tracking.mlflow.uri" else _param(v)
+        for k, v in flat_keys(config_to_dict(cfg)).items()
+    }
 
 
 def final_metrics(doc: dict, prefix: str = "") -> dict[str, float]:
     """``<split>/<who>/<metric>`` for every member, strategy and the default ensemble of a
     metrics document, plus the decisions summary (coverage, review) and timings."""
     out: dict[str, float] = {}
-    groups = {**{f"member {m}": v for m, v in (doc.get("members") or {}).items()},
-              **{f"strategy {s}": v for s, v in (doc.get("strategies") or {}).items()},
-              "ensemble": doc.get("ensemble") or {}}
+    groups = {
+        **{f"member {m}": v for m, v in (doc.get("members") or {}).items()},
+        **{f"strategy {s}": v for s, v in (doc.get("strategies") or {}).items()},
+        "ensemble": doc.get("ensemble") or {},
+    }
     for who, splits in groups.items():
         name = who.split(" ", 1)[-1] if who != "ensemble" else "ensemble"
         for split, metrics in splits.items():
@@ -542,8 +599,9 @@ def log_histories(tracker: Tracker, ens) -> None:
     """Each member's per-epoch history, at its epoch."""
     for fm in ens.members_:
         for record in fm.meta.get("history") or []:
-            tracker.scalars({metric_key(fm.name, f): record[f] for f in EPOCH_FIELDS if f in record},
-                            int(record.get("epoch", 0)))
+            tracker.scalars(
+                {metric_key(fm.name, f): record[f] for f in EPOCH_FIELDS if f in record}, int(record.get("epoch", 0))
+            )
 
 
 def log_train(tracker: Tracker, run, ens, doc: dict) -> None:
@@ -551,12 +609,21 @@ def log_train(tracker: Tracker, run, ens, doc: dict) -> None:
     decisions summary, the report folder and config, and the model."""
     if not tracker:
         return
-    tracker.tags({f"effens.data.{split}": f"{d['fingerprint']} ({d['images']} images)"
-                  for split, d in (doc.get("data_summary") or {}).items()})
+    tracker.tags(
+        {
+            f"effens.data.{split}": f"{d['fingerprint']} ({d['images']} images)"
+            for split, d in (doc.get("data_summary") or {}).items()
+        }
+    )
     log_histories(tracker, ens)
     tracker.scalars(final_metrics(doc))
-    tracker.scalars({metric_key(fm.name, "best_epoch"): fm.meta["best_epoch"] for fm in ens.members_
-                     if _number(fm.meta.get("best_epoch"))})
+    tracker.scalars(
+        {
+            metric_key(fm.name, "best_epoch"): fm.meta["best_epoch"]
+            for fm in ens.members_
+            if _number(fm.meta.get("best_epoch"))
+        }
+    )
     card = run.card_path
     if card.is_file():
         tracker.text(card.name, card.read_text(encoding="utf-8"))
@@ -586,14 +653,20 @@ def log_tune(tracker: Tracker, rows: list[dict], names: list[str], best: dict, o
     for step, r in enumerate(rows):
         params = {metric_key(f"{n}.{k}"): r[f"{n}_{k}"] for n in names for k in ("ratio", "replace")}
         params.update(candidate=r["candidate"], round=r["round"], epochs=r["epochs"])
-        values = {k: r[k] for k in ("ensemble_score", "disagreement", "q_statistic", "error_correlation", "seconds")
-                  if k in r}
+        values = {
+            k: r[k] for k in ("ensemble_score", "disagreement", "q_statistic", "error_correlation", "seconds") if k in r
+        }
         values.update({metric_key(f"{n}_score"): r[f"{n}_score"] for n in names})
         tracker.child(f"candidate {r['candidate']} (round {r['round']})", params, values, step)
-    tracker.scalars({"best/ensemble_score": best["ensemble_score"],
-                     **{metric_key("best", f"{n}_ratio"): best[f"{n}_ratio"] for n in names}})
+    tracker.scalars(
+        {
+            "best/ensemble_score": best["ensemble_score"],
+            **{metric_key("best", f"{n}_ratio"): best[f"{n}_ratio"] for n in names},
+        }
+    )
     from .runfolder import CONFIG_NAME, REPORT_NAME
 
-    with _files_folder([out_dir / n for n in ("results.csv", REPORT_NAME, "scores.png", "best.yaml", "summary.json",
-                                               CONFIG_NAME)]) as folder:
+    with _files_folder(
+        [out_dir / n for n in ("results.csv", REPORT_NAME, "scores.png", "best.yaml", "summary.json", CONFIG_NAME)]
+    ) as folder:
         tracker.folder(folder, "tune")

@@ -1,5 +1,6 @@
 """``effens train`` and ``effens fit-combiner``: config -> data -> bagging -> members ->
 combiner -> report, with the run folder (:mod:`ensemble.runfolder`) the only state."""
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,9 @@ def warn_overlaps(data: Dataset) -> None:
     splits = {"train": data.train, "val": data.val, **({"test": data.test} if data.test else {})}
     for pair, found in overlapping_images(splits).items():
         first = "; ".join(f"{a} = {b}" for a, b in found["pairs"][:3])
-        log.warning("%d image(s) appear in both %s (same file contents), e.g. %s", found["n"], pair.replace("/", " and "),
-                    first)
+        log.warning(
+            "%d image(s) appear in both %s (same file contents), e.g. %s", found["n"], pair.replace("/", " and "), first
+        )
 
 
 def _card_shortcuts(data, seed: int) -> dict | None:
@@ -42,13 +44,11 @@ def _card_shortcuts(data, seed: int) -> dict | None:
     try:
         return header_check(data, seed)
     except Exception as exc:  # noqa: BLE001 - a report line, not the run: said, then left out
-        log.warning("the run card's shortcut check failed (%s: %s); run `effens audit` for it",
-                    type(exc).__name__, exc)
+        log.warning("the run card's shortcut check failed (%s: %s); run `effens audit` for it", type(exc).__name__, exc)
         return None
 
 
-def train_run(config_path: str, out: str, overrides: list[str] | None = None,
-              restart: bool = False) -> dict:
+def train_run(config_path: str, out: str, overrides: list[str] | None = None, restart: bool = False) -> dict:
     """Run ``effens train``; returns the metrics document written to ``report/metrics.json``.
 
     Every input is checked (config, data, classes, device, members) before the run folder
@@ -66,8 +66,13 @@ def train_run(config_path: str, out: str, overrides: list[str] | None = None,
 
     run = RunFolder(out).open_for_training(cfg, restart, ignore=("distill.",))  # read by `distill` only
     try:
-        with tracking(cfg.tracking, "train", run.root.resolve().name, config_params(cfg),
-                      {**environment_tags("train", cfg), "effens.run_dir": str(run.root.resolve())}) as tracker:
+        with tracking(
+            cfg.tracking,
+            "train",
+            run.root.resolve().name,
+            config_params(cfg),
+            {**environment_tags("train", cfg), "effens.run_dir": str(run.root.resolve())},
+        ) as tracker:
             return _train(cfg, data, run, tracker)
     finally:
         run.unlock()
@@ -81,12 +86,25 @@ def _train(cfg: Config, data: Dataset, run: RunFolder, tracker=None) -> dict:
     y = train.encode(data.classes)
     y_val = val.encode(data.classes)
     ens = estimator_from_config(cfg)  # checked once, in train_run
-    ens.fit(dec.train_images, y, X_val=dec.val_images, y_val=y_val, classes=data.classes, store=run,
-            data_fingerprint=images_fingerprint(train.paths + val.paths, train.labels + val.labels))
+    ens.fit(
+        dec.train_images,
+        y,
+        X_val=dec.val_images,
+        y_val=y_val,
+        classes=data.classes,
+        store=run,
+        data_fingerprint=images_fingerprint(train.paths + val.paths, train.labels + val.labels),
+    )
     save_fitted(run, ens, val, dec.test, dec.test_images)
-    extra = {"shortcuts": _card_shortcuts(data, cfg.seed), **data_record(cfg, data, dec.bad),
-             "timing": {"decode_s": dec.seconds, "total_s": time.perf_counter() - t_start,
-                        "members_train_s": {fm.name: fm.meta["train_seconds"] for fm in ens.members_}}}
+    extra = {
+        "shortcuts": _card_shortcuts(data, cfg.seed),
+        **data_record(cfg, data, dec.bad),
+        "timing": {
+            "decode_s": dec.seconds,
+            "total_s": time.perf_counter() - t_start,
+            "members_train_s": {fm.name: fm.meta["train_seconds"] for fm in ens.members_},
+        },
+    }
     doc = write_run_report(run, ens, extra, cfg)
     run.record(cfg)
     log.info("report written to %s (%.0f s in all)", run.report_dir, time.perf_counter() - t_start)
@@ -106,8 +124,9 @@ def refit_run_combiner(out: str, overrides: list[str] | None = None) -> dict:
     if overrides:
         bad = [o for o in overrides if not o.startswith(("combiner.", "decision.", "report."))]
         if bad:
-            raise RunError(f"fit-combiner only changes `combiner.*`, `decision.*` and `report.*` keys; "
-                           f"got {', '.join(bad)}")
+            raise RunError(
+                f"fit-combiner only changes `combiner.*`, `decision.*` and `report.*` keys; got {', '.join(bad)}"
+            )
     run.lock()
     try:
         ens = load_run(run.root, adopt=True)  # every recorded file intact before anything changes
@@ -121,9 +140,16 @@ def refit_run_combiner(out: str, overrides: list[str] | None = None) -> dict:
                 ens = load_run(run.root)
             ens.refit_combiner(ens.validated_config().combiner)
             run.save_combiner(ens.combiner_)
-            doc = write_run_report(run, ens, {k: old[k] for k in ("skipped_images", "timing", "data_changes",
-                                                                  "data_summary", "shortcuts", "distill") if k in old},
-                                   command=((old.get("card") or {}).get("reproduce") or {}).get("command"))
+            doc = write_run_report(
+                run,
+                ens,
+                {
+                    k: old[k]
+                    for k in ("skipped_images", "timing", "data_changes", "data_summary", "shortcuts", "distill")
+                    if k in old
+                },
+                command=((old.get("card") or {}).get("reproduce") or {}).get("command"),
+            )
             run.record()
         return doc
     finally:

@@ -17,6 +17,7 @@ fitted as configured (``tune.strategy`` as its strategy), then
 Each finished candidate is written to ``OUT/candidates/`` at once; a killed tune
 continues with the candidates it has not finished.
 """
+
 from __future__ import annotations
 
 import copy
@@ -87,15 +88,19 @@ def check_grid_size(tune, n_members: int, yes: bool = False) -> int:
     total = count_candidates(tune, n_members)
     n = min(total, tune.budget) if tune.budget and tune.method in ("random", "halving") else total
     if n > HARD_LIMIT:
-        raise ConfigError(f"`tune` would try {n:,} candidates ({tune.method} over {total:,}); more than "
-                          f"{HARD_LIMIT:,} cannot be listed even with --yes: set `tune.method: random` with a "
-                          f"`tune.budget`")
+        raise ConfigError(
+            f"`tune` would try {n:,} candidates ({tune.method} over {total:,}); more than "
+            f"{HARD_LIMIT:,} cannot be listed even with --yes: set `tune.method: random` with a "
+            f"`tune.budget`"
+        )
     if n > GRID_LIMIT and not yes:
         hours = n / FEATURE_MODE_RATE / 3600
-        raise ConfigError(f"`tune` would try {n:,} candidates ({tune.method} over {total:,}), more than "
-                          f"{GRID_LIMIT:,}: at about {FEATURE_MODE_RATE:g} candidates/s (cached-feature mode, "
-                          f"2 cores) that is {hours:,.1f} hours or more; set `tune.method: random` with "
-                          f"`tune.budget`, or pass --yes")
+        raise ConfigError(
+            f"`tune` would try {n:,} candidates ({tune.method} over {total:,}), more than "
+            f"{GRID_LIMIT:,}: at about {FEATURE_MODE_RATE:g} candidates/s (cached-feature mode, "
+            f"2 cores) that is {hours:,.1f} hours or more; set `tune.method: random` with "
+            f"`tune.budget`, or pass --yes"
+        )
     return n
 
 
@@ -142,12 +147,12 @@ def halving_schedule(n: int, max_epochs: int, eta: int, min_epochs: int) -> list
     """(candidates kept, epochs) per round: candidates shrink by eta down to one, epochs
     grow by eta up to ``max_epochs`` in the last round."""
     rounds = 1
-    while n // eta ** rounds >= 1:  # integer log: floor(log_eta(n)) + 1 rounds
+    while n // eta**rounds >= 1:  # integer log: floor(log_eta(n)) + 1 rounds
         rounds += 1
     out = []
     for r in range(rounds):
         epochs = max(min_epochs, int(round(max_epochs / eta ** (rounds - 1 - r))))
-        out.append((max(1, math.ceil(n / eta ** r)), min(epochs, max_epochs)))
+        out.append((max(1, math.ceil(n / eta**r)), min(epochs, max_epochs)))
     return out
 
 
@@ -169,7 +174,8 @@ class TuneContext:
         self.data_print = images_fingerprint(self.train.paths + self.val.paths, self.train.labels + self.val.labels)
         mode = cfg.tune.mode
         self.feature_mode = mode == "features" or (
-            mode == "auto" and all(m.train.freeze == "backbone" for m in cfg.members))
+            mode == "auto" and all(m.train.freeze == "backbone" for m in cfg.members)
+        )
         self.features: list[tuple[torch.Tensor, torch.Tensor]] = []
         if self.feature_mode:
             self.features = [self._member_features(i, spec) for i, spec in enumerate(cfg.members)]
@@ -198,23 +204,33 @@ class TuneContext:
         va = extract_features(member.model, eval_tensor(self.val_imgs, member.inputs), member.inputs, bs, device)
         atomic_write_safetensors(path, {"train": tr, "val": va})
         atomic_write_json(path.with_suffix(".json"), {"key": key, "seconds": time.perf_counter() - t0})
-        log.info("member %s: cached %d x %d features in %.1f s", spec.name, len(tr) + len(va), tr.shape[1],
-                 time.perf_counter() - t0)
+        log.info(
+            "member %s: cached %d x %d features in %.1f s",
+            spec.name,
+            len(tr) + len(va),
+            tr.shape[1],
+            time.perf_counter() - t0,
+        )
         return tr, va
 
 
 def candidate_specs(cfg: Config, cand: Candidate, epochs: int | None) -> list:
     """The members as ``train`` would get them with this candidate's bagging (and epochs); without
     pool candidates (tune scores bagging ratios on the members)."""
-    return [dataclasses.replace(spec, bagging=dataclasses.replace(spec.bagging, ratio=cand.ratios[i],
-                                                                   replace=cand.replace[i]),
-                                train=dataclasses.replace(spec.train, epochs=epochs or spec.train.epochs),
-                                candidates=CandidatesConfig())
-            for i, spec in enumerate(cfg.members)]
+    return [
+        dataclasses.replace(
+            spec,
+            bagging=dataclasses.replace(spec.bagging, ratio=cand.ratios[i], replace=cand.replace[i]),
+            train=dataclasses.replace(spec.train, epochs=epochs or spec.train.epochs),
+            candidates=CandidatesConfig(),
+        )
+        for i, spec in enumerate(cfg.members)
+    ]
 
 
-def evaluate_candidate(ctx: TuneContext, cand: Candidate, epochs: int | None = None, device: str | None = None,
-                       threads: int | None = None) -> dict:
+def evaluate_candidate(
+    ctx: TuneContext, cand: Candidate, epochs: int | None = None, device: str | None = None, threads: int | None = None
+) -> dict:
     """Fit the members of one candidate and score them and the ensemble."""
     cfg, k = ctx.cfg, len(ctx.classes)
     t0 = time.perf_counter()
@@ -228,17 +244,27 @@ def evaluate_candidate(ctx: TuneContext, cand: Candidate, epochs: int | None = N
         with torch_threads(threads):
             for i, spec in enumerate(specs):
                 tr, va = ctx.features[i]
-                head = train_head(lambda idx: tr[idx], tr.shape[1], ctx.y, samples[i], k, spec.train,
-                                  member_seed(cfg.seed, i))
+                head = train_head(
+                    lambda idx: tr[idx], tr.shape[1], ctx.y, samples[i], k, spec.train, member_seed(cfg.seed, i)
+                )
                 val_rows.append(head_proba(head, va))
-                oob_p.append(head_proba(head, tr[torch.as_tensor(oob_sets[i])]) if len(oob_sets[i])
-                             else np.zeros((0, k)))
+                oob_p.append(
+                    head_proba(head, tr[torch.as_tensor(oob_sets[i])]) if len(oob_sets[i]) else np.zeros((0, k))
+                )
         val_p = np.stack(val_rows)
     else:
         from .estimator import BaggedEnsemble
 
-        ens = BaggedEnsemble(specs, cfg.combiner, cfg.seed, device or cfg.device,
-                             ParallelConfig(threads_per_job=threads), cfg.precision, "torch", cfg.plugins)
+        ens = BaggedEnsemble(
+            specs,
+            cfg.combiner,
+            cfg.seed,
+            device or cfg.device,
+            ParallelConfig(threads_per_job=threads),
+            cfg.precision,
+            "torch",
+            cfg.plugins,
+        )
         ens.fit(ctx.train_imgs, ctx.y, X_val=ctx.val_imgs, y_val=ctx.y_val, classes=ctx.classes)
         val_p, oob_sets, oob_p = ens.val_proba_, ens.oob_indices_, ens.oob_proba_
     row: dict = {"candidate": cand.id, "epochs": epochs or max(m.train.epochs for m in cfg.members)}
@@ -247,8 +273,9 @@ def evaluate_candidate(ctx: TuneContext, cand: Candidate, epochs: int | None = N
     return row
 
 
-def score_candidate(ctx: TuneContext, val_p: np.ndarray, oob_sets: list[np.ndarray], oob_p: list[np.ndarray],
-                    cand: Candidate) -> dict:
+def score_candidate(
+    ctx: TuneContext, val_p: np.ndarray, oob_sets: list[np.ndarray], oob_p: list[np.ndarray], cand: Candidate
+) -> dict:
     """Member and ensemble scores of one candidate (tune's objective and metric), diversity."""
     cfg, tune = ctx.cfg, ctx.cfg.tune
     names = [m.name for m in cfg.members]
@@ -291,13 +318,26 @@ def _run_round(ctx: TuneContext, cands: list[Candidate], epochs: int | None, rnd
 
     todo = [c for c in cands if done(c) is None]
     if len(todo) < len(cands):
-        log.info("round %d: %d of %d candidates already finished, skipping them", rnd, len(cands) - len(todo),
-                 len(cands))
+        log.info(
+            "round %d: %d of %d candidates already finished, skipping them", rnd, len(cands) - len(todo), len(cands)
+        )
     par = ctx.cfg.parallel
     plan = plan_jobs(len(todo), par.n_jobs, ctx.cfg.device, par.threads_per_job)
-    jobs = [(c.id, dict(ctx=ctx, cand=c, epochs=epochs, rnd=rnd, path=str(path(c)), device=plan.devices[k],
-                        threads=plan.threads if plan.n_jobs > 1 or par.threads_per_job else None))
-            for k, c in enumerate(todo)]
+    jobs = [
+        (
+            c.id,
+            dict(
+                ctx=ctx,
+                cand=c,
+                epochs=epochs,
+                rnd=rnd,
+                path=str(path(c)),
+                device=plan.devices[k],
+                threads=plan.threads if plan.n_jobs > 1 or par.threads_per_job else None,
+            ),
+        )
+        for k, c in enumerate(todo)
+    ]
     run_jobs(_candidate_job, jobs, par.backend, plan.n_jobs, plan.threads, par.address)
     rows = [done(c) for c in cands]
     missing = [c.id for c, r in zip(cands, rows) if r is None]
@@ -306,8 +346,9 @@ def _run_round(ctx: TuneContext, cands: list[Candidate], epochs: int | None, rnd
     return [r for r in rows if r is not None]
 
 
-def _candidate_job(ctx: TuneContext, cand: Candidate, epochs: int | None, rnd: int, path: str,
-                   device: str, threads: int | None) -> None:
+def _candidate_job(
+    ctx: TuneContext, cand: Candidate, epochs: int | None, rnd: int, path: str, device: str, threads: int | None
+) -> None:
     """One candidate, evaluated and saved (a joblib job: in process, loky, Ray or Dask)."""
     from .plugins import load_entry_points, load_plugins
 
@@ -339,8 +380,13 @@ def tune_run(config_path: str, out: str, overrides: list[str] | None = None, yes
     folder.lock()
     try:
         atomic_write_json(out_dir / RECORD, {"kind": "tune", "files": []})
-        with tracking(cfg.tracking, "tune", out_dir.resolve().name, config_params(cfg),
-                      {**environment_tags("tune", cfg), "effens.tune_dir": str(out_dir.resolve())}) as tracker:
+        with tracking(
+            cfg.tracking,
+            "tune",
+            out_dir.resolve().name,
+            config_params(cfg),
+            {**environment_tags("tune", cfg), "effens.tune_dir": str(out_dir.resolve())},
+        ) as tracker:
             summary = _tune(cfg, out_dir, t0, data)
             log_tune(tracker, summary["rows"], [m.name for m in cfg.members], summary["best"], out_dir)
         return summary
@@ -356,11 +402,19 @@ def _tune(cfg: Config, out_dir: Path, t0: float, data: Dataset) -> dict:
     if tune.objective == "oob" and all(all(r >= 1 for r in c.ratios) and not any(c.replace) for c in cands):
         from .config import ConfigError
 
-        raise ConfigError("`tune.objective: oob` needs out-of-bag images, but every candidate draws all of them "
-                          "(ratio 1 without replacement); add ratios below 1, `tune.replace: [true]`, or use "
-                          "`tune.objective: val`")
-    log.info("tuning %d candidates (%s, %s mode, objective %s %s)", len(cands), tune.method,
-             "cached-feature" if ctx.feature_mode else "full-training", tune.objective, tune.metric)
+        raise ConfigError(
+            "`tune.objective: oob` needs out-of-bag images, but every candidate draws all of them "
+            "(ratio 1 without replacement); add ratios below 1, `tune.replace: [true]`, or use "
+            "`tune.objective: val`"
+        )
+    log.info(
+        "tuning %d candidates (%s, %s mode, objective %s %s)",
+        len(cands),
+        tune.method,
+        "cached-feature" if ctx.feature_mode else "full-training",
+        tune.objective,
+        tune.metric,
+    )
     rows: list[dict] = []
     if tune.method == "halving":
         max_epochs = max(m.train.epochs for m in cfg.members)
@@ -376,30 +430,51 @@ def _tune(cfg: Config, out_dir: Path, t0: float, data: Dataset) -> dict:
     if all(not np.isfinite(r["ensemble_score"]) for r in rows):
         from .files import RunError
 
-        raise RunError(f"no candidate has a finite {tune.objective} {tune.metric} (no {tune.objective} images "
-                       f"to score on); results.csv is not written")
+        raise RunError(
+            f"no candidate has a finite {tune.objective} {tune.metric} (no {tune.objective} images "
+            f"to score on); results.csv is not written"
+        )
     best = select_best(rows)
     best_cfg = copy.deepcopy(cfg)
     for i, spec in enumerate(best_cfg.members):
         spec.bagging.ratio = best[f"{spec.name}_ratio"]
         spec.bagging.replace = best[f"{spec.name}_replace"]
-    atomic_write_text(out_dir / "best.yaml", f"# effens tune: best candidate {best['candidate']} "
-                      f"(ensemble {tune.objective} {tune.metric} {best['ensemble_score']:.4f})\n"
-                      + dump_config(best_cfg))
+    atomic_write_text(
+        out_dir / "best.yaml",
+        f"# effens tune: best candidate {best['candidate']} "
+        f"(ensemble {tune.objective} {tune.metric} {best['ensemble_score']:.4f})\n" + dump_config(best_cfg),
+    )
     write_tune_outputs(out_dir, rows, [m.name for m in cfg.members], tune, ctx.data_changes)
-    summary = {"candidates": len(cands), "rows": rows, "best": best, "seconds": time.perf_counter() - t0,
-               "feature_mode": ctx.feature_mode, "data_changes": ctx.data_changes}
+    summary = {
+        "candidates": len(cands),
+        "rows": rows,
+        "best": best,
+        "seconds": time.perf_counter() - t0,
+        "feature_mode": ctx.feature_mode,
+        "data_changes": ctx.data_changes,
+    }
     atomic_write_json(out_dir / "summary.json", {k: v for k, v in summary.items() if k != "rows"})
     return summary
 
 
-COLUMNS = ("candidate", "round", "epochs", "ensemble_score", "disagreement", "q_statistic",
-           "error_correlation", "seconds")
+COLUMNS = (
+    "candidate",
+    "round",
+    "epochs",
+    "ensemble_score",
+    "disagreement",
+    "q_statistic",
+    "error_correlation",
+    "seconds",
+)
 
 
 def result_columns(names: list[str]) -> list[str]:
-    return [COLUMNS[0], COLUMNS[1], COLUMNS[2]] + [f"{n}_{k}" for n in names for k in ("ratio", "replace", "score")] \
+    return (
+        [COLUMNS[0], COLUMNS[1], COLUMNS[2]]
+        + [f"{n}_{k}" for n in names for k in ("ratio", "replace", "score")]
         + list(COLUMNS[3:])
+    )
 
 
 def write_tune_outputs(out: Path, rows: list[dict], names: list[str], tune, data_changes: dict | None = None) -> None:
@@ -411,23 +486,37 @@ def write_tune_outputs(out: Path, rows: list[dict], names: list[str], tune, data
         w.writerow({c: (f"{r[c]:.6f}" if isinstance(r[c], float) else r[c]) for c in cols})
     atomic_write_text(out / "results.csv", buf.getvalue())
     best = select_best(rows)
-    md = ["# effens tune", "", f"Objective: {tune.objective} {tune.metric} of the `{tune.strategy}` ensemble; "
-          f"method {tune.method}. Best: **{best['candidate']}** ({best['ensemble_score']:.4f}); "
-          f"`best.yaml` holds its config.", "", format_table(_cells(rows, cols), markdown=True)]
+    md = [
+        "# effens tune",
+        "",
+        f"Objective: {tune.objective} {tune.metric} of the `{tune.strategy}` ensemble; "
+        f"method {tune.method}. Best: **{best['candidate']}** ({best['ensemble_score']:.4f}); "
+        f"`best.yaml` holds its config.",
+        "",
+        format_table(_cells(rows, cols), markdown=True),
+    ]
     from .reporting.html import simple_page
 
-    intro = (f"Objective: {tune.objective} {tune.metric} of the {tune.strategy} ensemble; method {tune.method}. "
-             f"Best: {best['candidate']} ({best['ensemble_score']:.4f}); best.yaml holds its config.")
+    intro = (
+        f"Objective: {tune.objective} {tune.metric} of the {tune.strategy} ensemble; method {tune.method}. "
+        f"Best: {best['candidate']} ({best['ensemble_score']:.4f}); best.yaml holds its config."
+    )
     if data_changes:  # as train's report counts them
         from .data import describe_changes
 
         changed = f"Changed by `data.exclude` / `data.relabel`: {describe_changes(data_changes)}."
         md[2:2] = [changed, ""]
         intro += " " + changed.replace("`", "")
-    write_files(out, {REPORT_NAME: "\n".join(md) + "\n",
-                      "scores.png": scores_png(rows, names, f"{tune.objective} {tune.metric}"),
-                      "index.html": simple_page("effens tune", intro, _cells(rows, cols), ["scores.png"],
-                                                highlight=best["candidate"])})
+    write_files(
+        out,
+        {
+            REPORT_NAME: "\n".join(md) + "\n",
+            "scores.png": scores_png(rows, names, f"{tune.objective} {tune.metric}"),
+            "index.html": simple_page(
+                "effens tune", intro, _cells(rows, cols), ["scores.png"], highlight=best["candidate"]
+            ),
+        },
+    )
 
 
 def _cells(rows: list[dict], cols: list[str]) -> list[list[str]]:
@@ -436,8 +525,11 @@ def _cells(rows: list[dict], cols: list[str]) -> list[list[str]]:
 
 
 def table_text(rows: list[dict], names: list[str], top: int = 20) -> str:
-    cols = ["candidate", "epochs"] + [f"{n}_score" for n in names] + ["ensemble_score", "disagreement",
-                                                                      "q_statistic", "seconds"]
+    cols = (
+        ["candidate", "epochs"]
+        + [f"{n}_score" for n in names]
+        + ["ensemble_score", "disagreement", "q_statistic", "seconds"]
+    )
     ordered = sorted(rows, key=lambda r: (-r["round"], -r["ensemble_score"]))[:top]
     return format_table(_cells(ordered, cols))
 
@@ -451,12 +543,21 @@ def scores_png(rows: list[dict], names: list[str], ylabel: str) -> bytes:
     fig, ax = pyplot().subplots(figsize=(6.5, 4.2), dpi=100)
     for who, key in [(n, f"{n}_score") for n in names] + [("ensemble", "ensemble_score")]:
         for repl, marker in ((True, "o"), (False, "s")):
-            pts = sorted((np.mean([r[f"{n}_ratio"] for n in names]), r[key]) for r in rows
-                         if all(r[f"{n}_replace"] == repl for n in names))
+            pts = sorted(
+                (np.mean([r[f"{n}_ratio"] for n in names]), r[key])
+                for r in rows
+                if all(r[f"{n}_replace"] == repl for n in names)
+            )
             if pts:
                 xs, ys = zip(*pts)
-                ax.plot(xs, ys, marker=marker, lw=2.5 if who == "ensemble" else 1,
-                        ls="-" if repl else "--", label=f"{who} ({'with' if repl else 'without'} replacement)")
+                ax.plot(
+                    xs,
+                    ys,
+                    marker=marker,
+                    lw=2.5 if who == "ensemble" else 1,
+                    ls="-" if repl else "--",
+                    label=f"{who} ({'with' if repl else 'without'} replacement)",
+                )
     ax.set_xlabel("bagging ratio (mean over members)")
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=7)

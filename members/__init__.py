@@ -1,4 +1,5 @@
 """One ensemble member: a timm model, its weights, its training loop and its predictor."""
+
 from .cpu_share import share_cpu
 
 share_cpu()  # before torch loads OpenMP (members.cpu_share)

@@ -5,6 +5,7 @@ Photos from another source shift the activations' means and variances; re-estima
 them on the new photos (AdaBN, Li et al. 2016) is a cheap, label-free correction. The
 statistics become the equal-weight average over batches of the new images.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,8 +18,9 @@ from .transforms import normalize
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def adapt_batchnorm(model: nn.Module, images: torch.Tensor, inputs, batch_size: int = 64,
-                    device: torch.device | str = "cpu") -> nn.Module:
+def adapt_batchnorm(
+    model: nn.Module, images: torch.Tensor, inputs, batch_size: int = 64, device: torch.device | str = "cpu"
+) -> nn.Module:
     """A copy of ``model`` whose BatchNorm statistics come from ``images`` (uint8 N x 3 x S x S)."""
     device = torch.device(device)
     adapted = copy.deepcopy(model).to(device).eval()
@@ -31,5 +33,5 @@ def adapt_batchnorm(model: nn.Module, images: torch.Tensor, inputs, batch_size: 
         m.train()
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            adapted(normalize(images[start:start + batch_size].to(device), inputs))
+            adapted(normalize(images[start : start + batch_size].to(device), inputs))
     return adapted.eval()

@@ -25,6 +25,7 @@ docs/benchmarks.md ("Training (item 3), the C allocator").
   ``mallopt`` cannot be reached. The reason is in the log and in ``member.json``.
 - ``EFFENS_MALLOC=system`` in the environment leaves glibc's defaults.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -77,8 +78,15 @@ def keep_freed_memory() -> str:
         except (OSError, AttributeError) as e:
             why = f"mallopt unavailable: {e}"
         else:
-            done = [name for name, param, value in (("mmap off", _M_MMAP_MAX, 0), ("no trim", _M_TRIM_THRESHOLD, _NEVER),
-                                                    ("one arena", _M_ARENA_MAX, 1)) if mallopt(param, value) == 1]
+            done = [
+                name
+                for name, param, value in (
+                    ("mmap off", _M_MMAP_MAX, 0),
+                    ("no trim", _M_TRIM_THRESHOLD, _NEVER),
+                    ("one arena", _M_ARENA_MAX, 1),
+                )
+                if mallopt(param, value) == 1
+            ]
             if done:
                 _state = f"glibc: freed buffers kept for reuse ({', '.join(done)})"
             else:

@@ -10,6 +10,7 @@ one definition:
   like the weights (no extra pass over the data); integer buffers keep the latest value.
 - :func:`interpolate` is WiSE-FT: ``alpha * fine_tuned + (1 - alpha) * start``.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,11 +22,14 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def interpolate(fine_tuned: dict[str, torch.Tensor], start: dict[str, torch.Tensor],
-                alpha: float) -> dict[str, torch.Tensor]:
+def interpolate(
+    fine_tuned: dict[str, torch.Tensor], start: dict[str, torch.Tensor], alpha: float
+) -> dict[str, torch.Tensor]:
     """``alpha * fine_tuned + (1 - alpha) * start`` for floating tensors; others from ``fine_tuned``."""
-    return {k: (alpha * v + (1.0 - alpha) * start[k].to(v.dtype)) if v.is_floating_point() else v.clone()
-            for k, v in fine_tuned.items()}
+    return {
+        k: (alpha * v + (1.0 - alpha) * start[k].to(v.dtype)) if v.is_floating_point() else v.clone()
+        for k, v in fine_tuned.items()
+    }
 
 
 def _fold(average: dict[str, torch.Tensor], model: nn.Module, weight: float) -> None:
@@ -90,5 +94,5 @@ class WeightAverages:
         doc = doc or {}
         self.steps, self.swa_count = int(doc.get("steps", 0)), int(doc.get("swa_count", 0))
         for name in ("ema", "swa"):
-            found = {k[len(name) + 1:]: v.clone() for k, v in tensors.items() if k.startswith(name + ".")}
+            found = {k[len(name) + 1 :]: v.clone() for k, v in tensors.items() if k.startswith(name + ".")}
             setattr(self, name, found or None)

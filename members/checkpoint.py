@@ -9,6 +9,7 @@ trainer takes any :class:`Checkpointer` (effens' run folder writes
 ``checkpoint.safetensors`` + ``checkpoint.json``). Python's and NumPy's global generators
 are not saved: augmentation draws from per-item streams (:mod:`members.streams`).
 """
+
 from __future__ import annotations
 
 from typing import Protocol
@@ -26,10 +27,21 @@ class Checkpointer(Protocol):
     def load(self) -> tuple[dict[str, torch.Tensor], dict] | None: ...
 
 
-def pack_state(*, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-               scaler, generator: torch.Generator, best_state: dict, best_key: list, best_epoch: int,
-               history: list[dict], precision: str = "fp32",
-               averages: tuple[dict[str, torch.Tensor], dict] | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+def pack_state(
+    *,
+    epoch: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    scaler,
+    generator: torch.Generator,
+    best_state: dict,
+    best_key: list,
+    best_epoch: int,
+    history: list[dict],
+    precision: str = "fp32",
+    averages: tuple[dict[str, torch.Tensor], dict] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, document) of the training state after ``epoch``; ``averages`` are the
     weight averages' tensors and document (:class:`members.averaging.WeightAverages`)."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
@@ -46,8 +58,12 @@ def pack_state(*, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Opt
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s
     doc = {
-        "epoch": epoch, "best_key": list(best_key), "best_epoch": best_epoch, "history": history,
-        "precision": precision, "optimizer_param_groups": opt["param_groups"],
+        "epoch": epoch,
+        "best_key": list(best_key),
+        "best_epoch": best_epoch,
+        "history": history,
+        "precision": precision,
+        "optimizer_param_groups": opt["param_groups"],
         "optimizer_state_keys": {str(i): sorted(s) for i, s in opt["state"].items()},
         "scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
         "scaler": scaler.state_dict(),
@@ -57,16 +73,27 @@ def pack_state(*, epoch: int, model: torch.nn.Module, optimizer: torch.optim.Opt
     return tensors, doc
 
 
-def restore_state(tensors: dict[str, torch.Tensor], doc: dict, *, model: torch.nn.Module,
-                  optimizer: torch.optim.Optimizer, scheduler, scaler, generator: torch.Generator) -> dict:
+def restore_state(
+    tensors: dict[str, torch.Tensor],
+    doc: dict,
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    scaler,
+    generator: torch.Generator,
+) -> dict:
     """Put every saved state back; returns the best-epoch state dict (the weight averages
     are read by the caller: :func:`saved_averages`)."""
     t = tensors
     model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
     device = next(model.parameters()).device
-    state = {int(i): {name: t[f"optim.{i}.{name}"].to(device) if name != "step" else t[f"optim.{i}.{name}"]
-                      for name in names}
-             for i, names in doc["optimizer_state_keys"].items()}
+    state = {
+        int(i): {
+            name: t[f"optim.{i}.{name}"].to(device) if name != "step" else t[f"optim.{i}.{name}"] for name in names
+        }
+        for i, names in doc["optimizer_state_keys"].items()
+    }
     optimizer.load_state_dict({"state": state, "param_groups": doc["optimizer_param_groups"]})
     scheduler.load_state_dict(dict(doc["scheduler"], lr_lambdas=[None] * len(optimizer.param_groups)))
     if doc["scaler"]:

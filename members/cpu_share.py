@@ -10,6 +10,7 @@ docs/benchmarks.md). So effens asks OpenMP to let waiting threads sleep
 ``GOMP_SPINCOUNT``. It changes no number: the same kernels, threads and order of work.
 It must happen before torch loads OpenMP, so ``ensemble`` and ``members`` do it on import.
 """
+
 from __future__ import annotations
 
 import os

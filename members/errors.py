@@ -8,6 +8,7 @@ ValueError`` in a user's code still catches a ``ConfigError``); ``tests/test_err
 fails for an ``*Error`` class of effens outside the family. It lives in ``members/``, the
 lower floor, so that both packages can use it.
 """
+
 from __future__ import annotations
 
 

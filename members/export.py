@@ -1,4 +1,5 @@
 """Export a member's network to ONNX: images (normalised, or uint8) in, class probabilities out."""
+
 from __future__ import annotations
 
 import io
@@ -26,8 +27,9 @@ class WithSoftmax(nn.Module):
         return self.model(x).softmax(dim=1)
 
 
-def export_onnx_bytes(module: nn.Module, example: torch.Tensor | tuple, name: str,
-                      input_names: list[str], output_names: list[str]) -> bytes:
+def export_onnx_bytes(
+    module: nn.Module, example: torch.Tensor | tuple, name: str, input_names: list[str], output_names: list[str]
+) -> bytes:
     """ONNX bytes of ``module`` in eval mode, fp32, with a dynamic batch axis on every input.
 
     Uses torch's TorchScript-based exporter (fast; needs the `onnx` package); failures name
@@ -40,9 +42,17 @@ def export_onnx_bytes(module: nn.Module, example: torch.Tensor | tuple, name: st
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(module, example, buf, dynamo=False, input_names=input_names,
-                              output_names=output_names, dynamic_axes=axes, opset_version=OPSET,
-                              do_constant_folding=True)
+            torch.onnx.export(
+                module,
+                example,
+                buf,
+                dynamo=False,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                do_constant_folding=True,
+            )
     except Exception as exc:  # torch raises several types here
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ExportError(f"{name}: ONNX export failed ({type(exc).__name__}: {text[:300]})") from None
@@ -80,7 +90,6 @@ def cpu_copy(model: nn.Module) -> nn.Module:
     import copy
 
     return copy.deepcopy(model).to(device="cpu", memory_format=torch.contiguous_format).eval()
-
 
 
 _TEMPORARY: dict[tuple, str] = {}

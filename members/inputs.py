@@ -3,6 +3,7 @@
 Both are plain data: nothing here imports torch, so a prediction served by an exported
 runtime (OpenVINO, ONNX Runtime) never loads it (issue #23).
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -3,6 +3,7 @@ user's cache folder, so checking a config (or loading a run) does not import tim
 torch, which take seconds (issue #23). Only a name found in the list is answered from it;
 any other name is checked by timm itself (models registered at run time included).
 """
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """create_member(spec): a timm model with its weights, freezing and input settings."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,8 +32,9 @@ def _render(spec) -> dict | None:
     return {"short_side": [int(v) for v in render.short_side], "quality": [int(v) for v in render.quality]}
 
 
-def input_config(model: nn.Module | str, image_size: int | None, view: str = "crop",
-                 render: dict | None = None) -> InputConfig:
+def input_config(
+    model: nn.Module | str, image_size: int | None, view: str = "crop", render: dict | None = None
+) -> InputConfig:
     """How a member sees images, from its timm pretrained config: the one rule for the
     input size, the resize-then-crop ratio and the normalisation (``model``: a built model
     or a timm model name, so callers can size caches without building anything)."""
@@ -45,9 +47,15 @@ def input_config(model: nn.Module | str, image_size: int | None, view: str = "cr
     else:
         cfg = resolve_data_config({}, model=model)
     size = image_size or cfg["input_size"][-1]
-    return InputConfig(image_size=int(size), crop_pct=float(cfg.get("crop_pct", 0.875)),
-                       interpolation=str(cfg.get("interpolation", "bicubic")),
-                       mean=_rgb(cfg["mean"]), std=_rgb(cfg["std"]), view=view, render=render)
+    return InputConfig(
+        image_size=int(size),
+        crop_pct=float(cfg.get("crop_pct", 0.875)),
+        interpolation=str(cfg.get("interpolation", "bicubic")),
+        mean=_rgb(cfg["mean"]),
+        std=_rgb(cfg["std"]),
+        view=view,
+        render=render,
+    )
 
 
 def _rgb(values) -> tuple[float, float, float]:
@@ -64,8 +72,10 @@ def frozen_modules(model: nn.Module, freeze: str | int) -> list[nn.Module]:
         return [m for name, m in model.named_children() if m is not head]
     blocks = getattr(model, "blocks", None)
     if blocks is None:
-        raise ValueError(f"freeze={freeze} needs a model with `.blocks` (EfficientNet-style); "
-                         f"use `none` or `backbone` for {type(model).__name__}")
+        raise ValueError(
+            f"freeze={freeze} needs a model with `.blocks` (EfficientNet-style); "
+            f"use `none` or `backbone` for {type(model).__name__}"
+        )
     n = int(freeze)
     if n > len(blocks):
         raise ValueError(f"freeze={n} but the model has only {len(blocks)} blocks")
@@ -110,14 +120,18 @@ def create_member(spec, num_classes: int, state: dict | None = None, inputs: dic
         model = timm.create_model(spec.model, pretrained=False, num_classes=num_classes, **kwargs)
         model.load_state_dict(state)
         model.eval()
-        saved = input_config(model, spec.image_size, spec.view, _render(spec)) if inputs is None \
+        saved = (
+            input_config(model, spec.image_size, spec.view, _render(spec))
+            if inputs is None
             else InputConfig.from_record(inputs)
+        )
         return Member(model=model, inputs=saved, frozen=[], weights_file=None)
     from .weights import weights_source
 
     try:
-        model, weights_file = weights_source(spec.weights).create(spec.model, spec.weights,
-                                                                  num_classes=num_classes, **kwargs)
+        model, weights_file = weights_source(spec.weights).create(
+            spec.model, spec.weights, num_classes=num_classes, **kwargs
+        )
     except WeightsError as exc:
         raise WeightsError(f"member {spec.name}: {exc}") from None
     if weights_file is not None:
@@ -128,10 +142,20 @@ def create_member(spec, num_classes: int, state: dict | None = None, inputs: dic
             p.requires_grad_(False)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
-    log.info("member %s: %s, %s trainable of %s parameters, weights: %s", spec.name, spec.model,
-             f"{n_train:,}", f"{n_all:,}", weights_file or "none")
-    return Member(model=model, inputs=input_config(model, spec.image_size, spec.view, _render(spec)), frozen=frozen,
-                  weights_file=weights_file)
+    log.info(
+        "member %s: %s, %s trainable of %s parameters, weights: %s",
+        spec.name,
+        spec.model,
+        f"{n_train:,}",
+        f"{n_all:,}",
+        weights_file or "none",
+    )
+    return Member(
+        model=model,
+        inputs=input_config(model, spec.image_size, spec.view, _render(spec)),
+        frozen=frozen,
+        weights_file=weights_file,
+    )
 
 
 def pick_device(name: str = "auto") -> torch.device:

@@ -17,6 +17,7 @@ what the hardware reports, never assumed:
 Master weights always stay fp32; only the forward (and backward) passes run in the
 lower precision, so checkpoints and resume are unchanged.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -75,10 +76,13 @@ def cpu_features() -> dict:
                 pass
         return flag in flags
 
-    return {"model": model, "capability": torch.backends.cpu.get_cpu_capability(),
-            "avx512_bf16": ask("_is_avx512_bf16_supported", "avx512_bf16"),
-            "amx": ask("_is_amx_tile_supported", "amx_tile"),
-            "avx2": ask("_is_avx2_supported", "avx2")}
+    return {
+        "model": model,
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "avx512_bf16": ask("_is_avx512_bf16_supported", "avx512_bf16"),
+        "amx": ask("_is_amx_tile_supported", "amx_tile"),
+        "avx2": ask("_is_avx2_supported", "avx2"),
+    }
 
 
 def inference_precision(requested: str, trained: str | None, device) -> Precision:
@@ -88,8 +92,12 @@ def inference_precision(requested: str, trained: str | None, device) -> Precisio
     if requested == "auto" and kind == "cpu":
         if trained == "bf16" and cpu_has_native_bf16():
             return Precision("bf16", "cpu", "auto: the precision the member trained in")
-        return Precision("fp32", "cpu", f"auto: the member trained in {trained or 'fp32'}"
-                                        + ("" if trained in (None, "fp32") else ", fp32 on this CPU"))
+        return Precision(
+            "fp32",
+            "cpu",
+            f"auto: the member trained in {trained or 'fp32'}"
+            + ("" if trained in (None, "fp32") else ", fp32 on this CPU"),
+        )
     return resolve_precision(requested, device)
 
 
@@ -101,16 +109,15 @@ def cpu_has_native_bf16() -> bool:
 def describe_cpu() -> str:
     """One line for logs and benchmark records: model, torch's capability, bf16 flags."""
     f = cpu_features()
-    return (f"{f['model']} (torch capability {f['capability']}, avx512_bf16={f['avx512_bf16']}, "
-            f"amx={f['amx']})")
+    return f"{f['model']} (torch capability {f['capability']}, avx512_bf16={f['avx512_bf16']}, amx={f['amx']})"
 
 
 @dataclasses.dataclass(frozen=True)
 class Precision:
     """A resolved precision for one device: what autocast and the gradient scaler do."""
 
-    name: str          # fp32 | bf16 | fp16
-    device_type: str   # cpu | cuda
+    name: str  # fp32 | bf16 | fp16
+    device_type: str  # cpu | cuda
     reason: str = ""
 
     @property
@@ -134,6 +141,8 @@ class Precision:
 
 
 _warned: set[str] = set()
+
+
 def speedup(probe: Callable[[Precision], None], device_type: str = "cpu", repeats: int = 3) -> float:
     """fp32 seconds / bf16 seconds of ``probe`` (one warm-up call each, then the best of ``repeats``)."""
     best = {}
@@ -162,8 +171,11 @@ def resolve_precision(requested: str, device) -> Precision:
 
         bf16_ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         if requested == "auto":
-            return Precision("bf16" if bf16_ok else "fp16", "cuda",
-                             "GPU supports bf16" if bf16_ok else "GPU lacks bf16: fp16 with loss scaling")
+            return Precision(
+                "bf16" if bf16_ok else "fp16",
+                "cuda",
+                "GPU supports bf16" if bf16_ok else "GPU lacks bf16: fp16 with loss scaling",
+            )
         if requested == "bf16" and not bf16_ok:
             raise PrecisionError("`precision: bf16` but this GPU does not support bf16; use fp16 or auto")
         return Precision(requested, "cuda", "asked for")
@@ -173,13 +185,20 @@ def resolve_precision(requested: str, device) -> Precision:
     if requested == "auto":
         if not native:
             return Precision("fp32", "cpu", "auto: fp32 on CPU (no native bf16: AVX512_BF16/AMX)")
-        return Precision("fp32", "cpu", "auto: fp32 on CPU, whatever the load, for reproducible weights; this CPU "
-                                        "has native bf16: `precision: bf16` may be faster "
-                                        "(scripts/benchmark_cpu.py measures it)")
+        return Precision(
+            "fp32",
+            "cpu",
+            "auto: fp32 on CPU, whatever the load, for reproducible weights; this CPU "
+            "has native bf16: `precision: bf16` may be faster "
+            "(scripts/benchmark_cpu.py measures it)",
+        )
     if requested == "fp16":
         raise PrecisionError("`precision: fp16` needs a CUDA device; on a CPU use bf16, fp32 or auto")
     if requested == "bf16" and not native and "bf16" not in _warned:
         _warned.add("bf16")
-        log.warning("precision bf16 on a CPU without native bf16 (%s): it is emulated and usually "
-                    "slower than fp32; use `precision: auto` to let effens choose", describe_cpu())
+        log.warning(
+            "precision bf16 on a CPU without native bf16 (%s): it is emulated and usually "
+            "slower than fp32; use `precision: auto` to let effens choose",
+            describe_cpu(),
+        )
     return Precision(requested, "cpu", "asked for")

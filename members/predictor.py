@@ -1,4 +1,5 @@
 """Batched inference over prepared uint8 image tensors."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,9 +15,15 @@ def default_precision(device: torch.device) -> Precision:
     return resolve_precision("auto" if device.type == "cuda" else "fp32", device)
 
 
-def predict_proba(model: nn.Module, images: torch.Tensor, inputs: InputConfig,
-                  batch_size: int = 64, device: torch.device | str = "cpu",
-                  tta: bool = False, precision: Precision | None = None) -> np.ndarray:
+def predict_proba(
+    model: nn.Module,
+    images: torch.Tensor,
+    inputs: InputConfig,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    tta: bool = False,
+    precision: Precision | None = None,
+) -> np.ndarray:
     """Softmax probabilities (N, C) for a uint8 tensor (N, 3, S, S), through the torch
     runtime (:class:`members.runtimes.TorchRuntime`); the model's train/eval mode is kept.
 

@@ -3,6 +3,7 @@ sources, report figures and sections): a stable order (registration order), a lo
 that names the close spellings, and a refusal of a second entry under a taken name (one
 plugin silently replacing another's entry is a bug that shows up as wrong numbers).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,8 +41,10 @@ class Registry(Mapping, Generic[T]):
         if not isinstance(name, str) or not name:
             raise RegistryError(f"a {self.kind} needs a non-empty name; got {name!r}")
         if name in self._entries:
-            raise RegistryError(f"a {self.kind} named {name!r} is already registered (by "
-                                f"{self._owners[name]}); give the new one another name")
+            raise RegistryError(
+                f"a {self.kind} named {name!r} is already registered (by "
+                f"{self._owners[name]}); give the new one another name"
+            )
         self._entries[name] = entry
         self._owners[name] = owner or getattr(entry, "__module__", None) or type(entry).__module__
         return entry

@@ -13,6 +13,7 @@ sees independent of the label in those properties:
 
 The member's view then resizes the result to its input size as usual.
 """
+
 from __future__ import annotations
 
 import io

@@ -14,6 +14,7 @@ the normalisation inside the graph (:func:`members.export.export_member_onnx` wi
 folder for the runtime's own compiled-model cache. Nothing here imports torch unless the
 torch runtime runs: a prediction through an exported runtime starts in under a second.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,26 +64,36 @@ class RuntimeInfo:
     name: str
     cls: type
     needs_onnx: bool
-    package: str | None     # import name that must be installed
-    extra: str | None       # ``pip install 'effens[extra]'``
+    package: str | None  # import name that must be installed
+    extra: str | None  # ``pip install 'effens[extra]'``
     devices: tuple[str, ...]
     precisions: tuple[str, ...]  # what it can run; anything else runs fp32
-    auto: int | None = None      # priority when `runtime: auto` (highest installed wins); None: never
+    auto: int | None = None  # priority when `runtime: auto` (highest installed wins); None: never
 
 
 RUNTIMES: Registry[RuntimeInfo] = Registry("runtime")
 
 
-def register(name: str, *, needs_onnx: bool = False, package: str | None = None,
-             extra: str | None = None, devices: tuple[str, ...] = ("cpu", "cuda"),
-             precisions: tuple[str, ...] = ("fp32", "bf16", "fp16"), auto: int | None = None) -> Callable:
+def register(
+    name: str,
+    *,
+    needs_onnx: bool = False,
+    package: str | None = None,
+    extra: str | None = None,
+    devices: tuple[str, ...] = ("cpu", "cuda"),
+    precisions: tuple[str, ...] = ("fp32", "bf16", "fp16"),
+    auto: int | None = None,
+) -> Callable:
     """Class decorator: make a :class:`Runtime` available under ``name``; ``auto``: its
     priority for ``runtime: auto`` on the devices it runs on (None: only when asked for)."""
+
     def wrap(cls: type[Runtime]) -> type[Runtime]:
-        RUNTIMES.add(name, RuntimeInfo(name, cls, needs_onnx, package, extra, devices, precisions, auto),
-                     cls.__module__)
+        RUNTIMES.add(
+            name, RuntimeInfo(name, cls, needs_onnx, package, extra, devices, precisions, auto), cls.__module__
+        )
         cls.name = name
         return cls
+
     return wrap
 
 
@@ -96,8 +107,11 @@ def resolve_runtime(requested: str, device) -> str:
     this device (OpenVINO on CPU when installed, else torch); others are checked."""
     kind = device_type(device)
     if requested == "auto":
-        eligible = [info for info in RUNTIMES.values()
-                    if info.auto is not None and kind in info.devices and is_installed(info.name)]
+        eligible = [
+            info
+            for info in RUNTIMES.values()
+            if info.auto is not None and kind in info.devices and is_installed(info.name)
+        ]
         if not eligible:
             raise RuntimeUnavailable(f"no installed runtime runs on {kind} under `runtime: auto`")
         return max(eligible, key=lambda info: info.auto).name
@@ -107,8 +121,9 @@ def resolve_runtime(requested: str, device) -> str:
     if not is_installed(requested):
         raise RuntimeUnavailable(f"runtime {requested} is not installed: pip install 'effens[{info.extra}]'")
     if kind not in info.devices:
-        raise RuntimeUnavailable(f"runtime {requested} runs on {', '.join(info.devices)}, not on {kind}; "
-                                 f"use `--runtime torch` for {kind}")
+        raise RuntimeUnavailable(
+            f"runtime {requested} runs on {', '.join(info.devices)}, not on {kind}; use `--runtime torch` for {kind}"
+        )
     return requested
 
 
@@ -132,8 +147,9 @@ class Runtime:
 class TorchRuntime(Runtime):
     """Eager PyTorch, channels_last, with the member's autocast precision."""
 
-    def __init__(self, model: nn.Module, inputs: InputConfig, onnx_path: Path | None,
-                 device, precision: Precision) -> None:
+    def __init__(
+        self, model: nn.Module, inputs: InputConfig, onnx_path: Path | None, device, precision: Precision
+    ) -> None:
         import torch
 
         from .allocator import keep_freed_memory
@@ -182,17 +198,33 @@ def _openvino_core():
     return ov.Core()
 
 
-@register("openvino", needs_onnx=True, package="openvino", extra="openvino", devices=("cpu",),
-          precisions=("fp32", "bf16"), auto=10)
+@register(
+    "openvino",
+    needs_onnx=True,
+    package="openvino",
+    extra="openvino",
+    devices=("cpu",),
+    precisions=("fp32", "bf16"),
+    auto=10,
+)
 class OpenVinoRuntime(Runtime):
     """OpenVINO on CPU, compiled from the member's ONNX file; bf16 when precision is bf16."""
 
-    def __init__(self, model: nn.Module | None, inputs: InputConfig, onnx_path: Path,
-                 device, precision: Precision, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module | None,
+        inputs: InputConfig,
+        onnx_path: Path,
+        device,
+        precision: Precision,
+        cache_dir: Path | None = None,
+    ) -> None:
         core = _openvino_core()
-        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision.name == "bf16" else "f32",
-                  "PERFORMANCE_HINT": "LATENCY",
-                  "INFERENCE_NUM_THREADS": str(cpu_threads())}
+        config = {
+            "INFERENCE_PRECISION_HINT": "bf16" if precision.name == "bf16" else "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": str(cpu_threads()),
+        }
         if cache_dir is not None:  # OpenVINO's compiled-model cache: compiled once, loaded after
             config["CACHE_DIR"] = str(cache_dir)
         self.compiled = core.compile_model(str(onnx_path), "CPU", config)
@@ -203,13 +235,21 @@ class OpenVinoRuntime(Runtime):
         return np.asarray(out[self.compiled.output(0)], dtype=np.float32)
 
 
-@register("onnxruntime", needs_onnx=True, package="onnxruntime", extra="onnxruntime", devices=("cpu",),
-          precisions=("fp32",))
+@register(
+    "onnxruntime", needs_onnx=True, package="onnxruntime", extra="onnxruntime", devices=("cpu",), precisions=("fp32",)
+)
 class OnnxRuntime(Runtime):
     """ONNX Runtime's CPU provider (always fp32: it has no fast bf16 CPU kernels)."""
 
-    def __init__(self, model: nn.Module | None, inputs: InputConfig, onnx_path: Path,
-                 device, precision: Precision, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module | None,
+        inputs: InputConfig,
+        onnx_path: Path,
+        device,
+        precision: Precision,
+        cache_dir: Path | None = None,
+    ) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
@@ -224,9 +264,15 @@ class OnnxRuntime(Runtime):
         return self.session.run(None, {self.input: np.ascontiguousarray(x)})[0]
 
 
-def create_runtime(name: str, model: Callable[[], nn.Module], inputs: InputConfig, device,
-                   precision: Precision, onnx_path: Callable[[], Path | None] | None = None,
-                   cache_dir: Path | None = None) -> Runtime:
+def create_runtime(
+    name: str,
+    model: Callable[[], nn.Module],
+    inputs: InputConfig,
+    device,
+    precision: Precision,
+    onnx_path: Callable[[], Path | None] | None = None,
+    cache_dir: Path | None = None,
+) -> Runtime:
     """Build runtime ``name`` (already resolved) for one member.
 
     ``model`` is a function that gives the torch model: it is called only by runtimes that
@@ -256,7 +302,7 @@ def runtime_proba(runtime: Runtime, images, batch_size: int = 64, tta: bool = Fa
     images = images.numpy() if hasattr(images, "numpy") and not isinstance(images, np.ndarray) else images
     out = []
     for start in range(0, len(images), batch_size):
-        x = np.ascontiguousarray(images[start:start + batch_size])
+        x = np.ascontiguousarray(images[start : start + batch_size])
         p = runtime.run(x)
         if tta:
             p = (p + runtime.run(np.ascontiguousarray(x[..., ::-1]))) / 2

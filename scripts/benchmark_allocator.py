@@ -11,6 +11,7 @@ setting: the median step time over the rounds (each round's median of ``--steps`
 after two warm-up steps), minor page faults and peak RSS of the process. The CPU model
 and flags go with the figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,9 @@ def child(kind: str, steps: int) -> dict:
     torch.manual_seed(0)
     times = []
     if kind == "train":
-        spec = MemberConfig(name="m", model="tf_efficientnet_lite0", image_size=224, weights="none",
-                            train=TrainConfig(freeze=2))
+        spec = MemberConfig(
+            name="m", model="tf_efficientnet_lite0", image_size=224, weights="none", train=TrainConfig(freeze=2)
+        )
         member = create_member(spec, 3)
         model = member.model.to(memory_format=torch.channels_last).train()
         for m in member.frozen:
@@ -71,8 +73,14 @@ def child(kind: str, steps: int) -> dict:
             rt.run(x)
             times.append(time.perf_counter() - t0)
     use = resource.getrusage(resource.RUSAGE_SELF)
-    return {"allocator": state, "step_s": statistics.median(times[2:]), "minor_faults": use.ru_minflt,
-            "peak_rss_mb": use.ru_maxrss / 1024, "cpu": describe_cpu(), "threads": torch.get_num_threads()}
+    return {
+        "allocator": state,
+        "step_s": statistics.median(times[2:]),
+        "minor_faults": use.ru_minflt,
+        "peak_rss_mb": use.ru_maxrss / 1024,
+        "cpu": describe_cpu(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main() -> None:
@@ -88,26 +96,44 @@ def main() -> None:
     rows: dict = {}
     for r in range(args.rounds):
         for kind in ("train", "infer"):
-            for setting in (("system", "effens") if r % 2 == 0 else ("effens", "system")):
+            for setting in ("system", "effens") if r % 2 == 0 else ("effens", "system"):
                 env = {**os.environ, "PYTHONPATH": str(ROOT)}
                 env.pop("EFFENS_MALLOC", None)
                 if setting == "system":
                     env["EFFENS_MALLOC"] = "system"
-                out = subprocess.run([sys.executable, __file__, "--child", kind, "--steps", str(args.steps)],
-                                     env=env, capture_output=True, text=True, check=True)
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", kind, "--steps", str(args.steps)],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 res = json.loads(out.stdout.strip().splitlines()[-1])
                 rows.setdefault(kind, {}).setdefault(setting, []).append(res)
-                print(f"round {r + 1} {kind} {setting}: {res['step_s']:.3f} s, {res['minor_faults']} minor faults, "
-                      f"{res['peak_rss_mb']:.0f} MB", flush=True)
+                print(
+                    f"round {r + 1} {kind} {setting}: {res['step_s']:.3f} s, {res['minor_faults']} minor faults, "
+                    f"{res['peak_rss_mb']:.0f} MB",
+                    flush=True,
+                )
     summary = {}
     for kind, by in rows.items():
         med = {s: statistics.median(x["step_s"] for x in v) for s, v in by.items()}
-        summary[kind] = {s: {"step_s": round(med[s], 4),
-                             "minor_faults": int(statistics.median(x["minor_faults"] for x in v)),
-                             "peak_rss_mb": round(max(x["peak_rss_mb"] for x in v))} for s, v in by.items()}
+        summary[kind] = {
+            s: {
+                "step_s": round(med[s], 4),
+                "minor_faults": int(statistics.median(x["minor_faults"] for x in v)),
+                "peak_rss_mb": round(max(x["peak_rss_mb"] for x in v)),
+            }
+            for s, v in by.items()
+        }
         summary[kind]["speedup"] = round(med["system"] / med["effens"], 3)
-    doc = {"summary": summary, "cpu": rows["train"]["system"][0]["cpu"], "rounds": args.rounds,
-           "steps": args.steps, "runs": rows}
+    doc = {
+        "summary": summary,
+        "cpu": rows["train"]["system"][0]["cpu"],
+        "rounds": args.rounds,
+        "steps": args.steps,
+        "runs": rows,
+    }
     print(json.dumps(summary, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(doc, indent=1))

@@ -9,6 +9,7 @@ how many other pairs are reported; then, with the hash at ``--max-distance 4``, 
 each ``--cosines`` value of the pretrained-feature similarity (``effens audit --min-cosine``),
 and the time of the feature pass. Label noise: ``scripts/benchmark_label_noise.py``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,14 +58,19 @@ def main() -> None:
     ap.add_argument("--distances", default="2,4,6,10")
     ap.add_argument("--cosines", default="0.6,0.65,0.7,0.75,0.8")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--views", default=",".join(FEATURE_VIEWS),
-                    help="the eval views the features are computed under, pairs united (default: the audit's)")
+    ap.add_argument(
+        "--views",
+        default=",".join(FEATURE_VIEWS),
+        help="the eval views the features are computed under, pairs united (default: the audit's)",
+    )
     ap.add_argument("--cache", help="keep the feature cache here (default: a temporary folder)")
     ap.add_argument("--out")
     args = ap.parse_args()
     views = args.views.split(",")
-    specs = [config_from_dict({"data": {"train": args.images},
-                               "members": [{**DEFAULT_FEATURES, "view": v}]}).members[0] for v in views]
+    specs = [
+        config_from_dict({"data": {"train": args.images}, "members": [{**DEFAULT_FEATURES, "view": v}]}).members[0]
+        for v in views
+    ]
     paths = sorted(find_images(args.images))
     chosen = random.Random(args.seed).sample(paths, args.n)
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,7 +79,7 @@ def main() -> None:
             dst = Path(tmp) / f"copy{i}.jpg"
             plant(p, dst, KINDS[i % len(KINDS)])
             planted.append((p, str(dst), KINDS[i % len(KINDS)]))
-        pool = list(dict.fromkeys(paths[:args.pool] + [p for p, _, _ in planted] + [c for _, c, _ in planted]))
+        pool = list(dict.fromkeys(paths[: args.pool] + [p for p, _, _ in planted] + [c for _, c, _ in planted]))
         sigs = [signature(p) for p in pool]
         t0 = time.perf_counter()
         cache = Path(args.cache) if args.cache else Path(tmp) / "cache"
@@ -85,21 +91,52 @@ def main() -> None:
     for d in map(int, args.distances.split(",")):
         got = {(p["a"], p["b"]) for p in find_duplicates(sigs, d)}
         by_kind = {k: sum(1 for t, kk in truth.items() if kk == k and t in got) for k in KINDS}
-        rows.append({"max_distance": d, "found": sum(by_kind.values()), "planted": len(truth), "by_kind": by_kind,
-                     "other_pairs": len(got - set(truth)), "images": len(pool)})
-        print(f"--max-distance {d}: found {rows[-1]['found']}/{len(truth)} {by_kind}; "
-              f"{rows[-1]['other_pairs']} other pairs among {len(pool)} images", flush=True)
+        rows.append(
+            {
+                "max_distance": d,
+                "found": sum(by_kind.values()),
+                "planted": len(truth),
+                "by_kind": by_kind,
+                "other_pairs": len(got - set(truth)),
+                "images": len(pool),
+            }
+        )
+        print(
+            f"--max-distance {d}: found {rows[-1]['found']}/{len(truth)} {by_kind}; "
+            f"{rows[-1]['other_pairs']} other pairs among {len(pool)} images",
+            flush=True,
+        )
     hashed = find_duplicates(sigs, 4)
     cos_rows = []
     for c in map(float, args.cosines.split(",")):
         got = {(p["a"], p["b"]) for p in merge_pairs(hashed, similar_in_any(feats, c))}
         by_kind = {k: sum(1 for t, kk in truth.items() if kk == k and t in got) for k in KINDS}
-        cos_rows.append({"min_cosine": c, "found": sum(by_kind.values()), "planted": len(truth), "by_kind": by_kind,
-                         "other_pairs": len(got - set(truth))})
-        print(f"hash 4 bits + --min-cosine {c}: found {cos_rows[-1]['found']}/{len(truth)} {by_kind}; "
-              f"{cos_rows[-1]['other_pairs']} other pairs", flush=True)
-    report_json({"images": args.images, "views": views, "seed": args.seed, "rows": rows, "with_features": cos_rows,
-                 "feature_seconds": round(t_feat, 1), "machine": machine()}, args.out)
+        cos_rows.append(
+            {
+                "min_cosine": c,
+                "found": sum(by_kind.values()),
+                "planted": len(truth),
+                "by_kind": by_kind,
+                "other_pairs": len(got - set(truth)),
+            }
+        )
+        print(
+            f"hash 4 bits + --min-cosine {c}: found {cos_rows[-1]['found']}/{len(truth)} {by_kind}; "
+            f"{cos_rows[-1]['other_pairs']} other pairs",
+            flush=True,
+        )
+    report_json(
+        {
+            "images": args.images,
+            "views": views,
+            "seed": args.seed,
+            "rows": rows,
+            "with_features": cos_rows,
+            "feature_seconds": round(t_feat, 1),
+            "machine": machine(),
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

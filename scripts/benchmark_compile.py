@@ -9,6 +9,7 @@ compile time (the first compiled steps), the steady step time of each, and the n
 steps after which the compiled path has paid back its compile time. The CPU model and
 flags go with the figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,6 +26,7 @@ def step_fn(model, opt, loss_fn):
         loss.backward()
         opt.step()
         return loss.detach()
+
     return step
 
 
@@ -58,8 +60,13 @@ def main() -> None:
     for m in frozen_modules(base, args.freeze):
         for q in m.parameters():
             q.requires_grad_(False)
-    batches = [(torch.randn(args.batch, 3, args.size, args.size).contiguous(memory_format=torch.channels_last),
-                torch.randint(0, 3, (args.batch,))) for _ in range(2)]
+    batches = [
+        (
+            torch.randn(args.batch, 3, args.size, args.size).contiguous(memory_format=torch.channels_last),
+            torch.randint(0, 3, (args.batch,)),
+        )
+        for _ in range(2)
+    ]
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     res = {"cpu": describe_cpu(), "torch": torch.__version__, "threads": torch.get_num_threads(), **vars(args)}
     for name in ("eager", "compiled"):

@@ -18,6 +18,7 @@ Compilation (ONNX export, OpenVINO compile) happens once per run and process and
 timed separately; the best of --repeats passes counts. The CPU model and its bf16
 flags are recorded with the figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,7 @@ log = logging.getLogger("benchmark_cpu")
 
 def paths_to_proba(ens: BaggedEnsemble, paths: list[str], batch: int, runtime: str, precision: str) -> np.ndarray:
     arrays, _ = decode_all(paths, decode_size(ens), on_bad="skip")
-    return ens.member_proba(arrays, batch_size=batch, device="cpu", runtime=runtime,
-                            precision=precision).mean(axis=0)
+    return ens.member_proba(arrays, batch_size=batch, device="cpu", runtime=runtime, precision=precision).mean(axis=0)
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
@@ -63,7 +63,7 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
         t0 = time.perf_counter()
         torch.mm(a, b)
         best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best / 1e9
+    return 2 * n**3 / best / 1e9
 
 
 def forward_flops(model: torch.nn.Module, size: int) -> float:
@@ -76,8 +76,7 @@ def forward_flops(model: torch.nn.Module, size: int) -> float:
     return float(counter.get_total_flops())
 
 
-def model_only_img_s(ens: BaggedEnsemble, index: int, runtime: str, precision: str, batch: int,
-                     repeats: int) -> float:
+def model_only_img_s(ens: BaggedEnsemble, index: int, runtime: str, precision: str, batch: int, repeats: int) -> float:
     """Images/s of one member's network alone on a prepared batch (no decoding)."""
     fm = ens.members_[index]
     rt = ens._runtime(index, runtime, precision, torch.device("cpu"))
@@ -106,15 +105,20 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     log.setLevel(logging.INFO)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    res: dict = {"date": datetime.date.today().isoformat(), "commit": commit, "cpu": cpu_features(),
-                 "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                 "command": " ".join(sys.argv)}
+    res: dict = {
+        "date": datetime.date.today().isoformat(),
+        "commit": commit,
+        "cpu": cpu_features(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "command": " ".join(sys.argv),
+    }
     ens = load_run(args.run)
-    res["members"] = {fm.name: {"model": fm.meta["architecture"], "image_size": fm.inputs.image_size}
-                      for fm in ens.members_}
+    res["members"] = {
+        fm.name: {"model": fm.meta["architecture"], "image_size": fm.inputs.image_size} for fm in ens.members_
+    }
     precisions = ["fp32"] + (["bf16"] if cpu_has_native_bf16() else [])
-    paths_ = [(rt, pr) for rt in RUNTIMES if is_installed(rt) for pr in precisions
-              if pr in RUNTIMES[rt].precisions]
+    paths_ = [(rt, pr) for rt in RUNTIMES if is_installed(rt) for pr in precisions if pr in RUNTIMES[rt].precisions]
 
     if "a" not in args.skip:
         paths = find_images(args.images)
@@ -145,8 +149,10 @@ def main() -> None:
         for key, t in timings.items():
             group = "plain" if key.startswith("plain") else "effens"
             res["a"].setdefault(group, {})[key] = {
-                "img_s": len(paths) / t, "agreement_with_torch_fp32": float(np.mean(preds[key] == ref)),
-                **({"compile_s": compile_s[key]} if key in compile_s else {})}
+                "img_s": len(paths) / t,
+                "agreement_with_torch_fp32": float(np.mean(preds[key] == ref)),
+                **({"compile_s": compile_s[key]} if key in compile_s else {}),
+            }
         best = max(res["a"]["effens"], key=lambda k: res["a"]["effens"][k]["img_s"])
         plain_best = max(v["img_s"] for v in res["a"]["plain"].values())
         res["a"]["best_effens"] = best
@@ -163,8 +169,11 @@ def main() -> None:
             row = {"gflop_per_image": flops / 1e9}
             for rt, pr in paths_:
                 ips = model_only_img_s(ens, j, rt, pr, args.batch_size, args.repeats)
-                row[f"{rt} {pr}"] = {"img_s": ips, "gflop_s": ips * flops / 1e9,
-                                     "share_of_peak": ips * flops / 1e9 / peaks[pr]}
+                row[f"{rt} {pr}"] = {
+                    "img_s": ips,
+                    "gflop_s": ips * flops / 1e9,
+                    "share_of_peak": ips * flops / 1e9 / peaks[pr],
+                }
             res["c"]["members"][fm.name] = row
             log.info("(c) %s: %s", fm.name, {k: round(v["gflop_s"], 1) for k, v in row.items() if isinstance(v, dict)})
 
@@ -180,9 +189,14 @@ def main() -> None:
         res["b"] = {}
         for pr in dict.fromkeys([spec.precision or cfg.precision, "fp32"]):
             res["b"][pr] = throughput(spec, data / "train", args.train_images, classes, pr)
-            log.info("(b) %s: effens %.1f img/s (%s), plain %.1f img/s -> %.2fx", pr,
-                     res["b"][pr]["effens_img_s"], res["b"][pr]["effens_precision"],
-                     res["b"][pr]["plain_img_s"], res["b"][pr]["ratio"])
+            log.info(
+                "(b) %s: effens %.1f img/s (%s), plain %.1f img/s -> %.2fx",
+                pr,
+                res["b"][pr]["effens_img_s"],
+                res["b"][pr]["effens_precision"],
+                res["b"][pr]["plain_img_s"],
+                res["b"][pr]["ratio"],
+            )
     report_json(res, args.out)
 
 

@@ -20,6 +20,7 @@ there when finished. For each teacher and each ``--variant`` (default: the defau
 commit. A variant is ``NAME:KEY=VALUE,KEY=VALUE`` of ``distill.*`` keys, e.g.
 ``--variant fly: --variant cached8:distill.teacher_views=8`` measures the two ways of teaching.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,8 +100,12 @@ def predict_seconds(runs: dict[str, Path], manifest: Path, repeats: int) -> dict
 
 def _predict(run: Path, manifest: Path, out: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, "-m", "ensemble", "predict", str(run), str(manifest), "--out", str(out),
-                           "-q"], capture_output=True, text=True, env=env)  # this checkout's effens
+    done = subprocess.run(
+        [sys.executable, "-m", "ensemble", "predict", str(run), str(manifest), "--out", str(out), "-q"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )  # this checkout's effens
     if done.returncode:
         raise SystemExit(f"effens predict {run} failed: {done.stderr[-2000:]}")
 
@@ -112,8 +117,7 @@ def figures(doc: dict) -> dict:
     for split, per in d["splits"].items():
         for who, key in (("student", "student"), ("best_member", "best_member"), ("ensemble", "teacher")):
             m = per[key]
-            out.setdefault(split, {})[who] = {"macro_f1": m["macro_f1"], "interval": m["interval"],
-                                              "ece": m["ece"]}
+            out.setdefault(split, {})[who] = {"macro_f1": m["macro_f1"], "interval": m["interval"], "ece": m["ece"]}
         out[split]["student_agreement_with_ensemble"] = per["student"]["agreement"]
     return out
 
@@ -128,44 +132,74 @@ def distil_one(run: Path, name: str, sets: list[str], args, out: Path) -> dict:
     teacher = json.loads((run / "report" / "metrics.json").read_text())
     member_s = list(((teacher.get("timing") or {}).get("members_train_s") or {}).values())
     one = statistics.mean(member_s) if member_s else float("nan")
-    res = {"run": str(run), "variant": name, "sets": sets, "student": str(student), **figures(doc),
-           "distill_wall_s": wall, "student_train_s": doc["timing"]["members_train_s"]["student"],
-           "teacher_labelling_s": doc["timing"].get("teacher_labelling_s", 0.0),
-           "one_member_train_s": one, "distill_vs_one_member": wall / one if one == one and one else None}
+    res = {
+        "run": str(run),
+        "variant": name,
+        "sets": sets,
+        "student": str(student),
+        **figures(doc),
+        "distill_wall_s": wall,
+        "student_train_s": doc["timing"]["members_train_s"]["student"],
+        "teacher_labelling_s": doc["timing"].get("teacher_labelling_s", 0.0),
+        "one_member_train_s": one,
+        "distill_vs_one_member": wall / one if one == one and one else None,
+    }
     if args.repeats:
         manifest = val_manifest(run, out / "val_photos" / f"{run.name}.csv")
         res["predict_val"] = predict_seconds({"student": student, "ensemble": run}, manifest, args.repeats)
         res["predict_val"]["images"] = sum(1 for _ in open(manifest, encoding="utf-8")) - 1
-    log.info("%s %s: student test macro-F1 %.4f (best member %.4f, ensemble %.4f), distil %.0f s", run.name, name,
-             res.get("test", res["val"])["student"]["macro_f1"], res.get("test", res["val"])["best_member"]["macro_f1"],
-             res.get("test", res["val"])["ensemble"]["macro_f1"], wall)
+    log.info(
+        "%s %s: student test macro-F1 %.4f (best member %.4f, ensemble %.4f), distil %.0f s",
+        run.name,
+        name,
+        res.get("test", res["val"])["student"]["macro_f1"],
+        res.get("test", res["val"])["best_member"]["macro_f1"],
+        res.get("test", res["val"])["ensemble"]["macro_f1"],
+        wall,
+    )
     return res
 
 
 def markdown(r: dict) -> str:
-    rows = ["| teacher | variant | split | student | best member | ensemble | student agrees with ensemble |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| teacher | variant | split | student | best member | ensemble | student agrees with ensemble |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for e in r["students"]:
         for split in ("val", "test"):
             if split not in e:
                 continue
             f = e[split]
             cell = lambda m: f"{m['macro_f1']:.4f} [{m['interval'][0]:.3f}, {m['interval'][1]:.3f}]"  # noqa: E731
-            rows.append(f"| {Path(e['run']).name} | {e['variant']} | {split} | {cell(f['student'])} | "
-                        f"{cell(f['best_member'])} ({e['best_member']}) | {cell(f['ensemble'])} ({e['strategy']}) | "
-                        f"{f['student_agreement_with_ensemble']:.4f} |")
-    rows += ["", "| teacher | variant | distil wall s | of which teacher labelling s | one member's train s | ratio | "
-             "predict val: student s | ensemble s | images |", "|---|---|---|---|---|---|---|---|---|"]
+            rows.append(
+                f"| {Path(e['run']).name} | {e['variant']} | {split} | {cell(f['student'])} | "
+                f"{cell(f['best_member'])} ({e['best_member']}) | {cell(f['ensemble'])} ({e['strategy']}) | "
+                f"{f['student_agreement_with_ensemble']:.4f} |"
+            )
+    rows += [
+        "",
+        "| teacher | variant | distil wall s | of which teacher labelling s | one member's train s | ratio | "
+        "predict val: student s | ensemble s | images |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for e in r["students"]:
         p = e.get("predict_val") or {}
         ratio = f"{e['distill_vs_one_member']:.2f}x" if e["distill_vs_one_member"] else "-"
-        rows.append(f"| {Path(e['run']).name} | {e['variant']} | {e['distill_wall_s']:.0f} | "
-                    f"{e['teacher_labelling_s']:.0f} | {e['one_member_train_s']:.0f} | {ratio} | "
-                    + (f"{p['student']['median_s']:.2f} | {p['ensemble']['median_s']:.2f} | {p['images']} |" if p
-                       else "- | - | - |"))
+        rows.append(
+            f"| {Path(e['run']).name} | {e['variant']} | {e['distill_wall_s']:.0f} | "
+            f"{e['teacher_labelling_s']:.0f} | {e['one_member_train_s']:.0f} | {ratio} | "
+            + (
+                f"{p['student']['median_s']:.2f} | {p['ensemble']['median_s']:.2f} | {p['images']} |"
+                if p
+                else "- | - | - |"
+            )
+        )
     m = r["machine"]
-    rows += ["", f"machine: {m['cpu']} ({', '.join(m['flags']) or 'no listed flags'}), {m['cores']} cores, "
-                 f"Python {m['python']}, commit {m['commit']}; wall time {r['wall_s']:.0f} s"]
+    rows += [
+        "",
+        f"machine: {m['cpu']} ({', '.join(m['flags']) or 'no listed flags'}), {m['cores']} cores, "
+        f"Python {m['python']}, commit {m['commit']}; wall time {r['wall_s']:.0f} s",
+    ]
     return "\n".join(rows)
 
 
@@ -175,23 +209,48 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--config", default="configs/vds.yaml", help="the teachers' training config (with --seeds)")
     p.add_argument("--data", default="../shared/data/vds", help="root with train/val/test (with --seeds)")
     p.add_argument("--seeds", type=int, default=3, help="teachers to train or reuse (seed 0..N-1) without --runs")
-    p.add_argument("--train-set", dest="train_overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a training key of the teachers trained here")
+    p.add_argument(
+        "--train-set",
+        dest="train_overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a training key of the teachers trained here",
+    )
     p.add_argument("--distill-config", help="a YAML file with a `distill:` section, for every student")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a `distill.*` key for every student")
-    p.add_argument("--variant", dest="variants", action="append", type=variant, metavar="NAME:KEY=VALUE,...",
-                   help="a student per teacher with these `distill.*` keys (repeatable; default: `default:`)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a `distill.*` key for every student",
+    )
+    p.add_argument(
+        "--variant",
+        dest="variants",
+        action="append",
+        type=variant,
+        metavar="NAME:KEY=VALUE,...",
+        help="a student per teacher with these `distill.*` keys (repeatable; default: `default:`)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed predict processes per model (0: no timing)")
     p.add_argument("--out", default="runs/distill-bench")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     t_start = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"runs": args.runs, "config": None if args.runs else args.config, "overrides": args.overrides,
-                     "distill_config": args.distill_config, "machine": machine(), "students": []}
+    results: dict = {
+        "runs": args.runs,
+        "config": None if args.runs else args.config,
+        "overrides": args.overrides,
+        "distill_config": args.distill_config,
+        "machine": machine(),
+        "students": [],
+    }
     for run in teacher_runs(args, out):
         for name, sets in args.variants or [("default", [])]:
             results["students"].append(distil_one(run, name, sets, args, out))

@@ -28,6 +28,7 @@ class; ``adjacent``: class-conditional, the neighbouring class in the configured
 (for severity grades the mistakes annotators make: minor <-> moderate <-> severe).
 Nothing is chosen on test; the retraining compares val macro-F1 (test is printed beside it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,14 @@ def prf(flagged: set, truth: set) -> dict:
     tp = len(flagged & truth)
     p = tp / len(flagged) if flagged else 0.0
     r = tp / len(truth) if truth else 0.0
-    return {"flagged": len(flagged), "true_flips": len(truth), "hits": tp, "precision": round(p, 4),
-            "recall": round(r, 4), "f1": round(2 * p * r / (p + r), 4) if p + r else 0.0}
+    return {
+        "flagged": len(flagged),
+        "true_flips": len(truth),
+        "hits": tp,
+        "precision": round(p, 4),
+        "recall": round(r, 4),
+        "f1": round(2 * p * r / (p + r), 4) if p + r else 0.0,
+    }
 
 
 def _train_split(config: str):
@@ -103,18 +110,37 @@ def detect(args) -> None:
                 truth = set(flips)
                 ours = set(find_label_issues(proba, y).issues.tolist())
                 theirs = set(np.flatnonzero(cleanlab_issues(y, proba)).tolist())
-                row = {"rate": rate, "kind": kind, "seed": seed, "effens": prf(ours, truth),
-                       "cleanlab": prf(theirs, truth), "same_flags": len(ours & theirs),
-                       "only_effens": len(ours - theirs), "only_cleanlab": len(theirs - ours)}
+                row = {
+                    "rate": rate,
+                    "kind": kind,
+                    "seed": seed,
+                    "effens": prf(ours, truth),
+                    "cleanlab": prf(theirs, truth),
+                    "same_flags": len(ours & theirs),
+                    "only_effens": len(ours - theirs),
+                    "only_cleanlab": len(theirs - ours),
+                }
                 rows.append(row)
-                print(f"{rate:.0%} {kind} seed {seed}: effens F1 {row['effens']['f1']:.3f} "
-                      f"(P {row['effens']['precision']:.3f} R {row['effens']['recall']:.3f}), cleanlab F1 "
-                      f"{row['cleanlab']['f1']:.3f} (P {row['cleanlab']['precision']:.3f} "
-                      f"R {row['cleanlab']['recall']:.3f}); {row['same_flags']} flagged by both", flush=True)
+                print(
+                    f"{rate:.0%} {kind} seed {seed}: effens F1 {row['effens']['f1']:.3f} "
+                    f"(P {row['effens']['precision']:.3f} R {row['effens']['recall']:.3f}), cleanlab F1 "
+                    f"{row['cleanlab']['f1']:.3f} (P {row['cleanlab']['precision']:.3f} "
+                    f"R {row['cleanlab']['recall']:.3f}); {row['same_flags']} flagged by both",
+                    flush=True,
+                )
     import cleanlab
 
-    report_json({"config": args.config, "images": len(data.train), "feature_seconds": round(t_feat, 1),
-                 "cleanlab": cleanlab.__version__, "rows": rows, "machine": machine()}, args.out)
+    report_json(
+        {
+            "config": args.config,
+            "images": len(data.train),
+            "feature_seconds": round(t_feat, 1),
+            "cleanlab": cleanlab.__version__,
+            "rows": rows,
+            "machine": machine(),
+        },
+        args.out,
+    )
 
 
 def _effens(*argv: str) -> None:
@@ -152,19 +178,44 @@ def retrain(args) -> None:
     _effens("train", args.config, "--out", str(work / "noisy"), "--set", f"data.relabel={relabel}", *extra)
     t_noisy = time.perf_counter() - t0
     exclude = work / "exclude.txt"
-    _effens("audit", str(work / "noisy"), "--out", str(work / "audit"), "--write-exclude", str(exclude),
-            "--threshold", str(args.threshold))
+    _effens(
+        "audit",
+        str(work / "noisy"),
+        "--out",
+        str(work / "audit"),
+        "--write-exclude",
+        str(exclude),
+        "--threshold",
+        str(args.threshold),
+    )
     listed = _listed(exclude)
     flipped = {os.path.abspath(data.train.paths[i]) for i in flips}
     t0 = time.perf_counter()
-    _effens("train", args.config, "--out", str(work / "cleaned"), "--set", f"data.relabel={relabel}",
-            "--set", f"data.exclude={exclude}", *extra)
+    _effens(
+        "train",
+        args.config,
+        "--out",
+        str(work / "cleaned"),
+        "--set",
+        f"data.relabel={relabel}",
+        "--set",
+        f"data.exclude={exclude}",
+        *extra,
+    )
     t_clean = time.perf_counter() - t0
-    res = {"config": args.config, "rate": args.rate, "kind": args.kind, "seed": args.seed,
-           "threshold": args.threshold, "train_images": len(data.train),
-           "excluded": prf(listed, flipped), "noisy": _val_scores(str(work / "noisy")),
-           "cleaned": _val_scores(str(work / "cleaned")),
-           "seconds": {"noisy": round(t_noisy), "cleaned": round(t_clean)}, "machine": machine()}
+    res = {
+        "config": args.config,
+        "rate": args.rate,
+        "kind": args.kind,
+        "seed": args.seed,
+        "threshold": args.threshold,
+        "train_images": len(data.train),
+        "excluded": prf(listed, flipped),
+        "noisy": _val_scores(str(work / "noisy")),
+        "cleaned": _val_scores(str(work / "cleaned")),
+        "seconds": {"noisy": round(t_noisy), "cleaned": round(t_clean)},
+        "machine": machine(),
+    }
     if args.clean:
         res["clean"] = _val_scores(args.clean)
         res["recovered"] = recovered(res["clean"], res["noisy"], res["cleaned"])
@@ -186,16 +237,41 @@ def second(args) -> None:
     extra = [x for s in args.set for x in ("--set", s)]
     exclude = work / f"exclude_r{n}.txt"
     cleaned = work / f"cleaned_r{n}"
-    _effens("audit", str(first), "--out", str(work / f"audit_r{n}"), "--write-exclude", str(exclude),
-            "--threshold", str(args.threshold))
+    _effens(
+        "audit",
+        str(first),
+        "--out",
+        str(work / f"audit_r{n}"),
+        "--write-exclude",
+        str(exclude),
+        "--threshold",
+        str(args.threshold),
+    )
     listed = _listed(exclude)
     t0 = time.perf_counter()
-    _effens("train", args.config, "--out", str(cleaned), "--set", f"data.relabel={relabel}",
-            "--set", f"data.exclude={exclude}", *extra)
-    res = {"config": args.config, "round": n, "first": str(first), "threshold": args.threshold,
-           "excluded": prf(listed, flipped), "noisy": _val_scores(str(work / "noisy")),
-           "first_pass": _val_scores(str(first)), "cleaned": _val_scores(str(cleaned)),
-           "seconds": {f"cleaned_r{n}": round(time.perf_counter() - t0)}, "machine": machine()}
+    _effens(
+        "train",
+        args.config,
+        "--out",
+        str(cleaned),
+        "--set",
+        f"data.relabel={relabel}",
+        "--set",
+        f"data.exclude={exclude}",
+        *extra,
+    )
+    res = {
+        "config": args.config,
+        "round": n,
+        "first": str(first),
+        "threshold": args.threshold,
+        "excluded": prf(listed, flipped),
+        "noisy": _val_scores(str(work / "noisy")),
+        "first_pass": _val_scores(str(first)),
+        "cleaned": _val_scores(str(cleaned)),
+        "seconds": {f"cleaned_r{n}": round(time.perf_counter() - t0)},
+        "machine": machine(),
+    }
     if args.clean:
         res["clean"] = _val_scores(args.clean)
         res["recovered"] = recovered(res["clean"], res["noisy"], res["cleaned"])
@@ -204,8 +280,12 @@ def second(args) -> None:
 
 def recovered(clean: dict, noisy: dict, cleaned: dict) -> dict:
     """Share of the val macro-F1 lost to the noise that retraining without the flags won back."""
-    return {m: round((cleaned[m]["val"] - noisy[m]["val"]) / (clean[m]["val"] - noisy[m]["val"]), 3)
-            if clean[m]["val"] != noisy[m]["val"] else None for m in clean}
+    return {
+        m: round((cleaned[m]["val"] - noisy[m]["val"]) / (clean[m]["val"] - noisy[m]["val"]), 3)
+        if clean[m]["val"] != noisy[m]["val"]
+        else None
+        for m in clean
+    }
 
 
 def _val_predictions(run: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -271,14 +351,19 @@ def summary(args) -> None:
         with np.errstate(divide="ignore", invalid="ignore"):
             share = (b["cleaned"] - b["noisy"]) / (b["clean"] - b["noisy"])
         lo, hi = np.nanpercentile(share, [5, 95])
-        mean[m] = {**{k: round(x, 4) for k, x in v.items()},
-                   "recovered_of_mean_loss": round((v["cleaned"] - v["noisy"]) / (v["clean"] - v["noisy"]), 3),
-                   "recovered_90pct_interval": [round(float(lo), 3), round(float(hi), 3)],
-                   "bootstrap_share_at_least_half": round(float(np.mean(share >= 0.5)), 3),
-                   "recovered_per_seed": [s["recovered"][m] for s in seeds]}
-        print(f"{m}: clean {v['clean']:.4f}, noisy {v['noisy']:.4f}, cleaned {v['cleaned']:.4f}, "
-              f"recovered {mean[m]['recovered_of_mean_loss']:.0%} of the mean loss "
-              f"(val bootstrap 90%: {lo:.0%} to {hi:.0%}; per seed {mean[m]['recovered_per_seed']})", flush=True)
+        mean[m] = {
+            **{k: round(x, 4) for k, x in v.items()},
+            "recovered_of_mean_loss": round((v["cleaned"] - v["noisy"]) / (v["clean"] - v["noisy"]), 3),
+            "recovered_90pct_interval": [round(float(lo), 3), round(float(hi), 3)],
+            "bootstrap_share_at_least_half": round(float(np.mean(share >= 0.5)), 3),
+            "recovered_per_seed": [s["recovered"][m] for s in seeds],
+        }
+        print(
+            f"{m}: clean {v['clean']:.4f}, noisy {v['noisy']:.4f}, cleaned {v['cleaned']:.4f}, "
+            f"recovered {mean[m]['recovered_of_mean_loss']:.0%} of the mean loss "
+            f"(val bootstrap 90%: {lo:.0%} to {hi:.0%}; per seed {mean[m]['recovered_per_seed']})",
+            flush=True,
+        )
     report_json({"seeds": seeds, "mean": mean, "bootstrap": args.bootstrap, "machine": machine()}, args.out)
 
 
@@ -297,13 +382,16 @@ def main() -> None:
     r.add_argument("--rate", type=float, default=0.2)
     r.add_argument("--kind", default="uniform")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--threshold", type=float, default=1.0,
-                   help="--write-exclude threshold (1: every flagged training image)")
+    r.add_argument(
+        "--threshold", type=float, default=1.0, help="--write-exclude threshold (1: every flagged training image)"
+    )
     r.add_argument("--work", required=True)
     r.add_argument("--clean", help="a run of the same config on the clean labels, for the share recovered")
     r.add_argument("--set", action="append", default=[])
     r.add_argument("--out")
-    t = sub.add_parser("second", help="a further pass: audit the last cleaned run and train without what it still flags")
+    t = sub.add_parser(
+        "second", help="a further pass: audit the last cleaned run and train without what it still flags"
+    )
     t.add_argument("--config", required=True)
     t.add_argument("--work", required=True, help="the folder `retrain` filled (flips.csv, noisy, cleaned)")
     t.add_argument("--round", type=int, default=2, help="which pass this is (names its outputs *_rN)")

@@ -7,6 +7,7 @@ generated 96 px images, 6 epochs) with `sequential` and with `loky` x 2 jobs, ti
 each `effens train`, and writes OUT/results.json. `--config configs/demo.yaml` times
 that config instead (three Lite members on the demo photos).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,12 @@ def main() -> None:
     res = {}
     for backend, jobs in (("sequential", 1), ("loky", args.jobs)):
         t0 = time.perf_counter()
-        train_run(str(path), str(out / backend), overrides=[f"parallel.backend={backend}",
-                                                            f"parallel.n_jobs={jobs}"], restart=True)
+        train_run(
+            str(path),
+            str(out / backend),
+            overrides=[f"parallel.backend={backend}", f"parallel.n_jobs={jobs}"],
+            restart=True,
+        )
         res[f"{backend}_x{jobs}_s"] = time.perf_counter() - t0
     res["speedup"] = res["sequential_x1_s"] / res[f"loky_x{args.jobs}_s"]
     (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")

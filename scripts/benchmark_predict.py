@@ -8,6 +8,7 @@ Alternative: for each member, a torchvision ImageFolder-style dataset (PIL decod
 Resize, CenterCrop, ToTensor, Normalize) and a DataLoader, the model under no_grad,
 then the probabilities averaged. Both are timed end to end from file paths.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,14 @@ def plain_proba(ens: BaggedEnsemble, paths: list[str], batch: int, workers: int)
     out = []
     for fm in ens.members_:
         inp = fm.inputs
-        tf = T.Compose([T.Resize(inp.resize_size, interpolation=T.InterpolationMode.BICUBIC),
-                        T.CenterCrop(inp.image_size), T.ToTensor(), T.Normalize(inp.mean, inp.std)])
+        tf = T.Compose(
+            [
+                T.Resize(inp.resize_size, interpolation=T.InterpolationMode.BICUBIC),
+                T.CenterCrop(inp.image_size),
+                T.ToTensor(),
+                T.Normalize(inp.mean, inp.std),
+            ]
+        )
         loader = torch.utils.data.DataLoader(FileDataset(paths, tf), batch_size=batch, num_workers=workers)
         # its own copy in the default memory format: effens converts its models in place
         model = copy.deepcopy(fm.model).to(memory_format=torch.contiguous_format).eval()
@@ -65,13 +72,19 @@ def main() -> None:
     paths = find_images(args.images)
     effens_proba(ens, paths[:32], args.batch_size)  # warm-up (allocator, lazy imports)
     plain_proba(ens, paths[:32], args.batch_size, 0)
-    res: dict = {"images": len(paths), "members": [fm.meta["architecture"] for fm in ens.members_],
-                 "torch_threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
+    res: dict = {
+        "images": len(paths),
+        "members": [fm.meta["architecture"] for fm in ens.members_],
+        "torch_threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(),
+    }
     timings: dict[str, list[float]] = {"effens": [], "plain_workers0": [], "plain_workers2": []}
     for _ in range(args.repeats):
-        for name, fn in (("effens", lambda: effens_proba(ens, paths, args.batch_size)),
-                         ("plain_workers0", lambda: plain_proba(ens, paths, args.batch_size, 0)),
-                         ("plain_workers2", lambda: plain_proba(ens, paths, args.batch_size, 2))):
+        for name, fn in (
+            ("effens", lambda: effens_proba(ens, paths, args.batch_size)),
+            ("plain_workers0", lambda: plain_proba(ens, paths, args.batch_size, 0)),
+            ("plain_workers2", lambda: plain_proba(ens, paths, args.batch_size, 2)),
+        ):
             t0 = time.perf_counter()
             proba = fn()
             timings[name].append(time.perf_counter() - t0)

@@ -9,6 +9,7 @@ wall time, the page's size, thumbnails made, and in Chromium (`chromium --headle
 the page's own `performance.now()` when its script finished (data-ready) plus the wall
 time of loading it with a click on the largest confusion cell.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,9 +46,13 @@ def cpu_model() -> str:
 
 def chromium_load(url: str, chromium: str, home: str) -> tuple[dict, float]:
     t0 = time.perf_counter()
-    dom = subprocess.run([chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000",
-                          "--dump-dom", url], capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ, HOME=home)).stdout
+    dom = subprocess.run(
+        [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, HOME=home),
+    ).stdout
     wall = time.perf_counter() - t0
     out = {}
     for key in ("data-ready", "data-selftest"):
@@ -75,15 +80,25 @@ def main_(argv=None) -> None:
     assert main(["evaluate", str(out / "run"), str(out / "many"), "--out", str(out / "ev"), "-q"]) == 0
     evaluate_s = time.perf_counter() - t0
     page = out / "ev/index.html"
-    result = {"date": datetime.date.today().isoformat(), "images": per_class * len(synth.CLASSES),
-              "evaluate_s": round(evaluate_s, 1), "page_mb": round(page.stat().st_size / 1e6, 2),
-              "thumbnails": len(list((out / "ev/thumbs").iterdir())),
-              "cpu": cpu_model(), "python": platform.python_version()}
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "images": per_class * len(synth.CLASSES),
+        "evaluate_s": round(evaluate_s, 1),
+        "page_mb": round(page.stat().st_size / 1e6, 2),
+        "thumbnails": len(list((out / "ev/thumbs").iterdir())),
+        "cpu": cpu_model(),
+        "python": platform.python_version(),
+    }
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium:
         got, wall = chromium_load(page.resolve().as_uri() + "#selftest", chromium, str(out))
-        result.update({"chromium_script_done_ms": int(got.get("data-ready", -1)),
-                       "chromium_wall_s_with_click": round(wall, 2), "selftest": json.loads(got["data-selftest"])})
+        result.update(
+            {
+                "chromium_script_done_ms": int(got.get("data-ready", -1)),
+                "chromium_wall_s_with_click": round(wall, 2),
+                "selftest": json.loads(got["data-selftest"]),
+            }
+        )
     print(json.dumps(result, indent=2))
 
 

@@ -21,6 +21,7 @@ item 13), ``default`` (what effens now sets for itself when the user sets neithe
 once) and ``short`` (``GOMP_SPINCOUNT=10000``: spin briefly, then sleep). The trained weights' SHA-256 is recorded under every load and policy:
 it must be one value (the load never changes a number).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,12 @@ while True:
     opt.zero_grad(); nn.functional.cross_entropy(net(x), y).backward(); opt.step()
 """
 
-POLICIES = {"spin": {"GOMP_SPINCOUNT": "300000"}, "default": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
-            "short": {"GOMP_SPINCOUNT": "10000"}}
+POLICIES = {
+    "spin": {"GOMP_SPINCOUNT": "300000"},
+    "default": {},
+    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "short": {"GOMP_SPINCOUNT": "10000"},
+}
 LOADS = {"idle": None, "one": "1", "both": "2"}
 
 
@@ -86,11 +91,17 @@ def _free_port() -> int:
 
 def _post(url: str, path: Path) -> None:
     boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{path.name}\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + path.read_bytes() \
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{path.name}"\r\n'
+            f"Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + path.read_bytes()
         + f"\r\n--{boundary}--\r\n".encode()
-    req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    )
+    req = urllib.request.Request(
+        url, data=body, method="POST", headers={"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
     with urllib.request.urlopen(req, timeout=300) as r:
         r.read()
 
@@ -126,8 +137,12 @@ def _config(work: Path, epochs: int) -> Path:
     member = demo["members"][0]
     member["image_size"] = 128
     member["train"]["epochs"] = epochs
-    cfg = {"seed": 0, "data": {k: str(ROOT / v) for k, v in demo["data"].items()},
-           "members": [member], "combiner": {"strategy": "soft"}}
+    cfg = {
+        "seed": 0,
+        "data": {k: str(ROOT / v) for k, v in demo["data"].items()},
+        "members": [member],
+        "combiner": {"strategy": "soft"},
+    }
     path = work / "bench.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -146,16 +161,23 @@ def _one(work: Path, policy: str, load: str, epochs: int, requests: int) -> dict
     try:
         train_s = _timed(_effens("train", str(_config(work, epochs)), "--out", str(run), "-q"), env)
         test = ROOT / "data" / "demo" / "test"
-        predict_s = _timed(_effens("predict", str(run), str(test), "--out", str(work / f"p-{policy}-{load}.csv"),
-                                   "-q"), env)
+        predict_s = _timed(
+            _effens("predict", str(run), str(test), "--out", str(work / f"p-{policy}-{load}.csv"), "-q"), env
+        )
         serve_s = _serve(run, sorted(test.rglob("*.jpg")), env, requests)
     finally:
         if loader is not None:
             loader.kill()
             loader.wait()
     weights = next(run.glob("members/*/model.safetensors"))
-    return {"policy": policy, "load": load, "train_s": round(train_s, 1), "predict_s": round(predict_s, 1),
-            "serve_s": round(serve_s, 1), "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    return {
+        "policy": policy,
+        "load": load,
+        "train_s": round(train_s, 1),
+        "predict_s": round(predict_s, 1),
+        "serve_s": round(serve_s, 1),
+        "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+    }
 
 
 def main() -> None:
@@ -173,8 +195,15 @@ def main() -> None:
                 rows.append(_one(Path(tmp), policy, load, args.epochs, args.requests))
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     digests = {r["weights_sha256"] for r in rows}
-    report_json({"machine": machine(), "rows": rows, "same_weights_everywhere": len(digests) == 1,
-                 "command": " ".join(sys.argv)}, args.out)
+    report_json(
+        {
+            "machine": machine(),
+            "rows": rows,
+            "same_weights_everywhere": len(digests) == 1,
+            "command": " ".join(sys.argv),
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

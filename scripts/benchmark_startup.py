@@ -21,6 +21,7 @@ over --repeats rounds; the median counts:
 Also recorded: which modules the one-photo predict imported (torch, timm, sklearn) and
 ``python -X importtime`` of the largest imports. The CPU model and flags go with the figures.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,11 @@ def plain_main(run: str, images: str, workers: int) -> None:
         model.load_state_dict(load_file(str(d / "model.safetensors")))
         model.eval()
         size, bicubic = inp["image_size"], T.InterpolationMode.BICUBIC
-        look = ([T.Resize((size, size), interpolation=bicubic)] if inp.get("view") == "squash" else
-                [T.Resize(int(size / inp["crop_pct"]), interpolation=bicubic), T.CenterCrop(size)])
+        look = (
+            [T.Resize((size, size), interpolation=bicubic)]
+            if inp.get("view") == "squash"
+            else [T.Resize(int(size / inp["crop_pct"]), interpolation=bicubic), T.CenterCrop(size)]
+        )
         tf = T.Compose([*look, T.ToTensor(), T.Normalize(inp["mean"], inp["std"])])
         probs = []
         with torch.no_grad():
@@ -88,7 +92,7 @@ def import_table(cmd: list[str], top: int = 12) -> list[tuple[str, float]]:
     roots = []
     for line in done.stderr.splitlines():
         if line.startswith("import time:") and line.count("|") == 2:
-            _, cumulative, name = line[len("import time:"):].split("|")
+            _, cumulative, name = line[len("import time:") :].split("|")
             if cumulative.strip().isdigit() and not name[1:].startswith(" "):  # top level: one space
                 roots.append((name.strip(), int(cumulative) / 1e6))
     return sorted(roots, key=lambda r: -r[1])[:top]
@@ -115,29 +119,59 @@ def main() -> None:
     from members.precision import cpu_info
 
     bf16 = "avx512_bf16" in cpu_info()[1] or "amx_bf16" in cpu_info()[1]
-    res: dict = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
-                 "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                          text=True, cwd=HERE.parent).stdout.strip(),
-                 "run": args.run, "images": len(images), "repeats": args.repeats}
+    res: dict = {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": machine(),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE.parent
+        ).stdout.strip(),
+        "run": args.run,
+        "images": len(images),
+        "repeats": args.repeats,
+    }
     res["first_predict_one_s"] = timed([*effens, "predict", args.run, one, "--out", str(tmp / "first.csv")])
-    probe = subprocess.run([sys.executable, "-c",
-                            "import sys\nfrom ensemble.cli import main\n"
-                            f"sys.argv=['effens','predict',{args.run!r},{one!r},'--out',{str(tmp / 'probe.csv')!r}]\n"
-                            "try:\n    main()\nexcept SystemExit:\n    pass\n"
-                            "import json\nprint(json.dumps([m for m in ('torch','timm','sklearn','scipy','torchvision') "
-                            "if m in sys.modules]))"], capture_output=True, text=True)
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom ensemble.cli import main\n"
+            f"sys.argv=['effens','predict',{args.run!r},{one!r},'--out',{str(tmp / 'probe.csv')!r}]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "import json\nprint(json.dumps([m for m in ('torch','timm','sklearn','scipy','torchvision') "
+            "if m in sys.modules]))",
+        ],
+        capture_output=True,
+        text=True,
+    )
     res["one_photo_heavy_imports"] = json.loads(probe.stdout.strip().splitlines()[-1])
     cases = {
         "help": [*effens, "--help"],
         "predict_one": [*effens, "predict", args.run, one, "--out", str(tmp / "one.csv")],
         "predict_all": [*effens, "predict", args.run, args.images, "--out", str(tmp / "all.csv")],
         "plain_workers0": [sys.executable, str(HERE), "plain", "--run", args.run, "--images", args.images],
-        "plain_workers2": [sys.executable, str(HERE), "plain", "--run", args.run, "--images", args.images,
-                           "--workers", "2"],
+        "plain_workers2": [
+            sys.executable,
+            str(HERE),
+            "plain",
+            "--run",
+            args.run,
+            "--images",
+            args.images,
+            "--workers",
+            "2",
+        ],
     }
     if bf16:
-        cases["predict_all_bf16"] = [*effens, "predict", args.run, args.images, "--precision", "bf16",
-                                     "--out", str(tmp / "all_bf16.csv")]
+        cases["predict_all_bf16"] = [
+            *effens,
+            "predict",
+            args.run,
+            args.images,
+            "--precision",
+            "bf16",
+            "--out",
+            str(tmp / "all_bf16.csv"),
+        ]
     walls: dict[str, list[float]] = {k: [] for k in cases}
     for r in range(args.repeats):
         for name, cmd in cases.items():
@@ -147,14 +181,17 @@ def main() -> None:
     res["wall_all_s"] = {k: [round(x, 3) for x in v] for k, v in walls.items()}
     plain = min(res["wall_s"]["plain_workers0"], res["wall_s"]["plain_workers2"])
     res["speedup_all_vs_best_plain"] = round(plain / res["wall_s"]["predict_all"], 2)
-    res["img_s"] = {"effens": round(len(images) / res["wall_s"]["predict_all"], 1),
-                    "plain_best": round(len(images) / plain, 1)}
+    res["img_s"] = {
+        "effens": round(len(images) / res["wall_s"]["predict_all"], 1),
+        "plain_best": round(len(images) / plain, 1),
+    }
     if bf16:
         a, b = predictions(str(tmp / "all.csv")), predictions(str(tmp / "all_bf16.csv"))
         res["bf16_agreement_with_fp32"] = round(sum(a[k] == b[k] for k in a) / len(a), 4)
         res["speedup_bf16_vs_fp32"] = round(res["wall_s"]["predict_all"] / res["wall_s"]["predict_all_bf16"], 2)
-    res["importtime_predict_one_s"] = import_table(["-m", "ensemble", "predict", args.run, one,
-                                                    "--out", str(tmp / "imp.csv")])
+    res["importtime_predict_one_s"] = import_table(
+        ["-m", "ensemble", "predict", args.run, one, "--out", str(tmp / "imp.csv")]
+    )
     report_json(res, args.out)
 
 

@@ -6,6 +6,7 @@ Runs `effens tune CONFIG` and one `effens train CONFIG` (the cost of one candida
 the plain way), then writes OUT/results.json with both times and
 tune_s / (candidates x train_s).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,9 @@ def main() -> None:
     p.add_argument("--out", default="runs/vds-tune-bench")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     out = Path(args.out)
     t0 = time.perf_counter()
     summary = tune_run(args.config, str(out / "tune"), args.overrides)
@@ -34,8 +36,13 @@ def main() -> None:
     train_run(args.config, str(out / "train"), overrides=args.overrides)
     train_s = time.perf_counter() - t0
     n = summary["candidates"]
-    res = {"candidates": n, "tune_s": tune_s, "one_train_s": train_s,
-           "ratio_vs_n_trainings": tune_s / (n * train_s), "best": summary["best"]}
+    res = {
+        "candidates": n,
+        "tune_s": tune_s,
+        "one_train_s": train_s,
+        "ratio_vs_n_trainings": tune_s / (n * train_s),
+        "best": summary["best"],
+    }
     (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
     names = [k[:-6] for k in summary["best"] if k.endswith("_ratio")]
     print(table_text(summary["rows"], names, top=n))

@@ -17,6 +17,7 @@
 
 Everything is selected on val or OOB; the test split is only reported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,10 @@ from members.precision import describe_cpu
 
 log = logging.getLogger("benchmark_vds")
 
-PUBLISHED = {"best single model (ResNet-18 + photometric aug.)": 0.7370,
-             "best ensemble (ResNet-18 + DeiT-Small, weighted)": 0.7761}
+PUBLISHED = {
+    "best single model (ResNet-18 + photometric aug.)": 0.7370,
+    "best ensemble (ResNet-18 + DeiT-Small, weighted)": 0.7761,
+}
 
 
 def _n_per_class(paths: list[str], labels: list[str], n: int) -> list[int]:
@@ -101,8 +104,9 @@ def throughput(spec, train_dir: Path, n_images: int, classes: list[str], precisi
         frozen = [m for m0, m in zip(plain.model.modules(), model.modules()) if id(m0) in frozen_ids]
         opt = torch.optim.AdamW(param_groups(model, cfg.train.lr, cfg.train.weight_decay), lr=cfg.train.lr)
         loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg.train.label_smoothing)
-        loader = torch.utils.data.DataLoader(Files(), batch_size=cfg.train.batch_size, shuffle=True,
-                                             num_workers=workers, drop_last=True)
+        loader = torch.utils.data.DataLoader(
+            Files(), batch_size=cfg.train.batch_size, shuffle=True, num_workers=workers, drop_last=True
+        )
         set_train_mode(model, frozen, True)
         seen, t0 = 0, None
         for step, (xb, yb) in enumerate(loader):
@@ -141,25 +145,43 @@ def throughput(spec, train_dir: Path, n_images: int, classes: list[str], precisi
         decode_s = time.perf_counter() - t0
         val = eval_tensor(arrays[:8], member.inputs)
         warm = np.arange(2 * cfg.train.batch_size)  # warm-up pass (allocator, kernels), not timed
-        train_member(member, cfg.train, TrainData(arrays, y, warm, val, y[:8]),
-                     TrainRun("warm-up", 0, cpu, score, prec))
-        res = train_member(member, cfg.train, TrainData(arrays, y, np.arange(len(arrays)), val, y[:8]),
-                           TrainRun("throughput", 0, cpu, score, prec))
+        train_member(
+            member, cfg.train, TrainData(arrays, y, warm, val, y[:8]), TrainRun("warm-up", 0, cpu, score, prec)
+        )
+        res = train_member(
+            member,
+            cfg.train,
+            TrainData(arrays, y, np.arange(len(arrays)), val, y[:8]),
+            TrainRun("throughput", 0, cpu, score, prec),
+        )
         # the one-off decode is shared by every member and epoch: charge it once to this pass
-        passes[mode] = {"img_s": len(arrays) / (decode_s + res.history[0]["seconds"]),  # + 8-image val pass
-                        "decode_s": decode_s, "allocator": res.allocator}
+        passes[mode] = {
+            "img_s": len(arrays) / (decode_s + res.history[0]["seconds"]),  # + 8-image val pass
+            "decode_s": decode_s,
+            "allocator": res.allocator,
+        }
         log.info("effens, C allocator %s: %.1f img/s", res.allocator, passes[mode]["img_s"])
     passes.setdefault("system", passes["default"])
     effens_img_s = passes["default"]["img_s"]
-    return {"member": cfg.name, "model": cfg.model, "image_size": member.inputs.image_size,
-            "effens_precision": prec.name, "effens_precision_reason": prec.reason,
-            "effens_allocator": passes["default"]["allocator"],
-            "batch_size": cfg.train.batch_size, "freeze": cfg.train.freeze, "augment": cfg.train.augment,
-            "images": len(paths), "effens_img_s": effens_img_s, "effens_decode_s": passes["default"]["decode_s"],
-            "effens_system_allocator_img_s": passes["system"]["img_s"],
-            "plain_img_s": plain_img_s, "plain_img_s_by_workers": results,
-            "ratio": effens_img_s / plain_img_s,  # effens as it runs vs the plain loop on glibc's defaults
-            "ratio_system_allocator": passes["system"]["img_s"] / plain_img_s}  # both on glibc's defaults
+    return {
+        "member": cfg.name,
+        "model": cfg.model,
+        "image_size": member.inputs.image_size,
+        "effens_precision": prec.name,
+        "effens_precision_reason": prec.reason,
+        "effens_allocator": passes["default"]["allocator"],
+        "batch_size": cfg.train.batch_size,
+        "freeze": cfg.train.freeze,
+        "augment": cfg.train.augment,
+        "images": len(paths),
+        "effens_img_s": effens_img_s,
+        "effens_decode_s": passes["default"]["decode_s"],
+        "effens_system_allocator_img_s": passes["system"]["img_s"],
+        "plain_img_s": plain_img_s,
+        "plain_img_s_by_workers": results,
+        "ratio": effens_img_s / plain_img_s,  # effens as it runs vs the plain loop on glibc's defaults
+        "ratio_system_allocator": passes["system"]["img_s"] / plain_img_s,
+    }  # both on glibc's defaults
 
 
 def pick(metrics: dict) -> dict:
@@ -170,10 +192,14 @@ def seed_figures(doc: dict) -> dict:
     """One seed's test figures: each member, each strategy and the run's default ensemble
     (``combiner.strategy``; with ``auto``, chosen on val + OOB, never on test), plus its
     paired difference to that seed's best member on test (reported, not used to choose)."""
+
     def test(m: dict) -> dict:
         t = m["test"]
-        return {"macro_f1": t["macro_f1"], "weighted_f1": t["weighted_f1"],
-                **{f"recall_{c}": v["recall"] for c, v in t["per_class"].items()}}
+        return {
+            "macro_f1": t["macro_f1"],
+            "weighted_f1": t["weighted_f1"],
+            **{f"recall_{c}": v["recall"] for c, v in t["per_class"].items()},
+        }
 
     chosen = doc["strategy"]
     out = {f"member {n}": test(m) for n, m in doc["members"].items()}
@@ -181,8 +207,13 @@ def seed_figures(doc: dict) -> dict:
     out["ensemble (auto)"] = dict(test(doc["strategies"][chosen]))
     best = max(doc["members"], key=lambda n: doc["members"][n]["test"]["macro_f1"])
     diff = doc["strategies"][chosen]["test"]["macro_f1"] - doc["members"][best]["test"]["macro_f1"]
-    return {"chosen": chosen, "best_member": best, "diff_to_best_member": diff, "figures": out,
-            "choice": (doc.get("combiner") or {}).get("choice")}
+    return {
+        "chosen": chosen,
+        "best_member": best,
+        "diff_to_best_member": diff,
+        "figures": out,
+        "choice": (doc.get("combiner") or {}).get("choice"),
+    }
 
 
 def summarise(seeds: list[dict]) -> dict:
@@ -196,8 +227,11 @@ def summarise(seeds: list[dict]) -> dict:
     walls = np.array([s["wall_s"] for s in seeds])
     out["wall_s"] = {"mean": float(walls.mean()), "std": float(walls.std(ddof=1)) if len(walls) > 1 else 0.0}
     diffs = np.array([s["diff_to_best_member"] for s in seeds])
-    out["paired"] = {"mean_diff_to_best_member": float(diffs.mean()),
-                     "seeds_at_or_above_best_member": int((diffs >= 0).sum()), "seeds": len(diffs)}
+    out["paired"] = {
+        "mean_diff_to_best_member": float(diffs.mean()),
+        "seeds_at_or_above_best_member": int((diffs >= 0).sum()),
+        "seeds": len(diffs),
+    }
     return out
 
 
@@ -209,8 +243,13 @@ def run_seeds(args, overrides: list[str], out: Path) -> dict:
         t0 = time.perf_counter()
         doc = train_run(args.config, str(out / f"run-seed{k}"), overrides=[*overrides, f"seed={k}"])
         seeds.append(dict(seed_figures(doc), seed=k, wall_s=time.perf_counter() - t0))
-        log.info("seed %d: auto chose %s, test macro-F1 %.4f (%.0f s)", k, seeds[-1]["chosen"],
-                 seeds[-1]["figures"]["ensemble (auto)"]["macro_f1"], seeds[-1]["wall_s"])
+        log.info(
+            "seed %d: auto chose %s, test macro-F1 %.4f (%.0f s)",
+            k,
+            seeds[-1]["chosen"],
+            seeds[-1]["figures"]["ensemble (auto)"]["macro_f1"],
+            seeds[-1]["wall_s"],
+        )
     return {"seeds": seeds, "summary": summarise(seeds)}
 
 
@@ -225,12 +264,17 @@ def refit_seeds(args, out: Path) -> dict:
         run = out / f"run-seed{k}"
         old = json.loads((run / "report" / "metrics.json").read_text())
         t0 = time.perf_counter()
-        doc = refit_run_combiner(str(run), [o for o in args.overrides
-                                            if o.startswith(("combiner.", "decision.", "report."))])
+        doc = refit_run_combiner(
+            str(run), [o for o in args.overrides if o.startswith(("combiner.", "decision.", "report."))]
+        )
         wall = (old.get("timing") or {}).get("total_s", 0.0) + time.perf_counter() - t0
         seeds.append(dict(seed_figures(doc), seed=k, wall_s=wall, throughput=predict_throughput(run, doc)))
-        log.info("seed %d: auto chose %s, test macro-F1 %.4f", k, seeds[-1]["chosen"],
-                 seeds[-1]["figures"]["ensemble (auto)"]["macro_f1"])
+        log.info(
+            "seed %d: auto chose %s, test macro-F1 %.4f",
+            k,
+            seeds[-1]["chosen"],
+            seeds[-1]["figures"]["ensemble (auto)"]["macro_f1"],
+        )
     return {"seeds": seeds, "summary": summarise(seeds)}
 
 
@@ -253,7 +297,7 @@ def predict_throughput(run: Path, doc: dict) -> dict:
         timed.insert(1, ("greedy", "greedy"))  # the pool strategy, beside the chosen one
     for label, strategy in timed:
         names = comb.names(strategy) if strategy else comb.member_names
-        used = comb.uses(strategy)[:len(names)] if strategy else None
+        used = comb.uses(strategy)[: len(names)] if strategy else None
         t0 = time.perf_counter()
         ens.member_proba(arrays, used=used, pool=bool(strategy) and comb.pooled(strategy))
         out[label] = len(arrays) / (time.perf_counter() - t0)
@@ -264,29 +308,47 @@ def predict_throughput(run: Path, doc: dict) -> dict:
 
 def seeds_markdown(r: dict) -> str:
     summary, seeds = r["summary"], r["seeds"]
-    lines = ["| test | " + " | ".join(f"seed {s['seed']}" for s in seeds) + " | mean +- std |",
-             "|---|" + "---|" * (len(seeds) + 1)]
+    lines = [
+        "| test | " + " | ".join(f"seed {s['seed']}" for s in seeds) + " | mean +- std |",
+        "|---|" + "---|" * (len(seeds) + 1),
+    ]
     for who in seeds[0]["figures"]:
         for key in ("macro_f1", "weighted_f1", *sorted(k for k in seeds[0]["figures"][who] if k.startswith("recall_"))):
             m = summary[who][key]
-            lines.append(f"| {who} {key} | " + " | ".join(f"{s['figures'][who][key]:.4f}" for s in seeds)
-                         + f" | {m['mean']:.4f} +- {m['std']:.4f} |")
+            lines.append(
+                f"| {who} {key} | "
+                + " | ".join(f"{s['figures'][who][key]:.4f}" for s in seeds)
+                + f" | {m['mean']:.4f} +- {m['std']:.4f} |"
+            )
     w = summary["wall_s"]
     p = summary["paired"]
-    lines += ["", "strategy auto chose per seed: " + ", ".join(s["chosen"] for s in seeds)
-              + f"; wall time per seed {w['mean']:.0f} +- {w['std']:.0f} s",
-              "ensemble (auto) minus that seed's best member on test: "
-              + ", ".join(f"{s['diff_to_best_member']:+.4f} ({s['best_member']})" for s in seeds)
-              + f"; mean {p['mean_diff_to_best_member']:+.4f}; at or above it in "
-              f"{p['seeds_at_or_above_best_member']} of {p['seeds']} seeds"]
+    lines += [
+        "",
+        "strategy auto chose per seed: "
+        + ", ".join(s["chosen"] for s in seeds)
+        + f"; wall time per seed {w['mean']:.0f} +- {w['std']:.0f} s",
+        "ensemble (auto) minus that seed's best member on test: "
+        + ", ".join(f"{s['diff_to_best_member']:+.4f} ({s['best_member']})" for s in seeds)
+        + f"; mean {p['mean_diff_to_best_member']:+.4f}; at or above it in "
+        f"{p['seeds_at_or_above_best_member']} of {p['seeds']} seeds",
+    ]
     if all("throughput" in s for s in seeds):
-        lines.append("member inference on val (img/s, chosen strategy's members vs all): " + "; ".join(
-            f"seed {s['seed']}: {s['throughput']['chosen']:.1f} ({'+'.join(s['throughput']['members_used'])}) vs "
-            f"{s['throughput']['all members']:.1f}" for s in seeds))
+        lines.append(
+            "member inference on val (img/s, chosen strategy's members vs all): "
+            + "; ".join(
+                f"seed {s['seed']}: {s['throughput']['chosen']:.1f} ({'+'.join(s['throughput']['members_used'])}) vs "
+                f"{s['throughput']['all members']:.1f}"
+                for s in seeds
+            )
+        )
         if all("greedy" in s["throughput"] for s in seeds):
-            lines.append("greedy over the pool (img/s, the candidates it weighs): " + "; ".join(
-                f"seed {s['seed']}: {s['throughput']['greedy']:.1f} ({'+'.join(s['throughput']['greedy_uses'])})"
-                for s in seeds))
+            lines.append(
+                "greedy over the pool (img/s, the candidates it weighs): "
+                + "; ".join(
+                    f"seed {s['seed']}: {s['throughput']['greedy']:.1f} ({'+'.join(s['throughput']['greedy_uses'])})"
+                    for s in seeds
+                )
+            )
     return "\n".join(lines)
 
 
@@ -300,31 +362,51 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--throughput-only", action="store_true")
     p.add_argument("--seeds", type=int, default=0, help="train the recipe this many times (seeds 0..N-1)")
-    p.add_argument("--refit", action="store_true",
-                   help="with --seeds: refit the combiners of the runs already trained in --out (no training)")
+    p.add_argument(
+        "--refit",
+        action="store_true",
+        help="with --seeds: refit the combiners of the runs already trained in --out (no training)",
+    )
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     t_start = time.perf_counter()
     data = Path(args.data).resolve()
-    overrides = [f"data.train={data / 'train'}", f"data.val={data / 'val'}", f"data.test={data / 'test'}",
-                 *args.overrides]
+    overrides = [
+        f"data.train={data / 'train'}",
+        f"data.val={data / 'val'}",
+        f"data.test={data / 'test'}",
+        *args.overrides,
+    ]
     cfg = load_config(args.config, overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     classes = sorted(p.name for p in (data / "train").iterdir() if p.is_dir())
-    results: dict = {"config": args.config, "overrides": args.overrides, "data": str(data),
-                     "machine": {"processor": platform.processor() or platform.machine(),
-                                 "cpu": describe_cpu(),
-                                 "torch_threads": torch.get_num_threads(),
-                                 "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-                     "versions": {"torch": torch.__version__}}
+    results: dict = {
+        "config": args.config,
+        "overrides": args.overrides,
+        "data": str(data),
+        "machine": {
+            "processor": platform.processor() or platform.machine(),
+            "cpu": describe_cpu(),
+            "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "versions": {"torch": torch.__version__},
+    }
     if not args.skip_throughput:
-        results["throughput"] = throughput(cfg.members[0], data / "train", args.throughput_images, classes,
-                                           cfg.members[0].precision or cfg.precision)
+        results["throughput"] = throughput(
+            cfg.members[0], data / "train", args.throughput_images, classes, cfg.members[0].precision or cfg.precision
+        )
         t = results["throughput"]
-        log.info("throughput: effens %.1f img/s, plain %.1f img/s (%.2fx; %.2fx with the C allocator as it is)",
-                 t["effens_img_s"], t["plain_img_s"], t["ratio"], t["ratio_system_allocator"])
+        log.info(
+            "throughput: effens %.1f img/s, plain %.1f img/s (%.2fx; %.2fx with the C allocator as it is)",
+            t["effens_img_s"],
+            t["plain_img_s"],
+            t["ratio"],
+            t["ratio_system_allocator"],
+        )
     if args.seeds and args.refit:
         results.update(refit_seeds(args, out))
     elif args.seeds:
@@ -352,18 +434,28 @@ def markdown(r: dict) -> str:
     lines = [f"wall time {r['wall_s']:.0f} s, peak memory {r['peak_rss_mb']:.0f} MB", ""]
     if "throughput" in r:
         t = r["throughput"]
-        lines += [f"training throughput ({t['model']} @{t['image_size']}px, batch {t['batch_size']}, "
-                  f"freeze {t['freeze']}, {t['augment']}): effens {t['effens_img_s']:.1f} img/s, plain loop "
-                  f"{t['plain_img_s']:.1f} img/s -> {t['ratio']:.2f}x (C allocator left as it is: "
-                  f"{t['effens_system_allocator_img_s']:.1f} img/s, {t['ratio_system_allocator']:.2f}x)", ""]
+        lines += [
+            f"training throughput ({t['model']} @{t['image_size']}px, batch {t['batch_size']}, "
+            f"freeze {t['freeze']}, {t['augment']}): effens {t['effens_img_s']:.1f} img/s, plain loop "
+            f"{t['plain_img_s']:.1f} img/s -> {t['ratio']:.2f}x (C allocator left as it is: "
+            f"{t['effens_system_allocator_img_s']:.1f} img/s, {t['ratio_system_allocator']:.2f}x)",
+            "",
+        ]
     if "members" in r:
-        lines += ["| model | val acc | val macro-F1 | val weighted-F1 | test acc | test macro-F1 | "
-                  "test weighted-F1 |", "|---|---|---|---|---|---|---|"]
-        rows = list(r["members"].items()) + [(f"ensemble {k}" + (" (chosen on val)" if k == r["ensemble"]["strategy"]
-                                                               else ""), v) for k, v in r["strategies"].items()]
+        lines += [
+            "| model | val acc | val macro-F1 | val weighted-F1 | test acc | test macro-F1 | test weighted-F1 |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        rows = list(r["members"].items()) + [
+            (f"ensemble {k}" + (" (chosen on val)" if k == r["ensemble"]["strategy"] else ""), v)
+            for k, v in r["strategies"].items()
+        ]
         for who, m in rows:
-            lines.append(f"| {who} | " + " | ".join(f"{m[s][k]:.4f}" for s in ("val", "test")
-                                                    for k in ("accuracy", "macro_f1", "weighted_f1")) + " |")
+            lines.append(
+                f"| {who} | "
+                + " | ".join(f"{m[s][k]:.4f}" for s in ("val", "test") for k in ("accuracy", "macro_f1", "weighted_f1"))
+                + " |"
+            )
         lines += ["", "Published (test F1): " + "; ".join(f"{k}: {v:.4f}" for k, v in PUBLISHED.items())]
     return "\n".join(lines)
 

@@ -7,6 +7,7 @@ bit for bit; JSON documents after dropping what legitimately differs between two
 (wall times, absolute paths, library versions, hashes of files that hold paths); Markdown
 with paths and timings masked. Prints one line per file and exits 1 if anything differs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,9 +19,32 @@ from pathlib import Path
 import numpy as np
 
 #: JSON keys whose values are times, paths or environment, not results
-VOLATILE = {"timing", "train_seconds", "seconds", "wall_s", "total_s", "decode_s", "created", "versions", "root",
-            "source", "sources", "path", "paths", "config_path", "run", "weights_file", "hashes", "allocator",
-            "command", "reproduce", "fingerprint_files", "img_s", "images_per_second", "throughput"}
+VOLATILE = {
+    "timing",
+    "train_seconds",
+    "seconds",
+    "wall_s",
+    "total_s",
+    "decode_s",
+    "created",
+    "versions",
+    "root",
+    "source",
+    "sources",
+    "path",
+    "paths",
+    "config_path",
+    "run",
+    "weights_file",
+    "hashes",
+    "allocator",
+    "command",
+    "reproduce",
+    "fingerprint_files",
+    "img_s",
+    "images_per_second",
+    "throughput",
+}
 
 
 def _volatile(key: str) -> bool:
@@ -47,8 +71,10 @@ def compare(a: Path, b: Path, same: tuple[str, str] | None = None) -> list[tuple
     """One (file, verdict) per file of either run; ``same``: a path prefix of run ``a``'s data
     and the one that stands for it in ``b`` (two checkouts of the demo), masked in both."""
     out = []
-    files = sorted({p.relative_to(a) for p in a.rglob("*") if p.is_file()}
-                   | {p.relative_to(b) for p in b.rglob("*") if p.is_file()})
+    files = sorted(
+        {p.relative_to(a) for p in a.rglob("*") if p.is_file()}
+        | {p.relative_to(b) for p in b.rglob("*") if p.is_file()}
+    )
     for rel in files:
         pa, pb = a / rel, b / rel
         name = str(rel)
@@ -62,8 +88,9 @@ def compare(a: Path, b: Path, same: tuple[str, str] | None = None) -> list[tuple
             verdict = "same" if x.shape == y.shape and np.array_equal(x, y) else "DIFFERENT array"
         elif rel.suffix == ".json":
             try:
-                equal = (_clean(json.loads(_masked(pa, a, same, 0)), str(a))
-                         == _clean(json.loads(_masked(pb, b, same, 1)), str(b)))
+                equal = _clean(json.loads(_masked(pa, a, same, 0)), str(a)) == _clean(
+                    json.loads(_masked(pb, b, same, 1)), str(b)
+                )
             except ValueError:
                 equal = pa.read_bytes() == pb.read_bytes()
             verdict = "same" if equal else "DIFFERENT json"
@@ -86,8 +113,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("a", type=Path)
     ap.add_argument("b", type=Path)
     ap.add_argument("--only", nargs="*", default=None, help="glob patterns of files to compare (default: all)")
-    ap.add_argument("--same", nargs=2, metavar=("PREFIX_A", "PREFIX_B"), default=None,
-                    help="a path prefix in A's files and the one standing for it in B's (masked in both)")
+    ap.add_argument(
+        "--same",
+        nargs=2,
+        metavar=("PREFIX_A", "PREFIX_B"),
+        default=None,
+        help="a path prefix in A's files and the one standing for it in B's (masked in both)",
+    )
     args = ap.parse_args(argv)
     rows = compare(args.a.resolve(), args.b.resolve(), tuple(args.same) if args.same else None)
     if args.only:

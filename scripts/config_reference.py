@@ -1,5 +1,6 @@
 """The README's generated tables: the config reference (from the schema) and every registered
 extension point (from the registries). Print them, or `--write` them into README.md and docs/."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,8 +32,11 @@ def rows(cls, prefix: str = ""):
                 yield from rows(schema, f"{prefix}{name}.")
             continue
         inner = typing.get_args(tp)[0] if typing.get_origin(tp) is list else tp
-        optional = [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)] \
-            if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType")) else []
+        optional = (
+            [a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)]
+            if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType"))
+            else []
+        )
         if len(optional) == 1 and optional[0] is not C.SplitSource:  # an optional section: off unless given
             yield f"| `{key}` | mapping or null | null | {f.metadata.get('doc', '')} |"
             yield from rows(optional[0], key + ".")
@@ -73,10 +77,16 @@ def registry_table() -> str:
 
     out = ["| extension point | name | what it is | declares |", "|---|---|---|---|"]
     for name, cls in STRATEGIES.items():
-        own = [f"`combiner.{name}.{f.name}`" for f in dataclasses.fields(cls.settings_schema)] \
-            if cls.settings_schema else []
-        declares = ", ".join(own + [f"fitted on `combiner.{cls.source_key}`"] * bool(cls.source_key)
-                             + ["export graph"] * (cls.graph_head is not Strategy.graph_head))
+        own = (
+            [f"`combiner.{name}.{f.name}`" for f in dataclasses.fields(cls.settings_schema)]
+            if cls.settings_schema
+            else []
+        )
+        declares = ", ".join(
+            own
+            + [f"fitted on `combiner.{cls.source_key}`"] * bool(cls.source_key)
+            + ["export graph"] * (cls.graph_head is not Strategy.graph_head)
+        )
         out.append(f"| strategy (`@register`) | `{name}` | {_first_line(cls)} | {declares or '-'} |")
     for name, v in VIEWS.items():
         kind = "TTA only" if v.tta_only else "member or TTA" + ("; own training view" if v.train else "")
@@ -84,23 +94,32 @@ def registry_table() -> str:
     for name, r in RUNTIMES.items():
         auto = f"`auto` priority {r.auto}" if r.auto is not None else "never `auto`"
         needs = f"; needs `{r.package}`" if r.package else ""
-        out.append(f"| runtime (`@register`) | `{name}` | {_first_line(r.cls)} | {auto}; "
-                   f"{'/'.join(r.devices)}{needs} |")
+        out.append(
+            f"| runtime (`@register`) | `{name}` | {_first_line(r.cls)} | {auto}; {'/'.join(r.devices)}{needs} |"
+        )
     for name, src in SOURCES.items():
         prefix = f"prefix `{src.prefix}`, " if src.prefix else ""
-        out.append(f"| weights source (`@register_source`) | `{name}` | {_first_line(type(src))} | "
-                   f"{prefix}priority {src.priority} |")
-    for registry, kind in ((SPLIT_FIGURES, "figure per split (`@split_figure`)"),
-                           (MODEL_FIGURES, "figure per member and strategy (`@model_figure`)"),
-                           (SECTIONS, "report section (`@report_section`)")):
+        out.append(
+            f"| weights source (`@register_source`) | `{name}` | {_first_line(type(src))} | "
+            f"{prefix}priority {src.priority} |"
+        )
+    for registry, kind in (
+        (SPLIT_FIGURES, "figure per split (`@split_figure`)"),
+        (MODEL_FIGURES, "figure per member and strategy (`@model_figure`)"),
+        (SECTIONS, "report section (`@report_section`)"),
+    ):
         for name, fn in registry.items():
             out.append(f"| {kind} | `{name}` | {_first_line(fn)} | report.md and index.html |")
     for name, fn in DETECTORS.items():
-        out.append(f"| audit detector (`@detector`) | `{name}` | {_first_line(fn)} | audit.json, index.html, "
-                   f"the summary line |")
+        out.append(
+            f"| audit detector (`@detector`) | `{name}` | {_first_line(fn)} | audit.json, index.html, "
+            f"the summary line |"
+        )
     for name, r in ROUTES.items():
-        out.append(f"| serve route (`@route`) | `{name}` | {_first_line(r.endpoint)} | "
-                   f"{'needs the API key' if r.keyed else 'open'}; {r.response} |")
+        out.append(
+            f"| serve route (`@route`) | `{name}` | {_first_line(r.endpoint)} | "
+            f"{'needs the API key' if r.keyed else 'open'}; {r.response} |"
+        )
     return "\n".join(out)
 
 
@@ -130,8 +149,11 @@ def commands_table() -> str:
 
 
 #: which generated table goes into which file (between its markers)
-TARGETS = {"config-reference": ("docs/reference/config.md",), "registries": ("docs/reference/registries.md",),
-           "commands": ("README.md", "docs/reference/commands.md")}
+TARGETS = {
+    "config-reference": ("docs/reference/config.md",),
+    "registries": ("docs/reference/registries.md",),
+    "commands": ("README.md", "docs/reference/commands.md"),
+}
 
 
 def generated() -> dict[str, str]:
@@ -148,8 +170,12 @@ def write_docs(root: str = ".") -> None:
         for rel in paths:
             path = Path(root) / rel
             text = path.read_text(encoding="utf-8")
-            text, n = re.subn(rf"(<!-- {marker}:[^\n]*-->\n).*?(\n<!-- /{marker} -->)",
-                              lambda m: m.group(1) + bodies[marker] + m.group(2), text, flags=re.S)
+            text, n = re.subn(
+                rf"(<!-- {marker}:[^\n]*-->\n).*?(\n<!-- /{marker} -->)",
+                lambda m: m.group(1) + bodies[marker] + m.group(2),
+                text,
+                flags=re.S,
+            )
             if n != 1:
                 raise SystemExit(f"{path}: the {marker} markers were not found; nothing written")
             path.write_text(text, encoding="utf-8")

@@ -4,6 +4,7 @@
 
 A stratified random subset per split, shorter side resized to 160 px, JPEG quality 85.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--src", default="../shared/data/vds")
     p.add_argument("--out", default="data/demo")
-    p.add_argument("--per-class", nargs=3, type=int, default=[60, 30, 30],
-                   metavar=("TRAIN", "VAL", "TEST"))
+    p.add_argument("--per-class", nargs=3, type=int, default=[60, 30, 30], metavar=("TRAIN", "VAL", "TEST"))
     p.add_argument("--size", type=int, default=160)
     p.add_argument("--quality", type=int, default=85)
     p.add_argument("--seed", type=int, default=0)
@@ -57,12 +57,12 @@ def main() -> None:
             (out / split / cls_dir.name).mkdir(parents=True, exist_ok=True)
             for i in pick:
                 arr = decode_image(str(files[i]), args.size)
-                Image.fromarray(arr).save(out / split / cls_dir.name / files[i].name,
-                                          quality=args.quality)
+                Image.fromarray(arr).save(out / split / cls_dir.name / files[i].name, quality=args.quality)
             counts.setdefault(cls_dir.name, []).append(len(pick))
     rows += [f"| {c} | " + " | ".join(map(str, v)) + " |" for c, v in counts.items()]
-    (out / "README.md").write_text(LICENCE.format(counts="\n".join(rows), seed=args.seed,
-                                                  size=args.size, quality=args.quality))
+    (out / "README.md").write_text(
+        LICENCE.format(counts="\n".join(rows), seed=args.seed, size=args.size, quality=args.quality)
+    )
     log.info("wrote %s", out)
 
 

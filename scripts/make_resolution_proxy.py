@@ -9,6 +9,7 @@ reads resolution as severity scores well on val and badly on test. Among val pho
 least 224 px the tie is gone, and class balance keeps a majority class from hiding it
 (issue #39). Copies the chosen files into ``OUT/<class>/`` (seeded draw) and prints counts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,9 @@ def main(argv=None) -> None:
                 large.setdefault(label, []).append(path)
     missing = sorted(set(split.labels) - set(large))
     if missing:
-        raise SystemExit(f"{args.split}: no photo of at least {args.min_side} px in class(es) {', '.join(missing)}; "
-                         f"lower --min-side")
+        raise SystemExit(
+            f"{args.split}: no photo of at least {args.min_side} px in class(es) {', '.join(missing)}; lower --min-side"
+        )
     n = min(len(v) for v in large.values())
     out = Path(args.out)
     out.mkdir(parents=True)

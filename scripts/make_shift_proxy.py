@@ -10,6 +10,7 @@ quality ~75. Each proxy image: the centre 1.5:1 window of the photo, zoomed in t
 it, resized to shorter side 256 with an unsharp mask, saved as JPEG quality 90. Choosing
 a recipe on this proxy (and on val) keeps the test split out of every decision.
 """
+
 from __future__ import annotations
 
 import argparse

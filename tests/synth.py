@@ -1,4 +1,5 @@
 """Tiny generated image data sets for tests (no downloads, a few KB)."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,11 @@ def make_image(kind: str, rng: np.random.Generator, size: int = 40) -> Image.Ima
     arr = rng.integers(0, 60, size=(size, size, 3)).astype(np.uint8)
     yy, xx = np.mgrid[:size, :size]
     c = size / 2 + rng.uniform(-3, 3, 2)
-    color = np.array([220, 40, 40]) if kind == "circle" else (
-        np.array([40, 200, 40]) if kind == "stripes" else np.array([40, 40, 220]))
+    color = (
+        np.array([220, 40, 40])
+        if kind == "circle"
+        else (np.array([40, 200, 40]) if kind == "stripes" else np.array([40, 40, 220]))
+    )
     if kind == "circle":
         mask = (yy - c[0]) ** 2 + (xx - c[1]) ** 2 < (size / 3) ** 2
     elif kind == "stripes":
@@ -59,10 +63,19 @@ def make_dataset(root: str | Path, train: int = 16, val: int = 6, test: int = 6)
 def tiny_config(data: Path, epochs: int = 2, **extra) -> dict:
     """A three-member config of timm's tiny ``test_efficientnet`` at 32 px."""
     member = lambda name, ratio, replace: {  # noqa: E731
-        "name": name, "model": "test_efficientnet", "weights": "none", "image_size": 32,
+        "name": name,
+        "model": "test_efficientnet",
+        "weights": "none",
+        "image_size": 32,
         "bagging": {"ratio": ratio, "replace": replace, "stratify": True},
-        "train": {"epochs": epochs, "batch_size": 8, "lr": 3e-3, "augment": "none",
-                  "eval_batch_size": 32, "warmup_epochs": 0.0},
+        "train": {
+            "epochs": epochs,
+            "batch_size": 8,
+            "lr": 3e-3,
+            "augment": "none",
+            "eval_batch_size": 32,
+            "warmup_epochs": 0.0,
+        },
     }
     cfg = {
         "seed": 0,
@@ -101,8 +114,11 @@ def digest(folder: Path) -> dict:
     import hashlib
 
     folder = Path(folder)
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".effens.lock"}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != ".effens.lock"
+    }
 
 
 def copy_run(run: Path, dest: Path) -> Path:
@@ -128,13 +144,19 @@ class Server:
     def __init__(self, run, *extra, env=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([sys.executable, "-m", "ensemble", "serve", str(run), "--port", str(self.port),
-                                      *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**os.environ, **(env or {})})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ensemble", "serve", str(run), "--port", str(self.port), *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
         deadline = time.time() + 180
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"the server exited with {self.proc.returncode}: {self.proc.stdout.read()[-3000:]}")
+                raise AssertionError(
+                    f"the server exited with {self.proc.returncode}: {self.proc.stdout.read()[-3000:]}"
+                )
             try:
                 if http_get(self.url + "/v1/ready")[0] == 200:
                     return
@@ -170,11 +192,19 @@ def http_post(url, files=(), headers=None, body=None, content_type=None):
     if body is None:
         parts = []
         for field, name, data in files:
-            parts += [f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\n"
-                      f"Content-Type: application/octet-stream\r\n\r\n".encode(), data, b"\r\n"]
+            parts += [
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{name}"\r\n'
+                f"Content-Type: application/octet-stream\r\n\r\n".encode(),
+                data,
+                b"\r\n",
+            ]
         body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    req = urllib.request.Request(url, data=body, method="POST", headers={
-        "Content-Type": content_type or f"multipart/form-data; boundary={boundary}", **(headers or {})})
+    req = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": content_type or f"multipart/form-data; boundary={boundary}", **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(req, timeout=120) as r:
             return r.status, json.loads(r.read())

@@ -1,4 +1,5 @@
 """The C allocator setting under CPU training and torch inference (members/allocator.py)."""
+
 from __future__ import annotations
 
 import os
@@ -11,16 +12,22 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-glibc_only = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                                reason="the allocator setting applies to glibc only")
+glibc_only = pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+    reason="the allocator setting applies to glibc only",
+)
 
 
 def _python(code: str, **env: str) -> str:
-    full = {k: v for k, v in os.environ.items()  # the user's own malloc settings would win
-            if not (k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD", "EFFENS_MALLOC"))}
+    full = {
+        k: v
+        for k, v in os.environ.items()  # the user's own malloc settings would win
+        if not (k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD", "EFFENS_MALLOC"))
+    }
     full.update(PYTHONPATH=str(ROOT), **env)
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                         env=full, cwd=ROOT, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=full, cwd=ROOT, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout.strip()
 
@@ -131,7 +138,9 @@ def test_the_setting_is_recorded_and_made_once(monkeypatch):
 def test_elsewhere_than_glibc_nothing_is_changed_and_the_reason_is_given(monkeypatch):
     from members import allocator
 
-    for k in [k for k in os.environ if k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD", "EFFENS_MALLOC")]:
+    for k in [
+        k for k in os.environ if k.startswith("MALLOC_") or k in ("GLIBC_TUNABLES", "LD_PRELOAD", "EFFENS_MALLOC")
+    ]:
         monkeypatch.delenv(k)
     monkeypatch.setattr(allocator, "_state", None)
     monkeypatch.setattr(allocator.platform, "libc_ver", lambda: ("musl", "1.2"))

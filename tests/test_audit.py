@@ -1,5 +1,6 @@
 """`effens audit` (issue #25, first part): confident learning on out-of-sample probabilities,
 exact and near duplicates across splits, odd images, the page and its files."""
+
 import csv
 import json
 import os
@@ -117,8 +118,12 @@ def test_audit_of_a_run_finds_a_leaked_copy_and_writes_its_page(tiny_data, tmp_p
     assert doc["features"].endswith(", views crop, squash, letterbox)")
     assert doc["duplicates"]["leakage"] >= 1 and doc["duplicates"]["exact"] >= 1
     rows = list(csv.DictReader(open(out / "duplicates.csv")))
-    assert any(r["kind"] == "exact" and r["leakage"] == "True" and {r["a_path"], r["b_path"]}
-               == {str(leaked), str(data / "test" / "circle" / "leaked_copy.png")} for r in rows)
+    assert any(
+        r["kind"] == "exact"
+        and r["leakage"] == "True"
+        and {r["a_path"], r["b_path"]} == {str(leaked), str(data / "test" / "circle" / "leaked_copy.png")}
+        for r in rows
+    )
     assert set(doc["label_issues"]) <= {"train", "train (cross-fitted)", "val", "test"}
     assert doc["stats"]["train"]["images"] == 48
     # training images no member left out are scored by cross-fitted heads: together, every one
@@ -164,15 +169,20 @@ def test_exclude_and_relabel_round_trip_through_train_and_evaluate(tiny_data, tm
     assert main(["audit", str(run), "--out", str(tmp_path / "audit"), "--write-exclude", str(run / "x.txt")]) == 2
     assert not (run / "x.txt").exists() and not (tmp_path / "audit").exists()
     exclude = tmp_path / "exclude.txt"
-    assert main(["audit", str(run), "--out", str(tmp_path / "audit"), "--write-exclude", str(exclude),
-                 "--threshold", "1.0"]) == 0
+    assert (
+        main(
+            ["audit", str(run), "--out", str(tmp_path / "audit"), "--write-exclude", str(exclude), "--threshold", "1.0"]
+        )
+        == 0
+    )
     listed = [ln.split("#")[0].strip() for ln in exclude.read_text().splitlines() if not ln.startswith("#")]
     assert str(leaked) in listed  # the training twin of the copy in val
     # the relabel file: two training images moved to another class, by path relative to the CSV
     relabel = data / "relabel.csv"
     a, b = sorted((data / "train" / "circle").glob("*.png"))[:2]
-    relabel.write_text(f"path,given,suggested\ntrain/circle/{a.name},circle,square\ntrain/circle/{b.name},circle,"
-                       f"stripes\n")
+    relabel.write_text(
+        f"path,given,suggested\ntrain/circle/{a.name},circle,square\ntrain/circle/{b.name},circle,stripes\n"
+    )
     raw["data"].update(exclude=str(exclude), relabel=str(relabel))
     cfg.write_text(yaml.safe_dump(raw))
     got = load_dataset(load_config(str(cfg)).data, 0)
@@ -236,8 +246,13 @@ def test_similar_pairs_find_a_twin_by_its_features_and_never_a_distinct_image():
     pairs = similar_pairs(feats, 0.75)
     assert [(p["a"], p["b"]) for p in pairs] == [(7, 150)] and pairs[0]["cosine"] > 0.9
     assert similar_pairs(feats, 0.999) == []
-    merged = merge_pairs([{"a": 7, "b": 150, "kind": "near", "distance": 3, "mirrored": False},
-                          {"a": 1, "b": 2, "kind": "exact", "distance": 0, "mirrored": False}], pairs)
+    merged = merge_pairs(
+        [
+            {"a": 7, "b": 150, "kind": "near", "distance": 3, "mirrored": False},
+            {"a": 1, "b": 2, "kind": "exact", "distance": 0, "mirrored": False},
+        ],
+        pairs,
+    )
     assert [(p["kind"], p["cosine"] is not None) for p in merged] == [("exact", False), ("near", True)]
     assert merge_pairs([], pairs)[0]["kind"] == "similar"
 
@@ -279,8 +294,11 @@ def test_audit_without_a_run_flags_a_misfiled_photo_of_a_config_and_of_a_folder(
     moved = _shapes(data, swap=True, bad=True)
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(synth.tiny_config(data, epochs=1)))
-    for source, out in ((cfg, tmp_path / "from-config"), (data, tmp_path / "from-folder"),
-                        (data / "train", tmp_path / "one-folder")):
+    for source, out in (
+        (cfg, tmp_path / "from-config"),
+        (data, tmp_path / "from-folder"),
+        (data / "train", tmp_path / "one-folder"),
+    ):
         assert main(["audit", str(source), "--out", str(out)]) == 0, source
         doc = json.loads((out / "audit.json").read_text())
         assert doc["kind"] == "data" and doc["n_unreadable"] == 1
@@ -288,8 +306,10 @@ def test_audit_without_a_run_flags_a_misfiled_photo_of_a_config_and_of_a_folder(
         train = [r for r in rows if r["split"] == "train"]
         assert train and train[0]["path"] == str(moved), (source, train[:3])  # ranked first
         assert train[0]["given"] == "square" and train[0]["suggested"] == "circle"
-        assert any("unreadable" in r["what"] and r["path"].endswith("broken.png")
-                   for r in csv.DictReader(open(out / "odd_images.csv")))
+        assert any(
+            "unreadable" in r["what"] and r["path"].endswith("broken.png")
+            for r in csv.DictReader(open(out / "odd_images.csv"))
+        )
         assert "Data " in (out / "index.html").read_text()
     splits = json.loads((tmp_path / "from-folder" / "audit.json").read_text())["stats"]
     assert set(splits) == {"train", "val", "test"}
@@ -344,14 +364,18 @@ def test_audit_outputs_resolve_anywhere_and_odd_inputs_stay_one_line(tmp_path, m
         p.unlink()
     assert main(["audit", str(single), "--out", "single-audit"]) == 0
     # strict JSON (no NaN) although the one-image class has no threshold, and that image is not scored
-    doc = json.loads((tmp_path / "single-audit" / "audit.json").read_text(),
-                     parse_constant=lambda c: pytest.fail(f"{c} in audit.json"))
+    doc = json.loads(
+        (tmp_path / "single-audit" / "audit.json").read_text(),
+        parse_constant=lambda c: pytest.fail(f"{c} in audit.json"),
+    )
     crossed = doc["label_issues"]["train (cross-fitted)"]  # no fold holds two classes: nothing scored, said
     assert crossed["n_scored"] == 0 and crossed["n_not_scored"] == 7
     shutil.copytree(tmp_path / "data" / "square", single / "square")  # now the one image stands beside two classes
     assert main(["audit", str(single), "--out", "single-audit", "-q"]) == 0
-    doc = json.loads((tmp_path / "single-audit" / "audit.json").read_text(),
-                     parse_constant=lambda c: pytest.fail(f"{c} in audit.json"))
+    doc = json.loads(
+        (tmp_path / "single-audit" / "audit.json").read_text(),
+        parse_constant=lambda c: pytest.fail(f"{c} in audit.json"),
+    )
     crossed = doc["label_issues"]["train (cross-fitted)"]
     assert crossed["n_not_scored"] == 1 and crossed["n_scored"] == 13  # the one image has no score
     assert doc["features"].endswith(", views crop, squash, letterbox)")
@@ -396,8 +420,12 @@ def test_a_second_audit_rescores_the_images_the_run_left_out_with_its_ensemble(t
     assert main(["audit", str(run), "--out", str(tmp_path / "audit"), "--write-exclude", str(first)]) == 2
     assert f"is also an input of this command ({first})" in caplog.text and not (tmp_path / "audit").exists()
     second = tmp_path / "exclude2.txt"
-    assert main(["audit", str(run), "--out", str(tmp_path / "audit"), "--write-exclude", str(second),
-                 "--threshold", "0.01"]) == 0
+    assert (
+        main(
+            ["audit", str(run), "--out", str(tmp_path / "audit"), "--write-exclude", str(second), "--threshold", "0.01"]
+        )
+        == 0
+    )
     assert "of the 2 the run left out" in capsys.readouterr().out
     doc = json.loads((tmp_path / "audit" / "audit.json").read_text())
     left = doc["left_out"]
@@ -444,10 +472,15 @@ def test_a_second_exclude_list_clears_only_what_the_ensemble_scored_and_did_not_
     cleared = {a, d}  # left out, scored, not flagged; d was listed by its hash
     carried = carried_entries(str(old), cleared, {d: sig("ab" * 32), b: sig("00" * 32)})
     assert carried == sorted([b, c, e]) + ["ef" * 32]
-    row = lambda path, source, p: {"split": "train", "source": source, "path": path, "given": "x",  # noqa: E731
-                                   "suggested": "y", "self_confidence": p}
-    rows = [row(b, LEFT_OUT, 0.6), row(str(tmp_path / "new.png"), "OOB vote", 0.05),
-            row(str(tmp_path / "weak.png"), "OOB vote", 0.5)]
+
+    def row(path, source, p):
+        return {"split": "train", "source": source, "path": path, "given": "x", "suggested": "y", "self_confidence": p}
+
+    rows = [
+        row(b, LEFT_OUT, 0.6),
+        row(str(tmp_path / "new.png"), "OOB vote", 0.05),
+        row(str(tmp_path / "weak.png"), "OOB vote", 0.5),
+    ]
     listed = [ln.split("  #")[0] for ln in exclude_lines(rows, [], 0.1, carried)[1:]]
     # still flagged stays out whatever the threshold; a new flag needs it; nothing twice
     assert listed == [b, str(tmp_path / "new.png"), c, e, "ef" * 32]
@@ -516,16 +549,29 @@ def test_write_exclude_never_loses_a_file_a_person_or_the_audit_wrote(tmp_path, 
     def audit(write, out=out):
         capsys.readouterr()
         caplog.clear()
-        code = main(["audit", str(tmp_path / "data"), "--out", str(out), "--write-exclude", str(write),
-                     "--threshold", "1", "-q"])
+        code = main(
+            [
+                "audit",
+                str(tmp_path / "data"),
+                "--out",
+                str(out),
+                "--write-exclude",
+                str(write),
+                "--threshold",
+                "1",
+                "-q",
+            ]
+        )
         return code, capsys.readouterr().err + caplog.text
 
     assert audit(target)[0] == 0
     body = target.read_text()
     assert audit(target)[0] == 0 and target.read_text() == body  # effens's own list, unedited: written again
-    for bad, says in ((tmp_path, "is a folder; name a file"),
-                      (out / "label_issues.csv", f"is inside --out {out}"),
-                      (tmp_path / "new" / "x.txt", "is inside --out")):
+    for bad, says in (
+        (tmp_path, "is a folder; name a file"),
+        (out / "label_issues.csv", f"is inside --out {out}"),
+        (tmp_path / "new" / "x.txt", "is inside --out"),
+    ):
         code, text = audit(bad, out=tmp_path / "new" if bad.parent.name == "new" else out)
         assert code == 2 and f"--write-exclude {bad}: {says}" in text, text
     # --out not there yet: the list cannot be --out itself, nor a file --out would sit inside
@@ -554,12 +600,22 @@ def test_list_entries_match_through_linked_folders_and_names_holding_a_hash(tmp_
     circles[1].rename(odd[0])
     circles[2].rename(odd[1])
     listed = tmp_path / "exclude.txt"
-    listed.write_text(f"{odd[0]}  # exact copy of test image x.png\n{odd[1]}\n"
-                      f"{tmp_path / 'link' / 'train' / 'circle' / circles[0].name}  # through the link\n")
+    listed.write_text(
+        f"{odd[0]}  # exact copy of test image x.png\n{odd[1]}\n"
+        f"{tmp_path / 'link' / 'train' / 'circle' / circles[0].name}  # through the link\n"
+    )
     paths, _ = read_exclusions(str(listed))
     assert {str(odd[0]), str(odd[1])} <= paths
-    cfg = config_from_dict({"data": {"train": str(tmp_path / "link" / "train"), "val": str(tmp_path / "ds" / "val"),
-                                     "exclude": str(listed)}, "members": synth.tiny_config(tmp_path)["members"]})
+    cfg = config_from_dict(
+        {
+            "data": {
+                "train": str(tmp_path / "link" / "train"),
+                "val": str(tmp_path / "ds" / "val"),
+                "exclude": str(listed),
+            },
+            "members": synth.tiny_config(tmp_path)["members"],
+        }
+    )
     data = load_dataset(cfg.data, 0)
     assert data.changes["train"]["excluded"] == 3 and "name no image" not in caplog.text
     assert not {str(p) for p in (*odd, circles[0])} & set(data.train.paths)
@@ -587,8 +643,11 @@ def test_the_audit_keeps_what_people_wrote_and_says_what_it_cannot_list(tmp_path
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     shared = sorted((ds / "train" / "square").glob("*.png"))[0]
     val_csv = tmp_path / "val.csv"
-    val_csv.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in
-                                                sorted((ds / "val").glob("*/*.png"))) + f"{shared},square\n")
+    val_csv.write_text(
+        "path,label\n"
+        + "".join(f"{p},{p.parent.name}\n" for p in sorted((ds / "val").glob("*/*.png")))
+        + f"{shared},square\n"
+    )
     out, target = tmp_path / "audit", tmp_path / "exclude.txt"
 
     def audit(source, *extra):
@@ -675,9 +734,24 @@ def test_write_exclude_at_a_pipe_is_refused_without_reading_it(tmp_path, target)
         os.mkfifo(target)
     out = tmp_path / "audit"
     try:
-        done = subprocess.run([sys.executable, "-m", "ensemble", "audit", str(tmp_path / "data"), "--out", str(out),
-                               "--write-exclude", target, "--no-features"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ensemble",
+                "audit",
+                str(tmp_path / "data"),
+                "--out",
+                str(out),
+                "--write-exclude",
+                target,
+                "--no-features",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail(f"effens audit --write-exclude {target} hung")
     err = done.stderr.strip().splitlines()

@@ -1,4 +1,5 @@
 """Weight averaging (EMA, SWA), `train.select`, LP-FT and WiSE-FT (issue #13, items 3-4)."""
+
 import json
 
 import pytest
@@ -77,11 +78,14 @@ def _one_member(tiny_data, tmp_path, **train):
     return path
 
 
-@pytest.mark.parametrize("train", [
-    {"ema": 0.9, "select": "ema"},
-    {"swa_epochs": 2, "select": "swa", "lp_epochs": 2, "wise_alpha": 0.5},
-    {"lp_epochs": 1, "select": "last"},
-])
+@pytest.mark.parametrize(
+    "train",
+    [
+        {"ema": 0.9, "select": "ema"},
+        {"swa_epochs": 2, "select": "swa", "lp_epochs": 2, "wise_alpha": 0.5},
+        {"lp_epochs": 1, "select": "last"},
+    ],
+)
 def test_member_keeps_the_selected_weights_and_records_every_candidate(tiny_data, tmp_path, train):
     cfg = _one_member(tiny_data, tmp_path, **train)
     out = tmp_path / "run"
@@ -142,14 +146,17 @@ def test_resume_with_averages_gives_identical_weights(tiny_data, tmp_path, monke
         assert torch.equal(a[k], b[k]), k
 
 
-@pytest.mark.parametrize("train, message", [
-    ({"select": "ema"}, "`members.0.train.select` is ema but `members.0.train.ema` is not set"),
-    ({"select": "swa"}, "`members.0.train.select` is swa but `members.0.train.swa_epochs` is 0"),
-    ({"swa_epochs": 9}, "`members.0.train.swa_epochs` must be at most `members.0.train.epochs` (4); got 9"),
-    ({"wise_alpha": 0.5}, "needs `members.0.train.lp_epochs` > 0"),
-    ({"ema": 1.5}, "`members.0.train.ema` must be in (0, 1); got 1.5"),
-    ({"select": "mean"}, "`members.0.train.select`"),
-])
+@pytest.mark.parametrize(
+    "train, message",
+    [
+        ({"select": "ema"}, "`members.0.train.select` is ema but `members.0.train.ema` is not set"),
+        ({"select": "swa"}, "`members.0.train.select` is swa but `members.0.train.swa_epochs` is 0"),
+        ({"swa_epochs": 9}, "`members.0.train.swa_epochs` must be at most `members.0.train.epochs` (4); got 9"),
+        ({"wise_alpha": 0.5}, "needs `members.0.train.lp_epochs` > 0"),
+        ({"ema": 1.5}, "`members.0.train.ema` must be in (0, 1); got 1.5"),
+        ({"select": "mean"}, "`members.0.train.select`"),
+    ],
+)
 def test_bad_averaging_settings_are_one_line_errors(tiny_data, tmp_path, caplog, train, message):
     cfg = _one_member(tiny_data, tmp_path, **train)
     assert main(["train", str(cfg), "--out", str(tmp_path / "run")]) == 2

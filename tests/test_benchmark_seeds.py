@@ -1,4 +1,5 @@
 """scripts/benchmark_vds.py --seeds: per-seed figures and their mean +- std (on tiny data)."""
+
 import json
 import sys
 from pathlib import Path
@@ -17,8 +18,9 @@ def test_seeds_table(tiny_data, tmp_path):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(synth.tiny_config(tiny_data, epochs=1)))
     out = tmp_path / "bench"
-    benchmark_vds.main(["--data", str(tiny_data), "--out", str(out), "--config", str(cfg), "--seeds", "2",
-                        "--skip-throughput"])
+    benchmark_vds.main(
+        ["--data", str(tiny_data), "--out", str(out), "--config", str(cfg), "--seeds", "2", "--skip-throughput"]
+    )
     r = json.loads((out / "results.json").read_text())
     assert [s["seed"] for s in r["seeds"]] == [0, 1]
     assert (out / "run-seed0/report/metrics.json").is_file() and (out / "run-seed1/report/metrics.json").is_file()
@@ -37,8 +39,22 @@ def test_seeds_table(tiny_data, tmp_path):
     # --refit: the same runs' combiners fitted again (here: strategy auto), no training
     for k in (0, 1):
         (out / f"run-seed{k}" / ".effens.lock").unlink(missing_ok=True)
-    benchmark_vds.main(["--data", str(tiny_data), "--out", str(out), "--config", str(cfg), "--seeds", "2",
-                        "--skip-throughput", "--refit", "--set", "combiner.strategy=auto"])
+    benchmark_vds.main(
+        [
+            "--data",
+            str(tiny_data),
+            "--out",
+            str(out),
+            "--config",
+            str(cfg),
+            "--seeds",
+            "2",
+            "--skip-throughput",
+            "--refit",
+            "--set",
+            "combiner.strategy=auto",
+        ]
+    )
     again = json.loads((out / "results.json").read_text())
     assert [s["figures"]["member a"] for s in again["seeds"]] == [s["figures"]["member a"] for s in r["seeds"]]
     assert all(s["throughput"]["chosen"] > 0 and s["throughput"]["all members"] > 0 for s in again["seeds"])

@@ -47,8 +47,7 @@ def test_stacking_matches_sklearn_and_is_deterministic():
     p, y = members(2)
     coef, intercept = fit_stacking(p, y, 3, C=0.5)
     clf = LogisticRegression(C=0.5, max_iter=2000).fit(stacking_features(p), y)
-    np.testing.assert_allclose(stacking_proba(p, coef, intercept),
-                               clf.predict_proba(stacking_features(p)), atol=1e-6)
+    np.testing.assert_allclose(stacking_proba(p, coef, intercept), clf.predict_proba(stacking_features(p)), atol=1e-6)
     again = fit_stacking(p, y, 3, C=0.5)
     np.testing.assert_array_equal(coef, again[0])
 
@@ -88,7 +87,9 @@ def test_strategy_auto_takes_the_simplest_tie_of_strategies_not_fitted_on_val(st
     p_val, y_val = members(3, quality=(1.5, 0.4, 0.0))
     p_oob, y_oob = members(4, quality=(1.5, 0.4, 0.0))
     data = FitData(p_val, y_val, p_oob, y_oob, np.ones(p_oob.shape[:2], dtype=bool))
-    settings = CombinerConfig(strategy="auto", weights="auto", sections={"stacking": StackingSettings(source=stacking_source)})
+    settings = CombinerConfig(
+        strategy="auto", weights="auto", sections={"stacking": StackingSettings(source=stacking_source)}
+    )
     comb = fit_combiner(settings, ["a", "b", "c"], ["x", "y", "z"], data)
     table = comb.choice["table"]
     # eligible: fitted on OOB or not at all, with probabilities (log loss ranks them); never hard
@@ -105,6 +106,7 @@ def test_strategy_auto_takes_the_simplest_tie_of_strategies_not_fitted_on_val(st
     soft_val = comb.apply(p_val, "soft")[1]
     soft_oob = comb.get("soft").apply_oob(p_oob, np.ones(p_oob.shape[:2], dtype=bool))[2]
     assert table["soft"]["log_loss"] == pytest.approx(
-        log_loss(np.concatenate([y_val, y_oob]), np.concatenate([soft_val, soft_oob])))
+        log_loss(np.concatenate([y_val, y_oob]), np.concatenate([soft_val, soft_oob]))
+    )
     again = Combiner.from_state(*comb.state())
     assert again.strategy == comb.strategy and again.choice == comb.choice

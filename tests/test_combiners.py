@@ -5,11 +5,13 @@ from ensemble.combining.strategies import STRATEGIES, strategy_class
 from ensemble.combining.votes import hard_vote, soft_vote, vote_shares
 
 # 3 members, 4 samples, 3 classes; worked out by hand below.
-P = np.array([
-    [[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.4, 0.4, 0.2], [0.1, 0.1, 0.8]],
-    [[0.5, 0.4, 0.1], [0.1, 0.2, 0.7], [0.1, 0.8, 0.1], [0.3, 0.6, 0.1]],
-    [[0.2, 0.7, 0.1], [0.3, 0.3, 0.4], [0.5, 0.2, 0.3], [0.2, 0.2, 0.6]],
-])
+P = np.array(
+    [
+        [[0.6, 0.3, 0.1], [0.2, 0.5, 0.3], [0.4, 0.4, 0.2], [0.1, 0.1, 0.8]],
+        [[0.5, 0.4, 0.1], [0.1, 0.2, 0.7], [0.1, 0.8, 0.1], [0.3, 0.6, 0.1]],
+        [[0.2, 0.7, 0.1], [0.3, 0.3, 0.4], [0.5, 0.2, 0.3], [0.2, 0.2, 0.6]],
+    ]
+)
 
 
 def test_soft_vote_by_hand():
@@ -65,9 +67,7 @@ def test_registry_dispatch_and_errors():
 
 
 def test_oob_combine_uses_only_members_that_left_the_sample_out():
-    seen = np.array([[True, False, False, True],
-                     [False, True, False, True],
-                     [True, True, True, True]])
+    seen = np.array([[True, False, False, True], [False, True, False, True], [True, True, True, True]])
     covered, pred, proba = strategy_class("soft")().apply_oob(P, ~seen)
     assert covered.tolist() == [0, 1, 2]  # sample 3 was seen by every member
     np.testing.assert_allclose(proba[0], P[1, 0])  # only member 1 left sample 0 out
@@ -82,7 +82,7 @@ def test_stacking_by_hand():
     # two members, one sample, two classes; features are log-probabilities [m0c0, m0c1, m1c0, m1c1]
     p = np.array([[[0.5, 0.5]], [[0.25, 0.75]]])
     coef = np.array([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])  # class 1 logit = log p(m1, c1)
-    intercept = np.array([np.log(0.75), 0.0])                        # class 0 logit = log 0.75
+    intercept = np.array([np.log(0.75), 0.0])  # class 0 logit = log 0.75
     np.testing.assert_allclose(stacking_proba(p, coef, intercept), [[0.5, 0.5]])
     coef[1, 3] = 0.0
     intercept = np.array([0.0, np.log(3.0)])

@@ -1,6 +1,7 @@
 """Commands are registered pieces (issue #42, item 1): `effens --help`, dispatch and the
 output rule come from the registry, so a command added from outside the package (a plugin
 or a new module) is listed, parsed and run with nothing else edited."""
+
 import pytest
 
 from ensemble.cli import build_parser, main
@@ -20,8 +21,7 @@ def hello():
         return 0
 
     load_commands()
-    cmd = command("hello", "say hello to a file", arguments, run, backend="training", output="file",
-                  inputs=("source",))
+    cmd = command("hello", "say hello to a file", arguments, run, backend="training", output="file", inputs=("source",))
     yield cmd, ran
     COMMANDS.remove("hello")
 

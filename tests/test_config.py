@@ -39,18 +39,24 @@ def test_valid_config_fills_defaults(tmp_path):
     assert cfg.data.train.folder == str(tmp_path / "train")
 
 
-@pytest.mark.parametrize("edit, needle", [
-    (("members.0.bagging.ratio", 1.5), "`members.0.bagging.ratio` must be in (0, 1]; got 1.5"),
-    (("members.0.bagging.ratio", 0), "`members.0.bagging.ratio` must be in (0, 1]; got 0"),
-    (("members.1.train.epochs", "three"), "`members.1.train.epochs` must be an integer; got 'three'"),
-    (("combiner.strategy", "median"), "`combiner.strategy` must be one of auto, hard, soft, weighted, stacking, greedy; got 'median'"),
-    (("members.0.model", "efficientnet_b99"), "`members.0.model` is not a timm model name"),
-    (("members.0.train.lerning_rate", 0.1), "unknown key `members.0.train.lerning_rate`"),
-    (("members.0.train.freeze", "half"), "`members.0.train.freeze` must be `none`, `backbone`"),
-    (("data.val_fraction", 1.0), "`data.val_fraction` must be in (0, 1)"),
-    (("combiner.weights", [1.0]), "`combiner.weights` must have one weight per member (2); got 1"),
-    (("combiner.weights", [-1.0, 2.0]), "`combiner.weights` must be non-negative"),
-])
+@pytest.mark.parametrize(
+    "edit, needle",
+    [
+        (("members.0.bagging.ratio", 1.5), "`members.0.bagging.ratio` must be in (0, 1]; got 1.5"),
+        (("members.0.bagging.ratio", 0), "`members.0.bagging.ratio` must be in (0, 1]; got 0"),
+        (("members.1.train.epochs", "three"), "`members.1.train.epochs` must be an integer; got 'three'"),
+        (
+            ("combiner.strategy", "median"),
+            "`combiner.strategy` must be one of auto, hard, soft, weighted, stacking, greedy; got 'median'",
+        ),
+        (("members.0.model", "efficientnet_b99"), "`members.0.model` is not a timm model name"),
+        (("members.0.train.lerning_rate", 0.1), "unknown key `members.0.train.lerning_rate`"),
+        (("members.0.train.freeze", "half"), "`members.0.train.freeze` must be `none`, `backbone`"),
+        (("data.val_fraction", 1.0), "`data.val_fraction` must be in (0, 1)"),
+        (("combiner.weights", [1.0]), "`combiner.weights` must have one weight per member (2); got 1"),
+        (("combiner.weights", [-1.0, 2.0]), "`combiner.weights` must be non-negative"),
+    ],
+)
 def test_errors_name_key_and_file(tmp_path, edit, needle):
     raw = yaml.safe_load(GOOD.format(root=tmp_path))
     node = raw
@@ -96,8 +102,10 @@ def test_duplicate_keys_and_python_tags_are_refused(tmp_path):
 
 def test_set_overrides_any_key(tmp_path):
     path = write(tmp_path, GOOD.format(root=tmp_path))
-    cfg = load_config(path, ["members.0.train.epochs=1", "combiner.strategy=soft",
-                             "members.1.bagging.replace=false", "data.test=/x/test"])
+    cfg = load_config(
+        path,
+        ["members.0.train.epochs=1", "combiner.strategy=soft", "members.1.bagging.replace=false", "data.test=/x/test"],
+    )
     assert cfg.members[0].train.epochs == 1
     assert cfg.combiner.strategy == "soft"
     assert cfg.members[1].bagging.replace is False
@@ -127,21 +135,25 @@ def test_resolved_config_round_trips(tmp_path):
 def test_a_nul_character_in_a_path_key_is_a_config_error_naming_the_key(key):
     from ensemble.config import ConfigError, apply_overrides, config_from_dict
 
-    raw = apply_overrides({"data": {"train": "x"}, "members": [{"name": "a", "model": "test_efficientnet"}]},
-                          [(key, "runs/a\x00b")])
+    raw = apply_overrides(
+        {"data": {"train": "x"}, "members": [{"name": "a", "model": "test_efficientnet"}]}, [(key, "runs/a\x00b")]
+    )
     with pytest.raises(ConfigError, match=f"`{key}` must not contain a NUL character"):
         config_from_dict(raw)
 
 
-@pytest.mark.parametrize("uri, want", [
-    ("file:./mlruns", "file://{cwd}/mlruns"),
-    ("sqlite:///mlflow.db", "sqlite:///{cwd}/mlflow.db"),
-    ("mlruns", "{cwd}/mlruns"),
-    ("file:///srv/mlruns", "file:///srv/mlruns"),
-    ("sqlite:////srv/mlflow.db", "sqlite:////srv/mlflow.db"),
-    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
-    ("databricks", "databricks"),
-])
+@pytest.mark.parametrize(
+    "uri, want",
+    [
+        ("file:./mlruns", "file://{cwd}/mlruns"),
+        ("sqlite:///mlflow.db", "sqlite:///{cwd}/mlflow.db"),
+        ("mlruns", "{cwd}/mlruns"),
+        ("file:///srv/mlruns", "file:///srv/mlruns"),
+        ("sqlite:////srv/mlflow.db", "sqlite:////srv/mlflow.db"),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+        ("databricks", "databricks"),
+    ],
+)
 def test_tracking_paths_resolve_against_the_working_folder_like_data_paths(tmp_path, monkeypatch, uri, want):
     """The config saved with a run names the same TensorBoard folder and MLflow store
     whichever folder a later command reads it from."""
@@ -177,15 +189,27 @@ def test_numbers_written_with_an_exponent_are_numbers_in_files_and_in_set(tiny_d
     text = yaml.safe_dump(raw).replace("lr: 0.003", "lr: 3e-3\n    weight_decay: 5E-2").replace("1e5", "'1e5'")
     cfg = write(tmp_path, text.replace("combiner: null", "combiner:\n  strategy: soft\n  auto: {se: .5}"))
     run = tmp_path / "run"
-    argv = ["train", str(cfg), "--out", str(run), "--set", "members.0.train.warmup_epochs=-.5e-0",
-            "--set", "members.0.train.lr=1e-3", "-q"]
+    argv = [
+        "train",
+        str(cfg),
+        "--out",
+        str(run),
+        "--set",
+        "members.0.train.warmup_epochs=-.5e-0",
+        "--set",
+        "members.0.train.lr=1e-3",
+        "-q",
+    ]
     assert main(argv) == 2 and "`members.0.train.warmup_epochs` must be in [0, 10000]; got -0.5" in caplog.text
     argv[5] = "members.0.train.warmup_epochs=1E-1"
     assert main(argv) == 0
     saved = load_config(run / "config.yaml")
     assert saved.members[0].name == "1e5" and saved.combiner.auto.se == 0.5
-    assert (saved.members[0].train.lr, saved.members[0].train.weight_decay,
-            saved.members[0].train.warmup_epochs) == (1e-3, 5e-2, 1e-1)
+    assert (saved.members[0].train.lr, saved.members[0].train.weight_decay, saved.members[0].train.warmup_epochs) == (
+        1e-3,
+        5e-2,
+        1e-1,
+    )
     caplog.clear()
     assert main(argv[:-1]) == 0 and "resuming the run" in caplog.text  # the saved config reads back the same
 
@@ -228,8 +252,7 @@ def test_yaml_merge_keys_work_and_alias_bombs_are_refused(tiny_data, tmp_path, c
 
     cfg = synth.tiny_config(tiny_data)
     text = yaml.safe_dump({k: v for k, v in cfg.items() if k != "members"})
-    text += ("members:\n  - &m {name: a, model: test_efficientnet, image_size: 32}\n"
-             "  - {<<: *m, name: b}\n")
+    text += "members:\n  - &m {name: a, model: test_efficientnet, image_size: 32}\n  - {<<: *m, name: b}\n"
     (tmp_path / "merge.yaml").write_text(text)
     assert [m.name for m in load_config(tmp_path / "merge.yaml").members] == ["a", "b"]
     bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n"
@@ -272,13 +295,36 @@ def test_schema_fuzz_any_value_validates_or_names_its_key(tmp_path):
 
     base = synth.tiny_config(tmp_path)
     keys = _leaf_keys()
-    scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
-                        st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20))
-    special = st.sampled_from([float("nan"), float("inf"), -float("inf"), -1, 0, 2**63, 10**9, "", "\0",
-                               [float("nan"), 1.0], [[0.0, float("nan")]]])
-    values = st.one_of(special, st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) |
-                                             st.dictionaries(st.text(max_size=8), inner, max_size=3),
-                                             max_leaves=8))
+    scalars = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**70), 2**70),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=20),
+    )
+    special = st.sampled_from(
+        [
+            float("nan"),
+            float("inf"),
+            -float("inf"),
+            -1,
+            0,
+            2**63,
+            10**9,
+            "",
+            "\0",
+            [float("nan"), 1.0],
+            [[0.0, float("nan")]],
+        ]
+    )
+    values = st.one_of(
+        special,
+        st.recursive(
+            scalars,
+            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+            max_leaves=8,
+        ),
+    )
 
     @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(key=st.sampled_from(keys), value=values)
@@ -317,9 +363,14 @@ def test_an_unknown_key_with_a_line_break_is_still_one_line(tmp_path):
     assert "\n" not in str(exc.value) and "unknown key `data.train.'\\n'`" in str(exc.value)
 
 
-@pytest.mark.parametrize("costs,needle", [([[0, 0], [0, 0]], "is all zeros"),
-                                          ([[5, 1], [1, 0]], "row 0: the correct answer"),
-                                          ([[0, 1], [1, 2]], "row 1: the correct answer")])
+@pytest.mark.parametrize(
+    "costs,needle",
+    [
+        ([[0, 0], [0, 0]], "is all zeros"),
+        ([[5, 1], [1, 0]], "row 0: the correct answer"),
+        ([[0, 1], [1, 2]], "row 1: the correct answer"),
+    ],
+)
 def test_cost_matrices_where_a_mistake_is_cheaper_are_refused(tmp_path, costs, needle):
     from ensemble.config import ConfigError, config_from_dict
 
@@ -334,7 +385,9 @@ def test_cost_matrices_where_a_mistake_is_cheaper_are_refused(tmp_path, costs, n
 def test_per_member_tune_ratios_are_accepted_through_yaml(tiny_data, tmp_path):
     from ensemble.config import load_config
 
-    text = yaml.safe_dump(synth.tiny_config(tiny_data)) + "tune:\n  ratios:\n    - [0.5, 0.8]\n    - [0.6]\n    - [1.0]\n"
+    text = (
+        yaml.safe_dump(synth.tiny_config(tiny_data)) + "tune:\n  ratios:\n    - [0.5, 0.8]\n    - [0.6]\n    - [1.0]\n"
+    )
     path = tmp_path / "t.yaml"
     path.write_text(text)
     assert load_config(path).tune.ratios == [[0.5, 0.8], [0.6], [1.0]]
@@ -347,8 +400,10 @@ def test_per_member_tune_ratios_are_accepted_through_yaml(tiny_data, tmp_path):
 
 def test_set_typos_are_blamed_on_set_not_the_file(tiny_data, tmp_path, fails):
     path = synth.config_file(tmp_path, tiny_data)
-    fails(main(["train", str(path), "--out", str(tmp_path / "r"), "--set", "combiner.stratgy=soft"]),
-          "--set combiner.stratgy=soft: unknown key `combiner.stratgy`")
+    fails(
+        main(["train", str(path), "--out", str(tmp_path / "r"), "--set", "combiner.stratgy=soft"]),
+        "--set combiner.stratgy=soft: unknown key `combiner.stratgy`",
+    )
 
 
 def test_config_rough_edges_have_one_line_each(tmp_path):
@@ -370,6 +425,8 @@ def test_config_rough_edges_have_one_line_each(tmp_path):
 
 def test_a_cost_matrix_with_a_cheaper_mistake_is_refused_by_train(tiny_data, tmp_path, fails):
     path = synth.config_file(tmp_path, tiny_data, epochs=1, decision={"costs": [[0, 1, 1], [1, 0, 1], [0, 1, 2]]})
-    fails(main(["train", str(path), "--out", str(tmp_path / "run")]),
-          "`decision.costs` row 2: the correct answer (column 2, cost 2) must not cost more than a mistake")
+    fails(
+        main(["train", str(path), "--out", str(tmp_path / "run")]),
+        "`decision.costs` row 2: the correct answer (column 2, cost 2) must not cost more than a mistake",
+    )
     assert not (tmp_path / "run").exists()

@@ -39,8 +39,10 @@ def test_empty_class_folder_is_an_error(tmp_path):
 
 
 def test_csv_manifest_relative_paths_and_extra_columns(tiny_data, tmp_path):
-    rows = [[f"../{tiny_data.name}/train/circle/circle_000.png", "circle", "x"],
-            [str(tiny_data / "train/square/square_001.png"), "square", ""]]
+    rows = [
+        [f"../{tiny_data.name}/train/circle/circle_000.png", "circle", "x"],
+        [str(tiny_data / "train/square/square_001.png"), "square", ""],
+    ]
     sub = tmp_path / "sub"
     sub.mkdir()
     # a relative path resolves against the CSV's own folder
@@ -52,8 +54,7 @@ def test_csv_manifest_relative_paths_and_extra_columns(tiny_data, tmp_path):
 
 
 def test_csv_custom_columns(tiny_data, tmp_path):
-    p = write_csv(tmp_path / "m.csv", [[str(tiny_data / "val/circle/circle_000.png"), "circle"]],
-                  header=("file", "y"))
+    p = write_csv(tmp_path / "m.csv", [[str(tiny_data / "val/circle/circle_000.png"), "circle"]], header=("file", "y"))
     assert len(load_csv(p, "file", "y")) == 1
     with pytest.raises(DataError, match="missing column"):
         load_csv(p)
@@ -61,8 +62,7 @@ def test_csv_custom_columns(tiny_data, tmp_path):
 
 def test_csv_problems_list_the_rows(tiny_data, tmp_path):
     good = str(tiny_data / "val/circle/circle_000.png")
-    p = write_csv(tmp_path / "m.csv", [[good, "circle", ""], [good, "circle", ""],
-                                       ["nope.png", "circle", ""]])
+    p = write_csv(tmp_path / "m.csv", [[good, "circle", ""], [good, "circle", ""], ["nope.png", "circle", ""]])
     with pytest.raises(DataError) as info:
         load_csv(p)
     msg = str(info.value)
@@ -127,8 +127,10 @@ def test_an_exclude_list_that_empties_val_or_test_is_refused_before_any_training
     listed.write_text("".join(f"{p.relative_to(tmp_path)}\n" for p in sorted((data / split).rglob("*.png"))))
     cfg = _list_config(tmp_path, data, exclude=listed)
     before = _tree(tmp_path)
-    for command in (["train", str(cfg), "--out", str(tmp_path / "run")],
-                    ["tune", str(cfg), "--out", str(tmp_path / "tuned"), "--yes"]):
+    for command in (
+        ["train", str(cfg), "--out", str(tmp_path / "run")],
+        ["tune", str(cfg), "--out", str(tmp_path / "tuned"), "--yes"],
+    ):
         code, err = _effens(command, capsys, caplog)
         assert code == 2 and "Traceback" not in err, err[-2000:]
         assert f"`data.exclude`: {listed}: leaves out all 18 images of the {split} split" in err
@@ -171,12 +173,15 @@ def test_a_list_that_names_no_image_and_an_image_in_both_lists_are_refused(tmp_p
     listed = tmp_path / "exclude.txt"
     listed.write_text(f"{one}\n")
     before = _tree(tmp_path)
-    for lists, message in (({"exclude": stale}, f"`data.exclude`: {stale}: none of its 2 entries names an image"),
-                           ({"relabel": elsewhere}, f"`data.relabel`: {elsewhere}: none of its 1 entries names an "
-                                                    f"image"),
-                           ({"exclude": listed, "relabel": relabel},
-                            f"{one}: is left out by `data.exclude` {listed} and relabelled 'square' by "
-                            f"`data.relabel` {relabel}; keep it in one list")):
+    for lists, message in (
+        ({"exclude": stale}, f"`data.exclude`: {stale}: none of its 2 entries names an image"),
+        ({"relabel": elsewhere}, f"`data.relabel`: {elsewhere}: none of its 1 entries names an image"),
+        (
+            {"exclude": listed, "relabel": relabel},
+            f"{one}: is left out by `data.exclude` {listed} and relabelled 'square' by "
+            f"`data.relabel` {relabel}; keep it in one list",
+        ),
+    ):
         cfg = _list_config(tmp_path, data, **lists)
         code, err = _effens(["train", str(cfg), "--out", str(tmp_path / "run")], capsys, caplog)
         assert code == 2 and message in err and "Traceback" not in err, err[-2000:]
@@ -209,8 +214,7 @@ def test_tiny_and_lopsided_data(tmp_path, fails):
     cfg["data"] = {"train": str(tiny)}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    fails(main(["train", str(path), "--out", str(tmp_path / "r1")]),
-          "cannot hold out a stratified validation set")
+    fails(main(["train", str(path), "--out", str(tmp_path / "r1")]), "cannot hold out a stratified validation set")
     # val with a single class and no OOB images (ratio 1 without replacement): stacking still fits
     one = tmp_path / "one/circle"
     one.mkdir(parents=True)
@@ -219,8 +223,7 @@ def test_tiny_and_lopsided_data(tmp_path, fails):
     for m in cfg["members"]:
         m["bagging"] = {"ratio": 1.0, "replace": False}
     path.write_text(yaml.safe_dump(cfg))
-    assert main(["train", str(path), "--out", str(tmp_path / "r2"), "-q",
-                 "--set", "combiner.strategy=stacking"]) == 0
+    assert main(["train", str(path), "--out", str(tmp_path / "r2"), "-q", "--set", "combiner.strategy=stacking"]) == 0
     # skipping unreadable images must not silently drop a whole class
     broken = tmp_path / "broken"
     shutil.copytree(tiny, broken)
@@ -228,8 +231,7 @@ def test_tiny_and_lopsided_data(tmp_path, fails):
         p.write_bytes(b"not a png")
     cfg["data"] = {"train": str(broken), "val": str(tiny), "on_bad_image": "skip"}
     path.write_text(yaml.safe_dump(cfg))
-    fails(main(["train", str(path), "--out", str(tmp_path / "r3")]),
-          "every image of class square was unreadable")
+    fails(main(["train", str(path), "--out", str(tmp_path / "r3")]), "every image of class square was unreadable")
 
 
 def test_input_files(trained, tiny_data, tmp_path, fails):
@@ -242,14 +244,11 @@ def test_input_files(trained, tiny_data, tmp_path, fails):
     row = (tmp_path / "p.csv").read_text().splitlines()[1]
     assert "more elongated than 20:1" in row
     latin = synth.write_file(tmp_path / "latin.csv", "path\ncaf\xe9.png\n".encode("latin-1"))
-    fails(main(["predict", str(run), str(latin), "--out", str(tmp_path / "q.csv")]),
-          "latin.csv: line 2: not UTF-8")
+    fails(main(["predict", str(run), str(latin), "--out", str(tmp_path / "q.csv")]), "latin.csv: line 2: not UTF-8")
     nul = synth.write_file(tmp_path / "nul.csv", b"path\na.png\nb\x00.png\n")
-    fails(main(["predict", str(run), str(nul), "--out", str(tmp_path / "q.csv")]),
-          "nul.csv: line 3: a NUL byte")
+    fails(main(["predict", str(run), str(nul), "--out", str(tmp_path / "q.csv")]), "nul.csv: line 3: a NUL byte")
     nopath = synth.write_file(tmp_path / "nopath.csv", b"path,note\n,x\n")
-    fails(main(["predict", str(run), str(nopath), "--out", str(tmp_path / "q.csv")]),
-          "nopath.csv: line 2: no path")
+    fails(main(["predict", str(run), str(nopath), "--out", str(tmp_path / "q.csv")]), "nopath.csv: line 2: no path")
 
 
 def test_a_fifo_among_images_is_skipped_not_opened(trained, tiny_data, tmp_path):
@@ -258,16 +257,33 @@ def test_a_fifo_among_images_is_skipped_not_opened(trained, tiny_data, tmp_path)
     shutil.copytree(tiny_data / "test/circle", folder)
     os.mkfifo(folder / "pipe.jpg")
     out = tmp_path / "p.csv"
-    proc = subprocess.run([sys.executable, "-m", "ensemble", "predict", str(run), str(folder), "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ensemble", "predict", str(run), str(folder), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "not regular files" in proc.stderr and "pipe.jpg" in proc.stderr
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 6 and not any("pipe" in r["path"] for r in rows)
     # named directly, it is an error row, not a hang
-    proc = subprocess.run([sys.executable, "-m", "ensemble", "predict", str(run), str(folder / "pipe.jpg"),
-                           str(sorted(folder.glob("*.png"))[0]), "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ensemble",
+            "predict",
+            str(run),
+            str(folder / "pipe.jpg"),
+            str(sorted(folder.glob("*.png"))[0]),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "not a regular file" in out.read_text()
 

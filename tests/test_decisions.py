@@ -1,4 +1,5 @@
 """Prediction sets, review and costs (ensemble/combining/decisions.py) and their doors (config, predict, reports)."""
+
 import csv
 import json
 import shutil
@@ -99,10 +100,12 @@ def test_predict_with_a_tiny_coverage_gives_the_smallest_sets(trained, tiny_data
     sizes = {}
     for coverage in ("1e-300", "1e-12", "0.001", "0.5", "0.9"):
         out = tmp_path / f"p{coverage}.csv"
-        assert main(["predict", str(run), str(tiny_data / "test"), "--out", str(out), "--coverage", coverage,
-                     "-q"]) == 0
-        sizes[coverage] = sum(len(r["prediction_set"].split("|")) if r["prediction_set"] else 0
-                              for r in csv.DictReader(out.open()))
+        assert (
+            main(["predict", str(run), str(tiny_data / "test"), "--out", str(out), "--coverage", coverage, "-q"]) == 0
+        )
+        sizes[coverage] = sum(
+            len(r["prediction_set"].split("|")) if r["prediction_set"] else 0 for r in csv.DictReader(out.open())
+        )
     assert list(sizes.values()) == sorted(sizes.values()), sizes
     assert sizes["1e-300"] == sizes["1e-12"] == sizes["0.001"], sizes
 
@@ -114,7 +117,7 @@ def test_cost_rule_by_hand():
     # image 1: 0.11, 1.03, 0.99 -> minor
     assert min_cost_decisions(p, costs).tolist() == [2, 0]
     got = cost_metrics(p, np.array([2, 0]), costs)
-    assert got["argmax"]["realised_cost"] == pytest.approx(5.0)   # (10 + 0) / 2
+    assert got["argmax"]["realised_cost"] == pytest.approx(5.0)  # (10 + 0) / 2
     assert got["min_cost"]["realised_cost"] == pytest.approx(0.0)
     assert got["min_cost"]["expected_cost"] == pytest.approx((0.9 + 0.11) / 2)
     assert got["argmax"]["expected_cost"] == pytest.approx((1.3 + 0.11) / 2)
@@ -150,14 +153,17 @@ def test_decider_report_on_a_shifted_split_says_coverage_fell():
 
 
 # ---------------------------------------------------------------- the doors
-@pytest.mark.parametrize("decision, message", [
-    ({"coverage": 1.0}, "`decision.coverage` must be in (0, 1); got 1.0"),
-    ({"review_rate": -0.1}, "`decision.review_rate` must be in [0, 1]; got -0.1"),
-    ({"costs": [[0, 1], [1, 0, 2]]}, "`decision.costs` must be a square matrix"),
-    ({"costs": [[0, -1, 1], [1, 0, 1], [1, 1, 0]]}, "`decision.costs` must hold finite non-negative numbers"),
-    ({"costs": [[0, 1], [1, 0]]}, "`decision.costs` must be 3 x 3 (classes circle, square, stripes); got 2 x 2"),
-    ({"review_rate": 0.1, "target_accuracy": 0.9}, "give one, not both"),
-])
+@pytest.mark.parametrize(
+    "decision, message",
+    [
+        ({"coverage": 1.0}, "`decision.coverage` must be in (0, 1); got 1.0"),
+        ({"review_rate": -0.1}, "`decision.review_rate` must be in [0, 1]; got -0.1"),
+        ({"costs": [[0, 1], [1, 0, 2]]}, "`decision.costs` must be a square matrix"),
+        ({"costs": [[0, -1, 1], [1, 0, 1], [1, 1, 0]]}, "`decision.costs` must hold finite non-negative numbers"),
+        ({"costs": [[0, 1], [1, 0]]}, "`decision.costs` must be 3 x 3 (classes circle, square, stripes); got 2 x 2"),
+        ({"review_rate": 0.1, "target_accuracy": 0.9}, "give one, not both"),
+    ],
+)
 def test_bad_decision_settings_are_refused_before_training(tiny_data, tmp_path, caplog, decision, message):
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(synth.tiny_config(tiny_data, decision=decision)))
@@ -169,8 +175,22 @@ def test_bad_decision_settings_are_refused_before_training(tiny_data, tmp_path, 
 def test_predict_with_sets_and_review(trained, tiny_data, tmp_path, capsys):
     _, run = trained
     out = tmp_path / "p.csv"
-    assert main(["predict", str(run), str(tiny_data / "val"), "--out", str(out), "--coverage", "0.9",
-                 "--review-rate", "0.2"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(run),
+                str(tiny_data / "val"),
+                "--out",
+                str(out),
+                "--coverage",
+                "0.9",
+                "--review-rate",
+                "0.2",
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader(out.open()))
     assert list(rows[0])[:4] == ["path", "prediction", "prediction_set", "decision"]
     classes = json.loads((run / "classes.json").read_text())
@@ -194,8 +214,22 @@ def test_predict_refuses_bad_decision_flags(trained, tiny_data, tmp_path, caplog
     assert "`--coverage` must be in (0, 1); got 1.2" in caplog.text
     assert main(["predict", str(run), str(tiny_data / "val"), "--out", str(out), "--coverage", "0.99"]) == 2
     assert "coverage 0.99 needs at least 99 calibration images; got 18" in caplog.text
-    assert main(["predict", str(run), str(tiny_data / "val"), "--out", str(out), "--review-rate", "0.1",
-                 "--target-accuracy", "0.9"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                str(run),
+                str(tiny_data / "val"),
+                "--out",
+                str(out),
+                "--review-rate",
+                "0.1",
+                "--target-accuracy",
+                "0.9",
+            ]
+        )
+        == 2
+    )
     assert not out.exists()
 
 
@@ -252,6 +286,19 @@ def test_calibration_on_oob_images(trained, tmp_path):
 # ------------------------------------------------ users' files kept, no stale answers, one line per mistake (#22)
 def test_coverage_messages_name_the_class(trained, tiny_data, tmp_path, fails):
     _, run = trained
-    text = fails(main(["predict", str(run), str(tiny_data / "test/circle"), "--out", str(tmp_path / "p.csv"),
-                        "--coverage", "0.99", "--coverage-by-class"]), "calibration images of class")
+    text = fails(
+        main(
+            [
+                "predict",
+                str(run),
+                str(tiny_data / "test/circle"),
+                "--out",
+                str(tmp_path / "p.csv"),
+                "--coverage",
+                "0.99",
+                "--coverage-by-class",
+            ]
+        ),
+        "calibration images of class",
+    )
     assert "class 'circle'" in text or "class 'square'" in text or "class 'stripes'" in text

@@ -1,5 +1,6 @@
 """`effens distill` (issue #40): one network taught by a trained ensemble, written as a run of
 one member that every command takes; consistent teaching; resume; unlabelled photos; inputs."""
+
 import json
 import shutil
 
@@ -17,8 +18,9 @@ EPOCHS = 3
 
 
 def distil(teacher, out, *extra) -> int:
-    return main(["distill", str(teacher), "--out", str(out), "--set", f"distill.student.train.epochs={EPOCHS}",
-                 "-q", *extra])
+    return main(
+        ["distill", str(teacher), "--out", str(out), "--set", f"distill.student.train.epochs={EPOCHS}", "-q", *extra]
+    )
 
 
 def weights(run):
@@ -76,9 +78,23 @@ def one_class_teacher(trained, tmp_path):
 
 def test_a_student_follows_a_teacher_that_always_answers_one_class(one_class_teacher, tiny_data, tmp_path):
     out = tmp_path / "student"
-    assert distil(one_class_teacher, out, "--strategy", "always_stripes", "--set", "distill.soft_weight=1",
-                  "--set", "distill.student.train.select=last", "--set", "distill.student.train.lr=0.01",
-                  "--set", "distill.student.train.epochs=8") == 0
+    assert (
+        distil(
+            one_class_teacher,
+            out,
+            "--strategy",
+            "always_stripes",
+            "--set",
+            "distill.soft_weight=1",
+            "--set",
+            "distill.student.train.select=last",
+            "--set",
+            "distill.student.train.lr=0.01",
+            "--set",
+            "distill.student.train.epochs=8",
+        )
+        == 0
+    )
     pred = tmp_path / "pred.json"
     assert main(["predict", str(out), str(tiny_data / "val"), "--out", str(pred), "-q"]) == 0
     rows = json.loads(pred.read_text())
@@ -221,8 +237,10 @@ def test_resume_after_a_kill_gives_identical_weights(straight, trained, tmp_path
     assert json.loads((out / "members/student/checkpoint.json").read_text())["epoch"] == 2
     monkeypatch.setattr(MemberCheckpoint, "save", real_save)
     caplog.set_level("INFO")
-    assert main(["distill", str(trained[1]), "--out", str(out), "--set", f"distill.student.train.epochs={EPOCHS}",
-                 *extra]) == 0
+    assert (
+        main(["distill", str(trained[1]), "--out", str(out), "--set", f"distill.student.train.epochs={EPOCHS}", *extra])
+        == 0
+    )
     assert "resuming after epoch 2/3" in caplog.text
     assert "teacher: labelling" not in caplog.text  # the cached views come back from the folder
     a, b = weights(straight[0][views]), weights(out)
@@ -283,32 +301,66 @@ def _config_with(tmp_path, doc) -> str:
 
 BAD = {
     "no combiner": (lambda run, tmp: [str(_unfinished(run, tmp)), "--out", str(tmp / "s")], "has no trained combiner"),
-    "input size": (lambda run, tmp: [str(run), "--out", str(tmp / "s"), "--set", "distill.student.model=test_vit",
-                                     "--set", "distill.student.image_size=40"],
-                   "`distill.student.image_size`: test_vit cannot take 40 px inputs"),
-    "out inside the run": (lambda run, tmp: [str(run), "--out", str(run / "student")], "is inside the effens run folder"),
+    "input size": (
+        lambda run, tmp: [
+            str(run),
+            "--out",
+            str(tmp / "s"),
+            "--set",
+            "distill.student.model=test_vit",
+            "--set",
+            "distill.student.image_size=40",
+        ],
+        "`distill.student.image_size`: test_vit cannot take 40 px inputs",
+    ),
+    "out inside the run": (
+        lambda run, tmp: [str(run), "--out", str(run / "student")],
+        "is inside the effens run folder",
+    ),
     "out is the run": (lambda run, tmp: [str(run), "--out", str(run)], "is also an input of this command"),
-    "out inside unlabelled": (lambda run, tmp: [str(run), "--unlabelled", str(_photos(tmp)), "--out",
-                                                str(tmp / "photos" / "s")], "is inside the input folder"),
-    "out is the config": (lambda run, tmp: [str(run), "--config", _config_with(tmp, {"distill": {}}), "--out",
-                                            str(tmp / "distill.yaml")], "is also an input"),
-    "unknown key": (lambda run, tmp: [str(run), "--config", _config_with(tmp, {"distill": {"temprature": 3}}),
-                                      "--out", str(tmp / "s")], "unknown key `distill.temprature` (did you mean "
-                                                                "`distill.temperature`?)"),
-    "unknown top key": (lambda run, tmp: [str(run), "--config", _config_with(tmp, {"distil": {}}), "--out",
-                                          str(tmp / "s")], "distill.yaml: unknown key `distil` (did you mean "
-                                                           "`distill`?)"),
-    "student key": (lambda run, tmp: [str(run), "--out", str(tmp / "s"), "--set", "distill.student.bagging.ratio=0.5"],
-                    "`distill.student.bagging`: a student trains on every training image once"),
-    "bad value": (lambda run, tmp: [str(run), "--out", str(tmp / "s"), "--set", "distill.temperature=-1"],
-                  "--set distill.temperature=-1: `distill.temperature` must be in (0, 100]; got -1"),
-    "bad train value": (lambda run, tmp: [str(run), "--out", str(tmp / "s"), "--set", "distill.student.train.lr=0"],
-                        "--set distill.student.train.lr=0: `distill.student.train.lr` must be in (0, inf); got 0"),
-    "not a distill key": (lambda run, tmp: [str(run), "--out", str(tmp / "s"), "--set", "seed=3"],
-                          "`effens distill` takes `distill.*` keys"),
+    "out inside unlabelled": (
+        lambda run, tmp: [str(run), "--unlabelled", str(_photos(tmp)), "--out", str(tmp / "photos" / "s")],
+        "is inside the input folder",
+    ),
+    "out is the config": (
+        lambda run, tmp: [str(run), "--config", _config_with(tmp, {"distill": {}}), "--out", str(tmp / "distill.yaml")],
+        "is also an input",
+    ),
+    "unknown key": (
+        lambda run, tmp: [
+            str(run),
+            "--config",
+            _config_with(tmp, {"distill": {"temprature": 3}}),
+            "--out",
+            str(tmp / "s"),
+        ],
+        "unknown key `distill.temprature` (did you mean `distill.temperature`?)",
+    ),
+    "unknown top key": (
+        lambda run, tmp: [str(run), "--config", _config_with(tmp, {"distil": {}}), "--out", str(tmp / "s")],
+        "distill.yaml: unknown key `distil` (did you mean `distill`?)",
+    ),
+    "student key": (
+        lambda run, tmp: [str(run), "--out", str(tmp / "s"), "--set", "distill.student.bagging.ratio=0.5"],
+        "`distill.student.bagging`: a student trains on every training image once",
+    ),
+    "bad value": (
+        lambda run, tmp: [str(run), "--out", str(tmp / "s"), "--set", "distill.temperature=-1"],
+        "--set distill.temperature=-1: `distill.temperature` must be in (0, 100]; got -1",
+    ),
+    "bad train value": (
+        lambda run, tmp: [str(run), "--out", str(tmp / "s"), "--set", "distill.student.train.lr=0"],
+        "--set distill.student.train.lr=0: `distill.student.train.lr` must be in (0, inf); got 0",
+    ),
+    "not a distill key": (
+        lambda run, tmp: [str(run), "--out", str(tmp / "s"), "--set", "seed=3"],
+        "`effens distill` takes `distill.*` keys",
+    ),
     "strategy": (lambda run, tmp: [str(run), "--out", str(tmp / "s"), "--strategy", "sotf"], "did you mean 'soft'"),
-    "unlabelled": (lambda run, tmp: [str(run), "--out", str(tmp / "s"), "--unlabelled", str(tmp / "nowhere")],
-                   "no such folder or CSV file"),
+    "unlabelled": (
+        lambda run, tmp: [str(run), "--out", str(tmp / "s"), "--unlabelled", str(tmp / "nowhere")],
+        "no such folder or CSV file",
+    ),
 }
 
 

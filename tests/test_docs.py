@@ -1,6 +1,7 @@
 """The documentation site (issue #42, item 5) builds with `mkdocs build --strict`: a broken
 link, a missing page in the nav or a docstring reference that no longer resolves fails the
 suite, as does a generated reference that is out of date (tests/test_readme.py)."""
+
 import importlib.util
 import subprocess
 import sys
@@ -12,9 +13,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _build(config: Path, site: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(site)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(site)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """One error family (issue #42, item 3): every user-facing error of effens derives from
 members.errors.EffensError, which carries its exit code and culprit; the command line maps
 the base, not a list of names."""
+
 import importlib
 import inspect
 import pkgutil

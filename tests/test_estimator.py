@@ -1,4 +1,5 @@
 """The Python face: scikit-learn conventions, one schema with the YAML, fitting apart from storage."""
+
 import json
 import shutil
 
@@ -16,17 +17,28 @@ from ensemble.training import estimator_from_config
 
 
 def _params(cfg):
-    return dict(members=cfg.members, combiner=cfg.combiner, seed=cfg.seed, device=cfg.device,
-                parallel=cfg.parallel, precision=cfg.precision, runtime=cfg.runtime, plugins=cfg.plugins)
+    return dict(
+        members=cfg.members,
+        combiner=cfg.combiner,
+        seed=cfg.seed,
+        device=cfg.device,
+        parallel=cfg.parallel,
+        precision=cfg.precision,
+        runtime=cfg.runtime,
+        plugins=cfg.plugins,
+    )
 
 
-@pytest.mark.parametrize("key, value, message", [
-    ("members.0.bagging.ratio", 1.5, "`members.0.bagging.ratio` must be in (0, 1]; got 1.5"),
-    ("members.1.train.epochs", 0, "`members.1.train.epochs` must be in [1, 10000]; got 0"),
-    ("members.0.model", "effnet_b99", "`members.0.model` is not a timm model name"),
-    ("members.2.name", "soft", "`members.2.name` must differ from the strategy names"),
-    ("combiner.strategy", "median", "`combiner.strategy` must be one of auto, hard, soft, weighted, stacking"),
-])
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("members.0.bagging.ratio", 1.5, "`members.0.bagging.ratio` must be in (0, 1]; got 1.5"),
+        ("members.1.train.epochs", 0, "`members.1.train.epochs` must be in [1, 10000]; got 0"),
+        ("members.0.model", "effnet_b99", "`members.0.model` is not a timm model name"),
+        ("members.2.name", "soft", "`members.2.name` must differ from the strategy names"),
+        ("combiner.strategy", "median", "`combiner.strategy` must be one of auto, hard, soft, weighted, stacking"),
+    ],
+)
 def test_constructor_arguments_are_checked_in_fit_like_the_yaml(tmp_path, key, value, message):
     raw = synth.tiny_config(tmp_path)
     member_dicts = [dict(m) for m in raw["members"]]
@@ -103,8 +115,9 @@ def test_fit_in_memory_equals_the_trained_run(trained, tiny_data):
     assert ens.oob_score_ == saved.oob_score_ == ens.oob_report_["strategies"][cfg.combiner.strategy]["macro_f1"]
     metrics = json.loads((run / "report/metrics.json").read_text())
     assert ens.oob_score_ == metrics["ensemble"]["oob"]["macro_f1"]
-    np.testing.assert_array_equal(ens.predict_proba(X_val[:5], strategy="stacking"),
-                                  saved.predict_proba(X_val[:5], strategy="stacking"))
+    np.testing.assert_array_equal(
+        ens.predict_proba(X_val[:5], strategy="stacking"), saved.predict_proba(X_val[:5], strategy="stacking")
+    )
 
 
 def test_fit_from_paths_and_string_labels(tiny_data):

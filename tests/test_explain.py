@@ -1,4 +1,5 @@
 """ensemble/explain.py: `effens explain` and its output folder."""
+
 from ensemble.cli import main
 
 

@@ -1,4 +1,5 @@
 """ensemble/export.py: what ``ensemble.onnx`` may hold (#41, item 9)."""
+
 import synth
 import yaml
 

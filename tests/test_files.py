@@ -1,4 +1,5 @@
 """ensemble/files.py: only regular files are opened, wherever a user names a path (#41, item 7)."""
+
 import os
 import subprocess
 import sys
@@ -16,16 +17,31 @@ def _pipe_cases(tmp_path):
     plugin_cfg = tmp_path / "plugged.yaml"
     plugin_cfg.write_text(yaml.safe_dump({**cfg, "plugins": [str(tmp_path / "plug.py")]}))
     return {
-        "train CONFIG": (["train", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run")],
-                         f"{tmp_path / 'cfg.yaml'}: is a named pipe (FIFO)", "cfg.yaml"),
-        "tune CONFIG": (["tune", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "tune")],
-                        f"{tmp_path / 'cfg.yaml'}: is a named pipe (FIFO)", "cfg.yaml"),
-        "predict --out": (["predict", str(tmp_path / "run"), str(tmp_path / "data"), "--out", str(tmp_path / "p.csv")],
-                          f"--out {tmp_path / 'p.csv'}: is a named pipe (FIFO)", "p.csv"),
-        "serve --api-key-file": (["serve", str(tmp_path / "run"), "--api-key-file", str(tmp_path / "key")],
-                                 f"--api-key-file {tmp_path / 'key'}: is a named pipe (FIFO)", "key"),
-        "plugins": (["train", str(plugin_cfg), "--out", str(tmp_path / "run")],
-                    f"`plugins`: {tmp_path / 'plug.py'}: is a named pipe (FIFO)", "plug.py"),
+        "train CONFIG": (
+            ["train", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run")],
+            f"{tmp_path / 'cfg.yaml'}: is a named pipe (FIFO)",
+            "cfg.yaml",
+        ),
+        "tune CONFIG": (
+            ["tune", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "tune")],
+            f"{tmp_path / 'cfg.yaml'}: is a named pipe (FIFO)",
+            "cfg.yaml",
+        ),
+        "predict --out": (
+            ["predict", str(tmp_path / "run"), str(tmp_path / "data"), "--out", str(tmp_path / "p.csv")],
+            f"--out {tmp_path / 'p.csv'}: is a named pipe (FIFO)",
+            "p.csv",
+        ),
+        "serve --api-key-file": (
+            ["serve", str(tmp_path / "run"), "--api-key-file", str(tmp_path / "key")],
+            f"--api-key-file {tmp_path / 'key'}: is a named pipe (FIFO)",
+            "key",
+        ),
+        "plugins": (
+            ["train", str(plugin_cfg), "--out", str(tmp_path / "run")],
+            f"`plugins`: {tmp_path / 'plug.py'}: is a named pipe (FIFO)",
+            "plug.py",
+        ),
     }
 
 
@@ -38,8 +54,13 @@ def test_a_pipe_where_a_file_is_expected_is_one_line_and_never_opened(tmp_path, 
     os.mkfifo(tmp_path / fifo)
     before = sorted(p.name for p in tmp_path.iterdir())
     try:
-        done = subprocess.run([sys.executable, "-m", "ensemble", *argv], stdin=subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "ensemble", *argv],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     except subprocess.TimeoutExpired:
         pytest.fail(f"effens {where} at a FIFO hung")
     err = done.stderr.strip().splitlines()
@@ -73,13 +94,19 @@ def test_every_command_refuses_a_foreign_output_folder_by_one_rule(command, trai
     (out / "sub").mkdir(parents=True)
     (out / "sub" / "notes.md").write_text("mine")
     img = str(next((tiny_data / "test").rglob("*.png")))
-    argv = {"train": ["train", str(cfg)], "tune": ["tune", str(cfg), "--yes"],
-            "evaluate": ["evaluate", str(run), str(tiny_data / "test")], "explain": ["explain", str(run), img],
-            "export": ["export", str(run), "--format", "onnx"], "audit": ["audit", str(run)]}[command]
-    fails(main([*argv, "--out", str(out)]),
-          f"notes.md: not written by effens {command}; choose a new or empty --out")
-    assert (out / "sub" / "notes.md").read_text() == "mine" and sorted(out.rglob("*")) == [out / "sub",
-                                                                                          out / "sub" / "notes.md"]
+    argv = {
+        "train": ["train", str(cfg)],
+        "tune": ["tune", str(cfg), "--yes"],
+        "evaluate": ["evaluate", str(run), str(tiny_data / "test")],
+        "explain": ["explain", str(run), img],
+        "export": ["export", str(run), "--format", "onnx"],
+        "audit": ["audit", str(run)],
+    }[command]
+    fails(main([*argv, "--out", str(out)]), f"notes.md: not written by effens {command}; choose a new or empty --out")
+    assert (out / "sub" / "notes.md").read_text() == "mine" and sorted(out.rglob("*")) == [
+        out / "sub",
+        out / "sub" / "notes.md",
+    ]
 
 
 def test_artifacts_honour_the_umask(tmp_path):

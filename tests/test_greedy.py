@@ -1,4 +1,5 @@
 """Greedy ensemble selection and the noise-aware `strategy: auto` rule (issue #21)."""
+
 import json
 
 import numpy as np
@@ -74,8 +75,12 @@ def test_greedy_strategy_is_fitted_saved_and_exported_as_one_weighted_mean():
     idx = [np.arange(200)] * 3
     val = np.stack([_noisy(y_val, 3, s, rng) for s in members])
     data = FitData.from_oob_lists(val, y_val, idx, oob, y_tr)
-    comb = fit_combiner(CombinerConfig(strategy="greedy", sections={"greedy": GreedySettings(iterations=15)}), ["a", "b", "c"],
-                        ["x", "y", "z"], data)
+    comb = fit_combiner(
+        CombinerConfig(strategy="greedy", sections={"greedy": GreedySettings(iterations=15)}),
+        ["a", "b", "c"],
+        ["x", "y", "z"],
+        data,
+    )
     g = comb.get("greedy")
     assert g.source_ == "oob" and sum(g.weights_) == pytest.approx(1.0)
     assert g.weights_[0] == max(g.weights_)  # the strongest member weighs most
@@ -83,8 +88,9 @@ def test_greedy_strategy_is_fitted_saved_and_exported_as_one_weighted_mean():
     import torch
 
     head = g.graph_head()  # export's vote: the same weighted mean, as a torch module
-    np.testing.assert_allclose(head(torch.tensor(val, dtype=torch.float32)).numpy(), soft_vote(val, g.weights_),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        head(torch.tensor(val, dtype=torch.float32)).numpy(), soft_vote(val, g.weights_), atol=1e-6
+    )
     np.testing.assert_allclose(comb.apply(val, "greedy")[1], soft_vote(val, g.weights_))
     doc, arrays = comb.state()
     again = Combiner.from_state(json.loads(json.dumps(doc)), arrays)
@@ -107,8 +113,13 @@ def test_auto_picks_the_simpler_strategy_in_a_near_tie():
     # standard error, so soft (nothing fitted) is chosen (stacking is left out here: it
     # recalibrates these under-confident members and wins clearly, see the next test)
     data = _fit_data([1.6, 1.5, 1.4], [1.6, 1.5, 1.4])
-    comb = fit_combiner(CombinerConfig(strategy="auto"), ["a", "b", "c"], ["x", "y", "z"], data,
-                        only=("hard", "soft", "weighted", "greedy"))
+    comb = fit_combiner(
+        CombinerConfig(strategy="auto"),
+        ["a", "b", "c"],
+        ["x", "y", "z"],
+        data,
+        only=("hard", "soft", "weighted", "greedy"),
+    )
     choice = comb.choice
     assert choice["best"] != "soft" and choice["table"]["soft"]["tie"] and comb.strategy == "soft"
     assert "simpler" in choice["reason"]
@@ -127,8 +138,9 @@ def test_auto_picks_a_clear_calibration_winner():
 def test_auto_picks_a_clear_winner_even_when_it_is_complex():
     # members of clearly different strength: equal weights (soft) lose clearly to learned weights
     data = _fit_data([1.8, 1.5, 1.2], [1.8, 1.5, 1.2])
-    comb = fit_combiner(CombinerConfig(strategy="auto"), ["a", "b", "c"], ["x", "y", "z"], data,
-                        only=("soft", "weighted", "greedy"))
+    comb = fit_combiner(
+        CombinerConfig(strategy="auto"), ["a", "b", "c"], ["x", "y", "z"], data, only=("soft", "weighted", "greedy")
+    )
     t = comb.choice["table"]
     assert not t["soft"]["tie"] and t["soft"]["diff_to_best"] > 2 * t["soft"]["se_of_diff"]
     assert comb.strategy in ("weighted", "greedy")
@@ -152,8 +164,13 @@ def test_auto_cross_fits_oob_strategies_and_is_reproducible():
 def test_auto_by_macro_f1_may_choose_hard_voting():
     # one member: hard and soft predict the same classes, an exact tie on macro-F1
     data = _fit_data([1.5], [1.5], seed=2)
-    comb = fit_combiner(CombinerConfig(strategy="auto", auto=AutoConfig(metric="macro_f1", bootstrap=50)),
-                        ["a"], ["x", "y", "z"], data, only=("hard", "soft"))
+    comb = fit_combiner(
+        CombinerConfig(strategy="auto", auto=AutoConfig(metric="macro_f1", bootstrap=50)),
+        ["a"],
+        ["x", "y", "z"],
+        data,
+        only=("hard", "soft"),
+    )
     t = comb.choice["table"]
     assert comb.choice["metric"] == "macro_f1" and t["hard"]["tie"] and t["soft"]["tie"]
     assert comb.strategy == "hard"  # a tie of two with nothing fitted: the earlier registered
@@ -200,8 +217,9 @@ def test_the_report_relates_contributions_to_diversity(trained):
     assert "Greedy selection on oob" in md
 
 
-def test_auto_and_greedy_reach_the_report_and_predict_skips_unweighted_members(trained, tiny_data, tmp_path,
-                                                                               monkeypatch):
+def test_auto_and_greedy_reach_the_report_and_predict_skips_unweighted_members(
+    trained, tiny_data, tmp_path, monkeypatch
+):
     import synth
 
     from ensemble.cli import main

@@ -1,4 +1,5 @@
 """report/index.html: numbers, galleries, links, escaping, and a click in a real browser."""
+
 import json
 import os
 import shutil
@@ -68,8 +69,13 @@ def test_every_cell_gallery_and_number_matches_metrics_json(trained):
     whos = list(doc["members"]) + list(doc["strategies"])
     assert len(page.cells) == 2 * len(whos) * 9  # val and test, 3 x 3 cells each
     for c in page.cells:
-        split, who, t, p, n = c["data-split"], c["data-who"], int(c["data-true"]), int(c["data-pred"]), \
-            int(c["data-count"])
+        split, who, t, p, n = (
+            c["data-split"],
+            c["data-who"],
+            int(c["data-true"]),
+            int(c["data-pred"]),
+            int(c["data-count"]),
+        )
         per = doc["members"].get(who) or doc["strategies"][who]
         assert per[split]["confusion_matrix"][t][p] == n
         S = page.data["splits"][split]
@@ -99,8 +105,7 @@ def test_links_and_thumbnails_resolve_and_curves_and_diversity_are_shown(trained
     p = doc["diversity"]["test"][0]
     # the registered section, converted from its Markdown: the same row as report.md's, as a table row
     assert "<h2>Diversity</h2>" in text and "<th>Q-statistic</th>" in text
-    assert (f"<tr><td>test</td><td>a / b</td><td>{p['disagreement']:.3f}</td><td>{p['q_statistic']:.3f}</td>"
-            in text)
+    assert f"<tr><td>test</td><td>a / b</td><td>{p['disagreement']:.3f}</td><td>{p['q_statistic']:.3f}</td>" in text
     # every split figure is on the page as in report.md (reliability diagrams), each model figure linked
     for split in ("val", "test"):
         assert f'src="reliability_{split}.png"' in text
@@ -115,7 +120,7 @@ def test_hostile_file_names_render_as_text_and_links_that_work(trained, tmp_path
     _, run = trained
     data = tmp_path / "hostile"
     rng = np.random.default_rng(0)
-    names = ['a b#1%20.png', "quote'\"x.png", "ünïcødé 車.png", "<script>alert(1)<script>.png"]
+    names = ["a b#1%20.png", "quote'\"x.png", "ünïcødé 車.png", "<script>alert(1)<script>.png"]
     for cls in synth.CLASSES:
         (data / cls).mkdir(parents=True)
         for name in names:
@@ -156,8 +161,12 @@ def test_explain_and_report_saliency(tiny_data, tmp_path):
     assert main(["train", str(path), "--out", str(run), "-q"]) == 0
     doc = json.loads((run / "report/metrics.json").read_text())
     page = _page(run / "report")
-    wrong = sum(1 for s in ("val", "test") for i, y in enumerate(page.data["splits"][s]["y"])
-                if page.data["splits"][s]["who"][doc["strategy"]]["pred"][i] != y)
+    wrong = sum(
+        1
+        for s in ("val", "test")
+        for i, y in enumerate(page.data["splits"][s]["y"])
+        if page.data["splits"][s]["who"][doc["strategy"]]["pred"][i] != y
+    )
     overlays = [v for s in page.data["splits"].values() for v in s["saliency"].values()]
     assert len(overlays) == wrong
     for o in overlays:
@@ -192,21 +201,27 @@ def test_gradcam_looks_where_the_class_evidence_is():
     inputs = InputConfig(16, 1.0, "bilinear", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     img = torch.full((2, 3, 16, 16), 200, dtype=torch.uint8)
     cam = gradcam(Toy(), img, inputs, np.array([1, 0]))
-    assert cam[0][:, 8:].min() > 0.99 and cam[0][:, :8].max() == 0      # class 1: the right half
-    assert cam[1][:, :8].min() > 0.99 and cam[1][:, 8:].max() == 0      # class 0: the left half
+    assert cam[0][:, 8:].min() > 0.99 and cam[0][:, :8].max() == 0  # class 1: the right half
+    assert cam[1][:, :8].min() > 0.99 and cam[1][:, 8:].max() == 0  # class 0: the left half
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian: apt-get install -y chromium); "
-                                             "the browser test needs a real browser")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no Chromium here (Debian: apt-get install -y chromium); the browser test needs a real browser",
+)
 def test_a_click_on_a_cell_shows_its_images_in_headless_chromium(trained):
     _, run = trained
     url = (run / "report/index.html").resolve().as_uri() + "#selftest"
-    dom = subprocess.run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-                          "--dump-dom", url], capture_output=True, text=True, timeout=120,
-                         env=dict(os.environ, HOME=str(run.parent))).stdout
+    dom = subprocess.run(
+        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, HOME=str(run.parent)),
+    ).stdout
     marker = 'data-selftest="'
     assert marker in dom, dom[-2000:]
     got = json.loads(dom.split(marker)[1].split('"')[0].replace("&quot;", '"'))

@@ -96,8 +96,7 @@ def test_exif_rotated_photo_decodes_like_the_upright_one(tmp_path):
     up_path = save(Image.fromarray(upright), tmp_path / "up.png")
     exif = Image.Exif()
     exif[0x0112] = 8  # "rotate 90 counter-clockwise to view": stored turned the other way
-    rot_path = save(Image.fromarray(upright).transpose(Image.Transpose.ROTATE_270), tmp_path / "rot.png",
-                    exif=exif)
+    rot_path = save(Image.fromarray(upright).transpose(Image.Transpose.ROTATE_270), tmp_path / "rot.png", exif=exif)
     a, b = decode_image(up_path, 24), decode_image(rot_path, 24)
     assert a.shape == b.shape == (24, 40, 3)
     assert np.abs(a.astype(int) - b.astype(int)).mean() < 1.0

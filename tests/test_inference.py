@@ -1,4 +1,5 @@
 """effens predict / evaluate / fit-combiner on the tiny trained run."""
+
 import csv
 import json
 import os
@@ -26,8 +27,17 @@ def test_predict_folder_with_a_corrupt_file(trained, tiny_data, tmp_path, capsys
     assert "predicted 18 of 19 images" in capsys.readouterr().out
     rows = list(csv.DictReader(open(out)))
     assert len(rows) == 19
-    assert list(rows[0]) == ["path", "prediction", "proba:circle", "proba:square", "proba:stripes",
-                             "vote:a", "vote:b", "vote:c", "error"]
+    assert list(rows[0]) == [
+        "path",
+        "prediction",
+        "proba:circle",
+        "proba:square",
+        "proba:stripes",
+        "vote:a",
+        "vote:b",
+        "vote:c",
+        "error",
+    ]
     bad = [r for r in rows if r["error"]]
     assert len(bad) == 1 and bad[0]["path"].endswith("broken.jpg") and bad[0]["prediction"] == ""
     for r in rows:
@@ -43,8 +53,7 @@ def test_predict_json_files_csv_and_missing(trained, tiny_data, tmp_path):
     manifest = tmp_path / "list.csv"
     manifest.write_text(f"path,other\n{tiny_data / 'val/circle/circle_001.png'},x\nmissing.png,y\n")
     out = tmp_path / "p.json"
-    assert main(["predict", str(run), str(one), str(manifest), "--out", str(out), "--tta",
-                 "--strategy", "hard"]) == 0
+    assert main(["predict", str(run), str(one), str(manifest), "--out", str(out), "--tta", "--strategy", "hard"]) == 0
     rows = json.loads(out.read_text())
     assert [r["path"].split("/")[-1] for r in rows] == ["square_000.png", "circle_001.png", "missing.png"]
     assert rows[2]["error"] and rows[2]["prediction"] == ""
@@ -79,8 +88,7 @@ def test_evaluate_all_strategies_and_cache(trained, tiny_data, tmp_path, capsys,
     assert set(doc["strategies"]) == {"hard", "soft", "weighted", "stacking", "greedy"}
     train_doc = json.loads((run / "report/metrics.json").read_text())
     for s in doc["strategies"]:  # same images as the run's test split -> same figures
-        assert doc["strategies"][s]["eval"]["macro_f1"] == pytest.approx(
-            train_doc["strategies"][s]["test"]["macro_f1"])
+        assert doc["strategies"][s]["eval"]["macro_f1"] == pytest.approx(train_doc["strategies"][s]["test"]["macro_f1"])
     assert (out / "report.md").is_file() and (out / "confusion_stacking_eval.png").is_file()
     assert (out / "reliability_eval.png").is_file()
 
@@ -110,8 +118,10 @@ def test_fit_combiner_refits_identically_and_switches_source(trained, tmp_path):
     coef = read_npy(copy / "combiner/stacking_coef.npy")
     assert main(["fit-combiner", str(copy)]) == 0
     np.testing.assert_allclose(read_npy(copy / "combiner/stacking_coef.npy"), coef)
-    assert main(["fit-combiner", str(copy), "--set", "combiner.stacking.source=val",
-                 "--set", "combiner.calibrate=true"]) == 0
+    assert (
+        main(["fit-combiner", str(copy), "--set", "combiner.stacking.source=val", "--set", "combiner.calibrate=true"])
+        == 0
+    )
     comb = json.loads((copy / "combiner/combiner.json").read_text())
     assert comb["strategies"]["stacking"]["source"] == "val" and len(comb["temperatures"]) == 3
     assert not np.allclose(read_npy(copy / "combiner/stacking_coef.npy"), coef)
@@ -169,8 +179,9 @@ def test_output_columns_cannot_collide(tmp_path):
         for cls in ("error", "ok", "path"):
             (data / split / cls).mkdir(parents=True)
             for i in range(n):
-                synth.make_image("circle" if cls == "ok" else "square" if cls == "path" else "stripes",
-                                 rng).save(data / split / cls / f"{i}.png")
+                synth.make_image("circle" if cls == "ok" else "square" if cls == "path" else "stripes", rng).save(
+                    data / split / cls / f"{i}.png"
+                )
     cfg = synth.tiny_config(data, epochs=1)
     cfg["data"] = {"train": str(data / "train"), "val": str(data / "val")}
     cfg["members"][0]["name"] = "ok"
@@ -181,8 +192,17 @@ def test_output_columns_cannot_collide(tmp_path):
     assert main(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"), "-q"]) == 0
     assert main(["predict", str(tmp_path / "run"), str(data / "val"), "--out", str(tmp_path / "p.csv")]) == 0
     header = (tmp_path / "p.csv").read_text().splitlines()[0].split(",")
-    assert header == ["path", "prediction", "proba:error", "proba:ok", "proba:path", "vote:m.ok", "vote:b",
-                      "vote:c", "error"]
+    assert header == [
+        "path",
+        "prediction",
+        "proba:error",
+        "proba:ok",
+        "proba:path",
+        "vote:m.ok",
+        "vote:b",
+        "vote:c",
+        "error",
+    ]
     assert main(["predict", str(tmp_path / "run"), str(data / "val"), "--out", str(tmp_path / "p.JSON")]) == 0
     rows = json.loads((tmp_path / "p.JSON").read_text())
     assert set(rows[0]["proba"]) == {"error", "ok", "path"} and set(rows[0]["votes"]) == {"m.ok", "b", "c"}
@@ -192,8 +212,10 @@ def test_predict_never_overwrites_a_file_it_did_not_write(trained, tiny_data, tm
     _, run = trained
     mine = tmp_path / "budget.csv"
     mine.write_text("month,amount\njan,3\n")
-    fails(main(["predict", str(run), str(tiny_data / "test/circle"), "--out", str(mine)]),
-          "was not written by `effens predict`")
+    fails(
+        main(["predict", str(run), str(tiny_data / "test/circle"), "--out", str(mine)]),
+        "was not written by `effens predict`",
+    )
     assert mine.read_text() == "month,amount\njan,3\n"
     # its own earlier output may be replaced (CSV and JSON)
     for name in ("p.csv", "p.json"):
@@ -205,11 +227,17 @@ def test_predict_never_overwrites_a_file_it_did_not_write(trained, tiny_data, tm
 def test_nothing_predictable_is_exit_2_and_says_file_not_found(trained, tmp_path, fails):
     _, run = trained
     out = tmp_path / "p.csv"
-    fails(main(["predict", str(run), str(tmp_path / "nope.jpg"), "--out", str(out)]),
-          "none of the 1 input image(s) could be predicted", "file not found")
+    fails(
+        main(["predict", str(run), str(tmp_path / "nope.jpg"), "--out", str(out)]),
+        "none of the 1 input image(s) could be predicted",
+        "file not found",
+    )
     assert not out.exists()
-    fails(main(["explain", str(run), str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "x")]),
-          "none of the 1 input image(s) could be read", "file not found")
+    fails(
+        main(["explain", str(run), str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "x")]),
+        "none of the 1 input image(s) could be read",
+        "file not found",
+    )
 
 
 def test_an_unwritable_out_is_named_before_inference(trained, tiny_data, tmp_path, monkeypatch, fails):
@@ -222,5 +250,7 @@ def test_an_unwritable_out_is_named_before_inference(trained, tiny_data, tmp_pat
     # root may write anywhere, so the folder's permission is simulated; inference must not start
     monkeypatch.setattr(inference.os, "access", lambda p, mode: False if Path(p) == locked else real_access(p, mode))
     monkeypatch.setattr(inference, "load_run", lambda *a, **k: pytest.fail("inference started"))
-    fails(main(["predict", str(run), str(tiny_data / "test/circle"), "--out", str(locked / "p.csv")]),
-          f"{locked / 'p.csv'}: cannot write in {locked} (permission denied)")
+    fails(
+        main(["predict", str(run), str(tiny_data / "test/circle"), "--out", str(locked / "p.csv")]),
+        f"{locked / 'p.csv'}: cannot write in {locked} (permission denied)",
+    )

@@ -1,6 +1,7 @@
 """The house rules that keep one way through: members/ never imports ensemble/, no import
 cycles, only ensemble/runfolder.py knows the run folder's file names, commands on one floor,
 registries that refuse a taken name, and no test module importing another."""
+
 import ast
 from pathlib import Path
 
@@ -18,29 +19,61 @@ def _imports(path: Path) -> set[str]:
 
 
 def test_members_never_imports_ensemble():
-    offenders = {p.name: sorted(m for m in _imports(p) if m.split(".")[0] == "ensemble")
-                 for p in (ROOT / "members").glob("*.py")}
+    offenders = {
+        p.name: sorted(m for m in _imports(p) if m.split(".")[0] == "ensemble") for p in (ROOT / "members").glob("*.py")
+    }
     assert not {k: v for k, v in offenders.items() if v}
 
 
 #: the run folder's file names (ensemble/runfolder.py's layout); a report folder's are part of it
-RUN_FOLDER_NAMES = ("config.yaml", "classes.json", "run.json", ".effens.lock", "run.lock", "member.json",
-                    "model.safetensors", "samples.npy", "oob.npy", "oob_proba.npy", "checkpoint.json",
-                    "checkpoint.safetensors", "hashes.json", "combiner.json", "val_proba.npy", "test_proba.npy",
-                    "val_labels.npy", "train_labels.npy", "metrics.json", "report.md", "card.md")
+RUN_FOLDER_NAMES = (
+    "config.yaml",
+    "classes.json",
+    "run.json",
+    ".effens.lock",
+    "run.lock",
+    "member.json",
+    "model.safetensors",
+    "samples.npy",
+    "oob.npy",
+    "oob_proba.npy",
+    "checkpoint.json",
+    "checkpoint.safetensors",
+    "hashes.json",
+    "combiner.json",
+    "val_proba.npy",
+    "test_proba.npy",
+    "val_labels.npy",
+    "train_labels.npy",
+    "metrics.json",
+    "report.md",
+    "card.md",
+)
 
 
 def _name_literals(path: Path, names: tuple[str, ...] = RUN_FOLDER_NAMES) -> set[str]:
     """The names of ``names`` that a string literal in ``path`` holds, but for what users
     read: docstrings and the ``doc=`` / ``help=`` text of config fields and CLI options."""
     tree = ast.parse(path.read_text())
-    prose = {id(n.body[0].value) for n in ast.walk(tree)
-             if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body
-             and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
-    prose |= {id(c) for n in ast.walk(tree) if isinstance(n, ast.keyword) and n.arg in ("doc", "help")
-              for c in ast.walk(n.value)}
-    strings = [n.value for n in ast.walk(tree)
-               if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in prose]
+    prose = {
+        id(n.body[0].value)
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and n.body
+        and isinstance(n.body[0], ast.Expr)
+        and isinstance(n.body[0].value, ast.Constant)
+    }
+    prose |= {
+        id(c)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.keyword) and n.arg in ("doc", "help")
+        for c in ast.walk(n.value)
+    }
+    strings = [
+        n.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in prose
+    ]
     return {name for name in names for s in strings if name in s}
 
 
@@ -48,19 +81,24 @@ def test_only_the_run_folder_module_names_run_folder_files():
     """A run folder's file names are spelled in ensemble/runfolder.py alone (its constants,
     `RunFolder`'s paths, `holds_run`), so a change of layout is one file; members/ knows
     none of them. Help text and docstrings may name them for the reader."""
-    seen = {str(p.relative_to(ROOT)): sorted(_name_literals(p))
-            for pkg in ("ensemble", "members") for p in sorted((ROOT / pkg).rglob("*.py"))
-            if p.name != "runfolder.py"}
+    seen = {
+        str(p.relative_to(ROOT)): sorted(_name_literals(p))
+        for pkg in ("ensemble", "members")
+        for p in sorted((ROOT / pkg).rglob("*.py"))
+        if p.name != "runfolder.py"
+    }
     assert not {k: v for k, v in seen.items() if v}, seen
     assert _name_literals(ROOT / "ensemble" / "runfolder.py") >= {"config.yaml", "run.json", "metrics.json"}
 
 
 def test_the_run_folder_name_check_skips_only_prose(tmp_path):
     probe = tmp_path / "probe.py"
-    probe.write_text('"""Reads run.json."""\n'
-                     'def f(run, p):\n    """The config.yaml."""\n    p.add_argument("--x", help="writes report.md")\n'
-                     '    return run / "metrics.json", f"{run}/card.md", field(1, doc="see hashes.json")\n'
-                     'LOCK = ".effens.lock"\n')
+    probe.write_text(
+        '"""Reads run.json."""\n'
+        'def f(run, p):\n    """The config.yaml."""\n    p.add_argument("--x", help="writes report.md")\n'
+        '    return run / "metrics.json", f"{run}/card.md", field(1, doc="see hashes.json")\n'
+        'LOCK = ".effens.lock"\n'
+    )
     assert _name_literals(probe) == {"metrics.json", "card.md", ".effens.lock"}
 
 
@@ -91,11 +129,20 @@ def test_no_test_module_imports_another():
 
 def test_the_test_import_check_sees_every_spelling(tmp_path):
     probe = tmp_path / "probe.py"
-    probe.write_text("import test_a\nfrom test_b import x\nfrom tests.test_c import y\nfrom .test_d import z\n"
-                     "def f():\n    from tests import test_e\n    import tests.test_f\n    from . import test_g\n"
-                     "import synth\nfrom conftest import tiny_data\nfrom ensemble import testing_tools\n")
-    assert _test_module_imports(probe) == {"test_a", "test_b", "tests.test_c", "test_d", "test_e", "tests.test_f",
-                                           "test_g"}
+    probe.write_text(
+        "import test_a\nfrom test_b import x\nfrom tests.test_c import y\nfrom .test_d import z\n"
+        "def f():\n    from tests import test_e\n    import tests.test_f\n    from . import test_g\n"
+        "import synth\nfrom conftest import tiny_data\nfrom ensemble import testing_tools\n"
+    )
+    assert _test_module_imports(probe) == {
+        "test_a",
+        "test_b",
+        "tests.test_c",
+        "test_d",
+        "test_e",
+        "tests.test_f",
+        "test_g",
+    }
 
 
 def _module_name(path: Path, root: Path) -> str:
@@ -124,7 +171,7 @@ def _import_graph(root: Path = ROOT, packages: tuple[str, ...] = ("ensemble", "m
             if isinstance(node, ast.Import):
                 found.update(known(a.name) for a in node.names)
             elif isinstance(node, ast.ImportFrom):
-                base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+                base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
                 module = ".".join(base + ([node.module] if node.module else []))
                 for a in node.names:  # `from pkg import module` imports the module; else the names' module
                     found.add(f"{module}.{a.name}" if f"{module}.{a.name}" in modules else known(module))
@@ -204,8 +251,16 @@ def _backends() -> set[str]:
 
 def test_no_command_backend_imports_another():
     backends = {f"ensemble.{b}" for b in _backends()}
-    assert {"ensemble.training", "ensemble.inference", "ensemble.tuning", "ensemble.export", "ensemble.explain",
-            "ensemble.serving.app", "ensemble.auditing.audit", "ensemble.distill"} <= backends
+    assert {
+        "ensemble.training",
+        "ensemble.inference",
+        "ensemble.tuning",
+        "ensemble.export",
+        "ensemble.explain",
+        "ensemble.serving.app",
+        "ensemble.auditing.audit",
+        "ensemble.distill",
+    } <= backends
     graph = _import_graph()
     offenders = {b: sorted(graph[b] & (backends - {b})) for b in backends}
     assert not {k: v for k, v in offenders.items() if v}, offenders
@@ -228,10 +283,16 @@ def test_commands_are_one_module_each_on_one_floor():
     assert owners == modules
     for name in modules:
         tree = ast.parse((folder / f"{name}.py").read_text())
-        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1
-                    and not n.module for a in n.names} | \
-            {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1
-             and n.module}
+        imported = {
+            a.name
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.level == 1 and not n.module
+            for a in n.names
+        } | {
+            n.module.split(".")[0]
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module
+        }
         assert not imported & (modules - {name}), (name, imported & modules)
 
 
@@ -271,9 +332,12 @@ def test_registry_lookup_names_close_spellings():
 def test_the_layout_guide_names_every_module():
     layout = (ROOT / "docs/guides/extend.md").read_text()
     words = set(layout.replace(",", " ").replace("(", " ").replace(")", " ").split())
-    missing = [str(p.relative_to(ROOT).with_suffix("")) for pkg in ("ensemble", "members")
-               for p in sorted((ROOT / pkg).rglob("*.py"))
-               if not p.stem.startswith("__") and p.parent.name != "commands" and p.stem not in words]
+    missing = [
+        str(p.relative_to(ROOT).with_suffix(""))
+        for pkg in ("ensemble", "members")
+        for p in sorted((ROOT / pkg).rglob("*.py"))
+        if not p.stem.startswith("__") and p.parent.name != "commands" and p.stem not in words
+    ]
     assert not missing, f"docs/guides/extend.md's layout does not name {missing}"
 
 
@@ -326,8 +390,11 @@ def test_a_training_key_is_a_field_in_members_settings_read_by_members():
 
     assert {f.name: f.type for f in dataclasses.fields(MemberConfig)}["train"] in (TrainConfig, "TrainConfig")
     sources = {p: p.read_text() for p in (ROOT / "members").rglob("*.py") if p.name != "settings.py"}
-    unread = [f.name for f in dataclasses.fields(TrainConfig)
-              if not any(re.search(rf"\.{f.name}\b", text) for text in sources.values())]
+    unread = [
+        f.name
+        for f in dataclasses.fields(TrainConfig)
+        if not any(re.search(rf"\.{f.name}\b", text) for text in sources.values())
+    ]
     assert not unread, f"training keys no members/ module reads: {unread}"
     declared = [p.name for p in (ROOT / "ensemble").rglob("*.py") if "class TrainConfig" in p.read_text()]
     assert not declared, f"TrainConfig declared outside members/settings.py: {declared}"

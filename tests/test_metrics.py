@@ -34,16 +34,14 @@ def test_metrics_equal_sklearn(case):
         assert r["per_class"][c]["f1"] == pytest.approx(f[i])
         assert r["per_class"][c]["support"] == s[i]
     norm = np.array(r["confusion_matrix_normalized"])
-    np.testing.assert_allclose(norm, skm.confusion_matrix(y, pred, labels=labels, normalize="true"),
-                               atol=1e-6)
+    np.testing.assert_allclose(norm, skm.confusion_matrix(y, pred, labels=labels, normalize="true"), atol=1e-6)
 
 
 def test_absent_class_counts_as_zero_f1_like_sklearn():
     y = np.array([0, 0, 1, 1])
     pred = np.array([0, 1, 1, 1])
     r = classification_report(y, pred, None, ["a", "b", "c"])
-    assert r["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro", labels=[0, 1, 2],
-                                                        zero_division=0))
+    assert r["macro_f1"] == pytest.approx(skm.f1_score(y, pred, average="macro", labels=[0, 1, 2], zero_division=0))
     assert "log_loss" not in r
 
 

@@ -1,6 +1,7 @@
 """The MLflow pyfunc model (ensemble/serving/mlflow_model.py) as a stranger calls it: a `path` input is
 read only under the folders EFFENS_ALLOWED_PATHS lists, and the refusal is the same whether
 or not the file exists (#41)."""
+
 import pytest
 
 from ensemble.cli import main
@@ -36,8 +37,13 @@ def test_path_inputs_are_read_only_under_the_allowed_folders(model, tiny_data, t
     assert len(set(errors)) == 1 and "EFFENS_ALLOWED_PATHS" in errors[0], errors  # off by default
     assert "/etc" not in errors[0] and "not found" not in errors[0] and "identify" not in errors[0]
     monkeypatch.setenv("EFFENS_ALLOWED_PATHS", f"{allowed}:{tmp_path / 'nothing-here'}")
-    escapes = ["/etc/passwd", "/etc/no-such-file", allowed / ".." / ".." / ".." / ".." / "etc" / "passwd",
-               allowed / "link.png", tmp_path / "not-an-image.png"]
+    escapes = [
+        "/etc/passwd",
+        "/etc/no-such-file",
+        allowed / ".." / ".." / ".." / ".." / "etc" / "passwd",
+        allowed / "link.png",
+        tmp_path / "not-an-image.png",
+    ]
     got = _errors(model, [photo, *escapes])
     assert got[0] == "" and set(got[1:]) == {errors[0]}, got
     # inside the allowed folders a missing file is said as such

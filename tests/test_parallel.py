@@ -1,4 +1,5 @@
 """Members and tuning candidates through sequential, loky, Ray and Dask backends."""
+
 import json
 
 import numpy as np
@@ -65,8 +66,9 @@ def reference(tiny_data, tmp_path_factory):
     path = root / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     # one thread per job everywhere: the same arithmetic in every backend
-    assert main(["train", str(path), "--out", str(root / "sequential"), "-q",
-                 "--set", "parallel.threads_per_job=1"]) == 0
+    assert (
+        main(["train", str(path), "--out", str(root / "sequential"), "-q", "--set", "parallel.threads_per_job=1"]) == 0
+    )
     return path, root
 
 
@@ -74,18 +76,36 @@ def reference(tiny_data, tmp_path_factory):
 def test_backends_give_the_same_ensemble(reference, backend):
     path, root = reference
     out = root / backend
-    assert main(["train", str(path), "--out", str(out), "--parallel", backend, "--n-jobs", "2", "-q",
-                 "--set", "parallel.threads_per_job=1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(path),
+                "--out",
+                str(out),
+                "--parallel",
+                backend,
+                "--n-jobs",
+                "2",
+                "-q",
+                "--set",
+                "parallel.threads_per_job=1",
+            ]
+        )
+        == 0
+    )
     for name in "abc":
-        np.testing.assert_array_equal(np.load(root / f"sequential/members/{name}/samples.npy"),
-                                      np.load(out / f"members/{name}/samples.npy"))
+        np.testing.assert_array_equal(
+            np.load(root / f"sequential/members/{name}/samples.npy"), np.load(out / f"members/{name}/samples.npy")
+        )
     seq = json.loads((root / "sequential/report/metrics.json").read_text())
     par = json.loads((out / "report/metrics.json").read_text())
     assert set(par["members"]) == set("abc") and set(par["strategies"]) == set(seq["strategies"])
     for name in "abc":
         for split in ("val", "test"):
             assert par["members"][name][split]["log_loss"] == pytest.approx(
-                seq["members"][name][split]["log_loss"], rel=1e-4)
+                seq["members"][name][split]["log_loss"], rel=1e-4
+            )
     assert par["ensemble"]["test"]["macro_f1"] == pytest.approx(seq["ensemble"]["test"]["macro_f1"])
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert resolved["parallel"]["backend"] == backend

@@ -2,6 +2,7 @@
 strategy, a view, a runtime, a weights source and a report figure that train, the report,
 predict and evaluate then use, with no edit to the package. Run in a fresh interpreter:
 what a plugin registers stays registered for the rest of a process."""
+
 import csv
 import json
 import os
@@ -120,8 +121,13 @@ PLUGIN = textwrap.dedent('''
 
 
 def _effens(*argv, env=None, cwd=None):
-    done = subprocess.run([sys.executable, "-m", "ensemble", *argv], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, cwd=cwd)
+    done = subprocess.run(
+        [sys.executable, "-m", "ensemble", *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+    )
     return done.returncode, done.stdout + done.stderr
 
 
@@ -158,23 +164,34 @@ def test_a_plugin_module_next_to_the_yaml_works_from_train_to_predict(tiny_data,
     assert json.loads((run / "members" / "a" / "member.json").read_text())["weights_file"] == "toy://a"
 
     log = tmp_path / "toyrt.log"
-    rc, out = _effens("predict", str(run), str(tiny_data / "test"), "--runtime", "toyrt", "--tta", "top_half",
-                      "--out", str(tmp_path / "p.csv"), env={"TOYRT_LOG": str(log)})
+    rc, out = _effens(
+        "predict",
+        str(run),
+        str(tiny_data / "test"),
+        "--runtime",
+        "toyrt",
+        "--tta",
+        "top_half",
+        "--out",
+        str(tmp_path / "p.csv"),
+        env={"TOYRT_LOG": str(log)},
+    )
     assert rc == 0, out[-3000:]
     assert "geomean; toyrt" in out
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
     assert len(rows) == 18 and all(r["prediction"] in ("circle", "square", "stripes") for r in rows)
     assert sum(int(n) for n in log.read_text().split()) == 3 * 18  # every member ran on toyrt
 
-    rc, out = _effens("evaluate", str(run), str(tiny_data / "test"), "--strategy", "geomean",
-                      "--out", str(tmp_path / "ev"))
+    rc, out = _effens(
+        "evaluate", str(run), str(tiny_data / "test"), "--strategy", "geomean", "--out", str(tmp_path / "ev")
+    )
     assert rc == 0, out[-3000:]
     assert "toy figure" in (tmp_path / "ev" / "report.md").read_text()
 
     # export: the plugin strategy's own graph head inside ensemble.onnx, equal to its numpy vote
     rc, out = _effens("export", str(run), "--format", "onnx", "--strategy", "geomean", "--out", str(tmp_path / "x"))
     assert rc == 0, out[-3000:]
-    check = textwrap.dedent(f'''
+    check = textwrap.dedent(f"""
         import numpy as np, onnxruntime as ort, torch
         from ensemble.runfolder import load_run
         ens = load_run({str(run)!r})
@@ -186,7 +203,7 @@ def test_a_plugin_module_next_to_the_yaml_works_from_train_to_predict(tiny_data,
         got = sess.run(None, {{"image": x.numpy()}})[0]
         assert np.allclose(got, want, atol=1e-4), (got, want)
         print("same")
-    ''')
+    """)
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
     assert done.stdout.strip() == "same", done.stderr[-3000:]
     assert json.loads((tmp_path / "x" / "export.json").read_text())["strategy"] == "geomean"
@@ -194,9 +211,11 @@ def test_a_plugin_module_next_to_the_yaml_works_from_train_to_predict(tiny_data,
 
 def test_a_plugin_that_cannot_be_imported_is_one_line_naming_it(tiny_data, tmp_path):
     (tmp_path / "broken.py").write_text("raise RuntimeError('the plugin is broken')\n")
-    for plugins, message in ((["broken"], "`plugins`: cannot import 'broken': RuntimeError: the plugin is broken"),
-                             (["absent_module"], "`plugins`: cannot import 'absent_module': ModuleNotFoundError"),
-                             (["missing.py"], "`plugins`: cannot import 'missing.py': FileNotFoundError")):
+    for plugins, message in (
+        (["broken"], "`plugins`: cannot import 'broken': RuntimeError: the plugin is broken"),
+        (["absent_module"], "`plugins`: cannot import 'absent_module': ModuleNotFoundError"),
+        (["missing.py"], "`plugins`: cannot import 'missing.py': FileNotFoundError"),
+    ):
         cfg = tmp_path / "cfg.yaml"
         cfg.write_text(yaml.safe_dump(synth.tiny_config(tiny_data, plugins=plugins)))
         rc, out = _effens("train", str(cfg), "--out", str(tmp_path / "run"))
@@ -210,18 +229,23 @@ def test_plugin_files_never_replace_modules_and_a_failed_one_leaves_nothing_regi
     plugin that registers a view and then fails (loaded again once fixed)."""
     for folder in ("one", "two"):
         (tmp_path / folder).mkdir()
-        (tmp_path / folder / "plugin.py").write_text(textwrap.dedent(f'''
+        (tmp_path / folder / "plugin.py").write_text(
+            textwrap.dedent(f"""
             from members.views import view
             @view(tta_only=True)
             def view_{folder}(arr, inputs):
                 return arr
-        '''))
-    (tmp_path / "string.py").write_text("from members.views import view\n"
-                                        "@view(tta_only=True)\ndef view_string(arr, inputs):\n    return arr\n")
-    (tmp_path / "half.py").write_text("from members.views import view\n"
-                                      "@view(tta_only=True)\ndef half_view(arr, inputs):\n    return arr\n"
-                                      "raise RuntimeError('half-way')\n")
-    code = textwrap.dedent(f'''
+        """)
+        )
+    (tmp_path / "string.py").write_text(
+        "from members.views import view\n@view(tta_only=True)\ndef view_string(arr, inputs):\n    return arr\n"
+    )
+    (tmp_path / "half.py").write_text(
+        "from members.views import view\n"
+        "@view(tta_only=True)\ndef half_view(arr, inputs):\n    return arr\n"
+        "raise RuntimeError('half-way')\n"
+    )
+    code = textwrap.dedent(f"""
         import string, sys
         from ensemble.config import ConfigError
         from ensemble.plugins import load_plugins
@@ -240,19 +264,21 @@ def test_plugin_files_never_replace_modules_and_a_failed_one_leaves_nothing_regi
         load_plugins(["half"], root)  # fixed: loads, no "already registered"
         assert "half_view" in VIEWS
         print("ok")
-    ''')
+    """)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.stdout.strip() == "ok", done.stderr[-3000:]
 
 
 def test_a_plugin_may_not_take_a_builtin_name(tiny_data, tmp_path):
-    (tmp_path / "thief.py").write_text(textwrap.dedent('''
+    (tmp_path / "thief.py").write_text(
+        textwrap.dedent("""
         from ensemble.combining.strategies import Strategy, register
 
         @register
         class Soft(Strategy):
             name = "soft"
-    '''))
+    """)
+    )
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(synth.tiny_config(tiny_data, plugins=["thief"])))
     rc, out = _effens("train", str(cfg), "--out", str(tmp_path / "run"))
@@ -272,7 +298,9 @@ def _installed_plugin(root, body: str) -> dict:
 
 
 def test_an_installed_entry_point_plugin_reaches_the_help_choices(tmp_path):
-    env = _installed_plugin(tmp_path, textwrap.dedent('''
+    env = _installed_plugin(
+        tmp_path,
+        textwrap.dedent('''
         import numpy as np
         from ensemble.combining.strategies import Strategy, register
         from members.runtimes import TorchRuntime
@@ -298,10 +326,13 @@ def test_an_installed_entry_point_plugin_reaches_the_help_choices(tmp_path):
         @view(tta_only=True)
         def toyview(arr, inputs):
             return arr
-    '''))
-    for command, names in ((["predict", "--help"], ("toyvote", "toyrt", "toyview")),
-                           (["evaluate", "--help"], ("toyvote", "toyrt", "toyview")),
-                           (["export", "--help"], ("toyvote",))):
+    '''),
+    )
+    for command, names in (
+        (["predict", "--help"], ("toyvote", "toyrt", "toyview")),
+        (["evaluate", "--help"], ("toyvote", "toyrt", "toyview")),
+        (["export", "--help"], ("toyvote",)),
+    ):
         rc, out = _effens(*command, env=env)
         assert rc == 0 and all(n in out for n in names), out[-2000:]
         rc, out = _effens(*command)  # without the distribution on the path: not there
@@ -315,8 +346,10 @@ def test_a_broken_entry_point_plugin_is_one_line_naming_it_and_help_and_version_
         assert rc == 0 and "half-installed" not in out and "ERROR" not in out, out[-2000:]
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(synth.tiny_config(tiny_data)))
-    for body, said in (("raise ImportError('half-installed')\n", "ImportError: half-installed"),
-                       ("import sys\nsys.exit(0)\n", "it called sys.exit(0)")):
+    for body, said in (
+        ("raise ImportError('half-installed')\n", "ImportError: half-installed"),
+        ("import sys\nsys.exit(0)\n", "it called sys.exit(0)"),
+    ):
         (tmp_path / "toy_effens_ep.py").write_text(body)
         rc, out = _effens("train", str(cfg), "--out", str(tmp_path / "run"), env=env)
         assert rc == 2 and "Traceback" not in out, out[-2000:]
@@ -325,7 +358,7 @@ def test_a_broken_entry_point_plugin_is_one_line_naming_it_and_help_and_version_
         assert not (tmp_path / "run").exists()
 
 
-NAN_DEFAULT = textwrap.dedent('''
+NAN_DEFAULT = textwrap.dedent("""
     import dataclasses
 
     from ensemble.schema import field, interval
@@ -345,7 +378,7 @@ NAN_DEFAULT = textwrap.dedent('''
         def apply(self, proba):
             p = proba.mean(axis=0)
             return p.argmax(axis=1), p
-''')
+""")
 
 
 def test_a_plugin_that_fails_in_any_way_is_one_line_naming_it_before_any_file_is_written(tiny_data, tmp_path):
@@ -353,12 +386,19 @@ def test_a_plugin_that_fails_in_any_way_is_one_line_naming_it_before_any_file_is
     settings_schema that is not a dataclass: each is one line naming the plugin, exit 2,
     and no run folder (a NaN default was found only after config.yaml, run.json and
     classes.json were written; sys.exit(0) ended `train` with exit 0 and no output)."""
-    cases = {"nan_default": (NAN_DEFAULT, "RegistryError: strategy 'nanvote': its default settings are refused: "
-                                          "`combiner.nanvote.sharpness` must be a finite number; got nan"),
-             "exits": ("import sys\nsys.exit(0)\n", "it called sys.exit(0)"),
-             "base": ("raise BaseException('deep')\n", "BaseException: deep"),
-             "not_a_schema": (NAN_DEFAULT.replace("settings_schema = Settings", "settings_schema = dict"),
-                              "RegistryError: strategy 'nanvote': `settings_schema` must be a dataclass or None")}
+    cases = {
+        "nan_default": (
+            NAN_DEFAULT,
+            "RegistryError: strategy 'nanvote': its default settings are refused: "
+            "`combiner.nanvote.sharpness` must be a finite number; got nan",
+        ),
+        "exits": ("import sys\nsys.exit(0)\n", "it called sys.exit(0)"),
+        "base": ("raise BaseException('deep')\n", "BaseException: deep"),
+        "not_a_schema": (
+            NAN_DEFAULT.replace("settings_schema = Settings", "settings_schema = dict"),
+            "RegistryError: strategy 'nanvote': `settings_schema` must be a dataclass or None",
+        ),
+    }
     for name, (body, said) in cases.items():
         (tmp_path / f"{name}.py").write_text(body)
         cfg = tmp_path / "cfg.yaml"

@@ -1,5 +1,6 @@
 """The candidate pool (issue #21, item 2): snapshots and views of each member as extra
 probability sources for greedy selection, cached in the run, and run only when used."""
+
 import json
 import shutil
 
@@ -40,24 +41,32 @@ def _raw(**member):
     return {"data": {"train": "x"}, "members": [m]}
 
 
-@pytest.mark.parametrize("member, key", [
-    ({"candidates": {"weights": ["ema"]}}, "`members.0.candidates.weights` names `ema` but `members.0.train.ema`"),
-    ({"candidates": {"weights": ["swa"]}}, "`members.0.train.swa_epochs` is 0"),
-    ({"candidates": {"weights": ["probe"]}}, "`members.0.train.lp_epochs` is 0"),
-    ({"candidates": {"weights": ["last", "last"]}}, "`members.0.candidates.weights` must not repeat"),
-    ({"candidates": {"weights": ["newest"]}}, "`members.0.candidates.weights.0` must be one of best, last"),
-    ({"candidates": {"views": ["fisheye"]}}, "`members.0.candidates.views` must name member views"),
-    ({"candidates": {"snapshots": ["last"]}}, "unknown key `members.0.candidates.snapshots`"),
-    ({"name": "a@b"}, "`members.0.name` must not contain `@`"),
-])
+@pytest.mark.parametrize(
+    "member, key",
+    [
+        ({"candidates": {"weights": ["ema"]}}, "`members.0.candidates.weights` names `ema` but `members.0.train.ema`"),
+        ({"candidates": {"weights": ["swa"]}}, "`members.0.train.swa_epochs` is 0"),
+        ({"candidates": {"weights": ["probe"]}}, "`members.0.train.lp_epochs` is 0"),
+        ({"candidates": {"weights": ["last", "last"]}}, "`members.0.candidates.weights` must not repeat"),
+        ({"candidates": {"weights": ["newest"]}}, "`members.0.candidates.weights.0` must be one of best, last"),
+        ({"candidates": {"views": ["fisheye"]}}, "`members.0.candidates.views` must name member views"),
+        ({"candidates": {"snapshots": ["last"]}}, "unknown key `members.0.candidates.snapshots`"),
+        ({"name": "a@b"}, "`members.0.name` must not contain `@`"),
+    ],
+)
 def test_bad_candidate_settings_name_their_key(member, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("(", r"\(")):
         config_from_dict(_raw(**member), source="cfg.yaml")
 
 
 def test_candidates_are_every_kept_snapshot_under_every_view_but_the_members_own():
-    cfg = config_from_dict(_raw(view="squash", train={"ema": 0.9}, candidates={"weights": ["last", "ema", "best"],
-                                                                                "views": ["crop", "squash"]}))
+    cfg = config_from_dict(
+        _raw(
+            view="squash",
+            train={"ema": 0.9},
+            candidates={"weights": ["last", "ema", "best"], "views": ["crop", "squash"]},
+        )
+    )
     names = [c.name for c in member_candidates(cfg.members[0])]
     assert names == ["a@best+crop", "a@last", "a@last+crop", "a@ema", "a@ema+crop"]
     assert pool_candidates(config_from_dict(_raw()).members) == []  # the default: no pool
@@ -78,10 +87,20 @@ def test_only_pool_strategies_see_the_candidates():
     y_tr, y_val = rng.integers(0, 3, 300), rng.integers(0, 3, 120)
     strengths = [0.5, 0.4, 0.6, 3.0]  # three weak members and one strong candidate
     idx = [np.arange(300)] * 4
-    data = FitData.from_oob_lists(np.stack([_noisy(y_val, s, rng) for s in strengths]), y_val, idx,
-                                  [_noisy(y_tr, s, rng) for s in strengths], y_tr)
-    comb = fit_combiner(CombinerConfig(strategy="auto", calibrate=True), ["a", "b", "c"], ["x", "y", "z"], data,
-                        candidate_names=["a@last"])
+    data = FitData.from_oob_lists(
+        np.stack([_noisy(y_val, s, rng) for s in strengths]),
+        y_val,
+        idx,
+        [_noisy(y_tr, s, rng) for s in strengths],
+        y_tr,
+    )
+    comb = fit_combiner(
+        CombinerConfig(strategy="auto", calibrate=True),
+        ["a", "b", "c"],
+        ["x", "y", "z"],
+        data,
+        candidate_names=["a@last"],
+    )
     g = comb.get("greedy")
     assert len(g.weights_) == 4 and g.weights_[3] == max(g.weights_)  # greedy found the strong candidate
     assert comb.names("greedy")[-1] == "a@last" and comb.names("soft") == ["a", "b", "c"]
@@ -116,8 +135,7 @@ def test_candidates_are_saved_cached_and_scored_beside_their_member(pool_run):
     from ensemble.runfolder import load_run
 
     _, run = pool_run
-    cands = ["a@best+squash", "a@last", "a@last+squash", "a@ema", "a@ema+squash", "a@probe", "a@probe+squash",
-             "b@last"]
+    cands = ["a@best+squash", "a@last", "a@last+squash", "a@ema", "a@ema+squash", "a@probe", "a@probe+squash", "b@last"]
     for name in cands:
         meta = json.loads((run / "members" / name / "member.json").read_text())
         assert meta["candidate"]["of"] == name[0] and meta["name"] == name
@@ -160,8 +178,9 @@ def test_a_finished_member_is_reused_and_one_missing_a_candidate_is_trained_agai
     after = {p: p.stat().st_mtime_ns for p in (copy / "members").glob("*/model.safetensors")}
     assert after[copy / "members/a/model.safetensors"] == before[copy / "members/a/model.safetensors"]
     assert (copy / "members/b@last/member.json").is_file()
-    np.testing.assert_allclose(np.load(copy / "predictions/val_proba.npy"), np.load(run / "predictions/val_proba.npy"),
-                               atol=1e-6)  # the same weights again (seeded, CPU)
+    np.testing.assert_allclose(
+        np.load(copy / "predictions/val_proba.npy"), np.load(run / "predictions/val_proba.npy"), atol=1e-6
+    )  # the same weights again (seeded, CPU)
 
 
 def _use_only(run, tmp_path, weights):
@@ -250,8 +269,10 @@ def test_fit_combiner_refits_greedy_over_the_cached_pool(pool_run, tmp_path):
 def test_the_contribution_table_gives_a_member_its_candidates_greedy_weight():
     from ensemble.reporting.markdown import contribution_rows
 
-    doc = {"combiner": {"greedy_weights": {"a": 0.2, "b": 0.1, "a@ema": 0.3, "a@last+crop": 0.25, "b@probe": 0.15}},
-           "contributions": {"val": [{"member": m, "macro_f1_gain": 0.0, "log_loss_gain": 0.0} for m in "ab"]}}
+    doc = {
+        "combiner": {"greedy_weights": {"a": 0.2, "b": 0.1, "a@ema": 0.3, "a@last+crop": 0.25, "b@probe": 0.15}},
+        "contributions": {"val": [{"member": m, "macro_f1_gain": 0.0, "log_loss_gain": 0.0} for m in "ab"]},
+    }
     rows = contribution_rows(doc)
     assert [r[2] for r in rows[1:]] == ["0.750", "0.250"]
 

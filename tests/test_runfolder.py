@@ -1,4 +1,5 @@
 """ensemble/runfolder.py: the run lock seen by every reader, and what --restart refuses (#41)."""
+
 import json
 import shutil
 import socket
@@ -37,14 +38,17 @@ def test_every_reader_names_the_process_rewriting_the_run(trained, tiny_data, tm
     hash"; it writes nothing, and the run is left as the writer has it."""
     run = synth.copy_run(trained[1], tmp_path / "run")
     out = tmp_path / "out"
-    argv = {"predict": ["predict", str(run), str(tiny_data / "test"), "--out", str(tmp_path / "p.csv")],
-            "evaluate": ["evaluate", str(run), str(tiny_data / "test"), "--out", str(out)],
-            "explain": ["explain", str(run), str(tiny_data / "test"), "--out", str(out)],
-            "export": ["export", str(run), "--format", "onnx", "--out", str(out)],
-            "audit": ["audit", str(run), "--out", str(out), "--no-features"],
-            "serve": ["serve", str(run), "--port", "1"]}[command]
-    writer = subprocess.Popen([sys.executable, "-c", REWRITER, str(run)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    argv = {
+        "predict": ["predict", str(run), str(tiny_data / "test"), "--out", str(tmp_path / "p.csv")],
+        "evaluate": ["evaluate", str(run), str(tiny_data / "test"), "--out", str(out)],
+        "explain": ["explain", str(run), str(tiny_data / "test"), "--out", str(out)],
+        "export": ["export", str(run), "--format", "onnx", "--out", str(out)],
+        "audit": ["audit", str(run), "--out", str(out), "--no-features"],
+        "serve": ["serve", str(run), "--port", "1"],
+    }[command]
+    writer = subprocess.Popen(
+        [sys.executable, "-c", REWRITER, str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert writer.stdout.readline().strip() == "locked"
         before = _snapshot(run)
@@ -115,8 +119,7 @@ def test_restart_removes_only_effens_files_and_refuses_when_others_are_there(tra
     assert (run / "members/a/model.safetensors").is_file()  # nothing removed
     (run / "report/q3.md").unlink()
     (run / "members/alice.txt").unlink()
-    assert main(["train", str(cfg), "--out", str(run), "--restart", "--set", "members.0.train.epochs=1",
-                 "-q"]) == 0
+    assert main(["train", str(cfg), "--out", str(run), "--restart", "--set", "members.0.train.epochs=1", "-q"]) == 0
 
 
 def test_restart_with_a_bad_key_fails_before_discarding_anything(trained, tmp_path, caplog, fails):
@@ -139,16 +142,21 @@ def test_evaluate_never_overwrites_a_training_report(trained, tiny_data, tmp_pat
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.md").write_text("mine")
-    fails(main(["evaluate", str(run), str(tiny_data / "test"), "--out", str(mine)]),
-          "notes.md: not written by effens evaluate")
+    fails(
+        main(["evaluate", str(run), str(tiny_data / "test"), "--out", str(mine)]),
+        "notes.md: not written by effens evaluate",
+    )
 
 
-@pytest.mark.parametrize("edit, culprit", [
-    ("classes", "classes.json"),
-    ("inputs", "members/a/member.json"),
-    ("reorder", "config.yaml"),
-    ("remove", "config.yaml"),
-])
+@pytest.mark.parametrize(
+    "edit, culprit",
+    [
+        ("classes", "classes.json"),
+        ("inputs", "members/a/member.json"),
+        ("reorder", "config.yaml"),
+        ("remove", "config.yaml"),
+    ],
+)
 def test_edited_run_files_are_refused_naming_them(trained, tmp_path, edit, culprit, fails):
     _, run = trained
     run = synth.copy_run(run, tmp_path / "run")
@@ -181,16 +189,16 @@ def test_a_second_train_into_the_same_folder_refuses_and_a_dead_lock_is_taken_ov
     assert not (run / ".effens.lock").exists()
 
 
-def test_a_run_from_before_run_json_is_refused_until_fit_combiner_records_it(trained, tiny_data, tmp_path, caplog,
-                                                                             fails):
+def test_a_run_from_before_run_json_is_refused_until_fit_combiner_records_it(
+    trained, tiny_data, tmp_path, caplog, fails
+):
     _, run = trained
     run = synth.copy_run(run, tmp_path / "run")
     (run / "run.json").unlink()
     (run / "report/.effens-files.json").unlink()
     (run / "report/notes.md").write_text("mine")
     out = tmp_path / "p.csv"
-    fails(main(["predict", str(run), str(tiny_data / "val"), "--out", str(out)]),
-          "no run.json", "fit-combiner")
+    fails(main(["predict", str(run), str(tiny_data / "val"), "--out", str(out)]), "no run.json", "fit-combiner")
     assert main(["fit-combiner", str(run), "-q"]) == 0
     assert (run / "run.json").is_file() and (run / "report/notes.md").read_text() == "mine"
     assert main(["predict", str(run), str(tiny_data / "val"), "--out", str(out)]) == 0
@@ -206,8 +214,7 @@ def test_predict_never_writes_over_its_own_manifest(trained, tiny_data, tmp_path
     before = manifest.read_bytes()
     for out in (manifest, tmp_path / "." / "manifest.csv", tmp_path / "sub" / ".." / "manifest.csv"):
         (tmp_path / "sub").mkdir(exist_ok=True)
-        fails(main(["predict", str(run), str(manifest), "--out", str(out)]),
-              "is also an input of this command")
+        fails(main(["predict", str(run), str(manifest), "--out", str(out)]), "is also an input of this command")
     link = tmp_path / "link.csv"
     link.symlink_to(manifest)
     fails(main(["predict", str(run), str(manifest), "--out", str(link)]), "is also an input")
@@ -219,11 +226,13 @@ def test_no_command_writes_inside_a_run_folder(trained, tiny_data, tmp_path, fai
     run = synth.copy_run(run, tmp_path / "run")
     before = synth.digest(run)
     img = str(tiny_data / "test/circle")
-    cases = [["predict", str(run), img, "--out", str(run / "classes.json")],
-             ["predict", str(run), img, "--out", str(run / "report" / "preds.csv")],
-             ["evaluate", str(run), str(tiny_data / "test"), "--out", str(run / "eval")],
-             ["explain", str(run), img, "--out", str(run / "members")],
-             ["export", str(run), "--format", "onnx", "--out", str(run / "export")]]
+    cases = [
+        ["predict", str(run), img, "--out", str(run / "classes.json")],
+        ["predict", str(run), img, "--out", str(run / "report" / "preds.csv")],
+        ["evaluate", str(run), str(tiny_data / "test"), "--out", str(run / "eval")],
+        ["explain", str(run), img, "--out", str(run / "members")],
+        ["export", str(run), "--format", "onnx", "--out", str(run / "export")],
+    ]
     for argv in cases:
         fails(main(argv), "is inside the effens run folder")
     assert synth.digest(run) == before
@@ -234,12 +243,15 @@ def test_folder_outputs_never_land_inside_an_input_folder(trained, tiny_data, tm
     _, run = trained
     data = tmp_path / "data"
     shutil.copytree(tiny_data / "test", data)
-    fails(main(["evaluate", str(run), str(data), "--out", str(data / "ev")]),
-          "is inside the input folder")
+    fails(main(["evaluate", str(run), str(data), "--out", str(data / "ev")]), "is inside the input folder")
     assert not (data / "ev").exists()
     # nor inside the folders the run (or the config) reads, whatever the command's own input
-    for argv in (["evaluate", str(run), str(data)], ["explain", str(run), str(data)],
-                 ["train", str(run / "config.yaml")], ["tune", str(run / "config.yaml")]):
+    for argv in (
+        ["evaluate", str(run), str(data)],
+        ["explain", str(run), str(data)],
+        ["train", str(run / "config.yaml")],
+        ["tune", str(run / "config.yaml")],
+    ):
         fails(main([*argv, "--out", str(tiny_data / "val" / "new")]), "is inside the input folder")
         assert not (tiny_data / "val" / "new").exists()
 
@@ -248,16 +260,32 @@ def test_a_tune_folder_given_to_predict_says_what_to_do(tiny_data, tmp_path, fai
     tune = tmp_path / "t"
     tune.mkdir()
     (tune / ".effens-files.json").write_text(json.dumps({"kind": "tune", "files": []}))
-    fails(main(["predict", str(tune), str(tiny_data / "test/circle"), "--out", str(tmp_path / "p.csv")]),
-          "is a tune folder, not a run", "best.yaml")
+    fails(
+        main(["predict", str(tune), str(tiny_data / "test/circle"), "--out", str(tmp_path / "p.csv")]),
+        "is a tune folder, not a run",
+        "best.yaml",
+    )
 
 
 def test_restart_after_an_openvino_predict_discards_its_compiled_cache_too(trained, tiny_data, tmp_path):
     pytest.importorskip("openvino", reason="the compiled-model cache is OpenVINO's")
     cfg, run = trained
     run = synth.copy_run(run, tmp_path / "run")
-    assert main(["predict", str(run), str(tiny_data / "test"), "--out", str(tmp_path / "p.csv"),
-                 "--runtime", "openvino", "-q"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(run),
+                str(tiny_data / "test"),
+                "--out",
+                str(tmp_path / "p.csv"),
+                "--runtime",
+                "openvino",
+                "-q",
+            ]
+        )
+        == 0
+    )
     assert list((run / "cache" / "compiled").rglob("*.blob"))  # effens made these folders; OpenVINO the files
     assert main(["train", str(cfg), "--out", str(run), "--restart", "--set", "members.0.train.epochs=1", "-q"]) == 0
     assert not (run / "cache" / "compiled").exists()

@@ -1,4 +1,5 @@
 """Precision (auto/fp32/bf16/fp16), inference runtimes and ONNX / OpenVINO export."""
+
 import json
 import logging
 import shutil
@@ -49,9 +50,16 @@ def test_speedup_times_the_probe_in_both_precisions():
     assert seen == ["fp32"] * 3 + ["bf16"] * 3
 
 
-@pytest.mark.parametrize("trained,native,expected", [("bf16", True, "bf16"), ("bf16", False, "fp32"),
-                                                     ("fp32", True, "fp32"), ("fp16", True, "fp32"),
-                                                     (None, True, "fp32")])
+@pytest.mark.parametrize(
+    "trained,native,expected",
+    [
+        ("bf16", True, "bf16"),
+        ("bf16", False, "fp32"),
+        ("fp32", True, "fp32"),
+        ("fp16", True, "fp32"),
+        (None, True, "fp32"),
+    ],
+)
 def test_inference_auto_follows_the_trained_precision(monkeypatch, trained, native, expected):
     _fake_cpu(monkeypatch, native)
     assert prec.inference_precision("auto", trained, "cpu").name == expected
@@ -69,8 +77,12 @@ def test_a_resumed_member_keeps_the_precision_of_its_checkpoint(tmp_path):
     rng = np.random.default_rng(0)
     imgs = [rng.integers(0, 255, (40, 40, 3), dtype=np.uint8) for _ in range(12)]
     y = np.arange(12) % 3
-    spec = MemberConfig(name="m", model="test_efficientnet", image_size=32,
-                        train=TrainConfig(epochs=2, batch_size=4, augment="none", warmup_epochs=0.0))
+    spec = MemberConfig(
+        name="m",
+        model="test_efficientnet",
+        image_size=32,
+        train=TrainConfig(epochs=2, batch_size=4, augment="none", warmup_epochs=0.0),
+    )
     store = MemberCheckpoint(tmp_path, "fp")
 
     class Stop(Exception):
@@ -87,12 +99,17 @@ def test_a_resumed_member_keeps_the_precision_of_its_checkpoint(tmp_path):
     data = TrainData(imgs, y, np.arange(12), eval_tensor(imgs[:3], member.inputs), y[:3])
     score = lambda yy, p: selection_scores(yy, p, 3)  # noqa: E731
     with pytest.raises(Stop):  # killed after epoch 1, trained in bf16
-        train_member(member, spec.train, data, TrainRun("m", 0, torch.device("cpu"), score,
-                                                        prec.Precision("bf16", "cpu"), store))
+        train_member(
+            member, spec.train, data, TrainRun("m", 0, torch.device("cpu"), score, prec.Precision("bf16", "cpu"), store)
+        )
     assert json.loads(store.json_path.read_text())["precision"] == "bf16"
     store.save = real_save
-    result = train_member(create_member(spec, 3), spec.train, data,
-                          TrainRun("m", 0, torch.device("cpu"), score, prec.Precision("fp32", "cpu"), store))
+    result = train_member(
+        create_member(spec, 3),
+        spec.train,
+        data,
+        TrainRun("m", 0, torch.device("cpu"), score, prec.Precision("fp32", "cpu"), store),
+    )
     assert result.precision == "bf16" and len(result.history) == 2
 
 
@@ -179,8 +196,9 @@ def _demo_images(ens, n: int = 12):
     return arrays
 
 
-@pytest.mark.parametrize("runtime", [pytest.param("openvino", marks=needs_ov),
-                                     pytest.param("onnxruntime", marks=needs_ort)])
+@pytest.mark.parametrize(
+    "runtime", [pytest.param("openvino", marks=needs_ov), pytest.param("onnxruntime", marks=needs_ort)]
+)
 def test_runtimes_match_torch_fp32_on_real_images(trained, runtime):
     _, run = trained
     ens = load_run(str(run))
@@ -226,15 +244,43 @@ def test_onnxruntime_reports_the_fp32_it_runs():
 def test_predict_with_openvino_and_evaluate_cache_keyed_by_runtime(trained, tiny_data, tmp_path, capsys):
     _, run = trained
     out = tmp_path / "p.csv"
-    assert main(["predict", str(run), str(tiny_data / "test"), "--out", str(out), "--runtime", "openvino",
-                 "--precision", "fp32"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(run),
+                str(tiny_data / "test"),
+                "--out",
+                str(out),
+                "--runtime",
+                "openvino",
+                "--precision",
+                "fp32",
+            ]
+        )
+        == 0
+    )
     assert "openvino fp32" in capsys.readouterr().out
     ev = tmp_path / "ev"
     assert main(["evaluate", str(run), str(tiny_data / "test"), "--out", str(ev), "--runtime", "torch"]) == 0
     first = json.loads((ev / "metrics.json").read_text())["inference"]
     assert first["runtime"] == "torch"
-    assert main(["evaluate", str(run), str(tiny_data / "test"), "--out", str(ev), "--runtime", "openvino",
-                 "--precision", "fp32"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run),
+                str(tiny_data / "test"),
+                "--out",
+                str(ev),
+                "--runtime",
+                "openvino",
+                "--precision",
+                "fp32",
+            ]
+        )
+        == 0
+    )
     second = json.loads((ev / "metrics.json").read_text())["inference"]
     assert second == {"runtime": "openvino", "precision": ["fp32"] * 3, "adapt_bn": False}
 
@@ -253,21 +299,37 @@ def test_tampered_runtime_cache_is_refused(trained, tmp_path, caplog):
     assert onnx_file.stat().st_mtime_ns == mtime  # a second process reuses the export
     onnx_file.write_bytes(onnx_file.read_bytes() + b"x")
     with caplog.at_level(logging.ERROR):
-        assert main(["predict", str(copy), str(DEMO_TEST), "--out", str(tmp_path / "p.csv"),
-                     "--runtime", "openvino"]) == 2
+        assert (
+            main(["predict", str(copy), str(DEMO_TEST), "--out", str(tmp_path / "p.csv"), "--runtime", "openvino"]) == 2
+        )
     assert "a.onnx: contents do not match" in caplog.text
 
 
 def test_bad_runtime_and_precision_flags_exit_2(trained, tmp_path, caplog, capsys):
     _, run = trained
     with caplog.at_level(logging.ERROR):
-        assert main(["predict", str(run), str(DEMO_TEST), "--out", str(tmp_path / "p.csv"),
-                     "--runtime", "tensorrt"]) == 2
+        assert (
+            main(["predict", str(run), str(DEMO_TEST), "--out", str(tmp_path / "p.csv"), "--runtime", "tensorrt"]) == 2
+        )
     assert "must be auto or one of torch, openvino, onnxruntime; got 'tensorrt'" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.ERROR):
-        assert main(["predict", str(run), str(DEMO_TEST), "--out", str(tmp_path / "p.csv"),
-                     "--precision", "fp16", "--runtime", "torch"]) == 2
+        assert (
+            main(
+                [
+                    "predict",
+                    str(run),
+                    str(DEMO_TEST),
+                    "--out",
+                    str(tmp_path / "p.csv"),
+                    "--precision",
+                    "fp16",
+                    "--runtime",
+                    "torch",
+                ]
+            )
+            == 2
+        )
     assert "fp16` needs a CUDA device" in caplog.text
     assert "Traceback" not in capsys.readouterr().err
 
@@ -298,8 +360,8 @@ def test_export_onnx_matches_torch(trained, tmp_path, strategy):
         x = _normalised(ens, imgs, fm)
         for batch in (x[:1], x):  # the batch axis is dynamic
             got = sess.run(None, {"image": batch})[0]
-            np.testing.assert_allclose(got, ref[j, :len(batch)], atol=1e-4)
-            assert (got.argmax(1) == ref[j, :len(batch)].argmax(1)).all()
+            np.testing.assert_allclose(got, ref[j, : len(batch)], atol=1e-4)
+            assert (got.argmax(1) == ref[j, : len(batch)].argmax(1)).all()
     # all tiny members share one input geometry: the graph sees exactly their inputs
     sess = ort.InferenceSession(str(out / "ensemble.onnx"), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"image": _normalised(ens, imgs, ens.members_[0])})[0]
@@ -326,11 +388,14 @@ def test_ensemble_graph_with_mixed_sizes_and_calibration_matches_its_torch_modul
 
     _, run = trained
     ens = load_run(str(run))
-    inputs = [InputConfig(32, 0.875, "bicubic", (0.5,) * 3, (0.5,) * 3),
-              InputConfig(24, 0.875, "bicubic", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-              InputConfig(32, 0.875, "bicubic", (0.5,) * 3, (0.5,) * 3)]
-    graph = EnsembleGraph([fm.model.float() for fm in ens.members_], inputs, WeightedMean([0.2, 0.3, 0.5]),
-                          [0.7, 1.0, 1.6]).eval()
+    inputs = [
+        InputConfig(32, 0.875, "bicubic", (0.5,) * 3, (0.5,) * 3),
+        InputConfig(24, 0.875, "bicubic", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        InputConfig(32, 0.875, "bicubic", (0.5,) * 3, (0.5,) * 3),
+    ]
+    graph = EnsembleGraph(
+        [fm.model.float() for fm in ens.members_], inputs, WeightedMean([0.2, 0.3, 0.5]), [0.7, 1.0, 1.6]
+    ).eval()
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
         want = graph(x).numpy()

@@ -1,6 +1,7 @@
 """`effens serve` (issue #26): a real uvicorn server on a free loopback port, called over
 HTTP: the same answers as `effens predict`, batching under concurrency, every limit, the
 API key, SIGTERM, and the upload page in headless Chromium."""
+
 import base64
 import concurrent.futures
 import io
@@ -83,8 +84,11 @@ def test_concurrent_requests_are_batched(server, tiny_data):
         answers = list(pool.map(one, data))
     assert all(code == 200 and r["results"][0]["error"] == "" for code, r in answers)
     text = _get(server.url + "/metrics")[1].decode()
-    sizes = {int(line.split('size="')[1].split('"')[0]): int(line.split()[-1])
-             for line in text.splitlines() if line.startswith("effens_batch_size_total{")}
+    sizes = {
+        int(line.split('size="')[1].split('"')[0]): int(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("effens_batch_size_total{")
+    }
     assert max(sizes) > 1, sizes  # 8 requests within 150 ms shared forward passes
 
 
@@ -128,8 +132,9 @@ def test_every_malformed_request_is_a_json_4xx_and_the_server_keeps_serving(serv
         ok, answer = _post(server.url + "/v1/predict", [("files", good.name, good.read_bytes())])
         assert ok == 200 and answer["results"][0]["prediction"], what
     # one unreadable image among good ones: the others are still answered
-    code, body = _post(server.url + "/v1/predict", [("files", "notes.txt", b"text"),
-                                                    ("files", good.name, good.read_bytes())])
+    code, body = _post(
+        server.url + "/v1/predict", [("files", "notes.txt", b"text"), ("files", good.name, good.read_bytes())]
+    )
     assert code == 200 and body["results"][0]["error"] and body["results"][1]["prediction"]
     assert _get(server.url + "/v1/nothing-here")[0] == 404
 
@@ -154,12 +159,20 @@ def test_api_key_and_sigterm(trained, tiny_data, tmp_path):
 
 def test_bad_serve_arguments_are_one_line(trained, tmp_path):
     _, run = trained
-    done = subprocess.run([sys.executable, "-m", "ensemble", "serve", str(run), "--api-key-file",
-                           str(tmp_path / "absent.txt")], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "ensemble", "serve", str(run), "--api-key-file", str(tmp_path / "absent.txt")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "absent.txt: cannot read the API key file" in done.stderr
-    done = subprocess.run([sys.executable, "-m", "ensemble", "serve", str(run), "--port", "70000"],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "ensemble", "serve", str(run), "--port", "70000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 2 and "must be a TCP port, 1-65535; got 70000" in done.stderr
 
 
@@ -167,9 +180,11 @@ def test_create_app_mounted_in_another_asgi_app(trained, tiny_data):
     """No lifespan reaches a mounted app: it warms up on /v1/ready or its first request."""
     _, run = trained
     port = _free_port()
-    code = (f"import uvicorn\nfrom fastapi import FastAPI\nfrom ensemble.serving.app import create_app\n"
-            f"outer = FastAPI()\nouter.mount('/effens', create_app({str(run)!r}))\n"
-            f"uvicorn.run(outer, host='127.0.0.1', port={port}, log_level='warning')\n")
+    code = (
+        f"import uvicorn\nfrom fastapi import FastAPI\nfrom ensemble.serving.app import create_app\n"
+        f"outer = FastAPI()\nouter.mount('/effens', create_app({str(run)!r}))\n"
+        f"uvicorn.run(outer, host='127.0.0.1', port={port}, log_level='warning')\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}/effens"
@@ -193,15 +208,21 @@ def test_create_app_mounted_in_another_asgi_app(trained, tiny_data):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian: apt-get install -y chromium); "
-                                             "the page test needs a real browser")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no Chromium here (Debian: apt-get install -y chromium); the page test needs a real browser",
+)
 def test_the_upload_page_sends_a_photo_and_shows_the_answer_in_chromium(server, tiny_data, tmp_path):
     photo = _images(tiny_data, 1)[0]
     data_url = "data:image/png;base64," + base64.b64encode(photo.read_bytes()).decode()
     url = server.url + "/#selftest=" + quote(data_url, safe="")
-    dom = subprocess.run([CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000",
-                          "--dump-dom", url], capture_output=True, text=True, timeout=180,
-                         env=dict(os.environ, HOME=str(tmp_path))).stdout
+    dom = subprocess.run(
+        [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=dict(os.environ, HOME=str(tmp_path)),
+    ).stdout
     assert 'data-answered="1"' in dom, dom[-3000:]
     _, answer = _post(server.url + "/v1/predict", [("files", photo.name, photo.read_bytes())])
     row = answer["results"][0]
@@ -224,8 +245,9 @@ def test_the_same_app_on_ray_serve_with_two_replicas(server, tiny_data, trained)
     try:
         code, got = _post(srv.url + "/v1/predict", files)
         assert code == 200 and got["results"][0]["prediction"] == want["results"][0]["prediction"]
-        np.testing.assert_allclose(list(got["results"][0]["proba"].values()),
-                                   list(want["results"][0]["proba"].values()), atol=1e-6)
+        np.testing.assert_allclose(
+            list(got["results"][0]["proba"].values()), list(want["results"][0]["proba"].values()), atol=1e-6
+        )
         assert json.loads(_get(srv.url + "/v1/model")[1])["members"] == ["a", "b", "c"]
     finally:
         assert srv.stop() == 0
@@ -238,8 +260,23 @@ def test_a_request_may_ask_for_its_own_prediction_sets_and_review(server, traine
     _, run = trained
     paths = _images(tiny_data, 4)
     out = tmp_path / "p.json"
-    assert main(["predict", str(run), *map(str, paths), "--out", str(out), "--coverage", "0.9",
-                 "--review-rate", "0.5", "-q"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(run),
+                *map(str, paths),
+                "--out",
+                str(out),
+                "--coverage",
+                "0.9",
+                "--review-rate",
+                "0.5",
+                "-q",
+            ]
+        )
+        == 0
+    )
     want = json.loads(out.read_text())
     files = [("files", p.name, p.read_bytes()) for p in paths]
     code, got = _post(server.url + "/v1/predict?coverage=0.9&review_rate=0.5", files)
@@ -263,11 +300,13 @@ def test_bad_request_decisions_are_400_before_any_work(server, tiny_data):
     good = _images(tiny_data, 1)[0]
     files = [("files", good.name, good.read_bytes())]
     images = _metric(server.url, "effens_images_total")
-    for query, reason in [("coverage=nan", "`coverage` must be a finite number; got nan"),
-                          ("review_rate=nan", "`review_rate` must be a finite number; got nan"),
-                          ("target_accuracy=nan", "`target_accuracy` must be a finite number; got nan"),
-                          ("coverage=0.99", "coverage 0.99 needs at least 99 calibration images; got 18"),
-                          ("coverage=0.9&coverage_by_class=true", "needs at least 9 calibration images of class")]:
+    for query, reason in [
+        ("coverage=nan", "`coverage` must be a finite number; got nan"),
+        ("review_rate=nan", "`review_rate` must be a finite number; got nan"),
+        ("target_accuracy=nan", "`target_accuracy` must be a finite number; got nan"),
+        ("coverage=0.99", "coverage 0.99 needs at least 99 calibration images; got 18"),
+        ("coverage=0.9&coverage_by_class=true", "needs at least 9 calibration images of class"),
+    ]:
         code, body = _post(server.url + "/v1/predict?" + query, files)
         assert code == 400 and reason in body["error"] and "\n" not in body["error"], (query, code, body)
     assert _metric(server.url, "effens_images_total") == images  # nothing was decoded or run
@@ -296,15 +335,18 @@ def keyed(trained, tmp_path_factory):
 def test_the_key_is_checked_before_the_request_is_parsed_and_no_answer_names_a_server_path(keyed, trained):
     _, run = trained
     boundary = "multipart/form-data; boundary=x"
-    strangers = [("POST", "/v1/predict?coverage=abc&review_rate=[]", b"not multipart", "text/plain"),
-                 ("POST", "/v1/predict?coverage_by_class=maybe", b"--x\r\nbroken", boundary),
-                 ("GET", "/v1/predict", None, None),  # the wrong method: 401, not 405
-                 ("GET", "/v1/model?coverage=abc", None, None),
-                 ("POST", "/v1/model", b"{", "application/json"),
-                 ("GET", "/v1/model/", None, None)]
+    strangers = [
+        ("POST", "/v1/predict?coverage=abc&review_rate=[]", b"not multipart", "text/plain"),
+        ("POST", "/v1/predict?coverage_by_class=maybe", b"--x\r\nbroken", boundary),
+        ("GET", "/v1/predict", None, None),  # the wrong method: 401, not 405
+        ("GET", "/v1/model?coverage=abc", None, None),
+        ("POST", "/v1/model", b"{", "application/json"),
+        ("GET", "/v1/model/", None, None),
+    ]
     for method, route, body, kind in strangers:
-        req = urllib.request.Request(keyed.url + route, data=body, method=method,
-                                     headers={"Content-Type": kind} if kind else {})
+        req = urllib.request.Request(
+            keyed.url + route, data=body, method=method, headers={"Content-Type": kind} if kind else {}
+        )
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 code, answer = r.status, r.read()
@@ -314,10 +356,16 @@ def test_the_key_is_checked_before_the_request_is_parsed_and_no_answer_names_a_s
     key = {"X-API-Key": "s3cret-key"}
     code, card = _get(keyed.url + "/v1/model", key)
     assert code == 200 and json.loads(card)["run"] == run.name
-    answers = [card, *(_get(keyed.url + r, key)[1] for r in ("/v1/health", "/v1/ready", "/metrics", "/openapi.json",
-                                                             "/v1/nothing", "/"))]
-    answers.append(json.dumps(_post(keyed.url + "/v1/predict", [("files", "x.png", b"\x89PNG\r\n\x1a\nbroken")],
-                                    key)[1]).encode())
+    answers = [
+        card,
+        *(
+            _get(keyed.url + r, key)[1]
+            for r in ("/v1/health", "/v1/ready", "/metrics", "/openapi.json", "/v1/nothing", "/")
+        ),
+    ]
+    answers.append(
+        json.dumps(_post(keyed.url + "/v1/predict", [("files", "x.png", b"\x89PNG\r\n\x1a\nbroken")], key)[1]).encode()
+    )
     for answer in answers:
         assert str(run.parent).encode() not in answer and str(run.resolve().parent).encode() not in answer
 
@@ -414,10 +462,20 @@ def _asgi_get(app, path: str, headers: dict | None = None):
     async def send(message):
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
-             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
-             "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
-             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+    }
     asyncio.run(app(scope, receive, send))
     status = next(m["status"] for m in sent if m["type"] == "http.response.start")
     return status, json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
@@ -435,10 +493,14 @@ def test_a_plugin_route_is_served_behind_the_key_and_listed_in_the_docs(trained,
         with pytest.raises(RegistryError, match="a serve route named 'GET /v1/classes' is already registered"):
             route("/v1/classes")(lambda service: None)
         app = create_app(str(trained[1]), ServeSettings(api_key="sesame"))
-        assert _asgi_get(app, "/v1/classes") == (401, {"error": "missing or wrong API key (send it as `X-API-Key` "
-                                                                "or `Authorization: Bearer`)"})
-        assert _asgi_get(app, "/v1/classes", {"X-API-Key": "sesame"}) == \
-            (200, {"classes": ["circle", "square", "stripes"], "requests": 0})
+        assert _asgi_get(app, "/v1/classes") == (
+            401,
+            {"error": "missing or wrong API key (send it as `X-API-Key` or `Authorization: Bearer`)"},
+        )
+        assert _asgi_get(app, "/v1/classes", {"X-API-Key": "sesame"}) == (
+            200,
+            {"classes": ["circle", "square", "stripes"], "requests": 0},
+        )
         assert "/v1/classes" in _asgi_get(app, "/openapi.json")[1]["paths"]
         assert _asgi_get(app, "/v1/health") == (200, {"status": "ok"})  # the built-in routes stay
     finally:

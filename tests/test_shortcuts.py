@@ -1,5 +1,6 @@
 """The shortcut check (issue #39, item 1): nuisance properties that predict the label are
 flagged with their shift between splits; properties independent of the label never are."""
+
 import json
 
 import numpy as np
@@ -66,8 +67,9 @@ def test_properties_that_predict_only_together_are_said_so():
     # each property alone carries a little of the label; together they carry more
     table = {f"p{k}": rng.normal(0, 1, 1500) + 0.3 * (y == k % 3) for k in range(9)}
     doc = check_shortcuts(table, [CLASSES[i] for i in y], ["train"] * 1500, CLASSES)
-    assert doc["all_flagged"] and doc["all"]["macro_f1"] > max(p["predicts"]["macro_f1"]
-                                                               for p in doc["properties"].values())
+    assert doc["all_flagged"] and doc["all"]["macro_f1"] > max(
+        p["predicts"]["macro_f1"] for p in doc["properties"].values()
+    )
     assert any(f.startswith("all properties together") for f in doc["findings"])
     if not doc["flagged"]:
         from ensemble.auditing.shortcuts import summary_line
@@ -76,8 +78,11 @@ def test_properties_that_predict_only_together_are_said_so():
 
 
 def test_source_folders_leave_out_the_class_folder_and_only_for_class_folders(tmp_path):
-    paths = [str(tmp_path / "train" / "minor" / "kaggle" / "a.jpg"), str(tmp_path / "train" / "severe" / "web" / "b.jpg"),
-             str(tmp_path / "test" / "minor" / "c.jpg")]
+    paths = [
+        str(tmp_path / "train" / "minor" / "kaggle" / "a.jpg"),
+        str(tmp_path / "train" / "severe" / "web" / "b.jpg"),
+        str(tmp_path / "test" / "minor" / "c.jpg"),
+    ]
     assert source_folders(paths, ["minor", "severe", "minor"]) == ["kaggle", "web", ""]
     # a manifest whose folders are not named as the labels: a folder may be the class itself
     assert source_folders(paths, ["moderate", "severe", "minor"]) is None
@@ -124,7 +129,7 @@ def test_the_audit_flags_a_planted_resolution_tie_and_stays_silent_without_one(t
     doc = json.loads((out / "audit.json").read_text())["shortcuts"]
     line = capsys.readouterr().out
     page = (out / "index.html").read_text()
-    assert "Shortcuts" in page and page.count("<svg class=\"shortcut\"") == len(doc["properties"])
+    assert "Shortcuts" in page and page.count('<svg class="shortcut"') == len(doc["properties"])
     if tied:
         assert "short_side" in doc["flagged"] and "height" in doc["flagged"]
         assert doc["properties"]["short_side"]["ks_from_train"]["test"] == 1.0

@@ -1,5 +1,6 @@
 """Start-up (issue #23): predicting with an exported runtime loads neither torch, timm nor
 scikit-learn; compiled models and timm's model names are cached; results do not change."""
+
 import csv
 import json
 import os
@@ -15,7 +16,8 @@ import synth
 HEAVY = ("torch", "timm", "sklearn", "torchvision", "members.trainer", "ensemble.training")
 
 needs_openvino = pytest.mark.skipif(
-    __import__("importlib").util.find_spec("openvino") is None, reason="OpenVINO is not installed (effens[openvino])")
+    __import__("importlib").util.find_spec("openvino") is None, reason="OpenVINO is not installed (effens[openvino])"
+)
 
 
 def _in_fresh_process(argv: list[str], env: dict | None = None) -> tuple[int, list[str], str]:
@@ -29,8 +31,9 @@ def _in_fresh_process(argv: list[str], env: dict | None = None) -> tuple[int, li
             rc = exc.code
         print(json.dumps([rc, [m for m in {HEAVY!r} if m in sys.modules]]))
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **(env or {})}
+    )
     assert done.stdout.strip(), done.stderr[-3000:]
     rc, heavy = json.loads(done.stdout.strip().splitlines()[-1])
     return rc, heavy, done.stderr
@@ -103,8 +106,9 @@ def test_help_and_config_errors_import_no_torch(tmp_path):
     assert rc == 0 and heavy == []
     bad = tmp_path / "bad.yaml"
     bad.write_text("seed: 0\nmembers: []\ncolour: red\n")
-    rc, heavy, err = _in_fresh_process(["train", str(bad), "--out", str(tmp_path / "run")],
-                                       env={"EFFENS_CACHE": str(tmp_path / "cache")})
+    rc, heavy, err = _in_fresh_process(
+        ["train", str(bad), "--out", str(tmp_path / "run")], env={"EFFENS_CACHE": str(tmp_path / "cache")}
+    )
     assert rc == 2 and "colour" in err and "Traceback" not in err
     assert not set(heavy) & {"torch", "timm", "sklearn", "torchvision"}, heavy
 

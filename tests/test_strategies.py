@@ -1,4 +1,5 @@
 """The strategy registry: a new strategy is one class, and every door accepts it."""
+
 import json
 
 import numpy as np
@@ -9,11 +10,13 @@ from ensemble.cli import main
 from ensemble.combining.strategies import STRATEGIES, Combiner, FitData, Strategy, fit_combiner, register
 from ensemble.config import CombinerConfig, ConfigError, config_from_dict
 
-P = np.array([  # 3 members, 2 samples, 2 classes
-    [[0.9, 0.1], [0.2, 0.8]],
-    [[0.6, 0.4], [0.3, 0.7]],
-    [[0.1, 0.9], [0.6, 0.4]],
-])
+P = np.array(
+    [  # 3 members, 2 samples, 2 classes
+        [[0.9, 0.1], [0.2, 0.8]],
+        [[0.6, 0.4], [0.3, 0.7]],
+        [[0.1, 0.9], [0.6, 0.4]],
+    ]
+)
 
 
 @pytest.fixture
@@ -34,8 +37,13 @@ def median_strategy():
 
 
 def test_a_toy_strategy_is_fitted_applied_and_saved(median_strategy):
-    data = FitData.from_oob_lists(P, np.array([0, 1]), [np.array([0]), np.array([1]), np.array([], dtype=np.int64)],
-                                  [P[0, :1], P[1, 1:], np.zeros((0, 2))], np.array([0, 1]))
+    data = FitData.from_oob_lists(
+        P,
+        np.array([0, 1]),
+        [np.array([0]), np.array([1]), np.array([], dtype=np.int64)],
+        [P[0, :1], P[1, 1:], np.zeros((0, 2))],
+        np.array([0, 1]),
+    )
     comb = fit_combiner(CombinerConfig(strategy="median"), ["a", "b", "c"], ["x", "y"], data)
     assert "median" in comb.available()
     pred, proba = comb.apply(P)
@@ -53,8 +61,11 @@ def test_config_accepts_a_registered_strategy_and_names_the_choices(median_strat
     raw = synth.tiny_config(tmp_path, combiner={"strategy": "median"})
     assert config_from_dict(raw).combiner.strategy == "median"
     raw["combiner"]["strategy"] = "mean"
-    with pytest.raises(ConfigError, match=r"`combiner.strategy` must be one of auto, hard, soft, weighted, "
-                                          r"stacking, greedy, median; got 'mean'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"`combiner.strategy` must be one of auto, hard, soft, weighted, "
+        r"stacking, greedy, median; got 'mean'",
+    ):
         config_from_dict(raw)
 
 
@@ -89,7 +100,6 @@ def test_a_toy_strategy_runs_through_fit_combiner_and_evaluate(median_strategy, 
     doc = json.loads((copy / "report/metrics.json").read_text())
     assert doc["strategy"] == "median" and "median" in doc["strategies"]
     assert doc["strategies"]["median"]["oob"]["n"] > 0
-    assert main(["evaluate", str(copy), str(data / "test"), "--strategy", "median",
-                 "--out", str(tmp_path / "ev")]) == 0
+    assert main(["evaluate", str(copy), str(data / "test"), "--strategy", "median", "--out", str(tmp_path / "ev")]) == 0
     ev = json.loads((tmp_path / "ev/metrics.json").read_text())
     assert ev["strategy"] == "median" and ev["ensemble"]["eval"]["n"] == 18

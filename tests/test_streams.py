@@ -1,4 +1,5 @@
 """Augmentation draws from private per-item streams: reproducible whatever other threads do."""
+
 import random
 import threading
 
@@ -12,8 +13,9 @@ from members.models import InputConfig
 from members.streams import HorizontalFlip, item_streams
 from members.transforms import SampleDataset, train_transform
 
-INPUTS = InputConfig(image_size=24, crop_pct=0.875, interpolation="bicubic",
-                     mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+INPUTS = InputConfig(
+    image_size=24, crop_pct=0.875, interpolation="bicubic", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)
+)
 
 
 def _draws() -> tuple:
@@ -90,8 +92,9 @@ def test_items_do_not_depend_on_loader_workers():
     def batches(workers: int) -> torch.Tensor:
         # spawned, not forked: a fork of this test process, which may hold OpenVINO's and
         # torch's thread pools from earlier tests, once deadlocked at exit (futex) and hung pytest
-        loader = torch.utils.data.DataLoader(ds, batch_size=3, shuffle=False, num_workers=workers,
-                                             multiprocessing_context="spawn" if workers else None)
+        loader = torch.utils.data.DataLoader(
+            ds, batch_size=3, shuffle=False, num_workers=workers, multiprocessing_context="spawn" if workers else None
+        )
         return torch.cat([x for x, _ in loader])
 
     torch.testing.assert_close(batches(0), batches(2), rtol=0, atol=0)

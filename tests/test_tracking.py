@@ -1,6 +1,7 @@
 """Tracking and the run card (issue #27): a real local MLflow store and real TensorBoard event
 files read back with their own readers; the MLflow pyfunc model against `effens predict`;
 an unreachable tracker is one warning and the run is complete; the card's figures."""
+
 import csv
 import os
 import socket
@@ -37,8 +38,21 @@ def tracked(tiny_data, tmp_path_factory):
     cfg["report"] = {"purpose": "sort synthetic shapes for the tests", "limits": ["never seen real photos"]}
     (root / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     uri = f"file:{root / 'mlruns'}"
-    assert main(["train", str(root / "cfg.yaml"), "--out", str(root / "run"), "--tracking", f"mlflow={uri}",
-                 "--tracking", f"tensorboard={root / 'tb'}"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(root / "cfg.yaml"),
+                "--out",
+                str(root / "run"),
+                "--tracking",
+                f"mlflow={uri}",
+                "--tracking",
+                f"tensorboard={root / 'tb'}",
+            ]
+        )
+        == 0
+    )
     return root, uri
 
 
@@ -57,8 +71,15 @@ def test_mlflow_run_holds_params_epochs_final_metrics_tags_and_artifacts(tracked
             assert np.isfinite(run[f"metrics.{split}/{who}/macro_f1"]), (split, who)
     assert any(c.startswith("metrics.decisions/val/coverage_") for c in runs.columns)
     assert any(c.startswith("metrics.decisions/test/review_") for c in runs.columns)
-    for tag in ("effens.version", "effens.cpu", "effens.gpu", "effens.precision", "effens.runtime",
-                "effens.torch", "effens.data.train"):
+    for tag in (
+        "effens.version",
+        "effens.cpu",
+        "effens.gpu",
+        "effens.precision",
+        "effens.runtime",
+        "effens.torch",
+        "effens.data.train",
+    ):
         assert isinstance(run[f"tags.{tag}"], str) and run[f"tags.{tag}"], tag
     client = mlflow.tracking.MlflowClient(uri)
     # per member, per epoch: the same numbers as the member's saved history
@@ -88,8 +109,9 @@ def test_tensorboard_event_files_hold_the_per_epoch_scalars(tracked):
     assert "val/ensemble/macro_f1" in acc.Tags()["scalars"]
 
 
-def test_the_logged_model_and_the_exported_one_predict_as_effens_predict(tracked, trained, tmp_path, tiny_data,
-                                                                           monkeypatch):
+def test_the_logged_model_and_the_exported_one_predict_as_effens_predict(
+    tracked, trained, tmp_path, tiny_data, monkeypatch
+):
     import pandas as pd
 
     root, uri = tracked
@@ -119,8 +141,10 @@ def test_the_logged_model_and_the_exported_one_predict_as_effens_predict(tracked
     assert main(["predict", str(run), str(tiny_data / "test"), "--out", str(hard), "--strategy", "hard"]) == 0
     with open(hard, newline="") as fh:
         want = [r["prediction"] for r in csv.DictReader(fh)]
-    assert list(model.predict(pd.DataFrame({"path": [r["path"] for r in ref]}), params={"strategy": "hard"})
-                ["prediction"]) == want
+    assert (
+        list(model.predict(pd.DataFrame({"path": [r["path"] for r in ref]}), params={"strategy": "hard"})["prediction"])
+        == want
+    )
     # the model logged with the tracked run loads from the store
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     run_id = _runs(uri, monkeypatch).iloc[0].run_id
@@ -186,8 +210,9 @@ def test_a_sink_that_fails_midway_is_dropped_and_the_others_go_on(caplog):
     assert keeps.got == [(k, {"x": float(k)}) for k in range(1, 5)]
     warned = [r.getMessage() for r in caplog.records if "tracking:" in r.getMessage()]
     # each failure one line; after three (each may have waited on a timeout) the sink is dropped
-    assert warned == ["tracking: broken could not log scalars (ConnectionError: gone); the rest is still logged"] * 2 \
-        + ["tracking: broken failed (ConnectionError: gone); going on without it"]
+    assert warned == [
+        "tracking: broken could not log scalars (ConnectionError: gone); the rest is still logged"
+    ] * 2 + ["tracking: broken failed (ConnectionError: gone); going on without it"]
     assert tracker.sinks == [keeps]
 
 
@@ -206,8 +231,15 @@ def test_tune_keys_of_members_with_odd_names_are_ones_trackers_take():
 
     sink = Keys()
     name = "b é (x)"
-    row = {"candidate": "r1", "round": 0, "epochs": 1, "ensemble_score": 0.5, f"{name}_ratio": 0.8,
-           f"{name}_replace": True, f"{name}_score": 0.4}
+    row = {
+        "candidate": "r1",
+        "round": 0,
+        "epochs": 1,
+        "ensemble_score": 0.5,
+        f"{name}_ratio": 0.8,
+        f"{name}_replace": True,
+        f"{name}_score": 0.4,
+    }
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -217,14 +249,40 @@ def test_tune_keys_of_members_with_odd_names_are_ones_trackers_take():
     assert sink.keys and all(re.fullmatch(r"[A-Za-z0-9_\-. :/]+", k) for k in sink.keys), sink.keys
 
 
-def test_tune_logs_one_child_run_per_candidate_and_evaluate_logs_its_metrics(tiny_data, trained, tmp_path,
-                                                                            monkeypatch):
+def test_tune_logs_one_child_run_per_candidate_and_evaluate_logs_its_metrics(tiny_data, trained, tmp_path, monkeypatch):
     cfg_path, run = trained
     uri = f"file:{tmp_path / 'mlruns'}"
-    assert main(["tune", str(cfg_path), "--out", str(tmp_path / "tune"), "--tracking", f"mlflow={uri}",
-                 "--set", "tune.ratios=[0.6,1.0]", "--set", "tune.replace=[true]"]) == 0
-    assert main(["evaluate", str(run), str(tiny_data / "test"), "--out", str(tmp_path / "ev"),
-                 "--tracking", f"mlflow={uri}"]) == 0
+    assert (
+        main(
+            [
+                "tune",
+                str(cfg_path),
+                "--out",
+                str(tmp_path / "tune"),
+                "--tracking",
+                f"mlflow={uri}",
+                "--set",
+                "tune.ratios=[0.6,1.0]",
+                "--set",
+                "tune.replace=[true]",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                str(run),
+                str(tiny_data / "test"),
+                "--out",
+                str(tmp_path / "ev"),
+                "--tracking",
+                f"mlflow={uri}",
+            ]
+        )
+        == 0
+    )
     runs = _runs(uri, monkeypatch)
     parent = runs[runs["tags.effens.command"] == "tune"].iloc[0]
     children = runs[runs["tags.mlflow.parentRunId"] == parent.run_id]
@@ -232,11 +290,13 @@ def test_tune_logs_one_child_run_per_candidate_and_evaluate_logs_its_metrics(tin
         rows = list(csv.DictReader(fh))
     assert len(children) == len(rows) == 2
     assert sorted(children["params.a.ratio"].astype(float)) == [0.6, 1.0]
-    assert sorted(children["metrics.ensemble_score"]) == pytest.approx(sorted(float(r["ensemble_score"]) for r in rows),
-                                                                  abs=1e-6)  # the CSV keeps 6 decimals
+    assert sorted(children["metrics.ensemble_score"]) == pytest.approx(
+        sorted(float(r["ensemble_score"]) for r in rows), abs=1e-6
+    )  # the CSV keeps 6 decimals
     ev = runs[runs["tags.effens.command"] == "evaluate"].iloc[0]
     assert ev["metrics.eval/ensemble/macro_f1"] == pytest.approx(
-        yaml.safe_load((tmp_path / "ev" / "metrics.json").read_text())["ensemble"]["eval"]["macro_f1"])
+        yaml.safe_load((tmp_path / "ev" / "metrics.json").read_text())["ensemble"]["eval"]["macro_f1"]
+    )
 
 
 def test_tracking_settings_are_checked_and_never_force_a_restart(tiny_data, tmp_path, capsys, caplog, monkeypatch):
@@ -250,10 +310,11 @@ def test_tracking_settings_are_checked_and_never_force_a_restart(tiny_data, tmp_
     assert exc.value.code == 2 and "must be mlflow[=URI], tensorboard=DIR or none" in capsys.readouterr().err
     assert main(["train", str(cfg), "--out", out, "--set", "tracking.mlflow.experiment=x"]) == 2
     assert "missing required key `tracking.mlflow.uri`" in capsys.readouterr().err + caplog.text
-    for bad, says in (("mlflow=foo://bar", "`tracking.mlflow.uri`: MLflow cannot use 'foo://bar'"),
-                      ("mlflow=sqlite:///", "`tracking.mlflow.uri` names no database file, so MLflow would log "
-                                            "to memory"),
-                      (f"tensorboard={tiny_data / 'train' / 'tb'}", "is inside the input folder")):
+    for bad, says in (
+        ("mlflow=foo://bar", "`tracking.mlflow.uri`: MLflow cannot use 'foo://bar'"),
+        ("mlflow=sqlite:///", "`tracking.mlflow.uri` names no database file, so MLflow would log to memory"),
+        (f"tensorboard={tiny_data / 'train' / 'tb'}", "is inside the input folder"),
+    ):
         caplog.clear()
         assert main(["train", str(cfg), "--out", out, "--tracking", bad]) == 2, bad
         err = capsys.readouterr().err + caplog.text
@@ -304,9 +365,14 @@ def test_measured_limits_name_a_val_to_test_drop_and_a_missed_coverage_only_when
     assert iv == bootstrap_interval(y, pred, 3)  # seeded: the same run gives the same card
     assert iv["accuracy"][0] < float(np.mean(y == pred)) < iv["accuracy"][1]
     per_class = {c: {"recall": 0.9} for c in "xyz"}
-    doc = {"strategy": "soft", "ensemble": {"val": {"macro_f1": 0.9, "n": 400, "per_class": per_class, "ece": 0.02},
-                                            "test": {"macro_f1": 0.6, "n": 300, "per_class": per_class, "ece": 0.02}},
-           "decisions": {"splits": {"test": {"coverage": {"0.9": {"coverage": 0.8, "below_target": True}}}}}}
+    doc = {
+        "strategy": "soft",
+        "ensemble": {
+            "val": {"macro_f1": 0.9, "n": 400, "per_class": per_class, "ece": 0.02},
+            "test": {"macro_f1": 0.6, "n": 300, "per_class": per_class, "ece": 0.02},
+        },
+        "decisions": {"splits": {"test": {"coverage": {"0.9": {"coverage": 0.8, "below_target": True}}}}},
+    }
     limits = measured_limits(doc, {"test": {"ensemble": iv}})
     assert any("falls from 0.900 on val to 0.600 on test" in x for x in limits)
     assert any("90% of the time hold it 80%" in x for x in limits)
@@ -328,12 +394,15 @@ def test_the_commit_tag_says_whether_the_checkout_differs_from_it(tmp_path):
     src = Path(__file__).resolve().parents[1]
     if not (src / ".git").exists():
         pytest.skip("effens is not run from a git checkout here")
-    cfg = config_from_dict({"data": {"train": str(tmp_path)}, "members": [{"name": "a", "model": "test_efficientnet",
-                                                                             "weights": "none"}]}, source="test")
+    cfg = config_from_dict(
+        {"data": {"train": str(tmp_path)}, "members": [{"name": "a", "model": "test_efficientnet", "weights": "none"}]},
+        source="test",
+    )
     tags = environment_tags("train", cfg)
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True).stdout.strip()
-    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src, capture_output=True,
-                             text=True).stdout.strip()
+    changed = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], cwd=src, capture_output=True, text=True
+    ).stdout.strip()
     assert tags["effens.commit"] == head
     assert tags["effens.dirty"] == ("true" if changed else "false")
 
@@ -355,8 +424,19 @@ def test_no_tracker_writes_in_the_data_a_run_or_the_commands_output(tiny_data, t
     db = tmp_path / "store" / "mlflow.db"
     before = _files(data)
     monkeypatch.chdir(data / "train")  # a user cd'd into the training folder
-    assert main(["train", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run"),
-                 "--tracking", f"mlflow=sqlite:///{db}"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(tmp_path / "cfg.yaml"),
+                "--out",
+                str(tmp_path / "run"),
+                "--tracking",
+                f"mlflow=sqlite:///{db}",
+            ]
+        )
+        == 0
+    )
     assert _files(data) == before  # no ./mlruns beside the class folders
     client = mlflow.tracking.MlflowClient(f"sqlite:///{db}")
     (run,) = client.search_runs([client.get_experiment_by_name("effens").experiment_id])
@@ -364,18 +444,49 @@ def test_no_tracker_writes_in_the_data_a_run_or_the_commands_output(tiny_data, t
     assert (tmp_path / "store" / "mlartifacts" / "effens" / run.info.run_id / "artifacts" / "config").is_dir()
     # an experiment made earlier whose artifact folder is in the data: refused, nothing written
     client.create_experiment("old", artifact_location=(data / "train" / "mlruns" / "9").as_uri())
-    (tmp_path / "old.yaml").write_text(yaml.safe_dump({**cfg, "tracking": {"mlflow": {
-        "uri": f"sqlite:///{db}", "experiment": "old"}}}))
+    (tmp_path / "old.yaml").write_text(
+        yaml.safe_dump({**cfg, "tracking": {"mlflow": {"uri": f"sqlite:///{db}", "experiment": "old"}}})
+    )
     refusals = [
-        (["train", str(tmp_path / "old.yaml"), "--out", str(tmp_path / "run2")],
-         f"`tracking.mlflow` (artifacts of experiment 'old') {data / 'train' / 'mlruns' / '9'}: is inside the "
-         f"input folder {data / 'train'}"),
-        (["train", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run2"), "--tracking",
-          f"tensorboard={tmp_path / 'run2' / 'tb'}"], "which this command writes"),
-        (["train", str(tmp_path / "cfg.yaml"), "--out", str(tmp_path / "run2"), "--tracking",
-          f"tensorboard={tmp_path / 'run' / 'tb'}"], f"is inside the effens run folder {tmp_path / 'run'}"),
-        (["evaluate", str(tmp_path / "run"), str(data / "test"), "--out", str(tmp_path / "ev"), "--tracking",
-          f"tensorboard={tmp_path / 'ev' / 'tb'}"], "which this command writes"),
+        (
+            ["train", str(tmp_path / "old.yaml"), "--out", str(tmp_path / "run2")],
+            f"`tracking.mlflow` (artifacts of experiment 'old') {data / 'train' / 'mlruns' / '9'}: is inside the "
+            f"input folder {data / 'train'}",
+        ),
+        (
+            [
+                "train",
+                str(tmp_path / "cfg.yaml"),
+                "--out",
+                str(tmp_path / "run2"),
+                "--tracking",
+                f"tensorboard={tmp_path / 'run2' / 'tb'}",
+            ],
+            "which this command writes",
+        ),
+        (
+            [
+                "train",
+                str(tmp_path / "cfg.yaml"),
+                "--out",
+                str(tmp_path / "run2"),
+                "--tracking",
+                f"tensorboard={tmp_path / 'run' / 'tb'}",
+            ],
+            f"is inside the effens run folder {tmp_path / 'run'}",
+        ),
+        (
+            [
+                "evaluate",
+                str(tmp_path / "run"),
+                str(data / "test"),
+                "--out",
+                str(tmp_path / "ev"),
+                "--tracking",
+                f"tensorboard={tmp_path / 'ev' / 'tb'}",
+            ],
+            "which this command writes",
+        ),
     ]
     run_files = _files(tmp_path / "run")
     for argv, says in refusals:
@@ -450,13 +561,13 @@ def test_a_tracker_that_cannot_write_is_refused_before_any_work(tiny_data, tmp_p
 
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump(synth.tiny_config(tiny_data, epochs=1)))
-    for spec, says in (("mlflow=sqlite:////proc/mlflow.db", "`tracking.mlflow.uri` /proc/mlflow.db: cannot create "
-                                                             "files in /proc"),
-                       (f"mlflow=sqlite:///{tmp_path / 'missing' / 'mlflow.db'}",
-                        f"the folder {tmp_path / 'missing'} does not exist"),
-                       (f"mlflow=sqlite:///{tmp_path}", "is a folder; name a database file"),
-                       ("mlflow=file:/proc/mlruns", "`tracking.mlflow.uri` /proc/mlruns: cannot create files in /proc"),
-                       ("tensorboard=/proc/tb", "`tracking.tensorboard` /proc/tb: cannot create files in /proc")):
+    for spec, says in (
+        ("mlflow=sqlite:////proc/mlflow.db", "`tracking.mlflow.uri` /proc/mlflow.db: cannot create files in /proc"),
+        (f"mlflow=sqlite:///{tmp_path / 'missing' / 'mlflow.db'}", f"the folder {tmp_path / 'missing'} does not exist"),
+        (f"mlflow=sqlite:///{tmp_path}", "is a folder; name a database file"),
+        ("mlflow=file:/proc/mlruns", "`tracking.mlflow.uri` /proc/mlruns: cannot create files in /proc"),
+        ("tensorboard=/proc/tb", "`tracking.tensorboard` /proc/tb: cannot create files in /proc"),
+    ):
         caplog.clear()
         t0 = time.monotonic()
         assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "--tracking", spec]) == 2, spec

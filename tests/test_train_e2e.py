@@ -1,4 +1,5 @@
 """End to end: `effens train` with timm's tiny test_efficientnet on generated images."""
+
 import json
 import os
 import subprocess
@@ -138,8 +139,9 @@ def test_same_seed_same_samples_and_weights(tiny_data, tmp_path):
     path.write_text(yaml.safe_dump(cfg))
     for out in ("r1", "r2"):
         assert main(["train", str(path), "--out", str(tmp_path / out), "-q"]) == 0
-    np.testing.assert_array_equal(np.load(tmp_path / "r1/members/a/samples.npy"),
-                                  np.load(tmp_path / "r2/members/a/samples.npy"))
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "r1/members/a/samples.npy"), np.load(tmp_path / "r2/members/a/samples.npy")
+    )
     w1 = load_file(str(tmp_path / "r1/members/a/model.safetensors"))
     w2 = load_file(str(tmp_path / "r2/members/a/model.safetensors"))
     for k in w1:
@@ -148,10 +150,12 @@ def test_same_seed_same_samples_and_weights(tiny_data, tmp_path):
 
 def test_console_entry_point_and_bad_config(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("data: {train: x}\nmembers:\n  - {name: a, model: test_efficientnet, "
-                   "bagging: {ratio: 1.5}}\n")
-    r = subprocess.run([sys.executable, "-m", "ensemble", "train", str(bad), "--out",
-                        str(tmp_path / "o")], capture_output=True, text=True)
+    bad.write_text("data: {train: x}\nmembers:\n  - {name: a, model: test_efficientnet, bagging: {ratio: 1.5}}\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "ensemble", "train", str(bad), "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2
     assert "`members.0.bagging.ratio` must be in (0, 1]; got 1.5" in r.stderr
     assert str(bad) in r.stderr

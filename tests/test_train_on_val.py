@@ -1,4 +1,5 @@
 """``data.train_on_val``: the final fit on train + val, every held-out figure from OOB (issue #39 item 3)."""
+
 import json
 
 import numpy as np
@@ -89,8 +90,9 @@ def test_empty_val_fits_strategies_and_temperatures_on_oob():
     proba[0, np.arange(n), y] += 2.0  # member 0 knows the labels, member 1 guesses
     proba /= proba.sum(axis=2, keepdims=True)
     oob = [np.arange(0, 40), np.arange(20, 60)]
-    data = FitData.from_oob_lists(np.zeros((2, 0, k)), np.zeros(0, dtype=int), oob,
-                                  [proba[j, o] for j, o in enumerate(oob)], y)
+    data = FitData.from_oob_lists(
+        np.zeros((2, 0, k)), np.zeros(0, dtype=int), oob, [proba[j, o] for j, o in enumerate(oob)], y
+    )
     got = data.source("val")
     assert got[3] == "oob" and got[0].shape == (2, n, k)
     comb = fit_combiner(CombinerConfig(strategy="weighted", calibrate=True), ["m0", "m1"], ["x", "y", "z"], data)
@@ -99,5 +101,10 @@ def test_empty_val_fits_strategies_and_temperatures_on_oob():
     assert w[0] > w[1]  # learned from the OOB images: the member that knows the labels weighs more
     assert comb.temperatures[0] < comb.temperatures[1]  # the guessing member is flattened more
     with pytest.raises(ValueError, match="no held-out images"):
-        FitData.from_oob_lists(np.zeros((2, 0, k)), np.zeros(0, dtype=int), [np.arange(0), np.arange(0)],
-                               [np.zeros((0, k)), np.zeros((0, k))], y).source("val")
+        FitData.from_oob_lists(
+            np.zeros((2, 0, k)),
+            np.zeros(0, dtype=int),
+            [np.arange(0), np.arange(0)],
+            [np.zeros((0, k)), np.zeros((0, k))],
+            y,
+        ).source("val")

@@ -1,5 +1,6 @@
 """ensemble/training.py: `effens train` and `fit-combiner` around the estimator: what they check
 before any work, and what a failure leaves behind."""
+
 import json
 import shutil
 
@@ -42,8 +43,11 @@ def test_training_refuses_a_decode_cache_that_would_not_fit(tiny_data, tmp_path,
         m["image_size"] = 4096
     path = tmp_path / "big.yaml"
     path.write_text(yaml.safe_dump(raw))
-    fails(main(["train", str(path), "--out", str(tmp_path / "run")]),
-          "px (from `image_size` or `data.cache_size`) needs about", "GB, more than 70% of the 50 MB available")
+    fails(
+        main(["train", str(path), "--out", str(tmp_path / "run")]),
+        "px (from `image_size` or `data.cache_size`) needs about",
+        "GB, more than 70% of the 50 MB available",
+    )
     assert not (tmp_path / "run").exists()
 
 
@@ -90,8 +94,9 @@ def test_fit_combiner_after_the_data_moved_keeps_the_thumbnails(tiny_data, tmp_p
     assert after == before  # the thumbnails made when the images were there
 
 
-def test_fit_combiner_asking_for_oob_calibration_without_oob_images_changes_nothing(tiny_data, tmp_path, capsys,
-                                                                                    caplog):
+def test_fit_combiner_asking_for_oob_calibration_without_oob_images_changes_nothing(
+    tiny_data, tmp_path, capsys, caplog
+):
     raw = synth.tiny_config(tiny_data, epochs=1)
     for m in raw["members"]:
         m["bagging"] = {"ratio": 1.0, "replace": False, "stratify": True}  # every member sees every image

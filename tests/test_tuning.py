@@ -1,4 +1,5 @@
 """effens tune: candidates, selection, cached-feature heads, resume, best.yaml."""
+
 import json
 import time
 from pathlib import Path
@@ -25,10 +26,12 @@ def test_grid_enumeration():
     assert len(untied) == 8 and len({c.ratios for c in untied}) == 8
     per = enumerate_candidates(TuneConfig(ratios=[[0.5], [0.6, 0.7], [1.0]], replace=[False]), 3)
     assert [c.ratios for c in per] == [(0.5, 0.6, 1.0), (0.5, 0.7, 1.0)]
-    rnd = enumerate_candidates(TuneConfig(ratios=[0.2, 0.4, 0.6, 0.8], replace=[True, False], method="random",
-                                          budget=3), 2, seed=1)
+    rnd = enumerate_candidates(
+        TuneConfig(ratios=[0.2, 0.4, 0.6, 0.8], replace=[True, False], method="random", budget=3), 2, seed=1
+    )
     assert len(rnd) == 3 and rnd == enumerate_candidates(
-        TuneConfig(ratios=[0.2, 0.4, 0.6, 0.8], replace=[True, False], method="random", budget=3), 2, seed=1)
+        TuneConfig(ratios=[0.2, 0.4, 0.6, 0.8], replace=[True, False], method="random", budget=3), 2, seed=1
+    )
     for cands in (tied, untied, per, rnd):
         assert len({c.id for c in cands}) == len(cands)  # ids are unique
 
@@ -36,8 +39,9 @@ def test_grid_enumeration():
 def test_best_candidate_selection_on_a_fake_objective():
     cands = enumerate_candidates(TuneConfig(ratios=[0.2, 0.4, 0.6, 0.8, 1.0], replace=[True, False]), 2)
     # a fake objective peaking at ratio 0.6 without replacement
-    rows = [{"candidate": c.id, "round": 0, "ensemble_score": -abs(c.ratios[0] - 0.6) - 0.1 * c.replace[0]}
-            for c in cands]
+    rows = [
+        {"candidate": c.id, "round": 0, "ensemble_score": -abs(c.ratios[0] - 0.6) - 0.1 * c.replace[0]} for c in cands
+    ]
     assert select_best(rows)["candidate"] == Candidate((0.6, 0.6), (False, False)).id
     rows.append({"candidate": "late", "round": 1, "ensemble_score": -5.0})
     assert select_best(rows)["candidate"] == "late"  # only the last round counts
@@ -91,8 +95,16 @@ def test_tune_outputs(tuned, capsys):
     _, out = tuned
     lines = (out / "results.csv").read_text().splitlines()
     header = lines[0].split(",")
-    for col in ["a_ratio", "a_replace", "a_score", "ensemble_score", "disagreement", "q_statistic",
-                "error_correlation", "seconds"]:
+    for col in [
+        "a_ratio",
+        "a_replace",
+        "a_score",
+        "ensemble_score",
+        "disagreement",
+        "q_statistic",
+        "error_correlation",
+        "seconds",
+    ]:
         assert col in header
     assert len(lines) == 1 + 4
     assert (out / "scores.png").read_bytes()[:4] == b"\x89PNG"
@@ -146,8 +158,9 @@ def test_tune_reruns_every_candidate_when_its_images_change(tuned, tiny_data, mo
     listed.write_text(f"{photos[0]}\n")
     calls = []
     real = tuning.evaluate_candidate
-    monkeypatch.setattr(tuning, "evaluate_candidate",
-                        lambda ctx, cand, *a: calls.append(cand.id) or real(ctx, cand, *a))
+    monkeypatch.setattr(
+        tuning, "evaluate_candidate", lambda ctx, cand, *a: calls.append(cand.id) or real(ctx, cand, *a)
+    )
     run = ["tune", str(path), "--out", str(tmp_path / "out"), "--set", f"data.exclude={listed}", "-q"]
     assert main(run) == 0 and len(calls) == 4
     assert main(run) == 0 and len(calls) == 4  # unchanged: all reused
@@ -174,16 +187,19 @@ def test_a_huge_tune_grid_is_refused_with_its_count_and_time(tiny_data, tmp_path
     raw["tune"] = {"ratios": [round(0.05 * k, 2) for k in range(1, 21)], "tie_members": False}
     path = tmp_path / "t.yaml"
     path.write_text(yaml.safe_dump(raw))
-    text = fails(main(["tune", str(path), "--out", str(tmp_path / "t")]),
-                 "would try 64,000 candidates", "hours", "--yes")
+    text = fails(
+        main(["tune", str(path), "--out", str(tmp_path / "t")]), "would try 64,000 candidates", "hours", "--yes"
+    )
     assert "tune.budget" in text and not (tmp_path / "t").exists()
     from ensemble.config import load_config
     from ensemble.tuning import check_grid_size, enumerate_candidates
 
     cfg = load_config(path, ["tune.method=random", "tune.budget=5"])
     assert check_grid_size(cfg.tune, 3) == 5
-    huge = load_config(path, ["tune.method=random", "tune.budget=7", "tune.ratios=" + str(
-        [round(0.001 * k, 3) for k in range(1, 1001)])])
+    huge = load_config(
+        path,
+        ["tune.method=random", "tune.budget=7", "tune.ratios=" + str([round(0.001 * k, 3) for k in range(1, 1001)])],
+    )
     t0 = time.perf_counter()
     picked = enumerate_candidates(huge.tune, 3)  # 8e9 combinations: drawn, never listed
     assert len(picked) == 7 and time.perf_counter() - t0 < 5
@@ -193,5 +209,4 @@ def test_tune_oob_objective_without_oob_images_is_refused(tiny_data, tmp_path, f
     raw = synth.tiny_config(tiny_data, epochs=1, tune={"ratios": [1.0], "replace": [False], "objective": "oob"})
     path = tmp_path / "t.yaml"
     path.write_text(yaml.safe_dump(raw))
-    fails(main(["tune", str(path), "--out", str(tmp_path / "t")]),
-          "`tune.objective: oob` needs out-of-bag images")
+    fails(main(["tune", str(path), "--out", str(tmp_path / "t")]), "`tune.objective: oob` needs out-of-bag images")

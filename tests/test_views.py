@@ -1,4 +1,5 @@
 """Whole-image views, view TTA and the robustness preset (members/views.py, members/transforms.py)."""
+
 import dataclasses
 import json
 
@@ -52,8 +53,7 @@ def test_tta_only_views_are_not_member_views(tmp_path, caplog):
     from ensemble.config import ConfigError, load_config
 
     path = tmp_path / "c.yaml"
-    path.write_text("members:\n  - {name: a, model: test_efficientnet, view: crop_end}\n"
-                    "data: {train: x, val: y}\n")
+    path.write_text("members:\n  - {name: a, model: test_efficientnet, view: crop_end}\ndata: {train: x, val: y}\n")
     with pytest.raises(ConfigError, match="view.*crop, letterbox, squash"):
         load_config(path)
 
@@ -120,11 +120,14 @@ def test_a_letterbox_member_trains_predicts_and_exports_its_view(tiny_data, tmp_
 def test_cli_tta_views(trained, tiny_data, tmp_path, caplog):
     _, run = trained
     out = tmp_path / "ev"
-    assert main(["evaluate", str(run), str(tiny_data / "test"), "--out", str(out), "--tta", "crop,letterbox,flip",
-                 "-q"]) == 0
-    assert main(["predict", str(run), str(tiny_data / "test"), "--out", str(tmp_path / "p.csv"),
-                 "--tta", "zoom"]) == 2
-    assert "--tta: TTA views must be flip or one of crop, crop_start, crop_end, letterbox, squash; got zoom" in caplog.text
+    assert (
+        main(["evaluate", str(run), str(tiny_data / "test"), "--out", str(out), "--tta", "crop,letterbox,flip", "-q"])
+        == 0
+    )
+    assert main(["predict", str(run), str(tiny_data / "test"), "--out", str(tmp_path / "p.csv"), "--tta", "zoom"]) == 2
+    assert (
+        "--tta: TTA views must be flip or one of crop, crop_start, crop_end, letterbox, squash; got zoom" in caplog.text
+    )
 
 
 def test_adapt_bn_uses_the_new_images_on_a_copy(trained, tiny_data, tmp_path, capsys):
@@ -170,8 +173,11 @@ def test_a_whole_image_view_trains_on_itself_at_the_resize_size_as_before(name):
     img = Image.fromarray(wide_image())
     got = np.asarray(train_view(inputs)(img))
     size = inputs.resize_size
-    want = (letterbox_image(img, size, _mean_colour(inputs), _interp(inputs)) if name == "letterbox"
-            else img.resize((size, size), _interp(inputs)))
+    want = (
+        letterbox_image(img, size, _mean_colour(inputs), _interp(inputs))
+        if name == "letterbox"
+        else img.resize((size, size), _interp(inputs))
+    )
     assert got.shape == (size, size, 3)
     np.testing.assert_array_equal(got, np.asarray(want))
 
@@ -190,10 +196,12 @@ def test_a_new_view_carries_its_own_training_step_and_description():
         step = train_view(inputs)
         img = Image.fromarray(wide_image())
         out = np.asarray(step(img))  # trains on crops of its own view, not of a letterbox
-        np.testing.assert_array_equal(out, top_band(np.asarray(img), dataclasses.replace(
-            inputs, image_size=inputs.resize_size)))
-        assert describe_view(inputs) == ["the `top_band` view: The top third of the photo, squashed to the "
-                                         "square input (test_views)"]
+        np.testing.assert_array_equal(
+            out, top_band(np.asarray(img), dataclasses.replace(inputs, image_size=inputs.resize_size))
+        )
+        assert describe_view(inputs) == [
+            "the `top_band` view: The top third of the photo, squashed to the square input (test_views)"
+        ]
         assert "top_band" in view_names()
     finally:
         VIEWS.remove("top_band")

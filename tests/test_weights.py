@@ -50,6 +50,7 @@ def test_local_file_with_other_class_count(tmp_path, suffix):
     path = tmp_path / f"w{suffix}"
     if suffix == ".safetensors":
         from safetensors.torch import save_file
+
         save_file(src.state_dict(), str(path))
     else:
         torch.save(src.state_dict(), path)

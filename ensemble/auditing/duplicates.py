@@ -7,6 +7,7 @@ other; pairs within ``max_distance`` bits are reported. Odd: tiny, very elongate
 near-blank, grey or blurry images, from the same small decode. Pure apart from reading the
 files (PIL, numpy).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,18 +23,18 @@ MIN_SIDE, MAX_ASPECT, MIN_STD, MIN_SHARPNESS = 64, 3.0, 4.0, 20.0
 @dataclasses.dataclass
 class Signature:
     sha256: str
-    dhash: int                 # of the image
-    dhash_mirror: int          # of its mirror image
+    dhash: int  # of the image
+    dhash_mirror: int  # of its mirror image
     width: int
     height: int
-    std: float                 # grey-level standard deviation (near-blank when tiny)
-    grey: bool                 # colour channels (almost) equal
-    sharpness: float           # variance of the Laplacian of a 128 px grey copy
-    bytes: int = 0             # file size
-    brightness: float = 0.0    # mean grey level, 0-255
-    entropy: float = 0.0       # of the grey histogram, bits (0-8)
+    std: float  # grey-level standard deviation (near-blank when tiny)
+    grey: bool  # colour channels (almost) equal
+    sharpness: float  # variance of the Laplacian of a 128 px grey copy
+    bytes: int = 0  # file size
+    brightness: float = 0.0  # mean grey level, 0-255
+    entropy: float = 0.0  # of the grey histogram, bits (0-8)
     jpeg_quality: float | None = None  # estimated from the quantisation table; None: not a JPEG
-    exif: bool = False         # EXIF metadata present
+    exif: bool = False  # EXIF metadata present
 
 
 def _dhash(grey: np.ndarray) -> int:
@@ -64,16 +65,94 @@ def signature(path: str) -> Signature:
     spread = np.abs(arr.astype(np.int16) - arr.mean(axis=2, keepdims=True)).mean()
     hist = np.bincount(grey.ravel(), minlength=256) / grey.size
     entropy = float(-(hist[hist > 0] * np.log2(hist[hist > 0])).sum())
-    return Signature(hashlib.sha256(data).hexdigest(), _dhash(grey), _dhash(grey[:, ::-1].copy()), w, h,
-                     float(grey.std()), bool(spread < 2.0), float(lap.var()), len(data), float(grey.mean()),
-                     entropy, quality, exif)
+    return Signature(
+        hashlib.sha256(data).hexdigest(),
+        _dhash(grey),
+        _dhash(grey[:, ::-1].copy()),
+        w,
+        h,
+        float(grey.std()),
+        bool(spread < 2.0),
+        float(lap.var()),
+        len(data),
+        float(grey.mean()),
+        entropy,
+        quality,
+        exif,
+    )
 
 
 #: the IJG (libjpeg) base luminance quantisation table, which quality 50 uses as it is
-_IJG_LUMA_MEAN = float(np.mean([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24,
-                                40, 57, 69, 56, 14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77,
-                                24, 35, 55, 64, 81, 104, 113, 92, 49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95,
-                                98, 112, 100, 103, 99]))
+_IJG_LUMA_MEAN = float(
+    np.mean(
+        [
+            16,
+            11,
+            10,
+            16,
+            24,
+            40,
+            51,
+            61,
+            12,
+            12,
+            14,
+            19,
+            26,
+            58,
+            60,
+            55,
+            14,
+            13,
+            16,
+            24,
+            40,
+            57,
+            69,
+            56,
+            14,
+            17,
+            22,
+            29,
+            51,
+            87,
+            80,
+            62,
+            18,
+            22,
+            37,
+            56,
+            68,
+            109,
+            103,
+            77,
+            24,
+            35,
+            55,
+            64,
+            81,
+            104,
+            113,
+            92,
+            49,
+            64,
+            78,
+            87,
+            103,
+            121,
+            120,
+            101,
+            72,
+            92,
+            95,
+            98,
+            112,
+            100,
+            103,
+            99,
+        ]
+    )
+)
 
 
 def jpeg_quality(img) -> float | None:
@@ -103,7 +182,7 @@ def find_duplicates(sigs: Sequence[Signature], max_distance: int = 4, chunk: int
         by_sha.setdefault(s.sha256, []).append(i)
     for idx in by_sha.values():
         for k, i in enumerate(idx):
-            for j in idx[k + 1:]:
+            for j in idx[k + 1 :]:
                 pairs[(i, j)] = {"a": i, "b": j, "kind": "exact", "distance": 0, "mirrored": False}
     h = np.array([s.dhash for s in sigs], dtype=np.uint64)
     m = np.array([s.dhash_mirror for s in sigs], dtype=np.uint64)
@@ -114,11 +193,19 @@ def find_duplicates(sigs: Sequence[Signature], max_distance: int = 4, chunk: int
         for d, mirrored in ((plain, False), (mirror, True)):
             ii, jj = np.nonzero(d <= max_distance)
             for i, j in zip((ii + start).tolist(), jj.tolist()):
-                if i >= j or (i, j) in pairs and (pairs[(i, j)]["kind"] == "exact"
-                                                  or pairs[(i, j)]["distance"] <= d[i - start, j]):
+                if (
+                    i >= j
+                    or (i, j) in pairs
+                    and (pairs[(i, j)]["kind"] == "exact" or pairs[(i, j)]["distance"] <= d[i - start, j])
+                ):
                     continue
-                pairs[(int(i), int(j))] = {"a": int(i), "b": int(j), "kind": "near",
-                                           "distance": int(d[i - start, j]), "mirrored": mirrored}
+                pairs[(int(i), int(j))] = {
+                    "a": int(i),
+                    "b": int(j),
+                    "kind": "near",
+                    "distance": int(d[i - start, j]),
+                    "mirrored": mirrored,
+                }
     return sorted(pairs.values(), key=lambda p: (p["distance"], p["a"], p["b"]))
 
 
@@ -152,7 +239,7 @@ def similar_pairs(features: np.ndarray, min_cosine: float, chunk: int = 512) -> 
     nearest = np.empty(len(x), dtype=np.int64)
     hits = []
     for start in range(0, len(x), chunk):
-        sim = x[start:start + chunk] @ x.T
+        sim = x[start : start + chunk] @ x.T
         rows = np.arange(start, min(start + chunk, len(x)))
         sim[rows - start, rows] = -np.inf
         sim[:, ~good] = -np.inf
@@ -183,8 +270,18 @@ def merge_pairs(hashed: list[dict], similar: list[dict]) -> list[dict]:
     features-only pairs as kind ``similar``; exact first, then near, then by similarity."""
     cos = {(p["a"], p["b"]): p["cosine"] for p in similar}
     out = [{**p, "cosine": cos.pop((p["a"], p["b"]), None)} for p in hashed]
-    out += [{"a": a, "b": b, "kind": "similar", "distance": None, "mirrored": False, "cosine": c}
-            for (a, b), c in cos.items()]
+    out += [
+        {"a": a, "b": b, "kind": "similar", "distance": None, "mirrored": False, "cosine": c}
+        for (a, b), c in cos.items()
+    ]
     order = {"exact": 0, "near": 1, "similar": 2}
-    return sorted(out, key=lambda p: (order[p["kind"]], p["distance"] if p["distance"] is not None else 0,
-                                      -(p["cosine"] or 0.0), p["a"], p["b"]))
+    return sorted(
+        out,
+        key=lambda p: (
+            order[p["kind"]],
+            p["distance"] if p["distance"] is not None else 0,
+            -(p["cosine"] or 0.0),
+            p["a"],
+            p["b"],
+        ),
+    )

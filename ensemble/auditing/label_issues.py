@@ -5,6 +5,7 @@ not train on it: OOB votes for training images, the ensemble for val/test) and t
 labels. Out: per-class thresholds, the confident joint of given and likely true labels, the
 estimated noise rate per class pair, and the images flagged as label issues, ranked.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,13 +15,13 @@ import numpy as np
 
 @dataclasses.dataclass
 class LabelAudit:
-    thresholds: np.ndarray          # (C,) mean probability of class j on images labelled j
-    confident_joint: np.ndarray     # (C, C) counts, rows given label, columns likely true label
-    noise_matrix: np.ndarray        # (C, C) P(true = j | given = i), estimated; rows sum to 1
-    issues: np.ndarray              # indices of flagged images, most likely wrong first
-    suggested: np.ndarray           # (N,) likely true label per image (-1: none above its threshold)
-    self_confidence: np.ndarray     # (N,) p[i, given]
-    margin: np.ndarray              # (N,) p[i, given] - max over other classes (negative: another wins)
+    thresholds: np.ndarray  # (C,) mean probability of class j on images labelled j
+    confident_joint: np.ndarray  # (C, C) counts, rows given label, columns likely true label
+    noise_matrix: np.ndarray  # (C, C) P(true = j | given = i), estimated; rows sum to 1
+    issues: np.ndarray  # indices of flagged images, most likely wrong first
+    suggested: np.ndarray  # (N,) likely true label per image (-1: none above its threshold)
+    self_confidence: np.ndarray  # (N,) p[i, given]
+    margin: np.ndarray  # (N,) p[i, given] - max over other classes (negative: another wins)
 
 
 def class_thresholds(proba: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ planted tie is found).
 Pure functions on arrays (numpy, scikit-learn); the audit reads the files
 (:mod:`ensemble.auditing.duplicates`).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -69,8 +70,7 @@ NUISANCES: tuple[Nuisance, ...] = (
     Nuisance("sharpness", "variance of the Laplacian (blurry when low)", lambda s: s.sharpness),
     Nuisance("brightness", "mean grey level (dark or light)", lambda s: s.brightness),
     Nuisance("contrast", "grey-level standard deviation", lambda s: s.std),
-    Nuisance("information", "entropy of the grey histogram (bits; low information when low)",
-             lambda s: s.entropy),
+    Nuisance("information", "entropy of the grey histogram (bits; low information when low)", lambda s: s.entropy),
     Nuisance("grayscale", "no colour (1) or colour (0)", lambda s: float(s.grey)),
     Nuisance("exif", "EXIF metadata present (1) or not (0)", lambda s: float(s.exif)),
 )
@@ -87,17 +87,21 @@ def source_folders(paths: Sequence[str], labels: Sequence[str]) -> list[str] | N
         if label not in parts:
             return None
         last = len(parts) - 1 - parts[::-1].index(label)
-        out.append("/".join(parts[last + 1:]))
+        out.append("/".join(parts[last + 1 :]))
     return out if out else None
 
 
-def property_table(sigs: Sequence, sources: Sequence[str] | None = None,
-                   names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+def property_table(
+    sigs: Sequence, sources: Sequence[str] | None = None, names: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
     """Name -> one float per image (NaN where unknown) for every nuisance (or those in
     ``names``); ``source`` (category codes) when the images come from more than one source
     folder."""
-    table = {n.name: np.array([n.read(s) for s in sigs], dtype=np.float64) for n in NUISANCES
-             if names is None or n.name in names}
+    table = {
+        n.name: np.array([n.read(s) for s in sigs], dtype=np.float64)
+        for n in NUISANCES
+        if names is None or n.name in names
+    }
     return _with_sources(table, sources)
 
 
@@ -148,8 +152,12 @@ def read_header(path: str) -> Header | None:
 def header_check(data, seed: int = 0) -> dict:
     """:func:`check_shortcuts` over the header properties of every image of a
     :class:`ensemble.data.Dataset` (fast: no pixel is decoded), for the run card."""
-    rows = [(split, p, lab) for split in ("train", "val", "test") if getattr(data, split) is not None
-            for p, lab in zip(getattr(data, split).paths, getattr(data, split).labels)]
+    rows = [
+        (split, p, lab)
+        for split in ("train", "val", "test")
+        if getattr(data, split) is not None
+        for p, lab in zip(getattr(data, split).paths, getattr(data, split).labels)
+    ]
     heads = [read_header(p) for _, p, _ in rows]
     kept = [(r, h) for r, h in zip(rows, heads) if h is not None]
     splits, paths, labels = ([r[i] for r, _ in kept] for i in range(3))
@@ -170,17 +178,24 @@ def _bins(train: np.ndarray, n_bins: int) -> np.ndarray:
     return np.unique(np.quantile(finite, np.linspace(0, 1, n_bins + 1)[1:-1]))
 
 
-def _log_likelihood(x_fit: np.ndarray, y_fit: np.ndarray, x_new: np.ndarray, n_classes: int,
-                    n_bins: int, categorical: bool) -> np.ndarray:
+def _log_likelihood(
+    x_fit: np.ndarray, y_fit: np.ndarray, x_new: np.ndarray, n_classes: int, n_bins: int, categorical: bool
+) -> np.ndarray:
     """log p(bin | class) of each new value, from one property's bins (a category, or a
     quantile bin; NaN its own bin) counted on the fitting rows, Laplace-smoothed."""
     if categorical:
         cats = np.unique(x_fit[np.isfinite(x_fit)])
-        def where(v): return np.where(np.isfinite(v), np.searchsorted(cats, v), len(cats))  # noqa: E306
+
+        def where(v):
+            return np.where(np.isfinite(v), np.searchsorted(cats, v), len(cats))  # noqa: E306
+
         n = len(cats) + 1
     else:
         edges = _bins(x_fit, n_bins)
-        def where(v): return np.where(np.isfinite(v), np.searchsorted(edges, v, side="right"), len(edges) + 1)  # noqa: E306,E501
+
+        def where(v):
+            return np.where(np.isfinite(v), np.searchsorted(edges, v, side="right"), len(edges) + 1)  # noqa: E306,E501
+
         n = len(edges) + 2
     counts = np.ones((n, n_classes))
     np.add.at(counts, (where(x_fit), y_fit), 1)
@@ -199,8 +214,14 @@ def _folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
     return fold
 
 
-def out_of_fold(x: np.ndarray, y: np.ndarray, seed: int = 0, folds: int = 5,
-                categorical: Sequence[bool] | None = None, n_bins: int = 16) -> np.ndarray:
+def out_of_fold(
+    x: np.ndarray,
+    y: np.ndarray,
+    seed: int = 0,
+    folds: int = 5,
+    categorical: Sequence[bool] | None = None,
+    n_bins: int = 16,
+) -> np.ndarray:
     """Out-of-fold predicted classes (stratified ``folds``-fold) of a naive Bayes classifier
     over the binned columns of ``x`` with equal class priors (balanced, as macro-F1 asks):
     with one column, each bin's class is the one whose share of the bin most exceeds its
@@ -215,14 +236,16 @@ def out_of_fold(x: np.ndarray, y: np.ndarray, seed: int = 0, folds: int = 5,
     pred = np.zeros(len(y), dtype=np.int64)
     for f in range(k):
         fit, held = fold != f, fold == f
-        score = sum(_log_likelihood(x[fit, j], y[fit], x[held, j], n_classes, n_bins, bool(cat[j]))
-                    for j in range(x.shape[1]))
+        score = sum(
+            _log_likelihood(x[fit, j], y[fit], x[held, j], n_classes, n_bins, bool(cat[j])) for j in range(x.shape[1])
+        )
         pred[held] = np.argmax(score, axis=1)
     return pred
 
 
-def _bootstrap_macro_f1(y: np.ndarray, pred: np.ndarray, n_classes: int, seed: int,
-                        resamples: int = 400) -> tuple[float, float]:
+def _bootstrap_macro_f1(
+    y: np.ndarray, pred: np.ndarray, n_classes: int, seed: int, resamples: int = 400
+) -> tuple[float, float]:
     """95% percentile interval of macro-F1 over images resampled (vectorised)."""
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(y), (resamples, len(y)))
@@ -254,27 +277,29 @@ def predictive_power(table: dict[str, np.ndarray], y: np.ndarray, n_classes: int
     y = np.asarray(y, dtype=np.int64)
     names = [n for n, v in table.items() if np.isfinite(v).any() and np.nanstd(v) > 0]
     if not names:
-        return {"properties": {}, "chance": {"mean": 1.0 / n_classes, "mean_all": 1.0 / n_classes,
-                                             "shuffles": 0}}
+        return {"properties": {}, "chance": {"mean": 1.0 / n_classes, "mean_all": 1.0 / n_classes, "shuffles": 0}}
     cat = [n == "source" for n in names]
     x = np.column_stack([table[n] for n in names])
 
     def scores(labels: np.ndarray) -> np.ndarray:
         """Each property alone, then all together."""
-        single = [macro_f1(labels, out_of_fold(x[:, [j]], labels, seed, categorical=[cat[j]]), n_classes)
-                  for j in range(len(names))]
+        single = [
+            macro_f1(labels, out_of_fold(x[:, [j]], labels, seed, categorical=[cat[j]]), n_classes)
+            for j in range(len(names))
+        ]
         return np.array(single + [macro_f1(labels, out_of_fold(x, labels, seed, categorical=cat), n_classes)])
 
     rng = np.random.default_rng(seed + 1)
     null = np.array([scores(rng.permutation(y)) for _ in range(N_NULL)])
     out: dict = {}
     for j, name in enumerate([*names, "all"]):
-        pred = out_of_fold(x if name == "all" else x[:, [j]], y, seed,
-                           categorical=cat if name == "all" else [cat[j]])
+        pred = out_of_fold(x if name == "all" else x[:, [j]], y, seed, categorical=cat if name == "all" else [cat[j]])
         out[name] = _scored(y, pred, n_classes, seed)
         out[name]["p"] = _p_value(out[name]["macro_f1"], null[:, -1] if name == "all" else null[:, :-1].max(axis=1))
-    return {"properties": out, "chance": {"mean": float(null[:, :-1].mean()), "mean_all": float(null[:, -1].mean()),
-                                          "shuffles": N_NULL}}
+    return {
+        "properties": out,
+        "chance": {"mean": float(null[:, :-1].mean()), "mean_all": float(null[:, -1].mean()), "shuffles": N_NULL},
+    }
 
 
 def _ks(a: np.ndarray, b: np.ndarray) -> float:
@@ -283,8 +308,11 @@ def _ks(a: np.ndarray, b: np.ndarray) -> float:
     if not len(a) or not len(b):
         return 0.0
     grid = np.concatenate([a, b])
-    return float(np.max(np.abs(np.searchsorted(a, grid, side="right") / len(a)
-                               - np.searchsorted(b, grid, side="right") / len(b))))
+    return float(
+        np.max(
+            np.abs(np.searchsorted(a, grid, side="right") / len(a) - np.searchsorted(b, grid, side="right") / len(b))
+        )
+    )
 
 
 def _quartiles(v: np.ndarray) -> dict | None:
@@ -303,18 +331,22 @@ def split_shift(values: np.ndarray, labels: Sequence[str], splits: Sequence[str]
     train = split_of == "train"
     for split in dict.fromkeys(split_of.tolist()):
         here = split_of == split
-        out["by_class"][split] = {c: _quartiles(values[here & (label == c)]) for c in classes
-                                  if (here & (label == c)).any()}
+        out["by_class"][split] = {
+            c: _quartiles(values[here & (label == c)]) for c in classes if (here & (label == c)).any()
+        }
         if split != "train":
             out["ks_from_train"][split] = _ks(values[here], values[train])
             out["ks_from_train_by_class"][split] = {
-                c: _ks(values[here & (label == c)], values[train & (label == c)]) for c in classes
-                if (here & (label == c)).any()}
+                c: _ks(values[here & (label == c)], values[train & (label == c)])
+                for c in classes
+                if (here & (label == c)).any()
+            }
     return out
 
 
-def check_shortcuts(table: dict[str, np.ndarray], labels: Sequence[str], splits: Sequence[str],
-                    classes: Sequence[str], seed: int = 0) -> dict:
+def check_shortcuts(
+    table: dict[str, np.ndarray], labels: Sequence[str], splits: Sequence[str], classes: Sequence[str], seed: int = 0
+) -> dict:
     """The whole check (audit.json's ``shortcuts``): per property its predictive power on
     train, whether it is flagged, and its shift between splits; ``flagged`` names the
     flagged properties, best first; ``findings`` says each in one sentence."""
@@ -323,8 +355,10 @@ def check_shortcuts(table: dict[str, np.ndarray], labels: Sequence[str], splits:
     index = {c: i for i, c in enumerate(classes)}
     y = np.array([index[lab] for lab, s in zip(labels, splits) if s == "train"], dtype=np.int64)
     if len(set(y.tolist())) < 2:
-        power: dict[str, Any] = {"properties": {}, "chance": {"mean": 1.0 / len(classes), "mean_all": 1.0 / len(classes),
-                                              "shuffles": 0}}
+        power: dict[str, Any] = {
+            "properties": {},
+            "chance": {"mean": 1.0 / len(classes), "mean_all": 1.0 / len(classes), "shuffles": 0},
+        }
     else:
         power = predictive_power({n: v[train] for n, v in table.items()}, y, len(classes), seed)
     chance = power["chance"]
@@ -335,26 +369,41 @@ def check_shortcuts(table: dict[str, np.ndarray], labels: Sequence[str], splits:
     props = {}
     for name, values in table.items():
         p = power["properties"].get(name)
-        props[name] = {"about": about(name), "predicts": p, "flagged": flag(p, chance["mean"]),
-                       **split_shift(values, labels, splits, classes)}
-    flagged = sorted((n for n, v in props.items() if v["flagged"]),
-                     key=lambda n: -props[n]["predicts"]["macro_f1"])
+        props[name] = {
+            "about": about(name),
+            "predicts": p,
+            "flagged": flag(p, chance["mean"]),
+            **split_shift(values, labels, splits, classes),
+        }
+    flagged = sorted((n for n, v in props.items() if v["flagged"]), key=lambda n: -props[n]["predicts"]["macro_f1"])
     every = power["properties"].get("all")
     all_flagged = flag(every, chance["mean_all"])
     findings = [finding(n, props[n], chance["mean"]) for n in flagged]
     if all_flagged:
-        findings.append(f"all properties together predict the label on train at macro-F1 {every['macro_f1']:.2f} "
-                        f"[{every['low']:.2f}, {every['high']:.2f}], chance {chance['mean_all']:.2f}")
-    return {"n_train": int(len(y)), "chance": chance, "alpha": ALPHA, "min_gain": MIN_GAIN,
-            "all": every, "all_flagged": all_flagged, "properties": props, "flagged": flagged,
-            "findings": findings}
+        findings.append(
+            f"all properties together predict the label on train at macro-F1 {every['macro_f1']:.2f} "
+            f"[{every['low']:.2f}, {every['high']:.2f}], chance {chance['mean_all']:.2f}"
+        )
+    return {
+        "n_train": int(len(y)),
+        "chance": chance,
+        "alpha": ALPHA,
+        "min_gain": MIN_GAIN,
+        "all": every,
+        "all_flagged": all_flagged,
+        "properties": props,
+        "flagged": flagged,
+        "findings": findings,
+    }
 
 
 def finding(name: str, prop: dict, chance: float) -> str:
     """One sentence: how well a property predicts the label, and where the splits move."""
     p = prop["predicts"]
-    text = (f"{name} ({prop['about']}) predicts the label on train at macro-F1 {p['macro_f1']:.2f} "
-            f"[{p['low']:.2f}, {p['high']:.2f}], chance {chance:.2f}")
+    text = (
+        f"{name} ({prop['about']}) predicts the label on train at macro-F1 {p['macro_f1']:.2f} "
+        f"[{p['low']:.2f}, {p['high']:.2f}], chance {chance:.2f}"
+    )
     moved = [f"{s} KS {d:.2f}" for s, d in prop["ks_from_train"].items() if d >= MIN_SHIFT]
     return text + (f"; it differs from train in {', '.join(moved)}" if moved else "")
 
@@ -362,13 +411,20 @@ def finding(name: str, prop: dict, chance: float) -> str:
 def summary_line(doc: dict) -> str:
     """The CLI's and the card's short form: the flagged properties, or that none is."""
     if not doc["flagged"] and doc.get("all_flagged"):
-        return (f"the nuisance properties together predict the label (macro-F1 {doc['all']['macro_f1']:.2f}, "
-                f"chance {doc['chance']['mean']:.2f}), none alone")
+        return (
+            f"the nuisance properties together predict the label (macro-F1 {doc['all']['macro_f1']:.2f}, "
+            f"chance {doc['chance']['mean']:.2f}), none alone"
+        )
     if not doc["flagged"]:
-        return (f"no nuisance property predicts the label (all together: macro-F1 "
-                f"{doc['all']['macro_f1']:.2f}, chance {doc['chance']['mean']:.2f})" if doc.get("all") else
-                "no nuisance property could be measured")
+        return (
+            f"no nuisance property predicts the label (all together: macro-F1 "
+            f"{doc['all']['macro_f1']:.2f}, chance {doc['chance']['mean']:.2f})"
+            if doc.get("all")
+            else "no nuisance property could be measured"
+        )
     best = doc["properties"][doc["flagged"][0]]["predicts"]
-    return (f"{len(doc['flagged'])} nuisance properties predict the label ({', '.join(doc['flagged'][:4])}"
-            f"{', ...' if len(doc['flagged']) > 4 else ''}; best macro-F1 {best['macro_f1']:.2f}, chance "
-            f"{doc['chance']['mean']:.2f})")
+    return (
+        f"{len(doc['flagged'])} nuisance properties predict the label ({', '.join(doc['flagged'][:4])}"
+        f"{', ...' if len(doc['flagged']) > 4 else ''}; best macro-F1 {best['macro_f1']:.2f}, chance "
+        f"{doc['chance']['mean']:.2f})"
+    )

@@ -14,6 +14,7 @@ tie goes to the simplest (fewest fitted values, :meth:`Strategy.n_params`; then 
 order). Pure numpy; the result (every score with its 95% interval, and the reason) is
 saved in combiner.json and shown in the report.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,9 @@ from ..metrics import log_loss, macro_f1, per_sample_log_loss
 log = logging.getLogger(__name__)
 
 
-def _held_out(fitted: dict, pool_data, n_classes: int, folds: int, seed: int,
-              n_members: int | None = None) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray, int, int]:
+def _held_out(
+    fitted: dict, pool_data, n_classes: int, folds: int, seed: int, n_members: int | None = None
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray, int, int]:
     """Per strategy: (predictions, probabilities) on val + the OOB images, in one order.
 
     ``pool_data`` holds the members' rows, then the pool candidates' (only a pool strategy
@@ -55,8 +57,9 @@ def _held_out(fitted: dict, pool_data, n_classes: int, folds: int, seed: int,
                     if not len(test):
                         continue
                     clone = type(s)(s.settings, s.seed)
-                    clone.fit(data.oob_proba[:, train], data.oob_y[train], data.oob_available[:, train],
-                              n_classes=n_classes)
+                    clone.fit(
+                        data.oob_proba[:, train], data.oob_y[train], data.oob_available[:, train], n_classes=n_classes
+                    )
                     clone.source_ = "oob"
                     got, pr, pp = clone.apply_oob(data.oob_proba[:, test], data.oob_available[:, test])
                     pred_o[fold_of == f], p_o[fold_of == f] = pr, pp
@@ -75,8 +78,9 @@ def _score(metric: str, y: np.ndarray, pred: np.ndarray, proba: np.ndarray, n_cl
     return log_loss(y, proba) if metric == "log_loss" else macro_f1(y, pred, n_classes)
 
 
-def choose_strategy(fitted: dict, data, n_classes: int, settings: Any = None, seed: int = 0,
-                    n_members: int | None = None) -> tuple[str, dict]:
+def choose_strategy(
+    fitted: dict, data, n_classes: int, settings: Any = None, seed: int = 0, n_members: int | None = None
+) -> tuple[str, dict]:
     """(chosen strategy name, the record of how) for ``strategy: auto``; ``settings`` is an
     :class:`~ensemble.config.AutoConfig` (None: its defaults); ``data``'s first ``n_members``
     rows are the members, the rest pool candidates (default: all members)."""
@@ -84,11 +88,17 @@ def choose_strategy(fitted: dict, data, n_classes: int, settings: Any = None, se
     se_rule = float(getattr(settings, "se", 1.0))
     n_boot = int(getattr(settings, "bootstrap", 1000))
     folds = int(getattr(settings, "folds", 5))
-    eligible = {n: s for n, s in fitted.items() if getattr(s, "source_", None) != "val"
-                and (metric != "log_loss" or s.probabilities)}
+    eligible = {
+        n: s
+        for n, s in fitted.items()
+        if getattr(s, "source_", None) != "val" and (metric != "log_loss" or s.probabilities)
+    }
     if not eligible:
-        raise ValueError("`combiner.strategy: auto` has no strategy to choose from (every one was fitted on val"
-                         + (" or gives no probabilities" if metric == "log_loss" else "") + ")")
+        raise ValueError(
+            "`combiner.strategy: auto` has no strategy to choose from (every one was fitted on val"
+            + (" or gives no probabilities" if metric == "log_loss" else "")
+            + ")"
+        )
     held, y, n_val, n_oob = _held_out(eligible, data, n_classes, folds, seed, n_members)
     names = list(eligible)
     lower_is_better = metric == "log_loss"
@@ -112,23 +122,45 @@ def choose_strategy(fitted: dict, data, n_classes: int, settings: Any = None, se
     table = {}
     for j, n in enumerate(names):
         d_mean, d_se = float(diffs[:, j].mean()), float(diffs[:, j].std(ddof=1))
-        table[n] = {metric: point[n], f"{metric}_ci95": _ci(boots[:, j]),
-                    "macro_f1": macro_f1(y, held[n][0], n_classes), "macro_f1_ci95": _ci(f1_boots[:, j]),
-                    "diff_to_best": d_mean * sign if j != best_j else 0.0, "se_of_diff": d_se,
-                    "tie": bool(j == best_j or d_mean <= se_rule * d_se), "n_params": int(eligible[n].n_params())}
+        table[n] = {
+            metric: point[n],
+            f"{metric}_ci95": _ci(boots[:, j]),
+            "macro_f1": macro_f1(y, held[n][0], n_classes),
+            "macro_f1_ci95": _ci(f1_boots[:, j]),
+            "diff_to_best": d_mean * sign if j != best_j else 0.0,
+            "se_of_diff": d_se,
+            "tie": bool(j == best_j or d_mean <= se_rule * d_se),
+            "n_params": int(eligible[n].n_params()),
+        }
     ties = [n for n in names if table[n]["tie"]]
     chosen = min(ties, key=lambda n: (table[n]["n_params"], names.index(n)))
     best = names[best_j]
     if chosen == best:
-        reason = (f"{best} has the best held-out {metric}" + ("" if len(ties) == 1 else
-                  f" and is the simplest of the {len(ties)} within {se_rule:g} SE ({', '.join(ties)})"))
+        reason = f"{best} has the best held-out {metric}" + (
+            ""
+            if len(ties) == 1
+            else f" and is the simplest of the {len(ties)} within {se_rule:g} SE ({', '.join(ties)})"
+        )
     else:
-        reason = (f"{best} has the best held-out {metric}, but {chosen} is within {se_rule:g} standard error(s) "
-                  f"of it and simpler ({table[chosen]['n_params']} vs {table[best]['n_params']} fitted values)")
+        reason = (
+            f"{best} has the best held-out {metric}, but {chosen} is within {se_rule:g} standard error(s) "
+            f"of it and simpler ({table[chosen]['n_params']} vs {table[best]['n_params']} fitted values)"
+        )
     log.info("combiner.strategy auto: %s (%s)", chosen, reason)
-    return chosen, {"on": "val+oob" if n_oob else "val", "metric": metric, "n_val": n_val, "n_oob": n_oob,
-                    "se": se_rule, "bootstrap": n_boot, "folds": folds, "best": best, "chosen": chosen,
-                    "reason": reason, "table": table, "scores": {n: point[n] for n in names}}
+    return chosen, {
+        "on": "val+oob" if n_oob else "val",
+        "metric": metric,
+        "n_val": n_val,
+        "n_oob": n_oob,
+        "se": se_rule,
+        "bootstrap": n_boot,
+        "folds": folds,
+        "best": best,
+        "chosen": chosen,
+        "reason": reason,
+        "table": table,
+        "scores": {n: point[n] for n in names},
+    }
 
 
 def _boot_macro_f1(counts: np.ndarray, y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:

@@ -20,6 +20,7 @@ guarantee, abstention for review, and cost-sensitive predictions. Pure numpy.
 - **Costs**: ``costs[i][j]`` is the cost of predicting class ``j`` when the truth is
   ``i``; the prediction minimises the expected cost ``sum_i p_i * costs[i][j]``.
 """
+
 from __future__ import annotations
 
 import math
@@ -57,13 +58,13 @@ def conformal_threshold(scores: np.ndarray, coverage: float, what: str = "calibr
     n = len(scores)
     k = conformal_rank(n, coverage)
     if k > n:
-        raise DecisionError(f"coverage {coverage:g} needs at least {min_calibration_size(coverage)} {what}; "
-                            f"got {n}")
+        raise DecisionError(f"coverage {coverage:g} needs at least {min_calibration_size(coverage)} {what}; got {n}")
     return float(scores[k - 1])
 
 
-def fit_conformal(proba: np.ndarray, y: np.ndarray, coverage: float, by_class: bool = False,
-                  classes: Sequence[str] | None = None) -> np.ndarray:
+def fit_conformal(
+    proba: np.ndarray, y: np.ndarray, coverage: float, by_class: bool = False, classes: Sequence[str] | None = None
+) -> np.ndarray:
     """Per-class thresholds (C,) on ``1 - p``; all equal unless ``by_class`` (``classes``
     names the classes in messages)."""
     proba, y = np.asarray(proba, dtype=np.float64), np.asarray(y, dtype=np.int64)
@@ -71,9 +72,14 @@ def fit_conformal(proba: np.ndarray, y: np.ndarray, coverage: float, by_class: b
     k = proba.shape[1]
     if not by_class:
         return np.full(k, conformal_threshold(scores, coverage))
-    return np.array([conformal_threshold(scores[y == c], coverage,
-                                         f"calibration images of class {classes[c] if classes else c!r}")
-                     for c in range(k)])
+    return np.array(
+        [
+            conformal_threshold(
+                scores[y == c], coverage, f"calibration images of class {classes[c] if classes else c!r}"
+            )
+            for c in range(k)
+        ]
+    )
 
 
 def prediction_sets(proba: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -86,8 +92,12 @@ def set_metrics(sets: np.ndarray, y: np.ndarray) -> dict:
     sets, y = np.asarray(sets, dtype=bool), np.asarray(y, dtype=np.int64)
     if not len(y):
         return {"n": 0, "coverage": float("nan"), "mean_set_size": float("nan"), "empty": float("nan")}
-    return {"n": int(len(y)), "coverage": float(sets[np.arange(len(y)), y].mean()),
-            "mean_set_size": float(sets.sum(axis=1).mean()), "empty": float((sets.sum(axis=1) == 0).mean())}
+    return {
+        "n": int(len(y)),
+        "coverage": float(sets[np.arange(len(y)), y].mean()),
+        "mean_set_size": float(sets.sum(axis=1).mean()),
+        "empty": float((sets.sum(axis=1) == 0).mean()),
+    }
 
 
 # ---------------------------------------------------------------- review
@@ -95,8 +105,9 @@ def confidence(proba: np.ndarray) -> np.ndarray:
     return np.asarray(proba, dtype=np.float64).max(axis=1)
 
 
-def review_threshold(conf: np.ndarray, correct: np.ndarray, review_rate: float | None = None,
-                     target_accuracy: float | None = None) -> float:
+def review_threshold(
+    conf: np.ndarray, correct: np.ndarray, review_rate: float | None = None, target_accuracy: float | None = None
+) -> float:
     """Confidence below which an image goes to review, chosen on calibration images.
 
     ``review_rate``: the share of calibration images sent to review (the threshold is
@@ -123,8 +134,11 @@ def review_threshold(conf: np.ndarray, correct: np.ndarray, review_rate: float |
     # keeping the top-k most confident images: the largest k whose accuracy reaches the target,
     # cut where the confidence changes so that ties are kept or reviewed together
     sorted_conf = conf[idx]
-    ok = [k for k in range(1, len(idx) + 1) if acc[k - 1] >= target_accuracy - 1e-12
-          and (k == len(idx) or sorted_conf[k] < sorted_conf[k - 1])]
+    ok = [
+        k
+        for k in range(1, len(idx) + 1)
+        if acc[k - 1] >= target_accuracy - 1e-12 and (k == len(idx) or sorted_conf[k] < sorted_conf[k - 1])
+    ]
     return float(sorted_conf[max(ok) - 1]) if ok else float("inf")
 
 
@@ -138,17 +152,23 @@ def risk_coverage(conf: np.ndarray, correct: np.ndarray) -> tuple[np.ndarray, np
 def review_metrics(conf: np.ndarray, correct: np.ndarray, threshold: float) -> dict:
     keep = np.asarray(conf) >= threshold
     n = len(keep)
-    return {"threshold": threshold, "n": int(n), "reviewed": float(1 - keep.mean()) if n else float("nan"),
-            "accuracy_kept": float(np.asarray(correct)[keep].mean()) if keep.any() else float("nan"),
-            "accuracy_all": float(np.mean(correct)) if n else float("nan")}
+    return {
+        "threshold": threshold,
+        "n": int(n),
+        "reviewed": float(1 - keep.mean()) if n else float("nan"),
+        "accuracy_kept": float(np.asarray(correct)[keep].mean()) if keep.any() else float("nan"),
+        "accuracy_all": float(np.mean(correct)) if n else float("nan"),
+    }
 
 
 # ---------------------------------------------------------------- costs
 def check_costs(costs, n_classes: int, where: str = "decision.costs") -> np.ndarray:
     c = np.asarray(costs, dtype=np.float64)
     if c.shape != (n_classes, n_classes):
-        raise DecisionError(f"`{where}` must be {n_classes} x {n_classes} (true x predicted, in class order); "
-                            f"got shape {'x'.join(map(str, c.shape))}")
+        raise DecisionError(
+            f"`{where}` must be {n_classes} x {n_classes} (true x predicted, in class order); "
+            f"got shape {'x'.join(map(str, c.shape))}"
+        )
     if not np.isfinite(c).all() or (c < 0).any():
         raise DecisionError(f"`{where}` must hold finite non-negative numbers")
     return c
@@ -166,9 +186,11 @@ def cost_metrics(proba: np.ndarray, y: np.ndarray, costs: np.ndarray) -> dict:
     out = {}
     for rule, pred in (("argmax", proba.argmax(axis=1)), ("min_cost", min_cost_decisions(proba, costs))):
         expected = (proba @ costs)[np.arange(len(pred)), pred]
-        out[rule] = {"expected_cost": float(expected.mean()) if len(y) else float("nan"),
-                     "realised_cost": float(costs[y, pred].mean()) if len(y) else float("nan"),
-                     "accuracy": float((pred == y).mean()) if len(y) else float("nan")}
+        out[rule] = {
+            "expected_cost": float(expected.mean()) if len(y) else float("nan"),
+            "realised_cost": float(costs[y, pred].mean()) if len(y) else float("nan"),
+            "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
+        }
     return out
 
 
@@ -184,9 +206,13 @@ class Decider:
     correctness for review thresholds is that of these predictions.
     """
 
-    def __init__(self, cal_proba: np.ndarray, cal_y: np.ndarray,
-                 costs: np.ndarray | Sequence[Sequence[float]] | None = None,
-                 classes: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        cal_proba: np.ndarray,
+        cal_y: np.ndarray,
+        costs: np.ndarray | Sequence[Sequence[float]] | None = None,
+        classes: Sequence[str] | None = None,
+    ) -> None:
         self.classes = list(classes) if classes is not None else None
         self.cal_proba = np.asarray(cal_proba, dtype=np.float64)
         self.cal_y = np.asarray(cal_y, dtype=np.int64)
@@ -203,8 +229,14 @@ class Decider:
         correct = self.predict(self.cal_proba) == self.cal_y
         return review_threshold(confidence(self.cal_proba), correct, review_rate, target_accuracy)
 
-    def report(self, proba: np.ndarray, y: np.ndarray, by_class: bool = False,
-               coverages=REPORT_COVERAGES, review_rates=REPORT_REVIEW_RATES) -> dict:
+    def report(
+        self,
+        proba: np.ndarray,
+        y: np.ndarray,
+        by_class: bool = False,
+        coverages=REPORT_COVERAGES,
+        review_rates=REPORT_REVIEW_RATES,
+    ) -> dict:
         """Coverage and set size per target, accuracy kept per review rate, costs: one split."""
         proba, y = np.asarray(proba, dtype=np.float64), np.asarray(y, dtype=np.int64)
         out: dict = {"coverage": {}, "review": {}}
@@ -217,8 +249,9 @@ class Decider:
             out["coverage"][f"{c:g}"] = dict(got, target=c, below_target=bool(got["coverage"] < c))
         correct = self.predict(proba) == y
         for r in review_rates:
-            out["review"][f"{r:g}"] = dict(review_metrics(confidence(proba), correct, self.review_threshold(r)),
-                                           review_rate=r)
+            out["review"][f"{r:g}"] = dict(
+                review_metrics(confidence(proba), correct, self.review_threshold(r)), review_rate=r
+            )
         if self.costs is not None:
             out["costs"] = cost_metrics(proba, y, self.costs)
         return out

@@ -4,6 +4,7 @@ A strategy's :meth:`~ensemble.combining.strategies.Strategy.graph_head` returns 
 own module): stacked member probabilities (members, samples, classes) in, ensemble
 probabilities (samples, classes) out, computed as the strategy's numpy ``apply`` does.
 """
+
 from __future__ import annotations
 
 from typing import Sequence

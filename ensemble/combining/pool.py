@@ -9,6 +9,7 @@ members' in ``predictions/<split>_proba.npy``). Strategies combine the members; 
 strategy with ``pool`` set (greedy, by default) selects over members + candidates, and
 ``predict`` runs only the ones it gives weight to. No torch here.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -21,6 +21,7 @@ overrides :meth:`Strategy.fit`; its fitted state ends in an underscore and is sa
 This module is numpy-only (scipy / scikit-learn load only when fitting), so the command
 line can read the registry without loading torch.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -114,11 +115,16 @@ class FitData:
     oob_available: np.ndarray
 
     @classmethod
-    def from_oob_lists(cls, val_proba: np.ndarray, val_y: np.ndarray, oob_indices: Sequence[np.ndarray],
-                       oob_proba: Sequence[np.ndarray], y_train: np.ndarray) -> "FitData":
+    def from_oob_lists(
+        cls,
+        val_proba: np.ndarray,
+        val_y: np.ndarray,
+        oob_indices: Sequence[np.ndarray],
+        oob_proba: Sequence[np.ndarray],
+        y_train: np.ndarray,
+    ) -> "FitData":
         full, available = oob_matrix(list(oob_indices), list(oob_proba), len(y_train), val_proba.shape[2])
-        return cls(np.asarray(val_proba, dtype=np.float64), np.asarray(val_y), full, np.asarray(y_train),
-                   available)
+        return cls(np.asarray(val_proba, dtype=np.float64), np.asarray(val_y), full, np.asarray(y_train), available)
 
     @property
     def has_oob(self) -> bool:
@@ -128,8 +134,9 @@ class FitData:
         """The first ``n`` rows (the members, without the pool's candidates)."""
         if n >= len(self.val_proba):
             return self
-        return dataclasses.replace(self, val_proba=self.val_proba[:n], oob_proba=self.oob_proba[:n],
-                                   oob_available=self.oob_available[:n])
+        return dataclasses.replace(
+            self, val_proba=self.val_proba[:n], oob_proba=self.oob_proba[:n], oob_available=self.oob_available[:n]
+        )
 
     def source(self, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
         """(proba, y, available or None, the source actually used) for ``val`` or ``oob``."""
@@ -138,8 +145,10 @@ class FitData:
         if not len(self.val_y):
             raise ValueError("no held-out images: val is empty and no member left a training image out")
         if name == "oob":
-            log.warning("no member left any training image out (ratio 1 without replacement): "
-                        "fitting the combiner on validation probabilities instead")
+            log.warning(
+                "no member left any training image out (ratio 1 without replacement): "
+                "fitting the combiner on validation probabilities instead"
+            )
         return self.val_proba, self.val_y, None, "val"
 
 
@@ -178,8 +187,9 @@ class Strategy:
         """``val`` or ``oob``: where :meth:`fit` takes its data from (None: not fitted)."""
         return None if self.source_key is None else _get(self.settings, self.source_key)
 
-    def fit(self, proba: np.ndarray, y: np.ndarray, available: np.ndarray | None = None,
-            n_classes: int | None = None) -> "Strategy":
+    def fit(
+        self, proba: np.ndarray, y: np.ndarray, available: np.ndarray | None = None, n_classes: int | None = None
+    ) -> "Strategy":
         """Learn from member probabilities; ``available`` masks members per image (OOB)."""
         return self
 
@@ -310,8 +320,9 @@ class WeightedVote(SoftVote):
         super().__init__(settings, seed)
         self.source_: str | None = None
 
-    def fit(self, proba: np.ndarray, y: np.ndarray, available: np.ndarray | None = None,
-            n_classes: int | None = None) -> "Strategy":
+    def fit(
+        self, proba: np.ndarray, y: np.ndarray, available: np.ndarray | None = None, n_classes: int | None = None
+    ) -> "Strategy":
         w = _config_weights(self.settings)
         if w is not None:
             self.weights_, self.source_ = list(map(float, np.asarray(w) / np.sum(w))), "config"
@@ -338,10 +349,12 @@ class WeightedVote(SoftVote):
 
 @dataclasses.dataclass
 class StackingSettings:
-    source: Literal["oob", "val"] = setting("oob", doc="meta-learner fitted on out-of-bag or "
-                                                       "validation member probabilities")
-    C: float = setting(1.0, check=interval(0, None, low_open=True),
-                       doc="inverse regularisation strength of the logistic meta-learner")
+    source: Literal["oob", "val"] = setting(
+        "oob", doc="meta-learner fitted on out-of-bag or validation member probabilities"
+    )
+    C: float = setting(
+        1.0, check=interval(0, None, low_open=True), doc="inverse regularisation strength of the logistic meta-learner"
+    )
 
 
 @register
@@ -361,10 +374,12 @@ class Stacking(Strategy):
         self.source_ = None
         self.C_: float | None = None if settings is None else float(settings.stacking.C)
 
-    def fit(self, proba: np.ndarray, y: np.ndarray, available: np.ndarray | None = None,
-            n_classes: int | None = None) -> "Strategy":
-        self.coef_, self.intercept_ = fit_stacking(proba, y, n_classes or proba.shape[2], 1.0 if self.C_ is None else self.C_,
-                                                   available, self.seed)
+    def fit(
+        self, proba: np.ndarray, y: np.ndarray, available: np.ndarray | None = None, n_classes: int | None = None
+    ) -> "Strategy":
+        self.coef_, self.intercept_ = fit_stacking(
+            proba, y, n_classes or proba.shape[2], 1.0 if self.C_ is None else self.C_, available, self.seed
+        )
         return self
 
     def apply(self, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -377,9 +392,12 @@ class Stacking(Strategy):
         return covered, pred, p
 
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
-        doc = {"source": self.source_, "C": self.C_,
-               "features": "log(clip(p, 1e-6, 1)) of members in member_names order, classes in classes "
-                           "order; proba = softmax(X @ coef.T + intercept)"}
+        doc = {
+            "source": self.source_,
+            "C": self.C_,
+            "features": "log(clip(p, 1e-6, 1)) of members in member_names order, classes in classes "
+            "order; proba = softmax(X @ coef.T + intercept)",
+        }
         coef, intercept = self._head()
         return doc, {"coef": coef, "intercept": intercept}
 
@@ -410,16 +428,22 @@ class Stacking(Strategy):
 @dataclasses.dataclass
 class GreedySettings:
     source: Literal["oob", "val"] = setting("oob", doc="probabilities greedy selection is fitted on")
-    iterations: int = setting(25, check=interval(1, 1000), doc="selection steps (with replacement); "
-                                                            "the best prefix of the path is kept")
-    metric: Literal["log_loss", "brier", "macro_f1"] = setting("log_loss", doc="what each step minimises "
-                                                                               "(macro_f1: maximises)")
-    bags: int = setting(0, check=interval(0, 1000), doc="repeat on this many random subsets of the pool and "
-                                                        "average the weights (0: off)")
-    bag_fraction: float = setting(0.5, check=interval(0, 1, low_open=True),
-                                  doc="share of the candidates in each bag")
-    pool: bool = setting(True, doc="select over the members' pool candidates too (`members.N.candidates`; "
-                                   "without any, the members alone)")
+    iterations: int = setting(
+        25, check=interval(1, 1000), doc="selection steps (with replacement); the best prefix of the path is kept"
+    )
+    metric: Literal["log_loss", "brier", "macro_f1"] = setting(
+        "log_loss", doc="what each step minimises (macro_f1: maximises)"
+    )
+    bags: int = setting(
+        0,
+        check=interval(0, 1000),
+        doc="repeat on this many random subsets of the pool and average the weights (0: off)",
+    )
+    bag_fraction: float = setting(0.5, check=interval(0, 1, low_open=True), doc="share of the candidates in each bag")
+    pool: bool = setting(
+        True,
+        doc="select over the members' pool candidates too (`members.N.candidates`; without any, the members alone)",
+    )
 
 
 @register
@@ -439,15 +463,32 @@ class GreedySelection(SoftVote):
         self.source_ = None
         self.path_: list[dict] = []
         g = getattr(settings, "greedy", None)
-        self.params_ = None if g is None else {"iterations": int(g.iterations), "metric": g.metric,
-                                                "bags": int(g.bags), "bag_fraction": float(g.bag_fraction)}
+        self.params_ = (
+            None
+            if g is None
+            else {
+                "iterations": int(g.iterations),
+                "metric": g.metric,
+                "bags": int(g.bags),
+                "bag_fraction": float(g.bag_fraction),
+            }
+        )
         self.pool = bool(getattr(g, "pool", False))
 
-    def fit(self, proba: np.ndarray, y: np.ndarray, available: np.ndarray | None = None,
-            n_classes: int | None = None) -> "Strategy":
+    def fit(
+        self, proba: np.ndarray, y: np.ndarray, available: np.ndarray | None = None, n_classes: int | None = None
+    ) -> "Strategy":
         p = self.params_ or {}
-        w, self.path_ = greedy_selection(proba, y, available, p.get("iterations", 25), p.get("metric", "log_loss"),
-                                         p.get("bags", 0), p.get("bag_fraction", 0.5), self.seed)
+        w, self.path_ = greedy_selection(
+            proba,
+            y,
+            available,
+            p.get("iterations", 25),
+            p.get("metric", "log_loss"),
+            p.get("bags", 0),
+            p.get("bag_fraction", 0.5),
+            self.seed,
+        )
         self.weights_ = w.tolist()
         return self
 
@@ -455,8 +496,13 @@ class GreedySelection(SoftVote):
         return max(int(np.count_nonzero(self.weights_ or [])) - 1, 0)
 
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
-        return {"weights": self.weights_, "source": self.source_, "params": self.params_, "path": self.path_,
-                "pool": self.pool}, {}
+        return {
+            "weights": self.weights_,
+            "source": self.source_,
+            "params": self.params_,
+            "path": self.path_,
+            "pool": self.pool,
+        }, {}
 
     def _load(self, doc: dict, arrays: dict[str, np.ndarray]) -> None:
         self.weights_, self.source_ = doc["weights"], doc.get("source")
@@ -464,15 +510,18 @@ class GreedySelection(SoftVote):
         self.pool = bool(doc.get("pool", False))
 
     def summary(self, member_names: Sequence[str]) -> dict:
-        return {"greedy_weights": dict(zip(member_names, self.weights_ or [])), "greedy_source": self.source_,
-                "greedy_path": [dict(s, added=member_names[s["added"]]) for s in self.path_]}
+        return {
+            "greedy_weights": dict(zip(member_names, self.weights_ or [])),
+            "greedy_source": self.source_,
+            "greedy_path": [dict(s, added=member_names[s["added"]]) for s in self.path_],
+        }
 
     def describe(self, member_names: Sequence[str]) -> str:
         weights = ", ".join(f"{k} {v:.3f}" for k, v in zip(member_names, self.weights_ or []))
         steps = " -> ".join(f"{member_names[s['added']]} ({s['loss']:.4f})" for s in self.path_[:12])
         more = f" ... ({len(self.path_)} steps)" if len(self.path_) > 12 else ""
         metric = (self.params_ or {}).get("metric", "log_loss")
-        return (f"Greedy selection on {self.source_} ({metric}): weights {weights}; path {steps}{more}.")
+        return f"Greedy selection on {self.source_} ({metric}): weights {weights}; path {steps}{more}."
 
 
 # ---------------------------------------------------------------- the fitted combiner
@@ -494,7 +543,7 @@ class Combiner:
         if not self.temperatures:
             return p
         scaled = [temperature_scale(q, t) for q, t in zip(p, self.temperatures)]
-        return np.stack(scaled + list(p[len(scaled):]))
+        return np.stack(scaled + list(p[len(scaled) :]))
 
     def calibrate_row(self, j: int, proba: np.ndarray) -> np.ndarray:
         """Row ``j``'s (samples, classes) probabilities with its temperature (candidates: none)."""
@@ -516,8 +565,10 @@ class Combiner:
         """``arr``'s rows (members [+ candidates] first) that ``strategy`` combines."""
         n = len(self.names(strategy))
         if len(arr) < n:
-            raise RunError(f"strategy {strategy or self.strategy!r} combines {n} members and pool candidates "
-                           f"({', '.join(self.names(strategy))}); got probabilities of {len(arr)}")
+            raise RunError(
+                f"strategy {strategy or self.strategy!r} combines {n} members and pool candidates "
+                f"({', '.join(self.names(strategy))}); got probabilities of {len(arr)}"
+            )
         return arr[:n]
 
     def uses(self, strategy: str | None = None) -> np.ndarray:
@@ -536,18 +587,19 @@ class Combiner:
 
             hint = close_spelling(name, self.strategies)
             fix = f"did you mean {hint!r}?" if hint else "run `effens fit-combiner` to fit it"
-            raise RunError(f"strategy {name!r} is not available in this run "
-                           f"({', '.join(self.strategies)}); {fix}")
+            raise RunError(f"strategy {name!r} is not available in this run ({', '.join(self.strategies)}); {fix}")
         return self.strategies[name]
 
-    def apply(self, member_proba: np.ndarray, strategy: str | None = None,
-              calibrated: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def apply(
+        self, member_proba: np.ndarray, strategy: str | None = None, calibrated: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(predictions, probabilities) of ``strategy`` (default: the run's)."""
         p = member_proba if calibrated else self.calibrate(member_proba)
         return self.get(strategy).apply(self.rows(p, strategy))
 
-    def apply_oob(self, full: np.ndarray, available: np.ndarray,
-                  strategy: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def apply_oob(
+        self, full: np.ndarray, available: np.ndarray, strategy: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(covered indices, predictions, probabilities) of ``strategy``'s OOB vote (see :meth:`Strategy.apply_oob`)."""
         return self.get(strategy).apply_oob(self.rows(full, strategy), self.rows(available, strategy))
 
@@ -565,9 +617,16 @@ class Combiner:
 
     # files: see ensemble.runfolder (the only code that writes them)
     def state(self) -> tuple[dict, dict[str, np.ndarray]]:
-        doc: dict = {"format": 2, "strategy": self.strategy, "choice": self.choice, "classes": self.classes,
-                     "member_names": self.member_names, "candidate_names": self.candidate_names,
-                     "temperatures": self.temperatures, "strategies": {}}
+        doc: dict = {
+            "format": 2,
+            "strategy": self.strategy,
+            "choice": self.choice,
+            "classes": self.classes,
+            "member_names": self.member_names,
+            "candidate_names": self.candidate_names,
+            "temperatures": self.temperatures,
+            "strategies": {},
+        }
         arrays: dict[str, np.ndarray] = {}
         for name, s in self.strategies.items():
             sdoc, sarr = s.state()
@@ -584,26 +643,50 @@ class Combiner:
                 raise ValueError(f"names strategy {name!r}, which this effens does not have")
             own = {k: arrays[f"{name}_{k}"] for k in sdoc.get("arrays", [])}
             strategies[name] = STRATEGIES[name].from_state(sdoc, own)
-        return cls(doc["strategy"], list(doc["classes"]), list(doc["member_names"]), strategies,
-                   doc.get("temperatures"), doc.get("choice"), list(doc.get("candidate_names") or []))
+        return cls(
+            doc["strategy"],
+            list(doc["classes"]),
+            list(doc["member_names"]),
+            strategies,
+            doc.get("temperatures"),
+            doc.get("choice"),
+            list(doc.get("candidate_names") or []),
+        )
 
 
 def _upgrade(doc: dict) -> dict:
     """A combiner.json written before the strategy registry, in today's form."""
     if "strategies" in doc:
         return doc
-    strategies = {"hard": {"weights": doc.get("vote_weights")}, "soft": {"weights": doc.get("vote_weights")},
-                  "weighted": {"weights": doc.get("learned_weights"), "source": doc.get("weights_source")}}
+    strategies = {
+        "hard": {"weights": doc.get("vote_weights")},
+        "soft": {"weights": doc.get("vote_weights")},
+        "weighted": {"weights": doc.get("learned_weights"), "source": doc.get("weights_source")},
+    }
     if doc.get("stacking_source"):
-        strategies["stacking"] = {"source": doc["stacking_source"], "C": doc.get("stacking_C"),
-                                  "arrays": ["coef", "intercept"]}
-    return {"strategy": doc["strategy"], "classes": doc["classes"], "member_names": doc["member_names"],
-            "temperatures": doc.get("temperatures"), "strategies": strategies}
+        strategies["stacking"] = {
+            "source": doc["stacking_source"],
+            "C": doc.get("stacking_C"),
+            "arrays": ["coef", "intercept"],
+        }
+    return {
+        "strategy": doc["strategy"],
+        "classes": doc["classes"],
+        "member_names": doc["member_names"],
+        "temperatures": doc.get("temperatures"),
+        "strategies": strategies,
+    }
 
 
-def fit_combiner(settings: Any, member_names: Sequence[str], classes: Sequence[str], data: FitData,
-                 seed: int = 0, only: Sequence[str] | None = None,
-                 candidate_names: Sequence[str] = ()) -> Combiner:
+def fit_combiner(
+    settings: Any,
+    member_names: Sequence[str],
+    classes: Sequence[str],
+    data: FitData,
+    seed: int = 0,
+    only: Sequence[str] | None = None,
+    candidate_names: Sequence[str] = (),
+) -> Combiner:
     """Fit temperatures (``settings.calibrate``) and every registered strategy (or ``only``
     these) from member probabilities; ``settings`` is a :class:`~ensemble.config.CombinerConfig`.
     ``data`` holds the members' rows, then the pool candidates' (``candidate_names``), which
@@ -611,19 +694,25 @@ def fit_combiner(settings: Any, member_names: Sequence[str], classes: Sequence[s
     temperatures = None
     n = len(member_names)
     if settings.calibrate:
-        temperatures = ([fit_temperature(p, data.val_y) for p in data.val_proba[:n]] if len(data.val_y) else
-                        [fit_temperature(data.oob_proba[j, a], data.oob_y[a])  # train_on_val: each member's OOB
-                         for j, a in enumerate(data.oob_available[:n])])
+        temperatures = (
+            [fit_temperature(p, data.val_y) for p in data.val_proba[:n]]
+            if len(data.val_y)
+            else [
+                fit_temperature(data.oob_proba[j, a], data.oob_y[a])  # train_on_val: each member's OOB
+                for j, a in enumerate(data.oob_available[:n])
+            ]
+        )
         oob = data.oob_proba.copy()
         for j, t in enumerate(temperatures):
             left_out = data.oob_available[j]
             if left_out.any():
                 oob[j, left_out] = temperature_scale(oob[j, left_out], t)
-        val = np.stack([temperature_scale(p, t) for p, t in zip(data.val_proba, temperatures)]
-                       + list(data.val_proba[n:]))
+        val = np.stack(
+            [temperature_scale(p, t) for p, t in zip(data.val_proba, temperatures)] + list(data.val_proba[n:])
+        )
         data = dataclasses.replace(data, val_proba=val, oob_proba=oob)
     fitted: dict[str, Strategy] = {}
-    for name in (only or STRATEGIES):
+    for name in only or STRATEGIES:
         s = STRATEGIES[name](settings, seed)
         if s.source is not None:
             proba, y, available, actual = (data if s.pool else data.head(n)).source(s.source)

@@ -6,6 +6,7 @@ network runs here. The strategies that use them are in :mod:`ensemble.combining.
 For out-of-bag (OOB) data an ``available`` (members, samples) mask says which members
 left each image out, i.e. may vote on it.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -82,9 +83,9 @@ def temperature_scale(proba: np.ndarray, temperature: float) -> np.ndarray:
     return softmax(logp / temperature)
 
 
-def masked_vote(proba: np.ndarray, available: np.ndarray, vote,
-                weights: np.ndarray | Sequence[float] | None = None
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def masked_vote(
+    proba: np.ndarray, available: np.ndarray, vote, weights: np.ndarray | Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Apply ``vote(proba, weights) -> (pred, proba)`` per image over its available members.
 
     Returns (covered sample indices, predictions, probabilities) for the images at least
@@ -98,17 +99,17 @@ def masked_vote(proba: np.ndarray, available: np.ndarray, vote,
     for i in covered:
         who = np.flatnonzero(available[:, i])
         ww = w[who] if w[who].sum() > 0 else np.ones(len(who))
-        pred, p = vote(proba[who][:, i:i + 1], ww)
+        pred, p = vote(proba[who][:, i : i + 1], ww)
         preds.append(pred[0])
         probs.append(p[0])
     c = proba.shape[2]
-    return (covered, np.asarray(preds, dtype=np.int64),
-            np.asarray(probs, dtype=np.float64).reshape(-1, c))
+    return (covered, np.asarray(preds, dtype=np.int64), np.asarray(probs, dtype=np.float64).reshape(-1, c))
 
 
 # ---------------------------------------------------------------- fitting
-def oob_matrix(oob_indices: list[np.ndarray], oob_proba: list[np.ndarray], n: int,
-               n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def oob_matrix(
+    oob_indices: list[np.ndarray], oob_proba: list[np.ndarray], n: int, n_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Members' OOB probabilities as (M, n, C) plus an ``available`` (M, n) mask."""
     m = len(oob_indices)
     full = np.zeros((m, n, n_classes))
@@ -160,8 +161,9 @@ def fit_weights(proba: np.ndarray, y: np.ndarray, available: np.ndarray | None =
     return w if loss(res.x) <= loss(np.zeros(m)) else uniform
 
 
-def fit_stacking(proba: np.ndarray, y: np.ndarray, n_classes: int, C: float = 1.0,
-                 available: np.ndarray | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def fit_stacking(
+    proba: np.ndarray, y: np.ndarray, n_classes: int, C: float = 1.0, available: np.ndarray | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Multinomial logistic regression on member log-probabilities -> (coef, intercept).
 
     Missing members (OOB source) are imputed with the mean of the available members'
@@ -196,8 +198,9 @@ def fit_temperature(proba: np.ndarray, y: np.ndarray) -> float:
     """The temperature T in [0.05, 20] minimising the log loss of softmax(log p / T)."""
     from scipy.optimize import minimize_scalar
 
-    res = minimize_scalar(lambda t: _nll(temperature_scale(proba, np.exp(t)), y),
-                          bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    res = minimize_scalar(
+        lambda t: _nll(temperature_scale(proba, np.exp(t)), y), bounds=(np.log(0.05), np.log(20.0)), method="bounded"
+    )
     return float(np.exp(res.x))
 
 
@@ -225,8 +228,9 @@ def _greedy_loss(p: np.ndarray, y: np.ndarray, metric: str) -> float:
     raise ValueError(f"`metric` must be one of {', '.join(GREEDY_METRICS)}; got {metric!r}")
 
 
-def _greedy_once(proba: np.ndarray, y: np.ndarray, available: np.ndarray, n_iter: int,
-                 metric: str) -> tuple[np.ndarray | None, list[dict]]:
+def _greedy_once(
+    proba: np.ndarray, y: np.ndarray, available: np.ndarray, n_iter: int, metric: str
+) -> tuple[np.ndarray | None, list[dict]]:
     """Forward selection with replacement (Caruana et al., 2004) over all of ``proba``'s
     candidates -> (counts of the best prefix of the path or None if no step scored, the whole path).
 
@@ -246,8 +250,9 @@ def _greedy_once(proba: np.ndarray, y: np.ndarray, available: np.ndarray, n_iter
         losses = np.full(m, np.inf)  # a candidate that may score no image is never added
         for cand in np.flatnonzero(available.any(axis=1)):
             t = tot + avail[cand]
-            mix = np.where(t[:, None] > 0, (num + avail[cand][:, None] * proba[cand]) / np.where(t > 0, t, 1.0)[:, None],
-                           fallback)
+            mix = np.where(
+                t[:, None] > 0, (num + avail[cand][:, None] * proba[cand]) / np.where(t > 0, t, 1.0)[:, None], fallback
+            )
             losses[cand] = _greedy_loss(mix, y, metric)
         losses[~np.isfinite(losses)] = np.inf  # NaN probabilities never win
         if not np.isfinite(losses).any():
@@ -262,9 +267,16 @@ def _greedy_once(proba: np.ndarray, y: np.ndarray, available: np.ndarray, n_iter
     return best_counts, path
 
 
-def greedy_selection(proba: np.ndarray, y: np.ndarray, available: np.ndarray | None = None, n_iter: int = 25,
-                     metric: str = "log_loss", bags: int = 0, bag_fraction: float = 0.5,
-                     seed: int = 0) -> tuple[np.ndarray, list[dict]]:
+def greedy_selection(
+    proba: np.ndarray,
+    y: np.ndarray,
+    available: np.ndarray | None = None,
+    n_iter: int = 25,
+    metric: str = "log_loss",
+    bags: int = 0,
+    bag_fraction: float = 0.5,
+    seed: int = 0,
+) -> tuple[np.ndarray, list[dict]]:
     """Greedy ensemble selection with replacement -> (weights summing to 1, selection path).
 
     ``proba`` is (candidates, samples, classes); ``available`` masks the candidates that

@@ -8,6 +8,7 @@ command is one new module plus its test. Command modules stay light (no torch at
 ``effens --help`` imports them all) and never import each other; what two share lives in
 :mod:`ensemble.commands.options` or a floor below.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,14 @@ class Command:
 COMMANDS: Registry[Command] = Registry("command")
 
 
-def command(name: str, help: str, arguments: Callable[[argparse.ArgumentParser], None],
-            run: Callable[[argparse.Namespace], int], backend: str, **options) -> Command:
+def command(
+    name: str,
+    help: str,
+    arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
+    backend: str,
+    **options,
+) -> Command:
     """Register a command (see :class:`Command`); returns it."""
     return COMMANDS.add(name, Command(name, help, arguments, run, backend, **options), owner=run.__module__)
 

@@ -1,4 +1,5 @@
 """``effens evaluate RUN DATA --out DIR``: every member and strategy on labelled data."""
+
 from __future__ import annotations
 
 import sys
@@ -22,14 +23,30 @@ def run(args) -> int:
     from ..inference import run_evaluate
     from ..runfolder import REPORT_NAME
 
-    doc = run_evaluate(args.run, args.data, args.out, args.strategy, options.inference(args),
-                       tracking=options.tracking_overrides(args.tracking))
+    doc = run_evaluate(
+        args.run,
+        args.data,
+        args.out,
+        args.strategy,
+        options.inference(args),
+        tracking=options.tracking_overrides(args.tracking),
+    )
     sys.stdout.write("\n" + doc["_table"] + "\n")
     n_skip = len(doc["skipped_images"].get("eval", []))
-    sys.stdout.write(f"\nreport: {Path(args.out) / REPORT_NAME}" +
-                     (f"  ({n_skip} unreadable images skipped, listed there)" if n_skip else "") + "\n")
+    sys.stdout.write(
+        f"\nreport: {Path(args.out) / REPORT_NAME}"
+        + (f"  ({n_skip} unreadable images skipped, listed there)" if n_skip else "")
+        + "\n"
+    )
     return 0
 
 
-command("evaluate", "report every member and strategy on labelled data", arguments, run, backend="inference",
-        reads_data=True, position=30)
+command(
+    "evaluate",
+    "report every member and strategy on labelled data",
+    arguments,
+    run,
+    backend="inference",
+    reads_data=True,
+    position=30,
+)

@@ -1,4 +1,5 @@
 """``effens explain RUN IMAGE... --out DIR``: Grad-CAM overlays per member."""
+
 from __future__ import annotations
 
 import sys
@@ -19,10 +20,19 @@ def run(args) -> int:
     from ..explain import run_explain
 
     doc = run_explain(args.run, args.images, args.out, args.strategy)
-    sys.stdout.write(f"explained {len(doc['images'])} image(s) ({doc['strategy']}; "
-                     f"{len(doc['unreadable'])} unreadable) -> {args.out}\n")
+    sys.stdout.write(
+        f"explained {len(doc['images'])} image(s) ({doc['strategy']}; "
+        f"{len(doc['unreadable'])} unreadable) -> {args.out}\n"
+    )
     return 0
 
 
-command("explain", "Grad-CAM overlays: where each member looks in some images", arguments, run, backend="explain",
-        reads_data=True, position=80)
+command(
+    "explain",
+    "Grad-CAM overlays: where each member looks in some images",
+    arguments,
+    run,
+    backend="explain",
+    reads_data=True,
+    position=80,
+)

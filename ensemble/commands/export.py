@@ -1,4 +1,5 @@
 """``effens export RUN --format F --out DIR``: ONNX, OpenVINO IR or an MLflow model."""
+
 from __future__ import annotations
 
 import sys
@@ -20,10 +21,17 @@ def run(args) -> int:
 
     manifest = export_run(args.run, args.format, args.out, args.strategy)
     what = "default strategy" if args.format == "mlflow" else "ensemble graph"
-    sys.stdout.write(f"exported {len(manifest['files'])} files ({args.format}; {what}: "
-                     f"{manifest['strategy']}) -> {args.out}\n")
+    sys.stdout.write(
+        f"exported {len(manifest['files'])} files ({args.format}; {what}: {manifest['strategy']}) -> {args.out}\n"
+    )
     return 0
 
 
-command("export", "export the members and the ensemble as ONNX or OpenVINO IR, or the run as an MLflow model",
-        arguments, run, backend="export", position=50)
+command(
+    "export",
+    "export the members and the ensemble as ONNX or OpenVINO IR, or the run as an MLflow model",
+    arguments,
+    run,
+    backend="export",
+    position=50,
+)

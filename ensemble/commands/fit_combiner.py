@@ -1,4 +1,5 @@
 """``effens fit-combiner RUN``: refit a run's weights, stacking and calibration."""
+
 from __future__ import annotations
 
 import sys
@@ -20,5 +21,12 @@ def run(args) -> int:
     return 0
 
 
-command("fit-combiner", "refit weights, stacking and calibration of a run", arguments, run, backend="training",
-        output=None, position=60)
+command(
+    "fit-combiner",
+    "refit weights, stacking and calibration of a run",
+    arguments,
+    run,
+    backend="training",
+    output=None,
+    position=60,
+)

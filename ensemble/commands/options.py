@@ -1,5 +1,6 @@
 """What several commands share on the command line: argument types, option groups and
 turning options into config overrides. Parsing loads no torch."""
+
 from __future__ import annotations
 
 import argparse
@@ -80,10 +81,20 @@ def fraction(text: str) -> float:
 RUN_HELP = "run folder made by `effens train`"
 
 
-def add_overrides(p: argparse.ArgumentParser, example: str = "members.0.train.epochs=1",
-                  metavar: str = "KEY=VALUE", what: str = "override a config key") -> None:
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar=metavar,
-                   help=f"{what}, e.g. {example} (repeatable)")
+def add_overrides(
+    p: argparse.ArgumentParser,
+    example: str = "members.0.train.epochs=1",
+    metavar: str = "KEY=VALUE",
+    what: str = "override a config key",
+) -> None:
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar=metavar,
+        help=f"{what}, e.g. {example} (repeatable)",
+    )
 
 
 def add_strategy(p: argparse.ArgumentParser, names, help: str | None, **kwargs) -> None:
@@ -92,22 +103,41 @@ def add_strategy(p: argparse.ArgumentParser, names, help: str | None, **kwargs) 
 
 def add_decisions(p: argparse.ArgumentParser) -> None:
     """``--coverage``, ``--coverage-by-class``, ``--review-rate``, ``--target-accuracy``."""
-    p.add_argument("--coverage", type=fraction, metavar="C",
-                   help="add a prediction_set holding the true class for at least a share C "
-                        "of images like the calibration images (split conformal), e.g. 0.9")
-    p.add_argument("--coverage-by-class", action="store_true", default=None,
-                   help="prediction sets with that coverage within every class")
-    p.add_argument("--review-rate", type=fraction, metavar="R",
-                   help="add a decision: the share R of least confident images (on the "
-                        "calibration images) is marked review")
-    p.add_argument("--target-accuracy", type=fraction, metavar="A",
-                   help="add a decision: review the least confident images so that the rest "
-                        "reach accuracy A on the calibration images")
+    p.add_argument(
+        "--coverage",
+        type=fraction,
+        metavar="C",
+        help="add a prediction_set holding the true class for at least a share C "
+        "of images like the calibration images (split conformal), e.g. 0.9",
+    )
+    p.add_argument(
+        "--coverage-by-class",
+        action="store_true",
+        default=None,
+        help="prediction sets with that coverage within every class",
+    )
+    p.add_argument(
+        "--review-rate",
+        type=fraction,
+        metavar="R",
+        help="add a decision: the share R of least confident images (on the calibration images) is marked review",
+    )
+    p.add_argument(
+        "--target-accuracy",
+        type=fraction,
+        metavar="A",
+        help="add a decision: review the least confident images so that the rest "
+        "reach accuracy A on the calibration images",
+    )
 
 
 def decisions(args) -> dict:
-    return {"coverage": args.coverage, "by_class": args.coverage_by_class, "review_rate": args.review_rate,
-            "target_accuracy": args.target_accuracy}
+    return {
+        "coverage": args.coverage,
+        "by_class": args.coverage_by_class,
+        "review_rate": args.review_rate,
+        "target_accuracy": args.target_accuracy,
+    }
 
 
 def add_inference(p: argparse.ArgumentParser) -> None:
@@ -116,18 +146,31 @@ def add_inference(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--batch-size", type=positive_int, help="images per inference step")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the run's)")
-    p.add_argument("--tta", nargs="?", const="flip", metavar="VIEWS", type=non_empty,
-                   help="test-time augmentation: alone, average with the mirror image; or comma-"
-                        "separated views to average over, e.g. crop,letterbox,flip (views: {views})")
-    p.add_argument("--runtime", metavar="{" + ",".join(("auto", *RUNTIMES)) + "}",
-                   help="inference runtime (default: the run's `runtime`; auto = the installed one "
-                        "with the highest priority for the device: OpenVINO on CPU, else torch)")
-    p.add_argument("--precision", choices=PRECISIONS,
-                   help="inference precision (default: the run's; bf16 only where allowed)")
-    p.add_argument("--adapt-bn", action="store_true",
-                   help="re-estimate each member's BatchNorm statistics on the images given (a copy; "
-                        "the run's files never change): a label-free correction for photos from "
-                        "another source")
+    p.add_argument(
+        "--tta",
+        nargs="?",
+        const="flip",
+        metavar="VIEWS",
+        type=non_empty,
+        help="test-time augmentation: alone, average with the mirror image; or comma-"
+        "separated views to average over, e.g. crop,letterbox,flip (views: {views})",
+    )
+    p.add_argument(
+        "--runtime",
+        metavar="{" + ",".join(("auto", *RUNTIMES)) + "}",
+        help="inference runtime (default: the run's `runtime`; auto = the installed one "
+        "with the highest priority for the device: OpenVINO on CPU, else torch)",
+    )
+    p.add_argument(
+        "--precision", choices=PRECISIONS, help="inference precision (default: the run's; bf16 only where allowed)"
+    )
+    p.add_argument(
+        "--adapt-bn",
+        action="store_true",
+        help="re-estimate each member's BatchNorm statistics on the images given (a copy; "
+        "the run's files never change): a label-free correction for photos from "
+        "another source",
+    )
 
 
 def inference(args):
@@ -137,10 +180,16 @@ def inference(args):
 
 
 def add_tracking(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tracking", action="append", default=[], type=tracking_spec, metavar="SINK[=WHERE]",
-                   help="log to an experiment tracker (repeatable): mlflow=URI (e.g. sqlite:///mlflow.db; "
-                        "`mlflow` alone: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db here), tensorboard=DIR, "
-                        "or none; given, it replaces the config's `tracking:` (evaluate: the run's)")
+    p.add_argument(
+        "--tracking",
+        action="append",
+        default=[],
+        type=tracking_spec,
+        metavar="SINK[=WHERE]",
+        help="log to an experiment tracker (repeatable): mlflow=URI (e.g. sqlite:///mlflow.db; "
+        "`mlflow` alone: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db here), tensorboard=DIR, "
+        "or none; given, it replaces the config's `tracking:` (evaluate: the run's)",
+    )
 
 
 def add_parallel(p: argparse.ArgumentParser) -> None:
@@ -168,8 +217,7 @@ def tracking_spec(spec: str) -> list[str]:
 
 def tracking_overrides(specs: list[list[str]]) -> list[str]:
     """``--tracking`` given: it replaces the config's (or the run's) ``tracking:`` whole."""
-    return ["tracking.mlflow=null", "tracking.tensorboard=null", *(o for spec in specs for o in spec)] \
-        if specs else []
+    return ["tracking.mlflow=null", "tracking.tensorboard=null", *(o for spec in specs for o in spec)] if specs else []
 
 
 def run_overrides(args) -> list[str]:

@@ -1,4 +1,5 @@
 """``effens train CONFIG --out RUN``: train an ensemble from a YAML config."""
+
 from __future__ import annotations
 
 import sys
@@ -31,10 +32,17 @@ def run(args) -> int:
     t0 = time.perf_counter()
     doc = train_run(args.config, args.out, overrides=overrides, restart=args.restart)
     sys.stdout.write("\n" + format_table(summary_rows(doc)) + "\n")
-    sys.stdout.write(f"\nreport: {RunFolder(args.out).report_path}  "
-                     f"({time.perf_counter() - t0:.0f} s)\n")
+    sys.stdout.write(f"\nreport: {RunFolder(args.out).report_path}  ({time.perf_counter() - t0:.0f} s)\n")
     return 0
 
 
-command("train", "train an ensemble from a YAML config", arguments, run, backend="training", output="run",
-        reads_data=True, position=10)
+command(
+    "train",
+    "train an ensemble from a YAML config",
+    arguments,
+    run,
+    backend="training",
+    output="run",
+    reads_data=True,
+    position=10,
+)

@@ -2,6 +2,7 @@
 of where each member looks (``report: {saliency: true}``, ``effens explain``), and
 :func:`page_files`, everything ``report/index.html`` shows. Shared by the commands that
 write a page (train, fit-combiner, evaluate), so none of them imports another."""
+
 from __future__ import annotations
 
 import hashlib
@@ -44,8 +45,9 @@ def thumbnail_jpeg(path: str, size: int = THUMB) -> bytes:
 THUMB_INDEX = "thumbs/index.json"
 
 
-def make_thumbnails(paths: Sequence[str], exists: Callable[[str], bool],
-                    previous: dict[str, str] | None = None) -> tuple[dict, dict]:
+def make_thumbnails(
+    paths: Sequence[str], exists: Callable[[str], bool], previous: dict[str, str] | None = None
+) -> tuple[dict, dict]:
     """(image path -> ``thumbs/<key>.jpg`` or None when it cannot be read, new files to write).
 
     Thumbnails already present (``exists``) are not made again; an image that has moved
@@ -54,8 +56,14 @@ def make_thumbnails(paths: Sequence[str], exists: Callable[[str], bool],
     from concurrent.futures import ThreadPoolExecutor
 
     previous = previous or {}
-    names = {p: (previous[p] if not os.path.exists(p) and previous.get(p) and exists(previous[p])
-                 else f"thumbs/{image_key(p)}.jpg") for p in dict.fromkeys(paths)}
+    names = {
+        p: (
+            previous[p]
+            if not os.path.exists(p) and previous.get(p) and exists(previous[p])
+            else f"thumbs/{image_key(p)}.jpg"
+        )
+        for p in dict.fromkeys(paths)
+    }
     todo = [p for p, n in names.items() if not exists(n)]
 
     def one(p: str) -> bytes | None:
@@ -82,8 +90,16 @@ def member_saliency(ens, images: Sequence[np.ndarray], targets: np.ndarray) -> l
     per_member = []
     for fm in ens.members_:
         crops = eval_tensor(images, fm.inputs)
-        maps = np.concatenate([gradcam(fm.model, crops[i:i + 16], fm.inputs, targets[i:i + 16])
-                               for i in range(0, len(images), 16)]) if len(images) else np.zeros((0, 1, 1))
+        maps = (
+            np.concatenate(
+                [
+                    gradcam(fm.model, crops[i : i + 16], fm.inputs, targets[i : i + 16])
+                    for i in range(0, len(images), 16)
+                ]
+            )
+            if len(images)
+            else np.zeros((0, 1, 1))
+        )
         per_member.append((fm.name, crops, maps))
     out = []
     ref_name, ref_crops, _ = per_member[0]
@@ -92,15 +108,22 @@ def member_saliency(ens, images: Sequence[np.ndarray], targets: np.ndarray) -> l
         files, resized = {}, []
         for name, crops, maps in per_member:
             files[name] = overlay_jpeg(crops[i].permute(1, 2, 0).numpy(), maps[i])
-            resized.append(np.asarray(Image.fromarray((maps[i] * 255).astype(np.uint8)).resize((size, size)),
-                                      dtype=np.float32) / 255)
+            resized.append(
+                np.asarray(Image.fromarray((maps[i] * 255).astype(np.uint8)).resize((size, size)), dtype=np.float32)
+                / 255
+            )
         files["mean"] = overlay_jpeg(ref_crops[i].permute(1, 2, 0).numpy(), np.mean(resized, axis=0))
         out.append(files)
     return out
 
 
-def saliency_for_report(ens, split_data: dict[str, tuple[Sequence[str], np.ndarray]], splits: dict[str, dict],
-                        strategy: str, limit: int = 200) -> tuple[dict, dict]:
+def saliency_for_report(
+    ens,
+    split_data: dict[str, tuple[Sequence[str], np.ndarray]],
+    splits: dict[str, dict],
+    strategy: str,
+    limit: int = 200,
+) -> tuple[dict, dict]:
     """Overlays for the images ``strategy`` gets wrong on each split (at most ``limit`` per
     split, most confident mistakes first) -> (path -> {who: file}, files to write)."""
     from ..estimator import decode_size
@@ -124,8 +147,15 @@ def saliency_for_report(ens, split_data: dict[str, tuple[Sequence[str], np.ndarr
     return mapping, files
 
 
-def report_files(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[Sequence[str], np.ndarray]],
-                 folder: str | os.PathLike, ens, saliency: bool = False, extra_md: str = "") -> dict:
+def report_files(
+    doc: dict,
+    splits: dict[str, dict],
+    split_data: dict[str, tuple[Sequence[str], np.ndarray]],
+    folder: str | os.PathLike,
+    ens,
+    saliency: bool = False,
+    extra_md: str = "",
+) -> dict:
     """Everything a report folder holds: metrics.json, report.md, every registered figure
     (drawn once, shown by both pages) and ``index.html`` with what it shows."""
     from .markdown import draw_figures, render_report
@@ -136,8 +166,15 @@ def report_files(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple
     return files
 
 
-def page_files(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[Sequence[str], np.ndarray]],
-               folder: str | os.PathLike, ens, saliency: bool = False, figures: dict | None = None) -> dict:
+def page_files(
+    doc: dict,
+    splits: dict[str, dict],
+    split_data: dict[str, tuple[Sequence[str], np.ndarray]],
+    folder: str | os.PathLike,
+    ens,
+    saliency: bool = False,
+    figures: dict | None = None,
+) -> dict:
     """``index.html`` and what it shows: thumbnails (made once), training curves, the registered
     figures (``figures``, from :func:`ensemble.reporting.markdown.draw_figures`), and with ``saliency`` the
     overlays of the default strategy's mistakes; file name -> contents."""

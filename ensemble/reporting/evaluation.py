@@ -1,6 +1,7 @@
 """Scores of members and strategies on labelled splits and out-of-bag: the one place the
 report, ``evaluate``, ``tune`` and the estimator's ``oob_score_`` take their figures from.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -11,8 +12,9 @@ from ..combining.votes import oob_matrix
 from ..metrics import classification_report
 
 
-def evaluate_split(member_proba: np.ndarray, y: np.ndarray, combiner,
-                   strategies: Sequence[str] | None = None) -> dict[str, dict]:
+def evaluate_split(
+    member_proba: np.ndarray, y: np.ndarray, combiner, strategies: Sequence[str] | None = None
+) -> dict[str, dict]:
     """Metrics of every member and every strategy (default: all the combiner has) on one split.
 
     ``member_proba`` is (members, samples, classes) before calibration; each entry also
@@ -24,17 +26,22 @@ def evaluate_split(member_proba: np.ndarray, y: np.ndarray, combiner,
     out = {}
     for name, proba in zip(combiner.member_names, calibrated):
         pred = proba.argmax(axis=1)
-        out[name] = classification_report(y, pred, proba, classes) | {"_pred": pred, "_proba": proba,
-                                                                       "_probabilities": True}
+        out[name] = classification_report(y, pred, proba, classes) | {
+            "_pred": pred,
+            "_proba": proba,
+            "_probabilities": True,
+        }
     for strategy in strategies or combiner.available():
         pred, proba = combiner.apply(calibrated, strategy, calibrated=True)
         out[strategy] = classification_report(y, pred, proba, classes) | {
-            "_pred": pred, "_proba": proba, "_probabilities": combiner.get(strategy).probabilities}
+            "_pred": pred,
+            "_proba": proba,
+            "_probabilities": combiner.get(strategy).probabilities,
+        }
     return out
 
 
-def oob_report(combiner, y: np.ndarray, oob_indices: Sequence[np.ndarray],
-               oob_proba: Sequence[np.ndarray]) -> dict:
+def oob_report(combiner, y: np.ndarray, oob_indices: Sequence[np.ndarray], oob_proba: Sequence[np.ndarray]) -> dict:
     """Each member on its OOB images and each strategy's OOB vote.
 
     An image is voted on only by the members that left it out (see each strategy's
@@ -47,8 +54,7 @@ def oob_report(combiner, y: np.ndarray, oob_indices: Sequence[np.ndarray],
     calibrated, full, available = _oob_inputs(combiner, n, oob_indices, oob_proba)
     out: dict = {"members": {}, "strategies": {}}
     for name, idx, proba in zip(combiner.member_names, oob_indices, calibrated):
-        out["members"][name] = (classification_report(y[idx], proba.argmax(1), proba, classes)
-                                if len(idx) else None)
+        out["members"][name] = classification_report(y[idx], proba.argmax(1), proba, classes) if len(idx) else None
     n_covered = int(available.any(axis=0).sum())
     for name in combiner.available():
         if not n_covered:
@@ -80,8 +86,9 @@ def calibration_set(ens, strategy: str | None = None, source: str = "val") -> tu
     return proba, np.asarray(ens.y_train_)[covered]
 
 
-def decision_report(ens, settings, splits: dict[str, tuple[np.ndarray, np.ndarray]],
-                    strategy: str | None = None) -> dict:
+def decision_report(
+    ens, settings, splits: dict[str, tuple[np.ndarray, np.ndarray]], strategy: str | None = None
+) -> dict:
     """``metrics.json``'s ``decisions``: prediction sets, review and costs of ``strategy``
     (default: the run's) on each split's (ensemble probabilities, labels), fitted on the
     calibration images ``settings.calibration`` names (a :class:`~ensemble.config.DecisionConfig`)."""
@@ -92,11 +99,15 @@ def decision_report(ens, settings, splits: dict[str, tuple[np.ndarray, np.ndarra
     cal_proba, cal_y = calibration_set(ens, strategy, source)
     decider = Decider(cal_proba, cal_y, settings.costs, ens.classes_)
     fitted_on = getattr(ens.combiner_.get(strategy), "source_", None)
-    return {"strategy": strategy, "calibration": source, "n_calibration": int(len(cal_y)),
-            "by_class": settings.coverage_by_class,
-            "in_sample": fitted_on == source,
-            "costs": settings.costs,
-            "splits": {split: decider.report(p, y, settings.coverage_by_class) for split, (p, y) in splits.items()}}
+    return {
+        "strategy": strategy,
+        "calibration": source,
+        "n_calibration": int(len(cal_y)),
+        "by_class": settings.coverage_by_class,
+        "in_sample": fitted_on == source,
+        "costs": settings.costs,
+        "splits": {split: decider.report(p, y, settings.coverage_by_class) for split, (p, y) in splits.items()},
+    }
 
 
 def oob_score(report: dict, strategy: str, metric: str = "macro_f1") -> float:

@@ -7,6 +7,7 @@ folder, or ``evaluate``'s output folder). A new figure is one function registere
 section one ``@report_section`` function giving Markdown: ``report.md`` and ``index.html``
 both show every registered figure and section (the page converts the section's Markdown).
 """
+
 from __future__ import annotations
 
 import csv
@@ -33,9 +34,15 @@ def _public(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if not k.startswith("_")}
 
 
-def build_metrics(classes: Sequence[str], names: Sequence[str], splits: dict[str, dict],
-                  oob: dict | None, combiner, strategy: str | None = None,
-                  labels: dict[str, np.ndarray] | None = None) -> dict:
+def build_metrics(
+    classes: Sequence[str],
+    names: Sequence[str],
+    splits: dict[str, dict],
+    oob: dict | None,
+    combiner,
+    strategy: str | None = None,
+    labels: dict[str, np.ndarray] | None = None,
+) -> dict:
     """The ``metrics.json`` document.
 
     ``members`` -> name -> split -> metrics; ``strategies`` -> strategy -> split ->
@@ -45,8 +52,14 @@ def build_metrics(classes: Sequence[str], names: Sequence[str], splits: dict[str
     from ..metrics import leave_one_out, pairwise_diversity
 
     strategy = strategy or combiner.strategy
-    doc: dict = {"classes": list(classes), "strategy": strategy, "combiner": combiner.summary(),
-                 "members": {n: {} for n in names}, "strategies": {}, ENSEMBLE: {}}
+    doc: dict = {
+        "classes": list(classes),
+        "strategy": strategy,
+        "combiner": combiner.summary(),
+        "members": {n: {} for n in names},
+        "strategies": {},
+        ENSEMBLE: {},
+    }
     for split, results in splits.items():
         for who, metrics in results.items():
             target = doc["members"][who] if who in doc["members"] else doc["strategies"].setdefault(who, {})
@@ -60,12 +73,16 @@ def build_metrics(classes: Sequence[str], names: Sequence[str], splits: dict[str
                 doc["strategies"][name]["oob"] = dict(metrics, n_excluded=oob["n_excluded"])
     doc[ENSEMBLE] = doc["strategies"].get(strategy, {})
     if labels:
-        doc["diversity"] = {split: pairwise_diversity(np.stack([results[n]["_pred"] for n in names]),
-                                                      labels[split], names)
-                            for split, results in splits.items() if split in labels and len(names) > 1}
-        doc["contributions"] = {split: leave_one_out(np.stack([results[n]["_proba"] for n in names]),
-                                                     labels[split], names)
-                                for split, results in splits.items() if split in labels and len(names) > 1}
+        doc["diversity"] = {
+            split: pairwise_diversity(np.stack([results[n]["_pred"] for n in names]), labels[split], names)
+            for split, results in splits.items()
+            if split in labels and len(names) > 1
+        }
+        doc["contributions"] = {
+            split: leave_one_out(np.stack([results[n]["_proba"] for n in names]), labels[split], names)
+            for split, results in splits.items()
+            if split in labels and len(names) > 1
+        }
     return doc
 
 
@@ -77,14 +94,16 @@ def summary_rows(doc: dict) -> list[list[str]]:
     header += ["OOB macro-F1"]
     rows = [header]
     entries = list(doc["members"].items())
-    entries += [(f"{ENSEMBLE} {s}" + (" *" if s == doc["strategy"] else ""), m)
-                for s, m in doc["strategies"].items()]
+    entries += [(f"{ENSEMBLE} {s}" + (" *" if s == doc["strategy"] else ""), m) for s, m in doc["strategies"].items()]
     for who, per in entries:
         row = [who]
         for s in splits:
             m = per.get(s, {})
-            row += [f"{m.get('accuracy', float('nan')):.4f}", f"{m.get('macro_f1', float('nan')):.4f}",
-                    f"{m.get('weighted_f1', float('nan')):.4f}"]
+            row += [
+                f"{m.get('accuracy', float('nan')):.4f}",
+                f"{m.get('macro_f1', float('nan')):.4f}",
+                f"{m.get('weighted_f1', float('nan')):.4f}",
+            ]
         oob = per.get("oob")
         row.append(f"{oob['macro_f1']:.4f}" if oob else "-")
         rows.append(row)
@@ -95,8 +114,10 @@ def comparison_rows(results: dict[str, dict]) -> list[list[str]]:
     """One split, every member and strategy side by side."""
     rows = [["model", "acc", "bal-acc", "macro-F1", "weighted-F1", "log loss", "ECE"]]
     for who, m in results.items():
-        rows.append([who] + [f"{m[k]:.4f}" for k in ("accuracy", "balanced_accuracy", "macro_f1",
-                                                      "weighted_f1", "log_loss", "ece")])
+        rows.append(
+            [who]
+            + [f"{m[k]:.4f}" for k in ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "log_loss", "ece")]
+        )
     return rows
 
 
@@ -115,8 +136,9 @@ def _slug(who: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in who)
 
 
-def misclassified_csv(paths: Sequence[str], y: np.ndarray, pred: np.ndarray, proba: np.ndarray,
-                      classes: Sequence[str]) -> str:
+def misclassified_csv(
+    paths: Sequence[str], y: np.ndarray, pred: np.ndarray, proba: np.ndarray, classes: Sequence[str]
+) -> str:
     """Every misclassified image: a false negative of ``true`` and a false positive of ``predicted``."""
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -124,8 +146,7 @@ def misclassified_csv(paths: Sequence[str], y: np.ndarray, pred: np.ndarray, pro
     wrong = np.flatnonzero(pred != y)
     order = sorted(wrong.tolist(), key=lambda i: (y[i], -proba[i, pred[i]]))
     for i in order:
-        w.writerow([paths[i], classes[y[i]], classes[pred[i]], f"{proba[i, pred[i]]:.4f}",
-                    f"{proba[i, y[i]]:.4f}"])
+        w.writerow([paths[i], classes[y[i]], classes[pred[i]], f"{proba[i, pred[i]]:.4f}", f"{proba[i, y[i]]:.4f}"])
     return buf.getvalue()
 
 
@@ -164,8 +185,15 @@ def heatmap_png(cm: np.ndarray, classes: Sequence[str], title: str) -> bytes:
     ax.set_title(title, fontsize=10)
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, f"{cm[i][j]}\n{norm[i, j]:.0%}", ha="center", va="center",
-                    color="white" if norm[i, j] > 0.5 else "black", fontsize=8)
+            ax.text(
+                j,
+                i,
+                f"{cm[i][j]}\n{norm[i, j]:.0%}",
+                ha="center",
+                va="center",
+                color="white" if norm[i, j] > 0.5 else "black",
+                fontsize=8,
+            )
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     return png_bytes(fig)
 
@@ -196,7 +224,7 @@ def training_curves_png(histories: dict[str, tuple[list[dict], int | None]]) -> 
     for name, (history, best) in histories.items():
         epochs = [h["epoch"] for h in history]
         for ax, key in zip(axes, ("train_loss", "val_macro_f1", "val_log_loss")):
-            line, = ax.plot(epochs, [h[key] for h in history], marker=".", lw=1.2, label=name)
+            (line,) = ax.plot(epochs, [h[key] for h in history], marker=".", lw=1.2, label=name)
             kept = [h[key] for h in history if h["epoch"] == best]
             if kept:
                 ax.plot([best], kept, marker="*", ms=13, color=line.get_color(), ls="none")
@@ -233,11 +261,11 @@ class SplitView:
     """What a figure may draw from: one labelled split's scores (members and strategies)."""
 
     split: str
-    results: dict[str, dict]          # who -> metrics with _pred, _proba, _probabilities
+    results: dict[str, dict]  # who -> metrics with _pred, _proba, _probabilities
     paths: Sequence[str]
     y: np.ndarray
     classes: list[str]
-    doc: dict                         # the metrics.json document (strategy, decisions, ...)
+    doc: dict  # the metrics.json document (strategy, decisions, ...)
 
 
 SPLIT_FIGURES: Registry[Callable[[SplitView], Attachment | None]] = Registry("split figure")
@@ -269,8 +297,9 @@ def reliability_figure(view: SplitView) -> Attachment:
     """Reliability diagram: accuracy against confidence of every member and strategy that gives probabilities."""
     rel = f"reliability_{view.split}.png"
     curves = {who: m["_proba"] for who, m in view.results.items() if m["_probabilities"]}
-    return Attachment(rel, reliability_png(view.y, curves, f"reliability - {view.split}"),
-                      f"![reliability {view.split}]({rel})")
+    return Attachment(
+        rel, reliability_png(view.y, curves, f"reliability - {view.split}"), f"![reliability {view.split}]({rel})"
+    )
 
 
 @split_figure
@@ -291,8 +320,13 @@ def risk_coverage_figure(view: SplitView) -> Attachment | None:
     for rate, r in (dec.get("splits", {}).get(view.split, {}).get("review") or {}).items():
         share = 1 - r["reviewed"]
         ax.axvline(share, ls=":", lw=1, color="grey")
-        ax.annotate(f"review {float(rate):.0%} (on calibration)", (share, r["accuracy_kept"]), fontsize=7,
-                    rotation=90, va="bottom")
+        ax.annotate(
+            f"review {float(rate):.0%} (on calibration)",
+            (share, r["accuracy_kept"]),
+            fontsize=7,
+            rotation=90,
+            va="bottom",
+        )
     ax.set_xlabel("share of images kept (not sent to review)")
     ax.set_ylabel("accuracy of kept images")
     ax.set_xlim(0, 1)
@@ -309,16 +343,27 @@ def decisions_section(doc: dict) -> list[str]:
     dec = doc.get("decisions")
     if not dec:
         return []
-    md = ["## Decisions", "",
-          f"Strategy **{dec['strategy']}**; prediction sets and review thresholds fitted on "
-          f"{dec['n_calibration']} {dec['calibration']} images"
-          + (" (conformal per class)" if dec.get("by_class") else "") + "."
-          + (f" The strategy was fitted on {dec['calibration']} too: its figures there are in-sample."
-             if dec.get("in_sample") else ""), ""]
+    md = [
+        "## Decisions",
+        "",
+        f"Strategy **{dec['strategy']}**; prediction sets and review thresholds fitted on "
+        f"{dec['n_calibration']} {dec['calibration']} images"
+        + (" (conformal per class)" if dec.get("by_class") else "")
+        + "."
+        + (
+            f" The strategy was fitted on {dec['calibration']} too: its figures there are in-sample."
+            if dec.get("in_sample")
+            else ""
+        ),
+        "",
+    ]
     cov_keys = sorted({k for r in dec["splits"].values() for k in r["coverage"]}, key=float)
     rate_keys = sorted({k for r in dec["splits"].values() for k in r["review"]}, key=float)
-    rows = [["split"] + [f"coverage @{k} (set size)" for k in cov_keys]
-            + [f"acc. kept @review {float(k):.0%} (reviewed)" for k in rate_keys]]
+    rows = [
+        ["split"]
+        + [f"coverage @{k} (set size)" for k in cov_keys]
+        + [f"acc. kept @review {float(k):.0%} (reviewed)" for k in rate_keys]
+    ]
     warnings = []
     for split, r in dec["splits"].items():
         row = [split]
@@ -326,9 +371,11 @@ def decisions_section(doc: dict) -> list[str]:
             c = r["coverage"].get(k, {})
             row.append(f"{c['coverage']:.3f} ({c['mean_set_size']:.2f})" if "coverage" in c else "n/a")
             if c.get("below_target"):
-                warnings.append(f"- {split}: coverage {c['coverage']:.3f} is below the target {float(k):g}; "
-                                f"these images are not exchangeable with the calibration images "
-                                f"(another source, another shift), so the guarantee does not hold for them.")
+                warnings.append(
+                    f"- {split}: coverage {c['coverage']:.3f} is below the target {float(k):g}; "
+                    f"these images are not exchangeable with the calibration images "
+                    f"(another source, another shift), so the guarantee does not hold for them."
+                )
             if "error" in c:
                 warnings.append(f"- {split}: coverage {k}: {c['error']}")
         row += [f"{r['review'][k]['accuracy_kept']:.3f} ({r['review'][k]['reviewed']:.0%})" for k in rate_keys]
@@ -339,11 +386,16 @@ def decisions_section(doc: dict) -> list[str]:
     cost_rows = [["split", "rule", "expected cost", "realised cost", "accuracy"]]
     for split, r in dec["splits"].items():
         for rule, c in (r.get("costs") or {}).items():
-            cost_rows.append([split, rule, f"{c['expected_cost']:.4f}", f"{c['realised_cost']:.4f}",
-                              f"{c['accuracy']:.4f}"])
+            cost_rows.append(
+                [split, rule, f"{c['expected_cost']:.4f}", f"{c['realised_cost']:.4f}", f"{c['accuracy']:.4f}"]
+            )
     if len(cost_rows) > 1:
-        md += [f"Costs (true x predicted): {dec['costs']}; `min_cost` is what `predict` outputs.", "",
-               format_table(cost_rows, markdown=True), ""]
+        md += [
+            f"Costs (true x predicted): {dec['costs']}; `min_cost` is what `predict` outputs.",
+            "",
+            format_table(cost_rows, markdown=True),
+            "",
+        ]
     return md
 
 
@@ -354,11 +406,26 @@ def diversity_section(doc: dict) -> list[str]:
     if not div:
         return []
     rows = [["split", "pair", "disagreement", "Q-statistic", "error correlation"]]
-    rows += [[split, f"{p['a']} / {p['b']}", f"{p['disagreement']:.3f}", f"{p['q_statistic']:.3f}",
-              f"{p['error_correlation']:.3f}"] for split, pairs in div.items() for p in pairs]
-    return ["## Diversity", "", "Members that err on different images are what an ensemble can fix "
-            "(Q near 1: they err together).", "", format_table(rows, markdown=True), "",
-            *contribution_markdown(doc)]
+    rows += [
+        [
+            split,
+            f"{p['a']} / {p['b']}",
+            f"{p['disagreement']:.3f}",
+            f"{p['q_statistic']:.3f}",
+            f"{p['error_correlation']:.3f}",
+        ]
+        for split, pairs in div.items()
+        for p in pairs
+    ]
+    return [
+        "## Diversity",
+        "",
+        "Members that err on different images are what an ensemble can fix (Q near 1: they err together).",
+        "",
+        format_table(rows, markdown=True),
+        "",
+        *contribution_markdown(doc),
+    ]
 
 
 def contribution_rows(doc: dict) -> list[list[str]]:
@@ -369,9 +436,17 @@ def contribution_rows(doc: dict) -> list[list[str]]:
         member = member_of(name)
         weights[member] = weights.get(member, 0.0) + w
     rows = [["split", "member", "greedy weight", "soft vote macro-F1 gain", "soft vote log-loss gain"]]
-    rows += [[split, c["member"], f"{weights[c['member']]:.3f}" if c["member"] in weights else "-",
-              f"{c['macro_f1_gain']:+.4f}", f"{c['log_loss_gain']:+.4f}"]
-             for split, items in (doc.get("contributions") or {}).items() for c in items]
+    rows += [
+        [
+            split,
+            c["member"],
+            f"{weights[c['member']]:.3f}" if c["member"] in weights else "-",
+            f"{c['macro_f1_gain']:+.4f}",
+            f"{c['log_loss_gain']:+.4f}",
+        ]
+        for split, items in (doc.get("contributions") or {}).items()
+        for c in items
+    ]
     return rows
 
 
@@ -379,9 +454,16 @@ def contribution_markdown(doc: dict) -> list[str]:
     rows = contribution_rows(doc)
     if len(rows) < 2:
         return []
-    return ["### What each member adds", "", "Gain: the soft vote of all members minus the soft vote without this "
-            "member (macro-F1 up, log loss down: positive means the member helps); greedy weight: its share in "
-            "the `greedy` strategy (fitted on OOB), with its pool candidates'.", "", format_table(rows, markdown=True), ""]
+    return [
+        "### What each member adds",
+        "",
+        "Gain: the soft vote of all members minus the soft vote without this "
+        "member (macro-F1 up, log loss down: positive means the member helps); greedy weight: its share in "
+        "the `greedy` strategy (fitted on OOB), with its pool candidates'.",
+        "",
+        format_table(rows, markdown=True),
+        "",
+    ]
 
 
 @model_figure
@@ -389,8 +471,12 @@ def confusion_figure(view: SplitView, who: str) -> Attachment:
     """Confusion-matrix heatmap (rows true, columns predicted); the page links it beside its clickable table."""
     png = f"confusion_{_slug(who)}_{view.split}.png"
     cm = np.asarray(view.results[who]["confusion_matrix"])
-    return Attachment(png, heatmap_png(cm, view.classes, f"{who} - {view.split}"), f"![{who} {view.split}]({png})",
-                      f'<a href="{quote(png)}">heatmap</a>')  # the page's own table is clickable
+    return Attachment(
+        png,
+        heatmap_png(cm, view.classes, f"{who} - {view.split}"),
+        f"![{who} {view.split}]({png})",
+        f'<a href="{quote(png)}">heatmap</a>',
+    )  # the page's own table is clickable
 
 
 @model_figure
@@ -398,14 +484,20 @@ def misclassified_list(view: SplitView, who: str) -> Attachment:
     """CSV of the misclassified images: path, true and predicted class, confidence."""
     mis = f"misclassified_{_slug(who)}_{view.split}.csv"
     m = view.results[who]
-    return Attachment(mis, misclassified_csv(view.paths, view.y, m["_pred"], m["_proba"], view.classes),
-                      f"misclassified images: [{mis}]({mis})", f'<a href="{quote(mis)}">misclassified (CSV)</a>')
+    return Attachment(
+        mis,
+        misclassified_csv(view.paths, view.y, m["_pred"], m["_proba"], view.classes),
+        f"misclassified images: [{mis}]({mis})",
+        f'<a href="{quote(mis)}">misclassified (CSV)</a>',
+    )
 
 
 def _choice_note(choice: dict) -> str:
     if "reason" in choice:
-        return (f"Chosen by `strategy: auto` on {choice['n_val']} val + {choice.get('n_oob', 0)} OOB images: "
-                f"{choice['reason']} (table below).")
+        return (
+            f"Chosen by `strategy: auto` on {choice['n_val']} val + {choice.get('n_oob', 0)} OOB images: "
+            f"{choice['reason']} (table below)."
+        )
     scores = ", ".join(f"{n} {v:.4f}" for n, v in choice["scores"].items())
     return f"Chosen by `strategy: auto` on {choice['on']} macro-F1 ({scores})."
 
@@ -413,15 +505,33 @@ def _choice_note(choice: dict) -> str:
 def choice_rows(choice: dict) -> list[list[str]]:
     """``strategy: auto``'s table: header row, then one row per strategy it compared."""
     metric = choice["metric"]
-    head = ["strategy", f"held-out {metric}", "95% interval", "macro-F1", "95% interval",
-            "difference to best", "SE of difference", "fitted values", "tie with best"]
+    head = [
+        "strategy",
+        f"held-out {metric}",
+        "95% interval",
+        "macro-F1",
+        "95% interval",
+        "difference to best",
+        "SE of difference",
+        "fitted values",
+        "tie with best",
+    ]
     rows = [head]
     for name, t in choice["table"].items():
         mark = " *" if name == choice["chosen"] else ""
-        rows.append([name + mark, f"{t[metric]:.4f}", "{:.4f} - {:.4f}".format(*t[f"{metric}_ci95"]),
-                     f"{t['macro_f1']:.4f}", "{:.4f} - {:.4f}".format(*t["macro_f1_ci95"]),
-                     f"{t['diff_to_best']:+.4f}", f"{t['se_of_diff']:.4f}", str(t["n_params"]),
-                     "yes" if t["tie"] else "no"])
+        rows.append(
+            [
+                name + mark,
+                f"{t[metric]:.4f}",
+                "{:.4f} - {:.4f}".format(*t[f"{metric}_ci95"]),
+                f"{t['macro_f1']:.4f}",
+                "{:.4f} - {:.4f}".format(*t["macro_f1_ci95"]),
+                f"{t['diff_to_best']:+.4f}",
+                f"{t['se_of_diff']:.4f}",
+                str(t["n_params"]),
+                "yes" if t["tie"] else "no",
+            ]
+        )
     return rows
 
 
@@ -430,37 +540,55 @@ def choice_markdown(choice: dict) -> list[str]:
     if not choice or "table" not in choice:
         return []
     rows = choice_rows(choice)
-    return ["## How the default strategy was chosen", "",
-            f"Held-out images: {choice['n_val']} val and {choice['n_oob']} OOB (strategies fitted on OOB "
-            f"cross-fitted in {choice['folds']} folds); intervals and standard errors from a paired bootstrap of "
-            f"{choice['bootstrap']} resamples. Rule: the simplest strategy within {choice['se']:g} standard "
-            f"error(s) of the best. {choice['reason']}.", "",
-            "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0]),
-            *("| " + " | ".join(r) + " |" for r in rows[1:]), ""]
+    return [
+        "## How the default strategy was chosen",
+        "",
+        f"Held-out images: {choice['n_val']} val and {choice['n_oob']} OOB (strategies fitted on OOB "
+        f"cross-fitted in {choice['folds']} folds); intervals and standard errors from a paired bootstrap of "
+        f"{choice['bootstrap']} resamples. Rule: the simplest strategy within {choice['se']:g} standard "
+        f"error(s) of the best. {choice['reason']}.",
+        "",
+        "| " + " | ".join(rows[0]) + " |",
+        "|" + "---|" * len(rows[0]),
+        *("| " + " | ".join(r) + " |" for r in rows[1:]),
+        "",
+    ]
 
 
 def distill_rows(d: dict) -> list[list[str]]:
     """A distilled run's student beside its teacher and the teacher's best member, per split."""
-    names = {"student": f"student ({d['student']['model']})", "teacher": f"teacher ({d['teacher']['strategy']})",
-             "best_member": f"best member ({d.get('best_member')})"}
+    names = {
+        "student": f"student ({d['student']['model']})",
+        "teacher": f"teacher ({d['teacher']['strategy']})",
+        "best_member": f"best member ({d.get('best_member')})",
+    }
     rows = [["model", "split", "macro-F1 [95% interval]", "accuracy", "ECE", "log loss", "agrees with teacher"]]
     for split, per in d["splits"].items():
         for who, m in per.items():
             lo, hi = m["interval"]
-            rows.append([names[who], split, f"{m['macro_f1']:.4f} [{lo:.4f}, {hi:.4f}]", f"{m['accuracy']:.4f}",
-                         f"{m['ece']:.4f}", f"{m['log_loss']:.4f}", f"{m['agreement']:.4f}"])
+            rows.append(
+                [
+                    names[who],
+                    split,
+                    f"{m['macro_f1']:.4f} [{lo:.4f}, {hi:.4f}]",
+                    f"{m['accuracy']:.4f}",
+                    f"{m['ece']:.4f}",
+                    f"{m['log_loss']:.4f}",
+                    f"{m['agreement']:.4f}",
+                ]
+            )
     return rows
 
 
 #: what each `distill.teaching` means for the training images' labels, said in the report
 TEACHING_NOTES = {
     "ensemble": "Training images were taught by the whole ensemble, so their teacher labels are in-sample: "
-                "each member trained on {in_sample:.0%} of them (on average), and on those it is more confident and "
-                "more often right than on a new photo (a wrong label it memorised, it teaches). The student learns "
-                "the ensemble's fit to the training set rather than only its judgment of new photos; val and test "
-                "below are out of sample for both.",
+    "each member trained on {in_sample:.0%} of them (on average), and on those it is more confident and "
+    "more often right than on a new photo (a wrong label it memorised, it teaches). The student learns "
+    "the ensemble's fit to the training set rather than only its judgment of new photos; val and test "
+    "below are out of sample for both.",
     "oob": "Training images were taught by their OOB vote: only the members that left an image out of their "
-           "sample labelled it, which is what the ensemble says of a photo it never saw, from fewer members.",
+    "sample labelled it, which is what the ensemble says of a photo it never saw, from fewer members.",
 }
 
 
@@ -472,37 +600,69 @@ def distillation_section(doc: dict) -> list[str]:
     if not d:
         return []
     t, cfg = d["teacher"], d["settings"]
-    views = (f"{cfg['teacher_views']} augmented views of each image labelled once (epoch e trains on view e mod "
-             f"{cfg['teacher_views']})" if cfg["teacher_views"] else "the very augmented view the student sees, "
-             "labelled every step")
-    md = ["## Distillation", "",
-          f"Student `{d['student']['model']}` ({d['student']['parameters']:,} parameters, {d['student']['image_size']} "
-          f"px) taught by the `{t['strategy']}` vote of {t['run']} ({len(t['members'])} networks, "
-          f"{d['teacher_parameters']:,} parameters used); temperature {cfg['temperature']:g}, soft weight "
-          f"{cfg['soft_weight']:g} (labels {1 - cfg['soft_weight']:g}); the teacher labelled {views}.", "",
-          TEACHING_NOTES[cfg["teaching"]].format(in_sample=d.get("in_sample_share", float("nan")))
-          + (f" {d['oob']['taught_by_oob']} images were taught by their OOB vote, {d['oob']['taught_by_all']} "
-             f"(in every member's sample) by all members." if d.get("oob") else ""), "",
-          format_table(distill_rows(d), markdown=True), ""]
+    views = (
+        f"{cfg['teacher_views']} augmented views of each image labelled once (epoch e trains on view e mod "
+        f"{cfg['teacher_views']})"
+        if cfg["teacher_views"]
+        else "the very augmented view the student sees, labelled every step"
+    )
+    md = [
+        "## Distillation",
+        "",
+        f"Student `{d['student']['model']}` ({d['student']['parameters']:,} parameters, {d['student']['image_size']} "
+        f"px) taught by the `{t['strategy']}` vote of {t['run']} ({len(t['members'])} networks, "
+        f"{d['teacher_parameters']:,} parameters used); temperature {cfg['temperature']:g}, soft weight "
+        f"{cfg['soft_weight']:g} (labels {1 - cfg['soft_weight']:g}); the teacher labelled {views}.",
+        "",
+        TEACHING_NOTES[cfg["teaching"]].format(in_sample=d.get("in_sample_share", float("nan")))
+        + (
+            f" {d['oob']['taught_by_oob']} images were taught by their OOB vote, {d['oob']['taught_by_all']} "
+            f"(in every member's sample) by all members."
+            if d.get("oob")
+            else ""
+        ),
+        "",
+        format_table(distill_rows(d), markdown=True),
+        "",
+    ]
     sp = d.get("speed")
     if sp:
-        md += [f"Speed ({sp['images']} val images, {sp['runtime']} on {sp['device']}, {sp['threads']} threads, "
-               f"networks only): student {sp['student_images_per_s']:.1f} images/s, teacher "
-               f"{sp['teacher_images_per_s']:.1f} images/s "
-               f"({sp['student_images_per_s'] / max(sp['teacher_images_per_s'], 1e-9):.1f}x).", ""]
+        md += [
+            f"Speed ({sp['images']} val images, {sp['runtime']} on {sp['device']}, {sp['threads']} threads, "
+            f"networks only): student {sp['student_images_per_s']:.1f} images/s, teacher "
+            f"{sp['teacher_images_per_s']:.1f} images/s "
+            f"({sp['student_images_per_s'] / max(sp['teacher_images_per_s'], 1e-9):.1f}x).",
+            "",
+        ]
     for split, per in d["splits"].items():
         classes = list(per["student"]["agreement_per_class"])
         rows = [["teacher predicts", "student agrees", "best member agrees"]]
-        rows += [[c] + [("-" if per[w]["agreement_per_class"][c] is None else f"{per[w]['agreement_per_class'][c]:.3f}")
-                        for w in ("student", "best_member")] for c in classes]
-        md += [f"Agreement with the teacher per class it predicts ({split}):", "", format_table(rows, markdown=True), ""]
+        rows += [
+            [c]
+            + [
+                ("-" if per[w]["agreement_per_class"][c] is None else f"{per[w]['agreement_per_class'][c]:.3f}")
+                for w in ("student", "best_member")
+            ]
+            for c in classes
+        ]
+        md += [
+            f"Agreement with the teacher per class it predicts ({split}):",
+            "",
+            format_table(rows, markdown=True),
+            "",
+        ]
     u = d.get("unlabelled") or {}
     if u.get("source"):
         gone = ", ".join(f"{n} {why.replace('_', ' ')}" for why, n in u["left_out"].items()) or "none"
-        md += [f"Unlabelled photos from {u['source']}: {u['found']} found, {u['used']} taught by the teacher alone; "
-               f"left out: {gone}.", ""]
-    md += ["Teacher member weights (SHA-256): " + ", ".join(f"{n} `{h[:12]}`" for n, h in t["members"].items() if h)
-           + ".", ""]
+        md += [
+            f"Unlabelled photos from {u['source']}: {u['found']} found, {u['used']} taught by the teacher alone; "
+            f"left out: {gone}.",
+            "",
+        ]
+    md += [
+        "Teacher member weights (SHA-256): " + ", ".join(f"{n} `{h[:12]}`" for n, h in t["members"].items() if h) + ".",
+        "",
+    ]
     return md
 
 
@@ -510,27 +670,35 @@ def distillation_section(doc: dict) -> list[str]:
 class Figures:
     """Every registered figure, drawn once for one split: report.md and index.html show these."""
 
-    split: list[Attachment]                 # the @split_figure ones, in registration order
-    models: dict[str, list[Attachment]]     # member or strategy -> its @model_figure ones
+    split: list[Attachment]  # the @split_figure ones, in registration order
+    models: dict[str, list[Attachment]]  # member or strategy -> its @model_figure ones
 
     def files(self) -> dict[str, bytes | str]:
         return {a.name: a.data for a in [*self.split, *(a for v in self.models.values() for a in v)]}
 
 
-def draw_figures(doc: dict, splits: dict[str, dict],
-                 split_data: dict[str, tuple[Sequence[str], np.ndarray]]) -> dict[str, Figures]:
+def draw_figures(
+    doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[Sequence[str], np.ndarray]]
+) -> dict[str, Figures]:
     """Split -> its figures (every registered figure function, once)."""
     out = {}
     for split, results in splits.items():
         paths, y = split_data[split]
         view = SplitView(split, results, paths, y, list(doc["classes"]), doc)
-        out[split] = Figures([a for a in (fig(view) for fig in SPLIT_FIGURES.values()) if a is not None],
-                             {who: [fig(view, who) for fig in MODEL_FIGURES.values()] for who in results})
+        out[split] = Figures(
+            [a for a in (fig(view) for fig in SPLIT_FIGURES.values()) if a is not None],
+            {who: [fig(view, who) for fig in MODEL_FIGURES.values()] for who in results},
+        )
     return out
 
 
-def render_report(doc: dict, splits: dict[str, dict], split_data: dict[str, tuple[Sequence[str], np.ndarray]],
-                  extra_md: str = "", figures: dict[str, Figures] | None = None) -> dict[str, bytes | str | dict]:
+def render_report(
+    doc: dict,
+    splits: dict[str, dict],
+    split_data: dict[str, tuple[Sequence[str], np.ndarray]],
+    extra_md: str = "",
+    figures: dict[str, Figures] | None = None,
+) -> dict[str, bytes | str | dict]:
     """File name -> contents: metrics.json, report.md and every figure (heatmaps, reliability
     diagrams, misclassified CSVs, ...). ``splits``: split -> :func:`ensemble.reporting.evaluation.evaluate_split`;
     ``figures``: from :func:`draw_figures` (drawn here when not given)."""
@@ -538,21 +706,39 @@ def render_report(doc: dict, splits: dict[str, dict], split_data: dict[str, tupl
     files: dict[str, bytes | str | dict] = {METRICS_NAME: doc}
     classes = doc["classes"]
     comb = doc.get("combiner", {})
-    md = ["# effens report", "", "Open [index.html](index.html) in a browser for clickable confusion matrices "
-          "with the images in each cell.", "", " ".join(
-        [f"Classes: {', '.join(classes)}. Default strategy: **{doc['strategy']}** (marked *)."]
-        + ([_choice_note(comb["choice"])] if comb.get("choice") else [])
-        + comb.get("notes", [])
-        + ([f"Temperatures: {comb['temperatures']}."] if comb.get("temperatures") else [])
-        + (["Validation figures of combiners fitted on val are in-sample (optimistic)."]
-           if comb.get("fitted_on_val") else [])
-        + (["Members' BatchNorm statistics were re-estimated on these images (`--adapt-bn`)."]
-           if (doc.get("inference") or {}).get("adapt_bn") else [])), "",
-          format_table(summary_rows(doc), markdown=True), "", *choice_markdown(comb.get("choice"))]
+    md = [
+        "# effens report",
+        "",
+        "Open [index.html](index.html) in a browser for clickable confusion matrices with the images in each cell.",
+        "",
+        " ".join(
+            [f"Classes: {', '.join(classes)}. Default strategy: **{doc['strategy']}** (marked *)."]
+            + ([_choice_note(comb["choice"])] if comb.get("choice") else [])
+            + comb.get("notes", [])
+            + ([f"Temperatures: {comb['temperatures']}."] if comb.get("temperatures") else [])
+            + (
+                ["Validation figures of combiners fitted on val are in-sample (optimistic)."]
+                if comb.get("fitted_on_val")
+                else []
+            )
+            + (
+                ["Members' BatchNorm statistics were re-estimated on these images (`--adapt-bn`)."]
+                if (doc.get("inference") or {}).get("adapt_bn")
+                else []
+            )
+        ),
+        "",
+        format_table(summary_rows(doc), markdown=True),
+        "",
+        *choice_markdown(comb.get("choice")),
+    ]
     oob = doc[ENSEMBLE].get("oob")
     if oob:
-        md += [f"OOB: ensemble scored on {oob['n']} training images left out by at least one member "
-               f"({oob['n_excluded']} excluded: every member saw them).", ""]
+        md += [
+            f"OOB: ensemble scored on {oob['n']} training images left out by at least one member "
+            f"({oob['n_excluded']} excluded: every member saw them).",
+            "",
+        ]
     if extra_md:
         md += [extra_md, ""]
     for section in SECTIONS.values():
@@ -560,22 +746,41 @@ def render_report(doc: dict, splits: dict[str, dict], split_data: dict[str, tupl
     for split, results in splits.items():
         shown = figures[split].split
         files.update(figures[split].files())
-        md += [f"## {split}", "", format_table(comparison_rows(results), markdown=True), "",
-               *(a.markdown for a in shown), ""]
+        md += [
+            f"## {split}",
+            "",
+            format_table(comparison_rows(results), markdown=True),
+            "",
+            *(a.markdown for a in shown),
+            "",
+        ]
         for who, metrics in results.items():
-            md += [f"### {who}", "",
-                   f"accuracy {metrics['accuracy']:.4f} · balanced accuracy "
-                   f"{metrics['balanced_accuracy']:.4f} · macro-F1 {metrics['macro_f1']:.4f} · "
-                   f"weighted-F1 {metrics['weighted_f1']:.4f} · log loss {metrics['log_loss']:.4f} · "
-                   f"ECE {metrics['ece']:.4f}", "",
-                   "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
-            md += [f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
-                   for c, v in metrics["per_class"].items()]
-            md += ["", "Confusion matrix (rows = true, columns = predicted):", "",
-                   "| true \\ predicted | " + " | ".join(classes) + " |",
-                   "|---" * (len(classes) + 1) + "|"]
-            md += [f"| {c} | " + " | ".join(str(v) for v in row) + " |"
-                   for c, row in zip(classes, metrics["confusion_matrix"])]
+            md += [
+                f"### {who}",
+                "",
+                f"accuracy {metrics['accuracy']:.4f} · balanced accuracy "
+                f"{metrics['balanced_accuracy']:.4f} · macro-F1 {metrics['macro_f1']:.4f} · "
+                f"weighted-F1 {metrics['weighted_f1']:.4f} · log loss {metrics['log_loss']:.4f} · "
+                f"ECE {metrics['ece']:.4f}",
+                "",
+                "| class | precision | recall | F1 | support |",
+                "|---|---|---|---|---|",
+            ]
+            md += [
+                f"| {c} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1']:.3f} | {v['support']} |"
+                for c, v in metrics["per_class"].items()
+            ]
+            md += [
+                "",
+                "Confusion matrix (rows = true, columns = predicted):",
+                "",
+                "| true \\ predicted | " + " | ".join(classes) + " |",
+                "|---" * (len(classes) + 1) + "|",
+            ]
+            md += [
+                f"| {c} | " + " | ".join(str(v) for v in row) + " |"
+                for c, row in zip(classes, metrics["confusion_matrix"])
+            ]
             attached = figures[split].models[who]
             md += ["", " · ".join(a.markdown for a in attached), ""]
     files[REPORT_NAME] = "\n".join(md) + "\n"

@@ -4,6 +4,7 @@ probabilities, each member's vote, and when asked a prediction set and a review 
 :class:`ImagePredictor` sets this up once per run (strategy, members used, calibration of
 the decisions) and then answers batches of decoded images; the commands only decode and write.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,15 +24,20 @@ class InferenceOptions:
     """How member probabilities are computed (defaults: the run's); ``predict`` and
     ``evaluate`` take one of these instead of five separate arguments."""
 
-    batch_size: int | None = None     # images per inference step (default: each member's)
-    device: str | None = None         # auto, cpu, cuda, cuda:N
-    tta: bool | str = False           # True/"flip": with the mirror; "crop,letterbox,flip": over views
-    runtime: str | None = None        # torch, openvino, onnxruntime, auto
-    precision: str | None = None      # auto, fp32, bf16, fp16
-    adapt_bn: bool = False            # re-estimate BatchNorm statistics on the images being predicted
+    batch_size: int | None = None  # images per inference step (default: each member's)
+    device: str | None = None  # auto, cpu, cuda, cuda:N
+    tta: bool | str = False  # True/"flip": with the mirror; "crop,letterbox,flip": over views
+    runtime: str | None = None  # torch, openvino, onnxruntime, auto
+    precision: str | None = None  # auto, fp32, bf16, fp16
+    adapt_bn: bool = False  # re-estimate BatchNorm statistics on the images being predicted
 
-    def member_proba(self, ens: BaggedEnsemble, images: Sequence[np.ndarray],
-                     used: np.ndarray | Sequence[bool] | None = None, pool: bool = False) -> np.ndarray:
+    def member_proba(
+        self,
+        ens: BaggedEnsemble,
+        images: Sequence[np.ndarray],
+        used: np.ndarray | Sequence[bool] | None = None,
+        pool: bool = False,
+    ) -> np.ndarray:
         return ens.member_proba(images, **dataclasses.asdict(self), used=used, pool=pool)
 
     def plan(self, ens: BaggedEnsemble) -> dict:
@@ -44,16 +50,22 @@ class InferenceOptions:
 class DecisionOptions:
     """What ``predict`` adds to each row (defaults: the run's ``decision:`` settings)."""
 
-    coverage: float | None = None          # a prediction set holding the truth this often
-    by_class: bool = False                 # ... within every class
-    review_rate: float | None = None       # send this share of the least confident images to review
-    target_accuracy: float | None = None   # ... or as many as needed for this accuracy on the rest
-    costs: list | None = None              # true x predicted; predictions minimise the expected cost
+    coverage: float | None = None  # a prediction set holding the truth this often
+    by_class: bool = False  # ... within every class
+    review_rate: float | None = None  # send this share of the least confident images to review
+    target_accuracy: float | None = None  # ... or as many as needed for this accuracy on the rest
+    costs: list | None = None  # true x predicted; predictions minimise the expected cost
     calibration: str = "val"
 
     @classmethod
-    def from_settings(cls, settings, coverage: float | None = None, by_class: bool | None = None,
-                      review_rate: float | None = None, target_accuracy: float | None = None) -> "DecisionOptions":
+    def from_settings(
+        cls,
+        settings,
+        coverage: float | None = None,
+        by_class: bool | None = None,
+        review_rate: float | None = None,
+        target_accuracy: float | None = None,
+    ) -> "DecisionOptions":
         """The run's ``decision:`` settings with command-line values on top."""
         from ..combining.decisions import DecisionError
 
@@ -64,28 +76,42 @@ class DecisionOptions:
         if by_class and coverage is None and settings.coverage is None:
             raise DecisionError("--coverage-by-class needs --coverage (or `decision.coverage` in the run's config)")
         checks = {f.name: f.metadata["check"] for f in dataclasses.fields(type(settings))}
-        for flag, key, value in (("--coverage", "coverage", coverage), ("--review-rate", "review_rate", review_rate),
-                                 ("--target-accuracy", "target_accuracy", target_accuracy)):
+        for flag, key, value in (
+            ("--coverage", "coverage", coverage),
+            ("--review-rate", "review_rate", review_rate),
+            ("--target-accuracy", "target_accuracy", target_accuracy),
+        ):
             # NaN passes every range check; then the config schema's own bounds for these keys
-            problem = "must be a finite number" if value is not None and not math.isfinite(value) \
-                else checks[key](value)
+            problem = (
+                "must be a finite number" if value is not None and not math.isfinite(value) else checks[key](value)
+            )
             if problem:
                 raise DecisionError(f"`{flag}` {problem}; got {value}")
-        return cls(coverage if coverage is not None else settings.coverage,
-                   settings.coverage_by_class if by_class is None else by_class,
-                   review_rate, target_accuracy, settings.costs, settings.calibration)
+        return cls(
+            coverage if coverage is not None else settings.coverage,
+            settings.coverage_by_class if by_class is None else by_class,
+            review_rate,
+            target_accuracy,
+            settings.costs,
+            settings.calibration,
+        )
 
     def columns(self) -> list[str]:
-        return (["prediction_set"] if self.coverage else []) + \
-            (["decision"] if self.review_rate is not None or self.target_accuracy is not None else [])
+        return (["prediction_set"] if self.coverage else []) + (
+            ["decision"] if self.review_rate is not None or self.target_accuracy is not None else []
+        )
 
 
 class ImagePredictor:
     """A run ready to answer: :meth:`rows` for decoded images (``None`` where decoding failed)."""
 
-    def __init__(self, ens: BaggedEnsemble, strategy: str | None = None,
-                 options: InferenceOptions = InferenceOptions(),
-                 decisions: DecisionOptions = DecisionOptions()) -> None:
+    def __init__(
+        self,
+        ens: BaggedEnsemble,
+        strategy: str | None = None,
+        options: InferenceOptions = InferenceOptions(),
+        decisions: DecisionOptions = DecisionOptions(),
+    ) -> None:
         from ..combining.decisions import Decider
         from ..reporting.evaluation import calibration_set
 
@@ -99,10 +125,13 @@ class ImagePredictor:
         comb = ens.combiner_
         self.pool = comb.pooled(strategy)
         rows = comb.names(strategy)
-        self.used = comb.uses(strategy)[:len(rows)]
+        self.used = comb.uses(strategy)[: len(rows)]
         if not self.used.all():
-            log.info("strategy %s uses %s: the others are not run", strategy or comb.strategy,
-                     ", ".join(n for n, u in zip(rows, self.used) if u))
+            log.info(
+                "strategy %s uses %s: the others are not run",
+                strategy or comb.strategy,
+                ", ".join(n for n, u in zip(rows, self.used) if u),
+            )
         self.threshold = self.check(decisions)
 
     def check(self, decisions: DecisionOptions) -> float | None:
@@ -115,8 +144,9 @@ class ImagePredictor:
             return None
         return self.decider.review_threshold(decisions.review_rate, decisions.target_accuracy)
 
-    def _decided(self, proba: np.ndarray, decisions: DecisionOptions,
-                 threshold: float | None) -> tuple[np.ndarray, dict[str, list[str]]]:
+    def _decided(
+        self, proba: np.ndarray, decisions: DecisionOptions, threshold: float | None
+    ) -> tuple[np.ndarray, dict[str, list[str]]]:
         """(predictions, decision column -> one value per image) for ensemble probabilities."""
         from ..combining.decisions import confidence
 
@@ -127,12 +157,14 @@ class ImagePredictor:
             columns["prediction_set"] = ["|".join(c for j, c in enumerate(self.classes) if row[j]) for row in sets]
         if "decision" in decisions.columns():
             conf = confidence(proba)
-            columns["decision"] = ["review" if conf[k] < threshold else self.classes[pred[k]]
-                                   for k in range(len(proba))]
+            columns["decision"] = [
+                "review" if conf[k] < threshold else self.classes[pred[k]] for k in range(len(proba))
+            ]
         return pred, columns
 
-    def _row(self, key: str, name: str, prediction: str, decided: dict[str, str], proba: dict, votes: dict,
-             error: str) -> dict:
+    def _row(
+        self, key: str, name: str, prediction: str, decided: dict[str, str], proba: dict, votes: dict, error: str
+    ) -> dict:
         return {key: name, "prediction": prediction, **decided, "proba": proba, "votes": votes, "error": error}
 
     def redecide(self, rows: list[dict], decisions: DecisionOptions) -> list[dict]:
@@ -146,11 +178,14 @@ class ImagePredictor:
             _, columns = self._decided(proba, decisions, self.check(decisions))
             decided = {i: {c: v[k] for c, v in columns.items()} for k, i in enumerate(ok)}
         key = next(iter(rows[0])) if rows else "path"
-        return [self._row(key, r[key], r["prediction"], decided.get(i, blank), r["proba"], r["votes"], r["error"])
-                for i, r in enumerate(rows)]
+        return [
+            self._row(key, r[key], r["prediction"], decided.get(i, blank), r["proba"], r["votes"], r["error"])
+            for i, r in enumerate(rows)
+        ]
 
-    def rows(self, keys: Sequence[str], arrays: Sequence[np.ndarray | None], reasons: dict[str, str],
-             key: str = "path") -> list[dict]:
+    def rows(
+        self, keys: Sequence[str], arrays: Sequence[np.ndarray | None], reasons: dict[str, str], key: str = "path"
+    ) -> list[dict]:
         """One row per image, in order: ``key`` (the image's path or file name), prediction,
         the decision columns asked for, ``proba`` per class, ``votes`` per member, ``error``."""
         classes, names, used = self.classes, self.names, self.used
@@ -166,13 +201,29 @@ class ImagePredictor:
         for i, name in enumerate(keys):
             if i in results:
                 k = results[i]
-                rows.append(self._row(key, name, classes[pred[k]], {c: v[k] for c, v in columns.items()},
-                                      {c: float(proba[k, j]) for j, c in enumerate(classes)},
-                                      {n: classes[member_pred[m, k]] if used[m] else "" for m, n in enumerate(names)},
-                                      ""))
+                rows.append(
+                    self._row(
+                        key,
+                        name,
+                        classes[pred[k]],
+                        {c: v[k] for c, v in columns.items()},
+                        {c: float(proba[k, j]) for j, c in enumerate(classes)},
+                        {n: classes[member_pred[m, k]] if used[m] else "" for m, n in enumerate(names)},
+                        "",
+                    )
+                )
             else:
-                rows.append(self._row(key, name, "", blank, {c: None for c in classes}, {n: "" for n in names},
-                                      reasons.get(name, "not found")))
+                rows.append(
+                    self._row(
+                        key,
+                        name,
+                        "",
+                        blank,
+                        {c: None for c in classes},
+                        {n: "" for n in names},
+                        reasons.get(name, "not found"),
+                    )
+                )
         return rows
 
 
@@ -187,12 +238,17 @@ def flat_row(row: dict) -> dict:
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
-def predict_rows(ens: BaggedEnsemble, paths: Sequence[str], strategy: str | None = None,
-                 options: InferenceOptions = InferenceOptions(), chunk: int = 256,
-                 decisions: DecisionOptions = DecisionOptions()) -> list[dict]:
+def predict_rows(
+    ens: BaggedEnsemble,
+    paths: Sequence[str],
+    strategy: str | None = None,
+    options: InferenceOptions = InferenceOptions(),
+    chunk: int = 256,
+    decisions: DecisionOptions = DecisionOptions(),
+) -> list[dict]:
     """One row per path: prediction, class probabilities, each member's prediction, error;
     with ``decisions``, a prediction set and/or a review decision (:mod:`ensemble.combining.decisions`)."""
     from ..images import decode_all  # here, not at import: `effens serve` decodes on its own
@@ -207,9 +263,14 @@ def predict_rows(ens: BaggedEnsemble, paths: Sequence[str], strategy: str | None
     return rows
 
 
-def readable_member_proba(ens: BaggedEnsemble, paths: Sequence[str], options: InferenceOptions = InferenceOptions(),
-                          used: np.ndarray | Sequence[bool] | None = None, pool: bool = False, chunk: int = 256
-                          ) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
+def readable_member_proba(
+    ens: BaggedEnsemble,
+    paths: Sequence[str],
+    options: InferenceOptions = InferenceOptions(),
+    used: np.ndarray | Sequence[bool] | None = None,
+    pool: bool = False,
+    chunk: int = 256,
+) -> tuple[np.ndarray, list[int], list[tuple[str, str]]]:
     """Member probabilities (members x kept images x classes) of the readable images among
     ``paths``, decoded ``chunk`` at a time so memory holds one chunk of pixels, not every
     image; also the kept indices and ``(path, reason)`` for each unreadable file."""
@@ -219,7 +280,7 @@ def readable_member_proba(ens: BaggedEnsemble, paths: Sequence[str], options: In
         chunk = max(1, len(paths))
     parts, keep, bad = [], [], []
     for start in range(0, len(paths), chunk):
-        arrays, skipped = decode_all(paths[start:start + chunk], decode_size(ens), on_bad="skip", desc="decode")
+        arrays, skipped = decode_all(paths[start : start + chunk], decode_size(ens), on_bad="skip", desc="decode")
         bad += skipped
         ok = [i for i, a in enumerate(arrays) if a is not None]
         if ok:

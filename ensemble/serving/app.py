@@ -36,25 +36,36 @@ from .answers import DecisionOptions, ImagePredictor, InferenceOptions
 log = logging.getLogger(__name__)
 
 #: magic bytes of the image formats accepted (JPEG, PNG, WebP, BMP, GIF, TIFF)
-MAGIC = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"), (b"RIFF", "webp"), (b"BM", "bmp"),
-         (b"GIF8", "gif"), (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"))
+MAGIC = (
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"RIFF", "webp"),
+    (b"BM", "bmp"),
+    (b"GIF8", "gif"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 #: the query names of the decision flags, in a request's error messages
-QUERY_NAMES = {"--coverage-by-class": "coverage_by_class", "--coverage": "coverage",
-               "--review-rate": "review_rate", "--target-accuracy": "target_accuracy"}
+QUERY_NAMES = {
+    "--coverage-by-class": "coverage_by_class",
+    "--coverage": "coverage",
+    "--review-rate": "review_rate",
+    "--target-accuracy": "target_accuracy",
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class ServeLimits:
     """What one request may hold; beyond these it is refused (413) before any decoding."""
 
-    max_body_mb: float = 32.0        # the whole request body
-    max_files: int = 16              # images per request
-    max_pixels: int = 40_000_000     # per image, read from its header (decompression bombs)
-    timeout_s: float = 30.0          # per request, decoding and inference included (504 after)
-    max_header_kb: float = 16.0      # the request line and headers together (431, or 400 from h11 when huge)
-    keep_alive_s: float = 5.0        # a connection without a whole request head this long is closed
-    max_connections: int = 128       # open connections; a request beyond them is answered 503
+    max_body_mb: float = 32.0  # the whole request body
+    max_files: int = 16  # images per request
+    max_pixels: int = 40_000_000  # per image, read from its header (decompression bombs)
+    timeout_s: float = 30.0  # per request, decoding and inference included (504 after)
+    max_header_kb: float = 16.0  # the request line and headers together (431, or 400 from h11 when huge)
+    keep_alive_s: float = 5.0  # a connection without a whole request head this long is closed
+    max_connections: int = 128  # open connections; a request beyond them is answered 503
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,11 +74,11 @@ class ServeSettings:
 
     strategy: str | None = None
     options: InferenceOptions = InferenceOptions()
-    decisions: dict | None = None    # coverage / review_rate / target_accuracy on top of the run's
+    decisions: dict | None = None  # coverage / review_rate / target_accuracy on top of the run's
     max_batch: int = 16
     max_wait_ms: float = 5.0
     limits: ServeLimits = ServeLimits()
-    api_key: str | None = None       # required on /v1/predict and /v1/model when set
+    api_key: str | None = None  # required on /v1/predict and /v1/model when set
 
 
 class Refused(Exception):
@@ -132,18 +143,26 @@ class Metrics:
     def text(self) -> str:
         out = ["# HELP effens_requests_total Requests by HTTP status.", "# TYPE effens_requests_total counter"]
         out += [f'effens_requests_total{{code="{c}"}} {n}' for c, n in sorted(self.requests.items())]
-        out += ["# HELP effens_images_total Images answered (with or without an error).",
-                "# TYPE effens_images_total counter", f"effens_images_total {self.images}",
-                "# HELP effens_image_errors_total Images that could not be decoded.",
-                "# TYPE effens_image_errors_total counter", f"effens_image_errors_total {self.image_errors}",
-                "# HELP effens_request_seconds Request latency.", "# TYPE effens_request_seconds histogram"]
+        out += [
+            "# HELP effens_images_total Images answered (with or without an error).",
+            "# TYPE effens_images_total counter",
+            f"effens_images_total {self.images}",
+            "# HELP effens_image_errors_total Images that could not be decoded.",
+            "# TYPE effens_image_errors_total counter",
+            f"effens_image_errors_total {self.image_errors}",
+            "# HELP effens_request_seconds Request latency.",
+            "# TYPE effens_request_seconds histogram",
+        ]
         total = 0
         for bound, n in zip([*map(str, LATENCY_BUCKETS), "+Inf"], self.latency):
             total += n
             out.append(f'effens_request_seconds_bucket{{le="{bound}"}} {total}')
-        out += [f"effens_request_seconds_sum {self.latency_sum:.6f}", f"effens_request_seconds_count {total}",
-                "# HELP effens_batch_size_total Forward passes by batch size.",
-                "# TYPE effens_batch_size_total counter"]
+        out += [
+            f"effens_request_seconds_sum {self.latency_sum:.6f}",
+            f"effens_request_seconds_count {total}",
+            "# HELP effens_batch_size_total Forward passes by batch size.",
+            "# TYPE effens_batch_size_total counter",
+        ]
         out += [f'effens_batch_size_total{{size="{s}"}} {n}' for s, n in sorted(self.batches.items())]
         return "\n".join(out) + "\n"
 
@@ -186,8 +205,11 @@ class Batcher:
             deadline = loop.time() + self.max_wait
             while len(batch) < self.max_batch:
                 try:
-                    batch.append(queue.get_nowait() if loop.time() >= deadline else
-                                 await asyncio.wait_for(queue.get(), deadline - loop.time()))
+                    batch.append(
+                        queue.get_nowait()
+                        if loop.time() >= deadline
+                        else await asyncio.wait_for(queue.get(), deadline - loop.time())
+                    )
                 except (asyncio.QueueEmpty, asyncio.TimeoutError):
                     break
             batch = [(a, f) for a, f in batch if not f.done()]  # a request that timed out meanwhile
@@ -231,13 +253,19 @@ def model_card(ens, predictor: ImagePredictor, settings: ServeSettings, run: str
     from ..runfolder import weights_hash
 
     plan = settings.options.plan(ens)
-    return {"classes": predictor.classes, "members": predictor.names,
-            "members_used": [n for n, u in zip(ens.combiner_.names(settings.strategy), predictor.used) if u],
-            "strategy": settings.strategy or ens.combiner_.strategy, "runtime": plan["runtime"],
-            "precision": plan["precision"], "decisions": predictor.decisions.columns(),
-            "weights_sha256": {fm.name: weights_hash(fm.meta) for fm in ens.members_},
-            "max_files": settings.limits.max_files,
-            "effens": __version__, "run": Path(run).resolve().name}  # its name: no server path in an answer
+    return {
+        "classes": predictor.classes,
+        "members": predictor.names,
+        "members_used": [n for n, u in zip(ens.combiner_.names(settings.strategy), predictor.used) if u],
+        "strategy": settings.strategy or ens.combiner_.strategy,
+        "runtime": plan["runtime"],
+        "precision": plan["precision"],
+        "decisions": predictor.decisions.columns(),
+        "weights_sha256": {fm.name: weights_hash(fm.meta) for fm in ens.members_},
+        "max_files": settings.limits.max_files,
+        "effens": __version__,
+        "run": Path(run).resolve().name,
+    }  # its name: no server path in an answer
 
 
 @dataclasses.dataclass
@@ -248,7 +276,7 @@ class Service:
     run: str
     settings: ServeSettings
     ens: Any
-    run_decisions: Any              # the run's own `decision:` settings
+    run_decisions: Any  # the run's own `decision:` settings
     predictor: ImagePredictor
     metrics: Metrics
     batcher: Batcher
@@ -273,8 +301,17 @@ class Service:
             from members.allocator import keep_freed_memory
 
             keep_freed_memory()  # now, before the forward thread's first allocation (members/allocator.py)
-        return cls(str(run), settings, ens, run_decisions, predictor, metrics, batcher,
-                   ThreadPoolExecutor(2, thread_name_prefix="effens-decode"), card)
+        return cls(
+            str(run),
+            settings,
+            ens,
+            run_decisions,
+            predictor,
+            metrics,
+            batcher,
+            ThreadPoolExecutor(2, thread_name_prefix="effens-decode"),
+            card,
+        )
 
     @property
     def limits(self) -> ServeLimits:
@@ -330,8 +367,9 @@ class Service:
 
         files = await self.read_files(request)
         loop = asyncio.get_running_loop()
-        decoded = await asyncio.gather(*(loop.run_in_executor(self.decode_pool, self.decode, data)
-                                         for _, data in files))
+        decoded = await asyncio.gather(
+            *(loop.run_in_executor(self.decode_pool, self.decode, data) for _, data in files)
+        )
         answers = iter(await asyncio.gather(*(self.batcher.answer(a) for a, _ in decoded if a is not None)))
         rows = []
         for (name, _), (array, reason) in zip(files, decoded):
@@ -344,8 +382,13 @@ class Service:
         self.metrics.images += len(rows)
         self.metrics.image_errors += sum(1 for r in rows if r["error"])
         if all(r["error"] for r in rows):
-            return JSONResponse({"error": f"none of the {len(rows)} image(s) could be read (first: "
-                                          f"{rows[0]['error']})", "results": rows}, status_code=422)
+            return JSONResponse(
+                {
+                    "error": f"none of the {len(rows)} image(s) could be read (first: {rows[0]['error']})",
+                    "results": rows,
+                },
+                status_code=422,
+            )
         return {"strategy": self.card["strategy"], "results": rows}
 
     def decode(self, data: bytes) -> tuple[np.ndarray | None, str]:
@@ -422,8 +465,9 @@ class Route:
 ROUTES: Registry[Route] = Registry("serve route")
 
 
-def route(path: str, method: str = "GET", *, keyed: bool = False, response: ResponseKind = "json",
-          in_docs: bool = True) -> Callable:
+def route(
+    path: str, method: str = "GET", *, keyed: bool = False, response: ResponseKind = "json", in_docs: bool = True
+) -> Callable:
     """Register a route of every app :func:`create_app` makes: decorates a function of the
     :class:`Service` that returns the endpoint (registered as ``"METHOD /path"``)."""
     if not path.startswith("/") or method not in ("GET", "POST", "PUT", "DELETE", "PATCH"):
@@ -432,8 +476,7 @@ def route(path: str, method: str = "GET", *, keyed: bool = False, response: Resp
         raise ValueError(f"a serve route's `response` must be json, html or text; got {response!r}")
 
     def register(factory: Callable[[Service], Callable]) -> Callable[[Service], Callable]:
-        ROUTES.add(f"{method} {path}", Route(path, method, factory, keyed, response, in_docs),
-                   owner=factory.__module__)
+        ROUTES.add(f"{method} {path}", Route(path, method, factory, keyed, response, in_docs), owner=factory.__module__)
         return factory
 
     return register
@@ -460,6 +503,7 @@ def upload_page(service: Service) -> Callable:
 @route("/v1/health")
 def health(service: Service) -> Callable:
     """Liveness: the process is up."""
+
     async def health() -> dict:
         """The process is up."""
         return {"status": "ok"}
@@ -470,6 +514,7 @@ def health(service: Service) -> Callable:
 @route("/v1/ready")
 def ready(service: Service) -> Callable:
     """Readiness: every member loaded and warm (warms a mounted app on first call)."""
+
     async def ready():
         """Every member is loaded and warm: requests are answered at full speed."""
         if not service.ready:
@@ -482,6 +527,7 @@ def ready(service: Service) -> Callable:
 @route("/v1/model", keyed=True)
 def model(service: Service) -> Callable:
     """The model card: classes, members, strategy, runtime, the run's weights hashes."""
+
     async def model() -> dict:
         """Classes, members, strategy, runtime and the run's weights hashes."""
         return service.card
@@ -492,6 +538,7 @@ def model(service: Service) -> Callable:
 @route("/metrics", response="text")
 def prometheus(service: Service) -> Callable:
     """Requests, errors, latency and batch sizes in Prometheus' text format."""
+
     async def prometheus() -> str:
         """Requests, errors, latency and batch sizes in Prometheus' text format."""
         return service.metrics.text()
@@ -504,13 +551,24 @@ def predict(service: Service) -> Callable:
     """Uploaded photos answered as `effens predict` answers them, batched across requests."""
     from fastapi import Request
 
-    async def predict(request: Request, coverage: float | None = None, coverage_by_class: bool | None = None,
-                      review_rate: float | None = None, target_accuracy: float | None = None) -> dict:
+    async def predict(
+        request: Request,
+        coverage: float | None = None,
+        coverage_by_class: bool | None = None,
+        review_rate: float | None = None,
+        target_accuracy: float | None = None,
+    ) -> dict:
         """Upload one or more images as multipart ``files`` fields; one answer per image, in order.
         ``coverage`` / ``review_rate`` / ``target_accuracy`` (query) ask this request for a
         prediction set or a review decision other than the server's."""
-        asked = service.asked({"coverage": coverage, "by_class": coverage_by_class, "review_rate": review_rate,
-                               "target_accuracy": target_accuracy})
+        asked = service.asked(
+            {
+                "coverage": coverage,
+                "by_class": coverage_by_class,
+                "review_rate": review_rate,
+                "target_accuracy": target_accuracy,
+            }
+        )
         timeout = service.limits.timeout_s
         try:
             return await asyncio.wait_for(service.predict(request, asked), timeout)
@@ -532,8 +590,12 @@ def create_app(run: str, settings: ServeSettings = ServeSettings()):
     from fastapi import FastAPI
 
     service = Service.load(run, settings)
-    app = FastAPI(title="effens", version=__version__, lifespan=service.lifespan,
-                  description="A bagged ensemble of EfficientNet classifiers as a service.")
+    app = FastAPI(
+        title="effens",
+        version=__version__,
+        lifespan=service.lifespan,
+        description="A bagged ensemble of EfficientNet classifiers as a service.",
+    )
     _add_error_handlers(app)
     _add_guards(app, service)
     _add_routes(app, service)
@@ -581,7 +643,7 @@ def _add_guards(app, service: Service) -> None:
     async def _authenticate(request: Request, call_next):
         """The API key before routing and parsing: a stranger learns nothing of a request's
         shape (no 422 or 405 before the 401)."""
-        path = request.scope["path"][len(request.scope.get("root_path", "")):]  # mounted: under its prefix
+        path = request.scope["path"][len(request.scope.get("root_path", "")) :]  # mounted: under its prefix
         if api_key is not None and path.rstrip("/") in keyed:
             try:
                 _check_key(request.headers, api_key)
@@ -596,8 +658,11 @@ def _add_guards(app, service: Service) -> None:
         middleware added last runs first)."""
         size = head_size(request.scope)
         if size > limits.max_header_kb * 1024:
-            return _error(431, f"the request headers ({size:,} bytes) are over the limit of "
-                               f"{int(limits.max_header_kb * 1024):,} bytes")
+            return _error(
+                431,
+                f"the request headers ({size:,} bytes) are over the limit of "
+                f"{int(limits.max_header_kb * 1024):,} bytes",
+            )
         return await call_next(request)
 
     @app.middleware("http")
@@ -625,15 +690,25 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, settings: ServeSe
 
     app = create_app(run, settings)
     if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("serving on %s: reachable from other machines%s", host,
-                    "" if settings.api_key else " and without an API key (--api-key-file)")
+        log.warning(
+            "serving on %s: reachable from other machines%s",
+            host,
+            "" if settings.api_key else " and without an API key (--api-key-file)",
+        )
     limits = settings.limits
     # h11 (not httptools, which has no limit on headers) refuses a head over the limit while
     # it is still arriving; more than max_connections open: 503 (uvicorn counts the asking one)
-    uvicorn.run(app, host=host, port=port, log_level="warning", http=_guarded_h11(),
-                h11_max_incomplete_event_size=int(limits.max_header_kb * 1024),
-                timeout_keep_alive=limits.keep_alive_s, limit_concurrency=limits.max_connections + 1,
-                timeout_graceful_shutdown=max(30, int(limits.timeout_s) + 5))
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        http=_guarded_h11(),
+        h11_max_incomplete_event_size=int(limits.max_header_kb * 1024),
+        timeout_keep_alive=limits.keep_alive_s,
+        limit_concurrency=limits.max_connections + 1,
+        timeout_graceful_shutdown=max(30, int(limits.timeout_s) + 5),
+    )
 
 
 @functools.cache
@@ -685,8 +760,9 @@ def _guarded_h11() -> type:
     return GuardedH11
 
 
-def serve_on_ray(run: str, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings = ServeSettings(),
-                 replicas: int = 2) -> None:
+def serve_on_ray(
+    run: str, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings = ServeSettings(), replicas: int = 2
+) -> None:
     """The same app as a Ray Serve deployment of ``replicas`` copies behind Ray's HTTP proxy
     (a local Ray, or the cluster that ``RAY_ADDRESS`` names), until SIGINT/SIGTERM."""
     import os
@@ -714,14 +790,16 @@ def serve_on_ray(run: str, host: str = "127.0.0.1", port: int = 8000, settings: 
             from ..files import RunError
 
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise RunError(f"Ray Serve could not start its HTTP proxy on {host}:{port} ({type(exc).__name__}: "
-                           f"{first}); check that the port is free and the machine has memory and cores to spare"
-                           ) from None
+            raise RunError(
+                f"Ray Serve could not start its HTTP proxy on {host}:{port} ({type(exc).__name__}: "
+                f"{first}); check that the port is free and the machine has memory and cores to spare"
+            ) from None
         options: dict[str, Any] = {"num_cpus": 0}
         if threads:  # replicas sharing this machine split its cores
             options["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(threads)}}
-        deployment = ray_serve.deployment(ray_serve.ingress(build)(), name="effens", num_replicas=replicas,
-                                          ray_actor_options=options)
+        deployment = ray_serve.deployment(
+            ray_serve.ingress(build)(), name="effens", num_replicas=replicas, ray_actor_options=options
+        )
         log.info("serving %s on Ray Serve: %d replicas at http://%s:%d", run, replicas, host, port)
         ray_serve.run(deployment.bind(), name="effens", route_prefix="/", blocking=True)
     except KeyboardInterrupt:

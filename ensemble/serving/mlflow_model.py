@@ -9,6 +9,7 @@ installed. ``predict`` takes a DataFrame with an ``image`` column (encoded bytes
 ``path`` column (image files on the serving machine, read only under the folders that
 ``EFFENS_ALLOWED_PATHS`` lists) and returns the columns of ``effens predict``'s CSV.
 """
+
 from __future__ import annotations
 
 import functools
@@ -24,15 +25,29 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 #: the packages the model's environment pins (name on PyPI -> import name)
-REQUIREMENTS = {"torch": "torch", "timm": "timm", "numpy": "numpy", "scikit-learn": "sklearn",
-                "joblib": "joblib", "pyyaml": "yaml", "safetensors": "safetensors", "pillow": "PIL",
-                "tqdm": "tqdm", "matplotlib": "matplotlib", "onnx": "onnx", "openvino": "openvino",
-                "pandas": "pandas", "mlflow": "mlflow"}
+REQUIREMENTS = {
+    "torch": "torch",
+    "timm": "timm",
+    "numpy": "numpy",
+    "scikit-learn": "sklearn",
+    "joblib": "joblib",
+    "pyyaml": "yaml",
+    "safetensors": "safetensors",
+    "pillow": "PIL",
+    "tqdm": "tqdm",
+    "matplotlib": "matplotlib",
+    "onnx": "onnx",
+    "openvino": "openvino",
+    "pandas": "pandas",
+    "mlflow": "mlflow",
+}
 #: the folders (``os.pathsep``-separated) whose files a ``path`` input may name; unset: none
 ALLOWED_PATHS_ENV = "EFFENS_ALLOWED_PATHS"
 #: the one answer for a path outside them, whether or not the file exists
-PATH_REFUSED = (f"`path` is outside the folders that {ALLOWED_PATHS_ENV} lists on the serving machine "
-                "(send the image's bytes in an `image` column instead)")
+PATH_REFUSED = (
+    f"`path` is outside the folders that {ALLOWED_PATHS_ENV} lists on the serving machine "
+    "(send the image's bytes in an `image` column instead)"
+)
 
 _ENTRY = '''"""effens: the pyfunc model MLflow loads (models from code; nothing pickled)."""
 import mlflow
@@ -112,11 +127,13 @@ def _define():
                     raise MlflowException.invalid_parameter_value(f"`strategy`: {exc}") from None
             frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
             if len(frame) == 1 and any(isinstance(v, (list, tuple)) for v in frame.iloc[0].values):
-                frame = pd.DataFrame({c: list(v) if isinstance(v, (list, tuple)) else [v]
-                                      for c, v in frame.iloc[0].items()})  # {"path": [a, b]}: one row per item
+                frame = pd.DataFrame(
+                    {c: list(v) if isinstance(v, (list, tuple)) else [v] for c, v in frame.iloc[0].items()}
+                )  # {"path": [a, b]}: one row per item
             if "path" not in frame.columns and "image" not in frame.columns:
                 raise MlflowException.invalid_parameter_value(
-                    "the input needs a `path` column (image files) or an `image` column (encoded bytes)")
+                    "the input needs a `path` column (image files) or an `image` column (encoded bytes)"
+                )
             keys, arrays, reasons = [], [], {}
             folders = allowed_folders()
             for i, row in enumerate(frame.to_dict("records")):
@@ -142,8 +159,14 @@ def _define():
                     reasons[key] = str(exc).replace(str(stream), key) if stream is not None else str(exc)
             rows = predictor.rows(keys, arrays, reasons)
             classes, names = predictor.classes, predictor.names
-            columns = ["path", "prediction", *self._decisions.columns(), *(f"proba:{c}" for c in classes),
-                       *(f"vote:{n}" for n in names), "error"]
+            columns = [
+                "path",
+                "prediction",
+                *self._decisions.columns(),
+                *(f"proba:{c}" for c in classes),
+                *(f"vote:{n}" for n in names),
+                "error",
+            ]
             out = pd.DataFrame([flat_row(r) for r in rows], columns=columns)
             for c in (c for c in columns if c.startswith("proba:")):  # an unreadable row: null, not NaN
                 out[c] = out[c].astype(object).where(out[c].notna(), None)
@@ -171,20 +194,34 @@ def save_mlflow_model(run_dir: str | Path, path: str | Path) -> dict:
     ens = load_run(run_dir)  # a broken run is refused before anything is written
     signature = ModelSignature(
         inputs=Schema([ColSpec("string", "path", required=False), ColSpec("binary", "image", required=False)]),
-        params=ParamSchema([ParamSpec("strategy", "string", ens.combiner_.strategy)]))
-    about = {"strategy": ens.combiner_.strategy, "classes": list(ens.classes_),
-             "members": [fm.name for fm in ens.members_]}
+        params=ParamSchema([ParamSpec("strategy", "string", ens.combiner_.strategy)]),
+    )
+    about = {
+        "strategy": ens.combiner_.strategy,
+        "classes": list(ens.classes_),
+        "members": [fm.name for fm in ens.members_],
+    }
     package = Path(__file__).resolve().parents[1]  # ensemble/, beside members/
     with tempfile.TemporaryDirectory() as tmp:
         run_copy = Path(tmp) / "run"
-        shutil.copytree(run_dir, run_copy, ignore=lambda folder, names: [
-            n for n in names if Path(folder).resolve() == Path(run_dir).resolve() and n in NOT_FOR_SERVING])
+        shutil.copytree(
+            run_dir,
+            run_copy,
+            ignore=lambda folder, names: [
+                n for n in names if Path(folder).resolve() == Path(run_dir).resolve() and n in NOT_FOR_SERVING
+            ],
+        )
         entry = Path(tmp) / "effens_model.py"
         entry.write_text(_ENTRY, encoding="utf-8")
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*input example.*")  # an example would run the model
             mlflow.pyfunc.save_model(
-                str(path), python_model=str(entry), artifacts={"run": str(run_copy)},
-                code_paths=[str(package), str(package.parent / "members")], pip_requirements=_pins(),
-                signature=signature, metadata=about)
+                str(path),
+                python_model=str(entry),
+                artifacts={"run": str(run_copy)},
+                code_paths=[str(package), str(package.parent / "members")],
+                pip_requirements=_pins(),
+                signature=signature,
+                metadata=about,
+            )
     return about
