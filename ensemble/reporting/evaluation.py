@@ -74,12 +74,18 @@ def _oob_inputs(combiner, n: int, oob_indices: Sequence[np.ndarray], oob_proba: 
     return calibrated, full, available
 
 
+def calibration_source(ens, asked: str) -> str:
+    """The calibration images decisions are fitted on: ``asked``, or OOB when the ensemble
+    has no val images (``data.train_on_val``)."""
+    return asked if len(ens.val_y_) else "oob"
+
+
 def calibration_set(ens, strategy: str | None = None, source: str = "val") -> tuple[np.ndarray, np.ndarray]:
     """(ensemble probabilities, labels) of a fitted ensemble's calibration images for
     decisions (:mod:`ensemble.combining.decisions`): its validation images, or its OOB images
-    voted on only by the members that left them out."""
+    voted on only by the members that left them out (:func:`calibration_source`)."""
     comb = ens.combiner_
-    if source == "val" and len(ens.val_y_):
+    if calibration_source(ens, source) == "val":
         return comb.apply(ens.val_proba_, strategy)[1], np.asarray(ens.val_y_)
     _, full, available = _oob_inputs(comb, len(ens.y_train_), ens.oob_indices_, ens.oob_proba_)
     covered, _, proba = comb.apply_oob(full, available, strategy)
@@ -95,7 +101,7 @@ def decision_report(
     from ..combining.decisions import Decider
 
     strategy = strategy or ens.combiner_.strategy
-    source = settings.calibration if len(ens.val_y_) else "oob"  # no val with `data.train_on_val`
+    source = calibration_source(ens, settings.calibration)
     cal_proba, cal_y = calibration_set(ens, strategy, source)
     decider = Decider(cal_proba, cal_y, settings.costs, ens.classes_)
     fitted_on = getattr(ens.combiner_.get(strategy), "source_", None)
