@@ -52,3 +52,17 @@ def machine() -> dict:
         "python": platform.python_version(),
         "commit": commit or None,
     }
+
+
+def run_main(main) -> None:
+    """Run a benchmark's ``main``; a bad input (a missing folder, a bad config) is one line
+    on stderr and exit 2, as for every effens command, never a traceback."""
+    import sys
+
+    from members.errors import EffensError
+
+    try:
+        main()
+    except EffensError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -32,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_common import run_main
 
 from ensemble.config import load_config
-from ensemble.data import load_folder
+from ensemble.data import DataError, load_folder
 from ensemble.images import decode_all
 from members.precision import describe_cpu
 
@@ -373,6 +374,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     t_start = time.perf_counter()
     data = Path(args.data).resolve()
+    for split in ("train", "val", "test"):
+        if not (data / split).is_dir():
+            raise DataError(f"{data / split}: no such folder (--data must hold train/, val/ and test/)")
     overrides = [
         f"data.train={data / 'train'}",
         f"data.val={data / 'val'}",
@@ -461,4 +465,4 @@ def markdown(r: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -59,3 +59,21 @@ def test_seeds_table(tiny_data, tmp_path):
     assert [s["figures"]["member a"] for s in again["seeds"]] == [s["figures"]["member a"] for s in r["seeds"]]
     assert all(s["throughput"]["chosen"] > 0 and s["throughput"]["all members"] > 0 for s in again["seeds"])
     assert "member inference on val" in (out / "results.md").read_text()
+
+
+def test_missing_data_folder_is_one_line(tmp_path):
+    import subprocess
+
+    (tmp_path / "vds" / "train").mkdir(parents=True)  # val/ and test/ missing
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "benchmark_vds.py"), "--data", str(tmp_path / "vds"), "--seeds", "1"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'vds' / 'val'}: no such folder (--data must hold train/, val/ and test/)"
+    ]
+    assert not (tmp_path / "runs").exists()  # nothing written
