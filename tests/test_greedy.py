@@ -244,3 +244,19 @@ def test_auto_and_greedy_reach_the_report_and_predict_skips_unweighted_members(
     rows = predict_rows(ens, paths, "greedy", InferenceOptions(runtime="torch"))
     assert set(ran) == {0}
     assert all(r["votes"]["b"] == "" and r["votes"]["c"] == "" and r["votes"]["a"] for r in rows)
+
+
+def test_auto_says_why_when_an_equally_simple_strategy_wins_the_tie():
+    # soft is best on macro-F1, hard lies within a wide tie band; both fit nothing, so the
+    # registry order decides, and the reason must not call hard "simpler"
+    data = _fit_data([1.5, 1.4, 1.3], [1.5, 1.4, 1.3])
+    comb = fit_combiner(
+        CombinerConfig(strategy="auto", auto=AutoConfig(metric="macro_f1", bootstrap=100, se=10.0)),
+        ["a", "b", "c"],
+        ["x", "y", "z"],
+        data,
+        only=("hard", "soft"),
+    )
+    assert comb.choice["best"] == "soft" and comb.strategy == "hard"
+    assert "simpler" not in comb.choice["reason"]
+    assert comb.choice["reason"].endswith("as simple (0 fitted values each) and first in registry order")

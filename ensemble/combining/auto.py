@@ -142,10 +142,13 @@ def choose_strategy(
             else f" and is the simplest of the {len(ties)} within {se_rule:g} SE ({', '.join(ties)})"
         )
     else:
-        reason = (
-            f"{best} has the best held-out {metric}, but {chosen} is within {se_rule:g} standard error(s) "
-            f"of it and simpler ({table[chosen]['n_params']} vs {table[best]['n_params']} fitted values)"
+        k_chosen, k_best = table[chosen]["n_params"], table[best]["n_params"]
+        why = (
+            f"simpler ({k_chosen} vs {k_best} fitted values)"
+            if k_chosen < k_best
+            else f"as simple ({k_chosen} fitted values each) and first in registry order"
         )
+        reason = f"{best} has the best held-out {metric}, but {chosen} is within {se_rule:g} standard error(s) of it and {why}"
     log.info("combiner.strategy auto: %s (%s)", chosen, reason)
     return chosen, {
         "on": "val+oob" if n_oob else "val",
