@@ -554,7 +554,8 @@ class DistillConfig:
     strategy: str | None = field(
         None,
         check=_non_empty,
-        doc="the teacher: the run's strategy of this name (`--strategy`); null: the run's default",
+        doc="the teacher: the run's strategy of this name (`--strategy`); null: the run's default, "
+        "or soft where that default gives vote shares rather than probabilities (hard)",
     )
     temperature: float = field(
         1.0,

@@ -361,6 +361,10 @@ def plan_distill(
     source = str(config) if config else str(teacher_run.config_path)
     ens = load_run(run_dir)  # every file hash-checked
     name = settings.strategy or ens.combiner_.strategy
+    if settings.strategy is None and not ens.combiner_.get(name).probabilities:
+        # a vote count (hard: shares of 0, 1/3, 2/3, 1) teaches far less than probabilities
+        log.info("distill: the run's default strategy %s gives vote shares, not probabilities: teaching by soft", name)
+        name = "soft"
     ens.combiner_.get(name)  # unknown: one line with the run's strategies
     settings.strategy = name
     spec = student_spec(smallest_member(ens, teacher_cfg), settings, source, overrides)

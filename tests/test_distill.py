@@ -374,3 +374,16 @@ def test_every_bad_input_is_one_line_and_exit_2_before_any_work(trained, tmp_pat
     assert len(lines) == 1 and "\n" not in lines[0] and message in lines[0], lines
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
     assert not (trained[1] / "student").exists()
+
+
+def test_a_run_that_defaults_to_hard_voting_teaches_by_soft_unless_asked(trained, tmp_path, caplog):
+    # hard voting answers vote shares (0, 1/3, 2/3, 1), not probabilities: a poor teacher
+    from ensemble.cli import main
+    from ensemble.distill import plan_distill
+
+    run = synth.copy_run(trained[1], tmp_path / "hard")
+    assert main(["fit-combiner", str(run), "--set", "combiner.strategy=hard"]) == 0
+    with caplog.at_level("INFO"):
+        assert plan_distill(str(run)).strategy == "soft"
+    assert "gives vote shares, not probabilities: teaching by soft" in caplog.text
+    assert plan_distill(str(run), strategy="hard").strategy == "hard"  # asked for: as asked
