@@ -89,6 +89,26 @@ def test_report_files(trained):
             assert len(lines) - 1 == cm.sum() - np.trace(cm)
 
 
+def test_oob_figures_of_strategies_fitted_on_oob_are_marked_in_sample(trained):
+    _, out = trained
+    doc = json.loads((out / "report" / "metrics.json").read_text())
+    on_oob = doc["combiner"]["fitted_on_oob"]
+    assert on_oob, "the tiny run fits its weights on OOB (`combiner.weights_source: oob`)"
+    rows = {
+        r.split("|")[1].strip(): r
+        for r in (out / "report" / "report.md").read_text().splitlines()
+        if r.startswith("| ")
+    }
+    for name in doc["members"]:
+        assert "in-sample" not in rows[name]
+    for name, m in doc["strategies"].items():
+        row = rows[f"ensemble {name}" + (" *" if name == doc["strategy"] else "")]
+        assert row.rstrip(" |").endswith("(in-sample)") == (name in on_oob and "oob" in m), row
+    html = (out / "report" / "index.html").read_text()
+    assert html.count("†</td>") == 6 * sum("oob" in doc["strategies"][n] for n in on_oob)  # six figures per row
+    assert "fitted on these OOB images" in html
+
+
 def test_loaded_run_predicts_what_the_report_says(trained, tiny_data):
     _, out = trained
     ens = load_run(str(out))

@@ -612,6 +612,7 @@ class Combiner:
         out["notes"] = [t for t in (s.describe(self.names(n)) for n, s in self.strategies.items()) if t]
         out["candidates"] = self.candidate_names
         out["fitted_on_val"] = sorted(n for n, s in self.strategies.items() if getattr(s, "source_", None) == "val")
+        out["fitted_on_oob"] = sorted(n for n, s in self.strategies.items() if getattr(s, "source_", None) == "oob")
         out["choice"] = self.choice
         return out
 

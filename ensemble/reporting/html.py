@@ -54,16 +54,25 @@ def summary_table(doc: dict) -> str:
         if any(s in per for per in list(doc["members"].values()) + list(doc["strategies"].values()))
     ]
     head = "".join(f"<th>{_e(s)} {_e(label)}</th>" for s in splits for _, label in keys)
-    rows = []
+    on_oob = set(doc.get("combiner", {}).get("fitted_on_oob", []))
+    rows, marked = [], False
     for kind, entries in (("member", doc["members"]), ("strategy", doc["strategies"])):
         for who, per in entries.items():
             mark = " *" if kind == "strategy" and who == doc["strategy"] else ""
-            cells = "".join(f"<td>{_num(per.get(s, {}).get(k))}</td>" for s in splits for k, _ in keys)
+            cells = ""
+            for s in splits:
+                in_sample = s == "oob" and kind == "strategy" and who in on_oob and "oob" in per
+                marked |= in_sample
+                for k, _ in keys:
+                    value = _num(per.get(s, {}).get(k))
+                    cells += f'<td class="in-sample">{value}†</td>' if in_sample else f"<td>{value}</td>"
             rows.append(f'<tr class="{kind}{" default" if mark else ""}"><th>{_e(who)}{mark}</th>{cells}</tr>')
     return (
         f'<table class="summary"><tr><th>model</th>{head}</tr>{"".join(rows)}</table>'
         f"<p>* the run's default strategy. OOB: each training image voted on only by the members "
-        f"that left it out.</p>"
+        f"that left it out."
+        + (" † in-sample: the strategy was fitted on these OOB images (optimistic)." if marked else "")
+        + "</p>"
     )
 
 

@@ -87,7 +87,8 @@ def build_metrics(
 
 
 def summary_rows(doc: dict) -> list[list[str]]:
-    """Table rows: members then strategies (* = the run's default), per split, OOB."""
+    """Table rows: members then strategies (* = the run's default), per split, OOB (marked
+    in-sample for a strategy fitted on the OOB images)."""
     first = next(iter(doc["strategies"].values()), doc[ENSEMBLE])
     splits = [s for s in ("val", "test") if s in first]
     header = ["model"] + [f"{s} {m}" for s in splits for m in ("acc", "macro-F1", "weighted-F1")]
@@ -105,7 +106,10 @@ def summary_rows(doc: dict) -> list[list[str]]:
                 f"{m.get('weighted_f1', float('nan')):.4f}",
             ]
         oob = per.get("oob")
-        row.append(f"{oob['macro_f1']:.4f}" if oob else "-")
+        in_sample = who.removeprefix(f"{ENSEMBLE} ").removesuffix(" *") in doc.get("combiner", {}).get(
+            "fitted_on_oob", []
+        )
+        row.append(f"{oob['macro_f1']:.4f}" + (" (in-sample)" if in_sample else "") if oob else "-")
         rows.append(row)
     return rows
 
