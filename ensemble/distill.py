@@ -61,7 +61,9 @@ class EnsembleTeacher:
     :class:`members.trainer.Teacher`).
 
     Each member sees the student's batch as the student does: normalisation undone, resized
-    to the member's input size (bilinear, antialiased), normalised as the member was. With
+    to the member's input size (bilinear, antialiased), rounded to 8-bit pixels and answered by
+    the member's own inference runtime, as ``effens predict`` answers (OpenVINO where it is
+    installed, on a CPU). With
     ``available`` (pool rows x images, from the run's OOB indices) an image is voted on only
     by the members that left it out; an image none left out (or an unlabelled one) by all.
     ``cache`` (views x images x classes) answers from labels made beforehand instead.
@@ -85,8 +87,7 @@ class EnsembleTeacher:
         used = comb.uses(strategy)[: self.rows]
         self.models = [(j, fm) for j, (fm, _) in enumerate(ens.pool_rows()[: self.rows]) if used[j]]
         self.device = torch.device(device)
-        for _, fm in self.models:
-            fm.model.to(self.device).eval()
+        self.runtimes = {j: ens.member_runtime(j, self.device) for j, _ in self.models}
         self.n_classes = len(ens.classes_)
         self.mean = torch.tensor(student_inputs.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(student_inputs.std, device=self.device).view(1, 3, 1, 1)
@@ -120,10 +121,8 @@ class EnsembleTeacher:
                     if pixels.shape[-1] == size and pixels.shape[-2] == size
                     else F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
                 )
-                mean = torch.tensor(fm.inputs.mean, device=self.device).view(1, 3, 1, 1)
-                std = torch.tensor(fm.inputs.std, device=self.device).view(1, 3, 1, 1)
-                seen = ((seen - mean) / std).contiguous(memory_format=torch.channels_last)
-                out[j] = torch.softmax(fm.model(seen).float(), dim=1).cpu().numpy()
+                crops = (seen * 255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+                out[j] = self.runtimes[j].run(crops)
         return self.combine(out, index)
 
     def combine(self, member_proba: np.ndarray, index: np.ndarray) -> np.ndarray:
