@@ -62,8 +62,8 @@ class EnsembleTeacher:
 
     Each member sees the student's batch as the student does: normalisation undone, resized
     to the member's input size (bilinear, antialiased), rounded to 8-bit pixels and answered by
-    the member's own inference runtime, as ``effens predict`` answers (OpenVINO where it is
-    installed, on a CPU). With
+    the fastest inference runtime installed for the device (``runtime: auto``; OpenVINO on a
+    CPU where it is installed), made on first use. With
     ``available`` (pool rows x images, from the run's OOB indices) an image is voted on only
     by the members that left it out; an image none left out (or an unlabelled one) by all.
     ``cache`` (views x images x classes) answers from labels made beforehand instead.
@@ -87,7 +87,8 @@ class EnsembleTeacher:
         used = comb.uses(strategy)[: self.rows]
         self.models = [(j, fm) for j, (fm, _) in enumerate(ens.pool_rows()[: self.rows]) if used[j]]
         self.device = torch.device(device)
-        self.runtimes = {j: ens.member_runtime(j, self.device) for j, _ in self.models}
+        self.ens = ens
+        self.runtimes: dict = {}  # pool row -> its runtime, made on first use (a cached run needs none)
         self.n_classes = len(ens.classes_)
         self.mean = torch.tensor(student_inputs.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(student_inputs.std, device=self.device).view(1, 3, 1, 1)
@@ -122,6 +123,8 @@ class EnsembleTeacher:
                     else F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
                 )
                 crops = (seen * 255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+                if j not in self.runtimes:
+                    self.runtimes[j] = self.ens.member_runtime(j, self.device, runtime="auto")
                 out[j] = self.runtimes[j].run(crops)
         return self.combine(out, index)
 
@@ -495,7 +498,10 @@ def _distill(plan: Plan, run: RunFolder, fingerprint: str) -> dict:
         views = TrainingData(dec.train_images, y, [], y_val, data.classes, unlabelled, teacher).train_data(
             np.arange(len(y)), None, y_val
         )  # what the student's epochs draw (its sample: every image)
-        cache = TeacherCache(run.root, sha256_json([fingerprint, to_dict(spec), cfg.seed, settings.teacher_views]))
+        answered_by = [r for r, _ in plan.teacher.inference_plan("auto", None, device)]  # labels differ by runtime
+        cache = TeacherCache(
+            run.root, sha256_json([fingerprint, to_dict(spec), cfg.seed, settings.teacher_views, answered_by])
+        )
         teacher.cache = cache.load()
         if teacher.cache is None:
             log.info("teacher: labelling %d augmented view(s) of %d images", settings.teacher_views, len(views.images))

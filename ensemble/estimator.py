@@ -464,12 +464,14 @@ class BaggedEnsemble(ParamsMixin):
             for fm, spec in self.pool_rows()
         ]
 
-    def member_runtime(self, index: int, device=None):
-        """Pool row ``index``'s network as ``predict`` runs it here (the run's runtime and
-        precision, compiled once): ``.run(uint8 (N, 3, S, S)) -> probabilities``."""
+    def member_runtime(self, index: int, device=None, runtime: str | None = None):
+        """Pool row ``index``'s network as ``predict`` runs it here, compiled once (``runtime``:
+        default the run's; ``auto``: the fastest installed for the device), with the run's
+        precision: ``.run(uint8 (N, 3, S, S)) -> probabilities``."""
         from members.inputs import resolve_device
 
-        return self._runtime(index, None, None, resolve_device(str(device if device is not None else self.device)))
+        dev = resolve_device(str(device if device is not None else self.device))
+        return self._runtime(index, runtime, None, dev)
 
     def _runtime(self, index: int, runtime: str | None, precision: str | None, device: str):
         """Member ``index``'s compiled runtime, made on first use (see :mod:`members.runtimes`)."""

@@ -142,7 +142,7 @@ def choose_strategy(
             else f" and is the simplest of the {len(ties)} within {se_rule:g} SE ({', '.join(ties)})"
         )
     else:
-        k_chosen, k_best = table[chosen]["n_params"], table[best]["n_params"]
+        k_chosen, k_best = eligible[chosen].n_params(), eligible[best].n_params()
         why = (
             f"simpler ({k_chosen} vs {k_best} fitted values)"
             if k_chosen < k_best

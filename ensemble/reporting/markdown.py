@@ -94,9 +94,13 @@ def summary_rows(doc: dict) -> list[list[str]]:
     header = ["model"] + [f"{s} {m}" for s in splits for m in ("acc", "macro-F1", "weighted-F1")]
     header += ["OOB macro-F1"]
     rows = [header]
-    entries = list(doc["members"].items())
-    entries += [(f"{ENSEMBLE} {s}" + (" *" if s == doc["strategy"] else ""), m) for s, m in doc["strategies"].items()]
-    for who, per in entries:
+    on_oob = set(doc.get("combiner", {}).get("fitted_on_oob", []))
+    entries = [(name, m, False) for name, m in doc["members"].items()]
+    entries += [
+        (f"{ENSEMBLE} {s}" + (" *" if s == doc["strategy"] else ""), m, s in on_oob)
+        for s, m in doc["strategies"].items()
+    ]
+    for who, per, in_sample in entries:
         row = [who]
         for s in splits:
             m = per.get(s, {})
@@ -106,9 +110,6 @@ def summary_rows(doc: dict) -> list[list[str]]:
                 f"{m.get('weighted_f1', float('nan')):.4f}",
             ]
         oob = per.get("oob")
-        in_sample = who.removeprefix(f"{ENSEMBLE} ").removesuffix(" *") in doc.get("combiner", {}).get(
-            "fitted_on_oob", []
-        )
         row.append(f"{oob['macro_f1']:.4f}" + (" (in-sample)" if in_sample else "") if oob else "-")
         rows.append(row)
     return rows
