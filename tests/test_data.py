@@ -331,7 +331,7 @@ def test_a_class_missing_from_val_and_a_sample_without_a_class_warn(tiny_data, t
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
     shutil.rmtree(data / "val/square")
-    raw = synth.tiny_config(data, epochs=1)
+    raw = synth.tiny_config(data, epochs=1, n_members=1)
     raw["members"][0]["bagging"] = {"ratio": 0.05, "replace": False, "stratify": False}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(raw))

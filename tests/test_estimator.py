@@ -134,7 +134,7 @@ def test_fit_from_paths_and_string_labels(tiny_data):
 def test_pixels_replaced_in_place_retrain_the_members(tiny_data, tmp_path, caplog):
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
-    cfg = synth.config_file(tmp_path, data, epochs=1)
+    cfg = synth.config_file(tmp_path, data, epochs=1, n_members=1)
     assert main(["train", str(cfg), "--out", str(tmp_path / "run"), "-q"]) == 0
     victim = next((data / "train/circle").iterdir())
     Image.fromarray(np.full((40, 40, 3), 255, np.uint8)).save(victim)  # same name, other pixels

@@ -92,7 +92,9 @@ def _wait_for(path, proc, timeout=120):
 @pytest.mark.parametrize("moment", ["between_members", "inside_member"])
 def test_sigkill_then_resume(tiny_data, tmp_path, moment):
     cfg = synth.tiny_config(tiny_data, epochs=2)
-    cfg["members"][1]["train"]["epochs"] = 40  # a long member b: a wide window to kill inside it
+    # inside: a longer member b, a window of 7 epochs to kill it in after its first checkpoint
+    b_epochs = 8 if moment == "inside_member" else 2
+    cfg["members"][1]["train"]["epochs"] = b_epochs
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "run"
@@ -107,7 +109,7 @@ def test_sigkill_then_resume(tiny_data, tmp_path, moment):
     epoch_at_kill = None
     if moment == "inside_member":
         epoch_at_kill = json.loads((out / "members/b/checkpoint.json").read_text())["epoch"]
-        assert 1 <= epoch_at_kill < 40
+        assert 1 <= epoch_at_kill < b_epochs
 
     r = subprocess.run(
         [sys.executable, "-m", "ensemble", "train", str(path), "--out", str(out)], capture_output=True, text=True
@@ -115,12 +117,12 @@ def test_sigkill_then_resume(tiny_data, tmp_path, moment):
     assert r.returncode == 0, r.stderr
     assert "member a already finished" in r.stderr
     if moment == "inside_member":
-        assert f"resuming after epoch {epoch_at_kill}/40" in r.stderr
+        assert f"resuming after epoch {epoch_at_kill}/{b_epochs}" in r.stderr
     # member a untouched, and the whole run verifies against its recorded hashes
     assert json.loads((out / "members/a/member.json").read_text())["files"]["model.safetensors"] == a_hash
     ens = load_run(str(out))
     assert [fm.name for fm in ens.members_] == ["a", "b", "c"]
-    assert len(json.loads((out / "members/b/member.json").read_text())["history"]) == 40
+    assert len(json.loads((out / "members/b/member.json").read_text())["history"]) == b_epochs
 
 
 def test_nan_loss_stops_the_member_and_keeps_the_last_checkpoint(tiny_data, tmp_path, monkeypatch, caplog):

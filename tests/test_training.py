@@ -56,7 +56,7 @@ def test_a_photo_in_train_and_test_is_warned_about(tiny_data, tmp_path, caplog):
     shutil.copytree(tiny_data, data)
     src = sorted((data / "train/circle").iterdir())[0]
     shutil.copy(src, data / "test/circle/copy_of_train.png")
-    path = synth.config_file(tmp_path, data, epochs=1)
+    path = synth.config_file(tmp_path, data, epochs=1, n_members=1)
     assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 0
     assert "1 image(s) appear in both train and test (same file contents)" in caplog.text
     assert "copy_of_train.png" in caplog.text
@@ -66,7 +66,7 @@ def test_a_bad_image_failure_can_be_fixed_without_restart(tiny_data, tmp_path, f
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
     (data / "train/circle/broken.png").write_bytes(b"not a png")
-    path = synth.config_file(tmp_path, data, epochs=1)
+    path = synth.config_file(tmp_path, data, epochs=1, n_members=1)
     out = tmp_path / "run"
     fails(main(["train", str(path), "--out", str(out)]), "broken.png")
     assert main(["train", str(path), "--out", str(out), "--set", "data.on_bad_image=skip"]) == 0
