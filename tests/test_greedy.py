@@ -260,3 +260,14 @@ def test_auto_says_why_when_an_equally_simple_strategy_wins_the_tie():
     assert comb.choice["best"] == "soft" and comb.strategy == "hard"
     assert "simpler" not in comb.choice["reason"]
     assert comb.choice["reason"].endswith("as simple (0 fitted values each) and first in registry order")
+
+
+def test_greedy_over_one_candidate_adds_it_once():
+    """A run of one member (a distilled student): the path is that member once, not 25 times."""
+    rng = np.random.default_rng(0)
+    proba = rng.dirichlet(np.ones(3), size=(1, 40))
+    y = rng.integers(0, 3, 40)
+    weights, path = greedy_selection(proba, y, n_iter=25)
+    assert weights.tolist() == [1.0] and [p["added"] for p in path] == [0]
+    two = np.concatenate([proba, proba[:, ::-1]])  # a second candidate: the path runs as before
+    assert len(greedy_selection(two, y, n_iter=25)[1]) == 25

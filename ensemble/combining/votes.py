@@ -264,6 +264,8 @@ def _greedy_once(
         path.append({"step": step + 1, "added": k, "loss": float(losses[k])})
         if losses[k] < best_loss - 1e-12:
             best_loss, best_counts = float(losses[k]), counts.copy()
+        if np.isfinite(losses).sum() == 1:  # one candidate: adding it again changes no mix
+            break
     return best_counts, path
 
 
