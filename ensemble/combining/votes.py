@@ -246,10 +246,10 @@ def _greedy_once(
     counts = np.zeros(m, dtype=np.int64)
     path: list[dict] = []
     best_counts, best_loss = None, np.inf
-    single = np.count_nonzero(available.any(axis=1)) == 1  # one candidate may score images at all
+    scorers = np.flatnonzero(available.any(axis=1))  # a candidate that may score no image is never added
     for step in range(n_iter):
-        losses = np.full(m, np.inf)  # a candidate that may score no image is never added
-        for cand in np.flatnonzero(available.any(axis=1)):
+        losses = np.full(m, np.inf)
+        for cand in scorers:
             t = tot + avail[cand]
             mix = np.where(
                 t[:, None] > 0, (num + avail[cand][:, None] * proba[cand]) / np.where(t > 0, t, 1.0)[:, None], fallback
@@ -265,7 +265,7 @@ def _greedy_once(
         path.append({"step": step + 1, "added": k, "loss": float(losses[k])})
         if losses[k] < best_loss - 1e-12:
             best_loss, best_counts = float(losses[k]), counts.copy()
-        if single:  # adding the one candidate again changes no mix
+        if len(scorers) == 1:  # adding the one candidate again changes no mix
             break
     return best_counts, path
 
