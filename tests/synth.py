@@ -140,27 +140,38 @@ def free_port() -> int:
 
 
 class Server:
-    """`effens serve RUN` in a subprocess on a free loopback port, ready when constructed."""
+    """`effens serve RUN` in a subprocess on a free loopback port, ready when constructed.
+
+    The port is free when picked and taken when the server binds it; a test file in
+    another pytest-xdist worker can take it in between, so a bind refused as in use is
+    retried on a new port (up to three picks)."""
 
     def __init__(self, run, *extra, env=None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ensemble", "serve", str(run), "--port", str(self.port), *extra],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
+        for attempt in range(3):
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ensemble", "serve", str(run), "--port", str(self.port), *extra],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env={**os.environ, **(env or {})},
+            )
+            if self._wait_ready(last=attempt == 2):
+                return
+
+    def _wait_ready(self, last: bool) -> bool:
+        """True once /v1/ready answers 200; False when the port was taken (and not ``last``)."""
         deadline = time.time() + 180
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"the server exited with {self.proc.returncode}: {self.proc.stdout.read()[-3000:]}"
-                )
+                out = self.proc.stdout.read()
+                if not last and "is in use; choose another" in out:
+                    return False
+                raise AssertionError(f"the server exited with {self.proc.returncode}: {out[-3000:]}")
             try:
                 if http_get(self.url + "/v1/ready")[0] == 200:
-                    return
+                    return True
             except OSError:
                 pass
             time.sleep(0.3)

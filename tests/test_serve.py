@@ -174,6 +174,19 @@ def test_bad_serve_arguments_are_one_line(trained, tmp_path):
         timeout=120,
     )
     assert done.returncode == 2 and "must be a TCP port, 1-65535; got 70000" in done.stderr
+    with socket.socket() as taken:  # a port another process listens on: one line before the warm-up
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "ensemble", "serve", str(run), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"--host/--port: 127.0.0.1:{port} is in use; choose another `--port`" in done.stderr
+    assert "inference on" not in done.stderr  # refused before any member was loaded
 
 
 def test_create_app_mounted_in_another_asgi_app(trained, tiny_data):

@@ -15,11 +15,13 @@ with a 4xx/5xx code; nothing a client sends is a path or a URL.
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import functools
 import hmac
 import io
 import json
 import logging
+import socket
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -688,6 +690,7 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, settings: ServeSe
     """Run the app with uvicorn until SIGINT/SIGTERM (in-flight requests finish; exit 0)."""
     import uvicorn
 
+    sock = _listening_socket(host, port)  # before the warm-up: a port in use is one line at once
     app = create_app(run, settings)
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning(
@@ -698,7 +701,7 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, settings: ServeSe
     limits = settings.limits
     # h11 (not httptools, which has no limit on headers) refuses a head over the limit while
     # it is still arriving; more than max_connections open: 503 (uvicorn counts the asking one)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -709,6 +712,35 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, settings: ServeSe
         limit_concurrency=limits.max_connections + 1,
         timeout_graceful_shutdown=max(30, int(limits.timeout_s) + 5),
     )
+    server = uvicorn.Server(config)
+    with sock:
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:  # SIGINT/SIGTERM once in-flight requests are done: a clean exit
+            pass
+    if not server.started:
+        raise SystemExit(3)  # the app failed to start (uvicorn has logged why), as `uvicorn.run` exits
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (as uvicorn binds one), or one line naming the flag."""
+    from members.errors import EffensError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        why = (
+            "is in use; choose another `--port`"
+            if exc.errno == errno.EADDRINUSE
+            else f"cannot be bound: {exc.strerror}"
+        )
+        raise EffensError(f"--host/--port: {host}:{port} {why}") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 @functools.cache
