@@ -739,7 +739,6 @@ def _listening_socket(host: str, port: int) -> socket.socket:
             else f"cannot be bound: {exc.strerror}"
         )
         raise EffensError(f"--host/--port: {host}:{port} {why}") from None
-    sock.set_inheritable(True)
     return sock
 
 
