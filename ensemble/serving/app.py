@@ -690,30 +690,29 @@ def serve(run: str, host: str = "127.0.0.1", port: int = 8000, settings: ServeSe
     """Run the app with uvicorn until SIGINT/SIGTERM (in-flight requests finish; exit 0)."""
     import uvicorn
 
-    sock = _listening_socket(host, port)  # before the warm-up: a port in use is one line at once
-    app = create_app(run, settings)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning(
-            "serving on %s: reachable from other machines%s",
-            host,
-            "" if settings.api_key else " and without an API key (--api-key-file)",
+    with _listening_socket(host, port) as sock:  # before the warm-up: a port in use is one line at once
+        app = create_app(run, settings)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            log.warning(
+                "serving on %s: reachable from other machines%s",
+                host,
+                "" if settings.api_key else " and without an API key (--api-key-file)",
+            )
+        limits = settings.limits
+        # h11 (not httptools, which has no limit on headers) refuses a head over the limit while
+        # it is still arriving; more than max_connections open: 503 (uvicorn counts the asking one)
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            http=_guarded_h11(),
+            h11_max_incomplete_event_size=int(limits.max_header_kb * 1024),
+            timeout_keep_alive=limits.keep_alive_s,
+            limit_concurrency=limits.max_connections + 1,
+            timeout_graceful_shutdown=max(30, int(limits.timeout_s) + 5),
         )
-    limits = settings.limits
-    # h11 (not httptools, which has no limit on headers) refuses a head over the limit while
-    # it is still arriving; more than max_connections open: 503 (uvicorn counts the asking one)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level="warning",
-        http=_guarded_h11(),
-        h11_max_incomplete_event_size=int(limits.max_header_kb * 1024),
-        timeout_keep_alive=limits.keep_alive_s,
-        limit_concurrency=limits.max_connections + 1,
-        timeout_graceful_shutdown=max(30, int(limits.timeout_s) + 5),
-    )
-    server = uvicorn.Server(config)
-    with sock:
+        server = uvicorn.Server(config)
         try:
             server.run(sockets=[sock])
         except KeyboardInterrupt:  # SIGINT/SIGTERM once in-flight requests are done: a clean exit
