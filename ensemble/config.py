@@ -576,6 +576,13 @@ class DistillConfig:
         "(consistent teaching); N: it labels N augmented views of each image once "
         "(cached in the run folder) and epoch e trains on view e mod N",
     )
+    init: str = field(
+        "weights",
+        check=_non_empty,
+        doc="where the student starts: `weights` (its `weights:` source, as a member does), `member` (the "
+        "trained weights of the run's member it is based on, head included) or a member's name (one of the "
+        "student's architecture)",
+    )
     teaching: Literal["ensemble", "oob"] = field(
         "ensemble",
         doc="who teaches a training image: the whole ensemble (in-sample for the members that "

@@ -190,6 +190,27 @@ def student_spec(
         raise blamed(exc, list(overrides), source) from None
 
 
+def start_from_member(
+    ens: BaggedEnsemble, run: RunFolder, spec: MemberConfig, name: str, source: str
+) -> tuple[MemberConfig, dict]:
+    """``spec`` starting from run member ``name``'s trained weights (``distill.init``), and the
+    provenance of that start (the member and the SHA-256 of its weights)."""
+    members = {fm.name: fm for fm in ens.members_}
+    if name not in members:
+        raise ConfigError(
+            f"{source}: `distill.init`: {name!r} is not a member of {run.root} ({', '.join(members)}); "
+            f"use `weights`, `member` or one of them"
+        )
+    fm = members[name]
+    if fm.meta.get("architecture") != spec.model:
+        raise ConfigError(
+            f"{source}: `distill.init`: member {name} is {fm.meta.get('architecture')}, the student {spec.model}; "
+            f"start from a member of the student's architecture, or use `weights`"
+        )
+    path = run.member_weights(name).resolve()
+    return dataclasses.replace(spec, weights=str(path)), {"member": name, "sha256": weights_hash(fm.meta)}
+
+
 def student_config(
     teacher_cfg: Config, spec: MemberConfig, settings: DistillConfig, device: str | None, source: str
 ) -> Config:
@@ -369,7 +390,13 @@ def plan_distill(
         name = "soft"
     ens.combiner_.get(name)  # unknown: one line with the run's strategies
     settings.strategy = name
-    spec = student_spec(smallest_member(ens, teacher_cfg), settings, source, overrides)
+    base = smallest_member(ens, teacher_cfg)
+    spec = student_spec(base, settings, source, overrides)
+    start = None
+    if settings.init != "weights":
+        spec, start = start_from_member(
+            ens, teacher_run, spec, base.name if settings.init == "member" else settings.init, source
+        )
     cfg = student_config(teacher_cfg, spec, settings, device, source)
     data = load_dataset(cfg.data, cfg.seed)
     if data.classes != ens.classes_:
@@ -397,6 +424,8 @@ def plan_distill(
         },
         **{k: v for k, v in to_dict(settings).items() if k not in ("student", "strategy")},
     }
+    if start:
+        record["start"] = start
     return Plan(teacher_run, ens, name, settings, cfg, data, photos, inputs, record, source)
 
 
@@ -600,7 +629,8 @@ def distill_report(
     spec = student.specs_[0]
     return {
         "teacher": plan.record["teacher"],
-        "settings": {k: plan.record[k] for k in ("temperature", "soft_weight", "teacher_views", "teaching")},
+        "settings": {k: plan.record[k] for k in ("temperature", "soft_weight", "teacher_views", "teaching", "init")},
+        "start": plan.record.get("start"),
         "student": {
             "name": spec.name,
             "model": spec.model,

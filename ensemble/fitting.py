@@ -161,6 +161,8 @@ def write_run_report(
     the run again, for the card (default: ``effens train`` its config)."""
     comb = ens.combiner_
     names = [fm.name for fm in ens.members_]
+    # one network (a student, a one-member run): every strategy answers as it does, so only the default is shown
+    shown = [comb.strategy] if len(ens.pool_rows()) == 1 else None
     results: dict[str, dict] = {}
     split_data: dict[str, tuple] = {}  # split -> (paths, labels)
     for split in ("val", "test"):
@@ -170,7 +172,7 @@ def write_run_report(
         paths, y, proba = cached
         if not len(y):  # val with `data.train_on_val`: in training, so never scored
             continue
-        results[split] = evaluate_split(proba, y, comb)
+        results[split] = evaluate_split(proba, y, comb, shown)
         split_data[split] = (paths, y)
     from .reporting.card import card_facts, card_lines
 
@@ -178,6 +180,12 @@ def write_run_report(
     doc = build_metrics(
         ens.classes_, names, results, ens.oob_report_, comb, labels={s: d[1] for s, d in split_data.items()}
     )
+    if shown:
+        doc["combiner"]["notes"] = [
+            f"One network: every strategy is its own answer (stacking only re-fits its probabilities), so the "
+            f"report shows the default, {comb.strategy}; `effens evaluate RUN DIR --strategy all` scores the others."
+        ]
+        doc["combiner"]["fitted_on_val"] = [s for s in doc["combiner"].get("fitted_on_val", []) if s in shown]
     doc["decisions"] = decision_report(
         ens, cfg.decision, {s: (r[comb.strategy]["_proba"], split_data[s][1]) for s, r in results.items()}
     )

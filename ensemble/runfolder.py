@@ -131,6 +131,10 @@ class RunFolder:
     def member_dir(self, name: str) -> Path:
         return self.root / "members" / name
 
+    def member_weights(self, name: str) -> Path:
+        """A member's trained weights (safetensors), as :meth:`save_member` writes them."""
+        return self.member_dir(name) / "model.safetensors"
+
     @property
     def report_path(self) -> Path:
         return self.report_dir / REPORT_NAME

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import weakref
 from pathlib import Path
 
 import torch
@@ -108,6 +109,10 @@ def match_state_dict(
     return mapped
 
 
+#: models whose classifier a weights file filled (a trained head of the same classes): kept, not zeroed
+HEAD_LOADED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+
+
 def load_state_file(model: nn.Module, path: Path) -> str:
     """Load a weights file into ``model`` (the classifier may stay fresh); returns the path."""
     classifier = ()
@@ -124,6 +129,9 @@ def load_state_file(model: nn.Module, path: Path) -> str:
     model.load_state_dict(mapped, strict=False)
     if missing:
         log.info("%s: classifier left freshly initialised (%d tensors)", path.name, len(missing))
+    elif classifier:
+        HEAD_LOADED.add(model)
+        log.info("%s: classifier loaded too (the file's head has these classes)", path.name)
     return str(path)
 
 

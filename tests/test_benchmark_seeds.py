@@ -1,6 +1,7 @@
 """scripts/benchmark_vds.py --seeds: per-seed figures and their mean +- std (on tiny data)."""
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_seeds_table(tiny_data, tmp_path):
+def test_seeds_table(tiny_data, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="benchmark_vds")
     sys.path.insert(0, str(ROOT / "scripts"))
     import benchmark_vds
 
@@ -36,6 +38,10 @@ def test_seeds_table(tiny_data, tmp_path):
     assert r["summary"]["paired"]["seeds"] == 2
     assert "recall_circle" in r["seeds"][0]["figures"]["strategy soft"]
     assert "mean +- std" in (out / "results.md").read_text()
+    seed_lines = [rec.getMessage() for rec in caplog.records if rec.getMessage().startswith("seed ")]
+    assert len(seed_lines) == 2 and all(
+        "val macro-F1" in m and "test" not in m for m in seed_lines
+    )  # test: the table only
     # --refit: the same runs' combiners fitted again (here: strategy auto), no training
     for k in (0, 1):
         (out / f"run-seed{k}" / ".effens.lock").unlink(missing_ok=True)

@@ -132,6 +132,10 @@ def test_the_student_is_a_run_of_one_member_with_its_teacher_recorded(student, t
     assert (again.strategy, again.teacher_views, again.student) == ("soft", 0, {"train": {"epochs": EPOCHS}})
     report = (student / "report/report.md").read_text()
     assert "## Distillation" in report and "in-sample" in report and "images/s" in report
+    # one network: the default strategy alone, not five copies of the student
+    assert "One network" in report and "### stacking" not in report and "### soft" in report
+    assert not list((student / "report").glob("confusion_hard_*.png"))
+    assert set(json.loads((student / "report/metrics.json").read_text())["strategies"]) == {"soft"}
     doc = json.loads((student / "report/metrics.json").read_text())["distill"]
     for who in ("student", "teacher", "best_member"):
         m = doc["splits"]["test"][who]
@@ -280,6 +284,23 @@ def test_unlabelled_photos_that_copy_val_or_test_are_left_out_with_a_count(train
     assert json.loads((out / "members/student/member.json").read_text())["distill"]["n_unlabelled"] == 3
 
 
+def test_init_member_starts_the_student_from_that_members_trained_weights(trained, tmp_path):
+    from ensemble.files import sha256_file
+
+    member = trained[1] / "members/b/model.safetensors"
+    out = tmp_path / "warm"
+    # a learning rate too small to move a weight: what the student holds is where it started
+    assert distil(trained[1], out, "--set", "distill.init=b", "--set", "distill.student.train.lr=1e-12") == 0
+    start, got = load_file(str(member)), weights(out)
+    assert torch.allclose(got["conv_stem.weight"], start["conv_stem.weight"], atol=1e-7)
+    assert torch.allclose(got["classifier.weight"], start["classifier.weight"], atol=1e-7)  # the head too
+    fresh = load_file(str(trained[1] / "members/a/model.safetensors"))["conv_stem.weight"]
+    assert not torch.allclose(got["conv_stem.weight"], fresh, atol=1e-3)  # b's weights, not a's
+    meta = json.loads((out / "members/student/member.json").read_text())
+    assert meta["distill"]["start"] == {"member": "b", "sha256": sha256_file(member)}
+    assert "started from the trained weights of member b" in (out / "report/report.md").read_text()
+
+
 # ---------------------------------------------------------------- bad inputs
 def _unfinished(run, tmp_path):
     copy = synth.copy_run(run, tmp_path / "unfinished")
@@ -299,18 +320,15 @@ def _config_with(tmp_path, doc) -> str:
     return str(path)
 
 
+def _sets(run, tmp_path, *items) -> list[str]:
+    """`RUN --out TMP/s --set ITEM ...`"""
+    return [str(run), "--out", str(tmp_path / "s"), *(arg for item in items for arg in ("--set", item))]
+
+
 BAD = {
     "no combiner": (lambda run, tmp: [str(_unfinished(run, tmp)), "--out", str(tmp / "s")], "has no trained combiner"),
     "input size": (
-        lambda run, tmp: [
-            str(run),
-            "--out",
-            str(tmp / "s"),
-            "--set",
-            "distill.student.model=test_vit",
-            "--set",
-            "distill.student.image_size=40",
-        ],
+        lambda run, tmp: _sets(run, tmp, "distill.student.model=test_vit", "distill.student.image_size=40"),
         "`distill.student.image_size`: test_vit cannot take 40 px inputs",
     ),
     "out inside the run": (
@@ -357,6 +375,14 @@ BAD = {
         "`effens distill` takes `distill.*` keys",
     ),
     "strategy": (lambda run, tmp: [str(run), "--out", str(tmp / "s"), "--strategy", "sotf"], "did you mean 'soft'"),
+    "init names no member": (
+        lambda run, tmp: [str(run), "--out", str(tmp / "s"), "--set", "distill.init=d"],
+        "`distill.init`: 'd' is not a member of",
+    ),
+    "init of another architecture": (
+        lambda run, tmp: _sets(run, tmp, "distill.student.model=test_vit", "distill.init=member"),
+        "`distill.init`: member a is test_efficientnet, the student test_vit",
+    ),
     "unlabelled": (
         lambda run, tmp: [str(run), "--out", str(tmp / "s"), "--unlabelled", str(tmp / "nowhere")],
         "no such folder or CSV file",

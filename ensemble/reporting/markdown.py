@@ -617,7 +617,13 @@ def distillation_section(doc: dict) -> list[str]:
         f"Student `{d['student']['model']}` ({d['student']['parameters']:,} parameters, {d['student']['image_size']} "
         f"px) taught by the `{t['strategy']}` vote of {t['run']} ({len(t['members'])} networks, "
         f"{d['teacher_parameters']:,} parameters used); temperature {cfg['temperature']:g}, soft weight "
-        f"{cfg['soft_weight']:g} (labels {1 - cfg['soft_weight']:g}); the teacher labelled {views}.",
+        f"{cfg['soft_weight']:g} (labels {1 - cfg['soft_weight']:g}); the teacher labelled {views}."
+        + (
+            f" It started from the trained weights of member {d['start']['member']}, head included "
+            f"(`distill.init`), rather than from its `weights:` source."
+            if d.get("start")
+            else ""
+        ),
         "",
         TEACHING_NOTES[cfg["teaching"]].format(in_sample=d.get("in_sample_share", float("nan")))
         + (
