@@ -78,6 +78,7 @@ class EnsembleTeacher:
         settings: DistillConfig,
         record: dict,
         available: np.ndarray | None = None,
+        start: Path | None = None,
     ) -> None:
         import torch
 
@@ -95,6 +96,7 @@ class EnsembleTeacher:
         self.temperature, self.weight, self.views = settings.temperature, settings.soft_weight, settings.teacher_views
         self.record = record
         self.available = available
+        self.start = start  # the trained weights the student starts from (`distill.init`), or None
         self.cache: np.ndarray | None = None
 
     def view(self, epoch: int) -> int:
@@ -190,25 +192,22 @@ def student_spec(
         raise blamed(exc, list(overrides), source) from None
 
 
-def start_from_member(
-    ens: BaggedEnsemble, run: RunFolder, spec: MemberConfig, name: str, source: str
-) -> tuple[MemberConfig, dict]:
-    """``spec`` starting from run member ``name``'s trained weights (``distill.init``), and the
-    provenance of that start (the member and the SHA-256 of its weights)."""
+def start_from_member(ens: BaggedEnsemble, run: RunFolder, model: str, name: str) -> tuple[Path, dict]:
+    """(weights file, provenance) of run member ``name``, the student's start (``distill.init``):
+    a member of the student's architecture ``model``, whose trained weights it starts from."""
     members = {fm.name: fm for fm in ens.members_}
     if name not in members:
         raise ConfigError(
-            f"{source}: `distill.init`: {name!r} is not a member of {run.root} ({', '.join(members)}); "
-            f"use `weights`, `member` or one of them"
+            f"`distill.init`: {name!r} is not a member of {run.root} ({', '.join(members)}; pool candidates "
+            f"cannot start a student); use `weights`, `member` or one of them"
         )
-    fm = members[name]
-    if fm.meta.get("architecture") != spec.model:
+    arch = members[name].meta.get("architecture")
+    if arch != model:
         raise ConfigError(
-            f"{source}: `distill.init`: member {name} is {fm.meta.get('architecture')}, the student {spec.model}; "
-            f"start from a member of the student's architecture, or use `weights`"
+            f"`distill.init`: member {name} is {arch}, the student {model}; set `distill.student.model: {arch}` "
+            f"to start from it, or `distill.init: weights`"
         )
-    path = run.member_weights(name).resolve()
-    return dataclasses.replace(spec, weights=str(path)), {"member": name, "sha256": weights_hash(fm.meta)}
+    return run.member_weights(name).resolve(), {"member": name, "sha256": weights_hash(members[name].meta)}
 
 
 def student_config(
@@ -352,6 +351,7 @@ class Plan:
     inputs: object  # the student's InputConfig
     record: dict  # the teacher's provenance (member.json's `distill`)
     source: str
+    start: Path | None = None  # `distill.init`: the member weights the student starts from
 
 
 def plan_distill(
@@ -392,11 +392,14 @@ def plan_distill(
     settings.strategy = name
     base = smallest_member(ens, teacher_cfg)
     spec = student_spec(base, settings, source, overrides)
-    start = None
+    start, started = None, None
     if settings.init != "weights":
-        spec, start = start_from_member(
-            ens, teacher_run, spec, base.name if settings.init == "member" else settings.init, source
-        )
+        try:
+            start, started = start_from_member(
+                ens, teacher_run, spec.model, base.name if settings.init == "member" else settings.init
+            )
+        except ConfigError as exc:
+            raise blamed(exc, list(overrides), source) from None
     cfg = student_config(teacher_cfg, spec, settings, device, source)
     data = load_dataset(cfg.data, cfg.seed)
     if data.classes != ens.classes_:
@@ -422,11 +425,11 @@ def plan_distill(
             "run_record_sha256": sha256_file(teacher_run.marker_path),
             "members": {fm.name: weights_hash(fm.meta) for fm, _ in ens.pool_rows()},
         },
-        **{k: v for k, v in to_dict(settings).items() if k not in ("student", "strategy")},
+        **{k: v for k, v in to_dict(settings).items() if k not in ("student", "strategy", "init")},
     }
-    if start:
-        record["start"] = start
-    return Plan(teacher_run, ens, name, settings, cfg, data, photos, inputs, record, source)
+    if started:  # only then: a student begun before `distill.init` existed still resumes
+        record["start"] = started
+    return Plan(teacher_run, ens, name, settings, cfg, data, photos, inputs, record, source, start)
 
 
 def _check_same_training_split(run: RunFolder, ens: BaggedEnsemble, data: Dataset) -> None:
@@ -520,6 +523,7 @@ def _distill(plan: Plan, run: RunFolder, fingerprint: str) -> dict:
         settings,
         plan.record,
         oob_availability(plan.teacher) if settings.teaching == "oob" else None,
+        plan.start,
     )
     t0 = time.perf_counter()
     if settings.teacher_views:
@@ -629,7 +633,10 @@ def distill_report(
     spec = student.specs_[0]
     return {
         "teacher": plan.record["teacher"],
-        "settings": {k: plan.record[k] for k in ("temperature", "soft_weight", "teacher_views", "teaching", "init")},
+        "settings": {
+            **{k: plan.record[k] for k in ("temperature", "soft_weight", "teacher_views", "teaching")},
+            "init": plan.settings.init,
+        },
         "start": plan.record.get("start"),
         "student": {
             "name": spec.name,

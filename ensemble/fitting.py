@@ -181,9 +181,10 @@ def write_run_report(
         ens.classes_, names, results, ens.oob_report_, comb, labels={s: d[1] for s, d in split_data.items()}
     )
     if shown:
-        doc["combiner"]["notes"] = [
-            f"One network: every strategy is its own answer (stacking only re-fits its probabilities), so the "
-            f"report shows the default, {comb.strategy}; `effens evaluate RUN DIR --strategy all` scores the others."
+        note = comb.get(comb.strategy).describe(comb.names(comb.strategy))
+        doc["combiner"]["notes"] = ([note] if note else []) + [
+            f"One network: every vote is its answer (stacking only re-fits its probabilities), so the report "
+            f"shows the default, {comb.strategy}; `effens evaluate RUN DATA --out DIR` scores every strategy."
         ]
         doc["combiner"]["fitted_on_val"] = [s for s in doc["combiner"].get("fitted_on_val", []) if s in shown]
     doc["decisions"] = decision_report(

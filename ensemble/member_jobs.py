@@ -134,6 +134,11 @@ def fit_member(job: MemberJob, data: TrainingData, store=None) -> dict:
         mseed = job.member_seed
         seed_everything(mseed)  # before the model is built: initialisation draws from it
         member = create_member(spec, len(classes))
+        start = getattr(data.teacher, "start", None)  # `distill.init`: the student starts from a trained member
+        if start is not None:
+            from members.weights import load_trained_file
+
+            load_trained_file(member.model, start)
         precision = resolve_precision(spec.precision or "auto", device)
         log.info("member %s: precision %s (%s)", spec.name, precision.name, precision.reason)
         k = len(classes)

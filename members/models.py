@@ -106,8 +106,8 @@ def create_member(spec, num_classes: int, state: dict | None = None, inputs: dic
     """Build one member from its settings (a :class:`~ensemble.config.MemberConfig`): the
     one builder of every member, fresh or restored.
 
-    Fresh: the architecture with ``spec.weights`` loaded, the head zeroed unless the weights
-    filled it (a checkpoint of the same classes), and the frozen parts fixed. Restored (``state`` given): the architecture with those trained weights,
+    Fresh: the architecture with ``spec.weights`` loaded, a zeroed head and the frozen
+    parts fixed. Restored (``state`` given): the architecture with those trained weights,
     in eval mode, seeing images as recorded when it was trained (``inputs``, the saved
     :class:`InputConfig` fields; default: :func:`input_config`).
     """
@@ -126,7 +126,7 @@ def create_member(spec, num_classes: int, state: dict | None = None, inputs: dic
             else InputConfig.from_record(inputs)
         )
         return Member(model=model, inputs=saved, frozen=[], weights_file=None)
-    from .weights import HEAD_LOADED, weights_source
+    from .weights import weights_source
 
     try:
         model, weights_file = weights_source(spec.weights).create(
@@ -134,7 +134,7 @@ def create_member(spec, num_classes: int, state: dict | None = None, inputs: dic
         )
     except WeightsError as exc:
         raise WeightsError(f"member {spec.name}: {exc}") from None
-    if weights_file is not None and model not in HEAD_LOADED:  # a head the file filled is trained: kept
+    if weights_file is not None:
         zero_head(model)
     frozen = frozen_modules(model, spec.train.freeze)
     for m in frozen:

@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import logging
 import time
+from pathlib import Path
 from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
@@ -130,12 +131,14 @@ class Teacher(Protocol):
     """Soft targets for distillation: what a teacher says of the batch the student sees.
 
     ``temperature`` and ``weight`` set :func:`distillation_loss`; ``record`` is what the
-    student's record (member.json) keeps about the teacher.
+    student's record (member.json) keeps about the teacher; ``start``, when not None, is a
+    trained network's weights file the student starts from, head included.
     """
 
     temperature: float
     weight: float
     record: dict
+    start: Path | None
 
     def view(self, epoch: int) -> int:
         """The augmentation streams epoch ``epoch`` draws (a teacher that labelled N views

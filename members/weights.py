@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-import weakref
 from pathlib import Path
 
 import torch
@@ -109,10 +108,6 @@ def match_state_dict(
     return mapped
 
 
-#: models whose classifier a weights file filled (a trained head of the same classes): kept, not zeroed
-HEAD_LOADED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
-
-
 def load_state_file(model: nn.Module, path: Path) -> str:
     """Load a weights file into ``model`` (the classifier may stay fresh); returns the path."""
     classifier = ()
@@ -129,10 +124,18 @@ def load_state_file(model: nn.Module, path: Path) -> str:
     model.load_state_dict(mapped, strict=False)
     if missing:
         log.info("%s: classifier left freshly initialised (%d tensors)", path.name, len(missing))
-    elif classifier:
-        HEAD_LOADED.add(model)
-        log.info("%s: classifier loaded too (the file's head has these classes)", path.name)
     return str(path)
+
+
+def load_trained_file(model: nn.Module, path: Path) -> None:
+    """Load a trained network of the same architecture and classes into ``model``: every
+    tensor, the head included (``distill.init``: a student starting from a run's member)."""
+    mapped = match_state_dict(model, read_state_dict(path))
+    missing = [k for k in model.state_dict() if k not in mapped]
+    if missing:
+        raise WeightsError(f"{path}: no tensor for {', '.join(missing[:5])}")
+    model.load_state_dict(mapped)
+    log.info("%s: every tensor loaded, the head included", path)
 
 
 # ---------------------------------------------------------------- the sources

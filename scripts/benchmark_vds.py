@@ -226,7 +226,8 @@ def val_f1(doc: dict) -> str:
 def summarise(seeds: list[dict]) -> dict:
     """Mean and standard deviation over seeds of every figure."""
     out: dict = {}
-    for who in seeds[0]["figures"]:
+    # what every seed has (a one-network run reports its default strategy alone, which `auto` may pick per seed)
+    for who in [w for w in seeds[0]["figures"] if all(w in s["figures"] for s in seeds)]:
         out[who] = {}
         for key in seeds[0]["figures"][who]:
             vals = np.array([s["figures"][who][key] for s in seeds])
@@ -310,7 +311,7 @@ def seeds_markdown(r: dict) -> str:
         "| test | " + " | ".join(f"seed {s['seed']}" for s in seeds) + " | mean +- std |",
         "|---|" + "---|" * (len(seeds) + 1),
     ]
-    for who in seeds[0]["figures"]:
+    for who in [w for w in seeds[0]["figures"] if w in summary]:
         for key in ("macro_f1", "weighted_f1", *sorted(k for k in seeds[0]["figures"][who] if k.startswith("recall_"))):
             m = summary[who][key]
             lines.append(

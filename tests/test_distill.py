@@ -299,6 +299,14 @@ def test_init_member_starts_the_student_from_that_members_trained_weights(traine
     meta = json.loads((out / "members/student/member.json").read_text())
     assert meta["distill"]["start"] == {"member": "b", "sha256": sha256_file(member)}
     assert "started from the trained weights of member b" in (out / "report/report.md").read_text()
+    assert meta["weights"] == "none"  # the student's weights source stays the member's own (the audit reads it)
+    from ensemble.distill import plan_distill
+
+    plan = plan_distill(str(trained[1]), overrides=["distill.init=member"])  # the member it is based on: a
+    assert (
+        plan.start == (trained[1] / "members/a/model.safetensors").resolve() and plan.record["start"]["member"] == "a"
+    )
+    assert "start" not in plan_distill(str(trained[1])).record  # the default: no start, as before `init` existed
 
 
 # ---------------------------------------------------------------- bad inputs

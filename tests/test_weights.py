@@ -102,23 +102,6 @@ def test_fresh_head_on_pretrained_features_starts_uniform():
     torch.testing.assert_close(p, torch.full((2, 3), 1 / 3))
 
 
-@pytest.mark.parametrize("classes", [3, 10])
-def test_a_files_head_of_the_same_classes_is_kept_and_any_other_head_starts_at_zero(tmp_path, classes):
-    from safetensors.torch import save_file
-
-    from ensemble.config import MemberConfig
-
-    src = timm.create_model("test_efficientnet", num_classes=classes)
-    torch.nn.init.normal_(src.get_classifier().weight)  # a trained head: far from zero
-    save_file(src.state_dict(), str(tmp_path / "w.safetensors"))
-    spec = MemberConfig(name="m", model="test_efficientnet", weights=str(tmp_path / "w.safetensors"))
-    head = create_member(spec, 3).model.get_classifier().weight
-    if classes == 3:  # e.g. a trained member's weights: its head is part of what it learned
-        torch.testing.assert_close(head, src.get_classifier().weight)
-    else:
-        assert not head.any()
-
-
 # ------------------------------------------------ users' files kept, no stale answers, one line per mistake (#22)
 def test_weights_files(tmp_path):
     import timm
