@@ -24,7 +24,6 @@ pytest.importorskip("fastapi", reason="`effens serve` needs FastAPI: pip install
 pytest.importorskip("uvicorn", reason="`effens serve` needs uvicorn: pip install 'effens[serve]'")
 
 from synth import Server  # noqa: E402
-from synth import free_port as _free_port  # noqa: E402
 from synth import http_get as _get  # noqa: E402
 from synth import http_post as _post  # noqa: E402
 
@@ -192,25 +191,29 @@ def test_bad_serve_arguments_are_one_line(trained, tmp_path):
 def test_create_app_mounted_in_another_asgi_app(trained, tiny_data):
     """No lifespan reaches a mounted app: it warms up on /v1/ready or its first request."""
     _, run = trained
-    port = _free_port()
+    # the child binds port 0 itself and says which port it got: no other test can take it in between
     code = (
-        f"import uvicorn\nfrom fastapi import FastAPI\nfrom ensemble.serving.app import create_app\n"
+        "import socket, uvicorn\nfrom fastapi import FastAPI\nfrom ensemble.serving.app import create_app\n"
         f"outer = FastAPI()\nouter.mount('/effens', create_app({str(run)!r}))\n"
-        f"uvicorn.run(outer, host='127.0.0.1', port={port}, log_level='warning')\n"
+        "sock = socket.socket()\nsock.bind(('127.0.0.1', 0))\nprint(sock.getsockname()[1], flush=True)\n"
+        "uvicorn.Server(uvicorn.Config(outer, log_level='warning')).run(sockets=[sock])\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        url = f"http://127.0.0.1:{port}/effens"
+        first = proc.stdout.readline().strip()
+        assert first.isdigit(), (first + proc.stdout.read())[-3000:]  # the child's error when it died first
+        url = f"http://127.0.0.1:{first}/effens"
         deadline = time.time() + 120
         while time.time() < deadline:
             try:
                 if _get(url + "/v1/health")[0] == 200:
                     break
             except OSError:
-                time.sleep(0.3)
+                pass
+            time.sleep(0.3)
         good = _images(tiny_data, 1)[0]
-        code, body = _post(url + "/v1/predict", [("files", good.name, good.read_bytes())])
-        assert code == 200 and body["results"][0]["prediction"], body
+        status, body = _post(url + "/v1/predict", [("files", good.name, good.read_bytes())])
+        assert status == 200 and body["results"][0]["prediction"], body
         assert _get(url + "/v1/ready") == (200, b'{"ready":true}')
     finally:
         proc.terminate()
@@ -265,6 +268,29 @@ def test_the_same_app_on_ray_serve_with_two_replicas(server, tiny_data, trained)
     finally:
         assert srv.stop() == 0
         shutil.rmtree(short, ignore_errors=True)
+
+
+def test_ray_serve_refuses_a_port_in_use_before_ray_starts(trained, tmp_path):
+    probe = subprocess.run([sys.executable, "-c", "from ray import serve"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip("Ray Serve is not installed (pip install 'ray[serve]')")
+    _, run = trained
+    ray_tmp = tmp_path / "ray"
+    ray_tmp.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "ensemble", "serve", str(run), "--ray", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**os.environ, "RAY_ADDRESS": "", "RAY_TMPDIR": str(ray_tmp)},
+        )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert f"--host/--port: 127.0.0.1:{port} is in use; choose another `--port`" in done.stderr
+    assert not any(ray_tmp.iterdir()), "Ray started (a session folder) before the port was checked"
 
 
 def test_a_request_may_ask_for_its_own_prediction_sets_and_review(server, trained, tiny_data, tmp_path):

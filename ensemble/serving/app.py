@@ -811,6 +811,8 @@ def serve_on_ray(
     def stop(signum, frame):
         raise KeyboardInterrupt
 
+    if not os.environ.get("RAY_ADDRESS"):  # a local proxy: a port in use is one line now, not after Ray starts
+        _listening_socket(host, port).close()
     ray.init(include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     signal.signal(signal.SIGTERM, stop)  # after ray.init, which installs an aborting handler of its own
     try:
