@@ -580,8 +580,8 @@ class DistillConfig:
         "weights",
         check=_non_empty,
         doc="where the student starts: `weights` (its `weights:` source, as a member does), `member` (the "
-        "trained weights of the run's member it is based on, head included) or a member's name (one of the "
-        "student's architecture)",
+        "trained weights of the run's smallest member, head included) or a member's name (that member's, and "
+        "its settings as the student's base); from a trained head, no linear probe unless `student.train` asks",
     )
     teaching: Literal["ensemble", "oob"] = field(
         "ensemble",

@@ -175,14 +175,25 @@ def smallest_member(ens: BaggedEnsemble, cfg: Config) -> MemberConfig:
     return cfg.members[int(np.argmin(sizes))]
 
 
+def student_base(cfg: Config, init: str, smallest: MemberConfig) -> MemberConfig:
+    """The member whose settings the student takes: the one ``distill.init`` names (its
+    architecture, weights source and inputs), else ``smallest``."""
+    if init in ("weights", "member"):
+        return smallest
+    return next((m for m in cfg.members if m.name == init), smallest)  # no such member: `start_from_member` says so
+
+
 def student_spec(
     base: MemberConfig, settings: DistillConfig, source: str, overrides: Sequence[str] = ()
 ) -> MemberConfig:
     """``distill.student`` over ``base``'s keys (mappings merged one level down), checked by the
     members' own schema (an error names the ``--set`` item, else ``source``); every training
-    image, once, no pool candidates."""
+    image, once, no pool candidates. A student that starts from a member's trained head
+    (``distill.init``) has no linear probe to replace it unless ``student.train`` asks for one."""
     raw = {k: v for k, v in to_dict(base).items() if k not in NOT_STUDENT_KEYS}
     raw["name"] = STUDENT
+    if settings.init != "weights":
+        raw["train"] = {**raw["train"], "lp_epochs": 0}
     for key, value in settings.student.items():
         raw[key] = {**raw[key], **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
     raw.update(bagging={"ratio": 1.0, "replace": False, "stratify": True}, candidates={})
@@ -204,8 +215,8 @@ def start_from_member(ens: BaggedEnsemble, run: RunFolder, model: str, name: str
     arch = members[name].meta.get("architecture")
     if arch != model:
         raise ConfigError(
-            f"`distill.init`: member {name} is {arch}, the student {model}; set `distill.student.model: {arch}` "
-            f"to start from it, or `distill.init: weights`"
+            f"`distill.init`: member {name} is {arch}, the student {model}; name the member in `distill.init` "
+            f"without `distill.student.model` (the student takes its architecture), or use `distill.init: weights`"
         )
     return run.member_weights(name).resolve(), {"member": name, "sha256": weights_hash(members[name].meta)}
 
@@ -390,7 +401,7 @@ def plan_distill(
         name = "soft"
     ens.combiner_.get(name)  # unknown: one line with the run's strategies
     settings.strategy = name
-    base = smallest_member(ens, teacher_cfg)
+    base = student_base(teacher_cfg, settings.init, smallest_member(ens, teacher_cfg))
     spec = student_spec(base, settings, source, overrides)
     start, started = None, None
     if settings.init != "weights":
@@ -400,6 +411,12 @@ def plan_distill(
             )
         except ConfigError as exc:
             raise blamed(exc, list(overrides), source) from None
+        if base.train.lp_epochs and not spec.train.lp_epochs:
+            log.info(
+                "distill.init: the student starts from member %s's trained head, so no linear probe replaces it "
+                "(`distill.student.train.lp_epochs` asks for one)",
+                started["member"],
+            )
     cfg = student_config(teacher_cfg, spec, settings, device, source)
     data = load_dataset(cfg.data, cfg.seed)
     if data.classes != ens.classes_:

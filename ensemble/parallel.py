@@ -26,6 +26,11 @@ class ParallelError(EffensError, RuntimeError):
 
 
 def available_cores() -> int:
+    """The cores this process may use: ``OMP_NUM_THREADS`` when set (a user's or a scheduler's
+    cap, as the runtimes read it), else the CPUs it may run on."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

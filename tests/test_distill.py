@@ -309,6 +309,27 @@ def test_init_member_starts_the_student_from_that_members_trained_weights(traine
     assert "start" not in plan_distill(str(trained[1])).record  # the default: no start, as before `init` existed
 
 
+def test_a_student_named_after_a_member_takes_its_settings_and_keeps_its_trained_head(tiny_data):
+    from ensemble.config import DistillConfig, config_from_dict
+    from ensemble.distill import student_base, student_spec
+
+    raw = synth.tiny_config(tiny_data)
+    raw["members"][1].update(image_size=48)
+    for m in raw["members"]:
+        m["train"]["lp_epochs"] = 3
+    cfg = config_from_dict(raw)
+    smallest = cfg.members[0]
+    assert student_base(cfg, "b", smallest).image_size == 48  # `init: b`: b's architecture and inputs
+    assert student_base(cfg, "member", smallest) is smallest and student_base(cfg, "weights", smallest) is smallest
+
+    def probe(init, **train):
+        return student_spec(smallest, DistillConfig(init=init, student={"train": train} if train else {}), "x").train
+
+    assert probe("weights").lp_epochs == 3  # from its weights source: LP-FT as the member had it
+    assert probe("member").lp_epochs == 0  # from a trained head: no probe to replace it
+    assert probe("b", lp_epochs=2).lp_epochs == 2  # unless the student asks for one
+
+
 # ---------------------------------------------------------------- bad inputs
 def _unfinished(run, tmp_path):
     copy = synth.copy_run(run, tmp_path / "unfinished")

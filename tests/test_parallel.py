@@ -1,6 +1,7 @@
 """Members and tuning candidates through sequential, loky, Ray and Dask backends."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -25,6 +26,16 @@ def test_thread_plan_never_oversubscribes():
                 assert plan.threads >= 1
                 assert plan.n_jobs * plan.threads <= max(cores, plan.n_jobs)
                 assert plan.n_jobs <= 5
+
+
+def test_omp_num_threads_caps_the_cores_a_run_plans_for(monkeypatch):
+    from ensemble.parallel import available_cores
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert available_cores() == 3
+    assert plan_jobs(5, 1, "cpu", None, n_gpus=0).threads == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # unset or empty: the CPUs this process may run on
+    assert available_cores() == len(os.sched_getaffinity(0))
 
 
 def test_one_gpu_per_concurrent_job():
