@@ -192,8 +192,8 @@ def student_spec(
     (``distill.init``) has no linear probe to replace it unless ``student.train`` asks for one."""
     raw = {k: v for k, v in to_dict(base).items() if k not in NOT_STUDENT_KEYS}
     raw["name"] = STUDENT
-    if settings.init != "weights":
-        raw["train"] = {**raw["train"], "lp_epochs": 0}
+    if settings.init != "weights":  # and so no WiSE-FT, which interpolates with the probe
+        raw["train"] = {**raw["train"], "lp_epochs": 0, "wise_alpha": 1.0}
     for key, value in settings.student.items():
         raw[key] = {**raw[key], **value} if isinstance(value, dict) and isinstance(raw.get(key), dict) else value
     raw.update(bagging={"ratio": 1.0, "replace": False, "stratify": True}, candidates={})

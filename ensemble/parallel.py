@@ -26,15 +26,15 @@ class ParallelError(EffensError, RuntimeError):
 
 
 def available_cores() -> int:
-    """The cores this process may use: ``OMP_NUM_THREADS`` when set (a user's or a scheduler's
-    cap, as the runtimes read it), else the CPUs it may run on."""
-    env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
+    """The cores this process may use: the CPUs it may run on, capped by ``OMP_NUM_THREADS``
+    when that is set (a user's or a scheduler's cap, as the runtimes read it)."""
+    from members.runtimes import omp_num_threads
+
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    return min(cpus, omp_num_threads() or cpus)
 
 
 @dataclasses.dataclass

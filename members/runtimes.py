@@ -170,14 +170,20 @@ class TorchRuntime(Runtime):
                 return self.model(t).float().softmax(dim=1).cpu().numpy()
 
 
+def omp_num_threads() -> int | None:
+    """``OMP_NUM_THREADS`` as a positive whole number, or None when unset or not one."""
+    text = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(text) if text.isdecimal() and text.isascii() and int(text) > 0 else None
+
+
 def cpu_threads() -> int:
     """Threads for a CPU runtime: ``OMP_NUM_THREADS`` when set, else the physical cores
     this process may use (what torch takes by default). Never read from torch, so a
     runtime compiles with the same setting whether torch is loaded or not (the setting is
     part of OpenVINO's compiled-model cache key)."""
-    env = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if env.isdigit() and int(env) > 0:
-        return int(env)
+    asked = omp_num_threads()
+    if asked:
+        return asked
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     cores = set()
     for cpu in cpus:

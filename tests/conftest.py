@@ -9,7 +9,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 # pytest-xdist runs one worker per core, and each worker's torch (and every effens process it
 # starts) would take every core: n x n threads. Each worker gets its share, unless set by hand.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
-if _WORKERS > 1 and not os.environ.get("OMP_NUM_THREADS"):
+from members.runtimes import omp_num_threads  # noqa: E402
+
+if _WORKERS > 1 and omp_num_threads() is None:
     from ensemble.parallel import available_cores
 
     os.environ["OMP_NUM_THREADS"] = str(max(1, available_cores() // _WORKERS))

@@ -316,7 +316,7 @@ def test_a_student_named_after_a_member_takes_its_settings_and_keeps_its_trained
     raw = synth.tiny_config(tiny_data)
     raw["members"][1].update(image_size=48)
     for m in raw["members"]:
-        m["train"]["lp_epochs"] = 3
+        m["train"].update(lp_epochs=3, wise_alpha=0.5)
     cfg = config_from_dict(raw)
     smallest = cfg.members[0]
     assert student_base(cfg, "b", smallest).image_size == 48  # `init: b`: b's architecture and inputs
@@ -326,7 +326,8 @@ def test_a_student_named_after_a_member_takes_its_settings_and_keeps_its_trained
         return student_spec(smallest, DistillConfig(init=init, student={"train": train} if train else {}), "x").train
 
     assert probe("weights").lp_epochs == 3  # from its weights source: LP-FT as the member had it
-    assert probe("member").lp_epochs == 0  # from a trained head: no probe to replace it
+    assert probe("member").lp_epochs == 0  # from a trained head: no probe to replace it (nor WiSE-FT with one)
+    assert probe("member").wise_alpha == 1.0 and probe("weights").wise_alpha == 0.5
     assert probe("b", lp_epochs=2).lp_epochs == 2  # unless the student asks for one
 
 

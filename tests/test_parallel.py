@@ -31,11 +31,13 @@ def test_thread_plan_never_oversubscribes():
 def test_omp_num_threads_caps_the_cores_a_run_plans_for(monkeypatch):
     from ensemble.parallel import available_cores
 
-    monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    assert available_cores() == 3
-    assert plan_jobs(5, 1, "cpu", None, n_gpus=0).threads == 3
-    monkeypatch.setenv("OMP_NUM_THREADS", "")  # unset or empty: the CPUs this process may run on
-    assert available_cores() == len(os.sched_getaffinity(0))
+    cpus = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert available_cores() == 1
+    assert plan_jobs(5, 1, "cpu", None, n_gpus=0).threads == 1
+    for text in ("", "0", "abc", "\u00b2", str(cpus + 7)):  # unset, not a count, or over the CPUs: the CPUs
+        monkeypatch.setenv("OMP_NUM_THREADS", text)
+        assert available_cores() == cpus, text
 
 
 def test_one_gpu_per_concurrent_job():

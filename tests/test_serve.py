@@ -188,22 +188,29 @@ def test_bad_serve_arguments_are_one_line(trained, tmp_path):
     assert "inference on" not in done.stderr  # refused before any member was loaded
 
 
-def test_create_app_mounted_in_another_asgi_app(trained, tiny_data):
+def test_create_app_mounted_in_another_asgi_app(trained, tiny_data, tmp_path):
     """No lifespan reaches a mounted app: it warms up on /v1/ready or its first request."""
     _, run = trained
-    # the child binds port 0 itself and says which port it got: no other test can take it in between
+    # the child binds port 0 itself and writes which port it got: no other test can take it in between
+    said = tmp_path / "port"
     code = (
-        "import socket, uvicorn\nfrom fastapi import FastAPI\nfrom ensemble.serving.app import create_app\n"
+        "import socket, uvicorn\nfrom pathlib import Path\nfrom fastapi import FastAPI\n"
+        "from ensemble.serving.app import create_app\n"
         f"outer = FastAPI()\nouter.mount('/effens', create_app({str(run)!r}))\n"
-        "sock = socket.socket()\nsock.bind(('127.0.0.1', 0))\nprint(sock.getsockname()[1], flush=True)\n"
+        "sock = socket.socket()\nsock.bind(('127.0.0.1', 0))\n"
+        f"Path({str(said) + '.part'!r}).write_text(str(sock.getsockname()[1]))\n"
+        f"Path({str(said) + '.part'!r}).replace({str(said)!r})\n"  # whole, or not there
         "uvicorn.Server(uvicorn.Config(outer, log_level='warning')).run(sockets=[sock])\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        first = proc.stdout.readline().strip()
-        assert first.isdigit(), (first + proc.stdout.read())[-3000:]  # the child's error when it died first
-        url = f"http://127.0.0.1:{first}/effens"
         deadline = time.time() + 120
+        while not said.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        if not said.exists():
+            proc.kill()
+            raise AssertionError(f"the app did not start: {proc.communicate(timeout=60)[0][-3000:]}")
+        url = f"http://127.0.0.1:{said.read_text()}/effens"
         while time.time() < deadline:
             try:
                 if _get(url + "/v1/health")[0] == 200:
@@ -216,8 +223,9 @@ def test_create_app_mounted_in_another_asgi_app(trained, tiny_data):
         assert status == 200 and body["results"][0]["prediction"], body
         assert _get(url + "/v1/ready") == (200, b'{"ready":true}')
     finally:
-        proc.terminate()
-        out = proc.communicate(timeout=60)[0]
+        if proc.returncode is None:  # not yet collected above
+            proc.terminate()
+            out = proc.communicate(timeout=60)[0]
     assert "Traceback" not in out, out[-3000:]
 
 

@@ -803,7 +803,9 @@ def serve_on_ray(
     from ray import serve as ray_serve
 
     run = str(Path(run).resolve())  # replicas may start in another working folder
-    threads = max(1, (os.cpu_count() or 1) // replicas) if not os.environ.get("RAY_ADDRESS") else None
+    from ..parallel import available_cores
+
+    threads = max(1, available_cores() // replicas) if not os.environ.get("RAY_ADDRESS") else None
 
     def build():  # runs in each replica: its own copy of the run, batcher and limits
         return create_app(run, settings)
