@@ -254,12 +254,17 @@ def test_the_upload_page_sends_a_photo_and_shows_the_answer_in_chromium(server, 
     assert dom.count('class="bar"') == 3 and "votes: a " in dom
 
 
-def test_the_same_app_on_ray_serve_with_two_replicas(server, tiny_data, trained):
-    import tempfile
-
+def _skip_without_ray_serve() -> None:
+    """Skip unless Ray Serve imports, tried in a child process so that this worker never imports Ray."""
     probe = subprocess.run([sys.executable, "-c", "from ray import serve"], capture_output=True, text=True)
     if probe.returncode != 0:
         pytest.skip("Ray Serve is not installed (pip install 'ray[serve]')")
+
+
+def test_the_same_app_on_ray_serve_with_two_replicas(server, tiny_data, trained):
+    import tempfile
+
+    _skip_without_ray_serve()
     _, run = trained
     photo = _images(tiny_data, 1)[0]
     files = [("files", photo.name, photo.read_bytes())]
@@ -279,9 +284,7 @@ def test_the_same_app_on_ray_serve_with_two_replicas(server, tiny_data, trained)
 
 
 def test_ray_serve_refuses_a_port_in_use_before_ray_starts(trained, tmp_path):
-    probe = subprocess.run([sys.executable, "-c", "from ray import serve"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip("Ray Serve is not installed (pip install 'ray[serve]')")
+    _skip_without_ray_serve()
     _, run = trained
     ray_tmp = tmp_path / "ray"
     ray_tmp.mkdir()
